@@ -1,0 +1,210 @@
+"""Decides whether a CONNECT may proceed, from Redis users, TLS identity and the anonymous rule.
+
+Why the design looks like this:
+- Password hashes (PBKDF2, bcrypt, argon2) cost milliseconds of CPU. They run in a small thread
+  pool so one slow hash never stalls message routing for everybody else on the event loop.
+- A reconnect storm (a fleet coming back after an outage) would otherwise re-hash every password.
+  A successful check is remembered as an HMAC of the password under a per-process random key,
+  together with the stored hash it was checked against. A password change alters the stored hash,
+  so the remembered entry no longer applies: no explicit invalidation is needed.
+- The same memory is what `auth.on_redis_down: cached` uses while Redis is unreachable.
+- Unknown users cost one hash verification too, so response time does not reveal which names exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import hmac
+import logging
+import os
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..config import AuthConfig
+from ..store.connection import REDIS_ERRORS
+from ..store.users import CorruptUserError, UserRecord, UserStore
+from . import hashes
+
+log = logging.getLogger("mqtt_guard.auth")
+
+CONNACK_ACCEPTED = 0
+CONNACK_SERVER_UNAVAILABLE = 3
+CONNACK_BAD_CREDENTIALS = 4
+CONNACK_NOT_AUTHORIZED = 5
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    OK_CACHED_REDIS_DOWN = "ok (cached credentials, Redis unavailable)"
+    ANONYMOUS = "anonymous"
+    ANONYMOUS_REFUSED = "anonymous clients are not allowed"
+    UNKNOWN_USER = "unknown user"
+    BAD_PASSWORD = "wrong password"
+    NO_PASSWORD = "no password given"
+    NO_PASSWORD_SET = "user has no password set"
+    DISABLED = "user disabled"
+    EXPIRED = "user expired"
+    NO_CERTIFICATE = "no client certificate identity"
+    CORRUPT = "user record in Redis is corrupt"
+    REDIS_DOWN = "Redis unavailable"
+
+
+_ALLOWED = {Outcome.OK, Outcome.OK_CACHED_REDIS_DOWN, Outcome.ANONYMOUS}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    outcome: Outcome
+    username: str | None
+    user: UserRecord | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in _ALLOWED
+
+    @property
+    def connack_code(self) -> int:
+        if self.ok:
+            return CONNACK_ACCEPTED
+        if self.outcome is Outcome.REDIS_DOWN:
+            return CONNACK_SERVER_UNAVAILABLE
+        return CONNACK_NOT_AUTHORIZED
+
+    @property
+    def anonymous(self) -> bool:
+        return self.outcome is Outcome.ANONYMOUS
+
+
+@dataclass(slots=True)
+class _Verified:
+    stored_hash: str
+    token: bytes
+    at: float
+    user: UserRecord
+
+
+class Authenticator:
+    def __init__(self, users: UserStore, config: AuthConfig, *, max_cache: int = 100_000) -> None:
+        self.users = users
+        self.config = config
+        self._secret = os.urandom(32)
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        self._max_cache = max_cache
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.hash_workers), thread_name_prefix="mqg-hash")
+        # A real hash of a random password: verifying against it costs what a real check costs.
+        self._decoy = hashes.hash_password(os.urandom(16).hex())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self, username: str) -> None:
+        """Drop remembered checks for a user (called when Redis says the user changed)."""
+        self._verified.pop(username, None)
+
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        cert_identity: str | None = None,
+        identity_as_username: bool = False,
+    ) -> AuthResult:
+        if identity_as_username:
+            if not cert_identity:
+                return AuthResult(Outcome.NO_CERTIFICATE, username)
+            return await self._check_identity(cert_identity)
+        if username is None:
+            if self.config.allow_anonymous:
+                return AuthResult(Outcome.ANONYMOUS, None)
+            return AuthResult(Outcome.ANONYMOUS_REFUSED, None)
+        return await self._check_password(username, password)
+
+    async def _load(self, username: str) -> UserRecord | None:
+        return await self.users.get(username)
+
+    async def _check_identity(self, identity: str) -> AuthResult:
+        """A verified certificate proves who the client is; Redis can still disable or expire it."""
+        try:
+            user = await self._load(identity)
+        except REDIS_ERRORS:
+            if self.config.on_redis_down == "cached":
+                return AuthResult(Outcome.OK_CACHED_REDIS_DOWN, identity)
+            return AuthResult(Outcome.REDIS_DOWN, identity)
+        except CorruptUserError:
+            return AuthResult(Outcome.CORRUPT, identity)
+        if user is not None:
+            if user.disabled:
+                return AuthResult(Outcome.DISABLED, identity, user)
+            if user.expired():
+                return AuthResult(Outcome.EXPIRED, identity, user)
+        return AuthResult(Outcome.OK, identity, user or UserRecord(identity))
+
+    async def _check_password(self, username: str, password: str | None) -> AuthResult:
+        token = self._token(username, password or "")
+        try:
+            user = await self._load(username)
+        except REDIS_ERRORS:
+            return self._redis_down(username, token)
+        except CorruptUserError:
+            return AuthResult(Outcome.CORRUPT, username)
+        if user is None:
+            await self._verify(password or "", self._decoy)
+            return AuthResult(Outcome.UNKNOWN_USER, username)
+        if user.disabled:
+            return AuthResult(Outcome.DISABLED, username, user)
+        if user.expired():
+            return AuthResult(Outcome.EXPIRED, username, user)
+        if not user.password:
+            return AuthResult(Outcome.NO_PASSWORD_SET, username, user)
+        if password is None:
+            return AuthResult(Outcome.NO_PASSWORD, username, user)
+        now = time.monotonic()
+        seen = self._verified.get(username)
+        if (
+            seen is not None
+            and seen.stored_hash == user.password
+            and now - seen.at < self.config.cache_ttl
+            and hmac.compare_digest(seen.token, token)
+        ):
+            seen.user = user
+            return AuthResult(Outcome.OK, username, user)
+        try:
+            ok = await self._verify(password, user.password)
+        except hashes.HashFormatError as exc:
+            log.error("user %r: stored password hash is unusable: %s", username, exc)
+            return AuthResult(Outcome.CORRUPT, username, user)
+        if not ok:
+            return AuthResult(Outcome.BAD_PASSWORD, username, user)
+        self._remember(username, _Verified(user.password, token, now, user))
+        return AuthResult(Outcome.OK, username, user)
+
+    def _redis_down(self, username: str, token: bytes) -> AuthResult:
+        if self.config.on_redis_down != "cached":
+            return AuthResult(Outcome.REDIS_DOWN, username)
+        seen = self._verified.get(username)
+        if (
+            seen is not None
+            and time.monotonic() - seen.at < self.config.cached_max_age
+            and hmac.compare_digest(seen.token, token)
+            and not seen.user.disabled
+            and not seen.user.expired()
+        ):
+            return AuthResult(Outcome.OK_CACHED_REDIS_DOWN, username, seen.user)
+        return AuthResult(Outcome.REDIS_DOWN, username)
+
+    def _token(self, username: str, password: str) -> bytes:
+        return hmac.new(self._secret, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+
+    def _remember(self, username: str, entry: _Verified) -> None:
+        self._verified[username] = entry
+        self._verified.move_to_end(username)
+        while len(self._verified) > self._max_cache:
+            self._verified.popitem(last=False)
+
+    async def _verify(self, password: str, encoded: str) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, hashes.verify_password, password, encoded)

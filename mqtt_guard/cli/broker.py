@@ -1,0 +1,53 @@
+"""`mqtt-guard broker`: load and validate the configuration, then run the guarded broker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..config import ConfigError, GuardConfig, ListenerConfig, load_config, split_bind
+from .common import ENV_PREFIX, ENV_REDIS_URL, CliError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("broker", help="run the guarded MQTT broker")
+    p.add_argument("-c", "--config", help="YAML configuration file")
+    p.add_argument("--bind", action="append", default=[], metavar="HOST:PORT",
+                   help="TCP listener (repeatable); replaces the listeners of the config file")
+    p.add_argument("--allow-anonymous", action="store_true", default=None,
+                   help="let clients without a username in (anonymous ACL rules apply)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_broker)
+
+
+def resolve_config(args: argparse.Namespace) -> GuardConfig:
+    """File < environment < command line, then validate the result as a whole."""
+    try:
+        config = load_config(args.config)
+        if os.environ.get(ENV_REDIS_URL):
+            config.redis.url = os.environ[ENV_REDIS_URL]
+        if os.environ.get(ENV_PREFIX):
+            config.redis.prefix = os.environ[ENV_PREFIX]
+        if args.redis_url:
+            config.redis.url = args.redis_url
+        if args.prefix:
+            config.redis.prefix = args.prefix
+        if args.bind:
+            for bind in args.bind:
+                split_bind(bind, "--bind")
+            config.listeners = [ListenerConfig(type="tcp", bind=b) for b in args.bind]
+        if args.allow_anonymous:
+            config.auth.allow_anonymous = True
+        if args.log_level:
+            config.log.level = args.log_level
+        config.check()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    return config
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    from ..engine.runner import run  # imported late: amqtt is heavy and other commands do not need it
+
+    return run(config)

@@ -1,0 +1,70 @@
+"""What every CLI command shares: the Redis connection from global options, password input, errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, make_async_client
+from ..store.keys import DEFAULT_PREFIX, Keys
+
+ENV_REDIS_URL = "MQTT_GUARD_REDIS_URL"
+ENV_PREFIX = "MQTT_GUARD_PREFIX"
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as 'error: ...' with exit code 1."""
+
+
+def redis_url(args: argparse.Namespace, fallback: str | None = None) -> str:
+    return args.redis_url or os.environ.get(ENV_REDIS_URL) or fallback or DEFAULT_REDIS_URL
+
+
+def key_prefix(args: argparse.Namespace, fallback: str | None = None) -> str:
+    return args.prefix or os.environ.get(ENV_PREFIX) or fallback or DEFAULT_PREFIX
+
+
+def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitable[int]]) -> int:
+    """Run `body(redis, keys)` with a client built from the global options; report Redis errors plainly."""
+    url = redis_url(args)
+
+    async def main() -> int:
+        client = make_async_client(url)
+        try:
+            return await body(client, Keys(key_prefix(args)))
+        except REDIS_ERRORS as exc:
+            raise CliError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def _redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
+    """A password from stdin (one line) or an interactive prompt; never from argv."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    else:
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to prompt for a password: pass --password-stdin and pipe it in")
+        password = getpass.getpass("Password: ")
+        if confirm and getpass.getpass("Repeat password: ") != password:
+            raise CliError("passwords do not match")
+    if not password:
+        raise CliError("empty password refused")
+    return password

@@ -1,0 +1,226 @@
+"""Broker configuration: a YAML file validated into dataclasses.
+
+Validation is strict on purpose: a typo such as ``allow_anonymus`` must stop the broker with a
+message naming the key and the file, not silently fall back to a default that changes who may
+connect. Command-line options (`--bind`, `--allow-anonymous`, `--redis-url`) override the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .store.connection import DEFAULT_REDIS_URL
+from .store.keys import DEFAULT_PREFIX
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def size(default: int) -> Any:
+    """A byte-size field: accepts 1048576, "1MiB", "512KB", "2M"."""
+    return field(default=default, metadata={"kind": "size"})
+
+
+def duration(default: float) -> Any:
+    """A duration field in seconds: accepts 10, 1.5, "10s", "5m", "1h", "1d"."""
+    return field(default=default, metadata={"kind": "duration"})
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"expected a size like 1048576 or 1MiB, got {value!r}")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"expected a duration like 10, 10s, 5m, 1h or 1d, got {value!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+@dataclass
+class ListenerConfig:
+    type: Literal["tcp", "tls", "websockets"] = "tcp"
+    bind: str = "0.0.0.0:1883"
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    max_connections: int = 0
+
+    def check(self, where: str) -> None:
+        tls = self.type == "tls" or (self.type == "websockets" and self.certfile)
+        if self.type == "tls" and not (self.certfile and self.keyfile):
+            raise ConfigError(f"{where}: a tls listener needs certfile and keyfile")
+        if (self.require_certificate or self.use_identity_as_username) and not tls:
+            raise ConfigError(f"{where}: require_certificate/use_identity_as_username need a TLS listener")
+        if self.use_identity_as_username and not self.require_certificate:
+            raise ConfigError(f"{where}: use_identity_as_username needs require_certificate: true")
+        if self.require_certificate and not self.cafile:
+            raise ConfigError(f"{where}: require_certificate needs cafile (the CA that signs client certificates)")
+        for name in ("certfile", "keyfile", "cafile"):
+            p = getattr(self, name)
+            if p and not Path(p).is_file():
+                raise ConfigError(f"{where}.{name}: file not found: {p}")
+        split_bind(self.bind, where)
+
+
+def split_bind(bind: str, where: str = "bind") -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: bind must be HOST:PORT, got {bind!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class RedisConfig:
+    url: str = DEFAULT_REDIS_URL
+    prefix: str = DEFAULT_PREFIX
+
+
+@dataclass
+class AuthConfig:
+    allow_anonymous: bool = False
+    # When Redis cannot be reached at CONNECT: "deny" answers CONNACK 3 (server unavailable);
+    # "cached" lets in clients whose exact credentials were verified recently (cached_max_age).
+    on_redis_down: Literal["deny", "cached"] = "deny"
+    cache_ttl: float = duration(300.0)  # how long a successful password check skips re-hashing
+    cached_max_age: float = duration(3600.0)  # how old a verification may be to count while Redis is down
+    hash_workers: int = 4  # threads that verify password hashes off the event loop
+
+
+@dataclass
+class AclConfig:
+    default: Literal["deny", "allow"] = "deny"
+    deny_publish_action: Literal["drop", "disconnect"] = "drop"
+
+
+@dataclass
+class LimitsConfig:
+    connect_timeout: float = duration(10.0)
+    max_packet_size: int = size(1024 * 1024)
+    max_queued_messages: int = 1000
+    max_queued_bytes: int = size(0)  # 0 = no byte limit
+
+
+@dataclass
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass
+class GuardConfig:
+    listeners: list[ListenerConfig] = field(default_factory=list)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    acl: AclConfig = field(default_factory=AclConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def check(self) -> None:
+        if not self.listeners:
+            raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")
+        for i, listener in enumerate(self.listeners):
+            listener.check(f"listeners[{i}]")
+
+
+def load_config(path: str | Path | None) -> GuardConfig:
+    """Read and validate a YAML file; None gives the defaults."""
+    if path is None:
+        return GuardConfig()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return build(GuardConfig, data, "", str(p))
+
+
+def build(cls: type, data: Any, path: str, source: str) -> Any:
+    """Turn a mapping into dataclass `cls`, naming the exact key and file on any error."""
+    where = path or "top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key {key_path!r} (known keys here: {', '.join(fields)})")
+        kwargs[key] = _convert(hints[key], fields[key], value, key_path, source)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, source: str) -> Any:
+    kind = f.metadata.get("kind") if f is not None else None
+    try:
+        if kind == "size":
+            return parse_size(value)
+        if kind == "duration":
+            return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {path}: {exc}") from None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], f, value, path, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {path}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {path}: must be a list")
+        return [_convert(args[0], None, v, f"{path}[{i}]", source) for i, v in enumerate(value)]  # type: ignore[arg-type]
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {path}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {path}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {path}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {path}: must be a string, got {value!r}")
+        return value
+    return value

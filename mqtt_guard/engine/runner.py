@@ -1,0 +1,61 @@
+"""Runs a GuardedBroker until SIGTERM or SIGINT, then shuts it down cleanly and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from amqtt.errors import BrokerError
+
+from ..config import GuardConfig
+from ..guard import Guard
+from .broker import GuardedBroker
+
+log = logging.getLogger("mqtt_guard")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # amqtt logs packets (CONNECT included, password and all) at DEBUG: never let that through.
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve(config: GuardConfig) -> int:
+    guard = Guard(config)
+    await guard.start()
+    broker = GuardedBroker(config, guard)
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        log.error("broker could not start: %s", exc.__cause__ or exc)
+        await guard.close()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    binds = ", ".join(f"{listener.type}://{listener.bind}" for listener in config.listeners)
+    log.info("mqtt-guard broker ready on %s (Redis prefix %r)", binds, config.redis.prefix)
+    await stop.wait()
+    log.info("shutting down")
+    await broker.shutdown()
+    await guard.close()
+    log.info("stopped")
+    return 0
+
+
+def run(config: GuardConfig) -> int:
+    setup_logging(config.log.level)
+    install_uvloop()
+    return asyncio.run(serve(config))

@@ -1,0 +1,22 @@
+"""What the guard records on an amqtt Session (in `session.attributes`), under names defined once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amqtt.session import Session
+
+    from ..auth.authenticator import AuthResult
+    from ..config import ListenerConfig
+
+AUTH_RESULT = "mqtt_guard.auth"  # AuthResult of the CONNECT
+LISTENER = "mqtt_guard.listener"  # our ListenerConfig the client came in on
+
+
+def auth_result_of(session: Session) -> AuthResult | None:
+    return session.attributes.get(AUTH_RESULT)
+
+
+def listener_of(session: Session) -> ListenerConfig | None:
+    return session.attributes.get(LISTENER)

@@ -1,0 +1,35 @@
+"""amqtt auth plugin: glue from amqtt's `authenticate(session)` to the Guard's Authenticator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+
+from ..auth.tls import certificate_identity
+from ..engine.session_info import AUTH_RESULT, LISTENER, listener_of
+from ..guard import guard_of
+
+
+class GuardAuthPlugin(BaseAuthPlugin):
+    @dataclass
+    class Config:
+        pass
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        listener = listener_of(session)
+        by_identity = bool(listener and listener.use_identity_as_username)
+        result = await guard_of(self.context).authenticator.authenticate(
+            username=session.username,
+            password=session.password,
+            cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
+            identity_as_username=by_identity,
+        )
+        session.attributes[AUTH_RESULT] = result
+        if by_identity and result.username:
+            session.username = result.username
+        return result.ok
+
+
+__all__ = ["GuardAuthPlugin", "LISTENER"]

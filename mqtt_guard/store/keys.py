@@ -1,0 +1,83 @@
+"""The Redis key schema: every key mqtt-guard reads or writes is named here and nowhere else.
+
+`docs/redis-schema.md` documents the same schema for admins who use `redis-cli`. A key is always
+`<prefix><name>`; the prefix (default ``mqg:``) lets several deployments share one Redis and lets
+the invalidation listener subscribe to exactly our keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "mqg:"
+
+# Fields of the user hash.
+USER_PASSWORD = "password"
+USER_SUPERUSER = "superuser"
+USER_DISABLED = "disabled"
+USER_EXPIRES_AT = "expires_at"
+USER_FIELDS = (USER_PASSWORD, USER_SUPERUSER, USER_DISABLED, USER_EXPIRES_AT)
+
+# ACL subject kinds; the subject key is "user:<name>", "group:<name>", "pattern" or "anonymous".
+SUBJECT_PATTERN = "pattern"
+SUBJECT_ANONYMOUS = "anonymous"
+
+
+def user_subject(username: str) -> str:
+    return f"user:{username}"
+
+
+def group_subject(group: str) -> str:
+    return f"group:{group}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix. Cheap to build; callers keep one per store."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- users -------------------------------------------------------------------------------
+    def user(self, username: str) -> str:
+        return f"{self.prefix}user:{username}"
+
+    def user_groups(self, username: str) -> str:
+        return f"{self.prefix}user:{username}:groups"
+
+    def user_pattern(self) -> str:
+        """SCAN pattern that lists user hashes (and, filtered out by the caller, group sets)."""
+        return f"{self.prefix}user:*"
+
+    def username_of(self, key: str) -> str | None:
+        """Inverse of `user()`; None for any other key (including `:groups` sets)."""
+        head = f"{self.prefix}user:"
+        if not key.startswith(head):
+            return None
+        rest = key[len(head):]
+        if rest.endswith(":groups"):
+            return None
+        return rest
+
+    # -- ACLs --------------------------------------------------------------------------------
+    def acl(self, subject: str) -> str:
+        """ACL hash of a subject key ("user:alice", "group:ops", "pattern", "anonymous")."""
+        return f"{self.prefix}acl:{subject}"
+
+    def acl_subject_of(self, key: str) -> str | None:
+        head = f"{self.prefix}acl:"
+        return key[len(head):] if key.startswith(head) else None
+
+    # -- quotas, sessions, audit (quota and sidecar issues) ----------------------------------
+    def quota_user(self, username: str) -> str:
+        return f"{self.prefix}quota:user:{username}"
+
+    def quota_default(self) -> str:
+        return f"{self.prefix}quota:default"
+
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    # -- change notification ------------------------------------------------------------------
+    def changes_channel(self) -> str:
+        """Pub/sub channel our CLI publishes to after an edit (a hint; keyspace events are the truth)."""
+        return f"{self.prefix}changes"
