@@ -1,0 +1,57 @@
+"""Configuration files: strict validation with messages that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from mqtt_guard.config import ConfigError, load_config, parse_duration, parse_size
+
+
+def test_defaults_and_units(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("auth:\n  cache_ttl: 5m\nlimits:\n  max_packet_size: 2MiB\n  connect_timeout: 3\n"
+                 "listeners:\n  - bind: 127.0.0.1:1884\n")
+    config = load_config(f)
+    assert config.auth.cache_ttl == 300 and config.limits.max_packet_size == 2 * 1024 * 1024
+    assert config.listeners[0].type == "tcp" and config.auth.allow_anonymous is False
+    config.check()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("auth:\n  allow_anonymus: true\n", "unknown key 'auth.allow_anonymus'"),
+    ("bogus: 1\n", "unknown key 'bogus'"),
+    ("listeners:\n  - bind: '127.0.0.1:2'\n    tls: true\n", "unknown key 'listeners[0].tls'"),
+    ("auth:\n  on_redis_down: maybe\n", "auth.on_redis_down: must be one of deny, cached"),
+    ("auth:\n  allow_anonymous: 'yes'\n", "auth.allow_anonymous: must be true or false"),
+    ("limits:\n  max_packet_size: lots\n", "limits.max_packet_size"),
+    ("- a\n", "top level must be a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_errors_name_key_and_file(tmp_path, text, expected):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert expected in str(err.value) and str(f) in str(err.value)
+
+
+def test_tls_listener_checks(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("listeners:\n  - type: tls\n    bind: 0.0.0.0:8883\n")
+    with pytest.raises(ConfigError, match="needs certfile and keyfile"):
+        load_config(f).check()
+
+
+def test_unknown_key_stops_the_broker_with_a_clear_message(tmp_path, cli):
+    f = tmp_path / "c.yaml"
+    f.write_text("acl:\n  defualt: allow\n")
+    r = cli("broker", "--config", str(f), "--bind", "127.0.0.1:0")
+    assert r.returncode == 1
+    assert "unknown key 'acl.defualt'" in r.stderr and str(f) in r.stderr
+
+
+def test_units():
+    assert parse_size("1MiB") == 1048576 and parse_size(10) == 10 and parse_size("1kb") == 1000
+    assert parse_duration("1h") == 3600 and parse_duration("250ms") == 0.25 and parse_duration(2) == 2.0
+    with pytest.raises(ValueError):
+        parse_duration("soon")
