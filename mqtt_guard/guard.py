@@ -1,22 +1,35 @@
 """The in-process guard: one object per broker process that owns the Redis connection and the state
-the plugins decide from (users, and later ACLs, quotas and counters).
+the plugins decide from (users, ACL rules, and later quotas and counters).
 
-Plugins reach it through `guard_of(context)`; they never open Redis connections of their own, so
-one broker has one connection pool and one invalidation listener however many plugins it loads.
+Data flows one way: Redis -> store -> in-process state -> decisions. Plugins reach the Guard through
+`guard_of(context)`; they never open Redis connections of their own, so one broker has one
+connection pool and one invalidation listener however many plugins it loads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .auth.authenticator import Authenticator
+from .acl.live import LiveAcl
+from .acl.policy import AclPolicy, Subject
+from .acl.rules import Perm
+from .auth.authenticator import AuthResult, Authenticator
 from .config import GuardConfig
-from .store.connection import make_async_client
+from .guard_client import GuardClient
+from .logutil import RateLimitedLog
+from .store.acl import AclStore
+from .store.connection import REDIS_ERRORS, make_async_client
+from .store.invalidation import InvalidationListener
 from .store.keys import Keys
-from .store.users import UserStore
+from .store.users import UserRecord, UserStore
 
 log = logging.getLogger("mqtt_guard")
+acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
+
+Kicker = Callable[[str, str], Awaitable[bool]]
 
 
 class Guard:
@@ -26,6 +39,20 @@ class Guard:
         self.redis = make_async_client(config.redis.url)
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
+        self.acl = LiveAcl(AclStore(self.redis, self.keys), self.keys,
+                           AclPolicy(default_allow=config.acl.default == "allow"))
+        self.listener = InvalidationListener(
+            config.redis.url,
+            [self.keys.acl(""), self.keys.user("")],
+            self._on_keys,
+            self._on_reset,
+        )
+        self.clients: dict[str, GuardClient] = {}
+        self._by_user: dict[str, set[str]] = {}
+        self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id
+        self.denied_publishes = 0
+        self._user_refresh: set[str] = set()
+        self._refresh_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Check Redis once so a wrong URL is reported at start; a Redis that is down is not fatal."""
@@ -34,10 +61,121 @@ class Guard:
         except Exception as exc:  # noqa: BLE001 - any failure here is only reported
             log.warning("Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
                         _safe_url(self.config.redis.url), exc, self.config.auth.on_redis_down)
+        self.listener.start()
 
     async def close(self) -> None:
+        await self.listener.stop()
         self.authenticator.close()
         await self.redis.aclose()
+
+    # -- client lifecycle ----------------------------------------------------------------------
+    async def attach(self, client_id: str, result: AuthResult, listener: str = "") -> GuardClient:
+        """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
+        subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
+        client = GuardClient(client_id, subject.username, subject, listener, had_record=result.user is not None)
+        try:
+            await self.acl.prepare(subject)
+        except REDIS_ERRORS as exc:
+            log.warning("client %r admitted while Redis is unreachable (%s): ACL rules known so far apply",
+                        client_id, exc)
+        self.clients[client_id] = client
+        if client.username is not None:
+            self._by_user.setdefault(client.username, set()).add(client_id)
+        return client
+
+    def detach(self, client: GuardClient) -> None:
+        if self.clients.get(client.client_id) is client:
+            del self.clients[client.client_id]
+            if client.username is not None:
+                ids = self._by_user.get(client.username)
+                if ids is not None:
+                    ids.discard(client.client_id)
+                    if not ids:
+                        del self._by_user[client.username]
+        self.acl.policy.forget(client.subject)
+
+    # -- decisions (hot path, no Redis) ---------------------------------------------------------
+    def may(self, client: GuardClient, action: Perm, topic: str) -> bool:
+        allowed = self.acl.allowed(client.subject, action, topic)
+        if not allowed and action is Perm.PUBLISH:
+            self.denied_publishes += 1
+            acl_log.log(logging.INFO, (client.client_id, topic),
+                        "denied PUBLISH of client %r (user %r) to %r", client.client_id, client.username, topic)
+        return allowed
+
+    # -- Redis told us something changed --------------------------------------------------------
+    def _on_keys(self, keys: list[str]) -> None:
+        self.acl.on_keys(keys)
+        users = {self._user_of_key(k) for k in keys}
+        users.discard(None)
+        touched = {u for u in users if u in self._by_user}
+        for u in users:
+            self.authenticator.forget(u)  # type: ignore[arg-type]
+        if touched:
+            self._schedule_user_refresh(touched)  # type: ignore[arg-type]
+
+    def _on_reset(self) -> None:
+        self.acl.on_reset()
+        self._schedule_user_refresh(set(self._by_user))
+
+    def _user_of_key(self, key: str) -> str | None:
+        head = self.keys.user("")
+        if not key.startswith(head):
+            return None
+        rest = key[len(head):]
+        return rest[: -len(":groups")] if rest.endswith(":groups") else rest
+
+    def _schedule_user_refresh(self, users: set[str]) -> None:
+        self._user_refresh |= users
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_users())
+
+    async def _refresh_users(self) -> None:
+        """A connected user's groups or superuser flag changed, or the user was disabled/deleted."""
+        while self._user_refresh:
+            batch, self._user_refresh = self._user_refresh, set()
+            for username in batch:
+                try:
+                    record = await self.users.get(username)
+                except REDIS_ERRORS:
+                    self._user_refresh.add(username)
+                    await asyncio.sleep(0.5)
+                    continue
+                except Exception:  # noqa: BLE001 - a corrupt record: keep the current subject
+                    log.exception("cannot re-read user %r", username)
+                    continue
+                await self._apply_user(username, record)
+
+    async def _apply_user(self, username: str, record: UserRecord | None) -> None:
+        ids = list(self._by_user.get(username, ()))
+        for client_id in ids:
+            client = self.clients.get(client_id)
+            if client is None:
+                continue
+            gone = (record is None and client.had_record) or (record is not None and (record.disabled or record.expired()))
+            if gone:
+                reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
+                if self.kicker is not None:
+                    log.warning("disconnecting client %r: %s", client_id, reason)
+                    await self.kicker(client_id, reason)
+                continue
+            new = _subject(client_id, username, record)
+            if new != client.subject:
+                try:
+                    await self.acl.prepare(new)
+                except REDIS_ERRORS:
+                    pass
+                self.acl.policy.forget(client.subject)
+                client.subject = new
+
+
+def _subject(client_id: str, username: str | None, user: UserRecord | None) -> Subject:
+    return Subject(
+        username=username,
+        client_id=client_id,
+        groups=user.groups if user is not None else frozenset(),
+        superuser=bool(user and user.superuser),
+    )
 
 
 def _safe_url(url: str) -> str:

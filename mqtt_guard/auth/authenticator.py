@@ -141,7 +141,7 @@ class Authenticator:
                 return AuthResult(Outcome.DISABLED, identity, user)
             if user.expired():
                 return AuthResult(Outcome.EXPIRED, identity, user)
-        return AuthResult(Outcome.OK, identity, user or UserRecord(identity))
+        return AuthResult(Outcome.OK, identity, user)  # user None: no hash in Redis, which is fine
 
     async def _check_password(self, username: str, password: str | None) -> AuthResult:
         token = self._token(username, password or "")

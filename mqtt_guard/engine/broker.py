@@ -25,6 +25,7 @@ from typing import Any
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
@@ -37,12 +38,15 @@ from transitions import MachineError
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
 from ..config import GuardConfig, ListenerConfig
 from ..guard import Guard
-from .session_info import AUTH_RESULT, LISTENER, auth_result_of
+from ..logutil import RateLimitedLog
+from .session_info import AUTH_RESULT, CLIENT, LISTENER, auth_result_of
 
 log = logging.getLogger("mqtt_guard.broker")
+plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
 
 GUARD_PLUGINS = {
     "mqtt_guard.plugins.auth.GuardAuthPlugin": {},
+    "mqtt_guard.plugins.acl.GuardAclPlugin": {},
 }
 
 
@@ -79,6 +83,7 @@ class GuardedBroker(Broker):
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
         super().__init__(amqtt_config(config, extra_plugins), loop=loop)
+        guard.kicker = self.kick
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
             # amqtt copies the default listener's fields into the others ("apply"); undo that.
@@ -120,12 +125,12 @@ class GuardedBroker(Broker):
             return
         handler, session = incoming
         session.attributes[LISTENER] = listener
+        client_id = session.client_id = session.client_id or gen_client_id()
         code = await self._check_connect(session, listener, where)
         if code:
+            self._detach(session)
             await self._refuse(writer, code)
             return
-        client_id = session.client_id or gen_client_id()
-        session.client_id = client_id
         done = asyncio.Event()
         previous = self._connections.get(client_id)
         self._connections[client_id] = done
@@ -134,9 +139,26 @@ class GuardedBroker(Broker):
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler)
         finally:
+            self._detach(session)
             done.set()
             if self._connections.get(client_id) is done:
                 del self._connections[client_id]
+
+    def _detach(self, session: Session) -> None:
+        client = session.attributes.pop(CLIENT, None)
+        if client is not None:
+            self.guard.detach(client)
+
+    async def kick(self, client_id: str, reason: str) -> bool:
+        """Close a client's connection from the server side (its will is published, as on a lost link)."""
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[0].transitions.state != "connected":
+            return False
+        log.warning("disconnecting client %r: %s", client_id, reason)
+        handler = entry[1]
+        await handler.handle_connection_closed()
+        await handler.stop()
+        return True
 
     async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter,
                             where: str) -> tuple[BrokerProtocolHandler, Session] | None:
@@ -183,6 +205,44 @@ class GuardedBroker(Broker):
             if result is not None:
                 results.append(result)
         return bool(results) and all(results)
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        """Every topic plugin must allow. Ours answer synchronously (`check`), third-party ones are
+        awaited one by one instead of through amqtt's Task-per-plugin gather; a plugin that raises
+        or returns None denies that one check and is logged, the connection and the message for
+        other subscribers are unaffected."""
+        for plugin in self.plugins_manager._topic_plugins:  # noqa: SLF001
+            try:
+                check = getattr(plugin, "check", None)
+                if check is not None:
+                    allowed = check(session, topic, action)
+                else:
+                    allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
+            except Exception:
+                plugin_log.log(logging.ERROR, (type(plugin).__name__, action),
+                               "topic plugin %s raised on %s %r; denying", type(plugin).__name__, action, topic,
+                               exc_info=True)
+                allowed = False
+            if not allowed:
+                if action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
+                    asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
+                return False
+        return True
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
+        """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
+        out at min(subscription QoS, message QoS)."""
+        topic_filter, qos = subscription
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            await handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or 0), retain=True)
 
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int) -> None:

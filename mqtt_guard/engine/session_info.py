@@ -9,8 +9,10 @@ if TYPE_CHECKING:
 
     from ..auth.authenticator import AuthResult
     from ..config import ListenerConfig
+    from ..guard_client import GuardClient
 
 AUTH_RESULT = "mqtt_guard.auth"  # AuthResult of the CONNECT
+CLIENT = "mqtt_guard.client"  # GuardClient: identity and ACL subject of an admitted client
 LISTENER = "mqtt_guard.listener"  # our ListenerConfig the client came in on
 
 
@@ -20,3 +22,7 @@ def auth_result_of(session: Session) -> AuthResult | None:
 
 def listener_of(session: Session) -> ListenerConfig | None:
     return session.attributes.get(LISTENER)
+
+
+def client_of(session: Session) -> GuardClient | None:
+    return session.attributes.get(CLIENT)

@@ -8,7 +8,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from ..auth.tls import certificate_identity
-from ..engine.session_info import AUTH_RESULT, LISTENER, listener_of
+from ..engine.session_info import AUTH_RESULT, CLIENT, LISTENER, listener_of
 from ..guard import guard_of
 
 
@@ -20,7 +20,8 @@ class GuardAuthPlugin(BaseAuthPlugin):
     async def authenticate(self, *, session: Session) -> bool | None:
         listener = listener_of(session)
         by_identity = bool(listener and listener.use_identity_as_username)
-        result = await guard_of(self.context).authenticator.authenticate(
+        guard = guard_of(self.context)
+        result = await guard.authenticator.authenticate(
             username=session.username,
             password=session.password,
             cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
@@ -29,6 +30,10 @@ class GuardAuthPlugin(BaseAuthPlugin):
         session.attributes[AUTH_RESULT] = result
         if by_identity and result.username:
             session.username = result.username
+        if result.ok and session.client_id:
+            # Load the client's ACL rules now, so its first PUBLISH after CONNACK is decided correctly.
+            session.attributes[CLIENT] = await guard.attach(session.client_id, result,
+                                                             "identity" if by_identity else "")
         return result.ok
 
 

@@ -11,8 +11,9 @@ from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 
 
 @pytest.fixture
-def broker(start_broker, add_user):
+def broker(start_broker, add_user, rds, prefix):
     add_user("alice", "alice-pw")
+    rds.hset(f"{prefix}acl:user:alice", "a/#", "readwrite")
     return start_broker()
 
 

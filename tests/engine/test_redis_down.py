@@ -18,7 +18,7 @@ def own_redis():
 def _setup(own_redis, prefix, start_broker, tmp_path, mode):
     assert run_cli(own_redis.url, prefix, "user", "add", "dev", "--password-stdin", input="pw\n").returncode == 0
     config = tmp_path / "guard.yaml"
-    config.write_text(f"auth:\n  on_redis_down: {mode}\n")
+    config.write_text(f"auth:\n  on_redis_down: {mode}\nacl:\n  default: allow\n")
     return start_broker("--config", str(config), redis_url=own_redis.url)
 
 

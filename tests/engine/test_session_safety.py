@@ -12,9 +12,11 @@ from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 
 
 @pytest.fixture
-def broker(start_broker, add_user):
+def broker(start_broker, add_user, rds, prefix):
     add_user("victim", "victim-pw")
     add_user("pub", "pub-pw")
+    rds.hset(f"{prefix}acl:user:victim", mapping={"v/#": "read", "t": "read"})
+    rds.hset(f"{prefix}acl:user:pub", "v/#", "write")
     return start_broker()
 
 

@@ -1,0 +1,16 @@
+"""What the guard knows about one connected client, kept on its amqtt Session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .acl.policy import Subject
+
+
+@dataclass(slots=True)
+class GuardClient:
+    client_id: str
+    username: str | None  # None: anonymous
+    subject: Subject  # replaced when the user's groups or superuser flag change in Redis
+    listener: str = ""
+    had_record: bool = True  # False for a certificate identity with no user hash in Redis
