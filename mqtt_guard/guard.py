@@ -20,6 +20,8 @@ from .auth.authenticator import AuthResult, Authenticator
 from .config import GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
+from .metrics import counters as C
+from .metrics.counters import Counters
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client
 from .store.invalidation import InvalidationListener
@@ -50,7 +52,7 @@ class Guard:
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id
-        self.denied_publishes = 0
+        self.counters = Counters()
         self._user_refresh: set[str] = set()
         self._refresh_task: asyncio.Task[None] | None = None
 
@@ -97,11 +99,17 @@ class Guard:
     # -- decisions (hot path, no Redis) ---------------------------------------------------------
     def may(self, client: GuardClient, action: Perm, topic: str) -> bool:
         allowed = self.acl.allowed(client.subject, action, topic)
-        if not allowed and action is Perm.PUBLISH:
-            self.denied_publishes += 1
+        if allowed:
+            return True
+        if action is Perm.PUBLISH:
+            self.counters.incr(client.client_id, C.DENIED_PUBLISH)
             acl_log.log(logging.INFO, (client.client_id, topic),
                         "denied PUBLISH of client %r (user %r) to %r", client.client_id, client.username, topic)
-        return allowed
+        elif action is Perm.SUBSCRIBE:
+            self.counters.incr(client.client_id, C.DENIED_SUBSCRIBE)
+        else:
+            self.counters.incr(client.client_id, C.WITHHELD)
+        return False
 
     # -- Redis told us something changed --------------------------------------------------------
     def _on_keys(self, keys: list[str]) -> None:
