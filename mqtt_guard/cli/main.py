@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import broker, users
+from . import acl, broker, users
 from .common import CliError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     broker.register(sub)
     users.register(sub)
+    acl.register(sub)
     return parser
 
 

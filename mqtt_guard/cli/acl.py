@@ -1,0 +1,228 @@
+"""`mqtt-guard acl ...` and `mqtt-guard group ...`: edit and explain topic ACLs in Redis.
+
+Edits go straight to the Redis hashes (`docs/redis-schema.md`); running brokers pick them up through
+their invalidation listener, so the next message already obeys them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..acl.live import subject_keys_for
+from ..acl.policy import AclPolicy, Subject
+from ..acl.rules import Perm, format_tokens, parse_rules, parse_tokens
+from ..acl.topics import validate_filter, validate_topic
+from ..store import keys as k
+from ..store.acl import AclStore
+from ..store.users import UserStore
+from .common import CliError, run_with_redis
+
+ACTIONS = {"publish": Perm.PUBLISH, "subscribe": Perm.SUBSCRIBE, "receive": Perm.RECEIVE}
+
+
+def _subject_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--user", metavar="U")
+    g.add_argument("--group", metavar="G")
+    g.add_argument("--pattern", action="store_true", help="rules for every authenticated client (%%u, %%c)")
+    g.add_argument("--anonymous", action="store_true", help="rules for clients without a username")
+
+
+def subject_of(args: argparse.Namespace) -> str | None:
+    if args.user:
+        return k.user_subject(args.user)
+    if args.group:
+        return k.group_subject(args.group)
+    if args.pattern:
+        return k.SUBJECT_PATTERN
+    if args.anonymous:
+        return k.SUBJECT_ANONYMOUS
+    return None
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    acl = sub.add_parser("acl", help="topic ACLs").add_subparsers(dest="acl_cmd", required=True)
+    for name, func, help_ in (("allow", cmd_allow, "grant actions on a filter"),
+                              ("deny", cmd_deny, "deny actions on a filter (deny beats any grant)")):
+        p = acl.add_parser(name, help=help_)
+        _subject_options(p)
+        p.add_argument("filter")
+        p.add_argument("actions", help="comma-separated: publish, subscribe, receive, read, write, readwrite/all")
+        p.set_defaults(func=func)
+    p = acl.add_parser("rm", help="remove the rule for a filter")
+    _subject_options(p)
+    p.add_argument("filter")
+    p.set_defaults(func=cmd_rm)
+    p = acl.add_parser("list", help="list rules (of one subject, or all)")
+    _subject_options(p, required=False)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = acl.add_parser("check", help="explain a decision; exit 0 allow, 1 deny")
+    p.add_argument("user", help="username, or - for an anonymous client")
+    p.add_argument("client_id")
+    p.add_argument("topic", help="topic (publish, receive) or filter (subscribe)")
+    p.add_argument("action", choices=sorted(ACTIONS))
+    p.add_argument("--default", choices=["deny", "allow"], default="deny",
+                   help="the brokers' acl.default (default: deny)")
+    p.set_defaults(func=cmd_check)
+
+    group = sub.add_parser("group", help="group membership").add_subparsers(dest="group_cmd", required=True)
+    for name, func in (("add-user", cmd_group_add), ("del-user", cmd_group_del)):
+        p = group.add_parser(name)
+        p.add_argument("group")
+        p.add_argument("user")
+        p.set_defaults(func=func)
+
+
+def _actions(text: str) -> Perm:
+    """The permissions named by ACTIONS; deny tokens are not accepted here (use `acl deny`)."""
+    try:
+        allow, deny = parse_tokens(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if deny:
+        raise CliError("give plain actions (publish, subscribe, receive, read, write, all); use 'acl deny' to deny")
+    if not allow:
+        raise CliError("no action given")
+    return allow
+
+
+def _edit(args: argparse.Namespace, grant: bool) -> int:
+    subject = subject_of(args)
+    assert subject is not None
+    bad = validate_filter(args.filter)
+    if bad:
+        raise CliError(f"invalid topic filter {args.filter!r}: {bad}")
+    perms = _actions(args.actions)
+
+    async def body(redis: Any, keys: k.Keys) -> int:
+        store = AclStore(redis, keys)
+        current = await store.get_rule(subject, args.filter)
+        allow, deny = Perm.NONE, Perm.NONE
+        if current:
+            try:
+                allow, deny = parse_tokens(current)
+            except ValueError:
+                print(f"replacing malformed value {current!r}", file=sys.stderr)
+        if grant:
+            allow, deny = allow | perms, deny & ~perms
+        else:
+            allow, deny = allow & ~perms, deny | perms
+        value = format_tokens(allow, deny)
+        await store.set_rule(subject, args.filter, value)
+        print(f"{keys.acl(subject)} {args.filter!r} = {value}")
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_allow(args: argparse.Namespace) -> int:
+    return _edit(args, True)
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    return _edit(args, False)
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    subject = subject_of(args)
+
+    async def body(redis: Any, keys: k.Keys) -> int:
+        if not await AclStore(redis, keys).remove_rule(subject, args.filter):  # type: ignore[arg-type]
+            raise CliError(f"no rule for {args.filter!r} in {keys.acl(subject)}")  # type: ignore[arg-type]
+        print(f"removed {args.filter!r} from {keys.acl(subject)}")  # type: ignore[arg-type]
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    only = subject_of(args)
+
+    async def body(redis: Any, keys: k.Keys) -> int:
+        store = AclStore(redis, keys)
+        subjects = [only] if only else await store.subjects()
+        raw = await store.load(subjects)
+        out: dict[str, Any] = {}
+        for subject in subjects:
+            rules, problems = parse_rules(subject, raw.get(subject, {}))
+            out[subject] = {
+                "rules": {r.filter: format_tokens(r.allow, r.deny) for r in rules},
+                "problems": [{"filter": p.filter, "value": p.value, "reason": p.reason} for p in problems],
+            }
+        if args.json:
+            json.dump(out, sys.stdout, indent=1)
+            print()
+            return 0
+        for subject, info in out.items():
+            print(f"[{subject}]")
+            for topic_filter, value in sorted(info["rules"].items()):
+                print(f"  {topic_filter}  {value}")
+            for p in info["problems"]:
+                print(f"  ! skipped {p['filter']!r} = {p['value']!r}: {p['reason']}")
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    action = ACTIONS[args.action]
+    anonymous = args.user == "-"
+    bad = validate_filter(args.topic) if action is Perm.SUBSCRIBE else validate_topic(args.topic)
+    if bad:
+        print(f"deny: invalid {'filter' if action is Perm.SUBSCRIBE else 'topic'} {args.topic!r}: {bad}")
+        return 1
+
+    async def body(redis: Any, keys: k.Keys) -> int:
+        user = None if anonymous else await UserStore(redis, keys).get(args.user)
+        if not anonymous and user is None:
+            print(f"note: no user {args.user!r} in Redis; deciding as for a user without groups", file=sys.stderr)
+        subject = Subject(None if anonymous else args.user, args.client_id,
+                          user.groups if user else frozenset(), bool(user and user.superuser))
+        policy = AclPolicy(default_allow=args.default == "allow")
+        raw = await AclStore(redis, keys).load(subject_keys_for(subject))
+        problems = []
+        for subject_key, mapping in raw.items():
+            rules, found = parse_rules(subject_key, mapping)
+            policy.set_rules(subject_key, rules)
+            problems += found
+        decision = policy.decide(subject, action, args.topic)
+        verdict = "allow" if decision.allowed else "deny"
+        if decision.rule is not None:
+            rule = decision.rule
+            print(f"{verdict}: {decision.reason} {rule.filter!r} = {format_tokens(rule.allow, rule.deny)} "
+                  f"in {keys.acl(rule.subject)}")
+        else:
+            print(f"{verdict}: {decision.reason}")
+        for p in problems:
+            print(f"warning: skipped malformed rule {p.filter!r} = {p.value!r} in {keys.acl(p.subject)}: {p.reason}")
+        return 0 if decision.allowed else 1
+
+    return run_with_redis(args, body)
+
+
+def _group_edit(args: argparse.Namespace, add: bool) -> int:
+    async def body(redis: Any, keys: k.Keys) -> int:
+        users = UserStore(redis, keys)
+        if not await users.exists(args.user):
+            raise CliError(f"no such user {args.user!r}")
+        if add:
+            await users.add_group(args.user, args.group)
+            print(f"{args.user!r} added to group {args.group!r}")
+        else:
+            await users.remove_group(args.user, args.group)
+            print(f"{args.user!r} removed from group {args.group!r}")
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_group_add(args: argparse.Namespace) -> int:
+    return _group_edit(args, True)
+
+
+def cmd_group_del(args: argparse.Namespace) -> int:
+    return _group_edit(args, False)
