@@ -1,0 +1,1028 @@
+"""Benchmark harness (issue 7): plain amqtt, mosquitto, mqtt-guard with guards off / on.
+
+    .venv/bin/python -m tests.bench.run                 # 3 rounds, all cases, all targets
+    .venv/bin/python -m tests.bench.run --quick         # short smoke run (1 round)
+    .venv/bin/python tests/bench/run.py --rounds 5 --targets amqtt,guard-off --cases fanin_qos0
+
+Starts its own redis-server and every broker target on free 127.0.0.1 ports,
+runs every case against every target (round -> case -> target, target order
+rotated each round), each run in a separate load-generator process
+(``loadgen.py``), and writes ``runs.jsonl`` (appended), ``summary.json`` and
+``summary.md`` to ``--out``. Everything it starts is stopped by PID, also on
+Ctrl-C and on errors. See README.md for what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "tests.bench"  # noqa: A001  (so the relative import below works as a script too)
+
+from . import mqttraw as mr  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+LOADGEN = BENCH_DIR / "loadgen.py"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+ALL_TARGETS = ("amqtt", "mosquitto", "guard-off", "guard-on")
+ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency")
+GUARD_PREFIX = "bench:"
+
+# --------------------------------------------------------------------------
+# guard-on: what a later engineer fills in (see README.md "guard-on")
+# --------------------------------------------------------------------------
+
+# guard-off: the mqtt-guard broker with its guards as far off as the config
+# allows, to measure the engine's own cost against plain amqtt.
+GUARD_OFF = {
+    "broker_args": ["--allow-anonymous"],
+    # Since the Redis ACL landed (default deny), an anonymous client may not
+    # even SUBSCRIBE without a rule, so guard-off sets the ACL default to allow.
+    # Return {} to run the bare command line of the issue (no --config).
+    "config": lambda ctx: {"acl": {"default": "allow"}},
+}
+
+GUARD_ON = {
+    # every client of the guard-on target (publishers, subscribers, connect_rate)
+    # authenticates with this user; created with `mqtt-guard ... user add`
+    "username": "bench",
+    "password": "bench-Pw-7f3a9c",
+    # ACL rules written to Redis for that user: HSET bench:acl:user:bench <filter> <access>
+    "acl_key": GUARD_PREFIX + "acl:user:bench",
+    "acl_rules": 1000,           # total; one of them is acl_match_filter
+    "acl_match_filter": "bench/#",
+    "acl_access": "readwrite",
+    # broker arguments on top of `--redis-url U --prefix bench: broker --bind H:P --config FILE`.
+    # No --allow-anonymous here: on the command line it overrides the config's
+    # auth.allow_anonymous=false, and guard-on must refuse anonymous clients.
+    "broker_args": [],
+    # guard features the config below does not switch on yet; listed in the
+    # summary so guard-on numbers are not mistaken for the full guard
+    "pending": ["quotas", "analytics"],
+}
+
+
+def guard_on_config(ctx: "Ctx") -> dict:
+    """The YAML document passed as ``broker --config FILE`` to the guard-on target.
+
+    Keys follow mqtt_guard/config.py as of commit 5a5e8bd (sections listeners,
+    redis, auth, acl, limits, log; validated strictly, unknown keys stop the
+    broker). Listeners come from --bind; redis url/prefix from the CLI flags.
+
+    TODO(issue 7): when the quota and analytics sections land in the config
+    schema, add them here, e.g. (names are guesses until the schema exists)
+        "quota": {...per-client limits set far above what a run sends, so the
+                  cost of counting is measured, not the cost of denials...},
+        "analytics": {...per-client counters on...},
+    and remove them from GUARD_ON["pending"]. Per-user quota overrides that live
+    in Redis (docs/quotas.md: <prefix>quota:user:<username>) go into
+    setup_guard_on().
+    """
+    return {
+        "redis": {"url": ctx.redis_url, "prefix": GUARD_PREFIX},
+        # every client authenticates with a password; anonymous clients refused
+        "auth": {"allow_anonymous": False},
+        # topic ACLs from Redis, default deny: only the bench user's bench/# rule lets traffic through
+        "acl": {"default": "deny"},
+    }
+
+
+def acl_filters(n: int, match_filter: str) -> list[str]:
+    """``n`` ACL filters: ``match_filter`` plus realistic filters that never match bench/..."""
+    out = [match_filter]
+    patterns = ("devices/d-{i}/+/state", "devices/d-{i}/telemetry/#", "sites/s-{s}/d-{i}/cmd",
+                "fleet/{s}/+/d-{i}/status")
+    i = 0
+    while len(out) < n:
+        out.append(patterns[i % len(patterns)].format(i=i, s=i % 37))
+        i += 1
+    return out
+
+
+# --------------------------------------------------------------------------
+# process bookkeeping: everything we start is stopped by its PID
+# --------------------------------------------------------------------------
+
+class Procs:
+    def __init__(self):
+        self.live: dict[int, tuple[str, subprocess.Popen, int]] = {}
+
+    def start(self, name: str, argv: list[str], log_path: Path | None, stop_signal=signal.SIGTERM,
+              **kw) -> subprocess.Popen:
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            # own session: a terminal Ctrl-C reaches only the harness, which then
+            # stops the children itself (amqtt must get SIGINT to shut down cleanly)
+            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, cwd=kw.pop("cwd", str(REPO)), **kw)
+        finally:
+            if log_path:
+                out.close()
+        self.live[p.pid] = (name, p, stop_signal)
+        return p
+
+    def stop(self, pid: int, timeout: float = 5.0) -> int | None:
+        entry = self.live.pop(pid, None)
+        if entry is None:
+            return None
+        _name, p, sig = entry
+        if p.poll() is None:
+            for s, wait in ((sig, timeout), (signal.SIGKILL, 3.0)):
+                try:
+                    os.kill(p.pid, s)
+                except ProcessLookupError:
+                    break
+                try:
+                    p.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        # children the process left behind in its own session (process group == its pid)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return p.returncode
+
+    def stop_all(self) -> None:
+        for pid in list(self.live)[::-1]:
+            try:
+                self.stop(pid)
+            except Exception as e:  # keep stopping the others
+                print(f"warning: could not stop pid {pid}: {e}", file=sys.stderr)
+
+
+PROCS = Procs()
+atexit.register(PROCS.stop_all)
+
+
+def _sigterm(_signo, _frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 8) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(x.strip() for x in lines[-n:])[-800:]
+
+
+def proc_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def wait_idle(pid: int, max_wait: float = 10.0, threshold_pct: float = 10.0, window: float = 0.3) -> float:
+    """Wait until ``pid`` uses < threshold % CPU over ``window`` s; return seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait:
+        a = proc_ticks(pid)
+        time.sleep(window)
+        b = proc_ticks(pid)
+        if a is None or b is None:
+            break
+        if (b - a) / CLK_TCK / window * 100 < threshold_pct:
+            break
+    return round(time.monotonic() - t0, 2)
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def machine_busy(window: float) -> float | None:
+    """Whole-machine CPU use over ``window`` s, out of nproc*100 %."""
+    def idle() -> int:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return v[3] + v[4]
+    try:
+        i0, t0 = idle(), time.monotonic()
+        time.sleep(window)
+        i1, t1 = idle(), time.monotonic()
+    except OSError:
+        return None
+    ncpu = os.cpu_count() or 1
+    return round(max(0.0, ncpu * 100 - (i1 - i0) / CLK_TCK / (t1 - t0) * 100), 1)
+
+
+def machine_facts() -> dict:
+    facts = {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": None,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["mem_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    try:
+        import importlib.metadata as md
+        for pkg in ("amqtt", "redis", "uvloop"):
+            try:
+                facts[f"{pkg}_version"] = md.version(pkg)
+            except md.PackageNotFoundError:
+                pass
+    except ImportError:
+        pass
+    for key, argv in (("mosquitto_version", ["mosquitto", "-h"]), ("redis_server_version", ["redis-server", "--version"])):
+        if shutil.which(argv[0]):
+            try:
+                txt = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+                facts[key] = txt.strip().splitlines()[0] if txt.strip() else None
+            except (OSError, subprocess.SubprocessError):
+                pass
+    try:
+        facts["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return facts
+
+
+# --------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------
+
+class Unavailable(Exception):
+    pass
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    redis_port: int | None = None
+    redis_pid: int | None = None
+    redis_error: str | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+@dataclass
+class TargetSpec:
+    name: str
+    argv: list[str]
+    port: int
+    username: str | None = None
+    password: str | None = None
+    stop_signal: int = signal.SIGINT
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Target:
+    name: str
+    status: str = "pending"          # running | unavailable | died
+    reason: str | None = None
+    spec: TargetSpec | None = None
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    counts: dict = field(default_factory=dict)   # case -> per-client count
+    calib: dict = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.status == "running"
+
+
+def guard_cli(ctx: Ctx) -> list[str]:
+    """How to invoke the mqtt-guard CLI: the venv console script, else the module."""
+    exe = VENV_BIN / "mqtt-guard"
+    if exe.exists():
+        return [str(exe)]
+    if (REPO / "mqtt_guard" / "cli" / "main.py").exists():
+        py = VENV_BIN / "python"
+        return [str(py if py.exists() else sys.executable), "-c",
+                "import sys; from mqtt_guard.cli.main import main; sys.exit(main())"]
+    raise Unavailable(f"mqtt-guard CLI not found ({exe} missing and mqtt_guard/cli/main.py absent)")
+
+
+def need_redis(ctx: Ctx) -> None:
+    if not ctx.redis_port:
+        raise Unavailable(f"redis-server not running: {ctx.redis_error}")
+
+
+def target_amqtt(ctx: Ctx, port: int) -> TargetSpec:
+    exe = VENV_BIN / "amqtt"
+    if not exe.exists():
+        found = shutil.which("amqtt")
+        if not found:
+            raise Unavailable("amqtt CLI not found")
+        exe = Path(found)
+    cfg = ctx.tmp / "amqtt.yaml"
+    cfg.write_text(
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n")
+    return TargetSpec("amqtt", [str(exe), "-c", str(cfg)], port, stop_signal=signal.SIGINT,
+                      notes=["plain amqtt CLI, one tcp listener, AnonymousAuthPlugin only"])
+
+
+def target_mosquitto(ctx: Ctx, port: int) -> TargetSpec:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not exe:
+        raise Unavailable("mosquitto not installed")
+    cfg = ctx.tmp / "mosquitto.conf"
+    cfg.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    return TargetSpec("mosquitto", [exe, "-c", str(cfg)], port, stop_signal=signal.SIGTERM,
+                      notes=["default limits: max_queued_messages 1000, max_inflight_messages 20 "
+                             "(QoS1 fan-in drops what overflows the subscriber queue)"])
+
+
+def guard_base_argv(ctx: Ctx, port: int) -> list[str]:
+    return guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
+                             "broker", "--bind", f"127.0.0.1:{port}"]
+
+
+def target_guard_off(ctx: Ctx, port: int) -> TargetSpec:
+    need_redis(ctx)
+    argv = guard_base_argv(ctx, port) + list(GUARD_OFF["broker_args"])
+    notes = ["mqtt-guard broker, anonymous clients"]
+    doc = GUARD_OFF["config"](ctx)
+    if doc:
+        cfg = ctx.tmp / "guard-off.yaml"
+        write_yaml(cfg, doc)
+        argv += ["--config", str(cfg)]
+        notes.append("config: " + json.dumps(doc))
+    return TargetSpec("guard-off", argv, port, notes=notes)
+
+
+def setup_guard_on(ctx: Ctx) -> list[str]:
+    """Create the bench user (CLI, password on stdin) and its ACL rules (redis-py)."""
+    argv = guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
+                             "user", "add", GUARD_ON["username"], "--password-stdin"]
+    try:
+        r = subprocess.run(argv, input=GUARD_ON["password"] + "\n", capture_output=True, text=True,
+                           timeout=30, cwd=REPO)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"`mqtt-guard user add` failed to run: {e}")
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise Unavailable(f"`mqtt-guard user add` exited {r.returncode}: {' | '.join(msg[-3:])[-400:]}")
+    try:
+        import redis  # redis-py, a project dependency
+    except ImportError as e:
+        raise Unavailable(f"redis-py not importable in {sys.executable}: {e}")
+    try:
+        rc = redis.Redis(host="127.0.0.1", port=ctx.redis_port, db=0, socket_timeout=10)
+        filters = acl_filters(GUARD_ON["acl_rules"], GUARD_ON["acl_match_filter"])
+        rc.delete(GUARD_ON["acl_key"])
+        rc.hset(GUARD_ON["acl_key"], mapping={f: GUARD_ON["acl_access"] for f in filters})
+        n = rc.hlen(GUARD_ON["acl_key"])
+        rc.close()
+    except Exception as e:
+        raise Unavailable(f"writing ACL rules to Redis failed: {type(e).__name__}: {e}")
+    if n != GUARD_ON["acl_rules"]:
+        raise Unavailable(f"expected {GUARD_ON['acl_rules']} ACL rules in {GUARD_ON['acl_key']}, found {n}")
+    return [f"user {GUARD_ON['username']} created via CLI; {n} ACL rules in {GUARD_ON['acl_key']} "
+            f"(1 matching {GUARD_ON['acl_match_filter']!r})"]
+
+
+def write_yaml(path: Path, doc: dict) -> None:
+    try:
+        import yaml
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    except ImportError:
+        path.write_text(json.dumps(doc, indent=2))  # JSON is valid YAML
+
+
+def target_guard_on(ctx: Ctx, port: int) -> TargetSpec:
+    need_redis(ctx)
+    argv = guard_base_argv(ctx, port)  # raises Unavailable if the CLI is missing
+    notes = setup_guard_on(ctx)
+    cfg = ctx.tmp / "guard-on.yaml"
+    write_yaml(cfg, guard_on_config(ctx))
+    notes.append("config: " + json.dumps(guard_on_config(ctx)))
+    if GUARD_ON["pending"]:
+        notes.append(f"NOT YET ON: {', '.join(GUARD_ON['pending'])} (tests/bench/run.py guard_on_config)")
+    return TargetSpec("guard-on", argv + list(GUARD_ON["broker_args"]) + ["--config", str(cfg)], port,
+                      username=GUARD_ON["username"], password=GUARD_ON["password"], notes=notes)
+
+
+TARGET_BUILDERS: dict[str, Callable[[Ctx, int], TargetSpec]] = {
+    "amqtt": target_amqtt,
+    "mosquitto": target_mosquitto,
+    "guard-off": target_guard_off,
+    "guard-on": target_guard_on,
+}
+
+
+def broker_smoke(spec: TargetSpec, timeout: float = 5.0) -> None:
+    """CONNECT, SUBSCRIBE bench/#, PUBLISH one message to bench/..., receive it."""
+    sock, reader = mr.mqtt_connect("127.0.0.1", spec.port, "bench-smoke", spec.username, spec.password,
+                                   timeout=timeout)
+    try:
+        mr.mqtt_subscribe(sock, reader, "bench/#", 0, timeout=timeout)
+        sock.sendall(mr.encode_publish("bench/smoke/x", b"ping"))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("own PUBLISH to bench/smoke/x was not delivered back")
+            _t, flags, body = mr.read_packet(sock, reader, left, want=mr.PUBLISH)
+            topic, *_ = mr.parse_publish(flags, body)
+            if topic == "bench/smoke/x":
+                break
+        sock.sendall(mr.encode_disconnect())
+    finally:
+        sock.close()
+
+
+def start_target(ctx: Ctx, name: str, startup_timeout: float) -> Target:
+    t = Target(name)
+    port = free_port()
+    try:
+        spec = TARGET_BUILDERS[name](ctx, port)
+    except Unavailable as e:
+        t.status, t.reason = "unavailable", str(e)
+        return t
+    t.spec = spec
+    t.log = ctx.tmp / f"{name}.log"
+    try:
+        t.proc = PROCS.start(name, spec.argv, t.log, stop_signal=spec.stop_signal)
+    except OSError as e:
+        t.status, t.reason = "unavailable", f"could not start {spec.argv[0]}: {e}"
+        return t
+    deadline = time.monotonic() + startup_timeout
+    last_err = "no answer"
+    while time.monotonic() < deadline:
+        if t.proc.poll() is not None:
+            t.status = "unavailable"
+            t.reason = f"exited with code {t.proc.returncode} at startup: {tail(t.log, 4)}"
+            PROCS.stop(t.proc.pid)
+            return t
+        try:
+            broker_smoke(spec)
+            t.status = "running"
+            return t
+        except ConnectionRefusedError as e:  # not listening yet, or CONNACK refusal
+            last_err = str(e)
+            if "CONNACK" in last_err:
+                break
+        except (OSError, mr.ProtocolError, TimeoutError) as e:
+            last_err = f"{type(e).__name__}: {e}"
+            if isinstance(e, PermissionError):
+                break
+        time.sleep(0.2)
+    t.status = "unavailable"
+    t.reason = f"not usable within {startup_timeout:.0f}s: {last_err}; log: {tail(t.log, 3)}"
+    PROCS.stop(t.proc.pid)
+    return t
+
+
+def start_redis(ctx: Ctx) -> None:
+    exe = shutil.which("redis-server")
+    if not exe:
+        ctx.redis_error = "redis-server not installed"
+        return
+    port = free_port()
+    data = ctx.tmp / "redis"
+    data.mkdir()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(data), "--daemonize", "no", "--protected-mode", "no"]
+    p = PROCS.start("redis", argv, ctx.tmp / "redis.log", stop_signal=signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            ctx.redis_error = f"redis-server exited {p.returncode}: {tail(ctx.tmp / 'redis.log', 3)}"
+            PROCS.stop(p.pid)
+            return
+        if redis_ping(port):
+            ctx.redis_port, ctx.redis_pid = port, p.pid
+            return
+        time.sleep(0.1)
+    ctx.redis_error = "redis-server did not answer PING within 10s"
+    PROCS.stop(p.pid)
+
+
+# --------------------------------------------------------------------------
+# cases and runs
+# --------------------------------------------------------------------------
+
+# kind "burst": the count (messages per publisher) is calibrated per target so
+# that a run lasts about --run-seconds; "timed": fixed duration.
+CASES = {
+    "fanin_qos0": {"kind": "burst", "args": ["--pubs", "4"], "clients": 4, "per": "pub",
+                   "probe": 500, "min": 100, "max": 250_000,
+                   "desc": "4 publishers -> 1 subscriber on bench/#, 64 B, QoS0; delivered msg/s"},
+    "fanin_qos1": {"kind": "burst", "args": ["--pubs", "4", "--window", "100"], "clients": 4, "per": "pub",
+                   "probe": 250, "min": 100, "max": 60_000,
+                   "desc": "same, publishers QoS1 with 100 un-PUBACKed in flight each, subscriber QoS1; delivered msg/s"},
+    "fanout_qos0": {"kind": "burst", "args": ["--subs", "10"], "clients": 10, "per": "sub",
+                    "probe": 500, "min": 100, "max": 200_000,
+                    "desc": "1 publisher -> 10 subscribers on bench/fan, QoS0; deliveries/s"},
+    "connect_rate": {"kind": "timed", "args": ["--concurrency", "4"],
+                     "desc": "4 concurrent raw clients: CONNECT(+user/pass if auth)+CONNACK+DISCONNECT+close; conn/s"},
+    "latency": {"kind": "timed", "args": ["--rate", "1000"],
+                "desc": "1 publisher -> 1 subscriber, paced 1,000 msg/s QoS0; end-to-end latency"},
+}
+
+# metrics tabulated per case: (label, path into the run record, higher is better)
+METRICS = {
+    "fanin_qos0": [("msg/s", ("rate",), True)],
+    "fanin_qos1": [("msg/s", ("rate",), True)],
+    "fanout_qos0": [("deliveries/s", ("rate",), True)],
+    "connect_rate": [("conn/s", ("rate",), True)],
+    "latency": [("p50 µs", ("latency_us", "p50"), False), ("p90 µs", ("latency_us", "p90"), False),
+                ("p99 µs", ("latency_us", "p99"), False), ("max µs", ("latency_us", "max"), False)],
+}
+
+
+@dataclass
+class Settings:
+    run_seconds: float
+    timed_seconds: float
+    latency_seconds: float
+    idle_timeout: float
+    max_time: float
+    probe_runs: int
+
+
+def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings) -> dict:
+    spec = t.spec
+    assert spec is not None and t.proc is not None
+    cd = CASES[case]
+    argv = [sys.executable, str(LOADGEN), case, "--host", "127.0.0.1", "--port", str(spec.port),
+            "--broker-pids", str(t.proc.pid), "--redis-pid", str(ctx.redis_pid or 0),
+            "--idle-timeout", str(st.idle_timeout), "--max-time", str(st.max_time)] + cd["args"]
+    if spec.username is not None:
+        argv += ["--username", spec.username]
+        if spec.password is not None:
+            argv += ["--password", spec.password]
+    if count is not None:
+        argv += ["--count", str(count)]
+    if case == "connect_rate":
+        argv += ["--duration", str(st.timed_seconds)]
+    elif case == "latency":
+        argv += ["--duration", str(st.latency_seconds)]
+    rec: dict = {"target": t.name, "case": case}
+    if t.proc.poll() is not None:
+        t.status = "died"
+        t.reason = f"broker exited with code {t.proc.returncode}: {tail(t.log, 3)}"
+        rec.update(ok=False, error=t.reason)
+        return rec
+    rec["pre_idle_wait_s"] = wait_idle(t.proc.pid)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=st.max_time + 40)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        rec.update(ok=False, error=f"load generator timed out after {st.max_time + 40:.0f}s")
+        return rec
+    except BaseException:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        raise
+    line = out.strip().splitlines()[-1] if out.strip() else ""
+    try:
+        rec.update(json.loads(line))
+    except json.JSONDecodeError:
+        rec.update(ok=False, error=f"load generator exited {p.returncode} without a result: "
+                                   f"{(err or out).strip()[-600:]}")
+    rec["broker_rss_mb"] = rss_mb(t.proc.pid)
+    if t.proc.poll() is not None:
+        t.status = "died"
+        t.reason = f"broker exited with code {t.proc.returncode} during {case}: {tail(t.log, 3)}"
+        rec["ok"] = False
+        rec["error"] = ((rec.get("error") or "") + "; " + t.reason).lstrip("; ")
+    return rec
+
+
+def calibrate(ctx: Ctx, t: Target, case: str, st: Settings, log: Callable[[dict], None]) -> int:
+    """Messages per client so that the run lasts about st.run_seconds on this target."""
+    cd = CASES[case]
+    count = cd["probe"]
+    for i in range(st.probe_runs):
+        rec = loadgen_run(ctx, t, case, count, st)
+        rec.update(phase="calibration", probe=i)
+        log(rec)
+        if not rec.get("ok") or not rec.get("sent"):
+            t.calib[case] = {"error": rec.get("error"), "count": count}
+            return count
+        # messages per second the target moved (sent, so that a lossy broker is
+        # not given a bigger burst than it can take either)
+        secs = max(rec.get("duration_s") or 0, rec.get("publish_s") or 0, 1e-3)
+        msgs_per_s = rec["sent"] / secs
+        per_client_per_s = msgs_per_s / (cd["clients"] if cd["per"] == "pub" else 1)
+        new = int(per_client_per_s * st.run_seconds)
+        new = max(cd["min"], min(cd["max"], new))
+        t.calib[case] = {"probe_count": count, "probe_secs": round(secs, 3),
+                         "msgs_per_s": round(msgs_per_s, 1), "count": new}
+        if secs >= 0.3 or i == st.probe_runs - 1:
+            return new
+        # too short to trust: probe again at ~0.5 s
+        count = max(cd["min"], min(cd["max"], int(per_client_per_s * 0.5)))
+    return count
+
+
+# --------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------
+
+def dig(rec: dict, path: tuple) -> float | None:
+    v = rec
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v if isinstance(v, (int, float)) else None
+
+
+def stats(vals: list[float]) -> dict | None:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def fmt_num(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def fmt_stat(s: dict | None) -> str:
+    if not s:
+        return "–"
+    if s["n"] == 1:
+        return fmt_num(s["median"])
+    return f"{fmt_num(s['median'])} [{fmt_num(s['min'])}–{fmt_num(s['max'])}]"
+
+
+def fmt_ratio(s: dict | None) -> str:
+    if not s:
+        return "–"
+    if s["n"] == 1:
+        return f"{s['median']:.2f}×"
+    return f"{s['median']:.2f}× [{s['min']:.2f}–{s['max']:.2f}]"
+
+
+def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], facts: dict,
+              meta: dict) -> tuple[dict, str]:
+    measured = [r for r in runs if r.get("phase") == "measure"]
+    rounds = sorted({r["round"] for r in measured})
+    summary: dict = {"meta": meta, "machine": facts, "targets": {}, "cases": {}}
+    for name, t in targets.items():
+        summary["targets"][name] = {
+            "status": t.status, "reason": t.reason,
+            "argv": t.spec.argv if t.spec else None, "port": t.spec.port if t.spec else None,
+            "auth": bool(t.spec and t.spec.username), "notes": t.spec.notes if t.spec else [],
+            "count_per_client": t.counts, "calibration": t.calib,
+        }
+    for case in cases:
+        cs: dict = {"description": CASES[case]["desc"], "metrics": {}}
+        by = {(r["target"], r["round"]): r for r in measured if r["case"] == case}
+        for label, path, higher in METRICS[case]:
+            ms: dict = {"higher_is_better": higher, "targets": {}}
+            for name in targets:
+                recs = [by.get((name, rd)) for rd in rounds]
+                ok = [r for r in recs if r and r.get("ok")]
+                vals = [dig(r, path) for r in ok]
+                entry = {
+                    "values": vals,
+                    "stat": stats(vals),
+                    "runs": len([r for r in recs if r]), "ok_runs": len(ok),
+                    "errors": sorted({r.get("error") for r in recs if r and not r.get("ok") and r.get("error")}),
+                    "lost": [r.get("lost") for r in ok], "expected": [r.get("expected") for r in ok],
+                    "sent": [r.get("sent") for r in ok], "delivered": [r.get("delivered") for r in ok],
+                    "conn_errors": [r.get("errors") for r in ok if case == "connect_rate"],
+                    "duration_s": stats([r.get("duration_s") for r in ok]),
+                    "broker_cpu_pct": stats([r.get("broker_cpu_pct") for r in ok]),
+                    "gen_cpu_pct": stats([r.get("gen_cpu_pct") for r in ok]),
+                    "redis_cpu_pct": stats([r.get("redis_cpu_pct") for r in ok]),
+                    "machine_busy_pct": stats([r.get("machine_busy_pct") for r in ok]),
+                }
+                for base, key in (("amqtt", "ratio_amqtt"), ("guard-off", "ratio_guard_off")):
+                    ratios = []
+                    for rd in rounds:
+                        a, b = by.get((name, rd)), by.get((base, rd))
+                        if a and b and a.get("ok") and b.get("ok"):
+                            va, vb = dig(a, path), dig(b, path)
+                            if va is not None and vb:
+                                ratios.append(va / vb)
+                    entry[key] = stats(ratios)
+                ms["targets"][name] = entry
+            cs["metrics"][label] = ms
+        summary["cases"][case] = cs
+
+    # ---- markdown
+    L: list[str] = []
+    L.append(f"# mqtt-guard benchmark ({meta['started']})")
+    L.append("")
+    L.append(f"Machine: {facts.get('nproc')} CPUs ({facts.get('cpu_model')}), {facts.get('mem_gib')} GiB, "
+             f"Linux {facts.get('kernel')}, Python {facts.get('python')}; amqtt {facts.get('amqtt_version')}, "
+             f"{facts.get('mosquitto_version')}, {(facts.get('redis_server_version') or '')[:40]}; "
+             f"git {facts.get('git_commit')}. Machine busy before start: {facts.get('busy_before_start_pct')}% "
+             f"of {facts.get('cpu_count', 0) * 100}%.")
+    L.append(f"Command: `{meta['command']}`; rounds: {len(rounds)}; burst runs sized for ~{meta['run_seconds']} s; "
+             f"elapsed {meta.get('elapsed_s', 0):.0f} s.")
+    L.append("")
+    L.append("Cells: **median [min–max] over rounds**. ×amqtt / ×guard-off: ratio to that target computed "
+             "within each round, then the median [min–max] of those ratios (for latency rows >1 means slower). "
+             "CPU: 100% = one core, over the delivery window; gen = the load generator's processes; "
+             "busy = whole machine, out of "
+             f"{facts.get('cpu_count', 0) * 100}%.")
+    L.append("")
+    L.append("| target | status | command / notes |")
+    L.append("|---|---|---|")
+    for name, t in targets.items():
+        info = t.reason if t.status != "running" else "; ".join(t.spec.notes) if t.spec else ""
+        if t.status == "running" and t.spec and t.spec.username:
+            info += f" (clients authenticate as {t.spec.username!r})"
+        L.append(f"| {name} | {t.status} | {info} |")
+    L.append("")
+    L.append("| case | metric | target | value | ×amqtt | ×guard-off | lost / expected | broker CPU % | "
+             "gen CPU % | redis CPU % | busy % | n per client |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lossy: list[str] = []
+    for case in cases:
+        for label, ms in summary["cases"][case]["metrics"].items():
+            for name, e in ms["targets"].items():
+                t = targets[name]
+                if t.status == "unavailable":
+                    if label == next(iter(summary["cases"][case]["metrics"])):
+                        L.append(f"| {case} | {label} | {name} | unavailable | | | | | | | | |")
+                    continue
+                val = fmt_stat(e["stat"])
+                if e["ok_runs"] < e["runs"]:
+                    val += f" ({e['ok_runs']}/{e['runs']} ok)"
+                    if e["errors"]:
+                        val += f" — error: {e['errors'][0][:160]}"
+                lost_cell = ""
+                if case == "connect_rate":
+                    ce = [x for x in e["conn_errors"] if x is not None]
+                    lost_cell = f"{statistics.median(ce):,.0f} connect errors" if ce else "n/a"
+                elif e["lost"] and any(x is not None for x in e["lost"]):
+                    lv = [x for x in e["lost"] if x is not None]
+                    ev = [x for x in e["expected"] if x is not None]
+                    lm = statistics.median(lv)
+                    lost_cell = f"{lm:,.0f} / {statistics.median(ev):,.0f}" if ev else f"{lm:,.0f}"
+                    if max(lv) > 0:
+                        lost_cell += f" **LOST in {sum(1 for x in lv if x)}/{len(lv)} runs**"
+                        if label == next(iter(summary["cases"][case]["metrics"])):
+                            lossy.append(f"{case}/{name}: lost {', '.join(f'{x:,}' for x in lv)} of "
+                                         f"{', '.join(f'{x:,}' for x in ev)}")
+                n_cell = str(t.counts.get(case, "")) if CASES[case]["kind"] == "burst" else (
+                    f"{meta['timed_seconds']} s" if case == "connect_rate" else f"{meta['latency_seconds']} s")
+                L.append(f"| {case} | {label} | {name} | {val} | {fmt_ratio(e['ratio_amqtt'])} | "
+                         f"{fmt_ratio(e['ratio_guard_off'])} | {lost_cell} | {fmt_stat(e['broker_cpu_pct'])} | "
+                         f"{fmt_stat(e['gen_cpu_pct'])} | {fmt_stat(e['redis_cpu_pct'])} | "
+                         f"{fmt_stat(e['machine_busy_pct'])} | {n_cell} |")
+    L.append("")
+    if lossy:
+        L.append("**Runs that lost messages** (rates count only what was delivered):")
+        for x in lossy:
+            L.append(f"- {x}")
+        L.append("")
+    L.append("Cases:")
+    for case in cases:
+        L.append(f"- `{case}`: {CASES[case]['desc']}")
+    if "guard-on" in targets and GUARD_ON["pending"] and targets["guard-on"].status == "running":
+        L.append("")
+        L.append(f"**guard-on is incomplete**: auth (password per client) and the Redis ACL "
+                 f"({GUARD_ON['acl_rules']} rules) are on; {', '.join(GUARD_ON['pending'])} are not configured yet "
+                 "(tests/bench/run.py `guard_on_config`).")
+    L.append("")
+    return summary, "\n".join(L)
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short smoke run: 1 round, ~0.5 s runs")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick: 1)")
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS), help=f"comma list of {', '.join(ALL_TARGETS)}")
+    ap.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma list of {', '.join(ALL_CASES)}")
+    ap.add_argument("--out", default=str(BENCH_DIR / "results"), help="output directory")
+    ap.add_argument("--run-seconds", type=float, default=None,
+                    help="target duration of a burst run (default 2.0, --quick 0.5)")
+    ap.add_argument("--idle-timeout", type=float, default=20.0,
+                    help="a run ends when nothing is delivered for this long")
+    ap.add_argument("--startup-timeout", type=float, default=20.0)
+    ap.add_argument("--keep-tmp", action="store_true", help="keep configs and broker logs")
+    a = ap.parse_args(argv)
+    a.targets = [x.strip() for x in a.targets.split(",") if x.strip()]
+    a.cases = [x.strip() for x in a.cases.split(",") if x.strip()]
+    for x in a.targets:
+        if x not in ALL_TARGETS:
+            ap.error(f"unknown target {x!r}")
+    for x in a.cases:
+        if x not in ALL_CASES:
+            ap.error(f"unknown case {x!r}")
+    if a.rounds is None:
+        a.rounds = 1 if a.quick else 3
+    if a.run_seconds is None:
+        a.run_seconds = 0.5 if a.quick else 2.0
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    t_start = time.monotonic()
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    signal.signal(signal.SIGTERM, _sigterm)
+    # also when started from a non-interactive shell, where background jobs
+    # inherit SIGINT as *ignored*: a handled signal is reset to the default in
+    # the children at exec, so amqtt's SIGINT shutdown works
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    st = Settings(run_seconds=a.run_seconds,
+                  timed_seconds=0.5 if a.quick else 2.0,
+                  latency_seconds=1.0 if a.quick else 3.0,
+                  idle_timeout=a.idle_timeout, max_time=60.0,
+                  probe_runs=2)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    session = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(2).hex()
+    facts = machine_facts()
+    facts["busy_before_start_pct"] = machine_busy(1.0)
+    print(f"machine: nproc={facts['nproc']} cpu={facts['cpu_model']!r} python={facts['python']} "
+          f"kernel={facts['kernel']} amqtt={facts.get('amqtt_version')} {facts.get('mosquitto_version')} "
+          f"git={facts.get('git_commit')}; machine busy before start: {facts['busy_before_start_pct']}% "
+          f"of {facts['cpu_count'] * 100}%", flush=True)
+    if (facts["busy_before_start_pct"] or 0) > 20:
+        print("warning: the machine is already busy; numbers will be noisy", flush=True)
+    print(f"session {session}: rounds={a.rounds} targets={','.join(a.targets)} cases={','.join(a.cases)} "
+          f"out={out}", flush=True)
+    meta = {"session": session, "started": started, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "rounds": a.rounds, "run_seconds": st.run_seconds, "timed_seconds": st.timed_seconds,
+            "latency_seconds": st.latency_seconds, "quick": a.quick}
+
+    tmp = Path(tempfile.mkdtemp(prefix="mqtt-guard-bench-"))
+    ctx = Ctx(tmp=tmp)
+    runs: list[dict] = []
+    targets: dict[str, Target] = {}
+    jsonl = open(out / "runs.jsonl", "a")
+
+    def log(rec: dict) -> None:
+        rec.setdefault("session", session)
+        rec.setdefault("ts", _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+        runs.append(rec)
+        jsonl.write(json.dumps(rec) + "\n")
+        jsonl.flush()
+
+    interrupted = False
+    try:
+        if any(x.startswith("guard") for x in a.targets):
+            start_redis(ctx)
+            print(f"redis: {'port ' + str(ctx.redis_port) + ' pid ' + str(ctx.redis_pid) if ctx.redis_port else ctx.redis_error}",
+                  flush=True)
+        for name in a.targets:
+            t = start_target(ctx, name, a.startup_timeout)
+            targets[name] = t
+            if t.available:
+                print(f"target {name}: running, port {t.spec.port}, pid {t.proc.pid}", flush=True)
+            else:
+                print(f"target {name}: {t.status}: {t.reason}", flush=True)
+
+        # calibration (not part of the results)
+        for name, t in targets.items():
+            if not t.available:
+                continue
+            for case in a.cases:
+                if CASES[case]["kind"] != "burst":
+                    continue
+                t.counts[case] = calibrate(ctx, t, case, st, log)
+                c = t.calib.get(case, {})
+                print(f"calibrate {name:9s} {case:12s}: ~{fmt_num(c.get('msgs_per_s'))} msg/s -> "
+                      f"count {t.counts[case]} per client" + (f" (probe failed: {c['error']})" if c.get("error") else ""),
+                      flush=True)
+
+        avail = [n for n in a.targets if targets[n].available]
+        for rd in range(1, a.rounds + 1):
+            k = (rd - 1) % max(1, len(avail))
+            order = avail[k:] + avail[:k]  # rotate so no target always runs first
+            for case in a.cases:
+                for name in order:
+                    t = targets[name]
+                    if not t.available:
+                        rec = {"target": name, "case": case, "ok": False, "error": f"target {t.status}: {t.reason}"}
+                    else:
+                        rec = loadgen_run(ctx, t, case, t.counts.get(case), st)
+                    rec.update(phase="measure", round=rd)
+                    log(rec)
+                    print(progress_line(rec), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping everything that was started", flush=True)
+    finally:
+        PROCS.stop_all()
+        jsonl.close()
+        if a.keep_tmp:
+            print(f"configs and logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    meta["interrupted"] = interrupted
+    summary, md = summarize(runs, targets, a.cases, facts, meta)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(md)
+    print()
+    print(md)
+    print(f"wrote {out / 'runs.jsonl'} (appended), {out / 'summary.json'}, {out / 'summary.md'}; "
+          f"total {meta['elapsed_s']:.0f} s")
+    return 130 if interrupted else 0
+
+
+def progress_line(r: dict) -> str:
+    head = f"[r{r.get('round')}] {r['case']:12s} {r['target']:9s}"
+    if not r.get("ok"):
+        return f"{head} FAILED: {r.get('error')}"
+    if r["case"] == "latency":
+        lat = r.get("latency_us", {})
+        main = (f"p50 {fmt_num(lat.get('p50'))} µs, p99 {fmt_num(lat.get('p99'))} µs, "
+                f"max {fmt_num(lat.get('max'))} µs, lost {r.get('lost')}")
+    elif r["case"] == "connect_rate":
+        main = f"{fmt_num(r.get('rate'))} conn/s, errors {r.get('errors')}"
+    else:
+        main = (f"{fmt_num(r.get('rate'))} {r.get('rate_unit')}, delivered {r.get('delivered'):,}/"
+                f"{r.get('expected'):,}" + (f" LOST {r['lost']:,}" if r.get("lost") else ""))
+    return (f"{head} {main}; broker {fmt_num(r.get('broker_cpu_pct'))}%, gen {fmt_num(r.get('gen_cpu_pct'))}%, "
+            f"busy {fmt_num(r.get('machine_busy_pct'))}%, {r.get('duration_s')} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
