@@ -1,19 +1,28 @@
-"""GuardedBroker: amqtt's Broker with the connection path made safe.
+"""GuardedBroker: amqtt's Broker with the connection path, routing and delivery made safe.
 
-This module (with the handler classes next to it) is the only place that touches amqtt internals.
-What it changes in amqtt 0.12.1, and why:
-- Authentication runs before anything touches `_sessions`. amqtt deletes or overwrites an existing
+This module (with handler.py, queues.py and protocol.py next to it) is the only place that touches
+amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the full list):
+- CONNECT is read whole within `limits.connect_timeout` and validated strictly: MQTT 5 gets CONNACK 1
+  (amqtt hung on one with credentials), MQTT 3.1 (MQIsdp) is accepted as mosquitto does, invalid
+  UTF-8 or flags close the connection with a log line.
+- Authentication runs before anything touches `_sessions`. amqtt deleted or overwrote an existing
   client's session while parsing the CONNECT, so a failed login with a victim's client id could
-  silence or kick the victim. Here a refused CONNECT leaves no trace in broker state.
-- A refused CONNECT gets CONNACK with session-present 0 and the guard's return code (5 not
-  authorised, 3 server unavailable when Redis is down) and the socket is closed.
-- A socket that sends no CONNECT within `limits.connect_timeout` is closed.
+  silence or kick the victim. A refused CONNECT gets CONNACK with session-present 0 and leaves no
+  trace in broker state.
 - `max_connections` refuses the extra connection instead of parking it without a CONNACK.
-- No retained messages are sent at CONNECT: amqtt sent every retained message matching any
-  client's subscription to every new client.
-- A session take-over waits until the old connection has fully finished, so the old connection's
-  clean-up cannot mark the resumed session disconnected after the new one started.
-- Plugin exceptions in authentication deny that CONNECT instead of dropping it unanswered.
+- No retained messages at CONNECT (amqtt sent every retained message matching any client's
+  subscription to every new client); retained messages on SUBSCRIBE pass the RECEIVE check.
+- Inbound PUBLISH is routed in the publisher's reader, in order, before its PUBACK and before a later
+  DISCONNECT is read (amqtt discarded a disconnecting publisher's unrouted backlog, PUBACKed QoS 1
+  included). Delivery QoS is min(published, granted); overlapping subscriptions of one client get
+  one copy at the highest granted QoS (as mosquitto).
+- Deliveries go into a bounded per-session queue (engine/queues.py) drained by one writer loop per
+  connection: no Task per delivery, and a stalled subscriber costs at most its queue limits.
+- Persistent sessions (clean_session 0, anonymous ones too) keep subscriptions, queued QoS 1/2 and
+  unacknowledged messages while offline; they are re-sent with DUP on reconnect.
+- Plugin exceptions deny that one check (logged, counted), never the connection or other deliveries.
+- Shutdown stops accepting, flushes queued deliveries for a short while, closes every connection
+  once, publishes no wills, and returns.
 """
 
 from __future__ import annotations
@@ -23,15 +32,13 @@ import logging
 import ssl
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.adapters import BufferReader, ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.events import BrokerEvents
-from amqtt.mqtt.connack import ConnackPacket
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.events import BrokerEvents, MQTTEvents
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.session import IncomingApplicationMessage, Session
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
@@ -39,15 +46,31 @@ from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILA
 from ..config import GuardConfig, ListenerConfig
 from ..guard import Guard
 from ..logutil import RateLimitedLog
-from .session_info import AUTH_RESULT, CLIENT, LISTENER, auth_result_of
+from ..metrics import counters as C
+from .handler import GuardedHandler
+from .protocol import (
+    CONNECT,
+    TYPE_NAMES,
+    ConnectInfo,
+    ProtocolViolation,
+    encode_connack,
+    encode_remaining_length,
+    encode_suback,
+    parse_connect,
+)
+from .queues import OutQueue
+from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, auth_result_of, queue_of
 
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
+queue_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
 
 GUARD_PLUGINS = {
     "mqtt_guard.plugins.auth.GuardAuthPlugin": {},
     "mqtt_guard.plugins.acl.GuardAclPlugin": {},
 }
+SUBACK_FAILURE = 0x80
+SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach the clients
 
 
 def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -66,7 +89,8 @@ def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = Non
             if listener.cafile:
                 entry["cafile"] = listener.cafile
         listeners[name] = entry
-    return {"listeners": listeners, "plugins": {**GUARD_PLUGINS, **(extra_plugins or {})}}
+    plugins = {**GUARD_PLUGINS, **{k: v or {} for k, v in config.plugins.items()}, **(extra_plugins or {})}
+    return {"listeners": listeners, "plugins": plugins}
 
 
 class GuardedBroker(Broker):
@@ -82,6 +106,8 @@ class GuardedBroker(Broker):
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
+        self._shutting_down = False
+        self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config, extra_plugins), loop=loop)
         guard.kicker = self.kick
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
@@ -89,6 +115,28 @@ class GuardedBroker(Broker):
             # amqtt copies the default listener's fields into the others ("apply"); undo that.
             theirs.ssl = bool(ours.certfile)
             theirs.max_connections = 0  # we refuse over-limit connections ourselves
+        # Topic checks in call order: ours answer synchronously through `check`.
+        self._topic_checks = [(p, getattr(p, "check", None)) for p in self.plugins_manager._topic_plugins]  # noqa: SLF001
+        events = self.plugins_manager._event_plugin_callbacks  # noqa: SLF001
+        self._fire_msg_received = bool(events.get(BrokerEvents.MESSAGE_RECEIVED))
+        self._fire_msg_broadcast = bool(events.get(BrokerEvents.MESSAGE_BROADCAST))
+        self._fire_connect_received = bool(events.get(MQTTEvents.PACKET_RECEIVED))
+
+    # -- queue depth (for the slow-consumer policy) ----------------------------------------------
+    def queue_depth(self, client_id: str) -> tuple[int, int]:
+        """(messages, bytes) held for a session: queued plus sent-but-unacknowledged. (0, 0) if unknown."""
+        entry = self._sessions.get(client_id)
+        queue = queue_of(entry[0]) if entry is not None else None
+        return queue.depth() if queue is not None else (0, 0)
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """queue_depth of every session the broker holds, connected or offline-persistent."""
+        out = {}
+        for client_id, (session, _) in self._sessions.items():
+            queue = queue_of(session)
+            if queue is not None:
+                out[client_id] = queue.depth()
+        return out
 
     # -- listeners -----------------------------------------------------------------------------
     def _create_ssl_context(self, listener: AmqttListenerConfig) -> ssl.SSLContext:  # type: ignore[override]
@@ -102,8 +150,8 @@ class GuardedBroker(Broker):
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)
         listener = self._guard_listeners.get(listener_name)
-        if server is None or listener is None:
-            await writer.close()
+        if server is None or listener is None or self._shutting_down:
+            await _close_quietly(writer)
             return
         peer = writer.get_peer_info()
         where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
@@ -127,9 +175,9 @@ class GuardedBroker(Broker):
         session.attributes[LISTENER] = listener
         client_id = session.client_id = session.client_id or gen_client_id()
         code = await self._check_connect(session, listener, where)
-        if code:
+        if code or self._shutting_down:
             self._detach(session)
-            await self._refuse(writer, code)
+            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
             return
         done = asyncio.Event()
         previous = self._connections.get(client_id)
@@ -137,15 +185,17 @@ class GuardedBroker(Broker):
         try:
             await self._take_over(client_id, previous)
             session = self._adopt_session(session)
-            await self._run_session(reader, writer, session, handler)
+            await self._run_session(reader, writer, session, handler, where)
         finally:
-            self._detach(session)
+            self._detach(session, keep=not session.clean_session)
             done.set()
             if self._connections.get(client_id) is done:
                 del self._connections[client_id]
 
-    def _detach(self, session: Session) -> None:
-        client = session.attributes.pop(CLIENT, None)
+    def _detach(self, session: Session, keep: bool = False) -> None:
+        """The client's connection is over: the guard stops tracking it. A persistent session keeps its
+        GuardClient so messages queued while it is offline still pass its RECEIVE check."""
+        client = session.attributes.get(CLIENT) if keep else session.attributes.pop(CLIENT, None)
         if client is not None:
             self.guard.detach(client)
 
@@ -156,22 +206,59 @@ class GuardedBroker(Broker):
             return False
         log.warning("disconnecting client %r: %s", client_id, reason)
         handler = entry[1]
-        await handler.handle_connection_closed()
+        if isinstance(handler, GuardedHandler):
+            handler.close(f"disconnected by the server: {reason}")
         await handler.stop()
         return True
 
     async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter,
-                            where: str) -> tuple[BrokerProtocolHandler, Session] | None:
-        timeout = self.guard_config.limits.connect_timeout
+                            where: str) -> tuple[GuardedHandler, Session] | None:
+        """The first packet, whole, within connect_timeout; it must be a valid CONNECT."""
+        limits = self.guard_config.limits
+        timeout = limits.connect_timeout
         try:
-            return await asyncio.wait_for(
-                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager), timeout)
+            first, body = await asyncio.wait_for(_read_packet(reader, limits.max_packet_size), timeout)
+            if first != CONNECT << 4:
+                raise ProtocolViolation(f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT"
+                                        " [MQTT-3.1.0-1]")
+            info = parse_connect(body)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
-        except (AMQTTError, MQTTError, NoDataError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("closed connection from %s: invalid CONNECT: %s", where, exc or type(exc).__name__)
+        except ProtocolViolation as exc:
+            self.guard.counters.incr(None, C.PROTOCOL_ERRORS)
+            if exc.connack is not None:
+                log.warning("refused CONNECT from %s: %s (CONNACK %d)", where, exc.reason, exc.connack)
+                await self._refuse(writer, exc.connack)
+                return None
+            log.warning("closed connection from %s: invalid CONNECT: %s", where, exc.reason)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
+            log.info("connection from %s closed before a complete CONNECT", where)
+        else:
+            if self._fire_connect_received:
+                packet = await ConnectPacket.from_stream(
+                    BufferReader(bytes((first,)) + encode_remaining_length(len(body)) + body))
+                await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet)
+            if info.protocol != "MQTT":
+                log.info("client %r from %s speaks MQTT 3.1 (%s)", info.client_id, where, info.protocol)
+            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer)
         await _close_quietly(writer)
         return None
+
+    def _session_from(self, info: ConnectInfo, writer: WriterAdapter) -> Session:
+        session = Session()
+        session.client_id = info.client_id
+        session.clean_session = info.clean
+        if info.will is not None:
+            session.will_flag = True
+            session.will_topic, session.will_message, session.will_qos, session.will_retain = info.will
+        session.username = info.username
+        session.password = info.password
+        peer = writer.get_peer_info()
+        if peer is not None:
+            session.remote_address, session.remote_port = peer
+        session.ssl_object = writer.get_ssl_info()
+        session.keep_alive = info.keepalive
+        return session
 
     async def _check_connect(self, session: Session, listener: ListenerConfig, where: str) -> int:
         """0 to accept, else the CONNACK return code. Every auth plugin must say yes."""
@@ -200,54 +287,45 @@ class GuardedBroker(Broker):
             try:
                 result = await plugin.authenticate(session=session)
             except Exception:
-                log.exception("auth plugin %s raised; treating it as a denial", type(plugin).__name__)
+                self.guard.counters.incr(session.client_id, C.PLUGIN_ERRORS)
+                log.exception("auth plugin %s raised for client %r; treating it as a denial",
+                              type(plugin).__name__, session.client_id)
                 result = False
             if result is not None:
                 results.append(result)
         return bool(results) and all(results)
 
-    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+    async def _topic_filtering(self, session: Session, topic: str, action: Action, *,
+                               enforce: bool = True) -> bool:
         """Every topic plugin must allow. Ours answer synchronously (`check`), third-party ones are
         awaited one by one instead of through amqtt's Task-per-plugin gather; a plugin that raises
-        or returns None denies that one check and is logged, the connection and the message for
-        other subscribers are unaffected."""
-        for plugin in self.plugins_manager._topic_plugins:  # noqa: SLF001
+        or returns None denies that one check (logged and counted); the connection and the message
+        for other subscribers are unaffected."""
+        for plugin, check in self._topic_checks:
             try:
-                check = getattr(plugin, "check", None)
                 if check is not None:
                     allowed = check(session, topic, action)
                 else:
                     allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
             except Exception:
+                self.guard.counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
                 plugin_log.log(logging.ERROR, (type(plugin).__name__, action),
-                               "topic plugin %s raised on %s %r; denying", type(plugin).__name__, action, topic,
+                               "topic plugin %s raised on %s %r for client %r; denying this one check",
+                               type(plugin).__name__, action, topic, session.client_id if session else None,
                                exc_info=True)
-                allowed = False
+                return False
             if not allowed:
-                if action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
+                if (enforce and action is Action.PUBLISH
+                        and self.guard_config.acl.deny_publish_action == "disconnect"):
                     asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
                 return False
         return True
 
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
-                                                          session: Session) -> None:
-        """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
-        out at min(subscription QoS, message QoS)."""
-        topic_filter, qos = subscription
-        handler = self._get_handler(session)
-        if handler is None:
-            return
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter):
-                continue
-            if not await self._topic_filtering(session, topic, Action.RECEIVE):
-                continue
-            await handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or 0), retain=True)
-
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int) -> None:
         try:
-            await ConnackPacket.build(0, code).to_stream(writer)  # session present is always 0 on refusal
+            writer.write(encode_connack(False, code))  # session present is always 0 on refusal
+            await asyncio.wait_for(writer.drain(), 2)
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
         await _close_quietly(writer)
@@ -258,7 +336,8 @@ class GuardedBroker(Broker):
         if entry is not None and entry[0].transitions.state == "connected":
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
             old_handler = entry[1]
-            await old_handler.handle_connection_closed()
+            if isinstance(old_handler, GuardedHandler):
+                old_handler.close("taken over by a new connection with the same client id")
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
@@ -267,21 +346,39 @@ class GuardedBroker(Broker):
                 log.warning("previous connection of %r did not finish within 10 s", client_id)
 
     def _adopt_session(self, incoming: Session) -> Session:
-        """amqtt's clean-session rules, applied only after authentication succeeded."""
+        """amqtt's clean-session rules, applied only after authentication succeeded. A persistent
+        session is resumed only by the same username (else it is discarded and started afresh)."""
         client_id = incoming.client_id
         existing = self._sessions.get(client_id, (None, None))[0]
-        if incoming.clean_session or existing is None or existing.clean_session:
+        resumable = (existing is not None and not incoming.clean_session and not existing.clean_session
+                     and queue_of(existing) is not None)
+        if resumable and existing.username != incoming.username:  # type: ignore[union-attr]
+            log.warning("client %r: persistent session of user %r not resumed by user %r; starting a new one",
+                        client_id, existing.username, incoming.username)  # type: ignore[union-attr]
+            resumable = False
+        if not resumable:
             if existing is not None:
-                self._sessions.pop(client_id, None)
-                self._forget_subscriptions(existing)
+                self._drop_session(client_id, existing)
             incoming.parent = 0
+            limits = self.guard_config.limits
+            incoming.attributes[OUT_QUEUE] = OutQueue(limits.max_queued_messages, limits.max_queued_bytes,
+                                                      limits.max_inflight_messages)
             return incoming
+        assert existing is not None
         for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
                      "username", "password", "remote_address", "remote_port", "ssl_object", "is_anonymous"):
             setattr(existing, name, getattr(incoming, name))
         existing.attributes.update(incoming.attributes)
         existing.parent = 1
         return existing
+
+    def _drop_session(self, client_id: str, session: Session) -> None:
+        if self._sessions.get(client_id, (None,))[0] is session:
+            del self._sessions[client_id]
+        self._forget_subscriptions(session)
+        queue = queue_of(session)
+        if queue is not None:
+            queue.clear()
 
     def _forget_subscriptions(self, session: Session) -> None:
         for topic_filter in list(self._subscriptions):
@@ -291,29 +388,260 @@ class GuardedBroker(Broker):
         session.clear_queues()
 
     async def _run_session(self, reader: ReaderAdapter, writer: WriterAdapter, session: Session,
-                           handler: BrokerProtocolHandler) -> None:
+                           handler: GuardedHandler, where: str) -> None:
         try:
             session.transitions.connect()
         except (MachineError, ValueError):
             # A resumed session left in "connected" by an abrupt end: reset it.
             session.transitions.disconnect()
             session.transitions.connect()
+        queue = queue_of(session)
+        assert queue is not None
         handler.attach(session, reader, writer)
+        handler.bind(self, queue, where)
         self._sessions[session.client_id] = (session, handler)
-        await handler.mqtt_connack_authorize(True)
+        await handler.send(encode_connack(bool(session.parent), 0))
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
                                               client_id=session.client_id, client_session=session)
         await handler.start()
-        await self._publish_session_retained_messages(session)
+        clean = False
         try:
-            await self._client_message_loop(session, handler)
-        except (AMQTTError, MQTTError, NoDataError) as exc:
-            log.warning("client %r: connection error: %s", session.client_id, exc)
+            clean = await handler.wait_disconnect()
+        finally:
+            await self._end_session(session, handler, clean)
+
+    async def _end_session(self, session: Session, handler: GuardedHandler, clean: bool) -> None:
+        client_id = session.client_id
+        if self._shutting_down:
+            handler.publish_will = False
+            await handler.flush(self._shutdown_deadline)
+        await handler.stop()
+        reason = handler.end_reason
+        if clean:
+            log.info("client %r (%s) disconnected", client_id, handler.where)
+        elif reason and reason.startswith("protocol violation"):
+            log.warning("closed connection of client %r from %s: %s", client_id, handler.where, reason)
+        else:
+            log.info("client %r (%s) disconnected: %s", client_id, handler.where, reason or "connection lost")
+        if not clean and session.will_flag and handler.publish_will:
+            await self._publish_will(session)
+        try:
+            session.transitions.disconnect()
+        except (MachineError, ValueError):
+            pass
+        queue = queue_of(session)
+        if self._sessions.get(client_id, (None,))[0] is session:
+            if session.clean_session:
+                self._drop_session(client_id, session)
+            elif queue is not None:
+                queue.go_offline()
+                self._sessions[client_id] = (session, handler)
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
+                                              client_id=client_id, client_session=session)
+
+    async def _publish_will(self, session: Session) -> None:
+        """The will goes out like a PUBLISH of the client: the PUBLISH ACL applies to it."""
+        topic, message = session.will_topic, session.will_message or b""
+        if not topic:
+            return
+        if not await self._topic_filtering(session, topic, Action.PUBLISH, enforce=False):
+            log.info("will of client %r to %r not published: PUBLISH denied", session.client_id, topic)
+            return
+        qos = session.will_qos or 0
+        if session.will_retain:
+            await self.retain_message(session, topic, message, qos)
+        await self._route(topic, topic.encode(), bytes(message), qos)
+
+    # -- PUBLISH / SUBSCRIBE from a client (called by GuardedHandler's reader) --------------------
+    async def handle_publish(self, session: Session, topic: str, topic_raw: bytes, payload: bytes, qos: int,
+                             retain: bool) -> None:
+        if self._fire_msg_received or self._fire_msg_broadcast:
+            message = IncomingApplicationMessage(None, topic, qos, payload, retain)
+        if self._fire_msg_received:
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
+                                                  client_id=session.client_id, message=message)
+        if topic.startswith("$SYS/") or topic == "$SYS":
+            return  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
+        if not await self._topic_filtering(session, topic, Action.PUBLISH):
+            return
+        if self._fire_msg_broadcast:
+            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
+                                                  client_id=session.client_id, message=message)
+        if retain:
+            await self.retain_message(session, topic, payload, qos)
+        await self._route(topic, topic_raw, payload, qos)
+
+    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> None:
+        """Queue one message for every matching subscriber that may receive it, once per client at
+        min(published QoS, highest granted QoS) [MQTT-3.3.5-1]. `qos` None (amqtt's internal
+        broadcast) delivers at the granted QoS."""
+        targets: dict[str, tuple[Session, int]] = {}
+        matches = self._matches
+        for topic_filter, entries in self._subscriptions.items():
+            if not matches(topic, topic_filter):
+                continue
+            for target, granted in entries:
+                known = targets.get(target.client_id)  # type: ignore[arg-type]
+                if known is None or granted > known[1]:
+                    targets[target.client_id] = (target, granted)  # type: ignore[index]
+        for client_id, (target, granted) in targets.items():
+            queue = queue_of(target)
+            if queue is None:
+                continue
+            if not await self._topic_filtering(target, topic, Action.RECEIVE):
+                continue
+            if not queue.offer(topic_raw, payload, granted if qos is None else min(qos, granted), False):
+                self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
+                queue_log.log(logging.WARNING, ("queue full", client_id),
+                              "queue of client %r is full (%d messages, %d bytes): dropping messages for it",
+                              client_id, *queue.depth())
+
+    async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
+                                 force_qos: int | None = None) -> None:
+        """amqtt's entry point for internal publishes (plugins' broadcast_message): routed directly."""
+        if topic is None or data is None:
+            return
+        await self._route(topic, topic.encode(), bytes(data), force_qos)
+
+    async def handle_subscribe(self, session: Session, handler: GuardedHandler, packet_id: int,
+                               filters: list[tuple[str, int]]) -> None:
+        codes = [await self.add_subscription(sub, session) for sub in filters]
+        await handler.send(encode_suback(packet_id, codes))
+        for (topic_filter, _), code in zip(filters, codes, strict=True):
+            if code == SUBACK_FAILURE:
+                continue
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
+                                                  topic=topic_filter, qos=code)
+            await self._publish_retained_messages_for_subscription((topic_filter, code), session)
+
+    async def handle_unsubscribe(self, session: Session, filters: list[str]) -> None:
+        for topic_filter in filters:
+            self._del_subscription(topic_filter, session)
+            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
+                del self._subscriptions[topic_filter]
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
+                                                  client_id=session.client_id, topic=topic_filter)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """The filter was validated by the reader. A repeated filter replaces the old one, new QoS
+        included [MQTT-3.8.4-3] (amqtt kept the old QoS)."""
+        topic_filter, qos = subscription
+        if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+            return SUBACK_FAILURE
+        entries = self._subscriptions.setdefault(topic_filter, [])
+        for i, (existing, _) in enumerate(entries):
+            if existing.client_id == session.client_id:
+                entries[i] = (session, qos)
+                break
+        else:
+            entries.append((session, qos))
+        return qos
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Session) -> None:
+        """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
+        out with RETAIN set at min(granted QoS, message QoS)."""
+        topic_filter, qos = subscription
+        queue = queue_of(session)
+        if queue is None:
+            return
+        for topic, retained in list(self._retained_messages.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            if not queue.offer(topic.encode(), bytes(retained.data), min(qos, retained.qos or 0), True):
+                self.guard.counters.incr(session.client_id, C.DROPPED_QUEUE_FULL)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """amqtt's offline queue (session.retained_messages) is not used: OutQueue holds those."""
+
+    async def _session_monitor(self) -> None:
+        """amqtt dropped disconnected anonymous sessions here (and clean ones after up to 1 s); clean
+        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept."""
+        expiry = self.config.session_expiry_interval
+        if expiry is None:
+            return
+        await Broker._session_monitor(self)
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Stop accepting, give queued deliveries a moment to reach connected clients, close every
+        connection once (no wills: the clients did nothing wrong), then stop amqtt's machinery."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._shutdown_deadline = self._loop.time() + SHUTDOWN_FLUSH
+        log.info("shutting down: closing listeners and %d connection(s)",
+                 sum(1 for s, _ in self._sessions.values() if s.transitions.state == "connected"))
+        await self.plugins_manager.fire_event(BrokerEvents.PRE_SHUTDOWN, wait=True)
+        for server in self._servers.values():
+            try:
+                if server.instance is not None:
+                    server.instance.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing a listener failed", exc_info=True)
+        for _session, handler in list(self._sessions.values()):
+            if isinstance(handler, GuardedHandler) and handler.session is not None:
+                handler.publish_will = False
+                handler.close("broker shutting down")
+        pending = [e.wait() for e in self._connections.values() if not e.is_set()]
+        if pending:
+            done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending],
+                                                timeout=SHUTDOWN_FLUSH + 5)
+            for task in not_done:
+                task.cancel()
+            if not_done:
+                log.warning("%d connection(s) did not close in time", len(not_done))
+        self._sessions.clear()
+        self._subscriptions.clear()
+        self._retained_messages.clear()
+        self.transitions.shutdown()
+        await self._shutdown_broadcast_loop()
+        if self._session_monitor_task:
+            self._session_monitor_task.cancel()
+            await asyncio.gather(self._session_monitor_task, return_exceptions=True)
+        for server in self._servers.values():
+            try:
+                await asyncio.wait_for(server.close_instance(), 5)
+            except Exception:  # noqa: BLE001
+                log.debug("closing a listener failed", exc_info=True)
+        await self.plugins_manager.wait_fired_events()
+        await self.plugins_manager.fire_event(BrokerEvents.POST_SHUTDOWN, wait=True)
+        await self.plugins_manager.close()
+        self.transitions.stopping_success()
+
+
+async def _read_packet(reader: ReaderAdapter, max_packet: int) -> tuple[int, bytes]:
+    """One whole packet from an amqtt reader adapter: (first byte, body)."""
+    head = await _read_exactly(reader, 1)
+    length, mult, header_len = 0, 1, 1
+    while True:
+        b = (await _read_exactly(reader, 1))[0]
+        header_len += 1
+        length += (b & 0x7F) * mult
+        if not b & 0x80:
+            break
+        mult *= 128
+        if header_len > 4:
+            raise ProtocolViolation("malformed remaining length (more than 4 bytes)")
+    if max_packet and header_len + length > max_packet:
+        raise ProtocolViolation(f"{TYPE_NAMES.get(head[0] >> 4, '?')} packet of {header_len + length} bytes"
+                                f" exceeds max_packet_size {max_packet}")
+    body = await _read_exactly(reader, length) if length else b""
+    return head[0], body
+
+
+async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
+    data = await reader.read(n)
+    if data is None or len(data) < n:
+        raise EOFError
+    return data
 
 
 async def _close_quietly(writer: WriterAdapter) -> None:
     try:
-        await writer.close()
+        await asyncio.wait_for(writer.close(), 2)
     except Exception:  # noqa: BLE001
         pass
 

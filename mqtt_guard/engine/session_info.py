@@ -10,10 +10,12 @@ if TYPE_CHECKING:
     from ..auth.authenticator import AuthResult
     from ..config import ListenerConfig
     from ..guard_client import GuardClient
+    from .queues import OutQueue
 
 AUTH_RESULT = "mqtt_guard.auth"  # AuthResult of the CONNECT
 CLIENT = "mqtt_guard.client"  # GuardClient: identity and ACL subject of an admitted client
 LISTENER = "mqtt_guard.listener"  # our ListenerConfig the client came in on
+OUT_QUEUE = "mqtt_guard.queue"  # OutQueue: the session's outgoing messages (kept across reconnects)
 
 
 def auth_result_of(session: Session) -> AuthResult | None:
@@ -26,3 +28,7 @@ def listener_of(session: Session) -> ListenerConfig | None:
 
 def client_of(session: Session) -> GuardClient | None:
     return session.attributes.get(CLIENT)
+
+
+def queue_of(session: Session) -> OutQueue | None:
+    return session.attributes.get(OUT_QUEUE)

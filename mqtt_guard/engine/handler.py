@@ -1,0 +1,434 @@
+"""GuardedHandler: amqtt's BrokerProtocolHandler with a strict buffered reader and one writer loop.
+
+What it replaces in amqtt 0.12.1 and why:
+- Reader. amqtt reads each packet with several awaited reads, swallows decoding errors mid-packet
+  (the stream then desynchronises), never enforces keep-alive, and hands each packet to a new Task
+  and every PUBLISH to an unbounded per-session queue that the broker drains in another Task; a
+  DISCONNECT then discards whatever that queue still held, PUBACKed QoS 1 included. Here the reader
+  takes whole packets from a buffer (size checked against `limits.max_packet_size` from the fixed
+  header, before the body is read), validates them (engine/protocol.py) and acts on each one in
+  order, in the reader's own task: a PUBLISH is routed into the subscribers' queues before its
+  PUBACK/PUBREC is sent and before any later packet (DISCONNECT included) is looked at. A protocol
+  violation closes the connection with one log line naming the client and the reason.
+- Keep-alive. One timer per connection, re-armed lazily (never per packet): a client silent for
+  1.5 x its keep-alive is disconnected and its will published [MQTT-3.1.2-24].
+- Writer. One loop per connection drains the session's bounded OutQueue (engine/queues.py) in
+  batches, one write() per batch, and awaits the transport's drain() for backpressure. There is no
+  Task per delivery and no PUBACK timeout that silently drops a message.
+The handler keeps amqtt's interface (`attach`, `start`, `stop`, `handle_connection_closed`,
+`wait_disconnect`, `mqtt_connack_authorize`, `_send_packet`), so amqtt code and plugins that kick a
+client through it keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
+from amqtt.events import MQTTEvents
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.packet import MQTTFixedHeader
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.publish import PublishPacket
+from websockets import ConnectionClosed
+
+from ..metrics import counters as C
+from .protocol import (
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP_BYTES,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    TYPE_NAMES,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    Cursor,
+    Incomplete,
+    ProtocolViolation,
+    check_topic_filter,
+    check_topic_name,
+    decode_utf8,
+    encode_ack,
+    parse_fixed_header,
+)
+from .queues import OutQueue
+
+if TYPE_CHECKING:
+    from .broker import GuardedBroker
+
+log = logging.getLogger("mqtt_guard.broker")
+
+READ_CHUNK = 65536
+WRITE_BATCH = 65536  # bytes of PUBLISH frames per write() in the writer loop
+CLOSE_GRACE = 2.0  # seconds a closing socket may take to flush before it is aborted
+
+
+class GuardedHandler(BrokerProtocolHandler):
+    def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(plugins_manager, loop=loop)
+        self.broker: GuardedBroker | None = None
+        self.queue: OutQueue | None = None
+        self.where = ""
+        self.client_id = ""
+        self.end_reason: str | None = None  # why the connection ended (None: the client sent DISCONNECT)
+        self.publish_will = True  # False when the broker shuts down
+        self._done: asyncio.Future[bool] = self._loop.create_future()  # True: clean DISCONNECT
+        self._closing = False
+        self._writer_task: asyncio.Task[None] | None = None
+        self._wake_event = asyncio.Event()
+        self._last_rx = 0.0
+        self._idle = False  # the reader waits for bytes (only then can keep-alive expire)
+        self._ka_handle: asyncio.TimerHandle | None = None
+        self._ka_limit = 0.0
+        self._transport: Any = None
+        self._stream_writer: asyncio.StreamWriter | None = None
+        self._max_packet = 0
+        events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
+        self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
+        self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
+
+    # -- set-up --------------------------------------------------------------------------------
+    def bind(self, broker: GuardedBroker, queue: OutQueue, where: str) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.where = where
+        self.client_id = self.session.client_id if self.session else ""
+        self._max_packet = broker.guard_config.limits.max_packet_size
+        if isinstance(self.writer, StreamWriterAdapter):
+            self._stream_writer = self.writer._writer  # noqa: SLF001
+            self._transport = self._stream_writer.transport
+
+    async def start(self) -> None:
+        """Start the writer loop (it first re-sends the session's unacknowledged messages) and the reader."""
+        assert self.session is not None and self.queue is not None
+        self._last_rx = self._loop.time()
+        self.queue.online = True
+        self.queue.wake = self._wake_event.set
+        self._writer_task = self._loop.create_task(self._writer_loop())
+        self._reader_task = self._loop.create_task(self._reader_loop())
+        if self.session.keep_alive > 0:
+            self._ka_limit = self.session.keep_alive * 1.5
+            self._ka_handle = self._loop.call_at(self._last_rx + self._ka_limit, self._check_keepalive)
+
+    async def wait_disconnect(self) -> bool:  # type: ignore[override]
+        """Until the connection ends; True if it ended with the client's DISCONNECT."""
+        return await asyncio.shield(self._done)
+
+    def close(self, reason: str) -> None:
+        """End the connection from the server side (kick, take-over, keep-alive, protocol error)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.end_reason = reason
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+        task = self._reader_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        elif task is None and not self._done.done():
+            self._done.set_result(False)
+
+    async def handle_connection_closed(self) -> None:
+        self.close("disconnected by the server")
+
+    async def stop(self) -> None:
+        """Close and wait until the reader and writer have finished and the socket is closed."""
+        self.close("disconnected by the server")
+        current = asyncio.current_task()
+        tasks = [t for t in (self._reader_task, self._writer_task) if t is not None and t is not current]
+        if self._writer_task is not None and self._writer_task is not current:
+            self._writer_task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.queue is not None and self.queue.wake == self._wake_event.set:
+            self.queue.wake = None
+        await self._close_socket()
+        if not self._done.done():
+            self._done.set_result(False)
+
+    async def _close_socket(self) -> None:
+        if self._transport is not None:
+            transport = self._transport
+            if not transport.is_closing():
+                transport.close()
+                if transport.get_write_buffer_size():
+                    self._loop.call_later(CLOSE_GRACE, transport.abort)  # a peer that never reads
+            return
+        if self.writer is not None:
+            try:
+                await asyncio.wait_for(self.writer.close(), CLOSE_GRACE)
+            except Exception:  # noqa: BLE001 - the peer may be gone already
+                pass
+
+    async def flush(self, deadline: float) -> None:
+        """Before a shutdown closes the socket: let the writer send what is queued, until `deadline`."""
+        q = self.queue
+        while q is not None and self._writer_task is not None and not self._writer_task.done():
+            if not q.ready() and not (self._transport is not None and self._transport.get_write_buffer_size()):
+                return
+            if self._loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.01)
+
+    # -- writing -------------------------------------------------------------------------------
+    async def send(self, data: bytes) -> None:
+        """Write a control packet (CONNACK, SUBACK, PUBACK, PINGRESP...). Waits only when the client
+        does not read: then its own reading stops too (TCP backpressure)."""
+        transport = self._transport
+        if transport is not None:
+            if transport.is_closing():
+                return
+            transport.write(data)
+            if transport.get_write_buffer_size() > WRITE_BATCH:
+                await self._stream_writer.drain()  # type: ignore[union-attr]
+            return
+        if self.writer is None:
+            return
+        async with self._write_lock:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def _send_packet(self, packet: Any) -> None:  # amqtt's CONNACK/SUBACK/... path
+        await self.send(packet.to_bytes())
+        if self._fire_tx:
+            await self.plugins_manager.fire_event(MQTTEvents.PACKET_SENT, packet=packet, session=self.session)
+
+    async def _writer_loop(self) -> None:
+        q = self.queue
+        assert q is not None
+        counters = self.broker.guard.counters  # type: ignore[union-attr]
+        cid = self.client_id
+        try:
+            frames = q.resend_frames()
+            if frames:
+                log.info("client %r: re-sending %d unacknowledged message(s) of its session", cid, len(frames))
+                await self._write_frames(frames)
+            while True:
+                if not q.ready():
+                    self._wake_event.clear()
+                    await self._wake_event.wait()
+                    continue
+                frames, n, payload_bytes = q.take(WRITE_BATCH)
+                if n:
+                    counters.incr(cid, C.MSGS_OUT, n)
+                    counters.incr(cid, C.BYTES_OUT, payload_bytes)
+                    await self._write_frames(frames)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as exc:
+            self.close(f"connection lost while writing ({exc or type(exc).__name__})")
+
+    async def _write_frames(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        transport = self._transport
+        if transport is not None:
+            if transport.is_closing():
+                raise ConnectionResetError("socket closed")
+            transport.write(data)
+            await self._stream_writer.drain()  # type: ignore[union-attr]
+        else:
+            async with self._write_lock:
+                self.writer.write(data)  # type: ignore[union-attr]
+                await self.writer.drain()  # type: ignore[union-attr]
+        if self._fire_tx:
+            for frame in frames:
+                packet = await PublishPacket.from_stream(BufferReader(frame))
+                await self.plugins_manager.fire_event(MQTTEvents.PACKET_SENT, packet=packet, session=self.session)
+
+    # -- keep-alive ----------------------------------------------------------------------------
+    def _check_keepalive(self) -> None:
+        self._ka_handle = None
+        if self._closing:
+            return
+        now = self._loop.time()
+        deadline = self._last_rx + self._ka_limit
+        if now >= deadline and self._idle:
+            ka = self.session.keep_alive if self.session else 0
+            self.close(f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)")
+            return
+        self._ka_handle = self._loop.call_at(max(deadline, now + 0.5), self._check_keepalive)
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _read_chunk(self) -> bytes:
+        reader = self.reader
+        if isinstance(reader, StreamReaderAdapter):
+            return await reader._reader.read(READ_CHUNK)  # noqa: SLF001
+        if isinstance(reader, WebSocketsReader):
+            left = reader._stream.read()  # noqa: SLF001 - bytes that came with the CONNECT's message
+            if left:
+                return left
+            try:
+                message = await reader._protocol.recv()  # noqa: SLF001
+            except ConnectionClosed:
+                return b""
+            return message.encode() if isinstance(message, str) else bytes(message)
+        return await reader.read(READ_CHUNK)  # type: ignore[union-attr]
+
+    async def _reader_loop(self) -> None:
+        clean = False
+        buf = bytearray()
+        max_packet = self._max_packet
+        try:
+            while True:
+                self._idle = True
+                chunk = await self._read_chunk()
+                self._idle = False
+                if not chunk:
+                    self.end_reason = self.end_reason or "connection closed by the client without DISCONNECT"
+                    return
+                self._last_rx = self._loop.time()
+                buf += chunk
+                pos, end = 0, len(buf)
+                while pos < end:
+                    try:
+                        first, length, hlen = parse_fixed_header(buf, pos)
+                    except Incomplete:
+                        break
+                    if max_packet and hlen + length > max_packet:
+                        raise ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {hlen + length} bytes"
+                                                f" exceeds max_packet_size {max_packet}")
+                    if pos + hlen + length > end:
+                        break
+                    body = bytes(buf[pos + hlen:pos + hlen + length])
+                    pos += hlen + length
+                    if await self._dispatch(first, body):
+                        clean = True
+                        self.end_reason = None
+                        return
+                if pos:
+                    del buf[:pos]
+        except ProtocolViolation as exc:
+            self._protocol_error(exc.reason)
+        except asyncio.CancelledError:
+            self.end_reason = self.end_reason or "disconnected by the server"
+        except (ConnectionError, OSError) as exc:
+            self.end_reason = f"connection lost ({exc or type(exc).__name__})"
+        except Exception as exc:  # noqa: BLE001 - a bug must end this connection, not the broker
+            log.exception("client %r: internal error while handling its packets", self.client_id)
+            self.end_reason = f"internal error ({type(exc).__name__})"
+        finally:
+            self._idle = False
+            self._closing = True
+            if self._ka_handle is not None:
+                self._ka_handle.cancel()
+            if not self._done.done():
+                self._done.set_result(clean)
+
+    def _protocol_error(self, reason: str) -> None:
+        self.end_reason = f"protocol violation: {reason}"
+        if self.broker is not None:
+            self.broker.guard.counters.incr(self.client_id, C.PROTOCOL_ERRORS)
+
+    async def _dispatch(self, first: int, body: bytes) -> bool:
+        """Act on one complete packet; True when it was a DISCONNECT."""
+        ptype = first >> 4
+        flags = first & 0x0F
+        if self._fire_rx:
+            await self._fire_received(first, body)
+        if ptype == PUBLISH:
+            await self._on_publish(flags, body)
+            return False
+        name = TYPE_NAMES.get(ptype, "?")
+        if flags != (0x02 if ptype in (PUBREL, SUBSCRIBE, UNSUBSCRIBE) else 0):
+            raise ProtocolViolation(f"{name} with invalid fixed-header flags {flags:#x} [MQTT-2.2.2-2]")
+        q = self.queue
+        assert q is not None
+        if ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+            if len(body) != 2:
+                raise ProtocolViolation(f"malformed {name}: remaining length {len(body)}, expected 2")
+            pid = (body[0] << 8) | body[1]
+            if ptype == PUBACK:
+                if q.acked(pid):
+                    self._wake_event.set()
+            elif ptype == PUBREC:
+                if q.received(pid):
+                    await self.send(encode_ack(PUBREL, pid))
+            elif ptype == PUBCOMP:
+                if q.completed(pid):
+                    self._wake_event.set()
+            else:  # PUBREL: the inbound QoS 2 message was routed when it arrived
+                q.qos2_in.discard(pid)
+                await self.send(encode_ack(PUBCOMP, pid))
+            return False
+        if ptype == PINGREQ or ptype == DISCONNECT:
+            if body:
+                raise ProtocolViolation(f"malformed {name}: remaining length {len(body)}, expected 0")
+            if ptype == DISCONNECT:
+                return True
+            await self.send(PINGRESP_BYTES)
+            return False
+        if ptype == SUBSCRIBE:
+            c = Cursor(body, "SUBSCRIBE")
+            pid = c.u16()
+            filters = []
+            while c.left():
+                topic_filter = c.string("topic filter")
+                qos = c.u8()
+                if qos > 2:
+                    raise ProtocolViolation(f"SUBSCRIBE requested QoS byte {qos:#x} [MQTT-3.8.3-4]")
+                check_topic_filter(topic_filter)
+                filters.append((topic_filter, qos))
+            if not filters:
+                raise ProtocolViolation("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
+            await self.broker.handle_subscribe(self.session, self, pid, filters)  # type: ignore[union-attr]
+            return False
+        if ptype == UNSUBSCRIBE:
+            c = Cursor(body, "UNSUBSCRIBE")
+            pid = c.u16()
+            filters = []
+            while c.left():
+                filters.append(c.string("topic filter"))
+            if not filters:
+                raise ProtocolViolation("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
+            await self.broker.handle_unsubscribe(self.session, filters)  # type: ignore[union-attr]
+            await self.send(encode_ack(UNSUBACK, pid))
+            return False
+        if ptype == CONNECT:
+            raise ProtocolViolation("second CONNECT on a connection [MQTT-3.1.0-2]")
+        raise ProtocolViolation(f"{name} is not a packet a client may send")
+
+    async def _on_publish(self, flags: int, body: bytes) -> None:
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise ProtocolViolation("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+        c = Cursor(body, "PUBLISH")
+        topic_raw = c.binary()
+        topic = decode_utf8(topic_raw, "PUBLISH topic")
+        check_topic_name(topic, "PUBLISH topic")
+        pid = 0
+        if qos:
+            pid = c.u16()
+            if pid == 0:
+                raise ProtocolViolation("PUBLISH with packet identifier 0 [MQTT-2.3.1-1]")
+        payload = c.rest()
+        broker = self.broker
+        assert broker is not None and self.queue is not None
+        counters = broker.guard.counters
+        counters.incr(self.client_id, C.MSGS_IN)
+        counters.incr(self.client_id, C.BYTES_IN, len(payload))
+        retain = bool(flags & 0x01)
+        if qos == 2:
+            if pid not in self.queue.qos2_in:  # else a re-sent PUBLISH (DUP) of a message already routed
+                await broker.handle_publish(self.session, topic, topic_raw, payload, 2, retain)  # type: ignore[arg-type]
+                self.queue.qos2_in.add(pid)
+            await self.send(encode_ack(PUBREC, pid))
+            return
+        await broker.handle_publish(self.session, topic, topic_raw, payload, qos, retain)  # type: ignore[arg-type]
+        if qos == 1:
+            await self.send(encode_ack(PUBACK, pid))
+
+    async def _fire_received(self, first: int, body: bytes) -> None:
+        """PACKET_RECEIVED for plugins that listen to it (amqtt packet objects are built only then)."""
+        try:
+            header = MQTTFixedHeader(first >> 4, first & 0x0F, len(body))
+            packet = await packet_class(header).from_stream(BufferReader(body), fixed_header=header)
+        except Exception:  # noqa: BLE001 - invalid packets are rejected by the reader itself
+            return
+        await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=self.session)

@@ -1,0 +1,181 @@
+"""Per-session delivery state: the bounded outgoing queue, the in-flight window and inbound QoS 2 ids.
+
+amqtt has no outgoing queue object: every delivery is its own asyncio Task waiting on the handler's
+write lock, so a subscriber that stops reading grows the broker without bound (research: +133 MB for
+one stalled socket), and QoS 1 deliveries are dropped after a hard-coded 5 s PUBACK timeout.
+
+Here each session owns one `OutQueue`. Routing appends to it synchronously; the session's single
+writer loop (engine/handler.py) takes whole batches from it, encodes them and writes them with one
+`write()`; nothing else holds messages. The queue lives on the Session, not on the connection, so a
+persistent session (clean_session=0) keeps its QoS 1/2 messages and its unacknowledged in-flight
+messages across a reconnect, where the in-flight ones are sent again with DUP [MQTT-4.4.0-1].
+
+Limits (mosquitto semantics): `max_queued_messages` / `max_queued_bytes` bound the messages waiting
+to be sent, above the in-flight window of `max_inflight_messages` QoS 1/2 messages sent but not yet
+acknowledged. Past a limit a message is dropped and the caller counts it. An offline session queues
+only QoS 1/2 (as mosquitto with queue_qos0_messages false).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from .protocol import PUBREL, encode_ack, encode_publish
+
+# Delivery states
+QUEUED = 0
+WAIT_ACK = 1  # QoS 1 sent, waiting for PUBACK; QoS 2 sent, waiting for PUBREC
+WAIT_COMP = 2  # QoS 2 PUBREL sent, waiting for PUBCOMP
+
+
+class Delivery:
+    __slots__ = ("payload", "qos", "retain", "packet_id", "state", "topic", "size")
+
+    def __init__(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.packet_id = 0
+        self.state = QUEUED
+        self.size = len(payload) + len(topic)
+
+
+class OutQueue:
+    """Messages for one session. Not thread-safe; everything runs on the broker's event loop."""
+
+    __slots__ = ("pending", "inflight", "pending_bytes", "inflight_bytes", "max_messages", "max_bytes",
+                 "max_inflight", "_next_id", "wake", "online", "qos2_in")
+
+    def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
+        self.pending: deque[Delivery] = deque()
+        self.inflight: OrderedDict[int, Delivery] = OrderedDict()
+        self.pending_bytes = 0
+        self.inflight_bytes = 0
+        self.max_messages = max_messages  # 0 = unlimited
+        self.max_bytes = max_bytes  # 0 = unlimited
+        self.max_inflight = max(1, min(max_inflight, 65535)) if max_inflight else 65535
+        self._next_id = 0
+        self.wake: Callable[[], None] | None = None  # set while a connection's writer loop serves the queue
+        self.online = False
+        self.qos2_in: set[int] = set()  # inbound QoS 2 ids routed and PUBREC'd, waiting for PUBREL
+
+    # -- producer side (routing) -----------------------------------------------------------------
+    def offer(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> bool:
+        """Queue a message; False when it was dropped because the queue is full. QoS 0 for an offline
+        session is not queued and not reported as a drop (it would never be delivered anyway)."""
+        if not self.online and qos == 0:
+            return True
+        size = len(payload) + len(topic)
+        if (self.max_messages and len(self.pending) >= self.max_messages) or (
+                self.max_bytes and self.pending_bytes + size > self.max_bytes):
+            return False
+        d = Delivery(topic, payload, qos, retain)
+        self.pending.append(d)
+        self.pending_bytes += size
+        if self.wake is not None:
+            self.wake()
+        return True
+
+    def depth(self) -> tuple[int, int]:
+        """(messages, bytes) held for the session: waiting to be sent plus sent and unacknowledged."""
+        return len(self.pending) + len(self.inflight), self.pending_bytes + self.inflight_bytes
+
+    # -- consumer side (the writer loop) ---------------------------------------------------------
+    def ready(self) -> bool:
+        if not self.pending:
+            return False
+        return self.pending[0].qos == 0 or len(self.inflight) < self.max_inflight
+
+    def take(self, max_bytes: int) -> tuple[list[bytes], int, int]:
+        """Encoded PUBLISH frames for up to about `max_bytes`, in order; QoS 1/2 ones move into the
+        in-flight window. Stops at a QoS 1/2 message when the window is full, so order is kept.
+        Returns (frames, messages, bytes)."""
+        frames: list[bytes] = []
+        total = 0
+        pending, inflight = self.pending, self.inflight
+        while pending and total < max_bytes:
+            d = pending[0]
+            if d.qos:
+                if len(inflight) >= self.max_inflight:
+                    break
+                d.packet_id = self._allocate_id()
+                d.state = WAIT_ACK
+                inflight[d.packet_id] = d
+                self.inflight_bytes += d.size
+            pending.popleft()
+            self.pending_bytes -= d.size
+            frame = encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
+            frames.append(frame)
+            total += len(frame)
+        return frames, len(frames), total
+
+    def resend_frames(self) -> list[bytes]:
+        """On a resumed session: every unacknowledged QoS 1/2 PUBLISH again with DUP set, and PUBREL
+        for QoS 2 messages whose PUBREC had arrived, in their original order [MQTT-4.4.0-1]."""
+        frames = []
+        for d in self.inflight.values():
+            if d.state == WAIT_COMP:
+                frames.append(encode_ack(PUBREL, d.packet_id))
+            else:
+                frames.append(encode_publish(d.topic, d.payload, d.qos, d.retain, True, d.packet_id))
+        return frames
+
+    def _allocate_id(self) -> int:
+        nid = self._next_id
+        inflight = self.inflight
+        for _ in range(65536):
+            nid = nid % 65535 + 1
+            if nid not in inflight:
+                self._next_id = nid
+                return nid
+        raise RuntimeError("no free packet id")  # unreachable: max_inflight <= 65535
+
+    def acked(self, packet_id: int) -> bool:
+        """PUBACK: True if it completed a QoS 1 delivery."""
+        d = self.inflight.get(packet_id)
+        if d is None or d.qos != 1:
+            return False
+        del self.inflight[packet_id]
+        self.inflight_bytes -= d.size
+        return True
+
+    def received(self, packet_id: int) -> bool:
+        """PUBREC: True if it matched a QoS 2 delivery waiting for it (now waiting for PUBCOMP)."""
+        d = self.inflight.get(packet_id)
+        if d is None or d.qos != 2:
+            return False
+        if d.state == WAIT_ACK:
+            d.state = WAIT_COMP
+            self.inflight_bytes -= d.size - 0  # the payload is no longer needed
+            d.payload = b""
+            d.size = 0
+        return True
+
+    def completed(self, packet_id: int) -> bool:
+        """PUBCOMP: True if it completed a QoS 2 delivery."""
+        d = self.inflight.get(packet_id)
+        if d is None or d.qos != 2 or d.state != WAIT_COMP:
+            return False
+        del self.inflight[packet_id]
+        self.inflight_bytes -= d.size
+        return True
+
+    # -- connection changes ----------------------------------------------------------------------
+    def go_offline(self) -> None:
+        """The connection ended and the session persists: QoS 0 messages not yet sent are dropped."""
+        self.online = False
+        self.wake = None
+        if any(d.qos == 0 for d in self.pending):
+            kept = deque(d for d in self.pending if d.qos)
+            self.pending = kept
+            self.pending_bytes = sum(d.size for d in kept)
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.inflight.clear()
+        self.pending_bytes = self.inflight_bytes = 0
+        self.qos2_in.clear()
+        self.online = False
+        self.wake = None
