@@ -124,8 +124,9 @@ class AclConfig:
 class LimitsConfig:
     connect_timeout: float = duration(10.0)
     max_packet_size: int = size(1024 * 1024)
-    max_queued_messages: int = 1000
-    max_queued_bytes: int = size(0)  # 0 = no byte limit
+    max_queued_messages: int = 1000  # per session, waiting to be sent (above the in-flight window); 0 = no limit
+    max_queued_bytes: int = size(0)  # per session, payload + topic bytes waiting to be sent; 0 = no byte limit
+    max_inflight_messages: int = 20  # per session, QoS 1/2 messages sent and not yet acknowledged
 
 
 @dataclass
@@ -141,10 +142,15 @@ class GuardConfig:
     acl: AclConfig = field(default_factory=AclConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
+    plugins: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if not self.listeners:
             raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")
+        if not isinstance(self.plugins, dict) or not all(
+                isinstance(k, str) and (v is None or isinstance(v, dict)) for k, v in self.plugins.items()):
+            raise ConfigError("plugins: must map dotted class paths to option mappings (or nothing)")
         for i, listener in enumerate(self.listeners):
             listener.check(f"listeners[{i}]")
 
