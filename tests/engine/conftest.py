@@ -1,0 +1,111 @@
+"""Engine fixtures: an anonymous, allow-all mqtt-guard broker, plain amqtt 0.12.1 for comparison, and
+the same scenario parametrised over both (`target`).
+
+Tests written with `target` run against mqtt-guard and against plain amqtt (`.venv/bin/amqtt -c
+cfg.yaml`, anonymous). The amqtt case is marked xfail(strict=True): it shows the flaw the test
+guards against, and it would turn red if a future amqtt fixed it without us noticing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.servers import ROOT, BrokerProcess, free_port, wait_port
+
+AMQTT = Path(sys.executable).with_name("amqtt")
+
+
+@dataclass
+class PlainAmqtt:
+    port: int
+    proc: subprocess.Popen
+    log_path: str
+
+    def log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_plain_amqtt(tmp_path: Path, plugins: dict | None = None) -> PlainAmqtt:
+    if not AMQTT.exists():
+        pytest.skip("amqtt CLI not found next to the interpreter")
+    port = free_port()
+    import yaml
+    cfg = tmp_path / f"amqtt-{port}.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "plugins": plugins or {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }))
+    fd, log_path = tempfile.mkstemp(prefix="amqtt-", suffix=".log")
+    log = os.fdopen(fd, "ab")
+    proc = subprocess.Popen([str(AMQTT), "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log.close()
+    try:
+        wait_port(port, proc=proc)
+    except Exception:
+        proc.kill()
+        raise
+    return PlainAmqtt(port, proc, log_path)
+
+
+@pytest.fixture
+def guard_config(tmp_path) -> Callable[..., str]:
+    """Write a config file: anonymous clients allowed, ACL default allow, plus `extra` YAML."""
+    def write(extra: str = "") -> str:
+        path = tmp_path / f"guard-{free_port()}.yaml"
+        path.write_text("auth:\n  allow_anonymous: true\nacl:\n  default: allow\n" + extra)
+        return str(path)
+    return write
+
+
+@pytest.fixture
+def anon_broker(start_broker, guard_config) -> Callable[..., BrokerProcess]:
+    """An mqtt-guard broker anyone may use fully; `extra` is appended to its YAML config."""
+    def start(extra: str = "") -> BrokerProcess:
+        return start_broker("--config", guard_config(extra))
+    return start
+
+
+@pytest.fixture
+def plain_amqtt(tmp_path) -> Iterator[Callable[..., PlainAmqtt]]:
+    started: list[PlainAmqtt] = []
+
+    def start(plugins: dict | None = None) -> PlainAmqtt:
+        broker = start_plain_amqtt(tmp_path, plugins)
+        started.append(broker)
+        return broker
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+def both(reason: str) -> list:
+    """Parametrisation for `target`: mqtt-guard must pass, plain amqtt 0.12.1 must fail (reason)."""
+    return ["mqtt-guard", pytest.param("amqtt", marks=pytest.mark.xfail(strict=True, reason=f"amqtt 0.12.1: {reason}"))]
+
+
+@pytest.fixture
+def target(request, anon_broker, plain_amqtt):  # noqa: ANN201
+    """The broker under test, by name: 'mqtt-guard' (anonymous, allow-all) or 'amqtt' (plain)."""
+    extra = getattr(request, "param_extra", "")
+    if request.param == "amqtt":
+        return plain_amqtt()
+    return anon_broker(extra)
