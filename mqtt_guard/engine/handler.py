@@ -12,9 +12,11 @@ What it replaces in amqtt 0.12.1 and why:
   violation closes the connection with one log line naming the client and the reason.
 - Keep-alive. One timer per connection, re-armed lazily (never per packet): a client silent for
   1.5 x its keep-alive is disconnected and its will published [MQTT-3.1.2-24].
-- Writer. One loop per connection drains the session's bounded OutQueue (engine/queues.py) in
-  batches, one write() per batch, and awaits the transport's drain() for backpressure. There is no
-  Task per delivery and no PUBACK timeout that silently drops a message.
+- Writer. Deliveries to a client whose socket keeps up are encoded at once and coalesced into one
+  write() per loop iteration (`emit`); when its transport buffer is above the high-water mark they
+  wait in the session's bounded OutQueue (engine/queues.py), which one writer loop per connection
+  drains in batches as the socket drains. There is no Task per delivery and no PUBACK timeout that
+  silently drops a message.
 The handler keeps amqtt's interface (`attach`, `start`, `stop`, `handle_connection_closed`,
 `wait_disconnect`, `mqtt_connack_authorize`, `_send_packet`), so amqtt code and plugins that kick a
 client through it keep working.
@@ -90,6 +92,11 @@ class GuardedHandler(BrokerProtocolHandler):
         self._transport: Any = None
         self._stream_writer: asyncio.StreamWriter | None = None
         self._max_packet = 0
+        self._high_water = 65536
+        self._co: list[bytes] = []  # frames emitted in this loop iteration, written together
+        self._co_bytes = 0
+        self._co_payload = 0
+        self._co_scheduled = False
         events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
@@ -104,13 +111,13 @@ class GuardedHandler(BrokerProtocolHandler):
         if isinstance(self.writer, StreamWriterAdapter):
             self._stream_writer = self.writer._writer  # noqa: SLF001
             self._transport = self._stream_writer.transport
+            self._high_water = self._transport.get_write_buffer_limits()[1] or 65536
 
     async def start(self) -> None:
         """Start the writer loop (it first re-sends the session's unacknowledged messages) and the reader."""
         assert self.session is not None and self.queue is not None
         self._last_rx = self._loop.time()
-        self.queue.online = True
-        self.queue.wake = self._wake_event.set
+        self.queue.online = True  # (the writer loop connects the queue once it has re-sent in-flight ones)
         self._writer_task = self._loop.create_task(self._writer_loop())
         self._reader_task = self._loop.create_task(self._reader_loop())
         if self.session.keep_alive > 0:
@@ -147,8 +154,9 @@ class GuardedHandler(BrokerProtocolHandler):
             self._writer_task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.queue is not None and self.queue.wake == self._wake_event.set:
-            self.queue.wake = None
+        if self.queue is not None and self.queue.port is self:
+            self.queue.port = None
+        self._flush_coalesced()
         await self._close_socket()
         if not self._done.done():
             self._done.set_result(False)
@@ -178,6 +186,41 @@ class GuardedHandler(BrokerProtocolHandler):
             await asyncio.sleep(0.01)
 
     # -- writing -------------------------------------------------------------------------------
+    def writable(self) -> bool:
+        """Port: the socket keeps up, so a delivery may be emitted now instead of queued."""
+        transport = self._transport
+        return (transport is not None and not self._closing and not self._fire_tx
+                and transport.get_write_buffer_size() + self._co_bytes < self._high_water)
+
+    def emit(self, frame: bytes, payload_len: int) -> None:
+        """Port: write `frame` at the end of this loop iteration, with everything else emitted in it."""
+        self._co.append(frame)
+        self._co_bytes += len(frame)
+        self._co_payload += payload_len
+        if not self._co_scheduled:
+            self._co_scheduled = True
+            self._loop.call_soon(self._flush_coalesced)
+
+    def wake(self) -> None:
+        """Port: the queue has pending messages for the writer loop."""
+        self._wake_event.set()
+
+    def _flush_coalesced(self) -> None:
+        self._co_scheduled = False
+        frames = self._co
+        if not frames:
+            return
+        n, payload = len(frames), self._co_payload
+        self._co = []
+        self._co_bytes = self._co_payload = 0
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(frames[0] if n == 1 else b"".join(frames))
+            if self.broker is not None:
+                counters = self.broker.guard.counters
+                counters.incr(self.client_id, C.MSGS_OUT, n)
+                counters.incr(self.client_id, C.BYTES_OUT, payload)
+
     async def send(self, data: bytes) -> None:
         """Write a control packet (CONNACK, SUBACK, PUBACK, PINGRESP...). Waits only when the client
         does not read: then its own reading stops too (TCP backpressure)."""
@@ -185,8 +228,10 @@ class GuardedHandler(BrokerProtocolHandler):
         if transport is not None:
             if transport.is_closing():
                 return
+            if self._co:
+                self._flush_coalesced()
             transport.write(data)
-            if transport.get_write_buffer_size() > WRITE_BATCH:
+            if transport.get_write_buffer_size() > self._high_water:
                 await self._stream_writer.drain()  # type: ignore[union-attr]
             return
         if self.writer is None:
@@ -210,6 +255,7 @@ class GuardedHandler(BrokerProtocolHandler):
             if frames:
                 log.info("client %r: re-sending %d unacknowledged message(s) of its session", cid, len(frames))
                 await self._write_frames(frames)
+            q.port = self
             while True:
                 if not q.ready():
                     self._wake_event.clear()
@@ -231,6 +277,8 @@ class GuardedHandler(BrokerProtocolHandler):
         if transport is not None:
             if transport.is_closing():
                 raise ConnectionResetError("socket closed")
+            if self._co:
+                self._flush_coalesced()
             transport.write(data)
             await self._stream_writer.drain()  # type: ignore[union-attr]
         else:

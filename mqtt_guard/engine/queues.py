@@ -4,9 +4,12 @@ amqtt has no outgoing queue object: every delivery is its own asyncio Task waiti
 write lock, so a subscriber that stops reading grows the broker without bound (research: +133 MB for
 one stalled socket), and QoS 1 deliveries are dropped after a hard-coded 5 s PUBACK timeout.
 
-Here each session owns one `OutQueue`. Routing appends to it synchronously; the session's single
-writer loop (engine/handler.py) takes whole batches from it, encodes them and writes them with one
-`write()`; nothing else holds messages. The queue lives on the Session, not on the connection, so a
+Here each session owns one `OutQueue`. Routing offers each delivery to it synchronously. While the
+client's socket keeps up (its transport buffer below the high-water mark) and nothing is waiting, the
+delivery is encoded at once and handed to the connection (`port.emit`), which coalesces everything
+emitted in one loop iteration into one write(). Otherwise it waits in `pending`, and the session's
+single writer loop (engine/handler.py) takes whole batches from there as the socket drains; nothing
+else holds messages, so `pending` is the real backlog of a slow consumer. The queue lives on the Session, not on the connection, so a
 persistent session (clean_session=0) keeps its QoS 1/2 messages and its unacknowledged in-flight
 messages across a reconnect, where the in-flight ones are sent again with DUP [MQTT-4.4.0-1].
 
@@ -19,7 +22,7 @@ only QoS 1/2 (as mosquitto with queue_qos0_messages false).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from typing import Protocol
 
 from .protocol import PUBREL, encode_ack, encode_publish
 
@@ -42,11 +45,21 @@ class Delivery:
         self.size = len(payload) + len(topic)
 
 
+class Port(Protocol):
+    """What a connected session's handler offers its queue."""
+
+    def writable(self) -> bool: ...  # the socket keeps up: emit now instead of queueing
+
+    def emit(self, frame: bytes, payload_len: int) -> None: ...  # write soon (coalesced)
+
+    def wake(self) -> None: ...  # pending has work for the writer loop
+
+
 class OutQueue:
     """Messages for one session. Not thread-safe; everything runs on the broker's event loop."""
 
     __slots__ = ("pending", "inflight", "pending_bytes", "inflight_bytes", "max_messages", "max_bytes",
-                 "max_inflight", "_next_id", "wake", "online", "qos2_in")
+                 "max_inflight", "_next_id", "port", "online", "qos2_in")
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
         self.pending: deque[Delivery] = deque()
@@ -57,7 +70,7 @@ class OutQueue:
         self.max_bytes = max_bytes  # 0 = unlimited
         self.max_inflight = max(1, min(max_inflight, 65535)) if max_inflight else 65535
         self._next_id = 0
-        self.wake: Callable[[], None] | None = None  # set while a connection's writer loop serves the queue
+        self.port: Port | None = None  # set while a connection serves the queue
         self.online = False
         self.qos2_in: set[int] = set()  # inbound QoS 2 ids routed and PUBREC'd, waiting for PUBREL
 
@@ -68,14 +81,26 @@ class OutQueue:
         if not self.online and qos == 0:
             return True
         size = len(payload) + len(topic)
+        port = self.port
+        if (port is not None and not self.pending and (qos == 0 or len(self.inflight) < self.max_inflight)
+                and port.writable()):
+            packet_id = 0
+            if qos:
+                d = Delivery(topic, payload, qos, retain)
+                packet_id = d.packet_id = self._allocate_id()
+                d.state = WAIT_ACK
+                self.inflight[packet_id] = d
+                self.inflight_bytes += size
+            port.emit(encode_publish(topic, payload, qos, retain, False, packet_id), len(payload))
+            return True
         if (self.max_messages and len(self.pending) >= self.max_messages) or (
                 self.max_bytes and self.pending_bytes + size > self.max_bytes):
             return False
         d = Delivery(topic, payload, qos, retain)
         self.pending.append(d)
         self.pending_bytes += size
-        if self.wake is not None:
-            self.wake()
+        if port is not None:
+            port.wake()
         return True
 
     def depth(self) -> tuple[int, int]:
@@ -91,9 +116,9 @@ class OutQueue:
     def take(self, max_bytes: int) -> tuple[list[bytes], int, int]:
         """Encoded PUBLISH frames for up to about `max_bytes`, in order; QoS 1/2 ones move into the
         in-flight window. Stops at a QoS 1/2 message when the window is full, so order is kept.
-        Returns (frames, messages, bytes)."""
+        Returns (frames, messages, payload bytes)."""
         frames: list[bytes] = []
-        total = 0
+        total = payload_total = 0
         pending, inflight = self.pending, self.inflight
         while pending and total < max_bytes:
             d = pending[0]
@@ -109,7 +134,8 @@ class OutQueue:
             frame = encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
             frames.append(frame)
             total += len(frame)
-        return frames, len(frames), total
+            payload_total += len(d.payload)
+        return frames, len(frames), payload_total
 
     def resend_frames(self) -> list[bytes]:
         """On a resumed session: every unacknowledged QoS 1/2 PUBLISH again with DUP set, and PUBREL
@@ -148,7 +174,7 @@ class OutQueue:
             return False
         if d.state == WAIT_ACK:
             d.state = WAIT_COMP
-            self.inflight_bytes -= d.size - 0  # the payload is no longer needed
+            self.inflight_bytes -= d.size  # the payload is no longer needed
             d.payload = b""
             d.size = 0
         return True
@@ -166,7 +192,7 @@ class OutQueue:
     def go_offline(self) -> None:
         """The connection ended and the session persists: QoS 0 messages not yet sent are dropped."""
         self.online = False
-        self.wake = None
+        self.port = None
         if any(d.qos == 0 for d in self.pending):
             kept = deque(d for d in self.pending if d.qos)
             self.pending = kept
@@ -178,4 +204,4 @@ class OutQueue:
         self.pending_bytes = self.inflight_bytes = 0
         self.qos2_in.clear()
         self.online = False
-        self.wake = None
+        self.port = None
