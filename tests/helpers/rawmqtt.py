@@ -181,6 +181,11 @@ class RawClient:
         assert pkt.type == kind, f"expected packet type {kind}, got {pkt}"
         return pkt
 
+    def expect_any(self, timeout: float = 5.0) -> Packet:
+        pkt = self.read(timeout)
+        assert pkt is not None, "connection closed while waiting for a packet"
+        return pkt
+
     def connack(self, timeout: float = 5.0) -> tuple[int, int]:
         """(session present, return code)."""
         pkt = self.expect(CONNACK, timeout)
