@@ -1,0 +1,59 @@
+"""Item 11: SIGTERM and SIGINT stop the broker cleanly: it stops accepting, delivers what it had already
+accepted, closes every connection once, publishes no wills (the clients did nothing wrong) and nothing
+twice, and exits 0. (Plain amqtt's CLI is killed by SIGTERM without any shutdown, amqtt-proofs/p6b_cli.py.)"""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+
+from tests.helpers import rawmqtt as raw
+
+N = 300
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_delivers_accepted_messages_once_and_no_wills(anon_broker, sig):
+    broker = anon_broker()
+    watcher, _ = raw.connected(broker.port, "watcher")
+    watcher.send(raw.subscribe(1, ("#", 0)))
+    watcher.expect(raw.SUBACK)
+    willing = []
+    for i in range(3):
+        c = raw.RawClient(broker.port)
+        c.send(raw.connect(f"willing-{i}", will=(f"wills/{i}", b"gone", 1, True)))
+        assert c.connack() == (0, 0)
+        willing.append(c)
+    with raw.connected(broker.port, "publisher")[0] as pub:
+        pub.send(b"".join(raw.publish("data/x", b"%d" % i, qos=1, packet_id=i + 1) for i in range(N)))
+        for _ in range(N):
+            pub.expect(raw.PUBACK, timeout=10)  # all accepted before the signal
+        assert broker.stop(sig) == 0
+        assert pub.closed_by_peer(5)
+    got = []
+    with watcher:
+        while True:
+            try:
+                pkt = watcher.read(5)
+            except (TimeoutError, socket.timeout):
+                pytest.fail("watcher connection not closed by the shutdown")
+            if pkt is None:
+                break
+            got.append(pkt)
+    assert [(p.topic, p.payload) for p in got] == [("data/x", b"%d" % i) for i in range(N)]
+    for c in willing:
+        assert c.closed_by_peer(1)
+        c.close()
+    log = broker.log()
+    assert "shutting down" in log and "stopped" in log
+    assert "Traceback" not in log
+
+
+def test_no_new_connections_during_and_after_shutdown(anon_broker):
+    broker = anon_broker()
+    port = broker.port
+    assert broker.stop(signal.SIGTERM) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
