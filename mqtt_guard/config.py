@@ -135,6 +135,33 @@ class LogConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Analytics (docs/analytics.md): counters flushed to Redis, /metrics, $SYS topics."""
+
+    flush_interval: float = duration(1.0)  # how often counts go to Redis in one batch (0.1 s to 10 s)
+    prometheus_bind: str | None = None  # HOST:PORT serving /metrics from the broker; unset = no endpoint
+    per_client_allowlist: list[str] = field(default_factory=list)  # client ids (globs) with their own series
+    per_user_allowlist: list[str] = field(default_factory=list)  # usernames (globs) with their own series
+    top_n: int = 0  # also give the N busiest clients of this broker their own series
+    sys_interval: float = duration(10.0)  # $SYS/broker/... publishing period; 0 = off
+    broker_id: str | None = None  # this broker in stats keys and heartbeats; default HOSTNAME:PORT
+    stats_ttl: float = duration(30 * 86400)  # per-client/per-user stats hashes expire this long after last use
+    max_backlog: int = 200_000  # stats entries kept in memory while Redis is unreachable
+
+    def check(self) -> None:
+        if not 0.1 <= self.flush_interval <= 10:
+            raise ConfigError("metrics.flush_interval: must be between 0.1s and 10s")
+        if self.prometheus_bind:
+            split_bind(self.prometheus_bind, "metrics.prometheus_bind")
+        if self.top_n < 0 or self.max_backlog < 1000:
+            raise ConfigError("metrics: top_n must be >= 0 and max_backlog >= 1000")
+        if self.sys_interval < 0 or 0 < self.sys_interval < 1:
+            raise ConfigError("metrics.sys_interval: 0 (off) or at least 1s")
+        if self.stats_ttl < 3600:
+            raise ConfigError("metrics.stats_ttl: at least 1h")
+
+
+@dataclass
 class GuardConfig:
     listeners: list[ListenerConfig] = field(default_factory=list)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -142,6 +169,7 @@ class GuardConfig:
     acl: AclConfig = field(default_factory=AclConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
 
@@ -153,6 +181,7 @@ class GuardConfig:
             raise ConfigError("plugins: must map dotted class paths to option mappings (or nothing)")
         for i, listener in enumerate(self.listeners):
             listener.check(f"listeners[{i}]")
+        self.metrics.check()
 
 
 def load_config(path: str | Path | None) -> GuardConfig:

@@ -22,6 +22,7 @@ from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
 from .metrics.counters import Counters
+from .metrics.service import MetricsService
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client
 from .store.invalidation import InvalidationListener
@@ -53,6 +54,7 @@ class Guard:
         self._by_user: dict[str, set[str]] = {}
         self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id
         self.counters = Counters()
+        self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
         self._user_refresh: set[str] = set()
         self._refresh_task: asyncio.Task[None] | None = None
 
@@ -64,8 +66,10 @@ class Guard:
             log.warning("Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
                         _safe_url(self.config.redis.url), exc, self.config.auth.on_redis_down)
         self.listener.start()
+        await self.metrics.start()
 
     async def close(self) -> None:
+        await self.metrics.close()  # the last counts, while Redis is still open
         await self.listener.stop()
         self.authenticator.close()
         await self.redis.aclose()
@@ -81,6 +85,7 @@ class Guard:
             log.warning("client %r admitted while Redis is unreachable (%s): ACL rules known so far apply",
                         client_id, exc)
         self.clients[client_id] = client
+        self.counters.connected(client_id, client.username)
         if client.username is not None:
             self._by_user.setdefault(client.username, set()).add(client_id)
         return client
@@ -88,6 +93,7 @@ class Guard:
     def detach(self, client: GuardClient) -> None:
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
+            self.counters.disconnected(client.client_id)
             if client.username is not None:
                 ids = self._by_user.get(client.username)
                 if ids is not None:
@@ -164,6 +170,7 @@ class Guard:
             if gone:
                 reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
                 if self.kicker is not None:
+                    self.counters.incr(client_id, C.kick_name(reason))
                     log.warning("disconnecting client %r: %s", client_id, reason)
                     await self.kicker(client_id, reason)
                 continue

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import acl, broker, users
+from . import acl, broker, stats, users
 from .common import CliError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.register(sub)
     users.register(sub)
     acl.register(sub)
+    stats.register(sub)
     return parser
 
 

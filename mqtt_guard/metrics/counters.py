@@ -3,38 +3,202 @@
 Everything that counts (ACL denials, queue drops, quota refusals, messages in and out) goes through
 `Counters.incr`, so the analytics work has a single source to flush to Redis in batches and to export
 to Prometheus, and nothing is counted twice.
+
+Three views of the same increments are kept:
+- `totals`: everything this process counted since it started (Prometheus broker-level counters, $SYS);
+- `per_client`: the same per connected client since this process saw it connect (per-client Prometheus
+  series, the live view); a client's entry is dropped at the first `drain()` after it disconnected;
+- the pending deltas since the last `drain()`, per (client id, username) pair, which the flusher
+  (mqtt_guard/metrics/flusher.py) adds to Redis with HINCRBY. Redis holds the numbers that survive
+  restarts and add up across brokers.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
-# Counter names, defined once.
-MSGS_IN = "messages_in"
+# Counter names, defined once. They are also the field names of the Redis stats hashes.
+MSGS_IN = "messages_in"  # PUBLISH received from the client
 BYTES_IN = "bytes_in"
-MSGS_OUT = "messages_out"
+MSGS_OUT = "messages_out"  # PUBLISH delivered to the client
 BYTES_OUT = "bytes_out"
-DENIED_PUBLISH = "publish_denied"
+DENIED_PUBLISH = "publish_denied"  # ACL refused a PUBLISH of the client
 DENIED_SUBSCRIBE = "subscribe_denied"
 WITHHELD = "deliveries_withheld"  # receive denied
 DROPPED_QUEUE_FULL = "dropped_queue_full"
 OVER_QUOTA = "over_quota"
+PUBLISH_TOO_LARGE = "publish_too_large"  # for the engine: a PUBLISH over limits.max_packet_size
 PROTOCOL_ERRORS = "protocol_errors"
 PLUGIN_ERRORS = "plugin_errors"
+CONNECTS = "connects"  # admitted CONNECTs (counted by Counters.connected)
+
+# Auth failures and kicks carry a reason: the counter name is the prefix plus a fixed slug.
+AUTH_FAILED_PREFIX = "auth_failed_"
+KICKED_PREFIX = "kicked_"
+
+# Kick reasons (the slugs). Callers pass one of these, never free text: each becomes a label value.
+KICK_USER_DELETED = "user_deleted"
+KICK_USER_DISABLED = "user_disabled"
+KICK_USER_EXPIRED = "user_expired"
+KICK_DENIED_PUBLISH = "denied_publish"  # acl.deny_publish_action: disconnect
+KICK_TAKEN_OVER = "taken_over"  # same client id connected again
+KICK_OVER_QUOTA = "over_quota"
+KICK_OTHER = "other"
+KICK_REASONS = (KICK_USER_DELETED, KICK_USER_DISABLED, KICK_USER_EXPIRED, KICK_DENIED_PUBLISH, KICK_TAKEN_OVER,
+                KICK_OVER_QUOTA, KICK_OTHER)
+
+# Publish errors: the counters that mean "a PUBLISH of this client did not go through", and why.
+PUBLISH_ERROR_REASONS = {DENIED_PUBLISH: "acl_denied", OVER_QUOTA: "over_quota", PUBLISH_TOO_LARGE: "too_large"}
+
+# Per-client gauges: written to the client's stats hash with HSET when they change.
+G_CONNECTED = "connected"  # 1 / 0
+G_CONNECTED_SINCE = "connected_since"  # unix seconds of the current (or last) connection
+G_DISCONNECTED_AT = "disconnected_at"
+G_QUEUE_DEPTH = "queue_depth"  # messages waiting for the client (offline queue + in flight)
+G_BROKER = "broker"  # the broker id the client is (or was last) connected to
+G_USERNAME = "username"
+G_LAST_SEEN = "last_seen"  # unix seconds of the last flush that carried a count for the client
+
+
+def slug(text: str) -> str:
+    """'user disabled' -> 'user_disabled': a reason as a counter-name suffix / label value."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def kick_name(reason: str) -> str:
+    """Counter name of a kick; reasons outside KICK_REASONS count as 'other' (label sets stay bounded)."""
+    r = slug(reason)
+    return KICKED_PREFIX + (r if r in KICK_REASONS else KICK_OTHER)
+
+
+def auth_failure_name(outcome: object) -> str:
+    """Counter name of a refused CONNECT, from an auth Outcome (its enum name is a fixed set)."""
+    name = getattr(outcome, "name", None)
+    return AUTH_FAILED_PREFIX + slug(name if isinstance(name, str) else str(outcome))
+
+
+@dataclass
+class Drain:
+    """Everything counted since the previous drain, ready to be added to Redis."""
+
+    started: float  # wall clock of the start of the window these deltas were counted in
+    ended: float
+    clients: dict[tuple[str, str | None], dict[str, int]] = field(default_factory=dict)  # (client, user) -> deltas
+    users: dict[str, dict[str, int]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, dict[str, str | int | float]] = field(default_factory=dict)  # client -> changed gauges
+    # Connection events in order: ("connect", client, username, since) / ("disconnect", client, None, at)
+    events: list[tuple[str, str, str | None, float]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.clients or self.users or self.totals or self.gauges or self.events)
 
 
 class Counters:
     def __init__(self) -> None:
         self.per_client: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.totals: defaultdict[str, int] = defaultdict(int)
+        self.usernames: dict[str, str | None] = {}  # connected clients -> username (None: anonymous)
+        self.connected_since: dict[str, float] = {}
+        self.gauges: dict[str, dict[str, str | int | float]] = {}  # connected clients' current gauge values
+        self.started = time.time()
+        self.clients_maximum = 0
+        self._pending: defaultdict[tuple[str, str | None], defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._flushed_totals: dict[str, int] = {}
+        self._dirty_gauges: dict[str, dict[str, str | int | float]] = {}
+        self._events: list[tuple[str, str, str | None, float]] = []
+        self._gone: set[str] = set()
+        self._window_start = time.time()
 
+    # -- hot path ----------------------------------------------------------------------------------
     def incr(self, client_id: str | None, name: str, n: int = 1) -> None:
         self.totals[name] += n
         if client_id is not None:
             self.per_client[client_id][name] += n
+            self._pending[(client_id, self.usernames.get(client_id))][name] += n
 
+    # -- connection lifecycle (Guard.attach / Guard.detach) ------------------------------------------
+    def connected(self, client_id: str, username: str | None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.usernames[client_id] = username
+        self.connected_since[client_id] = now
+        self._gone.discard(client_id)
+        self.per_client.pop(client_id, None)  # a new connection starts its live counts at zero
+        self.gauges[client_id] = {}
+        self._events.append(("connect", client_id, username, now))
+        self.clients_maximum = max(self.clients_maximum, self.connected_count())
+        self.incr(client_id, CONNECTS)
+
+    def disconnected(self, client_id: str, now: float | None = None) -> None:
+        if client_id not in self.usernames:
+            return
+        self._events.append(("disconnect", client_id, self.usernames.get(client_id), time.time() if now is None else now))
+        self._gone.add(client_id)
+
+    def auth_failed(self, client_id: str | None, username: str | None, outcome: object, *, known_user: bool) -> None:
+        """A refused CONNECT. Per client and per user only for existing users, so a scanner trying random
+        names and client ids cannot create stats keys; the broker total always counts it."""
+        name = auth_failure_name(outcome)
+        self.totals[name] += 1
+        if known_user and client_id is not None:
+            self._pending[(client_id, username)][name] += 1
+
+    def set_gauge(self, client_id: str, name: str, value: str | int | float) -> None:
+        """A per-client gauge of a connected client; written to Redis only when it changed."""
+        current = self.gauges.get(client_id)
+        if current is None:
+            return
+        if current.get(name) != value:
+            current[name] = value
+            self._dirty_gauges.setdefault(client_id, {})[name] = value
+
+    # -- reading --------------------------------------------------------------------------------
     def client(self, client_id: str) -> dict[str, int]:
         return dict(self.per_client.get(client_id, {}))
 
     def total(self, name: str) -> int:
         return self.totals.get(name, 0)
+
+    def connected_count(self) -> int:
+        return len(self.usernames) - len(self._gone)
+
+    # -- flushing ---------------------------------------------------------------------------------
+    def drain(self, now: float | None = None) -> Drain:
+        """Take the deltas since the last drain; forget the clients that disconnected before it."""
+        now = time.time() if now is None else now
+        out = Drain(started=self._window_start, ended=now)
+        self._window_start = now
+        pending, self._pending = self._pending, defaultdict(lambda: defaultdict(int))
+        users: dict[str, dict[str, int]] = {}
+        for (cid, user), counts in pending.items():
+            counts = {k: v for k, v in counts.items() if v}
+            if not counts:
+                continue
+            out.clients[(cid, user)] = counts
+            if user is not None:
+                u = users.setdefault(user, {})
+                for name, v in counts.items():
+                    u[name] = u.get(name, 0) + v
+        out.users = users
+        for name, value in self.totals.items():
+            delta = value - self._flushed_totals.get(name, 0)
+            if delta:
+                out.totals[name] = delta
+                self._flushed_totals[name] = value
+        out.gauges, self._dirty_gauges = self._dirty_gauges, {}
+        out.events, self._events = self._events, []
+        gone, self._gone = self._gone, set()
+        for cid in gone:
+            self.usernames.pop(cid, None)
+            self.connected_since.pop(cid, None)
+            self.gauges.pop(cid, None)
+            out.gauges.pop(cid, None)  # a gauge change after the disconnect no longer matters
+        for cid, _ in pending:
+            if cid not in self.usernames:  # counted for a client that is not connected here
+                self.per_client.pop(cid, None)
+        for cid in gone:
+            self.per_client.pop(cid, None)
+        return out

@@ -28,6 +28,9 @@ class GuardAuthPlugin(BaseAuthPlugin):
             identity_as_username=by_identity,
         )
         session.attributes[AUTH_RESULT] = result
+        if not result.ok:
+            guard.counters.auth_failed(session.client_id, result.username, result.outcome,
+                                       known_user=result.user is not None)
         if by_identity and result.username:
             session.username = result.username
         if result.ok and session.client_id:

@@ -81,3 +81,34 @@ class Keys:
     def changes_channel(self) -> str:
         """Pub/sub channel our CLI publishes to after an edit (a hint; keyspace events are the truth)."""
         return f"{self.prefix}changes"
+    # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
+    def stats_client(self, client_id: str) -> str:
+        """HASH: a client's counters (HINCRBY, all brokers) and gauges (connected, queue_depth, ...)."""
+        return f"{self.prefix}stats:client:{client_id}"
+
+    def stats_user(self, username: str) -> str:
+        """HASH: the counters of all clients of a user, added up."""
+        return f"{self.prefix}stats:user:{username}"
+
+    def stats_total(self) -> str:
+        """HASH: the counters of every broker, added up."""
+        return f"{self.prefix}stats:total"
+
+    def stats_broker(self, broker_id: str) -> str:
+        """HASH: one broker's counters (summed over its restarts) and heartbeat fields."""
+        return f"{self.prefix}stats:broker:{broker_id}"
+
+    def stats_brokers(self) -> str:
+        """ZSET broker id -> unix seconds of its last stats heartbeat."""
+        return f"{self.prefix}stats:brokers"
+
+    def stats_rate(self, resolution: str, kind: str, direction: str, bucket: int) -> str:
+        """ZSET member (client id or username) -> messages in one time bucket; expires with the history.
+
+        resolution "10s" (kept 1 h) or "1m" (kept 24 h); kind "client"/"user"; direction "in"/"out";
+        bucket: unix seconds of the bucket start."""
+        return f"{self.prefix}stats:rate:{resolution}:{kind}:{direction}:{bucket}"
+
+    def stats_tmp(self, name: str) -> str:
+        """Short-lived scratch key of a read (e.g. `top`'s ZUNIONSTORE), deleted in the same transaction."""
+        return f"{self.prefix}stats:tmp:{name}"

@@ -1,0 +1,323 @@
+"""`mqtt-guard stats CLIENT_OR_USER` and `mqtt-guard top`: analytics from Redis, for people and scripts.
+
+Both read only what the brokers flushed to Redis (docs/analytics.md), so they show every broker
+sharing the Redis, lag the brokers by at most `metrics.flush_interval`, and work over SSH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..metrics import counters as C
+from ..metrics.rates import RES_1M, RES_10S, sparkline
+from ..store.keys import Keys
+from ..store.stats import KIND_CLIENT, KIND_USER, StatsReader
+from .common import CliError, run_with_redis
+
+if TYPE_CHECKING:  # rich is imported when output is rendered: other commands start faster
+    from rich.console import Console
+    from rich.table import Table
+
+GAUGE_FIELDS = {C.G_CONNECTED, C.G_CONNECTED_SINCE, C.G_DISCONNECTED_AT, C.G_QUEUE_DEPTH, C.G_BROKER,
+                C.G_USERNAME, C.G_LAST_SEEN}
+# Publish errors by reason, as `stats` and `top` show them (dropped deliveries count for the receiver).
+ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("stats", help="counters, quota use and message rate of a client id or username")
+    p.add_argument("name", metavar="CLIENT_OR_USER")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--client", dest="kind", action="store_const", const=KIND_CLIENT,
+                   help="NAME is a client id (default: a client id if one has stats, else a username)")
+    g.add_argument("--user", dest="kind", action="store_const", const=KIND_USER, help="NAME is a username")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--day", action="store_true", help="also the 1 min history of the last 24 h")
+    p.set_defaults(func=cmd_stats, kind=None)
+
+    p = sub.add_parser("top", help="live table of the busiest clients by message rate (all brokers)")
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument("--json", action="store_true", help="one JSON document (implies --once)")
+    p.add_argument("--width", type=int, help="terminal width (default: the terminal's)")
+    p.add_argument("--limit", type=int, default=20, help="rows (default %(default)s)")
+    p.add_argument("--users", action="store_true", help="rank usernames instead of client ids")
+    p.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds (default %(default)s)")
+    p.set_defaults(func=cmd_top)
+
+
+# -- stats ----------------------------------------------------------------------------------------
+def _split_fields(h: dict[str, str]) -> tuple[dict[str, int], dict[str, str]]:
+    counters: dict[str, int] = {}
+    gauges: dict[str, str] = {}
+    for k, v in h.items():
+        if k in GAUGE_FIELDS:
+            gauges[k] = v
+        else:
+            try:
+                counters[k] = int(v)
+            except ValueError:
+                gauges[k] = v
+    return counters, gauges
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _reasons(counters: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+
+async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, Any] | None:
+    """The user's quota use, when the quota module offers a reader (else None and the output omits it)."""
+    if not username:
+        return None
+    try:
+        from ..quota import usage as quota_usage  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    reader = getattr(quota_usage, "read_usage", None)
+    if reader is None:
+        return None
+    try:
+        result = await reader(redis, keys, username)
+    except Exception:  # noqa: BLE001 - quota display is best-effort in this command
+        return None
+    return dict(result) if result else None
+
+
+async def gather_stats(redis: Any, keys: Keys, name: str, kind: str | None, *, day: bool = False,
+                       now: float | None = None) -> dict[str, Any] | None:
+    now = time.time() if now is None else now
+    reader = StatsReader(redis, keys)
+    entity = await reader.entity(name, kind)
+    if entity is None:
+        return None
+    counters, gauges = _split_fields(entity.fields)
+    starts, ins, outs = await reader.history(entity.kind, name, resolution=RES_10S, now=now)
+    username = name if entity.kind == KIND_USER else (gauges.get(C.G_USERNAME) or None)
+    out: dict[str, Any] = {
+        "kind": entity.kind,
+        "id": name,
+        "username": username,
+        "counters": counters,
+        "publish_errors": {label: counters.get(field, 0) for field, label in ERROR_FIELDS.items()},
+        "auth_failures": _reasons(counters, C.AUTH_FAILED_PREFIX),
+        "kicks": _reasons(counters, C.KICKED_PREFIX),
+    }
+    if entity.kind == KIND_CLIENT:
+        out["connected"] = gauges.get(C.G_CONNECTED) == "1"
+        out["broker"] = gauges.get(C.G_BROKER)
+        out["connected_since"] = _num(gauges.get(C.G_CONNECTED_SINCE))
+        out["disconnected_at"] = _num(gauges.get(C.G_DISCONNECTED_AT))
+        depth = _num(gauges.get(C.G_QUEUE_DEPTH))
+        out["queue_depth"] = int(depth) if depth is not None else None
+    out["last_seen"] = _num(gauges.get(C.G_LAST_SEEN))
+    out["rate"] = {
+        "resolution_seconds": RES_10S[1],
+        "start": starts[0],
+        "messages_in": ins,
+        "messages_out": outs,
+        "sparkline": sparkline([i + o for i, o in zip(ins, outs, strict=True)], 60),
+    }
+    if day:
+        d_starts, d_ins, d_outs = await reader.history(entity.kind, name, resolution=RES_1M, now=now)
+        out["rate_day"] = {"resolution_seconds": RES_1M[1], "start": d_starts[0], "messages_in": d_ins,
+                           "messages_out": d_outs,
+                           "sparkline": sparkline([i + o for i, o in zip(d_ins, d_outs, strict=True)], 96)}
+    quota = await quota_use(redis, keys, username)
+    if quota is not None:
+        out["quota"] = quota
+    return out
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def render_stats(data: dict[str, Any], console: Console) -> None:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    kind, ident = data["kind"], data["id"]
+    title = f"{kind} {ident}"
+    if kind == KIND_CLIENT and data.get("username"):
+        title += f" (user {data['username']})"
+    head = Table.grid(padding=(0, 2))
+    if kind == KIND_CLIENT:
+        state = "connected" if data["connected"] else "disconnected"
+        head.add_row("state", f"{state} on {data.get('broker') or '?'}")
+        head.add_row("connected since", _when(data.get("connected_since")))
+        if not data["connected"]:
+            head.add_row("disconnected at", _when(data.get("disconnected_at")))
+        head.add_row("queue depth", str(data.get("queue_depth") if data.get("queue_depth") is not None else "-"))
+    head.add_row("last activity", _when(data.get("last_seen")))
+    counters = data["counters"]
+    table = Table(box=box.SIMPLE, show_header=True, title=None)
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name in (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD, C.DENIED_SUBSCRIBE, C.CONNECTS,
+                 C.PROTOCOL_ERRORS):
+        table.add_row(name, str(counters.get(name, 0)))
+    for label, v in data["publish_errors"].items():
+        table.add_row(f"publish error: {label}", str(v))
+    for label, v in data["auth_failures"].items():
+        table.add_row(f"auth failure: {label}", str(v))
+    for label, v in data["kicks"].items():
+        table.add_row(f"kicked: {label}", str(v))
+    rate = data["rate"]
+    total = [i + o for i, o in zip(rate["messages_in"], rate["messages_out"], strict=True)]
+    peak = max(total, default=0)
+    spark = Text.assemble(("rate, last hour ", "bold"), (f"[{rate['sparkline']}]", "cyan"),
+                          f"  peak {peak / rate['resolution_seconds']:.1f} msg/s, "
+                          f"{sum(total)} messages")
+    parts: list[Any] = [Text(title, style="bold"), head, table, spark]
+    if "rate_day" in data:
+        parts.append(Text.assemble(("rate, last 24 h ", "bold"), (f"[{data['rate_day']['sparkline']}]", "cyan")))
+    if "quota" in data:
+        q = Table.grid(padding=(0, 2))
+        for k, v in data["quota"].items():
+            q.add_row(f"quota {k}", str(v))
+        parts.append(q)
+    console.print(Group(*parts))
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    async def body(redis: Any, keys: Keys) -> int:
+        data = await gather_stats(redis, keys, args.name, args.kind, day=args.day)
+        if data is None:
+            what = {KIND_CLIENT: "client id", KIND_USER: "username"}.get(args.kind or "", "client id or username")
+            raise CliError(f"no stats for {what} {args.name!r} (nothing counted yet, or expired)")
+        if args.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            from rich.console import Console
+
+            render_stats(data, Console())
+        return 0
+
+    return run_with_redis(args, body)
+
+
+# -- top ------------------------------------------------------------------------------------------
+async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    reader = StatsReader(redis, keys)
+    kind = KIND_USER if users else KIND_CLIENT
+    covered, ranked = await reader.top(kind, limit=limit, now=now)
+    hashes = await reader.many(kind, [ident for ident, _, _ in ranked])
+    rows = []
+    for (ident, rin, rout), h in zip(ranked, hashes, strict=True):
+        counters, gauges = _split_fields(h)
+        row: dict[str, Any] = {
+            "id": ident,
+            "rate_in": round(rin, 3),
+            "rate_out": round(rout, 3),
+            "messages_in": counters.get(C.MSGS_IN, 0),
+            "messages_out": counters.get(C.MSGS_OUT, 0),
+            "errors": {label: counters.get(field, 0) for field, label in ERROR_FIELDS.items()},
+        }
+        if kind == KIND_CLIENT:
+            row["username"] = gauges.get(C.G_USERNAME) or None
+            row["connected"] = gauges.get(C.G_CONNECTED) == "1"
+            row["broker"] = gauges.get(C.G_BROKER)
+        quota = await quota_use(redis, keys, ident if users else row.get("username"))
+        if quota is not None:
+            row["quota"] = quota
+        rows.append(row)
+    brokers = await reader.brokers()
+    return {
+        "time": round(now, 3),
+        "window_seconds": round(covered, 3),
+        "kind": kind,
+        "rows": rows,
+        "brokers": [{"id": b, "heartbeat_age": round(max(0.0, now - t), 3),
+                     "clients_connected": int(h.get("clients_connected", 0) or 0)} for b, t, h in brokers],
+    }
+
+
+def _quota_cell(row: dict[str, Any]) -> str:
+    q = row.get("quota")
+    if not q:
+        return "-"
+    used = q.get("percent")
+    return f"{used:.0f}%" if isinstance(used, (int, float)) else str(q.get("summary", "-"))
+
+
+def render_top(data: dict[str, Any]) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    users = data["kind"] == KIND_USER
+    alive = sum(1 for b in data["brokers"] if b["heartbeat_age"] < 10)
+    title = (f"busiest {'users' if users else 'clients'} over the last {data['window_seconds']:.0f}s  "
+             f"({alive}/{len(data['brokers'])} brokers alive, "
+             f"{time.strftime('%H:%M:%S', time.gmtime(data['time']))} UTC)")
+    table = Table(title=title, box=box.SIMPLE_HEAD, expand=False, title_justify="left")
+    table.add_column("user" if users else "client", overflow="fold")
+    if not users:
+        table.add_column("user", overflow="ellipsis")
+    table.add_column("in/s", justify="right")
+    table.add_column("out/s", justify="right")
+    table.add_column("in", justify="right")
+    table.add_column("out", justify="right")
+    table.add_column("acl denied", justify="right")
+    table.add_column("over quota", justify="right")
+    table.add_column("dropped", justify="right")
+    table.add_column("quota use", justify="right")
+    for row in data["rows"]:
+        e = row["errors"]
+        cells = [row["id"]]
+        if not users:
+            cells.append(row.get("username") or "-")
+        cells += [f"{row['rate_in']:.1f}", f"{row['rate_out']:.1f}", str(row["messages_in"]),
+                  str(row["messages_out"]), str(e["acl_denied"]), str(e["over_quota"]), str(e["queue_full"]),
+                  _quota_cell(row)]
+        table.add_row(*cells)
+    if not data["rows"]:
+        table.caption = "(no messages in the last seconds)"
+        table.caption_justify = "left"
+    return table
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.limit < 1 or args.interval <= 0:
+        raise CliError("--limit must be >= 1 and --interval > 0")
+    once = args.once or args.json
+    from rich.console import Console
+    from rich.live import Live
+
+    async def body(redis: Any, keys: Keys) -> int:
+        if once:
+            data = await gather_top(redis, keys, users=args.users, limit=args.limit)
+            if args.json:
+                print(json.dumps(data, indent=2, sort_keys=True))
+            else:
+                Console(width=args.width, highlight=False).print(render_top(data))
+            return 0
+        console = Console(width=args.width, highlight=False)
+        with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
+            while True:
+                data = await gather_top(redis, keys, users=args.users, limit=args.limit)
+                live.update(render_top(data), refresh=True)
+                await asyncio.sleep(args.interval)
+
+    try:
+        return run_with_redis(args, body)
+    except KeyboardInterrupt:
+        return 0
+
+
+__all__ = ["register", "gather_stats", "gather_top", "render_top", "render_stats"]

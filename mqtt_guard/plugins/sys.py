@@ -1,0 +1,106 @@
+"""amqtt plugin: publishes $SYS/broker/... every `metrics.sys_interval` and samples what only the broker
+knows (sessions, subscriptions, retained messages, per-client queue depth) for the analytics.
+
+Enable it with the plugin list of the engine (`"mqtt_guard.plugins.sys.GuardSysPlugin": {}`) or a
+`plugins:` entry of the YAML config. Topics and their ACL: mqtt_guard/metrics/sys.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.broker import BrokerContext
+from amqtt.plugins.base import BasePlugin
+
+from ..guard import guard_of
+from ..metrics.service import BrokerSample
+from ..metrics.sys import SysState, sys_topics
+
+try:  # the engine's own outgoing queue, when the engine has one
+    from ..engine.session_info import queue_of as _queue_of
+except ImportError:  # pragma: no cover - older engine
+    _queue_of = None
+
+log = logging.getLogger("mqtt_guard.sys")
+
+
+def queue_depth(session: Any) -> int:
+    """Messages waiting for a session: the engine's queue (waiting + in flight), else amqtt's counts."""
+    q = _queue_of(session) if _queue_of is not None else None
+    if q is not None:
+        try:
+            return int(q.depth()[0])
+        except (AttributeError, TypeError, IndexError):
+            pass
+    try:
+        return int(session.retained_messages_count) + int(session.inflight_out_count)
+    except (AttributeError, TypeError):
+        return 0
+
+
+class GuardSysPlugin(BasePlugin[BrokerContext]):
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, context: BrokerContext) -> None:
+        super().__init__(context)
+        self.guard = guard_of(context)
+        self.service = self.guard.metrics
+        self.service.probe = self.sample
+        self.state = SysState()
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> BrokerSample:
+        ctx = self.context
+        depths: dict[str, int] = {}
+        total = 0
+        for session in ctx.sessions:
+            total += 1
+            if session.client_id in self.guard.clients:
+                depths[session.client_id] = queue_depth(session)
+        subscriptions = sum(len(subs) for subs in ctx.subscriptions.values())
+        retained = sum(1 for topic in ctx.retained_messages if not topic.startswith("$SYS/"))
+        return BrokerSample(sessions_total=total, subscriptions=subscriptions, retained=retained,
+                            queue_depths=depths)
+
+    async def on_broker_post_start(self, *args: Any, **kwargs: Any) -> None:
+        interval = self.guard.config.metrics.sys_interval
+        if interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(interval), name="mqtt-guard-sys")
+
+    async def on_broker_pre_shutdown(self, *args: Any, **kwargs: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def publish_once(self) -> int:
+        """Publish the $SYS values that changed; returns how many."""
+        try:
+            sample = self.sample()
+        except Exception:  # noqa: BLE001
+            log.exception("cannot sample broker state for $SYS")
+            sample = None
+        changed = self.state.changed(sys_topics(self.service, sample))
+        for topic, text in changed.items():
+            data = text.encode()
+            await self.context.retain_message(topic, data)  # for clients that subscribe later
+            await self.context.broadcast_message(topic, data)  # for the current subscribers
+        return len(changed)
+
+    async def _run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.publish_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - $SYS must never take the broker down
+                log.exception("$SYS publishing failed")
+            await asyncio.sleep(interval)

@@ -1,0 +1,96 @@
+"""Brokers with analytics switched on: a YAML config with a `metrics:` section and the $SYS plugin."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers.servers import BrokerProcess, free_port
+
+SYS_PLUGIN = "mqtt_guard.plugins.sys.GuardSysPlugin"
+
+
+@pytest.fixture
+def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]:
+    """Start a broker whose /metrics port is `broker.metrics_port`; keyword arguments go to `metrics:`."""
+    count = [0]
+
+    def start(**metrics: Any) -> BrokerProcess:
+        count[0] += 1
+        mport = free_port()
+        section = {"prometheus_bind": f"127.0.0.1:{mport}", "flush_interval": "0.2s", "sys_interval": "1s"}
+        section.update(metrics)
+        path = tmp_path / f"broker{count[0]}.yaml"
+        path.write_text(yaml.safe_dump({"metrics": section, "plugins": {SYS_PLUGIN: {}}}))
+        broker = start_broker("-c", str(path))
+        broker.metrics_port = mport  # type: ignore[attr-defined]
+        wait_http(mport)
+        return broker
+
+    return start
+
+
+def wait_http(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            http_get(port, "/metrics")
+            return
+        except (OSError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def http_get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if accept:
+        req.add_header("Accept", accept)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until `check()` returns something truthy; return it (or fail with the last value)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+def cli_json(cli, *args: str) -> Any:  # noqa: ANN001
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics and parse it with prometheus_client's own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, ctype, body = http_get(port, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
+    out = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
