@@ -130,6 +130,46 @@ class LimitsConfig:
 
 
 @dataclass
+class QuotaConfig:
+    """How brokers share quotas through Redis (docs/quotas.md); the limits themselves live in Redis."""
+
+    sync_interval: float = duration(1.0)  # heartbeat: report usage, refresh leases and the session registry
+    broker_dead_after: float = duration(10.0)  # no heartbeat for this long: the broker's sessions and leases go
+    lease_fraction: float = 0.1  # a broker takes this share of a user's limit at a time...
+    lease_min_events: int = 100  # ...but at least this many events (all of a smaller limit)
+    lease_min_bytes: int = size(4 * 1024 * 1024)  # ...and at least this many bytes
+    on_redis_down: Literal["deny", "allow"] = "deny"  # lease spent and Redis unreachable: drop, or count and allow
+    audit_maxlen: int = 100_000  # the audit stream is capped at about this many entries
+
+    def check(self, where: str = "quota") -> None:
+        if self.sync_interval <= 0:
+            raise ConfigError(f"{where}.sync_interval must be above 0")
+        if self.broker_dead_after < 2 * self.sync_interval:
+            raise ConfigError(f"{where}.broker_dead_after must be at least twice sync_interval")
+        if not 0 < self.lease_fraction <= 1:
+            raise ConfigError(f"{where}.lease_fraction must be above 0 and at most 1")
+        if self.lease_min_events < 1 or self.lease_min_bytes < 1:
+            raise ConfigError(f"{where}.lease_min_events and lease_min_bytes must be at least 1")
+        if self.audit_maxlen < 1:
+            raise ConfigError(f"{where}.audit_maxlen must be at least 1")
+
+
+@dataclass
+class SidecarConfig:
+    interval: float = duration(1.0)  # how often the sidecar evaluates every registered session
+    leader_ttl: float = duration(3.0)  # a leader that stops renewing is replaced after this long
+    kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
+
+    def check(self, where: str = "sidecar") -> None:
+        if self.interval <= 0:
+            raise ConfigError(f"{where}.interval must be above 0")
+        if self.leader_ttl <= self.interval:
+            raise ConfigError(f"{where}.leader_ttl must be longer than interval")
+        if self.kick_retry <= 0:
+            raise ConfigError(f"{where}.kick_retry must be above 0")
+
+
+@dataclass
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -169,11 +209,15 @@ class GuardConfig:
     acl: AclConfig = field(default_factory=AclConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        self.quota.check()
+        self.sidecar.check()
         if not self.listeners:
             raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")
         if not isinstance(self.plugins, dict) or not all(

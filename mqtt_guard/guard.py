@@ -28,6 +28,7 @@ from .store.connection import REDIS_ERRORS, make_async_client
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
+from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
@@ -46,13 +47,16 @@ class Guard:
                            AclPolicy(default_allow=config.acl.default == "allow"))
         self.listener = InvalidationListener(
             config.redis.url,
-            [self.keys.acl(""), self.keys.user("")],
+            [self.keys.acl(""), self.keys.user(""),
+             self.keys.quota_user(""), self.keys.quota_default(), self.keys.quota_reset("")],
             self._on_keys,
             self._on_reset,
         )
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id
+        self.broker: Any = None  # set by the engine through bind_broker (queue depths for the quota heartbeat)
+        self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
         self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
         self._user_refresh: set[str] = set()
@@ -66,10 +70,12 @@ class Guard:
             log.warning("Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
                         _safe_url(self.config.redis.url), exc, self.config.auth.on_redis_down)
         self.listener.start()
+        await self.quota.start()
         await self.metrics.start()
 
     async def close(self) -> None:
         await self.metrics.close()  # the last counts, while Redis is still open
+        await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
         self.authenticator.close()
         await self.redis.aclose()
@@ -84,6 +90,7 @@ class Guard:
         except REDIS_ERRORS as exc:
             log.warning("client %r admitted while Redis is unreachable (%s): ACL rules known so far apply",
                         client_id, exc)
+        await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
         self.clients[client_id] = client
         self.counters.connected(client_id, client.username)
         if client.username is not None:
@@ -91,6 +98,7 @@ class Guard:
         return client
 
     def detach(self, client: GuardClient) -> None:
+        self.quota.detach(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
             self.counters.disconnected(client.client_id)
@@ -117,9 +125,24 @@ class Guard:
             self.counters.incr(client.client_id, C.WITHHELD)
         return False
 
+    # -- quotas (hot path, no Redis; docs/quotas.md) ----------------------------------------------
+    def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:
+        """After the ACL allowed an inbound PUBLISH: False = over quota (rate, events, bytes); drop it
+        (QoS 1/2 still acknowledged). Counted as over_quota; on_exceed: disconnect kicks and blocks."""
+        return self.quota.admit_publish(client, topic, payload_len, qos)
+
+    def admit_delivery(self, client: GuardClient, topic: str, payload_len: int) -> bool:
+        """After the RECEIVE ACL allowed a delivery to `client`: False = withhold it (over quota)."""
+        return self.quota.admit_delivery(client, topic, payload_len)
+
+    def bind_broker(self, broker: Any) -> None:
+        """The engine registers itself: the quota heartbeat reads `broker.queue_depth(client_id)`."""
+        self.broker = broker
+
     # -- Redis told us something changed --------------------------------------------------------
     def _on_keys(self, keys: list[str]) -> None:
         self.acl.on_keys(keys)
+        self.quota.on_keys(keys)
         users = {self._user_of_key(k) for k in keys}
         users.discard(None)
         touched = {u for u in users if u in self._by_user}
@@ -130,6 +153,7 @@ class Guard:
 
     def _on_reset(self) -> None:
         self.acl.on_reset()
+        self.quota.on_reset()
         self._schedule_user_refresh(set(self._by_user))
 
     def _user_of_key(self, key: str) -> str | None:

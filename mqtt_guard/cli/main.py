@@ -7,6 +7,7 @@ import sys
 
 from .. import __version__
 from . import acl, broker, stats, users
+from . import kick, quota, sidecar
 from .common import CliError
 
 
@@ -19,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.register(sub)
     users.register(sub)
     acl.register(sub)
+    quota.register(sub)
+    kick.register(sub)
+    sidecar.register(sub)
     stats.register(sub)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from amqtt.plugins.base import BaseAuthPlugin
@@ -10,6 +11,9 @@ from amqtt.session import Session
 from ..auth.tls import certificate_identity
 from ..engine.session_info import AUTH_RESULT, CLIENT, LISTENER, listener_of
 from ..guard import guard_of
+from ..quota.enforcer import QuotaRefusal
+
+log = logging.getLogger("mqtt_guard.auth")
 
 
 class GuardAuthPlugin(BaseAuthPlugin):
@@ -35,8 +39,14 @@ class GuardAuthPlugin(BaseAuthPlugin):
             session.username = result.username
         if result.ok and session.client_id:
             # Load the client's ACL rules now, so its first PUBLISH after CONNACK is decided correctly.
-            session.attributes[CLIENT] = await guard.attach(session.client_id, result,
-                                                             "identity" if by_identity else "")
+            try:
+                session.attributes[CLIENT] = await guard.attach(session.client_id, result,
+                                                                 "identity" if by_identity else "")
+            except QuotaRefusal as refusal:  # blocked, or too many sessions: CONNACK 5 with the reason
+                log.warning("refused CONNECT of client %r, username %r: %s (CONNACK 5)",
+                            session.client_id, result.username, refusal)
+                session.attributes.pop(AUTH_RESULT, None)
+                return False
         return result.ok
 
 

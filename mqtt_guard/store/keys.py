@@ -77,6 +77,65 @@ class Keys:
     def audit(self) -> str:
         return f"{self.prefix}audit"
 
+    def quota_usage(self, username: str, metric: str, window_start: int) -> str:
+        """HASH: usage of one metric ("events"/"bytes") of a user in the window starting at
+        `window_start` (unix seconds): `used`, `gen`, per-broker `spent:<b>`/`lease:<b>`/`refused:<b>`."""
+        return f"{self.prefix}quota:usage:{username}:{metric}:{window_start}"
+
+    def quota_usage_pattern(self, username: str) -> str:
+        return f"{self.prefix}quota:usage:{username}:*"
+
+    def quota_reset(self, username: str) -> str:
+        """STRING written by `quota reset`: its change tells brokers (tracked prefix) to resync the user."""
+        return f"{self.prefix}quota:reset:{username}"
+
+    def quota_user_of(self, key: str) -> str | None:
+        """The username of a `quota:user:<u>` or `quota:reset:<u>` key, else None."""
+        for head in (f"{self.prefix}quota:user:", f"{self.prefix}quota:reset:"):
+            if key.startswith(head):
+                return key[len(head):]
+        return None
+
+    def block_user(self, username: str) -> str:
+        """HASH (reason, until, by, at) with a TTL: the user's CONNECTs get CONNACK 5 until it expires."""
+        return f"{self.prefix}block:user:{username}"
+
+    def block_client(self, client_id: str) -> str:
+        """HASH like `block_user`, for one client id."""
+        return f"{self.prefix}block:client:{client_id}"
+
+    def session(self, client_id: str) -> str:
+        """HASH: a connected client (broker, conn, username, since, queue depth, usage)."""
+        return f"{self.prefix}session:{client_id}"
+
+    def user_sessions(self, username: str) -> str:
+        """HASH client id -> broker id: the connected clients of a user, across brokers."""
+        return f"{self.prefix}sessions:user:{username}"
+
+    def brokers(self) -> str:
+        """ZSET broker id -> unix ms after which the broker counts as dead unless it heartbeats again."""
+        return f"{self.prefix}brokers"
+
+    def broker(self, broker_id: str) -> str:
+        """HASH: what a broker process reports about itself (host, pid, started, heartbeat)."""
+        return f"{self.prefix}broker:{broker_id}"
+
+    def broker_sessions(self, broker_id: str) -> str:
+        """SET of the client ids a broker registered (checked against `session()` before use)."""
+        return f"{self.prefix}broker:{broker_id}:sessions"
+
+    def broker_leases(self, broker_id: str) -> str:
+        """SET of the `quota_usage` keys in which a broker holds a lease."""
+        return f"{self.prefix}broker:{broker_id}:leases"
+
+    def kick_queue(self, broker_id: str) -> str:
+        """LIST of kick requests (JSON) for one broker; the broker pops them with BLPOP."""
+        return f"{self.prefix}kick:{broker_id}"
+
+    def sidecar_leader(self) -> str:
+        """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
+        return f"{self.prefix}sidecar:leader"
+
     # -- change notification ------------------------------------------------------------------
     def changes_channel(self) -> str:
         """Pub/sub channel our CLI publishes to after an edit (a hint; keyspace events are the truth)."""

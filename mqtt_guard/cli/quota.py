@@ -1,0 +1,202 @@
+"""`mqtt-guard quota ...`: set, show and reset per-user quotas (docs/quotas.md).
+
+Limits are plain fields of `<prefix>quota:user:<u>` / `<prefix>quota:default`; running brokers track
+those keys and apply a change at once (no restart), like ACL edits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from ..quota.limits import FIELDS, normalize, parse_limits
+from ..quota.windows import utc
+from ..store.keys import Keys
+from ..store.quota import QuotaStore
+from .common import CliError, run_with_redis
+
+OPTIONS = {  # CLI option -> hash field
+    "events": "events",
+    "bytes": "bytes",
+    "events_direction": "events_direction",
+    "rate": "rate",
+    "session_time": "session_time",
+    "sessions": "sessions",
+    "max_queue": "max_queue",
+    "queue_grace": "queue_grace",
+    "on_exceed": "on_exceed",
+}
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("user", nargs="?", help="username")
+    g.add_argument("--default", action="store_true", help="the defaults for users without their own value")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    quota = sub.add_parser("quota", help="per-user quotas").add_subparsers(dest="quota_cmd", required=True)
+    p = quota.add_parser("set", help="set limits (unchanged fields keep their value; 'none' = no limit)")
+    _target(p)
+    p.add_argument("--events", metavar="N/WINDOW", help="events per window, e.g. 10000/1d (windows s,m,h,d,w; UTC)")
+    p.add_argument("--events-direction", choices=["in", "out", "both"],
+                   help="what counts: publishes sent (in), deliveries received (out), both (default)")
+    p.add_argument("--bytes", metavar="SIZE/WINDOW", help="payload bytes per window, e.g. 50MB/1d")
+    p.add_argument("--rate", metavar="R[/s][:BURST]", help="publishes per second, token bucket, e.g. 5/s:20")
+    p.add_argument("--session-time", metavar="DURATION", help="longest one connection may last, e.g. 1h")
+    p.add_argument("--sessions", metavar="N", help="concurrent connections of the user, across all brokers")
+    p.add_argument("--max-queue", metavar="N", help="queued deliveries above which a client counts as slow")
+    p.add_argument("--queue-grace", metavar="DURATION", help="how long a client may stay above --max-queue")
+    p.add_argument("--on-exceed", choices=["drop", "disconnect"], help="over events/bytes/rate: drop, or also disconnect")
+    p.set_defaults(func=cmd_set)
+    p = quota.add_parser("unset", help="remove fields (a user then falls back to the default's value)")
+    _target(p)
+    p.add_argument("--field", dest="fields", action="append", required=True, choices=list(FIELDS),
+                   help="a field to remove (repeatable)")
+    p.set_defaults(func=cmd_unset)
+    p = quota.add_parser("show", help="limits, usage in the current window, when it resets, block, sessions")
+    _target(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+    p = quota.add_parser("reset", help="zero the user's usage in its current windows and lift its block")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_reset)
+
+
+def _name(args: argparse.Namespace) -> str | None:
+    return None if args.default else args.user
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    fields: dict[str, str] = {}
+    for option, name in OPTIONS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        try:
+            fields[name] = normalize(name, value)
+        except ValueError as exc:
+            raise CliError(f"--{option.replace('_', '-')}: {exc}") from None
+    if not fields:
+        raise CliError("nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
+                       "--max-queue, --queue-grace, --events-direction, --on-exceed")
+
+    async def body(redis: Any, keys: Keys) -> int:
+        store = QuotaStore(redis, keys)
+        key = store.limits_key(_name(args))
+        await redis.hset(key, mapping=fields)
+        print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_unset(args: argparse.Namespace) -> int:
+    async def body(redis: Any, keys: Keys) -> int:
+        key = QuotaStore(redis, keys).limits_key(_name(args))
+        removed = await redis.hdel(key, *args.fields)
+        print(f"{key}: removed {removed} field(s)")
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def _fmt_age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
+    raw_users, raw_default = await store.load_limits([username] if username else [])
+    raw_user = raw_users.get(username, {}) if username else {}
+    limits = parse_limits(raw_user or None, raw_default) if username else parse_limits(None, raw_default)
+    now = time.time()
+    out: dict[str, Any] = {"user": username, "limits": {}, "problems": list(limits.problems)}
+    for name in FIELDS:
+        if username and name in raw_user:
+            out["limits"][name] = {"value": raw_user[name], "from": keys.quota_user(username)}
+        elif name in raw_default:
+            out["limits"][name] = {"value": raw_default[name], "from": keys.quota_default()}
+    if not username:
+        return out
+    out["usage"] = {}
+    for metric in ("events", "bytes"):
+        allowance = limits.allowance(metric)
+        if allowance is None:
+            continue
+        start = allowance.window.start(now)
+        end = start + allowance.window.seconds
+        h = await store.usage(keys.quota_usage(username, metric, start))
+        held = sum(int(v) for f, v in h.items() if f.startswith("lease:"))
+        used = int(h.get("used", 0))
+        out["usage"][metric] = {
+            "limit": allowance.limit, "window": str(allowance.window), "used": used, "left": max(0, allowance.limit - used),
+            "held_by_brokers": held, "refused": int(h.get("refused", 0)),
+            "window_start": start, "window_start_utc": utc(start), "resets_at": end, "resets_at_utc": utc(end),
+            "resets_in": round(end - now, 1),
+        }
+    block = await store.blocks(username, "")
+    user_block = block if block is not None and block.key == keys.block_user(username) else None
+    out["block"] = None if user_block is None else {
+        "reason": user_block.reason, "until": round(user_block.until), "by": user_block.by}
+    sessions = await store.sessions_of_user(username)
+    out["sessions"] = [{
+        "client_id": s.get("client_id"), "broker": s.get("broker"), "since": float(s.get("since") or 0),
+        "queue_messages": int(float(s.get("queue_messages") or 0)),
+        "events_in": int(s.get("events_in") or 0), "events_out": int(s.get("events_out") or 0),
+        "bytes_in": int(s.get("bytes_in") or 0), "bytes_out": int(s.get("bytes_out") or 0),
+    } for s in sessions]
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def body(redis: Any, keys: Keys) -> int:
+        store = QuotaStore(redis, keys)
+        info = await _describe(store, keys, _name(args))
+        if args.json:
+            json.dump(info, sys.stdout, indent=1)
+            print()
+            return 0
+        who = f"user {info['user']!r}" if info["user"] else "the default"
+        print(f"quota of {who}")
+        if not info["limits"]:
+            print("  no limits")
+        for name, v in info["limits"].items():
+            origin = "" if info["user"] is None or v["from"].endswith(f"user:{info['user']}") else "  (default)"
+            print(f"  {name:<17} {v['value']}{origin}")
+        for p in info["problems"]:
+            print(f"  ! ignored: {p}")
+        now = time.time()
+        for metric, u in info.get("usage", {}).items():
+            print(f"{metric}: {u['used']} of {u['limit']} used in the window since {u['window_start_utc']} "
+                  f"({u['left']} left, {u['held_by_brokers']} of it held by brokers, {u['refused']} refused); "
+                  f"resets at {u['resets_at_utc']} (in {_fmt_age(u['resets_at'] - now)})")
+        if info.get("block"):
+            b = info["block"]
+            print(f"blocked until {utc(b['until'])} (in {_fmt_age(b['until'] - now)}): {b['reason']}")
+        if "sessions" in info:
+            print(f"sessions: {len(info['sessions'])}")
+            for s in info["sessions"]:
+                print(f"  {s['client_id']}  on {s['broker']}  connected {_fmt_age(now - s['since'])}  "
+                      f"queue {s['queue_messages']}  in {s['events_in']}/{s['bytes_in']} B  "
+                      f"out {s['events_out']}/{s['bytes_out']} B")
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    async def body(redis: Any, keys: Keys) -> int:
+        store = QuotaStore(redis, keys)
+        reset = await store.reset(args.user)
+        print(f"usage of {args.user!r} reset in {len(reset)} window(s); block lifted")
+        return 0
+
+    return run_with_redis(args, body)

@@ -1,0 +1,197 @@
+"""The sidecar: evaluates every registered session at an interval and kicks through Redis.
+
+Only the leader acts: a sidecar holds `<prefix>sidecar:leader` (a key with a TTL it renews every
+interval) while it evaluates; a second sidecar waits and takes over within `sidecar.leader_ttl` when
+the leader stops. Each kick is one Lua script that checks the session is still the same connection,
+marks it kicked and appends to the audit stream atomically, so even two sidecars that briefly both
+believe they lead (a leader stalled past its TTL) kick a connection once.
+
+The sidecar keeps no state of its own: restarting it loses nothing. Usage is counted by the brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from ..config import GuardConfig
+from ..quota.limits import Limits, parse_limits
+from ..store.connection import REDIS_ERRORS, make_async_client
+from ..store.keys import USER_EXPIRES_AT, Keys
+from ..store.quota import Block, QuotaStore
+from .evaluate import Decision, Usage, evaluate
+
+log = logging.getLogger("mqtt_guard.sidecar")
+
+
+@dataclass
+class TickReport:
+    sessions: int = 0
+    kicked: list[tuple[str, str]] = field(default_factory=list)  # (client id, reason)
+    reaped: dict[str, int] = field(default_factory=dict)
+
+
+class Sidecar:
+    def __init__(self, config: GuardConfig, *, redis: aioredis.Redis | None = None) -> None:
+        self.config = config
+        self.interval = config.sidecar.interval
+        self.keys = Keys(config.redis.prefix)
+        self.redis = redis or make_async_client(config.redis.url)
+        self.store = QuotaStore(self.redis, self.keys, audit_maxlen=config.quota.audit_maxlen)
+        self.id = f"sidecar:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leading = False
+        self.ticks = 0
+        self._redis_ok = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                await self.step()
+                delay = max(0.0, self.interval - (time.monotonic() - started))
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            if self.leading:
+                try:
+                    await self.store.resign(self.id)
+                except REDIS_ERRORS:
+                    pass
+            await self.redis.aclose()
+            log.info("sidecar %s stopped", self.id)
+
+    async def step(self) -> TickReport | None:
+        """One interval: renew or take leadership, and evaluate if leading."""
+        try:
+            leading = await self.store.lead(self.id, self.config.sidecar.leader_ttl)
+            if leading != self.leading:
+                log.info("sidecar %s %s", self.id, "is the leader now" if leading else "is no longer the leader")
+            self.leading = leading
+            report = await self.tick() if leading else None
+            if not self._redis_ok:
+                log.info("Redis reachable again")
+            self._redis_ok = True
+            return report
+        except REDIS_ERRORS as exc:
+            if self._redis_ok:
+                log.warning("Redis unreachable (%s); retrying every %.2fs", exc, self.interval)
+            self._redis_ok = False
+            self.leading = False
+        except Exception:
+            log.exception("sidecar tick failed")
+        return None
+
+    async def tick(self) -> TickReport:
+        self.ticks += 1
+        report = TickReport()
+        report.reaped = {b: n for b, n in (await self.store.reap_dead()).items() if n >= 0}
+        for broker_id, n in report.reaped.items():
+            log.warning("broker %s stopped heartbeating: removed its %d session(s) and returned its leases",
+                        broker_id, n)
+        by_broker = await self.store.all_sessions()
+        sessions = [s for group in by_broker.values() for s in group]
+        report.sessions = len(sessions)
+        if not sessions:
+            return report
+        now = time.time()
+        usernames = sorted({s["username"] for s in sessions if s.get("username")})
+        limits = await self._limits(usernames)
+        expires = await self._expiries(usernames)
+        blocks = await self._blocks(sessions, usernames)
+        usage = await self._usage(usernames, limits, now)
+        retry = self.config.sidecar.kick_retry
+        for s in sessions:
+            user = s.get("username") or ""
+            block = blocks.get(("client", s.get("client_id", ""))) or (blocks.get(("user", user)) if user else None)
+            decision = evaluate(s, limits.get(user, Limits()), now=now, expires_at=expires.get(user),
+                                usage=usage.get(user), block=block)
+            if decision is None:
+                continue
+            if await self._kick(s, decision, retry):
+                report.kicked.append((s["client_id"], decision.reason))
+        return report
+
+    async def _kick(self, session: dict[str, str], decision: Decision, retry: float) -> bool:
+        client_id, user = session["client_id"], session.get("username") or ""
+        block_key = self.keys.block_user(user) if decision.block_user and user else None
+        queued, detail = await self.store.kick(
+            client_id, decision.reason, self.id, broker_id=session.get("broker", ""), conn=session.get("conn", ""),
+            dedupe=retry, block_key=block_key, block_until=decision.block_until)
+        if queued:
+            log.warning("kicking client %r (user %r) on broker %s: %s%s", client_id, user or None, detail,
+                        decision.reason, f" (blocked until {decision.block_until:.0f})" if block_key else "")
+        return queued
+
+    async def _limits(self, usernames: list[str]) -> dict[str, Limits]:
+        raw_users, raw_default = await self.store.load_limits(usernames)
+        out = {"": parse_limits(None, None)}
+        for u in usernames:
+            out[u] = parse_limits(raw_users.get(u), raw_default)
+        return out
+
+    async def _expiries(self, usernames: list[str]) -> dict[str, float]:
+        if not usernames:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for u in usernames:
+                pipe.hget(self.keys.user(u), USER_EXPIRES_AT)
+            raw = await pipe.execute()
+        out = {}
+        for u, value in zip(usernames, raw, strict=True):
+            try:
+                if value not in (None, ""):
+                    out[u] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    async def _blocks(self, sessions: list[dict[str, str]], usernames: list[str]) -> dict[tuple[str, str], Block]:
+        targets = [("client", s["client_id"]) for s in sessions] + [("user", u) for u in usernames]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for kind, name in targets:
+                key = self.keys.block_client(name) if kind == "client" else self.keys.block_user(name)
+                pipe.hgetall(key)
+                pipe.pttl(key)
+            raw = await pipe.execute()
+        now = time.time()
+        out = {}
+        for i, (kind, name) in enumerate(targets):
+            h, pttl = raw[2 * i], raw[2 * i + 1]
+            if h and pttl != -2:
+                out[(kind, name)] = Block(h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"),
+                                          h.get("by", ""), "")
+        return out
+
+    async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
+        wanted: list[tuple[str, str, int, int]] = []
+        for u in usernames:
+            lim = limits.get(u)
+            if lim is None or lim.on_exceed != "disconnect":
+                continue
+            for metric in ("events", "bytes"):
+                allowance = lim.allowance(metric)
+                if allowance is not None:
+                    wanted.append((u, metric, allowance.limit, allowance.window.start(now)))
+        if not wanted:
+            return {}
+        lengths = {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for u, metric, _, start in wanted:
+                pipe.hmget(self.keys.quota_usage(u, metric, start), "used", "refused")
+                lengths[(u, metric)] = limits[u].allowance(metric).window.seconds  # type: ignore[union-attr]
+            raw = await pipe.execute()
+        out: dict[str, dict[str, Usage]] = {}
+        for (u, metric, limit, start), (used, refused) in zip(wanted, raw, strict=True):
+            out.setdefault(u, {})[metric] = Usage(int(used or 0), int(refused or 0), limit,
+                                                  start + lengths[(u, metric)])
+        return out

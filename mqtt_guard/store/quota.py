@@ -1,0 +1,550 @@
+"""Quotas, sessions, kicks, blocks and the audit stream in Redis.
+
+Every multi-key change is one Lua script, so a broker, the sidecar and the CLI can act at the same
+time without locks. Key names come from `keys.Keys` (passed to the scripts as KEYS); the layout is
+documented in docs/redis-schema.md and docs/quotas.md. Time inside scripts is Redis' own (`TIME`),
+so broker liveness does not depend on the clocks of the hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from . import keys as k
+
+# -- the lease ledger ---------------------------------------------------------------------------------
+# KEYS[1] usage hash, KEYS[2] the broker's lease set
+# ARGV: broker, gen, total_spent, total_refused, want, limit, expire_at (unix s)
+# A broker reports cumulative totals (idempotent: a retry never counts twice) and asks to hold `want`
+# units of allowance after the report. total_spent -1 = "joining": report nothing, tell me what I
+# reported earlier in this window. Returns {mine, used, others, free, gen, demand, now_ms, spent:<b>,
+# refused:<b>, holders}; holders (brokers holding a lease) only when this broker got less than it wanted.
+SYNC_LUA = """
+local key, b, gen = KEYS[1], ARGV[1], ARGV[2]
+local total, refused = tonumber(ARGV[3]), tonumber(ARGV[4])
+local want, limit, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local sf, lf, rf = 'spent:' .. b, 'lease:' .. b, 'refused:' .. b
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('HGET', key, 'gen')
+local rebased = false
+if not cur then
+  if gen ~= '' then cur = gen else cur = t[1] .. '.' .. t[2] end
+  redis.call('HSET', key, 'gen', cur)
+elseif gen ~= '' and gen ~= cur then
+  redis.call('HSET', key, sf, total, rf, refused, lf, 0)
+  rebased = true
+end
+if not rebased and total >= 0 then
+  local prev = tonumber(redis.call('HGET', key, sf) or '0')
+  if total > prev then
+    local d = total - prev
+    redis.call('HINCRBY', key, 'used', d)
+    redis.call('HSET', key, sf, total)
+    local l = tonumber(redis.call('HGET', key, lf) or '0') - d
+    if l < 0 then l = 0 end
+    redis.call('HSET', key, lf, l)
+  end
+  local rprev = tonumber(redis.call('HGET', key, rf) or '0')
+  if refused > rprev then
+    redis.call('HINCRBY', key, 'refused', refused - rprev)
+    redis.call('HSET', key, rf, refused)
+  end
+end
+local used = tonumber(redis.call('HGET', key, 'used') or '0')
+local mine, others = 0, 0
+local all = redis.call('HGETALL', key)
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 6) == 'lease:' then
+    if all[i] == lf then mine = tonumber(all[i + 1]) else others = others + tonumber(all[i + 1]) end
+  end
+end
+local free = limit - used - others - mine
+local holders = ''
+if want > mine then
+  local g = want - mine
+  if g > free then g = free end
+  if g > 0 then
+    mine = mine + g
+    free = free - g
+  end
+  if mine < want then
+    redis.call('HSET', key, 'demand', b .. '|' .. now_ms)
+    for i = 1, #all, 2 do
+      if string.sub(all[i], 1, 6) == 'lease:' and all[i] ~= lf and tonumber(all[i + 1]) > 0 then
+        holders = holders .. string.sub(all[i], 7) .. ','
+      end
+    end
+  end
+elseif want < mine then
+  free = free + (mine - want)
+  mine = want
+end
+if free < 0 and mine > 0 then
+  local back = math.min(mine, -free)
+  mine = mine - back
+  free = free + back
+end
+redis.call('HSET', key, lf, mine)
+if mine > 0 then redis.call('SADD', KEYS[2], key) else redis.call('SREM', KEYS[2], key) end
+redis.call('EXPIREAT', key, expire_at)
+return {mine, used, others, free, cur, redis.call('HGET', key, 'demand') or '', now_ms,
+        tonumber(redis.call('HGET', key, sf) or '0'), tonumber(redis.call('HGET', key, rf) or '0'), holders}
+"""
+
+# KEYS: usage hashes..., then the reset marker, then the user's block. ARGV: marker ttl (s).
+RESET_LUA = """
+local t = redis.call('TIME')
+local gen = 'r' .. t[1] .. '.' .. t[2]
+local n = #KEYS - 2
+for i = 1, n do
+  local ttl = redis.call('TTL', KEYS[i])
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], 'gen', gen, 'used', 0)
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('EXPIRE', KEYS[i], 86400) end
+end
+redis.call('SET', KEYS[n + 1], gen, 'EX', tonumber(ARGV[1]))
+return redis.call('DEL', KEYS[n + 2])
+"""
+
+# -- sessions -------------------------------------------------------------------------------------------
+# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn, username, since, limit,
+# reopen ('1': only if no other broker registered the client meanwhile).
+# Returns {admitted, sessions of the user before, previous broker, previous conn}.
+OPEN_LUA = """
+local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
+local cid, b, conn, user, since, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local prev_b = redis.call('HGET', s, 'broker') or ''
+local prev_conn = redis.call('HGET', s, 'conn') or ''
+if ARGV[7] == '1' and prev_b ~= '' and prev_b ~= b then return {0, 0, prev_b, prev_conn} end
+local n = 0
+if user ~= '' then
+  n = redis.call('HLEN', us)
+  if limit > 0 and redis.call('HEXISTS', us, cid) == 0 and n >= limit then
+    return {0, n, prev_b, prev_conn}
+  end
+end
+redis.call('DEL', s)
+redis.call('HSET', s, 'client_id', cid, 'broker', b, 'conn', conn, 'username', user, 'since', since,
+           'queue_messages', 0, 'queue_bytes', 0)
+if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
+redis.call('SADD', bs, cid)
+return {1, n, prev_b, prev_conn}
+"""
+
+# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn
+CLOSE_LUA = """
+local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
+local cid, b, conn = ARGV[1], ARGV[2], ARGV[3]
+local removed = 0
+if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
+if redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
+if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
+return removed
+"""
+
+# KEYS: session. ARGV: conn, then field/value pairs. Only the connection that owns the entry writes it.
+UPDATE_LUA = """
+if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: brokers zset, broker hash. ARGV: broker, dead_after_ms, then field/value pairs for the hash.
+HEARTBEAT_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local existed = redis.call('EXISTS', KEYS[2])
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], 'heartbeat', now_ms, unpack(ARGV, 3))
+return {existed, now_ms}
+"""
+
+# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, then (session, user sessions)
+# pairs, then usage hashes. ARGV: broker, number of sessions. Only reaps a broker that is still dead.
+REAP_LUA = """
+local b, n = ARGV[1], tonumber(ARGV[2])
+local score = redis.call('ZSCORE', KEYS[1], b)
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if score and tonumber(score) > now_ms then return -1 end
+local sessions = 0
+for i = 0, n - 1 do
+  local s, us = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+  local conn = redis.call('HGET', s, 'conn')
+  local cid = redis.call('HGET', s, 'client_id')
+  if redis.call('HGET', s, 'broker') == b then
+    redis.call('DEL', s)
+    sessions = sessions + 1
+    if cid and redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
+  end
+end
+for i = 6 + 2 * n, #KEYS do
+  redis.call('HDEL', KEYS[i], 'lease:' .. b)
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('ZREM', KEYS[1], b)
+return sessions
+"""
+
+# -- kicks, blocks, audit -------------------------------------------------------------------------------
+# KEYS: session, kick queue of the session's broker, audit, block (or '' slot: any key, unused when
+# block_until is 0). ARGV: broker, conn ('' = any), reason, by, dedupe_ms, block_until_ms, audit_maxlen,
+# queue_ttl_s. Kicks a connection at most once per dedupe_ms, atomically with its audit entry.
+KICK_LUA = """
+local s = KEYS[1]
+local b, conn, reason, by = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local dedupe, block_until = tonumber(ARGV[5]), tonumber(ARGV[6])
+local cur_b = redis.call('HGET', s, 'broker')
+if not cur_b then return {0, 'not connected'} end
+local cur_conn = redis.call('HGET', s, 'conn')
+if (b ~= '' and cur_b ~= b) or (conn ~= '' and cur_conn ~= conn) then return {0, 'reconnected'} end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if dedupe > 0 then
+  local last = tonumber(redis.call('HGET', s, 'kicked_at') or '0')
+  if now_ms - last < dedupe then return {0, 'already kicked'} end
+end
+local cid = redis.call('HGET', s, 'client_id')
+local user = redis.call('HGET', s, 'username') or ''
+redis.call('HSET', s, 'kicked_at', now_ms, 'kicked_reason', reason)
+redis.call('RPUSH', KEYS[2], cjson.encode({client_id = cid, conn = cur_conn, reason = reason, by = by}))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+local fields = {'action', 'kick', 'client_id', cid, 'username', user, 'broker', cur_b, 'reason', reason, 'by', by}
+if block_until > now_ms then
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[4], 'reason', reason, 'until', math.floor(block_until / 1000), 'by', by, 'at', t[1])
+  redis.call('PEXPIREAT', KEYS[4], block_until)
+  table.insert(fields, 'blocked_until')
+  table.insert(fields, math.floor(block_until / 1000))
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
+return {1, cur_b}
+"""
+
+# KEYS: block, audit. ARGV: reason, until_ms, by, audit_maxlen, then audit field/value pairs.
+BLOCK_LUA = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = tonumber(ARGV[2])
+if until_ms <= now_ms then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'until', math.floor(until_ms / 1000), 'by', ARGV[3], 'at', t[1])
+redis.call('PEXPIREAT', KEYS[1], until_ms)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'action', 'block', 'reason', ARGV[1],
+           'blocked_until', math.floor(until_ms / 1000), 'by', ARGV[3], unpack(ARGV, 5))
+return 1
+"""
+
+# -- the sidecar's leader lease -------------------------------------------------------------------------
+LEADER_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+RESIGN_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    mine: int  # allowance this broker holds after the sync
+    used: int  # counted usage in the window (reported by all brokers)
+    others: int  # allowance held by other brokers
+    free: int  # allowance nobody holds
+    gen: str
+    demand: str  # "<broker>|<unix ms>" of the last broker that asked for more than it got
+    now_ms: int
+    spent: int  # this broker's reported spend in the window (what a joining entry continues from)
+    refused: int  # this broker's reported refusals in the window
+    holders: tuple[str, ...]  # brokers holding a lease, when this one got less than it wanted
+
+    @classmethod
+    def of(cls, raw: list[Any]) -> SyncResult:
+        return cls(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), str(raw[4]), str(raw[5]), int(raw[6]),
+                   int(raw[7]), int(raw[8]), tuple(h for h in str(raw[9]).split(",") if h))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    key: str
+    gen: str
+    total: int
+    refused: int
+    want: int
+    limit: int
+    expire_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    reason: str
+    until: float  # unix seconds
+    by: str
+    key: str
+
+    def describe(self, now: float | None = None) -> str:
+        left = max(0.0, self.until - (now if now is not None else time.time()))
+        return f"blocked for {left:.0f} s more ({self.reason})"
+
+
+class QuotaStore:
+    def __init__(self, redis: aioredis.Redis, keys: k.Keys, *, audit_maxlen: int = 100_000) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.audit_maxlen = audit_maxlen
+        self._sync = redis.register_script(SYNC_LUA)
+        self._reset = redis.register_script(RESET_LUA)
+        self._open = redis.register_script(OPEN_LUA)
+        self._close = redis.register_script(CLOSE_LUA)
+        self._update = redis.register_script(UPDATE_LUA)
+        self._heartbeat = redis.register_script(HEARTBEAT_LUA)
+        self._reap = redis.register_script(REAP_LUA)
+        self._kick = redis.register_script(KICK_LUA)
+        self._block = redis.register_script(BLOCK_LUA)
+        self._leader = redis.register_script(LEADER_LUA)
+        self._resign = redis.register_script(RESIGN_LUA)
+
+    # -- limits ------------------------------------------------------------------------------------
+    def limits_key(self, username: str | None) -> str:
+        return self.keys.quota_default() if username is None else self.keys.quota_user(username)
+
+    async def load_limits(self, usernames: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+        """The raw hashes of some users and the default hash, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.quota_default())
+            for u in usernames:
+                pipe.hgetall(self.keys.quota_user(u))
+            out = await pipe.execute()
+        return dict(zip(usernames, out[1:], strict=True)), out[0]
+
+    # -- ledger --------------------------------------------------------------------------------------
+    async def sync(self, broker_id: str, requests: list[SyncRequest]) -> list[SyncResult]:
+        if not requests:
+            return []
+        leases = self.keys.broker_leases(broker_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in requests:
+                await self._sync(keys=[r.key, leases],
+                                 args=[broker_id, r.gen, r.total, r.refused, r.want, r.limit, r.expire_at],
+                                 client=pipe)
+            raw = await pipe.execute()
+        return [SyncResult.of(x) for x in raw]
+
+    async def usage(self, key: str) -> dict[str, str]:
+        return await self.redis.hgetall(key)
+
+    async def usage_keys(self, username: str) -> list[str]:
+        """Every usage hash of exactly this user (not of users whose name merely starts the same)."""
+        head = self.keys.quota_usage(username, "", 0).rsplit(":", 2)[0] + ":"
+        found = []
+        async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
+            metric, _, start = key[len(head):].partition(":")
+            if metric in ("events", "bytes") and start.isdigit():
+                found.append(key)
+        return sorted(found)
+
+    async def reset(self, username: str) -> list[str]:
+        """Zero the user's usage in every stored window, lift the user's block, tell the brokers."""
+        usage = await self.usage_keys(username)
+        await self._reset(keys=[*usage, self.keys.quota_reset(username), self.keys.block_user(username)],
+                          args=[8 * 86400])
+        return usage
+
+    # -- blocks ----------------------------------------------------------------------------------------
+    async def blocks(self, username: str | None, client_id: str) -> Block | None:
+        """The block that applies to a CONNECT (client block first), or None."""
+        names = [self.keys.block_client(client_id)]
+        if username:
+            names.append(self.keys.block_user(username))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in names:
+                pipe.hgetall(key)
+                pipe.pttl(key)
+            out = await pipe.execute()
+        for i, key in enumerate(names):
+            h, pttl = out[2 * i], out[2 * i + 1]
+            if h and pttl != -2:
+                until = time.time() + pttl / 1000 if pttl > 0 else float("inf")
+                return Block(h.get("reason", "blocked"), until, h.get("by", ""), key)
+        return None
+
+    async def set_block(self, key: str, reason: str, until: float, by: str, **audit: str) -> bool:
+        fields: list[str] = []
+        for name, value in audit.items():
+            fields += [name, str(value)]
+        return bool(await self._block(keys=[key, self.keys.audit()],
+                                      args=[reason, int(until * 1000), by, self.audit_maxlen, *fields]))
+
+    async def clear_blocks(self, *keys: str) -> int:
+        return int(await self.redis.delete(*keys)) if keys else 0
+
+    # -- sessions ----------------------------------------------------------------------------------------
+    async def open_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None,
+                           since: float, limit: int | None, reopen: bool = False) -> tuple[bool, int, str, str]:
+        """Register a connection; (admitted, sessions the user had, previous broker, previous conn)."""
+        raw = await self._open(
+            keys=[self.keys.session(client_id), self.keys.user_sessions(username or ""),
+                  self.keys.broker_sessions(broker_id)],
+            args=[client_id, broker_id, conn, username or "", f"{since:.3f}", limit or 0, "1" if reopen else "0"])
+        return bool(raw[0]), int(raw[1]), str(raw[2]), str(raw[3])
+
+    async def close_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None) -> bool:
+        return bool(await self._close(
+            keys=[self.keys.session(client_id), self.keys.user_sessions(username or ""),
+                  self.keys.broker_sessions(broker_id)],
+            args=[client_id, broker_id, conn]))
+
+    async def update_sessions(self, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """(client id, conn, fields) for each connection whose reported state changed."""
+        if not updates:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for client_id, conn, fields in updates:
+                flat: list[Any] = []
+                for name, value in fields.items():
+                    flat += [name, value]
+                await self._update(keys=[self.keys.session(client_id)], args=[conn, *flat], client=pipe)
+            await pipe.execute()
+
+    async def session(self, client_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(self.keys.session(client_id))
+
+    async def sessions_of_user(self, username: str) -> list[dict[str, str]]:
+        ids = sorted(await self.redis.hkeys(self.keys.user_sessions(username)))
+        return [s for s in await self.sessions(ids) if s.get("username") == username]
+
+    async def sessions(self, client_ids: list[str]) -> list[dict[str, str]]:
+        if not client_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in client_ids:
+                pipe.hgetall(self.keys.session(cid))
+            return [h for h in await pipe.execute() if h]
+
+    async def all_sessions(self) -> dict[str, list[dict[str, str]]]:
+        """Live brokers -> the sessions they hold (entries that moved elsewhere are left out)."""
+        brokers = await self.live_brokers()
+        out: dict[str, list[dict[str, str]]] = {}
+        if not brokers:
+            return out
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for b in brokers:
+                pipe.smembers(self.keys.broker_sessions(b))
+            members = await pipe.execute()
+        for b, ids in zip(brokers, members, strict=True):
+            out[b] = [s for s in await self.sessions(sorted(ids)) if s.get("broker") == b]
+        return out
+
+    # -- brokers -------------------------------------------------------------------------------------------
+    async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any]) -> tuple[bool, int]:
+        """Refresh the broker's liveness; (whether its record already existed, Redis time in ms)."""
+        flat: list[Any] = []
+        for name, value in info.items():
+            flat += [name, value]
+        raw = await self._heartbeat(keys=[self.keys.brokers(), self.keys.broker(broker_id)],
+                                    args=[broker_id, int(dead_after * 1000), *flat])
+        return bool(raw[0]), int(raw[1])
+
+    async def now_ms(self) -> int:
+        sec, usec = await self.redis.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def live_brokers(self) -> list[str]:
+        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), await self.now_ms(), "+inf"))
+
+    async def dead_brokers(self) -> list[str]:
+        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), "-inf", f"({await self.now_ms()}"))
+
+    async def broker_alive(self, broker_id: str) -> bool:
+        score = await self.redis.zscore(self.keys.brokers(), broker_id)
+        return score is not None and score > await self.now_ms()
+
+    async def reap(self, broker_id: str) -> int:
+        """Clean up after a broker that stopped heartbeating: its sessions and leases go, what it
+        reported as spent stays counted. -1 if the broker turned out to be alive."""
+        ids = sorted(await self.redis.smembers(self.keys.broker_sessions(broker_id)))
+        leases = sorted(await self.redis.smembers(self.keys.broker_leases(broker_id)))
+        sessions = await self.sessions(ids)
+        by_id = {s.get("client_id"): s for s in sessions}
+        keys = [self.keys.brokers(), self.keys.broker(broker_id), self.keys.broker_sessions(broker_id),
+                self.keys.broker_leases(broker_id), self.keys.kick_queue(broker_id)]
+        for cid in ids:
+            keys += [self.keys.session(cid), self.keys.user_sessions(by_id.get(cid, {}).get("username", ""))]
+        keys += leases
+        return int(await self._reap(keys=keys, args=[broker_id, len(ids)]))
+
+    async def reap_dead(self) -> dict[str, int]:
+        out = {}
+        for b in await self.dead_brokers():
+            out[b] = await self.reap(b)
+        return out
+
+    # -- kicks -----------------------------------------------------------------------------------------------
+    async def kick(self, client_id: str, reason: str, by: str, *, broker_id: str = "", conn: str = "",
+                   dedupe: float = 0.0, block_key: str | None = None, block_until: float = 0.0,
+                   queue_ttl: float = 60.0) -> tuple[bool, str]:
+        """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s).
+        (True, broker) when the request was queued, else (False, why not)."""
+        session = await self.redis.hget(self.keys.session(client_id), "broker")
+        if session is None:
+            return False, "not connected"
+        raw = await self._kick(
+            keys=[self.keys.session(client_id), self.keys.kick_queue(session), self.keys.audit(),
+                  block_key or self.keys.block_client(client_id)],
+            args=[broker_id or session, conn, reason, by, int(dedupe * 1000),
+                  int(block_until * 1000) if block_key else 0, self.audit_maxlen, int(queue_ttl)])
+        return bool(raw[0]), str(raw[1])
+
+    async def push(self, broker_id: str, message: dict[str, Any], ttl: float = 60.0) -> None:
+        """Queue a message (a kick without the session checks, or a resync request) for one broker."""
+        key = self.keys.kick_queue(broker_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(message))
+            pipe.expire(key, int(ttl))
+            await pipe.execute()
+
+    async def pop_kick(self, client: aioredis.Redis, broker_id: str, timeout: float) -> dict[str, str] | None:
+        item = await client.blpop([self.keys.kick_queue(broker_id)], timeout=timeout)
+        if item is None:
+            return None
+        try:
+            data = json.loads(item[1])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def audit(self, **fields: Any) -> None:
+        await self.redis.xadd(self.keys.audit(), {n: str(v) for n, v in fields.items()},
+                              maxlen=self.audit_maxlen, approximate=True)
+
+    async def audit_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        return list(reversed(await self.redis.xrevrange(self.keys.audit(), count=count)))
+
+    # -- sidecar leader --------------------------------------------------------------------------------------
+    async def lead(self, sidecar_id: str, ttl: float) -> bool:
+        return bool(await self._leader(keys=[self.keys.sidecar_leader()], args=[sidecar_id, int(ttl * 1000)]))
+
+    async def resign(self, sidecar_id: str) -> None:
+        await self._resign(keys=[self.keys.sidecar_leader()], args=[sidecar_id])
+
+
+def _glob_escape(text: str) -> str:
+    out = []
+    for ch in text:
+        out.append("\\" + ch if ch in "*?[]\\" else ch)
+    return "".join(out)

@@ -1,0 +1,100 @@
+"""In-process Guards on the test Redis: the quota logic exercised exactly as the engine will call it.
+
+A Guard here is the real object a broker process builds (real Redis, real Lua, real heartbeat and
+kick consumer); only the broker around it is absent, so `kicker` records the kicks it is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from mqtt_guard.auth.authenticator import AuthResult, Outcome
+from mqtt_guard.config import GuardConfig
+from mqtt_guard.guard import Guard
+from mqtt_guard.guard_client import GuardClient
+from mqtt_guard.store.users import UserRecord
+
+
+def make_config(url: str, prefix: str, **quota: Any) -> GuardConfig:
+    config = GuardConfig()
+    config.redis.url = url
+    config.redis.prefix = prefix
+    config.quota.sync_interval = quota.pop("sync_interval", 0.1)
+    config.quota.broker_dead_after = quota.pop("broker_dead_after", 2.0)
+    for name, value in quota.items():
+        setattr(config.quota, name, value)
+    return config
+
+
+class Kicks:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def __call__(self, client_id: str, reason: str) -> bool:
+        self.calls.append((client_id, reason))
+        return True
+
+    def of(self, client_id: str) -> list[str]:
+        return [r for c, r in self.calls if c == client_id]
+
+
+@asynccontextmanager
+async def guards(config: GuardConfig, n: int = 1) -> AsyncIterator[list[Guard]]:
+    started = []
+    try:
+        for _ in range(n):
+            g = Guard(config)
+            g.kicker = Kicks()  # type: ignore[assignment]
+            await g.start()
+            started.append(g)
+        yield started
+    finally:
+        for g in started:
+            if not getattr(g, "_crashed", False):
+                await g.close()
+
+
+def user(name: str) -> AuthResult:
+    return AuthResult(Outcome.OK, name, UserRecord(name))
+
+
+async def attach(g: Guard, client_id: str, username: str) -> GuardClient:
+    return await g.attach(client_id, user(username))
+
+
+async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 5.0,
+                     interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
+async def fresh_window(seconds: int, need: float) -> None:
+    """Wait, if needed, so that at least `need` seconds remain in the current UTC-aligned window."""
+    left = seconds - time.time() % seconds
+    if left < need:
+        await asyncio.sleep(left + 0.02)
+
+
+async def crash(g: Guard) -> None:
+    """Stop a Guard the way a killed process stops: no goodbye to Redis (leases, sessions stay)."""
+    for task in g.quota._tasks:  # noqa: SLF001
+        task.cancel()
+    await asyncio.gather(*g.quota._tasks, return_exceptions=True)  # noqa: SLF001
+    await g.listener.stop()
+    metrics = getattr(g, "metrics", None)
+    if metrics is not None:
+        await metrics.close()
+    g.authenticator.close()
+    await g.quota._kick_redis.aclose()  # noqa: SLF001
+    await g.redis.aclose()
+    g._crashed = True  # type: ignore[attr-defined]
