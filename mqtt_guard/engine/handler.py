@@ -97,6 +97,8 @@ class GuardedHandler(BrokerProtocolHandler):
         self._co_bytes = 0
         self._co_payload = 0
         self._co_scheduled = False
+        self._ws_dirty = False  # websockets: coalesced frames written to the adapter, not yet sent
+        self._ws_draining = False
         events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
@@ -179,7 +181,8 @@ class GuardedHandler(BrokerProtocolHandler):
         """Before a shutdown closes the socket: let the writer send what is queued, until `deadline`."""
         q = self.queue
         while q is not None and self._writer_task is not None and not self._writer_task.done():
-            if not q.ready() and not (self._transport is not None and self._transport.get_write_buffer_size()):
+            if not q.ready() and not self._co and not self._ws_dirty and not (
+                    self._transport is not None and self._transport.get_write_buffer_size()):
                 return
             if self._loop.time() >= deadline:
                 return
@@ -188,9 +191,12 @@ class GuardedHandler(BrokerProtocolHandler):
     # -- writing -------------------------------------------------------------------------------
     def writable(self) -> bool:
         """Port: the socket keeps up, so a delivery may be emitted now instead of queued."""
+        if self._closing or self._fire_tx:
+            return False
         transport = self._transport
-        return (transport is not None and not self._closing and not self._fire_tx
-                and transport.get_write_buffer_size() + self._co_bytes < self._high_water)
+        if transport is not None:
+            return transport.get_write_buffer_size() + self._co_bytes < self._high_water
+        return self.writer is not None and not self._ws_draining and self._co_bytes < self._high_water
 
     def emit(self, frame: bytes, payload_len: int) -> None:
         """Port: write `frame` at the end of this loop iteration, with everything else emitted in it."""
@@ -213,13 +219,31 @@ class GuardedHandler(BrokerProtocolHandler):
         n, payload = len(frames), self._co_payload
         self._co = []
         self._co_bytes = self._co_payload = 0
+        data = frames[0] if n == 1 else b"".join(frames)
         transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(frames[0] if n == 1 else b"".join(frames))
-            if self.broker is not None:
-                counters = self.broker.guard.counters
-                counters.incr(self.client_id, C.MSGS_OUT, n)
-                counters.incr(self.client_id, C.BYTES_OUT, payload)
+        if transport is not None:
+            if transport.is_closing():
+                return
+            transport.write(data)
+        elif self.writer is not None:  # websockets: the adapter buffers; the writer loop sends it
+            self.writer.write(data)
+            self._ws_dirty = True
+            self._wake_event.set()
+        else:
+            return
+        if self.broker is not None:
+            counters = self.broker.guard.counters
+            counters.incr(self.client_id, C.MSGS_OUT, n)
+            counters.incr(self.client_id, C.BYTES_OUT, payload)
+
+    async def _ws_drain(self) -> None:
+        self._ws_dirty = False
+        self._ws_draining = True
+        try:
+            async with self._write_lock:
+                await self.writer.drain()  # type: ignore[union-attr]
+        finally:
+            self._ws_draining = False
 
     async def send(self, data: bytes) -> None:
         """Write a control packet (CONNACK, SUBACK, PUBACK, PINGRESP...). Waits only when the client
@@ -237,6 +261,8 @@ class GuardedHandler(BrokerProtocolHandler):
         if self.writer is None:
             return
         async with self._write_lock:
+            if self._co:
+                self._flush_coalesced()
             self.writer.write(data)
             await self.writer.drain()
 
@@ -257,6 +283,9 @@ class GuardedHandler(BrokerProtocolHandler):
                 await self._write_frames(frames)
             q.port = self
             while True:
+                if self._ws_dirty:
+                    await self._ws_drain()
+                    continue
                 if not q.ready():
                     self._wake_event.clear()
                     await self._wake_event.wait()
@@ -282,9 +311,10 @@ class GuardedHandler(BrokerProtocolHandler):
             transport.write(data)
             await self._stream_writer.drain()  # type: ignore[union-attr]
         else:
-            async with self._write_lock:
-                self.writer.write(data)  # type: ignore[union-attr]
-                await self.writer.drain()  # type: ignore[union-attr]
+            if self._co:
+                self._flush_coalesced()
+            self.writer.write(data)  # type: ignore[union-attr]
+            await self._ws_drain()
         if self._fire_tx:
             for frame in frames:
                 packet = await PublishPacket.from_stream(BufferReader(frame))
