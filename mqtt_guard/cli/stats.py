@@ -77,21 +77,27 @@ def _reasons(counters: dict[str, int], prefix: str) -> dict[str, int]:
 
 
 async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, Any] | None:
-    """The user's quota use, when the quota module offers a reader (else None and the output omits it)."""
+    """The user's quota use in its current windows, as `mqtt-guard quota show` computes it; None when the
+    user has no limits or the quota module is not there (the output then omits quota)."""
     if not username:
         return None
     try:
-        from ..quota import usage as quota_usage  # type: ignore[attr-defined]
+        from ..store.quota import QuotaStore
+        from .quota import _describe  # the quota command's own reading of limits and usage
     except ImportError:
         return None
-    reader = getattr(quota_usage, "read_usage", None)
-    if reader is None:
-        return None
     try:
-        result = await reader(redis, keys, username)
-    except Exception:  # noqa: BLE001 - quota display is best-effort in this command
+        info = await _describe(QuotaStore(redis, keys), keys, username)
+    except Exception:  # noqa: BLE001 - quota display is best-effort here; `quota show` reports errors
         return None
-    return dict(result) if result else None
+    usage = info.get("usage") or {}
+    if not usage and not info.get("block"):
+        return None
+    metrics = {m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_in", "refused")}
+               for m, u in usage.items()}
+    percents = [100.0 * u["used"] / u["limit"] for u in metrics.values() if u.get("limit")]
+    return {"percent": round(max(percents), 1) if percents else None, "metrics": metrics,
+            "blocked": info.get("block")}
 
 
 async def gather_stats(redis: Any, keys: Keys, name: str, kind: str | None, *, day: bool = False,
@@ -188,8 +194,11 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
         parts.append(Text.assemble(("rate, last 24 h ", "bold"), (f"[{data['rate_day']['sparkline']}]", "cyan")))
     if "quota" in data:
         q = Table.grid(padding=(0, 2))
-        for k, v in data["quota"].items():
-            q.add_row(f"quota {k}", str(v))
+        for metric, u in data["quota"]["metrics"].items():
+            q.add_row(f"quota {metric}", f"{u['used']} of {u['limit']} per {u['window']} "
+                      f"({u['left']} left, resets in {u['resets_in']}s)")
+        if data["quota"].get("blocked"):
+            q.add_row("quota block", str(data["quota"]["blocked"]))
         parts.append(q)
     console.print(Group(*parts))
 
@@ -252,8 +261,10 @@ def _quota_cell(row: dict[str, Any]) -> str:
     q = row.get("quota")
     if not q:
         return "-"
+    if q.get("blocked"):
+        return "blocked"
     used = q.get("percent")
-    return f"{used:.0f}%" if isinstance(used, (int, float)) else str(q.get("summary", "-"))
+    return f"{used:.0f}%" if isinstance(used, (int, float)) else "-"
 
 
 def render_top(data: dict[str, Any]) -> Table:

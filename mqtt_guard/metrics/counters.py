@@ -6,11 +6,13 @@ to Prometheus, and nothing is counted twice.
 
 Three views of the same increments are kept:
 - `totals`: everything this process counted since it started (Prometheus broker-level counters, $SYS);
-- `per_client`: the same per connected client since this process saw it connect (per-client Prometheus
-  series, the live view); a client's entry is dropped at the first `drain()` after it disconnected;
-- the pending deltas since the last `drain()`, per (client id, username) pair, which the flusher
-  (mqtt_guard/metrics/flusher.py) adds to Redis with HINCRBY. Redis holds the numbers that survive
-  restarts and add up across brokers.
+- the pending deltas since the last `drain()`, per client id, which the flusher
+  (mqtt_guard/metrics/service.py) adds to Redis with HINCRBY; Redis holds the numbers that survive
+  restarts and add up across brokers, per client, per username and in total;
+- `client(id)`: a connected client's counts since it connected to this process (the per-client
+  Prometheus series); a client's state is dropped at the first `drain()` after it disconnected.
+
+`incr` costs two dict increments; everything per user, per window and per bucket happens in `drain()`.
 """
 
 from __future__ import annotations
@@ -99,14 +101,18 @@ class Drain:
 
 class Counters:
     def __init__(self) -> None:
-        self.per_client: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.totals: defaultdict[str, int] = defaultdict(int)
         self.usernames: dict[str, str | None] = {}  # connected clients -> username (None: anonymous)
         self.connected_since: dict[str, float] = {}
         self.gauges: dict[str, dict[str, str | int | float]] = {}  # connected clients' current gauge values
         self.started = time.time()
         self.clients_maximum = 0
-        self._pending: defaultdict[tuple[str, str | None], defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # Deltas since the last drain per client id (the hot path); the username is looked up at drain.
+        self._pending: defaultdict[str, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
+        # Deltas whose username is not the client's current one (refused CONNECTs, a client id taken
+        # over by another user before the drain), per (client id, username).
+        self._side: dict[tuple[str, str | None], dict[str, int]] = {}
+        self._live: dict[str, dict[str, int]] = {}  # connected clients: counts drained since they connected
         self._flushed_totals: dict[str, int] = {}
         self._dirty_gauges: dict[str, dict[str, str | int | float]] = {}
         self._events: list[tuple[str, str, str | None, float]] = []
@@ -117,16 +123,18 @@ class Counters:
     def incr(self, client_id: str | None, name: str, n: int = 1) -> None:
         self.totals[name] += n
         if client_id is not None:
-            self.per_client[client_id][name] += n
-            self._pending[(client_id, self.usernames.get(client_id))][name] += n
+            self._pending[client_id][name] += n
 
     # -- connection lifecycle (Guard.attach / Guard.detach) ------------------------------------------
     def connected(self, client_id: str, username: str | None, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        pending = self._pending.get(client_id)
+        if pending and self.usernames.get(client_id, username) != username:
+            self._set_aside(client_id, self.usernames.get(client_id), self._pending.pop(client_id))
         self.usernames[client_id] = username
         self.connected_since[client_id] = now
         self._gone.discard(client_id)
-        self.per_client.pop(client_id, None)  # a new connection starts its live counts at zero
+        self._live[client_id] = {}  # a new connection starts its live counts at zero
         self.gauges[client_id] = {}
         self._events.append(("connect", client_id, username, now))
         self.clients_maximum = max(self.clients_maximum, self.connected_count())
@@ -144,7 +152,12 @@ class Counters:
         name = auth_failure_name(outcome)
         self.totals[name] += 1
         if known_user and client_id is not None:
-            self._pending[(client_id, username)][name] += 1
+            self._set_aside(client_id, username, {name: 1})
+
+    def _set_aside(self, client_id: str, username: str | None, counts: dict[str, int]) -> None:
+        side = self._side.setdefault((client_id, username), {})
+        for k, v in counts.items():
+            side[k] = side.get(k, 0) + v
 
     def set_gauge(self, client_id: str, name: str, value: str | int | float) -> None:
         """A per-client gauge of a connected client; written to Redis only when it changed."""
@@ -157,7 +170,11 @@ class Counters:
 
     # -- reading --------------------------------------------------------------------------------
     def client(self, client_id: str) -> dict[str, int]:
-        return dict(self.per_client.get(client_id, {}))
+        """A client's counts in this process since it connected (until the drain after it left)."""
+        out = dict(self._live.get(client_id, {}))
+        for name, v in self._pending.get(client_id, {}).items():
+            out[name] = out.get(name, 0) + v
+        return out
 
     def total(self, name: str) -> int:
         return self.totals.get(name, 0)
@@ -172,12 +189,23 @@ class Counters:
         out = Drain(started=self._window_start, ended=now)
         self._window_start = now
         pending, self._pending = self._pending, defaultdict(lambda: defaultdict(int))
+        side, self._side = self._side, {}
+        clients = out.clients
+        for cid, counts in pending.items():
+            live = self._live.get(cid)
+            if live is not None:
+                for name, v in counts.items():
+                    live[name] = live.get(name, 0) + v
+            clients[(cid, self.usernames.get(cid))] = dict(counts)
+        for key, counts in side.items():
+            mine = clients.get(key)
+            if mine is None:
+                clients[key] = counts
+            else:
+                for name, v in counts.items():
+                    mine[name] = mine.get(name, 0) + v
         users: dict[str, dict[str, int]] = {}
-        for (cid, user), counts in pending.items():
-            counts = {k: v for k, v in counts.items() if v}
-            if not counts:
-                continue
-            out.clients[(cid, user)] = counts
+        for (_, user), counts in clients.items():
             if user is not None:
                 u = users.setdefault(user, {})
                 for name, v in counts.items():
@@ -195,10 +223,6 @@ class Counters:
             self.usernames.pop(cid, None)
             self.connected_since.pop(cid, None)
             self.gauges.pop(cid, None)
+            self._live.pop(cid, None)
             out.gauges.pop(cid, None)  # a gauge change after the disconnect no longer matters
-        for cid, _ in pending:
-            if cid not in self.usernames:  # counted for a client that is not connected here
-                self.per_client.pop(cid, None)
-        for cid in gone:
-            self.per_client.pop(cid, None)
         return out

@@ -184,7 +184,7 @@ class GuardCollector:
             user = counters.usernames.get(cid) or ""
             counts = {n: 0 for n in CLIENT_COUNTERS}
             counts.update({n: 0 for n in C.PUBLISH_ERROR_REASONS})
-            counts.update(counters.per_client.get(cid, {}))
+            counts.update(counters.client(cid))
             _families_of_counts(counts, "client_", ["client_id", "username"], [cid, user], fams,
                                 (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS))
             if cid in counters.connected_since:

@@ -179,6 +179,14 @@ class MetricsService:
                 log.exception("broker sample failed")
             for cid, depth in self.sample.queue_depths.items():
                 self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, depth)
+        else:  # without the $SYS plugin: the engine's own queue_depths(), when it offers one
+            depths = getattr(getattr(self.guard, "broker", None), "queue_depths", None)
+            if depths is not None:
+                try:
+                    for cid, (messages, _) in depths().items():
+                        self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
+                except Exception:  # noqa: BLE001
+                    log.exception("queue depth sample failed")
         drain = self.counters.drain(now)
         mono = time.monotonic()
         for name, avg in self.load.items():

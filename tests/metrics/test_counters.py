@@ -39,11 +39,11 @@ def test_disconnected_client_state_is_dropped_after_the_drain_that_carries_its_l
     c.incr("a1", C.MSGS_OUT, 4)
     c.disconnected("a1")
     assert c.connected_count() == 0
-    assert "a1" in c.per_client  # not yet flushed
+    assert c.client("a1") == {C.CONNECTS: 1, C.MSGS_OUT: 4}  # not yet flushed
     d = c.drain()
     assert d.clients[("a1", "alice")][C.MSGS_OUT] == 4
     assert [e[0] for e in d.events] == ["connect", "disconnect"]
-    assert "a1" not in c.per_client and "a1" not in c.usernames and "a1" not in c.gauges
+    assert c.client("a1") == {} and "a1" not in c.usernames and "a1" not in c.gauges and "a1" not in c._live
 
 
 def test_counts_for_clients_that_are_not_connected_are_flushed_then_forgotten():
@@ -51,7 +51,7 @@ def test_counts_for_clients_that_are_not_connected_are_flushed_then_forgotten():
     c.incr("ghost", C.DROPPED_QUEUE_FULL, 2)  # e.g. a persistent session's queue overflowing while offline
     d = c.drain()
     assert d.clients == {("ghost", None): {C.DROPPED_QUEUE_FULL: 2}}
-    assert "ghost" not in c.per_client
+    assert c.client("ghost") == {} and not c._live
 
 
 def test_reconnect_with_another_username_keeps_the_counts_apart():
@@ -74,7 +74,7 @@ def test_auth_failures_are_per_client_and_user_only_for_existing_users():
     assert d.clients == {("x1", "alice"): {"auth_failed_bad_password": 1}}
     assert d.users == {"alice": {"auth_failed_bad_password": 1}}
     assert d.totals == {"auth_failed_bad_password": 1, "auth_failed_unknown_user": 1}
-    assert not c.per_client  # a refused client is never part of the live view
+    assert c.client("x1") == {} and not c._live  # a refused client is never part of the live view
 
 
 def test_kick_names_are_a_fixed_set():

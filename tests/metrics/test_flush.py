@@ -124,7 +124,7 @@ def test_disconnect_marks_the_client_and_drops_its_state_but_not_if_it_moved_to_
         a.counters.disconnected("dev-2")
         a.metrics.tick()
         assert await a.metrics.flush()
-        assert "dev-1" not in a.counters.per_client and not a.counters.usernames
+        assert a.counters.client("dev-1") == {} and not a.counters.usernames
         await close(a)
         await close(b)
         return a, b
