@@ -400,13 +400,15 @@ class GuardedBroker(Broker):
         handler.attach(session, reader, writer)
         handler.bind(self, queue, where)
         self._sessions[session.client_id] = (session, handler)
-        await handler.send(encode_connack(bool(session.parent), 0))
-        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
-                                              client_id=session.client_id, client_session=session)
-        await handler.start()
         clean = False
         try:
+            await handler.send(encode_connack(bool(session.parent), 0))
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
+                                                  client_id=session.client_id, client_session=session)
+            await handler.start()
             clean = await handler.wait_disconnect()
+        except (ConnectionError, OSError) as exc:
+            handler.close(f"connection lost ({exc or type(exc).__name__})")
         finally:
             await self._end_session(session, handler, clean)
 

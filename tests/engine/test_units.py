@@ -1,0 +1,117 @@
+"""Unit tests of the engine's pure parts: OutQueue bookkeeping and the strict parsers (fuzzed)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqtt_guard.engine.protocol import (
+    Incomplete,
+    ProtocolViolation,
+    encode_publish,
+    parse_connect,
+    parse_fixed_header,
+)
+from mqtt_guard.engine.queues import OutQueue
+from tests.helpers import rawmqtt as raw
+
+
+class Port:
+    def __init__(self, writable: bool = True) -> None:
+        self.can = writable
+        self.frames: list[bytes] = []
+        self.woken = 0
+
+    def writable(self) -> bool:
+        return self.can
+
+    def emit(self, frame: bytes, payload_len: int) -> None:
+        self.frames.append(frame)
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def test_offer_goes_straight_out_while_the_socket_keeps_up():
+    q = OutQueue(10, 0, 2)
+    q.online, q.port = True, Port()
+    assert q.offer(b"t", b"a", 0, False) and q.offer(b"t", b"b", 1, False)
+    assert q.port.frames == [encode_publish(b"t", b"a", 0, False), encode_publish(b"t", b"b", 1, False, False, 1)]
+    assert q.depth() == (1, 2)  # the QoS 1 one is in flight until PUBACK
+    assert q.acked(1) and q.depth() == (0, 0)
+
+
+def test_limits_window_and_order():
+    q = OutQueue(3, 0, 2)
+    port = Port(writable=False)
+    q.online, q.port = True, port
+    assert all(q.offer(b"t", b"%d" % i, 1, False) for i in range(3))
+    assert not q.offer(b"t", b"3", 1, False)  # 3 waiting: full
+    frames, n, payload = q.take(1 << 20)
+    assert n == 2 and payload == 2  # the in-flight window is 2
+    assert q.depth() == (3, 6) and not q.ready()  # topic + payload bytes
+    assert q.offer(b"t", b"4", 0, False)  # a QoS 0 waits behind the QoS 1 (order is kept)
+    assert not q.ready()
+    assert q.acked(1)
+    assert q.ready()
+    frames, n, _ = q.take(1 << 20)
+    assert n == 2  # "2" (QoS 1, id 3) and "4" (QoS 0)
+
+
+def test_byte_limit_counts_topic_and_payload():
+    q = OutQueue(0, 10, 20)
+    q.online = True
+    assert q.offer(b"tt", b"12345678", 1, False)  # 10 bytes
+    assert not q.offer(b"t", b"", 1, False)
+    assert q.depth() == (1, 10)
+
+
+def test_offline_drops_qos0_silently_and_resends_in_flight_with_dup():
+    q = OutQueue(10, 0, 5)
+    q.online, q.port = True, Port()
+    q.offer(b"a", b"1", 1, False)
+    q.offer(b"b", b"2", 2, False)
+    assert q.received(2)  # PUBREC for the QoS 2 one
+    q.port.can = False
+    q.offer(b"c", b"0", 0, False)
+    q.go_offline()
+    assert q.depth()[0] == 2  # the QoS 0 waiting one is gone
+    assert q.offer(b"d", b"x", 0, False) and q.depth()[0] == 2  # offline QoS 0: not queued
+    assert q.resend_frames() == [encode_publish(b"a", b"1", 1, False, True, 1), raw.ack(raw.PUBREL, 2)]
+
+
+def test_packet_ids_skip_ids_in_flight():
+    q = OutQueue(0, 0, 65535)
+    q.online, q.port = True, Port()
+    for _ in range(65535):
+        q.offer(b"t", b"", 1, False)
+    assert len(q.inflight) == 65535
+    q.acked(7)
+    q.offer(b"t", b"", 1, False)
+    assert 7 in q.inflight and len(q.inflight) == 65535
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_connect_parser_only_raises_protocol_violation(body):
+    try:
+        parse_connect(body)
+    except ProtocolViolation:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=12))
+def test_fixed_header_parser_only_raises_incomplete_or_violation(data):
+    try:
+        first, length, hlen = parse_fixed_header(data, 0)
+        assert 2 <= hlen <= 5 and length < 268_435_456
+    except (Incomplete, ProtocolViolation):
+        pass
+
+
+def test_connect_parser_accepts_what_clients_send():
+    body = raw.connect("dev", username="u", password=b"\xff\x00", will=("w/t", b"bye", 1, True), keepalive=30)[2:]
+    info = parse_connect(body)
+    assert (info.client_id, info.username, info.will, info.keepalive, info.clean) == (
+        "dev", "u", ("w/t", b"bye", 1, True), 30, True)
