@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, make_async_client
+from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, make_async_client, redact, RedisUrlError
 from ..store.keys import DEFAULT_PREFIX, Keys
 
 ENV_REDIS_URL = "MQTT_GUARD_REDIS_URL"
@@ -34,22 +34,18 @@ def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitab
     url = redis_url(args)
 
     async def main() -> int:
-        client = make_async_client(url)
+        try:
+            client = make_async_client(url)
+        except RedisUrlError as exc:
+            raise CliError(str(exc)) from None
         try:
             return await body(client, Keys(key_prefix(args)))
         except REDIS_ERRORS as exc:
-            raise CliError(f"cannot reach Redis at {_redact(url)}: {exc}") from None
+            raise CliError(f"cannot reach Redis at {redact(url)}: {exc}") from None
         finally:
             await client.aclose()
 
     return asyncio.run(main())
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def read_password(from_stdin: bool, *, confirm: bool = True) -> str:

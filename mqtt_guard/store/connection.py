@@ -1,13 +1,20 @@
-"""How we build Redis clients from a URL, so every process connects the same way.
+"""How we build Redis clients from a URL, so every process (broker, sidecar, CLI) connects the same way.
 
-Supported URLs: ``redis://``, ``rediss://`` and ``unix://`` (single node, via redis-py's own
-parser). Sentinel and Cluster are handled by the scale-out work; they are rejected here with a
-clear message rather than silently treated as a single node.
+Supported URLs:
+- ``redis://[[user]:password@]host:port/db``, ``rediss://…`` (TLS) and ``unix:///path?db=N``: one node;
+- ``redis+sentinel://[[user]:password@]host:port[,host:port…]/service[/db]``: Redis Sentinel; the
+  client asks the sentinels for the current master and follows fail-overs.
+Redis Cluster is not supported yet (our Lua scripts and tracking need per-slot handling); such URLs
+are refused with a clear message instead of being treated as a single node.
 """
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
@@ -22,15 +29,56 @@ class RedisUrlError(ValueError):
     pass
 
 
-def make_async_client(url: str, *, socket_timeout: float = 2.0) -> aioredis.Redis:
-    """A decode_responses client with short timeouts: a dead Redis must fail fast, not hang CONNECT."""
+def make_async_client(url: str, *, socket_timeout: float = 2.0, **kwargs: Any) -> aioredis.Redis:
+    """A decode_responses client with short timeouts: a dead Redis must fail fast, not hang CONNECT.
+
+    Extra keyword arguments (e.g. ``protocol=2``, ``client_name=…``, ``single_connection_client``)
+    go to redis-py unchanged.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
-        raise RedisUrlError(f"unsupported Redis URL scheme {scheme!r} in {url!r}: use redis://, rediss:// or unix://")
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        **kwargs,
+    }
+    if scheme in ("redis", "rediss", "unix"):
+        options.setdefault("health_check_interval", 30)
+        return aioredis.Redis.from_url(url, **options)
+    if scheme == "redis+sentinel":
+        return _sentinel_client(url, options)
+    raise RedisUrlError(f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}: "
+                        "use redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service[/db]")
+
+
+def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    parts = urlsplit(url)
+    hosts: list[tuple[str, int]] = []
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise RedisUrlError(f"sentinel address {item!r} in {redact(url)!r} must be host:port")
+        hosts.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise RedisUrlError(f"{redact(url)!r}: the master's service name is missing (…/mymaster/0)")
+    service = path[0]
+    db = int(path[1]) if len(path) > 1 else 0
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    single = options.pop("single_connection_client", False)
+    sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"],
+                        sentinel_kwargs={"socket_timeout": options["socket_timeout"]})
+    client = sentinel.master_for(service, db=db, username=username, password=password, **options)
+    if single:
+        client.single_connection_client = True  # tolerated: the pool hands back the same idle connection
+    return client
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

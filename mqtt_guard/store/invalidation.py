@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 
-from .connection import REDIS_ERRORS
+from .connection import REDIS_ERRORS, make_async_client
 
 log = logging.getLogger("mqtt_guard.store.invalidation")
 
@@ -79,10 +79,9 @@ class InvalidationListener:
 
     async def _session(self, first: bool) -> None:
         name = f"mqtt-guard-inval-{uuid.uuid4().hex[:12]}"
-        sub = aioredis.Redis.from_url(self.url, decode_responses=True, protocol=2, client_name=name,
-                                      socket_connect_timeout=2)
-        tracker = aioredis.Redis.from_url(self.url, decode_responses=True, single_connection_client=True,
-                                          socket_timeout=2, socket_connect_timeout=2)
+        sub = make_async_client(self.url, socket_timeout=None, socket_connect_timeout=2, protocol=2,
+                                client_name=name)
+        tracker = make_async_client(self.url, single_connection_client=True)
         pubsub = sub.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)
