@@ -61,6 +61,10 @@ class Guard:
         self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
         self._user_refresh: set[str] = set()
         self._refresh_task: asyncio.Task[None] | None = None
+        # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
+        # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
+        self.auth_backends: list[Any] = []
+        self.acl_sources: list[Any] = []
 
     async def start(self) -> None:
         """Check Redis once so a wrong URL is reported at start; a Redis that is down is not fatal."""
@@ -81,10 +85,31 @@ class Guard:
         await self.redis.aclose()
 
     # -- client lifecycle ----------------------------------------------------------------------
-    async def attach(self, client_id: str, result: AuthResult, listener: str = "") -> GuardClient:
+    async def authenticate(self, *, username: str | None, password: str | None, cert_identity: str | None = None,
+                           identity_as_username: bool = False, listener: Any = None) -> AuthResult:
+        """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
+        async def redis() -> AuthResult:
+            return await self.authenticator.authenticate(username=username, password=password,
+                                                         cert_identity=cert_identity,
+                                                         identity_as_username=identity_as_username)
+        for backend in self.auth_backends:
+            result = await backend.authenticate(username=username, password=password, listener=listener,
+                                                identity_as_username=identity_as_username, fallback=redis)
+            if result is not None:
+                return result
+        return await redis()
+
+    async def reload(self) -> None:
+        """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
+        for source in {id(s): s for s in [*self.auth_backends, *self.acl_sources]}.values():
+            await source.reload()
+
+    async def attach(self, client_id: str, result: AuthResult, listener: str = "",
+                     listener_config: Any = None) -> GuardClient:
         """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
         subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
-        client = GuardClient(client_id, subject.username, subject, listener, had_record=result.user is not None)
+        client = GuardClient(client_id, subject.username, subject, listener, had_record=result.user is not None,
+                             listener_config=listener_config)
         try:
             await self.acl.prepare(subject)
         except REDIS_ERRORS as exc:
@@ -112,7 +137,10 @@ class Guard:
 
     # -- decisions (hot path, no Redis) ---------------------------------------------------------
     def may(self, client: GuardClient, action: Perm, topic: str) -> bool:
-        allowed = self.acl.allowed(client.subject, action, topic)
+        if self.acl_sources:
+            allowed = self._file_and_redis(client, action, topic)
+        else:
+            allowed = self.acl.allowed(client.subject, action, topic)
         if allowed:
             return True
         if action is Perm.PUBLISH:
@@ -124,6 +152,16 @@ class Guard:
         else:
             self.counters.incr(client.client_id, C.WITHHELD)
         return False
+
+    def _file_and_redis(self, client: GuardClient, action: Perm, topic: str) -> bool:
+        """File ACL sources next to Redis rules: a Redis deny rule (or an invalid topic) denies, then a
+        grant from Redis or from any file source allows (mosquitto-compat/README.md)."""
+        decision = self.acl.decide(client.subject, action, topic)
+        if decision.allowed:
+            return True
+        if decision.rule is not None or decision.reason.startswith("invalid"):
+            return False  # a Redis deny rule matched
+        return any(source.check(client, action, topic) for source in self.acl_sources)
 
     # -- quotas (hot path, no Redis; docs/quotas.md) ----------------------------------------------
     def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .acl.policy import Subject
 
@@ -14,3 +15,4 @@ class GuardClient:
     subject: Subject  # replaced when the user's groups or superuser flag change in Redis
     listener: str = ""
     had_record: bool = True  # False for a certificate identity with no user hash in Redis
+    listener_config: Any = None  # our ListenerConfig it came in on (file-backed sources are per listener)

@@ -6,12 +6,15 @@ import argparse
 import os
 
 from ..config import ConfigError, GuardConfig, ListenerConfig, load_config, split_bind
+from ..store.connection import RedisUrlError, make_async_client
 from .common import ENV_PREFIX, ENV_REDIS_URL, CliError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("broker", help="run the guarded MQTT broker")
-    p.add_argument("-c", "--config", help="YAML configuration file")
+    p.add_argument("-c", "--config", help="YAML configuration file, or a mosquitto.conf (detected)")
+    p.add_argument("--mosquitto-conf", metavar="FILE",
+                   help="a mosquitto 2.0 mosquitto.conf: listeners, password_file, acl_file... (mosquitto-compat/)")
     p.add_argument("--bind", action="append", default=[], metavar="HOST:PORT",
                    help="TCP listener (repeatable); replaces the listeners of the config file")
     p.add_argument("--allow-anonymous", action="store_true", default=None,
@@ -41,13 +44,38 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
         if args.log_level:
             config.log.level = args.log_level
         config.check()
+        make_async_client(config.redis.url)  # refuses an unsupported URL before anything starts
+    except RedisUrlError as exc:
+        raise CliError(str(exc)) from None
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     return config
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    from ..compat.conf import looks_like_mosquitto_conf
+
+    mosquitto_conf = args.mosquitto_conf or (args.config if args.config and looks_like_mosquitto_conf(args.config)
+                                             else None)
+    if mosquitto_conf:
+        return _run_mosquitto_conf(args, mosquitto_conf)
     config = resolve_config(args)
     from ..engine.runner import run  # imported late: amqtt is heavy and other commands do not need it
 
     return run(config)
+
+
+def _run_mosquitto_conf(args: argparse.Namespace, path: str) -> int:
+    """The mosquitto.conf branch (mqtt_guard/compat/launch.py): Redis settings from options/environment."""
+    from ..compat.launch import LaunchError, run_mosquitto_conf
+
+    if args.mosquitto_conf and args.config:
+        raise CliError("give either -c/--config or --mosquitto-conf, not both")
+    base = GuardConfig()
+    base.redis.url = args.redis_url or os.environ.get(ENV_REDIS_URL) or base.redis.url
+    base.redis.prefix = args.prefix or os.environ.get(ENV_PREFIX) or base.redis.prefix
+    try:
+        return run_mosquitto_conf(path, base, binds=args.bind, allow_anonymous=args.allow_anonymous,
+                                  log_level=args.log_level)
+    except LaunchError as exc:
+        raise CliError(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from amqtt.errors import BrokerError
 
@@ -31,8 +32,15 @@ def install_uvloop() -> bool:
     return True
 
 
-async def serve(config: GuardConfig) -> int:
+Hook = Callable[[Guard], Awaitable[None]]
+
+
+async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None) -> int:
+    """`prepare(guard)` runs before the listeners open (e.g. plug in file-backed sources), `ready(guard)`
+    right after (e.g. drop root privileges). SIGHUP asks the Guard to reload its file-backed sources."""
     guard = Guard(config)
+    if prepare is not None:
+        await prepare(guard)
     await guard.start()
     broker = GuardedBroker(config, guard)
     try:
@@ -41,10 +49,21 @@ async def serve(config: GuardConfig) -> int:
         log.error("broker could not start: %s", exc.__cause__ or exc)
         await guard.close()
         return 1
+    if ready is not None:
+        await ready(guard)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        log.info("SIGHUP: reloading")
+        task = loop.create_task(guard.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     binds = ", ".join(f"{listener.type}://{listener.bind}" for listener in config.listeners)
     log.info("mqtt-guard broker ready on %s (Redis prefix %r)", binds, config.redis.prefix)
     await stop.wait()
@@ -55,7 +74,7 @@ async def serve(config: GuardConfig) -> int:
     return 0
 
 
-def run(config: GuardConfig) -> int:
+def run(config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None) -> int:
     setup_logging(config.log.level)
     install_uvloop()
-    return asyncio.run(serve(config))
+    return asyncio.run(serve(config, prepare, ready))

@@ -25,11 +25,12 @@ class GuardAuthPlugin(BaseAuthPlugin):
         listener = listener_of(session)
         by_identity = bool(listener and listener.use_identity_as_username)
         guard = guard_of(self.context)
-        result = await guard.authenticator.authenticate(
+        result = await guard.authenticate(
             username=session.username,
             password=session.password,
             cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
             identity_as_username=by_identity,
+            listener=listener,
         )
         session.attributes[AUTH_RESULT] = result
         if not result.ok:
@@ -41,7 +42,8 @@ class GuardAuthPlugin(BaseAuthPlugin):
             # Load the client's ACL rules now, so its first PUBLISH after CONNACK is decided correctly.
             try:
                 session.attributes[CLIENT] = await guard.attach(session.client_id, result,
-                                                                 "identity" if by_identity else "")
+                                                                 "identity" if by_identity else "",
+                                                                 listener_config=listener)
             except QuotaRefusal as refusal:  # blocked, or too many sessions: CONNACK 5 with the reason
                 log.warning("refused CONNECT of client %r, username %r: %s (CONNACK 5)",
                             session.client_id, result.username, refusal)

@@ -1,0 +1,385 @@
+"""Run the same scenarios against mosquitto and mqtt-guard and report every difference.
+
+A run starts `pairs` broker pairs at once (each: one mosquitto, one mqtt-guard, both on a generated
+mosquitto.conf that differs only in the port). Each pair goes through `epochs` worlds: the first is
+loaded at start, every later one is written over the same files and applied with SIGHUP on both
+brokers (so reloading is differential-tested too). Each epoch runs `scenarios` scenarios, in lock
+step on both brokers, and compares what clients observe:
+
+* CONNACK return codes (-1 = the broker closed the connection without one),
+* SUBACK return codes,
+* which messages every subscriber receives (topic, payload, QoS, retain flag), as a multiset.
+
+Message flow is flushed deterministically on mosquitto (QoS 1 PUBACKs, then a PINGREQ round trip
+per subscriber: mosquitto is single-threaded and writes deliveries before the PINGRESP). mqtt-guard
+queues deliveries to a writer task, so on its side the harness waits until each subscriber has at
+least as many messages as on mosquitto (up to a timeout), then a short grace period; messages that
+arrive later are still counted until the clients disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mqtt_guard.auth.hashes import hash_password
+from mqtt_guard.compat.aclfile import mosquitto_matches
+
+from .brokers import BrokerProc, free_port, guard_proc, mosquitto_proc, run_as_line
+from .gen import Generator, Identity, Scenario, World
+from .mqtt import Client, Received
+
+GUARD_GRACE = 0.015
+GUARD_TIMEOUT = 2.0
+
+
+@dataclass
+class Difference:
+    seed: int
+    pair: int
+    epoch: int
+    index: int
+    world: World
+    scenario: Scenario
+    mosquitto: dict
+    guard: dict
+
+    def report(self) -> str:
+        lines = [f"DIFFERENCE (seed {self.seed}, pair {self.pair}, epoch {self.epoch}, scenario {self.index})",
+                 "world:", self.world.describe(), "scenario:", self.scenario.describe()]
+        for key in sorted(set(self.mosquitto) | set(self.guard)):
+            m, g = self.mosquitto.get(key), self.guard.get(key)
+            if m != g:
+                lines.append(f"  {key}:\n    mosquitto:  {m}\n    mqtt-guard: {g}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Stats:
+    scenarios: int = 0
+    connacks: Counter = field(default_factory=Counter)
+    delivered: int = 0
+    publishes: int = 0
+    reloads: int = 0
+    refused_configs: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.scenarios} scenarios, {self.publishes} publishes, {self.delivered} deliveries, "
+                f"CONNACK codes {dict(sorted(self.connacks.items()))}, {self.reloads} reloads, "
+                f"{self.refused_configs} configurations refused by both")
+
+
+class Side:
+    """One broker of a pair, with the helpers to run a scenario step on it."""
+
+    def __init__(self, proc: BrokerProc) -> None:
+        self.proc = proc
+        self.port = proc.port
+        self.is_guard = proc.name == "mqtt-guard"
+
+
+class Pair:
+    def __init__(self, index: int, directory: Path, redis_url: str, prefix: str, listeners: int = 1) -> None:
+        self.index = index
+        self.dir = directory
+        self.listeners = listeners
+        self.mports = [free_port() for _ in range(listeners)]
+        self.gports = [free_port() for _ in range(listeners)]
+        self.mconf, self.gconf = directory / "mosquitto.conf", directory / "guard.conf"
+        self.mosquitto = mosquitto_proc(self.mconf, self.mports[0], directory / "mosquitto.log")
+        self.guard = guard_proc(self.gconf, self.gports[0], directory / "guard.log", redis_url, prefix)
+        self.reloads = 0
+
+    def write(self, world: World) -> None:
+        """Write the files of `world`; the two confs differ only in the listener ports."""
+        scope_lines: list[list[str]] = []
+        for i, scope in enumerate(world.scopes):
+            passwd, acl, inc = self.dir / f"passwd{i}", self.dir / f"acl{i}", self.dir / f"inc{i}"
+            passwd.write_text("".join(f"{line}\n" for line in scope.passwd_lines))
+            inc.mkdir(exist_ok=True)
+            for old in inc.iterdir():
+                old.unlink()
+            lines = []
+            if scope.allow_anonymous is not None:
+                lines.append(f"allow_anonymous {'true' if scope.allow_anonymous else 'false'}")
+            if scope.with_password_file:
+                lines.append(f"password_file {passwd}")
+            if scope.acl_lines is not None:
+                acl.write_bytes("".join(f"{line}{scope.acl_newline}" for line in scope.acl_lines).encode())
+                if scope.acl_via_include:
+                    (inc / "10-acl.conf").write_text(f"# from include_dir\nacl_file {acl}\n")
+                    lines.append(f"include_dir {inc}")
+                else:
+                    lines.append(f"acl_file {acl}")
+            scope_lines.append(lines)
+        for conf, ports in ((self.mconf, self.mports), (self.gconf, self.gports)):
+            body = [run_as_line()]
+            if world.per_listener_settings:
+                body.append("per_listener_settings true")
+            for i, port in enumerate(ports):
+                body.append(f"listener {port} 127.0.0.1")
+                if world.per_listener_settings:
+                    body += scope_lines[i]
+            if not world.per_listener_settings:
+                body += scope_lines[0]
+            conf.write_text("\n".join(body) + "\n")
+
+    async def start(self) -> tuple[str | None, str | None]:
+        """Start both; (None, None) when both run, else why each one did not start."""
+        self.mosquitto.start()
+        self.guard.start()
+        results = await asyncio.gather(self.mosquitto.wait_ready(), self.guard.wait_ready(), return_exceptions=True)
+        return tuple(None if r is None else _last_error(str(r)) for r in results)  # type: ignore[return-value]
+
+    async def reload(self) -> None:
+        self.reloads += 1
+        self.mosquitto.sighup()
+        self.guard.sighup()
+        await asyncio.gather(self.mosquitto.wait_count("Reloading config.", self.reloads),
+                             self.guard.wait_count(("reloaded ", "reload failed"), self.reloads))
+        for port in (*self.mports, *self.gports):  # a round trip after the reload was logged: it completed
+            c = await Client.connect(port, "harness-reload-probe")
+            await c.close()
+
+    def stop(self) -> None:
+        self.mosquitto.stop()
+        self.guard.stop()
+
+
+# -- one scenario ----------------------------------------------------------------------------------
+
+async def _connect(port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None
+                   ) -> Client | None | int:
+    try:
+        return await Client.connect(port, ident.client_id, ident.username, ident.password, will=will)
+    except (ConnectionError, OSError, asyncio.IncompleteReadError):
+        return -1
+
+
+async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dict]:
+    ports = (pair.mports, pair.gports)
+    out: tuple[dict, dict] = ({}, {})
+    clients: list[list[Client | None]] = [[], []]
+
+    async def connect_all(indexes: list[int]) -> None:
+        for side in (0, 1):
+            results = await asyncio.gather(*(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i))
+                                             for i in indexes))
+            for i, res in zip(indexes, results, strict=True):
+                rc = res if isinstance(res, int) else res.rc
+                out[side][f"connack {i}"] = rc
+                while len(clients[side]) <= i:
+                    clients[side].append(None)
+                clients[side][i] = res if (not isinstance(res, int) and res.rc == 0) else None
+
+    def _will(i: int) -> tuple[str, bytes, int, bool] | None:
+        if sc.will is None or sc.will[0] != i:
+            return None
+        return sc.will[1], f"{marker}-will".encode(), sc.will[2], sc.will[3]
+
+    async def subscribe_all() -> None:
+        for side in (0, 1):
+            for i, filters in sc.subscriptions.items():
+                c = clients[side][i] if i < len(clients[side]) else None
+                if c is None:
+                    continue
+                try:
+                    out[side][f"suback {i}"] = await c.subscribe(filters)
+                except (ConnectionError, TimeoutError) as exc:
+                    out[side][f"suback {i}"] = f"error: {type(exc).__name__}"
+
+    async def publish_all() -> None:
+        async def one(side: int) -> None:
+            for k, p in enumerate(sc.publishes):
+                c = clients[side][p.who] if p.who < len(clients[side]) else None
+                if c is None or c.closed:
+                    continue
+                try:
+                    await c.publish(p.topic, f"{marker}-{k}".encode(), p.qos, p.retain)
+                except (ConnectionError, TimeoutError) as exc:
+                    out[side][f"publish {k}"] = f"error: {type(exc).__name__}"
+            for c in {id(c): c for c in clients[side] if c is not None}.values():  # QoS 0 flushed by a ping
+                if c is not None and not c.closed:
+                    try:
+                        await c.ping()
+                    except (ConnectionError, TimeoutError):
+                        pass
+        await asyncio.gather(one(0), one(1))
+
+    if sc.kind == "connect":
+        await connect_all([0])
+    elif sc.kind == "pubsub":
+        await connect_all(list(range(len(sc.clients))))
+        await subscribe_all()
+        await publish_all()
+    elif sc.kind == "will":  # subscribers first, then the will's client connects and drops its connection
+        await connect_all(sorted(sc.subscriptions))
+        await subscribe_all()
+        who = sc.will[0]  # type: ignore[index]
+        await connect_all([who])
+        cid = sc.clients[who].client_id
+        procs = (pair.mosquitto, pair.guard)
+        marks = [f"Client {cid} closed its connection.", f"client {cid!r} ("]
+        before = [_disconnects(procs[side], marks[side]) for side in (0, 1)]
+        for side in (0, 1):
+            c = clients[side][who]
+            if c is not None:
+                await c.abort()
+        for side in (0, 1):  # the broker has seen the connection go (and published the will, or not)
+            if clients[side][who] is not None:
+                await _wait_disconnects(procs[side], marks[side], before[side] + 1)
+    else:  # retained: publish first, then subscribe and receive the retained messages
+        pubs = sorted({p.who for p in sc.publishes})
+        await connect_all(pubs)
+        await publish_all()
+        await connect_all(sorted(sc.subscriptions))
+        await subscribe_all()
+
+    # flush: mosquitto deterministically, mqtt-guard by count + grace
+    subs = sorted(sc.subscriptions)
+    expected: dict[int, int] = {}
+    for i in subs:
+        c = clients[0][i] if i < len(clients[0]) else None
+        if c is not None and not c.closed:
+            try:
+                await c.ping()
+            except (ConnectionError, TimeoutError):
+                pass
+        expected[i] = len(_mine(c, marker)) if c is not None else 0
+    for i in subs:
+        c = clients[1][i] if i < len(clients[1]) else None
+        if c is not None:
+            want = expected[i]
+            await c.wait_until(lambda c=c, want=want: len(_mine(c, marker)) >= want, GUARD_TIMEOUT)
+    await asyncio.sleep(GUARD_GRACE)
+
+    # clean up retained messages (an empty retained PUBLISH by the same client; denied stays denied)
+    for side in (0, 1):
+        for p in sc.publishes:
+            c = clients[side][p.who] if p.who < len(clients[side]) else None
+            if p.retain and c is not None and not c.closed:
+                try:
+                    await c.publish(p.topic, b"", 1, True)
+                except (ConnectionError, TimeoutError):
+                    pass
+    for side in (0, 1):
+        for i, c in enumerate(clients[side]):
+            if c is None:
+                continue
+            if i in sc.subscriptions:
+                filters = [f for f, _ in sc.subscriptions[i]]
+                out[side][f"received {i}"] = sorted((m.topic, m.payload.decode(), _qos(m, filters), m.retain)
+                                                    for m in _mine(c, marker))
+            out[side][f"closed by broker {i}"] = c.closed
+            await c.close()
+    return out
+
+
+def _qos(m: Received, filters: list[str]) -> int | str:
+    """The delivered QoS, or "overlap" when several of the client's filters match the topic: mosquitto
+    2.0.11 then sends one copy at the QoS of the first match in its subscription tree (literal levels
+    before `+` before `#`), not the maximum that MQTT-3.3.5-1 asks for and mqtt-guard gives. That is a
+    routing difference, not an access decision, and is reported in README.md instead of here."""
+    matching = [f for f in filters if mosquitto_matches(f, m.topic)]
+    return "overlap" if len(set(matching)) > 1 else m.qos
+
+
+def _disconnects(proc: BrokerProc, mark: str) -> int:
+    return sum(1 for line in proc.log().splitlines() if mark in line and "disconnected" in line.lower()
+               or mark in line and "closed its connection" in line)
+
+
+async def _wait_disconnects(proc: BrokerProc, mark: str, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _disconnects(proc, mark) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.005)
+
+
+def _last_error(text: str) -> str:
+    lines = [line for line in text.splitlines() if "rror" in line]
+    return lines[-1].split(": ", 1)[-1] if lines else text.splitlines()[0]
+
+
+def _mine(c: Client | None, marker: str) -> list:
+    if c is None:
+        return []
+    prefix = f"{marker}-".encode()
+    return [m for m in c.messages if m.payload.startswith(prefix)]
+
+
+# -- a whole run -----------------------------------------------------------------------------------
+
+async def run_pair(pair: Pair, seed: int, epochs: int, scenarios: int, stats: Stats,
+                   differences: list[Difference], max_differences: int) -> None:
+    gen = Generator(seed * 1000 + pair.index)
+    running = False
+    for epoch in range(epochs):
+        world = gen.world(pair.listeners)
+        pair.write(world)
+        if not running:
+            why = await pair.start()
+            if why != (None, None):
+                pair.stop()
+                stats.refused_configs += 1
+                if (why[0] is None) != (why[1] is None):
+                    differences.append(Difference(seed, pair.index, epoch, -1, world, Scenario("start", []),
+                                                  {"started": why[0] is None, "error": why[0]},
+                                                  {"started": why[1] is None, "error": why[1]}))
+                    return
+                for _ in range(scenarios):  # keep the generator in step with a run where it started
+                    gen.scenario(world)
+                continue
+            running = True
+        else:
+            await pair.reload()
+            stats.reloads += 1
+        for n in range(scenarios):
+            sc = gen.scenario(world)
+            marker = f"p{pair.index}e{epoch}s{n}"
+            m, g = await run_scenario(pair, sc, marker)
+            stats.scenarios += 1
+            stats.publishes += len(sc.publishes)
+            stats.connacks.update(v for k, v in m.items() if k.startswith("connack"))
+            stats.delivered += sum(len(v) for k, v in m.items() if k.startswith("received"))
+            if m != g:
+                differences.append(Difference(seed, pair.index, epoch, n, world, sc, m, g))
+                if len(differences) >= max_differences:
+                    return
+            if not (pair.mosquitto.alive() and pair.guard.alive()):
+                raise RuntimeError(f"a broker died: mosquitto alive {pair.mosquitto.alive()}, mqtt-guard alive "
+                                   f"{pair.guard.alive()}\n{pair.guard.log()[-3000:]}")
+
+
+async def run(seed: int, *, redis_url: str, prefix: str, pairs: int = 4, epochs: int = 2, scenarios: int = 60,
+              workdir: str | None = None, max_differences: int = 5, concurrency: int = 2
+              ) -> tuple[Stats, list[Difference]]:
+    """Run the differential test; returns statistics and the differences found (empty = agreement)."""
+    base = Path(workdir or tempfile.mkdtemp(prefix="mqg-diff-"))
+    stats = Stats()
+    differences: list[Difference] = []
+    all_pairs = []
+    for i in range(pairs):
+        d = base / f"pair{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        # every third pair has two listeners with per_listener_settings true (a scope each)
+        all_pairs.append(Pair(i, d, redis_url, f"{prefix}p{i}:", listeners=2 if i % 3 == 2 else 1))
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(pair: Pair) -> None:
+        async with sem:
+            try:
+                await run_pair(pair, seed, epochs, scenarios, stats, differences, max_differences)
+            finally:
+                pair.stop()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one(p) for p in all_pairs))
+    stats.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    return stats, differences
