@@ -110,6 +110,7 @@ class GuardedBroker(Broker):
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config, extra_plugins), loop=loop)
         guard.kicker = self.kick
+        guard.bind_broker(self)  # the quota heartbeat and the metrics read queue_depth(s)
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
             # amqtt copies the default listener's fields into the others ("apply"); undo that.
@@ -466,6 +467,9 @@ class GuardedBroker(Broker):
             return  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
         if not await self._topic_filtering(session, topic, Action.PUBLISH):
             return
+        client = session.attributes.get(CLIENT)
+        if client is not None and not self.guard.admit_publish(client, topic, len(payload), qos):
+            return  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
         if self._fire_msg_broadcast:
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
                                                   client_id=session.client_id, message=message)
@@ -492,6 +496,9 @@ class GuardedBroker(Broker):
                 continue
             if not await self._topic_filtering(target, topic, Action.RECEIVE):
                 continue
+            client = target.attributes.get(CLIENT)
+            if client is not None and not self.guard.admit_delivery(client, topic, len(payload)):
+                continue  # over the receiver's quota: withheld
             if not queue.offer(topic_raw, payload, granted if qos is None else min(qos, granted), False):
                 self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
                 queue_log.log(logging.WARNING, ("queue full", client_id),
@@ -551,6 +558,9 @@ class GuardedBroker(Broker):
             if not self._matches(topic, topic_filter):
                 continue
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            client = session.attributes.get(CLIENT)
+            if client is not None and not self.guard.admit_delivery(client, topic, len(retained.data)):
                 continue
             if not queue.offer(topic.encode(), bytes(retained.data), min(qos, retained.qos or 0), True):
                 self.guard.counters.incr(session.client_id, C.DROPPED_QUEUE_FULL)
