@@ -232,7 +232,6 @@ class Guard:
             if gone:
                 reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
                 if self.kicker is not None:
-                    self.counters.incr(client_id, C.kick_name(reason))
                     log.warning("disconnecting client %r: %s", client_id, reason)
                     await self.kicker(client_id, reason)
                 continue

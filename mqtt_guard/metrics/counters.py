@@ -47,10 +47,22 @@ KICK_USER_DISABLED = "user_disabled"
 KICK_USER_EXPIRED = "user_expired"
 KICK_DENIED_PUBLISH = "denied_publish"  # acl.deny_publish_action: disconnect
 KICK_TAKEN_OVER = "taken_over"  # same client id connected again
-KICK_OVER_QUOTA = "over_quota"
+KICK_OVER_QUOTA = "over_quota"  # events/bytes/rate quota with on_exceed: disconnect
+KICK_SESSION_TIME = "session_time"
+KICK_SLOW_CONSUMER = "slow_consumer"
+KICK_BLOCKED = "blocked"
+KICK_ADMIN = "admin"  # mqtt-guard kick
 KICK_OTHER = "other"
 KICK_REASONS = (KICK_USER_DELETED, KICK_USER_DISABLED, KICK_USER_EXPIRED, KICK_DENIED_PUBLISH, KICK_TAKEN_OVER,
-                KICK_OVER_QUOTA, KICK_OTHER)
+                KICK_OVER_QUOTA, KICK_SESSION_TIME, KICK_SLOW_CONSUMER, KICK_BLOCKED, KICK_ADMIN, KICK_OTHER)
+# Free-text kick reasons (as the guard, the quota enforcer, the sidecar and `mqtt-guard kick` word them),
+# recognised by their start: first match wins.
+_KICK_PATTERNS = (
+    ("denied publish", KICK_DENIED_PUBLISH), ("blocked", KICK_BLOCKED), ("session time", KICK_SESSION_TIME),
+    ("slow consumer", KICK_SLOW_CONSUMER), ("rate ", KICK_OVER_QUOTA), ("events quota", KICK_OVER_QUOTA),
+    ("bytes quota", KICK_OVER_QUOTA), ("over quota", KICK_OVER_QUOTA), ("kicked by an admin", KICK_ADMIN),
+    ("taken over", KICK_TAKEN_OVER), ("take-over", KICK_TAKEN_OVER),
+)
 
 # Publish errors: the counters that mean "a PUBLISH of this client did not go through", and why.
 PUBLISH_ERROR_REASONS = {DENIED_PUBLISH: "acl_denied", OVER_QUOTA: "over_quota", PUBLISH_TOO_LARGE: "too_large"}
@@ -70,10 +82,31 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
 
 
-def kick_name(reason: str) -> str:
-    """Counter name of a kick; reasons outside KICK_REASONS count as 'other' (label sets stay bounded)."""
+# CONNECTs refused after the password check by the quota rules (auth_failed_<reason>).
+REFUSED_BLOCKED = "blocked"
+REFUSED_TOO_MANY_SESSIONS = "too_many_sessions"
+
+
+def quota_refusal(message: str) -> str:
+    """The auth-failure reason of a QuotaRefusal, from its message."""
+    return REFUSED_TOO_MANY_SESSIONS if message.lower().startswith("too many sessions") else REFUSED_BLOCKED
+
+
+def kick_reason(reason: str) -> str:
+    """One of KICK_REASONS for a kick reason (a slug or the free text of a log line); unknown: 'other'."""
     r = slug(reason)
-    return KICKED_PREFIX + (r if r in KICK_REASONS else KICK_OTHER)
+    if r in KICK_REASONS:
+        return r
+    text = reason.strip().lower()
+    for start, slug_ in _KICK_PATTERNS:
+        if text.startswith(start):
+            return slug_
+    return KICK_OTHER
+
+
+def kick_name(reason: str) -> str:
+    """Counter name of a kick; label sets stay bounded whatever the reason's wording."""
+    return KICKED_PREFIX + kick_reason(reason)
 
 
 def auth_failure_name(outcome: object) -> str:

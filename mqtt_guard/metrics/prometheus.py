@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
+from ..auth.authenticator import AuthResult, Outcome
 from ..config import split_bind
 from . import counters as C
 
@@ -51,8 +52,12 @@ PLAIN_COUNTERS = {
     C.CONNECTS: ("connects", "CONNECTs admitted"),
 }
 DROP_REASONS = {C.DROPPED_QUEUE_FULL: "queue_full"}
-# Per-client series (only for allow-listed and top-N clients).
+# Per-client and per-user series (only for allow-listed and top-N clients, allow-listed users).
 CLIENT_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD)
+# Every reason a CONNECT can be refused for, so each series exists (at 0) before the first refusal.
+AUTH_FAILURE_NAMES = tuple(
+    [C.auth_failure_name(o) for o in Outcome if not AuthResult(o, None).ok]
+    + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_BLOCKED, C.REFUSED_TOO_MANY_SESSIONS)])
 
 
 def _families_of_counts(counts: dict[str, int], prefix: str, label_names: list[str], label_values: list[str],
@@ -131,6 +136,7 @@ class GuardCollector:
         # Every fixed-reason and plain series exists from the start, at 0, so rate() sees the first event.
         base: dict[str, int] = {name: 0 for name in (*PLAIN_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS)}
         base.update({C.KICKED_PREFIX + r: 0 for r in C.KICK_REASONS})
+        base.update({name: 0 for name in AUTH_FAILURE_NAMES})
         base.update(counters.totals)
         _families_of_counts(base, "", [], [], fams)
         for f in fams.values():
@@ -204,7 +210,9 @@ class GuardCollector:
             return
         fams: dict[str, Metric] = {}
         for user, counts in sorted(s.per_user.items()):
-            _families_of_counts(counts, "user_", ["username"], [user], fams)
+            base = {n: 0 for n in (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS)}
+            base.update(counts)
+            _families_of_counts(base, "user_", ["username"], [user], fams)
         yield from fams.values()
 
 

@@ -11,6 +11,7 @@ from amqtt.session import Session
 from ..auth.tls import certificate_identity
 from ..engine.session_info import AUTH_RESULT, CLIENT, LISTENER, listener_of
 from ..guard import guard_of
+from ..metrics import counters as C
 from ..quota.enforcer import QuotaRefusal
 
 log = logging.getLogger("mqtt_guard.auth")
@@ -45,6 +46,8 @@ class GuardAuthPlugin(BaseAuthPlugin):
                                                                  "identity" if by_identity else "",
                                                                  listener_config=listener)
             except QuotaRefusal as refusal:  # blocked, or too many sessions: CONNACK 5 with the reason
+                guard.counters.auth_failed(session.client_id, result.username, C.quota_refusal(str(refusal)),
+                                           known_user=result.user is not None)
                 log.warning("refused CONNECT of client %r, username %r: %s (CONNACK 5)",
                             session.client_id, result.username, refusal)
                 session.attributes.pop(AUTH_RESULT, None)

@@ -68,6 +68,7 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
                             queue_depths=depths)
 
     async def on_broker_post_start(self, *args: Any, **kwargs: Any) -> None:
+        self.service.count_kicks()  # the broker has set guard.kicker by now
         interval = self.guard.config.metrics.sys_interval
         if interval > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(interval), name="mqtt-guard-sys")

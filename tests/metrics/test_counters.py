@@ -77,9 +77,22 @@ def test_auth_failures_are_per_client_and_user_only_for_existing_users():
     assert c.client("x1") == {} and not c._live  # a refused client is never part of the live view
 
 
-def test_kick_names_are_a_fixed_set():
-    assert C.kick_name("user disabled") == "kicked_user_disabled"
-    assert C.kick_name("denied PUBLISH to 'a/b'") == "kicked_other"
+def test_kick_reasons_are_a_fixed_set_whatever_the_wording():
+    cases = {
+        "user disabled": "user_disabled",
+        "denied PUBLISH to 'a/b'": "denied_publish",
+        "events quota 10/1d used up until 2026-01-02 00:00:00 UTC": "over_quota",
+        "rate 5/s exceeded": "over_quota",
+        "session time 60s exceeded (connected 61.0s)": "session_time",
+        "slow consumer: 900 messages queued, more than max_queue 500 for 10s": "slow_consumer",
+        "blocked: too noisy": "blocked",
+        "kicked by an admin": "admin",
+        "because I said so": "other",
+        C.KICK_TAKEN_OVER: "taken_over",
+    }
+    for reason, slug in cases.items():
+        assert C.kick_name(reason) == C.KICKED_PREFIX + slug, reason
+        assert slug in C.KICK_REASONS
 
 
 def test_gauges_are_emitted_only_when_they_change_and_only_for_connected_clients():

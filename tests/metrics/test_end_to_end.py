@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from mqtt_guard.metrics.rates import bucket_start
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.metrics.conftest import cli_json, metric, scrape, wait_for
@@ -31,26 +33,28 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     add_user("bob", "bob-pw")
     grant(rds, prefix, "alice", "a/#")
     grant(rds, prefix, "bob", "a/#")
+    assert cli("quota", "set", "alice", "--events", "1000/1d").returncode == 0  # far from reached
     broker = metrics_broker(per_client_allowlist=["alice-*"])
     bob = connect(broker.port, "bob", "bob-pw", client_id="bob-1")
     assert bob.subscribe(("a/#", 1)) == [1]
     alice = connect(broker.port, "alice", "alice-pw", client_id="alice-1")
-    published, denied = 7, 3
+    published, denied, delivered = 7, 3, 7
     for _ in range(published):
         alice.publish("a/t", PAYLOAD, qos=1)
     for _ in range(denied):
         alice.publish("b/secret", PAYLOAD, qos=1)  # acknowledged, dropped, counted
-    got = [bob.receive() for _ in range(published)]
+    got = [bob.receive() for _ in range(delivered)]
     assert {m.topic for m in got} == {"a/t"} and bob.received(0.3) == []
     assert connect(broker.port, "alice", "wrong", client_id="alice-x").rc == CONNACK_NOT_AUTHORIZED
     assert connect(broker.port, "mallory", "x", client_id="m-1").rc == CONNACK_NOT_AUTHORIZED
 
     wait_for(lambda: field(stats_hash(rds, prefix, "client", "alice-1"), "messages_in") == published + denied
-             and field(stats_hash(rds, prefix, "client", "bob-1"), "messages_out") == published
+             and field(stats_hash(rds, prefix, "client", "bob-1"), "messages_out") == delivered
              and field(rds.hgetall(f"{prefix}stats:total"), "auth_failed_unknown_user") == 1)
     a = stats_hash(rds, prefix, "client", "alice-1")
-    assert {n: field(a, n) for n in ("messages_in", "bytes_in", "publish_denied", "messages_out", "connects")} == {
-        "messages_in": 10, "bytes_in": 50, "publish_denied": 3, "messages_out": 0, "connects": 1}
+    assert {n: field(a, n) for n in ("messages_in", "bytes_in", "publish_denied", "over_quota", "messages_out",
+                                     "connects")} == {
+        "messages_in": 10, "bytes_in": 50, "publish_denied": 3, "over_quota": 0, "messages_out": 0, "connects": 1}
     assert a["username"] == "alice" and a["connected"] == "1" and a["queue_depth"] == "0"
     b = stats_hash(rds, prefix, "client", "bob-1")
     assert (field(b, "messages_out"), field(b, "bytes_out"), field(b, "messages_in")) == (7, 35, 0)
@@ -86,15 +90,50 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     assert s["kind"] == "client" and s["username"] == "alice" and s["connected"] is True
     assert s["counters"]["messages_in"] == 10 and s["counters"]["bytes_in"] == 50
     assert s["publish_errors"] == {"acl_denied": 3, "over_quota": 0, "too_large": 0, "queue_full": 0}
+    assert s["quota"]["metrics"]["events"]["limit"] == 1000 and s["quota"]["percent"] < 100
     assert sum(s["rate"]["messages_in"]) == 10 and len(s["rate"]["messages_in"]) == 360
     assert s["rate"]["sparkline"].strip()
     user = cli_json(cli, "stats", "alice", "--json")
     assert user["kind"] == "user"
     assert (user["counters"]["messages_in"], user["auth_failures"]) == (10, {"bad_password": 1})
-    assert cli_json(cli, "stats", "bob", "--json")["counters"]["messages_out"] == 7
+    bob_stats = cli_json(cli, "stats", "bob", "--json")
+    assert bob_stats["counters"]["messages_out"] == 7 and "quota" not in bob_stats  # bob has no limits
     alice.close()
     bob.close()
     wait_for(lambda: stats_hash(rds, prefix, "client", "alice-1").get("connected") == "0")
+
+
+@pytest.mark.xfail(reason="engine counting pending: the engine does not call guard.admit_publish yet, so no "
+                          "PUBLISH is refused over quota", strict=False)
+def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds, prefix, cli):
+    add_user("alice", "pw")
+    add_user("bob", "pw")
+    grant(rds, prefix, "alice", "a/#")
+    grant(rds, prefix, "bob", "a/#")
+    quota = cli("quota", "set", "alice", "--events", "5/1d", "--events-direction", "in")
+    assert quota.returncode == 0, quota.stderr
+    broker = metrics_broker()
+    bob = connect(broker.port, "bob", "pw", client_id="bob-q")
+    assert bob.subscribe(("a/#", 1)) == [1]
+    alice = connect(broker.port, "alice", "pw", client_id="alice-q")
+    for _ in range(7):  # alice may publish 5 a day: 2 are refused over quota
+        alice.publish("a/t", PAYLOAD, qos=1)
+    assert len([bob.receive() for _ in range(5)]) == 5 and bob.received(0.3) == []
+    wait_for(lambda: field(stats_hash(rds, prefix, "client", "alice-q"), "messages_in") == 7
+             and field(stats_hash(rds, prefix, "client", "bob-q"), "messages_out") == 5)
+    assert field(stats_hash(rds, prefix, "client", "alice-q"), "over_quota") == 2
+    assert field(stats_hash(rds, prefix, "user", "alice"), "over_quota") == 2
+    assert metric(scrape(broker.metrics_port), "mqtt_guard_publish_errors_total", reason="over_quota") == 2
+    s = cli_json(cli, "stats", "alice-q", "--json")
+    assert s["publish_errors"]["over_quota"] == 2
+    # the quota module reports usage to Redis on its own schedule
+    s = wait_for(lambda: (lambda d: d if d["quota"]["metrics"]["events"]["used"] == 5 else None)(
+        cli_json(cli, "stats", "alice-q", "--json")), timeout=20, interval=0.5)
+    assert s["quota"]["percent"] == 100
+    top = cli_json(cli, "top", "--json")
+    assert {r["id"]: r["errors"]["over_quota"] for r in top["rows"]}["alice-q"] == 2
+    alice.close()
+    bob.close()
 
 
 def test_a_burst_lands_in_the_right_10s_bucket(metrics_broker, add_user, rds, prefix, cli):
@@ -158,11 +197,25 @@ def test_counts_add_up_across_two_brokers_and_a_restart(metrics_broker, start_br
 
 def test_kicks_are_counted_by_reason(metrics_broker, add_user, rds, prefix, cli):
     add_user("alice", "pw")
+    add_user("bob", "pw")
     broker = metrics_broker()
     c = connect(broker.port, "alice", "pw", client_id="k-1")
     assert cli("user", "disable", "alice").returncode == 0
     assert c.disconnected.wait(5)
     wait_for(lambda: field(stats_hash(rds, prefix, "client", "k-1"), "kicked_user_disabled") == 1
              and stats_hash(rds, prefix, "client", "k-1").get("connected") == "0")
-    assert metric(scrape(broker.metrics_port), "mqtt_guard_kicks_total", reason="user_disabled") == 1
+    b = connect(broker.port, "bob", "pw", client_id="k-2")
+    kick = cli("kick", "k-2", "--block", "10m")
+    assert kick.returncode == 0, kick.stderr
+    assert b.disconnected.wait(5)
+    wait_for(lambda: field(stats_hash(rds, prefix, "client", "k-2"), "kicked_admin") == 1)
+    assert connect(broker.port, "bob", "pw", client_id="k-2").rc == CONNACK_NOT_AUTHORIZED  # blocked
+    wait_for(lambda: field(stats_hash(rds, prefix, "user", "bob"), "auth_failed_blocked") == 1)
+    m = scrape(broker.metrics_port)
+    assert metric(m, "mqtt_guard_kicks_total", reason="user_disabled") == 1
+    assert metric(m, "mqtt_guard_kicks_total", reason="admin") == 1
+    assert metric(m, "mqtt_guard_kicks_total", reason="other") == 0
+    assert metric(m, "mqtt_guard_auth_failures_total", reason="blocked") == 1
+    assert metric(m, "mqtt_guard_auth_failures_total", reason="bad_password") == 0  # present before the first
     assert cli_json(cli, "stats", "k-1", "--json")["kicks"] == {"user_disabled": 1}
+    assert field(rds.hgetall(f"{prefix}stats:user:bob"), "kicked_admin") == 1
