@@ -555,9 +555,12 @@ class QuotaEnforcer:
     def _prefetch(self, now: float) -> None:
         """Take the next window's lease shortly before the window ends, so the first messages of the
         new window do not wait for Redis."""
-        horizon = now + 2 * self.config.sync_interval + 0.5
-        for user in self.users.values():
-            for metric, entry in user.current.items():
+        horizon = now + 3 * self.config.sync_interval + 1.0
+        for user in list(self.users.values()):
+            for metric in list(user.current):
+                entry = user.current[metric]
+                if now >= entry.end:  # a window passed without a message: move on here, not on the hot path
+                    entry = self._roll(user, metric, now)
                 if entry.end > horizon or metric in user.upcoming:
                     continue
                 allowance = user.limits.allowance(metric)

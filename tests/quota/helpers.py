@@ -48,7 +48,8 @@ async def guards(config: GuardConfig, n: int = 1) -> AsyncIterator[list[Guard]]:
     try:
         for _ in range(n):
             g = Guard(config)
-            g.kicker = Kicks()  # type: ignore[assignment]
+            g.kicks = Kicks()  # type: ignore[attr-defined]
+            g.kicker = g.kicks  # type: ignore[assignment]  (may be wrapped, e.g. to count kicks)
             await g.start()
             started.append(g)
         yield started
