@@ -140,6 +140,7 @@ class Keys:
     def changes_channel(self) -> str:
         """Pub/sub channel our CLI publishes to after an edit (a hint; keyspace events are the truth)."""
         return f"{self.prefix}changes"
+
     # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
     def stats_client(self, client_id: str) -> str:
         """HASH: a client's counters (HINCRBY, all brokers) and gauges (connected, queue_depth, ...)."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from mqtt_guard.metrics.rates import bucket_start
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.metrics.conftest import cli_json, metric, scrape, wait_for
@@ -103,8 +101,6 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     wait_for(lambda: stats_hash(rds, prefix, "client", "alice-1").get("connected") == "0")
 
 
-@pytest.mark.xfail(reason="engine counting pending: the engine does not call guard.admit_publish yet, so no "
-                          "PUBLISH is refused over quota", strict=False)
 def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds, prefix, cli):
     add_user("alice", "pw")
     add_user("bob", "pw")
