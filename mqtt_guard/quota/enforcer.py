@@ -320,16 +320,18 @@ class QuotaEnforcer:
         nbytes = user.current.get("bytes")
         if nbytes is not None and now >= nbytes.end:
             nbytes = self._roll(user, "bytes", now)
-        ev_ok = events is None or events.available >= 1
-        by_ok = nbytes is None or nbytes.available >= payload_len
+        ev_left = events.held - events.total + events.reported if events is not None else 1
+        by_left = nbytes.held - nbytes.total + nbytes.reported if nbytes is not None else payload_len
+        ev_ok = ev_left >= 1
+        by_ok = by_left >= payload_len
         if ev_ok and by_ok:
             if events is not None:
                 events.total += 1
-                if events.low():
+                if ev_left <= (events.block >> 2) + 1 and events.low():
                     self._want_sync(events)
             if nbytes is not None:
                 nbytes.total += payload_len
-                if nbytes.low():
+                if by_left - payload_len <= (nbytes.block >> 2) and nbytes.low():
                     self._want_sync(nbytes)
             return True
         for entry, n, ok in ((events, 1, ev_ok), (nbytes, payload_len, by_ok)):

@@ -365,3 +365,34 @@ def test_redis_restart_loses_no_counted_usage(prefix, persistent):
     finally:
         rds.close()
         server.cleanup()
+
+
+@pytest.mark.parametrize("policy", ["deny", "allow"])
+def test_lease_spent_while_redis_is_down_follows_on_redis_down(prefix, policy):
+    from tests.helpers.servers import RedisServer
+
+    server = RedisServer(persistent=True).start()
+    config = make_config(server.url, prefix, lease_min_events=5, lease_fraction=0.01, on_redis_down=policy)
+    rds = server.client()
+    rds.hset(f"{prefix}quota:user:u", "events", "100/1h")
+    key = f"{prefix}quota:usage:u:events:{int(time.time() // 3600 * 3600)}"
+
+    async def body():
+        async with guards(config) as [g]:
+            c = await attach(g, "dev", "u")
+            server.stop()
+            assert await eventually(lambda: not g.quota.redis_ok)  # noticed at the next sync (one interval)
+            results = [g.admit_publish(c, "t", 1, 0) for _ in range(8)]
+            if policy == "deny":
+                assert results == [True] * 5 + [False] * 3  # the lease it held, no more
+            else:
+                assert results == [True] * 8  # counted on credit...
+            server.start()
+            # ...and reported once Redis is back, like everything spent meanwhile
+            assert await eventually(lambda: rds.hget(key, "used") == str(results.count(True)), timeout=10)
+
+    try:
+        run(body())
+    finally:
+        rds.close()
+        server.cleanup()

@@ -1,0 +1,56 @@
+"""The sidecar's judgement of one session, check by check (pure: no Redis)."""
+
+from __future__ import annotations
+
+from mqtt_guard.quota.limits import parse_limits
+from mqtt_guard.sidecar.evaluate import Usage, evaluate
+from mqtt_guard.store.quota import Block
+
+NOW = 1_800_000_000.0
+
+
+def session(**fields):
+    base = {"client_id": "c", "username": "u", "since": str(NOW - 10), "queue_messages": "0"}
+    base.update({k: str(v) for k, v in fields.items()})
+    return base
+
+
+def test_nothing_to_do_within_limits():
+    limits = parse_limits({"session_time": "1m", "max_queue": "10", "events": "5/1h", "on_exceed": "disconnect"}, None)
+    assert evaluate(session(), limits, now=NOW, usage={"events": Usage(5, 0, 5, int(NOW) + 60)}) is None
+
+
+def test_session_time():
+    limits = parse_limits({"session_time": "10s"}, None)
+    d = evaluate(session(since=NOW - 10.2), limits, now=NOW)
+    assert d is not None and d.reason.startswith("session time 10s exceeded") and d.block_until == 0
+    assert evaluate(session(since=NOW - 9.9), limits, now=NOW) is None
+
+
+def test_expiry_and_block_come_first():
+    limits = parse_limits({"session_time": "1s"}, None)
+    assert evaluate(session(), limits, now=NOW, expires_at=NOW - 1).reason == "user expired"
+    d = evaluate(session(), limits, now=NOW, expires_at=NOW - 1, block=Block("abuse", NOW + 60, "cli", "k"))
+    assert d.reason == "blocked: abuse"
+    assert evaluate(session(), parse_limits(None, None), now=NOW, block=Block("old", NOW - 1, "cli", "k")) is None
+
+
+def test_over_quota_only_with_disconnect_and_only_when_over():
+    end = int(NOW) + 30
+    disconnect = parse_limits({"events": "5/1m", "on_exceed": "disconnect"}, None)
+    exhausted_not_over = {"events": Usage(5, 0, 5, end)}
+    assert evaluate(session(), disconnect, now=NOW, usage=exhausted_not_over) is None
+    refused = evaluate(session(), disconnect, now=NOW, usage={"events": Usage(5, 1, 5, end)})
+    assert refused.block_user and refused.block_until == end and "events quota 5 used up" in refused.reason
+    assert evaluate(session(), disconnect, now=NOW, usage={"bytes": Usage(101, 0, 100, end)}).block_user
+    drop = parse_limits({"events": "5/1m"}, None)
+    assert evaluate(session(), drop, now=NOW, usage={"events": Usage(9, 4, 5, end)}) is None
+
+
+def test_slow_consumer_after_grace():
+    limits = parse_limits({"max_queue": "100", "queue_grace": "5s"}, None)
+    assert evaluate(session(queue_messages=500, queue_over_since=NOW - 4), limits, now=NOW) is None
+    d = evaluate(session(queue_messages=500, queue_over_since=NOW - 5), limits, now=NOW)
+    assert d is not None and d.reason.startswith("slow consumer: 500 messages queued") and not d.block_user
+    assert evaluate(session(queue_messages=50, queue_over_since=NOW - 60), limits, now=NOW) is None
+    assert evaluate(session(queue_messages=500, queue_over_since=""), limits, now=NOW) is None
