@@ -116,6 +116,11 @@ class Generator:
     # -- files ----------------------------------------------------------------------------------
     def world(self, listeners: int = 1) -> World:
         scopes = [self.scope_world() for _ in range(listeners)]
+        for scope in scopes[1:]:
+            # Two acl_file lines from include_dir files both land on the default listener: a duplicate,
+            # which both brokers refuse at start; on a reload mosquitto 2.0.11 then half-applies the
+            # file while mqtt-guard keeps the previous settings (README: deliberate differences).
+            scope.acl_via_include = scope.acl_via_include and not scopes[0].acl_via_include
         return World(scopes, per_listener_settings=listeners > 1)
 
     def scope_world(self) -> ScopeWorld:
@@ -207,6 +212,8 @@ class Generator:
         roll = r.random()
         if roll < 0.15:
             return Identity(client_id, None, None, listener)
+        if roll < 0.17:  # an empty username: mosquitto treats it as no username, password or not
+            return Identity(client_id, "", r.choice([None, "x"]), listener)
         if scope.with_password_file and scope.tries and roll < 0.9:
             user = r.choice(sorted(scope.tries))
             options = scope.tries[user]

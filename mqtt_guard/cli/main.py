@@ -8,6 +8,7 @@ import sys
 from .. import __version__
 from . import acl, broker, stats, users
 from . import kick, quota, sidecar
+from . import importer, passwd  # mosquitto compat (mqtt_guard/compat)
 from .common import CliError
 
 
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     kick.register(sub)
     sidecar.register(sub)
     stats.register(sub)
+    passwd.register(sub)
+    importer.register(sub)
     return parser
 
 

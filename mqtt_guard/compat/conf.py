@@ -157,7 +157,7 @@ def mosquitto_sort_key(name: str) -> tuple[tuple[int, int], ...]:
     difference upper case first; bytes compared as signed C chars (non-ASCII sorts first)."""
     data = name.encode("utf-8", "surrogateescape")
     key = tuple((_upper(_signed(b)), _signed(b)) for b in data)
-    return key + ((-1000, -1000),)  # a shorter name sorts before its extensions (s1[0] - 0 > 0)
+    return key + ((0, 0),)  # the terminating NUL (a non-ASCII byte, negative as a C char, sorts before it)
 
 
 def _scmp(a: str, b: str) -> int:

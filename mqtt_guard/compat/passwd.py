@@ -168,8 +168,14 @@ def read_lines(path: str | Path) -> list[str]:
 
 def write_passwd_file(path: str | Path, lines: list[str]) -> None:
     """Replace the file atomically (write a temp file next to it, then rename), keeping its mode."""
+    # (the umask probe below is not thread-safe; this runs in CLI processes only)
     p = Path(path)
-    mode = p.stat().st_mode & 0o7777 if p.exists() else 0o600
+    if p.exists():
+        mode = p.stat().st_mode & 0o7777
+    else:  # like mosquitto_passwd: the process umask decides (the broker may run as another user)
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=str(p.parent) or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:

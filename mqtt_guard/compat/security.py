@@ -29,7 +29,7 @@ from ..auth import hashes
 from ..auth.authenticator import AuthResult, Outcome
 from ..config import ListenerConfig
 from .aclfile import READ, SUBSCRIBE, WRITE, AclFile, AclFileError, check_dollar, read_acl_file
-from .conf import MosquittoConfError, MosquittoConfig, Security, parse_mosquitto_conf
+from .conf import MosquittoConfError, MosquittoConfig, Security, log_level, parse_mosquitto_conf
 from .passwd import PasswdFile, PasswdFileError, read_passwd_file
 
 log = logging.getLogger("mqtt_guard.compat")
@@ -152,7 +152,7 @@ class MosquittoSecurity:
         except SecurityLoadError as exc:
             if initial or previous is None:
                 raise
-            log.error("reload: %s; keeping the previous password_file and acl_file of %s in force", exc, name)
+            log.error("reload: %s; the previous password_file and acl_file of %s stay in force", exc, name)
             scope.password_file, scope.acl_file = previous.password_file, previous.acl_file
             scope.passwd, scope.acl = previous.passwd, previous.acl
         return scope
@@ -175,6 +175,8 @@ class MosquittoSecurity:
         scope = self.scope_for(listener)
         if scope is None:
             return AuthResult(Outcome.ANONYMOUS_REFUSED if username is None else Outcome.UNKNOWN_USER, username)
+        if username == "":
+            username = None  # mosquitto 2.0.11 treats an empty username as none at all (measured), password or not
         if username is None:
             return AuthResult(Outcome.ANONYMOUS if scope.allow_anonymous else Outcome.ANONYMOUS_REFUSED, None)
         if scope.passwd is not None:
@@ -212,28 +214,37 @@ class MosquittoSecurity:
 
     # -- reload ---------------------------------------------------------------------------------
     async def reload(self) -> None:
-        """SIGHUP: re-read mosquitto.conf and the files mosquitto reloads. Never raises."""
+        """SIGHUP: re-read mosquitto.conf and the files mosquitto reloads. Never raises.
+
+        A configuration that no longer parses keeps the previous settings, and the password_file and
+        acl_file they name are read again anyway (mosquitto 2.0.11 does the same, measured)."""
+        conf: MosquittoConfig | None = None
+        failure = None
         try:
             conf = await asyncio.to_thread(parse_mosquitto_conf, self.path)
         except MosquittoConfError as exc:
-            log.error("reload failed: %s; the previous settings stay in force", exc)
-            return
-        except Exception:  # noqa: BLE001 - a reload must never take the broker down
-            log.exception("reload failed: cannot read %s; the previous settings stay in force", self.path)
-            return
-        if conf.per_listener_settings != self.conf.per_listener_settings:
-            log.warning("reload: per_listener_settings changed; it takes effect at the next restart")
-            conf.per_listener_settings = self.conf.per_listener_settings
-        for warning in conf.warnings:
-            log.debug("reload: %s", warning)
+            failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the broker down
+            failure = f"cannot read {self.path}: {exc!r}"
+        if conf is not None and conf.per_listener_settings != self.conf.per_listener_settings:
+            failure, conf = "per_listener_settings changed; it takes effect at the next restart", None
         try:
-            state = await asyncio.to_thread(self._build, conf, self.state)
+            state = await asyncio.to_thread(self._build, conf or self.conf, self.state)
         except SecurityLoadError as exc:  # a scope that did not exist before failed to load
-            log.error("reload failed: %s; the previous settings stay in force", exc)
+            failure, state = failure or str(exc), None
+        except Exception as exc:  # noqa: BLE001
+            log.exception("reload: unexpected error")
+            failure, state = failure or repr(exc), None
+        if state is not None:
+            self.state = state
+            self.reloads += 1
+        if conf is not None and state is not None:
+            self.conf = conf
+            logging.getLogger().setLevel(log_level(conf).upper())  # log_type is reloaded too
+        if failure:
+            log.error("reload failed: %s; the previous settings stay in force%s", failure,
+                      " (their password_file and acl_file were read again)" if state is not None else "")
             return
-        self.state = state
-        self.conf = conf
-        self.reloads += 1
         users = sum(len(s.passwd) for s in self.scopes if s.passwd is not None)
         log.info("reloaded %s: %d scope(s), %d password_file user(s), acl_file %s", self.path, len(self.scopes),
                  users, ", ".join(s.acl_file or "none" for s in self.scopes))
