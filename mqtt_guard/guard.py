@@ -65,10 +65,6 @@ class Guard:
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
         self.auth_backends: list[Any] = []
         self.acl_sources: list[Any] = []
-        # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
-        # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
-        self.auth_backends: list[Any] = []
-        self.acl_sources: list[Any] = []
 
     async def start(self) -> None:
         """Check Redis once so a wrong URL is reported at start; a Redis that is down is not fatal."""
@@ -156,16 +152,6 @@ class Guard:
         else:
             self.counters.incr(client.client_id, C.WITHHELD)
         return False
-
-    def _file_and_redis(self, client: GuardClient, action: Perm, topic: str) -> bool:
-        """File ACL sources next to Redis rules: a Redis deny rule (or an invalid topic) denies, then a
-        grant from Redis or from any file source allows (mosquitto-compat/README.md)."""
-        decision = self.acl.decide(client.subject, action, topic)
-        if decision.allowed:
-            return True
-        if decision.rule is not None or decision.reason.startswith("invalid"):
-            return False  # a Redis deny rule matched
-        return any(source.check(client, action, topic) for source in self.acl_sources)
 
     def _file_and_redis(self, client: GuardClient, action: Perm, topic: str) -> bool:
         """File ACL sources next to Redis rules: a Redis deny rule (or an invalid topic) denies, then a
