@@ -297,17 +297,17 @@ class StatsReader:
         ids = [m for m, _ in res[1]]
         if not ids:
             return covered, []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for k in in_keys:
-                pipe.zmscore(k, ids)
-            for k in out_keys:
-                pipe.zmscore(k, ids)
+        async with self.redis.pipeline(transaction=False) as pipe:  # ZSCOREs, not ZMSCORE: Redis 6.0 too
+            for ident in ids:
+                for k in in_keys + out_keys:
+                    pipe.zscore(k, ident)
             scores = await pipe.execute()
         n = len(starts)
         rows = []
         for j, ident in enumerate(ids):
-            i = sum(int(scores[b][j] or 0) for b in range(n))
-            o = sum(int(scores[n + b][j] or 0) for b in range(n))
+            mine = scores[j * 2 * n:(j + 1) * 2 * n]
+            i = sum(int(v or 0) for v in mine[:n])
+            o = sum(int(v or 0) for v in mine[n:])
             rows.append((ident, i / covered if covered else 0.0, o / covered if covered else 0.0))
         return covered, rows
 

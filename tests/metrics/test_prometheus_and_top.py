@@ -125,6 +125,12 @@ def test_top_renders_at_a_fixed_width(metrics_broker, add_user, rds, prefix, cli
     users = cli("top", "--once", "--users", "--width", "80")
     assert users.returncode == 0 and [ln.split()[0] for ln in users.stdout.splitlines()
                                       if ln.strip().startswith(("alice", "bob"))] == ["alice", "bob"]
+    human = cli("stats", "sensor-slow")
+    assert human.returncode == 0, human.stderr
+    text = human.stdout
+    assert "client sensor-slow (user bob)" in text and "connected on" in text
+    assert any(line.split()[:2] == ["messages_in", "6"] for line in text.splitlines())
+    assert "publish error: acl_denied" in text and "rate, last hour [" in text
     fast.close()
     slow.close()
 
