@@ -90,31 +90,79 @@ class AclFile:
     user_lines: dict[str, int] = field(default_factory=dict)  # first `user NAME` line, for reports
     warnings: list[str] = field(default_factory=list)
 
+    # compiled forms, built on first use (the file never changes after parsing; a reload builds a new AclFile)
+    _blocks: dict[str | None, list[tuple[tuple[str, ...], int, bool]]] = field(default_factory=dict, repr=False)
+    _client_patterns: dict[tuple[str | None, str], list[tuple[tuple[str, ...], int, bool]] | None] = field(
+        default_factory=dict, repr=False)
+
     # -- the decision -----------------------------------------------------------------------
     def check(self, username: str | None, client_id: str, access: int, topic: str) -> bool:
         """mosquitto's default ACL check for READ or WRITE (SUBSCRIBE is always allowed)."""
         if access & SUBSCRIBE:
             return True
-        verdict = _scan(self.users.get(username), access, topic)
-        if verdict is not None:
-            return verdict
+        levels = topic.split("/")
+        dollar = topic.startswith("$")
+        block = self._blocks.get(username)
+        if block is None and username in self.users:
+            block = self._blocks[username] = [_compile(r.topic, r.access) for r in self.users[username]]
+        if block:
+            granted = False
+            for f, rule_access, rule_dollar in block:  # denies first, as mosquitto keeps them
+                if rule_dollar == dollar and _levels_match(f, levels):
+                    if rule_access == DENY:
+                        return False
+                    if access & rule_access:
+                        granted = True
+                        break
+            if granted:
+                return True
         if not self.patterns:
             return False
-        if (username is not None and ("+" in username or "#" in username)) or "+" in client_id or "#" in client_id:
+        key = (username, client_id)
+        patterns = self._client_patterns.get(key, _MISSING)
+        if patterns is _MISSING:
+            patterns = self._patterns_for(username, client_id)
+            if len(self._client_patterns) > 100_000:
+                self._client_patterns.clear()
+            self._client_patterns[key] = patterns
+        if patterns is None:  # a username or client id with '+' or '#'
             return False
-        for rule in self.patterns:
-            if rule.ucount and username is None:
-                continue
-            if mosquitto_matches(substitute(rule.topic, client_id, username), topic):
-                if rule.access == DENY:
+        for f, rule_access, rule_dollar in patterns:
+            if rule_dollar == dollar and _levels_match(f, levels):
+                if rule_access == DENY:
                     return False
-                if access & rule.access:
+                if access & rule_access:
                     return True
         return False
 
+    def _patterns_for(self, username: str | None, client_id: str) -> list[tuple[tuple[str, ...], int, bool]] | None:
+        if (username is not None and ("+" in username or "#" in username)) or "+" in client_id or "#" in client_id:
+            return None
+        return [_compile(substitute(r.topic, client_id, username), r.access) for r in self.patterns
+                if not (r.ucount and username is None)]
+
+
+_MISSING: object = object()
+
+
+def _compile(topic_filter: str, access: int) -> tuple[tuple[str, ...], int, bool]:
+    return tuple(topic_filter.split("/")), access, topic_filter.startswith("$")
+
+
+def _levels_match(f: tuple[str, ...], t: list[str]) -> bool:
+    """MQTT matching on split levels (the `$` rule is checked by the caller); `a/#` matches `a`."""
+    nt = len(t)
+    for i, level in enumerate(f):
+        if level == "#":
+            return True
+        if i >= nt or (level != "+" and level != t[i]):
+            return False
+    return len(f) == nt
+
 
 def _scan(rules: list[AclRule] | None, access: int, topic: str) -> bool | None:
-    """A user's (or the anonymous) block: True/False when it decides, None to go on to patterns."""
+    """A user's (or the anonymous) block: True/False when it decides, None to go on to patterns.
+    (Reference version of the compiled loop in AclFile.check, kept for tests.)"""
     if not rules:
         return None
     dollar = topic.startswith("$")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mqtt_guard.compat.aclfile import (
     DENY,
@@ -153,3 +155,55 @@ def test_check_dollar():
     assert check_dollar("$SYS/x", READ) is None
     assert check_dollar("$share/g/t", WRITE) is False and check_dollar("$share/g/t", SUBSCRIBE) is None
     assert check_dollar("$other/x", WRITE) is None and check_dollar("a", WRITE) is None
+
+
+def _reference(acl, username, client_id, access, topic):
+    """mosquitto_acl_check_default written out plainly (the compiled AclFile.check must agree)."""
+    from mqtt_guard.compat.aclfile import _scan
+
+    verdict = _scan(acl.users.get(username), access, topic)
+    if verdict is not None:
+        return verdict
+    if not acl.patterns:
+        return False
+    if (username is not None and ("+" in username or "#" in username)) or "+" in client_id or "#" in client_id:
+        return False
+    for rule in acl.patterns:
+        if rule.ucount and username is None:
+            continue
+        if mosquitto_matches(substitute(rule.topic, client_id, username), topic):
+            if rule.access == DENY:
+                return False
+            if access & rule.access:
+                return True
+    return False
+
+
+_LEVEL = st.sampled_from(["a", "b", "+", "%u", "%c", "x%u", "$SYS", "$x", ""])
+_FILTER = st.lists(_LEVEL, min_size=1, max_size=3).map(lambda ls: "/".join(ls) or "a")
+_RULE = st.tuples(st.sampled_from(["topic", "pattern"]), st.sampled_from(["", "read ", "write ", "readwrite ", "deny "]),
+                  _FILTER, st.booleans())
+_NAME = st.sampled_from([None, "a", "b", "u/x", "p+q", "$SYS", ""])
+_TOPIC = st.lists(st.sampled_from(["a", "b", "x", "xa", "u", "$SYS", "$x", ""]), min_size=1, max_size=4).map(
+    lambda ls: "/".join(ls) or "a")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, "a", "b", "u/x", "p+q"]), st.lists(_RULE, max_size=4)), max_size=4),
+       _NAME, st.sampled_from(["c", "a", "x+y", "d/1"]), st.sampled_from([READ, WRITE]), _TOPIC)
+def test_compiled_check_agrees_with_the_plain_algorithm(blocks, username, client_id, access, topic):
+    lines = []
+    for user, rules in blocks:
+        if user is not None:
+            lines.append(f"user {user}")
+        for kind, access_word, f, with_hash in rules:
+            if with_hash and kind == "pattern":
+                f = f + "/#"
+            lines.append(f"{kind} {access_word}{f}")
+    try:
+        acl = parse_acl_text("\n".join(lines) + "\n")
+    except AclFileError:
+        return
+    if username == "":
+        username = None
+    assert acl.check(username, client_id, access, topic) is _reference(acl, username, client_id, access, topic)

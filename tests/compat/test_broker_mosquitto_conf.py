@@ -171,3 +171,25 @@ def test_keys_without_effect_are_accepted_with_a_warning(tmp_path, start_broker)
     assert f"{conf}:3: max_keepalive: accepted and ignored" in log
     assert "persistence: retained messages and persistent sessions are kept in memory only" in log
     assert connect(port).rc == 0
+
+
+def test_process_keys_pid_file_log_dest_and_user(tmp_path, start_broker):
+    import os
+    import pwd
+
+    port = free_port()
+    pid_file, log_file = tmp_path / "mqg.pid", tmp_path / "mqg.log"
+    run_as = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npid_file {pid_file}\n"
+                    f"log_dest file {log_file}\nlog_dest stderr\nlog_type all\nuser {run_as}\n")
+    broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
+    assert pid_file.read_text().strip() == str(broker.proc.pid)
+    assert connect(port).rc == 0
+    deadline = time.monotonic() + 5
+    while "connected from" not in log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "connected from" in log_file.read_text()  # log_dest file, and log_type all (debug) on stderr too
+    status = open(f"/proc/{broker.proc.pid}/status").read()
+    uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+    assert int(uid) == pwd.getpwnam(run_as).pw_uid  # `user`: root privileges dropped after start
