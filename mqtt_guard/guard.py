@@ -115,7 +115,11 @@ class Guard:
         except REDIS_ERRORS as exc:
             log.warning("client %r admitted while Redis is unreachable (%s): ACL rules known so far apply",
                         client_id, exc)
-        await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
+        try:
+            await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
+        except BaseException:
+            self.acl.policy.forget(subject)
+            raise
         self.clients[client_id] = client
         self.counters.connected(client_id, client.username)
         if client.username is not None:

@@ -185,7 +185,11 @@ class QuotaEnforcer:
         client = cq.client
         old = self.clients.get(client.client_id)
         if old is not None:
-            self._forget(old)  # a take-over on this broker: the old connection's detach will find nothing
+            # A take-over on this broker: the old connection's detach will find nothing here, so its
+            # registry entry is closed now (a no-op where the new registration replaced it).
+            self._forget(old)
+            if old.registered:
+                self._close_later(old)
         self.clients[client.client_id] = cq
         if limits.rate is not None:
             cq.bucket = TokenBucket(limits.rate.per_second, limits.rate.burst)
@@ -501,7 +505,7 @@ class QuotaEnforcer:
         if self._ticks % REAP_EVERY == 0:
             reaped = await self.store.reap_dead()
             for broker_id, sessions in reaped.items():
-                if sessions >= 0:
+                if sessions >= 0:  # -1: alive again, -2: somebody else reaped it first
                     log.warning("broker %s stopped heartbeating: removed its %d session(s) and its quota leases",
                                 broker_id, sessions)
 

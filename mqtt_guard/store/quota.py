@@ -172,7 +172,8 @@ local b, n = ARGV[1], tonumber(ARGV[2])
 local score = redis.call('ZSCORE', KEYS[1], b)
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if score and tonumber(score) > now_ms then return -1 end
+if not score then return -2 end
+if tonumber(score) > now_ms then return -1 end
 local sessions = 0
 for i = 0, n - 1 do
   local s, us = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
@@ -476,7 +477,8 @@ class QuotaStore:
 
     async def reap(self, broker_id: str) -> int:
         """Clean up after a broker that stopped heartbeating: its sessions and leases go, what it
-        reported as spent stays counted. -1 if the broker turned out to be alive."""
+        reported as spent stays counted. -1 if the broker turned out to be alive, -2 if it was reaped
+        meanwhile by somebody else."""
         ids = sorted(await self.redis.smembers(self.keys.broker_sessions(broker_id)))
         leases = sorted(await self.redis.smembers(self.keys.broker_leases(broker_id)))
         sessions = await self.sessions(ids)

@@ -396,3 +396,19 @@ def test_lease_spent_while_redis_is_down_follows_on_redis_down(prefix, policy):
     finally:
         rds.close()
         server.cleanup()
+
+
+def test_take_over_on_the_same_broker_keeps_the_registry_right(config, rds, prefix):
+    async def body():
+        async with guards(config) as [g]:
+            first = await attach(g, "shared-id", "alice")
+            second = await attach(g, "shared-id", "bob")  # same client id, another user, same broker
+            g.detach(first)  # the old connection ends after the new one was admitted
+            await eventually(lambda: not rds.hexists(f"{prefix}sessions:user:alice", "shared-id"))
+            assert rds.hget(f"{prefix}session:shared-id", "username") == "bob"
+            assert rds.hexists(f"{prefix}sessions:user:bob", "shared-id")
+            assert "alice" not in g.quota.users
+            g.detach(second)
+            await eventually(lambda: not rds.exists(f"{prefix}session:shared-id"))
+
+    run(body())
