@@ -159,6 +159,7 @@ class SidecarConfig:
     interval: float = duration(1.0)  # how often the sidecar evaluates every registered session
     leader_ttl: float = duration(3.0)  # a leader that stops renewing is replaced after this long
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
+    prometheus_bind: str | None = None  # HOST:PORT for /metrics: fleet totals from Redis, broker liveness, loop lag
 
     def check(self, where: str = "sidecar") -> None:
         if self.interval <= 0:

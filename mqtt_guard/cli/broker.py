@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ..config import ConfigError, GuardConfig, ListenerConfig, load_config, split_bind
 from ..store.connection import RedisUrlError, make_async_client
-from .common import ENV_PREFIX, ENV_REDIS_URL, CliError
+from .common import CliError, apply_redis_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,14 +26,7 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
     """File < environment < command line, then validate the result as a whole."""
     try:
         config = load_config(args.config)
-        if os.environ.get(ENV_REDIS_URL):
-            config.redis.url = os.environ[ENV_REDIS_URL]
-        if os.environ.get(ENV_PREFIX):
-            config.redis.prefix = os.environ[ENV_PREFIX]
-        if args.redis_url:
-            config.redis.url = args.redis_url
-        if args.prefix:
-            config.redis.prefix = args.prefix
+        apply_redis_overrides(config, args)
         if args.bind:
             for bind in args.bind:
                 split_bind(bind, "--bind")
@@ -72,8 +64,7 @@ def _run_mosquitto_conf(args: argparse.Namespace, path: str) -> int:
     if args.mosquitto_conf and args.config:
         raise CliError("give either -c/--config or --mosquitto-conf, not both")
     base = GuardConfig()
-    base.redis.url = args.redis_url or os.environ.get(ENV_REDIS_URL) or base.redis.url
-    base.redis.prefix = args.prefix or os.environ.get(ENV_PREFIX) or base.redis.prefix
+    apply_redis_overrides(base, args)
     try:
         return run_mosquitto_conf(path, base, binds=args.bind, allow_anonymous=args.allow_anonymous,
                                   log_level=args.log_level)

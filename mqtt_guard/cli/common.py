@@ -29,6 +29,18 @@ def key_prefix(args: argparse.Namespace, fallback: str | None = None) -> str:
     return args.prefix or os.environ.get(ENV_PREFIX) or fallback or DEFAULT_PREFIX
 
 
+def apply_redis_overrides(config: Any, args: argparse.Namespace) -> None:
+    """Redis URL and prefix: config file < environment < command line (broker and sidecar alike)."""
+    if os.environ.get(ENV_REDIS_URL):
+        config.redis.url = os.environ[ENV_REDIS_URL]
+    if os.environ.get(ENV_PREFIX):
+        config.redis.prefix = os.environ[ENV_PREFIX]
+    if args.redis_url:
+        config.redis.url = args.redis_url
+    if args.prefix:
+        config.redis.prefix = args.prefix
+
+
 def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitable[int]]) -> int:
     """Run `body(redis, keys)` with a client built from the global options; report Redis errors plainly."""
     url = redis_url(args)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 
 from ..config import ConfigError, GuardConfig, load_config, parse_duration
-from .common import ENV_PREFIX, ENV_REDIS_URL, CliError
+from .common import CliError, apply_redis_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,20 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-c", "--config", help="YAML configuration file (the brokers' file: redis, quota, sidecar)")
     p.add_argument("--interval", help="evaluation interval (default 1s; sidecar.interval in the file)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics-bind", metavar="HOST:PORT",
+                   help="serve Prometheus /metrics (fleet totals, broker liveness, loop lag) here")
     p.set_defaults(func=cmd_sidecar)
 
 
 def resolve_config(args: argparse.Namespace) -> GuardConfig:
     try:
         config = load_config(args.config)
-        if os.environ.get(ENV_REDIS_URL):
-            config.redis.url = os.environ[ENV_REDIS_URL]
-        if os.environ.get(ENV_PREFIX):
-            config.redis.prefix = os.environ[ENV_PREFIX]
-        if args.redis_url:
-            config.redis.url = args.redis_url
-        if args.prefix:
-            config.redis.prefix = args.prefix
+        apply_redis_overrides(config, args)
         if args.interval is not None:
             try:
                 config.sidecar.interval = parse_duration(args.interval)
@@ -40,6 +34,8 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
             config.sidecar.leader_ttl = max(config.sidecar.leader_ttl, 3 * config.sidecar.interval)
         if args.log_level:
             config.log.level = args.log_level
+        if args.metrics_bind:
+            config.sidecar.prometheus_bind = args.metrics_bind
         config.quota.check()
         config.sidecar.check()
     except ConfigError as exc:

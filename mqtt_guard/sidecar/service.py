@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 
 from ..config import GuardConfig
 from ..quota.limits import Limits, parse_limits
+from ..metrics.fleet import serve_fleet_metrics
+from ..metrics.rates import LoopLagMonitor
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
@@ -52,6 +54,7 @@ class Sidecar:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
+        metrics = await self._start_metrics()
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -62,6 +65,11 @@ class Sidecar:
                 except TimeoutError:
                     pass
         finally:
+            if metrics is not None:
+                server, lag = metrics
+                server.close()
+                await server.fleet_monitor.stop()  # type: ignore[attr-defined]
+                await lag.stop()
             if self.leading:
                 try:
                     await self.store.resign(self.id)
@@ -69,6 +77,17 @@ class Sidecar:
                     pass
             await self.redis.aclose()
             log.info("sidecar %s stopped", self.id)
+
+    async def _start_metrics(self) -> tuple[asyncio.AbstractServer, LoopLagMonitor] | None:
+        """The fleet's /metrics (all brokers' totals from Redis) when sidecar.prometheus_bind is set."""
+        bind = self.config.sidecar.prometheus_bind
+        if not bind:
+            return None
+        lag = LoopLagMonitor()
+        lag.start()
+        server = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
+        log.info("sidecar /metrics on http://%s/metrics", bind)
+        return server, lag
 
     async def step(self) -> TickReport | None:
         """One interval: renew or take leadership, and evaluate if leading."""

@@ -1,0 +1,40 @@
+"""The sidecar's /metrics: the fleet's totals from Redis, each broker's liveness, the sidecar's loop lag."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+
+from tests.helpers.mqtt import connect
+from tests.helpers.servers import ROOT, free_port, guard_cmd, wait_port
+
+
+def test_sidecar_serves_fleet_metrics(redis_server, prefix, start_broker, add_user, rds):
+    add_user("m1", "pw")
+    rds.hset(f"{prefix}acl:user:m1", "m/#", "readwrite")
+    broker = start_broker()
+    client = connect(broker.port, "m1", "pw")
+    client.subscribe("m/#")
+    for i in range(5):
+        client.publish("m/t", b"x", qos=1)
+    port = free_port()
+    proc = subprocess.Popen(guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "sidecar",
+                                      "--interval", "0.2", "--metrics-bind", f"127.0.0.1:{port}"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, proc=proc)
+        deadline = time.monotonic() + 15
+        while True:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            received = [line for line in text.splitlines() if line.startswith("mqtt_guard_fleet_messages_received_total")]
+            if received and float(received[0].split()[-1]) >= 5:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.3)
+        assert "mqtt_guard_sidecar_loop_lag_seconds" in text
+        assert "mqtt_guard_fleet_broker_up" in text
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        client.close()
