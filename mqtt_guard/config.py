@@ -127,6 +127,9 @@ class LimitsConfig:
     max_queued_messages: int = 1000  # per session, waiting to be sent (above the in-flight window); 0 = no limit
     max_queued_bytes: int = size(0)  # per session, payload + topic bytes waiting to be sent; 0 = no byte limit
     max_inflight_messages: int = 20  # per session, QoS 1/2 messages sent and not yet acknowledged
+    # Flow control: publishers feeding a subscriber whose queue is half full pause until it drains, for
+    # at most this long per stalled subscriber; then it is a slow consumer (its queue limits drop). 0 = off.
+    backpressure_max_stall: float = duration(2.0)
 
 
 @dataclass

@@ -65,6 +65,9 @@ class Guard:
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
         self.auth_backends: list[Any] = []
         self.acl_sources: list[Any] = []
+        # Bumped when a file-backed ACL source reloads; with `acl.policy.version` it tells the engine
+        # when decisions it cached (per topic) may have changed.
+        self.acl_epoch = 0
 
     async def start(self) -> None:
         """Check Redis once so a wrong URL is reported at start; a Redis that is down is not fatal."""
@@ -101,8 +104,11 @@ class Guard:
 
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
-        for source in {id(s): s for s in [*self.auth_backends, *self.acl_sources]}.values():
-            await source.reload()
+        try:
+            for source in {id(s): s for s in [*self.auth_backends, *self.acl_sources]}.values():
+                await source.reload()
+        finally:
+            self.acl_epoch += 1
 
     async def attach(self, client_id: str, result: AuthResult, listener: str = "",
                      listener_config: Any = None) -> GuardClient:

@@ -228,6 +228,9 @@ class AclPolicy:
         self._bases: dict[_BaseKey, _Base] = {}
         self._states: dict[Subject, _ClientState] = {}
         self._n_decisions = 0
+        # Bumped whenever a decision may change (rules set or dropped, a client's state forgotten):
+        # callers that cache decisions themselves (the engine's per-topic routes) compare it.
+        self.version = 0
 
     # -- rule management ---------------------------------------------------
 
@@ -281,6 +284,7 @@ class AclPolicy:
         self._bases.clear()
         self._states.clear()
         self._n_decisions = 0
+        self.version += 1
 
     def rules_for(self, subject_key: str) -> tuple[Rule, ...]:
         """The rules currently held for *subject_key* (empty if none)."""
@@ -292,12 +296,14 @@ class AclPolicy:
 
     def forget(self, subject: Subject) -> None:
         """Drop the cached matcher and decisions of a client (on disconnect)."""
+        self.version += 1
         st = self._states.pop(subject, None)
         if st is not None:
             self._n_decisions -= st.size
 
     def _invalidate(self, subject_key: str) -> None:
         """Drop every base and client state whose rule set includes *subject_key*."""
+        self.version += 1
         for k in [k for k, b in self._bases.items() if subject_key in b.deps]:
             del self._bases[k]
         for s in [s for s, st in self._states.items() if subject_key in st.deps]:

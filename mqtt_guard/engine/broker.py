@@ -58,7 +58,10 @@ from .protocol import (
     encode_suback,
     parse_connect,
 )
+from ..plugins.acl import GuardAclPlugin
+from .protocol import encode_publish
 from .queues import OutQueue
+from .routing import TopicTrie
 from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, auth_result_of, queue_of
 
 log = logging.getLogger("mqtt_guard.broker")
@@ -71,6 +74,8 @@ GUARD_PLUGINS = {
 }
 SUBACK_FAILURE = 0x80
 SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach the clients
+ROUTE_CACHE = 65536  # topics whose RECEIVE targets are cached
+PUB_CACHE = 1024  # PUBLISH topics whose ACL decision a connection remembers
 
 
 def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -122,6 +127,22 @@ class GuardedBroker(Broker):
         self._fire_msg_received = bool(events.get(BrokerEvents.MESSAGE_RECEIVED))
         self._fire_msg_broadcast = bool(events.get(BrokerEvents.MESSAGE_BROADCAST))
         self._fire_connect_received = bool(events.get(MQTTEvents.PACKET_RECEIVED))
+        # Hot path (docs/performance.md). With only synchronous topic checks and nobody listening to
+        # MESSAGE_RECEIVED/MESSAGE_BROADCAST, a PUBLISH is routed synchronously from the reader. With only
+        # the guard's own ACL plugin, decisions are cached: PUBLISH per connection and topic, the RECEIVE
+        # targets per topic (`_routes`), both dropped when subscriptions, sessions or ACL rules change.
+        self._sync_checks = all(check is not None for _, check in self._topic_checks)
+        self._cacheable = all(isinstance(p, GuardAclPlugin) for p, _ in self._topic_checks)
+        self.fast_publish = self._sync_checks and not self._fire_msg_received and not self._fire_msg_broadcast
+        self._trie = TopicTrie()
+        self._routes: dict[str, tuple[list[tuple[OutQueue, int, Any, str]], list[str]]] = {}
+        self._policy = guard.acl.policy
+        self._policy_version = self._policy.version
+        self._guard_epoch = guard.acl_epoch
+        self.acl_epoch = 0  # handlers' PUBLISH decision caches are valid while this is unchanged
+        self._admit_publish = guard.admit_publish
+        self._admit_delivery = guard.admit_delivery
+        self._check_errors = 0
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -302,6 +323,8 @@ class GuardedBroker(Broker):
         awaited one by one instead of through amqtt's Task-per-plugin gather; a plugin that raises
         or returns None denies that one check (logged and counted); the connection and the message
         for other subscribers are unaffected."""
+        if self._sync_checks:
+            return self._check_sync(session, topic, action, enforce)
         for plugin, check in self._topic_checks:
             try:
                 if check is not None:
@@ -309,18 +332,37 @@ class GuardedBroker(Broker):
                 else:
                     allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
             except Exception:
-                self.guard.counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
-                plugin_log.log(logging.ERROR, (type(plugin).__name__, action),
-                               "topic plugin %s raised on %s %r for client %r; denying this one check",
-                               type(plugin).__name__, action, topic, session.client_id if session else None,
-                               exc_info=True)
+                self._plugin_failed(plugin, session, topic, action)
                 return False
             if not allowed:
-                if (enforce and action is Action.PUBLISH
-                        and self.guard_config.acl.deny_publish_action == "disconnect"):
-                    asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
+                self._denied(session, topic, action, enforce)
                 return False
         return True
+
+    def _check_sync(self, session: Session, topic: str, action: Action, enforce: bool = True) -> bool:
+        """`_topic_filtering` when every topic plugin answers synchronously (`check`)."""
+        for plugin, check in self._topic_checks:
+            try:
+                allowed = check(session, topic, action)
+            except Exception:
+                self._plugin_failed(plugin, session, topic, action)
+                return False
+            if not allowed:
+                self._denied(session, topic, action, enforce)
+                return False
+        return True
+
+    def _plugin_failed(self, plugin: Any, session: Session, topic: str, action: Action) -> None:
+        self._check_errors += 1
+        self.guard.counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
+        plugin_log.log(logging.ERROR, (type(plugin).__name__, action),
+                       "topic plugin %s raised on %s %r for client %r; denying this one check",
+                       type(plugin).__name__, action, topic, session.client_id if session else None,
+                       exc_info=True)
+
+    def _denied(self, session: Session, topic: str, action: Action, enforce: bool) -> None:
+        if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
+            asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
 
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int) -> None:
@@ -386,7 +428,9 @@ class GuardedBroker(Broker):
             self._del_subscription(topic_filter, session)
             if not self._subscriptions[topic_filter]:
                 del self._subscriptions[topic_filter]
+                self._trie.remove(topic_filter)
         session.clear_queues()
+        self._invalidate_routes()
 
     async def _run_session(self, reader: ReaderAdapter, writer: WriterAdapter, session: Session,
                            handler: GuardedHandler, where: str) -> None:
@@ -401,6 +445,7 @@ class GuardedBroker(Broker):
         handler.attach(session, reader, writer)
         handler.bind(self, queue, where)
         self._sessions[session.client_id] = (session, handler)
+        self._invalidate_routes()  # a resumed session's targets now carry its new guard client
         clean = False
         try:
             await handler.send(encode_connack(bool(session.parent), 0))
@@ -439,6 +484,7 @@ class GuardedBroker(Broker):
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
+        self._invalidate_routes()
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
                                               client_id=client_id, client_session=session)
 
@@ -457,40 +503,64 @@ class GuardedBroker(Broker):
 
     # -- PUBLISH / SUBSCRIBE from a client (called by GuardedHandler's reader) --------------------
     async def handle_publish(self, session: Session, topic: str, topic_raw: bytes, payload: bytes, qos: int,
-                             retain: bool) -> None:
+                             retain: bool) -> list[asyncio.Event] | None:
+        """Any PUBLISH (the reader's fast path takes QoS 0/1 without RETAIN through `publish_fast`).
+        Returns the Events of subscribers over their hold mark, for the reader to wait on."""
         if self._fire_msg_received or self._fire_msg_broadcast:
             message = IncomingApplicationMessage(None, topic, qos, payload, retain)
         if self._fire_msg_received:
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
                                                   client_id=session.client_id, message=message)
         if topic.startswith("$SYS/") or topic == "$SYS":
-            return  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
+            return None  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
         if not await self._topic_filtering(session, topic, Action.PUBLISH):
-            return
+            return None
         client = session.attributes.get(CLIENT)
         if client is not None and not self.guard.admit_publish(client, topic, len(payload), qos):
-            return  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+            return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
         if self._fire_msg_broadcast:
             await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
                                                   client_id=session.client_id, message=message)
         if retain:
             await self.retain_message(session, topic, payload, qos)
-        await self._route(topic, topic_raw, payload, qos)
+        return await self._route(topic, topic_raw, payload, qos)
 
-    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> None:
+    def publish_fast(self, handler: GuardedHandler, topic: str, topic_raw: bytes, payload: bytes | None,
+                     plen: int, qos: int, frame0: bytes | None) -> list[asyncio.Event] | None:
+        """`handle_publish` for QoS 0/1 without RETAIN when `fast_publish` holds, as a plain call.
+        `payload` may be None when `frame0` (the QoS 0 frame as received) is given."""
+        if topic[0] == "$" and (topic == "$SYS" or topic.startswith("$SYS/")):
+            return None
+        if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
+            self._acl_changed()
+        allowed = handler.pub_ok
+        if handler.pub_epoch != self.acl_epoch:
+            allowed.clear()
+            handler.pub_epoch = self.acl_epoch
+        if topic not in allowed:
+            errors = self._check_errors
+            if not self._check_sync(handler.session, topic, Action.PUBLISH):  # type: ignore[arg-type]
+                return None
+            if self._cacheable and errors == self._check_errors:
+                if len(allowed) >= PUB_CACHE:
+                    allowed.clear()
+                allowed[topic] = True
+        client = handler.guard_client
+        if client is not None and not self._admit_publish(client, topic, plen, qos):
+            return None
+        return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
+
+    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> list[asyncio.Event] | None:
         """Queue one message for every matching subscriber that may receive it, once per client at
         min(published QoS, highest granted QoS) [MQTT-3.3.5-1]. `qos` None (amqtt's internal
-        broadcast) delivers at the granted QoS."""
-        targets: dict[str, tuple[Session, int]] = {}
-        matches = self._matches
-        for topic_filter, entries in self._subscriptions.items():
-            if not matches(topic, topic_filter):
-                continue
-            for target, granted in entries:
-                known = targets.get(target.client_id)  # type: ignore[arg-type]
-                if known is None or granted > known[1]:
-                    targets[target.client_id] = (target, granted)  # type: ignore[index]
-        for client_id, (target, granted) in targets.items():
+        broadcast) delivers at the granted QoS. Returns the Events of subscribers over their hold mark."""
+        if self._sync_checks:
+            if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
+                self._acl_changed()
+            return self._fanout(topic, topic_raw, payload, len(payload), qos, None)
+        # A third-party topic plugin answers asynchronously: ask it for every target, every time.
+        held: list[asyncio.Event] | None = None
+        for client_id, (target, granted) in self._match(topic).items():
             queue = queue_of(target)
             if queue is None:
                 continue
@@ -500,10 +570,103 @@ class GuardedBroker(Broker):
             if client is not None and not self.guard.admit_delivery(client, topic, len(payload)):
                 continue  # over the receiver's quota: withheld
             if not queue.offer(topic_raw, payload, granted if qos is None else min(qos, granted), False):
-                self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
-                queue_log.log(logging.WARNING, ("queue full", client_id),
-                              "queue of client %r is full (%d messages, %d bytes): dropping messages for it",
-                              client_id, *queue.depth())
+                self._dropped(client_id, queue)
+            elif queue.pending and queue.over_hold() and queue.port is not None:
+                ev = queue.port.hold()  # type: ignore[attr-defined]
+                if ev is not None:
+                    held = [ev] if held is None else [*held, ev]
+        return held
+
+    def _match(self, topic: str) -> dict[str, tuple[Session, int]]:
+        """Subscribers of `topic` (through the trie), one per client with its highest granted QoS."""
+        targets: dict[str, tuple[Session, int]] = {}
+        subscriptions = self._subscriptions
+        for topic_filter in self._trie.match(topic):
+            for target, granted in subscriptions.get(topic_filter, ()):
+                known = targets.get(target.client_id)  # type: ignore[arg-type]
+                if known is None or granted > known[1]:
+                    targets[target.client_id] = (target, granted)  # type: ignore[index]
+        return targets
+
+    def _make_route(self, topic: str) -> tuple[list[tuple[OutQueue, int, Any, str]], list[str]]:
+        """The targets of `topic` that pass the RECEIVE check (queue, granted QoS, guard client, client
+        id) and the client ids withheld; cached when only the guard's own ACL plugin decides."""
+        targets = []
+        withheld = []
+        errors = self._check_errors
+        for client_id, (target, granted) in self._match(topic).items():
+            queue = queue_of(target)
+            if queue is None:
+                continue
+            if self._check_sync(target, topic, Action.RECEIVE, False):
+                targets.append((queue, granted, target.attributes.get(CLIENT), client_id))
+            else:
+                withheld.append(client_id)
+        route = (targets, withheld)
+        if self._cacheable and errors == self._check_errors:
+            routes = self._routes
+            if len(routes) >= ROUTE_CACHE:
+                del routes[next(iter(routes))]
+            routes[topic] = route
+        return route
+
+    def _fanout(self, topic: str, topic_raw: bytes, payload: bytes | None, plen: int, qos: int | None,
+                frame0: bytes | None) -> list[asyncio.Event] | None:
+        """Deliver one message to the (cached) targets of its topic. A QoS 0 delivery is one shared
+        encoded frame; a subscriber whose queue passes its hold mark adds its Event to the result."""
+        route = self._routes.get(topic)
+        fresh = route is None
+        if route is None:
+            route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
+        targets, withheld = route
+        held: list[asyncio.Event] | None = None
+        admit = self._admit_delivery
+        size = len(topic_raw) + plen
+        for queue, granted, client, client_id in targets:
+            if client is not None and not admit(client, topic, plen):
+                continue  # over the receiver's quota: withheld
+            dq = granted if qos is None else (qos if qos < granted else granted)
+            if dq == 0:
+                if frame0 is None:
+                    frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]
+                ok = queue.offer0(frame0, plen, size)
+            else:
+                if payload is None:
+                    payload = frame0[len(frame0) - plen:]  # type: ignore[index]
+                ok = queue.offer(topic_raw, payload, dq, False)
+            if not ok:
+                self._dropped(client_id, queue)
+            elif queue.pending and queue.over_hold():
+                port = queue.port
+                if port is not None:
+                    ev = port.hold()  # type: ignore[attr-defined]
+                    if ev is not None:
+                        if held is None:
+                            held = [ev]
+                        elif ev not in held:
+                            held.append(ev)
+        if withheld and not fresh:
+            incr = self.guard.counters.incr
+            for client_id in withheld:
+                incr(client_id, C.WITHHELD)
+        return held
+
+    def _dropped(self, client_id: str, queue: OutQueue) -> None:
+        self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
+        queue_log.log(logging.WARNING, ("queue full", client_id),
+                      "queue of client %r is full (%d messages, %d bytes): dropping messages for it",
+                      client_id, *queue.depth())
+
+    def _invalidate_routes(self) -> None:
+        """Subscriptions or sessions changed: cached targets are recomputed on the next message."""
+        self._routes.clear()
+
+    def _acl_changed(self) -> None:
+        """ACL rules, a client's subject or a file-backed source changed: every cached decision goes."""
+        self._policy_version = self._policy.version
+        self._guard_epoch = self.guard.acl_epoch
+        self.acl_epoch += 1
+        self._routes.clear()
 
     async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
                                  force_qos: int | None = None) -> None:
@@ -528,6 +691,7 @@ class GuardedBroker(Broker):
             self._del_subscription(topic_filter, session)
             if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
                 del self._subscriptions[topic_filter]
+                self._trie.remove(topic_filter)
             await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
                                                   client_id=session.client_id, topic=topic_filter)
 
@@ -537,14 +701,26 @@ class GuardedBroker(Broker):
         topic_filter, qos = subscription
         if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
             return SUBACK_FAILURE
-        entries = self._subscriptions.setdefault(topic_filter, [])
+        entries = self._subscriptions.get(topic_filter)
+        if entries is None:
+            entries = self._subscriptions[topic_filter] = []
+        self._trie.add(topic_filter)  # (also when amqtt code left an empty list behind)
         for i, (existing, _) in enumerate(entries):
             if existing.client_id == session.client_id:
                 entries[i] = (session, qos)
                 break
         else:
             entries.append((session, qos))
+        self._invalidate_routes()
         return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        """amqtt's, plus: cached routes are recomputed. (Whoever deletes the emptied filter from
+        `_subscriptions` also removes it from the trie; a filter left in the trie matches no one.)"""
+        deleted = Broker._del_subscription(self, a_filter, session)
+        if deleted:
+            self._invalidate_routes()
+        return deleted
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:
@@ -607,6 +783,8 @@ class GuardedBroker(Broker):
                 log.warning("%d connection(s) did not close in time", len(not_done))
         self._sessions.clear()
         self._subscriptions.clear()
+        self._trie.clear()
+        self._invalidate_routes()
         self._retained_messages.clear()
         self.transitions.shutdown()
         await self._shutdown_broadcast_loop()

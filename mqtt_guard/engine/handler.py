@@ -61,6 +61,7 @@ from .protocol import (
     parse_fixed_header,
 )
 from .queues import OutQueue
+from .session_info import CLIENT
 
 if TYPE_CHECKING:
     from .broker import GuardedBroker
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqtt_guard.broker")
 
 READ_CHUNK = 65536
+TOPIC_CACHE = 256  # validated PUBLISH topics remembered per connection
+_FAST_PUBLISH = (0x30, 0x32)  # first byte & 0xF7: PUBLISH QoS 0 or 1, RETAIN clear (DUP ignored)
 WRITE_BATCH = 65536  # bytes of PUBLISH frames per write() in the writer loop
 CLOSE_GRACE = 2.0  # seconds a closing socket may take to flush before it is aborted
 
@@ -95,8 +98,23 @@ class GuardedHandler(BrokerProtocolHandler):
         self._high_water = 65536
         self._co: list[bytes] = []  # frames emitted in this loop iteration, written together
         self._co_bytes = 0
+        self._co_n = 0  # PUBLISH frames among them (the rest are acks)
         self._co_payload = 0
         self._co_scheduled = False
+        self._must_drain = False  # acks written past the high-water mark: the reader waits for the socket
+        # Flow control (docs/engine.md): publishers wait on `_drained` while this client's queue is over its
+        # hold mark, for at most `_max_stall` seconds per episode.
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._max_stall = 0.0
+        # Reader state for PUBLISH: validated topics, counts not yet added to the counters, the guard client
+        self._topics: dict[bytes, str] = {}
+        self._n_in = 0
+        self._b_in = 0
+        self.guard_client: Any = None
+        self.pub_ok: dict[str, bool] = {}  # PUBLISH topics the ACL allowed, valid while pub_epoch is current
+        self.pub_epoch = -1
         self._ws_dirty = False  # websockets: coalesced frames written to the adapter, not yet sent
         self._ws_draining = False
         events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
@@ -110,6 +128,8 @@ class GuardedHandler(BrokerProtocolHandler):
         self.where = where
         self.client_id = self.session.client_id if self.session else ""
         self._max_packet = broker.guard_config.limits.max_packet_size
+        self._max_stall = broker.guard_config.limits.backpressure_max_stall
+        self.guard_client = self.session.attributes.get(CLIENT) if self.session else None
         if isinstance(self.writer, StreamWriterAdapter):
             self._stream_writer = self.writer._writer  # noqa: SLF001
             self._transport = self._stream_writer.transport
@@ -120,6 +140,7 @@ class GuardedHandler(BrokerProtocolHandler):
         assert self.session is not None and self.queue is not None
         self._last_rx = self._loop.time()
         self.queue.online = True  # (the writer loop connects the queue once it has re-sent in-flight ones)
+        self.queue.slow = False
         self._writer_task = self._loop.create_task(self._writer_loop())
         self._reader_task = self._loop.create_task(self._reader_loop())
         if self.session.keep_alive > 0:
@@ -138,6 +159,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self.end_reason = reason
         if self._ka_handle is not None:
             self._ka_handle.cancel()
+        self._release()  # publishers waiting for this client go on
         task = self._reader_task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -202,10 +224,63 @@ class GuardedHandler(BrokerProtocolHandler):
         """Port: write `frame` at the end of this loop iteration, with everything else emitted in it."""
         self._co.append(frame)
         self._co_bytes += len(frame)
+        self._co_n += 1
         self._co_payload += payload_len
         if not self._co_scheduled:
             self._co_scheduled = True
             self._loop.call_soon(self._flush_coalesced)
+
+    def _ack(self, data: bytes) -> None:
+        """A PUBACK (or another small control packet) from the reader's fast path: coalesced with this
+        loop iteration's other writes. Past the high-water mark the reader waits (`_must_drain`)."""
+        self._co.append(data)
+        self._co_bytes += len(data)
+        if not self._co_scheduled:
+            self._co_scheduled = True
+            self._loop.call_soon(self._flush_coalesced)
+        transport = self._transport
+        if (transport.get_write_buffer_size() if transport is not None else 0) + self._co_bytes > self._high_water:
+            self._must_drain = True
+
+    # -- flow control (docs/engine.md) ------------------------------------------------------------
+    def hold(self) -> asyncio.Event | None:
+        """Port: this client's queue is over its hold mark; the Event a publisher feeding it waits on
+        (None: do not wait). The first hold of an episode starts the stall timer."""
+        if self._closing or self._max_stall <= 0:
+            return None
+        ev = self._drained
+        if ev.is_set():
+            ev.clear()
+            self._stall_timer = self._loop.call_later(self._max_stall, self._stall_expired)
+        return ev
+
+    def _release(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if not self._drained.is_set():
+            self._drained.set()
+
+    def _stall_expired(self) -> None:
+        """The client kept publishers waiting for `backpressure_max_stall`: it is a slow consumer now.
+        Publishers no longer wait for it; its queue fills and drops (counted), the slow-consumer policy
+        of the quota (max_queue, queue_grace) may disconnect it. It holds publishers again only once it
+        has caught up (its queue empty)."""
+        self._stall_timer = None
+        q = self.queue
+        if q is not None and not self._drained.is_set():
+            q.slow = True
+            messages, size = q.depth()
+            log.warning("client %r (%s) kept publishers waiting for %g s (%d messages, %d bytes queued): "
+                        "a slow consumer now, its queue limits apply", self.client_id, self.where,
+                        self._max_stall, messages, size)
+        self._drained.set()
+
+    def _caught_up(self) -> None:
+        q = self.queue
+        if q is not None and q.slow:
+            q.slow = False
+            log.info("client %r (%s) caught up: its queue is empty again", self.client_id, self.where)
 
     def wake(self) -> None:
         """Port: the queue has pending messages for the writer loop."""
@@ -216,10 +291,10 @@ class GuardedHandler(BrokerProtocolHandler):
         frames = self._co
         if not frames:
             return
-        n, payload = len(frames), self._co_payload
+        n, payload = self._co_n, self._co_payload
         self._co = []
-        self._co_bytes = self._co_payload = 0
-        data = frames[0] if n == 1 else b"".join(frames)
+        self._co_bytes = self._co_payload = self._co_n = 0
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         transport = self._transport
         if transport is not None:
             if transport.is_closing():
@@ -231,7 +306,7 @@ class GuardedHandler(BrokerProtocolHandler):
             self._wake_event.set()
         else:
             return
-        if self.broker is not None:
+        if n and self.broker is not None:
             counters = self.broker.guard.counters
             counters.incr(self.client_id, C.MSGS_OUT, n)
             counters.incr(self.client_id, C.BYTES_OUT, payload)
@@ -287,10 +362,16 @@ class GuardedHandler(BrokerProtocolHandler):
                     await self._ws_drain()
                     continue
                 if not q.ready():
+                    if not self._drained.is_set() and q.under_release():
+                        self._release()
+                    if not q.pending and q.slow:
+                        self._caught_up()
                     self._wake_event.clear()
                     await self._wake_event.wait()
                     continue
                 frames, n, payload_bytes = q.take(WRITE_BATCH)
+                if not self._drained.is_set() and q.under_release():
+                    self._release()  # publishers go on while this batch is written
                 if n:
                     counters.incr(cid, C.MSGS_OUT, n)
                     counters.incr(cid, C.BYTES_OUT, payload_bytes)
@@ -350,9 +431,18 @@ class GuardedHandler(BrokerProtocolHandler):
         return await reader.read(READ_CHUNK)  # type: ignore[union-attr]
 
     async def _reader_loop(self) -> None:
+        """Read chunks, act on every whole packet in them, in order. PUBLISH QoS 0/1 (no retain) and PUBACK
+        take the synchronous fast path (no coroutine per packet); every other packet goes through
+        `_dispatch`. After a PUBLISH the reader waits while a subscriber it fed is over its hold mark
+        (flow control), before it looks at the next packet."""
         clean = False
-        buf = bytearray()
+        buf = bytearray()  # the incomplete packet left over from the previous chunk
         max_packet = self._max_packet
+        broker = self.broker
+        assert broker is not None and self.queue is not None
+        fast = broker.fast_publish and not self._fire_rx and not self._fire_tx
+        queue = self.queue
+        publish = self._publish
         try:
             while True:
                 self._idle = True
@@ -362,26 +452,54 @@ class GuardedHandler(BrokerProtocolHandler):
                     self.end_reason = self.end_reason or "connection closed by the client without DISCONNECT"
                     return
                 self._last_rx = self._loop.time()
-                buf += chunk
-                pos, end = 0, len(buf)
+                if buf:
+                    buf += chunk
+                    data: bytes | bytearray = buf
+                else:
+                    data = chunk
+                pos, end = 0, len(data)
                 while pos < end:
-                    try:
-                        first, length, hlen = parse_fixed_header(buf, pos)
-                    except Incomplete:
-                        break
+                    if pos + 1 < end and data[pos + 1] < 0x80:  # remaining length in one byte
+                        first, length, hlen = data[pos], data[pos + 1], 2
+                    else:
+                        try:
+                            first, length, hlen = parse_fixed_header(data, pos)
+                        except Incomplete:
+                            break
                     if max_packet and hlen + length > max_packet:
                         raise ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {hlen + length} bytes"
                                                 f" exceeds max_packet_size {max_packet}")
-                    if pos + hlen + length > end:
+                    start = pos + hlen
+                    stop = start + length
+                    if stop > end:
                         break
-                    body = bytes(buf[pos + hlen:pos + hlen + length])
-                    pos += hlen + length
+                    if fast and (first & 0xF7) in _FAST_PUBLISH:
+                        held = publish(first, data, pos, start, stop)
+                        pos = stop
+                        if held is not None or self._must_drain:
+                            self._flush_in()
+                            await self._wait_held(held)
+                        continue
+                    if first == 0x40 and length == 2:  # PUBACK
+                        if queue.acked((data[start] << 8) | data[start + 1]):
+                            self._wake_event.set()
+                        pos = stop
+                        continue
+                    body = bytes(data[start:stop])
+                    pos = stop
+                    self._flush_in()
                     if await self._dispatch(first, body):
                         clean = True
                         self.end_reason = None
                         return
-                if pos:
+                if pos >= end:
+                    buf = bytearray()
+                elif data is buf:
                     del buf[:pos]
+                else:
+                    buf = bytearray(data[pos:])
+                if self._n_in:
+                    self._flush_in()
         except ProtocolViolation as exc:
             self._protocol_error(exc.reason)
         except asyncio.CancelledError:
@@ -392,12 +510,77 @@ class GuardedHandler(BrokerProtocolHandler):
             log.exception("client %r: internal error while handling its packets", self.client_id)
             self.end_reason = f"internal error ({type(exc).__name__})"
         finally:
+            self._flush_in()
             self._idle = False
             self._closing = True
+            self._release()
             if self._ka_handle is not None:
                 self._ka_handle.cancel()
             if not self._done.done():
                 self._done.set_result(clean)
+
+    def _flush_in(self) -> None:
+        """Add the PUBLISH counts of the fast path to the counters (once per chunk, not per message)."""
+        n = self._n_in
+        if n and self.broker is not None:
+            counters = self.broker.guard.counters
+            counters.incr(self.client_id, C.MSGS_IN, n)
+            counters.incr(self.client_id, C.BYTES_IN, self._b_in)
+            self._n_in = self._b_in = 0
+
+    def _publish(self, first: int, data: bytes | bytearray, pos: int, start: int, stop: int) -> list | None:
+        """A PUBLISH QoS 0/1 without RETAIN, validated like `_on_publish` and routed synchronously.
+        Returns the Events of subscribers over their hold mark (flow control), or None."""
+        if stop - start < 2:
+            raise ProtocolViolation("malformed PUBLISH: truncated")
+        ts = start + 2
+        te = ts + ((data[start] << 8) | data[start + 1])
+        if te > stop:
+            raise ProtocolViolation("malformed PUBLISH: a length field runs past the end of the packet")
+        topic_raw = bytes(data[ts:te])
+        topic = self._topics.get(topic_raw)
+        if topic is None:
+            topic = self._new_topic(topic_raw)
+        if first & 0x02:
+            if te + 2 > stop:
+                raise ProtocolViolation("malformed PUBLISH: truncated")
+            pid = (data[te] << 8) | data[te + 1]
+            if pid == 0:
+                raise ProtocolViolation("PUBLISH with packet identifier 0 [MQTT-2.3.1-1]")
+            plen = stop - te - 2
+            self._n_in += 1
+            self._b_in += plen
+            held = self.broker.publish_fast(self, topic, topic_raw, bytes(data[te + 2:stop]), plen,  # type: ignore[union-attr]
+                                            1, None)
+            self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
+            return held
+        plen = stop - te
+        self._n_in += 1
+        self._b_in += plen
+        if first == 0x30:  # the packet as received is the QoS 0 frame every subscriber gets
+            return self.broker.publish_fast(self, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]))  # type: ignore[union-attr]
+        return self.broker.publish_fast(self, topic, topic_raw, bytes(data[te:stop]), plen, 0, None)  # type: ignore[union-attr]
+
+    def _new_topic(self, topic_raw: bytes) -> str:
+        topic = decode_utf8(topic_raw, "PUBLISH topic")
+        check_topic_name(topic, "PUBLISH topic")
+        if len(self._topics) >= TOPIC_CACHE:
+            self._topics.clear()
+        self._topics[topic_raw] = topic
+        return topic
+
+    async def _wait_held(self, held: list | None) -> None:
+        """Flow control: wait until every subscriber in `held` is back under its release mark (or is
+        declared a slow consumer, or goes away); and until acks written past the high-water mark are out."""
+        if held:
+            for ev in held:
+                if not ev.is_set():
+                    await ev.wait()
+        if self._must_drain:
+            self._must_drain = False
+            self._flush_coalesced()
+            if self._stream_writer is not None and self._transport is not None and not self._transport.is_closing():
+                await self._stream_writer.drain()
 
     def _protocol_error(self, reason: str) -> None:
         self.end_reason = f"protocol violation: {reason}"
@@ -492,15 +675,18 @@ class GuardedHandler(BrokerProtocolHandler):
         counters.incr(self.client_id, C.MSGS_IN)
         counters.incr(self.client_id, C.BYTES_IN, len(payload))
         retain = bool(flags & 0x01)
+        held = None
         if qos == 2:
             if pid not in self.queue.qos2_in:  # else a re-sent PUBLISH (DUP) of a message already routed
-                await broker.handle_publish(self.session, topic, topic_raw, payload, 2, retain)  # type: ignore[arg-type]
+                held = await broker.handle_publish(self.session, topic, topic_raw, payload, 2, retain)  # type: ignore[arg-type]
                 self.queue.qos2_in.add(pid)
             await self.send(encode_ack(PUBREC, pid))
-            return
-        await broker.handle_publish(self.session, topic, topic_raw, payload, qos, retain)  # type: ignore[arg-type]
-        if qos == 1:
-            await self.send(encode_ack(PUBACK, pid))
+        else:
+            held = await broker.handle_publish(self.session, topic, topic_raw, payload, qos, retain)  # type: ignore[arg-type]
+            if qos == 1:
+                await self.send(encode_ack(PUBACK, pid))
+        if held:
+            await self._wait_held(held)
 
     async def _fire_received(self, first: int, body: bytes) -> None:
         """PACKET_RECEIVED for plugins that listen to it (amqtt packet objects are built only then)."""

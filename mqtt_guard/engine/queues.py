@@ -17,6 +17,11 @@ Limits (mosquitto semantics): `max_queued_messages` / `max_queued_bytes` bound t
 to be sent, above the in-flight window of `max_inflight_messages` QoS 1/2 messages sent but not yet
 acknowledged. Past a limit a message is dropped and the caller counts it. An offline session queues
 only QoS 1/2 (as mosquitto with queue_qos0_messages false).
+
+Flow control (docs/engine.md): once half the limits wait (`over_hold`), the router asks the connection
+to hold the publishers that feed it (`port.hold()`); the writer loop releases them once the queue is
+down to a quarter of that (`under_release`). A session that held publishers longer than
+`limits.backpressure_max_stall` is `slow`: it holds nobody until its queue has drained completely.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from typing import Protocol
 
 from .protocol import PUBREL, encode_ack, encode_publish
 
+# Backpressure marks when the queue limits do not give smaller ones (see OutQueue.hold_messages)
+HOLD_MESSAGES = 1000
+HOLD_BYTES = 1024 * 1024
+
 # Delivery states
 QUEUED = 0
 WAIT_ACK = 1  # QoS 1 sent, waiting for PUBACK; QoS 2 sent, waiting for PUBREC
@@ -33,7 +42,7 @@ WAIT_COMP = 2  # QoS 2 PUBREL sent, waiting for PUBCOMP
 
 
 class Delivery:
-    __slots__ = ("payload", "qos", "retain", "packet_id", "state", "topic", "size")
+    __slots__ = ("payload", "qos", "retain", "packet_id", "state", "topic", "size", "frame", "plen")
 
     def __init__(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> None:
         self.topic = topic
@@ -43,6 +52,8 @@ class Delivery:
         self.packet_id = 0
         self.state = QUEUED
         self.size = len(payload) + len(topic)
+        self.frame: bytes | None = None  # QoS 0: the encoded PUBLISH, shared by every subscriber
+        self.plen = len(payload)
 
 
 class Port(Protocol):
@@ -54,12 +65,16 @@ class Port(Protocol):
 
     def wake(self) -> None: ...  # pending has work for the writer loop
 
+    # (GuardedHandler, the port of every connected session, also offers `hold() -> asyncio.Event | None`
+    # for flow control; the broker's routing calls it.)
+
 
 class OutQueue:
     """Messages for one session. Not thread-safe; everything runs on the broker's event loop."""
 
     __slots__ = ("pending", "inflight", "pending_bytes", "inflight_bytes", "max_messages", "max_bytes",
-                 "max_inflight", "_next_id", "port", "online", "qos2_in")
+                 "max_inflight", "_next_id", "port", "online", "qos2_in", "hold_messages", "hold_bytes",
+                 "release_messages", "release_bytes", "slow")
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
         self.pending: deque[Delivery] = deque()
@@ -73,6 +88,16 @@ class OutQueue:
         self.port: Port | None = None  # set while a connection serves the queue
         self.online = False
         self.qos2_in: set[int] = set()  # inbound QoS 2 ids routed and PUBREC'd, waiting for PUBREL
+        # Backpressure (docs/engine.md, "Flow control"): with this much waiting, the publishers that feed
+        # the session pause until it is back under the release marks; half the queue limits (so the
+        # pause starts well before anything is dropped), and at most 1000 messages / 1 MiB.
+        self.hold_messages = max(1, max_messages // 2) if max_messages else HOLD_MESSAGES
+        self.hold_bytes = max(1, max_bytes // 2) if max_bytes else HOLD_BYTES
+        self.hold_messages = min(self.hold_messages, HOLD_MESSAGES)
+        self.hold_bytes = min(self.hold_bytes, HOLD_BYTES)
+        self.release_messages = self.hold_messages // 4
+        self.release_bytes = self.hold_bytes // 4
+        self.slow = False  # held publishers longer than limits.backpressure_max_stall: no longer holds them
 
     # -- producer side (routing) -----------------------------------------------------------------
     def offer(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> bool:
@@ -103,6 +128,35 @@ class OutQueue:
             port.wake()
         return True
 
+    def offer0(self, frame: bytes, payload_len: int, size: int) -> bool:
+        """`offer` of a QoS 0 message already encoded (`frame`, shared by every subscriber of the
+        message; `size` = topic + payload bytes, as the limits count)."""
+        if not self.online:
+            return True
+        port = self.port
+        if port is not None and not self.pending and port.writable():
+            port.emit(frame, payload_len)
+            return True
+        if (self.max_messages and len(self.pending) >= self.max_messages) or (
+                self.max_bytes and self.pending_bytes + size > self.max_bytes):
+            return False
+        d = Delivery(b"", b"", 0, False)
+        d.frame = frame
+        d.size = size
+        d.plen = payload_len
+        self.pending.append(d)
+        self.pending_bytes += size
+        if port is not None:
+            port.wake()
+        return True
+
+    def over_hold(self) -> bool:
+        """Enough is waiting that the publishers feeding this session should pause (not once slow)."""
+        return not self.slow and (len(self.pending) >= self.hold_messages or self.pending_bytes >= self.hold_bytes)
+
+    def under_release(self) -> bool:
+        return len(self.pending) <= self.release_messages and self.pending_bytes <= self.release_bytes
+
     def depth(self) -> tuple[int, int]:
         """(messages, bytes) held for the session: waiting to be sent plus sent and unacknowledged."""
         return len(self.pending) + len(self.inflight), self.pending_bytes + self.inflight_bytes
@@ -131,10 +185,10 @@ class OutQueue:
                 self.inflight_bytes += d.size
             pending.popleft()
             self.pending_bytes -= d.size
-            frame = encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
+            frame = d.frame or encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
             frames.append(frame)
             total += len(frame)
-            payload_total += len(d.payload)
+            payload_total += d.plen
         return frames, len(frames), payload_total
 
     def resend_frames(self) -> list[bytes]:
@@ -193,6 +247,7 @@ class OutQueue:
         """The connection ended and the session persists: QoS 0 messages not yet sent are dropped."""
         self.online = False
         self.port = None
+        self.slow = False
         if any(d.qos == 0 for d in self.pending):
             kept = deque(d for d in self.pending if d.qos)
             self.pending = kept
@@ -205,3 +260,4 @@ class OutQueue:
         self.qos2_in.clear()
         self.online = False
         self.port = None
+        self.slow = False

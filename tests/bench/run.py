@@ -607,9 +607,45 @@ class Settings:
     idle_timeout: float
     max_time: float
     probe_runs: int
+    pyspy_dir: Path | None = None  # --pyspy: record the broker with py-spy during every measured run
+    pyspy_rate: int = 250
 
 
-def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings) -> dict:
+def start_pyspy(t: Target, case: str, st: Settings, rec: dict) -> tuple[subprocess.Popen, Path] | None:
+    """py-spy record of the broker for the length of one run (raw collapsed stacks, one file per run)."""
+    if st.pyspy_dir is None or t.name == "mosquitto" or t.proc is None:
+        return None
+    exe = VENV_BIN / "py-spy"
+    if not exe.exists():
+        found = shutil.which("py-spy")
+        if not found:
+            rec["pyspy_error"] = "py-spy not installed (.venv/bin/pip install py-spy)"
+            return None
+        exe = Path(found)
+    st.pyspy_dir.mkdir(parents=True, exist_ok=True)
+    n = len(list(st.pyspy_dir.glob(f"{t.name}-{case}-*.txt")))
+    path = st.pyspy_dir / f"{t.name}-{case}-{n + 1}.txt"
+    p = subprocess.Popen([str(exe), "record", "--pid", str(t.proc.pid), "--rate", str(st.pyspy_rate),
+                          "--format", "raw", "--nonblocking", "--output", str(path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.5)  # py-spy attaches
+    return p, path
+
+
+def stop_pyspy(spy: tuple[subprocess.Popen, Path] | None, rec: dict) -> None:
+    if spy is None:
+        return
+    p, path = spy
+    try:
+        os.kill(p.pid, signal.SIGINT)
+        p.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        p.kill()
+        p.wait()
+    rec["pyspy_file"] = str(path)
+
+
+def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings, measure: bool = True) -> dict:
     spec = t.spec
     assert spec is not None and t.proc is not None
     cd = CASES[case]
@@ -633,6 +669,7 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings)
         rec.update(ok=False, error=t.reason)
         return rec
     rec["pre_idle_wait_s"] = wait_idle(t.proc.pid)
+    spy = start_pyspy(t, case, st, rec) if measure else None
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                          start_new_session=True)
     try:
@@ -649,6 +686,8 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings)
             pass
         p.wait()
         raise
+    finally:
+        stop_pyspy(spy, rec)
     line = out.strip().splitlines()[-1] if out.strip() else ""
     try:
         rec.update(json.loads(line))
@@ -669,7 +708,7 @@ def calibrate(ctx: Ctx, t: Target, case: str, st: Settings, log: Callable[[dict]
     cd = CASES[case]
     count = cd["probe"]
     for i in range(st.probe_runs):
-        rec = loadgen_run(ctx, t, case, count, st)
+        rec = loadgen_run(ctx, t, case, count, st, measure=False)
         rec.update(phase="calibration", probe=i)
         log(rec)
         if not rec.get("ok") or not rec.get("sent"):
@@ -883,6 +922,9 @@ def parse_args(argv=None):
                     help="a run ends when nothing is delivered for this long")
     ap.add_argument("--startup-timeout", type=float, default=20.0)
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs and broker logs")
+    ap.add_argument("--pyspy", metavar="DIR", default=None,
+                    help="record every Python broker with py-spy during each measured run (raw stacks in DIR; "
+                         "summarise with tests/bench/pyspy_summary.py); profiling costs the broker some speed")
     a = ap.parse_args(argv)
     a.targets = [x.strip() for x in a.targets.split(",") if x.strip()]
     a.cases = [x.strip() for x in a.cases.split(",") if x.strip()]
@@ -912,7 +954,7 @@ def main(argv=None) -> int:
                   timed_seconds=0.5 if a.quick else 2.0,
                   latency_seconds=1.0 if a.quick else 3.0,
                   idle_timeout=a.idle_timeout, max_time=60.0,
-                  probe_runs=2)
+                  probe_runs=2, pyspy_dir=Path(a.pyspy) if a.pyspy else None)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     session = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(2).hex()
