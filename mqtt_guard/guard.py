@@ -65,6 +65,7 @@ class Guard:
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
         self.auth_backends: list[Any] = []
         self.acl_sources: list[Any] = []
+        self.message_size_limit = 0  # mosquitto's message_size_limit (set by compat): larger PUBLISHes dropped
         # Bumped when a file-backed ACL source reloads; with `acl.policy.version` it tells the engine
         # when decisions it cached (per topic) may have changed.
         self.acl_epoch = 0
@@ -177,6 +178,8 @@ class Guard:
     def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:
         """After the ACL allowed an inbound PUBLISH: False = over quota (rate, events, bytes); drop it
         (QoS 1/2 still acknowledged). Counted as over_quota; on_exceed: disconnect kicks and blocks."""
+        if self.message_size_limit and payload_len > self.message_size_limit:
+            return False  # mosquitto.conf message_size_limit: dropped silently, as mosquitto does
         return self.quota.admit_publish(client, topic, payload_len, qos)
 
     def admit_delivery(self, client: GuardClient, topic: str, payload_len: int) -> bool:

@@ -67,11 +67,13 @@ class ScopeWorld:
 class World:
     scopes: list[ScopeWorld]
     per_listener_settings: bool = False
+    message_size_limit: int = 0  # 0: the line is absent
 
     def describe(self) -> str:
+        limit = f"  message_size_limit {self.message_size_limit}\n" if self.message_size_limit else ""
         if not self.per_listener_settings:
-            return self.scopes[0].describe()
-        return "  per_listener_settings true\n" + "\n".join(s.describe(f"listener{i} ") for i, s in
+            return limit + self.scopes[0].describe()
+        return limit + "  per_listener_settings true\n" + "\n".join(s.describe(f"listener{i} ") for i, s in
                                                             enumerate(self.scopes))
 
 
@@ -81,6 +83,7 @@ class Publish:
     topic: str
     qos: int
     retain: bool
+    pad: int = 0  # extra payload bytes (message_size_limit)
 
 
 @dataclass
@@ -97,7 +100,8 @@ class Scenario:
             subs = self.subscriptions.get(i)
             out.append(f"  client {i}: {c.label()}" + (f" subscribes {subs}" if subs else ""))
         for p in self.publishes:
-            out.append(f"  client {p.who} publishes {p.topic!r} qos {p.qos}{' retained' if p.retain else ''}")
+            out.append(f"  client {p.who} publishes {p.topic!r} qos {p.qos}{' retained' if p.retain else ''}"
+                       f" ({p.pad} bytes of padding)")
         if self.will is not None:
             who, topic, qos, retain = self.will
             out.append(f"  client {who} has the will {topic!r} qos {qos}{' retained' if retain else ''} and drops "
@@ -121,7 +125,8 @@ class Generator:
             # which both brokers refuse at start; on a reload mosquitto 2.0.11 then half-applies the
             # file while mqtt-guard keeps the previous settings (README: deliberate differences).
             scope.acl_via_include = scope.acl_via_include and not scopes[0].acl_via_include
-        return World(scopes, per_listener_settings=listeners > 1)
+        limit = self.rnd.choice([0, 0, 0, 16, 20])
+        return World(scopes, per_listener_settings=listeners > 1, message_size_limit=limit)
 
     def scope_world(self) -> ScopeWorld:
         r = self.rnd
@@ -310,7 +315,7 @@ class Generator:
             for _ in range(r.randint(1, 4)):
                 who = n_subs + r.randrange(n_pubs)
                 s.publishes.append(Publish(who, self.topic(clients[who], world), r.choice([0, 1]),
-                                           kind == "retained" or r.random() < 0.05))
+                                           kind == "retained" or r.random() < 0.05, r.choice([0, 0, 4, 12])))
             topics = [p.topic for p in s.publishes]
         for i in range(n_subs):
             s.subscriptions[i] = [(self.subscription_filter(topics), r.choice([0, 1, 1]))

@@ -119,6 +119,8 @@ class Pair:
             scope_lines.append(lines)
         for conf, ports in ((self.mconf, self.mports), (self.gconf, self.gports)):
             body = [run_as_line()]
+            if world.message_size_limit:
+                body.append(f"message_size_limit {world.message_size_limit}")
             if world.per_listener_settings:
                 body.append("per_listener_settings true")
             for i, port in enumerate(ports):
@@ -200,7 +202,7 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                 if c is None or c.closed:
                     continue
                 try:
-                    await c.publish(p.topic, f"{marker}-{k}".encode(), p.qos, p.retain)
+                    await c.publish(p.topic, f"{marker}-{k}-".encode() + b"x" * p.pad, p.qos, p.retain)
                 except (ConnectionError, TimeoutError) as exc:
                     out[side][f"publish {k}"] = f"error: {type(exc).__name__}"
             for c in {id(c): c for c in clients[side] if c is not None}.values():  # QoS 0 flushed by a ping

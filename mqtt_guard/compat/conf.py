@@ -94,6 +94,7 @@ class MosquittoConfig:
     max_queued_messages: int | None = None
     max_queued_bytes: int | None = None
     max_packet_size: int | None = None
+    message_size_limit: int = 0
     sys_interval: int | None = None
     persistence: bool = False
     pid_file: str | None = None
@@ -394,7 +395,13 @@ class _Parser:
             if not self.boolean(line, pos, key, where):
                 raise self.fail(where, key, f"`{key} false` is not supported by mqtt-guard: {info.note}")
             return
-        if key in ("max_inflight_bytes", "memory_limit", "message_size_limit"):
+        if key == "message_size_limit":
+            value = self.integer(line, pos, key, where)
+            if value < 0 or value > MQTT_MAX_PACKET:
+                raise self.fail(where, key, f"invalid message_size_limit value ({value})")
+            conf.message_size_limit = value
+            return
+        if key in ("max_inflight_bytes", "memory_limit"):
             if self.integer(line, pos, key, where) != 0:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return

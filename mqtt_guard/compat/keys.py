@@ -105,7 +105,8 @@ KEYS: dict[str, KeyInfo] = {
     "max_queued_messages": KeyInfo("global", SUPPORTED, "messages queued per client; 0 = no limit"),
     "max_queued_bytes": KeyInfo("global", SUPPORTED, "bytes queued per client; 0 = no limit"),
     "queue_qos0_messages": KeyInfo("global", PARTIAL, "only `false`"),
-    "message_size_limit": KeyInfo("global", PARTIAL, "only 0 (no limit); use max_packet_size, which disconnects"),
+    "message_size_limit": KeyInfo("global", SUPPORTED, "PUBLISHes with a larger payload are dropped, QoS 1 still "
+                                  "acknowledged (measured); 0 = no limit", "reloaded"),
     "max_packet_size": KeyInfo("global", SUPPORTED, "larger packets close the connection"),
     "max_keepalive": KeyInfo("global", IGNORED, "mosquitto 2.0.11 applies it to MQTT 5 clients only (measured: "
                              "3.1.1 clients with a larger or zero keep-alive are accepted and kept)"),

@@ -141,8 +141,7 @@ def run_mosquitto_conf(path: str, base: GuardConfig, **options: Any) -> int:
     from ..engine.runner import run  # late: amqtt is heavy
 
     async def prepare(guard: Any) -> None:
-        guard.auth_backends.append(security)
-        guard.acl_sources.append(security)
+        security.install(guard)
         log.info("mosquitto configuration %s: %d listener(s); %s", path, len(config.listeners),
                  "; ".join(f"{s.name}: allow_anonymous {str(s.allow_anonymous).lower()}, password_file "
                            f"{s.password_file or 'none'}, acl_file {s.acl_file or 'none'}" for s in security.scopes))

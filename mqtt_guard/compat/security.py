@@ -106,6 +106,14 @@ class MosquittoSecurity:
         self.listeners = listeners  # the GuardConfig listeners built from `conf`, in the same order
         self.state = self._build(conf, None)
         self.reloads = 0
+        self.guard: Any = None  # set by install(): the Guard whose message_size_limit follows reloads
+
+    def install(self, guard: Any) -> None:
+        """Plug into a Guard: auth backend, ACL source, and the message_size_limit of the configuration."""
+        self.guard = guard
+        guard.auth_backends.append(self)
+        guard.acl_sources.append(self)
+        guard.message_size_limit = self.conf.message_size_limit
 
     @property
     def scopes(self) -> list[Scope]:
@@ -241,6 +249,8 @@ class MosquittoSecurity:
         if conf is not None and state is not None:
             self.conf = conf
             logging.getLogger().setLevel(log_level(conf).upper())  # log_type is reloaded too
+            if self.guard is not None:
+                self.guard.message_size_limit = conf.message_size_limit
         if failure:
             log.error("reload failed: %s; the previous settings stay in force%s", failure,
                       " (their password_file and acl_file were read again)" if state is not None else "")

@@ -122,7 +122,7 @@ def test_listeners_and_the_anonymous_default(tmp_path, text, ports_and_anonymous
     ("listener 1883\nmount_point x/\n", ":2: mount_point: not supported by mqtt-guard"),
     ("max_qos 1\n", "only 2 (the default) is supported"),
     ("queue_qos0_messages true\n", "`queue_qos0_messages true` is not supported"),
-    ("message_size_limit 100\n", "only 0 (no limit)"),
+    ("message_size_limit -1\n", "invalid message_size_limit value (-1)"),
     ("tls_version tlsv1.3\n", "`tls_version tlsv1.3` is not supported"),
     ("listener 0 /tmp/sock\n", "unix socket listeners"),
     ("listener 70000\n", "invalid port value (70000)"),
