@@ -62,7 +62,7 @@ from ..plugins.acl import GuardAclPlugin
 from .protocol import encode_publish
 from .queues import OutQueue
 from .routing import TopicTrie
-from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, auth_result_of, queue_of
+from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, GuardedSession, auth_result_of, queue_of
 
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
@@ -239,7 +239,8 @@ class GuardedBroker(Broker):
         limits = self.guard_config.limits
         timeout = limits.connect_timeout
         try:
-            first, body = await asyncio.wait_for(_read_packet(reader, limits.max_packet_size), timeout)
+            async with asyncio.timeout(timeout):  # (a timer, not a Task as wait_for would make)
+                first, body = await _read_packet(reader, limits.max_packet_size)
             if first != CONNECT << 4:
                 raise ProtocolViolation(f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT"
                                         " [MQTT-3.1.0-1]")
@@ -267,7 +268,7 @@ class GuardedBroker(Broker):
         return None
 
     def _session_from(self, info: ConnectInfo, writer: WriterAdapter) -> Session:
-        session = Session()
+        session = GuardedSession()
         session.client_id = info.client_id
         session.clean_session = info.clean
         if info.will is not None:

@@ -12,6 +12,10 @@ Cases (see README.md):
   fanout_qos0   --subs 10 --count N     1 publisher -> 10 subscribers on bench/fan
   connect_rate  --concurrency C --duration S    CONNECT+CONNACK+DISCONNECT loops
   latency       --rate R --duration S   paced QoS0, timestamp in payload
+  iot           --clients 1000 --client-rate 2 --duration S --workers 4
+                                        1000 connected clients (keepalive 60), each publishing a
+                                        few QoS0 messages/s to its own topic -> 1 subscriber;
+                                        latency and broker CPU per message
 
 Standard library only. Usable stand-alone, e.g.
   python tests/bench/loadgen.py fanin_qos0 --port 1883 --count 5000 --broker-pids 1234
@@ -41,7 +45,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NCPU = os.cpu_count() or 1
 SAMPLE_INTERVAL = 0.025
 
-CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency")
+CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "iot")
 
 
 # --------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
                 sock.sendall(b"".join(acks))
             return got
         extra_info = stats
-    else:  # latency
+    else:  # latency, iot
         reader = mr.PacketReader()
         lat: list[int] = []
         stats = {"foreign": 0, "other": 0}
@@ -350,7 +354,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
                    other_packets=fc.other_packets, foreign=fc.foreign_publishes)
         if fc.other_types:
             res["other_types"] = fc.other_types
-    if a.case == "latency":
+    if a.case in ("latency", "iot"):
         res["lat_ns"] = lat
     _close(sock, not res.get("closed_by_broker"))
 
@@ -444,6 +448,60 @@ def pub_worker(idx, a, sh, ready_q, go, stop, res):
     _close(sock, not res.get("closed_by_broker"))
 
 
+def iot_worker(idx, a, sh, ready_q, go, stop, res):
+    """Many device connections in one process: each publishes QoS0 to its own topic at
+    --client-rate msg/s, phases spread evenly so the aggregate rate is smooth."""
+    first = idx * a.clients // a.workers
+    last = (idx + 1) * a.clients // a.workers
+    socks = []
+    payload = b"\x5a" * a.payload
+    heads = []
+    for i in range(first, last):
+        sock, _reader = mr.mqtt_connect(a.host, a.port, f"bd-{a.run_id}-{i}", a.username, a.password,
+                                        timeout=a.connect_timeout, keepalive=60)
+        sock.setblocking(False)
+        socks.append(sock)
+        heads.append(mr.encode_publish(f"{topic_prefix(a)}d{i}", payload)[: -a.payload])
+    res["connected"] = len(socks)
+    ready_q.put(("ready", "pub", idx, None))
+    if not go.wait(a.setup_timeout):
+        raise TimeoutError("go signal never came")
+    t0 = sh.go_time.value
+    period = 1.0 / a.client_rate
+    n_per = a.count  # messages per client
+    # client i (global index) sends message k at t0 + (i / clients + k) * period
+    sched = range(len(socks))  # in phase order
+    pad = payload[8:]
+    pack = struct.pack
+    ns = time.monotonic_ns
+    mono = time.monotonic
+    sent = behind = blocked = 0
+    for k in range(n_per):
+        for j in sched:
+            target = t0 + ((first + j) / a.clients + k) * period
+            d = target - mono()
+            if d > 0:
+                time.sleep(d)
+            elif d < -0.002:
+                behind += 1
+            try:
+                socks[j].send(heads[j] + pack("!q", ns()) + pad)
+            except BlockingIOError:
+                blocked += 1  # the broker does not read this device: its message is not sent
+                continue
+            sent += 1
+        sh.pub_progress[idx] = sent
+        if stop.is_set():
+            break
+    t_end = mono()
+    sh.pub_done[idx] = t_end
+    res.update(sent=sent, t_start=t0, t_end=t_end, late_sends_over_2ms=behind, send_blocked=blocked)
+    stop.wait(a.max_time)
+    for sock in socks:
+        sock.setblocking(True)
+        _close(sock)
+
+
 def conn_worker(idx, a, sh, ready_q, go, stop, res):
     """CONNECT -> CONNACK -> DISCONNECT -> wait for the broker to close, in a loop."""
     ready_q.put(("ready", "conn", idx, None))
@@ -516,9 +574,12 @@ def run(a) -> dict:
     elif case == "latency":
         nsubs, npubs, nconn = 1, 1, 0
         a.count = int(a.rate * a.duration)
+    elif case == "iot":
+        nsubs, npubs, nconn = 1, a.workers, 0
+        a.count = max(1, int(a.client_rate * a.duration))
     else:
         nsubs, npubs, nconn = 0, 0, a.concurrency
-    a.expected_per_sub = a.count * npubs
+    a.expected_per_sub = a.count * (a.clients if case == "iot" else npubs)
     sh = Shared(ctx, nsubs, max(npubs, nconn))
     ready_q = ctx.Queue()
     result_q = ctx.Queue()
@@ -570,7 +631,7 @@ def run(a) -> dict:
             wait_ready(nconn, "connect")
         else:
             for i in range(npubs):
-                start(pub_worker, "pub", i)
+                start(iot_worker if case == "iot" else pub_worker, "pub", i)
             wait_ready(npubs, "publisher")
         groups["gen"] = [os.getpid()] + [p.pid for p in procs]
         # let delayed ACKs of the setup packets fire: a broker without
@@ -684,13 +745,16 @@ def run(a) -> dict:
             if case == "fanin_qos1":
                 out["acked"] = sum(r.get("acked", 0) for r in pubs)
                 out["dup_flag"] = sum(r.get("dup_flag", 0) for r in subs)
-            if case == "latency":
+            if case in ("latency", "iot"):
                 lat = [x / 1000.0 for r in subs for x in r.get("lat_ns", [])]
                 pc = percentiles(lat, (50, 90, 99))
                 out["latency_us"] = {k: round(v, 1) for k, v in pc.items()}
                 out["late_sends_over_2ms"] = sum(r.get("late_sends_over_2ms", 0) for r in pubs)
                 out["rate"] = round(sent / dur, 1) if dur > 0 else None
                 out["rate_unit"] = "msg/s (paced)"
+            if case == "iot":
+                out["clients"] = sum(r.get("connected", 0) for r in pubs)
+                out["send_blocked"] = sum(r.get("send_blocked", 0) for r in pubs)
             framing = {k: sum(r.get(k, 0) or 0 for r in subs)
                        for k in ("slow_frames", "other_packets", "foreign") if any(k in r for r in subs)}
             ot: dict = {}
@@ -704,6 +768,9 @@ def run(a) -> dict:
             if delivered == 0 and sent:
                 errs.append("nothing delivered")
         out["broker_cpu_pct"] = sampler.cpu_pct("broker", t_go, t_end)
+        if out.get("broker_cpu_pct") is not None and out.get("delivered") and t_end and t_go:
+            out["broker_us_per_msg"] = round(out["broker_cpu_pct"] / 100.0 * (t_end - t_go) * 1e6
+                                             / out["delivered"], 2)
         out["redis_cpu_pct"] = sampler.cpu_pct("redis", t_go, t_end)
         out["gen_cpu_pct"] = sampler.cpu_pct("gen", t_go, t_end)
         out["machine_busy_pct"], out["steal_pct"] = sampler.machine(t_go, t_end)
@@ -749,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--duration", type=float, default=3.0, help="connect_rate / latency seconds")
     ap.add_argument("--rate", type=float, default=1000.0, help="latency msg/s")
+    ap.add_argument("--clients", type=int, default=1000, help="iot: connected devices")
+    ap.add_argument("--client-rate", type=float, default=2.0, help="iot: msg/s per device")
+    ap.add_argument("--workers", type=int, default=4, help="iot: load generator processes for the devices")
     ap.add_argument("--broker-pids", default="", help="comma separated; their children are included")
     ap.add_argument("--redis-pid", type=int, default=0)
     ap.add_argument("--idle-timeout", type=float, default=20.0,

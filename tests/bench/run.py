@@ -45,11 +45,11 @@ LOADGEN = BENCH_DIR / "loadgen.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ALL_TARGETS = ("amqtt", "mosquitto", "guard-off", "guard-on")
-ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency")
+ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "iot")
 GUARD_PREFIX = "bench:"
 
 # --------------------------------------------------------------------------
-# guard-on: what a later engineer fills in (see README.md "guard-on")
+# guard-off / guard-on
 # --------------------------------------------------------------------------
 
 # guard-off: the mqtt-guard broker with its guards as far off as the config
@@ -59,6 +59,7 @@ GUARD_OFF = {
     # Since the Redis ACL landed (default deny), an anonymous client may not
     # even SUBSCRIBE without a rule, so guard-off sets the ACL default to allow.
     # Return {} to run the bare command line of the issue (no --config).
+    # (The analytics counters and their flush to Redis cannot be switched off: they run here too.)
     "config": lambda ctx: {"acl": {"default": "allow"}},
 }
 
@@ -72,31 +73,30 @@ GUARD_ON = {
     "acl_rules": 1000,           # total; one of them is acl_match_filter
     "acl_match_filter": "bench/#",
     "acl_access": "readwrite",
+    # the bench user's quota (`mqtt-guard quota set bench ...`, docs/quotas.md): every per-message limit
+    # on (events in and out, bytes, publish rate token bucket, sessions, slow-consumer marks), all far
+    # above what a run sends, so the cost of the accounting is measured, not denials
+    "quota_args": ["--events", "2000000000/1d", "--events-direction", "both", "--bytes", "500GB/1d",
+                   "--rate", "5000000/s:5000000", "--sessions", "100000", "--max-queue", "100000",
+                   "--queue-grace", "60s"],
     # broker arguments on top of `--redis-url U --prefix bench: broker --bind H:P --config FILE`.
     # No --allow-anonymous here: on the command line it overrides the config's
     # auth.allow_anonymous=false, and guard-on must refuse anonymous clients.
     "broker_args": [],
-    # guard features the config below does not switch on yet; listed in the
-    # summary so guard-on numbers are not mistaken for the full guard
-    "pending": ["quotas", "analytics"],
+    # guard features the config below does not switch on; listed in the summary so guard-on numbers are
+    # not mistaken for the full guard (empty: everything is on)
+    "pending": [],
 }
 
 
 def guard_on_config(ctx: "Ctx") -> dict:
     """The YAML document passed as ``broker --config FILE`` to the guard-on target.
 
-    Keys follow mqtt_guard/config.py as of commit 5a5e8bd (sections listeners,
-    redis, auth, acl, limits, log; validated strictly, unknown keys stop the
-    broker). Listeners come from --bind; redis url/prefix from the CLI flags.
-
-    TODO(issue 7): when the quota and analytics sections land in the config
-    schema, add them here, e.g. (names are guesses until the schema exists)
-        "quota": {...per-client limits set far above what a run sends, so the
-                  cost of counting is measured, not the cost of denials...},
-        "analytics": {...per-client counters on...},
-    and remove them from GUARD_ON["pending"]. Per-user quota overrides that live
-    in Redis (docs/quotas.md: <prefix>quota:user:<username>) go into
-    setup_guard_on().
+    Keys follow mqtt_guard/config.py (validated strictly, unknown keys stop the broker). Listeners come
+    from --bind; redis url/prefix from the CLI flags. Every guard is on: password auth (anonymous
+    refused), the Redis ACL (default deny, 1,000 rules for the bench user), quotas (the bench user's
+    limits, written in setup_guard_on) and analytics (counters flushed to Redis every second, per-user
+    and top-N series, /metrics served, $SYS published).
     """
     return {
         "redis": {"url": ctx.redis_url, "prefix": GUARD_PREFIX},
@@ -104,6 +104,10 @@ def guard_on_config(ctx: "Ctx") -> dict:
         "auth": {"allow_anonymous": False},
         # topic ACLs from Redis, default deny: only the bench user's bench/# rule lets traffic through
         "acl": {"default": "deny"},
+        # analytics (docs/analytics.md)
+        "metrics": {"flush_interval": "1s", "prometheus_bind": f"127.0.0.1:{ctx.metrics_port}",
+                    "per_user_allowlist": [GUARD_ON["username"]], "top_n": 10, "sys_interval": "10s"},
+        "plugins": {"mqtt_guard.plugins.sys.GuardSysPlugin": {}},
     }
 
 
@@ -319,6 +323,7 @@ class Ctx:
     redis_port: int | None = None
     redis_pid: int | None = None
     redis_error: str | None = None
+    metrics_port: int = 0  # guard-on's /metrics
 
     @property
     def redis_url(self) -> str:
@@ -445,8 +450,31 @@ def setup_guard_on(ctx: Ctx) -> list[str]:
         raise Unavailable(f"writing ACL rules to Redis failed: {type(e).__name__}: {e}")
     if n != GUARD_ON["acl_rules"]:
         raise Unavailable(f"expected {GUARD_ON['acl_rules']} ACL rules in {GUARD_ON['acl_key']}, found {n}")
+    argv = guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
+                             "quota", "set", GUARD_ON["username"], *GUARD_ON["quota_args"]]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"`mqtt-guard quota set` failed to run: {e}")
+    if r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise Unavailable(f"`mqtt-guard quota set` exited {r.returncode}: {' | '.join(msg[-3:])[-400:]}")
     return [f"user {GUARD_ON['username']} created via CLI; {n} ACL rules in {GUARD_ON['acl_key']} "
-            f"(1 matching {GUARD_ON['acl_match_filter']!r})"]
+            f"(1 matching {GUARD_ON['acl_match_filter']!r}); quota: `quota set {GUARD_ON['username']} "
+            f"{' '.join(GUARD_ON['quota_args'])}`"]
+
+
+def check_metrics_endpoint(port: int) -> str:
+    """guard-on's analytics really run: /metrics answers with the broker's counters."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode(errors="replace")
+    except OSError as e:
+        raise Unavailable(f"analytics: /metrics on 127.0.0.1:{port} does not answer: {e}")
+    if "mqtt_guard" not in body:
+        raise Unavailable(f"analytics: /metrics on 127.0.0.1:{port} has no mqtt_guard series")
+    return f"/metrics on 127.0.0.1:{port}: {sum(1 for x in body.splitlines() if x and x[0] != '#')} samples"
 
 
 def write_yaml(path: Path, doc: dict) -> None:
@@ -459,6 +487,7 @@ def write_yaml(path: Path, doc: dict) -> None:
 
 def target_guard_on(ctx: Ctx, port: int) -> TargetSpec:
     need_redis(ctx)
+    ctx.metrics_port = free_port()
     argv = guard_base_argv(ctx, port)  # raises Unavailable if the CLI is missing
     notes = setup_guard_on(ctx)
     cfg = ctx.tmp / "guard-on.yaml"
@@ -524,6 +553,13 @@ def start_target(ctx: Ctx, name: str, startup_timeout: float) -> Target:
             return t
         try:
             broker_smoke(spec)
+            if name == "guard-on":
+                try:
+                    spec.notes.append(check_metrics_endpoint(ctx.metrics_port))
+                except Unavailable as e:
+                    t.status, t.reason = "unavailable", str(e)
+                    PROCS.stop(t.proc.pid)
+                    return t
             t.status = "running"
             return t
         except ConnectionRefusedError as e:  # not listening yet, or CONNACK refusal
@@ -586,6 +622,11 @@ CASES = {
                      "desc": "4 concurrent raw clients: CONNECT(+user/pass if auth)+CONNACK+DISCONNECT+close; conn/s"},
     "latency": {"kind": "timed", "args": ["--rate", "1000"],
                 "desc": "1 publisher -> 1 subscriber, paced 1,000 msg/s QoS0; end-to-end latency"},
+    "iot": {"kind": "timed", "args": ["--clients", "1000", "--client-rate", "3", "--workers", "4",
+                                      "--setup-timeout", "90"],
+            "desc": "1,000 connected devices (keepalive 60), each publishing 3 QoS0 msg/s to its own topic "
+                    "(3,000 msg/s in all, evenly paced) -> 1 subscriber on bench/#; broker CPU per message "
+                    "and end-to-end latency"},
 }
 
 # metrics tabulated per case: (label, path into the run record, higher is better)
@@ -596,6 +637,8 @@ METRICS = {
     "connect_rate": [("conn/s", ("rate",), True)],
     "latency": [("p50 µs", ("latency_us", "p50"), False), ("p90 µs", ("latency_us", "p90"), False),
                 ("p99 µs", ("latency_us", "p99"), False), ("max µs", ("latency_us", "max"), False)],
+    "iot": [("broker CPU µs/msg", ("broker_us_per_msg",), False), ("p50 µs", ("latency_us", "p50"), False),
+            ("p99 µs", ("latency_us", "p99"), False), ("max µs", ("latency_us", "max"), False)],
 }
 
 
@@ -604,6 +647,7 @@ class Settings:
     run_seconds: float
     timed_seconds: float
     latency_seconds: float
+    iot_seconds: float
     idle_timeout: float
     max_time: float
     probe_runs: int
@@ -662,6 +706,8 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
         argv += ["--duration", str(st.timed_seconds)]
     elif case == "latency":
         argv += ["--duration", str(st.latency_seconds)]
+    elif case == "iot":
+        argv += ["--duration", str(st.iot_seconds)]
     rec: dict = {"target": t.name, "case": case}
     if t.proc.poll() is not None:
         t.status = "died"
@@ -882,7 +928,8 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
                             lossy.append(f"{case}/{name}: lost {', '.join(f'{x:,}' for x in lv)} of "
                                          f"{', '.join(f'{x:,}' for x in ev)}")
                 n_cell = str(t.counts.get(case, "")) if CASES[case]["kind"] == "burst" else (
-                    f"{meta['timed_seconds']} s" if case == "connect_rate" else f"{meta['latency_seconds']} s")
+                    f"{meta['timed_seconds']} s" if case == "connect_rate" else
+                    f"{meta['iot_seconds']} s" if case == "iot" else f"{meta['latency_seconds']} s")
                 L.append(f"| {case} | {label} | {name} | {val} | {fmt_ratio(e['ratio_amqtt'])} | "
                          f"{fmt_ratio(e['ratio_guard_off'])} | {lost_cell} | {fmt_stat(e['broker_cpu_pct'])} | "
                          f"{fmt_stat(e['gen_cpu_pct'])} | {fmt_stat(e['redis_cpu_pct'])} | "
@@ -896,11 +943,17 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
     L.append("Cases:")
     for case in cases:
         L.append(f"- `{case}`: {CASES[case]['desc']}")
-    if "guard-on" in targets and GUARD_ON["pending"] and targets["guard-on"].status == "running":
+    if "guard-on" in targets and targets["guard-on"].status == "running":
         L.append("")
-        L.append(f"**guard-on is incomplete**: auth (password per client) and the Redis ACL "
-                 f"({GUARD_ON['acl_rules']} rules) are on; {', '.join(GUARD_ON['pending'])} are not configured yet "
-                 "(tests/bench/run.py `guard_on_config`).")
+        if GUARD_ON["pending"]:
+            L.append(f"**guard-on is incomplete**: auth (password per client) and the Redis ACL "
+                     f"({GUARD_ON['acl_rules']} rules) are on; {', '.join(GUARD_ON['pending'])} are not configured "
+                     "yet (tests/bench/run.py `guard_on_config`).")
+        else:
+            L.append(f"**guard-on is complete**: password auth (anonymous refused), the Redis ACL "
+                     f"({GUARD_ON['acl_rules']} rules, default deny), quotas (events in+out, bytes, rate, sessions, "
+                     "slow-consumer marks for the bench user) and analytics (counters flushed to Redis every "
+                     "second, /metrics, $SYS) are all on.")
     L.append("")
     return summary, "\n".join(L)
 
@@ -953,6 +1006,7 @@ def main(argv=None) -> int:
     st = Settings(run_seconds=a.run_seconds,
                   timed_seconds=0.5 if a.quick else 2.0,
                   latency_seconds=1.0 if a.quick else 3.0,
+                  iot_seconds=2.0 if a.quick else 4.0,
                   idle_timeout=a.idle_timeout, max_time=60.0,
                   probe_runs=2, pyspy_dir=Path(a.pyspy) if a.pyspy else None)
     out = Path(a.out)
@@ -970,7 +1024,7 @@ def main(argv=None) -> int:
           f"out={out}", flush=True)
     meta = {"session": session, "started": started, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "rounds": a.rounds, "run_seconds": st.run_seconds, "timed_seconds": st.timed_seconds,
-            "latency_seconds": st.latency_seconds, "quick": a.quick}
+            "latency_seconds": st.latency_seconds, "iot_seconds": st.iot_seconds, "quick": a.quick}
 
     tmp = Path(tempfile.mkdtemp(prefix="mqtt-guard-bench-"))
     ctx = Ctx(tmp=tmp)
@@ -1053,10 +1107,13 @@ def progress_line(r: dict) -> str:
     head = f"[r{r.get('round')}] {r['case']:12s} {r['target']:9s}"
     if not r.get("ok"):
         return f"{head} FAILED: {r.get('error')}"
-    if r["case"] == "latency":
+    if r["case"] in ("latency", "iot"):
         lat = r.get("latency_us", {})
         main = (f"p50 {fmt_num(lat.get('p50'))} µs, p99 {fmt_num(lat.get('p99'))} µs, "
                 f"max {fmt_num(lat.get('max'))} µs, lost {r.get('lost')}")
+        if r["case"] == "iot":
+            main += (f", {r.get('clients')} clients, {fmt_num(r.get('rate'))} msg/s, "
+                     f"broker {fmt_num(r.get('broker_us_per_msg'))} µs/msg")
     elif r["case"] == "connect_rate":
         main = f"{fmt_num(r.get('rate'))} conn/s, errors {r.get('errors')}"
     else:
