@@ -58,3 +58,20 @@ def start_broker(redis_server: RedisServer, prefix: str) -> Iterator[Callable[..
     yield start
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+def start_sidecar(redis_server: RedisServer, prefix: str):  # noqa: ANN201
+    """`mqtt-guard sidecar` subprocesses against the test's Redis and prefix, stopped at teardown."""
+    from tests.sidecar.helpers import SidecarProcess
+
+    started: list[SidecarProcess] = []
+
+    def start(*args: str) -> SidecarProcess:
+        sidecar = SidecarProcess(redis_server.url, prefix, *args)
+        started.append(sidecar)
+        return sidecar.start()
+
+    yield start
+    for sidecar in started:
+        sidecar.stop()

@@ -27,6 +27,7 @@ from ..store.keys import Keys
 from ..store.stats import StatsReader
 from .prometheus import NS, LagCollector, _families_of_counts, metrics_route, serve_http
 from .rates import LoopLagMonitor
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("mqtt_guard.metrics")
 
@@ -67,13 +68,8 @@ class FleetMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-guard-fleet-metrics")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

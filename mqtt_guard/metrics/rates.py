@@ -8,6 +8,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from ..tasks import cancel_and_wait
 
 # Rate history resolutions: (name used in key names, bucket seconds, how long buckets are kept).
 RES_10S = ("10s", 10, 3600)  # 10 s buckets for the last hour
@@ -100,13 +101,8 @@ class LoopLagMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-guard-loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from .. import __version__
 from ..store.stats import HB_CLIENTS, HB_HOST, HB_PID, HB_STARTED, HB_VERSION, Batch, StatsWriter, batch_from_drain
 from . import counters as C
 from .rates import RES_10S, LoadAverage, LoopLagMonitor, next_boundary
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..guard import Guard
@@ -154,13 +155,7 @@ class MetricsService:
 
     async def close(self, timeout: float = 3.0) -> None:
         """Stop; the last counts go to Redis if it answers within `timeout` seconds."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._http is not None:
             self._http.close()

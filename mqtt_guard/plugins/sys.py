@@ -18,6 +18,7 @@ from amqtt.plugins.base import BasePlugin
 from ..guard import guard_of
 from ..metrics.service import BrokerSample
 from ..metrics.sys import SysState, sys_topics
+from ..tasks import cancel_and_wait
 
 try:  # the engine's own outgoing queue, when the engine has one
     from ..engine.session_info import queue_of as _queue_of
@@ -74,13 +75,8 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
             self._task = asyncio.get_running_loop().create_task(self._run(interval), name="mqtt-guard-sys")
 
     async def on_broker_pre_shutdown(self, *args: Any, **kwargs: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def publish_once(self) -> int:
         """Publish the $SYS values that changed; returns how many."""

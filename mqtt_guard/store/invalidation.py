@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import redis.asyncio as aioredis
 
 from .connection import REDIS_ERRORS, make_async_client
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger("mqtt_guard.store.invalidation")
 
@@ -52,10 +53,8 @@ class InvalidationListener:
         self._task = asyncio.create_task(self._run(), name="mqtt-guard-invalidation")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         first = True
