@@ -186,6 +186,11 @@ class Guard:
         """After the RECEIVE ACL allowed a delivery to `client`: False = withhold it (over quota)."""
         return self.quota.admit_delivery(client, topic, payload_len)
 
+    def delivery_group(self, clients: list[GuardClient]) -> Any:
+        """`admit_delivery` for one message to each of `clients` at once: `.admit(topic, payload_len)`
+        returns None (all admitted) or the ids withheld; `.current()` False = build a new group."""
+        return self.quota.delivery_group(clients)
+
     def bind_broker(self, broker: Any) -> None:
         """The engine registers itself: the quota heartbeat reads `broker.queue_depth(client_id)`."""
         self.broker = broker

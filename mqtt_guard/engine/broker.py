@@ -135,13 +135,13 @@ class GuardedBroker(Broker):
         self._cacheable = all(isinstance(p, GuardAclPlugin) for p, _ in self._topic_checks)
         self.fast_publish = self._sync_checks and not self._fire_msg_received and not self._fire_msg_broadcast
         self._trie = TopicTrie()
-        self._routes: dict[str, tuple[list[tuple[OutQueue, int, Any, str]], list[str]]] = {}
+        self._routes: dict[str, list[Any]] = {}  # topic -> [targets, withheld, DeliveryGroup | None]
         self._policy = guard.acl.policy
         self._policy_version = self._policy.version
         self._guard_epoch = guard.acl_epoch
         self.acl_epoch = 0  # handlers' PUBLISH decision caches are valid while this is unchanged
         self._admit_publish = guard.admit_publish
-        self._admit_delivery = guard.admit_delivery
+        self._delivery_group = guard.delivery_group
         self._check_errors = 0
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
@@ -589,9 +589,10 @@ class GuardedBroker(Broker):
                     targets[target.client_id] = (target, granted)  # type: ignore[index]
         return targets
 
-    def _make_route(self, topic: str) -> tuple[list[tuple[OutQueue, int, Any, str]], list[str]]:
+    def _make_route(self, topic: str) -> list[Any]:
         """The targets of `topic` that pass the RECEIVE check (queue, granted QoS, guard client, client
-        id) and the client ids withheld; cached when only the guard's own ACL plugin decides."""
+        id), the client ids withheld, and the quota's DeliveryGroup of the targets' guard clients;
+        cached when only the guard's own ACL plugin decides."""
         targets = []
         withheld = []
         errors = self._check_errors
@@ -603,7 +604,8 @@ class GuardedBroker(Broker):
                 targets.append((queue, granted, target.attributes.get(CLIENT), client_id))
             else:
                 withheld.append(client_id)
-        route = (targets, withheld)
+        clients = [t[2] for t in targets if t[2] is not None]
+        route = [targets, withheld, self._delivery_group(clients) if clients else None]
         if self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -619,12 +621,16 @@ class GuardedBroker(Broker):
         fresh = route is None
         if route is None:
             route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
-        targets, withheld = route
+        targets, withheld, group = route
+        refused = None
+        if group is not None:  # quota accounting of every delivery (one spend per user when it can)
+            if not group.current():
+                group = route[2] = self._delivery_group([t[2] for t in targets if t[2] is not None])
+            refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
-        admit = self._admit_delivery
         size = len(topic_raw) + plen
         for queue, granted, client, client_id in targets:
-            if client is not None and not admit(client, topic, plen):
+            if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
             if dq == 0:

@@ -18,6 +18,34 @@ from pathlib import Path
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
+# Self time (the sampled leaf frame) grouped for docs/performance.md; the first matching rule wins.
+CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("quota accounting", ("QuotaEnforcer.", "DeliveryGroup.", "Guard.admit_", "Limits.", "TokenBucket.",
+                          "Entry.")),
+    ("ACL decisions", ("Guard.may", "AclPolicy.", "LiveAcl.", "GuardAclPlugin.", "_check_sync", "_topic_filtering",
+                       "Subject.")),
+    ("counters / analytics", ("Counters.", "MetricsService.", "StatsWriter.", "Redis", "Pipeline", "redis",
+                              "Connection.", "Encoder.", "Timeout.", "(stats.py)", "(connection.py)",
+                              "(client.py)", "(core.py)", "(hiredis.py)")),
+    ("reader: parse + validate", ("_reader_loop", "_publish (handler", "_new_topic", "parse_fixed_header",
+                                  "decode_utf8", "check_topic", "Cursor.", "_on_publish", "_dispatch",
+                                  "_flush_in", "_read_chunk", "StreamReader.", "data_received")),
+    ("routing: match, fan-out, queues", ("_route", "_fanout", "_make_route", "_match", "publish_fast",
+                                         "handle_publish", "TopicTrie", "Broker._matches", "OutQueue.",
+                                         "queue_of", "Delivery.")),
+    ("writing: coalesce + send", ("emit", "_flush_coalesced", "_write_frames", "_writer_loop", "writable",
+                                  "wake", "_ack", "send (handler", "encode_publish", "Event.set")),
+    ("event loop, sockets (C, uvloop)", ("Runner.run", "run_until_complete", "run_forever")),
+]
+
+
+def category(leaf: str) -> str:
+    for name, needles in CATEGORIES:
+        if any(n in leaf for n in needles):
+            return name
+    return "other"
+
+
 def parse_line(line: str) -> tuple[list[str], int] | None:
     line = line.rstrip("\n")
     if not line:
@@ -73,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'incl %':>7} {'self %':>7}  function (file)")
     for f, n in incl.most_common(a.top):
         print(f"{100 * n / total:7.1f} {100 * self_[f] / total:7.1f}  {f}")
+    print()
+    cats: Counter[str] = Counter()
+    for f, n in self_.items():
+        cats[category(f)] += n
+    print("self time by category:")
+    for c, n in cats.most_common():
+        print(f"{100 * n / total:7.1f}  {c}")
     print()
     print("top self:")
     for f, n in self_.most_common(a.top):

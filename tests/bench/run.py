@@ -610,13 +610,13 @@ def start_redis(ctx: Ctx) -> None:
 # that a run lasts about --run-seconds; "timed": fixed duration.
 CASES = {
     "fanin_qos0": {"kind": "burst", "args": ["--pubs", "4"], "clients": 4, "per": "pub",
-                   "probe": 500, "min": 100, "max": 250_000,
+                   "probe": 500, "min": 100, "max": 500_000,
                    "desc": "4 publishers -> 1 subscriber on bench/#, 64 B, QoS0; delivered msg/s"},
     "fanin_qos1": {"kind": "burst", "args": ["--pubs", "4", "--window", "100"], "clients": 4, "per": "pub",
                    "probe": 250, "min": 100, "max": 60_000,
                    "desc": "same, publishers QoS1 with 100 un-PUBACKed in flight each, subscriber QoS1; delivered msg/s"},
     "fanout_qos0": {"kind": "burst", "args": ["--subs", "10"], "clients": 10, "per": "sub",
-                    "probe": 500, "min": 100, "max": 200_000,
+                    "probe": 500, "min": 100, "max": 400_000,
                     "desc": "1 publisher -> 10 subscribers on bench/fan, QoS0; deliveries/s"},
     "connect_rate": {"kind": "timed", "args": ["--concurrency", "4"],
                      "desc": "4 concurrent raw clients: CONNECT(+user/pass if auth)+CONNACK+DISCONNECT+close; conn/s"},
