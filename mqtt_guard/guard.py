@@ -24,7 +24,7 @@ from .metrics import counters as C
 from .metrics.counters import Counters
 from .metrics.service import MetricsService
 from .store.acl import AclStore
-from .store.connection import REDIS_ERRORS, make_async_client
+from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
@@ -76,7 +76,7 @@ class Guard:
             await self.redis.ping()
         except Exception as exc:  # noqa: BLE001 - any failure here is only reported
             log.warning("Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
-                        _safe_url(self.config.redis.url), exc, self.config.auth.on_redis_down)
+                        redact(self.config.redis.url), exc, self.config.auth.on_redis_down)
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
@@ -270,14 +270,6 @@ def _subject(client_id: str, username: str | None, user: UserRecord | None) -> S
         groups=user.groups if user is not None else frozenset(),
         superuser=bool(user and user.superuser),
     )
-
-
-def _safe_url(url: str) -> str:
-    """The Redis URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def guard_of(context: Any) -> Guard:
