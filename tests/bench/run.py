@@ -1006,7 +1006,7 @@ def main(argv=None) -> int:
     st = Settings(run_seconds=a.run_seconds,
                   timed_seconds=0.5 if a.quick else 2.0,
                   latency_seconds=1.0 if a.quick else 3.0,
-                  iot_seconds=2.0 if a.quick else 4.0,
+                  iot_seconds=2.0 if a.quick else 6.0,
                   idle_timeout=a.idle_timeout, max_time=60.0,
                   probe_runs=2, pyspy_dir=Path(a.pyspy) if a.pyspy else None)
     out = Path(a.out)
