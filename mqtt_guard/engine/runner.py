@@ -18,10 +18,12 @@ from .broker import GuardedBroker
 log = logging.getLogger("mqtt_guard")
 
 # Garbage collector tuning (docs/performance.md, "Tail latency"). A full (generation 2) collection stops
-# the event loop for ~0.5 us per tracked object: ~80 ms with 1,000 connected clients, which was the
+# the event loop for ~0.5 us per tracked object: 80-150 ms with 1,000 connected clients, which was the
 # whole p99 of the 1,000-device benchmark. Objects alive once the broker is up (modules, config,
-# plugins, compiled ACLs) are frozen out of every collection, and collections run less often.
-GC_THRESHOLDS = (2_000, 20, 200)  # CPython's defaults: (700, 10, 10); chosen by measurement (performance.md)
+# plugins) are frozen out of every collection, and full collections run 100 times less often (young
+# collections as CPython does them: they are short). Garbage that survives into the old generation
+# (e.g. the objects of closed connections) waits longer for its collection: about 7M allocations.
+GC_THRESHOLDS = (700, 10, 1000)  # CPython's defaults: (700, 10, 10)
 
 
 def tune_gc() -> None:
