@@ -61,6 +61,12 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
         await prepare(guard)
     await guard.start()
     broker = GuardedBroker(config, guard)
+    # Before the listeners open: a SIGTERM/SIGINT that arrives while the broker starts (a client may
+    # already see the port) shuts it down cleanly once it is up, instead of killing it.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await broker.start()
     except BrokerError as exc:
@@ -70,10 +76,6 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
     if ready is not None:
         await ready(guard)
     tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_sighup() -> None:
