@@ -109,3 +109,22 @@ def target(request, anon_broker, plain_amqtt):  # noqa: ANN201
     if request.param == "amqtt":
         return plain_amqtt()
     return anon_broker(extra)
+
+
+@pytest.fixture
+def inproc(redis_server, prefix):  # noqa: ANN001, ANN201
+    """GuardedBroker running in a thread of the test process (for inspecting internals); stopped at teardown.
+    Keyword arguments other than allow_anonymous/acl_default are `limits:` settings."""
+    from mqtt_guard.config import LimitsConfig
+    from tests.engine.inproc import InProcessBroker
+
+    started: list[InProcessBroker] = []
+
+    def start(*, allow_anonymous: bool = True, acl_default: str = "allow", **limits):  # noqa: ANN003, ANN202
+        broker = InProcessBroker(redis_server.url, prefix, limits=LimitsConfig(**limits),
+                                 allow_anonymous=allow_anonymous, acl_default=acl_default).start()
+        started.append(broker)
+        return broker
+    yield start
+    for broker in started:
+        broker.stop()

@@ -4,7 +4,6 @@ publisher disconnects right after sending."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -19,18 +18,6 @@ ALLOW_ALL_TOPIC = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_a
 
 def _cid(prefix: str = "c") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _drain(client: raw.RawClient, wait: float = 1.0) -> list[raw.Packet]:
-    out = []
-    while True:
-        try:
-            pkt = client.read(wait)
-        except (TimeoutError, socket.timeout):
-            return out
-        if pkt is None:
-            return out
-        out.append(pkt)
 
 
 @pytest.mark.parametrize("target", both("a new client gets every retained message matching any client's "
@@ -83,7 +70,7 @@ def test_overlapping_subscriptions_deliver_one_copy_at_the_highest_qos(target):
         with raw.connected(target.port, _cid("pub"))[0] as pub:
             pub.send(raw.publish("ov/a", b"x", qos=1, packet_id=2))
             pub.expect(raw.PUBACK)
-        got = _drain(sub)
+        got = raw.drain(sub)
         assert [(p.topic, p.qos) for p in got] == [("ov/a", 1)]
 
 
@@ -98,7 +85,7 @@ def test_resubscribing_replaces_the_granted_qos(anon_broker):
         with raw.connected(broker.port, _cid("pub"))[0] as pub:
             pub.send(raw.publish("r/a", b"x", qos=1, packet_id=3))
             pub.expect(raw.PUBACK)
-        got = _drain(sub)
+        got = raw.drain(sub)
         assert [(p.topic, p.qos) for p in got] == [("r/a", 1)]
 
 
@@ -126,7 +113,7 @@ def test_disconnect_right_after_publishing_loses_nothing(target, request):
             assert acked == N_BURST  # every message is acknowledged by the broker
             pub.send(raw.DISCONNECT_BYTES)
             assert pub.closed_by_peer(5)
-        received = [p for p in _drain(sub, 3.0) if p.type == raw.PUBLISH]
+        received = [p for p in raw.drain(sub, 3.0) if p.type == raw.PUBLISH]
         assert len(received) == N_BURST
         assert [p.payload for p in received] == [b"%d" % i for i in range(N_BURST)]  # in order
 

@@ -4,7 +4,6 @@ DUP [MQTT-4.4.0-1]; an inbound QoS 2 message re-sent after a reconnect is not ro
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 
@@ -17,18 +16,6 @@ from tests.helpers.mqtt import connect
 
 def _cid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _drain(client: raw.RawClient, wait: float = 1.0) -> list[raw.Packet]:
-    out = []
-    while True:
-        try:
-            pkt = client.read(wait)
-        except (TimeoutError, socket.timeout):
-            return out
-        if pkt is None:
-            return out
-        out.append(pkt)
 
 
 def _gone(target, cid: str, n: int = 1) -> None:  # noqa: ANN001
@@ -72,7 +59,7 @@ def test_offline_anonymous_session_gets_qos1_and_qos2_on_reconnect(target):
     sub, present = raw.connected(target.port, cid, clean=False)
     with sub:
         assert present == 1
-        got = [p for p in _drain(sub) if p.type == raw.PUBLISH]
+        got = [p for p in raw.drain(sub) if p.type == raw.PUBLISH]
         assert [(p.topic, p.payload, p.qos, p.retain, p.dup) for p in got] == [
             ("off/q1", b"one", 1, False, False), ("off/q2", b"two", 2, False, False)]
 
@@ -91,7 +78,7 @@ def test_offline_queue_is_bounded(anon_broker, add_user):
     sub, present = raw.connected(broker.port, cid, clean=False, username="dev", password="pw")
     with sub:
         assert present == 1
-        got = [p for p in _drain(sub) if p.type == raw.PUBLISH]
+        got = [p for p in raw.drain(sub) if p.type == raw.PUBLISH]
         assert [p.payload for p in got] == [b"0", b"1", b"2", b"3", b"4"]  # the oldest kept, the rest dropped
     broker.wait_log(f"queue of client '{cid}' is full")
 
@@ -117,7 +104,7 @@ def test_unacknowledged_qos1_is_resent_with_dup_after_reconnect(target):
         sub.send(raw.DISCONNECT_BYTES)
     sub, _ = raw.connected(target.port, cid, clean=False)
     with sub:
-        assert [p for p in _drain(sub) if p.type == raw.PUBLISH] == []  # acknowledged: not sent a third time
+        assert [p for p in raw.drain(sub) if p.type == raw.PUBLISH] == []  # acknowledged: not sent a third time
 
 
 def test_qos2_flow_resumes_after_reconnect(anon_broker):
@@ -144,7 +131,7 @@ def test_qos2_flow_resumes_after_reconnect(anon_broker):
         sub.send(raw.DISCONNECT_BYTES)
     sub, _ = raw.connected(broker.port, cid, clean=False)
     with sub:
-        assert _drain(sub) == []
+        assert raw.drain(sub) == []
 
 
 def test_inbound_qos2_resent_after_reconnect_is_delivered_once(anon_broker):
@@ -180,13 +167,13 @@ def test_clean_session_discards_the_persistent_one(anon_broker):
     sub, present = raw.connected(broker.port, cid, clean=True)
     with sub:
         assert present == 0
-        assert _drain(sub) == []
+        assert raw.drain(sub) == []
     _gone(broker, cid, 2)
     _publish_all(broker.port, ("c/a", b"after", 1))
     sub, present = raw.connected(broker.port, cid, clean=False)
     with sub:
         assert present == 0  # the clean session ended and left nothing behind
-        assert _drain(sub) == []
+        assert raw.drain(sub) == []
 
 
 def test_another_user_cannot_resume_a_persistent_session(start_broker, add_user, rds, prefix):
@@ -205,7 +192,7 @@ def test_another_user_cannot_resume_a_persistent_session(start_broker, add_user,
     thief, present = raw.connected(broker.port, cid, clean=False, username="mallory", password="pw-m")
     with thief:
         assert present == 0
-        assert _drain(thief) == []
+        assert raw.drain(thief) == []
     broker.wait_log("not resumed by user 'mallory'")
 
 

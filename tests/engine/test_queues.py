@@ -13,26 +13,11 @@ import time
 
 import pytest
 
-from mqtt_guard.config import LimitsConfig
 from mqtt_guard.metrics import counters as C
-from tests.engine.inproc import InProcessBroker
 from tests.helpers import rawmqtt as raw
 
 N = 10000
 PAYLOAD = b"x" * 1024
-
-
-@pytest.fixture
-def inproc(redis_server, prefix):
-    started: list[InProcessBroker] = []
-
-    def start(**limits) -> InProcessBroker:  # noqa: ANN003
-        broker = InProcessBroker(redis_server.url, prefix, limits=LimitsConfig(**limits)).start()
-        started.append(broker)
-        return broker
-    yield start
-    for broker in started:
-        broker.stop()
 
 
 def _stalled(port: int, cid: str, qos: int) -> raw.RawClient:

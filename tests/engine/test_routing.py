@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from mqtt_guard.engine.routing import TopicTrie
 from mqtt_guard.metrics import counters as C
-from tests.engine.inproc import InProcessBroker
 from tests.helpers import rawmqtt as raw
 
 LEVELS = st.sampled_from(["a", "b", "", "$SYS", "$x", "c d"])
@@ -74,19 +73,6 @@ def test_trie_examples():
 
 
 # -- the route cache against a real broker ------------------------------------------------------
-
-@pytest.fixture
-def inproc(redis_server, prefix):
-    started: list[InProcessBroker] = []
-
-    def start(**kw) -> InProcessBroker:  # noqa: ANN003
-        broker = InProcessBroker(redis_server.url, prefix, **kw).start()
-        started.append(broker)
-        return broker
-    yield start
-    for broker in started:
-        broker.stop()
-
 
 def _until(check, timeout: float = 15.0) -> bool:  # noqa: ANN001
     deadline = time.monotonic() + timeout

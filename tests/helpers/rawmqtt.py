@@ -216,3 +216,16 @@ def connected(port: int, client_id: str, *, clean: bool = True, keepalive: int =
     present, rc = c.connack()
     assert rc == 0, f"CONNACK {rc}"
     return c, present
+
+
+def drain(client: RawClient, wait: float = 1.0) -> list[Packet]:
+    """Every packet that arrives until the connection is quiet for `wait` seconds (or closes)."""
+    out = []
+    while True:
+        try:
+            pkt = client.read(wait)
+        except (TimeoutError, socket.timeout):
+            return out
+        if pkt is None:
+            return out
+        out.append(pkt)
