@@ -52,6 +52,7 @@ class Guard:
             self._on_keys,
             self._on_reset,
         )
+        self.authenticator.tracking = self.listener  # user records are kept while it is connected
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id

@@ -9,6 +9,13 @@ Why the design looks like this:
   so the remembered entry no longer applies: no explicit invalidation is needed.
 - The same memory is what `auth.on_redis_down: cached` uses while Redis is unreachable.
 - Unknown users cost one hash verification too, so response time does not reveal which names exist.
+- Reading the user record costs a Redis round trip (~100 µs of redis-py CPU in the broker), which
+  bounds the CONNECT rate. So records (and "no such user") are kept in process and used without a
+  read while they are provably fresh: the invalidation listener (store/invalidation.py) is connected,
+  its generation is the one current when the read that produced the record was started (no
+  reconnect, no FLUSHDB since), and no invalidation of that user arrived since that read was started
+  (`forget`, called by the Guard for every changed `user:` key). Otherwise Redis is read as before.
+  Checks that depend on time (`expires_at`) still run on every CONNECT against the kept record.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..config import AuthConfig
 from ..store.connection import REDIS_ERRORS
@@ -87,6 +95,29 @@ class _Verified:
     user: UserRecord
 
 
+@dataclass(slots=True)
+class _Known:
+    """A user record (None: no such user) that Redis-side changes would have invalidated."""
+
+    user: UserRecord | None
+    generation: int  # the invalidation listener's generation when the read was started
+
+
+@dataclass(slots=True)
+class _Reading:
+    """Reads of one user in flight, and the last invalidation of that user seen meanwhile."""
+
+    count: int = 0
+    invalidated: int = 0  # value of Authenticator._changes at that invalidation (0: none)
+
+
+class Tracking(Protocol):
+    """What the authenticator needs of the invalidation listener (store/invalidation.py)."""
+
+    connected: asyncio.Event
+    generation: int
+
+
 class Authenticator:
     def __init__(self, users: UserStore, config: AuthConfig, *, max_cache: int = 100_000) -> None:
         self.users = users
@@ -94,6 +125,13 @@ class Authenticator:
         self._secret = os.urandom(32)
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
         self._max_cache = max_cache
+        # Set by the Guard to its invalidation listener. None (no listener): every CONNECT reads Redis.
+        self.tracking: Tracking | None = None
+        self._records: OrderedDict[str, _Known] = OrderedDict()
+        self._reading: dict[str, _Reading] = {}
+        self._changes = 0  # invalidations seen (forget calls), to date reads against
+        self.record_reads = 0  # user records read from Redis
+        self.record_hits = 0  # user records answered from memory
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.hash_workers), thread_name_prefix="mqg-hash")
         # A real hash of a random password: verifying against it costs what a real check costs.
         self._decoy = hashes.hash_password(os.urandom(16).hex())
@@ -102,8 +140,23 @@ class Authenticator:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, username: str) -> None:
-        """Drop remembered checks for a user (called when Redis says the user changed)."""
+        """Drop remembered checks and the kept record of a user (called when Redis says the user changed).
+
+        A read of that user already in flight may have been answered before the change: marking it
+        keeps its result from being trusted once it completes."""
+        self._changes += 1
         self._verified.pop(username, None)
+        self._records.pop(username, None)
+        reading = self._reading.get(username)
+        if reading is not None:
+            reading.invalidated = self._changes
+
+    def _live_generation(self) -> int | None:
+        """The listener's generation while it is connected; None when changes could go unnoticed."""
+        tracking = self.tracking
+        if tracking is None or not tracking.connected.is_set():
+            return None
+        return tracking.generation
 
     async def authenticate(
         self,
@@ -124,7 +177,34 @@ class Authenticator:
         return await self._check_password(username, password)
 
     async def _load(self, username: str) -> UserRecord | None:
-        return await self.users.get(username)
+        """The user's record: from memory while provably fresh (module docstring), else from Redis."""
+        generation = self._live_generation()
+        if generation is not None:
+            known = self._records.get(username)
+            if known is not None:
+                if known.generation == generation:
+                    self._records.move_to_end(username)
+                    self.record_hits += 1
+                    return known.user
+                del self._records[username]  # read before a reconnect or FLUSHDB: never fresh again
+        started = self._changes
+        reading = self._reading.get(username)
+        if reading is None:
+            reading = self._reading[username] = _Reading()
+        reading.count += 1
+        self.record_reads += 1
+        try:
+            user = await self.users.get(username)
+        finally:
+            reading.count -= 1
+            if reading.count == 0:
+                del self._reading[username]
+        if generation is not None and reading.invalidated <= started and self._live_generation() == generation:
+            self._records[username] = _Known(user, generation)
+            self._records.move_to_end(username)
+            while len(self._records) > self._max_cache:
+                self._records.popitem(last=False)
+        return user
 
     async def _check_identity(self, identity: str) -> AuthResult:
         """A verified certificate proves who the client is; Redis can still disable or expire it."""

@@ -47,6 +47,9 @@ class InvalidationListener:
         self.health_interval = health_interval
         self.retry_interval = retry_interval
         self.connected = asyncio.Event()
+        # Bumped whenever the listener connects, disconnects or resets: a value read while `connected`
+        # is set, and unchanged later, proves no invalidation can have been missed in between.
+        self.generation = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -90,6 +93,7 @@ class InvalidationListener:
             for prefix in self.prefixes:
                 args += ["PREFIX", prefix]
             await tracker.execute_command(*args)
+            self.generation += 1
             self.connected.set()
             if not first:
                 log.info("invalidation channel restored; reloading cached rules and users")
@@ -101,6 +105,7 @@ class InvalidationListener:
                 if message is not None and message.get("type") == "message":
                     keys = message.get("data")
                     if keys is None:  # FLUSHDB/FLUSHALL: everything may have changed
+                        self.generation += 1
                         self.on_reset()
                     else:
                         self.on_keys(list(keys))
@@ -109,6 +114,7 @@ class InvalidationListener:
                     next_ping = loop.time() + self.health_interval
         finally:
             self.connected.clear()
+            self.generation += 1
             await asyncio.gather(pubsub.aclose(), sub.aclose(), tracker.aclose(), return_exceptions=True)
 
 
