@@ -29,6 +29,7 @@ from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
 from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
+from .quota.stretch import bound as stretch_bound
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
@@ -191,6 +192,21 @@ class Guard:
         """`admit_delivery` for one message to each of `clients` at once: `.admit(topic, payload_len)`
         returns None (all admitted) or the ids withheld; `.current()` False = build a new group."""
         return self.quota.delivery_group(clients)
+
+    def open_stretch(self, client: GuardClient | None, remaining: int) -> Any:
+        """Quota accounting for the engine's synchronous run over `remaining` buffered bytes of PUBLISH
+        packets (quota/stretch.py): None when too small to be worth it. With `.pub_ok` the run's
+        PUBLISHes are prepaid (the engine counts `.n`/`.b` instead of calling `admit_publish`);
+        delivery groups reserve through it. `settle_stretch` before the engine awaits anything."""
+        b = stretch_bound(remaining)
+        if b is None:
+            return None
+        if self.message_size_limit and remaining > self.message_size_limit:
+            client = None  # a PUBLISH of the run may be too large: each is checked by admit_publish
+        return self.quota.open_stretch(client, *b)
+
+    def settle_stretch(self, st: Any) -> None:
+        self.quota.settle_stretch(st)
 
     def bind_broker(self, broker: Any) -> None:
         """The engine registers itself: the quota heartbeat reads `broker.queue_depth(client_id)`."""

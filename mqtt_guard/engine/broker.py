@@ -141,6 +141,9 @@ class GuardedBroker(Broker):
         self._guard_epoch = guard.acl_epoch
         self.acl_epoch = 0  # handlers' PUBLISH decision caches are valid while this is unchanged
         self._admit_publish = guard.admit_publish
+        # The quota Stretch of the reader acting on a chunk right now (set and settled by the handler
+        # around its synchronous run; None whenever anything awaits).
+        self._stretch: Any = None
         self._delivery_group = guard.delivery_group
         self._check_errors = 0
 
@@ -547,8 +550,13 @@ class GuardedBroker(Broker):
                     allowed.clear()
                 allowed[topic] = True
         client = handler.guard_client
-        if client is not None and not self._admit_publish(client, topic, plen, qos):
-            return None
+        if client is not None:
+            st = self._stretch
+            if st is not None and st.pub_ok:  # prepaid for the reader's run (quota/stretch.py)
+                st.n += 1
+                st.b += plen
+            elif not self._admit_publish(client, topic, plen, qos):
+                return None
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
 
     async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> list[asyncio.Event] | None:
@@ -626,7 +634,12 @@ class GuardedBroker(Broker):
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
             if not group.current():
                 group = route[2] = self._delivery_group([t[2] for t in targets if t[2] is not None])
-            refused = group.admit(topic, plen)
+            st = self._stretch
+            if st is not None and (group.stretch is st or group.reserve(st)) and group.ok:
+                group.n += 1  # reserved for the reader's whole run: only counted (quota/stretch.py)
+                group.b += plen
+            else:
+                refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
         for queue, granted, client, client_id in targets:

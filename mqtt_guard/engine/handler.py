@@ -112,6 +112,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._topics: dict[bytes, str] = {}
         self._n_in = 0
         self._b_in = 0
+        self._stretch: Any = None  # the quota Stretch of the current synchronous run (quota/stretch.py)
         self.guard_client: Any = None
         self.pub_ok: dict[str, bool] = {}  # PUBLISH topics the ACL allowed, valid while pub_epoch is current
         self.pub_epoch = -1
@@ -458,6 +459,8 @@ class GuardedHandler(BrokerProtocolHandler):
                 else:
                     data = chunk
                 pos, end = 0, len(data)
+                if fast:
+                    self._open_stretch(end)
                 while pos < end:
                     if pos + 1 < end and data[pos + 1] < 0x80:  # remaining length in one byte
                         first, length, hlen = data[pos], data[pos + 1], 2
@@ -479,6 +482,7 @@ class GuardedHandler(BrokerProtocolHandler):
                         if held is not None or self._must_drain:
                             self._flush_in()
                             await self._wait_held(held)
+                            self._open_stretch(end - pos)
                         continue
                     if first == 0x40 and length == 2:  # PUBACK
                         if queue.acked((data[start] << 8) | data[start + 1]):
@@ -498,7 +502,7 @@ class GuardedHandler(BrokerProtocolHandler):
                     del buf[:pos]
                 else:
                     buf = bytearray(data[pos:])
-                if self._n_in:
+                if self._n_in or self._stretch is not None:
                     self._flush_in()
         except ProtocolViolation as exc:
             self._protocol_error(exc.reason)
@@ -519,8 +523,24 @@ class GuardedHandler(BrokerProtocolHandler):
             if not self._done.done():
                 self._done.set_result(clean)
 
+    def _open_stretch(self, remaining: int) -> None:
+        """Quota accounting for the synchronous run over the next `remaining` bytes (quota/stretch.py):
+        one reservation instead of a spend per PUBLISH and per delivery. Settled by `_flush_in`."""
+        st = self.broker.guard.open_stretch(self.guard_client, remaining)  # type: ignore[union-attr]
+        if st is not None:
+            self._stretch = self.broker._stretch = st  # type: ignore[union-attr]  # noqa: SLF001
+
     def _flush_in(self) -> None:
-        """Add the PUBLISH counts of the fast path to the counters (once per chunk, not per message)."""
+        """Settle the run's quota stretch and add the PUBLISH counts of the fast path to the counters
+        (once per chunk, not per message). Called before the reader awaits anything."""
+        st = self._stretch
+        if st is not None:
+            self._stretch = None
+            broker = self.broker
+            if broker is not None:
+                if broker._stretch is st:  # noqa: SLF001
+                    broker._stretch = None  # noqa: SLF001
+                broker.guard.settle_stretch(st)
         n = self._n_in
         if n and self.broker is not None:
             counters = self.broker.guard.counters

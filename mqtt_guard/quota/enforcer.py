@@ -30,6 +30,7 @@ from ..store.quota import QuotaStore
 from .bucket import TokenBucket
 from .ledger import Entry, Verdict, lease_block, monotonic
 from .limits import NO_LIMITS, Limits, parse_limits
+from .stretch import Reservation, Stretch, group_reserve, open_stretch, release, settle_stretch
 from .windows import utc
 
 if TYPE_CHECKING:
@@ -82,11 +83,18 @@ class DeliveryGroup:
     is what makes a fan-out to many clients of one user cheap. Valid while `version` equals the
     enforcer's (clients attached, detached, taken over: rebuild)."""
 
-    __slots__ = ("enforcer", "version", "groups")
+    __slots__ = ("enforcer", "version", "groups", "stretch", "ok", "n", "b", "reserved")
 
     def __init__(self, enforcer: QuotaEnforcer, clients: list[GuardClient]) -> None:
         self.enforcer = enforcer
         self.version = enforcer.version
+        # Per read batch (quota/stretch.py): the Stretch this group last reserved for, whether it could,
+        # and the deliveries counted since (n messages, b payload bytes, to every client).
+        self.stretch: Stretch | None = None
+        self.ok = False
+        self.n = 0
+        self.b = 0
+        self.reserved: list[tuple[Reservation, int]] = []
         by_user: dict[UserQuota | None, list[ClientQuota]] = {}
         get = enforcer.clients.get
         for client in clients:
@@ -98,6 +106,36 @@ class DeliveryGroup:
 
     def current(self) -> bool:
         return self.version == self.enforcer.version
+
+    def reserve(self, st: Stretch) -> bool:
+        """Reserve the allowance of every delivery `st` can make through this group (then the engine
+        only counts them: `n += 1; b += payload_len`); False: use `admit` for each message of `st`."""
+        self.stretch = st
+        taken = group_reserve(self.enforcer, self.groups, st.events, st.nbytes)
+        if taken is None:
+            self.ok = False
+            return False
+        self.ok = True
+        self.n = self.b = 0
+        self.reserved = taken
+        st.groups.append(self)
+        return True
+
+    def settle(self) -> None:
+        """Spend the deliveries counted since `reserve` (exactly what `admit` would have), give back the rest."""
+        n, b = self.n, self.b
+        enforcer = self.enforcer
+        for reservation, k in self.reserved:
+            release(enforcer, reservation, n * k, b * k)
+        self.reserved = []
+        self.stretch = None
+        self.ok = False
+        if n:
+            for _, _, usages in self.groups:
+                for usage in usages:
+                    usage["events_out"] += n
+                    usage["bytes_out"] += b
+        self.n = self.b = 0
 
     def admit(self, topic: str, payload_len: int) -> set[str] | None:
         """None when every client may have the delivery; else the ids of those it is withheld from."""
@@ -370,6 +408,13 @@ class QuotaEnforcer:
     def delivery_group(self, clients: list[GuardClient]) -> DeliveryGroup:
         """`admit_delivery` for one message to each of `clients`, as one call (DeliveryGroup.admit)."""
         return DeliveryGroup(self, clients)
+
+    def open_stretch(self, client: GuardClient | None, events: int, nbytes: int) -> Stretch:
+        """Quota accounting for a read batch of at most `events` PUBLISHes (quota/stretch.py)."""
+        return open_stretch(self, client, events, nbytes)
+
+    def settle_stretch(self, st: Stretch) -> None:
+        settle_stretch(self, st)
 
     def _spend_n(self, user: UserQuota, n: int, payload_len: int) -> bool:
         """`_spend` of n deliveries of `payload_len` bytes at once, only when the allowance held here
