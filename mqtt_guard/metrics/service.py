@@ -4,9 +4,10 @@ Two tasks run on the broker's event loop:
 - the ticker drains the counters every `metrics.flush_interval`, always also at every 10 s wall-clock
   boundary, so each drained window falls into exactly one rate-history bucket, and merges the window into
   the backlog (in memory, bounded by `metrics.max_backlog` entries);
-- the writer sends the backlog to Redis (MULTI/EXEC transactions of pipelined HINCRBY/ZINCRBY; one round
-  trip per flush however many messages), pings Redis and writes the heartbeat. When Redis is down the
-  backlog is kept and retried with back-off; counts are added exactly once when it is back.
+- the writer sends the backlog to Redis (parts of FLUSH_CHUNK entries, each one call of a Lua script,
+  `StatsWriter.write`; a round trip per part however many messages were counted), pings Redis and writes
+  the heartbeat. When Redis is down the backlog is kept and retried with back-off; counts are added
+  exactly once when it is back.
 
 The hot path never waits for any of this: `Counters.incr` is a dict increment.
 """
@@ -40,6 +41,13 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Counters that get mosquitto-style load averages ($SYS/broker/load/... and Prometheus gauges).
 LOAD_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.DROPPED_QUEUE_FULL, C.CONNECTS)
 RECENT_TAU = 10.0  # seconds: the per-client "recent rate" used to pick the top-N series
+# Entries per part of a flush (one script call each, StatsWriter.split). The event loop does nothing else
+# while a part is encoded and packed: ~1.5-2 µs of CPU per entry, so 500 entries stall message delivery
+# for ~0.8-1 ms (1,000-device case 0.8 ms, 2,000 new clients 1.0 ms; tests/bench/bench_stats.py) and
+# keep Redis busy for ~3-5 ms per call. 1,000 would save ~0.4 µs per client but stall ~1.6-2 ms and
+# block Redis (and the CONNECTs' auth lookups waiting on it) twice as long. Before the script path
+# (issue 9) a part cost ~40-80 µs per entry in redis-py, hence 250 then.
+FLUSH_CHUNK = 500
 
 
 @dataclass
@@ -106,10 +114,8 @@ class MetricsService:
         self.config = guard.config.metrics
         self.counters = guard.counters
         self.broker_id = self.config.broker_id or default_broker_id(guard)
-        # Parts of 250 entries: while redis-py packs a part and parses its replies (~4 commands per entry)
-        # the event loop does nothing else; 2,000-entry parts stopped message delivery for ~20 ms per flush
-        # with 1,000 active clients (docs/performance.md, the iot case).
-        self.writer = StatsWriter(guard.redis, guard.keys, self.broker_id, ttl=self.config.stats_ttl, chunk=250)
+        self.writer = StatsWriter(guard.redis, guard.keys, self.broker_id, ttl=self.config.stats_ttl,
+                                  chunk=FLUSH_CHUNK)
         self.started = time.time()
         self.backlog = Batch()
         self.dropped = 0  # backlog entries given up because of max_backlog
@@ -296,6 +302,7 @@ class MetricsService:
             done = 0
             t0 = time.perf_counter()
             try:
+                await asyncio.sleep(0)  # splitting and encoding the first part: two stalls, not one
                 for part in parts:
                     await self.writer.write(part)
                     done += 1

@@ -1,14 +1,16 @@
 """Analytics in Redis: every Redis call for counters, rate history, heartbeats and the `stats`/`top` reads.
 
 Key names come from `Keys` (mqtt_guard/store/keys.py); docs/redis-schema.md documents them. Writes are
-batched: `StatsWriter.write()` turns one `Batch` (what one flush carries) into MULTI/EXEC transactions, so a
-batch is applied entirely or not at all and a failed one can be retried without counting twice.
+batched: `StatsWriter.split()` cuts one `Batch` (what one flush carries) into parts and `StatsWriter.write()`
+writes each part with one call of a Lua script (`_WRITE_LUA`), so a part is applied entirely or not at all
+and a failed one can be retried without counting twice, at a broker CPU cost of a few µs per client.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +33,118 @@ HB_PID = "pid"
 HB_VERSION = "version"
 HB_CLIENTS = "clients_connected"
 
-# Set the client's disconnected state only when it is still attributed to this broker: when it moved to
-# another broker in between, that broker's "connected" must stand.
-_DISCONNECT_LUA = """
-local b = redis.call('HGET', KEYS[1], ARGV[1])
-if b == false or b == ARGV[2] then
-  redis.call('HSET', KEYS[1], ARGV[3], '0', ARGV[4], ARGV[5])
+# Field names the script writes, from counters.py (the one place they are defined).
+_LUA_FIELDS = {"F_LAST_SEEN": C.G_LAST_SEEN, "F_USERNAME": C.G_USERNAME, "F_CONNECTED": C.G_CONNECTED,
+               "F_SINCE": C.G_CONNECTED_SINCE, "F_BROKER": C.G_BROKER, "F_DISCONNECTED": C.G_DISCONNECTED_AT}
+
+# One part of a flush, written by one script call (see `StatsWriter.write` and `_Encoder`).
+# KEYS: every key the part writes. ARGV[1] TTL of client/user hashes, ARGV[2] last_seen (unix seconds),
+# ARGV[3] this broker's id, ARGV[4] the records (space-separated tokens), ARGV[5..] the strings the
+# records refer to by ARGV index (counter and gauge names, client ids, usernames, string values), so a
+# client id or username can hold any character. Records, `k` a KEYS index, `s` an ARGV index:
+#   1 k s_user n (s_name value)*n   HINCRBY each; HSET last_seen [username] (s_user 0: none); TTL
+#   2 k expire_at n (s_member score)*n   ZINCRBY each; EXPIREAT           (rate history)
+#   3 k n (s_name value)*n          HINCRBY each                          (stats:total, stats:broker)
+#   4 k n (s_name value)*n          HSET the gauges (value `@s`: ARGV[s]); TTL
+#   5 k since s_user                connect: HSET connected 1, connected_since, broker [username];
+#                                   HDEL disconnected_at; TTL
+#   6 k at                          disconnect: HSET connected 0, disconnected_at only if the client is
+#                                   still attributed to this broker (else another broker's "connected"
+#                                   must stand); TTL
+# "TTL" is one EXPIRE per key at the end. Every write goes through redis.pcall: a write Redis refuses (a
+# key of the wrong type, edited by hand) is skipped and reported, never aborting the rest, because the
+# writes before it cannot be undone and a retry would count them twice. The exception: Redis refuses
+# writes for the server's state (out of memory, read-only replica, failed save, too few replicas) only
+# before a script's first write, so the script then returns that error having written nothing, and the
+# caller retries the whole part later. Returns {refused writes, up to 10 messages}.
+_WRITE_LUA = """
+local ttl, now, me = ARGV[1], ARGV[2], ARGV[3]
+local t, n = {}, 0
+for tok in string.gmatch(ARGV[4], '%S+') do n = n + 1; t[n] = tok end
+local refused, msgs, abort, wrote = 0, {}, nil, false
+local live, order = {}, {}
+local function refuse(cmd, k, e)
+  if not wrote and (e:sub(1, 4) == 'OOM ' or e:sub(1, 9) == 'READONLY ' or e:sub(1, 8) == 'MISCONF '
+      or e:sub(1, 11) == 'NOREPLICAS ') then
+    abort = e
+    return
+  end
+  refused = refused + 1
+  if refused <= 10 then msgs[refused] = cmd .. ' ' .. k .. ': ' .. e end
 end
-return 0
+local function w(cmd, k, ...)
+  if abort then return end
+  local r = redis.pcall(cmd, k, ...)
+  if type(r) == 'table' and r.err then refuse(cmd, k, r.err) else wrote = true end
+end
+local function keep(k)
+  if not live[k] then live[k] = true; order[#order + 1] = k end
+end
+local i = 1
+while i <= n do
+  local op, k = t[i], KEYS[tonumber(t[i + 1])]
+  if op == '1' then
+    local u, c = tonumber(t[i + 2]), tonumber(t[i + 3])
+    i = i + 4
+    for _ = 1, c do w('HINCRBY', k, ARGV[tonumber(t[i])], t[i + 1]); i = i + 2 end
+    if u > 0 then w('HSET', k, 'F_LAST_SEEN', now, 'F_USERNAME', ARGV[u]) else w('HSET', k, 'F_LAST_SEEN', now) end
+    keep(k)
+  elseif op == '2' then
+    local at, c = t[i + 2], tonumber(t[i + 3])
+    i = i + 4
+    for _ = 1, c do w('ZINCRBY', k, t[i + 1], ARGV[tonumber(t[i])]); i = i + 2 end
+    w('EXPIREAT', k, at)
+  elseif op == '3' then
+    local c = tonumber(t[i + 2])
+    i = i + 3
+    for _ = 1, c do w('HINCRBY', k, ARGV[tonumber(t[i])], t[i + 1]); i = i + 2 end
+  elseif op == '4' then
+    local c = tonumber(t[i + 2])
+    i = i + 3
+    local f = {}
+    for j = 1, c do
+      local v = t[i + 1]
+      if v:sub(1, 1) == '@' then v = ARGV[tonumber(v:sub(2))] end
+      f[2 * j - 1], f[2 * j] = ARGV[tonumber(t[i])], v
+      i = i + 2
+    end
+    w('HSET', k, unpack(f))
+    keep(k)
+  elseif op == '5' then
+    local since, u = t[i + 2], tonumber(t[i + 3])
+    i = i + 4
+    if u > 0 then
+      w('HSET', k, 'F_CONNECTED', '1', 'F_SINCE', since, 'F_BROKER', me, 'F_USERNAME', ARGV[u])
+    else
+      w('HSET', k, 'F_CONNECTED', '1', 'F_SINCE', since, 'F_BROKER', me)
+    end
+    w('HDEL', k, 'F_DISCONNECTED')
+    keep(k)
+  elseif op == '6' then
+    local at = t[i + 2]
+    i = i + 3
+    if not abort then
+      local b = redis.pcall('HGET', k, 'F_BROKER')
+      if type(b) == 'table' and b.err then
+        refuse('HGET', k, b.err)
+      elseif b == false or b == me then
+        w('HSET', k, 'F_CONNECTED', '0', 'F_DISCONNECTED', at)
+      end
+    end
+    keep(k)
+  else
+    return redis.error_reply('ERR stats script: unknown record ' .. tostring(op))
+  end
+  if abort then return redis.error_reply(abort) end
+end
+for _, key in ipairs(order) do w('EXPIRE', key, ttl) end
+if abort then return redis.error_reply(abort) end
+table.insert(msgs, 1, refused)
+return msgs
 """
+for _name, _field in _LUA_FIELDS.items():
+    _WRITE_LUA = _WRITE_LUA.replace(f"'{_name}'", f"'{_field}'")
+assert "'F_" not in _WRITE_LUA
 
 
 @dataclass
@@ -113,16 +218,79 @@ def _rate_add(rates: dict[tuple[str, str], list[int]], key: tuple[str, str], i: 
         cur[1] += o
 
 
+def _seconds(at: float) -> str:
+    """`repr(round(at, 3))`, the form redis-py always wrote `connected_since`/`disconnected_at` in, at half
+    the cost (two per new client): fixed-point with trailing zeros dropped is the same string for unix
+    timestamps (tests/metrics/test_stats_script.py checks it)."""
+    if not 0 <= at < 1e15:
+        return repr(round(at, 3))
+    text = f"{at:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+class _Encoder:
+    """A part as the arguments of `_WRITE_LUA`: keys, strings and numbers each once, records as tokens.
+
+    Why this shape: redis-py packs every command argument in Python (~0.5 µs each) and parses every reply
+    (as much again), and one new client used to bring 6-10 commands of 3-4 arguments each. Here a client
+    costs one argument (its key) plus, in the rate history, one for its id; its counters, events and
+    timestamps are tokens of one string built with str.join. Names and usernames repeat across
+    clients, so each is sent once per part."""
+
+    __slots__ = ("keys", "strings", "ops", "_key_index", "_str_index")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.strings: list[str] = []
+        self.ops: list[str] = []
+        self._key_index: dict[str, str] = {}
+        self._str_index: dict[str, str] = {}
+
+    def key(self, k: str) -> str:
+        """The token of a key (its KEYS index, 1-based)."""
+        t = self._key_index.get(k)
+        if t is None:
+            self.keys.append(k)
+            t = self._key_index[k] = str(len(self.keys))
+        return t
+
+    def string(self, v: str) -> str:
+        """The token of a string (its ARGV index: ARGV[1..4] are the fixed arguments)."""
+        t = self._str_index.get(v)
+        if t is None:
+            self.strings.append(v)
+            t = self._str_index[v] = str(len(self.strings) + 4)
+        return t
+
+    def value(self, v: Any) -> str:
+        """A gauge value: numbers inline (formatted as redis-py would), anything else as `@<ARGV index>`."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return repr(v)
+        return "@" + self.string(v if isinstance(v, str) else str(v))
+
+    def counters(self, op: str, k: str, counts: dict[str, int], *extra: str) -> None:
+        ops, string = self.ops, self.string
+        ops.append(op)
+        ops.append(self.key(k))
+        ops.extend(extra)
+        ops.append(str(len(counts)))
+        for name, v in counts.items():
+            ops.append(string(name))
+            ops.append(str(v))
+
+
 class StatsWriter:
     """The flusher's side: write batches, heartbeat, read the fleet's heartbeats."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, broker_id: str, *, ttl: float,
-                 chunk: int = 2000) -> None:
+                 chunk: int = 500) -> None:
         self.redis = redis
         self.keys = keys
         self.broker_id = broker_id
         self.ttl = int(ttl)
         self.chunk = chunk
+        # EVALSHA; on NOSCRIPT (a restarted or different Redis) redis-py loads the script and retries.
+        self._script = redis.register_script(_WRITE_LUA)
 
     async def ping(self) -> float:
         """One PING; its round trip in seconds."""
@@ -131,93 +299,100 @@ class StatsWriter:
         return time.perf_counter() - t0
 
     async def write(self, part: Batch, now: float | None = None) -> None:
-        """Write one part (see `split`) in one MULTI/EXEC transaction: all of it or, when Redis fails
-        (the exception propagates), none of it. A command Redis refuses inside the transaction (a key of
-        the wrong type, edited by hand) is logged and skipped: retrying would count the rest twice."""
+        """Write one part (see `split`) with one script call: all of it or, when Redis fails (the exception
+        propagates), none of it, so the caller can retry the part without counting anything twice. A
+        write Redis refuses inside the script (a key of the wrong type, edited by hand) is logged and
+        skipped: retrying would count the rest of the part twice."""
         now = time.time() if now is None else now
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._queue(pipe, part, now)
-            results = await pipe.execute(raise_on_error=False)
-        for r in results:
-            if isinstance(r, Exception):
-                log.warning("Redis refused a stats command (a key edited by hand?): %s", r)
-                break
+        enc = self._encode(part, now)
+        if not enc.ops:
+            return
+        args = [str(self.ttl), str(int(now)), self.broker_id, " ".join(enc.ops)]
+        args.extend(enc.strings)
+        res = await self._script(keys=enc.keys, args=args)
+        if res and int(res[0]):
+            log.warning("Redis refused %d stats writes (a key edited by hand?); the rest were applied: %s",
+                        int(res[0]), "; ".join(str(m) for m in res[1:]))
 
     def split(self, batch: Batch) -> list[Batch]:
-        """Parts of about `chunk` entries, each written in its own transaction: client entries, then user entries, then rates; totals, gauges and events go with the
-        last chunk (they are small and their order matters less than the counters')."""
-        n = self.chunk
-        clients = list(batch.clients.items())
-        users = list(batch.users.items())
-        rate_items = [(b, k, v) for b, entries in batch.rates.items() for k, v in entries.items()]
-        parts: list[Batch] = []
-        for i in range(0, len(clients), n):
-            parts.append(Batch(clients=dict(clients[i:i + n])))
-        for i in range(0, len(users), n):
-            parts.append(Batch(users=dict(users[i:i + n])))
-        for i in range(0, len(rate_items), n):
-            p = Batch()
-            for b, k, v in rate_items[i:i + n]:
-                p.rates.setdefault(b, {})[k] = list(v)
-            parts.append(p)
-        last = Batch(totals=dict(batch.totals), gauges=dict(batch.gauges), events=list(batch.events))
-        if not last.empty() or not parts:
-            parts.append(last)
+        """Parts of at most `chunk` entries (a client, a user, a rate entry, a client's gauges or a
+        connection event each), filled in the order clients, users, rates, gauges, events, each written
+        by its own script call. Events keep their order (parts are written one after the other); the
+        broker totals go with the last part. Parts bound how long the event loop is busy encoding one
+        (FLUSH_CHUNK in mqtt_guard/metrics/service.py says how its size was chosen)."""
+        n = max(1, self.chunk)
+        parts = [Batch()]
+        free = n
+
+        def fill(items: list[Any], put: Callable[[Batch, list[Any]], None]) -> None:
+            # slices, not an entry at a time: splitting 10,000 entries must not stall the loop either
+            nonlocal free
+            pos = 0
+            while pos < len(items):
+                if not free:
+                    parts.append(Batch())
+                    free = n
+                take = items[pos:pos + free]
+                put(parts[-1], take)
+                pos += len(take)
+                free -= len(take)
+
+        fill(list(batch.clients.items()), lambda p, xs: p.clients.update(xs))
+        fill(list(batch.users.items()), lambda p, xs: p.users.update(xs))
+        for bucket, entries in batch.rates.items():
+            fill(list(entries.items()), lambda p, xs, b=bucket: p.rates.setdefault(b, {}).update(xs))
+        fill(list(batch.gauges.items()), lambda p, xs: p.gauges.update(xs))
+        fill(batch.events, lambda p, xs: p.events.extend(xs))
+        parts[-1].totals = dict(batch.totals)
         return parts
 
-    def _queue(self, pipe: Any, b: Batch, now: float) -> None:
-        keys, ttl, me = self.keys, self.ttl, self.broker_id
-        now_i = int(now)
+    def _encode(self, b: Batch, now: float) -> _Encoder:
+        """The part as `_WRITE_LUA` records, in the order the writes were always made: client counters,
+        user counters, rate history, totals, gauges, connection events."""
+        enc = _Encoder()
+        keys, ops, key, string = self.keys, enc.ops, enc.key, enc.string
+        names = enc._str_index  # counter names repeat in every entry: look them up inline
+        client_key = keys.stats_client
         for (cid, user), counts in b.clients.items():
-            k = keys.stats_client(cid)
+            ops += ("1", key(client_key(cid)), "0" if user is None else string(user), str(len(counts)))
             for name, v in counts.items():
-                pipe.hincrby(k, name, v)
-            fields: dict[str, Any] = {C.G_LAST_SEEN: now_i}
-            if user is not None:
-                fields[C.G_USERNAME] = user
-            pipe.hset(k, mapping=fields)
-            pipe.expire(k, ttl)
+                ops += (names.get(name) or string(name), str(v))
         for user, counts in b.users.items():
-            k = keys.stats_user(user)
-            for name, v in counts.items():
-                pipe.hincrby(k, name, v)
-            pipe.hset(k, C.G_LAST_SEEN, now_i)
-            pipe.expire(k, ttl)
+            enc.counters("1", keys.stats_user(user), counts, "0")
         for bucket, entries in b.rates.items():
+            # (kind, direction) -> tokens of its members and scores, shared by both resolutions
+            members: dict[tuple[str, str], list[str]] = {}
+            for (kind, ident), (i, o) in entries.items():
+                s = string(ident)
+                if i:
+                    members.setdefault((kind, DIR_IN), []).extend((s, str(i)))
+                if o:
+                    members.setdefault((kind, DIR_OUT), []).extend((s, str(o)))
             for res_name, seconds, keep in RESOLUTIONS:
                 start = bucket_start(bucket, seconds)
                 expire_at = start + seconds + keep
                 if expire_at <= now:
                     continue  # older than that resolution keeps (a long Redis outage): skip
-                touched: set[str] = set()
-                for (kind, ident), (i, o) in entries.items():
-                    for direction, v in ((DIR_IN, i), (DIR_OUT, o)):
-                        if v:
-                            rk = keys.stats_rate(res_name, kind, direction, start)
-                            pipe.zincrby(rk, v, ident)
-                            touched.add(rk)
-                for rk in touched:
-                    pipe.expireat(rk, int(expire_at))
+                at = str(int(expire_at))
+                for (kind, direction), toks in members.items():
+                    ops.extend(("2", key(keys.stats_rate(res_name, kind, direction, start)), at, str(len(toks) // 2)))
+                    ops.extend(toks)
         if b.totals:
-            total_key, broker_key = keys.stats_total(), keys.stats_broker(me)
-            for name, v in b.totals.items():
-                pipe.hincrby(total_key, name, v)
-                pipe.hincrby(broker_key, name, v)
+            enc.counters("3", keys.stats_total(), b.totals)
+            enc.counters("3", keys.stats_broker(self.broker_id), b.totals)
+        value = enc.value
         for cid, g in b.gauges.items():
-            k = keys.stats_client(cid)
-            pipe.hset(k, mapping=g)
-            pipe.expire(k, ttl)
+            if g:
+                ops.extend(("4", key(keys.stats_client(cid)), str(len(g))))
+                for name, v in g.items():
+                    ops.append(string(name))
+                    ops.append(value(v))
         for kind, cid, user, at in b.events:
-            k = keys.stats_client(cid)
             if kind == "connect":
-                fields = {C.G_CONNECTED: 1, C.G_CONNECTED_SINCE: round(at, 3), C.G_BROKER: me}
-                if user is not None:
-                    fields[C.G_USERNAME] = user
-                pipe.hset(k, mapping=fields)
-                pipe.hdel(k, C.G_DISCONNECTED_AT)
+                ops += ("5", key(client_key(cid)), _seconds(at), "0" if user is None else string(user))
             else:
-                pipe.eval(_DISCONNECT_LUA, 1, k, C.G_BROKER, me, C.G_CONNECTED, C.G_DISCONNECTED_AT, round(at, 3))
-            pipe.expire(k, ttl)
+                ops += ("6", key(client_key(cid)), _seconds(at))
+        return enc
 
     async def heartbeat(self, fields: dict[str, Any], now: float | None = None, keep: float = 7 * 86400) -> \
             dict[str, float]:
