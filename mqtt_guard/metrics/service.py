@@ -227,7 +227,10 @@ class MetricsService:
         self._update_users(drain)
         batch = batch_from_drain(drain)
         if not batch.empty():
-            self.backlog.merge(batch)
+            if self.backlog.empty():  # the usual case: take the window as it is instead of copying it
+                self.backlog = batch
+            else:
+                self.backlog.merge(batch)
             self._bound()
 
     def _update_recent(self, drain: C.Drain) -> None:
