@@ -199,6 +199,8 @@ class Authenticator:
             reading.count -= 1
             if reading.count == 0:
                 del self._reading[username]
+        # Kept only if nothing invalidated this user since the read started; a reconnect meanwhile
+        # would fail the generation check at lookup anyway, so such a result is not even stored.
         if generation is not None and reading.invalidated <= started and self._live_generation() == generation:
             self._records[username] = _Known(user, generation)
             self._records.move_to_end(username)
