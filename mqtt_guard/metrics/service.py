@@ -42,11 +42,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 LOAD_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.DROPPED_QUEUE_FULL, C.CONNECTS)
 RECENT_TAU = 10.0  # seconds: the per-client "recent rate" used to pick the top-N series
 # Entries per part of a flush (one script call each, StatsWriter.split). The event loop does nothing else
-# while a part is encoded and packed: ~1.5-2 µs of CPU per entry, so 500 entries stall message delivery
-# for ~0.8-1 ms (1,000-device case 0.8 ms, 2,000 new clients 1.0 ms; tests/bench/bench_stats.py) and
-# keep Redis busy for ~3-5 ms per call. 1,000 would save ~0.4 µs per client but stall ~1.6-2 ms and
-# block Redis (and the CONNECTs' auth lookups waiting on it) twice as long. Before the script path
-# (issue 9) a part cost ~40-80 µs per entry in redis-py, hence 250 then.
+# while a part is encoded and packed, ~1.6-2.2 µs of CPU per entry, so 500 entries stall message
+# delivery for ~1 ms (tests/bench/bench_stats.py, CPU of the longest stall: 1,000-device case 0.8-1.0 ms,
+# 2,000 new clients 1.0-1.2 ms) and keep Redis busy for ~3-5 ms per call. 1,000 would save ~0.4 µs per
+# client but stall 1.6-2.3 ms, at the ~2 ms bound, and block Redis (and the CONNECTs' auth lookups
+# queued behind the script) twice as long; 250 would cost ~1 µs per client more for no gain that
+# matters. Before the script path (issue 9) an entry cost ~40 µs in redis-py, hence 250 then.
 FLUSH_CHUNK = 500
 
 

@@ -13,10 +13,14 @@ two shapes of flush:
 * `iot`: 1,000 devices already connected (their connect events flushed earlier), 3 messages each in
   the window, plus one subscriber receiving all 3,000 (the 1,000-device benchmark case).
 
-For each: µs of broker CPU per client, the longest single `write()` call (wall clock, CPU) and the
-longest event-loop stall seen by a probe task that yields continuously during a separate flush
-(what message delivery waits for at worst). Redis' own CPU per client (INFO cpu) is reported too.
-Each number is the median of `--reps` flushes, each into a fresh key prefix.
+For each: µs of broker CPU per client (split + every write), Redis' own CPU per client (INFO cpu), the
+longest single `write()` call (wall clock, and the CPU this process spent in it), the CPU of `split()`,
+and the longest event-loop stall seen by a probe task that yields continuously during a separate
+flush (what message delivery waits for at worst): wall clock, which includes time the OS gave the
+CPU to Redis or anything else on a loaded machine, and this thread's CPU time in that gap, which is
+the loop's own work and the number to compare (the stall on an idle machine). GC pauses during the
+probed flush are reported too (the broker's GC thresholds are applied unless --gc-defaults).
+Each number is the median of `--reps` flushes, each into a fresh key prefix; "(max)" the worst.
 
 The batches are built with the real `Counters` → `batch_from_drain` path, so they have production's
 shape. Starts its own redis-server on a free port; stops it by PID. Writes JSON to
@@ -34,7 +38,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -170,7 +173,8 @@ async def one_flush(r: aioredis.Redis, shape: str, chunk: int, rep: int, probe: 
         assert h.get(C.MSGS_IN) == "3" and h.get(C.G_CONNECTED) == "0" and h.get(C.G_USERNAME) == "bench", h
     else:
         assert int(total.get(C.MSGS_IN, 0)) == 3000, total
-    return {"parts": len(parts), "clients": clients, "split_cpu_ms": split_cpu * 1e3, "cpu_us_per_client": cpu / clients * 1e6,
+    return {"parts": len(parts), "clients": clients, "split_cpu_ms": split_cpu * 1e3,
+            "cpu_us_per_client": cpu / clients * 1e6,
             "redis_cpu_us_per_client": rcpu / clients * 1e6, "longest_write_ms": longest_wall * 1e3,
             "longest_write_cpu_ms": longest_cpu * 1e3,
             "loop_stall_ms": (stall.longest * 1e3) if stall is not None else None,
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     cols = [("shape", "shape", "s"), ("chunk", "chunk", "d"), ("parts", "parts", "d"), ("clients", "clients", "d"),
             ("µs CPU/client", "cpu_us_per_client", ".1f"), ("Redis µs/client", "redis_cpu_us_per_client", ".1f"),
             ("longest write ms", "longest_write_ms", ".2f"), ("(its CPU ms)", "longest_write_cpu_ms", ".2f"),
-            ("split CPU ms", "split_cpu_ms", ".2f"), ("stall ms", "loop_stall_ms", ".2f"), ("(max)", "loop_stall_ms_max", ".2f"),
+            ("split CPU ms", "split_cpu_ms", ".2f"),
+            ("stall ms", "loop_stall_ms", ".2f"), ("(max)", "loop_stall_ms_max", ".2f"),
             ("stall CPU ms", "loop_stall_cpu_ms", ".2f"), ("(max)", "loop_stall_cpu_ms_max", ".2f"),
             ("GC pause max ms", "gc_pause_ms_max", ".2f")]
     print("  ".join(f"{title:>{len(title)}s}" for title, _, _ in cols))
