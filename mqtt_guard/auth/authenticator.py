@@ -28,6 +28,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -105,10 +107,22 @@ class _Known:
 
 @dataclass(slots=True)
 class _Reading:
-    """Reads of one user in flight, and the last invalidation of that user seen meanwhile."""
+    """Checks of one user in flight, and the last invalidation of that user seen meanwhile."""
 
     count: int = 0
     invalidated: int = 0  # value of Authenticator._changes at that invalidation (0: none)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """One check in flight: did an invalidation of its user arrive after it started?"""
+
+    reading: _Reading
+    started: int
+
+    @property
+    def invalidated(self) -> bool:
+        return self.reading.invalidated > self.started
 
 
 class Tracking(Protocol):
@@ -129,7 +143,7 @@ class Authenticator:
         self.tracking: Tracking | None = None
         self._records: OrderedDict[str, _Known] = OrderedDict()
         self._reading: dict[str, _Reading] = {}
-        self._changes = 0  # invalidations seen (forget calls), to date reads against
+        self._changes = 0  # invalidations seen (forget calls): what a _Watch compares against
         self.record_reads = 0  # user records read from Redis
         self.record_hits = 0  # user records answered from memory
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.hash_workers), thread_name_prefix="mqg-hash")
@@ -142,8 +156,8 @@ class Authenticator:
     def forget(self, username: str) -> None:
         """Drop remembered checks and the kept record of a user (called when Redis says the user changed).
 
-        A read of that user already in flight may have been answered before the change: marking it
-        keeps its result from being trusted once it completes."""
+        A check of that user already in flight may have read the record before the change: marking it
+        keeps what it read from being kept or remembered once it completes."""
         self._changes += 1
         self._verified.pop(username, None)
         self._records.pop(username, None)
@@ -176,8 +190,24 @@ class Authenticator:
             return AuthResult(Outcome.ANONYMOUS_REFUSED, None)
         return await self._check_password(username, password)
 
-    async def _load(self, username: str) -> UserRecord | None:
-        """The user's record: from memory while provably fresh (module docstring), else from Redis."""
+    @contextmanager
+    def _watch(self, username: str) -> Iterator[_Watch]:
+        """Register a check of `username` in flight, for `forget` to mark (bounded by checks in flight)."""
+        reading = self._reading.get(username)
+        if reading is None:
+            reading = self._reading[username] = _Reading()
+        reading.count += 1
+        try:
+            yield _Watch(reading, self._changes)
+        finally:
+            reading.count -= 1
+            if reading.count == 0:
+                del self._reading[username]
+
+    async def _load(self, username: str, watch: _Watch) -> UserRecord | None:
+        """The user's record: from memory while provably fresh (module docstring), else from Redis.
+
+        `watch` was opened before this is called, with no await in between."""
         generation = self._live_generation()
         if generation is not None:
             known = self._records.get(username)
@@ -187,21 +217,11 @@ class Authenticator:
                     self.record_hits += 1
                     return known.user
                 del self._records[username]  # read before a reconnect or FLUSHDB: never fresh again
-        started = self._changes
-        reading = self._reading.get(username)
-        if reading is None:
-            reading = self._reading[username] = _Reading()
-        reading.count += 1
         self.record_reads += 1
-        try:
-            user = await self.users.get(username)
-        finally:
-            reading.count -= 1
-            if reading.count == 0:
-                del self._reading[username]
+        user = await self.users.get(username)
         # Kept only if nothing invalidated this user since the read started; a reconnect meanwhile
         # would fail the generation check at lookup anyway, so such a result is not even stored.
-        if generation is not None and reading.invalidated <= started and self._live_generation() == generation:
+        if generation is not None and not watch.invalidated and self._live_generation() == generation:
             self._records[username] = _Known(user, generation)
             self._records.move_to_end(username)
             while len(self._records) > self._max_cache:
@@ -211,7 +231,8 @@ class Authenticator:
     async def _check_identity(self, identity: str) -> AuthResult:
         """A verified certificate proves who the client is; Redis can still disable or expire it."""
         try:
-            user = await self._load(identity)
+            with self._watch(identity) as watch:
+                user = await self._load(identity, watch)
         except REDIS_ERRORS:
             if self.config.on_redis_down == "cached":
                 return AuthResult(Outcome.OK_CACHED_REDIS_DOWN, identity)
@@ -226,9 +247,13 @@ class Authenticator:
         return AuthResult(Outcome.OK, identity, user)  # user None: no hash in Redis, which is fine
 
     async def _check_password(self, username: str, password: str | None) -> AuthResult:
+        with self._watch(username) as watch:
+            return await self._check_password_watched(username, password, watch)
+
+    async def _check_password_watched(self, username: str, password: str | None, watch: _Watch) -> AuthResult:
         token = self._token(username, password or "")
         try:
-            user = await self._load(username)
+            user = await self._load(username, watch)
         except REDIS_ERRORS:
             return self._redis_down(username, token)
         except CorruptUserError:
@@ -261,7 +286,8 @@ class Authenticator:
             return AuthResult(Outcome.CORRUPT, username, user)
         if not ok:
             return AuthResult(Outcome.BAD_PASSWORD, username, user)
-        self._remember(username, _Verified(user.password, token, now, user))
+        if not watch.invalidated:  # else the hash may be outdated, and on_redis_down: cached would trust it
+            self._remember(username, _Verified(user.password, token, now, user))
         return AuthResult(Outcome.OK, username, user)
 
     def _redis_down(self, username: str, token: bytes) -> AuthResult:

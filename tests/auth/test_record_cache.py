@@ -395,3 +395,41 @@ def test_kept_records_are_bounded_and_hold_no_plaintext(redis_server, rds, prefi
             assert not any(f"secret-{i}".encode().hex() in kept for i in range(6))
 
     asyncio.run(main())
+
+
+def test_a_password_change_during_the_hash_is_not_remembered_for_redis_outages(prefix):
+    """The old password was right when the record was read, so this CONNECT gets in; but the check
+    must not be remembered, or `on_redis_down: cached` would admit the old password later."""
+    server = RedisServer().start()
+    try:
+        client = server.client()
+        put_user(client, prefix, "alice", "old-pw")
+
+        async def main() -> None:
+            async with running_guard(server.url, prefix, on_redis_down="cached") as guard:
+                auth = guard.authenticator
+                forgotten = asyncio.Event()
+                real_forget, real_verify = auth.forget, auth._verify
+
+                def forget(username: str) -> None:
+                    real_forget(username)
+                    forgotten.set()
+
+                async def verify(password: str, encoded: str) -> bool:
+                    ok = await real_verify(password, encoded)
+                    put_user(client, prefix, "alice", "new-pw")  # the admin's passwd lands meanwhile
+                    await asyncio.wait_for(forgotten.wait(), 5)
+                    return ok
+
+                auth.forget = forget  # type: ignore[method-assign]
+                auth._verify = verify  # type: ignore[method-assign]
+                assert (await login(guard, "alice", "old-pw")).outcome is Outcome.OK
+                auth._verify = real_verify  # type: ignore[method-assign]
+                server.stop()
+                assert await eventually(lambda: not guard.listener.connected.is_set())
+                assert (await login(guard, "alice", "old-pw")).outcome is Outcome.REDIS_DOWN
+
+        asyncio.run(main())
+    finally:
+        client.close()
+        server.cleanup()
