@@ -222,7 +222,7 @@ def _seconds(at: float) -> str:
     """`repr(round(at, 3))`, the form redis-py always wrote `connected_since`/`disconnected_at` in, at half
     the cost (two per new client): fixed-point with trailing zeros dropped is the same string for unix
     timestamps (tests/metrics/test_stats_script.py checks it)."""
-    if not 0 <= at < 1e15:
+    if type(at) is not float or not 0 <= at < 1e15:
         return repr(round(at, 3))
     text = f"{at:.3f}".rstrip("0")
     return text + "0" if text.endswith(".") else text
@@ -263,9 +263,12 @@ class _Encoder:
         return t
 
     def value(self, v: Any) -> str:
-        """A gauge value: numbers inline (formatted as redis-py would), anything else as `@<ARGV index>`."""
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        """A gauge value as redis-py would have sent it: an int or float inline, anything else (whose text
+        might hold a space: an IntEnum's repr, any str) as `@<ARGV index>`."""
+        if type(v) is int or type(v) is float:
             return repr(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return "@" + self.string(repr(v))
         return "@" + self.string(v if isinstance(v, str) else str(v))
 
     def counters(self, op: str, k: str, counts: dict[str, int], *extra: str) -> None:

@@ -5,6 +5,7 @@ a part Redis refuses as a whole is retried and counted once, and large parts com
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
@@ -22,6 +23,10 @@ from tests.helpers.servers import RedisServer, free_port
 from tests.metrics.test_flush import close, make_guard
 
 TTL = 30 * 86400
+
+
+class Level(enum.IntEnum):
+    HIGH = 3  # an int whose repr, what redis-py sends for it, has a space: "<Level.HIGH: 3>"
 
 # -- the reference: the MULTI/EXEC writes the script replaced (commit 3de34e9), kept as the model -------
 _OLD_DISCONNECT_LUA = """
@@ -125,7 +130,7 @@ def rich_batch(now: float) -> Batch:
                  ("3 1 2", "alice smith"): {C.MSGS_IN: -1}},
         users={"alice smith": {C.MSGS_IN: 4, C.BYTES_IN: 2**40}, "@6": {C.CONNECTS: 1}},
         totals={C.MSGS_IN: 4, C.MSGS_OUT: 3, C.PROTOCOL_ERRORS: 1},
-        gauges={"dev 1": {C.G_QUEUE_DEPTH: 7, "note": "a b  c", "ratio": 0.1 + 0.2},
+        gauges={"dev 1": {C.G_QUEUE_DEPTH: 7, "note": "a b  c", "ratio": 0.1 + 0.2, "at": "@5"},
                 "dév-2/ü": {C.G_QUEUE_DEPTH: 0}},
         events=[("connect", "dev 1", "alice smith", now - 3.0004), ("connect", "dév-2/ü", None, now - 2.5),
                 ("disconnect", "dév-2/ü", None, now - 1.25), ("connect", "moved", "bob", now - 1.0),
@@ -154,6 +159,17 @@ def test_the_script_writes_exactly_what_the_transactions_wrote(redis_server, rds
     assert got["stats:client:@5"][1][C.G_USERNAME] == "@6"
     assert got["stats:client:dev 1"][1]["note"] == "a b  c"
     assert any(k.startswith("stats:rate:1m:client:in:") and v[1] == [("dev 1", 2.0)] for k, v in got.items())
+
+
+def test_gauge_values_whose_text_has_spaces_do_not_break_the_records(redis_server, rds, prefix):
+    now = time.time()
+    keys = Keys(prefix)
+    batch = Batch(gauges={"a": {"level": Level.HIGH, C.G_QUEUE_DEPTH: 4}, "b": {C.G_QUEUE_DEPTH: 5}},
+                  events=[("connect", "b", None, now)])
+    write_parts(redis_server.url, keys, "A", batch, now)
+    assert rds.hgetall(keys.stats_client("a")) == {"level": repr(Level.HIGH), C.G_QUEUE_DEPTH: "4"}
+    b = rds.hgetall(keys.stats_client("b"))
+    assert b[C.G_QUEUE_DEPTH] == "5" and b[C.G_CONNECTED] == "1"
 
 
 def test_disconnect_of_a_client_now_on_another_broker_leaves_it_connected(redis_server, rds, prefix):
@@ -341,6 +357,7 @@ def test_split_bounds_parts_keeps_events_in_order_and_totals_in_the_last_part():
 def test_timestamps_are_formatted_as_redis_py_formatted_them():
     rnd = random.Random(3)
     values = [rnd.uniform(1.6e9, 2.2e9) for _ in range(20000)] + [
-        1764232654.0, 1764232654.1, 1764232654.0625, 1764232654.9995, 0.0, 0.0005, 2.675, 1e16, -1.5]
+        1764232654.0, 1764232654.1, 1764232654.0625, 1764232654.9995, 0.0, 0.0005, 2.675, 1e16, -1.5,
+        1764232654, 0]
     for v in values:
         assert _seconds(v) == repr(round(v, 3)), v
