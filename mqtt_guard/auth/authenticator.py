@@ -207,7 +207,8 @@ class Authenticator:
     async def _load(self, username: str, watch: _Watch) -> UserRecord | None:
         """The user's record: from memory while provably fresh (module docstring), else from Redis.
 
-        `watch` was opened before this is called, with no await in between."""
+        `watch` was opened before this call: an invalidation of the user after that keeps the result
+        out of memory (an earlier one has already removed what was kept)."""
         generation = self._live_generation()
         if generation is not None:
             known = self._records.get(username)
