@@ -143,6 +143,9 @@ class QuotaConfig:
     lease_min_bytes: int = size(4 * 1024 * 1024)  # ...and at least this many bytes
     on_redis_down: Literal["deny", "allow"] = "deny"  # lease spent and Redis unreachable: drop, or count and allow
     audit_maxlen: int = 100_000  # the audit stream is capped at about this many entries
+    # A user's leases, limits and session slots stay on a broker this long after its last client there
+    # left, so a client that comes back (reconnects) needs no Redis round trip; 0 = hand back at once.
+    linger: float = duration(2.0)
 
     def check(self, where: str = "quota") -> None:
         if self.sync_interval <= 0:
@@ -155,6 +158,8 @@ class QuotaConfig:
             raise ConfigError(f"{where}.lease_min_events and lease_min_bytes must be at least 1")
         if self.audit_maxlen < 1:
             raise ConfigError(f"{where}.audit_maxlen must be at least 1")
+        if not 0 <= self.linger <= 3600:
+            raise ConfigError(f"{where}.linger must be between 0 and 1h")
 
 
 @dataclass

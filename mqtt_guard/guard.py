@@ -49,7 +49,8 @@ class Guard:
         self.listener = InvalidationListener(
             config.redis.url,
             [self.keys.acl(""), self.keys.user(""),
-             self.keys.quota_user(""), self.keys.quota_default(), self.keys.quota_reset("")],
+             self.keys.quota_user(""), self.keys.quota_default(), self.keys.quota_reset(""),
+             self.keys.blocks_head()],
             self._on_keys,
             self._on_reset,
         )

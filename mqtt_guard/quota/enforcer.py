@@ -1,14 +1,18 @@
 """Quota enforcement inside one broker process (the Guard delegates to `QuotaEnforcer`).
 
-- CONNECT (`attach`, may await Redis): refuse a blocked client or user, enforce `sessions` through
-  the session registry (global across brokers), register the session, take the first lease.
+- CONNECT (`attach`): refuse a blocked client or user, enforce `sessions` through the session registry
+  (global across brokers), register the session, take the first lease. In the steady state it awaits
+  no Redis round trip: blocks and limits are cached in process under client-side-caching
+  invalidation (caches.py), a user's leases linger after its last client left (`quota.linger`), and a
+  CONNECT that takes one of the broker's reserved session slots is registered in the background
+  (registry.py). Otherwise it reads Redis as before.
 - Every message (`admit_publish`, `admit_delivery`, synchronous): token bucket for `rate`, local
   lease spending for `events`/`bytes`. No Redis round trip.
 - Background: the heartbeat (every `quota.sync_interval`) reports usage and refreshes leases in one
   pipelined batch, refreshes the broker's liveness and its sessions' queue depth and usage, and reaps
   brokers that stopped heartbeating; the kick consumer executes kicks queued for this broker.
-- Disconnect (`detach`): unregister the session, return the user's lease when its last client here
-  leaves.
+- Disconnect (`detach`): unregister the session (batched, not awaited), return the user's lease
+  `quota.linger` after its last client here left (at the heartbeat).
 """
 
 from __future__ import annotations
@@ -19,17 +23,18 @@ import os
 import socket
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..logutil import RateLimitedLog
 from ..metrics import counters as C
 from ..store.connection import REDIS_ERRORS, make_async_client
-from ..store.quota import QuotaStore
+from ..store.quota import Block, QuotaStore, RegistryOp, RegistryResult
 from .bucket import TokenBucket
+from .caches import UNKNOWN, BlockCache, LimitsCache
 from .ledger import Entry, Verdict, lease_block, monotonic
 from .limits import NO_LIMITS, Limits, parse_limits
+from .registry import SessionRegistry
 from .stretch import Reservation, Stretch, group_reserve, open_stretch, release, settle_stretch
 from .windows import utc
 
@@ -58,7 +63,8 @@ class ClientQuota:
     since: float
     user: UserQuota | None = None
     bucket: TokenBucket | None = None
-    registered: bool = False
+    registered: bool = False  # an open was sent (so a close is due)
+    confirmed: bool = False  # Redis applied the open: its session hash exists
     kicking: bool = False
     usage: dict[str, int] = field(default_factory=lambda: {"events_in": 0, "events_out": 0, "bytes_in": 0,
                                                               "bytes_out": 0})
@@ -74,6 +80,7 @@ class UserQuota:
     current: dict[str, Entry] = field(default_factory=dict)  # metric -> entry of the current window
     upcoming: dict[str, Entry] = field(default_factory=dict)  # metric -> prefetched entry of the next window
     ready: asyncio.Future[None] | None = None  # the first sync
+    idle_since: float | None = None  # monotonic: its last client here left (lingering until quota.linger)
 
 
 class DeliveryGroup:
@@ -170,13 +177,17 @@ class QuotaEnforcer:
         self.clients: dict[str, ClientQuota] = {}
         self.users: dict[str, UserQuota] = {}
         self.entries: dict[str, Entry] = {}  # usage key -> entry (also released ones until synced)
-        self.limits_cache: OrderedDict[str, Limits] = OrderedDict()
+        listener = guard.listener
+        connected = listener.connected.is_set
+        # Limits and blocks as Redis has them, while the invalidation listener vouches for them.
+        self.limits = LimitsCache(connected, LIMITS_CACHE)
+        self.blocks = BlockCache(self.store, connected, self.keys.blocks_head() in listener.prefixes)
+        self.registry = SessionRegistry(self.store, self.broker_id, self._redis_lost)
         self.redis_ok = True
         self._urgent: set[str] = set()
         self._urgent_task: asyncio.Task[None] | None = None
         self._reload: set[str] = set()
         self._reload_task: asyncio.Task[None] | None = None
-        self._pending_closes: list[tuple[str, str, str | None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._kick_redis: Any = None
@@ -189,6 +200,7 @@ class QuotaEnforcer:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         self._kick_redis = make_async_client(self.guard.config.redis.url, socket_timeout=5.0)
+        self.blocks.start()
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="mqtt-guard-quota-heartbeat"),
                        asyncio.create_task(self._kick_loop(), name="mqtt-guard-kicks")]
 
@@ -197,6 +209,7 @@ class QuotaEnforcer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.blocks.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=2)
         try:
@@ -208,7 +221,9 @@ class QuotaEnforcer:
             await self._kick_redis.aclose()
 
     async def _shutdown_sync(self) -> None:
-        """Report the last spending, return every lease and take this broker out of the registry."""
+        """Report the last spending, return every lease and take this broker out of the registry (its
+        sessions and session slots with it)."""
+        await self.registry.drain()
         for entry in self.entries.values():
             entry.release = True
         await self._sync(list(self.entries.values()))
@@ -221,27 +236,18 @@ class QuotaEnforcer:
         username = client.username
         limits = NO_LIMITS
         try:
-            block, (raw_users, raw_default) = await asyncio.gather(
-                self.store.blocks(username, client.client_id),
-                self.store.load_limits([username] if username is not None else []))
+            block = self.blocks.lookup(client.client_id, username)
+            cached = self.limits.get(username) if username is not None else NO_LIMITS
+            if block is UNKNOWN or cached is None:
+                block, cached = await self._read_connect_state(client, block, cached)
             if block is not None:
                 raise QuotaRefusal(block.describe())
-            if username is not None:
-                limits = self._parsed(username, raw_users.get(username), raw_default)
-            admitted, count, prev_broker, prev_conn = await self.store.open_session(
-                client_id=client.client_id, broker_id=self.broker_id, conn=cq.conn, username=username,
-                since=cq.since, limit=limits.sessions)
-            if not admitted:
-                raise QuotaRefusal(f"too many sessions: user {username!r} has {count} connected "
-                                   f"(sessions {limits.sessions})")
-            cq.registered = True
-            if prev_broker and prev_broker != self.broker_id:
-                await self._push_kick(prev_broker, client.client_id, prev_conn,
-                                      f"connected again on broker {self.broker_id}")
+            limits = cached
+            await self._open(cq, limits)
         except REDIS_ERRORS as exc:
             self._redis_lost(exc)
             if username is not None:
-                limits = self.limits_cache.get(username, NO_LIMITS)
+                limits = self.limits.last.get(username, NO_LIMITS)
             log.warning("client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
                         client.client_id, "none known" if limits.empty else "cached")
         try:
@@ -256,15 +262,78 @@ class QuotaEnforcer:
             raise
         return cq
 
-    def _parsed(self, username: str, raw: dict[str, str] | None, default: dict[str, str]) -> Limits:
+    async def _read_connect_state(self, client: GuardClient, block: Any, cached: Limits | None,
+                                  ) -> tuple[Any, Limits]:
+        """What the caches could not vouch for, from Redis in one round trip: the block, the limits."""
+        username = client.username
+        token = self.limits.begin()
+        if block is UNKNOWN and cached is None:
+            block, (raw_users, raw_default) = await asyncio.gather(
+                self.store.blocks(username, client.client_id), self.store.load_limits([username]))  # type: ignore[list-item]
+        elif block is UNKNOWN:
+            return await self.store.blocks(username, client.client_id), cached  # type: ignore[return-value]
+        else:
+            raw_users, raw_default = await self.store.load_limits([username])  # type: ignore[list-item]
+        assert username is not None
+        return block, self._parsed(username, raw_users.get(username), raw_default, token)
+
+    async def _open(self, cq: ClientQuota, limits: Limits) -> None:
+        """Register the connection. Awaits Redis only when `sessions` must be checked there (no slot of
+        the user held here); else the registration goes out with the next batch."""
+        client = cq.client
+        username = client.username
+        sessions = limits.sessions if username is not None else None
+        cq.registered = True  # from here on its close is due (a no-op in Redis if the open did not happen)
+
+        def op(mode: str) -> RegistryOp:
+            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode)
+        if sessions is None:
+            self.registry.submit(op("c"), lambda res: self._opened(cq, res))
+            return
+        assert username is not None
+        now = monotonic()
+        self.registry.state(username, sessions, self.config.lease_fraction, now)
+        if self.registry.take_slot(username, sessions, now):
+            self.registry.submit(op("s"), lambda res: self._opened(cq, res))
+            return
+        res = await self.registry.call(op("c"))
+        if not res.ok:
+            cq.registered = False
+            reserved = f" and brokers reserve {res.reserved} slot(s)" if res.reserved else ""
+            raise QuotaRefusal(f"too many sessions: user {username!r} has {res.sessions} connected{reserved} "
+                               f"(sessions {sessions})")
+        cq.confirmed = True
+        self._took_over(cq, res)
+
+    def _opened(self, cq: ClientQuota, res: RegistryResult | BaseException) -> None:
+        """A registration that was not awaited was applied (or failed: Redis down, admitted as such)."""
+        if isinstance(res, BaseException):
+            return
+        if res.ok:
+            cq.confirmed = True
+            self._took_over(cq, res)
+            return
+        # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
+        # taken for dead) and the user is at its limit: the limit wins.
+        cq.registered = False
+        client = cq.client
+        log.warning("client %r (user %r) admitted on a session slot that Redis no longer had: too many "
+                    "sessions (%d connected); disconnecting it", client.client_id, client.username, res.sessions)
+        if self.guard.kicker is not None and self.clients.get(client.client_id) is cq:
+            self._spawn(self.guard.kicker(client.client_id, "too many sessions"))
+
+    def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
+        if res.prev_broker and res.prev_broker != self.broker_id:
+            self._spawn(self._push_kick(res.prev_broker, cq.client.client_id, res.prev_conn,
+                                        f"connected again on broker {self.broker_id}"))
+
+    def _parsed(self, username: str, raw: dict[str, str] | None, default: dict[str, str], token: int = -1) -> Limits:
+        """Parse (logging malformed values) and cache; `token` from `limits.begin()` before the read."""
         limits = parse_limits(raw, default)
         for problem in limits.problems:
             drop_log.log(logging.ERROR, ("limits", username, problem),
                          "quota limits of user %r: ignoring malformed value: %s", username, problem)
-        self.limits_cache[username] = limits
-        self.limits_cache.move_to_end(username)
-        while len(self.limits_cache) > LIMITS_CACHE:
-            self.limits_cache.popitem(last=False)
+        self.limits.put(username, limits, token)
         return limits
 
     def _bind(self, cq: ClientQuota, limits: Limits) -> None:
@@ -284,7 +353,9 @@ class QuotaEnforcer:
         if client.username is None:
             return
         user = self.users.get(client.username)
-        if user is None:
+        if user is not None:
+            user.idle_since = None  # came back while lingering: its leases are still here
+        else:
             user = self.users[client.username] = UserQuota(client.username, limits)
             self._set_entries(user, time.time())
             if user.current:
@@ -353,25 +424,28 @@ class QuotaEnforcer:
         if user is not None and user.clients.get(client_id) is cq:
             del user.clients[client_id]
             if not user.clients:
-                for entry in (*user.current.values(), *user.upcoming.values()):
-                    self._retire(entry)
-                    self._urgent.add(entry.key)
-                if self.users.get(user.username) is user:
-                    del self.users[user.username]
-                self._kick_urgent()
+                if self.config.linger > 0:
+                    user.idle_since = monotonic()  # handed back at the heartbeat after quota.linger
+                else:
+                    self._release_user(user)
+
+    def _release_user(self, user: UserQuota) -> None:
+        """The user has had no client here for `quota.linger`: report and hand its leases back."""
+        for entry in (*user.current.values(), *user.upcoming.values()):
+            self._retire(entry)
+            self._urgent.add(entry.key)
+        if self.users.get(user.username) is user:
+            del self.users[user.username]
+        self.registry.give_back(user.username)
+        self._kick_urgent()
 
     def _close_later(self, cq: ClientQuota) -> None:
-        item = (cq.client.client_id, cq.conn, cq.client.username)
-        self._spawn(self._close_session(item))
-
-    async def _close_session(self, item: tuple[str, str, str | None]) -> None:
-        client_id, conn, username = item
-        try:
-            await self.store.close_session(client_id=client_id, broker_id=self.broker_id, conn=conn,
-                                           username=username)
-        except REDIS_ERRORS as exc:
-            self._redis_lost(exc)
-            self._pending_closes.append(item)
+        """Unregister the connection with the next registry batch (not awaited). While the user is far
+        from its `sessions` limit the freed place may stay with this broker as a slot."""
+        client = cq.client
+        username = client.username
+        keep, limit = self.registry.keep(username, monotonic()) if username is not None else (0, None)
+        self.registry.submit(RegistryOp("c", client.client_id, cq.conn, username, limit=limit, extra=str(keep)))
 
     # -- hot path ---------------------------------------------------------------------------------------
     def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:
@@ -522,9 +596,12 @@ class QuotaEnforcer:
         client = cq.client
         user = client.username
         try:
+            await self.registry.drain()  # its registration may still be queued: the kick needs it
             if block_until and user is not None:
-                await self.store.set_block(self.keys.block_user(user), reason, block_until, self.broker_id,
-                                           username=user, client_id=client.client_id)
+                key = self.keys.block_user(user)
+                if await self.store.set_block(key, reason, block_until, self.broker_id,
+                                              username=user, client_id=client.client_id):
+                    self.blocks.note(Block(reason, block_until, self.broker_id, key))
             queued, _ = await self.store.kick(client.client_id, reason, self.broker_id, broker_id=self.broker_id,
                                               conn=cq.conn, dedupe=self.guard.config.sidecar.kick_retry)
             if queued:
@@ -617,10 +694,11 @@ class QuotaEnforcer:
         self.heartbeats += 1
         if not existed:
             await self._reregister()
-        if self._pending_closes:
-            pending, self._pending_closes = self._pending_closes, []
-            for item in pending:
-                await self._close_session(item)
+        failed, self.registry.failed_closes = self.registry.failed_closes, []
+        for op in failed:
+            self.registry.submit(op)
+        self._end_lingering(monotonic())
+        self._maintain_slots(monotonic(), self._ticks % FULL_SYNC_EVERY == 0)
         await self._report_sessions(now)
         self._prefetch(now)
         full = self._ticks % FULL_SYNC_EVERY == 0
@@ -640,16 +718,34 @@ class QuotaEnforcer:
         if self.heartbeats > 1:
             log.warning("broker %s was missing from Redis (Redis restarted empty, or this broker was taken "
                         "for dead): registering its %d session(s) again", self.broker_id, len(self.clients))
+        self.registry.forget_all()  # its session slots are gone with it
         for cq in list(self.clients.values()):
             client = cq.client
-            ok, _, prev_broker, _ = await self.store.open_session(
-                client_id=client.client_id, broker_id=self.broker_id, conn=cq.conn, username=client.username,
-                since=cq.since, limit=None, reopen=True)
-            cq.registered = ok
             cq.reported = {}
-            if not ok:
-                log.warning("client %r is registered on broker %s now; not registering it here",
-                            client.client_id, prev_broker)
+
+            def done(res: RegistryResult | BaseException, cq: ClientQuota = cq) -> None:
+                if isinstance(res, BaseException):
+                    return
+                cq.registered = cq.confirmed = res.ok
+                if not res.ok:
+                    log.warning("client %r is registered on broker %s now; not registering it here",
+                                cq.client.client_id, res.prev_broker)
+            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"),
+                                 done)
+        await self.registry.drain()
+
+    def _end_lingering(self, mono: float) -> None:
+        linger = self.config.linger
+        for user in list(self.users.values()):
+            if user.idle_since is not None and not user.clients and mono - user.idle_since >= linger:
+                self._release_user(user)
+
+    def _maintain_slots(self, mono: float, full: bool) -> None:
+        """Session slots: top up for users that connected or disconnected here within `quota.linger` and
+        are far from their limit; hand back the others'."""
+        linger = self.config.linger
+        for username, st in list(self.registry.slots.items()):
+            self.registry.maintain(username, mono - st.last_used < linger, full)
 
     def _queue_depth(self, client_id: str) -> tuple[int, int] | None:
         depth = getattr(getattr(self.guard, "broker", None), "queue_depth", None)
@@ -663,8 +759,8 @@ class QuotaEnforcer:
     async def _report_sessions(self, now: float) -> None:
         updates = []
         for cq in self.clients.values():
-            if not cq.registered:
-                continue
+            if not cq.confirmed:
+                continue  # its registration is still queued: reported once it exists
             fields: dict[str, Any] = dict(cq.usage)
             depth = self._queue_depth(cq.client.client_id)
             if depth is not None:
@@ -751,18 +847,29 @@ class QuotaEnforcer:
     # -- limits changed in Redis ----------------------------------------------------------------------------
     def on_keys(self, keys: list[str]) -> None:
         users: set[str] = set()
+        changed: set[str] = set()
         default = self.keys.quota_default()
+        everybody = False
         for key in keys:
             if key == default:
+                everybody = True
                 users |= set(self.users)
                 continue
             username = self.keys.quota_user_of(key)
-            if username is not None and username in self.users:
-                users.add(username)
+            if username is not None:
+                changed.add(username)
+                if username in self.users:
+                    users.add(username)
+        if everybody or changed:
+            self.limits.invalidate(None if everybody else changed)
+        self.blocks.on_keys(keys)
         if users:
             self._schedule_reload(users)
 
     def on_reset(self) -> None:
+        """The invalidation listener reconnected (changes may have been missed): trust nothing cached."""
+        self.limits.invalidate(None)
+        self.blocks.on_reset()
         self._schedule_reload(set(self.users))
 
     def _schedule_reload(self, users: set[str]) -> None:
@@ -773,6 +880,7 @@ class QuotaEnforcer:
     async def _reload_limits(self) -> None:
         while self._reload:
             batch, self._reload = sorted(self._reload), set()
+            token = self.limits.begin()
             try:
                 raw_users, raw_default = await self.store.load_limits(batch)
             except REDIS_ERRORS as exc:
@@ -784,7 +892,8 @@ class QuotaEnforcer:
             touched: list[Entry] = []
             for username in batch:
                 user = self.users.get(username)
-                limits = self._parsed(username, raw_users.get(username), raw_default)
+                limits = self._parsed(username, raw_users.get(username), raw_default, token)
+                self.registry.limit_changed(username, limits.sessions, self.config.lease_fraction)
                 if user is None:
                     continue
                 user.limits = limits

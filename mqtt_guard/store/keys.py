@@ -104,6 +104,10 @@ class Keys:
         """HASH like `block_user`, for one client id."""
         return f"{self.prefix}block:client:{client_id}"
 
+    def blocks_head(self) -> str:
+        """Prefix of every block key: brokers track it (client-side caching) and scan it at start."""
+        return f"{self.prefix}block:"
+
     def session(self, client_id: str) -> str:
         """HASH: a connected client (broker, conn, username, since, queue depth, usage)."""
         return f"{self.prefix}session:{client_id}"
@@ -111,6 +115,11 @@ class Keys:
     def user_sessions(self, username: str) -> str:
         """HASH client id -> broker id: the connected clients of a user, across brokers."""
         return f"{self.prefix}sessions:user:{username}"
+
+    def user_session_slots(self, username: str) -> str:
+        """HASH `lease:<broker>` -> session slots the broker reserved for the user (counted against
+        `sessions` like registered connections; docs/quotas.md "Sessions")."""
+        return f"{self.prefix}sessions:slots:{username}"
 
     def brokers(self) -> str:
         """ZSET broker id -> unix ms after which the broker counts as dead unless it heartbeats again."""

@@ -148,6 +148,111 @@ if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
 return removed
 """
 
+# Batched session registry (the broker's only registry write path; docs/quotas.md "Sessions"): many
+# opens, closes and slot changes of one broker, applied in order in one call.
+# KEYS[1] the broker's sessions, KEYS[2] the broker's lease set, then per op: session, user's sessions,
+# user's session slots. ARGV[1] broker, ARGV[2] number of ops, then 7 per op:
+#   kind 'o' (open):  client_id, conn, username, since, limit (0 = none), mode: 'c' check the limit,
+#                     's' take one of this broker's slots (else check), 'r' reopen (only if no other
+#                     broker registered the client meanwhile, no limit)
+#                     -> {admitted, sessions of the user, slots reserved by all brokers, previous broker,
+#                         previous conn, this broker's slots (-1 = not looked at)}
+#   kind 'c' (close): client_id, conn, username, '', limit, keep (at most this many slots: turn the
+#                     closed session into a slot while the user stays far from its limit)
+#                     -> {removed, 0, 0, '', '', this broker's slots or -1}
+#   kind 'l' (slots): '', '', username, '', limit, want: 0 = hand all back; more than held = top up to
+#                     want, only if 2 x want stay free after it (never lowers: the broker may be using them)
+#                     -> {1, sessions of the user, slots of other brokers, '', '', this broker's slots}
+# Invariant (with `sessions` = limit): sessions registered + slots reserved <= limit, every change atomic.
+REGISTRY_LUA = """
+local bs, bl, b = KEYS[1], KEYS[2], ARGV[1]
+local lf = 'lease:' .. b
+local out = {}
+local function slots(k)
+  local all = redis.call('HGETALL', k)
+  local mine, others = 0, 0
+  for i = 1, #all, 2 do
+    if all[i] == lf then mine = tonumber(all[i + 1]) else others = others + tonumber(all[i + 1]) end
+  end
+  return mine, others
+end
+local function set_slots(k, n)
+  if n > 0 then
+    redis.call('HSET', k, lf, n)
+    redis.call('SADD', bl, k)
+  else
+    redis.call('HDEL', k, lf)
+    redis.call('SREM', bl, k)
+  end
+end
+for i = 0, tonumber(ARGV[2]) - 1 do
+  local a, k = 3 + 7 * i, 3 + 3 * i
+  local s, us, ss = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local kind, cid, conn, user, since = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local limit, extra = tonumber(ARGV[a + 5]), ARGV[a + 6]
+  if kind == 'o' then
+    local prev_b = redis.call('HGET', s, 'broker') or ''
+    local prev_conn = redis.call('HGET', s, 'conn') or ''
+    if extra == 'r' and prev_b ~= '' and prev_b ~= b then
+      out[i + 1] = {0, 0, 0, prev_b, prev_conn, -1}
+    else
+      local ok, n, reserved, mine = 1, 0, 0, -1
+      if user ~= '' then
+        n = redis.call('HLEN', us)
+        if limit > 0 and extra ~= 'r' and redis.call('HEXISTS', us, cid) == 0 then
+          local m, o = slots(ss)
+          mine, reserved = m, m + o
+          if m > 0 and (extra == 's' or n + m + o >= limit) then
+            mine = m - 1
+            set_slots(ss, mine)
+          elseif n + m + o >= limit then
+            ok = 0
+          end
+        end
+      end
+      if ok == 1 then
+        redis.call('DEL', s)
+        redis.call('HSET', s, 'client_id', cid, 'broker', b, 'conn', conn, 'username', user, 'since', since,
+                   'queue_messages', 0, 'queue_bytes', 0)
+        if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
+        redis.call('SADD', bs, cid)
+      end
+      out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine}
+    end
+  elseif kind == 'c' then
+    local removed, mine = 0, -1
+    if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
+    if redis.call('HGET', us, cid) == b .. '/' .. conn then
+      redis.call('HDEL', us, cid)
+      local keep = tonumber(extra)
+      if keep > 0 and limit > 0 then
+        local m, o = slots(ss)
+        mine = m
+        if m < keep and limit - redis.call('HLEN', us) - m - o - 1 >= 2 * keep then
+          mine = m + 1
+          set_slots(ss, mine)
+        end
+      end
+    end
+    if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
+    out[i + 1] = {removed, 0, 0, '', '', mine}
+  else
+    local want = tonumber(extra)
+    local m, o = slots(ss)
+    local n = redis.call('HLEN', us)
+    if want == 0 then
+      if m > 0 then set_slots(ss, 0) end
+      m = 0
+    elseif want > m and limit > 0 and limit - n - o - want >= 2 * want then
+      set_slots(ss, want)
+      m = want
+    end
+    out[i + 1] = {1, n, o, '', '', m}
+  end
+end
+return out
+"""
+
 # KEYS: session. ARGV: conn, then field/value pairs. Only the connection that owns the entry writes it.
 UPDATE_LUA = """
 if redis.call('HGET', KEYS[1], 'conn') ~= ARGV[1] then return 0 end
@@ -292,6 +397,28 @@ class SyncRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryOp:
+    """One operation of `QuotaStore.registry` (see REGISTRY_LUA): kind 'o' open, 'c' close, 'l' slots."""
+    kind: str
+    client_id: str
+    conn: str
+    username: str | None
+    since: float = 0.0
+    limit: int | None = None
+    extra: str = ""  # open: mode 'c'/'s'/'r'; close: slots to keep at most; slots: slots wanted
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryResult:
+    ok: bool  # open: admitted; close: the session hash was removed
+    sessions: int  # open, slots: the user's registered sessions (before the open)
+    reserved: int  # open: slots reserved by all brokers; slots: by the other brokers
+    prev_broker: str  # open: who held the client id before
+    prev_conn: str
+    mine: int  # this broker's slots for the user after the op; -1: not looked at
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     reason: str
     until: float  # unix seconds
@@ -313,6 +440,7 @@ class QuotaStore:
         self._open = redis.register_script(OPEN_LUA)
         self._close = redis.register_script(CLOSE_LUA)
         self._update = redis.register_script(UPDATE_LUA)
+        self._registry = redis.register_script(REGISTRY_LUA)
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
         self._reap = redis.register_script(REAP_LUA)
         self._kick = redis.register_script(KICK_LUA)
@@ -384,6 +512,31 @@ class QuotaStore:
                 return Block(h.get("reason", "blocked"), until, h.get("by", ""), key)
         return None
 
+    async def all_blocks(self) -> dict[str, Block]:
+        """Every block key in force (SCAN of `block:*`), for a broker's in-process copy."""
+        found = [key async for key in self.redis.scan_iter(match=_glob_escape(self.keys.blocks_head()) + "*",
+                                                           count=1000)]
+        return {key: block for key, block in (await self.read_blocks(found)).items() if block is not None}
+
+    async def read_blocks(self, keys: list[str]) -> dict[str, Block | None]:
+        """The block each key holds now (None: none), in one round trip."""
+        if not keys:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+                pipe.pttl(key)
+            out = await pipe.execute()
+        now = time.time()
+        blocks: dict[str, Block | None] = {}
+        for i, key in enumerate(keys):
+            h, pttl = out[2 * i], out[2 * i + 1]
+            blocks[key] = None
+            if h and pttl != -2:
+                blocks[key] = Block(h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"),
+                                    h.get("by", ""), key)
+        return blocks
+
     async def set_block(self, key: str, reason: str, until: float, by: str, **audit: str) -> bool:
         fields: list[str] = []
         for name, value in audit.items():
@@ -409,6 +562,26 @@ class QuotaStore:
             keys=[self.keys.session(client_id), self.keys.user_sessions(username or ""),
                   self.keys.broker_sessions(broker_id)],
             args=[client_id, broker_id, conn]))
+
+    async def registry(self, broker_id: str, ops: list[RegistryOp]) -> list[RegistryResult]:
+        """Apply a batch of session registry operations of one broker, in order, in one call."""
+        if not ops:
+            return []
+        keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id)]
+        args: list[Any] = [broker_id, len(ops)]
+        for op in ops:
+            user = op.username or ""
+            keys += [self.keys.session(op.client_id) if op.client_id else self.keys.session(""),
+                     self.keys.user_sessions(user), self.keys.user_session_slots(user)]
+            args += [op.kind, op.client_id, op.conn, user, f"{op.since:.3f}" if op.kind == "o" else "",
+                     op.limit or 0, op.extra]
+        raw = await self._registry(keys=keys, args=args)
+        return [RegistryResult(bool(int(r[0])), int(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in raw]
+
+    async def session_slots(self, username: str) -> dict[str, int]:
+        """Broker id -> session slots it reserved for the user (`quota show`, tests)."""
+        raw = await self.redis.hgetall(self.keys.user_session_slots(username))
+        return {k[len("lease:"):]: int(v) for k, v in raw.items() if k.startswith("lease:")}
 
     async def update_sessions(self, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
         """(client id, conn, fields) for each connection whose reported state changed."""

@@ -132,7 +132,8 @@ def test_registry_shows_broker_and_since_and_is_emptied_by_a_clean_shutdown(star
     broker = start_broker("--config", fast_config(tmp_path))
     before = time.time()
     client = connect(broker.port, "d", "pw", client_id="dev")
-    session = rds.hgetall(f"{prefix}session:dev")
+    # Registered with the broker's next registry batch, milliseconds after the CONNACK.
+    session = wait_for(lambda: rds.hgetall(f"{prefix}session:dev"), timeout=1)
     assert session["username"] == "d" and before - 1 <= float(session["since"]) <= time.time()
     broker_id = session["broker"]
     assert rds.zscore(f"{prefix}brokers", broker_id) > time.time() * 1000
