@@ -35,6 +35,12 @@ def tune_gc() -> None:
 
 
 def setup_logging(level: str) -> None:
+    # The format uses none of the caller's file/line, thread or process fields: skip collecting them for
+    # every record (a stack walk and three lookups; a third of the cost of the two lines per connection).
+    logging._srcfile = None  # type: ignore[attr-defined]  # noqa: SLF001
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # amqtt logs packets (CONNECT included, password and all) at DEBUG: never let that through.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
