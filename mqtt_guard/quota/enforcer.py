@@ -183,6 +183,7 @@ class QuotaEnforcer:
         self.limits = LimitsCache(connected, LIMITS_CACHE)
         self.blocks = BlockCache(self.store, connected, self.keys.blocks_head() in listener.prefixes)
         self.registry = SessionRegistry(self.store, self.broker_id, self._redis_lost)
+        self._unregistered: list[ClientQuota] = []  # admitted while Redis was unreachable: registered later
         self.redis_ok = True
         self._urgent: set[str] = set()
         self._urgent_task: asyncio.Task[None] | None = None
@@ -246,6 +247,8 @@ class QuotaEnforcer:
             await self._open(cq, limits)
         except REDIS_ERRORS as exc:
             self._redis_lost(exc)
+            cq.registered = True
+            self._unregistered.append(cq)
             if username is not None:
                 limits = self.limits.last.get(username, NO_LIMITS)
             log.warning("client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
@@ -308,6 +311,7 @@ class QuotaEnforcer:
     def _opened(self, cq: ClientQuota, res: RegistryResult | BaseException) -> None:
         """A registration that was not awaited was applied (or failed: Redis down, admitted as such)."""
         if isinstance(res, BaseException):
+            self._unregistered.append(cq)
             return
         if res.ok:
             cq.confirmed = True
@@ -697,6 +701,7 @@ class QuotaEnforcer:
         failed, self.registry.failed_closes = self.registry.failed_closes, []
         for op in failed:
             self.registry.submit(op)
+        self._register_late()
         self._end_lingering(monotonic())
         self._maintain_slots(monotonic(), self._ticks % FULL_SYNC_EVERY == 0)
         await self._report_sessions(now)
@@ -733,6 +738,23 @@ class QuotaEnforcer:
             self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"),
                                  done)
         await self.registry.drain()
+
+    def _register_late(self) -> None:
+        """Register the connections admitted while Redis was unreachable (unless the client id went to
+        another broker meanwhile), so they count for `sessions` and the sidecar sees them."""
+        pending, self._unregistered = self._unregistered, []
+        for cq in pending:
+            client = cq.client
+            if self.clients.get(client.client_id) is not cq or cq.confirmed:
+                continue
+
+            def done(res: RegistryResult | BaseException, cq: ClientQuota = cq) -> None:
+                if isinstance(res, BaseException):
+                    self._unregistered.append(cq)
+                elif res.ok:
+                    cq.confirmed = True
+            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"),
+                                 done)
 
     def _end_lingering(self, mono: float) -> None:
         linger = self.config.linger

@@ -1,0 +1,119 @@
+"""The batched session registry script (REGISTRY_LUA) against the real redis-server: the invariant
+`registered sessions + reserved slots <= sessions` under every operation, and reaping of slots."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from mqtt_guard.store.keys import Keys
+from mqtt_guard.store.quota import QuotaStore, RegistryOp
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def store_for(redis_server, prefix):
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    return client, QuotaStore(client, Keys(prefix))
+
+
+def op_open(cid, user="u", limit=4, mode="c", conn=None):
+    return RegistryOp("o", cid, conn or f"conn-{cid}", user, time.time(), limit, mode)
+
+
+def op_close(cid, user="u", limit=4, keep=0, conn=None):
+    return RegistryOp("c", cid, conn or f"conn-{cid}", user, limit=limit, extra=str(keep))
+
+
+def op_slots(want, user="u", limit=4):
+    return RegistryOp("l", "", "", user, limit=limit, extra=str(want))
+
+
+def test_checked_opens_count_the_slots_of_every_broker(redis_server, prefix, rds):
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            # limit 12, slot block 2: granted only while 2 x 2 places stay free after the grant
+            [g1] = await store.registry("b1", [op_slots(2, limit=12)])
+            [g2] = await store.registry("b2", [op_slots(2, limit=12)])
+            assert (g1.mine, g2.mine, g2.reserved) == (2, 2, 2)
+            res = await store.registry("b1", [op_open(f"c{i}", limit=12) for i in range(8)])
+            assert all(r.ok for r in res)
+            [r] = await store.registry("b3", [op_open("c8", limit=12)])  # 8 + 4 reserved = 12
+            assert not r.ok and (r.sessions, r.reserved) == (8, 4)
+            # b2's slots: an 's' open takes one (the count stays 12); without one it is checked.
+            res = await store.registry("b2", [op_open("s1", limit=12, mode="s"), op_open("s2", limit=12, mode="s"),
+                                              op_open("s3", limit=12, mode="s")])
+            assert [(r.ok, r.mine) for r in res] == [(True, 1), (True, 0), (False, 0)]
+            assert rds.hlen(f"{prefix}sessions:user:u") == 10
+            assert rds.hgetall(f"{prefix}sessions:slots:u") == {"lease:b1": "2"}
+            # At the limit a broker's checked open uses its own slot.
+            [r] = await store.registry("b1", [op_open("own", limit=12)])
+            assert r.ok and r.mine == 1
+            # A grant near the limit is refused; a return frees the places at once.
+            [g] = await store.registry("b2", [op_slots(2, limit=12)])
+            assert g.mine == 0
+            [r] = await store.registry("b3", [op_open("x", limit=12)])
+            assert not r.ok
+            await store.registry("b1", [op_slots(0, limit=12)])
+            assert not rds.exists(f"{prefix}sessions:slots:u")
+            assert rds.smembers(f"{prefix}broker:b1:leases") == set()
+            [r] = await store.registry("b3", [op_open("x", limit=12)])
+            assert r.ok
+            [r] = await store.registry("b3", [op_open("y", limit=12)])
+            assert not r.ok and r.sessions == 12
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_a_close_becomes_a_slot_only_far_from_the_limit_and_a_reopen_is_not_an_extra_session(redis_server, prefix,
+                                                                                             rds):
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            await store.registry("b1", [op_open(f"c{i}", limit=10) for i in range(4)])
+            # 4 registered, limit 10: turning one into a slot leaves 10 - 3 - 1 = 6 >= 2 x 2 free
+            [r] = await store.registry("b1", [op_close("c0", limit=10, keep=2)])
+            assert r.ok and r.mine == 1
+            [r] = await store.registry("b1", [op_close("c1", limit=10, keep=2)])
+            assert r.mine == 2  # at most `keep`
+            [r] = await store.registry("b1", [op_close("c2", limit=10, keep=2)])
+            assert r.mine == 2
+            assert rds.hlen(f"{prefix}sessions:user:u") == 1
+            # The same client id again (a take-over) is not an extra session and takes no slot.
+            [r] = await store.registry("b2", [op_open("c3", limit=10, mode="s", conn="other")])
+            assert r.ok and r.prev_broker == "b1" and r.prev_conn == "conn-c3" and r.mine == -1
+            # The old connection's close leaves the new registration alone.
+            [r] = await store.registry("b1", [op_close("c3", limit=10, keep=2)])
+            assert not r.ok and rds.hget(f"{prefix}sessions:user:u", "c3") == "b2/other"
+            # In one batch, in order: an open and the close of the same connection.
+            res = await store.registry("b1", [op_open("q", limit=10), op_close("q", limit=10)])
+            assert res[0].ok and res[1].ok and not rds.exists(f"{prefix}session:q")
+            assert rds.smembers(f"{prefix}broker:b1:leases") == {f"{prefix}sessions:slots:u"}
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_reaping_a_dead_broker_drops_its_slots_and_sessions(redis_server, prefix, rds):
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            await store.heartbeat("dead", 0.001, {"pid": 1})
+            await store.registry("dead", [op_open("a", limit=100), op_slots(5, limit=100)])
+            await store.registry("alive", [op_slots(5, limit=100)])
+            await asyncio.sleep(0.01)
+            assert await store.reap("dead") == 1
+            assert rds.hgetall(f"{prefix}sessions:slots:u") == {"lease:alive": "5"}
+            assert not rds.exists(f"{prefix}session:a") and rds.hlen(f"{prefix}sessions:user:u") == 0
+        finally:
+            await client.aclose()
+
+    run(body())
