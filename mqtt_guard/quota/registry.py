@@ -72,7 +72,8 @@ class SessionRegistry:
         self.failed_closes: list[RegistryOp] = []  # retried at the heartbeat
         self.batches = 0  # Lua calls made (tests, stats)
         self._ops: list[tuple[RegistryOp, Done | None]] = []
-        self._urgent = False
+        self._urgent = False  # somebody awaits an operation queued: send without waiting for more
+        self._awaited = 0  # awaited operations queued (not yet sent)
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
 
@@ -80,6 +81,7 @@ class SessionRegistry:
     def submit(self, op: RegistryOp, done: Done | None = None, *, urgent: bool = False) -> None:
         self._ops.append((op, done))
         if urgent:
+            self._awaited += 1
             self._urgent = True
             if self._wake is not None and not self._wake.done():
                 self._wake.set_result(None)
@@ -123,7 +125,9 @@ class SessionRegistry:
                     handle.cancel()
                     self._wake = None
             batch, self._ops = self._ops[:BATCH_MAX], self._ops[BATCH_MAX:]
-            self._urgent = bool(self._ops) and any(d is not None for _, d in self._ops)
+            if not self._ops:
+                self._awaited = 0
+            self._urgent = self._awaited > 0
             await self._apply(batch)
 
     async def _apply(self, batch: list[tuple[RegistryOp, Done | None]]) -> None:
