@@ -243,9 +243,11 @@ class SessionRegistry:
             elif st.pending <= 0:
                 del self.slots[username]
             return
+        # Within twice the margin of the limit the others are looked at every heartbeat, else every few.
+        near = st.limit - st.sessions - st.others - st.redis < 4 * st.block
         if st.close_to_limit() and st.redis > 0:
             self.give_back(username)
-        elif st.redis < st.block or full:
+        elif st.redis < st.block or full or near:
             # A grant (only while far from the limit), or a look at the others' sessions and slots.
             self.submit(RegistryOp("l", "", "", username, limit=st.limit, extra=str(st.block)))
 

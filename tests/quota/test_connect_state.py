@@ -185,3 +185,25 @@ def test_a_connect_while_redis_is_down_is_admitted_with_the_limits_known_so_far(
     finally:
         rds.close()
         server.cleanup()
+
+
+def test_slots_go_back_when_the_user_gets_close_to_its_limit(redis_server, prefix, rds):
+    config = make_config(redis_server.url, prefix)
+    rds.hset(f"{prefix}quota:user:u", "sessions", "40")  # slot block: 4
+
+    async def body():
+        async with guards(config, 2) as [g1, g2]:
+            for g in (g1, g2):
+                await eventually(lambda g=g: g.listener.connected.is_set())
+                g.detach(await attach(g, "warm", "u"))
+            assert await eventually(lambda: len(rds.hgetall(f"{prefix}sessions:slots:u")) == 2)
+            held = [await attach(g2, f"c{i}", "u") for i in range(28)]
+            # 28 connected + 8 reserved: fewer than 2 x 4 places would be free, so both hand theirs back.
+            assert await eventually(lambda: not rds.exists(f"{prefix}sessions:slots:u"), timeout=3)
+            for i in range(28, 40):
+                held.append(await attach(g1 if i % 2 else g2, f"c{i}", "u"))
+            with pytest.raises(QuotaRefusal, match="user 'u' has 40 connected"):
+                await attach(g1, "c40", "u")
+            assert rds.hlen(f"{prefix}sessions:user:u") == 40
+
+    run(body())
