@@ -253,6 +253,10 @@ class QuotaEnforcer:
                 limits = self.limits.last.get(username, NO_LIMITS)
             log.warning("client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
                         client.client_id, "none known" if limits.empty else "cached")
+        except BaseException:
+            if cq.registered:  # e.g. the connection went away while its open was awaited: undo it
+                self._close_later(cq)
+            raise
         try:
             self._bind(cq, limits)
             user = cq.user
