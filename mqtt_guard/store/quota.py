@@ -156,7 +156,8 @@ return removed
 #                     's' take one of this broker's slots (else check), 'r' reopen (only if no other
 #                     broker registered the client meanwhile, no limit)
 #                     -> {admitted, sessions of the user, slots reserved by all brokers, previous broker,
-#                         previous conn, this broker's slots (-1 = not looked at)}
+#                         previous conn, this broker's slots (-1 = not looked at), when refused: the
+#                         brokers holding slots ("b1,b2,")}
 #   kind 'c' (close): client_id, conn, username, '', limit, keep (at most this many slots: turn the
 #                     closed session into a slot while the user stays far from its limit)
 #                     -> {removed, 0, 0, '', '', this broker's slots or -1}
@@ -170,11 +171,16 @@ local lf = 'lease:' .. b
 local out = {}
 local function slots(k)
   local all = redis.call('HGETALL', k)
-  local mine, others = 0, 0
+  local mine, others, holders = 0, 0, ''
   for i = 1, #all, 2 do
-    if all[i] == lf then mine = tonumber(all[i + 1]) else others = others + tonumber(all[i + 1]) end
+    if all[i] == lf then
+      mine = tonumber(all[i + 1])
+    else
+      others = others + tonumber(all[i + 1])
+      if tonumber(all[i + 1]) > 0 then holders = holders .. string.sub(all[i], 7) .. ',' end
+    end
   end
-  return mine, others
+  return mine, others, holders
 end
 local function set_slots(k, n)
   if n > 0 then
@@ -194,19 +200,20 @@ for i = 0, tonumber(ARGV[2]) - 1 do
     local prev_b = redis.call('HGET', s, 'broker') or ''
     local prev_conn = redis.call('HGET', s, 'conn') or ''
     if extra == 'r' and prev_b ~= '' and prev_b ~= b then
-      out[i + 1] = {0, 0, 0, prev_b, prev_conn, -1}
+      out[i + 1] = {0, 0, 0, prev_b, prev_conn, -1, ''}
     else
-      local ok, n, reserved, mine = 1, 0, 0, -1
+      local ok, n, reserved, mine, holders = 1, 0, 0, -1, ''
       if user ~= '' then
         n = redis.call('HLEN', us)
         if limit > 0 and extra ~= 'r' and redis.call('HEXISTS', us, cid) == 0 then
-          local m, o = slots(ss)
+          local m, o, h = slots(ss)
           mine, reserved = m, m + o
           if m > 0 and (extra == 's' or n + m + o >= limit) then
             mine = m - 1
             set_slots(ss, mine)
           elseif n + m + o >= limit then
             ok = 0
+            holders = h
           end
         end
       end
@@ -217,7 +224,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
         if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
         redis.call('SADD', bs, cid)
       end
-      out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine}
+      out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine, holders}
     end
   elseif kind == 'c' then
     local removed, mine = 0, -1
@@ -235,7 +242,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       end
     end
     if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
-    out[i + 1] = {removed, 0, 0, '', '', mine}
+    out[i + 1] = {removed, 0, 0, '', '', mine, ''}
   else
     local want = tonumber(extra)
     local m, o = slots(ss)
@@ -247,7 +254,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       set_slots(ss, want)
       m = want
     end
-    out[i + 1] = {1, n, o, '', '', m}
+    out[i + 1] = {1, n, o, '', '', m, ''}
   end
 end
 return out
@@ -416,6 +423,7 @@ class RegistryResult:
     prev_broker: str  # open: who held the client id before
     prev_conn: str
     mine: int  # this broker's slots for the user after the op; -1: not looked at
+    holders: tuple[str, ...] = ()  # open refused: the other brokers holding slots of the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,7 +584,8 @@ class QuotaStore:
             args += [op.kind, op.client_id, op.conn, user, f"{op.since:.3f}" if op.kind == "o" else "",
                      op.limit or 0, op.extra]
         raw = await self._registry(keys=keys, args=args)
-        return [RegistryResult(bool(int(r[0])), int(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])) for r in raw]
+        return [RegistryResult(bool(int(r[0])), int(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]),
+                               tuple(h for h in str(r[6]).split(",") if h)) for r in raw]
 
     async def session_slots(self, username: str) -> dict[str, int]:
         """Broker id -> session slots it reserved for the user (`quota show`, tests)."""

@@ -207,3 +207,26 @@ def test_slots_go_back_when_the_user_gets_close_to_its_limit(redis_server, prefi
             assert rds.hlen(f"{prefix}sessions:user:u") == 40
 
     run(body())
+
+
+def test_a_refusal_caused_by_another_brokers_slots_makes_it_hand_them_back(redis_server, prefix, rds):
+    # Heartbeats 5 s apart: what returns the slot here is the refusing broker's request, not a heartbeat.
+    config = make_config(redis_server.url, prefix, sync_interval=5.0, broker_dead_after=10.0)
+    rds.hset(f"{prefix}quota:user:u", "sessions", "10")  # slot block 1
+
+    async def body():
+        async with guards(config, 2) as [g1, g2]:
+            for g in (g1, g2):
+                await eventually(lambda g=g: g.listener.connected.is_set())
+            g1.detach(await attach(g1, "warm", "u"))  # the freed place stays with g1 as a slot
+            await g1.quota.registry.drain()
+            assert rds.hgetall(f"{prefix}sessions:slots:u") == {f"lease:{g1.quota.broker_id}": "1"}
+            held = [await attach(g2, f"c{i}", "u") for i in range(9)]
+            with pytest.raises(QuotaRefusal, match="has 9 connected and brokers reserve 1 slot"):
+                await attach(g2, "c9", "u")
+            assert await eventually(lambda: not rds.exists(f"{prefix}sessions:slots:u"), timeout=2)
+            held.append(await attach(g2, "c9", "u"))
+            with pytest.raises(QuotaRefusal, match="has 10 connected"):
+                await attach(g2, "c10", "u")
+
+    run(body())

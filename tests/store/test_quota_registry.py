@@ -44,7 +44,7 @@ def test_checked_opens_count_the_slots_of_every_broker(redis_server, prefix, rds
             res = await store.registry("b1", [op_open(f"c{i}", limit=12) for i in range(8)])
             assert all(r.ok for r in res)
             [r] = await store.registry("b3", [op_open("c8", limit=12)])  # 8 + 4 reserved = 12
-            assert not r.ok and (r.sessions, r.reserved) == (8, 4)
+            assert not r.ok and (r.sessions, r.reserved) == (8, 4) and set(r.holders) == {"b1", "b2"}
             # b2's slots: an 's' open takes one (the count stays 12); without one it is checked.
             res = await store.registry("b2", [op_open("s1", limit=12, mode="s"), op_open("s2", limit=12, mode="s"),
                                               op_open("s3", limit=12, mode="s")])
