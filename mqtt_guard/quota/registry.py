@@ -110,9 +110,6 @@ class SessionRegistry:
                 self._wake.set_result(None)
             await asyncio.shield(self._task)
 
-    def idle(self) -> bool:
-        return not self._ops and (self._task is None or self._task.done())
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._ops:
