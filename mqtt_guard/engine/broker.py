@@ -32,7 +32,7 @@ import logging
 import ssl
 from typing import Any
 
-from amqtt.adapters import BufferReader, ReaderAdapter, WriterAdapter
+from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
@@ -47,16 +47,18 @@ from ..config import GuardConfig, ListenerConfig
 from ..guard import Guard
 from ..logutil import RateLimitedLog
 from ..metrics import counters as C
-from .handler import GuardedHandler
+from .handler import READ_CHUNK, GuardedHandler
 from .protocol import (
     CONNECT,
     TYPE_NAMES,
     ConnectInfo,
+    Incomplete,
     ProtocolViolation,
     encode_connack,
     encode_remaining_length,
     encode_suback,
     parse_connect,
+    parse_fixed_header,
 )
 from ..plugins.acl import GuardAclPlugin
 from .protocol import encode_publish
@@ -135,6 +137,7 @@ class GuardedBroker(Broker):
         self._cacheable = all(isinstance(p, GuardAclPlugin) for p, _ in self._topic_checks)
         self.fast_publish = self._sync_checks and not self._fire_msg_received and not self._fire_msg_broadcast
         self._trie = TopicTrie()
+        self._filters_of: dict[str, set[str]] = {}  # client id -> its subscribed filters (in _subscriptions)
         self._routes: dict[str, list[Any]] = {}  # topic -> [targets, withheld, DeliveryGroup | None]
         self._policy = guard.acl.policy
         self._policy_version = self._policy.version
@@ -196,7 +199,7 @@ class GuardedBroker(Broker):
         incoming = await self._read_connect(reader, writer, where)
         if incoming is None:
             return
-        handler, session = incoming
+        handler, session, leftover = incoming
         session.attributes[LISTENER] = listener
         client_id = session.client_id = session.client_id or gen_client_id()
         code = await self._check_connect(session, listener, where)
@@ -210,7 +213,7 @@ class GuardedBroker(Broker):
         try:
             await self._take_over(client_id, previous)
             session = self._adopt_session(session)
-            await self._run_session(reader, writer, session, handler, where)
+            await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
             self._detach(session, keep=not session.clean_session)
             done.set()
@@ -237,13 +240,18 @@ class GuardedBroker(Broker):
         return True
 
     async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter,
-                            where: str) -> tuple[GuardedHandler, Session] | None:
-        """The first packet, whole, within connect_timeout; it must be a valid CONNECT."""
+                            where: str) -> tuple[GuardedHandler, Session, bytes] | None:
+        """The first packet, whole, within connect_timeout; it must be a valid CONNECT. Also returns the
+        bytes read after it (a client may send more before its CONNACK), for the connection's reader."""
         limits = self.guard_config.limits
         timeout = limits.connect_timeout
+        leftover = b""
         try:
             async with asyncio.timeout(timeout):  # (a timer, not a Task as wait_for would make)
-                first, body = await _read_packet(reader, limits.max_packet_size)
+                if isinstance(reader, StreamReaderAdapter):
+                    first, body, leftover = await _read_first_packet(reader._reader, limits.max_packet_size)  # noqa: SLF001
+                else:
+                    first, body = await _read_packet(reader, limits.max_packet_size)
             if first != CONNECT << 4:
                 raise ProtocolViolation(f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT"
                                         " [MQTT-3.1.0-1]")
@@ -266,7 +274,7 @@ class GuardedBroker(Broker):
                 await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet)
             if info.protocol != "MQTT":
                 log.info("client %r from %s speaks MQTT 3.1 (%s)", info.client_id, where, info.protocol)
-            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer)
+            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer), leftover
         await _close_quietly(writer)
         return None
 
@@ -428,16 +436,16 @@ class GuardedBroker(Broker):
             queue.clear()
 
     def _forget_subscriptions(self, session: Session) -> None:
-        for topic_filter in list(self._subscriptions):
+        """Only the session's own filters are looked at (not every filter of the broker per disconnect)."""
+        for topic_filter in self._filters_of.pop(session.client_id, ()):
             self._del_subscription(topic_filter, session)
-            if not self._subscriptions[topic_filter]:
+            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
                 del self._subscriptions[topic_filter]
                 self._trie.remove(topic_filter)
         session.clear_queues()
-        self._invalidate_routes()
 
     async def _run_session(self, reader: ReaderAdapter, writer: WriterAdapter, session: Session,
-                           handler: GuardedHandler, where: str) -> None:
+                           handler: GuardedHandler, where: str, leftover: bytes = b"") -> None:
         try:
             session.transitions.connect()
         except (MachineError, ValueError):
@@ -449,14 +457,14 @@ class GuardedBroker(Broker):
         handler.attach(session, reader, writer)
         handler.bind(self, queue, where)
         self._sessions[session.client_id] = (session, handler)
-        self._invalidate_routes()  # a resumed session's targets now carry its new guard client
+        if session.client_id in self._filters_of:
+            self._invalidate_routes()  # a resumed session's targets now carry its new guard client
         clean = False
         try:
             await handler.send(encode_connack(bool(session.parent), 0))
             await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
                                                   client_id=session.client_id, client_session=session)
-            await handler.start()
-            clean = await handler.wait_disconnect()
+            clean = await handler.serve(leftover)  # reads in this task until the connection ends
         except (ConnectionError, OSError) as exc:
             handler.close(f"connection lost ({exc or type(exc).__name__})")
         finally:
@@ -488,7 +496,8 @@ class GuardedBroker(Broker):
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
-        self._invalidate_routes()
+                if client_id in self._filters_of:
+                    self._invalidate_routes()
         await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
                                               client_id=client_id, client_session=session)
 
@@ -731,6 +740,7 @@ class GuardedBroker(Broker):
                 break
         else:
             entries.append((session, qos))
+        self._filters_of.setdefault(session.client_id, set()).add(topic_filter)
         self._invalidate_routes()
         return qos
 
@@ -739,6 +749,11 @@ class GuardedBroker(Broker):
         `_subscriptions` also removes it from the trie; a filter left in the trie matches no one.)"""
         deleted = Broker._del_subscription(self, a_filter, session)
         if deleted:
+            filters = self._filters_of.get(session.client_id)
+            if filters is not None:
+                filters.discard(a_filter)
+                if not filters:
+                    del self._filters_of[session.client_id]
             self._invalidate_routes()
         return deleted
 
@@ -803,6 +818,7 @@ class GuardedBroker(Broker):
                 log.warning("%d connection(s) did not close in time", len(not_done))
         self._sessions.clear()
         self._subscriptions.clear()
+        self._filters_of.clear()
         self._trie.clear()
         self._invalidate_routes()
         self._retained_messages.clear()
@@ -840,6 +856,30 @@ async def _read_packet(reader: ReaderAdapter, max_packet: int) -> tuple[int, byt
                                 f" exceeds max_packet_size {max_packet}")
     body = await _read_exactly(reader, length) if length else b""
     return head[0], body
+
+
+async def _read_first_packet(stream: asyncio.StreamReader, max_packet: int) -> tuple[int, bytes, bytes]:
+    """One whole packet from a TCP/TLS stream, read in chunks (one read for a typical CONNECT instead of
+    one per header byte): (first byte, body, the bytes read after it)."""
+    data = await stream.read(READ_CHUNK)
+    while True:
+        if not data:
+            raise EOFError
+        try:
+            first, length, hlen = parse_fixed_header(data, 0)
+        except Incomplete:
+            pass
+        else:
+            if max_packet and hlen + length > max_packet:
+                raise ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {hlen + length} bytes"
+                                        f" exceeds max_packet_size {max_packet}")
+            end = hlen + length
+            if len(data) >= end:
+                return first, data[hlen:end], data[end:]
+        more = await stream.read(READ_CHUNK)
+        if not more:
+            raise EOFError
+        data += more
 
 
 async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:

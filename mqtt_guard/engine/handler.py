@@ -88,6 +88,8 @@ class GuardedHandler(BrokerProtocolHandler):
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
         self._wake_event = asyncio.Event()
+        self._inline = False  # the reader runs in the connection's task (`serve`)
+        self._leftover = b""  # bytes read with the CONNECT, for the reader
         self._last_rx = 0.0
         self._idle = False  # the reader waits for bytes (only then can keep-alive expire)
         self._ka_handle: asyncio.TimerHandle | None = None
@@ -137,13 +139,42 @@ class GuardedHandler(BrokerProtocolHandler):
             self._high_water = self._transport.get_write_buffer_limits()[1] or 65536
 
     async def start(self) -> None:
-        """Start the writer loop (it first re-sends the session's unacknowledged messages) and the reader."""
-        assert self.session is not None and self.queue is not None
-        self._last_rx = self._loop.time()
-        self.queue.online = True  # (the writer loop connects the queue once it has re-sent in-flight ones)
-        self.queue.slow = False
-        self._writer_task = self._loop.create_task(self._writer_loop())
+        """amqtt's interface: connect the queue and read in a Task of its own (`serve` reads inline)."""
+        self._connect_queue()
         self._reader_task = self._loop.create_task(self._reader_loop())
+
+    async def serve(self, leftover: bytes = b"") -> bool:
+        """Connect the queue, then read in the calling task until the connection ends; True if it ended
+        with the client's DISCONNECT. `leftover`: bytes that came after the CONNECT in its read.
+
+        The broker serves every connection this way: no reader Task, and no writer Task until there is
+        something to write (see `wake`), so a CONNECT costs no Task beyond the connection's own."""
+        self._leftover = leftover
+        self._connect_queue()
+        if self._closing:  # closed (kick, take-over) before it started
+            return False
+        self._reader_task = asyncio.current_task()
+        self._inline = True
+        try:
+            await self._reader_loop()
+        finally:
+            self._inline = False
+            self._reader_task = None  # the task goes on with the session's end: close() must not cancel it
+        return self._done.result()
+
+    def _connect_queue(self) -> None:
+        """The session's queue is served by this connection from now on. A resumed session's unacknowledged
+        or offline-queued messages are sent by the writer loop at once; otherwise the queue emits straight
+        to the socket and the writer loop starts the first time messages wait (`wake`)."""
+        assert self.session is not None and self.queue is not None
+        q = self.queue
+        self._last_rx = self._loop.time()
+        q.online = True
+        q.slow = False
+        if q.inflight or q.pending:
+            self._writer_task = self._loop.create_task(self._writer_loop(resend=True))
+        else:
+            q.port = self
         if self.session.keep_alive > 0:
             self._ka_limit = self.session.keep_alive * 1.5
             self._ka_handle = self._loop.call_at(self._last_rx + self._ka_limit, self._check_keepalive)
@@ -163,7 +194,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._release()  # publishers waiting for this client go on
         task = self._reader_task
         if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+            task.cancel()  # an inline reader (`serve`) catches it and un-cancels its task
         elif task is None and not self._done.done():
             self._done.set_result(False)
 
@@ -174,11 +205,17 @@ class GuardedHandler(BrokerProtocolHandler):
         """Close and wait until the reader and writer have finished and the socket is closed."""
         self.close("disconnected by the server")
         current = asyncio.current_task()
-        tasks = [t for t in (self._reader_task, self._writer_task) if t is not None and t is not current]
+        tasks = [t for t in (self._reader_task, self._writer_task)
+                 if t is not None and t is not current and not t.done()]
         if self._writer_task is not None and self._writer_task is not current:
             self._writer_task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # wait, not gather: if this stop() is cancelled, an inline reader's task (the connection's own,
+            # still ending its session) must not be cancelled with it
+            await asyncio.wait(tasks)
+            for t in tasks:
+                if not t.cancelled():
+                    t.exception()  # retrieved (the loops log their own errors)
         if self.queue is not None and self.queue.port is self:
             self.queue.port = None
         self._flush_coalesced()
@@ -284,8 +321,13 @@ class GuardedHandler(BrokerProtocolHandler):
             log.info("client %r (%s) caught up: its queue is empty again", self.client_id, self.where)
 
     def wake(self) -> None:
-        """Port: the queue has pending messages for the writer loop."""
-        self._wake_event.set()
+        """Port: the queue has pending messages (or websocket frames wait to be sent) for the writer loop,
+        which is started the first time it is needed."""
+        if self._writer_task is None:
+            if not self._closing:
+                self._writer_task = self._loop.create_task(self._writer_loop())
+        else:
+            self._wake_event.set()
 
     def _flush_coalesced(self) -> None:
         self._co_scheduled = False
@@ -304,7 +346,7 @@ class GuardedHandler(BrokerProtocolHandler):
         elif self.writer is not None:  # websockets: the adapter buffers; the writer loop sends it
             self.writer.write(data)
             self._ws_dirty = True
-            self._wake_event.set()
+            self.wake()
         else:
             return
         if n and self.broker is not None:
@@ -347,17 +389,20 @@ class GuardedHandler(BrokerProtocolHandler):
         if self._fire_tx:
             await self.plugins_manager.fire_event(MQTTEvents.PACKET_SENT, packet=packet, session=self.session)
 
-    async def _writer_loop(self) -> None:
+    async def _writer_loop(self, resend: bool = False) -> None:
+        """Sends what waits in the queue as the socket drains. `resend`: started with the connection of
+        a resumed session, it first re-sends the unacknowledged messages, then connects the queue."""
         q = self.queue
         assert q is not None
         counters = self.broker.guard.counters  # type: ignore[union-attr]
         cid = self.client_id
         try:
-            frames = q.resend_frames()
-            if frames:
-                log.info("client %r: re-sending %d unacknowledged message(s) of its session", cid, len(frames))
-                await self._write_frames(frames)
-            q.port = self
+            if resend:
+                frames = q.resend_frames()
+                if frames:
+                    log.info("client %r: re-sending %d unacknowledged message(s) of its session", cid, len(frames))
+                    await self._write_frames(frames)
+                q.port = self
             while True:
                 if self._ws_dirty:
                     await self._ws_drain()
@@ -417,6 +462,9 @@ class GuardedHandler(BrokerProtocolHandler):
 
     # -- reading -------------------------------------------------------------------------------
     async def _read_chunk(self) -> bytes:
+        if self._leftover:
+            chunk, self._leftover = self._leftover, b""
+            return chunk
         reader = self.reader
         if isinstance(reader, StreamReaderAdapter):
             return await reader._reader.read(READ_CHUNK)  # noqa: SLF001
@@ -486,7 +534,7 @@ class GuardedHandler(BrokerProtocolHandler):
                         continue
                     if first == 0x40 and length == 2:  # PUBACK
                         if queue.acked((data[start] << 8) | data[start + 1]):
-                            self._wake_event.set()
+                            self.wake()
                         pos = stop
                         continue
                     body = bytes(data[start:stop])
@@ -508,6 +556,12 @@ class GuardedHandler(BrokerProtocolHandler):
             self._protocol_error(exc.reason)
         except asyncio.CancelledError:
             self.end_reason = self.end_reason or "disconnected by the server"
+            if self._inline:  # the reader runs in the connection's own task
+                if not self._closing:
+                    raise  # cancelled from outside: the task ends (its session still ends cleanly)
+                task = asyncio.current_task()  # close() cancelled it to stop the reading: it goes on
+                if task is not None:
+                    task.uncancel()
         except (ConnectionError, OSError) as exc:
             self.end_reason = f"connection lost ({exc or type(exc).__name__})"
         except Exception as exc:  # noqa: BLE001 - a bug must end this connection, not the broker
@@ -627,13 +681,13 @@ class GuardedHandler(BrokerProtocolHandler):
             pid = (body[0] << 8) | body[1]
             if ptype == PUBACK:
                 if q.acked(pid):
-                    self._wake_event.set()
+                    self.wake()
             elif ptype == PUBREC:
                 if q.received(pid):
                     await self.send(encode_ack(PUBREL, pid))
             elif ptype == PUBCOMP:
                 if q.completed(pid):
-                    self._wake_event.set()
+                    self.wake()
             else:  # PUBREL: the inbound QoS 2 message was routed when it arrived
                 q.qos2_in.discard(pid)
                 await self.send(encode_ack(PUBCOMP, pid))

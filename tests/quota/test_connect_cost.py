@@ -107,7 +107,11 @@ def test_repeated_connects_of_a_user_make_no_quota_reads_and_batch_the_registry(
     # No block reads (HGETALL+PTTL), no limits reads, no lease syncs: the only commands sent are the
     # registry batches (EVALSHA) and, counted by Redis inside them, the registry script's own commands.
     script_inner = {"hget", "hgetall", "hlen", "hexists", "hset", "hdel", "del", "sadd", "srem"}
-    assert set(stats) <= script_inner | {"evalsha", "config|resetstat"}, stats
+    # On a loaded machine the window can outlast flush_interval (10 s): an analytics flush (a script of
+    # counter writes) and the invalidation listener's health PING may then fall in it. Neither reads quota.
+    background = {"hincrby", "hincrbyfloat", "zincrby", "zadd", "zrange", "zremrangebyscore", "expire",
+                  "expireat", "ping"}
+    assert set(stats) <= script_inner | background | {"evalsha", "config|resetstat"}, stats
     assert "pttl" not in stats
     # Batches, not one call per CONNECT or DISCONNECT (100 of each here; ~13 calls on an idle machine).
     assert 0 < stats["evalsha"] < n, stats
