@@ -120,3 +120,27 @@ def test_mosquitto_clients_see_not_authorised(broker):
                           "-t", "x", "-m", "1"], capture_output=True, text=True, timeout=10)
     assert bad.returncode != 0
     assert "not authorised" in bad.stderr
+
+
+@pytest.mark.parametrize("pieces", [1, 3], ids=["one-write", "split-mid-packet"])
+def test_packets_sent_right_behind_the_connect_are_acted_on(broker, pieces):
+    """A client may send SUBSCRIBE, PUBLISH and DISCONNECT without waiting for its CONNACK. Whatever came
+    in the CONNECT's own read (or split across reads mid-packet) is handled, in order, after the CONNACK."""
+    from tests.helpers import rawmqtt as raw
+    data = (raw.connect("eager", username="alice", password="alice-pw", keepalive=0)
+            + raw.subscribe(1, ("a/eager", 1)) + raw.publish("a/eager", b"to-myself", qos=1, packet_id=7))
+    step = -(-len(data) // pieces)
+    with raw.RawClient(broker.port) as c:
+        for i in range(0, len(data), step):
+            c.send(data[i:i + step])
+            time.sleep(0.05)
+        assert c.connack() == (0, 0)
+        assert c.expect(raw.SUBACK).body == b"\x00\x01\x01"
+        got = {}
+        for _ in range(2):  # its PUBACK and the delivery of its own message, in either order
+            pkt = c.expect_any()
+            got[pkt.type] = pkt
+        assert got[raw.PUBACK].packet_id == 7
+        assert got[raw.PUBLISH].payload == b"to-myself"
+        c.send(raw.DISCONNECT_BYTES)
+        assert c.closed_by_peer()

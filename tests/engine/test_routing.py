@@ -190,3 +190,39 @@ def test_routes_follow_subscriptions_and_sessions(inproc):
         pub.send(raw.publish("t/1", b"x4"))  # b's session is gone: nothing is routed to its queue
         _sync(pub)
         assert broker.call(lambda: broker.broker.queue_depths()).get("b") is None
+
+
+def test_a_disconnect_removes_exactly_that_clients_subscriptions(inproc):
+    """The broker keeps each client's filters (so a disconnect does not scan every filter of the broker):
+    a clean session's filters go with it, shared filters stay for the others, and a persistent session
+    keeps its filters while offline until it comes back with a clean session."""
+    broker = inproc()
+    a, _ = raw.connected(broker.port, "a", keepalive=0)
+    b, _ = raw.connected(broker.port, "b", keepalive=0)
+    p, _ = raw.connected(broker.port, "p", keepalive=0, clean=False)
+    a.send(raw.subscribe(1, ("shared/#", 0)))
+    a.expect(raw.SUBACK)
+    b.send(raw.subscribe(1, ("shared/#", 0), ("only-b/+", 0)))
+    b.expect(raw.SUBACK)
+    p.send(raw.subscribe(1, ("persistent/t", 1)))
+    p.expect(raw.SUBACK)
+
+    def subscribers() -> dict[str, list[str]]:
+        return broker.call(lambda: {f: sorted(s.client_id for s, _ in entries)
+                                    for f, entries in broker.broker._subscriptions.items()})
+
+    assert subscribers() == {"shared/#": ["a", "b"], "only-b/+": ["b"], "persistent/t": ["p"]}
+    b.close()
+    p.close()
+    assert _until(lambda: broker.call(lambda: "b" not in broker.broker._sessions))
+    assert _until(lambda: broker.call(lambda: broker.broker._sessions["p"][0].transitions.state) == "disconnected")
+    assert subscribers() == {"shared/#": ["a"], "persistent/t": ["p"]}
+    assert broker.call(lambda: broker.broker._trie.match("only-b/x")) == []  # the emptied filter left the trie
+    pub, _ = raw.connected(broker.port, "pub", keepalive=0)
+    with a, pub:
+        pub.send(raw.publish("shared/1", b"still-routed"))
+        _sync(pub)
+        assert _drain_publishes(a) == [raw.publish("shared/1", b"still-routed")[2:]]
+        p2, _ = raw.connected(broker.port, "p", keepalive=0, clean=True)  # a clean start drops its filters
+        with p2:
+            assert subscribers() == {"shared/#": ["a"]}
