@@ -47,6 +47,7 @@ from ..config import GuardConfig, ListenerConfig
 from ..guard import Guard
 from ..logutil import RateLimitedLog
 from ..metrics import counters as C
+from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler
 from .protocol import (
     CONNECT,
@@ -78,6 +79,7 @@ SUBACK_FAILURE = 0x80
 SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach the clients
 ROUTE_CACHE = 65536  # topics whose RECEIVE targets are cached
 PUB_CACHE = 1024  # PUBLISH topics whose ACL decision a connection remembers
+CONNECT_DEADLINE_TICK = 0.25  # s: connect_timeout is enforced within this (one shared timer, none per socket)
 
 
 def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -137,6 +139,7 @@ class GuardedBroker(Broker):
         self._cacheable = all(isinstance(p, GuardAclPlugin) for p, _ in self._topic_checks)
         self.fast_publish = self._sync_checks and not self._fire_msg_received and not self._fire_msg_broadcast
         self._trie = TopicTrie()
+        self._connect_deadlines = Deadlines(CONNECT_DEADLINE_TICK)
         self._filters_of: dict[str, set[str]] = {}  # client id -> its subscribed filters (in _subscriptions)
         self._routes: dict[str, list[Any]] = {}  # topic -> [targets, withheld, DeliveryGroup | None]
         self._policy = guard.acl.policy
@@ -247,7 +250,7 @@ class GuardedBroker(Broker):
         timeout = limits.connect_timeout
         leftover = b""
         try:
-            async with asyncio.timeout(timeout):  # (a timer, not a Task as wait_for would make)
+            async with self._connect_deadlines.deadline(timeout):
                 if isinstance(reader, StreamReaderAdapter):
                     first, body, leftover = await _read_first_packet(reader._reader, limits.max_packet_size)  # noqa: SLF001
                 else:

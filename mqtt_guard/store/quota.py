@@ -1,8 +1,8 @@
 """Quotas, sessions, kicks, blocks and the audit stream in Redis.
 
 Every multi-key change is one Lua script, so a broker, the sidecar and the CLI can act at the same
-time without locks. Key names come from `keys.Keys` (passed to the scripts as KEYS); the layout is
-documented in docs/redis-schema.md and docs/quotas.md. Time inside scripts is Redis' own (`TIME`),
+time without locks. Key names come from `keys.Keys` (passed to the scripts as KEYS, or inside the
+registry batch's one argument); the layout is documented in docs/redis-schema.md and docs/quotas.md. Time inside scripts is Redis' own (`TIME`),
 so broker liveness does not depend on the clocks of the hosts.
 """
 
@@ -150,8 +150,11 @@ return removed
 
 # Batched session registry (the broker's only registry write path; docs/quotas.md "Sessions"): many
 # opens, closes and slot changes of one broker, applied in order in one call.
-# KEYS[1] the broker's sessions, KEYS[2] the broker's lease set, then per op: session, user's sessions,
-# user's session slots. ARGV[1] broker, ARGV[2] number of ops, then 7 per op:
+# KEYS[1] the broker's sessions, KEYS[2] the broker's lease set. ARGV[1] broker, ARGV[2] number of ops,
+# ARGV[3] the ops, one string (`registry_blob`: each field as `<byte length>:<bytes>`, so any client id or
+# username fits; one argument instead of ten per op, which made redis-py's packing the biggest part of a
+# CONNECT's registry cost), 10 fields per op: the 7 below, then the keys it writes: session, user's
+# sessions, user's session slots.
 #   kind 'o' (open):  client_id, conn, username, since, limit (0 = none), mode: 'c' check the limit,
 #                     's' take one of this broker's slots (else check), 'r' reopen (only if no other
 #                     broker registered the client meanwhile, no limit)
@@ -191,11 +194,24 @@ local function set_slots(k, n)
     redis.call('SREM', bl, k)
   end
 end
+local blob, pos = ARGV[3], 1
+local function field()
+  local c = string.find(blob, ':', pos, true)
+  local n = tonumber(string.sub(blob, pos, c - 1))
+  pos = c + n + 1
+  return string.sub(blob, c + 1, c + n)
+end
 for i = 0, tonumber(ARGV[2]) - 1 do
-  local a, k = 3 + 7 * i, 3 + 3 * i
-  local s, us, ss = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local kind, cid, conn, user, since = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local limit, extra = tonumber(ARGV[a + 5]), ARGV[a + 6]
+  local kind = field()
+  local cid = field()
+  local conn = field()
+  local user = field()
+  local since = field()
+  local limit = tonumber(field())
+  local extra = field()
+  local s = field()
+  local us = field()
+  local ss = field()
   if kind == 'o' then
     local prev_b = redis.call('HGET', s, 'broker') or ''
     local prev_conn = redis.call('HGET', s, 'conn') or ''
@@ -415,6 +431,22 @@ class RegistryOp:
     extra: str = ""  # open: mode 'c'/'s'/'r'; close: slots to keep at most; slots: slots wanted
 
 
+def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
+    """The ops of one registry batch as REGISTRY_LUA reads them: 10 length-prefixed fields per op."""
+    out = []
+    for op in ops:
+        user = op.username or ""
+        fields = (op.kind, op.client_id, op.conn, user, f"{op.since:.3f}" if op.kind == "o" else "",
+                  str(op.limit or 0), op.extra, keys.session(op.client_id), keys.user_sessions(user),
+                  keys.user_session_slots(user))
+        rec = "".join([f"{len(f)}:{f}" for f in fields])
+        if rec.isascii():  # (then lengths in characters are lengths in bytes)
+            out.append(rec.encode())
+        else:
+            out.append(b"".join([b"%d:%s" % (len(b), b) for b in (f.encode() for f in fields)]))
+    return b"".join(out)
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryResult:
     ok: bool  # open: admitted; close: the session hash was removed
@@ -576,14 +608,7 @@ class QuotaStore:
         if not ops:
             return []
         keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id)]
-        args: list[Any] = [broker_id, len(ops)]
-        for op in ops:
-            user = op.username or ""
-            keys += [self.keys.session(op.client_id) if op.client_id else self.keys.session(""),
-                     self.keys.user_sessions(user), self.keys.user_session_slots(user)]
-            args += [op.kind, op.client_id, op.conn, user, f"{op.since:.3f}" if op.kind == "o" else "",
-                     op.limit or 0, op.extra]
-        raw = await self._registry(keys=keys, args=args)
+        raw = await self._registry(keys=keys, args=[broker_id, len(ops), registry_blob(self.keys, ops)])
         return [RegistryResult(bool(int(r[0])), int(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]),
                                tuple(h for h in str(r[6]).split(",") if h)) for r in raw]
 

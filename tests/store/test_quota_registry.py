@@ -117,3 +117,24 @@ def test_reaping_a_dead_broker_drops_its_slots_and_sessions(redis_server, prefix
             await client.aclose()
 
     run(body())
+
+
+def test_any_client_id_and_username_survive_the_batch_encoding(redis_server, prefix, rds):
+    """Ops travel as one length-prefixed string: separators, digits, non-ASCII and empty fields included."""
+    odd = ["12:34", "é-ü-漢字", "a:b:c", "", "0:", "x" * 300, "sp ace\ttab"]
+
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            res = await store.registry("b1", [op_open(cid, user=f"u:{cid}", limit=0) for cid in odd])
+            assert all(r.ok for r in res)
+            for cid in odd:
+                assert rds.hget(f"{prefix}session:{cid}", "client_id") == cid
+                assert rds.hget(f"{prefix}session:{cid}", "username") == f"u:{cid}"
+                assert rds.hkeys(f"{prefix}sessions:user:u:{cid}") == [cid]
+            res = await store.registry("b1", [op_close(cid, user=f"u:{cid}", limit=0) for cid in odd])
+            assert all(r.ok for r in res)
+            assert not any(rds.exists(f"{prefix}session:{cid}") for cid in odd)
+        finally:
+            await client.aclose()
+    run(body())
