@@ -20,6 +20,7 @@ from typing import Any
 
 from ..store.connection import REDIS_ERRORS
 from ..store.quota import Block, QuotaStore
+from ..tasks import cancel_and_wait
 from .limits import Limits
 
 log = logging.getLogger("mqtt_guard.quota")
@@ -134,9 +135,7 @@ class BlockCache:
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await cancel_and_wait(self._task)
 
     def _schedule(self) -> None:
         if self.tracked and not self._stopped and (self._task is None or self._task.done()):

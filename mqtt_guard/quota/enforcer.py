@@ -37,6 +37,7 @@ from .limits import NO_LIMITS, Limits, parse_limits
 from .registry import SessionRegistry
 from .stretch import Reservation, Stretch, group_reserve, open_stretch, release, settle_stretch
 from .windows import utc
+from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..guard import Guard
@@ -206,9 +207,7 @@ class QuotaEnforcer:
                        asyncio.create_task(self._kick_loop(), name="mqtt-guard-kicks")]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         await self.blocks.stop()
         if self._background:

@@ -138,3 +138,27 @@ def test_any_client_id_and_username_survive_the_batch_encoding(redis_server, pre
         finally:
             await client.aclose()
     run(body())
+
+
+def test_heartbeat_reports_reach_only_the_owning_connections_entries(redis_server, prefix, rds):
+    """update_sessions: many connections per script call (more than one part here), values as redis-py
+    would have sent them, and an entry taken over by another connection is left alone."""
+    from mqtt_guard.store.quota import UPDATES_PART
+
+    n = UPDATES_PART * 2 + 7
+
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            await store.registry("b1", [op_open(f"c{i}", limit=0) for i in range(n)] + [op_open("é:1", limit=0)])
+            updates = [(f"c{i}", f"conn-c{i}", {"events": i, "bytes": 2 * i}) for i in range(n)]
+            updates.append(("é:1", "conn-é:1", {"queue_over_since": "1.500", "ratio": 0.25, "note": "a:b é"}))
+            updates.append(("c0", "someone-else", {"events": 999}))  # not the owner: ignored
+            await store.update_sessions(updates)
+            assert rds.hmget(f"{prefix}session:c0", "events", "bytes") == ["0", "0"]
+            assert rds.hmget(f"{prefix}session:c{n - 1}", "events", "bytes") == [str(n - 1), str(2 * (n - 1))]
+            assert rds.hmget(f"{prefix}session:é:1", "queue_over_since", "ratio", "note") == ["1.500", "0.25", "a:b é"]
+            await store.update_sessions([])  # nothing to send
+        finally:
+            await client.aclose()
+    run(body())
