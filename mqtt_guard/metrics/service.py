@@ -21,7 +21,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -187,7 +187,8 @@ class MetricsService:
             wake = min(now + interval, next_boundary(now, RES_10S[1]))
             await asyncio.sleep(max(0.0, wake - time.time()))
             try:
-                self.tick()
+                for _ in self._tick_steps():
+                    await asyncio.sleep(0)  # deliveries go on between the steps
             except Exception:  # noqa: BLE001 - analytics must never take the broker down
                 log.exception("stats tick failed")
             self._wake.set()
@@ -203,6 +204,14 @@ class MetricsService:
 
     def tick(self, now: float | None = None) -> None:
         """Drain the counters into the backlog (no I/O)."""
+        for _ in self._tick_steps(now):
+            pass
+
+    def _tick_steps(self, now: float | None = None) -> Iterator[None]:
+        """`tick` in steps, for the ticker to give the event loop back between them: each step walks
+        every client, and all of them in one go stopped deliveries for several ms with 1,000 active
+        clients (the 1,000-device benchmark's p99). The drain is one snapshot; the steps after it only
+        read that snapshot, and the backlog changes in the last step only."""
         now = time.time() if now is None else now
         self.count_kicks()
         if self.probe is not None:
@@ -220,12 +229,15 @@ class MetricsService:
                         self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
                 except Exception:  # noqa: BLE001
                     log.exception("queue depth sample failed")
+        yield
         drain = self.counters.drain(now)
         mono = time.monotonic()
         for name, avg in self.load.items():
             avg.update(self.counters.total(name), mono)
+        yield
         self._update_recent(drain)
         self._update_users(drain)
+        yield
         batch = batch_from_drain(drain)
         if not batch.empty():
             if self.backlog.empty():  # the usual case: take the window as it is instead of copying it

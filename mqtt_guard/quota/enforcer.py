@@ -50,6 +50,7 @@ METRICS = ("events", "bytes")
 URGENT_GAP = 0.05  # an entry that ran short is synced at most this often outside the heartbeat
 FULL_SYNC_EVERY = 5  # heartbeats between syncs of entries that did not change
 REAP_EVERY = 5  # heartbeats between looks for dead brokers
+REPORT_SLICE = 200  # connections per step of the heartbeat report (the loop is given back between steps)
 LIMITS_CACHE = 10_000  # last known limits of users seen by this broker (used while Redis is down)
 
 
@@ -787,9 +788,11 @@ class QuotaEnforcer:
 
     async def _report_sessions(self, now: float) -> None:
         updates = []
-        for cq in self.clients.values():
-            if not cq.confirmed:
-                continue  # its registration is still queued: reported once it exists
+        for i, cq in enumerate(list(self.clients.values())):
+            if i and i % REPORT_SLICE == 0:
+                await asyncio.sleep(0)  # deliveries go on (one pass over 1,000 clients takes ms)
+            if not cq.confirmed or self.clients.get(cq.client.client_id) is not cq:
+                continue  # its registration is still queued (reported once it exists), or it has left
             fields: dict[str, Any] = dict(cq.usage)
             depth = self._queue_depth(cq.client.client_id)
             if depth is not None:

@@ -213,6 +213,30 @@ def test_unused_lease_is_returned_on_disconnect_and_taken_by_the_other_broker(co
     run(body())
 
 
+def test_heartbeat_reports_every_connection_across_slices_while_clients_come_and_go(config, rds, prefix):
+    """The report pass gives the loop back every REPORT_SLICE connections: with more connections than
+    that, every one is reported, and connections that leave meanwhile are not brought back."""
+    from mqtt_guard.quota.enforcer import REPORT_SLICE
+
+    n = 2 * REPORT_SLICE + 50
+
+    async def body():
+        async with guards(config) as [g]:
+            clients = [await attach(g, f"d{i}", f"u{i % 7}") for i in range(n)]
+            for i, c in enumerate(clients):
+                g.admit_publish(c, "t", i + 1, 0)
+            leaving = clients[-10:]
+            for c in leaving:
+                g.detach(c)
+            last = n - 11
+            assert await eventually(lambda: rds.hget(f"{prefix}session:d{last}", "bytes_in") == str(last + 1))
+            assert rds.hget(f"{prefix}session:d0", "bytes_in") == "1"
+            assert rds.hget(f"{prefix}session:d{REPORT_SLICE}", "events_in") == "1"
+            assert await eventually(lambda: not any(rds.exists(f"{prefix}session:{c.client_id}") for c in leaving))
+
+    run(body())
+
+
 def test_sessions_limit_is_global_across_brokers(config, rds, prefix):
     rds.hset(f"{prefix}quota:user:u", "sessions", "2")
 
