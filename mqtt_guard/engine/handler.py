@@ -324,7 +324,8 @@ class GuardedHandler(BrokerProtocolHandler):
         """Port: the queue has pending messages (or websocket frames wait to be sent) for the writer loop,
         which is started the first time it is needed."""
         if self._writer_task is None:
-            if not self._closing:
+            # (an acknowledgement with nothing waiting behind it needs no writer loop)
+            if not self._closing and (self._ws_dirty or (self.queue is not None and self.queue.pending)):
                 self._writer_task = self._loop.create_task(self._writer_loop())
         else:
             self._wake_event.set()
