@@ -60,6 +60,7 @@ from .protocol import (
     encode_suback,
     parse_connect,
     parse_fixed_header,
+    too_large,
 )
 from ..plugins.acl import GuardAclPlugin
 from .protocol import encode_publish
@@ -855,8 +856,7 @@ async def _read_packet(reader: ReaderAdapter, max_packet: int) -> tuple[int, byt
         if header_len > 4:
             raise ProtocolViolation("malformed remaining length (more than 4 bytes)")
     if max_packet and header_len + length > max_packet:
-        raise ProtocolViolation(f"{TYPE_NAMES.get(head[0] >> 4, '?')} packet of {header_len + length} bytes"
-                                f" exceeds max_packet_size {max_packet}")
+        raise too_large(head[0], header_len + length, max_packet)
     body = await _read_exactly(reader, length) if length else b""
     return head[0], body
 
@@ -874,8 +874,7 @@ async def _read_first_packet(stream: asyncio.StreamReader, max_packet: int) -> t
             pass
         else:
             if max_packet and hlen + length > max_packet:
-                raise ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {hlen + length} bytes"
-                                        f" exceeds max_packet_size {max_packet}")
+                raise too_large(first, hlen + length, max_packet)
             end = hlen + length
             if len(data) >= end:
                 return first, data[hlen:end], data[end:]

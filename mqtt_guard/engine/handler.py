@@ -59,6 +59,7 @@ from .protocol import (
     decode_utf8,
     encode_ack,
     parse_fixed_header,
+    too_large,
 )
 from .queues import OutQueue
 from .session_info import CLIENT
@@ -519,8 +520,7 @@ class GuardedHandler(BrokerProtocolHandler):
                         except Incomplete:
                             break
                     if max_packet and hlen + length > max_packet:
-                        raise ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {hlen + length} bytes"
-                                                f" exceeds max_packet_size {max_packet}")
+                        raise too_large(first, hlen + length, max_packet)
                     start = pos + hlen
                     stop = start + length
                     if stop > end:

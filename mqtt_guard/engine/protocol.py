@@ -46,6 +46,12 @@ class Incomplete(Exception):
     """Not enough bytes buffered yet."""
 
 
+def too_large(first: int, size: int, max_packet: int) -> ProtocolViolation:
+    """The violation for a packet (whole, header included) over `limits.max_packet_size`."""
+    return ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes"
+                             f" exceeds max_packet_size {max_packet}")
+
+
 def parse_fixed_header(buf: bytes | bytearray, pos: int) -> tuple[int, int, int]:
     """(first byte, remaining length, header size) of the packet at `pos`; Incomplete if cut short."""
     end = len(buf)

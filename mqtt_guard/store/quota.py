@@ -1,9 +1,10 @@
 """Quotas, sessions, kicks, blocks and the audit stream in Redis.
 
 Every multi-key change is one Lua script, so a broker, the sidecar and the CLI can act at the same
-time without locks. Key names come from `keys.Keys` (passed to the scripts as KEYS, or inside the
-registry batch's one argument); the layout is documented in docs/redis-schema.md and docs/quotas.md. Time inside scripts is Redis' own (`TIME`),
-so broker liveness does not depend on the clocks of the hosts.
+time without locks. Key names come from `keys.Keys` (passed to the scripts as KEYS, or, for the batched
+registry and heartbeat reports, inside their one length-prefixed argument); the layout is documented in
+docs/redis-schema.md and docs/quotas.md. Time inside scripts is Redis' own (`TIME`), so broker liveness
+does not depend on the clocks of the hosts.
 """
 
 from __future__ import annotations
