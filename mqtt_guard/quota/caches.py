@@ -174,6 +174,8 @@ class BlockCache:
             if key not in self.dirty:  # an invalidated key is read again by _reread
                 self.blocks[key] = block
         self.loaded = True
+        # Operators (and tests) see from here on that a CONNECT reads no block from Redis.
+        log.info("block cache loaded: %d block(s) in force; CONNECTs check blocks in memory", len(self.blocks))
 
     async def _reread(self) -> None:
         gen, snapshot = self.gen, dict(self.dirty)
