@@ -194,13 +194,13 @@ class GuardedBroker(Broker):
             return
         await server.acquire_connection()
         try:
-            await self._serve_connection(listener, reader, writer, where)
+            await self._serve_connection(listener, reader, writer, where, peer)
         finally:
             server.release_connection()
 
     async def _serve_connection(self, listener: ListenerConfig, reader: ReaderAdapter,
-                                writer: WriterAdapter, where: str) -> None:
-        incoming = await self._read_connect(reader, writer, where)
+                                writer: WriterAdapter, where: str, peer: tuple[str, int] | None = None) -> None:
+        incoming = await self._read_connect(reader, writer, where, peer)
         if incoming is None:
             return
         handler, session, leftover = incoming
@@ -243,8 +243,8 @@ class GuardedBroker(Broker):
         await handler.stop()
         return True
 
-    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter,
-                            where: str) -> tuple[GuardedHandler, Session, bytes] | None:
+    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter, where: str,
+                            peer: tuple[str, int] | None = None) -> tuple[GuardedHandler, Session, bytes] | None:
         """The first packet, whole, within connect_timeout; it must be a valid CONNECT. Also returns the
         bytes read after it (a client may send more before its CONNACK), for the connection's reader."""
         limits = self.guard_config.limits
@@ -278,11 +278,11 @@ class GuardedBroker(Broker):
                 await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet)
             if info.protocol != "MQTT":
                 log.info("client %r from %s speaks MQTT 3.1 (%s)", info.client_id, where, info.protocol)
-            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer), leftover
+            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer, peer), leftover
         await _close_quietly(writer)
         return None
 
-    def _session_from(self, info: ConnectInfo, writer: WriterAdapter) -> Session:
+    def _session_from(self, info: ConnectInfo, writer: WriterAdapter, peer: tuple[str, int] | None = None) -> Session:
         session = GuardedSession()
         session.client_id = info.client_id
         session.clean_session = info.clean
@@ -291,7 +291,8 @@ class GuardedBroker(Broker):
             session.will_topic, session.will_message, session.will_qos, session.will_retain = info.will
         session.username = info.username
         session.password = info.password
-        peer = writer.get_peer_info()
+        if peer is None:
+            peer = writer.get_peer_info()
         if peer is not None:
             session.remote_address, session.remote_port = peer
         session.ssl_object = writer.get_ssl_info()

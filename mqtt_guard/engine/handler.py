@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
@@ -33,7 +34,9 @@ from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import Session
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
@@ -76,9 +79,36 @@ WRITE_BATCH = 65536  # bytes of PUBLISH frames per write() in the writer loop
 CLOSE_GRACE = 2.0  # seconds a closing socket may take to flush before it is aborted
 
 
+_AMQTT_LOG = logging.getLogger("amqtt.mqtt.protocol.handler")
+# What amqtt's ProtocolHandler and BrokerProtocolHandler constructors create, made on first use.
+_AMQTT_LAZY: dict[str, Callable[[], Any]] = {
+    "_reader_stopped": asyncio.Event,
+    "_write_lock": asyncio.Lock,
+    "_pending_subscriptions": asyncio.Queue,
+    "_pending_unsubscriptions": asyncio.Queue,
+    "_puback_waiters": dict,
+    "_pubrec_waiters": dict,
+    "_pubrel_waiters": dict,
+    "_pubcomp_waiters": dict,
+}
+
+
 class GuardedHandler(BrokerProtocolHandler):
+    logger = _AMQTT_LOG  # amqtt's per-session LoggerAdapter (and its getLogger calls) are not built
+
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(plugins_manager, loop=loop)
+        # amqtt's constructors are not called: they build an Event, a Lock and two Queues per connection
+        # that the engine does not use (`__getattr__` makes them if amqtt code or a plugin asks).
+        self.session = None
+        self.reader = None
+        self.writer = None
+        self.plugins_manager = plugins_manager
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._reader_task = None
+        self._keepalive_task = None
+        self._reader_ready = None
+        self._disconnect_waiter = None
+        self.keepalive_timeout = None
         self.broker: GuardedBroker | None = None
         self.queue: OutQueue | None = None
         self.where = ""
@@ -125,7 +155,24 @@ class GuardedHandler(BrokerProtocolHandler):
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
 
+    def __getattr__(self, name: str) -> Any:  # only for attributes not set: amqtt's unused state
+        factory = _AMQTT_LAZY.get(name)
+        if factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = factory()
+        setattr(self, name, value)
+        return value
+
     # -- set-up --------------------------------------------------------------------------------
+    def attach(self, session: Session, reader: Any, writer: Any) -> None:
+        """amqtt's attach without its per-session LoggerAdapter."""
+        if self.session:
+            raise ProtocolHandlerError("Handler is already attached to a session")
+        self.session = session
+        self.keepalive_timeout = session.keep_alive if session.keep_alive > 0 else None
+        self.reader = reader
+        self.writer = writer
+
     def bind(self, broker: GuardedBroker, queue: OutQueue, where: str) -> None:
         self.broker = broker
         self.queue = queue
