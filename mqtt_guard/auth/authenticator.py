@@ -27,8 +27,6 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -189,19 +187,20 @@ class Authenticator:
             return AuthResult(Outcome.ANONYMOUS_REFUSED, None)
         return await self._check_password(username, password)
 
-    @contextmanager
-    def _watch(self, username: str) -> Iterator[_Watch]:
-        """Register a check of `username` in flight, for `forget` to mark (bounded by checks in flight)."""
+    def _watch(self, username: str) -> _Watch:
+        """Register a check of `username` in flight, for `forget` to mark (bounded by checks in flight);
+        `_unwatch` it when done (a plain pair, not a context manager: this runs for every CONNECT)."""
         reading = self._reading.get(username)
         if reading is None:
             reading = self._reading[username] = _Reading()
         reading.count += 1
-        try:
-            yield _Watch(reading, self._changes)
-        finally:
-            reading.count -= 1
-            if reading.count == 0:
-                del self._reading[username]
+        return _Watch(reading, self._changes)
+
+    def _unwatch(self, username: str, watch: _Watch) -> None:
+        reading = watch.reading
+        reading.count -= 1
+        if reading.count == 0 and self._reading.get(username) is reading:
+            del self._reading[username]
 
     async def _load(self, username: str, watch: _Watch) -> UserRecord | None:
         """The user's record: from memory while provably fresh (module docstring), else from Redis.
@@ -231,8 +230,11 @@ class Authenticator:
     async def _check_identity(self, identity: str) -> AuthResult:
         """A verified certificate proves who the client is; Redis can still disable or expire it."""
         try:
-            with self._watch(identity) as watch:
+            watch = self._watch(identity)
+            try:
                 user = await self._load(identity, watch)
+            finally:
+                self._unwatch(identity, watch)
         except REDIS_ERRORS:
             if self.config.on_redis_down == "cached":
                 return AuthResult(Outcome.OK_CACHED_REDIS_DOWN, identity)
@@ -247,8 +249,11 @@ class Authenticator:
         return AuthResult(Outcome.OK, identity, user)  # user None: no hash in Redis, which is fine
 
     async def _check_password(self, username: str, password: str | None) -> AuthResult:
-        with self._watch(username) as watch:
+        watch = self._watch(username)
+        try:
             return await self._check_password_watched(username, password, watch)
+        finally:
+            self._unwatch(username, watch)
 
     async def _check_password_watched(self, username: str, password: str | None, watch: _Watch) -> AuthResult:
         token = self._token(username, password or "")

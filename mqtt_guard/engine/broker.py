@@ -192,11 +192,17 @@ class GuardedBroker(Broker):
                         where, listener.bind, listener.max_connections)
             await writer.close()
             return
-        await server.acquire_connection()
+        # amqtt's Server.acquire/release_connection, without the INFO line they format per connection
+        # (filtered out, but built with an f-string every time)
+        if server.semaphore is not None:
+            await server.semaphore.acquire()
+        server.conn_count += 1
         try:
             await self._serve_connection(listener, reader, writer, where, peer)
         finally:
-            server.release_connection()
+            if server.semaphore is not None:
+                server.semaphore.release()
+            server.conn_count -= 1
 
     async def _serve_connection(self, listener: ListenerConfig, reader: ReaderAdapter,
                                 writer: WriterAdapter, where: str, peer: tuple[str, int] | None = None) -> None:
