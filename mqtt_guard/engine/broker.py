@@ -28,6 +28,7 @@ amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from typing import Any
@@ -36,6 +37,7 @@ from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, Wri
 from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
+from amqtt.contexts import ListenerType
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.session import IncomingApplicationMessage, Session
@@ -67,6 +69,7 @@ from .protocol import encode_publish
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, GuardedSession, auth_result_of, queue_of
+from .transport import MqttStream
 
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
@@ -179,6 +182,17 @@ class GuardedBroker(Broker):
         return context
 
     # -- connection path -----------------------------------------------------------------------
+    async def _create_server_instance(self, listener_name: str, listener_type: ListenerType, address: str | None,
+                                      port: int, ssl_context: ssl.SSLContext | None) -> Any:
+        """TCP and TLS listeners serve connections through `MqttStream` (engine/transport.py) instead of
+        asyncio's streams; websockets stay amqtt's."""
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
+        loop = asyncio.get_running_loop()
+        serve = functools.partial(self._client_connected, listener_name)
+        return await loop.create_server(lambda: MqttStream(loop, serve), address, port, reuse_address=True,
+                                        ssl=ssl_context)
+
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)
         listener = self._guard_listeners.get(listener_name)
