@@ -1,0 +1,180 @@
+"""MqttStream (engine/transport.py): the connection object the broker's TCP listeners use, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from mqtt_guard.engine.transport import LIMIT, MqttStream, TcpReader, TcpWriter
+
+
+async def serving(serve):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: MqttStream(loop, serve), "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+def test_bytes_arrive_in_order_in_reads_of_at_most_n_and_eof_reads_empty():
+    async def main():
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            while True:
+                data = await stream.read(5)
+                assert len(data) <= 5
+                if not data:
+                    break
+                got.append(data)
+            writer.write(b"bye")
+            await writer.drain()
+            done.set()
+
+        server, port = await serving(serve)
+        r, w = await client(port)
+        for part in (b"hello ", b"wor", b"ld and more"):
+            w.write(part)
+            await w.drain()
+            await asyncio.sleep(0.01)
+        w.write_eof()  # half-close: the server still writes its answer
+        await asyncio.wait_for(done.wait(), 5)
+        assert await asyncio.wait_for(r.read(), 5) == b"bye"
+        assert b"".join(got) == b"hello world and more"
+        w.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+def test_reading_pauses_when_unread_bytes_pile_up_and_nothing_is_lost():
+    async def main():
+        streams: list[MqttStream] = []
+        release = asyncio.Event()
+        received = bytearray()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            streams.append(stream)
+            await release.wait()
+            while True:
+                data = await stream.read(65536)
+                if not data:
+                    break
+                received.extend(data)
+            stream.close()
+
+        server, port = await serving(serve)
+        payload = bytes(range(256)) * 4096 * 4  # 4 MiB: far more than the pause mark
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        sender = loop.create_task(loop.sock_sendall(sock, payload))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if streams and not streams[0].transport.is_reading():
+                break
+        stream = streams[0]
+        assert not stream.transport.is_reading()  # paused: the client's sends block instead of broker memory growing
+        assert stream._buffered <= 2 * LIMIT + 262144  # noqa: SLF001 - at most one read past the mark
+        release.set()
+        await asyncio.wait_for(sender, 10)
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(500):
+            if len(received) == len(payload):
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(received) == payload
+        sock.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+def test_drain_raises_once_the_connection_is_lost_and_wait_closed_returns():
+    async def main():
+        outcome: list[str] = []
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            assert await stream.read(10) == b"x"
+            try:  # the client reset the connection: the read says so, as asyncio's StreamReader does
+                assert await stream.read(10) == b""
+            except ConnectionResetError:
+                pass
+            try:
+                for _ in range(1000):
+                    stream.write(b"y" * 65536)
+                    await stream.drain()
+            except (ConnectionResetError, ConnectionError, OSError) as exc:
+                outcome.append(type(exc).__name__)
+            await asyncio.wait_for(stream.wait_closed(), 5)
+
+        server, port = await serving(serve)
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"x")
+        await asyncio.sleep(0.1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+        for _ in range(300):
+            if outcome:
+                break
+            await asyncio.sleep(0.01)
+        assert outcome  # the writer learns the peer is gone instead of buffering forever
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+def test_a_failing_handler_closes_its_connection_and_is_logged(caplog):
+    async def main():
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            raise RuntimeError("boom")
+
+        server, port = await serving(serve)
+        r, w = await client(port)
+        assert await asyncio.wait_for(r.read(), 5) == b""  # closed by the broker side
+        w.close()
+        server.close()
+        await server.wait_closed()
+    with caplog.at_level(logging.ERROR, logger="mqtt_guard.broker"):
+        asyncio.run(main())
+    assert "connection handler failed" in caplog.text
+    assert "boom" in caplog.text
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_readexactly_collects_across_chunks_and_reports_a_short_stream(n):
+    async def main():
+        results: list[object] = []
+        done = asyncio.Event()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            results.append(await reader.read(n))  # amqtt's adapter API: readexactly underneath
+            try:
+                await reader.read(100)
+            except asyncio.IncompleteReadError as exc:
+                results.append(exc.partial)
+            done.set()
+
+        server, port = await serving(serve)
+        r, w = await client(port)
+        for b in b"abcdefgh":
+            w.write(bytes((b,)))
+            await w.drain()
+            await asyncio.sleep(0.005)
+        w.write_eof()
+        await asyncio.wait_for(done.wait(), 5)
+        assert results == [b"abcdefgh"[:n], b"abcdefgh"[n:]]
+        w.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
