@@ -7,6 +7,11 @@ somebody awaits one of its results (a CONNECT that needs Redis' word on `session
 flight at a time, so Redis sees the operations in the order they were made (an open before the close
 of the same connection).
 
+A connection that ends before its registration was sent (a CONNECT and DISCONNECT within one batch
+window) is never registered: its open and close are folded into one 't' operation, which only asks
+Redis who held the client id before, so that a take-over of a connection on another broker is still
+carried out (the broker that held it is asked to kick it).
+
 Session slots keep `sessions` exact without a round trip per CONNECT: a broker reserves a few slots
 of a user in `sessions:slots:<u>`, counted against the limit by every open exactly like registered
 connections (registered + reserved <= limit, each change atomic). A CONNECT that can take a local
@@ -77,9 +82,22 @@ class SessionRegistry:
         self._awaited = 0  # awaited operations queued (not yet sent)
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
+        # (client id, conn) -> index in _ops of an open not sent yet and not awaited (see the docstring)
+        self._open_at: dict[tuple[str, str], int] = {}
+        self.folded = 0  # opens and closes folded into one 't' operation (tests, stats)
 
     # -- queueing ----------------------------------------------------------------------------------------
     def submit(self, op: RegistryOp, done: Done | None = None, *, urgent: bool = False) -> None:
+        if op.kind == "c" and self._open_at:
+            at = self._open_at.pop((op.client_id, op.conn), None)
+            if at is not None:  # its open was not sent yet: register nothing, only check for a take-over
+                opened, opened_done = self._ops[at]
+                self._ops[at] = (RegistryOp("t", opened.client_id, opened.conn, opened.username, opened.since,
+                                            opened.limit, opened.extra), opened_done)
+                self.folded += 1
+                return
+        elif op.kind == "o" and not urgent and op.extra != "r":
+            self._open_at[(op.client_id, op.conn)] = len(self._ops)
         self._ops.append((op, done))
         if urgent:
             self._awaited += 1
@@ -123,6 +141,11 @@ class SessionRegistry:
                     handle.cancel()
                     self._wake = None
             batch, self._ops = self._ops[:BATCH_MAX], self._ops[BATCH_MAX:]
+            if self._ops:
+                n = len(batch)
+                self._open_at = {key: at - n for key, at in self._open_at.items() if at >= n}
+            else:
+                self._open_at.clear()
             if not self._ops:
                 self._awaited = 0
             self._urgent = self._awaited > 0
@@ -169,7 +192,7 @@ class SessionRegistry:
         st = self.slots.get(op.username or "")
         if st is None:
             return
-        if op.kind == "o" and op.extra == "s":
+        if op.extra == "s" and op.kind in ("o", "t"):
             st.pending -= 1
         if op.kind == "l":
             if op.extra == "0":

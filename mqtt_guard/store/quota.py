@@ -250,6 +250,9 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       end
       out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine, holders}
     end
+  elseif kind == 't' then
+    -- opened and closed before its registration was sent: only who held the client id (take-over)
+    out[i + 1] = {1, 0, 0, redis.call('HGET', s, 'broker') or '', redis.call('HGET', s, 'conn') or '', -1, ''}
   elseif kind == 'c' then
     local removed, mine = 0, -1
     if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
@@ -446,7 +449,8 @@ UPDATES_PART = 500  # connections per UPDATES_LUA call (~1-2 µs each to encode:
 
 @dataclass(frozen=True, slots=True)
 class RegistryOp:
-    """One operation of `QuotaStore.registry` (see REGISTRY_LUA): kind 'o' open, 'c' close, 'l' slots."""
+    """One operation of `QuotaStore.registry` (see REGISTRY_LUA): kind 'o' open, 'c' close, 'l' slots,
+    't' an open whose close came before it was sent (nothing registered; reports the previous holder)."""
     kind: str
     client_id: str
     conn: str

@@ -259,3 +259,24 @@ def test_lingering_leases_and_slots_are_returned_when_the_linger_ends(start_brok
     assert wait_for(lambda: not rds.hexists(f"{prefix}sessions:slots:bench", f"lease:{broker_id}"), timeout=4)
     assert broker.stop() == 0
     assert not rds.exists(f"{prefix}sessions:slots:bench")
+
+
+def test_a_connection_shorter_than_a_registry_batch_registers_nothing_but_still_takes_over(
+        start_broker, bench_user, rds, tmp_path, prefix):
+    """CONNECT+DISCONNECT within one batch window (20 ms) fold into one 't' operation: no registration to
+    write and delete, but the client id's connection on another broker is still kicked (MQTT take-over)."""
+    b1 = start_broker("--config", fast_config(tmp_path, QUIET))
+    b2 = start_broker("--config", fast_config(tmp_path, QUIET))
+    for b in (b1, b2):
+        for i in range(3):
+            assert cycle(b.port, f"warm-{b.port}-{i}") == 0
+    assert wait_for(lambda: len(rds.hgetall(f"{prefix}sessions:slots:bench")) == 2)
+    old = connect(b1.port, "bench", "pw", client_id="dev")
+    assert old.rc == 0
+    assert wait_for(lambda: rds.hget(f"{prefix}session:dev", "broker"))
+    assert cycle(b2.port, "dev") == 0  # in and out at once, on the other broker
+    assert old.disconnected.wait(3)  # taken over all the same
+    b1.wait_log("connected again on broker")
+    # Nothing of either connection is left in the registry.
+    assert wait_for(lambda: not rds.exists(f"{prefix}session:dev"))
+    assert wait_for(lambda: rds.hlen(f"{prefix}sessions:user:bench") == 0)
