@@ -135,6 +135,9 @@ class GuardedBroker(Broker):
         self._fire_msg_received = bool(events.get(BrokerEvents.MESSAGE_RECEIVED))
         self._fire_msg_broadcast = bool(events.get(BrokerEvents.MESSAGE_BROADCAST))
         self._fire_connect_received = bool(events.get(MQTTEvents.PACKET_RECEIVED))
+        # amqtt's fire_event returns at once when nobody listens, but a coroutine per call is still made
+        self._fire_connected = bool(events.get(BrokerEvents.CLIENT_CONNECTED))
+        self._fire_disconnected = bool(events.get(BrokerEvents.CLIENT_DISCONNECTED))
         # Hot path (docs/performance.md). With only synchronous topic checks and nobody listening to
         # MESSAGE_RECEIVED/MESSAGE_BROADCAST, a PUBLISH is routed synchronously from the reader. With only
         # the guard's own ACL plugin, decisions are cached: PUBLISH per connection and topic, the RECEIVE
@@ -487,8 +490,9 @@ class GuardedBroker(Broker):
         clean = False
         try:
             await handler.send(encode_connack(bool(session.parent), 0))
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
-                                                  client_id=session.client_id, client_session=session)
+            if self._fire_connected:
+                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
+                                                      client_id=session.client_id, client_session=session)
             clean = await handler.serve(leftover)  # reads in this task until the connection ends
         except (ConnectionError, OSError) as exc:
             handler.close(f"connection lost ({exc or type(exc).__name__})")
@@ -523,8 +527,9 @@ class GuardedBroker(Broker):
                 self._sessions[client_id] = (session, handler)
                 if client_id in self._filters_of:
                     self._invalidate_routes()
-        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
-                                              client_id=client_id, client_session=session)
+        if self._fire_disconnected:
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
+                                                  client_id=client_id, client_session=session)
 
     async def _publish_will(self, session: Session) -> None:
         """The will goes out like a PUBLISH of the client: the PUBLISH ACL applies to it."""

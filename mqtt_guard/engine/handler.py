@@ -93,6 +93,17 @@ _AMQTT_LAZY: dict[str, Callable[[], Any]] = {
 }
 
 
+_HIGH_WATER: dict[type, int] = {}
+
+
+def _high_water(transport: Any) -> int:
+    """The transport's write high-water mark (the same for every transport of a kind: looked up once)."""
+    mark = _HIGH_WATER.get(type(transport))
+    if mark is None:
+        mark = _HIGH_WATER[type(transport)] = transport.get_write_buffer_limits()[1] or 65536
+    return mark
+
+
 class GuardedHandler(BrokerProtocolHandler):
     logger = _AMQTT_LOG  # amqtt's per-session LoggerAdapter (and its getLogger calls) are not built
 
@@ -184,7 +195,7 @@ class GuardedHandler(BrokerProtocolHandler):
         if isinstance(self.writer, StreamWriterAdapter):
             self._stream_writer = self.writer._writer  # noqa: SLF001
             self._transport = self._stream_writer.transport
-            self._high_water = self._transport.get_write_buffer_limits()[1] or 65536
+            self._high_water = _high_water(self._transport)
 
     async def start(self) -> None:
         """amqtt's interface: connect the queue and read in a Task of its own (`serve` reads inline)."""

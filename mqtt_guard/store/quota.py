@@ -447,7 +447,7 @@ class SyncRequest:
 UPDATES_PART = 500  # connections per UPDATES_LUA call (~1-2 µs each to encode: ~1 ms of loop per call)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: two per CONNECT, and a frozen dataclass takes 6x as long to build
 class RegistryOp:
     """One operation of `QuotaStore.registry` (see REGISTRY_LUA): kind 'o' open, 'c' close, 'l' slots,
     't' an open whose close came before it was sent (nothing registered; reports the previous holder)."""
