@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from amqtt.session import Session
@@ -74,6 +75,26 @@ class SessionState:
 _LAZY_QUEUES = ("retained_messages", "delivered_message_queue")
 
 
+class lazy:  # noqa: N801 - used like a decorator-made attribute
+    """A class attribute whose value is made per instance on first access and then stored in the
+    instance (a non-data descriptor: the instance's own attribute wins from then on). Unlike a class
+    `__getattr__`, it leaves CPython's attribute-access specialisation on for the class."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self.factory()
+        obj.__dict__[self.name] = value
+        return value
+
+
 class GuardedSession(Session):
     """amqtt's Session with the light `SessionState` in place of its transitions Machine, and amqtt's two
     per-session asyncio Queues (offline messages, delivered messages) created only if something asks for
@@ -109,12 +130,8 @@ class GuardedSession(Session):
         self.inflight_in: OrderedDict = OrderedDict()
         self.is_anonymous = False
 
-    def __getattr__(self, name: str) -> Any:  # only for attributes not set: the lazy Queues
-        if name in _LAZY_QUEUES:
-            queue: asyncio.Queue = asyncio.Queue()
-            setattr(self, name, queue)
-            return queue
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    retained_messages = lazy(asyncio.Queue)  # type: ignore[assignment]
+    delivered_message_queue = lazy(asyncio.Queue)  # type: ignore[assignment]
 
     def clear_queues(self) -> None:
         for name in _LAZY_QUEUES:

@@ -34,6 +34,7 @@ class MqttStream(asyncio.Protocol):
         self._serve = serve
         self.transport: Any = None
         self._chunks: list[bytes] = []
+        self._pos = 0  # bytes of _chunks[0] already read
         self._buffered = 0
         self._eof = False
         self._exc: BaseException | None = None
@@ -109,7 +110,9 @@ class MqttStream(asyncio.Protocol):
 
     # -- reading (StreamReader's read/readexactly) ---------------------------------------------------------
     async def read(self, n: int = -1) -> bytes:
-        """Up to `n` bytes (all buffered ones if n < 0), b"" at EOF; waits while nothing is buffered."""
+        """Up to `n` bytes (all buffered ones if n < 0), b"" at EOF; waits while nothing is buffered.
+        A chunk larger than `n` (uvloop reads up to 256 KiB at a time) is handed out in slices from an
+        offset: the rest of it is not copied on every read."""
         while not self._chunks:
             if self._exc is not None:
                 raise self._exc
@@ -121,15 +124,20 @@ class MqttStream(asyncio.Protocol):
             finally:
                 self._read_waiter = None
         chunks = self._chunks
-        if len(chunks) == 1 and (n < 0 or len(chunks[0]) <= n):
-            data = chunks[0]
+        first = chunks[0]
+        pos = self._pos
+        left = len(first) - pos
+        if n < 0 and len(chunks) > 1:
+            data = b"".join([first[pos:] if pos else first, *chunks[1:]])
             chunks.clear()
+            self._pos = 0
+        elif n < 0 or left <= n:
+            data = first[pos:] if pos else first
+            del chunks[0]
+            self._pos = 0
         else:
-            data = b"".join(chunks)
-            chunks.clear()
-            if 0 <= n < len(data):
-                chunks.append(data[n:])
-                data = data[:n]
+            data = first[pos:pos + n]
+            self._pos = pos + n
         self._buffered -= len(data)
         if self._reading_paused and self._buffered <= LIMIT:
             self._reading_paused = False
