@@ -222,8 +222,8 @@ def test_sessions_limit_stays_exact_with_slots_across_two_brokers(start_broker, 
             s.close()
 
 
-def test_take_over_on_another_broker_kicks_the_old_connection_when_admitted_on_a_slot(start_broker, bench_user,
-                                                                                        rds, tmp_path, prefix):
+def two_brokers_and_dev_on_the_first(start_broker, rds, tmp_path, prefix):
+    """Two warmed-up brokers (each holding session slots of bench) and client "dev" registered on the first."""
     b1 = start_broker("--config", fast_config(tmp_path, QUIET))
     b2 = start_broker("--config", fast_config(tmp_path, QUIET))
     for b in (b1, b2):
@@ -233,6 +233,12 @@ def test_take_over_on_another_broker_kicks_the_old_connection_when_admitted_on_a
     old = connect(b1.port, "bench", "pw", client_id="dev")
     assert old.rc == 0
     assert wait_for(lambda: rds.hget(f"{prefix}session:dev", "broker"))
+    return b1, b2, old
+
+
+def test_take_over_on_another_broker_kicks_the_old_connection_when_admitted_on_a_slot(start_broker, bench_user,
+                                                                                        rds, tmp_path, prefix):
+    b1, b2, old = two_brokers_and_dev_on_the_first(start_broker, rds, tmp_path, prefix)
     new = connect(b2.port, "bench", "pw", client_id="dev")
     assert new.rc == 0
     assert old.disconnected.wait(3)
@@ -266,15 +272,7 @@ def test_a_connection_shorter_than_a_registry_batch_registers_nothing_but_still_
         start_broker, bench_user, rds, tmp_path, prefix):
     """CONNECT+DISCONNECT within one batch window (20 ms) fold into one 't' operation: no registration to
     write and delete, but the client id's connection on another broker is still kicked (MQTT take-over)."""
-    b1 = start_broker("--config", fast_config(tmp_path, QUIET))
-    b2 = start_broker("--config", fast_config(tmp_path, QUIET))
-    for b in (b1, b2):
-        for i in range(3):
-            assert cycle(b.port, f"warm-{b.port}-{i}") == 0
-    assert wait_for(lambda: len(rds.hgetall(f"{prefix}sessions:slots:bench")) == 2)
-    old = connect(b1.port, "bench", "pw", client_id="dev")
-    assert old.rc == 0
-    assert wait_for(lambda: rds.hget(f"{prefix}session:dev", "broker"))
+    b1, b2, old = two_brokers_and_dev_on_the_first(start_broker, rds, tmp_path, prefix)
     assert cycle(b2.port, "dev") == 0  # in and out at once, on the other broker
     assert old.disconnected.wait(3)  # taken over all the same
     b1.wait_log("connected again on broker")
