@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import time
 
 import pytest
 
@@ -53,10 +52,8 @@ def test_socket_without_connect_is_closed(start_broker, tmp_path):
     config.write_text("limits:\n  connect_timeout: 1s\n")
     broker = start_broker("--config", str(config))
     with socket.create_connection(("127.0.0.1", broker.port)) as s:
-        s.settimeout(5)
-        started = time.monotonic()
+        s.settimeout(5)  # a broker that does not close it makes recv raise
         assert s.recv(10) == b""  # closed by the broker, not by our timeout
-        assert time.monotonic() - started < 5
     broker.wait_log("no CONNECT within 1.0 s")
 
 
