@@ -157,15 +157,9 @@ class MqttStream(asyncio.Protocol):
         self._eof = True
         self._wake_reader()
 
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
-
     # -- writing (StreamWriter's methods) ---------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.transport.write(data)
-
-    def writelines(self, data: Any) -> None:
-        self.transport.writelines(data)
 
     def can_write_eof(self) -> bool:
         return bool(self.transport.can_write_eof())
@@ -175,9 +169,6 @@ class MqttStream(asyncio.Protocol):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.transport.get_extra_info(name, default)
-
-    def is_closing(self) -> bool:
-        return bool(self.transport.is_closing())
 
     def close(self) -> None:
         self.transport.close()
