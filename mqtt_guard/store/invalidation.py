@@ -51,6 +51,7 @@ class InvalidationListener:
         # is set, and unchanged later, proves no invalidation can have been missed in between.
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
+        self._was_connected = False  # the session that just ended had been connected
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqtt-guard-invalidation")
@@ -67,7 +68,7 @@ class InvalidationListener:
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS + (aioredis.RedisError,) as exc:
-                if self.connected.is_set():
+                if self._was_connected:  # (`_session` has cleared `connected` on its way out)
                     log.warning("invalidation channel lost (%s); will reload caches on reconnect", exc)
             except Exception:
                 log.exception("invalidation listener failed; restarting it")
@@ -113,6 +114,7 @@ class InvalidationListener:
                     await self._check_tracking(tracker, sub_id)
                     next_ping = loop.time() + self.health_interval
         finally:
+            self._was_connected = self.connected.is_set()
             self.connected.clear()
             self.generation += 1
             await asyncio.gather(pubsub.aclose(), sub.aclose(), tracker.aclose(), return_exceptions=True)

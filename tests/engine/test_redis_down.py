@@ -22,11 +22,18 @@ def _setup(own_redis, prefix, start_broker, tmp_path, mode):
     return start_broker("--config", str(config), redis_url=own_redis.url)
 
 
+def _stop_redis(own_redis, broker):
+    """Stop Redis and wait until the broker noticed (its invalidation channel drops, at the latest at its
+    1 s health check): until then a CONNECT is rightly decided from what the broker keeps in memory."""
+    own_redis.stop()
+    broker.wait_log("invalidation channel lost")
+
+
 def test_default_deny_answers_server_unavailable(own_redis, prefix, start_broker, tmp_path):
     broker = _setup(own_redis, prefix, start_broker, tmp_path, "deny")
     online = connect(broker.port, "dev", "pw")
     assert online.rc == 0
-    own_redis.stop()
+    _stop_redis(own_redis, broker)
     assert connect(broker.port, "dev", "pw").rc == CONNACK_SERVER_UNAVAILABLE
     broker.wait_log("Redis unavailable (CONNACK 3)")
     # The broker itself kept running: the client connected before the outage still works.
@@ -43,7 +50,7 @@ def test_cached_mode_admits_recently_verified_credentials_only(own_redis, prefix
     first = connect(broker.port, "dev", "pw")
     assert first.rc == 0
     first.close()
-    own_redis.stop()
+    _stop_redis(own_redis, broker)
     cached = connect(broker.port, "dev", "pw")
     assert cached.rc == 0
     cached.close()
