@@ -17,6 +17,7 @@ from mqtt_guard.config import GuardConfig
 from mqtt_guard.guard import Guard
 from mqtt_guard.guard_client import GuardClient
 from mqtt_guard.store.users import UserRecord
+from mqtt_guard.tasks import cancel_and_wait
 
 
 def make_config(url: str, prefix: str, **quota: Any) -> GuardConfig:
@@ -88,9 +89,9 @@ async def fresh_window(seconds: int, need: float) -> None:
 
 async def crash(g: Guard) -> None:
     """Stop a Guard the way a killed process stops: no goodbye to Redis (leases, sessions stay)."""
-    for task in g.quota._tasks:  # noqa: SLF001
-        task.cancel()
-    await asyncio.gather(*g.quota._tasks, return_exceptions=True)  # noqa: SLF001
+    # re-cancelled until they end: a cancellation that lands inside a redis-py call can be swallowed
+    # (plain cancel + gather hung here once in a clean-clone CI run)
+    await cancel_and_wait(*g.quota._tasks)  # noqa: SLF001
     await g.listener.stop()
     metrics = getattr(g, "metrics", None)
     if metrics is not None:

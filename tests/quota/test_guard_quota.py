@@ -352,9 +352,12 @@ def test_killed_broker_loses_at_most_its_last_batch_and_its_lease_is_reclaimed(r
             # g2 finds g1 dead (no heartbeat for broker_dead_after) and reaps it.
             assert await eventually(lambda: not rds.exists(f"{prefix}session:dev"), timeout=5)
             assert rds.hget(key, f"lease:{g1.quota.broker_id}") is None
-            assert rds.hget(key, "used") == "30"  # lost: the 5 of the last batch, no more
+            # Lost: the 5 of the last batch, no more (none, when a heartbeat that was under way as the
+            # crash came reported them: its Redis call may run on through the cancellation).
+            used = int(rds.hget(key, "used"))
+            assert used in (30, 35)
             c2 = await attach(g2, "dev", "u")
-            assert sum(g2.admit_publish(c2, "t", 1, 0) for _ in range(100)) == 70
+            assert sum(g2.admit_publish(c2, "t", 1, 0) for _ in range(100)) == 100 - used
 
     run(body())
 
