@@ -48,6 +48,7 @@ from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILA
 from ..config import GuardConfig, ListenerConfig
 from ..guard import Guard
 from ..logutil import RateLimitedLog
+from ..logutil import info as log_info
 from ..metrics import counters as C
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler
@@ -333,7 +334,7 @@ class GuardedBroker(Broker):
         if ok:
             if result is not None:
                 session.is_anonymous = result.anonymous
-                log.info("client %r connected from %s as %s (%s)", session.client_id, where,
+                log_info(log, "client %r connected from %s as %s (%s)", session.client_id, where,
                          result.username or "anonymous", result.outcome.value)
             return 0
         reason = result.outcome.value if result is not None else "refused by an auth plugin"
@@ -507,11 +508,11 @@ class GuardedBroker(Broker):
         await handler.stop()
         reason = handler.end_reason
         if clean:
-            log.info("client %r (%s) disconnected", client_id, handler.where)
+            log_info(log, "client %r (%s) disconnected", client_id, handler.where)
         elif reason and reason.startswith("protocol violation"):
             log.warning("closed connection of client %r from %s: %s", client_id, handler.where, reason)
         else:
-            log.info("client %r (%s) disconnected: %s", client_id, handler.where, reason or "connection lost")
+            log_info(log, "client %r (%s) disconnected: %s", client_id, handler.where, reason or "connection lost")
         if not clean and session.will_flag and handler.publish_will:
             await self._publish_will(session)
         try:

@@ -7,13 +7,13 @@ import gc
 import logging
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 
 from amqtt.errors import BrokerError
 
 from ..config import GuardConfig
 from ..guard import Guard
+from ..logutil import LineHandler
 from .broker import GuardedBroker
 
 log = logging.getLogger("mqtt_guard")
@@ -35,32 +35,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class FastFormatter(logging.Formatter):
-    """logging's default format, with the date and time formatted once per second instead of per record
-    (time.strftime was a fifth of the cost of the two log lines of every connection)."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._second = -1
-        self._stamp = ""
-        self._uses_time = super().usesTime()
-
-    def usesTime(self) -> bool:  # noqa: N802 - logging's name
-        return self._uses_time
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        if datefmt:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime(self.default_time_format, self.converter(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-
 def setup_logging(level: str) -> None:
     # The format uses none of the caller's file/line, thread or process fields: skip collecting them for
     # every record (a stack walk and three lookups; a third of the cost of the two lines per connection).
@@ -68,10 +42,7 @@ def setup_logging(level: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    for handler in logging.getLogger().handlers:
-        if type(handler.formatter) is logging.Formatter and handler.formatter._fmt == LOG_FORMAT:  # noqa: SLF001
-            handler.setFormatter(FastFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[LineHandler()])  # a no-op if logging is set up
     # amqtt logs packets (CONNECT included, password and all) at DEBUG: never let that through.
     logging.getLogger("amqtt").setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.WARNING)
