@@ -19,13 +19,15 @@ class Deadlines:
         self._due: dict[asyncio.Task, float] = {}  # task -> loop time by which its wait must end
         self._expired: set[asyncio.Task] = set()  # cancelled by the sweep
         self._timer: asyncio.TimerHandle | None = None
+        # the broker's loop, looked up once: asyncio.get_running_loop() and current_task() without a loop
+        # make a getpid() system call each (CPython checks for a fork)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def deadline(self, seconds: float) -> _Deadline:
         """Like `asyncio.timeout(seconds)` for the current task (`async with`), enforced within `tick`."""
         return _Deadline(self, seconds)
 
-    def _add(self, task: asyncio.Task, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
+    def _add(self, task: asyncio.Task, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
         self._due[task] = loop.time() + seconds
         if self._timer is None:
             self._timer = loop.call_later(self.tick, self._sweep, loop)
@@ -50,9 +52,13 @@ class _Deadline:
         self._task: asyncio.Task | None = None
 
     async def __aenter__(self) -> None:
-        task = self._task = asyncio.current_task()
+        owner = self._owner
+        loop = owner._loop  # noqa: SLF001
+        if loop is None or loop.is_closed():
+            loop = owner._loop = asyncio.get_running_loop()  # noqa: SLF001
+        task = self._task = asyncio.current_task(loop)
         assert task is not None
-        self._owner._add(task, self._seconds)  # noqa: SLF001
+        owner._add(task, self._seconds, loop)  # noqa: SLF001
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> bool:

@@ -204,7 +204,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._connect_queue()
         if self._closing:  # closed (kick, take-over) before it started
             return False
-        self._reader_task = asyncio.current_task()
+        self._reader_task = asyncio.current_task(self._loop)
         self._inline = True
         try:
             await self._reader_loop()
@@ -244,7 +244,7 @@ class GuardedHandler(BrokerProtocolHandler):
             self._ka_handle.cancel()
         self._release()  # publishers waiting for this client go on
         task = self._reader_task
-        if task is not None and not task.done() and task is not asyncio.current_task():
+        if task is not None and not task.done() and task is not asyncio.current_task(self._loop):
             task.cancel()  # an inline reader (`serve`) catches it and un-cancels its task
         elif task is None and not self._done.done():
             self._done.set_result(False)
@@ -255,7 +255,7 @@ class GuardedHandler(BrokerProtocolHandler):
     async def stop(self) -> None:
         """Close and wait until the reader and writer have finished and the socket is closed."""
         self.close("disconnected by the server")
-        current = asyncio.current_task()
+        current = asyncio.current_task(self._loop)
         tasks = [t for t in (self._reader_task, self._writer_task)
                  if t is not None and t is not current and not t.done()]
         if self._writer_task is not None and self._writer_task is not current:
