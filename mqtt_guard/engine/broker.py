@@ -70,7 +70,7 @@ from .protocol import encode_publish
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, GuardedSession, auth_result_of, queue_of
-from .transport import MqttStream
+from .transport import MqttStream, TcpReader
 
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
@@ -194,8 +194,14 @@ class GuardedBroker(Broker):
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         loop = asyncio.get_running_loop()
         serve = functools.partial(self._client_connected, listener_name)
-        return await loop.create_server(lambda: MqttStream(loop, serve), address, port, reuse_address=True,
-                                        ssl=ssl_context)
+        limits = self.guard_config.limits
+        over_ssl = ssl_context is not None
+        deadlines = self._connect_deadlines
+
+        def stream() -> MqttStream:
+            return MqttStream(loop, serve, over_ssl=over_ssl, deadlines=deadlines,
+                              connect_timeout=limits.connect_timeout, max_packet=limits.max_packet_size)
+        return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)
@@ -274,12 +280,19 @@ class GuardedBroker(Broker):
         limits = self.guard_config.limits
         timeout = limits.connect_timeout
         leftover = b""
+        stream = reader._reader if type(reader) is TcpReader else None  # noqa: SLF001
         try:
-            async with self._connect_deadlines.deadline(timeout):
-                if isinstance(reader, StreamReaderAdapter):
-                    first, body, leftover = await _read_first_packet(reader._reader, limits.max_packet_size)  # noqa: SLF001
-                else:
-                    first, body = await _read_packet(reader, limits.max_packet_size)
+            if stream is not None and stream.timed_out:
+                raise TimeoutError
+            if stream is not None and stream.first_ready:  # whole in the buffer: nothing to wait for
+                first, body, leftover = _split_first_packet(stream.take_buffered(), limits.max_packet_size)
+            else:
+                async with self._connect_deadlines.deadline(timeout):
+                    if isinstance(reader, StreamReaderAdapter):
+                        first, body, leftover = await _read_first_packet(reader._reader,  # noqa: SLF001
+                                                                         limits.max_packet_size)
+                    else:
+                        first, body = await _read_packet(reader, limits.max_packet_size)
             if first != CONNECT << 4:
                 raise ProtocolViolation(f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT"
                                         " [MQTT-3.1.0-1]")
@@ -896,19 +909,25 @@ async def _read_first_packet(stream: asyncio.StreamReader, max_packet: int) -> t
         if not data:
             raise EOFError
         try:
-            first, length, hlen = parse_fixed_header(data, 0)
+            return _split_first_packet(data, max_packet)
         except Incomplete:
             pass
-        else:
-            if max_packet and hlen + length > max_packet:
-                raise too_large(first, hlen + length, max_packet)
-            end = hlen + length
-            if len(data) >= end:
-                return first, data[hlen:end], data[end:]
         more = await stream.read(READ_CHUNK)
         if not more:
             raise EOFError
         data += more
+
+
+def _split_first_packet(data: bytes, max_packet: int) -> tuple[int, bytes, bytes]:
+    """(first byte, body, the bytes after it) of the packet at the start of `data`; Incomplete if it is
+    not all there (ProtocolViolation: malformed or too large)."""
+    first, length, hlen = parse_fixed_header(data, 0)
+    if max_packet and hlen + length > max_packet:
+        raise too_large(first, hlen + length, max_packet)
+    end = hlen + length
+    if len(data) < end:
+        raise Incomplete
+    return first, data[hlen:end], data[end:]
 
 
 async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:

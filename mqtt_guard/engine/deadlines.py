@@ -5,18 +5,26 @@ cancels a TimerHandle per socket (and leaves cancelled handles in the loop's hea
 of a CONNECT's cost at thousands of connections per second. Here each wait is one dict entry; while
 any wait is registered, one timer runs every `tick` seconds and cancels the tasks whose deadline has
 passed, which then see TimeoutError as with `asyncio.timeout`. A deadline is enforced within `tick`.
+
+Objects other than tasks can be watched too (`watch`): a socket that has not sent its whole CONNECT yet
+has no task (engine/transport.py); at its deadline the sweep calls its `expire()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import Protocol
+
+
+class Expiring(Protocol):
+    def expire(self) -> None: ...
 
 
 class Deadlines:
     def __init__(self, tick: float) -> None:
         self.tick = tick
-        self._due: dict[asyncio.Task, float] = {}  # task -> loop time by which its wait must end
+        self._due: dict[asyncio.Task | Expiring, float] = {}  # task -> loop time by which its wait must end
         self._expired: set[asyncio.Task] = set()  # cancelled by the sweep
         self._timer: asyncio.TimerHandle | None = None
         # the broker's loop, looked up once: asyncio.get_running_loop() and current_task() without a loop
@@ -27,18 +35,33 @@ class Deadlines:
         """Like `asyncio.timeout(seconds)` for the current task (`async with`), enforced within `tick`."""
         return _Deadline(self, seconds)
 
-    def _add(self, task: asyncio.Task, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
-        self._due[task] = loop.time() + seconds
+    def watch(self, item: Expiring, seconds: float) -> None:
+        """Call `item.expire()` once `seconds` have passed, unless `unwatch(item)` comes first."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        self._add(item, seconds, loop)
+
+    def unwatch(self, item: Expiring) -> None:
+        self._due.pop(item, None)
+
+    def _add(self, item: asyncio.Task | Expiring, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._due[item] = loop.time() + seconds
         if self._timer is None:
             self._timer = loop.call_later(self.tick, self._sweep, loop)
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         now = loop.time()
-        for task, due in list(self._due.items()):
-            if due <= now and task not in self._expired and not task.done():
-                self._expired.add(task)
-                task.cancel()
+        for item, due in list(self._due.items()):
+            if due > now:
+                continue
+            if not isinstance(item, asyncio.Task):
+                del self._due[item]
+                item.expire()
+            elif item not in self._expired and not item.done():
+                self._expired.add(item)
+                item.cancel()
         if self._due:
             self._timer = loop.call_later(self.tick, self._sweep, loop)
 

@@ -92,6 +92,12 @@ def _high_water(transport: Any) -> int:
     return mark
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 class GuardedHandler(BrokerProtocolHandler):
     logger = _AMQTT_LOG  # amqtt's per-session LoggerAdapter (and its getLogger calls) are not built
 
@@ -117,7 +123,6 @@ class GuardedHandler(BrokerProtocolHandler):
         self._done: asyncio.Future[bool] = self._loop.create_future()  # True: clean DISCONNECT
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
-        self._wake_event = asyncio.Event()
         self._inline = False  # the reader runs in the connection's task (`serve`)
         self._leftover = b""  # bytes read with the CONNECT, for the reader
         self._last_rx = 0.0
@@ -135,9 +140,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._co_scheduled = False
         self._must_drain = False  # acks written past the high-water mark: the reader waits for the socket
         # Flow control (docs/engine.md): publishers wait on `_drained` while this client's queue is over its
-        # hold mark, for at most `_max_stall` seconds per episode.
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # hold mark, for at most `_max_stall` seconds per episode. (`_drained` is made on first use.)
         self._stall_timer: asyncio.TimerHandle | None = None
         self._max_stall = 0.0
         # Reader state for PUBLISH: validated topics, counts not yet added to the counters, the guard client
@@ -157,6 +160,8 @@ class GuardedHandler(BrokerProtocolHandler):
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
     # delivery path got 15-20 % slower)
+    _wake_event = lazy(asyncio.Event)  # the writer loop waits on it (made when the loop first runs)
+    _drained = lazy(_set_event)  # cleared while this client holds publishers (flow control)
     _reader_stopped = lazy(asyncio.Event)
     _write_lock = lazy(asyncio.Lock)
     _pending_subscriptions = lazy(asyncio.Queue)
@@ -347,8 +352,9 @@ class GuardedHandler(BrokerProtocolHandler):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
-        if not self._drained.is_set():
-            self._drained.set()
+        drained = self.__dict__.get("_drained")  # (not made just to be found set)
+        if drained is not None and not drained.is_set():
+            drained.set()
 
     def _stall_expired(self) -> None:
         """The client kept publishers waiting for `backpressure_max_stall`: it is a slow consumer now.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -150,3 +151,11 @@ class GuardedSession(Session):
 
     def _init_states(self) -> None:
         self.transitions = SessionState(self)  # type: ignore[assignment]
+
+    # amqtt's, without the DEBUG f-strings they build every time (whether DEBUG is on or not)
+    def _on_enter_connected(self) -> None:
+        self.last_connect_time = int(time.time())
+        self.last_disconnect_time = None
+
+    def _on_enter_disconnected(self) -> None:
+        self.last_disconnect_time = int(time.time())

@@ -6,6 +6,11 @@ tenth of the CPU a CONNECT+DISCONNECT costs. `MqttStream` is reader, writer and 
 exactly the stream methods the engine (and amqtt's adapters) use. `TcpReader`/`TcpWriter` are amqtt's
 adapter classes, so code that checks for them (ours and amqtt's) still recognises a TCP connection.
 
+The connection's task (`serve`) starts only once the first packet is whole in the buffer (or its fate is
+known without more bytes: not a CONNECT, too large, malformed, or the peer went away): a typical CONNECT
+then costs no waiting read, no wake-up of the task and no deadline of its own. Until then the socket is
+watched by the broker's shared `Deadlines`; at `connect_timeout` the task starts with `timed_out` set.
+
 Semantics kept from asyncio's streams: reading pauses while more than `2 * LIMIT` bytes wait to be
 read and resumes at `LIMIT` (TCP backpressure on a publisher the broker cannot keep up with); `drain()`
 waits while the transport's write buffer is over its high-water mark and raises ConnectionResetError
@@ -21,6 +26,9 @@ from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 
+from .deadlines import Deadlines
+from .protocol import CONNECT, Incomplete, ProtocolViolation, parse_fixed_header
+
 log = logging.getLogger("mqtt_guard.broker")
 
 LIMIT = 65536  # asyncio's stream default
@@ -29,9 +37,18 @@ Serve = Callable[["TcpReader", "TcpWriter"], Awaitable[None]]
 
 
 class MqttStream(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, serve: Serve) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, serve: Serve, *, over_ssl: bool = False,
+                 deadlines: Deadlines | None = None, connect_timeout: float = 0.0, max_packet: int = 0) -> None:
+        """`deadlines`/`connect_timeout`: start `serve` only once the first packet is buffered (or at the
+        timeout); without them it starts at once. `max_packet`: a first packet declared larger than this
+        need not be waited for."""
         self._loop = loop
         self._serve = serve
+        self._deadlines = deadlines if connect_timeout > 0 else None
+        self._connect_timeout = connect_timeout
+        self._max_packet = max_packet
+        self.first_ready = False  # the task started because the first packet is whole in the buffer
+        self.timed_out = False  # the task started because no whole first packet came within connect_timeout
         self.transport: Any = None
         self._chunks: list[bytes] = []
         self._pos = 0  # bytes of _chunks[0] already read
@@ -44,15 +61,48 @@ class MqttStream(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._lost = False
         self._closed: asyncio.Future[None] | None = None
-        self._over_ssl = False
+        self._over_ssl = over_ssl
         self._task: asyncio.Task[None] | None = None
+        self._started = False
 
     # -- protocol callbacks --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self._over_ssl = transport.get_extra_info("sslcontext") is not None
+        if self._deadlines is None:
+            self._start()
+        else:
+            self._deadlines.watch(self, self._connect_timeout)
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._deadlines is not None:
+            self._deadlines.unwatch(self)
         self._task = self._loop.create_task(self._serve(TcpReader(self), TcpWriter(self)))
         self._task.add_done_callback(self._served)
+
+    def expire(self) -> None:
+        """connect_timeout passed without a whole first packet (called by the Deadlines sweep)."""
+        if not self._started:
+            self.timed_out = True
+            self._start()
+
+    def _first_packet_decided(self) -> bool:
+        """Whether the buffered bytes settle what the first packet is: whole, or not a CONNECT, too large
+        or malformed (the task reports those)."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            first, length, hlen = parse_fixed_header(data, 0)
+        except Incomplete:
+            return False
+        except ProtocolViolation:
+            return True
+        if len(data) >= hlen + length:
+            self.first_ready = True
+            return True
+        return first >> 4 != CONNECT or bool(self._max_packet and hlen + length > self._max_packet)
 
     def _served(self, task: asyncio.Task[None]) -> None:
         self._task = None
@@ -64,6 +114,8 @@ class MqttStream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
+        if not self._started and self._first_packet_decided():
+            self._start()
         waiter = self._read_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -76,6 +128,7 @@ class MqttStream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        self._start()  # (if not started: the task reports the missing CONNECT)
         self._wake_reader()
         return not self._over_ssl  # plain TCP stays open for writing (asyncio's streams do the same)
 
@@ -84,6 +137,7 @@ class MqttStream(asyncio.Protocol):
         self._eof = True
         if exc is not None:
             self._exc = exc
+        self._start()
         self._wake_reader()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -140,6 +194,21 @@ class MqttStream(asyncio.Protocol):
             self._pos = pos + n
         self._buffered -= len(data)
         if self._reading_paused and self._buffered <= LIMIT:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def take_buffered(self) -> bytes:
+        """All buffered bytes, without waiting (b"" if none)."""
+        if not self._chunks:
+            return b""
+        chunks, pos = self._chunks, self._pos
+        data = (chunks[0][pos:] if pos else chunks[0]) if len(chunks) == 1 else b"".join(
+            [chunks[0][pos:] if pos else chunks[0], *chunks[1:]])
+        chunks.clear()
+        self._pos = 0
+        self._buffered = 0
+        if self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
         return data
@@ -214,3 +283,10 @@ class TcpWriter(StreamWriterAdapter):
     def __init__(self, stream: MqttStream) -> None:  # noqa: D107
         self._writer = stream  # type: ignore[assignment]
         self.is_closed = False
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        peer = self._writer.transport.get_extra_info("peername")
+        return (peer[0], peer[1]) if peer and len(peer) >= 2 else None
+
+    def get_ssl_info(self) -> Any:
+        return self._writer.transport.get_extra_info("ssl_object") if self._writer._over_ssl else None  # noqa: SLF001

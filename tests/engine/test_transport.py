@@ -178,3 +178,99 @@ def test_readexactly_collects_across_chunks_and_reports_a_short_stream(n):
         server.close()
         await server.wait_closed()
     asyncio.run(main())
+
+
+async def serving_after_first_packet(serve, timeout: float = 5.0, max_packet: int = 0):
+    """As the broker's listeners: the task starts once the first packet is whole (or at the timeout)."""
+    from mqtt_guard.engine.deadlines import Deadlines
+
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(0.05)
+    server = await loop.create_server(
+        lambda: MqttStream(loop, serve, deadlines=deadlines, connect_timeout=timeout, max_packet=max_packet),
+        "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+CONNECT_PACKET = bytes.fromhex("101000044d5154540402003c000464657631")  # client id "dev1", keep-alive 60
+
+
+def test_the_task_starts_once_the_first_packet_is_whole_and_finds_it_buffered():
+    async def main():
+        seen: list[tuple[bool, bool, bytes]] = []
+        started = asyncio.Event()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            seen.append((stream.first_ready, stream.timed_out, stream.take_buffered()))
+            started.set()
+            stream.close()
+
+        server, port = await serving_after_first_packet(serve)
+        r, w = await client(port)
+        w.write(CONNECT_PACKET[:7])  # a CONNECT cut short: no task yet
+        await w.drain()
+        await asyncio.sleep(0.2)
+        assert not started.is_set()
+        w.write(CONNECT_PACKET[7:] + b"\xc0\x00")  # the rest, and a PINGREQ behind it
+        await asyncio.wait_for(started.wait(), 5)
+        assert seen == [(True, False, CONNECT_PACKET + b"\xc0\x00")]
+        w.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+def test_a_socket_that_sends_no_whole_packet_gets_its_task_at_the_connect_timeout():
+    async def main():
+        seen: list[tuple[bool, bool, float]] = []
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader  # noqa: SLF001
+            seen.append((stream.first_ready, stream.timed_out, loop.time()))
+            started.set()
+            stream.close()
+
+        server, port = await serving_after_first_packet(serve, timeout=0.3)
+        t0 = loop.time()
+        r, w = await client(port)
+        w.write(CONNECT_PACKET[:3])
+        await asyncio.wait_for(started.wait(), 5)
+        (first_ready, timed_out, at), = seen
+        assert (first_ready, timed_out) == (False, True)
+        assert at - t0 >= 0.3
+        assert await asyncio.wait_for(r.read(), 5) == b""  # the handler closed it
+        w.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("first_bytes, why", [
+    (b"\x30\x05ab", "not a CONNECT: the task reports it without waiting for the rest"),
+    (b"\x10\xff\xff\x03", "a CONNECT larger than max_packet"),
+    (b"\x10\xff\xff\xff\xff\x01", "a malformed remaining length"),
+    (b"", "the peer went away before a CONNECT"),
+])
+def test_a_first_packet_whose_fate_is_known_starts_the_task_at_once(first_bytes, why):
+    async def main():
+        started = asyncio.Event()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            started.set()
+            reader._reader.close()  # noqa: SLF001
+
+        server, port = await serving_after_first_packet(serve, timeout=30, max_packet=1024)
+        r, w = await client(port)
+        if first_bytes:
+            w.write(first_bytes)
+        else:
+            w.write_eof()
+        await w.drain()
+        await asyncio.wait_for(started.wait(), 5)
+        w.close()
+        server.close()
+        await server.wait_closed()
+    asyncio.run(main())
