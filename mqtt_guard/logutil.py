@@ -64,7 +64,7 @@ class FastFormatter(logging.Formatter):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
-        return f"{self._stamp},{int((created - second) * 1000):03d}"
+        return "%s,%03d" % (self._stamp, (created - second) * 1000)
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
