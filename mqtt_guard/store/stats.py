@@ -51,6 +51,8 @@ _LUA_FIELDS = {"F_LAST_SEEN": C.G_LAST_SEEN, "F_USERNAME": C.G_USERNAME, "F_CONN
 #   6 k at                          disconnect: HSET connected 0, disconnected_at only if the client is
 #                                   still attributed to this broker (else another broker's "connected"
 #                                   must stand); TTL
+#   7 k since at s_user             a connection that came and went within the part: 5 then 6 in one
+#                                   HSET (connected 0, connected_since, broker, [username], disconnected_at)
 # "TTL" is one EXPIRE per key at the end. Every write goes through redis.pcall: a write Redis refuses (a
 # key of the wrong type, edited by hand) is skipped and reported, never aborting the rest, because the
 # writes before it cannot be undone and a retry would count them twice. The exception: Redis refuses
@@ -119,6 +121,15 @@ while i <= n do
       w('HSET', k, 'F_CONNECTED', '1', 'F_SINCE', since, 'F_BROKER', me)
     end
     w('HDEL', k, 'F_DISCONNECTED')
+    keep(k)
+  elseif op == '7' then
+    local since, at, u = t[i + 2], t[i + 3], tonumber(t[i + 4])
+    i = i + 5
+    if u > 0 then
+      w('HSET', k, 'F_CONNECTED', '0', 'F_SINCE', since, 'F_BROKER', me, 'F_USERNAME', ARGV[u], 'F_DISCONNECTED', at)
+    else
+      w('HSET', k, 'F_CONNECTED', '0', 'F_SINCE', since, 'F_BROKER', me, 'F_DISCONNECTED', at)
+    end
     keep(k)
   elseif op == '6' then
     local at = t[i + 2]
@@ -390,11 +401,29 @@ class StatsWriter:
                 for name, v in g.items():
                     ops.append(string(name))
                     ops.append(value(v))
+        # A connection that came and went within the batch (its connect not followed by another event of
+        # that client before its disconnect) is one record '7' instead of '5' + '6': the '6' check would
+        # find this broker's own '5' anyway. Same end result, 3 Redis calls instead of 6.
+        events: list[tuple[str, str, str | None, float, float]] = []
+        open_at: dict[str, int] = {}  # client id -> index in `events` of its connect not yet followed
         for kind, cid, user, at in b.events:
             if kind == "connect":
-                ops += ("5", key(client_key(cid)), _seconds(at), "0" if user is None else string(user))
+                open_at[cid] = len(events)
+                events.append(("5", cid, user, at, 0.0))
+                continue
+            j = open_at.pop(cid, None)
+            if j is None:
+                events.append(("6", cid, user, at, 0.0))
             else:
+                _, _, user, since, _ = events[j]
+                events[j] = ("7", cid, user, since, at)
+        for op, cid, user, at, until in events:
+            if op == "5":
+                ops += ("5", key(client_key(cid)), _seconds(at), "0" if user is None else string(user))
+            elif op == "6":
                 ops += ("6", key(client_key(cid)), _seconds(at))
+            else:
+                ops += ("7", key(client_key(cid)), _seconds(at), _seconds(until), "0" if user is None else string(user))
         return enc
 
     async def heartbeat(self, fields: dict[str, Any], now: float | None = None, keep: float = 7 * 86400) -> \

@@ -134,7 +134,12 @@ def rich_batch(now: float) -> Batch:
                 "dév-2/ü": {C.G_QUEUE_DEPTH: 0}},
         events=[("connect", "dev 1", "alice smith", now - 3.0004), ("connect", "dév-2/ü", None, now - 2.5),
                 ("disconnect", "dév-2/ü", None, now - 1.25), ("connect", "moved", "bob", now - 1.0),
-                ("disconnect", "moved", "bob", now - 0.5), ("disconnect", "never-seen", None, now - 0.1)],
+                ("disconnect", "moved", "bob", now - 0.5), ("disconnect", "never-seen", None, now - 0.1),
+                # a client that comes and goes twice, and a take-over whose old connection ends last
+                ("connect", "loop", None, now - 0.9), ("disconnect", "loop", None, now - 0.8),
+                ("connect", "loop", "carol", now - 0.7), ("disconnect", "loop", "carol", now - 0.6),
+                ("connect", "taken", "dave", now - 0.4), ("connect", "taken", "dave", now - 0.3),
+                ("disconnect", "taken", "dave", now - 0.2), ("disconnect", "taken", "dave", now - 0.15)],
         rates={cur: {("client", "dev 1"): [5, 0], ("client", "dév-2/ü"): [0, 3], ("user", "alice smith"): [5, 3]},
                old: {("client", "dev 1"): [2, 1]}},
     )
@@ -192,7 +197,7 @@ def test_a_part_with_wrong_type_keys_is_logged_and_the_rest_applied(redis_server
         rds.set(k, "edited by hand")
     batch = Batch(clients={("bad", "alice"): {C.MSGS_IN: 1}, ("good", "alice"): {C.MSGS_IN: 2}},
                   users={"alice": {C.MSGS_IN: 3}}, totals={C.MSGS_IN: 3},
-                  events=[("connect", "bad", "alice", now), ("disconnect", "bad", "alice", now),
+                  events=[("disconnect", "bad", "alice", now), ("connect", "bad", "alice", now),
                           ("connect", "good", "alice", now)],
                   rates={bucket: {("client", "bad"): [1, 0], ("client", "good"): [2, 1]}})
     with caplog.at_level(logging.WARNING, logger="mqtt_guard.metrics"):
@@ -206,7 +211,7 @@ def test_a_part_with_wrong_type_keys_is_logged_and_the_rest_applied(redis_server
     assert rds.hget(keys.stats_total(), C.MSGS_IN) == "3" and rds.hget(keys.stats_broker("A"), C.MSGS_IN) == "3"
     [record] = [r for r in caplog.records if "refused" in r.getMessage()]
     text = record.getMessage()
-    # client hash: HINCRBY, HSET last_seen, HSET connect, HDEL, HGET of the disconnect; user: HINCRBY,
+    # client hash: HINCRBY, HSET last_seen, HGET of the disconnect, HSET connect, HDEL; user: HINCRBY,
     # HSET; rate: 2 ZINCRBY (the EXPIREAT of a string key works)
     assert "refused 9 stats writes" in text and "WRONGTYPE" in text
     assert f"HINCRBY {keys.stats_client('bad')}" in text and f"ZINCRBY {rate_key}" in text
