@@ -50,7 +50,7 @@ class Guard:
             config.redis.url,
             [self.keys.acl(""), self.keys.user(""),
              self.keys.quota_user(""), self.keys.quota_default(), self.keys.quota_reset(""),
-             self.keys.blocks_head()],
+             self.keys.blocks_head(), self.keys.brokers()],
             self._on_keys,
             self._on_reset,
         )

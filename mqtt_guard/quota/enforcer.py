@@ -196,6 +196,8 @@ class QuotaEnforcer:
         self._urgent_task: asyncio.Task[None] | None = None
         self._reload: set[str] = set()
         self._reload_task: asyncio.Task[None] | None = None
+        self._alone_checks = 0  # bumped when the brokers key changes (registry.alone is then re-checked)
+        self._alone_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._kick_redis: Any = None
@@ -705,9 +707,12 @@ class QuotaEnforcer:
     async def _tick(self) -> None:
         self._ticks += 1
         now = time.time()
-        existed, _ = await self.store.heartbeat(self.broker_id, self.config.broker_dead_after, {
+        checked = self._alone_checks
+        existed, _, brokers = await self.store.heartbeat(self.broker_id, self.config.broker_dead_after, {
             "host": socket.gethostname(), "pid": os.getpid(), "started": f"{self.started:.0f}",
             "sessions": len(self.clients)})
+        if checked == self._alone_checks:  # (the brokers key did not change meanwhile)
+            self.registry.alone = brokers <= 1 and existed
         self.heartbeats += 1
         if not existed:
             await self._reregister()
@@ -897,8 +902,12 @@ class QuotaEnforcer:
         users: set[str] = set()
         changed: set[str] = set()
         default = self.keys.quota_default()
+        brokers = self.keys.brokers()
         everybody = False
         for key in keys:
+            if key == brokers:
+                self._brokers_changed()
+                continue
             if key == default:
                 everybody = True
                 users |= set(self.users)
@@ -914,8 +923,27 @@ class QuotaEnforcer:
         if users:
             self._schedule_reload(users)
 
+    def _brokers_changed(self) -> None:
+        """A broker joined, heartbeated or left: until Redis says again that this one is alone, it is not."""
+        self.registry.alone = False
+        self._alone_checks += 1
+        if self._alone_task is None or self._alone_task.done():
+            self._alone_task = self._spawn(self._check_alone())
+
+    async def _check_alone(self) -> None:
+        checked = -1
+        while checked != self._alone_checks:
+            checked = self._alone_checks
+            try:
+                alone = await self.store.alone(self.broker_id)
+            except REDIS_ERRORS:
+                return  # the next heartbeat tells
+            if checked == self._alone_checks:
+                self.registry.alone = alone
+
     def on_reset(self) -> None:
         """The invalidation listener reconnected (changes may have been missed): trust nothing cached."""
+        self._brokers_changed()
         self.limits.invalidate(None)
         self.blocks.on_reset()
         self._schedule_reload(set(self.users))

@@ -10,7 +10,9 @@ of the same connection).
 A connection that ends before its registration was sent (a CONNECT and DISCONNECT within one batch
 window) is never registered: its open and close are folded into one 't' operation, which only asks
 Redis who held the client id before, so that a take-over of a connection on another broker is still
-carried out (the broker that held it is asked to kick it).
+carried out (the broker that held it is asked to kick it). While this broker is the only one the registry
+knows (`alone`: no other broker, live or dead and not yet reaped, could hold a client id), nobody else
+can hold the client id either: the 't' operations are answered here and nothing is sent for them.
 
 Session slots keep `sessions` exact without a round trip per CONNECT: a broker reserves a few slots
 of a user in `sessions:slots:<u>`, counted against the limit by every open exactly like registered
@@ -40,6 +42,9 @@ BATCH_MAX = 500  # operations per Lua call (a call blocks Redis while it runs)
 SLOTS_MAX = 100  # at most this many slots of one user per broker
 
 Done = Callable[[RegistryResult | BaseException], None]
+
+# REGISTRY_LUA's answer to a 't' operation for a client id no broker held (or only this one)
+_NOBODY_HELD_IT = RegistryResult(True, 0, 0, "", "", -1)
 
 
 def slot_block(limit: int, fraction: float) -> int:
@@ -85,6 +90,10 @@ class SessionRegistry:
         # (client id, conn) -> index in _ops of an open not sent yet and not awaited (see the docstring)
         self._open_at: dict[tuple[str, str], int] = {}
         self.folded = 0  # opens and closes folded into one 't' operation (tests, stats)
+        # No other broker in the registry: set by the enforcer from its heartbeat and from Redis' word after
+        # the brokers key changed; False whenever that is not known.
+        self.alone = False
+        self.answered = 0  # 't' operations answered here while alone (tests, stats)
 
     # -- queueing ----------------------------------------------------------------------------------------
     def submit(self, op: RegistryOp, done: Done | None = None, *, urgent: bool = False) -> None:
@@ -152,6 +161,10 @@ class SessionRegistry:
             await self._apply(batch)
 
     async def _apply(self, batch: list[tuple[RegistryOp, Done | None]]) -> None:
+        if self.alone:
+            batch = self._answer_alone(batch)
+            if not batch:
+                return
         ops = [op for op, _ in batch]
         try:
             results = await self.store.registry(self.broker_id, ops)
@@ -172,6 +185,22 @@ class SessionRegistry:
                     done(res)
                 except Exception:  # noqa: BLE001
                     log.exception("session registry callback failed")
+
+    def _answer_alone(self, batch: list[tuple[RegistryOp, Done | None]]) -> list[tuple[RegistryOp, Done | None]]:
+        """Answer the batch's 't' operations as Redis would while no other broker exists; the rest."""
+        rest = []
+        for op, done in batch:
+            if op.kind != "t":
+                rest.append((op, done))
+                continue
+            self.answered += 1
+            self._account(op, _NOBODY_HELD_IT)
+            if done is not None:
+                try:
+                    done(_NOBODY_HELD_IT)
+                except Exception:  # noqa: BLE001
+                    log.exception("session registry callback failed")
+        return rest
 
     def _failed(self, batch: list[tuple[RegistryOp, Done | None]], exc: BaseException) -> None:
         self.on_error(exc)

@@ -315,7 +315,7 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local existed = redis.call('EXISTS', KEYS[2])
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('HSET', KEYS[2], 'heartbeat', now_ms, unpack(ARGV, 3))
-return {existed, now_ms}
+return {existed, now_ms, redis.call('ZCARD', KEYS[1])}
 """
 
 # KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, then (session, user sessions)
@@ -700,14 +700,19 @@ class QuotaStore:
         return out
 
     # -- brokers -------------------------------------------------------------------------------------------
-    async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any]) -> tuple[bool, int]:
-        """Refresh the broker's liveness; (whether its record already existed, Redis time in ms)."""
+    async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any]) -> tuple[bool, int, int]:
+        """Refresh the broker's liveness; (whether its record already existed, Redis time in ms, how many
+        brokers the registry knows, dead ones not yet reaped included)."""
         flat: list[Any] = []
         for name, value in info.items():
             flat += [name, value]
         raw = await self._heartbeat(keys=[self.keys.brokers(), self.keys.broker(broker_id)],
                                     args=[broker_id, int(dead_after * 1000), *flat])
-        return bool(raw[0]), int(raw[1])
+        return bool(raw[0]), int(raw[1]), int(raw[2])
+
+    async def alone(self, broker_id: str) -> bool:
+        """Whether the registry knows no broker but this one (dead ones not yet reaped count as others)."""
+        return set(await self.redis.zrange(self.keys.brokers(), 0, 1)) <= {broker_id}
 
     async def now_ms(self) -> int:
         sec, usec = await self.redis.time()

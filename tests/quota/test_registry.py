@@ -79,3 +79,28 @@ def test_a_close_after_its_open_was_sent_is_applied_and_other_connections_are_no
         finally:
             await client.aclose()
     asyncio.run(body())
+
+
+def test_a_lone_broker_answers_short_connections_itself_and_sends_the_rest(redis_server, prefix, rds):
+    async def body():
+        client, reg = registry_for(redis_server, prefix, "b1")
+        try:
+            reg.alone = True  # (the enforcer sets it from the heartbeat: no other broker in the registry)
+            results: list[RegistryResult | BaseException] = []
+            reg.submit(op_open("brief", "c1"), results.append)
+            reg.submit(op_close("brief", "c1"))
+            await reg.drain()
+            assert (reg.folded, reg.answered, reg.batches) == (1, 1, 0)  # nothing sent to Redis
+            [res] = results
+            assert isinstance(res, RegistryResult) and res.ok and res.prev_broker == ""
+            # A connection that stays is registered as always, in a batch without the answered ones.
+            reg.submit(op_open("brief", "c2"), results.append)
+            reg.submit(op_open("stays", "c3"), results.append)
+            reg.submit(op_close("brief", "c2"))
+            await reg.drain()
+            assert (reg.folded, reg.answered, reg.batches) == (2, 2, 1)
+            assert rds.hget(f"{prefix}session:stays", "conn") == "c3"
+            assert not rds.exists(f"{prefix}session:brief")
+        finally:
+            await client.aclose()
+    asyncio.run(body())
