@@ -53,6 +53,8 @@ _LUA_FIELDS = {"F_LAST_SEEN": C.G_LAST_SEEN, "F_USERNAME": C.G_USERNAME, "F_CONN
 #                                   must stand); TTL
 #   7 k since at s_user             a connection that came and went within the part: 5 then 6 in one
 #                                   HSET (connected 0, connected_since, broker, [username], disconnected_at)
+#   8 k s_user n (s_name value)*n since at s_user2
+#                                   1 then 7 of the same client: the HINCRBYs, then one HSET of both
 # "TTL" is one EXPIRE per key at the end. Every write goes through redis.pcall: a write Redis refuses (a
 # key of the wrong type, edited by hand) is skipped and reported, never aborting the rest, because the
 # writes before it cannot be undone and a retry would count them twice. The exception: Redis refuses
@@ -121,6 +123,20 @@ while i <= n do
       w('HSET', k, 'F_CONNECTED', '1', 'F_SINCE', since, 'F_BROKER', me)
     end
     w('HDEL', k, 'F_DISCONNECTED')
+    keep(k)
+  elseif op == '8' then
+    local u, c = tonumber(t[i + 2]), tonumber(t[i + 3])
+    i = i + 4
+    for _ = 1, c do w('HINCRBY', k, ARGV[tonumber(t[i])], t[i + 1]); i = i + 2 end
+    local since, at, u2 = t[i], t[i + 1], tonumber(t[i + 2])
+    i = i + 3
+    local f = {'F_LAST_SEEN', now, 'F_CONNECTED', '0', 'F_SINCE', since, 'F_BROKER', me, 'F_DISCONNECTED', at}
+    if u2 > 0 then
+      f[11], f[12] = 'F_USERNAME', ARGV[u2]
+    elseif u > 0 then
+      f[11], f[12] = 'F_USERNAME', ARGV[u]
+    end
+    w('HSET', k, unpack(f))
     keep(k)
   elseif op == '7' then
     local since, at, u = t[i + 2], t[i + 3], tonumber(t[i + 4])
@@ -330,9 +346,10 @@ class StatsWriter:
 
     def split(self, batch: Batch) -> list[Batch]:
         """Parts of at most `chunk` entries (a client, a user, a rate entry, a client's gauges or a
-        connection event each), filled in the order clients, users, rates, gauges, events, each written
-        by its own script call. Events keep their order (parts are written one after the other); the
-        broker totals go with the last part. Parts bound how long the event loop is busy encoding one
+        connection event each), filled in the order clients (each with its connection events), users,
+        rates, gauges, the events of clients without counters, each written by its own script call. A
+        client's events keep their order (parts are written one after the other); the broker totals go
+        with the last part. Parts bound how long the event loop is busy encoding one
         (FLUSH_CHUNK in mqtt_guard/metrics/service.py says how its size was chosen)."""
         n = max(1, self.chunk)
         parts = [Batch()]
@@ -351,12 +368,36 @@ class StatsWriter:
                 pos += len(take)
                 free -= len(take)
 
-        fill(list(batch.clients.items()), lambda p, xs: p.clients.update(xs))
+        # A client's connection events go into the part of its (last) counters entry, so that one script
+        # call writes the client's hash once (and `_encode` can fold the two records of a connection that
+        # came and went into one). Per key the order stays: counters, then events; the gauges written
+        # after them in a later part have fields of their own.
+        clients = list(batch.clients.items())
+        last_entry = {cid: i for i, ((cid, _), _) in enumerate(clients)}
+        events_at: dict[int, list[Any]] = {}
+        loose: list[Any] = []  # events of clients without counters in the batch: written last, as before
+        for ev in batch.events:
+            i = last_entry.get(ev[1])
+            if i is None:
+                loose.append(ev)
+            else:
+                events_at.setdefault(i, []).append(ev)
+        if not events_at:
+            fill(clients, lambda p, xs: p.clients.update(xs))
+        else:
+            for i, entry in enumerate(clients):
+                evs = events_at.get(i, ())
+                if free < 1 + len(evs) and free < n:
+                    parts.append(Batch())
+                    free = n
+                parts[-1].clients[entry[0]] = entry[1]
+                parts[-1].events.extend(evs)
+                free = max(0, free - 1 - len(evs))  # (a client with more events than a part holds: alone)
         fill(list(batch.users.items()), lambda p, xs: p.users.update(xs))
         for bucket, entries in batch.rates.items():
             fill(list(entries.items()), lambda p, xs, b=bucket: p.rates.setdefault(b, {}).update(xs))
         fill(list(batch.gauges.items()), lambda p, xs: p.gauges.update(xs))
-        fill(batch.events, lambda p, xs: p.events.extend(xs))
+        fill(loose, lambda p, xs: p.events.extend(xs))
         parts[-1].totals = dict(batch.totals)
         return parts
 
@@ -367,7 +408,43 @@ class StatsWriter:
         keys, ops, key, string = self.keys, enc.ops, enc.key, enc.string
         names = enc._str_index  # counter names repeat in every entry: look them up inline
         client_key = keys.stats_client
+        # Connection events; a connection that came and went within the part (its connect not followed by
+        # another event of that client before its disconnect) is one record '7' instead of '5' + '6': the
+        # '6' check would find this broker's own '5' anyway. Same end result, fewer Redis calls.
+        events: list[tuple[str, str, str | None, float, float] | None] = []
+        open_at: dict[str, int] = {}  # client id -> index in `events` of its connect not yet followed
+        seen: dict[str, int] = {}  # client id -> its records in `events`
+        for kind, cid, user, at in b.events:
+            if kind == "connect":
+                open_at[cid] = len(events)
+                events.append(("5", cid, user, at, 0.0))
+                seen[cid] = seen.get(cid, 0) + 1
+                continue
+            j = open_at.pop(cid, None)
+            if j is None:
+                events.append(("6", cid, user, at, 0.0))
+                seen[cid] = seen.get(cid, 0) + 1
+            else:
+                _, _, user, since, _ = events[j]  # type: ignore[misc]
+                events[j] = ("7", cid, user, since, at)
+        # ...and a client whose only record is a '7' gets it folded into its (last) counters record: '8',
+        # one HSET of the client's hash instead of two.
+        fold: dict[str, int] = {}
+        if events:
+            last_entry = {cid: user for cid, user in b.clients}
+            for j, rec in enumerate(events):
+                if rec is not None and rec[0] == "7" and seen[rec[1]] == 1 and rec[1] in last_entry:
+                    fold[rec[1]] = j
         for (cid, user), counts in b.clients.items():
+            j = fold.get(cid)
+            if j is not None and last_entry[cid] == user:
+                _, _, ev_user, since, until = events[j]  # type: ignore[misc]
+                events[j] = None
+                ops += ("8", key(client_key(cid)), "0" if user is None else string(user), str(len(counts)))
+                for name, v in counts.items():
+                    ops += (names.get(name) or string(name), str(v))
+                ops += (_seconds(since), _seconds(until), "0" if ev_user is None else string(ev_user))
+                continue
             ops += ("1", key(client_key(cid)), "0" if user is None else string(user), str(len(counts)))
             for name, v in counts.items():
                 ops += (names.get(name) or string(name), str(v))
@@ -401,23 +478,10 @@ class StatsWriter:
                 for name, v in g.items():
                     ops.append(string(name))
                     ops.append(value(v))
-        # A connection that came and went within the batch (its connect not followed by another event of
-        # that client before its disconnect) is one record '7' instead of '5' + '6': the '6' check would
-        # find this broker's own '5' anyway. Same end result, 3 Redis calls instead of 6.
-        events: list[tuple[str, str, str | None, float, float]] = []
-        open_at: dict[str, int] = {}  # client id -> index in `events` of its connect not yet followed
-        for kind, cid, user, at in b.events:
-            if kind == "connect":
-                open_at[cid] = len(events)
-                events.append(("5", cid, user, at, 0.0))
+        for rec in events:
+            if rec is None:
                 continue
-            j = open_at.pop(cid, None)
-            if j is None:
-                events.append(("6", cid, user, at, 0.0))
-            else:
-                _, _, user, since, _ = events[j]
-                events[j] = ("7", cid, user, since, at)
-        for op, cid, user, at, until in events:
+            op, cid, user, at, until = rec
             if op == "5":
                 ops += ("5", key(client_key(cid)), _seconds(at), "0" if user is None else string(user))
             elif op == "6":
