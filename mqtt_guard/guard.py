@@ -95,6 +95,11 @@ class Guard:
     async def authenticate(self, *, username: str | None, password: str | None, cert_identity: str | None = None,
                            identity_as_username: bool = False, listener: Any = None) -> AuthResult:
         """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
+        if not self.auth_backends:
+            return await self.authenticator.authenticate(username=username, password=password,
+                                                         cert_identity=cert_identity,
+                                                         identity_as_username=identity_as_username)
+
         async def redis() -> AuthResult:
             return await self.authenticator.authenticate(username=username, password=password,
                                                          cert_identity=cert_identity,

@@ -245,7 +245,8 @@ class GuardedBroker(Broker):
         previous = self._connections.get(client_id)
         self._connections[client_id] = done
         try:
-            await self._take_over(client_id, previous)
+            if previous is not None or client_id in self._sessions:
+                await self._take_over(client_id, previous)
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
@@ -503,7 +504,9 @@ class GuardedBroker(Broker):
             self._invalidate_routes()  # a resumed session's targets now carry its new guard client
         clean = False
         try:
-            await handler.send(encode_connack(bool(session.parent), 0))
+            connack = encode_connack(bool(session.parent), 0)
+            if not handler.send_now(connack):
+                await handler.send(connack)
             if self._fire_connected:
                 await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
                                                       client_id=session.client_id, client_session=session)

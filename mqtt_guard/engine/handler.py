@@ -275,17 +275,23 @@ class GuardedHandler(BrokerProtocolHandler):
         if self.queue is not None and self.queue.port is self:
             self.queue.port = None
         self._flush_coalesced()
-        await self._close_socket()
+        if self._transport is not None:
+            self._close_transport()
+        else:
+            await self._close_socket()
         if not self._done.done():
             self._done.set_result(False)
 
+    def _close_transport(self) -> None:
+        transport = self._transport
+        if not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                self._loop.call_later(CLOSE_GRACE, transport.abort)  # a peer that never reads
+
     async def _close_socket(self) -> None:
         if self._transport is not None:
-            transport = self._transport
-            if not transport.is_closing():
-                transport.close()
-                if transport.get_write_buffer_size():
-                    self._loop.call_later(CLOSE_GRACE, transport.abort)  # a peer that never reads
+            self._close_transport()
             return
         if self.writer is not None:
             try:
@@ -420,6 +426,16 @@ class GuardedHandler(BrokerProtocolHandler):
                 await self.writer.drain()  # type: ignore[union-attr]
         finally:
             self._ws_draining = False
+
+    def send_now(self, data: bytes) -> bool:
+        """`send` without awaiting, for a TCP/TLS connection whose socket is not backed up; False (nothing
+        written) when `send` must be awaited instead."""
+        transport = self._transport
+        if transport is None or self._co or transport.get_write_buffer_size() > self._high_water:
+            return False
+        if not transport.is_closing():
+            transport.write(data)
+        return True
 
     async def send(self, data: bytes) -> None:
         """Write a control packet (CONNACK, SUBACK, PUBACK, PINGRESP...). Waits only when the client
