@@ -43,6 +43,14 @@ SLOTS_MAX = 100  # at most this many slots of one user per broker
 
 Done = Callable[[RegistryResult | BaseException], None]
 
+def _report(done: Done | None, res: RegistryResult | BaseException) -> None:
+    if done is not None:
+        try:
+            done(res)
+        except Exception:  # noqa: BLE001 - a callback's bug must not stop the queue
+            log.exception("session registry callback failed")
+
+
 # REGISTRY_LUA's answer to a 't' operation for a client id no broker held (or only this one)
 _NOBODY_HELD_IT = RegistryResult(True, 0, 0, "", "", -1)
 
@@ -180,11 +188,7 @@ class SessionRegistry:
             return
         for (op, done), res in zip(batch, results, strict=True):
             self._account(op, res)
-            if done is not None:
-                try:
-                    done(res)
-                except Exception:  # noqa: BLE001
-                    log.exception("session registry callback failed")
+            _report(done, res)
 
     def _answer_alone(self, batch: list[tuple[RegistryOp, Done | None]]) -> list[tuple[RegistryOp, Done | None]]:
         """Answer the batch's 't' operations as Redis would while no other broker exists; the rest."""
@@ -195,11 +199,7 @@ class SessionRegistry:
                 continue
             self.answered += 1
             self._account(op, _NOBODY_HELD_IT)
-            if done is not None:
-                try:
-                    done(_NOBODY_HELD_IT)
-                except Exception:  # noqa: BLE001
-                    log.exception("session registry callback failed")
+            _report(done, _NOBODY_HELD_IT)
         return rest
 
     def _failed(self, batch: list[tuple[RegistryOp, Done | None]], exc: BaseException) -> None:
@@ -208,11 +208,7 @@ class SessionRegistry:
             self._account(op, None)
             if op.kind == "c":
                 self.failed_closes.append(op)
-            if done is not None:
-                try:
-                    done(exc)
-                except Exception:  # noqa: BLE001
-                    log.exception("session registry callback failed")
+            _report(done, exc)
         for st in self.slots.values():
             st.redis = 0  # unknown now: take no slot until a slots operation tells again
 
