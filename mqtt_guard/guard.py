@@ -9,6 +9,7 @@ connection pool and one invalidation listener however many plugins it loads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,15 +96,8 @@ class Guard:
     async def authenticate(self, *, username: str | None, password: str | None, cert_identity: str | None = None,
                            identity_as_username: bool = False, listener: Any = None) -> AuthResult:
         """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
-        if not self.auth_backends:
-            return await self.authenticator.authenticate(username=username, password=password,
-                                                         cert_identity=cert_identity,
-                                                         identity_as_username=identity_as_username)
-
-        async def redis() -> AuthResult:
-            return await self.authenticator.authenticate(username=username, password=password,
-                                                         cert_identity=cert_identity,
-                                                         identity_as_username=identity_as_username)
+        redis = functools.partial(self.authenticator.authenticate, username=username, password=password,
+                                  cert_identity=cert_identity, identity_as_username=identity_as_username)
         for backend in self.auth_backends:
             result = await backend.authenticate(username=username, password=password, listener=listener,
                                                 identity_as_username=identity_as_username, fallback=redis)
