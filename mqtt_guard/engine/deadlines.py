@@ -37,10 +37,13 @@ class Deadlines:
 
     def watch(self, item: Expiring, seconds: float) -> None:
         """Call `item.expire()` once `seconds` have passed, unless `unwatch(item)` comes first."""
+        self._add(item, seconds, self._running_loop())
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
-        self._add(item, seconds, loop)
+        return loop
 
     def unwatch(self, item: Expiring) -> None:
         self._due.pop(item, None)
@@ -76,9 +79,7 @@ class _Deadline:
 
     async def __aenter__(self) -> None:
         owner = self._owner
-        loop = owner._loop  # noqa: SLF001
-        if loop is None or loop.is_closed():
-            loop = owner._loop = asyncio.get_running_loop()  # noqa: SLF001
+        loop = owner._running_loop()  # noqa: SLF001
         task = self._task = asyncio.current_task(loop)
         assert task is not None
         owner._add(task, self._seconds, loop)  # noqa: SLF001
