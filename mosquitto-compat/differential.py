@@ -39,9 +39,18 @@ def main() -> int:
     if args.redis_url is None:
         redis = RedisProc(Path(tempfile.mkdtemp(prefix="mqg-diff-redis-"))).start()
     try:
-        stats, differences = asyncio.run(run(seed, redis_url=args.redis_url or redis.url, prefix=f"diff{seed}:",
-                                             pairs=args.pairs, epochs=args.epochs, scenarios=args.scenarios,
-                                             workdir=args.keep, concurrency=args.concurrency))
+        stats, differences = asyncio.run(
+            run(
+                seed,
+                redis_url=args.redis_url or redis.url,
+                prefix=f"diff{seed}:",
+                pairs=args.pairs,
+                epochs=args.epochs,
+                scenarios=args.scenarios,
+                workdir=args.keep,
+                concurrency=args.concurrency,
+            )
+        )
     finally:
         if redis is not None:
             redis.stop()

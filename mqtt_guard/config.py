@@ -35,8 +35,19 @@ def duration(default: float) -> Any:
     return field(default=default, metadata={"kind": "duration"})
 
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
-               "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 _DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -230,7 +241,8 @@ class GuardConfig:
         if not self.listeners:
             raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")
         if not isinstance(self.plugins, dict) or not all(
-                isinstance(k, str) and (v is None or isinstance(v, dict)) for k, v in self.plugins.items()):
+            isinstance(k, str) and (v is None or isinstance(v, dict)) for k, v in self.plugins.items()
+        ):
             raise ConfigError("plugins: must map dotted class paths to option mappings (or nothing)")
         for i, listener in enumerate(self.listeners):
             listener.check(f"listeners[{i}]")

@@ -17,20 +17,20 @@ from typing import Any
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.authenticator import AuthResult, Authenticator
+from .auth.authenticator import Authenticator, AuthResult
 from .config import GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
 from .metrics.counters import Counters
 from .metrics.service import MetricsService
+from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
+from .quota.stretch import bound as stretch_bound
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
-from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
-from .quota.stretch import bound as stretch_bound
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
@@ -45,13 +45,20 @@ class Guard:
         self.redis = make_async_client(config.redis.url)
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
-        self.acl = LiveAcl(AclStore(self.redis, self.keys), self.keys,
-                           AclPolicy(default_allow=config.acl.default == "allow"))
+        self.acl = LiveAcl(
+            AclStore(self.redis, self.keys), self.keys, AclPolicy(default_allow=config.acl.default == "allow")
+        )
         self.listener = InvalidationListener(
             config.redis.url,
-            [self.keys.acl(""), self.keys.user(""),
-             self.keys.quota_user(""), self.keys.quota_default(), self.keys.quota_reset(""),
-             self.keys.blocks_head(), self.keys.brokers()],
+            [
+                self.keys.acl(""),
+                self.keys.user(""),
+                self.keys.quota_user(""),
+                self.keys.quota_default(),
+                self.keys.quota_reset(""),
+                self.keys.blocks_head(),
+                self.keys.brokers(),
+            ],
             self._on_keys,
             self._on_reset,
         )
@@ -79,8 +86,12 @@ class Guard:
         try:
             await self.redis.ping()
         except Exception as exc:  # noqa: BLE001 - any failure here is only reported
-            log.warning("Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
-                        redact(self.config.redis.url), exc, self.config.auth.on_redis_down)
+            log.warning(
+                "Redis at %s is not reachable yet (%s); CONNECTs follow auth.on_redis_down=%s",
+                redact(self.config.redis.url),
+                exc,
+                self.config.auth.on_redis_down,
+            )
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
@@ -93,14 +104,31 @@ class Guard:
         await self.redis.aclose()
 
     # -- client lifecycle ----------------------------------------------------------------------
-    async def authenticate(self, *, username: str | None, password: str | None, cert_identity: str | None = None,
-                           identity_as_username: bool = False, listener: Any = None) -> AuthResult:
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        cert_identity: str | None = None,
+        identity_as_username: bool = False,
+        listener: Any = None,
+    ) -> AuthResult:
         """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
-        redis = functools.partial(self.authenticator.authenticate, username=username, password=password,
-                                  cert_identity=cert_identity, identity_as_username=identity_as_username)
+        redis = functools.partial(
+            self.authenticator.authenticate,
+            username=username,
+            password=password,
+            cert_identity=cert_identity,
+            identity_as_username=identity_as_username,
+        )
         for backend in self.auth_backends:
-            result = await backend.authenticate(username=username, password=password, listener=listener,
-                                                identity_as_username=identity_as_username, fallback=redis)
+            result = await backend.authenticate(
+                username=username,
+                password=password,
+                listener=listener,
+                identity_as_username=identity_as_username,
+                fallback=redis,
+            )
             if result is not None:
                 return result
         return await redis()
@@ -113,17 +141,25 @@ class Guard:
         finally:
             self.acl_epoch += 1
 
-    async def attach(self, client_id: str, result: AuthResult, listener: str = "",
-                     listener_config: Any = None) -> GuardClient:
+    async def attach(
+        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+    ) -> GuardClient:
         """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
         subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
-        client = GuardClient(client_id, subject.username, subject, listener, had_record=result.user is not None,
-                             listener_config=listener_config)
+        client = GuardClient(
+            client_id,
+            subject.username,
+            subject,
+            listener,
+            had_record=result.user is not None,
+            listener_config=listener_config,
+        )
         try:
             await self.acl.prepare(subject)
         except REDIS_ERRORS as exc:
-            log.warning("client %r admitted while Redis is unreachable (%s): ACL rules known so far apply",
-                        client_id, exc)
+            log.warning(
+                "client %r admitted while Redis is unreachable (%s): ACL rules known so far apply", client_id, exc
+            )
         try:
             await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
         except BaseException:
@@ -158,8 +194,14 @@ class Guard:
             return True
         if action is Perm.PUBLISH:
             self.counters.incr(client.client_id, C.DENIED_PUBLISH)
-            acl_log.log(logging.INFO, (client.client_id, topic),
-                        "denied PUBLISH of client %r (user %r) to %r", client.client_id, client.username, topic)
+            acl_log.log(
+                logging.INFO,
+                (client.client_id, topic),
+                "denied PUBLISH of client %r (user %r) to %r",
+                client.client_id,
+                client.username,
+                topic,
+            )
         elif action is Perm.SUBSCRIBE:
             self.counters.incr(client.client_id, C.DENIED_SUBSCRIBE)
         else:
@@ -233,7 +275,7 @@ class Guard:
         head = self.keys.user("")
         if not key.startswith(head):
             return None
-        rest = key[len(head):]
+        rest = key[len(head) :]
         return rest[: -len(":groups")] if rest.endswith(":groups") else rest
 
     def _schedule_user_refresh(self, users: set[str]) -> None:
@@ -252,7 +294,7 @@ class Guard:
                     self._user_refresh.add(username)
                     await asyncio.sleep(0.5)
                     continue
-                except Exception:  # noqa: BLE001 - a corrupt record: keep the current subject
+                except Exception:  # a corrupt record: keep the current subject
                     log.exception("cannot re-read user %r", username)
                     continue
                 await self._apply_user(username, record)
@@ -263,7 +305,9 @@ class Guard:
             client = self.clients.get(client_id)
             if client is None:
                 continue
-            gone = (record is None and client.had_record) or (record is not None and (record.disabled or record.expired()))
+            gone = (record is None and client.had_record) or (
+                record is not None and (record.disabled or record.expired())
+            )
             if gone:
                 reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
                 if self.kicker is not None:

@@ -24,7 +24,7 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def rds(redis_server: RedisServer):  # noqa: ANN201
+def rds(redis_server: RedisServer):
     client = redis_server.client()
     yield client
     client.close()
@@ -32,16 +32,18 @@ def rds(redis_server: RedisServer):  # noqa: ANN201
 
 @pytest.fixture
 def cli(redis_server: RedisServer, prefix: str) -> Callable[..., object]:
-    def run(*args: str, input: str | None = None):  # noqa: ANN202
+    def run(*args: str, input: str | None = None):
         return run_cli(redis_server.url, prefix, *args, input=input)
+
     return run
 
 
 @pytest.fixture
-def add_user(cli) -> Callable[..., None]:  # noqa: ANN001
+def add_user(cli) -> Callable[..., None]:
     def add(name: str, password: str, *extra: str) -> None:
         result = cli("user", "add", name, "--password-stdin", *extra, input=password + "\n")
         assert result.returncode == 0, result.stderr
+
     return add
 
 
@@ -49,8 +51,13 @@ def add_user(cli) -> Callable[..., None]:  # noqa: ANN001
 def start_broker(redis_server: RedisServer, prefix: str) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
-    def start(*args: str, redis_url: str | None = None, bind: bool = True, port: int | None = None,
-              wait_for_port: int | None = None) -> BrokerProcess:
+    def start(
+        *args: str,
+        redis_url: str | None = None,
+        bind: bool = True,
+        port: int | None = None,
+        wait_for_port: int | None = None,
+    ) -> BrokerProcess:
         broker = BrokerProcess(redis_url or redis_server.url, prefix, args=list(args), bind=bind, port=port)
         started.append(broker)
         return broker.start(wait_for_port=wait_for_port)
@@ -61,7 +68,7 @@ def start_broker(redis_server: RedisServer, prefix: str) -> Iterator[Callable[..
 
 
 @pytest.fixture
-def start_sidecar(redis_server: RedisServer, prefix: str):  # noqa: ANN201
+def start_sidecar(redis_server: RedisServer, prefix: str):
     """`mqtt-guard sidecar` subprocesses against the test's Redis and prefix, stopped at teardown."""
     from tests.sidecar.helpers import SidecarProcess
 

@@ -9,24 +9,29 @@ from mqtt_guard.config import ConfigError, load_config, parse_duration, parse_si
 
 def test_defaults_and_units(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("auth:\n  cache_ttl: 5m\nlimits:\n  max_packet_size: 2MiB\n  connect_timeout: 3\n"
-                 "listeners:\n  - bind: 127.0.0.1:1884\n")
+    f.write_text(
+        "auth:\n  cache_ttl: 5m\nlimits:\n  max_packet_size: 2MiB\n  connect_timeout: 3\n"
+        "listeners:\n  - bind: 127.0.0.1:1884\n"
+    )
     config = load_config(f)
     assert config.auth.cache_ttl == 300 and config.limits.max_packet_size == 2 * 1024 * 1024
     assert config.listeners[0].type == "tcp" and config.auth.allow_anonymous is False
     config.check()
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("auth:\n  allow_anonymus: true\n", "unknown key 'auth.allow_anonymus'"),
-    ("bogus: 1\n", "unknown key 'bogus'"),
-    ("listeners:\n  - bind: '127.0.0.1:2'\n    tls: true\n", "unknown key 'listeners[0].tls'"),
-    ("auth:\n  on_redis_down: maybe\n", "auth.on_redis_down: must be one of deny, cached"),
-    ("auth:\n  allow_anonymous: 'yes'\n", "auth.allow_anonymous: must be true or false"),
-    ("limits:\n  max_packet_size: lots\n", "limits.max_packet_size"),
-    ("- a\n", "top level must be a mapping"),
-    ("a: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("auth:\n  allow_anonymus: true\n", "unknown key 'auth.allow_anonymus'"),
+        ("bogus: 1\n", "unknown key 'bogus'"),
+        ("listeners:\n  - bind: '127.0.0.1:2'\n    tls: true\n", "unknown key 'listeners[0].tls'"),
+        ("auth:\n  on_redis_down: maybe\n", "auth.on_redis_down: must be one of deny, cached"),
+        ("auth:\n  allow_anonymous: 'yes'\n", "auth.allow_anonymous: must be true or false"),
+        ("limits:\n  max_packet_size: lots\n", "limits.max_packet_size"),
+        ("- a\n", "top level must be a mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
 def test_errors_name_key_and_file(tmp_path, text, expected):
     f = tmp_path / "bad.yaml"
     f.write_text(text)

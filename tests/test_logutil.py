@@ -13,13 +13,15 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ([\w.]+
 
 
 def _stderr_of(body: str, level: str = "info") -> list[tuple[str, str, str]]:
-    script = textwrap.dedent("""
+    script = textwrap.dedent(
+        f"""
         import asyncio, logging
         from mqtt_guard.engine.runner import setup_logging
         from mqtt_guard.logutil import info
-        setup_logging(%r)
+        setup_logging({level!r})
         log = logging.getLogger("mqtt_guard.broker")
-    """ % level) + textwrap.dedent(body)
+    """
+    ) + textwrap.dedent(body)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
@@ -61,7 +63,8 @@ def test_a_line_still_buffered_at_exit_is_written() -> None:
         log.warning("second loop done")
     """)
     assert out == [("INFO", "mqtt_guard.broker", "last words 7")] * 2 + [
-        ("WARNING", "mqtt_guard.broker", "second loop done")]
+        ("WARNING", "mqtt_guard.broker", "second loop done")
+    ]
 
 
 def test_filters_and_extra_handlers_get_ordinary_records() -> None:
@@ -85,8 +88,11 @@ def test_filters_and_extra_handlers_get_ordinary_records() -> None:
 
 
 def test_info_lines_obey_the_log_level() -> None:
-    out = _stderr_of("""
+    out = _stderr_of(
+        """
         info(log, "not shown")
         log.warning("shown")
-    """, level="warning")
+    """,
+        level="warning",
+    )
     assert out == [("WARNING", "mqtt_guard.broker", "shown")]

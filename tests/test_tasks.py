@@ -25,6 +25,7 @@ def test_a_loop_whose_first_cancel_is_swallowed_still_ends():
         await asyncio.sleep(0.01)
         await asyncio.wait_for(cancel_and_wait(task), 5)
         assert task.cancelled() and swallowed == [True]
+
     asyncio.run(body())
 
 
@@ -32,9 +33,11 @@ def test_finished_and_failed_tasks_are_waited_for_quietly():
     async def body():
         async def fails():
             raise RuntimeError("logged by its own loop")
+
         done = asyncio.create_task(asyncio.sleep(0))
         failed = asyncio.create_task(fails())
         await asyncio.sleep(0.01)
         await cancel_and_wait(done, failed, None)
         assert done.done() and failed.done()
+
     asyncio.run(body())

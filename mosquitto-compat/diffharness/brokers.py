@@ -84,8 +84,9 @@ class BrokerProc:
         deadline = time.monotonic() + timeout
         while self.count(text) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: {text!r} seen {self.count(text)} times, expected {n}:\n"
-                                   f"{self.log()[-3000:]}")
+                raise TimeoutError(
+                    f"{self.name}: {text!r} seen {self.count(text)} times, expected {n}:\n{self.log()[-3000:]}"
+                )
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             await asyncio.sleep(0.02)
@@ -118,8 +119,7 @@ def mosquitto_proc(conf: Path, port: int, log_path: Path) -> BrokerProc:
 
 
 def guard_proc(conf: Path, port: int, log_path: Path, redis_url: str, prefix: str) -> BrokerProc:
-    cmd = [sys.executable, "-m", "mqtt_guard", "--redis-url", redis_url, "--prefix", prefix, "broker", "-c",
-           str(conf)]
+    cmd = [sys.executable, "-m", "mqtt_guard", "--redis-url", redis_url, "--prefix", prefix, "broker", "-c", str(conf)]
     return BrokerProc("mqtt-guard", cmd, port, log_path, cwd=ROOT)
 
 
@@ -139,9 +139,25 @@ class RedisProc:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                                      "--save", "", "--appendonly", "no", "--notify-keyspace-events", "KEA"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--notify-keyspace-events",
+                "KEA",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -59,8 +59,10 @@ class ScopeWorld:
     def describe(self, name: str = "") -> str:
         acl = "\n".join(f"    {line}" for line in self.acl_lines) if self.acl_lines is not None else "    (none)"
         pw = "\n".join(f"    {line[:60]}" for line in self.passwd_lines) if self.with_password_file else "    (none)"
-        return (f"  {name}allow_anonymous: {self.allow_anonymous}\n  {name}password_file:\n{pw}\n"
-                f"  {name}acl_file{' (via include_dir)' if self.acl_via_include else ''}:\n{acl}")
+        return (
+            f"  {name}allow_anonymous: {self.allow_anonymous}\n  {name}password_file:\n{pw}\n"
+            f"  {name}acl_file{' (via include_dir)' if self.acl_via_include else ''}:\n{acl}"
+        )
 
 
 @dataclass
@@ -73,8 +75,11 @@ class World:
         limit = f"  message_size_limit {self.message_size_limit}\n" if self.message_size_limit else ""
         if not self.per_listener_settings:
             return limit + self.scopes[0].describe()
-        return limit + "  per_listener_settings true\n" + "\n".join(s.describe(f"listener{i} ") for i, s in
-                                                            enumerate(self.scopes))
+        return (
+            limit
+            + "  per_listener_settings true\n"
+            + "\n".join(s.describe(f"listener{i} ") for i, s in enumerate(self.scopes))
+        )
 
 
 @dataclass
@@ -100,12 +105,16 @@ class Scenario:
             subs = self.subscriptions.get(i)
             out.append(f"  client {i}: {c.label()}" + (f" subscribes {subs}" if subs else ""))
         for p in self.publishes:
-            out.append(f"  client {p.who} publishes {p.topic!r} qos {p.qos}{' retained' if p.retain else ''}"
-                       f" ({p.pad} bytes of padding)")
+            out.append(
+                f"  client {p.who} publishes {p.topic!r} qos {p.qos}{' retained' if p.retain else ''}"
+                f" ({p.pad} bytes of padding)"
+            )
         if self.will is not None:
             who, topic, qos, retain = self.will
-            out.append(f"  client {who} has the will {topic!r} qos {qos}{' retained' if retain else ''} and drops "
-                       "its connection")
+            out.append(
+                f"  client {who} has the will {topic!r} qos {qos}{' retained' if retain else ''} and drops "
+                "its connection"
+            )
         return "\n".join(out)
 
 
@@ -150,8 +159,15 @@ class Generator:
         if r.random() < 0.15:
             lines.insert(r.randrange(len(lines) + 1), "no-colon-line")
         acl = self.acl_lines() if r.random() < 0.88 else None
-        return ScopeWorld(lines, tries, acl, r.choice([True, True, True, False, None]), r.random() < 0.9,
-                          acl_newline="\r\n" if r.random() < 0.1 else "\n", acl_via_include=r.random() < 0.2)
+        return ScopeWorld(
+            lines,
+            tries,
+            acl,
+            r.choice([True, True, True, False, None]),
+            r.random() < 0.9,
+            acl_newline="\r\n" if r.random() < 0.1 else "\n",
+            acl_via_include=r.random() < 0.2,
+        )
 
     def filter(self, levels: list[str], *, placeholders: bool) -> str:
         r = self.rnd
@@ -316,10 +332,18 @@ class Generator:
         else:
             for _ in range(r.randint(1, 4)):
                 who = n_subs + r.randrange(n_pubs)
-                s.publishes.append(Publish(who, self.topic(clients[who], world), r.choice([0, 1]),
-                                           kind == "retained" or r.random() < 0.05, r.choice([0, 0, 4, 12])))
+                s.publishes.append(
+                    Publish(
+                        who,
+                        self.topic(clients[who], world),
+                        r.choice([0, 1]),
+                        kind == "retained" or r.random() < 0.05,
+                        r.choice([0, 0, 4, 12]),
+                    )
+                )
             topics = [p.topic for p in s.publishes]
         for i in range(n_subs):
-            s.subscriptions[i] = [(self.subscription_filter(topics), r.choice([0, 1, 1]))
-                                  for _ in range(r.randint(1, 3))]
+            s.subscriptions[i] = [
+                (self.subscription_filter(topics), r.choice([0, 1, 1])) for _ in range(r.randint(1, 3))
+            ]
         return s

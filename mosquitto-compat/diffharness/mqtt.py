@@ -57,9 +57,19 @@ class Client:
 
     # -- lifecycle --------------------------------------------------------------------------
     @classmethod
-    async def connect(cls, port: int, client_id: str, username: str | None = None, password: str | None = None,
-                      *, keepalive: int = 60, clean: bool = True, host: str = "127.0.0.1",
-                      timeout: float = 5.0, will: tuple[str, bytes, int, bool] | None = None) -> Client:
+    async def connect(
+        cls,
+        port: int,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        keepalive: int = 60,
+        clean: bool = True,
+        host: str = "127.0.0.1",
+        timeout: float = 5.0,
+        will: tuple[str, bytes, int, bool] | None = None,
+    ) -> Client:
         """Connect and read the CONNACK. `rc` is its return code; -1 if the broker closed without one."""
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         c = cls(reader, writer, client_id)
@@ -137,10 +147,10 @@ class Client:
                 if kind == PUBLISH:
                     qos = (flags >> 1) & 3
                     (tlen,) = struct.unpack("!H", data[:2])
-                    topic = data[2:2 + tlen].decode()
+                    topic = data[2 : 2 + tlen].decode()
                     pos = 2 + tlen
                     if qos:
-                        (pid,) = struct.unpack("!H", data[pos:pos + 2])
+                        (pid,) = struct.unpack("!H", data[pos : pos + 2])
                         pos += 2
                         if qos == 1:
                             self.writer.write(_packet(PUBACK, 0, struct.pack("!H", pid)))
@@ -194,8 +204,9 @@ class Client:
         self.writer.write(_packet(UNSUBSCRIBE, 2, struct.pack("!H", pid) + b"".join(_str(f) for f in filters)))
         await asyncio.wait_for(fut, timeout)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                      timeout: float = 5.0) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 5.0
+    ) -> None:
         """PUBLISH; for QoS 1 wait for the PUBACK, for QoS 2 for the PUBCOMP."""
         flags = (qos << 1) | (1 if retain else 0)
         if qos == 0:
@@ -213,7 +224,7 @@ class Client:
         self.writer.write(_packet(PINGREQ, 0, b""))
         await asyncio.wait_for(fut, timeout)
 
-    async def wait_until(self, predicate, timeout: float) -> bool:  # noqa: ANN001
+    async def wait_until(self, predicate, timeout: float) -> bool:
         """Wait until `predicate()` holds after some message arrived (or the connection closed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -27,7 +27,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mqtt_guard.auth.hashes import hash_password
 from mqtt_guard.compat.aclfile import mosquitto_matches
 
 from .brokers import BrokerProc, free_port, guard_proc, mosquitto_proc, run_as_line
@@ -50,8 +49,13 @@ class Difference:
     guard: dict
 
     def report(self) -> str:
-        lines = [f"DIFFERENCE (seed {self.seed}, pair {self.pair}, epoch {self.epoch}, scenario {self.index})",
-                 "world:", self.world.describe(), "scenario:", self.scenario.describe()]
+        lines = [
+            f"DIFFERENCE (seed {self.seed}, pair {self.pair}, epoch {self.epoch}, scenario {self.index})",
+            "world:",
+            self.world.describe(),
+            "scenario:",
+            self.scenario.describe(),
+        ]
         for key in sorted(set(self.mosquitto) | set(self.guard)):
             m, g = self.mosquitto.get(key), self.guard.get(key)
             if m != g:
@@ -69,9 +73,11 @@ class Stats:
     refused_configs: int = 0
 
     def summary(self) -> str:
-        return (f"{self.scenarios} scenarios, {self.publishes} publishes, {self.delivered} deliveries, "
-                f"CONNACK codes {dict(sorted(self.connacks.items()))}, {self.reloads} reloads, "
-                f"{self.refused_configs} configurations refused by both")
+        return (
+            f"{self.scenarios} scenarios, {self.publishes} publishes, {self.delivered} deliveries, "
+            f"CONNACK codes {dict(sorted(self.connacks.items()))}, {self.reloads} reloads, "
+            f"{self.refused_configs} configurations refused by both"
+        )
 
 
 class Side:
@@ -142,8 +148,10 @@ class Pair:
         self.reloads += 1
         self.mosquitto.sighup()
         self.guard.sighup()
-        await asyncio.gather(self.mosquitto.wait_count("Reloading config.", self.reloads),
-                             self.guard.wait_count(("reloaded ", "reload failed"), self.reloads))
+        await asyncio.gather(
+            self.mosquitto.wait_count("Reloading config.", self.reloads),
+            self.guard.wait_count(("reloaded ", "reload failed"), self.reloads),
+        )
         for port in (*self.mports, *self.gports):  # a round trip after the reload was logged: it completed
             c = await Client.connect(port, "harness-reload-probe")
             await c.close()
@@ -155,8 +163,8 @@ class Pair:
 
 # -- one scenario ----------------------------------------------------------------------------------
 
-async def _connect(port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None
-                   ) -> Client | None | int:
+
+async def _connect(port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None) -> Client | None | int:
     try:
         return await Client.connect(port, ident.client_id, ident.username, ident.password, will=will)
     except (ConnectionError, OSError, asyncio.IncompleteReadError):
@@ -170,8 +178,9 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
 
     async def connect_all(indexes: list[int]) -> None:
         for side in (0, 1):
-            results = await asyncio.gather(*(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i))
-                                             for i in indexes))
+            results = await asyncio.gather(
+                *(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i)) for i in indexes)
+            )
             for i, res in zip(indexes, results, strict=True):
                 rc = res if isinstance(res, int) else res.rc
                 out[side][f"connack {i}"] = rc
@@ -211,6 +220,7 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                         await c.ping()
                     except (ConnectionError, TimeoutError):
                         pass
+
         await asyncio.gather(one(0), one(1))
 
     if sc.kind == "connect":
@@ -275,8 +285,9 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                 continue
             if i in sc.subscriptions:
                 filters = [f for f, _ in sc.subscriptions[i]]
-                out[side][f"received {i}"] = sorted((m.topic, m.payload.decode(), _qos(m, filters), m.retain)
-                                                    for m in _mine(c, marker))
+                out[side][f"received {i}"] = sorted(
+                    (m.topic, m.payload.decode(), _qos(m, filters), m.retain) for m in _mine(c, marker)
+                )
             out[side][f"closed by broker {i}"] = c.closed
             await c.close()
     return out
@@ -292,8 +303,11 @@ def _qos(m: Received, filters: list[str]) -> int | str:
 
 
 def _disconnects(proc: BrokerProc, mark: str) -> int:
-    return sum(1 for line in proc.log().splitlines() if mark in line and "disconnected" in line.lower()
-               or mark in line and "closed its connection" in line)
+    return sum(
+        1
+        for line in proc.log().splitlines()
+        if mark in line and "disconnected" in line.lower() or mark in line and "closed its connection" in line
+    )
 
 
 async def _wait_disconnects(proc: BrokerProc, mark: str, n: int, timeout: float = 5.0) -> None:
@@ -317,8 +331,16 @@ def _mine(c: Client | None, marker: str) -> list:
 
 # -- a whole run -----------------------------------------------------------------------------------
 
-async def run_pair(pair: Pair, seed: int, epochs: int, scenarios: int, stats: Stats,
-                   differences: list[Difference], max_differences: int) -> None:
+
+async def run_pair(
+    pair: Pair,
+    seed: int,
+    epochs: int,
+    scenarios: int,
+    stats: Stats,
+    differences: list[Difference],
+    max_differences: int,
+) -> None:
     gen = Generator(seed * 1000 + pair.index)
     running = False
     for epoch in range(epochs):
@@ -330,9 +352,18 @@ async def run_pair(pair: Pair, seed: int, epochs: int, scenarios: int, stats: St
                 pair.stop()
                 stats.refused_configs += 1
                 if (why[0] is None) != (why[1] is None):
-                    differences.append(Difference(seed, pair.index, epoch, -1, world, Scenario("start", []),
-                                                  {"started": why[0] is None, "error": why[0]},
-                                                  {"started": why[1] is None, "error": why[1]}))
+                    differences.append(
+                        Difference(
+                            seed,
+                            pair.index,
+                            epoch,
+                            -1,
+                            world,
+                            Scenario("start", []),
+                            {"started": why[0] is None, "error": why[0]},
+                            {"started": why[1] is None, "error": why[1]},
+                        )
+                    )
                     return
                 for _ in range(scenarios):  # keep the generator in step with a run where it started
                     gen.scenario(world)
@@ -354,13 +385,24 @@ async def run_pair(pair: Pair, seed: int, epochs: int, scenarios: int, stats: St
                 if len(differences) >= max_differences:
                     return
             if not (pair.mosquitto.alive() and pair.guard.alive()):
-                raise RuntimeError(f"a broker died: mosquitto alive {pair.mosquitto.alive()}, mqtt-guard alive "
-                                   f"{pair.guard.alive()}\n{pair.guard.log()[-3000:]}")
+                raise RuntimeError(
+                    f"a broker died: mosquitto alive {pair.mosquitto.alive()}, mqtt-guard alive "
+                    f"{pair.guard.alive()}\n{pair.guard.log()[-3000:]}"
+                )
 
 
-async def run(seed: int, *, redis_url: str, prefix: str, pairs: int = 4, epochs: int = 2, scenarios: int = 60,
-              workdir: str | None = None, max_differences: int = 5, concurrency: int = 2
-              ) -> tuple[Stats, list[Difference]]:
+async def run(
+    seed: int,
+    *,
+    redis_url: str,
+    prefix: str,
+    pairs: int = 4,
+    epochs: int = 2,
+    scenarios: int = 60,
+    workdir: str | None = None,
+    max_differences: int = 5,
+    concurrency: int = 2,
+) -> tuple[Stats, list[Difference]]:
     """Run the differential test; returns statistics and the differences found (empty = agreement)."""
     base = Path(workdir or tempfile.mkdtemp(prefix="mqg-diff-"))
     stats = Stats()

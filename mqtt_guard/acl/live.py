@@ -74,8 +74,13 @@ class LiveAcl:
             key = (p.subject, p.filter)
             if now - self._problem_logged.get(key, -_PROBLEM_LOG_INTERVAL) >= _PROBLEM_LOG_INTERVAL:
                 self._problem_logged[key] = now
-                log.error("skipped malformed ACL rule in %s: %r = %r: %s",
-                          self.keys.acl(p.subject), p.filter, p.value, p.reason)
+                log.error(
+                    "skipped malformed ACL rule in %s: %r = %r: %s",
+                    self.keys.acl(p.subject),
+                    p.filter,
+                    p.value,
+                    p.reason,
+                )
 
     # -- invalidation -----------------------------------------------------------------------
     def on_keys(self, keys: list[str]) -> None:

@@ -109,7 +109,7 @@ class RuleMatcher:
             m.add(f, rule)
         return m
 
-    def add(self, filter: str, rule: Rule) -> None:  # noqa: A002 - MQTT term
+    def add(self, filter: str, rule: Rule) -> None:  # MQTT term
         """Insert *rule* under *filter*; only for use while building."""
         bad = validate_filter(filter)
         if bad is not None:

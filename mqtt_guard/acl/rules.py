@@ -263,7 +263,7 @@ def parse_rules(subject: str, mapping: Mapping[str, str]) -> tuple[list[Rule], l
     problems: list[RuleProblem] = []
     try:
         items = list(mapping.items())
-    except Exception as exc:  # a broken mapping must not take the broker down
+    except Exception as exc:  # noqa: BLE001 - a broken mapping must not take the broker down
         return [], [RuleProblem(subject, "", "", f"cannot read rules: {exc!r}")]
     items.sort(key=lambda kv: (_as_text(kv[0]) or "", repr(kv[0])))
     for key, val in items:

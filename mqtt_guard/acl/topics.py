@@ -89,7 +89,7 @@ def validate_filter(f: str) -> str | None:
     return _encoding_problem(f)
 
 
-def topic_matches(filter: str, topic: str) -> bool:  # noqa: A002 - MQTT term
+def topic_matches(filter: str, topic: str) -> bool:  # MQTT term
     """Reference implementation: does *filter* match the topic name *topic*?
 
     Both arguments are assumed valid (see :func:`validate_filter` and

@@ -45,7 +45,7 @@ CONNACK_BAD_CREDENTIALS = 4
 CONNACK_NOT_AUTHORIZED = 5
 
 
-class Outcome(str, enum.Enum):
+class Outcome(str, enum.Enum):  # noqa: UP042 - str() and format() of the members stay as they were
     OK = "ok"
     OK_CACHED_REDIS_DOWN = "ok (cached credentials, Redis unavailable)"
     ANONYMOUS = "anonymous"

@@ -142,9 +142,7 @@ def _parse_iterations(field: str) -> int:
     if iterations < 1:
         raise HashFormatError("$7$ iteration count is not a positive integer")
     if iterations > MAX_PBKDF2_ITERATIONS:
-        raise HashFormatError(
-            f"$7$ iteration count exceeds the supported maximum of {MAX_PBKDF2_ITERATIONS}"
-        )
+        raise HashFormatError(f"$7$ iteration count exceeds the supported maximum of {MAX_PBKDF2_ITERATIONS}")
     return iterations
 
 
@@ -156,9 +154,7 @@ def _parse_pbkdf2(encoded: str) -> tuple[int, bytes, bytes]:
     iterations = _parse_iterations(parts[2])
     salt = _b64decode(parts[3], "$7$ salt")
     if len(salt) not in _ALLOWED_PBKDF2_SALT_LENS:
-        raise HashFormatError(
-            f"$7$ salt must be {MOSQUITTO_20_SALT_LEN} or {NEW_SALT_LEN} bytes, got {len(salt)}"
-        )
+        raise HashFormatError(f"$7$ salt must be {MOSQUITTO_20_SALT_LEN} or {NEW_SALT_LEN} bytes, got {len(salt)}")
     digest = _b64decode(parts[4], "$7$ hash")
     if len(digest) != _PBKDF2_HASH_LEN:
         raise HashFormatError(f"$7$ hash must be {_PBKDF2_HASH_LEN} bytes, got {len(digest)}")
@@ -251,9 +247,7 @@ def _hash_bcrypt(pw: bytes, rounds: int) -> str:
 
 def _hash_argon2id(pw: bytes, time_cost: int, memory_cost: int, parallelism: int) -> str:
     """Produce ``$argon2id$v=19$...`` via argon2-cffi's PasswordHasher."""
-    hasher = PasswordHasher(
-        time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID
-    )
+    hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=Type.ID)
     return hasher.hash(pw)
 
 

@@ -45,8 +45,10 @@ def subject_of(args: argparse.Namespace) -> str | None:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     acl = sub.add_parser("acl", help="topic ACLs").add_subparsers(dest="acl_cmd", required=True)
-    for name, func, help_ in (("allow", cmd_allow, "grant actions on a filter"),
-                              ("deny", cmd_deny, "deny actions on a filter (deny beats any grant)")):
+    for name, func, help_ in (
+        ("allow", cmd_allow, "grant actions on a filter"),
+        ("deny", cmd_deny, "deny actions on a filter (deny beats any grant)"),
+    ):
         p = acl.add_parser(name, help=help_)
         _subject_options(p)
         p.add_argument("filter")
@@ -65,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("client_id")
     p.add_argument("topic", help="topic (publish, receive) or filter (subscribe)")
     p.add_argument("action", choices=sorted(ACTIONS))
-    p.add_argument("--default", choices=["deny", "allow"], default="deny",
-                   help="the brokers' acl.default (default: deny)")
+    p.add_argument(
+        "--default", choices=["deny", "allow"], default="deny", help="the brokers' acl.default (default: deny)"
+    )
     p.set_defaults(func=cmd_check)
 
     group = sub.add_parser("group", help="group membership").add_subparsers(dest="group_cmd", required=True)
@@ -180,8 +183,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         user = None if anonymous else await UserStore(redis, keys).get(args.user)
         if not anonymous and user is None:
             print(f"note: no user {args.user!r} in Redis; deciding as for a user without groups", file=sys.stderr)
-        subject = Subject(None if anonymous else args.user, args.client_id,
-                          user.groups if user else frozenset(), bool(user and user.superuser))
+        subject = Subject(
+            None if anonymous else args.user,
+            args.client_id,
+            user.groups if user else frozenset(),
+            bool(user and user.superuser),
+        )
         policy = AclPolicy(default_allow=args.default == "allow")
         raw = await AclStore(redis, keys).load(subject_keys_for(subject))
         problems = []
@@ -193,8 +200,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         verdict = "allow" if decision.allowed else "deny"
         if decision.rule is not None:
             rule = decision.rule
-            print(f"{verdict}: {decision.reason} {rule.filter!r} = {format_tokens(rule.allow, rule.deny)} "
-                  f"in {keys.acl(rule.subject)}")
+            print(
+                f"{verdict}: {decision.reason} {rule.filter!r} = {format_tokens(rule.allow, rule.deny)} "
+                f"in {keys.acl(rule.subject)}"
+            )
         else:
             print(f"{verdict}: {decision.reason}")
         for p in problems:

@@ -12,12 +12,24 @@ from .common import CliError, apply_redis_overrides
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("broker", help="run the guarded MQTT broker")
     p.add_argument("-c", "--config", help="YAML configuration file, or a mosquitto.conf (detected)")
-    p.add_argument("--mosquitto-conf", metavar="FILE",
-                   help="a mosquitto 2.0 mosquitto.conf: listeners, password_file, acl_file... (mosquitto-compat/)")
-    p.add_argument("--bind", action="append", default=[], metavar="HOST:PORT",
-                   help="TCP listener (repeatable); replaces the listeners of the config file")
-    p.add_argument("--allow-anonymous", action="store_true", default=None,
-                   help="let clients without a username in (anonymous ACL rules apply)")
+    p.add_argument(
+        "--mosquitto-conf",
+        metavar="FILE",
+        help="a mosquitto 2.0 mosquitto.conf: listeners, password_file, acl_file... (mosquitto-compat/)",
+    )
+    p.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="TCP listener (repeatable); replaces the listeners of the config file",
+    )
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="let clients without a username in (anonymous ACL rules apply)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_broker)
 
@@ -47,8 +59,9 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
 def cmd_broker(args: argparse.Namespace) -> int:
     from ..compat.conf import looks_like_mosquitto_conf
 
-    mosquitto_conf = args.mosquitto_conf or (args.config if args.config and looks_like_mosquitto_conf(args.config)
-                                             else None)
+    mosquitto_conf = args.mosquitto_conf or (
+        args.config if args.config and looks_like_mosquitto_conf(args.config) else None
+    )
     if mosquitto_conf:
         return _run_mosquitto_conf(args, mosquitto_conf)
     config = resolve_config(args)
@@ -66,7 +79,8 @@ def _run_mosquitto_conf(args: argparse.Namespace, path: str) -> int:
     base = GuardConfig()
     apply_redis_overrides(base, args)
     try:
-        return run_mosquitto_conf(path, base, binds=args.bind, allow_anonymous=args.allow_anonymous,
-                                  log_level=args.log_level)
+        return run_mosquitto_conf(
+            path, base, binds=args.bind, allow_anonymous=args.allow_anonymous, log_level=args.log_level
+        )
     except LaunchError as exc:
         raise CliError(str(exc)) from None

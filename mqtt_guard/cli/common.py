@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, make_async_client, redact, RedisUrlError
+from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import DEFAULT_PREFIX, Keys
 
 ENV_REDIS_URL = "MQTT_GUARD_REDIS_URL"

@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
     p.set_defaults(func=cmd_import_mosquitto)
     p = kinds.add_parser("go-auth", help="mosquitto-go-auth's Redis backend")
-    p.add_argument("--source-redis-url", metavar="URL",
-                   help="the Redis go-auth uses (default: the same as --redis-url)")
+    p.add_argument(
+        "--source-redis-url", metavar="URL", help="the Redis go-auth uses (default: the same as --redis-url)"
+    )
     p.add_argument("--source-prefix", metavar="P", default="", help="key prefix of go-auth's keys (default none)")
     p.add_argument("--dry-run", action="store_true", help="show what would be written, write nothing")
     p.set_defaults(func=cmd_import_goauth)
@@ -58,7 +59,7 @@ async def _read_goauth(source: Any, prefix: str, exclude: str) -> dict[str, Any]
     async for key in source.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
         if exclude and key.startswith(exclude):
             continue  # mqtt-guard's own keys in the same Redis
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         kind = await source.type(key)
         owner, _, suffix = name.rpartition(":")
         if kind == "set" and owner and suffix in _GOAUTH_KINDS:
@@ -120,9 +121,11 @@ def _show(change: Change) -> str:
 async def _apply(args: argparse.Namespace, plan: Plan, redis: Any, keys: k.Keys) -> int:
     changes = await diff_plan(plan, redis, keys)
     verb = "would write" if args.dry_run else "writing"
-    print(f"import from {plan.source}: {len(plan.users)} user(s), "
-          f"{sum(len(v) for v in plan.acls.values())} ACL entr(ies) in {len(plan.acls)} rule set(s); "
-          f"{verb} {len(changes)} change(s)")
+    print(
+        f"import from {plan.source}: {len(plan.users)} user(s), "
+        f"{sum(len(v) for v in plan.acls.values())} ACL entr(ies) in {len(plan.acls)} rule set(s); "
+        f"{verb} {len(changes)} change(s)"
+    )
     for change in changes:
         print(f"  {_show(change)}")
     if changes and not args.dry_run:

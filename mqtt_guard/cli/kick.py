@@ -24,8 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("client_id", nargs="?", help="the client id to disconnect")
     p.add_argument("--user", metavar="U", help="disconnect every client of user U instead")
     p.add_argument("--reason", default="kicked by an admin", help="recorded in the audit stream and broker log")
-    p.add_argument("--block", metavar="DURATION",
-                   help="also refuse reconnects (CONNACK 5) for this long, e.g. 10m (the client id, or the user)")
+    p.add_argument(
+        "--block",
+        metavar="DURATION",
+        help="also refuse reconnects (CONNACK 5) for this long, e.g. 10m (the client id, or the user)",
+    )
     p.set_defaults(func=cmd_kick)
 
 
@@ -58,11 +61,13 @@ def cmd_kick(args: argparse.Namespace) -> int:
             sessions = await store.sessions_of_user(args.user)
             if block:
                 await store.set_block(keys.block_user(args.user), reason, until, by, username=args.user)
-                print(f"user {args.user!r} blocked for {args.block} (until {time.strftime('%H:%M:%S', time.gmtime(until))}Z)")
+                until_text = time.strftime("%H:%M:%S", time.gmtime(until))
+                print(f"user {args.user!r} blocked for {args.block} (until {until_text}Z)")
             kicked = 0
             for s in sessions:
-                ok, detail = await store.kick(s["client_id"], reason, by, broker_id=s.get("broker", ""),
-                                              conn=s.get("conn", ""))
+                ok, detail = await store.kick(
+                    s["client_id"], reason, by, broker_id=s.get("broker", ""), conn=s.get("conn", "")
+                )
                 if ok:
                     kicked += 1
                     print(f"kick of client {s['client_id']!r} sent to broker {detail}")
@@ -83,12 +88,21 @@ def cmd_kick(args: argparse.Namespace) -> int:
         broker = session.get("broker", "")
         if not await store.broker_alive(broker):
             print(f"warning: broker {broker} holding {client_id!r} is not heartbeating; the kick waits for it")
-        ok, detail = await store.kick(client_id, reason, by, broker_id=broker, conn=session.get("conn", ""),
-                                      block_key=keys.block_client(client_id) if block else None, block_until=until)
+        ok, detail = await store.kick(
+            client_id,
+            reason,
+            by,
+            broker_id=broker,
+            conn=session.get("conn", ""),
+            block_key=keys.block_client(client_id) if block else None,
+            block_until=until,
+        )
         if not ok:
             print(f"client {client_id!r}: {detail}")
             return 1
-        print(f"kick of client {client_id!r} sent to broker {detail}" + (f"; blocked for {args.block}" if block else ""))
+        print(
+            f"kick of client {client_id!r} sent to broker {detail}" + (f"; blocked for {args.block}" if block else "")
+        )
         return 0
 
     return run_with_redis(args, body)

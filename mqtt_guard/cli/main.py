@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from . import acl, broker, stats, users
-from . import kick, quota, sidecar
-from . import importer, passwd  # mosquitto compat (mqtt_guard/compat)
+from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
 from .common import CliError
 
 

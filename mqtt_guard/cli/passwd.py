@@ -28,16 +28,30 @@ _HASHES = {"sha512-pbkdf2": "pbkdf2-sha512", "sha512": "sha512"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("passwd", help="manage a mosquitto password_file (mosquitto_passwd's usage)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "passwd",
+        help="manage a mosquitto password_file (mosquitto_passwd's usage)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-b", dest="batch", action="store_true", help="batch mode: the password is an argument")
     p.add_argument("-c", dest="create", action="store_true", help="create a new file (overwrites an existing one)")
     p.add_argument("-D", dest="delete", action="store_true", help="delete the user")
     p.add_argument("-U", dest="upgrade", action="store_true", help="hash the plain-text passwords of FILE")
-    p.add_argument("-H", dest="hash", choices=sorted(_HASHES), default="sha512-pbkdf2",
-                   help="hash: sha512-pbkdf2 ($7$, default) or sha512 ($6$, mosquitto 1.5 style)")
-    p.add_argument("-I", dest="iterations", type=int, default=hashes.DEFAULT_PBKDF2_ITERATIONS,
-                   help="PBKDF2 iterations for sha512-pbkdf2 (default %(default)s; mosquitto_passwd uses 101)")
+    p.add_argument(
+        "-H",
+        dest="hash",
+        choices=sorted(_HASHES),
+        default="sha512-pbkdf2",
+        help="hash: sha512-pbkdf2 ($7$, default) or sha512 ($6$, mosquitto 1.5 style)",
+    )
+    p.add_argument(
+        "-I",
+        dest="iterations",
+        type=int,
+        default=hashes.DEFAULT_PBKDF2_ITERATIONS,
+        help="PBKDF2 iterations for sha512-pbkdf2 (default %(default)s; mosquitto_passwd uses 101)",
+    )
     p.add_argument("file")
     p.add_argument("username", nargs="?")
     p.add_argument("password", nargs="?")
@@ -46,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _hash(args: argparse.Namespace, password: str) -> str:
     try:
-        return hashes.hash_password(password, scheme=_HASHES[args.hash], iterations=args.iterations,
-                                    salt_len=hashes.MOSQUITTO_20_SALT_LEN)
+        return hashes.hash_password(
+            password, scheme=_HASHES[args.hash], iterations=args.iterations, salt_len=hashes.MOSQUITTO_20_SALT_LEN
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
 

@@ -42,20 +42,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = quota.add_parser("set", help="set limits (unchanged fields keep their value; 'none' = no limit)")
     _target(p)
     p.add_argument("--events", metavar="N/WINDOW", help="events per window, e.g. 10000/1d (windows s,m,h,d,w; UTC)")
-    p.add_argument("--events-direction", choices=["in", "out", "both"],
-                   help="what counts: publishes sent (in), deliveries received (out), both (default)")
+    p.add_argument(
+        "--events-direction",
+        choices=["in", "out", "both"],
+        help="what counts: publishes sent (in), deliveries received (out), both (default)",
+    )
     p.add_argument("--bytes", metavar="SIZE/WINDOW", help="payload bytes per window, e.g. 50MB/1d")
     p.add_argument("--rate", metavar="R[/s][:BURST]", help="publishes per second, token bucket, e.g. 5/s:20")
     p.add_argument("--session-time", metavar="DURATION", help="longest one connection may last, e.g. 1h")
     p.add_argument("--sessions", metavar="N", help="concurrent connections of the user, across all brokers")
     p.add_argument("--max-queue", metavar="N", help="queued deliveries above which a client counts as slow")
     p.add_argument("--queue-grace", metavar="DURATION", help="how long a client may stay above --max-queue")
-    p.add_argument("--on-exceed", choices=["drop", "disconnect"], help="over events/bytes/rate: drop, or also disconnect")
+    p.add_argument(
+        "--on-exceed", choices=["drop", "disconnect"], help="over events/bytes/rate: drop, or also disconnect"
+    )
     p.set_defaults(func=cmd_set)
     p = quota.add_parser("unset", help="remove fields (a user then falls back to the default's value)")
     _target(p)
-    p.add_argument("--field", dest="fields", action="append", required=True, choices=list(FIELDS),
-                   help="a field to remove (repeatable)")
+    p.add_argument(
+        "--field",
+        dest="fields",
+        action="append",
+        required=True,
+        choices=list(FIELDS),
+        help="a field to remove (repeatable)",
+    )
     p.set_defaults(func=cmd_unset)
     p = quota.add_parser("show", help="limits, usage in the current window, when it resets, block, sessions")
     _target(p)
@@ -81,8 +92,10 @@ def cmd_set(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"--{option.replace('_', '-')}: {exc}") from None
     if not fields:
-        raise CliError("nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
-                       "--max-queue, --queue-grace, --events-direction, --on-exceed")
+        raise CliError(
+            "nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
+            "--max-queue, --queue-grace, --events-direction, --on-exceed"
+        )
 
     async def body(redis: Any, keys: Keys) -> int:
         store = QuotaStore(redis, keys)
@@ -137,22 +150,39 @@ async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict
         held = sum(int(v) for f, v in h.items() if f.startswith("lease:"))
         used = int(h.get("used", 0))
         out["usage"][metric] = {
-            "limit": allowance.limit, "window": str(allowance.window), "used": used, "left": max(0, allowance.limit - used),
-            "held_by_brokers": held, "refused": int(h.get("refused", 0)),
-            "window_start": start, "window_start_utc": utc(start), "resets_at": end, "resets_at_utc": utc(end),
+            "limit": allowance.limit,
+            "window": str(allowance.window),
+            "used": used,
+            "left": max(0, allowance.limit - used),
+            "held_by_brokers": held,
+            "refused": int(h.get("refused", 0)),
+            "window_start": start,
+            "window_start_utc": utc(start),
+            "resets_at": end,
+            "resets_at_utc": utc(end),
             "resets_in": round(end - now, 1),
         }
     block = await store.blocks(username, "")
     user_block = block if block is not None and block.key == keys.block_user(username) else None
-    out["block"] = None if user_block is None else {
-        "reason": user_block.reason, "until": round(user_block.until), "by": user_block.by}
+    out["block"] = (
+        None
+        if user_block is None
+        else {"reason": user_block.reason, "until": round(user_block.until), "by": user_block.by}
+    )
     sessions = await store.sessions_of_user(username)
-    out["sessions"] = [{
-        "client_id": s.get("client_id"), "broker": s.get("broker"), "since": float(s.get("since") or 0),
-        "queue_messages": int(float(s.get("queue_messages") or 0)),
-        "events_in": int(s.get("events_in") or 0), "events_out": int(s.get("events_out") or 0),
-        "bytes_in": int(s.get("bytes_in") or 0), "bytes_out": int(s.get("bytes_out") or 0),
-    } for s in sessions]
+    out["sessions"] = [
+        {
+            "client_id": s.get("client_id"),
+            "broker": s.get("broker"),
+            "since": float(s.get("since") or 0),
+            "queue_messages": int(float(s.get("queue_messages") or 0)),
+            "events_in": int(s.get("events_in") or 0),
+            "events_out": int(s.get("events_out") or 0),
+            "bytes_in": int(s.get("bytes_in") or 0),
+            "bytes_out": int(s.get("bytes_out") or 0),
+        }
+        for s in sessions
+    ]
     return out
 
 
@@ -175,18 +205,22 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  ! ignored: {p}")
         now = time.time()
         for metric, u in info.get("usage", {}).items():
-            print(f"{metric}: {u['used']} of {u['limit']} used in the window since {u['window_start_utc']} "
-                  f"({u['left']} left, {u['held_by_brokers']} of it held by brokers, {u['refused']} refused); "
-                  f"resets at {u['resets_at_utc']} (in {_fmt_age(u['resets_at'] - now)})")
+            print(
+                f"{metric}: {u['used']} of {u['limit']} used in the window since {u['window_start_utc']} "
+                f"({u['left']} left, {u['held_by_brokers']} of it held by brokers, {u['refused']} refused); "
+                f"resets at {u['resets_at_utc']} (in {_fmt_age(u['resets_at'] - now)})"
+            )
         if info.get("block"):
             b = info["block"]
             print(f"blocked until {utc(b['until'])} (in {_fmt_age(b['until'] - now)}): {b['reason']}")
         if "sessions" in info:
             print(f"sessions: {len(info['sessions'])}")
             for s in info["sessions"]:
-                print(f"  {s['client_id']}  on {s['broker']}  connected {_fmt_age(now - s['since'])}  "
-                      f"queue {s['queue_messages']}  in {s['events_in']}/{s['bytes_in']} B  "
-                      f"out {s['events_out']}/{s['bytes_out']} B")
+                print(
+                    f"  {s['client_id']}  on {s['broker']}  connected {_fmt_age(now - s['since'])}  "
+                    f"queue {s['queue_messages']}  in {s['events_in']}/{s['bytes_in']} B  "
+                    f"out {s['events_out']}/{s['bytes_out']} B"
+                )
         return 0
 
     return run_with_redis(args, body)

@@ -16,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-c", "--config", help="YAML configuration file (the brokers' file: redis, quota, sidecar)")
     p.add_argument("--interval", help="evaluation interval (default 1s; sidecar.interval in the file)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--metrics-bind", metavar="HOST:PORT",
-                   help="serve Prometheus /metrics (fleet totals, broker liveness, loop lag) here")
+    p.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics (fleet totals, broker liveness, loop lag) here",
+    )
     p.set_defaults(func=cmd_sidecar)
 
 

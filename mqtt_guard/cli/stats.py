@@ -23,8 +23,15 @@ if TYPE_CHECKING:  # rich is imported when output is rendered: other commands st
     from rich.console import Console
     from rich.table import Table
 
-GAUGE_FIELDS = {C.G_CONNECTED, C.G_CONNECTED_SINCE, C.G_DISCONNECTED_AT, C.G_QUEUE_DEPTH, C.G_BROKER,
-                C.G_USERNAME, C.G_LAST_SEEN}
+GAUGE_FIELDS = {
+    C.G_CONNECTED,
+    C.G_CONNECTED_SINCE,
+    C.G_DISCONNECTED_AT,
+    C.G_QUEUE_DEPTH,
+    C.G_BROKER,
+    C.G_USERNAME,
+    C.G_LAST_SEEN,
+}
 # Publish errors by reason, as `stats` and `top` show them (dropped deliveries count for the receiver).
 ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
@@ -33,8 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("stats", help="counters, quota use and message rate of a client id or username")
     p.add_argument("name", metavar="CLIENT_OR_USER")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--client", dest="kind", action="store_const", const=KIND_CLIENT,
-                   help="NAME is a client id (default: a client id if one has stats, else a username)")
+    g.add_argument(
+        "--client",
+        dest="kind",
+        action="store_const",
+        const=KIND_CLIENT,
+        help="NAME is a client id (default: a client id if one has stats, else a username)",
+    )
     g.add_argument("--user", dest="kind", action="store_const", const=KIND_USER, help="NAME is a username")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--day", action="store_true", help="also the 1 min history of the last 24 h")
@@ -73,7 +85,7 @@ def _num(v: str | None) -> float | None:
 
 
 def _reasons(counters: dict[str, int], prefix: str) -> dict[str, int]:
-    return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
 
 
 async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, Any] | None:
@@ -93,15 +105,16 @@ async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, A
     usage = info.get("usage") or {}
     if not usage and not info.get("block"):
         return None
-    metrics = {m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_in", "refused")}
-               for m, u in usage.items()}
+    metrics = {
+        m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_in", "refused")} for m, u in usage.items()
+    }
     percents = [100.0 * u["used"] / u["limit"] for u in metrics.values() if u.get("limit")]
-    return {"percent": round(max(percents), 1) if percents else None, "metrics": metrics,
-            "blocked": info.get("block")}
+    return {"percent": round(max(percents), 1) if percents else None, "metrics": metrics, "blocked": info.get("block")}
 
 
-async def gather_stats(redis: Any, keys: Keys, name: str, kind: str | None, *, day: bool = False,
-                       now: float | None = None) -> dict[str, Any] | None:
+async def gather_stats(
+    redis: Any, keys: Keys, name: str, kind: str | None, *, day: bool = False, now: float | None = None
+) -> dict[str, Any] | None:
     now = time.time() if now is None else now
     reader = StatsReader(redis, keys)
     entity = await reader.entity(name, kind)
@@ -136,9 +149,13 @@ async def gather_stats(redis: Any, keys: Keys, name: str, kind: str | None, *, d
     }
     if day:
         d_starts, d_ins, d_outs = await reader.history(entity.kind, name, resolution=RES_1M, now=now)
-        out["rate_day"] = {"resolution_seconds": RES_1M[1], "start": d_starts[0], "messages_in": d_ins,
-                           "messages_out": d_outs,
-                           "sparkline": sparkline([i + o for i, o in zip(d_ins, d_outs, strict=True)], 96)}
+        out["rate_day"] = {
+            "resolution_seconds": RES_1M[1],
+            "start": d_starts[0],
+            "messages_in": d_ins,
+            "messages_out": d_outs,
+            "sparkline": sparkline([i + o for i, o in zip(d_ins, d_outs, strict=True)], 96),
+        }
     quota = await quota_use(redis, keys, username)
     if quota is not None:
         out["quota"] = quota
@@ -174,8 +191,16 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     table = Table(box=box.SIMPLE, show_header=True, title=None)
     table.add_column("counter")
     table.add_column("value", justify="right")
-    for name in (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD, C.DENIED_SUBSCRIBE, C.CONNECTS,
-                 C.PROTOCOL_ERRORS):
+    for name in (
+        C.MSGS_IN,
+        C.MSGS_OUT,
+        C.BYTES_IN,
+        C.BYTES_OUT,
+        C.WITHHELD,
+        C.DENIED_SUBSCRIBE,
+        C.CONNECTS,
+        C.PROTOCOL_ERRORS,
+    ):
         table.add_row(name, str(counters.get(name, 0)))
     for label, v in data["publish_errors"].items():
         table.add_row(f"publish error: {label}", str(v))
@@ -186,17 +211,21 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     rate = data["rate"]
     total = [i + o for i, o in zip(rate["messages_in"], rate["messages_out"], strict=True)]
     peak = max(total, default=0)
-    spark = Text.assemble(("rate, last hour ", "bold"), (f"[{rate['sparkline']}]", "cyan"),
-                          f"  peak {peak / rate['resolution_seconds']:.1f} msg/s, "
-                          f"{sum(total)} messages")
+    spark = Text.assemble(
+        ("rate, last hour ", "bold"),
+        (f"[{rate['sparkline']}]", "cyan"),
+        f"  peak {peak / rate['resolution_seconds']:.1f} msg/s, {sum(total)} messages",
+    )
     parts: list[Any] = [Text(title, style="bold"), head, table, spark]
     if "rate_day" in data:
         parts.append(Text.assemble(("rate, last 24 h ", "bold"), (f"[{data['rate_day']['sparkline']}]", "cyan")))
     if "quota" in data:
         q = Table.grid(padding=(0, 2))
         for metric, u in data["quota"]["metrics"].items():
-            q.add_row(f"quota {metric}", f"{u['used']} of {u['limit']} per {u['window']} "
-                      f"({u['left']} left, resets in {u['resets_in']}s)")
+            q.add_row(
+                f"quota {metric}",
+                f"{u['used']} of {u['limit']} per {u['window']} ({u['left']} left, resets in {u['resets_in']}s)",
+            )
         if data["quota"].get("blocked"):
             q.add_row("quota block", str(data["quota"]["blocked"]))
         parts.append(q)
@@ -252,8 +281,14 @@ async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: fl
         "window_seconds": round(covered, 3),
         "kind": kind,
         "rows": rows,
-        "brokers": [{"id": b, "heartbeat_age": round(max(0.0, now - t), 3),
-                     "clients_connected": int(h.get("clients_connected", 0) or 0)} for b, t, h in brokers],
+        "brokers": [
+            {
+                "id": b,
+                "heartbeat_age": round(max(0.0, now - t), 3),
+                "clients_connected": int(h.get("clients_connected", 0) or 0),
+            }
+            for b, t, h in brokers
+        ],
     }
 
 
@@ -273,9 +308,11 @@ def render_top(data: dict[str, Any]) -> Table:
 
     users = data["kind"] == KIND_USER
     alive = sum(1 for b in data["brokers"] if b["heartbeat_age"] < 10)
-    title = (f"busiest {'users' if users else 'clients'} over the last {data['window_seconds']:.0f}s  "
-             f"({alive}/{len(data['brokers'])} brokers alive, "
-             f"{time.strftime('%H:%M:%S', time.gmtime(data['time']))} UTC)")
+    title = (
+        f"busiest {'users' if users else 'clients'} over the last {data['window_seconds']:.0f}s  "
+        f"({alive}/{len(data['brokers'])} brokers alive, "
+        f"{time.strftime('%H:%M:%S', time.gmtime(data['time']))} UTC)"
+    )
     table = Table(title=title, box=box.SIMPLE_HEAD, expand=False, title_justify="left")
     table.add_column("user" if users else "client", overflow="fold")
     if not users:
@@ -293,9 +330,16 @@ def render_top(data: dict[str, Any]) -> Table:
         cells = [row["id"]]
         if not users:
             cells.append(row.get("username") or "-")
-        cells += [f"{row['rate_in']:.1f}", f"{row['rate_out']:.1f}", str(row["messages_in"]),
-                  str(row["messages_out"]), str(e["acl_denied"]), str(e["over_quota"]), str(e["queue_full"]),
-                  _quota_cell(row)]
+        cells += [
+            f"{row['rate_in']:.1f}",
+            f"{row['rate_out']:.1f}",
+            str(row["messages_in"]),
+            str(row["messages_out"]),
+            str(e["acl_denied"]),
+            str(e["over_quota"]),
+            str(e["queue_full"]),
+            _quota_cell(row),
+        ]
         table.add_row(*cells)
     if not data["rows"]:
         table.caption = "(no messages in the last seconds)"

@@ -18,10 +18,19 @@ from .common import CliError, read_password, run_with_redis
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("hash", help="read a password on stdin and print its encoded hash")
     p.add_argument("--scheme", choices=["pbkdf2-sha512", "sha512", "bcrypt", "argon2id"], default="pbkdf2-sha512")
-    p.add_argument("--iterations", type=int, default=hashes.DEFAULT_PBKDF2_ITERATIONS,
-                   help="PBKDF2 iterations for pbkdf2-sha512 (default %(default)s)")
-    p.add_argument("--salt-len", type=int, choices=[12, 64], default=hashes.NEW_SALT_LEN,
-                   help="salt bytes for pbkdf2-sha512; 12 for files mosquitto 2.0 must load")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=hashes.DEFAULT_PBKDF2_ITERATIONS,
+        help="PBKDF2 iterations for pbkdf2-sha512 (default %(default)s)",
+    )
+    p.add_argument(
+        "--salt-len",
+        type=int,
+        choices=[12, 64],
+        default=hashes.NEW_SALT_LEN,
+        help="salt bytes for pbkdf2-sha512; 12 for files mosquitto 2.0 must load",
+    )
     p.set_defaults(func=cmd_hash)
 
     user = sub.add_parser("user", help="manage users in Redis").add_subparsers(dest="user_cmd", required=True)
@@ -36,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true")
     p.set_defaults(func=cmd_passwd)
-    for name, func, help_ in (("del", cmd_del, "delete a user"), ("disable", cmd_disable, "refuse the user's CONNECTs"),
-                              ("enable", cmd_enable, "allow the user's CONNECTs again")):
+    for name, func, help_ in (
+        ("del", cmd_del, "delete a user"),
+        ("disable", cmd_disable, "refuse the user's CONNECTs"),
+        ("enable", cmd_enable, "allow the user's CONNECTs again"),
+    ):
         p = user.add_parser(name, help=help_)
         p.add_argument("name")
         p.set_defaults(func=func)
@@ -112,6 +124,7 @@ def _require(users: UserStore, name: str) -> Any:
     async def check() -> None:
         if not await users.exists(name):
             raise CliError(f"no such user {name!r}")
+
     return check()
 
 

@@ -48,8 +48,19 @@ from pathlib import Path
 
 from ..acl.topics import topic_matches, validate_filter
 
-__all__ = ["AclFile", "AclFileError", "AclRule", "DENY", "READ", "SUBSCRIBE", "WRITE",
-           "check_dollar", "mosquitto_matches", "parse_acl_text", "read_acl_file"]
+__all__ = [
+    "AclFile",
+    "AclFileError",
+    "AclRule",
+    "DENY",
+    "READ",
+    "SUBSCRIBE",
+    "WRITE",
+    "check_dollar",
+    "mosquitto_matches",
+    "parse_acl_text",
+    "read_acl_file",
+]
 
 # mosquitto's MOSQ_ACL_* values; DENY is MOSQ_ACL_NONE.
 DENY = 0
@@ -93,7 +104,8 @@ class AclFile:
     # compiled forms, built on first use (the file never changes after parsing; a reload builds a new AclFile)
     _blocks: dict[str | None, list[tuple[tuple[str, ...], int, bool]]] = field(default_factory=dict, repr=False)
     _client_patterns: dict[tuple[str | None, str], list[tuple[tuple[str, ...], int, bool]] | None] = field(
-        default_factory=dict, repr=False)
+        default_factory=dict, repr=False
+    )
 
     # -- the decision -----------------------------------------------------------------------
     def check(self, username: str | None, client_id: str, access: int, topic: str) -> bool:
@@ -138,8 +150,11 @@ class AclFile:
     def _patterns_for(self, username: str | None, client_id: str) -> list[tuple[tuple[str, ...], int, bool]] | None:
         if (username is not None and ("+" in username or "#" in username)) or "+" in client_id or "#" in client_id:
             return None
-        return [_compile(substitute(r.topic, client_id, username), r.access) for r in self.patterns
-                if not (r.ucount and username is None)]
+        return [
+            _compile(substitute(r.topic, client_id, username), r.access)
+            for r in self.patterns
+            if not (r.ucount and username is None)
+        ]
 
 
 _MISSING: object = object()
@@ -225,6 +240,7 @@ def check_dollar(topic: str, access: int) -> bool | None:
 
 # -- parsing -------------------------------------------------------------------------------------
 
+
 def _rest(line: str, start: int) -> str:
     return line[start:].strip(" \t\r\n\v\f")
 
@@ -259,12 +275,14 @@ def parse_acl_text(text: str, path: str = "acl_file") -> AclFile:
             if access_word is None:
                 raise AclFileError(f"{where}: empty topic in acl_file (mosquitto refuses this line)")
             # strtok_r(NULL, "") returns the rest after the delimiter that ended the access word
-            rest = line[pos2 + 1:] if pos2 < len(line) else ""
+            rest = line[pos2 + 1 :] if pos2 < len(line) else ""
             topic = _rest(rest, 0) if rest else ""
             if rest and topic:
                 if access_word not in _ACCESS_WORDS:
-                    raise AclFileError(f"{where}: invalid topic access type {access_word!r} "
-                                       "(use read, write, readwrite or deny; they are case-sensitive)")
+                    raise AclFileError(
+                        f"{where}: invalid topic access type {access_word!r} "
+                        "(use read, write, readwrite or deny; they are case-sensitive)"
+                    )
                 access = _ACCESS_WORDS[access_word]
             elif rest:  # only blanks after the access word: mosquitto's topic is then empty
                 raise AclFileError(f"{where}: invalid ACL topic '' in acl_file")
@@ -283,8 +301,9 @@ def parse_acl_text(text: str, path: str = "acl_file") -> AclFile:
             else:
                 rule = AclRule(topic, access, lineno, ucount=topic.count("%u"), ccount=topic.count("%c"))
                 if not rule.ucount and not rule.ccount:
-                    acl.warnings.append(f"{where}: pattern {topic!r} has neither %c nor %u (it applies to every "
-                                        "client as written)")
+                    acl.warnings.append(
+                        f"{where}: pattern {topic!r} has neither %c nor %u (it applies to every client as written)"
+                    )
                 if access == DENY:
                     acl.patterns.insert(0, rule)
                 else:
@@ -296,8 +315,10 @@ def parse_acl_text(text: str, path: str = "acl_file") -> AclFile:
             user = name
             acl.user_lines.setdefault(name, lineno)
         else:
-            raise AclFileError(f"{where}: invalid line in acl_file: {token!r} (expected topic, pattern or user; "
-                               "only a '#' in the first column starts a comment)")
+            raise AclFileError(
+                f"{where}: invalid line in acl_file: {token!r} (expected topic, pattern or user; "
+                "only a '#' in the first column starts a comment)"
+            )
     return acl
 
 

@@ -32,8 +32,16 @@ from pathlib import Path
 from ..config import GuardConfig, ListenerConfig
 from . import keys as K
 
-__all__ = ["MosquittoConfError", "MosquittoConfig", "Listener", "Security", "looks_like_mosquitto_conf",
-           "mosquitto_sort_key", "parse_mosquitto_conf", "to_guard_config"]
+__all__ = [
+    "MosquittoConfError",
+    "MosquittoConfig",
+    "Listener",
+    "Security",
+    "looks_like_mosquitto_conf",
+    "mosquitto_sort_key",
+    "parse_mosquitto_conf",
+    "to_guard_config",
+]
 
 MQTT_MAX_PACKET = 268_435_455  # the largest packet MQTT can express: mosquitto's "no limit"
 _BLANKS = " \t\r\n\v\f"
@@ -145,6 +153,7 @@ class MosquittoConfig:
 
 # -- ordering of include_dir -----------------------------------------------------------------------
 
+
 def _signed(b: int) -> int:
     return b - 256 if b >= 128 else b
 
@@ -185,6 +194,7 @@ def include_dir_files(directory: str) -> list[str]:
 
 # -- the parser ---------------------------------------------------------------------------------------
 
+
 def _next_word(line: str, pos: int) -> tuple[str | None, int]:
     n = len(line)
     while pos < n and line[pos] == " ":
@@ -212,10 +222,29 @@ def _atoi(text: str) -> int:
 
 
 _LOST = Listener(where="(lost)")  # the current listener after an include_dir that added listeners
-_SECURITY_KEYS = {"acl_file", "allow_anonymous", "password_file", "psk_file", "auth_plugin", "plugin",
-                  "auth_plugin_deny_special_chars", "allow_zero_length_clientid", "auto_id_prefix"}
-_LOG_TYPES = {"debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "websockets",
-              "all", "none"}
+_SECURITY_KEYS = {
+    "acl_file",
+    "allow_anonymous",
+    "password_file",
+    "psk_file",
+    "auth_plugin",
+    "plugin",
+    "auth_plugin_deny_special_chars",
+    "allow_zero_length_clientid",
+    "auto_id_prefix",
+}
+_LOG_TYPES = {
+    "debug",
+    "error",
+    "warning",
+    "notice",
+    "information",
+    "subscribe",
+    "unsubscribe",
+    "websockets",
+    "all",
+    "none",
+}
 _FACILITIES = {0, 1, 2, 3, 4, 5, 6, 7}
 
 
@@ -264,8 +293,9 @@ class _Parser:
         if not value:
             raise self.fail(where, key, f"empty {key} value in configuration (give a value)")
         if key in seen:
-            raise self.fail(where, key, f"duplicate {key} value in configuration (mosquitto refuses it too); "
-                            "keep one line")
+            raise self.fail(
+                where, key, f"duplicate {key} value in configuration (mosquitto refuses it too); keep one line"
+            )
         seen.add(key)
         return value
 
@@ -287,19 +317,29 @@ class _Parser:
             self.line(f"{path}:{lineno}", key, line, pos, level)
 
     # -- one line -----------------------------------------------------------------------------
-    def line(self, where: str, key: str, line: str, pos: int, level: int) -> None:  # noqa: C901, PLR0912, PLR0915
+    def line(self, where: str, key: str, line: str, pos: int, level: int) -> None:
         info = K.lookup(key)
         conf = self.conf
-        if self.current is _LOST and info is not None and (
-                info.scope == "listener" or (info.scope == "security" and conf.per_listener_settings)) and (
-                key not in ("listener", "port", "bind_address")):
-            self.warn(where, key, "ignored: it follows an include_dir whose files define listeners, and mosquitto "
-                      "2.0.11 then applies it to no listener (measured); move it before the include_dir or into "
-                      "the included file")
+        if (
+            self.current is _LOST
+            and info is not None
+            and (info.scope == "listener" or (info.scope == "security" and conf.per_listener_settings))
+            and (key not in ("listener", "port", "bind_address"))
+        ):
+            self.warn(
+                where,
+                key,
+                "ignored: it follows an include_dir whose files define listeners, and mosquitto "
+                "2.0.11 then applies it to no listener (measured); move it before the include_dir or into "
+                "the included file",
+            )
             return
         if info is None:
-            raise self.fail(where, key, "unknown configuration variable (mosquitto 2.0 refuses it too); "
-                            "check the spelling or remove the line")
+            raise self.fail(
+                where,
+                key,
+                "unknown configuration variable (mosquitto 2.0 refuses it too); check the spelling or remove the line",
+            )
         if key in _SECURITY_KEYS or key.startswith(K.PREFIX_KEYS):
             self.security_seen = True
         if info.status == K.UNSUPPORTED:
@@ -310,8 +350,9 @@ class _Parser:
             if not directory:
                 raise self.fail(where, key, "empty include_dir value in configuration (give a directory)")
             if level > 0:
-                self.warn(where, key, "include_dir is only read in the main configuration file; ignored "
-                          "(as mosquitto does)")
+                self.warn(
+                    where, key, "include_dir is only read in the main configuration file; ignored (as mosquitto does)"
+                )
                 return
             if not os.path.isdir(directory):
                 raise self.fail(where, key, f"unable to open include_dir {directory!r}")
@@ -386,8 +427,13 @@ class _Parser:
             if value != 2:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return
-        if key in ("use_username_as_clientid", "use_subject_as_username", "queue_qos0_messages",
-                   "upgrade_outgoing_qos", "check_retain_source"):
+        if key in (
+            "use_username_as_clientid",
+            "use_subject_as_username",
+            "queue_qos0_messages",
+            "upgrade_outgoing_qos",
+            "check_retain_source",
+        ):
             if self.boolean(line, pos, key, where):
                 raise self.fail(where, key, f"`{key} true` is not supported by mqtt-guard: {info.note}")
             return
@@ -432,8 +478,12 @@ class _Parser:
         if key == "per_listener_settings":
             value = self.boolean(line, pos, key, where)
             if value and self.security_seen:
-                raise self.fail(where, key, "per_listener_settings must be set before any other security "
-                                "settings (mosquitto refuses this order too); move it up")
+                raise self.fail(
+                    where,
+                    key,
+                    "per_listener_settings must be set before any other security "
+                    "settings (mosquitto refuses this order too); move it up",
+                )
             conf.per_listener_settings = value
             return
         if key == "allow_anonymous":
@@ -468,8 +518,12 @@ class _Parser:
         if key in ("persistence", "retained_persistence"):
             conf.persistence = self.boolean(line, pos, key, where)
             if conf.persistence:
-                self.warn(where, key, "retained messages and persistent sessions are kept in memory only: "
-                          "mqtt-guard loses them on restart")
+                self.warn(
+                    where,
+                    key,
+                    "retained messages and persistent sessions are kept in memory only: "
+                    "mqtt-guard loses them on restart",
+                )
             return
 
         # -- process and logging -----------------------------------------------------------
@@ -549,8 +603,17 @@ def looks_like_mosquitto_conf(path: str | Path) -> bool:
 
 # -- translation ------------------------------------------------------------------------------------
 
-_LEVELS = {"debug": 10, "all": 10, "subscribe": 10, "unsubscribe": 10, "websockets": 10, "information": 20,
-           "notice": 20, "warning": 30, "error": 40}
+_LEVELS = {
+    "debug": 10,
+    "all": 10,
+    "subscribe": 10,
+    "unsubscribe": 10,
+    "websockets": 10,
+    "information": 20,
+    "notice": 20,
+    "warning": 30,
+    "error": 40,
+}
 
 
 def log_level(conf: MosquittoConfig) -> str:
@@ -570,16 +633,18 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     for lst in conf.effective_listeners():
         tls = bool(lst.certfile)
         kind = "websockets" if lst.protocol == "websockets" else ("tls" if tls else "tcp")
-        listeners.append(ListenerConfig(
-            type=kind,  # type: ignore[arg-type]
-            bind=lst.bind(local_only),
-            certfile=lst.certfile,
-            keyfile=lst.keyfile,
-            cafile=lst.cafile,
-            require_certificate=lst.require_certificate,
-            use_identity_as_username=lst.use_identity_as_username,
-            max_connections=max(0, lst.max_connections),
-        ))
+        listeners.append(
+            ListenerConfig(
+                type=kind,  # type: ignore[arg-type]
+                bind=lst.bind(local_only),
+                certfile=lst.certfile,
+                keyfile=lst.keyfile,
+                cafile=lst.cafile,
+                require_certificate=lst.require_certificate,
+                use_identity_as_username=lst.use_identity_as_username,
+                max_connections=max(0, lst.max_connections),
+            )
+        )
     config.listeners = listeners
     effective = conf.effective_listeners()
     config.auth.allow_anonymous = bool(effective) and conf.allow_anonymous_for(effective[0])

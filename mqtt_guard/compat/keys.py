@@ -28,32 +28,76 @@ class KeyInfo:
     reload: str = ""  # what a SIGHUP does with it in mqtt-guard ("" = read at start only)
 
 
-_BRIDGE_NOTE = ("bridges are not supported: keep a small mosquitto for the bridge next to mqtt-guard, "
-                "or remove the `connection` section")
+_BRIDGE_NOTE = (
+    "bridges are not supported: keep a small mosquitto for the bridge next to mqtt-guard, "
+    "or remove the `connection` section"
+)
 _BRIDGE_KEYS = [
-    "connection", "address", "addresses", "topic", "bridge_alpn", "bridge_attempt_unsubscribe",
-    "bridge_bind_address", "bridge_cafile", "bridge_capath", "bridge_certfile", "bridge_identity",
-    "bridge_insecure", "bridge_keyfile", "bridge_max_packet_size", "bridge_outgoing_retain",
-    "bridge_protocol_version", "bridge_psk", "bridge_require_ocsp", "bridge_tls_version", "cleansession",
-    "clientid", "idle_timeout", "keepalive_interval", "local_cleansession", "local_clientid", "local_password",
-    "local_username", "notification_topic", "notifications", "notifications_local_only", "password",
-    "remote_clientid", "remote_password", "remote_username", "restart_timeout", "round_robin", "start_type",
-    "threshold", "try_private", "username",
+    "connection",
+    "address",
+    "addresses",
+    "topic",
+    "bridge_alpn",
+    "bridge_attempt_unsubscribe",
+    "bridge_bind_address",
+    "bridge_cafile",
+    "bridge_capath",
+    "bridge_certfile",
+    "bridge_identity",
+    "bridge_insecure",
+    "bridge_keyfile",
+    "bridge_max_packet_size",
+    "bridge_outgoing_retain",
+    "bridge_protocol_version",
+    "bridge_psk",
+    "bridge_require_ocsp",
+    "bridge_tls_version",
+    "cleansession",
+    "clientid",
+    "idle_timeout",
+    "keepalive_interval",
+    "local_cleansession",
+    "local_clientid",
+    "local_password",
+    "local_username",
+    "notification_topic",
+    "notifications",
+    "notifications_local_only",
+    "password",
+    "remote_clientid",
+    "remote_password",
+    "remote_username",
+    "restart_timeout",
+    "round_robin",
+    "start_type",
+    "threshold",
+    "try_private",
+    "username",
 ]
 
-_PLUGIN_NOTE = ("mosquitto plugins cannot be loaded; users and ACLs of mosquitto-go-auth move to Redis with "
-                "`mqtt-guard import go-auth`, others need an amqtt plugin (`plugins:` in a YAML config)")
+_PLUGIN_NOTE = (
+    "mosquitto plugins cannot be loaded; users and ACLs of mosquitto-go-auth move to Redis with "
+    "`mqtt-guard import go-auth`, others need an amqtt plugin (`plugins:` in a YAML config)"
+)
 
 KEYS: dict[str, KeyInfo] = {
     # -- listeners ----------------------------------------------------------------------------
-    "listener": KeyInfo("listener", PARTIAL, "`listener PORT [ADDRESS]`: TCP port and bind address (default all "
-                        "IPv4 interfaces); port 0 / unix sockets are refused"),
+    "listener": KeyInfo(
+        "listener",
+        PARTIAL,
+        "`listener PORT [ADDRESS]`: TCP port and bind address (default all "
+        "IPv4 interfaces); port 0 / unix sockets are refused",
+    ),
     "port": KeyInfo("listener", SUPPORTED, "deprecated form of the default listener's port"),
     "bind_address": KeyInfo("listener", SUPPORTED, "deprecated form of the default listener's address"),
     "protocol": KeyInfo("listener", SUPPORTED, "`mqtt` or `websockets` (with certfile: wss)"),
     "max_connections": KeyInfo("listener", SUPPORTED, "-1 = unlimited; over the limit the connection is closed"),
-    "socket_domain": KeyInfo("listener", PARTIAL, "`ipv4` is what mqtt-guard binds anyway; `ipv6` is refused "
-                             "(give an IPv6 address in `listener PORT ADDRESS` instead)"),
+    "socket_domain": KeyInfo(
+        "listener",
+        PARTIAL,
+        "`ipv4` is what mqtt-guard binds anyway; `ipv6` is refused "
+        "(give an IPv6 address in `listener PORT ADDRESS` instead)",
+    ),
     "bind_interface": KeyInfo("listener", UNSUPPORTED, "give the interface's address in `listener PORT ADDRESS`"),
     "mount_point": KeyInfo("listener", UNSUPPORTED, "topic prefixes per listener are not supported; remove it"),
     "http_dir": KeyInfo("listener", UNSUPPORTED, "mqtt-guard serves no HTTP files; use a web server"),
@@ -71,23 +115,37 @@ KEYS: dict[str, KeyInfo] = {
     "use_identity_as_username": KeyInfo("listener", SUPPORTED, "the certificate's CN is the username"),
     "use_subject_as_username": KeyInfo("listener", PARTIAL, "only `false`; use use_identity_as_username (CN)"),
     "capath": KeyInfo("listener", UNSUPPORTED, "concatenate the CA certificates into one file and use cafile"),
-    "crlfile": KeyInfo("listener", UNSUPPORTED, "revocation lists are not supported; remove revoked users' access "
-                       "with `mqtt-guard user disable`"),
+    "crlfile": KeyInfo(
+        "listener",
+        UNSUPPORTED,
+        "revocation lists are not supported; remove revoked users' access with `mqtt-guard user disable`",
+    ),
     "ciphers": KeyInfo("listener", UNSUPPORTED, "mqtt-guard uses Python's default TLS ciphers; remove the line"),
     "ciphers_tls1.3": KeyInfo("listener", UNSUPPORTED, "mqtt-guard uses Python's default TLS 1.3 suites"),
     "dhparamfile": KeyInfo("listener", IGNORED, "Python's TLS uses ECDHE key exchange; DH parameters are unused"),
-    "tls_version": KeyInfo("listener", PARTIAL, "`tlsv1.2` (the minimum mqtt-guard accepts anyway) is supported; "
-                           "tlsv1.3 and tlsv1.1 are refused"),
+    "tls_version": KeyInfo(
+        "listener",
+        PARTIAL,
+        "`tlsv1.2` (the minimum mqtt-guard accepts anyway) is supported; tlsv1.3 and tlsv1.1 are refused",
+    ),
     "tls_engine": KeyInfo("listener", UNSUPPORTED, "hardware TLS engines are not supported"),
     "tls_engine_kpass_sha1": KeyInfo("listener", UNSUPPORTED, "hardware TLS engines are not supported"),
     "tls_keyform": KeyInfo("listener", PARTIAL, "only `pem`"),
     "psk_hint": KeyInfo("listener", UNSUPPORTED, "TLS-PSK is not supported; use certificates or passwords"),
     # -- authentication and ACLs ----------------------------------------------------------------
     "allow_anonymous": KeyInfo("security", SUPPORTED, "clients without a username", "reloaded"),
-    "password_file": KeyInfo("security", SUPPORTED, "mosquitto_passwd files ($7$/$6$); users not in the file "
-                             "are looked up in Redis", "reloaded"),
-    "acl_file": KeyInfo("security", SUPPORTED, "mosquitto's exact ACL semantics; Redis deny rules still apply "
-                        "and Redis grants add to it", "reloaded"),
+    "password_file": KeyInfo(
+        "security",
+        SUPPORTED,
+        "mosquitto_passwd files ($7$/$6$); users not in the file are looked up in Redis",
+        "reloaded",
+    ),
+    "acl_file": KeyInfo(
+        "security",
+        SUPPORTED,
+        "mosquitto's exact ACL semantics; Redis deny rules still apply and Redis grants add to it",
+        "reloaded",
+    ),
     "per_listener_settings": KeyInfo("global", SUPPORTED, "security settings per listener"),
     "psk_file": KeyInfo("security", UNSUPPORTED, "TLS-PSK is not supported; use certificates or passwords"),
     "auth_plugin": KeyInfo("security", UNSUPPORTED, _PLUGIN_NOTE),
@@ -95,8 +153,9 @@ KEYS: dict[str, KeyInfo] = {
     "auth_opt_": KeyInfo("security", UNSUPPORTED, _PLUGIN_NOTE + " (auth_opt_* keys)"),
     "plugin_opt_": KeyInfo("security", UNSUPPORTED, _PLUGIN_NOTE + " (plugin_opt_* keys)"),
     "auth_plugin_deny_special_chars": KeyInfo("security", UNSUPPORTED, _PLUGIN_NOTE),
-    "allow_zero_length_clientid": KeyInfo("security", PARTIAL, "only `true` (the default): mqtt-guard names "
-                                          "clients that send an empty id"),
+    "allow_zero_length_clientid": KeyInfo(
+        "security", PARTIAL, "only `true` (the default): mqtt-guard names clients that send an empty id"
+    ),
     "auto_id_prefix": KeyInfo("security", UNSUPPORTED, "mqtt-guard names clients without an id itself; remove it"),
     "clientid_prefixes": KeyInfo("global", UNSUPPORTED, "restrict client ids with ACL patterns (%c) instead"),
     # -- limits and queues -------------------------------------------------------------------
@@ -105,40 +164,64 @@ KEYS: dict[str, KeyInfo] = {
     "max_queued_messages": KeyInfo("global", SUPPORTED, "messages queued per client; 0 = no limit"),
     "max_queued_bytes": KeyInfo("global", SUPPORTED, "bytes queued per client; 0 = no limit"),
     "queue_qos0_messages": KeyInfo("global", PARTIAL, "only `false`"),
-    "message_size_limit": KeyInfo("global", SUPPORTED, "PUBLISHes with a larger payload are dropped, QoS 1 still "
-                                  "acknowledged (measured); 0 = no limit", "reloaded"),
+    "message_size_limit": KeyInfo(
+        "global",
+        SUPPORTED,
+        "PUBLISHes with a larger payload are dropped, QoS 1 still acknowledged (measured); 0 = no limit",
+        "reloaded",
+    ),
     "max_packet_size": KeyInfo("global", SUPPORTED, "larger packets close the connection"),
-    "max_keepalive": KeyInfo("global", IGNORED, "mosquitto 2.0.11 applies it to MQTT 5 clients only (measured: "
-                             "3.1.1 clients with a larger or zero keep-alive are accepted and kept)"),
+    "max_keepalive": KeyInfo(
+        "global",
+        IGNORED,
+        "mosquitto 2.0.11 applies it to MQTT 5 clients only (measured: "
+        "3.1.1 clients with a larger or zero keep-alive are accepted and kept)",
+    ),
     "memory_limit": KeyInfo("global", PARTIAL, "only 0; use max_queued_messages/max_queued_bytes"),
     "retain_available": KeyInfo("global", PARTIAL, "only `true`"),
     "upgrade_outgoing_qos": KeyInfo("global", PARTIAL, "only `false`"),
     "check_retain_source": KeyInfo("global", PARTIAL, "only `false`"),
-    "persistent_client_expiration": KeyInfo("global", UNSUPPORTED, "persistent sessions do not expire in "
-                                            "mqtt-guard; remove the line"),
+    "persistent_client_expiration": KeyInfo(
+        "global", UNSUPPORTED, "persistent sessions do not expire in mqtt-guard; remove the line"
+    ),
     "set_tcp_nodelay": KeyInfo("global", IGNORED, "socket tuning"),
-    "sys_interval": KeyInfo("global", SUPPORTED, "period of the $SYS/broker/... topics (0 = none); the topic set "
-                            "is mqtt-guard's"),
+    "sys_interval": KeyInfo(
+        "global", SUPPORTED, "period of the $SYS/broker/... topics (0 = none); the topic set is mqtt-guard's"
+    ),
     "allow_duplicate_messages": KeyInfo("global", IGNORED, "deprecated; no effect in mosquitto 2.0"),
     "retry_interval": KeyInfo("global", IGNORED, "deprecated; no effect in mosquitto 2.0"),
     # -- persistence (restarts only) -------------------------------------------------------------
-    "persistence": KeyInfo("global", PARTIAL, "`false` is honoured; with `true` mqtt-guard warns: retained messages "
-                           "and persistent sessions live in memory only and are lost on restart"),
+    "persistence": KeyInfo(
+        "global",
+        PARTIAL,
+        "`false` is honoured; with `true` mqtt-guard warns: retained messages "
+        "and persistent sessions live in memory only and are lost on restart",
+    ),
     "retained_persistence": KeyInfo("global", PARTIAL, "same as persistence"),
     "persistence_file": KeyInfo("global", IGNORED, "only used with persistence"),
     "persistence_location": KeyInfo("global", IGNORED, "only used with persistence"),
     "autosave_interval": KeyInfo("global", IGNORED, "only used with persistence"),
     "autosave_on_changes": KeyInfo("global", IGNORED, "only used with persistence"),
     # -- process and logging -----------------------------------------------------------------
-    "include_dir": KeyInfo("global", SUPPORTED, "*.conf files in mosquitto's order (case-insensitive, then upper "
-                           "case first); only in the main file"),
+    "include_dir": KeyInfo(
+        "global",
+        SUPPORTED,
+        "*.conf files in mosquitto's order (case-insensitive, then upper case first); only in the main file",
+    ),
     "pid_file": KeyInfo("global", SUPPORTED, "written at start, removed at exit"),
-    "user": KeyInfo("global", SUPPORTED, "when started as root, mqtt-guard switches to this user after reading "
-                    "its files and opening its log"),
-    "log_dest": KeyInfo("global", PARTIAL, "stdout, stderr, file PATH, syslog, none; topic and dlt are accepted "
-                        "with a warning (not published)"),
-    "log_type": KeyInfo("global", SUPPORTED, "mapped to a log level (debug/all, information/notice, warning, "
-                        "error, none)", "reloaded"),
+    "user": KeyInfo(
+        "global",
+        SUPPORTED,
+        "when started as root, mqtt-guard switches to this user after reading its files and opening its log",
+    ),
+    "log_dest": KeyInfo(
+        "global",
+        PARTIAL,
+        "stdout, stderr, file PATH, syslog, none; topic and dlt are accepted with a warning (not published)",
+    ),
+    "log_type": KeyInfo(
+        "global", SUPPORTED, "mapped to a log level (debug/all, information/notice, warning, error, none)", "reloaded"
+    ),
     "log_facility": KeyInfo("global", SUPPORTED, "syslog facility local0-7"),
     "log_timestamp": KeyInfo("global", SUPPORTED, "timestamps on log lines (default true)"),
     "log_timestamp_format": KeyInfo("global", SUPPORTED, "strftime format of the timestamp"),

@@ -28,8 +28,14 @@ class LaunchError(ValueError):
     pass
 
 
-def load(path: str, base: GuardConfig, *, binds: list[str] | None = None, allow_anonymous: bool | None = None,
-         log_level: str | None = None) -> tuple[MosquittoConfig, GuardConfig, MosquittoSecurity]:
+def load(
+    path: str,
+    base: GuardConfig,
+    *,
+    binds: list[str] | None = None,
+    allow_anonymous: bool | None = None,
+    log_level: str | None = None,
+) -> tuple[MosquittoConfig, GuardConfig, MosquittoSecurity]:
     """Parse `path`, build the GuardConfig (Redis settings from `base`) and load the files.
 
     Raises LaunchError with a message naming the key/file/line at fault."""
@@ -40,8 +46,10 @@ def load(path: str, base: GuardConfig, *, binds: list[str] | None = None, allow_
     config = to_guard_config(conf, base)
     if binds:
         if conf.per_listener_settings:
-            raise LaunchError("--bind cannot replace the listeners of a mosquitto.conf with per_listener_settings "
-                              "true (each listener has its own security settings)")
+            raise LaunchError(
+                "--bind cannot replace the listeners of a mosquitto.conf with per_listener_settings "
+                "true (each listener has its own security settings)"
+            )
         for bind in binds:
             split_bind(bind, "--bind")
         config.listeners = [ListenerConfig(type="tcp", bind=b) for b in binds]
@@ -64,8 +72,9 @@ def load(path: str, base: GuardConfig, *, binds: list[str] | None = None, allow_
         try:
             pwd.getpwnam(conf.user)
         except KeyError:
-            raise LaunchError(f"{path}: user: no such user {conf.user!r} to switch to (create it, or set "
-                              "`user root`)") from None
+            raise LaunchError(
+                f"{path}: user: no such user {conf.user!r} to switch to (create it, or set `user root`)"
+            ) from None
     try:
         security = MosquittoSecurity(conf, config.listeners)
     except SecurityLoadError as exc:
@@ -142,9 +151,16 @@ def run_mosquitto_conf(path: str, base: GuardConfig, **options: Any) -> int:
 
     async def prepare(guard: Any) -> None:
         security.install(guard)
-        log.info("mosquitto configuration %s: %d listener(s); %s", path, len(config.listeners),
-                 "; ".join(f"{s.name}: allow_anonymous {str(s.allow_anonymous).lower()}, password_file "
-                           f"{s.password_file or 'none'}, acl_file {s.acl_file or 'none'}" for s in security.scopes))
+        log.info(
+            "mosquitto configuration %s: %d listener(s); %s",
+            path,
+            len(config.listeners),
+            "; ".join(
+                f"{s.name}: allow_anonymous {str(s.allow_anonymous).lower()}, password_file "
+                f"{s.password_file or 'none'}, acl_file {s.acl_file or 'none'}"
+                for s in security.scopes
+            ),
+        )
 
     async def ready(guard: Any) -> None:
         if conf.user and os.geteuid() == 0 and conf.user != "root":

@@ -43,10 +43,18 @@ from ..store import keys as k
 from .aclfile import DENY, READ, WRITE, AclFile, rules_of
 from .passwd import PasswdFile
 
-_MOSQ_PERMS = {READ: (Perm.SUBSCRIBE | Perm.RECEIVE, Perm.NONE), WRITE: (Perm.PUBLISH, Perm.NONE),
-               READ | WRITE: (Perm.ALL, Perm.NONE), DENY: (Perm.NONE, Perm.ALL)}
-_GOAUTH_SETS = {"sacls": Perm.SUBSCRIBE, "racls": Perm.RECEIVE, "wacls": Perm.PUBLISH,
-                "rwacls": Perm.RECEIVE | Perm.PUBLISH}
+_MOSQ_PERMS = {
+    READ: (Perm.SUBSCRIBE | Perm.RECEIVE, Perm.NONE),
+    WRITE: (Perm.PUBLISH, Perm.NONE),
+    READ | WRITE: (Perm.ALL, Perm.NONE),
+    DENY: (Perm.NONE, Perm.ALL),
+}
+_GOAUTH_SETS = {
+    "sacls": Perm.SUBSCRIBE,
+    "racls": Perm.RECEIVE,
+    "wacls": Perm.PUBLISH,
+    "rwacls": Perm.RECEIVE | Perm.PUBLISH,
+}
 
 
 @dataclass
@@ -111,22 +119,29 @@ def _plan_acl(plan: Plan, acl: AclFile) -> None:
                 pattern_denies += 1
         elif who is None:
             if "%u" in rule.topic or "%c" in rule.topic:
-                plan.problems.append(f"{where}: topic {rule.access_name} {rule.topic}: %u/%c are literal in a "
-                                     "mosquitto topic line but substituted in acl:anonymous")
+                plan.problems.append(
+                    f"{where}: topic {rule.access_name} {rule.topic}: %u/%c are literal in a "
+                    "mosquitto topic line but substituted in acl:anonymous"
+                )
                 continue
             plan.grant(k.SUBJECT_ANONYMOUS, rule.topic, allow, deny)
         else:
             plan.grant(k.user_subject(who), rule.topic, allow, deny)
     if pattern_denies:
-        plan.notes.append(f"{pattern_denies} pattern deny rule(s): in mosquitto a user's own grant beats a pattern "
-                          "deny; in mqtt-guard a deny in any rule set wins")
+        plan.notes.append(
+            f"{pattern_denies} pattern deny rule(s): in mosquitto a user's own grant beats a pattern "
+            "deny; in mqtt-guard a deny in any rule set wins"
+        )
     if acl.users or acl.patterns:
-        plan.notes.append("mosquitto never checks SUBSCRIBE against acl_file (read is checked per message); "
-                          "mqtt-guard grants a SUBSCRIBE only when a read rule covers the whole filter, so "
-                          "subscriptions wider than the read rules get SUBACK 0x80 after the move")
+        plan.notes.append(
+            "mosquitto never checks SUBSCRIBE against acl_file (read is checked per message); "
+            "mqtt-guard grants a SUBSCRIBE only when a read rule covers the whole filter, so "
+            "subscriptions wider than the read rules get SUBACK 0x80 after the move"
+        )
     if any("/" in u for u in acl.users if u) and any("%u" in p.topic for p in acl.patterns):
-        plan.notes.append("usernames containing '/' expand %u into several levels in mosquitto; mqtt-guard skips "
-                          "%u rules for them")
+        plan.notes.append(
+            "usernames containing '/' expand %u into several levels in mosquitto; mqtt-guard skips %u rules for them"
+        )
 
 
 def plan_goauth(data: dict[str, Any], source: str) -> Plan:
@@ -142,9 +157,11 @@ def plan_goauth(data: dict[str, Any], source: str) -> Plan:
                 fields[k.USER_PASSWORD] = encoded
             except hashes.HashFormatError:
                 scheme = encoded.split("$", 1)[0] if "$" in encoded else "unknown"
-                plan.problems.append(f"{source}: user {name!r}: password hash format {scheme!r} cannot be verified "
-                                     "by mqtt-guard; imported without a password (set one with `mqtt-guard user "
-                                     f"passwd {name}`)")
+                plan.problems.append(
+                    f"{source}: user {name!r}: password hash format {scheme!r} cannot be verified "
+                    "by mqtt-guard; imported without a password (set one with `mqtt-guard user "
+                    f"passwd {name}`)"
+                )
         else:
             plan.problems.append(f"{source}: user {name!r} has no password hash; imported without a password")
         fields[k.USER_SUPERUSER] = "1" if name in data["su"] else "0"
@@ -170,8 +187,9 @@ def plan_goauth(data: dict[str, Any], source: str) -> Plan:
             plan.notes.append(f"{source}: ACL sets for {owner!r}, who has no password key: rules imported, no user")
     if data["su"] - set(users):
         plan.notes.append(f"{source}: superuser flags for unknown users ignored: {sorted(data['su'] - set(users))}")
-    plan.notes.append("go-auth has no deny rules and grants on the first match; mqtt-guard's default is deny, as "
-                      "go-auth's")
+    plan.notes.append(
+        "go-auth has no deny rules and grants on the first match; mqtt-guard's default is deny, as go-auth's"
+    )
     return plan
 
 

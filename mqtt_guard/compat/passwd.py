@@ -29,8 +29,15 @@ from pathlib import Path
 
 from ..auth import hashes
 
-__all__ = ["PasswdEntry", "PasswdFile", "PasswdFileError", "check_mosquitto20_hash", "parse_passwd_text",
-           "read_passwd_file", "write_passwd_file"]
+__all__ = [
+    "PasswdEntry",
+    "PasswdFile",
+    "PasswdFileError",
+    "check_mosquitto20_hash",
+    "parse_passwd_text",
+    "read_passwd_file",
+    "write_passwd_file",
+]
 
 _BLANKS = " \t\r\n\v\f"
 

@@ -133,14 +133,19 @@ class MosquittoSecurity:
                 name = f"listener {ours.bind}"
                 prev = previous.get(name)
                 sec = conf.security_for(lst)
-                if prev is not None and (sec.password_file is None and prev.password_file
-                                         or sec.acl_file is None and prev.acl_file):
+                if prev is not None and (
+                    sec.password_file is None and prev.password_file or sec.acl_file is None and prev.acl_file
+                ):
                     # A reload that drops a listener's password_file or acl_file line keeps the file
                     # name it had, and the file is read again: mosquitto 2.0.11 only overwrites
                     # per-listener file names that the new configuration sets (measured; without
                     # per_listener_settings a dropped line means no file).
-                    sec = Security(sec.allow_anonymous, sec.password_file or prev.password_file,
-                                   sec.acl_file or prev.acl_file, dict(sec.where))
+                    sec = Security(
+                        sec.allow_anonymous,
+                        sec.password_file or prev.password_file,
+                        sec.acl_file or prev.acl_file,
+                        dict(sec.where),
+                    )
                 scope = self._scope(name, sec, conf.allow_anonymous_for(lst), prev, initial=old is None)
                 scopes.append(scope)
                 by_listener[i] = scope
@@ -152,8 +157,9 @@ class MosquittoSecurity:
                 by_listener[i] = global_scope
         return _State(scopes, global_scope, by_listener)
 
-    def _scope(self, name: str, sec: Security, allow_anonymous: bool, previous: Scope | None, *,
-               initial: bool) -> Scope:
+    def _scope(
+        self, name: str, sec: Security, allow_anonymous: bool, previous: Scope | None, *, initial: bool
+    ) -> Scope:
         scope = Scope(name, allow_anonymous, sec.password_file, sec.acl_file)
         try:
             scope.passwd, scope.acl = _load_files(sec, name)
@@ -174,9 +180,15 @@ class MosquittoSecurity:
         return state.global_scope
 
     # -- authentication -----------------------------------------------------------------------
-    async def authenticate(self, *, username: str | None, password: str | None, listener: ListenerConfig | None,
-                           identity_as_username: bool, fallback: Callable[[], Awaitable[AuthResult]]
-                           ) -> AuthResult | None:
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        listener: ListenerConfig | None,
+        identity_as_username: bool,
+        fallback: Callable[[], Awaitable[AuthResult]],
+    ) -> AuthResult | None:
         """mosquitto's CONNECT decision; None leaves it to the next backend (Redis)."""
         if identity_as_username:
             return None  # the certificate is the credential: the Redis authenticator handles identities
@@ -194,8 +206,9 @@ class MosquittoSecurity:
             if password is None:
                 return AuthResult(Outcome.NO_PASSWORD, username)
             try:
-                ok = await asyncio.get_running_loop().run_in_executor(None, hashes.verify_password, password,
-                                                                      entry.encoded)
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    None, hashes.verify_password, password, entry.encoded
+                )
             except hashes.HashFormatError as exc:
                 log.error("password_file user %r: unusable hash: %s", username, exc)
                 return AuthResult(Outcome.CORRUPT, username)
@@ -203,8 +216,11 @@ class MosquittoSecurity:
         result = await fallback()
         if result.outcome is Outcome.UNKNOWN_USER:
             # No password_file: mosquitto admits any username when anonymous clients are allowed.
-            return AuthResult(Outcome.OK, username) if scope.allow_anonymous else AuthResult(
-                Outcome.UNKNOWN_USER, username)
+            return (
+                AuthResult(Outcome.OK, username)
+                if scope.allow_anonymous
+                else AuthResult(Outcome.UNKNOWN_USER, username)
+            )
         return result
 
     # -- ACL ------------------------------------------------------------------------------------
@@ -240,7 +256,7 @@ class MosquittoSecurity:
             state = await asyncio.to_thread(self._build, conf or self.conf, self.state)
         except SecurityLoadError as exc:  # a scope that did not exist before failed to load
             failure, state = failure or str(exc), None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("reload: unexpected error")
             failure, state = failure or repr(exc), None
         if state is not None:
@@ -252,12 +268,20 @@ class MosquittoSecurity:
             if self.guard is not None:
                 self.guard.message_size_limit = conf.message_size_limit
         if failure:
-            log.error("reload failed: %s; the previous settings stay in force%s", failure,
-                      " (their password_file and acl_file were read again)" if state is not None else "")
+            log.error(
+                "reload failed: %s; the previous settings stay in force%s",
+                failure,
+                " (their password_file and acl_file were read again)" if state is not None else "",
+            )
             return
         users = sum(len(s.passwd) for s in self.scopes if s.passwd is not None)
-        log.info("reloaded %s: %d scope(s), %d password_file user(s), acl_file %s", self.path, len(self.scopes),
-                 users, ", ".join(s.acl_file or "none" for s in self.scopes))
+        log.info(
+            "reloaded %s: %d scope(s), %d password_file user(s), acl_file %s",
+            self.path,
+            len(self.scopes),
+            users,
+            ", ".join(s.acl_file or "none" for s in self.scopes),
+        )
 
 
 def build_security(conf: MosquittoConfig, listeners: list[ListenerConfig]) -> MosquittoSecurity:

@@ -35,9 +35,8 @@ from typing import Any
 
 from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
-from amqtt.contexts import Action
+from amqtt.contexts import Action, ListenerType
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
-from amqtt.contexts import ListenerType
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.session import IncomingApplicationMessage, Session
@@ -50,6 +49,7 @@ from ..guard import Guard
 from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
+from ..plugins.acl import GuardAclPlugin
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler
 from .protocol import (
@@ -59,14 +59,13 @@ from .protocol import (
     Incomplete,
     ProtocolViolation,
     encode_connack,
+    encode_publish,
     encode_remaining_length,
     encode_suback,
     parse_connect,
     parse_fixed_header,
     too_large,
 )
-from ..plugins.acl import GuardAclPlugin
-from .protocol import encode_publish
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, GuardedSession, auth_result_of, queue_of
@@ -179,15 +178,21 @@ class GuardedBroker(Broker):
 
     # -- listeners -----------------------------------------------------------------------------
     def _create_ssl_context(self, listener: AmqttListenerConfig) -> ssl.SSLContext:  # type: ignore[override]
-        ours = next((self._guard_listeners[n] for n, l in self.listeners_config.items() if l is listener), None)
-        context = Broker._create_ssl_context(listener)
+        ours = next((self._guard_listeners[n] for n, cfg in self.listeners_config.items() if cfg is listener), None)
+        context = super()._create_ssl_context(listener)
         if ours is not None and ours.require_certificate:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
     # -- connection path -----------------------------------------------------------------------
-    async def _create_server_instance(self, listener_name: str, listener_type: ListenerType, address: str | None,
-                                      port: int, ssl_context: ssl.SSLContext | None) -> Any:
+    async def _create_server_instance(
+        self,
+        listener_name: str,
+        listener_type: ListenerType,
+        address: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
         """TCP and TLS listeners serve connections through `MqttStream` (engine/transport.py) instead of
         asyncio's streams; websockets stay amqtt's."""
         if listener_type != ListenerType.TCP:
@@ -199,8 +204,15 @@ class GuardedBroker(Broker):
         deadlines = self._connect_deadlines
 
         def stream() -> MqttStream:
-            return MqttStream(loop, serve, over_ssl=over_ssl, deadlines=deadlines,
-                              connect_timeout=limits.connect_timeout, max_packet=limits.max_packet_size)
+            return MqttStream(
+                loop,
+                serve,
+                over_ssl=over_ssl,
+                deadlines=deadlines,
+                connect_timeout=limits.connect_timeout,
+                max_packet=limits.max_packet_size,
+            )
+
         return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
@@ -212,8 +224,12 @@ class GuardedBroker(Broker):
         peer = writer.get_peer_info()
         where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
         if listener.max_connections and server.conn_count >= listener.max_connections:
-            log.warning("refused connection from %s: listener %s is at max_connections=%d",
-                        where, listener.bind, listener.max_connections)
+            log.warning(
+                "refused connection from %s: listener %s is at max_connections=%d",
+                where,
+                listener.bind,
+                listener.max_connections,
+            )
             await writer.close()
             return
         # amqtt's Server.acquire/release_connection, without the INFO line they format per connection
@@ -228,8 +244,14 @@ class GuardedBroker(Broker):
                 server.semaphore.release()
             server.conn_count -= 1
 
-    async def _serve_connection(self, listener: ListenerConfig, reader: ReaderAdapter,
-                                writer: WriterAdapter, where: str, peer: tuple[str, int] | None = None) -> None:
+    async def _serve_connection(
+        self,
+        listener: ListenerConfig,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        where: str,
+        peer: tuple[str, int] | None = None,
+    ) -> None:
         incoming = await self._read_connect(reader, writer, where, peer)
         if incoming is None:
             return
@@ -274,8 +296,9 @@ class GuardedBroker(Broker):
         await handler.stop()
         return True
 
-    async def _read_connect(self, reader: ReaderAdapter, writer: WriterAdapter, where: str,
-                            peer: tuple[str, int] | None = None) -> tuple[GuardedHandler, Session, bytes] | None:
+    async def _read_connect(
+        self, reader: ReaderAdapter, writer: WriterAdapter, where: str, peer: tuple[str, int] | None = None
+    ) -> tuple[GuardedHandler, Session, bytes] | None:
         """The first packet, whole, within connect_timeout; it must be a valid CONNECT. Also returns the
         bytes read after it (a client may send more before its CONNACK), for the connection's reader."""
         limits = self.guard_config.limits
@@ -290,13 +313,16 @@ class GuardedBroker(Broker):
             else:
                 async with self._connect_deadlines.deadline(timeout):
                     if isinstance(reader, StreamReaderAdapter):
-                        first, body, leftover = await _read_first_packet(reader._reader,  # noqa: SLF001
-                                                                         limits.max_packet_size)
+                        first, body, leftover = await _read_first_packet(
+                            reader._reader,  # noqa: SLF001
+                            limits.max_packet_size,
+                        )
                     else:
                         first, body = await _read_packet(reader, limits.max_packet_size)
             if first != CONNECT << 4:
-                raise ProtocolViolation(f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT"
-                                        " [MQTT-3.1.0-1]")
+                raise ProtocolViolation(
+                    f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT [MQTT-3.1.0-1]"
+                )
             info = parse_connect(body)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
@@ -312,11 +338,16 @@ class GuardedBroker(Broker):
         else:
             if self._fire_connect_received:
                 packet = await ConnectPacket.from_stream(
-                    BufferReader(bytes((first,)) + encode_remaining_length(len(body)) + body))
+                    BufferReader(bytes((first,)) + encode_remaining_length(len(body)) + body)
+                )
                 await self.plugins_manager.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet)
             if info.protocol != "MQTT":
                 log.info("client %r from %s speaks MQTT 3.1 (%s)", info.client_id, where, info.protocol)
-            return GuardedHandler(self.plugins_manager, loop=self._loop), self._session_from(info, writer, peer), leftover
+            return (
+                GuardedHandler(self.plugins_manager, loop=self._loop),
+                self._session_from(info, writer, peer),
+                leftover,
+            )
         await _close_quietly(writer)
         return None
 
@@ -348,13 +379,25 @@ class GuardedBroker(Broker):
         if ok:
             if result is not None:
                 session.is_anonymous = result.anonymous
-                log_info(log, "client %r connected from %s as %s (%s)", session.client_id, where,
-                         result.username or "anonymous", result.outcome.value)
+                log_info(
+                    log,
+                    "client %r connected from %s as %s (%s)",
+                    session.client_id,
+                    where,
+                    result.username or "anonymous",
+                    result.outcome.value,
+                )
             return 0
         reason = result.outcome.value if result is not None else "refused by an auth plugin"
         code = result.connack_code if result is not None else CONNACK_NOT_AUTHORIZED
-        log.warning("refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
-                    session.client_id, where, session.username, reason, code)
+        log.warning(
+            "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
+            session.client_id,
+            where,
+            session.username,
+            reason,
+            code,
+        )
         return code or CONNACK_NOT_AUTHORIZED
 
     async def _authenticate(self, session: Session, _: Any) -> bool:
@@ -365,15 +408,17 @@ class GuardedBroker(Broker):
                 result = await plugin.authenticate(session=session)
             except Exception:
                 self.guard.counters.incr(session.client_id, C.PLUGIN_ERRORS)
-                log.exception("auth plugin %s raised for client %r; treating it as a denial",
-                              type(plugin).__name__, session.client_id)
+                log.exception(
+                    "auth plugin %s raised for client %r; treating it as a denial",
+                    type(plugin).__name__,
+                    session.client_id,
+                )
                 result = False
             if result is not None:
                 results.append(result)
         return bool(results) and all(results)
 
-    async def _topic_filtering(self, session: Session, topic: str, action: Action, *,
-                               enforce: bool = True) -> bool:
+    async def _topic_filtering(self, session: Session, topic: str, action: Action, *, enforce: bool = True) -> bool:
         """Every topic plugin must allow. Ours answer synchronously (`check`), third-party ones are
         awaited one by one instead of through amqtt's Task-per-plugin gather; a plugin that raises
         or returns None denies that one check (logged and counted); the connection and the message
@@ -386,7 +431,7 @@ class GuardedBroker(Broker):
                     allowed = check(session, topic, action)
                 else:
                     allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failing plugin denies (fail closed) and is logged
                 self._plugin_failed(plugin, session, topic, action)
                 return False
             if not allowed:
@@ -399,7 +444,7 @@ class GuardedBroker(Broker):
         for plugin, check in self._topic_checks:
             try:
                 allowed = check(session, topic, action)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failing plugin denies (fail closed) and is logged
                 self._plugin_failed(plugin, session, topic, action)
                 return False
             if not allowed:
@@ -410,10 +455,16 @@ class GuardedBroker(Broker):
     def _plugin_failed(self, plugin: Any, session: Session, topic: str, action: Action) -> None:
         self._check_errors += 1
         self.guard.counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
-        plugin_log.log(logging.ERROR, (type(plugin).__name__, action),
-                       "topic plugin %s raised on %s %r for client %r; denying this one check",
-                       type(plugin).__name__, action, topic, session.client_id if session else None,
-                       exc_info=True)
+        plugin_log.log(
+            logging.ERROR,
+            (type(plugin).__name__, action),
+            "topic plugin %s raised on %s %r for client %r; denying this one check",
+            type(plugin).__name__,
+            action,
+            topic,
+            session.client_id if session else None,
+            exc_info=True,
+        )
 
     def _denied(self, session: Session, topic: str, action: Action, enforce: bool) -> None:
         if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
@@ -448,23 +499,44 @@ class GuardedBroker(Broker):
         session is resumed only by the same username (else it is discarded and started afresh)."""
         client_id = incoming.client_id
         existing = self._sessions.get(client_id, (None, None))[0]
-        resumable = (existing is not None and not incoming.clean_session and not existing.clean_session
-                     and queue_of(existing) is not None)
+        resumable = (
+            existing is not None
+            and not incoming.clean_session
+            and not existing.clean_session
+            and queue_of(existing) is not None
+        )
         if resumable and existing.username != incoming.username:  # type: ignore[union-attr]
-            log.warning("client %r: persistent session of user %r not resumed by user %r; starting a new one",
-                        client_id, existing.username, incoming.username)  # type: ignore[union-attr]
+            log.warning(
+                "client %r: persistent session of user %r not resumed by user %r; starting a new one",
+                client_id,
+                existing.username,
+                incoming.username,
+            )  # type: ignore[union-attr]
             resumable = False
         if not resumable:
             if existing is not None:
                 self._drop_session(client_id, existing)
             incoming.parent = 0
             limits = self.guard_config.limits
-            incoming.attributes[OUT_QUEUE] = OutQueue(limits.max_queued_messages, limits.max_queued_bytes,
-                                                      limits.max_inflight_messages)
+            incoming.attributes[OUT_QUEUE] = OutQueue(
+                limits.max_queued_messages, limits.max_queued_bytes, limits.max_inflight_messages
+            )
             return incoming
         assert existing is not None
-        for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
-                     "username", "password", "remote_address", "remote_port", "ssl_object", "is_anonymous"):
+        for name in (
+            "will_flag",
+            "will_message",
+            "will_topic",
+            "will_qos",
+            "will_retain",
+            "keep_alive",
+            "username",
+            "password",
+            "remote_address",
+            "remote_port",
+            "ssl_object",
+            "is_anonymous",
+        ):
             setattr(existing, name, getattr(incoming, name))
         existing.attributes.update(incoming.attributes)
         existing.parent = 1
@@ -487,8 +559,15 @@ class GuardedBroker(Broker):
                 self._trie.remove(topic_filter)
         session.clear_queues()
 
-    async def _run_session(self, reader: ReaderAdapter, writer: WriterAdapter, session: Session,
-                           handler: GuardedHandler, where: str, leftover: bytes = b"") -> None:
+    async def _run_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        session: Session,
+        handler: GuardedHandler,
+        where: str,
+        leftover: bytes = b"",
+    ) -> None:
         try:
             session.transitions.connect()
         except (MachineError, ValueError):
@@ -508,8 +587,9 @@ class GuardedBroker(Broker):
             if not handler.send_now(connack):
                 await handler.send(connack)
             if self._fire_connected:
-                await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED,
-                                                      client_id=session.client_id, client_session=session)
+                await self.plugins_manager.fire_event(
+                    BrokerEvents.CLIENT_CONNECTED, client_id=session.client_id, client_session=session
+                )
             clean = await handler.serve(leftover)  # reads in this task until the connection ends
         except (ConnectionError, OSError) as exc:
             handler.close(f"connection lost ({exc or type(exc).__name__})")
@@ -545,8 +625,9 @@ class GuardedBroker(Broker):
                 if client_id in self._filters_of:
                     self._invalidate_routes()
         if self._fire_disconnected:
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED,
-                                                  client_id=client_id, client_session=session)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=session
+            )
 
     async def _publish_will(self, session: Session) -> None:
         """The will goes out like a PUBLISH of the client: the PUBLISH ACL applies to it."""
@@ -562,15 +643,17 @@ class GuardedBroker(Broker):
         await self._route(topic, topic.encode(), bytes(message), qos)
 
     # -- PUBLISH / SUBSCRIBE from a client (called by GuardedHandler's reader) --------------------
-    async def handle_publish(self, session: Session, topic: str, topic_raw: bytes, payload: bytes, qos: int,
-                             retain: bool) -> list[asyncio.Event] | None:
+    async def handle_publish(
+        self, session: Session, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
+    ) -> list[asyncio.Event] | None:
         """Any PUBLISH (the reader's fast path takes QoS 0/1 without RETAIN through `publish_fast`).
         Returns the Events of subscribers over their hold mark, for the reader to wait on."""
         if self._fire_msg_received or self._fire_msg_broadcast:
             message = IncomingApplicationMessage(None, topic, qos, payload, retain)
         if self._fire_msg_received:
-            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_RECEIVED,
-                                                  client_id=session.client_id, message=message)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
+            )
         if topic.startswith("$SYS/") or topic == "$SYS":
             return None  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
         if not await self._topic_filtering(session, topic, Action.PUBLISH):
@@ -579,14 +662,23 @@ class GuardedBroker(Broker):
         if client is not None and not self.guard.admit_publish(client, topic, len(payload), qos):
             return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
         if self._fire_msg_broadcast:
-            await self.plugins_manager.fire_event(BrokerEvents.MESSAGE_BROADCAST,
-                                                  client_id=session.client_id, message=message)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
+            )
         if retain:
             await self.retain_message(session, topic, payload, qos)
         return await self._route(topic, topic_raw, payload, qos)
 
-    def publish_fast(self, handler: GuardedHandler, topic: str, topic_raw: bytes, payload: bytes | None,
-                     plen: int, qos: int, frame0: bytes | None) -> list[asyncio.Event] | None:
+    def publish_fast(
+        self,
+        handler: GuardedHandler,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes | None,
+        plen: int,
+        qos: int,
+        frame0: bytes | None,
+    ) -> list[asyncio.Event] | None:
         """`handle_publish` for QoS 0/1 without RETAIN when `fast_publish` holds, as a plain call.
         `payload` may be None when `frame0` (the QoS 0 frame as received) is given."""
         if topic[0] == "$" and (topic == "$SYS" or topic.startswith("$SYS/")):
@@ -677,8 +769,9 @@ class GuardedBroker(Broker):
             routes[topic] = route
         return route
 
-    def _fanout(self, topic: str, topic_raw: bytes, payload: bytes | None, plen: int, qos: int | None,
-                frame0: bytes | None) -> list[asyncio.Event] | None:
+    def _fanout(
+        self, topic: str, topic_raw: bytes, payload: bytes | None, plen: int, qos: int | None, frame0: bytes | None
+    ) -> list[asyncio.Event] | None:
         """Deliver one message to the (cached) targets of its topic. A QoS 0 delivery is one shared
         encoded frame; a subscriber whose queue passes its hold mark adds its Event to the result."""
         route = self._routes.get(topic)
@@ -698,7 +791,7 @@ class GuardedBroker(Broker):
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        for queue, granted, client, client_id in targets:
+        for queue, granted, _client, client_id in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
@@ -708,7 +801,7 @@ class GuardedBroker(Broker):
                 ok = queue.offer0(frame0, plen, size)
             else:
                 if payload is None:
-                    payload = frame0[len(frame0) - plen:]  # type: ignore[index]
+                    payload = frame0[len(frame0) - plen :]  # type: ignore[index]
                 ok = queue.offer(topic_raw, payload, dq, False)
             if not ok:
                 self._dropped(client_id, queue)
@@ -729,9 +822,13 @@ class GuardedBroker(Broker):
 
     def _dropped(self, client_id: str, queue: OutQueue) -> None:
         self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
-        queue_log.log(logging.WARNING, ("queue full", client_id),
-                      "queue of client %r is full (%d messages, %d bytes): dropping messages for it",
-                      client_id, *queue.depth())
+        queue_log.log(
+            logging.WARNING,
+            ("queue full", client_id),
+            "queue of client %r is full (%d messages, %d bytes): dropping messages for it",
+            client_id,
+            *queue.depth(),
+        )
 
     def _invalidate_routes(self) -> None:
         """Subscriptions or sessions changed: cached targets are recomputed on the next message."""
@@ -744,22 +841,25 @@ class GuardedBroker(Broker):
         self.acl_epoch += 1
         self._routes.clear()
 
-    async def _broadcast_message(self, session: Session | None, topic: str | None, data: bytes | bytearray | None,
-                                 force_qos: int | None = None) -> None:
+    async def _broadcast_message(
+        self, session: Session | None, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
+    ) -> None:
         """amqtt's entry point for internal publishes (plugins' broadcast_message): routed directly."""
         if topic is None or data is None:
             return
         await self._route(topic, topic.encode(), bytes(data), force_qos)
 
-    async def handle_subscribe(self, session: Session, handler: GuardedHandler, packet_id: int,
-                               filters: list[tuple[str, int]]) -> None:
+    async def handle_subscribe(
+        self, session: Session, handler: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
+    ) -> None:
         codes = [await self.add_subscription(sub, session) for sub in filters]
         await handler.send(encode_suback(packet_id, codes))
         for (topic_filter, _), code in zip(filters, codes, strict=True):
             if code == SUBACK_FAILURE:
                 continue
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id,
-                                                  topic=topic_filter, qos=code)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id, topic=topic_filter, qos=code
+            )
             await self._publish_retained_messages_for_subscription((topic_filter, code), session)
 
     async def handle_unsubscribe(self, session: Session, filters: list[str]) -> None:
@@ -768,8 +868,9 @@ class GuardedBroker(Broker):
             if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
                 del self._subscriptions[topic_filter]
                 self._trie.remove(topic_filter)
-            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
-                                                  client_id=session.client_id, topic=topic_filter)
+            await self.plugins_manager.fire_event(
+                BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter
+            )
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """The filter was validated by the reader. A repeated filter replaces the old one, new QoS
@@ -794,7 +895,7 @@ class GuardedBroker(Broker):
     def _del_subscription(self, a_filter: str, session: Session) -> int:
         """amqtt's, plus: cached routes are recomputed. (Whoever deletes the emptied filter from
         `_subscriptions` also removes it from the trie; a filter left in the trie matches no one.)"""
-        deleted = Broker._del_subscription(self, a_filter, session)
+        deleted = super()._del_subscription(a_filter, session)
         if deleted:
             filters = self._filters_of.get(session.client_id)
             if filters is not None:
@@ -804,8 +905,9 @@ class GuardedBroker(Broker):
             self._invalidate_routes()
         return deleted
 
-    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
-                                                          session: Session) -> None:
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
         """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
         out with RETAIN set at min(granted QoS, message QoS)."""
         topic_filter, qos = subscription
@@ -832,7 +934,7 @@ class GuardedBroker(Broker):
         expiry = self.config.session_expiry_interval
         if expiry is None:
             return
-        await Broker._session_monitor(self)
+        await super()._session_monitor()
 
     # -- shutdown --------------------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -842,14 +944,16 @@ class GuardedBroker(Broker):
             return
         self._shutting_down = True
         self._shutdown_deadline = self._loop.time() + SHUTDOWN_FLUSH
-        log.info("shutting down: closing listeners and %d connection(s)",
-                 sum(1 for s, _ in self._sessions.values() if s.transitions.state == "connected"))
+        log.info(
+            "shutting down: closing listeners and %d connection(s)",
+            sum(1 for s, _ in self._sessions.values() if s.transitions.state == "connected"),
+        )
         await self.plugins_manager.fire_event(BrokerEvents.PRE_SHUTDOWN, wait=True)
         for server in self._servers.values():
             try:
                 if server.instance is not None:
                     server.instance.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing a listener failed", exc_info=True)
         for _session, handler in list(self._sessions.values()):
             if isinstance(handler, GuardedHandler) and handler.session is not None:
@@ -857,8 +961,7 @@ class GuardedBroker(Broker):
                 handler.close("broker shutting down")
         pending = [e.wait() for e in self._connections.values() if not e.is_set()]
         if pending:
-            done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending],
-                                                timeout=SHUTDOWN_FLUSH + 5)
+            done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)
             for task in not_done:
                 task.cancel()
             if not_done:
@@ -877,7 +980,7 @@ class GuardedBroker(Broker):
         for server in self._servers.values():
             try:
                 await asyncio.wait_for(server.close_instance(), 5)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing a listener failed", exc_info=True)
         await self.plugins_manager.wait_fired_events()
         await self.plugins_manager.fire_event(BrokerEvents.POST_SHUTDOWN, wait=True)

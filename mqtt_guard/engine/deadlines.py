@@ -84,8 +84,9 @@ class _Deadline:
         assert task is not None
         owner._add(task, self._seconds, loop)  # noqa: SLF001
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> bool:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
         owner, task = self._owner, self._task
         owner._due.pop(task, None)  # noqa: SLF001
         if task in owner._expired:  # noqa: SLF001

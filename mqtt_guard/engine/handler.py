@@ -29,11 +29,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
+from amqtt.errors import ProtocolHandlerError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.session import Session
 from websockets import ConnectionClosed
@@ -261,8 +261,9 @@ class GuardedHandler(BrokerProtocolHandler):
         """Close and wait until the reader and writer have finished and the socket is closed."""
         self.close("disconnected by the server")
         current = asyncio.current_task(self._loop)
-        tasks = [t for t in (self._reader_task, self._writer_task)
-                 if t is not None and t is not current and not t.done()]
+        tasks = [
+            t for t in (self._reader_task, self._writer_task) if t is not None and t is not current and not t.done()
+        ]
         if self._writer_task is not None and self._writer_task is not current:
             self._writer_task.cancel()
         if tasks:
@@ -303,8 +304,12 @@ class GuardedHandler(BrokerProtocolHandler):
         """Before a shutdown closes the socket: let the writer send what is queued, until `deadline`."""
         q = self.queue
         while q is not None and self._writer_task is not None and not self._writer_task.done():
-            if not q.ready() and not self._co and not self._ws_dirty and not (
-                    self._transport is not None and self._transport.get_write_buffer_size()):
+            if (
+                not q.ready()
+                and not self._co
+                and not self._ws_dirty
+                and not (self._transport is not None and self._transport.get_write_buffer_size())
+            ):
                 return
             if self._loop.time() >= deadline:
                 return
@@ -372,9 +377,15 @@ class GuardedHandler(BrokerProtocolHandler):
         if q is not None and not self._drained.is_set():
             q.slow = True
             messages, size = q.depth()
-            log.warning("client %r (%s) kept publishers waiting for %g s (%d messages, %d bytes queued): "
-                        "a slow consumer now, its queue limits apply", self.client_id, self.where,
-                        self._max_stall, messages, size)
+            log.warning(
+                "client %r (%s) kept publishers waiting for %g s (%d messages, %d bytes queued): "
+                "a slow consumer now, its queue limits apply",
+                self.client_id,
+                self.where,
+                self._max_stall,
+                messages,
+                size,
+            )
         self._drained.set()
 
     def _caught_up(self) -> None:
@@ -637,7 +648,7 @@ class GuardedHandler(BrokerProtocolHandler):
                     task.uncancel()
         except (ConnectionError, OSError) as exc:
             self.end_reason = f"connection lost ({exc or type(exc).__name__})"
-        except Exception as exc:  # noqa: BLE001 - a bug must end this connection, not the broker
+        except Exception as exc:  # a bug must end this connection, not the broker
             log.exception("client %r: internal error while handling its packets", self.client_id)
             self.end_reason = f"internal error ({type(exc).__name__})"
         finally:
@@ -697,8 +708,15 @@ class GuardedHandler(BrokerProtocolHandler):
             plen = stop - te - 2
             self._n_in += 1
             self._b_in += plen
-            held = self.broker.publish_fast(self, topic, topic_raw, bytes(data[te + 2:stop]), plen,  # type: ignore[union-attr]
-                                            1, None)
+            held = self.broker.publish_fast(
+                self,
+                topic,
+                topic_raw,
+                bytes(data[te + 2 : stop]),
+                plen,  # type: ignore[union-attr]
+                1,
+                None,
+            )
             self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
             return held
         plen = stop - te

@@ -20,9 +20,24 @@ from dataclasses import dataclass
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 
-TYPE_NAMES = {1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP",
-              8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP",
-              14: "DISCONNECT", 0: "reserved type 0", 15: "reserved type 15"}
+TYPE_NAMES = {
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
+    0: "reserved type 0",
+    15: "reserved type 15",
+}
 
 # CONNACK return codes
 CONNACK_ACCEPTED = 0
@@ -48,8 +63,9 @@ class Incomplete(Exception):
 
 def too_large(first: int, size: int, max_packet: int) -> ProtocolViolation:
     """The violation for a packet (whole, header included) over `limits.max_packet_size`."""
-    return ProtocolViolation(f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes"
-                             f" exceeds max_packet_size {max_packet}")
+    return ProtocolViolation(
+        f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes exceeds max_packet_size {max_packet}"
+    )
 
 
 def parse_fixed_header(buf: bytes | bytearray, pos: int) -> tuple[int, int, int]:
@@ -114,7 +130,7 @@ class Cursor:
         n = self.u16()
         if self.pos + n > len(self.body):
             raise ProtocolViolation(f"malformed {self.what}: a length field runs past the end of the packet")
-        raw = bytes(self.body[self.pos:self.pos + n])
+        raw = bytes(self.body[self.pos : self.pos + n])
         self.pos += n
         return raw
 
@@ -122,7 +138,7 @@ class Cursor:
         return decode_utf8(self.binary(), f"{self.what} {field}")
 
     def rest(self) -> bytes:
-        raw = bytes(self.body[self.pos:])
+        raw = bytes(self.body[self.pos :])
         self.pos = len(self.body)
         return raw
 
@@ -163,12 +179,14 @@ def parse_connect(body: bytes | bytearray) -> ConnectInfo:
     level = c.u8()
     if name == b"MQTT":
         if level != 4:  # MQTT 5 (level 5) included: answered in 3.1.1 format, then closed
-            raise ProtocolViolation(f"unsupported protocol level {level} (MQTT 3.1.1 is level 4)",
-                                    connack=CONNACK_BAD_PROTOCOL)
+            raise ProtocolViolation(
+                f"unsupported protocol level {level} (MQTT 3.1.1 is level 4)", connack=CONNACK_BAD_PROTOCOL
+            )
     elif name == b"MQIsdp":
         if level != 3:
-            raise ProtocolViolation(f"unsupported protocol level {level} for MQIsdp (MQTT 3.1 is level 3)",
-                                    connack=CONNACK_BAD_PROTOCOL)
+            raise ProtocolViolation(
+                f"unsupported protocol level {level} for MQIsdp (MQTT 3.1 is level 3)", connack=CONNACK_BAD_PROTOCOL
+            )
     else:
         raise ProtocolViolation(f"unknown protocol name {name[:20]!r} [MQTT-3.1.2-1]")
     flags = c.u8()
@@ -197,8 +215,9 @@ def parse_connect(body: bytes | bytearray) -> ConnectInfo:
         raise ProtocolViolation(f"malformed CONNECT: {c.left()} bytes after the payload")
     clean = bool(flags & 0x02)
     if not client_id and (not clean or name == b"MQIsdp"):
-        raise ProtocolViolation("empty client identifier without clean session [MQTT-3.1.3-8]",
-                                connack=CONNACK_ID_REJECTED)
+        raise ProtocolViolation(
+            "empty client identifier without clean session [MQTT-3.1.3-8]", connack=CONNACK_ID_REJECTED
+        )
     return ConnectInfo(name.decode(), level, clean, keepalive, client_id, will, username, password)
 
 
@@ -213,8 +232,9 @@ def encode_remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_publish(topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool = False,
-                   packet_id: int = 0) -> bytes:
+def encode_publish(
+    topic: bytes, payload: bytes, qos: int, retain: bool, dup: bool = False, packet_id: int = 0
+) -> bytes:
     first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     if qos:
         head = _H.pack(len(topic)) + topic + _H.pack(packet_id)

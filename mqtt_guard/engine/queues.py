@@ -9,9 +9,10 @@ client's socket keeps up (its transport buffer below the high-water mark) and no
 delivery is encoded at once and handed to the connection (`port.emit`), which coalesces everything
 emitted in one loop iteration into one write(). Otherwise it waits in `pending`, and the session's
 single writer loop (engine/handler.py) takes whole batches from there as the socket drains; nothing
-else holds messages, so `pending` is the real backlog of a slow consumer. The queue lives on the Session, not on the connection, so a
-persistent session (clean_session=0) keeps its QoS 1/2 messages and its unacknowledged in-flight
-messages across a reconnect, where the in-flight ones are sent again with DUP [MQTT-4.4.0-1].
+else holds messages, so `pending` is the real backlog of a slow consumer. The queue lives on the
+Session, not on the connection, so a persistent session (clean_session=0) keeps its QoS 1/2 messages
+and its unacknowledged in-flight messages across a reconnect, where the in-flight ones are sent again
+with DUP [MQTT-4.4.0-1].
 
 Limits (mosquitto semantics): `max_queued_messages` / `max_queued_bytes` bound the messages waiting
 to be sent, above the in-flight window of `max_inflight_messages` QoS 1/2 messages sent but not yet
@@ -72,9 +73,24 @@ class Port(Protocol):
 class OutQueue:
     """Messages for one session. Not thread-safe; everything runs on the broker's event loop."""
 
-    __slots__ = ("pending", "inflight", "pending_bytes", "inflight_bytes", "max_messages", "max_bytes",
-                 "max_inflight", "_next_id", "port", "online", "qos2_in", "hold_messages", "hold_bytes",
-                 "release_messages", "release_bytes", "slow")
+    __slots__ = (
+        "pending",
+        "inflight",
+        "pending_bytes",
+        "inflight_bytes",
+        "max_messages",
+        "max_bytes",
+        "max_inflight",
+        "_next_id",
+        "port",
+        "online",
+        "qos2_in",
+        "hold_messages",
+        "hold_bytes",
+        "release_messages",
+        "release_bytes",
+        "slow",
+    )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
         self.pending: deque[Delivery] = deque()
@@ -107,8 +123,12 @@ class OutQueue:
             return True
         size = len(payload) + len(topic)
         port = self.port
-        if (port is not None and not self.pending and (qos == 0 or len(self.inflight) < self.max_inflight)
-                and port.writable()):
+        if (
+            port is not None
+            and not self.pending
+            and (qos == 0 or len(self.inflight) < self.max_inflight)
+            and port.writable()
+        ):
             packet_id = 0
             if qos:
                 d = Delivery(topic, payload, qos, retain)
@@ -119,7 +139,8 @@ class OutQueue:
             port.emit(encode_publish(topic, payload, qos, retain, False, packet_id), len(payload))
             return True
         if (self.max_messages and len(self.pending) >= self.max_messages) or (
-                self.max_bytes and self.pending_bytes + size > self.max_bytes):
+            self.max_bytes and self.pending_bytes + size > self.max_bytes
+        ):
             return False
         d = Delivery(topic, payload, qos, retain)
         self.pending.append(d)
@@ -138,7 +159,8 @@ class OutQueue:
             port.emit(frame, payload_len)
             return True
         if (self.max_messages and len(self.pending) >= self.max_messages) or (
-                self.max_bytes and self.pending_bytes + size > self.max_bytes):
+            self.max_bytes and self.pending_bytes + size > self.max_bytes
+        ):
             return False
         d = Delivery(b"", b"", 0, False)
         d.frame = frame

@@ -93,8 +93,12 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     binds = ", ".join(f"{listener.type}://{listener.bind}" for listener in config.listeners)
-    log.info("mqtt-guard broker ready on %s (Redis prefix %r, event loop %s)", binds, config.redis.prefix,
-             type(loop).__module__.split(".")[0])
+    log.info(
+        "mqtt-guard broker ready on %s (Redis prefix %r, event loop %s)",
+        binds,
+        config.redis.prefix,
+        type(loop).__module__.split(".")[0],
+    )
     await stop.wait()
     log.info("shutting down")
     await broker.shutdown()

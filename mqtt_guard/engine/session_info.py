@@ -76,7 +76,7 @@ class SessionState:
 _LAZY_QUEUES = ("retained_messages", "delivered_message_queue")
 
 
-class lazy:  # noqa: N801 - used like a decorator-made attribute
+class lazy:  # used like a decorator-made attribute
     """A class attribute whose value is made per instance on first access and then stored in the
     instance (a non-data descriptor: the instance's own attribute wins from then on). Unlike a class
     `__getattr__`, it leaves CPython's attribute-access specialisation on for the class."""

@@ -37,8 +37,16 @@ Serve = Callable[["TcpReader", "TcpWriter"], Awaitable[None]]
 
 
 class MqttStream(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, serve: Serve, *, over_ssl: bool = False,
-                 deadlines: Deadlines | None = None, connect_timeout: float = 0.0, max_packet: int = 0) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        serve: Serve,
+        *,
+        over_ssl: bool = False,
+        deadlines: Deadlines | None = None,
+        connect_timeout: float = 0.0,
+        max_packet: int = 0,
+    ) -> None:
         """`deadlines`/`connect_timeout`: start `serve` only once the first packet is buffered (or at the
         timeout); without them it starts at once. `max_packet`: a first packet declared larger than this
         need not be waited for."""
@@ -190,7 +198,7 @@ class MqttStream(asyncio.Protocol):
             del chunks[0]
             self._pos = 0
         else:
-            data = first[pos:pos + n]
+            data = first[pos : pos + n]
             self._pos = pos + n
         self._buffered -= len(data)
         if self._reading_paused and self._buffered <= LIMIT:
@@ -203,8 +211,11 @@ class MqttStream(asyncio.Protocol):
         if not self._chunks:
             return b""
         chunks, pos = self._chunks, self._pos
-        data = (chunks[0][pos:] if pos else chunks[0]) if len(chunks) == 1 else b"".join(
-            [chunks[0][pos:] if pos else chunks[0], *chunks[1:]])
+        data = (
+            (chunks[0][pos:] if pos else chunks[0])
+            if len(chunks) == 1
+            else b"".join([chunks[0][pos:] if pos else chunks[0], *chunks[1:]])
+        )
         chunks.clear()
         self._pos = 0
         self._buffered = 0
@@ -271,7 +282,7 @@ class MqttStream(asyncio.Protocol):
 class TcpReader(StreamReaderAdapter):
     """amqtt's adapter class over an MqttStream (its `_reader`)."""
 
-    def __init__(self, stream: MqttStream) -> None:  # noqa: D107 - no super(): nothing else to set up
+    def __init__(self, stream: MqttStream) -> None:  # no super(): nothing else to set up
         self._reader = stream  # type: ignore[assignment]
 
 
@@ -280,7 +291,7 @@ class TcpWriter(StreamWriterAdapter):
 
     logger = log
 
-    def __init__(self, stream: MqttStream) -> None:  # noqa: D107
+    def __init__(self, stream: MqttStream) -> None:
         self._writer = stream  # type: ignore[assignment]
         self.is_closed = False
 

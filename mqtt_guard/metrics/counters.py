@@ -53,15 +53,33 @@ KICK_SLOW_CONSUMER = "slow_consumer"
 KICK_BLOCKED = "blocked"
 KICK_ADMIN = "admin"  # mqtt-guard kick
 KICK_OTHER = "other"
-KICK_REASONS = (KICK_USER_DELETED, KICK_USER_DISABLED, KICK_USER_EXPIRED, KICK_DENIED_PUBLISH, KICK_TAKEN_OVER,
-                KICK_OVER_QUOTA, KICK_SESSION_TIME, KICK_SLOW_CONSUMER, KICK_BLOCKED, KICK_ADMIN, KICK_OTHER)
+KICK_REASONS = (
+    KICK_USER_DELETED,
+    KICK_USER_DISABLED,
+    KICK_USER_EXPIRED,
+    KICK_DENIED_PUBLISH,
+    KICK_TAKEN_OVER,
+    KICK_OVER_QUOTA,
+    KICK_SESSION_TIME,
+    KICK_SLOW_CONSUMER,
+    KICK_BLOCKED,
+    KICK_ADMIN,
+    KICK_OTHER,
+)
 # Free-text kick reasons (as the guard, the quota enforcer, the sidecar and `mqtt-guard kick` word them),
 # recognised by their start: first match wins.
 _KICK_PATTERNS = (
-    ("denied publish", KICK_DENIED_PUBLISH), ("blocked", KICK_BLOCKED), ("session time", KICK_SESSION_TIME),
-    ("slow consumer", KICK_SLOW_CONSUMER), ("rate ", KICK_OVER_QUOTA), ("events quota", KICK_OVER_QUOTA),
-    ("bytes quota", KICK_OVER_QUOTA), ("over quota", KICK_OVER_QUOTA), ("kicked by an admin", KICK_ADMIN),
-    ("taken over", KICK_TAKEN_OVER), ("take-over", KICK_TAKEN_OVER),
+    ("denied publish", KICK_DENIED_PUBLISH),
+    ("blocked", KICK_BLOCKED),
+    ("session time", KICK_SESSION_TIME),
+    ("slow consumer", KICK_SLOW_CONSUMER),
+    ("rate ", KICK_OVER_QUOTA),
+    ("events quota", KICK_OVER_QUOTA),
+    ("bytes quota", KICK_OVER_QUOTA),
+    ("over quota", KICK_OVER_QUOTA),
+    ("kicked by an admin", KICK_ADMIN),
+    ("taken over", KICK_TAKEN_OVER),
+    ("take-over", KICK_TAKEN_OVER),
 )
 
 # Publish errors: the counters that mean "a PUBLISH of this client did not go through", and why.
@@ -176,7 +194,9 @@ class Counters:
     def disconnected(self, client_id: str, now: float | None = None) -> None:
         if client_id not in self.usernames:
             return
-        self._events.append(("disconnect", client_id, self.usernames.get(client_id), time.time() if now is None else now))
+        self._events.append(
+            ("disconnect", client_id, self.usernames.get(client_id), time.time() if now is None else now)
+        )
         self._gone.add(client_id)
 
     def auth_failed(self, client_id: str | None, username: str | None, outcome: object, *, known_user: bool) -> None:

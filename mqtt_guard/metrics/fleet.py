@@ -25,9 +25,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from ..store.keys import Keys
 from ..store.stats import StatsReader
+from ..tasks import cancel_and_wait
 from .prometheus import NS, LagCollector, _families_of_counts, metrics_route, serve_http
 from .rates import LoopLagMonitor
-from ..tasks import cancel_and_wait
 
 log = logging.getLogger("mqtt_guard.metrics")
 
@@ -87,17 +87,26 @@ class FleetCollector:
         fams: dict[str, Metric] = {}
         _families_of_counts(m.totals, "fleet_", [], [], fams)
         yield from fams.values()
-        yield GaugeMetricFamily(f"{NS}_fleet_redis_up", "1 when Redis answered the last refresh",
-                                1 if m.redis_up else 0)
+        yield GaugeMetricFamily(
+            f"{NS}_fleet_redis_up", "1 when Redis answered the last refresh", 1 if m.redis_up else 0
+        )
         if m.latency is not None:
             yield GaugeMetricFamily(f"{NS}_fleet_redis_latency_seconds", "round trip of the last PING", m.latency)
-        hb = GaugeMetricFamily(f"{NS}_fleet_broker_last_heartbeat_timestamp_seconds",
-                               "last stats heartbeat of each broker", labels=["broker"])
-        up = GaugeMetricFamily(f"{NS}_fleet_broker_up",
-                               f"1 when the broker heartbeat is younger than {BROKER_DEAD_AFTER:.0f} s",
-                               labels=["broker"])
-        clients = GaugeMetricFamily(f"{NS}_fleet_broker_clients_connected",
-                                    "clients connected to each broker at its last heartbeat", labels=["broker"])
+        hb = GaugeMetricFamily(
+            f"{NS}_fleet_broker_last_heartbeat_timestamp_seconds",
+            "last stats heartbeat of each broker",
+            labels=["broker"],
+        )
+        up = GaugeMetricFamily(
+            f"{NS}_fleet_broker_up",
+            f"1 when the broker heartbeat is younger than {BROKER_DEAD_AFTER:.0f} s",
+            labels=["broker"],
+        )
+        clients = GaugeMetricFamily(
+            f"{NS}_fleet_broker_clients_connected",
+            "clients connected to each broker at its last heartbeat",
+            labels=["broker"],
+        )
         for broker, t, h in m.brokers:
             hb.add_metric([broker], t)
             up.add_metric([broker], 1 if now - t < BROKER_DEAD_AFTER else 0)
@@ -109,13 +118,22 @@ class FleetCollector:
         yield up
         yield clients
         if m.refreshed is not None:
-            yield GaugeMetricFamily(f"{NS}_fleet_last_refresh_timestamp_seconds",
-                                    "unix time of the last snapshot read from Redis", m.refreshed)
+            yield GaugeMetricFamily(
+                f"{NS}_fleet_last_refresh_timestamp_seconds",
+                "unix time of the last snapshot read from Redis",
+                m.refreshed,
+            )
 
 
-async def serve_fleet_metrics(bind: str, redis: Any, keys: Keys, *, loop_lag: LoopLagMonitor | None = None,
-                              lag_metric: str = f"{NS}_sidecar_loop_lag_seconds",
-                              interval: float = 5.0) -> asyncio.AbstractServer:
+async def serve_fleet_metrics(
+    bind: str,
+    redis: Any,
+    keys: Keys,
+    *,
+    loop_lag: LoopLagMonitor | None = None,
+    lag_metric: str = f"{NS}_sidecar_loop_lag_seconds",
+    interval: float = 5.0,
+) -> asyncio.AbstractServer:
     """Serve /metrics with the fleet view (and the caller's loop lag) on `bind`; starts the monitor.
     The returned server has `fleet_monitor` (stop it when closing the server)."""
     monitor = FleetMonitor(redis, keys, interval)

@@ -57,11 +57,18 @@ CLIENT_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD)
 # Every reason a CONNECT can be refused for, so each series exists (at 0) before the first refusal.
 AUTH_FAILURE_NAMES = tuple(
     [C.auth_failure_name(o) for o in Outcome if not AuthResult(o, None).ok]
-    + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_BLOCKED, C.REFUSED_TOO_MANY_SESSIONS)])
+    + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_BLOCKED, C.REFUSED_TOO_MANY_SESSIONS)]
+)
 
 
-def _families_of_counts(counts: dict[str, int], prefix: str, label_names: list[str], label_values: list[str],
-                        fams: dict[str, Metric], names: Iterable[str] | None = None) -> None:
+def _families_of_counts(
+    counts: dict[str, int],
+    prefix: str,
+    label_names: list[str],
+    label_values: list[str],
+    fams: dict[str, Metric],
+    names: Iterable[str] | None = None,
+) -> None:
     """Add samples for `counts` to the counter families in `fams` (created on first use)."""
 
     def fam(metric: str, doc: str, extra: list[str]) -> Metric:
@@ -78,20 +85,25 @@ def _families_of_counts(counts: dict[str, int], prefix: str, label_names: list[s
             metric, doc = PLAIN_COUNTERS[name]
             fam(f"{NS}_{prefix}{metric}", doc, []).add_metric(label_values, value)
         elif name in C.PUBLISH_ERROR_REASONS:
-            fam(f"{NS}_{prefix}publish_errors", "PUBLISH packets not routed, by reason",
-                ["reason"]).add_metric(label_values + [C.PUBLISH_ERROR_REASONS[name]], value)
+            fam(f"{NS}_{prefix}publish_errors", "PUBLISH packets not routed, by reason", ["reason"]).add_metric(
+                label_values + [C.PUBLISH_ERROR_REASONS[name]], value
+            )
         elif name in DROP_REASONS:
-            fam(f"{NS}_{prefix}messages_dropped", "deliveries dropped, by reason",
-                ["reason"]).add_metric(label_values + [DROP_REASONS[name]], value)
+            fam(f"{NS}_{prefix}messages_dropped", "deliveries dropped, by reason", ["reason"]).add_metric(
+                label_values + [DROP_REASONS[name]], value
+            )
         elif name.startswith(C.AUTH_FAILED_PREFIX):
-            fam(f"{NS}_{prefix}auth_failures", "CONNECTs refused, by reason",
-                ["reason"]).add_metric(label_values + [name[len(C.AUTH_FAILED_PREFIX):]], value)
+            fam(f"{NS}_{prefix}auth_failures", "CONNECTs refused, by reason", ["reason"]).add_metric(
+                label_values + [name[len(C.AUTH_FAILED_PREFIX) :]], value
+            )
         elif name.startswith(C.KICKED_PREFIX):
-            fam(f"{NS}_{prefix}kicks", "connections closed by the server, by reason",
-                ["reason"]).add_metric(label_values + [name[len(C.KICKED_PREFIX):]], value)
+            fam(f"{NS}_{prefix}kicks", "connections closed by the server, by reason", ["reason"]).add_metric(
+                label_values + [name[len(C.KICKED_PREFIX) :]], value
+            )
         else:  # a counter added later: still exported, under its own (code-defined, bounded) name
-            fam(f"{NS}_{prefix}events", "other counted events, by name",
-                ["name"]).add_metric(label_values + [name], value)
+            fam(f"{NS}_{prefix}events", "other counted events, by name", ["name"]).add_metric(
+                label_values + [name], value
+            )
 
 
 class GuardCollector:
@@ -109,15 +121,23 @@ class GuardCollector:
         yield _gauge("clients_maximum", "most clients connected at once since start", counters.clients_maximum)
         sample = s.sample
         if s.probe is not None:
-            yield _gauge("clients_total", "sessions: connected plus persistent ones of disconnected clients",
-                         sample.sessions_total)
+            yield _gauge(
+                "clients_total",
+                "sessions: connected plus persistent ones of disconnected clients",
+                sample.sessions_total,
+            )
             yield _gauge("subscriptions", "subscriptions held", sample.subscriptions)
             yield _gauge("retained_messages", "retained messages held", sample.retained)
-            yield _gauge("queued_messages", "messages waiting for delivery to connected clients",
-                         sum(sample.queue_depths.values()))
-        load = GaugeMetricFamily(f"{NS}_load_per_minute",
-                                 "mosquitto-style load: decaying average per minute over a window",
-                                 labels=["counter", "window"])
+            yield _gauge(
+                "queued_messages",
+                "messages waiting for delivery to connected clients",
+                sum(sample.queue_depths.values()),
+            )
+        load = GaugeMetricFamily(
+            f"{NS}_load_per_minute",
+            "mosquitto-style load: decaying average per minute over a window",
+            labels=["counter", "window"],
+        )
         for name, avg in s.load.items():
             for window, value in avg.as_dict().items():
                 load.add_metric([name, window], value)
@@ -139,34 +159,42 @@ class GuardCollector:
         base.update({name: 0 for name in AUTH_FAILURE_NAMES})
         base.update(counters.totals)
         _families_of_counts(base, "", [], [], fams)
-        for f in fams.values():
-            yield f
+        yield from fams.values()
 
     def _backend(self, now: float) -> Iterable[Metric]:
         s = self.s
         yield _gauge("redis_up", "1 when the last stats flush reached Redis", 1 if s.redis_up else 0)
         if s.redis_latency is not None:
             yield _gauge("redis_latency_seconds", "round trip of the last PING to Redis", s.redis_latency)
-        h = HistogramMetricFamily(f"{NS}_redis_command_duration_seconds",
-                                  "Redis round trips of the stats flusher", labels=["op"])
+        h = HistogramMetricFamily(
+            f"{NS}_redis_command_duration_seconds", "Redis round trips of the stats flusher", labels=["op"]
+        )
         for op, hist in s.latency.items():
             h.add_metric([op], hist.cumulative(), hist.sum)
         yield h
         yield CounterMetricFamily(f"{NS}_stats_flushes", "stats batches written to Redis", s.flushes)
-        yield CounterMetricFamily(f"{NS}_stats_flush_failures", "stats flushes that failed (Redis unreachable)",
-                                  s.flush_failures)
-        yield CounterMetricFamily(f"{NS}_stats_dropped", "stats entries given up because the backlog was full",
-                                  s.dropped)
+        yield CounterMetricFamily(
+            f"{NS}_stats_flush_failures", "stats flushes that failed (Redis unreachable)", s.flush_failures
+        )
+        yield CounterMetricFamily(
+            f"{NS}_stats_dropped", "stats entries given up because the backlog was full", s.dropped
+        )
         yield _gauge("stats_backlog", "stats entries waiting to be written to Redis", s.backlog.size())
         if s.last_flush is not None:
-            yield _gauge("stats_last_flush_timestamp_seconds", "unix time of the last complete stats flush",
-                         s.last_flush)
-        yield _gauge("event_loop_lag_seconds", "how late the broker's event loop woke a timer, last measurement",
-                     s.lag.lag)
-        hb = GaugeMetricFamily(f"{NS}_broker_last_heartbeat_timestamp_seconds",
-                               "last stats heartbeat of each broker sharing this Redis", labels=["broker"])
-        age = GaugeMetricFamily(f"{NS}_broker_heartbeat_age_seconds",
-                                "seconds since each broker's last stats heartbeat", labels=["broker"])
+            yield _gauge(
+                "stats_last_flush_timestamp_seconds", "unix time of the last complete stats flush", s.last_flush
+            )
+        yield _gauge(
+            "event_loop_lag_seconds", "how late the broker's event loop woke a timer, last measurement", s.lag.lag
+        )
+        hb = GaugeMetricFamily(
+            f"{NS}_broker_last_heartbeat_timestamp_seconds",
+            "last stats heartbeat of each broker sharing this Redis",
+            labels=["broker"],
+        )
+        age = GaugeMetricFamily(
+            f"{NS}_broker_heartbeat_age_seconds", "seconds since each broker's last stats heartbeat", labels=["broker"]
+        )
         for broker, t in sorted(s.fleet.items()):
             hb.add_metric([broker], t)
             age.add_metric([broker], max(0.0, now - t))
@@ -180,19 +208,28 @@ class GuardCollector:
             return
         counters = s.counters
         fams: dict[str, Metric] = {}
-        since = GaugeMetricFamily(f"{NS}_client_connected_since_seconds", "unix time the client connected",
-                                  labels=["client_id", "username"])
-        depth = GaugeMetricFamily(f"{NS}_client_queue_depth", "messages waiting for the client",
-                                  labels=["client_id", "username"])
-        rate = GaugeMetricFamily(f"{NS}_client_message_rate", "messages in+out per second, recent average",
-                                 labels=["client_id", "username"])
+        since = GaugeMetricFamily(
+            f"{NS}_client_connected_since_seconds", "unix time the client connected", labels=["client_id", "username"]
+        )
+        depth = GaugeMetricFamily(
+            f"{NS}_client_queue_depth", "messages waiting for the client", labels=["client_id", "username"]
+        )
+        rate = GaugeMetricFamily(
+            f"{NS}_client_message_rate", "messages in+out per second, recent average", labels=["client_id", "username"]
+        )
         for cid in ids:
             user = counters.usernames.get(cid) or ""
             counts = {n: 0 for n in CLIENT_COUNTERS}
             counts.update({n: 0 for n in C.PUBLISH_ERROR_REASONS})
             counts.update(counters.client(cid))
-            _families_of_counts(counts, "client_", ["client_id", "username"], [cid, user], fams,
-                                (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS))
+            _families_of_counts(
+                counts,
+                "client_",
+                ["client_id", "username"],
+                [cid, user],
+                fams,
+                (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS),
+            )
             if cid in counters.connected_since:
                 since.add_metric([cid, user], counters.connected_since[cid])
             g = counters.gauges.get(cid, {})
@@ -225,8 +262,7 @@ class LagCollector:
         self.name = name
 
     def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily(self.name, "how late the event loop woke a timer, last measurement",
-                                self.monitor.lag)
+        yield GaugeMetricFamily(self.name, "how late the event loop woke a timer, last measurement", self.monitor.lag)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -267,15 +303,18 @@ async def serve_http(bind: str, routes: dict[str, Any]) -> asyncio.AbstractServe
             else:
                 status, body, ctype = route(headers.get("accept", ""))
             reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
-                status, "Error")
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode("latin-1"))
+                status, "Error"
+            )
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode("latin-1")
+            )
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             pass
-        except Exception:  # noqa: BLE001 - a bad request must not kill the server
+        except Exception:  # a bad request must not kill the server
             log.exception("metrics request failed")
         finally:
             writer.close()
@@ -291,6 +330,7 @@ def metrics_route(registry: Any) -> Any:
     def route(accept: str) -> tuple[int, bytes, str]:
         body, ctype = render(registry, accept)
         return 200, body, ctype
+
     return route
 
 

@@ -8,6 +8,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+
 from ..tasks import cancel_and_wait
 
 # Rate history resolutions: (name used in key names, bucket seconds, how long buckets are kept).
@@ -42,8 +43,10 @@ def sparkline(values: list[float], width: int | None = None) -> str:
     """Values as block characters (zero is a space, the maximum a full block); averaged down to `width`."""
     if width is not None and width > 0 and len(values) > width:
         step = len(values) / width
-        values = [sum(values[int(i * step):int((i + 1) * step)]) / max(1, int((i + 1) * step) - int(i * step))
-                  for i in range(width)]
+        values = [
+            sum(values[int(i * step) : int((i + 1) * step)]) / max(1, int((i + 1) * step) - int(i * step))
+            for i in range(width)
+        ]
     top = max(values, default=0)
     if top <= 0:
         return " " * len(values)

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..store.stats import HB_CLIENTS, HB_HOST, HB_PID, HB_STARTED, HB_VERSION, Batch, StatsWriter, batch_from_drain
+from ..tasks import cancel_and_wait
 from . import counters as C
 from .rates import RES_10S, LoadAverage, LoopLagMonitor, next_boundary
-from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..guard import Guard
@@ -115,8 +115,7 @@ class MetricsService:
         self.config = guard.config.metrics
         self.counters = guard.counters
         self.broker_id = self.config.broker_id or default_broker_id(guard)
-        self.writer = StatsWriter(guard.redis, guard.keys, self.broker_id, ttl=self.config.stats_ttl,
-                                  chunk=FLUSH_CHUNK)
+        self.writer = StatsWriter(guard.redis, guard.keys, self.broker_id, ttl=self.config.stats_ttl, chunk=FLUSH_CHUNK)
         self.started = time.time()
         self.backlog = Batch()
         self.dropped = 0  # backlog entries given up because of max_backlog
@@ -150,8 +149,10 @@ class MetricsService:
             await asyncio.wait_for(self.flush(), 2.0)
         except TimeoutError:
             pass
-        self._tasks = [loop.create_task(self._ticker(), name="mqtt-guard-stats-ticker"),
-                       loop.create_task(self._writer(), name="mqtt-guard-stats-writer")]
+        self._tasks = [
+            loop.create_task(self._ticker(), name="mqtt-guard-stats-ticker"),
+            loop.create_task(self._writer(), name="mqtt-guard-stats-writer"),
+        ]
         if self.config.prometheus_bind:
             from .prometheus import serve_metrics  # prometheus_client is only imported when used
 
@@ -160,8 +161,11 @@ class MetricsService:
                 self.http_port = self._http.sockets[0].getsockname()[1]
                 log.info("serving Prometheus metrics on http://%s/metrics", self.config.prometheus_bind)
             except OSError as exc:
-                log.error("cannot serve /metrics on %s: %s (the broker runs on without it)",
-                          self.config.prometheus_bind, exc.strerror or exc)
+                log.error(
+                    "cannot serve /metrics on %s: %s (the broker runs on without it)",
+                    self.config.prometheus_bind,
+                    exc.strerror or exc,
+                )
 
     async def close(self, timeout: float = 3.0) -> None:
         """Stop; the last counts go to Redis if it answers within `timeout` seconds."""
@@ -189,7 +193,7 @@ class MetricsService:
             try:
                 for _ in self._tick_steps():
                     await asyncio.sleep(0)  # deliveries go on between the steps
-            except Exception:  # noqa: BLE001 - analytics must never take the broker down
+            except Exception:  # analytics must never take the broker down
                 log.exception("stats tick failed")
             self._wake.set()
 
@@ -217,7 +221,7 @@ class MetricsService:
         if self.probe is not None:
             try:
                 self.sample = self.probe()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("broker sample failed")
             for cid, depth in self.sample.queue_depths.items():
                 self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, depth)
@@ -227,7 +231,7 @@ class MetricsService:
                 try:
                     for cid, (messages, _) in depths().items():
                         self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("queue depth sample failed")
         yield
         drain = self.counters.drain(now)
@@ -336,10 +340,15 @@ class MetricsService:
             self.latency["flush"].observe(time.perf_counter() - t0)
         t0 = time.perf_counter()
         try:
-            self.fleet = await self.writer.heartbeat({
-                HB_HOST: socket.gethostname(), HB_PID: os.getpid(), HB_VERSION: __version__,
-                HB_STARTED: round(self.started, 3), HB_CLIENTS: self.counters.connected_count(),
-            })
+            self.fleet = await self.writer.heartbeat(
+                {
+                    HB_HOST: socket.gethostname(),
+                    HB_PID: os.getpid(),
+                    HB_VERSION: __version__,
+                    HB_STARTED: round(self.started, 3),
+                    HB_CLIENTS: self.counters.connected_count(),
+                }
+            )
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
             return False

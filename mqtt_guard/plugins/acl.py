@@ -24,7 +24,7 @@ class GuardAclPlugin(BaseTopicPlugin):
     class Config:
         pass
 
-    def __init__(self, context) -> None:  # noqa: ANN001
+    def __init__(self, context) -> None:
         super().__init__(context)
         self.guard = guard_of(context)
 
@@ -36,6 +36,7 @@ class GuardAclPlugin(BaseTopicPlugin):
             return False
         return self.guard.may(client, _ACTIONS[action], topic)
 
-    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
-                              action: Action | None = None) -> bool:
+    async def topic_filtering(
+        self, *, session: Session | None = None, topic: str | None = None, action: Action | None = None
+    ) -> bool:
         return self.check(session, topic, action)

@@ -35,21 +35,30 @@ class GuardAuthPlugin(BaseAuthPlugin):
         )
         session.attributes[AUTH_RESULT] = result
         if not result.ok:
-            guard.counters.auth_failed(session.client_id, result.username, result.outcome,
-                                       known_user=result.user is not None)
+            guard.counters.auth_failed(
+                session.client_id, result.username, result.outcome, known_user=result.user is not None
+            )
         if by_identity and result.username:
             session.username = result.username
         if result.ok and session.client_id:
             # Load the client's ACL rules now, so its first PUBLISH after CONNACK is decided correctly.
             try:
-                session.attributes[CLIENT] = await guard.attach(session.client_id, result,
-                                                                 "identity" if by_identity else "",
-                                                                 listener_config=listener)
+                session.attributes[CLIENT] = await guard.attach(
+                    session.client_id, result, "identity" if by_identity else "", listener_config=listener
+                )
             except QuotaRefusal as refusal:  # blocked, or too many sessions: CONNACK 5 with the reason
-                guard.counters.auth_failed(session.client_id, result.username, C.quota_refusal(str(refusal)),
-                                           known_user=result.user is not None)
-                log.warning("refused CONNECT of client %r, username %r: %s (CONNACK 5)",
-                            session.client_id, result.username, refusal)
+                guard.counters.auth_failed(
+                    session.client_id,
+                    result.username,
+                    C.quota_refusal(str(refusal)),
+                    known_user=result.user is not None,
+                )
+                log.warning(
+                    "refused CONNECT of client %r, username %r: %s (CONNACK 5)",
+                    session.client_id,
+                    result.username,
+                    refusal,
+                )
                 session.attributes.pop(AUTH_RESULT, None)
                 return False
         return result.ok

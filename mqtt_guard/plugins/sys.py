@@ -65,8 +65,7 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
                 depths[session.client_id] = queue_depth(session)
         subscriptions = sum(len(subs) for subs in ctx.subscriptions.values())
         retained = sum(1 for topic in ctx.retained_messages if not topic.startswith("$SYS/"))
-        return BrokerSample(sessions_total=total, subscriptions=subscriptions, retained=retained,
-                            queue_depths=depths)
+        return BrokerSample(sessions_total=total, subscriptions=subscriptions, retained=retained, queue_depths=depths)
 
     async def on_broker_post_start(self, *args: Any, **kwargs: Any) -> None:
         self.service.count_kicks()  # the broker has set guard.kicker by now
@@ -82,7 +81,7 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
         """Publish the $SYS values that changed; returns how many."""
         try:
             sample = self.sample()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("cannot sample broker state for $SYS")
             sample = None
         changed = self.state.changed(sys_topics(self.service, sample))
@@ -98,6 +97,6 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
                 await self.publish_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - $SYS must never take the broker down
+            except Exception:  # $SYS must never take the broker down
                 log.exception("$SYS publishing failed")
             await asyncio.sleep(interval)

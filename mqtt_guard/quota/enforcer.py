@@ -31,6 +31,7 @@ from ..logutil import RateLimitedLog
 from ..metrics import counters as C
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.quota import Block, QuotaStore, RegistryOp, RegistryResult
+from ..tasks import cancel_and_wait
 from .bucket import TokenBucket
 from .caches import UNKNOWN, BlockCache, LimitsCache
 from .ledger import Entry, Verdict, lease_block, monotonic
@@ -38,7 +39,6 @@ from .limits import NO_LIMITS, Limits, parse_limits
 from .registry import SessionRegistry
 from .stretch import Reservation, Stretch, group_reserve, open_stretch, release, settle_stretch
 from .windows import utc
-from ..tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from ..guard import Guard
@@ -69,8 +69,9 @@ class ClientQuota:
     registered: bool = False  # an open was sent (so a close is due)
     confirmed: bool = False  # Redis applied the open: its session hash exists
     kicking: bool = False
-    usage: dict[str, int] = field(default_factory=lambda: {"events_in": 0, "events_out": 0, "bytes_in": 0,
-                                                              "bytes_out": 0})
+    usage: dict[str, int] = field(
+        default_factory=lambda: {"events_in": 0, "events_out": 0, "bytes_in": 0, "bytes_out": 0}
+    )
     reported: dict[str, Any] = field(default_factory=dict)
     queue_over_since: float | None = None
 
@@ -211,8 +212,10 @@ class QuotaEnforcer:
     async def start(self) -> None:
         self._kick_redis = make_async_client(self.guard.config.redis.url, socket_timeout=5.0)
         self.blocks.start()
-        self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="mqtt-guard-quota-heartbeat"),
-                       asyncio.create_task(self._kick_loop(), name="mqtt-guard-kicks")]
+        self._tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="mqtt-guard-quota-heartbeat"),
+            asyncio.create_task(self._kick_loop(), name="mqtt-guard-kicks"),
+        ]
 
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks)
@@ -223,8 +226,10 @@ class QuotaEnforcer:
         try:
             await asyncio.wait_for(self._shutdown_sync(), 3)
         except (TimeoutError, *REDIS_ERRORS) as exc:
-            log.warning("could not hand back quota leases at shutdown (%s); they are reclaimed when this "
-                        "broker is found dead", exc or type(exc).__name__)
+            log.warning(
+                "could not hand back quota leases at shutdown (%s); they are reclaimed when this broker is found dead",
+                exc or type(exc).__name__,
+            )
         if self._kick_redis is not None:
             await self._kick_redis.aclose()
 
@@ -258,8 +263,11 @@ class QuotaEnforcer:
             self._unregistered.append(cq)
             if username is not None:
                 limits = self.limits.last.get(username, NO_LIMITS)
-            log.warning("client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
-                        client.client_id, "none known" if limits.empty else "cached")
+            log.warning(
+                "client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
+                client.client_id,
+                "none known" if limits.empty else "cached",
+            )
         except BaseException:
             if cq.registered:  # e.g. the connection went away while its open was awaited: undo it
                 self._close_later(cq)
@@ -276,14 +284,19 @@ class QuotaEnforcer:
             raise
         return cq
 
-    async def _read_connect_state(self, client: GuardClient, block: Any, cached: Limits | None,
-                                  ) -> tuple[Any, Limits]:
+    async def _read_connect_state(
+        self,
+        client: GuardClient,
+        block: Any,
+        cached: Limits | None,
+    ) -> tuple[Any, Limits]:
         """What the caches could not vouch for, from Redis in one round trip: the block, the limits."""
         username = client.username
         token = self.limits.begin()
         if block is UNKNOWN and cached is None:
             block, (raw_users, raw_default) = await asyncio.gather(
-                self.store.blocks(username, client.client_id), self.store.load_limits([username]))  # type: ignore[list-item]
+                self.store.blocks(username, client.client_id), self.store.load_limits([username])
+            )  # type: ignore[list-item]
         elif block is UNKNOWN:
             return await self.store.blocks(username, client.client_id), cached  # type: ignore[return-value]
         else:
@@ -301,6 +314,7 @@ class QuotaEnforcer:
 
         def op(mode: str) -> RegistryOp:
             return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode)
+
         if sessions is None:
             self.registry.submit(op("c"), lambda res: self._opened(cq, res))
             return
@@ -318,8 +332,9 @@ class QuotaEnforcer:
                 # than at their next heartbeat (the next CONNECT benefits).
                 self._spawn(self._push_quietly(holder, {"slots": username, "by": self.broker_id}))
             reserved = f" and brokers reserve {res.reserved} slot(s)" if res.reserved else ""
-            raise QuotaRefusal(f"too many sessions: user {username!r} has {res.sessions} connected{reserved} "
-                               f"(sessions {sessions})")
+            raise QuotaRefusal(
+                f"too many sessions: user {username!r} has {res.sessions} connected{reserved} (sessions {sessions})"
+            )
         cq.confirmed = True
         self._took_over(cq, res)
 
@@ -336,22 +351,35 @@ class QuotaEnforcer:
         # taken for dead) and the user is at its limit: the limit wins.
         cq.registered = False
         client = cq.client
-        log.warning("client %r (user %r) admitted on a session slot that Redis no longer had: too many "
-                    "sessions (%d connected); disconnecting it", client.client_id, client.username, res.sessions)
+        log.warning(
+            "client %r (user %r) admitted on a session slot that Redis no longer had: too many "
+            "sessions (%d connected); disconnecting it",
+            client.client_id,
+            client.username,
+            res.sessions,
+        )
         if self.guard.kicker is not None and self.clients.get(client.client_id) is cq:
             self._spawn(self.guard.kicker(client.client_id, "too many sessions"))
 
     def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
         if res.prev_broker and res.prev_broker != self.broker_id:
-            self._spawn(self._push_kick(res.prev_broker, cq.client.client_id, res.prev_conn,
-                                        f"connected again on broker {self.broker_id}"))
+            self._spawn(
+                self._push_kick(
+                    res.prev_broker, cq.client.client_id, res.prev_conn, f"connected again on broker {self.broker_id}"
+                )
+            )
 
     def _parsed(self, username: str, raw: dict[str, str] | None, default: dict[str, str], token: int = -1) -> Limits:
         """Parse (logging malformed values) and cache; `token` from `limits.begin()` before the read."""
         limits = parse_limits(raw, default)
         for problem in limits.problems:
-            drop_log.log(logging.ERROR, ("limits", username, problem),
-                         "quota limits of user %r: ignoring malformed value: %s", username, problem)
+            drop_log.log(
+                logging.ERROR,
+                ("limits", username, problem),
+                "quota limits of user %r: ignoring malformed value: %s",
+                username,
+                problem,
+            )
         self.limits.put(username, limits, token)
         return limits
 
@@ -399,8 +427,9 @@ class QuotaEnforcer:
                     del user.current[metric]
                 user.upcoming.pop(metric, None)
                 continue
-            entry = self._entry(user.username, metric, allowance.limit, allowance.window.start(now),
-                                allowance.window.seconds)
+            entry = self._entry(
+                user.username, metric, allowance.limit, allowance.window.start(now), allowance.window.seconds
+            )
             if old is not None and old is not entry:
                 self._retire(old)
             user.current[metric] = entry
@@ -414,8 +443,9 @@ class QuotaEnforcer:
         minimum = self.config.lease_min_events if metric == "events" else self.config.lease_min_bytes
         entry = self.entries.get(key)
         if entry is None:
-            entry = self.entries[key] = Entry(key=key, username=username, metric=metric, limit=limit, start=start,
-                                              end=start + length, block=0)
+            entry = self.entries[key] = Entry(
+                key=key, username=username, metric=metric, limit=limit, start=start, end=start + length, block=0
+            )
         entry.release = False
         if entry.limit != limit or entry.block == 0:
             entry.limit = limit
@@ -563,13 +593,15 @@ class QuotaEnforcer:
             verdict = entry.refuse(n)  # not enough held here: used up, or held elsewhere (SHORT)
             if verdict is Verdict.EXHAUSTED:
                 window = user.limits.allowance(entry.metric)
-                return self._refuse(cq, topic, entry.metric,
-                                    f"{entry.metric} quota {window} used up until {utc(entry.end)}", entry)
+                return self._refuse(
+                    cq, topic, entry.metric, f"{entry.metric} quota {window} used up until {utc(entry.end)}", entry
+                )
             if not self.redis_ok and self.config.on_redis_down == "allow":
                 continue
             self._want_sync(entry)
-            return self._refuse(cq, topic, entry.metric, f"{entry.metric} allowance not held here yet", None,
-                                short=True)
+            return self._refuse(
+                cq, topic, entry.metric, f"{entry.metric} allowance not held here yet", None, short=True
+            )
         # Redis is down and on_redis_down: allow: spend on credit, reported once Redis is back.
         if events is not None:
             events.total += 1
@@ -584,8 +616,9 @@ class QuotaEnforcer:
         assert allowance is not None
         entry = user.upcoming.pop(metric, None)
         if entry is None or not entry.start <= now < entry.end:
-            entry = self._entry(user.username, metric, allowance.limit, allowance.window.start(now),
-                                allowance.window.seconds)
+            entry = self._entry(
+                user.username, metric, allowance.limit, allowance.window.start(now), allowance.window.seconds
+            )
         user.current[metric] = entry
         if old is not entry:
             self._retire(old)
@@ -594,13 +627,20 @@ class QuotaEnforcer:
             self._want_sync(entry)
         return entry
 
-    def _refuse(self, cq: ClientQuota, topic: str, what: str, reason: str, entry: Entry | None, *,
-                short: bool = False) -> bool:
+    def _refuse(
+        self, cq: ClientQuota, topic: str, what: str, reason: str, entry: Entry | None, *, short: bool = False
+    ) -> bool:
         client = cq.client
         self.guard.counters.incr(client.client_id, C.OVER_QUOTA)
-        drop_log.log(logging.INFO, (client.client_id, what),
-                     "over quota: message of client %r (user %r) on %r not passed: %s",
-                     client.client_id, client.username, topic, reason)
+        drop_log.log(
+            logging.INFO,
+            (client.client_id, what),
+            "over quota: message of client %r (user %r) on %r not passed: %s",
+            client.client_id,
+            client.username,
+            topic,
+            reason,
+        )
         user = cq.user
         if short or user is None or user.limits.on_exceed != "disconnect" or cq.kicking:
             return False
@@ -618,11 +658,18 @@ class QuotaEnforcer:
             await self.registry.drain()  # its registration may still be queued: the kick needs it
             if block_until and user is not None:
                 key = self.keys.block_user(user)
-                if await self.store.set_block(key, reason, block_until, self.broker_id,
-                                              username=user, client_id=client.client_id):
+                if await self.store.set_block(
+                    key, reason, block_until, self.broker_id, username=user, client_id=client.client_id
+                ):
                     self.blocks.note(Block(reason, block_until, self.broker_id, key))
-            queued, _ = await self.store.kick(client.client_id, reason, self.broker_id, broker_id=self.broker_id,
-                                              conn=cq.conn, dedupe=self.guard.config.sidecar.kick_retry)
+            queued, _ = await self.store.kick(
+                client.client_id,
+                reason,
+                self.broker_id,
+                broker_id=self.broker_id,
+                conn=cq.conn,
+                dedupe=self.guard.config.sidecar.kick_retry,
+            )
             if queued:
                 return
         except REDIS_ERRORS as exc:
@@ -708,9 +755,16 @@ class QuotaEnforcer:
         self._ticks += 1
         now = time.time()
         checked = self._alone_checks
-        existed, _, brokers = await self.store.heartbeat(self.broker_id, self.config.broker_dead_after, {
-            "host": socket.gethostname(), "pid": os.getpid(), "started": f"{self.started:.0f}",
-            "sessions": len(self.clients)})
+        existed, _, brokers = await self.store.heartbeat(
+            self.broker_id,
+            self.config.broker_dead_after,
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": f"{self.started:.0f}",
+                "sessions": len(self.clients),
+            },
+        )
         if checked == self._alone_checks:  # (the brokers key did not change meanwhile)
             self.registry.alone = brokers <= 1 and existed
         self.heartbeats += 1
@@ -726,21 +780,29 @@ class QuotaEnforcer:
         self._prefetch(now)
         full = self._ticks % FULL_SYNC_EVERY == 0
         mono = monotonic()
-        due = [e for e in self.entries.values()
-               if full or e.dirty() or not e.synced or e.low() or mono < e.contended_until]
+        due = [
+            e for e in self.entries.values() if full or e.dirty() or not e.synced or e.low() or mono < e.contended_until
+        ]
         await self._sync(due)
         if self._ticks % REAP_EVERY == 0:
             reaped = await self.store.reap_dead()
             for broker_id, sessions in reaped.items():
                 if sessions >= 0:  # -1: alive again, -2: somebody else reaped it first
-                    log.warning("broker %s stopped heartbeating: removed its %d session(s) and its quota leases",
-                                broker_id, sessions)
+                    log.warning(
+                        "broker %s stopped heartbeating: removed its %d session(s) and its quota leases",
+                        broker_id,
+                        sessions,
+                    )
 
     async def _reregister(self) -> None:
         """This broker's record is gone (first heartbeat, Redis lost data, or we were taken for dead)."""
         if self.heartbeats > 1:
-            log.warning("broker %s was missing from Redis (Redis restarted empty, or this broker was taken "
-                        "for dead): registering its %d session(s) again", self.broker_id, len(self.clients))
+            log.warning(
+                "broker %s was missing from Redis (Redis restarted empty, or this broker was taken "
+                "for dead): registering its %d session(s) again",
+                self.broker_id,
+                len(self.clients),
+            )
         self.registry.forget_all()  # its session slots are gone with it
         for cq in list(self.clients.values()):
             client = cq.client
@@ -751,10 +813,13 @@ class QuotaEnforcer:
                     return
                 cq.registered = cq.confirmed = res.ok
                 if not res.ok:
-                    log.warning("client %r is registered on broker %s now; not registering it here",
-                                cq.client.client_id, res.prev_broker)
-            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"),
-                                 done)
+                    log.warning(
+                        "client %r is registered on broker %s now; not registering it here",
+                        cq.client.client_id,
+                        res.prev_broker,
+                    )
+
+            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"), done)
         await self.registry.drain()
 
     def _register_late(self) -> None:
@@ -771,8 +836,8 @@ class QuotaEnforcer:
                     self._unregistered.append(cq)
                 elif res.ok:
                     cq.confirmed = True
-            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"),
-                                 done)
+
+            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"), done)
 
     def _end_lingering(self, mono: float) -> None:
         linger = self.config.linger
@@ -836,8 +901,9 @@ class QuotaEnforcer:
                 allowance = user.limits.allowance(metric)
                 if allowance is None:
                     continue
-                user.upcoming[metric] = self._entry(user.username, metric, allowance.limit, entry.end,
-                                                    allowance.window.seconds)
+                user.upcoming[metric] = self._entry(
+                    user.username, metric, allowance.limit, entry.end, allowance.window.seconds
+                )
 
     # -- kicks for this broker ------------------------------------------------------------------------------
     async def _kick_loop(self) -> None:
@@ -846,7 +912,7 @@ class QuotaEnforcer:
                 item = await self.store.pop_kick(self._kick_redis, self.broker_id, timeout=1)
             except asyncio.CancelledError:
                 raise
-            except REDIS_ERRORS + (Exception,) as exc:  # noqa: B014 - any failure: wait and retry
+            except REDIS_ERRORS + (Exception,) as exc:  # any failure: wait and retry
                 if isinstance(exc, REDIS_ERRORS):
                     self._redis_lost(exc)
                 else:
@@ -880,8 +946,13 @@ class QuotaEnforcer:
         if self.guard.kicker is None:
             log.warning("kick for client %r (%s) ignored: no broker bound", client_id, reason)
             return
-        log.warning("kicking client %r (user %r) on request of %s: %s", client_id, cq.client.username,
-                    item.get("by") or "?", reason)
+        log.warning(
+            "kicking client %r (user %r) on request of %s: %s",
+            client_id,
+            cq.client.username,
+            item.get("by") or "?",
+            reason,
+        )
         try:
             await self.guard.kicker(client_id, reason)
         except Exception:
@@ -894,8 +965,7 @@ class QuotaEnforcer:
             self._redis_lost(exc)
 
     async def _push_kick(self, broker_id: str, client_id: str, conn: str, reason: str) -> None:
-        await self.store.push(broker_id, {"client_id": client_id, "conn": conn, "reason": reason,
-                                          "by": self.broker_id})
+        await self.store.push(broker_id, {"client_id": client_id, "conn": conn, "reason": reason, "by": self.broker_id})
 
     # -- limits changed in Redis ----------------------------------------------------------------------------
     def on_keys(self, keys: list[str]) -> None:
@@ -998,8 +1068,11 @@ class QuotaEnforcer:
 
     def _redis_lost(self, exc: BaseException) -> None:
         if self.redis_ok:
-            log.warning("quota: Redis unreachable (%s); spending local leases only (on_redis_down=%s)",
-                        exc or type(exc).__name__, self.config.on_redis_down)
+            log.warning(
+                "quota: Redis unreachable (%s); spending local leases only (on_redis_down=%s)",
+                exc or type(exc).__name__,
+                self.config.on_redis_down,
+            )
         self.redis_ok = False
 
     def _redis_back(self) -> None:
@@ -1011,4 +1084,3 @@ class QuotaEnforcer:
     def usage_of(self, username: str, metric: str) -> Entry | None:
         user = self.users.get(username)
         return user.current.get(metric) if user is not None else None
-

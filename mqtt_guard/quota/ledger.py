@@ -73,8 +73,13 @@ class Entry:
         return self.available < max(1, self.block // 4) and (self.free > 0 or self.others > 0 or not self.synced)
 
     def dirty(self) -> bool:
-        return (self.total != self.reported or self.refused != self.refused_reported or self.need > 0
-                or self.release or not self.synced)
+        return (
+            self.total != self.reported
+            or self.refused != self.refused_reported
+            or self.need > 0
+            or self.release
+            or not self.synced
+        )
 
     def want(self, now: float) -> int:
         if self.release:
@@ -87,8 +92,9 @@ class Entry:
 
     def request(self, now: float) -> SyncRequest:
         total, refused = (self.total, self.refused) if self.joined else (-1, -1)
-        return SyncRequest(self.key, self.gen, total, refused, self.want(now), self.limit,
-                           expire_at(self.start, self.end))
+        return SyncRequest(
+            self.key, self.gen, total, refused, self.want(now), self.limit, expire_at(self.start, self.end)
+        )
 
     def apply(self, req: SyncRequest, res: SyncResult, broker_id: str, now: float, contention_window: float) -> None:
         self.last_total = self.reported

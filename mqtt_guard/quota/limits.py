@@ -27,8 +27,17 @@ from typing import Literal
 from ..config import parse_duration, parse_size
 from .windows import Window, parse_window
 
-FIELDS = ("events", "bytes", "events_direction", "rate", "session_time", "sessions", "max_queue",
-          "queue_grace", "on_exceed")
+FIELDS = (
+    "events",
+    "bytes",
+    "events_direction",
+    "rate",
+    "session_time",
+    "sessions",
+    "max_queue",
+    "queue_grace",
+    "on_exceed",
+)
 NONE = "none"
 
 Direction = Literal["in", "out", "both"]

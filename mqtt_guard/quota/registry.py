@@ -43,11 +43,12 @@ SLOTS_MAX = 100  # at most this many slots of one user per broker
 
 Done = Callable[[RegistryResult | BaseException], None]
 
+
 def _report(done: Done | None, res: RegistryResult | BaseException) -> None:
     if done is not None:
         try:
             done(res)
-        except Exception:  # noqa: BLE001 - a callback's bug must not stop the queue
+        except Exception:  # a callback's bug must not stop the queue
             log.exception("session registry callback failed")
 
 
@@ -109,8 +110,12 @@ class SessionRegistry:
             at = self._open_at.pop((op.client_id, op.conn), None)
             if at is not None:  # its open was not sent yet: register nothing, only check for a take-over
                 opened, opened_done = self._ops[at]
-                self._ops[at] = (RegistryOp("t", opened.client_id, opened.conn, opened.username, opened.since,
-                                            opened.limit, opened.extra), opened_done)
+                self._ops[at] = (
+                    RegistryOp(
+                        "t", opened.client_id, opened.conn, opened.username, opened.since, opened.limit, opened.extra
+                    ),
+                    opened_done,
+                )
                 self.folded += 1
                 return
         elif op.kind == "o" and not urgent and op.extra != "r":
@@ -135,6 +140,7 @@ class SessionRegistry:
                 fut.set_exception(res)
             else:
                 fut.set_result(res)
+
         self.submit(op, done, urgent=True)
         return await fut
 
@@ -182,7 +188,7 @@ class SessionRegistry:
         except REDIS_ERRORS as exc:
             self._failed(batch, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a bug must not stop the queue
+        except Exception as exc:  # a bug must not stop the queue
             log.exception("session registry batch failed")
             self._failed(batch, exc)
             return

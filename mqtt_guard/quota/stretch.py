@@ -158,8 +158,9 @@ def settle_stretch(enforcer: QuotaEnforcer, st: Stretch) -> None:
         usage["bytes_in"] += b
 
 
-def group_reserve(enforcer: QuotaEnforcer, groups: list[tuple[Any, list[Any], list[Any]]],
-                  events: int, nbytes: int) -> list[tuple[Reservation, int]] | None:
+def group_reserve(
+    enforcer: QuotaEnforcer, groups: list[tuple[Any, list[Any], list[Any]]], events: int, nbytes: int
+) -> list[tuple[Reservation, int]] | None:
     """Reservations for `events` deliveries of at most `nbytes` bytes in all to every client of each
     counting user of a group; None, with nothing reserved, when one does not fit."""
     taken: list[tuple[Reservation, int]] = []

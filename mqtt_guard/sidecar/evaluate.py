@@ -38,8 +38,15 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def evaluate(session: dict[str, str], limits: Limits, *, now: float, expires_at: float | None = None,
-             usage: dict[str, Usage] | None = None, block: Block | None = None) -> Decision | None:
+def evaluate(
+    session: dict[str, str],
+    limits: Limits,
+    *,
+    now: float,
+    expires_at: float | None = None,
+    usage: dict[str, Usage] | None = None,
+    block: Block | None = None,
+) -> Decision | None:
     if block is not None and block.until > now:
         return Decision(f"blocked: {block.reason}")
     if expires_at is not None and now >= expires_at:
@@ -50,12 +57,17 @@ def evaluate(session: dict[str, str], limits: Limits, *, now: float, expires_at:
     if limits.on_exceed == "disconnect":
         for metric, u in (usage or {}).items():
             if u.refused > 0 or u.used > u.limit:
-                return Decision(f"{metric} quota {u.limit} used up until {utc(u.window_end)}",
-                                block_until=float(u.window_end), block_user=True)
+                return Decision(
+                    f"{metric} quota {u.limit} used up until {utc(u.window_end)}",
+                    block_until=float(u.window_end),
+                    block_user=True,
+                )
     if limits.max_queue is not None:
         depth = int(_float(session.get("queue_messages")) or 0)
         over_since = _float(session.get("queue_over_since"))
         if depth > limits.max_queue and over_since is not None and now - over_since >= limits.queue_grace:
-            return Decision(f"slow consumer: {depth} messages queued, more than max_queue {limits.max_queue} "
-                            f"for {now - over_since:.1f}s (queue_grace {limits.queue_grace:g}s)")
+            return Decision(
+                f"slow consumer: {depth} messages queued, more than max_queue {limits.max_queue} "
+                f"for {now - over_since:.1f}s (queue_grace {limits.queue_grace:g}s)"
+            )
     return None

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from ..config import GuardConfig
-from ..quota.limits import Limits, parse_limits
 from ..metrics.fleet import serve_fleet_metrics
 from ..metrics.rates import LoopLagMonitor
+from ..quota.limits import Limits, parse_limits
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
@@ -115,8 +115,9 @@ class Sidecar:
         report = TickReport()
         report.reaped = {b: n for b, n in (await self.store.reap_dead()).items() if n >= 0}
         for broker_id, n in report.reaped.items():
-            log.warning("broker %s stopped heartbeating: removed its %d session(s) and returned its leases",
-                        broker_id, n)
+            log.warning(
+                "broker %s stopped heartbeating: removed its %d session(s) and returned its leases", broker_id, n
+            )
         by_broker = await self.store.all_sessions()
         sessions = [s for group in by_broker.values() for s in group]
         report.sessions = len(sessions)
@@ -132,8 +133,9 @@ class Sidecar:
         for s in sessions:
             user = s.get("username") or ""
             block = blocks.get(("client", s.get("client_id", ""))) or (blocks.get(("user", user)) if user else None)
-            decision = evaluate(s, limits.get(user, Limits()), now=now, expires_at=expires.get(user),
-                                usage=usage.get(user), block=block)
+            decision = evaluate(
+                s, limits.get(user, Limits()), now=now, expires_at=expires.get(user), usage=usage.get(user), block=block
+            )
             if decision is None:
                 continue
             if await self._kick(s, decision, retry):
@@ -144,11 +146,24 @@ class Sidecar:
         client_id, user = session["client_id"], session.get("username") or ""
         block_key = self.keys.block_user(user) if decision.block_user and user else None
         queued, detail = await self.store.kick(
-            client_id, decision.reason, self.id, broker_id=session.get("broker", ""), conn=session.get("conn", ""),
-            dedupe=retry, block_key=block_key, block_until=decision.block_until)
+            client_id,
+            decision.reason,
+            self.id,
+            broker_id=session.get("broker", ""),
+            conn=session.get("conn", ""),
+            dedupe=retry,
+            block_key=block_key,
+            block_until=decision.block_until,
+        )
         if queued:
-            log.warning("kicking client %r (user %r) on broker %s: %s%s", client_id, user or None, detail,
-                        decision.reason, f" (blocked until {decision.block_until:.0f})" if block_key else "")
+            log.warning(
+                "kicking client %r (user %r) on broker %s: %s%s",
+                client_id,
+                user or None,
+                detail,
+                decision.reason,
+                f" (blocked until {decision.block_until:.0f})" if block_key else "",
+            )
         return queued
 
     async def _limits(self, usernames: list[str]) -> dict[str, Limits]:
@@ -187,8 +202,9 @@ class Sidecar:
         for i, (kind, name) in enumerate(targets):
             h, pttl = raw[2 * i], raw[2 * i + 1]
             if h and pttl != -2:
-                out[(kind, name)] = Block(h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"),
-                                          h.get("by", ""), "")
+                out[(kind, name)] = Block(
+                    h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"), h.get("by", ""), ""
+                )
         return out
 
     async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
@@ -211,6 +227,7 @@ class Sidecar:
             raw = await pipe.execute()
         out: dict[str, dict[str, Usage]] = {}
         for (u, metric, limit, start), (used, refused) in zip(wanted, raw, strict=True):
-            out.setdefault(u, {})[metric] = Usage(int(used or 0), int(refused or 0), limit,
-                                                  start + lengths[(u, metric)])
+            out.setdefault(u, {})[metric] = Usage(
+                int(used or 0), int(refused or 0), limit, start + lengths[(u, metric)]
+            )
         return out

@@ -47,8 +47,10 @@ def make_async_client(url: str, *, socket_timeout: float = 2.0, **kwargs: Any) -
         return aioredis.Redis.from_url(url, **options)
     if scheme == "redis+sentinel":
         return _sentinel_client(url, options)
-    raise RedisUrlError(f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}: "
-                        "use redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service[/db]")
+    raise RedisUrlError(
+        f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}: "
+        "use redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service[/db]"
+    )
 
 
 def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
@@ -68,8 +70,9 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     single = options.pop("single_connection_client", False)
-    sentinel = Sentinel(hosts, socket_timeout=options["socket_timeout"],
-                        sentinel_kwargs={"socket_timeout": options["socket_timeout"]})
+    sentinel = Sentinel(
+        hosts, socket_timeout=options["socket_timeout"], sentinel_kwargs={"socket_timeout": options["socket_timeout"]}
+    )
     client = sentinel.master_for(service, db=db, username=username, password=password, **options)
     if single:
         client.single_connection_client = True  # tolerated: the pool hands back the same idle connection

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 
-from .connection import REDIS_ERRORS, make_async_client
 from ..tasks import cancel_and_wait
+from .connection import REDIS_ERRORS, make_async_client
 
 log = logging.getLogger("mqtt_guard.store.invalidation")
 
@@ -82,8 +82,7 @@ class InvalidationListener:
 
     async def _session(self, first: bool) -> None:
         name = f"mqtt-guard-inval-{uuid.uuid4().hex[:12]}"
-        sub = make_async_client(self.url, socket_timeout=None, socket_connect_timeout=2, protocol=2,
-                                client_name=name)
+        sub = make_async_client(self.url, socket_timeout=None, socket_connect_timeout=2, protocol=2, client_name=name)
         tracker = make_async_client(self.url, single_connection_client=True)
         pubsub = sub.pubsub()
         try:

@@ -53,7 +53,7 @@ class Keys:
         head = f"{self.prefix}user:"
         if not key.startswith(head):
             return None
-        rest = key[len(head):]
+        rest = key[len(head) :]
         if rest.endswith(":groups"):
             return None
         return rest
@@ -65,7 +65,7 @@ class Keys:
 
     def acl_subject_of(self, key: str) -> str | None:
         head = f"{self.prefix}acl:"
-        return key[len(head):] if key.startswith(head) else None
+        return key[len(head) :] if key.startswith(head) else None
 
     # -- quotas, sessions, audit (quota and sidecar issues) ----------------------------------
     def quota_user(self, username: str) -> str:
@@ -93,7 +93,7 @@ class Keys:
         """The username of a `quota:user:<u>` or `quota:reset:<u>` key, else None."""
         for head in (f"{self.prefix}quota:user:", f"{self.prefix}quota:reset:"):
             if key.startswith(head):
-                return key[len(head):]
+                return key[len(head) :]
         return None
 
     def block_user(self, username: str) -> str:

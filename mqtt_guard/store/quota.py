@@ -183,7 +183,10 @@ end
 #                     want, only if 2 x want stay free after it (never lowers: the broker may be using them)
 #                     -> {1, sessions of the user, slots of other brokers, '', '', this broker's slots}
 # Invariant (with `sessions` = limit): sessions registered + slots reserved <= limit, every change atomic.
-REGISTRY_LUA = "local blob = ARGV[3]" + LP_FIELD_LUA + """
+REGISTRY_LUA = (
+    "local blob = ARGV[3]"
+    + LP_FIELD_LUA
+    + """
 local bs, bl, b = KEYS[1], KEYS[2], ARGV[1]
 local lf = 'lease:' .. b
 local out = {}
@@ -286,13 +289,17 @@ for i = 0, tonumber(ARGV[2]) - 1 do
 end
 return out
 """
+)
 
 # Per-connection state reported at the heartbeat (usage, queue depth), many connections per call.
 # ARGV[1]: the updates as one length-prefixed string (`length_prefixed`): per update the session key,
 # conn, n, then n field/value pairs. Only the connection that owns an entry writes it. Returns how many
 # entries were written. (One call per part instead of a pipeline of one script call per connection:
 # redis-py packed those in Python, ~25 µs each, stalling the broker ~25 ms per 1,000 clients each second.)
-UPDATES_LUA = "local blob = ARGV[1]" + LP_FIELD_LUA + """
+UPDATES_LUA = (
+    "local blob = ARGV[1]"
+    + LP_FIELD_LUA
+    + """
 local written = 0
 while pos <= #blob do
   local key = field()
@@ -307,6 +314,7 @@ while pos <= #blob do
 end
 return written
 """
+)
 
 # KEYS: brokers zset, broker hash. ARGV: broker, dead_after_ms, then field/value pairs for the hash.
 HEARTBEAT_LUA = """
@@ -429,8 +437,18 @@ class SyncResult:
 
     @classmethod
     def of(cls, raw: list[Any]) -> SyncResult:
-        return cls(int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]), str(raw[4]), str(raw[5]), int(raw[6]),
-                   int(raw[7]), int(raw[8]), tuple(h for h in str(raw[9]).split(",") if h))
+        return cls(
+            int(raw[0]),
+            int(raw[1]),
+            int(raw[2]),
+            int(raw[3]),
+            str(raw[4]),
+            str(raw[5]),
+            int(raw[6]),
+            int(raw[7]),
+            int(raw[8]),
+            tuple(h for h in str(raw[9]).split(",") if h),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +469,7 @@ UPDATES_PART = 500  # connections per UPDATES_LUA call (~1-2 µs each to encode:
 class RegistryOp:
     """One operation of `QuotaStore.registry` (see REGISTRY_LUA): kind 'o' open, 'c' close, 'l' slots,
     't' an open whose close came before it was sent (nothing registered; reports the previous holder)."""
+
     kind: str
     client_id: str
     conn: str
@@ -480,10 +499,22 @@ def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
     out = []
     for op in ops:
         user = op.username or ""
-        out.append(length_prefixed([
-            op.kind, op.client_id, op.conn, user, f"{op.since:.3f}" if op.kind == "o" else "",
-            str(op.limit or 0), op.extra, keys.session(op.client_id), keys.user_sessions(user),
-            keys.user_session_slots(user)]))
+        out.append(
+            length_prefixed(
+                [
+                    op.kind,
+                    op.client_id,
+                    op.conn,
+                    user,
+                    f"{op.since:.3f}" if op.kind == "o" else "",
+                    str(op.limit or 0),
+                    op.extra,
+                    keys.session(op.client_id),
+                    keys.user_sessions(user),
+                    keys.user_session_slots(user),
+                ]
+            )
+        )
     return b"".join(out)
 
 
@@ -548,9 +579,11 @@ class QuotaStore:
         leases = self.keys.broker_leases(broker_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in requests:
-                await self._sync(keys=[r.key, leases],
-                                 args=[broker_id, r.gen, r.total, r.refused, r.want, r.limit, r.expire_at],
-                                 client=pipe)
+                await self._sync(
+                    keys=[r.key, leases],
+                    args=[broker_id, r.gen, r.total, r.refused, r.want, r.limit, r.expire_at],
+                    client=pipe,
+                )
             raw = await pipe.execute()
         return [SyncResult.of(x) for x in raw]
 
@@ -562,7 +595,7 @@ class QuotaStore:
         head = self.keys.quota_usage(username, "", 0).rsplit(":", 2)[0] + ":"
         found = []
         async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
-            metric, _, start = key[len(head):].partition(":")
+            metric, _, start = key[len(head) :].partition(":")
             if metric in ("events", "bytes") and start.isdigit():
                 found.append(key)
         return sorted(found)
@@ -570,8 +603,9 @@ class QuotaStore:
     async def reset(self, username: str) -> list[str]:
         """Zero the user's usage in every stored window, lift the user's block, tell the brokers."""
         usage = await self.usage_keys(username)
-        await self._reset(keys=[*usage, self.keys.quota_reset(username), self.keys.block_user(username)],
-                          args=[8 * 86400])
+        await self._reset(
+            keys=[*usage, self.keys.quota_reset(username), self.keys.block_user(username)], args=[8 * 86400]
+        )
         return usage
 
     # -- blocks ----------------------------------------------------------------------------------------
@@ -594,8 +628,9 @@ class QuotaStore:
 
     async def all_blocks(self) -> dict[str, Block]:
         """Every block key in force (SCAN of `block:*`), for a broker's in-process copy."""
-        found = [key async for key in self.redis.scan_iter(match=_glob_escape(self.keys.blocks_head()) + "*",
-                                                           count=1000)]
+        found = [
+            key async for key in self.redis.scan_iter(match=_glob_escape(self.keys.blocks_head()) + "*", count=1000)
+        ]
         return {key: block for key, block in (await self.read_blocks(found)).items() if block is not None}
 
     async def read_blocks(self, keys: list[str]) -> dict[str, Block | None]:
@@ -613,35 +648,58 @@ class QuotaStore:
             h, pttl = out[2 * i], out[2 * i + 1]
             blocks[key] = None
             if h and pttl != -2:
-                blocks[key] = Block(h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"),
-                                    h.get("by", ""), key)
+                blocks[key] = Block(
+                    h.get("reason", "blocked"), now + pttl / 1000 if pttl > 0 else float("inf"), h.get("by", ""), key
+                )
         return blocks
 
     async def set_block(self, key: str, reason: str, until: float, by: str, **audit: str) -> bool:
         fields: list[str] = []
         for name, value in audit.items():
             fields += [name, str(value)]
-        return bool(await self._block(keys=[key, self.keys.audit()],
-                                      args=[reason, int(until * 1000), by, self.audit_maxlen, *fields]))
+        return bool(
+            await self._block(
+                keys=[key, self.keys.audit()], args=[reason, int(until * 1000), by, self.audit_maxlen, *fields]
+            )
+        )
 
     async def clear_blocks(self, *keys: str) -> int:
         return int(await self.redis.delete(*keys)) if keys else 0
 
     # -- sessions ----------------------------------------------------------------------------------------
-    async def open_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None,
-                           since: float, limit: int | None, reopen: bool = False) -> tuple[bool, int, str, str]:
+    async def open_session(
+        self,
+        *,
+        client_id: str,
+        broker_id: str,
+        conn: str,
+        username: str | None,
+        since: float,
+        limit: int | None,
+        reopen: bool = False,
+    ) -> tuple[bool, int, str, str]:
         """Register a connection; (admitted, sessions the user had, previous broker, previous conn)."""
         raw = await self._open(
-            keys=[self.keys.session(client_id), self.keys.user_sessions(username or ""),
-                  self.keys.broker_sessions(broker_id)],
-            args=[client_id, broker_id, conn, username or "", f"{since:.3f}", limit or 0, "1" if reopen else "0"])
+            keys=[
+                self.keys.session(client_id),
+                self.keys.user_sessions(username or ""),
+                self.keys.broker_sessions(broker_id),
+            ],
+            args=[client_id, broker_id, conn, username or "", f"{since:.3f}", limit or 0, "1" if reopen else "0"],
+        )
         return bool(raw[0]), int(raw[1]), str(raw[2]), str(raw[3])
 
     async def close_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None) -> bool:
-        return bool(await self._close(
-            keys=[self.keys.session(client_id), self.keys.user_sessions(username or ""),
-                  self.keys.broker_sessions(broker_id)],
-            args=[client_id, broker_id, conn]))
+        return bool(
+            await self._close(
+                keys=[
+                    self.keys.session(client_id),
+                    self.keys.user_sessions(username or ""),
+                    self.keys.broker_sessions(broker_id),
+                ],
+                args=[client_id, broker_id, conn],
+            )
+        )
 
     async def registry(self, broker_id: str, ops: list[RegistryOp]) -> list[RegistryResult]:
         """Apply a batch of session registry operations of one broker, in order, in one call."""
@@ -649,20 +707,30 @@ class QuotaStore:
             return []
         keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id)]
         raw = await self._registry(keys=keys, args=[broker_id, len(ops), registry_blob(self.keys, ops)])
-        return [RegistryResult(bool(int(r[0])), int(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]),
-                               tuple(h for h in str(r[6]).split(",") if h)) for r in raw]
+        return [
+            RegistryResult(
+                bool(int(r[0])),
+                int(r[1]),
+                int(r[2]),
+                str(r[3]),
+                str(r[4]),
+                int(r[5]),
+                tuple(h for h in str(r[6]).split(",") if h),
+            )
+            for r in raw
+        ]
 
     async def session_slots(self, username: str) -> dict[str, int]:
         """Broker id -> session slots it reserved for the user (`quota show`, tests)."""
         raw = await self.redis.hgetall(self.keys.user_session_slots(username))
-        return {k[len("lease:"):]: int(v) for k, v in raw.items() if k.startswith("lease:")}
+        return {k[len("lease:") :]: int(v) for k, v in raw.items() if k.startswith("lease:")}
 
     async def update_sessions(self, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
         """(client id, conn, fields) for each connection whose reported state changed; one script call
         per UPDATES_PART connections, the event loop free between them."""
         for start in range(0, len(updates), UPDATES_PART):
             blob = []
-            for client_id, conn, fields in updates[start:start + UPDATES_PART]:
+            for client_id, conn, fields in updates[start : start + UPDATES_PART]:
                 flat = [self.keys.session(client_id), conn, str(len(fields))]
                 for name, value in fields.items():
                     flat.append(name)
@@ -706,8 +774,9 @@ class QuotaStore:
         flat: list[Any] = []
         for name, value in info.items():
             flat += [name, value]
-        raw = await self._heartbeat(keys=[self.keys.brokers(), self.keys.broker(broker_id)],
-                                    args=[broker_id, int(dead_after * 1000), *flat])
+        raw = await self._heartbeat(
+            keys=[self.keys.brokers(), self.keys.broker(broker_id)], args=[broker_id, int(dead_after * 1000), *flat]
+        )
         return bool(raw[0]), int(raw[1]), int(raw[2])
 
     async def alone(self, broker_id: str) -> bool:
@@ -736,8 +805,13 @@ class QuotaStore:
         leases = sorted(await self.redis.smembers(self.keys.broker_leases(broker_id)))
         sessions = await self.sessions(ids)
         by_id = {s.get("client_id"): s for s in sessions}
-        keys = [self.keys.brokers(), self.keys.broker(broker_id), self.keys.broker_sessions(broker_id),
-                self.keys.broker_leases(broker_id), self.keys.kick_queue(broker_id)]
+        keys = [
+            self.keys.brokers(),
+            self.keys.broker(broker_id),
+            self.keys.broker_sessions(broker_id),
+            self.keys.broker_leases(broker_id),
+            self.keys.kick_queue(broker_id),
+        ]
         for cid in ids:
             keys += [self.keys.session(cid), self.keys.user_sessions(by_id.get(cid, {}).get("username", ""))]
         keys += leases
@@ -750,19 +824,42 @@ class QuotaStore:
         return out
 
     # -- kicks -----------------------------------------------------------------------------------------------
-    async def kick(self, client_id: str, reason: str, by: str, *, broker_id: str = "", conn: str = "",
-                   dedupe: float = 0.0, block_key: str | None = None, block_until: float = 0.0,
-                   queue_ttl: float = 60.0) -> tuple[bool, str]:
+    async def kick(
+        self,
+        client_id: str,
+        reason: str,
+        by: str,
+        *,
+        broker_id: str = "",
+        conn: str = "",
+        dedupe: float = 0.0,
+        block_key: str | None = None,
+        block_until: float = 0.0,
+        queue_ttl: float = 60.0,
+    ) -> tuple[bool, str]:
         """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s).
         (True, broker) when the request was queued, else (False, why not)."""
         session = await self.redis.hget(self.keys.session(client_id), "broker")
         if session is None:
             return False, "not connected"
         raw = await self._kick(
-            keys=[self.keys.session(client_id), self.keys.kick_queue(session), self.keys.audit(),
-                  block_key or self.keys.block_client(client_id)],
-            args=[broker_id or session, conn, reason, by, int(dedupe * 1000),
-                  int(block_until * 1000) if block_key else 0, self.audit_maxlen, int(queue_ttl)])
+            keys=[
+                self.keys.session(client_id),
+                self.keys.kick_queue(session),
+                self.keys.audit(),
+                block_key or self.keys.block_client(client_id),
+            ],
+            args=[
+                broker_id or session,
+                conn,
+                reason,
+                by,
+                int(dedupe * 1000),
+                int(block_until * 1000) if block_key else 0,
+                self.audit_maxlen,
+                int(queue_ttl),
+            ],
+        )
         return bool(raw[0]), str(raw[1])
 
     async def push(self, broker_id: str, message: dict[str, Any], ttl: float = 60.0) -> None:
@@ -784,8 +881,9 @@ class QuotaStore:
         return data if isinstance(data, dict) else None
 
     async def audit(self, **fields: Any) -> None:
-        await self.redis.xadd(self.keys.audit(), {n: str(v) for n, v in fields.items()},
-                              maxlen=self.audit_maxlen, approximate=True)
+        await self.redis.xadd(
+            self.keys.audit(), {n: str(v) for n, v in fields.items()}, maxlen=self.audit_maxlen, approximate=True
+        )
 
     async def audit_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         return list(reversed(await self.redis.xrevrange(self.keys.audit(), count=count)))

@@ -34,8 +34,14 @@ HB_VERSION = "version"
 HB_CLIENTS = "clients_connected"
 
 # Field names the script writes, from counters.py (the one place they are defined).
-_LUA_FIELDS = {"F_LAST_SEEN": C.G_LAST_SEEN, "F_USERNAME": C.G_USERNAME, "F_CONNECTED": C.G_CONNECTED,
-               "F_SINCE": C.G_CONNECTED_SINCE, "F_BROKER": C.G_BROKER, "F_DISCONNECTED": C.G_DISCONNECTED_AT}
+_LUA_FIELDS = {
+    "F_LAST_SEEN": C.G_LAST_SEEN,
+    "F_USERNAME": C.G_USERNAME,
+    "F_CONNECTED": C.G_CONNECTED,
+    "F_SINCE": C.G_CONNECTED_SINCE,
+    "F_BROKER": C.G_BROKER,
+    "F_DISCONNECTED": C.G_DISCONNECTED_AT,
+}
 
 # One part of a flush, written by one script call (see `StatsWriter.write` and `_Encoder`).
 # KEYS: every key the part writes. ARGV[1] TTL of client/user hashes, ARGV[2] last_seen (unix seconds),
@@ -191,8 +197,13 @@ class Batch:
 
     def size(self) -> int:
         """Entries held, the unit of the backlog bound."""
-        return (len(self.clients) + len(self.users) + len(self.gauges) + len(self.events)
-                + sum(len(b) for b in self.rates.values()))
+        return (
+            len(self.clients)
+            + len(self.users)
+            + len(self.gauges)
+            + len(self.events)
+            + sum(len(b) for b in self.rates.values())
+        )
 
     def merge(self, other: Batch) -> None:
         for key, counts in other.clients.items():
@@ -221,8 +232,7 @@ def _add(into: dict[str, int], counts: dict[str, int]) -> None:
 
 def batch_from_drain(drain: C.Drain) -> Batch:
     """A drained window as a Batch; its message rates go to the 10 s bucket the window started in."""
-    b = Batch(clients=drain.clients, users=drain.users, totals=drain.totals, gauges=drain.gauges,
-              events=drain.events)
+    b = Batch(clients=drain.clients, users=drain.users, totals=drain.totals, gauges=drain.gauges, events=drain.events)
     rates: dict[tuple[str, str], list[int]] = {}
     for (cid, user), counts in drain.clients.items():
         i, o = counts.get(C.MSGS_IN, 0), counts.get(C.MSGS_OUT, 0)
@@ -264,14 +274,14 @@ class _Encoder:
     timestamps are tokens of one string built with str.join. Names and usernames repeat across
     clients, so each is sent once per part."""
 
-    __slots__ = ("keys", "strings", "ops", "_key_index", "_str_index")
+    __slots__ = ("keys", "strings", "ops", "_key_index", "str_index")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self.strings: list[str] = []
         self.ops: list[str] = []
         self._key_index: dict[str, str] = {}
-        self._str_index: dict[str, str] = {}
+        self.str_index: dict[str, str] = {}
 
     def key(self, k: str) -> str:
         """The token of a key (its KEYS index, 1-based)."""
@@ -283,10 +293,10 @@ class _Encoder:
 
     def string(self, v: str) -> str:
         """The token of a string (its ARGV index: ARGV[1..4] are the fixed arguments)."""
-        t = self._str_index.get(v)
+        t = self.str_index.get(v)
         if t is None:
             self.strings.append(v)
-            t = self._str_index[v] = str(len(self.strings) + 4)
+            t = self.str_index[v] = str(len(self.strings) + 4)
         return t
 
     def value(self, v: Any) -> str:
@@ -312,8 +322,7 @@ class _Encoder:
 class StatsWriter:
     """The flusher's side: write batches, heartbeat, read the fleet's heartbeats."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, broker_id: str, *, ttl: float,
-                 chunk: int = 500) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, broker_id: str, *, ttl: float, chunk: int = 500) -> None:
         self.redis = redis
         self.keys = keys
         self.broker_id = broker_id
@@ -341,8 +350,11 @@ class StatsWriter:
         args.extend(enc.strings)
         res = await self._script(keys=enc.keys, args=args)
         if res and int(res[0]):
-            log.warning("Redis refused %d stats writes (a key edited by hand?); the rest were applied: %s",
-                        int(res[0]), "; ".join(str(m) for m in res[1:]))
+            log.warning(
+                "Redis refused %d stats writes (a key edited by hand?); the rest were applied: %s",
+                int(res[0]),
+                "; ".join(str(m) for m in res[1:]),
+            )
 
     def split(self, batch: Batch) -> list[Batch]:
         """Parts of at most `chunk` entries (a client, a user, a rate entry, a client's gauges or a
@@ -363,7 +375,7 @@ class StatsWriter:
                 if not free:
                     parts.append(Batch())
                     free = n
-                take = items[pos:pos + free]
+                take = items[pos : pos + free]
                 put(parts[-1], take)
                 pos += len(take)
                 free -= len(take)
@@ -406,7 +418,7 @@ class StatsWriter:
         user counters, rate history, totals, gauges, connection events."""
         enc = _Encoder()
         keys, ops, key, string = self.keys, enc.ops, enc.key, enc.string
-        names = enc._str_index  # counter names repeat in every entry: look them up inline
+        names = enc.str_index  # counter names repeat in every entry: look them up inline
         client_key = keys.stats_client
         # Connection events; a connection that came and went within the part (its connect not followed by
         # another event of that client before its disconnect) is one record '7' instead of '5' + '6': the
@@ -490,8 +502,9 @@ class StatsWriter:
                 ops += ("7", key(client_key(cid)), _seconds(at), _seconds(until), "0" if user is None else string(user))
         return enc
 
-    async def heartbeat(self, fields: dict[str, Any], now: float | None = None, keep: float = 7 * 86400) -> \
-            dict[str, float]:
+    async def heartbeat(
+        self, fields: dict[str, Any], now: float | None = None, keep: float = 7 * 86400
+    ) -> dict[str, float]:
         """Record this broker's heartbeat; return every broker's last heartbeat (unix seconds)."""
         now = time.time() if now is None else now
         k = self.keys.stats_broker(self.broker_id)
@@ -533,8 +546,15 @@ class StatsReader:
     def _key(self, kind: str, ident: str) -> str:
         return self.keys.stats_client(ident) if kind == KIND_CLIENT else self.keys.stats_user(ident)
 
-    async def history(self, kind: str, ident: str, *, resolution: tuple[str, int, int],
-                      span: int | None = None, now: float | None = None) -> tuple[list[int], list[int], list[int]]:
+    async def history(
+        self,
+        kind: str,
+        ident: str,
+        *,
+        resolution: tuple[str, int, int],
+        span: int | None = None,
+        now: float | None = None,
+    ) -> tuple[list[int], list[int], list[int]]:
         """(bucket starts, messages in, messages out) over `span` seconds (default: all the resolution keeps)."""
         now = time.time() if now is None else now
         res_name, seconds, keep = resolution
@@ -548,8 +568,9 @@ class StatsReader:
         outs = [int(res[2 * i + 1] or 0) for i in range(len(starts))]
         return starts, ins, outs
 
-    async def top(self, kind: str = KIND_CLIENT, *, limit: int = 20, now: float | None = None,
-                  window: int = 10) -> tuple[float, list[tuple[str, float, float]]]:
+    async def top(
+        self, kind: str = KIND_CLIENT, *, limit: int = 20, now: float | None = None, window: int = 10
+    ) -> tuple[float, list[tuple[str, float, float]]]:
         """The busiest clients (or users) by messages in+out over the last `window` seconds of 10 s
         buckets, across all brokers: (seconds covered, [(id, in per s, out per s)])."""
         now = time.time() if now is None else now
@@ -576,7 +597,7 @@ class StatsReader:
         n = len(starts)
         rows = []
         for j, ident in enumerate(ids):
-            mine = scores[j * 2 * n:(j + 1) * 2 * n]
+            mine = scores[j * 2 * n : (j + 1) * 2 * n]
             i = sum(int(v or 0) for v in mine[:n])
             o = sum(int(v or 0) for v in mine[n:])
             rows.append((ident, i / covered if covered else 0.0, o / covered if covered else 0.0))

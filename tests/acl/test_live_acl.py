@@ -23,8 +23,9 @@ def eventually(check, timeout: float = 5.0, interval: float = 0.02):
 
 def redis_cli(redis_server, prefix, *args: str) -> str:
     """Edit Redis exactly as an admin would: with the redis-cli binary."""
-    out = subprocess.run(["redis-cli", "-p", str(redis_server.port), *args], capture_output=True, text=True,
-                         check=True, timeout=10)
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), *args], capture_output=True, text=True, check=True, timeout=10
+    )
     return out.stdout.strip()
 
 
@@ -33,8 +34,10 @@ def world(start_broker, add_user, rds, prefix):
     add_user("alice", "pw-a")
     add_user("bob", "pw-b")
     add_user("root", "pw-r", "--superuser")
-    rds.hset(f"{prefix}acl:user:alice", mapping={"sensors/alice/#": "readwrite", "sensors/alice/secret": "deny-read",
-                                                 "public/#": "read"})
+    rds.hset(
+        f"{prefix}acl:user:alice",
+        mapping={"sensors/alice/#": "readwrite", "sensors/alice/secret": "deny-read", "public/#": "read"},
+    )
     rds.hset(f"{prefix}acl:user:bob", mapping={"public/#": "readwrite", "sensors/#": "write"})
     return start_broker()
 
@@ -100,6 +103,7 @@ def test_raw_redis_cli_edit_applies_to_connected_clients_at_once(world, redis_se
     def delivered_after_revoke():
         bob.publish("public/a", b"2")
         return alice.received(0.1) == []
+
     assert eventually(delivered_after_revoke)
     assert alice.received(0.5) == []
 
@@ -115,6 +119,7 @@ def test_raw_redis_cli_edit_applies_to_connected_clients_at_once(world, redis_se
     def bob_can_publish():
         bob.publish("news/x", b"allowed")
         return any(m.payload == b"allowed" for m in root.received(0.1))
+
     assert eventually(bob_can_publish)
     for c in (alice, bob, root):
         c.close()
@@ -164,8 +169,7 @@ def test_pattern_rules_substitute_whole_levels_and_resist_wildcard_usernames(sta
 
 
 def test_malformed_rules_are_skipped_and_reported(start_broker, add_user, rds, prefix):
-    rds.hset(f"{prefix}acl:user:eve", mapping={"a/#/b": "readwrite", "ok/#": "readwrite", "x/#": "fly,read",
-                                               "y/#": ""})
+    rds.hset(f"{prefix}acl:user:eve", mapping={"a/#/b": "readwrite", "ok/#": "readwrite", "x/#": "fly,read", "y/#": ""})
     add_user("eve", "pw")
     broker = start_broker()
     eve = connect(broker.port, "eve", "pw")

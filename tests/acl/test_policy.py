@@ -141,7 +141,9 @@ def test_read_write_receive_distinctions() -> None:
         "all": (True, True, True),
     }
     for topic, (pub, sub, recv) in expected.items():
-        assert (check(p, BOB, PUB, topic), check(p, BOB, SUB, topic), check(p, BOB, RECV, topic)) == (pub, sub, recv), topic
+        assert (check(p, BOB, PUB, topic), check(p, BOB, SUB, topic), check(p, BOB, RECV, topic)) == (pub, sub, recv), (
+            topic
+        )
 
 
 @pytest.mark.parametrize("action", [Perm.ALL, Perm(0), SUB | RECV, 3, "publish"])
@@ -533,7 +535,10 @@ def model_decide(rules: dict[str, list[Rule]], s: Subject, action: Perm, topic: 
 @settings(max_examples=300, deadline=None)
 @given(rule_sets, rule_sets, st.lists(st.tuples(subjects, questions), min_size=1, max_size=12), st.booleans())
 def test_policy_matches_model_across_updates(
-    before: dict, after: dict, asks: list, default: bool  # type: ignore[type-arg]
+    before: dict,
+    after: dict,
+    asks: list,
+    default: bool,  # type: ignore[type-arg]
 ) -> None:
     p = AclPolicy(default_allow=default, decision_cache_size=7, matcher_cache_size=3)
 

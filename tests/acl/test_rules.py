@@ -45,8 +45,19 @@ def test_every_token(value: str, allow: Perm, deny: Perm) -> None:
 
 def test_token_table_is_complete() -> None:
     assert set(TOKENS) == {
-        "publish", "subscribe", "receive", "read", "write", "readwrite", "all",
-        "deny", "deny-publish", "deny-write", "deny-subscribe", "deny-receive", "deny-read",
+        "publish",
+        "subscribe",
+        "receive",
+        "read",
+        "write",
+        "readwrite",
+        "all",
+        "deny",
+        "deny-publish",
+        "deny-write",
+        "deny-subscribe",
+        "deny-receive",
+        "deny-read",
     }
 
 
@@ -113,7 +124,23 @@ def test_rule_value_property() -> None:
 
 @pytest.mark.parametrize(
     "f",
-    ["a", "a/b", "#", "+", "a/#", "+/+", "a/+/b", "/", "a//b", "$SYS/#", "%u/#", "a%u", "ü/ß", "x" * 65535, "é" * 32767],
+    [
+        "a",
+        "a/b",
+        "#",
+        "+",
+        "a/#",
+        "+/+",
+        "a/+/b",
+        "/",
+        "a//b",
+        "$SYS/#",
+        "%u/#",
+        "a%u",
+        "ü/ß",
+        "x" * 65535,
+        "é" * 32767,
+    ],
 )
 def test_valid_filters(f: str) -> None:
     assert validate_filter(f) is None
@@ -152,9 +179,7 @@ def test_invalid_topics(t: str) -> None:
 
 
 def test_parse_rules_good_hash() -> None:
-    rules, problems = parse_rules(
-        "user:alice", {"b/#": "read", "a/+": " Write ", "c": "read,deny-publish"}
-    )
+    rules, problems = parse_rules("user:alice", {"b/#": "read", "a/+": " Write ", "c": "read,deny-publish"})
     assert problems == []
     # sorted by filter, independent of hash iteration order
     assert rules == [

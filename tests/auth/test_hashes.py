@@ -36,18 +36,15 @@ from mqtt_guard.auth.hashes import (
 
 # Generated once with mosquitto 2.0.11: `mosquitto_passwd -c -b FILE alice s3cret`
 MOSQ_7_ALICE = (
-    "$7$101$0dJztXdSoicTwjB/$UFuF8SeN8Gpdgmnobh89EhnqcoH+q+gEnDqp1m0rleAh"
-    "ACymAGA+IvFVVf0m8cqQCntsnX1h/HlkCIbiU1X0LA=="
+    "$7$101$0dJztXdSoicTwjB/$UFuF8SeN8Gpdgmnobh89EhnqcoH+q+gEnDqp1m0rleAhACymAGA+IvFVVf0m8cqQCntsnX1h/HlkCIbiU1X0LA=="
 )
 # Generated once with mosquitto 2.0.11: `mosquitto_passwd -H sha512 -c -b FILE alice s3cret`
 MOSQ_6_ALICE = (
-    "$6$lG5qNBAxkwbbISNY$ULdO/G2pBTnlvNVUxgIPwCMdguf9qvUvvWJYG6Ff/HzcJ0Wl"
-    "Slemjv8AOp5GVcq65ulU+LgxjdxWWNLuSEkDrw=="
+    "$6$lG5qNBAxkwbbISNY$ULdO/G2pBTnlvNVUxgIPwCMdguf9qvUvvWJYG6Ff/HzcJ0WlSlemjv8AOp5GVcq65ulU+LgxjdxWWNLuSEkDrw=="
 )
 # Generated once with mosquitto 2.0.11: `mosquitto_passwd -I 2000 -c -b FILE bob pw`
 MOSQ_7_BOB_2000 = (
-    "$7$2000$/DNirHATe5bPbh3j$pg6tNuuQlUA5Fj3agHQXVfwOT3WOG/5Uc7NFs3+RWGc0"
-    "bLzCtXrYcVsE9mdGY9YQxXiLiUWcc4vTcDlESVuMeg=="
+    "$7$2000$/DNirHATe5bPbh3j$pg6tNuuQlUA5Fj3agHQXVfwOT3WOG/5Uc7NFs3+RWGc0bLzCtXrYcVsE9mdGY9YQxXiLiUWcc4vTcDlESVuMeg=="
 )
 
 # Cheap costs so the suite stays fast; production defaults are tested by value only.
@@ -62,14 +59,10 @@ FAST_KWARGS: dict[str, dict[str, int]] = {
 SCHEMES = list(FAST_KWARGS)
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-)
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 
-needs_mosquitto_passwd = pytest.mark.skipif(
-    MOSQUITTO_PASSWD is None, reason="mosquitto_passwd binary not installed"
-)
+needs_mosquitto_passwd = pytest.mark.skipif(MOSQUITTO_PASSWD is None, reason="mosquitto_passwd binary not installed")
 
 
 def b64(data: bytes) -> str:
@@ -266,9 +259,7 @@ _GOOD_HASH = b64(b"\x02" * 64)
         pytest.param(f"$7$ 101${_GOOD_SALT12}${_GOOD_HASH}", id="7-space-iterations"),
         pytest.param(f"$7$1e3${_GOOD_SALT12}${_GOOD_HASH}", id="7-float-iterations"),
         pytest.param(f"$7$١٠١${_GOOD_SALT12}${_GOOD_HASH}", id="7-non-ascii-digits"),
-        pytest.param(
-            f"$7${MAX_PBKDF2_ITERATIONS + 1}${_GOOD_SALT12}${_GOOD_HASH}", id="7-too-many-iterations"
-        ),
+        pytest.param(f"$7${MAX_PBKDF2_ITERATIONS + 1}${_GOOD_SALT12}${_GOOD_HASH}", id="7-too-many-iterations"),
         pytest.param(f"$7$101$!!notbase64!!${_GOOD_HASH}", id="7-bad-base64-salt"),
         pytest.param(f"$7$101${_GOOD_SALT12}$%%%%", id="7-bad-base64-hash"),
         pytest.param(f"$7$101${_GOOD_SALT12[:-1]}${_GOOD_HASH}", id="7-truncated-base64"),
@@ -445,9 +436,7 @@ def test_parse_whole_file_with_comments_and_blanks() -> None:
 
 def _run_mosquitto_passwd(*args: str) -> subprocess.CompletedProcess[str]:
     assert MOSQUITTO_PASSWD is not None
-    return subprocess.run(
-        [MOSQUITTO_PASSWD, *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    return subprocess.run([MOSQUITTO_PASSWD, *args], capture_output=True, text=True, timeout=30, check=False)
 
 
 def _only_entry(path: Path) -> tuple[str, str]:
@@ -523,9 +512,7 @@ def mosquitto_with_our_hashes(tmp_path: Path) -> Iterator[int]:
     pwfile = tmp_path / "passwd"
     lines = [
         "# written by mqtt_guard.auth.hashes",
-        format_passwd_line(
-            "pbkdf", hash_password("pb-pw", iterations=1_000, salt_len=MOSQUITTO_20_SALT_LEN)
-        ),
+        format_passwd_line("pbkdf", hash_password("pb-pw", iterations=1_000, salt_len=MOSQUITTO_20_SALT_LEN)),
         format_passwd_line("legacy", hash_password("sha-pw", scheme="sha512")),
     ]
     pwfile.write_text("\n".join(lines) + "\n")
@@ -558,8 +545,23 @@ def mosquitto_with_our_hashes(tmp_path: Path) -> Iterator[int]:
 def _publish(port: int, user: str, password: str) -> int:
     assert MOSQUITTO_PUB is not None
     return subprocess.run(
-        [MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password,
-         "-t", "t", "-m", "m", "-q", "1"],
+        [
+            MOSQUITTO_PUB,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-u",
+            user,
+            "-P",
+            password,
+            "-t",
+            "t",
+            "-m",
+            "m",
+            "-q",
+            "1",
+        ],
         capture_output=True,
         timeout=15,
         check=False,
@@ -567,9 +569,7 @@ def _publish(port: int, user: str, password: str) -> int:
 
 
 @pytest.mark.parametrize(("user", "good"), [("pbkdf", "pb-pw"), ("legacy", "sha-pw")])
-def test_real_mosquitto_accepts_our_hashes(
-    mosquitto_with_our_hashes: int, user: str, good: str
-) -> None:
+def test_real_mosquitto_accepts_our_hashes(mosquitto_with_our_hashes: int, user: str, good: str) -> None:
     port = mosquitto_with_our_hashes
     assert _publish(port, user, good) == 0
     assert _publish(port, user, good + "x") != 0

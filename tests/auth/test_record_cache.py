@@ -24,7 +24,7 @@ from mqtt_guard.auth.authenticator import AuthResult, Outcome
 from mqtt_guard.config import GuardConfig
 from mqtt_guard.guard import Guard
 from mqtt_guard.store.users import UserRecord
-from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE, connect
+from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.helpers.servers import RedisServer
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -38,8 +38,10 @@ def smembers_calls(rds: redis.Redis) -> int:
 
 def put_user(rds: redis.Redis, prefix: str, name: str, password: str, **fields: str) -> None:
     """Create a user the way an admin with only redis-cli would (docs/redis-schema.md)."""
-    rds.hset(f"{prefix}user:{name}", mapping={"password": hashes.hash_password(password, iterations=1000),
-                                               "disabled": "0", **fields})
+    rds.hset(
+        f"{prefix}user:{name}",
+        mapping={"password": hashes.hash_password(password, iterations=1000), "disabled": "0", **fields},
+    )
 
 
 def connects(port: int, username: str, password: str) -> int:
@@ -296,8 +298,7 @@ def test_nothing_is_trusted_while_the_listener_is_down(redis_server, rds, prefix
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode,expected", [("deny", Outcome.REDIS_DOWN),
-                                           ("cached", Outcome.OK_CACHED_REDIS_DOWN)])
+@pytest.mark.parametrize("mode,expected", [("deny", Outcome.REDIS_DOWN), ("cached", Outcome.OK_CACHED_REDIS_DOWN)])
 def test_redis_gone_means_on_redis_down_applies_not_the_kept_record(prefix, mode, expected):
     server = RedisServer().start()
     try:
@@ -352,8 +353,9 @@ def test_certificate_identities_use_the_kept_record(redis_server, rds, prefix):
             auth = guard.authenticator
 
             async def cert(identity: str) -> Outcome:
-                result = await guard.authenticate(username=None, password=None, cert_identity=identity,
-                                                  identity_as_username=True)
+                result = await guard.authenticate(
+                    username=None, password=None, cert_identity=identity, identity_as_username=True
+                )
                 return result.outcome
 
             assert await cert("dev-1") is Outcome.OK

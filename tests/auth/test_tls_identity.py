@@ -68,8 +68,10 @@ def test_password_login_over_tls_without_client_cert(start_broker, pki, tmp_path
     add_user("carol", "carol-pw")
     port = free_port()
     config = tmp_path / "guard.yaml"
-    config.write_text(f"listeners:\n  - type: tls\n    bind: 127.0.0.1:{port}\n"
-                      f"    certfile: {pki.server_cert}\n    keyfile: {pki.server_key}\n")
+    config.write_text(
+        f"listeners:\n  - type: tls\n    bind: 127.0.0.1:{port}\n"
+        f"    certfile: {pki.server_cert}\n    keyfile: {pki.server_key}\n"
+    )
     start_broker("--config", str(config), bind=False, wait_for_port=port)
     client = connect(port, "carol", "carol-pw", tls=_client_ctx(pki))
     assert client.rc == 0

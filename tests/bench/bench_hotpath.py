@@ -54,7 +54,7 @@ from tests.bench.run import acl_filters, free_port  # noqa: E402
 DEFAULT_OUT = ROOT / "tests" / "bench" / "results" / "hotpath.json"
 
 
-def timeit(fn, n: int, reps: int = 5) -> float:  # noqa: ANN001
+def timeit(fn, n: int, reps: int = 5) -> float:
     """Median ns per call of fn() over `reps` batches of `n` calls."""
     out = []
     for _ in range(reps):
@@ -89,7 +89,7 @@ def engine_benchmarks(results: dict) -> None:
     from mqtt_guard.engine.handler import GuardedHandler
 
     class Stub:
-        def publish_fast(self, *a):  # noqa: ANN002, ANN202
+        def publish_fast(self, *a):
             return None
 
     class PM:
@@ -99,7 +99,8 @@ def engine_benchmarks(results: dict) -> None:
         h = GuardedHandler(PM(), loop=asyncio.get_running_loop())
         h.broker = Stub()  # type: ignore[assignment]
         first, length, hlen = parse_fixed_header(frame, 0)
-        return timeit(lambda: h._publish(first, frame, 0, hlen, hlen + length), 200_000)  # noqa: SLF001
+        return timeit(lambda: h._publish(first, frame, 0, hlen, hlen + length), 200_000)
+
     results["reader PUBLISH fast path (parse+validate+count, routing stubbed)"] = asyncio.run(reader_fast_path())
 
     filters = acl_filters(1000, "bench/#")
@@ -109,9 +110,11 @@ def engine_benchmarks(results: dict) -> None:
     results["TopicTrie.match, 1,000 filters"] = timeit(lambda: trie.match("bench/run/0"), 100_000)
     b = Broker.__new__(Broker)
     import logging
+
     b.logger = logging.getLogger("amqtt")
     results["amqtt Broker._matches scan, 1,000 filters"] = timeit(
-        lambda: [f for f in filters if b._matches("bench/run/0", f)], 200)  # noqa: SLF001
+        lambda: [f for f in filters if b._matches("bench/run/0", f)], 200
+    )
 
     q = OutQueue(1000, 0, 20)
     q.online, q.port = True, Port()  # type: ignore[assignment]
@@ -123,9 +126,13 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
     if not exe:
         raise SystemExit("redis-server not installed")
     port = free_port()
-    p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                          "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import socket
+
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -141,13 +148,21 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
 
 async def guard_benchmarks(results: dict, redis_port: int) -> None:
     import redis.asyncio as aioredis
+
     config = GuardConfig()
     config.redis.url = f"redis://127.0.0.1:{redis_port}/0"
     config.redis.prefix = "hp:"
     r = aioredis.Redis(port=redis_port, decode_responses=True)
     await r.hset("hp:acl:user:bench", mapping={f: "readwrite" for f in acl_filters(1000, "bench/#")})
-    await r.hset("hp:quota:user:bench", mapping={"events": "2000000000/1d", "bytes": "500GB/1d",
-                                                   "rate": "5000000/s:5000000", "events_direction": "both"})
+    await r.hset(
+        "hp:quota:user:bench",
+        mapping={
+            "events": "2000000000/1d",
+            "bytes": "500GB/1d",
+            "rate": "5000000/s:5000000",
+            "events_direction": "both",
+        },
+    )
     await r.aclose()
     g = Guard(config)
     await g.start()
@@ -157,21 +172,27 @@ async def guard_benchmarks(results: dict, redis_port: int) -> None:
         for _ in range(3):  # the first spends wait for the first lease
             g.admit_publish(c, "bench/run/0", 64, 0)
             await asyncio.sleep(0.2)
-        results["Guard.may PUBLISH, cached, 1,000 rules"] = timeit(lambda: g.may(c, Perm.PUBLISH, "bench/run/0"),
-                                                                   200_000)
-        results["Guard.may RECEIVE, cached, 1,000 rules"] = timeit(lambda: g.may(c, Perm.RECEIVE, "bench/run/0"),
-                                                                   200_000)
+        results["Guard.may PUBLISH, cached, 1,000 rules"] = timeit(
+            lambda: g.may(c, Perm.PUBLISH, "bench/run/0"), 200_000
+        )
+        results["Guard.may RECEIVE, cached, 1,000 rules"] = timeit(
+            lambda: g.may(c, Perm.RECEIVE, "bench/run/0"), 200_000
+        )
         results["Guard.admit_publish (events+bytes+rate quota)"] = timeit(
-            lambda: g.admit_publish(c, "bench/run/0", 64, 0), 100_000)
+            lambda: g.admit_publish(c, "bench/run/0", 64, 0), 100_000
+        )
         results["Guard.admit_delivery (events+bytes quota)"] = timeit(
-            lambda: g.admit_delivery(c, "bench/run/0", 64), 100_000)
+            lambda: g.admit_delivery(c, "bench/run/0", 64), 100_000
+        )
         group = g.delivery_group(clients)
-        results["Guard.delivery_group(10 clients of one user).admit, per client"] = timeit(
-            lambda: group.admit("bench/run/0", 64), 20_000) / 10
+        results["Guard.delivery_group(10 clients of one user).admit, per client"] = (
+            timeit(lambda: group.admit("bench/run/0", 64), 20_000) / 10
+        )
         one = g.delivery_group(clients[:1])
         results["Guard.delivery_group(1 client).admit"] = timeit(lambda: one.admit("bench/run/0", 64), 100_000)
-        results["10 x Guard.admit_delivery (per client)"] = timeit(
-            lambda: [g.admit_delivery(x, "bench/run/0", 64) for x in clients], 20_000) / 10
+        results["10 x Guard.admit_delivery (per client)"] = (
+            timeit(lambda: [g.admit_delivery(x, "bench/run/0", 64) for x in clients], 20_000) / 10
+        )
     finally:
         await g.close()
 
@@ -187,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             import uvloop
+
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
@@ -200,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:{width}s} {ns:10,.0f} ns")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"python": platform.python_version(), "machine": platform.machine(),
-                               "ns_per_op": results}, indent=2))
+    out.write_text(
+        json.dumps({"python": platform.python_version(), "machine": platform.machine(), "ns_per_op": results}, indent=2)
+    )
     print(f"wrote {out}")
     return 0
 

@@ -173,13 +173,18 @@ async def one_flush(r: aioredis.Redis, shape: str, chunk: int, rep: int, probe: 
         assert h.get(C.MSGS_IN) == "3" and h.get(C.G_CONNECTED) == "0" and h.get(C.G_USERNAME) == "bench", h
     else:
         assert int(total.get(C.MSGS_IN, 0)) == 3000, total
-    return {"parts": len(parts), "clients": clients, "split_cpu_ms": split_cpu * 1e3,
-            "cpu_us_per_client": cpu / clients * 1e6,
-            "redis_cpu_us_per_client": rcpu / clients * 1e6, "longest_write_ms": longest_wall * 1e3,
-            "longest_write_cpu_ms": longest_cpu * 1e3,
-            "loop_stall_ms": (stall.longest * 1e3) if stall is not None else None,
-            "loop_stall_cpu_ms": (stall.longest_cpu * 1e3) if stall is not None else None,
-            "gc_pause_ms": (stall.longest_gc * 1e3) if stall is not None else None}
+    return {
+        "parts": len(parts),
+        "clients": clients,
+        "split_cpu_ms": split_cpu * 1e3,
+        "cpu_us_per_client": cpu / clients * 1e6,
+        "redis_cpu_us_per_client": rcpu / clients * 1e6,
+        "longest_write_ms": longest_wall * 1e3,
+        "longest_write_cpu_ms": longest_cpu * 1e3,
+        "loop_stall_ms": (stall.longest * 1e3) if stall is not None else None,
+        "loop_stall_cpu_ms": (stall.longest_cpu * 1e3) if stall is not None else None,
+        "gc_pause_ms": (stall.longest_gc * 1e3) if stall is not None else None,
+    }
 
 
 async def run(port: int, chunks: list[int], reps: int) -> list[dict[str, Any]]:
@@ -191,10 +196,19 @@ async def run(port: int, chunks: list[int], reps: int) -> list[dict[str, Any]]:
                 await one_flush(r, shape, chunk, 99, probe=False)  # warm-up: script load, connections
                 runs = [await one_flush(r, shape, chunk, rep, probe=False) for rep in range(reps)]
                 probed = [await one_flush(r, shape, chunk, rep, probe=True) for rep in range(reps)]
-                row: dict[str, Any] = {"shape": shape, "chunk": chunk, "parts": runs[0]["parts"],
-                                       "clients": runs[0]["clients"]}
-                for name in ("cpu_us_per_client", "redis_cpu_us_per_client", "longest_write_ms", "split_cpu_ms",
-                             "longest_write_cpu_ms"):
+                row: dict[str, Any] = {
+                    "shape": shape,
+                    "chunk": chunk,
+                    "parts": runs[0]["parts"],
+                    "clients": runs[0]["clients"],
+                }
+                for name in (
+                    "cpu_us_per_client",
+                    "redis_cpu_us_per_client",
+                    "longest_write_ms",
+                    "split_cpu_ms",
+                    "longest_write_cpu_ms",
+                ):
                     row[name] = statistics.median(x[name] for x in runs)
                 row["loop_stall_ms"] = statistics.median(x["loop_stall_ms"] for x in probed)
                 row["loop_stall_ms_max"] = max(x["loop_stall_ms"] for x in probed)
@@ -221,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_uvloop:
         try:
             import uvloop
+
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
@@ -236,20 +251,39 @@ def main(argv: list[str] | None = None) -> int:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    cols = [("shape", "shape", "s"), ("chunk", "chunk", "d"), ("parts", "parts", "d"), ("clients", "clients", "d"),
-            ("µs CPU/client", "cpu_us_per_client", ".1f"), ("Redis µs/client", "redis_cpu_us_per_client", ".1f"),
-            ("longest write ms", "longest_write_ms", ".2f"), ("(its CPU ms)", "longest_write_cpu_ms", ".2f"),
-            ("split CPU ms", "split_cpu_ms", ".2f"),
-            ("stall ms", "loop_stall_ms", ".2f"), ("(max)", "loop_stall_ms_max", ".2f"),
-            ("stall CPU ms", "loop_stall_cpu_ms", ".2f"), ("(max)", "loop_stall_cpu_ms_max", ".2f"),
-            ("GC pause max ms", "gc_pause_ms_max", ".2f")]
+    cols = [
+        ("shape", "shape", "s"),
+        ("chunk", "chunk", "d"),
+        ("parts", "parts", "d"),
+        ("clients", "clients", "d"),
+        ("µs CPU/client", "cpu_us_per_client", ".1f"),
+        ("Redis µs/client", "redis_cpu_us_per_client", ".1f"),
+        ("longest write ms", "longest_write_ms", ".2f"),
+        ("(its CPU ms)", "longest_write_cpu_ms", ".2f"),
+        ("split CPU ms", "split_cpu_ms", ".2f"),
+        ("stall ms", "loop_stall_ms", ".2f"),
+        ("(max)", "loop_stall_ms_max", ".2f"),
+        ("stall CPU ms", "loop_stall_cpu_ms", ".2f"),
+        ("(max)", "loop_stall_cpu_ms_max", ".2f"),
+        ("GC pause max ms", "gc_pause_ms_max", ".2f"),
+    ]
     print("  ".join(f"{title:>{len(title)}s}" for title, _, _ in cols))
     for x in rows:
         print("  ".join(f"{x[key]:>{len(title)}{fmt}}" for title, key, fmt in cols))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"label": a.label, "python": platform.python_version(), "machine": platform.machine(),
-                               "reps": a.reps, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "label": a.label,
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "reps": a.reps,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
     return 0
 

@@ -52,6 +52,7 @@ CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "
 # /proc sampling
 # --------------------------------------------------------------------------
 
+
 def proc_ticks(pid: int) -> int | None:
     """utime+stime of one process in clock ticks, None if it is gone."""
     try:
@@ -59,7 +60,7 @@ def proc_ticks(pid: int) -> int | None:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     # fields[0] is field 3 (state); utime is field 14, stime field 15
     return int(fields[11]) + int(fields[12])
 
@@ -177,6 +178,7 @@ class Sampler:
 # workers (forked processes)
 # --------------------------------------------------------------------------
 
+
 class Shared:
     """Shared-memory progress counters between the coordinator and workers."""
 
@@ -184,7 +186,7 @@ class Shared:
         self.sub_count = ctx.Array("q", max(nsubs, 1), lock=False)
         self.sub_first = ctx.Array("d", max(nsubs, 1), lock=False)
         self.sub_last = ctx.Array("d", max(nsubs, 1), lock=False)
-        self.pub_done = ctx.Array("d", max(npubs, 1), lock=False)   # time the publisher finished, 0 = busy
+        self.pub_done = ctx.Array("d", max(npubs, 1), lock=False)  # time the publisher finished, 0 = busy
         self.pub_progress = ctx.Array("q", max(npubs, 1), lock=False)  # acked (QoS1) / sent
         self.go_time = ctx.Value("d", 0.0, lock=False)
 
@@ -223,8 +225,9 @@ def topic_prefix(a) -> str:
 def sub_worker(idx, a, sh, ready_q, go, stop, res):
     """Subscriber: QoS0 fast counting, QoS1 with PUBACKs, or latency capture."""
     cid = f"bs-{a.run_id}-{idx}"
-    sock, reader = mr.mqtt_connect(a.host, a.port, cid, a.username, a.password,
-                                   timeout=a.connect_timeout, rcvbuf=a.rcvbuf)
+    sock, reader = mr.mqtt_connect(
+        a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout, rcvbuf=a.rcvbuf
+    )
     if a.case == "fanout_qos0":
         filt, tprefix = "bench/fan", "bench/fan"
     else:
@@ -286,6 +289,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
             if acks:
                 sock.sendall(b"".join(acks))
             return got
+
         extra_info = stats
     else:  # latency, iot
         reader = mr.PacketReader()
@@ -308,6 +312,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
                 else:
                     stats["other"] += 1
             return got
+
         extra_info = stats
 
     sock.settimeout(0.1)
@@ -325,7 +330,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
     while True:
         try:
             data = recv(big)
-        except socket.timeout:
+        except TimeoutError:
             if stop.is_set():
                 break
             continue
@@ -350,8 +355,12 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
             time.sleep(0.001)
     res.update(count=count, first=first, last=last, expected=expected, **extra_info)
     if a.case in ("fanin_qos0", "fanout_qos0"):
-        res.update(fast_frames=fc.fast_frames, slow_frames=fc.slow_frames,
-                   other_packets=fc.other_packets, foreign=fc.foreign_publishes)
+        res.update(
+            fast_frames=fc.fast_frames,
+            slow_frames=fc.slow_frames,
+            other_packets=fc.other_packets,
+            foreign=fc.foreign_publishes,
+        )
         if fc.other_types:
             res["other_types"] = fc.other_types
     if a.case in ("latency", "iot"):
@@ -361,8 +370,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
 
 def pub_worker(idx, a, sh, ready_q, go, stop, res):
     cid = f"bp-{a.run_id}-{idx}"
-    sock, reader = mr.mqtt_connect(a.host, a.port, cid, a.username, a.password,
-                                   timeout=a.connect_timeout)
+    sock, reader = mr.mqtt_connect(a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout)
     payload = b"\x5a" * a.payload
     if a.case == "fanout_qos0":
         topic = "bench/fan"
@@ -411,9 +419,9 @@ def pub_worker(idx, a, sh, ready_q, go, stop, res):
                 sh.pub_progress[idx] = acked
                 if k and sent < n:
                     m = min(k, n - sent)
-                    sock.sendall(b"".join(frames[sent:sent + m]))
+                    sock.sendall(b"".join(frames[sent : sent + m]))
                     sent += m
-        except socket.timeout:
+        except TimeoutError:
             res["error"] = f"no PUBACK for {a.idle_timeout}s ({acked}/{n} acked, {sent} sent)"
         res["acked"] = acked
     else:  # latency: paced
@@ -457,8 +465,9 @@ def iot_worker(idx, a, sh, ready_q, go, stop, res):
     payload = b"\x5a" * a.payload
     heads = []
     for i in range(first, last):
-        sock, _reader = mr.mqtt_connect(a.host, a.port, f"bd-{a.run_id}-{i}", a.username, a.password,
-                                        timeout=a.connect_timeout, keepalive=60)
+        sock, _reader = mr.mqtt_connect(
+            a.host, a.port, f"bd-{a.run_id}-{i}", a.username, a.password, timeout=a.connect_timeout, keepalive=60
+        )
         sock.setblocking(False)
         socks.append(sock)
         heads.append(mr.encode_publish(f"{topic_prefix(a)}d{i}", payload)[: -a.payload])
@@ -520,15 +529,16 @@ def conn_worker(idx, a, sh, ready_q, go, stop, res):
             break
         i += 1
         try:
-            sock, reader = mr.mqtt_connect(a.host, a.port, f"bc-{a.run_id}-{idx}-{i}",
-                                           a.username, a.password, timeout=a.connect_timeout)
+            sock, reader = mr.mqtt_connect(
+                a.host, a.port, f"bc-{a.run_id}-{idx}-{i}", a.username, a.password, timeout=a.connect_timeout
+            )
             try:
                 sock.sendall(disc)
                 sock.settimeout(a.close_wait)
                 try:
                     while sock.recv(4096):
                         pass
-                except socket.timeout:
+                except TimeoutError:
                     not_closed += 1
                 except OSError:
                     pass
@@ -550,6 +560,7 @@ def conn_worker(idx, a, sh, ready_q, go, stop, res):
 # --------------------------------------------------------------------------
 # coordinator
 # --------------------------------------------------------------------------
+
 
 def percentiles(values: list[float], ps=(50, 90, 99)) -> dict:
     if not values:
@@ -586,15 +597,21 @@ def run(a) -> dict:
     go = ctx.Event()
     stop = ctx.Event()
     procs: list[mp.Process] = []
-    out: dict = {"case": case, "ok": False, "error": None, "run_id": a.run_id,
-                 "params": {k: getattr(a, k) for k in
-                            ("count", "pubs", "subs", "window", "payload", "concurrency",
-                             "duration", "rate", "idle_timeout") if hasattr(a, k)}}
+    out: dict = {
+        "case": case,
+        "ok": False,
+        "error": None,
+        "run_id": a.run_id,
+        "params": {
+            k: getattr(a, k)
+            for k in ("count", "pubs", "subs", "window", "payload", "concurrency", "duration", "rate", "idle_timeout")
+            if hasattr(a, k)
+        },
+    }
     out["params"].update(nsubs=nsubs, npubs=npubs, nconn=nconn)
 
     def start(fn, role, idx):
-        p = ctx.Process(target=_worker_main, args=(fn, role, idx, a, sh, ready_q, result_q, go, stop),
-                        daemon=True)
+        p = ctx.Process(target=_worker_main, args=(fn, role, idx, a, sh, ready_q, result_q, go, stop), daemon=True)
         p.start()
         procs.append(p)
 
@@ -642,8 +659,6 @@ def run(a) -> dict:
         t_go = time.monotonic()
         sh.go_time.value = t_go
         go.set()
-
-        expected_total = a.expected_per_sub * nsubs
         last_progress = t_go
         last_total = 0
         last_pubprog = -1
@@ -681,8 +696,9 @@ def run(a) -> dict:
             if pubs_done and idle >= a.quiet:
                 bcpu = sampler.recent_cpu("broker", a.quiet)
                 if bcpu is not None and bcpu < 10.0:
-                    end_reason = (f"incomplete: no delivery for {idle:.1f}s after the publishers "
-                                  f"finished and the broker is idle")
+                    end_reason = (
+                        f"incomplete: no delivery for {idle:.1f}s after the publishers finished and the broker is idle"
+                    )
                     break
             if idle >= a.idle_timeout:
                 end_reason = f"incomplete: no progress for {a.idle_timeout}s (idle timeout)"
@@ -712,11 +728,15 @@ def run(a) -> dict:
             lat = [x for r in conns for x in r.get("conn_lat_s", [])]
             pc = percentiles(lat)
             out.update(
-                sent=ok + sum(r.get("errors", 0) for r in conns), delivered=ok, expected=None, lost=0,
+                sent=ok + sum(r.get("errors", 0) for r in conns),
+                delivered=ok,
+                expected=None,
+                lost=0,
                 errors=sum(r.get("errors", 0) for r in conns),
                 not_closed=sum(r.get("not_closed", 0) for r in conns),
                 last_error=next((r["last_error"] for r in conns if r.get("last_error")), None),
-                duration_s=round(dur, 4), rate=round(ok / dur, 1) if dur > 0 else None,
+                duration_s=round(dur, 4),
+                rate=round(ok / dur, 1) if dur > 0 else None,
                 rate_unit="conn/s",
                 connect_ms={k: round(v * 1e3, 3) for k, v in pc.items()},
             )
@@ -732,10 +752,16 @@ def run(a) -> dict:
             lasts = [r["last"] for r in subs if r.get("last")]
             t_end = max(lasts) if lasts else t_stop
             dur = t_end - t_go
-            out.update(sent=sent, delivered=delivered, expected=sent * nsubs, lost=lost, extra=extra,
-                       duration_s=round(dur, 4),
-                       rate=round(delivered / dur, 1) if dur > 0 and delivered else 0.0,
-                       rate_unit="deliveries/s" if case == "fanout_qos0" else "msg/s")
+            out.update(
+                sent=sent,
+                delivered=delivered,
+                expected=sent * nsubs,
+                lost=lost,
+                extra=extra,
+                duration_s=round(dur, 4),
+                rate=round(delivered / dur, 1) if dur > 0 and delivered else 0.0,
+                rate_unit="deliveries/s" if case == "fanout_qos0" else "msg/s",
+            )
             pub_t = [r["t_end"] - r["t_start"] for r in pubs if "t_end" in r]
             if pub_t:
                 out["publish_s"] = round(max(pub_t), 4)
@@ -755,8 +781,11 @@ def run(a) -> dict:
             if case == "iot":
                 out["clients"] = sum(r.get("connected", 0) for r in pubs)
                 out["send_blocked"] = sum(r.get("send_blocked", 0) for r in pubs)
-            framing = {k: sum(r.get(k, 0) or 0 for r in subs)
-                       for k in ("slow_frames", "other_packets", "foreign") if any(k in r for r in subs)}
+            framing = {
+                k: sum(r.get(k, 0) or 0 for r in subs)
+                for k in ("slow_frames", "other_packets", "foreign")
+                if any(k in r for r in subs)
+            }
             ot: dict = {}
             for r in subs:
                 for k, v in (r.get("other_types") or {}).items():
@@ -769,14 +798,12 @@ def run(a) -> dict:
                 errs.append("nothing delivered")
         out["broker_cpu_pct"] = sampler.cpu_pct("broker", t_go, t_end)
         if out.get("broker_cpu_pct") is not None and out.get("delivered") and t_end and t_go:
-            out["broker_us_per_msg"] = round(out["broker_cpu_pct"] / 100.0 * (t_end - t_go) * 1e6
-                                             / out["delivered"], 2)
+            out["broker_us_per_msg"] = round(out["broker_cpu_pct"] / 100.0 * (t_end - t_go) * 1e6 / out["delivered"], 2)
         out["redis_cpu_pct"] = sampler.cpu_pct("redis", t_go, t_end)
         out["gen_cpu_pct"] = sampler.cpu_pct("gen", t_go, t_end)
         out["machine_busy_pct"], out["steal_pct"] = sampler.machine(t_go, t_end)
         out["broker_pids"] = broker_pids
-        if end_reason and (end_reason.startswith("incomplete") or "failed" in end_reason
-                           or "max_time" in end_reason):
+        if end_reason and (end_reason.startswith("incomplete") or "failed" in end_reason or "max_time" in end_reason):
             if not out.get("lost"):
                 errs.append(end_reason)
         if errs:
@@ -821,16 +848,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=int, default=4, help="iot: load generator processes for the devices")
     ap.add_argument("--broker-pids", default="", help="comma separated; their children are included")
     ap.add_argument("--redis-pid", type=int, default=0)
-    ap.add_argument("--idle-timeout", type=float, default=20.0,
-                    help="give up when nothing is delivered for this long")
-    ap.add_argument("--quiet", type=float, default=1.0,
-                    help="end early when publishers are done, nothing arrived for this long and the broker is idle")
-    ap.add_argument("--settle", type=float, default=0.25,
-                    help="pause between 'all clients ready' and 'go'")
+    ap.add_argument("--idle-timeout", type=float, default=20.0, help="give up when nothing is delivered for this long")
+    ap.add_argument(
+        "--quiet",
+        type=float,
+        default=1.0,
+        help="end early when publishers are done, nothing arrived for this long and the broker is idle",
+    )
+    ap.add_argument("--settle", type=float, default=0.25, help="pause between 'all clients ready' and 'go'")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--setup-timeout", type=float, default=20.0)
-    ap.add_argument("--close-wait", type=float, default=1.0,
-                    help="connect_rate: how long to wait for the broker to close after DISCONNECT")
+    ap.add_argument(
+        "--close-wait",
+        type=float,
+        default=1.0,
+        help="connect_rate: how long to wait for the broker to close after DISCONNECT",
+    )
     ap.add_argument("--max-time", type=float, default=120.0)
     ap.add_argument("--rcvbuf", type=int, default=0)
     ap.add_argument("--run-id", default=None)

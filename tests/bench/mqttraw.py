@@ -34,14 +34,29 @@ PINGRESP = 13
 DISCONNECT = 14
 
 TYPE_NAMES = {
-    1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC",
-    6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE",
-    11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT",
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
 }
 
 CONNACK_CODES = {
-    0: "accepted", 1: "unacceptable protocol version", 2: "identifier rejected",
-    3: "server unavailable", 4: "bad user name or password", 5: "not authorized",
+    0: "accepted",
+    1: "unacceptable protocol version",
+    2: "identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
 }
 
 
@@ -52,6 +67,7 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------------
 # encoding
 # --------------------------------------------------------------------------
+
 
 def encode_remaining_length(n: int) -> bytes:
     if n < 0 or n > 268_435_455:
@@ -78,8 +94,13 @@ def _packet(first_byte: int, body: bytes) -> bytes:
     return bytes((first_byte,)) + encode_remaining_length(len(body)) + body
 
 
-def encode_connect(client_id: str, username: str | None = None, password: str | None = None,
-                   keepalive: int = 0, clean_session: bool = True) -> bytes:
+def encode_connect(
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    keepalive: int = 0,
+    clean_session: bool = True,
+) -> bytes:
     flags = 0
     if clean_session:
         flags |= 0x02
@@ -111,8 +132,9 @@ def encode_suback(packet_id: int, codes: list[int]) -> bytes:
     return _packet(SUBACK << 4, struct.pack("!H", packet_id) + bytes(codes))
 
 
-def encode_publish(topic: str, payload: bytes, qos: int = 0, packet_id: int | None = None,
-                   retain: bool = False, dup: bool = False) -> bytes:
+def encode_publish(
+    topic: str, payload: bytes, qos: int = 0, packet_id: int | None = None, retain: bool = False, dup: bool = False
+) -> bytes:
     first = (PUBLISH << 4) | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     body = _str(topic)
     if qos:
@@ -153,6 +175,7 @@ class PublishTemplate:
 # --------------------------------------------------------------------------
 # decoding
 # --------------------------------------------------------------------------
+
 
 def decode_remaining_length(buf, pos: int) -> tuple[int, int] | None:
     """Return (remaining_length, header_end) for the packet whose first byte is
@@ -233,7 +256,7 @@ def parse_publish(flags: int, body: bytes) -> tuple[str, int, int | None, bytes]
     """Return (topic, qos, packet_id or None, payload)."""
     qos = (flags >> 1) & 0x03
     (tlen,) = struct.unpack_from("!H", body, 0)
-    topic = body[2: 2 + tlen].decode("utf-8")
+    topic = body[2 : 2 + tlen].decode("utf-8")
     pos = 2 + tlen
     pid = None
     if qos:
@@ -248,14 +271,14 @@ def parse_subscribe(body: bytes) -> tuple[int, list[tuple[str, int]]]:
     out = []
     while pos < len(body):
         (tlen,) = struct.unpack_from("!H", body, pos)
-        out.append((body[pos + 2: pos + 2 + tlen].decode(), body[pos + 2 + tlen]))
+        out.append((body[pos + 2 : pos + 2 + tlen].decode(), body[pos + 2 + tlen]))
         pos += 3 + tlen
     return pid, out
 
 
 def parse_connect(body: bytes) -> dict:
     (plen,) = struct.unpack_from("!H", body, 0)
-    proto = body[2: 2 + plen].decode()
+    proto = body[2 : 2 + plen].decode()
     pos = 2 + plen
     level, flags = body[pos], body[pos + 1]
     (keepalive,) = struct.unpack_from("!H", body, pos + 2)
@@ -263,10 +286,15 @@ def parse_connect(body: bytes) -> dict:
     fields = []
     while pos < len(body):
         (ln,) = struct.unpack_from("!H", body, pos)
-        fields.append(body[pos + 2: pos + 2 + ln])
+        fields.append(body[pos + 2 : pos + 2 + ln])
         pos += 2 + ln
-    out = {"protocol": proto, "level": level, "flags": flags, "keepalive": keepalive,
-           "client_id": fields[0].decode() if fields else ""}
+    out = {
+        "protocol": proto,
+        "level": level,
+        "flags": flags,
+        "keepalive": keepalive,
+        "client_id": fields[0].decode() if fields else "",
+    }
     rest = fields[1:]
     if flags & 0x04:  # will
         rest = rest[2:]
@@ -352,8 +380,10 @@ class FrameCounter:
 # blocking socket helpers
 # --------------------------------------------------------------------------
 
-def open_socket(host: str, port: int, timeout: float = 10.0, nodelay: bool = True,
-                rcvbuf: int | None = None) -> socket.socket:
+
+def open_socket(
+    host: str, port: int, timeout: float = 10.0, nodelay: bool = True, rcvbuf: int | None = None
+) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         if nodelay:
@@ -368,8 +398,9 @@ def open_socket(host: str, port: int, timeout: float = 10.0, nodelay: bool = Tru
     return s
 
 
-def read_packet(sock: socket.socket, reader: PacketReader, timeout: float = 10.0,
-                want: int | None = None) -> tuple[int, int, bytes]:
+def read_packet(
+    sock: socket.socket, reader: PacketReader, timeout: float = 10.0, want: int | None = None
+) -> tuple[int, int, bytes]:
     """Block until one complete packet is available (of type ``want`` if given;
     other packets before it are discarded) and return it."""
     deadline = time.monotonic() + timeout
@@ -383,14 +414,22 @@ def read_packet(sock: socket.socket, reader: PacketReader, timeout: float = 10.0
         sock.settimeout(left)
         data = sock.recv(65536)
         if not data:
-            raise ConnectionError("connection closed by broker"
-                                  + (f" while waiting for {TYPE_NAMES.get(want)}" if want else ""))
+            raise ConnectionError(
+                "connection closed by broker" + (f" while waiting for {TYPE_NAMES.get(want)}" if want else "")
+            )
         reader.feed(data)
 
 
-def mqtt_connect(host: str, port: int, client_id: str, username: str | None = None,
-                 password: str | None = None, timeout: float = 10.0, keepalive: int = 0,
-                 rcvbuf: int | None = None) -> tuple[socket.socket, PacketReader]:
+def mqtt_connect(
+    host: str,
+    port: int,
+    client_id: str,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+    keepalive: int = 0,
+    rcvbuf: int | None = None,
+) -> tuple[socket.socket, PacketReader]:
     """Open a socket, send CONNECT, wait for CONNACK. Raises on refusal."""
     sock = open_socket(host, port, timeout=timeout, rcvbuf=rcvbuf)
     reader = PacketReader()
@@ -406,8 +445,9 @@ def mqtt_connect(host: str, port: int, client_id: str, username: str | None = No
     return sock, reader
 
 
-def mqtt_subscribe(sock: socket.socket, reader: PacketReader, topic: str, qos: int,
-                   packet_id: int = 1, timeout: float = 10.0) -> int:
+def mqtt_subscribe(
+    sock: socket.socket, reader: PacketReader, topic: str, qos: int, packet_id: int = 1, timeout: float = 10.0
+) -> int:
     sock.sendall(encode_subscribe(packet_id, [(topic, qos)]))
     _t, _f, body = read_packet(sock, reader, timeout, want=SUBACK)
     pid, codes = parse_suback(body)
@@ -427,7 +467,7 @@ def _selftest() -> None:
     # feed byte by byte: incremental parsing must cope
     got = []
     for i in range(len(c)):
-        r.feed(c[i:i + 1])
+        r.feed(c[i : i + 1])
         got.extend(r.packets())
     assert len(got) == 1 and got[0][0] == CONNECT and r.pending() == 0
     # a consumer that stops after one packet must not see it again
@@ -437,8 +477,15 @@ def _selftest() -> None:
         break
     assert [p[0] for p in r.packets()] == [SUBACK]
     info = parse_connect(got[0][2])
-    assert info == {"protocol": "MQTT", "level": 4, "flags": 0xC2, "keepalive": 30,
-                    "client_id": "cid", "username": "u", "password": "p"}, info
+    assert info == {
+        "protocol": "MQTT",
+        "level": 4,
+        "flags": 0xC2,
+        "keepalive": 30,
+        "client_id": "cid",
+        "username": "u",
+        "password": "p",
+    }, info
     assert parse_connack(encode_connack(0)[2:]) == (False, 0)
     s = encode_subscribe(7, [("bench/#", 1)])
     assert s[0] == 0x82 and parse_subscribe(s[2:]) == (7, [("bench/#", 1)])
@@ -463,7 +510,7 @@ def _selftest() -> None:
     fc = FrameCounter(prefix, size, "bench/ab/", skip=(len(prefix) - 1,))
     stream = b"".join(frames) * 10
     for i in range(0, len(stream), 333):
-        fc.feed(stream[i:i + 333])
+        fc.feed(stream[i : i + 333])
     assert fc.count == 40 and fc.slow_frames == 0, vars(fc)
     fc.feed(encode_pingreq() + frames[1] + encode_publish("other/t", payload) + frames[2])
     fc.feed(frames[3] * 3)

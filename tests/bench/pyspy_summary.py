@@ -20,21 +20,79 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 # Self time (the sampled leaf frame) grouped for docs/performance.md; the first matching rule wins.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("quota accounting", ("QuotaEnforcer.", "DeliveryGroup.", "Guard.admit_", "Limits.", "TokenBucket.",
-                          "Entry.")),
-    ("ACL decisions", ("Guard.may", "AclPolicy.", "LiveAcl.", "GuardAclPlugin.", "_check_sync", "_topic_filtering",
-                       "Subject.")),
-    ("counters / analytics", ("Counters.", "MetricsService.", "StatsWriter.", "Redis", "Pipeline", "redis",
-                              "Connection.", "Encoder.", "Timeout.", "(stats.py)", "(connection.py)",
-                              "(client.py)", "(core.py)", "(hiredis.py)")),
-    ("reader: parse + validate", ("_reader_loop", "_publish (handler", "_new_topic", "parse_fixed_header",
-                                  "decode_utf8", "check_topic", "Cursor.", "_on_publish", "_dispatch",
-                                  "_flush_in", "_read_chunk", "StreamReader.", "data_received")),
-    ("routing: match, fan-out, queues", ("_route", "_fanout", "_make_route", "_match", "publish_fast",
-                                         "handle_publish", "TopicTrie", "Broker._matches", "OutQueue.",
-                                         "queue_of", "Delivery.")),
-    ("writing: coalesce + send", ("emit", "_flush_coalesced", "_write_frames", "_writer_loop", "writable",
-                                  "wake", "_ack", "send (handler", "encode_publish", "Event.set")),
+    ("quota accounting", ("QuotaEnforcer.", "DeliveryGroup.", "Guard.admit_", "Limits.", "TokenBucket.", "Entry.")),
+    (
+        "ACL decisions",
+        ("Guard.may", "AclPolicy.", "LiveAcl.", "GuardAclPlugin.", "_check_sync", "_topic_filtering", "Subject."),
+    ),
+    (
+        "counters / analytics",
+        (
+            "Counters.",
+            "MetricsService.",
+            "StatsWriter.",
+            "Redis",
+            "Pipeline",
+            "redis",
+            "Connection.",
+            "Encoder.",
+            "Timeout.",
+            "(stats.py)",
+            "(connection.py)",
+            "(client.py)",
+            "(core.py)",
+            "(hiredis.py)",
+        ),
+    ),
+    (
+        "reader: parse + validate",
+        (
+            "_reader_loop",
+            "_publish (handler",
+            "_new_topic",
+            "parse_fixed_header",
+            "decode_utf8",
+            "check_topic",
+            "Cursor.",
+            "_on_publish",
+            "_dispatch",
+            "_flush_in",
+            "_read_chunk",
+            "StreamReader.",
+            "data_received",
+        ),
+    ),
+    (
+        "routing: match, fan-out, queues",
+        (
+            "_route",
+            "_fanout",
+            "_make_route",
+            "_match",
+            "publish_fast",
+            "handle_publish",
+            "TopicTrie",
+            "Broker._matches",
+            "OutQueue.",
+            "queue_of",
+            "Delivery.",
+        ),
+    ),
+    (
+        "writing: coalesce + send",
+        (
+            "emit",
+            "_flush_coalesced",
+            "_write_frames",
+            "_writer_loop",
+            "writable",
+            "wake",
+            "_ack",
+            "send (handler",
+            "encode_publish",
+            "Event.set",
+        ),
+    ),
     ("event loop, sockets (C, uvloop)", ("Runner.run", "run_until_complete", "run_forever")),
 ]
 
@@ -94,9 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if not total:
         print("no samples")
         return 1
-    print(f"{total + (idle if a.busy else 0)} samples in {len(a.files)} file(s); idle (event loop waiting): "
-          f"{idle} ({100 * idle / max(1, total + (idle if a.busy else 0)):.1f} %)"
-          + ("; percentages below are of busy samples" if a.busy else ""))
+    print(
+        f"{total + (idle if a.busy else 0)} samples in {len(a.files)} file(s); idle (event loop waiting): "
+        f"{idle} ({100 * idle / max(1, total + (idle if a.busy else 0)):.1f} %)"
+        + ("; percentages below are of busy samples" if a.busy else "")
+    )
     print()
     print(f"{'incl %':>7} {'self %':>7}  function (file)")
     for f, n in incl.most_common(a.top):

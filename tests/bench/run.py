@@ -28,15 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    __package__ = "tests.bench"  # noqa: A001  (so the relative import below works as a script too)
+    __package__ = "tests.bench"
 
-from . import mqttraw as mr  # noqa: E402
+from . import mqttraw as mr
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parents[1]
@@ -70,15 +70,28 @@ GUARD_ON = {
     "password": "bench-Pw-7f3a9c",
     # ACL rules written to Redis for that user: HSET bench:acl:user:bench <filter> <access>
     "acl_key": GUARD_PREFIX + "acl:user:bench",
-    "acl_rules": 1000,           # total; one of them is acl_match_filter
+    "acl_rules": 1000,  # total; one of them is acl_match_filter
     "acl_match_filter": "bench/#",
     "acl_access": "readwrite",
     # the bench user's quota (`mqtt-guard quota set bench ...`, docs/quotas.md): every per-message limit
     # on (events in and out, bytes, publish rate token bucket, sessions, slow-consumer marks), all far
     # above what a run sends, so the cost of the accounting is measured, not denials
-    "quota_args": ["--events", "2000000000/1d", "--events-direction", "both", "--bytes", "500GB/1d",
-                   "--rate", "5000000/s:5000000", "--sessions", "100000", "--max-queue", "100000",
-                   "--queue-grace", "60s"],
+    "quota_args": [
+        "--events",
+        "2000000000/1d",
+        "--events-direction",
+        "both",
+        "--bytes",
+        "500GB/1d",
+        "--rate",
+        "5000000/s:5000000",
+        "--sessions",
+        "100000",
+        "--max-queue",
+        "100000",
+        "--queue-grace",
+        "60s",
+    ],
     # broker arguments on top of `--redis-url U --prefix bench: broker --bind H:P --config FILE`.
     # No --allow-anonymous here: on the command line it overrides the config's
     # auth.allow_anonymous=false, and guard-on must refuse anonymous clients.
@@ -89,7 +102,7 @@ GUARD_ON = {
 }
 
 
-def guard_on_config(ctx: "Ctx") -> dict:
+def guard_on_config(ctx: Ctx) -> dict:
     """The YAML document passed as ``broker --config FILE`` to the guard-on target.
 
     Keys follow mqtt_guard/config.py (validated strictly, unknown keys stop the broker). Listeners come
@@ -105,8 +118,13 @@ def guard_on_config(ctx: "Ctx") -> dict:
         # topic ACLs from Redis, default deny: only the bench user's bench/# rule lets traffic through
         "acl": {"default": "deny"},
         # analytics (docs/analytics.md)
-        "metrics": {"flush_interval": "1s", "prometheus_bind": f"127.0.0.1:{ctx.metrics_port}",
-                    "per_user_allowlist": [GUARD_ON["username"]], "top_n": 10, "sys_interval": "10s"},
+        "metrics": {
+            "flush_interval": "1s",
+            "prometheus_bind": f"127.0.0.1:{ctx.metrics_port}",
+            "per_user_allowlist": [GUARD_ON["username"]],
+            "top_n": 10,
+            "sys_interval": "10s",
+        },
         "plugins": {"mqtt_guard.plugins.sys.GuardSysPlugin": {}},
     }
 
@@ -114,8 +132,12 @@ def guard_on_config(ctx: "Ctx") -> dict:
 def acl_filters(n: int, match_filter: str) -> list[str]:
     """``n`` ACL filters: ``match_filter`` plus realistic filters that never match bench/..."""
     out = [match_filter]
-    patterns = ("devices/d-{i}/+/state", "devices/d-{i}/telemetry/#", "sites/s-{s}/d-{i}/cmd",
-                "fleet/{s}/+/d-{i}/status")
+    patterns = (
+        "devices/d-{i}/+/state",
+        "devices/d-{i}/telemetry/#",
+        "sites/s-{s}/d-{i}/cmd",
+        "fleet/{s}/+/d-{i}/status",
+    )
     i = 0
     while len(out) < n:
         out.append(patterns[i % len(patterns)].format(i=i, s=i % 37))
@@ -127,18 +149,27 @@ def acl_filters(n: int, match_filter: str) -> list[str]:
 # process bookkeeping: everything we start is stopped by its PID
 # --------------------------------------------------------------------------
 
+
 class Procs:
     def __init__(self):
         self.live: dict[int, tuple[str, subprocess.Popen, int]] = {}
 
-    def start(self, name: str, argv: list[str], log_path: Path | None, stop_signal=signal.SIGTERM,
-              **kw) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], log_path: Path | None, stop_signal=signal.SIGTERM, **kw
+    ) -> subprocess.Popen:
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL
         try:
             # own session: a terminal Ctrl-C reaches only the harness, which then
             # stops the children itself (amqtt must get SIGINT to shut down cleanly)
-            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, cwd=kw.pop("cwd", str(REPO)), **kw)
+            p = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=kw.pop("cwd", str(REPO)),
+                **kw,
+            )
         finally:
             if log_path:
                 out.close()
@@ -188,6 +219,7 @@ def _sigterm(_signo, _frame):
 # helpers
 # --------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -208,7 +240,7 @@ def proc_ticks(pid: int) -> int | None:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()
+    fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[11]) + int(fields[12])
 
 
@@ -248,10 +280,12 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
 
 def machine_busy(window: float) -> float | None:
     """Whole-machine CPU use over ``window`` s, out of nproc*100 %."""
+
     def idle() -> int:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:9]]
         return v[3] + v[4]
+
     try:
         i0, t0 = idle(), time.monotonic()
         time.sleep(window)
@@ -287,6 +321,7 @@ def machine_facts() -> dict:
         pass
     try:
         import importlib.metadata as md
+
         for pkg in ("amqtt", "redis", "uvloop"):
             try:
                 facts[f"{pkg}_version"] = md.version(pkg)
@@ -294,7 +329,10 @@ def machine_facts() -> dict:
                 pass
     except ImportError:
         pass
-    for key, argv in (("mosquitto_version", ["mosquitto", "-h"]), ("redis_server_version", ["redis-server", "--version"])):
+    for key, argv in (
+        ("mosquitto_version", ["mosquitto", "-h"]),
+        ("redis_server_version", ["redis-server", "--version"]),
+    ):
         if shutil.which(argv[0]):
             try:
                 txt = subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
@@ -302,8 +340,9 @@ def machine_facts() -> dict:
             except (OSError, subprocess.SubprocessError):
                 pass
     try:
-        facts["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                             capture_output=True, text=True, timeout=5).stdout.strip()
+        facts["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return facts
@@ -312,6 +351,7 @@ def machine_facts() -> dict:
 # --------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------
+
 
 class Unavailable(Exception):
     pass
@@ -344,12 +384,12 @@ class TargetSpec:
 @dataclass
 class Target:
     name: str
-    status: str = "pending"          # running | unavailable | died
+    status: str = "pending"  # running | unavailable | died
     reason: str | None = None
     spec: TargetSpec | None = None
     proc: subprocess.Popen | None = None
     log: Path | None = None
-    counts: dict = field(default_factory=dict)   # case -> per-client count
+    counts: dict = field(default_factory=dict)  # case -> per-client count
     calib: dict = field(default_factory=dict)
 
     @property
@@ -364,8 +404,11 @@ def guard_cli(ctx: Ctx) -> list[str]:
         return [str(exe)]
     if (REPO / "mqtt_guard" / "cli" / "main.py").exists():
         py = VENV_BIN / "python"
-        return [str(py if py.exists() else sys.executable), "-c",
-                "import sys; from mqtt_guard.cli.main import main; sys.exit(main())"]
+        return [
+            str(py if py.exists() else sys.executable),
+            "-c",
+            "import sys; from mqtt_guard.cli.main import main; sys.exit(main())",
+        ]
     raise Unavailable(f"mqtt-guard CLI not found ({exe} missing and mqtt_guard/cli/main.py absent)")
 
 
@@ -389,9 +432,15 @@ def target_amqtt(ctx: Ctx, port: int) -> TargetSpec:
         f"    bind: 127.0.0.1:{port}\n"
         "plugins:\n"
         "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-        "    allow_anonymous: true\n")
-    return TargetSpec("amqtt", [str(exe), "-c", str(cfg)], port, stop_signal=signal.SIGINT,
-                      notes=["plain amqtt CLI, one tcp listener, AnonymousAuthPlugin only"])
+        "    allow_anonymous: true\n"
+    )
+    return TargetSpec(
+        "amqtt",
+        [str(exe), "-c", str(cfg)],
+        port,
+        stop_signal=signal.SIGINT,
+        notes=["plain amqtt CLI, one tcp listener, AnonymousAuthPlugin only"],
+    )
 
 
 def target_mosquitto(ctx: Ctx, port: int) -> TargetSpec:
@@ -400,14 +449,28 @@ def target_mosquitto(ctx: Ctx, port: int) -> TargetSpec:
         raise Unavailable("mosquitto not installed")
     cfg = ctx.tmp / "mosquitto.conf"
     cfg.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    return TargetSpec("mosquitto", [exe, "-c", str(cfg)], port, stop_signal=signal.SIGTERM,
-                      notes=["default limits: max_queued_messages 1000, max_inflight_messages 20 "
-                             "(QoS1 fan-in drops what overflows the subscriber queue)"])
+    return TargetSpec(
+        "mosquitto",
+        [exe, "-c", str(cfg)],
+        port,
+        stop_signal=signal.SIGTERM,
+        notes=[
+            "default limits: max_queued_messages 1000, max_inflight_messages 20 "
+            "(QoS1 fan-in drops what overflows the subscriber queue)"
+        ],
+    )
 
 
 def guard_base_argv(ctx: Ctx, port: int) -> list[str]:
-    return guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
-                             "broker", "--bind", f"127.0.0.1:{port}"]
+    return guard_cli(ctx) + [
+        "--redis-url",
+        ctx.redis_url,
+        "--prefix",
+        GUARD_PREFIX,
+        "broker",
+        "--bind",
+        f"127.0.0.1:{port}",
+    ]
 
 
 def target_guard_off(ctx: Ctx, port: int) -> TargetSpec:
@@ -425,20 +488,29 @@ def target_guard_off(ctx: Ctx, port: int) -> TargetSpec:
 
 def setup_guard_on(ctx: Ctx) -> list[str]:
     """Create the bench user (CLI, password on stdin) and its ACL rules (redis-py)."""
-    argv = guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
-                             "user", "add", GUARD_ON["username"], "--password-stdin"]
+    argv = guard_cli(ctx) + [
+        "--redis-url",
+        ctx.redis_url,
+        "--prefix",
+        GUARD_PREFIX,
+        "user",
+        "add",
+        GUARD_ON["username"],
+        "--password-stdin",
+    ]
     try:
-        r = subprocess.run(argv, input=GUARD_ON["password"] + "\n", capture_output=True, text=True,
-                           timeout=30, cwd=REPO)
+        r = subprocess.run(
+            argv, input=GUARD_ON["password"] + "\n", capture_output=True, text=True, timeout=30, cwd=REPO
+        )
     except (OSError, subprocess.SubprocessError) as e:
-        raise Unavailable(f"`mqtt-guard user add` failed to run: {e}")
+        raise Unavailable(f"`mqtt-guard user add` failed to run: {e}") from e
     if r.returncode != 0:
         msg = (r.stderr or r.stdout).strip().splitlines()
         raise Unavailable(f"`mqtt-guard user add` exited {r.returncode}: {' | '.join(msg[-3:])[-400:]}")
     try:
         import redis  # redis-py, a project dependency
     except ImportError as e:
-        raise Unavailable(f"redis-py not importable in {sys.executable}: {e}")
+        raise Unavailable(f"redis-py not importable in {sys.executable}: {e}") from e
     try:
         rc = redis.Redis(host="127.0.0.1", port=ctx.redis_port, db=0, socket_timeout=10)
         filters = acl_filters(GUARD_ON["acl_rules"], GUARD_ON["acl_match_filter"])
@@ -447,31 +519,42 @@ def setup_guard_on(ctx: Ctx) -> list[str]:
         n = rc.hlen(GUARD_ON["acl_key"])
         rc.close()
     except Exception as e:
-        raise Unavailable(f"writing ACL rules to Redis failed: {type(e).__name__}: {e}")
+        raise Unavailable(f"writing ACL rules to Redis failed: {type(e).__name__}: {e}") from e
     if n != GUARD_ON["acl_rules"]:
         raise Unavailable(f"expected {GUARD_ON['acl_rules']} ACL rules in {GUARD_ON['acl_key']}, found {n}")
-    argv = guard_cli(ctx) + ["--redis-url", ctx.redis_url, "--prefix", GUARD_PREFIX,
-                             "quota", "set", GUARD_ON["username"], *GUARD_ON["quota_args"]]
+    argv = guard_cli(ctx) + [
+        "--redis-url",
+        ctx.redis_url,
+        "--prefix",
+        GUARD_PREFIX,
+        "quota",
+        "set",
+        GUARD_ON["username"],
+        *GUARD_ON["quota_args"],
+    ]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
     except (OSError, subprocess.SubprocessError) as e:
-        raise Unavailable(f"`mqtt-guard quota set` failed to run: {e}")
+        raise Unavailable(f"`mqtt-guard quota set` failed to run: {e}") from e
     if r.returncode != 0:
         msg = (r.stderr or r.stdout).strip().splitlines()
         raise Unavailable(f"`mqtt-guard quota set` exited {r.returncode}: {' | '.join(msg[-3:])[-400:]}")
-    return [f"user {GUARD_ON['username']} created via CLI; {n} ACL rules in {GUARD_ON['acl_key']} "
-            f"(1 matching {GUARD_ON['acl_match_filter']!r}); quota: `quota set {GUARD_ON['username']} "
-            f"{' '.join(GUARD_ON['quota_args'])}`"]
+    return [
+        f"user {GUARD_ON['username']} created via CLI; {n} ACL rules in {GUARD_ON['acl_key']} "
+        f"(1 matching {GUARD_ON['acl_match_filter']!r}); quota: `quota set {GUARD_ON['username']} "
+        f"{' '.join(GUARD_ON['quota_args'])}`"
+    ]
 
 
 def check_metrics_endpoint(port: int) -> str:
     """guard-on's analytics really run: /metrics answers with the broker's counters."""
     import urllib.request
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             body = resp.read().decode(errors="replace")
     except OSError as e:
-        raise Unavailable(f"analytics: /metrics on 127.0.0.1:{port} does not answer: {e}")
+        raise Unavailable(f"analytics: /metrics on 127.0.0.1:{port} does not answer: {e}") from e
     if "mqtt_guard" not in body:
         raise Unavailable(f"analytics: /metrics on 127.0.0.1:{port} has no mqtt_guard series")
     return f"/metrics on 127.0.0.1:{port}: {sum(1 for x in body.splitlines() if x and x[0] != '#')} samples"
@@ -480,6 +563,7 @@ def check_metrics_endpoint(port: int) -> str:
 def write_yaml(path: Path, doc: dict) -> None:
     try:
         import yaml
+
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
     except ImportError:
         path.write_text(json.dumps(doc, indent=2))  # JSON is valid YAML
@@ -495,8 +579,14 @@ def target_guard_on(ctx: Ctx, port: int) -> TargetSpec:
     notes.append("config: " + json.dumps(guard_on_config(ctx)))
     if GUARD_ON["pending"]:
         notes.append(f"NOT YET ON: {', '.join(GUARD_ON['pending'])} (tests/bench/run.py guard_on_config)")
-    return TargetSpec("guard-on", argv + list(GUARD_ON["broker_args"]) + ["--config", str(cfg)], port,
-                      username=GUARD_ON["username"], password=GUARD_ON["password"], notes=notes)
+    return TargetSpec(
+        "guard-on",
+        argv + list(GUARD_ON["broker_args"]) + ["--config", str(cfg)],
+        port,
+        username=GUARD_ON["username"],
+        password=GUARD_ON["password"],
+        notes=notes,
+    )
 
 
 TARGET_BUILDERS: dict[str, Callable[[Ctx, int], TargetSpec]] = {
@@ -509,8 +599,7 @@ TARGET_BUILDERS: dict[str, Callable[[Ctx, int], TargetSpec]] = {
 
 def broker_smoke(spec: TargetSpec, timeout: float = 5.0) -> None:
     """CONNECT, SUBSCRIBE bench/#, PUBLISH one message to bench/..., receive it."""
-    sock, reader = mr.mqtt_connect("127.0.0.1", spec.port, "bench-smoke", spec.username, spec.password,
-                                   timeout=timeout)
+    sock, reader = mr.mqtt_connect("127.0.0.1", spec.port, "bench-smoke", spec.username, spec.password, timeout=timeout)
     try:
         mr.mqtt_subscribe(sock, reader, "bench/#", 0, timeout=timeout)
         sock.sendall(mr.encode_publish("bench/smoke/x", b"ping"))
@@ -585,8 +674,23 @@ def start_redis(ctx: Ctx) -> None:
     port = free_port()
     data = ctx.tmp / "redis"
     data.mkdir()
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(data), "--daemonize", "no", "--protected-mode", "no"]
+    argv = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
     p = PROCS.start("redis", argv, ctx.tmp / "redis.log", stop_signal=signal.SIGTERM)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -609,24 +713,53 @@ def start_redis(ctx: Ctx) -> None:
 # kind "burst": the count (messages per publisher) is calibrated per target so
 # that a run lasts about --run-seconds; "timed": fixed duration.
 CASES = {
-    "fanin_qos0": {"kind": "burst", "args": ["--pubs", "4"], "clients": 4, "per": "pub",
-                   "probe": 500, "min": 100, "max": 500_000,
-                   "desc": "4 publishers -> 1 subscriber on bench/#, 64 B, QoS0; delivered msg/s"},
-    "fanin_qos1": {"kind": "burst", "args": ["--pubs", "4", "--window", "100"], "clients": 4, "per": "pub",
-                   "probe": 250, "min": 100, "max": 60_000,
-                   "desc": "same, publishers QoS1 with 100 un-PUBACKed in flight each, subscriber QoS1; delivered msg/s"},
-    "fanout_qos0": {"kind": "burst", "args": ["--subs", "10"], "clients": 10, "per": "sub",
-                    "probe": 500, "min": 100, "max": 400_000,
-                    "desc": "1 publisher -> 10 subscribers on bench/fan, QoS0; deliveries/s"},
-    "connect_rate": {"kind": "timed", "args": ["--concurrency", "4"],
-                     "desc": "4 concurrent raw clients: CONNECT(+user/pass if auth)+CONNACK+DISCONNECT+close; conn/s"},
-    "latency": {"kind": "timed", "args": ["--rate", "1000"],
-                "desc": "1 publisher -> 1 subscriber, paced 1,000 msg/s QoS0; end-to-end latency"},
-    "iot": {"kind": "timed", "args": ["--clients", "1000", "--client-rate", "3", "--workers", "4",
-                                      "--setup-timeout", "90"],
-            "desc": "1,000 connected devices (keepalive 60), each publishing 3 QoS0 msg/s to its own topic "
-                    "(3,000 msg/s in all, evenly paced) -> 1 subscriber on bench/#; broker CPU per message "
-                    "and end-to-end latency"},
+    "fanin_qos0": {
+        "kind": "burst",
+        "args": ["--pubs", "4"],
+        "clients": 4,
+        "per": "pub",
+        "probe": 500,
+        "min": 100,
+        "max": 500_000,
+        "desc": "4 publishers -> 1 subscriber on bench/#, 64 B, QoS0; delivered msg/s",
+    },
+    "fanin_qos1": {
+        "kind": "burst",
+        "args": ["--pubs", "4", "--window", "100"],
+        "clients": 4,
+        "per": "pub",
+        "probe": 250,
+        "min": 100,
+        "max": 60_000,
+        "desc": "same, publishers QoS1 with 100 un-PUBACKed in flight each, subscriber QoS1; delivered msg/s",
+    },
+    "fanout_qos0": {
+        "kind": "burst",
+        "args": ["--subs", "10"],
+        "clients": 10,
+        "per": "sub",
+        "probe": 500,
+        "min": 100,
+        "max": 400_000,
+        "desc": "1 publisher -> 10 subscribers on bench/fan, QoS0; deliveries/s",
+    },
+    "connect_rate": {
+        "kind": "timed",
+        "args": ["--concurrency", "4"],
+        "desc": "4 concurrent raw clients: CONNECT(+user/pass if auth)+CONNACK+DISCONNECT+close; conn/s",
+    },
+    "latency": {
+        "kind": "timed",
+        "args": ["--rate", "1000"],
+        "desc": "1 publisher -> 1 subscriber, paced 1,000 msg/s QoS0; end-to-end latency",
+    },
+    "iot": {
+        "kind": "timed",
+        "args": ["--clients", "1000", "--client-rate", "3", "--workers", "4", "--setup-timeout", "90"],
+        "desc": "1,000 connected devices (keepalive 60), each publishing 3 QoS0 msg/s to its own topic "
+        "(3,000 msg/s in all, evenly paced) -> 1 subscriber on bench/#; broker CPU per message "
+        "and end-to-end latency",
+    },
 }
 
 # metrics tabulated per case: (label, path into the run record, higher is better)
@@ -637,10 +770,18 @@ METRICS = {
     # CPU per connection too: with 4 clients in a closed loop a fast broker is not always busy (a CONNACK
     # has to reach the client and its next CONNECT come back), so conn/s understates what it can take
     "connect_rate": [("conn/s", ("rate",), True), ("broker CPU µs/conn", ("broker_us_per_msg",), False)],
-    "latency": [("p50 µs", ("latency_us", "p50"), False), ("p90 µs", ("latency_us", "p90"), False),
-                ("p99 µs", ("latency_us", "p99"), False), ("max µs", ("latency_us", "max"), False)],
-    "iot": [("broker CPU µs/msg", ("broker_us_per_msg",), False), ("p50 µs", ("latency_us", "p50"), False),
-            ("p99 µs", ("latency_us", "p99"), False), ("max µs", ("latency_us", "max"), False)],
+    "latency": [
+        ("p50 µs", ("latency_us", "p50"), False),
+        ("p90 µs", ("latency_us", "p90"), False),
+        ("p99 µs", ("latency_us", "p99"), False),
+        ("max µs", ("latency_us", "max"), False),
+    ],
+    "iot": [
+        ("broker CPU µs/msg", ("broker_us_per_msg",), False),
+        ("p50 µs", ("latency_us", "p50"), False),
+        ("p99 µs", ("latency_us", "p99"), False),
+        ("max µs", ("latency_us", "max"), False),
+    ],
 }
 
 
@@ -671,9 +812,24 @@ def start_pyspy(t: Target, case: str, st: Settings, rec: dict) -> tuple[subproce
     st.pyspy_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(st.pyspy_dir.glob(f"{t.name}-{case}-*.txt")))
     path = st.pyspy_dir / f"{t.name}-{case}-{n + 1}.txt"
-    p = subprocess.Popen([str(exe), "record", "--pid", str(t.proc.pid), "--rate", str(st.pyspy_rate),
-                          "--format", "raw", "--nonblocking", "--output", str(path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "--pid",
+            str(t.proc.pid),
+            "--rate",
+            str(st.pyspy_rate),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     time.sleep(0.5)  # py-spy attaches
     return p, path
 
@@ -695,9 +851,23 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
     spec = t.spec
     assert spec is not None and t.proc is not None
     cd = CASES[case]
-    argv = [sys.executable, str(LOADGEN), case, "--host", "127.0.0.1", "--port", str(spec.port),
-            "--broker-pids", str(t.proc.pid), "--redis-pid", str(ctx.redis_pid or 0),
-            "--idle-timeout", str(st.idle_timeout), "--max-time", str(st.max_time)] + cd["args"]
+    argv = [
+        sys.executable,
+        str(LOADGEN),
+        case,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(spec.port),
+        "--broker-pids",
+        str(t.proc.pid),
+        "--redis-pid",
+        str(ctx.redis_pid or 0),
+        "--idle-timeout",
+        str(st.idle_timeout),
+        "--max-time",
+        str(st.max_time),
+    ] + cd["args"]
     if spec.username is not None:
         argv += ["--username", spec.username]
         if spec.password is not None:
@@ -718,8 +888,9 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
         return rec
     rec["pre_idle_wait_s"] = wait_idle(t.proc.pid)
     spy = start_pyspy(t, case, st, rec) if measure else None
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True
+    )
     try:
         out, err = p.communicate(timeout=st.max_time + 40)
     except subprocess.TimeoutExpired:
@@ -740,8 +911,9 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
     try:
         rec.update(json.loads(line))
     except json.JSONDecodeError:
-        rec.update(ok=False, error=f"load generator exited {p.returncode} without a result: "
-                                   f"{(err or out).strip()[-600:]}")
+        rec.update(
+            ok=False, error=f"load generator exited {p.returncode} without a result: {(err or out).strip()[-600:]}"
+        )
     rec["broker_rss_mb"] = rss_mb(t.proc.pid)
     if t.proc.poll() is not None:
         t.status = "died"
@@ -769,8 +941,12 @@ def calibrate(ctx: Ctx, t: Target, case: str, st: Settings, log: Callable[[dict]
         per_client_per_s = msgs_per_s / (cd["clients"] if cd["per"] == "pub" else 1)
         new = int(per_client_per_s * st.run_seconds)
         new = max(cd["min"], min(cd["max"], new))
-        t.calib[case] = {"probe_count": count, "probe_secs": round(secs, 3),
-                         "msgs_per_s": round(msgs_per_s, 1), "count": new}
+        t.calib[case] = {
+            "probe_count": count,
+            "probe_secs": round(secs, 3),
+            "msgs_per_s": round(msgs_per_s, 1),
+            "count": new,
+        }
         if secs >= 0.3 or i == st.probe_runs - 1:
             return new
         # too short to trust: probe again at ~0.5 s
@@ -797,6 +973,7 @@ def share_counts(targets: dict[str, Target], cases: list[str]) -> None:
 # --------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------
+
 
 def dig(rec: dict, path: tuple) -> float | None:
     v = rec
@@ -840,17 +1017,22 @@ def fmt_ratio(s: dict | None) -> str:
     return f"{s['median']:.2f}× [{s['min']:.2f}–{s['max']:.2f}]"
 
 
-def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], facts: dict,
-              meta: dict) -> tuple[dict, str]:
+def summarize(
+    runs: list[dict], targets: dict[str, Target], cases: list[str], facts: dict, meta: dict
+) -> tuple[dict, str]:
     measured = [r for r in runs if r.get("phase") == "measure"]
     rounds = sorted({r["round"] for r in measured})
     summary: dict = {"meta": meta, "machine": facts, "targets": {}, "cases": {}}
     for name, t in targets.items():
         summary["targets"][name] = {
-            "status": t.status, "reason": t.reason,
-            "argv": t.spec.argv if t.spec else None, "port": t.spec.port if t.spec else None,
-            "auth": bool(t.spec and t.spec.username), "notes": t.spec.notes if t.spec else [],
-            "count_per_client": t.counts, "calibration": t.calib,
+            "status": t.status,
+            "reason": t.reason,
+            "argv": t.spec.argv if t.spec else None,
+            "port": t.spec.port if t.spec else None,
+            "auth": bool(t.spec and t.spec.username),
+            "notes": t.spec.notes if t.spec else [],
+            "count_per_client": t.counts,
+            "calibration": t.calib,
         }
     for case in cases:
         cs: dict = {"description": CASES[case]["desc"], "metrics": {}}
@@ -864,10 +1046,13 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
                 entry = {
                     "values": vals,
                     "stat": stats(vals),
-                    "runs": len([r for r in recs if r]), "ok_runs": len(ok),
+                    "runs": len([r for r in recs if r]),
+                    "ok_runs": len(ok),
                     "errors": sorted({r.get("error") for r in recs if r and not r.get("ok") and r.get("error")}),
-                    "lost": [r.get("lost") for r in ok], "expected": [r.get("expected") for r in ok],
-                    "sent": [r.get("sent") for r in ok], "delivered": [r.get("delivered") for r in ok],
+                    "lost": [r.get("lost") for r in ok],
+                    "expected": [r.get("expected") for r in ok],
+                    "sent": [r.get("sent") for r in ok],
+                    "delivered": [r.get("delivered") for r in ok],
                     "conn_errors": [r.get("errors") for r in ok if case == "connect_rate"],
                     "duration_s": stats([r.get("duration_s") for r in ok]),
                     "broker_cpu_pct": stats([r.get("broker_cpu_pct") for r in ok]),
@@ -892,19 +1077,25 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
     L: list[str] = []
     L.append(f"# mqtt-guard benchmark ({meta['started']})")
     L.append("")
-    L.append(f"Machine: {facts.get('nproc')} CPUs ({facts.get('cpu_model')}), {facts.get('mem_gib')} GiB, "
-             f"Linux {facts.get('kernel')}, Python {facts.get('python')}; amqtt {facts.get('amqtt_version')}, "
-             f"{facts.get('mosquitto_version')}, {(facts.get('redis_server_version') or '')[:40]}; "
-             f"git {facts.get('git_commit')}. Machine busy before start: {facts.get('busy_before_start_pct')}% "
-             f"of {facts.get('cpu_count', 0) * 100}%.")
-    L.append(f"Command: `{meta['command']}`; rounds: {len(rounds)}; burst runs sized for ~{meta['run_seconds']} s; "
-             f"elapsed {meta.get('elapsed_s', 0):.0f} s.")
+    L.append(
+        f"Machine: {facts.get('nproc')} CPUs ({facts.get('cpu_model')}), {facts.get('mem_gib')} GiB, "
+        f"Linux {facts.get('kernel')}, Python {facts.get('python')}; amqtt {facts.get('amqtt_version')}, "
+        f"{facts.get('mosquitto_version')}, {(facts.get('redis_server_version') or '')[:40]}; "
+        f"git {facts.get('git_commit')}. Machine busy before start: {facts.get('busy_before_start_pct')}% "
+        f"of {facts.get('cpu_count', 0) * 100}%."
+    )
+    L.append(
+        f"Command: `{meta['command']}`; rounds: {len(rounds)}; burst runs sized for ~{meta['run_seconds']} s; "
+        f"elapsed {meta.get('elapsed_s', 0):.0f} s."
+    )
     L.append("")
-    L.append("Cells: **median [min–max] over rounds**. ×amqtt / ×guard-off: ratio to that target computed "
-             "within each round, then the median [min–max] of those ratios (for latency rows >1 means slower). "
-             "CPU: 100% = one core, over the delivery window; gen = the load generator's processes; "
-             "busy = whole machine, out of "
-             f"{facts.get('cpu_count', 0) * 100}%.")
+    L.append(
+        "Cells: **median [min–max] over rounds**. ×amqtt / ×guard-off: ratio to that target computed "
+        "within each round, then the median [min–max] of those ratios (for latency rows >1 means slower). "
+        "CPU: 100% = one core, over the delivery window; gen = the load generator's processes; "
+        "busy = whole machine, out of "
+        f"{facts.get('cpu_count', 0) * 100}%."
+    )
     L.append("")
     L.append("| target | status | command / notes |")
     L.append("|---|---|---|")
@@ -914,8 +1105,10 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
             info += f" (clients authenticate as {t.spec.username!r})"
         L.append(f"| {name} | {t.status} | {info} |")
     L.append("")
-    L.append("| case | metric | target | value | ×amqtt | ×guard-off | lost / expected | broker CPU % | "
-             "gen CPU % | redis CPU % | busy % | n per client |")
+    L.append(
+        "| case | metric | target | value | ×amqtt | ×guard-off | lost / expected | broker CPU % | "
+        "gen CPU % | redis CPU % | busy % | n per client |"
+    )
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     lossy: list[str] = []
     for case in cases:
@@ -943,15 +1136,27 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
                     if max(lv) > 0:
                         lost_cell += f" **LOST in {sum(1 for x in lv if x)}/{len(lv)} runs**"
                         if label == next(iter(summary["cases"][case]["metrics"])):
-                            lossy.append(f"{case}/{name}: lost {', '.join(f'{x:,}' for x in lv)} of "
-                                         f"{', '.join(f'{x:,}' for x in ev)}")
-                n_cell = str(t.counts.get(case, "")) if CASES[case]["kind"] == "burst" else (
-                    f"{meta['timed_seconds']} s" if case == "connect_rate" else
-                    f"{meta['iot_seconds']} s" if case == "iot" else f"{meta['latency_seconds']} s")
-                L.append(f"| {case} | {label} | {name} | {val} | {fmt_ratio(e['ratio_amqtt'])} | "
-                         f"{fmt_ratio(e['ratio_guard_off'])} | {lost_cell} | {fmt_stat(e['broker_cpu_pct'])} | "
-                         f"{fmt_stat(e['gen_cpu_pct'])} | {fmt_stat(e['redis_cpu_pct'])} | "
-                         f"{fmt_stat(e['machine_busy_pct'])} | {n_cell} |")
+                            lossy.append(
+                                f"{case}/{name}: lost {', '.join(f'{x:,}' for x in lv)} of "
+                                f"{', '.join(f'{x:,}' for x in ev)}"
+                            )
+                n_cell = (
+                    str(t.counts.get(case, ""))
+                    if CASES[case]["kind"] == "burst"
+                    else (
+                        f"{meta['timed_seconds']} s"
+                        if case == "connect_rate"
+                        else f"{meta['iot_seconds']} s"
+                        if case == "iot"
+                        else f"{meta['latency_seconds']} s"
+                    )
+                )
+                L.append(
+                    f"| {case} | {label} | {name} | {val} | {fmt_ratio(e['ratio_amqtt'])} | "
+                    f"{fmt_ratio(e['ratio_guard_off'])} | {lost_cell} | {fmt_stat(e['broker_cpu_pct'])} | "
+                    f"{fmt_stat(e['gen_cpu_pct'])} | {fmt_stat(e['redis_cpu_pct'])} | "
+                    f"{fmt_stat(e['machine_busy_pct'])} | {n_cell} |"
+                )
     L.append("")
     if lossy:
         L.append("**Runs that lost messages** (rates count only what was delivered):")
@@ -964,14 +1169,18 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
     if "guard-on" in targets and targets["guard-on"].status == "running":
         L.append("")
         if GUARD_ON["pending"]:
-            L.append(f"**guard-on is incomplete**: auth (password per client) and the Redis ACL "
-                     f"({GUARD_ON['acl_rules']} rules) are on; {', '.join(GUARD_ON['pending'])} are not configured "
-                     "yet (tests/bench/run.py `guard_on_config`).")
+            L.append(
+                f"**guard-on is incomplete**: auth (password per client) and the Redis ACL "
+                f"({GUARD_ON['acl_rules']} rules) are on; {', '.join(GUARD_ON['pending'])} are not configured "
+                "yet (tests/bench/run.py `guard_on_config`)."
+            )
         else:
-            L.append(f"**guard-on is complete**: password auth (anonymous refused), the Redis ACL "
-                     f"({GUARD_ON['acl_rules']} rules, default deny), quotas (events in+out, bytes, rate, sessions, "
-                     "slow-consumer marks for the bench user) and analytics (counters flushed to Redis every "
-                     "second, /metrics, $SYS) are all on.")
+            L.append(
+                f"**guard-on is complete**: password auth (anonymous refused), the Redis ACL "
+                f"({GUARD_ON['acl_rules']} rules, default deny), quotas (events in+out, bytes, rate, sessions, "
+                "slow-consumer marks for the bench user) and analytics (counters flushed to Redis every "
+                "second, /metrics, $SYS) are all on."
+            )
     L.append("")
     return summary, "\n".join(L)
 
@@ -980,6 +1189,7 @@ def summarize(runs: list[dict], targets: dict[str, Target], cases: list[str], fa
 # main
 # --------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run: 1 round, ~0.5 s runs")
@@ -987,15 +1197,21 @@ def parse_args(argv=None):
     ap.add_argument("--targets", default=",".join(ALL_TARGETS), help=f"comma list of {', '.join(ALL_TARGETS)}")
     ap.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma list of {', '.join(ALL_CASES)}")
     ap.add_argument("--out", default=str(BENCH_DIR / "results"), help="output directory")
-    ap.add_argument("--run-seconds", type=float, default=None,
-                    help="target duration of a burst run (default 2.0, --quick 0.5)")
-    ap.add_argument("--idle-timeout", type=float, default=20.0,
-                    help="a run ends when nothing is delivered for this long")
+    ap.add_argument(
+        "--run-seconds", type=float, default=None, help="target duration of a burst run (default 2.0, --quick 0.5)"
+    )
+    ap.add_argument(
+        "--idle-timeout", type=float, default=20.0, help="a run ends when nothing is delivered for this long"
+    )
     ap.add_argument("--startup-timeout", type=float, default=20.0)
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs and broker logs")
-    ap.add_argument("--pyspy", metavar="DIR", default=None,
-                    help="record every Python broker with py-spy during each measured run (raw stacks in DIR; "
-                         "summarise with tests/bench/pyspy_summary.py); profiling costs the broker some speed")
+    ap.add_argument(
+        "--pyspy",
+        metavar="DIR",
+        default=None,
+        help="record every Python broker with py-spy during each measured run (raw stacks in DIR; "
+        "summarise with tests/bench/pyspy_summary.py); profiling costs the broker some speed",
+    )
     a = ap.parse_args(argv)
     a.targets = [x.strip() for x in a.targets.split(",") if x.strip()]
     a.cases = [x.strip() for x in a.cases.split(",") if x.strip()]
@@ -1021,28 +1237,45 @@ def main(argv=None) -> int:
     # inherit SIGINT as *ignored*: a handled signal is reset to the default in
     # the children at exec, so amqtt's SIGINT shutdown works
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    st = Settings(run_seconds=a.run_seconds,
-                  timed_seconds=0.5 if a.quick else 2.0,
-                  latency_seconds=1.0 if a.quick else 3.0,
-                  iot_seconds=2.0 if a.quick else 6.0,
-                  idle_timeout=a.idle_timeout, max_time=60.0,
-                  probe_runs=2, pyspy_dir=Path(a.pyspy) if a.pyspy else None)
+    st = Settings(
+        run_seconds=a.run_seconds,
+        timed_seconds=0.5 if a.quick else 2.0,
+        latency_seconds=1.0 if a.quick else 3.0,
+        iot_seconds=2.0 if a.quick else 6.0,
+        idle_timeout=a.idle_timeout,
+        max_time=60.0,
+        probe_runs=2,
+        pyspy_dir=Path(a.pyspy) if a.pyspy else None,
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     session = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + os.urandom(2).hex()
     facts = machine_facts()
     facts["busy_before_start_pct"] = machine_busy(1.0)
-    print(f"machine: nproc={facts['nproc']} cpu={facts['cpu_model']!r} python={facts['python']} "
-          f"kernel={facts['kernel']} amqtt={facts.get('amqtt_version')} {facts.get('mosquitto_version')} "
-          f"git={facts.get('git_commit')}; machine busy before start: {facts['busy_before_start_pct']}% "
-          f"of {facts['cpu_count'] * 100}%", flush=True)
+    print(
+        f"machine: nproc={facts['nproc']} cpu={facts['cpu_model']!r} python={facts['python']} "
+        f"kernel={facts['kernel']} amqtt={facts.get('amqtt_version')} {facts.get('mosquitto_version')} "
+        f"git={facts.get('git_commit')}; machine busy before start: {facts['busy_before_start_pct']}% "
+        f"of {facts['cpu_count'] * 100}%",
+        flush=True,
+    )
     if (facts["busy_before_start_pct"] or 0) > 20:
         print("warning: the machine is already busy; numbers will be noisy", flush=True)
-    print(f"session {session}: rounds={a.rounds} targets={','.join(a.targets)} cases={','.join(a.cases)} "
-          f"out={out}", flush=True)
-    meta = {"session": session, "started": started, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "rounds": a.rounds, "run_seconds": st.run_seconds, "timed_seconds": st.timed_seconds,
-            "latency_seconds": st.latency_seconds, "iot_seconds": st.iot_seconds, "quick": a.quick}
+    print(
+        f"session {session}: rounds={a.rounds} targets={','.join(a.targets)} cases={','.join(a.cases)} out={out}",
+        flush=True,
+    )
+    meta = {
+        "session": session,
+        "started": started,
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "rounds": a.rounds,
+        "run_seconds": st.run_seconds,
+        "timed_seconds": st.timed_seconds,
+        "latency_seconds": st.latency_seconds,
+        "iot_seconds": st.iot_seconds,
+        "quick": a.quick,
+    }
 
     tmp = Path(tempfile.mkdtemp(prefix="mqtt-guard-bench-"))
     ctx = Ctx(tmp=tmp)
@@ -1061,8 +1294,10 @@ def main(argv=None) -> int:
     try:
         if any(x.startswith("guard") for x in a.targets):
             start_redis(ctx)
-            print(f"redis: {'port ' + str(ctx.redis_port) + ' pid ' + str(ctx.redis_pid) if ctx.redis_port else ctx.redis_error}",
-                  flush=True)
+            print(
+                "redis: " + (f"port {ctx.redis_port} pid {ctx.redis_pid}" if ctx.redis_port else str(ctx.redis_error)),
+                flush=True,
+            )
         for name in a.targets:
             t = start_target(ctx, name, a.startup_timeout)
             targets[name] = t
@@ -1080,9 +1315,11 @@ def main(argv=None) -> int:
                     continue
                 t.counts[case] = calibrate(ctx, t, case, st, log)
                 c = t.calib.get(case, {})
-                print(f"calibrate {name:9s} {case:12s}: ~{fmt_num(c.get('msgs_per_s'))} msg/s -> "
-                      f"count {t.counts[case]} per client" + (f" (probe failed: {c['error']})" if c.get("error") else ""),
-                      flush=True)
+                print(
+                    f"calibrate {name:9s} {case:12s}: ~{fmt_num(c.get('msgs_per_s'))} msg/s -> "
+                    f"count {t.counts[case]} per client" + (f" (probe failed: {c['error']})" if c.get("error") else ""),
+                    flush=True,
+                )
         share_counts(targets, a.cases)
 
         avail = [n for n in a.targets if targets[n].available]
@@ -1117,8 +1354,10 @@ def main(argv=None) -> int:
     (out / "summary.md").write_text(md)
     print()
     print(md)
-    print(f"wrote {out / 'runs.jsonl'} (appended), {out / 'summary.json'}, {out / 'summary.md'}; "
-          f"total {meta['elapsed_s']:.0f} s")
+    print(
+        f"wrote {out / 'runs.jsonl'} (appended), {out / 'summary.json'}, {out / 'summary.md'}; "
+        f"total {meta['elapsed_s']:.0f} s"
+    )
     return 130 if interrupted else 0
 
 
@@ -1128,18 +1367,26 @@ def progress_line(r: dict) -> str:
         return f"{head} FAILED: {r.get('error')}"
     if r["case"] in ("latency", "iot"):
         lat = r.get("latency_us", {})
-        main = (f"p50 {fmt_num(lat.get('p50'))} µs, p99 {fmt_num(lat.get('p99'))} µs, "
-                f"max {fmt_num(lat.get('max'))} µs, lost {r.get('lost')}")
+        main = (
+            f"p50 {fmt_num(lat.get('p50'))} µs, p99 {fmt_num(lat.get('p99'))} µs, "
+            f"max {fmt_num(lat.get('max'))} µs, lost {r.get('lost')}"
+        )
         if r["case"] == "iot":
-            main += (f", {r.get('clients')} clients, {fmt_num(r.get('rate'))} msg/s, "
-                     f"broker {fmt_num(r.get('broker_us_per_msg'))} µs/msg")
+            main += (
+                f", {r.get('clients')} clients, {fmt_num(r.get('rate'))} msg/s, "
+                f"broker {fmt_num(r.get('broker_us_per_msg'))} µs/msg"
+            )
     elif r["case"] == "connect_rate":
         main = f"{fmt_num(r.get('rate'))} conn/s, errors {r.get('errors')}"
     else:
-        main = (f"{fmt_num(r.get('rate'))} {r.get('rate_unit')}, delivered {r.get('delivered'):,}/"
-                f"{r.get('expected'):,}" + (f" LOST {r['lost']:,}" if r.get("lost") else ""))
-    return (f"{head} {main}; broker {fmt_num(r.get('broker_cpu_pct'))}%, gen {fmt_num(r.get('gen_cpu_pct'))}%, "
-            f"busy {fmt_num(r.get('machine_busy_pct'))}%, {r.get('duration_s')} s")
+        main = (
+            f"{fmt_num(r.get('rate'))} {r.get('rate_unit')}, delivered {r.get('delivered'):,}/"
+            f"{r.get('expected'):,}" + (f" LOST {r['lost']:,}" if r.get("lost") else "")
+        )
+    return (
+        f"{head} {main}; broker {fmt_num(r.get('broker_cpu_pct'))}%, gen {fmt_num(r.get('gen_cpu_pct'))}%, "
+        f"busy {fmt_num(r.get('machine_busy_pct'))}%, {r.get('duration_s')} s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from mqtt_guard.auth import hashes
 
 
 def test_add_show_list_del(cli, rds, prefix):
-    r = cli("user", "add", "alice", "--password-stdin", "--superuser", "--group", "ops", input="correct horse battery\n")
+    r = cli(
+        "user", "add", "alice", "--password-stdin", "--superuser", "--group", "ops", input="correct horse battery\n"
+    )
     assert r.returncode == 0, r.stderr
     stored = rds.hgetall(f"{prefix}user:alice")
     assert stored["superuser"] == "1" and stored["disabled"] == "0"
@@ -18,8 +20,15 @@ def test_add_show_list_del(cli, rds, prefix):
     assert rds.smembers(f"{prefix}user:alice:groups") == {"ops"}
 
     shown = json.loads(cli("user", "show", "alice", "--json").stdout)
-    assert shown == {"username": "alice", "password": "pbkdf2-sha512", "superuser": True, "disabled": False,
-                     "expires_at": None, "expired": False, "groups": ["ops"]}
+    assert shown == {
+        "username": "alice",
+        "password": "pbkdf2-sha512",
+        "superuser": True,
+        "disabled": False,
+        "expires_at": None,
+        "expired": False,
+        "groups": ["ops"],
+    }
     assert "correct horse" not in cli("user", "show", "alice").stdout
     assert json.loads(cli("user", "list", "--json").stdout) == ["alice"]
 
@@ -73,5 +82,6 @@ def test_hash_command_output_verifies(cli):
 
 def test_redis_unreachable_is_a_clear_error():
     from tests.helpers.servers import free_port, run_cli
+
     r = run_cli(f"redis://127.0.0.1:{free_port()}/0", "x:", "user", "list")
     assert r.returncode == 1 and "cannot reach Redis" in r.stderr

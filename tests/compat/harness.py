@@ -43,7 +43,7 @@ class Mosquitto:
         self.conf.write_text(f"{brokers.run_as_line()}\nlistener {self.port} 127.0.0.1\n{body}\n")
         self.proc = brokers.mosquitto_proc(self.conf, self.port, directory / "mosquitto.log")
 
-    def __enter__(self) -> "Mosquitto":
+    def __enter__(self) -> Mosquitto:
         import asyncio
 
         self.proc.start()

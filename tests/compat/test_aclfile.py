@@ -47,33 +47,36 @@ def acl():
     return parse_acl_text(ACL, "acl")
 
 
-@pytest.mark.parametrize(("user", "cid", "access", "topic", "allowed"), [
-    ("alice", "c", READ, "a/b", True),  # the user's own grant beats a pattern deny
-    ("alice", "c", READ, "a/c", True),
-    ("bob", "c", READ, "a/b", False),  # no block: the pattern deny applies
-    ("alice", "c", READ, "d/x", False),  # a deny in the user's block beats its grant d/#
-    ("alice", "c", WRITE, "d/y", True),  # access word omitted = readwrite
-    (None, "can", READ, "pc/can", True),  # anonymous clients get %c patterns
-    (None, "can", READ, "anon/1", True),  # lines before the first `user`
-    (None, "can", WRITE, "anon/1", False),
-    (None, "can", READ, "pu/%u", False),  # %u patterns are skipped without a username
-    ("bob", "c", READ, "tx/xbob", True),  # substitution is textual, inside a level too
-    ("a/b", "c", READ, "pu/a/b", True),  # a '/' in the username adds levels
-    ("a/b", "c", READ, "sl/a/b/end", True),
-    ("al+ce", "c", READ, "plus/1", True),  # '+' in the username: own block still applies...
-    ("al+ce", "c", READ, "pc/c", False),  # ...but every pattern denies
-    ("bob", "x+y", READ, "pc/x+y", False),  # same for a client id with '+'
-    ("alice", "c", READ, "%u/lit", True),  # %u is literal in `topic` lines
-    ("alice", "c", READ, "alice/lit", False),
-    ("alice", "c", READ, "w/1", False),
-    ("alice", "c", WRITE, "w/1", True),
-    ("alice", "c", READ, "a", True),  # a/# matches a
-    ("admin", "c", READ, "$SYS/x", False),  # '#' never matches a $ topic
-    ("admin", "c", WRITE, "$foo/x", True),
-    ("alice", "c", WRITE, "$foo/x", False),
-    ("alice", "c", SUBSCRIBE, "anything/#", True),  # SUBSCRIBE is never checked
-    ("nobody", "c", READ, "zz", False),
-])
+@pytest.mark.parametrize(
+    ("user", "cid", "access", "topic", "allowed"),
+    [
+        ("alice", "c", READ, "a/b", True),  # the user's own grant beats a pattern deny
+        ("alice", "c", READ, "a/c", True),
+        ("bob", "c", READ, "a/b", False),  # no block: the pattern deny applies
+        ("alice", "c", READ, "d/x", False),  # a deny in the user's block beats its grant d/#
+        ("alice", "c", WRITE, "d/y", True),  # access word omitted = readwrite
+        (None, "can", READ, "pc/can", True),  # anonymous clients get %c patterns
+        (None, "can", READ, "anon/1", True),  # lines before the first `user`
+        (None, "can", WRITE, "anon/1", False),
+        (None, "can", READ, "pu/%u", False),  # %u patterns are skipped without a username
+        ("bob", "c", READ, "tx/xbob", True),  # substitution is textual, inside a level too
+        ("a/b", "c", READ, "pu/a/b", True),  # a '/' in the username adds levels
+        ("a/b", "c", READ, "sl/a/b/end", True),
+        ("al+ce", "c", READ, "plus/1", True),  # '+' in the username: own block still applies...
+        ("al+ce", "c", READ, "pc/c", False),  # ...but every pattern denies
+        ("bob", "x+y", READ, "pc/x+y", False),  # same for a client id with '+'
+        ("alice", "c", READ, "%u/lit", True),  # %u is literal in `topic` lines
+        ("alice", "c", READ, "alice/lit", False),
+        ("alice", "c", READ, "w/1", False),
+        ("alice", "c", WRITE, "w/1", True),
+        ("alice", "c", READ, "a", True),  # a/# matches a
+        ("admin", "c", READ, "$SYS/x", False),  # '#' never matches a $ topic
+        ("admin", "c", WRITE, "$foo/x", True),
+        ("alice", "c", WRITE, "$foo/x", False),
+        ("alice", "c", SUBSCRIBE, "anything/#", True),  # SUBSCRIBE is never checked
+        ("nobody", "c", READ, "zz", False),
+    ],
+)
 def test_decisions(acl, user, cid, access, topic, allowed):
     assert acl.check(user, cid, access, topic) is allowed
 
@@ -90,36 +93,42 @@ def test_a_second_block_for_a_user_merges_with_the_first():
     assert not acl.check("bob", "x", WRITE, "c")
 
 
-@pytest.mark.parametrize(("text", "ok"), [
-    ("  topic read a\n", True),  # leading spaces before the keyword are skipped
-    ("topic   read   a  \n", True),
-    ("topic read a\r\nuser alice\r\ntopic read b\r\n", True),
-    ("topic read a\t\n", True),
-    ("pattern read a\n", True),
-    ("user alice   \ntopic read b\n", True),
-    ("user al ice\ntopic read b\n", True),
-    ("topic read /a\n", True),
-    ("topic read $SYS/#\n", True),
-    ("topic read a b\n", True),  # the filter is the rest of the line
-    ("topic read\n", True),  # the filter "read", readwrite
-])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("  topic read a\n", True),  # leading spaces before the keyword are skipped
+        ("topic   read   a  \n", True),
+        ("topic read a\r\nuser alice\r\ntopic read b\r\n", True),
+        ("topic read a\t\n", True),
+        ("pattern read a\n", True),
+        ("user alice   \ntopic read b\n", True),
+        ("user al ice\ntopic read b\n", True),
+        ("topic read /a\n", True),
+        ("topic read $SYS/#\n", True),
+        ("topic read a b\n", True),  # the filter is the rest of the line
+        ("topic read\n", True),  # the filter "read", readwrite
+    ],
+)
 def test_lines_mosquitto_accepts(text, ok):
     parse_acl_text(text)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("  # comment\n", "invalid line"),  # only '#' in the first column is a comment
-    ("topic\tread\ta\n", "invalid line"),  # words are separated by spaces only
-    ("TOPIC read a\n", "invalid line"),
-    ("topic READ a\n", "invalid topic access type 'READ'"),
-    ("topic\n", "empty topic"),
-    ("user\n", "missing username"),
-    ("user \n", "missing username"),
-    ("foo bar\n", "invalid line"),
-    ("topic read a/#/b\n", "invalid ACL topic 'a/#/b'"),
-    ("topic a b\n", "invalid topic access type 'a'"),
-    ("topic read a # comment\n", "invalid ACL topic 'a # comment'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("  # comment\n", "invalid line"),  # only '#' in the first column is a comment
+        ("topic\tread\ta\n", "invalid line"),  # words are separated by spaces only
+        ("TOPIC read a\n", "invalid line"),
+        ("topic READ a\n", "invalid topic access type 'READ'"),
+        ("topic\n", "empty topic"),
+        ("user\n", "missing username"),
+        ("user \n", "missing username"),
+        ("foo bar\n", "invalid line"),
+        ("topic read a/#/b\n", "invalid ACL topic 'a/#/b'"),
+        ("topic a b\n", "invalid topic access type 'a'"),
+        ("topic read a # comment\n", "invalid ACL topic 'a # comment'"),
+    ],
+)
 def test_lines_mosquitto_refuses(text, message):
     with pytest.raises(AclFileError) as err:
         parse_acl_text("# first line\n" + text, "/etc/acl")
@@ -181,16 +190,26 @@ def _reference(acl, username, client_id, access, topic):
 
 _LEVEL = st.sampled_from(["a", "b", "+", "%u", "%c", "x%u", "$SYS", "$x", ""])
 _FILTER = st.lists(_LEVEL, min_size=1, max_size=3).map(lambda ls: "/".join(ls) or "a")
-_RULE = st.tuples(st.sampled_from(["topic", "pattern"]), st.sampled_from(["", "read ", "write ", "readwrite ", "deny "]),
-                  _FILTER, st.booleans())
+_RULE = st.tuples(
+    st.sampled_from(["topic", "pattern"]),
+    st.sampled_from(["", "read ", "write ", "readwrite ", "deny "]),
+    _FILTER,
+    st.booleans(),
+)
 _NAME = st.sampled_from([None, "a", "b", "u/x", "p+q", "$SYS", ""])
 _TOPIC = st.lists(st.sampled_from(["a", "b", "x", "xa", "u", "$SYS", "$x", ""]), min_size=1, max_size=4).map(
-    lambda ls: "/".join(ls) or "a")
+    lambda ls: "/".join(ls) or "a"
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([None, "a", "b", "u/x", "p+q"]), st.lists(_RULE, max_size=4)), max_size=4),
-       _NAME, st.sampled_from(["c", "a", "x+y", "d/1"]), st.sampled_from([READ, WRITE]), _TOPIC)
+@given(
+    st.lists(st.tuples(st.sampled_from([None, "a", "b", "u/x", "p+q"]), st.lists(_RULE, max_size=4)), max_size=4),
+    _NAME,
+    st.sampled_from(["c", "a", "x+y", "d/1"]),
+    st.sampled_from([READ, WRITE]),
+    _TOPIC,
+)
 def test_compiled_check_agrees_with_the_plain_algorithm(blocks, username, client_id, access, topic):
     lines = []
     for user, rules in blocks:

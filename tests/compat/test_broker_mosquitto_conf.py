@@ -34,8 +34,10 @@ def files(tmp_path):
     acl.write_text(ACL)
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"# mosquitto.conf\nlistener {port} 127.0.0.1\nallow_anonymous true\npassword_file {pw}\n"
-                    f"acl_file {acl}\nlog_type all\n")
+    conf.write_text(
+        f"# mosquitto.conf\nlistener {port} 127.0.0.1\nallow_anonymous true\npassword_file {pw}\n"
+        f"acl_file {acl}\nlog_type all\n"
+    )
     return conf, pw, acl, port
 
 
@@ -137,13 +139,21 @@ def test_unsupported_key_stops_the_broker_naming_key_and_line(tmp_path, redis_se
 
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {free_port()}\nallow_anonymous true\nmount_point site1/\n")
-    result = subprocess.run(guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker", "-c", str(conf)),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker", "-c", str(conf)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"{conf}:3: mount_point: not supported by mqtt-guard" in result.stderr
     conf.write_text(f"listener {free_port()}\nallow_anonymus true\n")
-    result = subprocess.run(guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker",
-                                      "--mosquitto-conf", str(conf)), capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker", "--mosquitto-conf", str(conf)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"{conf}:2: allow_anonymus: unknown configuration variable" in result.stderr
 
@@ -155,8 +165,12 @@ def test_a_broken_acl_file_stops_the_broker_naming_file_and_line(tmp_path, redis
     acl.write_text("user alice\ntopic READ a\n")
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {free_port()}\nacl_file {acl}\n")
-    result = subprocess.run(guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker", "-c", str(conf)),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "broker", "-c", str(conf)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 1
     assert f"{acl}:2: invalid topic access type 'READ'" in result.stderr
 
@@ -164,8 +178,9 @@ def test_a_broken_acl_file_stops_the_broker_naming_file_and_line(tmp_path, redis
 def test_keys_without_effect_are_accepted_with_a_warning(tmp_path, start_broker):
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_keepalive 30\nset_tcp_nodelay true\n"
-                    "persistence true\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_keepalive 30\nset_tcp_nodelay true\npersistence true\n"
+    )
     broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
     log = broker.wait_log("set_tcp_nodelay")
     assert f"{conf}:3: max_keepalive: accepted and ignored" in log
@@ -181,8 +196,10 @@ def test_process_keys_pid_file_log_dest_and_user(tmp_path, start_broker):
     pid_file, log_file = tmp_path / "mqg.pid", tmp_path / "mqg.log"
     run_as = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npid_file {pid_file}\n"
-                    f"log_dest file {log_file}\nlog_dest stderr\nlog_type all\nuser {run_as}\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npid_file {pid_file}\n"
+        f"log_dest file {log_file}\nlog_dest stderr\nlog_type all\nuser {run_as}\n"
+    )
     broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
     assert pid_file.read_text().strip() == str(broker.proc.pid)
     assert connect(port).rc == 0

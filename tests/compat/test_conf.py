@@ -33,9 +33,27 @@ def error_of(tmp_path, text):
 
 
 # The order mosquitto 2.0.11 read these files in (measured: one listener per file, opening order logged).
-MEASURED_ORDER = [".hidden.conf", "10.conf", "9.conf", "A.conf", "AB.conf", "Ab.conf", "a-b.conf", "a.b.conf",
-                  "a.conf", "aa.conf", "aB.conf", "ab.conf", "a_c.conf", "B.conf", "b.conf", "Z.conf", "z.conf",
-                  "_x.conf", "~t.conf"]
+MEASURED_ORDER = [
+    ".hidden.conf",
+    "10.conf",
+    "9.conf",
+    "A.conf",
+    "AB.conf",
+    "Ab.conf",
+    "a-b.conf",
+    "a.b.conf",
+    "a.conf",
+    "aa.conf",
+    "aB.conf",
+    "ab.conf",
+    "a_c.conf",
+    "B.conf",
+    "b.conf",
+    "Z.conf",
+    "z.conf",
+    "_x.conf",
+    "~t.conf",
+]
 
 
 def test_include_dir_order_is_mosquittos(tmp_path):
@@ -75,60 +93,74 @@ def test_listener_settings_in_included_files(tmp_path):
     c = conf_of(tmp_path, f"per_listener_settings true\nlistener 1\nlistener 2\ninclude_dir {inc}\n")
     assert [c.allow_anonymous_for(lst) for lst in c.effective_listeners()] == [False, False]
     (inc / "a.conf").write_text("listener 3\nallow_anonymous true\n")
-    c = conf_of(tmp_path, f"per_listener_settings true\nlistener 1\nallow_anonymous true\ninclude_dir {inc}\n"
-                          "allow_anonymous false\n")
+    c = conf_of(
+        tmp_path,
+        f"per_listener_settings true\nlistener 1\nallow_anonymous true\ninclude_dir {inc}\nallow_anonymous false\n",
+    )
     assert [c.allow_anonymous_for(lst) for lst in c.effective_listeners()] == [True, True]
     assert any("applies it to no listener" in w for w in c.warnings)
 
 
-@pytest.mark.parametrize(("text", "ports_and_anonymous"), [
-    ("", [("127.0.0.1:1883", True)]),  # no listener at all: local only mode, anyone may connect...
-    ("allow_anonymous false\n", [("127.0.0.1:1883", True)]),  # ...even with allow_anonymous false
-    ("password_file /dev/null\n", [("127.0.0.1:1883", True)]),
-    ("port 1884\n", [("0.0.0.0:1884", False)]),
-    ("bind_address 127.0.0.1\n", [("127.0.0.1:1883", False)]),
-    ("max_connections 5\n", [("0.0.0.0:1883", True)]),
-    ("listener 1884\n", [("0.0.0.0:1884", False)]),
-    ("max_connections 4\nlistener 1884\n", [("0.0.0.0:1884", False), ("0.0.0.0:1883", False)]),
-    ("per_listener_settings true\nport 1884\n", [("0.0.0.0:1884", True)]),
-    ("per_listener_settings true\nmax_connections 4\nlistener 1884\n", [("0.0.0.0:1884", False),
-                                                                      ("0.0.0.0:1883", True)]),
-    ("per_listener_settings true\nallow_anonymous true\nlistener 1884\n", [("0.0.0.0:1884", False)]),
-    ("per_listener_settings true\npassword_file /x\nlistener 1884\n", [("0.0.0.0:1884", False),
-                                                                     ("0.0.0.0:1883", True)]),
-    ("listener 1884 ::1\n", [("[::1]:1884", False)]),
-])
+@pytest.mark.parametrize(
+    ("text", "ports_and_anonymous"),
+    [
+        ("", [("127.0.0.1:1883", True)]),  # no listener at all: local only mode, anyone may connect...
+        ("allow_anonymous false\n", [("127.0.0.1:1883", True)]),  # ...even with allow_anonymous false
+        ("password_file /dev/null\n", [("127.0.0.1:1883", True)]),
+        ("port 1884\n", [("0.0.0.0:1884", False)]),
+        ("bind_address 127.0.0.1\n", [("127.0.0.1:1883", False)]),
+        ("max_connections 5\n", [("0.0.0.0:1883", True)]),
+        ("listener 1884\n", [("0.0.0.0:1884", False)]),
+        ("max_connections 4\nlistener 1884\n", [("0.0.0.0:1884", False), ("0.0.0.0:1883", False)]),
+        ("per_listener_settings true\nport 1884\n", [("0.0.0.0:1884", True)]),
+        (
+            "per_listener_settings true\nmax_connections 4\nlistener 1884\n",
+            [("0.0.0.0:1884", False), ("0.0.0.0:1883", True)],
+        ),
+        ("per_listener_settings true\nallow_anonymous true\nlistener 1884\n", [("0.0.0.0:1884", False)]),
+        (
+            "per_listener_settings true\npassword_file /x\nlistener 1884\n",
+            [("0.0.0.0:1884", False), ("0.0.0.0:1883", True)],
+        ),
+        ("listener 1884 ::1\n", [("[::1]:1884", False)]),
+    ],
+)
 def test_listeners_and_the_anonymous_default(tmp_path, text, ports_and_anonymous):
     c = conf_of(tmp_path, text)
     got = [(lst.bind(c.local_only), c.allow_anonymous_for(lst)) for lst in c.effective_listeners()]
     assert got == ports_and_anonymous
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("allow_anonymous TRUE\n", ":1: allow_anonymous: invalid allow_anonymous value (TRUE)"),
-    ("allow_anonymous yes\n", "invalid allow_anonymous value (yes)"),
-    ("allow_anonymous\n", "empty allow_anonymous value"),
-    ("\tallow_anonymous true\n", "unknown configuration variable"),
-    ("allow_anonymous\ttrue\n", "unknown configuration variable"),
-    ("   # indented comment\n", ":1: #: unknown configuration variable"),
-    ("password_file /a\npassword_file /b\n", ":2: password_file: duplicate password_file value"),
-    ("listener 1\nallow_anonymous true\nper_listener_settings true\n",
-     ":3: per_listener_settings: per_listener_settings must be set before any other security settings"),
-    ("bridge_cafile /x\n", "bridges are not supported"),
-    ("connection br\naddress 1.2.3.4\n", ":1: connection: not supported by mqtt-guard"),
-    ("auth_plugin /usr/lib/go-auth.so\n", "mqtt-guard import go-auth"),
-    ("auth_opt_backends redis\n", ":1: auth_opt_backends: not supported"),
-    ("psk_file /x\n", "TLS-PSK is not supported"),
-    ("listener 1883\nmount_point x/\n", ":2: mount_point: not supported by mqtt-guard"),
-    ("max_qos 1\n", "only 2 (the default) is supported"),
-    ("queue_qos0_messages true\n", "`queue_qos0_messages true` is not supported"),
-    ("message_size_limit -1\n", "invalid message_size_limit value (-1)"),
-    ("tls_version tlsv1.3\n", "`tls_version tlsv1.3` is not supported"),
-    ("listener 0 /tmp/sock\n", "unix socket listeners"),
-    ("listener 70000\n", "invalid port value (70000)"),
-    ("protocol mqttsn\n", "invalid protocol value (mqttsn)"),
-    ("log_dest carrier-pigeon\n", "invalid log_dest value (carrier-pigeon)"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("allow_anonymous TRUE\n", ":1: allow_anonymous: invalid allow_anonymous value (TRUE)"),
+        ("allow_anonymous yes\n", "invalid allow_anonymous value (yes)"),
+        ("allow_anonymous\n", "empty allow_anonymous value"),
+        ("\tallow_anonymous true\n", "unknown configuration variable"),
+        ("allow_anonymous\ttrue\n", "unknown configuration variable"),
+        ("   # indented comment\n", ":1: #: unknown configuration variable"),
+        ("password_file /a\npassword_file /b\n", ":2: password_file: duplicate password_file value"),
+        (
+            "listener 1\nallow_anonymous true\nper_listener_settings true\n",
+            ":3: per_listener_settings: per_listener_settings must be set before any other security settings",
+        ),
+        ("bridge_cafile /x\n", "bridges are not supported"),
+        ("connection br\naddress 1.2.3.4\n", ":1: connection: not supported by mqtt-guard"),
+        ("auth_plugin /usr/lib/go-auth.so\n", "mqtt-guard import go-auth"),
+        ("auth_opt_backends redis\n", ":1: auth_opt_backends: not supported"),
+        ("psk_file /x\n", "TLS-PSK is not supported"),
+        ("listener 1883\nmount_point x/\n", ":2: mount_point: not supported by mqtt-guard"),
+        ("max_qos 1\n", "only 2 (the default) is supported"),
+        ("queue_qos0_messages true\n", "`queue_qos0_messages true` is not supported"),
+        ("message_size_limit -1\n", "invalid message_size_limit value (-1)"),
+        ("tls_version tlsv1.3\n", "`tls_version tlsv1.3` is not supported"),
+        ("listener 0 /tmp/sock\n", "unix socket listeners"),
+        ("listener 70000\n", "invalid port value (70000)"),
+        ("protocol mqttsn\n", "invalid protocol value (mqttsn)"),
+        ("log_dest carrier-pigeon\n", "invalid log_dest value (carrier-pigeon)"),
+    ],
+)
 def test_refusals_name_key_file_and_line(tmp_path, text, message):
     msg = error_of(tmp_path, text)
     assert message in msg
@@ -136,9 +168,12 @@ def test_refusals_name_key_file_and_line(tmp_path, text, message):
 
 
 def test_values_are_read_like_mosquitto(tmp_path):
-    c = conf_of(tmp_path, "listener 1883  127.0.0.1 extra\nallow_anonymous 1\nallow_anonymous 0\n"
-                          "password_file /etc/pw # not a comment\nmax_queued_messages 10abc\nmax_packet_size 0\n"
-                          "  sys_interval 0\nlog_type debug\nlog_dest file /tmp/m.log\n")
+    c = conf_of(
+        tmp_path,
+        "listener 1883  127.0.0.1 extra\nallow_anonymous 1\nallow_anonymous 0\n"
+        "password_file /etc/pw # not a comment\nmax_queued_messages 10abc\nmax_packet_size 0\n"
+        "  sys_interval 0\nlog_type debug\nlog_dest file /tmp/m.log\n",
+    )
     assert c.security.allow_anonymous is False  # repeated booleans: the last one wins
     assert c.security.password_file == "/etc/pw # not a comment"
     assert c.max_queued_messages == 10
@@ -153,14 +188,21 @@ def test_values_are_read_like_mosquitto(tmp_path):
 def test_translation_of_listeners(tmp_path):
     for name in ("ca.pem", "cert.pem", "key.pem"):
         (tmp_path / name).write_text("x")
-    c = conf_of(tmp_path, f"listener 8883\ncafile {tmp_path}/ca.pem\ncertfile {tmp_path}/cert.pem\n"
-                          f"keyfile {tmp_path}/key.pem\nrequire_certificate true\nuse_identity_as_username true\n"
-                          "listener 9001 127.0.0.1\nprotocol websockets\nmax_connections -1\n"
-                          "listener 1883\nmax_connections 10\nmax_inflight_messages 5\n")
+    c = conf_of(
+        tmp_path,
+        f"listener 8883\ncafile {tmp_path}/ca.pem\ncertfile {tmp_path}/cert.pem\n"
+        f"keyfile {tmp_path}/key.pem\nrequire_certificate true\nuse_identity_as_username true\n"
+        "listener 9001 127.0.0.1\nprotocol websockets\nmax_connections -1\n"
+        "listener 1883\nmax_connections 10\nmax_inflight_messages 5\n",
+    )
     config = to_guard_config(c)
     tls, ws, plain = config.listeners
-    assert (tls.type, tls.bind, tls.require_certificate, tls.use_identity_as_username) == \
-        ("tls", "0.0.0.0:8883", True, True)
+    assert (tls.type, tls.bind, tls.require_certificate, tls.use_identity_as_username) == (
+        "tls",
+        "0.0.0.0:8883",
+        True,
+        True,
+    )
     assert (ws.type, ws.bind, ws.max_connections) == ("websockets", "127.0.0.1:9001", 0)
     assert (plain.type, plain.max_connections) == ("tcp", 10)
     assert config.limits.max_inflight_messages == 5
@@ -182,9 +224,12 @@ def test_format_detection(tmp_path):
 
 def test_debian_default_configuration_loads(tmp_path):
     (tmp_path / "conf.d").mkdir()
-    c = conf_of(tmp_path, "pid_file /run/mosquitto/mosquitto.pid\n\npersistence true\n"
-                          "persistence_location /var/lib/mosquitto/\n\nlog_dest file /var/log/mosquitto/mosquitto.log\n"
-                          f"\ninclude_dir {tmp_path}/conf.d\n")
+    c = conf_of(
+        tmp_path,
+        "pid_file /run/mosquitto/mosquitto.pid\n\npersistence true\n"
+        "persistence_location /var/lib/mosquitto/\n\nlog_dest file /var/log/mosquitto/mosquitto.log\n"
+        f"\ninclude_dir {tmp_path}/conf.d\n",
+    )
     assert c.local_only and c.persistence and c.pid_file == "/run/mosquitto/mosquitto.pid"
     assert any("kept in memory only" in w for w in c.warnings)
 

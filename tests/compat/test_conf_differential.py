@@ -15,9 +15,9 @@ CASES = {
     "port key": "port P0\npassword_file PW\n",
     "per_listener_settings default listener": "per_listener_settings true\nport P0\n",
     "per_listener_settings two listeners": "per_listener_settings true\nlistener P0 127.0.0.1\nallow_anonymous true\n"
-                                           "listener P1 127.0.0.1\npassword_file PW\n",
+    "listener P1 127.0.0.1\npassword_file PW\n",
     "include_dir settings land on the default listener": "per_listener_settings true\nlistener P0 127.0.0.1\n"
-                                                         "include_dir INC\n",
+    "include_dir INC\n",
     "last boolean wins": "listener P0 127.0.0.1\nallow_anonymous true\nallow_anonymous false\npassword_file PW\n",
     "duplicate acl_file": "listener P0 127.0.0.1\nacl_file ACL\nacl_file ACL\n",
     "invalid acl_file": "listener P0 127.0.0.1\nacl_file BADACL\n",
@@ -36,17 +36,25 @@ def test_same_configuration_same_outcome(name, tmp_path, redis_server, prefix):
     (tmp_path / "badacl").write_text("topic red x\n")
     (tmp_path / "inc").mkdir()
     (tmp_path / "inc" / "a.conf").write_text("allow_anonymous true\n")
-    body = (CASES[name].replace("PW", str(tmp_path / "pw")).replace("BADACL", str(tmp_path / "badacl"))
-            .replace("ACL", str(tmp_path / "acl")).replace("INC", str(tmp_path / "inc"))
-            .replace("NOPE", str(tmp_path / "nope")))
+    body = (
+        CASES[name]
+        .replace("PW", str(tmp_path / "pw"))
+        .replace("BADACL", str(tmp_path / "badacl"))
+        .replace("ACL", str(tmp_path / "acl"))
+        .replace("INC", str(tmp_path / "inc"))
+        .replace("NOPE", str(tmp_path / "nope"))
+    )
     outcomes = []
     for side in ("mosquitto", "mqtt-guard"):
         ports = [brokers.free_port(), brokers.free_port()]
         conf = tmp_path / f"{side}.conf"
         conf.write_text(f"{brokers.run_as_line()}\n" + body.replace("P0", str(ports[0])).replace("P1", str(ports[1])))
         log = tmp_path / f"{side}.log"
-        proc = (brokers.mosquitto_proc(conf, ports[0], log) if side == "mosquitto"
-                else brokers.guard_proc(conf, ports[0], log, redis_server.url, prefix))
+        proc = (
+            brokers.mosquitto_proc(conf, ports[0], log)
+            if side == "mosquitto"
+            else brokers.guard_proc(conf, ports[0], log, redis_server.url, prefix)
+        )
         proc.start()
         try:
             try:

@@ -25,8 +25,9 @@ def _seed() -> int:
 @pytest.mark.timeout(240)
 def test_mosquitto_and_mqtt_guard_agree_on_randomized_scenarios(redis_server, prefix, tmp_path):
     seed = _seed()
-    stats, differences = asyncio.run(run.run(seed, redis_url=redis_server.url, prefix=prefix, pairs=6, epochs=3,
-                                             scenarios=40, workdir=str(tmp_path)))
+    stats, differences = asyncio.run(
+        run.run(seed, redis_url=redis_server.url, prefix=prefix, pairs=6, epochs=3, scenarios=40, workdir=str(tmp_path))
+    )
     report = "\n\n".join(d.report() for d in differences)
     assert not differences, f"seed {seed}: {len(differences)} difference(s) (MQG_DIFF_SEED={seed}):\n{report}"
     print(f"differential seed {seed}: {stats.summary()}")
@@ -42,8 +43,18 @@ def test_the_harness_sees_a_difference(redis_server, prefix, rds, tmp_path):
     pair_prefix = f"{prefix}p0:"
     rds.hset(f"{pair_prefix}acl:pattern", "#", "deny")
     rds.hset(f"{pair_prefix}acl:anonymous", "#", "deny")
-    stats, differences = asyncio.run(run.run(3, redis_url=redis_server.url, prefix=prefix, pairs=1, epochs=1,
-                                             scenarios=40, workdir=str(tmp_path), max_differences=1))
+    stats, differences = asyncio.run(
+        run.run(
+            3,
+            redis_url=redis_server.url,
+            prefix=prefix,
+            pairs=1,
+            epochs=1,
+            scenarios=40,
+            workdir=str(tmp_path),
+            max_differences=1,
+        )
+    )
     assert differences, stats.summary()
     report = differences[0].report()
     assert "mosquitto:" in report and "mqtt-guard:" in report and "seed 3" in report

@@ -25,9 +25,11 @@ pattern deny devices/x%c
 @pytest.fixture
 def files(tmp_path):
     pw, acl = tmp_path / "passwd", tmp_path / "acl"
-    pw.write_text(f"alice:{hashes.hash_password('pa', salt_len=12, iterations=101)}\n"
-                  f"bob:{hashes.hash_password('pb', salt_len=12, iterations=101)}\n"
-                  "carol:plaintext\n")
+    pw.write_text(
+        f"alice:{hashes.hash_password('pa', salt_len=12, iterations=101)}\n"
+        f"bob:{hashes.hash_password('pb', salt_len=12, iterations=101)}\n"
+        "carol:plaintext\n"
+    )
     acl.write_text(ACL)
     return pw, acl
 
@@ -47,8 +49,12 @@ def test_import_mosquitto(cli, rds, prefix, files):
     assert "a user's own grant beats a pattern deny" not in result.stdout  # no pattern deny was imported
     assert "SUBACK 0x80" in result.stdout
     assert rds.hgetall(f"{prefix}acl:anonymous") == {"public/#": "read", "devices/%c/#": "readwrite"}
-    assert rds.hgetall(f"{prefix}acl:user:alice") == {"alice/#": "readwrite", "shared/#": "read",
-                                                      "shared/alice": "publish", "shared/secret": "deny"}
+    assert rds.hgetall(f"{prefix}acl:user:alice") == {
+        "alice/#": "readwrite",
+        "shared/#": "read",
+        "shared/alice": "publish",
+        "shared/secret": "deny",
+    }
     assert rds.hgetall(f"{prefix}acl:user:bob") == {"shared/#": "readwrite"}
     assert rds.hgetall(f"{prefix}acl:pattern") == {"devices/%c/#": "readwrite", "users/%u/#": "read"}
     user = rds.hgetall(f"{prefix}user:alice")
@@ -99,8 +105,11 @@ def test_import_go_auth(cli, rds, prefix):
     alice = rds.hgetall(f"{prefix}user:alice")
     assert alice["password"] == bcrypt_hash and alice["superuser"] == "1"
     assert "password" not in rds.hgetall(f"{prefix}user:bob")  # imported without a password, reported
-    assert rds.hgetall(f"{prefix}acl:user:bob") == {"sensors/#": "read", "cmd/bob": "publish",
-                                                    "bob/%u": "receive,publish"}
+    assert rds.hgetall(f"{prefix}acl:user:bob") == {
+        "sensors/#": "read",
+        "cmd/bob": "publish",
+        "bob/%u": "receive,publish",
+    }
     assert rds.hgetall(f"{prefix}acl:pattern") == {"devices/%c/#": "receive,publish"}
     again = cli("import", "go-auth", "--source-prefix", src)
     assert "nothing to change" in again.stdout

@@ -18,8 +18,9 @@ def test_every_key_mosquitto_knows_has_a_status():
 
 
 def test_keys_md_matches_the_table():
-    rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| (.*?) \| (.*?) \|$", (ROOT / "mosquitto-compat/KEYS.md").read_text(),
-                      re.M)
+    rows = re.findall(
+        r"^\| `([^`]+)` \| (\w+) \| (.*?) \| (.*?) \|$", (ROOT / "mosquitto-compat/KEYS.md").read_text(), re.M
+    )
     documented = {key.rstrip("*"): (status, note, reload) for key, status, note, reload in rows}
     assert set(documented) == set(KEYS)
     for key, info in KEYS.items():

@@ -13,8 +13,9 @@ from mqtt_guard.compat.passwd import read_passwd_file
 
 @pytest.fixture
 def passwd(cli):
-    def run(*args, input=None):  # noqa: A002
+    def run(*args, input=None):
         return cli("passwd", *args, input=input)
+
     return run
 
 
@@ -80,15 +81,18 @@ def test_upgrade_plain_text_file(passwd, tmp_path):
     assert f.read_text().startswith("# plain\n")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-b", "FILE", "a:b", "p"], "must not contain the ':'"),
-    (["-c", "-D", "FILE", "a"], "cannot be used together"),
-    (["-b", "FILE", "alice"], "-b needs the password"),
-    (["FILE", "alice", "pw"], "needs -b"),
-    (["-b", "MISSING", "alice", "pw"], "use -c to create it"),
-    (["-U", "FILE", "alice"], "-U takes only the password file"),
-    (["-c", "-b", "FILE", "alice", ""], "empty password"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-b", "FILE", "a:b", "p"], "must not contain the ':'"),
+        (["-c", "-D", "FILE", "a"], "cannot be used together"),
+        (["-b", "FILE", "alice"], "-b needs the password"),
+        (["FILE", "alice", "pw"], "needs -b"),
+        (["-b", "MISSING", "alice", "pw"], "use -c to create it"),
+        (["-U", "FILE", "alice"], "-U takes only the password file"),
+        (["-c", "-b", "FILE", "alice", ""], "empty password"),
+    ],
+)
 def test_refusals(passwd, tmp_path, args, message):
     f = tmp_path / "pw"
     f.write_text("x:y\n")

@@ -86,8 +86,11 @@ def test_mosquitto_applies_the_same_rules(tmp_path):
 @needs_mosquitto
 def test_mosquitto_loads_a_file_written_by_mqtt_guard_passwd(tmp_path, redis_server, prefix):
     pw = tmp_path / "pw"
-    for args in (["-c", "-b", str(pw), "alice", "s3cret"], ["-b", "-I", "101", str(pw), "bob", "pw-b"],
-                 ["-b", "-H", "sha512", str(pw), "carol", "pw-c"]):
+    for args in (
+        ["-c", "-b", str(pw), "alice", "s3cret"],
+        ["-b", "-I", "101", str(pw), "bob", "pw-b"],
+        ["-b", "-H", "sha512", str(pw), "carol", "pw-c"],
+    ):
         result = run_cli(redis_server.url, prefix, "passwd", *args)
         assert result.returncode == 0, result.stderr
     with Mosquitto(tmp_path, f"allow_anonymous false\npassword_file {pw}") as m:

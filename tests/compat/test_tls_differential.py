@@ -32,12 +32,17 @@ def test_certificate_identity_and_acl_file_agree(tmp_path, redis_server, prefix)
     for side in ("mosquitto", "mqtt-guard"):
         port = brokers.free_port()
         conf = tmp_path / f"{side}.conf"
-        conf.write_text(f"{brokers.run_as_line()}\nlistener {port} 127.0.0.1\ncertfile {pki.server_cert}\n"
-                        f"keyfile {pki.server_key}\ncafile {pki.ca}\nrequire_certificate true\n"
-                        f"use_identity_as_username true\nacl_file {tmp_path / 'acl'}\n")
+        conf.write_text(
+            f"{brokers.run_as_line()}\nlistener {port} 127.0.0.1\ncertfile {pki.server_cert}\n"
+            f"keyfile {pki.server_key}\ncafile {pki.ca}\nrequire_certificate true\n"
+            f"use_identity_as_username true\nacl_file {tmp_path / 'acl'}\n"
+        )
         log = tmp_path / f"{side}.log"
-        proc = (brokers.mosquitto_proc(conf, port, log) if side == "mosquitto"
-                else brokers.guard_proc(conf, port, log, redis_server.url, prefix))
+        proc = (
+            brokers.mosquitto_proc(conf, port, log)
+            if side == "mosquitto"
+            else brokers.guard_proc(conf, port, log, redis_server.url, prefix)
+        )
         proc.start()
         try:
             asyncio.run(proc.wait_ready())

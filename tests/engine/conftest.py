@@ -48,15 +48,25 @@ def start_plain_amqtt(tmp_path: Path, plugins: dict | None = None) -> PlainAmqtt
         pytest.skip("amqtt CLI not found next to the interpreter")
     port = free_port()
     import yaml
+
     cfg = tmp_path / f"amqtt-{port}.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": plugins or {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                "plugins": plugins or {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+        )
+    )
     fd, log_path = tempfile.mkstemp(prefix="amqtt-", suffix=".log")
     log = os.fdopen(fd, "ab")
-    proc = subprocess.Popen([str(AMQTT), "-c", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [str(AMQTT), "-c", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     log.close()
     try:
         wait_port(port, proc=proc)
@@ -69,18 +79,22 @@ def start_plain_amqtt(tmp_path: Path, plugins: dict | None = None) -> PlainAmqtt
 @pytest.fixture
 def guard_config(tmp_path) -> Callable[..., str]:
     """Write a config file: anonymous clients allowed, ACL default allow, plus `extra` YAML."""
+
     def write(extra: str = "") -> str:
         path = tmp_path / f"guard-{free_port()}.yaml"
         path.write_text("auth:\n  allow_anonymous: true\nacl:\n  default: allow\n" + extra)
         return str(path)
+
     return write
 
 
 @pytest.fixture
 def anon_broker(start_broker, guard_config) -> Callable[..., BrokerProcess]:
     """An mqtt-guard broker anyone may use fully; `extra` is appended to its YAML config."""
+
     def start(extra: str = "") -> BrokerProcess:
         return start_broker("--config", guard_config(extra))
+
     return start
 
 
@@ -92,6 +106,7 @@ def plain_amqtt(tmp_path) -> Iterator[Callable[..., PlainAmqtt]]:
         broker = start_plain_amqtt(tmp_path, plugins)
         started.append(broker)
         return broker
+
     yield start
     for broker in started:
         broker.stop()
@@ -103,7 +118,7 @@ def both(reason: str) -> list:
 
 
 @pytest.fixture
-def target(request, anon_broker, plain_amqtt):  # noqa: ANN201
+def target(request, anon_broker, plain_amqtt):
     """The broker under test, by name: 'mqtt-guard' (anonymous, allow-all) or 'amqtt' (plain)."""
     extra = getattr(request, "param_extra", "")
     if request.param == "amqtt":
@@ -112,7 +127,7 @@ def target(request, anon_broker, plain_amqtt):  # noqa: ANN201
 
 
 @pytest.fixture
-def inproc(redis_server, prefix):  # noqa: ANN001, ANN201
+def inproc(redis_server, prefix):
     """GuardedBroker running in a thread of the test process (for inspecting internals); stopped at teardown.
     Keyword arguments other than allow_anonymous/acl_default are `limits:` settings."""
     from mqtt_guard.config import LimitsConfig
@@ -120,11 +135,17 @@ def inproc(redis_server, prefix):  # noqa: ANN001, ANN201
 
     started: list[InProcessBroker] = []
 
-    def start(*, allow_anonymous: bool = True, acl_default: str = "allow", **limits):  # noqa: ANN003, ANN202
-        broker = InProcessBroker(redis_server.url, prefix, limits=LimitsConfig(**limits),
-                                 allow_anonymous=allow_anonymous, acl_default=acl_default).start()
+    def start(*, allow_anonymous: bool = True, acl_default: str = "allow", **limits):
+        broker = InProcessBroker(
+            redis_server.url,
+            prefix,
+            limits=LimitsConfig(**limits),
+            allow_anonymous=allow_anonymous,
+            acl_default=acl_default,
+        ).start()
         started.append(broker)
         return broker
+
     yield start
     for broker in started:
         broker.stop()

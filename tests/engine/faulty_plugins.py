@@ -16,7 +16,7 @@ class AllowAllTopic(BaseTopicPlugin):
     class Config:
         pass
 
-    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:  # noqa: ANN001
+    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:
         return True
 
 
@@ -28,7 +28,7 @@ class FaultyTopic(BaseTopicPlugin):
     class Config:
         pass
 
-    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:  # noqa: ANN001
+    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:
         if action is Action.RECEIVE and session is not None and str(session.client_id).startswith("victim-"):
             raise RuntimeError("faulty plugin: receive check exploded")
         if action is Action.PUBLISH and topic and topic.startswith("boom/"):
@@ -45,7 +45,7 @@ class FaultyAuth(BaseAuthPlugin):
     class Config:
         pass
 
-    async def authenticate(self, *, session) -> bool | None:  # noqa: ANN001
+    async def authenticate(self, *, session) -> bool | None:
         if session.username == "crash":
             raise RuntimeError("faulty plugin: auth exploded")
         return None

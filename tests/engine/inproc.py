@@ -16,8 +16,15 @@ from tests.helpers.servers import free_port
 
 
 class InProcessBroker:
-    def __init__(self, redis_url: str, prefix: str, *, limits: LimitsConfig | None = None,
-                 allow_anonymous: bool = True, acl_default: str = "allow") -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        limits: LimitsConfig | None = None,
+        allow_anonymous: bool = True,
+        acl_default: str = "allow",
+    ) -> None:
         self.port = free_port()
         self.config = GuardConfig(listeners=[ListenerConfig(bind=f"127.0.0.1:{self.port}")])
         self.config.redis.url = redis_url
@@ -39,6 +46,7 @@ class InProcessBroker:
             await self.guard.start()
             self.broker = GuardedBroker(self.config, self.guard)
             await self.broker.start()
+
         self.run(boot())
         return self
 
@@ -52,8 +60,9 @@ class InProcessBroker:
         def go() -> None:
             try:
                 fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 fut.set_exception(exc)
+
         self.loop.call_soon_threadsafe(go)
         return fut.result(timeout)
 
@@ -63,6 +72,7 @@ class InProcessBroker:
                 await self.broker.shutdown()
             if self.guard is not None:
                 await self.guard.close()
+
         try:
             self.run(down())
         finally:

@@ -29,12 +29,15 @@ def test_right_password_connects_and_messages_flow(broker):
     pub.close()
 
 
-@pytest.mark.parametrize("username,password,reason", [
-    ("alice", "nope", "wrong password"),
-    ("mallory", "x", "unknown user"),
-    (None, None, "anonymous clients are not allowed"),
-    ("alice", None, "no password given"),
-])
+@pytest.mark.parametrize(
+    "username,password,reason",
+    [
+        ("alice", "nope", "wrong password"),
+        ("mallory", "x", "unknown user"),
+        (None, None, "anonymous clients are not allowed"),
+        ("alice", None, "no password given"),
+    ],
+)
 def test_refusals_get_connack_5_and_a_log_line_without_the_password(broker, username, password, reason):
     client = connect(broker.port, username, password)
     assert client.rc == CONNACK_NOT_AUTHORIZED
@@ -76,8 +79,9 @@ def test_password_change_applies_to_the_next_connect(broker, cli):
 @pytest.mark.parametrize("scheme", ["pbkdf2-sha512", "sha512", "bcrypt", "argon2id"])
 def test_user_created_with_redis_cli_alone_connects(start_broker, rds, prefix, scheme):
     """An admin with only redis-cli and `mqtt-guard hash` can create a working user."""
-    encoded = hashes.hash_password("pw-" + scheme, scheme=scheme, bcrypt_rounds=4,
-                                   argon2_time_cost=1, argon2_memory_cost=1024)
+    encoded = hashes.hash_password(
+        "pw-" + scheme, scheme=scheme, bcrypt_rounds=4, argon2_time_cost=1, argon2_memory_cost=1024
+    )
     rds.hset(f"{prefix}user:dev1", mapping={"password": encoded})
     broker = start_broker()
     client = connect(broker.port, "dev1", "pw-" + scheme)
@@ -89,6 +93,7 @@ def test_user_created_with_redis_cli_alone_connects(start_broker, rds, prefix, s
 def test_mosquitto_passwd_line_works_as_a_redis_user(start_broker, rds, prefix, tmp_path):
     import shutil
     import subprocess
+
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto_passwd not installed")
     pw_file = tmp_path / "pw"
@@ -111,13 +116,22 @@ def test_anonymous_allowed_with_flag(start_broker):
 def test_mosquitto_clients_see_not_authorised(broker):
     import shutil
     import subprocess
+
     if shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto-clients not installed")
-    ok = subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-u", "alice", "-P", "alice-pw",
-                         "-t", "x", "-m", "1"], capture_output=True, text=True, timeout=10)
+    ok = subprocess.run(
+        ["mosquitto_pub", "-p", str(broker.port), "-u", "alice", "-P", "alice-pw", "-t", "x", "-m", "1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-u", "alice", "-P", "bad",
-                          "-t", "x", "-m", "1"], capture_output=True, text=True, timeout=10)
+    bad = subprocess.run(
+        ["mosquitto_pub", "-p", str(broker.port), "-u", "alice", "-P", "bad", "-t", "x", "-m", "1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert bad.returncode != 0
     assert "not authorised" in bad.stderr
 
@@ -127,12 +141,16 @@ def test_packets_sent_right_behind_the_connect_are_acted_on(broker, pieces):
     """A client may send SUBSCRIBE, PUBLISH and DISCONNECT without waiting for its CONNACK. Whatever came
     in the CONNECT's own read (or split across reads mid-packet) is handled, in order, after the CONNACK."""
     from tests.helpers import rawmqtt as raw
-    data = (raw.connect("eager", username="alice", password="alice-pw", keepalive=0)
-            + raw.subscribe(1, ("a/eager", 1)) + raw.publish("a/eager", b"to-myself", qos=1, packet_id=7))
+
+    data = (
+        raw.connect("eager", username="alice", password="alice-pw", keepalive=0)
+        + raw.subscribe(1, ("a/eager", 1))
+        + raw.publish("a/eager", b"to-myself", qos=1, packet_id=7)
+    )
     step = -(-len(data) // pieces)
     with raw.RawClient(broker.port) as c:
         for i in range(0, len(data), step):
-            c.send(data[i:i + step])
+            c.send(data[i : i + step])
             time.sleep(0.05)
         assert c.connack() == (0, 0)
         assert c.expect(raw.SUBACK).body == b"\x00\x01\x01"

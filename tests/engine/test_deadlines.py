@@ -22,7 +22,8 @@ def test_a_wait_past_its_deadline_gets_timeout_error_and_the_task_goes_on():
         await asyncio.sleep(0.05)
         async with d.deadline(5):  # a wait that ends in time is left alone
             await asyncio.sleep(0.01)
-        assert not d._due and not d._expired  # noqa: SLF001 - nothing left behind
+        assert not d._due and not d._expired  # nothing left behind
+
     asyncio.run(body())
 
 
@@ -33,12 +34,14 @@ def test_an_outside_cancel_is_not_turned_into_a_timeout():
         async def waiter():
             async with d.deadline(10):
                 await asyncio.sleep(10)
+
         task = asyncio.create_task(waiter())
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not d._due and not d._expired  # noqa: SLF001
+        assert not d._due and not d._expired
+
     asyncio.run(body())
 
 
@@ -54,6 +57,8 @@ def test_many_waits_share_one_timer_and_each_expires_on_its_own():
                 results.append("done")
             except TimeoutError:
                 results.append("timeout")
+
         await asyncio.gather(*(waiter(0.05, 1) for _ in range(50)), *(waiter(1, 0.01) for _ in range(50)))
         assert results.count("timeout") == 50 and results.count("done") == 50
+
     asyncio.run(body())

@@ -12,17 +12,24 @@ from tests.engine.conftest import both
 from tests.helpers import rawmqtt as raw
 from tests.helpers.mqtt import connect
 
-ALLOW_ALL_TOPIC = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-                   "tests.engine.faulty_plugins.AllowAllTopic": {}}
+ALLOW_ALL_TOPIC = {
+    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+    "tests.engine.faulty_plugins.AllowAllTopic": {},
+}
 
 
 def _cid(prefix: str = "c") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.mark.parametrize("target", both("a new client gets every retained message matching any client's "
-                                        "subscription at CONNECT (amqtt-proofs/p3_receive.py section 5)"),
-                         indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both(
+        "a new client gets every retained message matching any client's "
+        "subscription at CONNECT (amqtt-proofs/p3_receive.py section 5)"
+    ),
+    indirect=True,
+)
 def test_no_retained_messages_at_connect(target):
     holder = connect(target.port)  # makes the filter `secret/#` exist in the broker
     assert holder.subscribe(("secret/#", 1)) == [1]
@@ -39,8 +46,11 @@ def test_no_retained_messages_at_connect(target):
         c.close()
 
 
-@pytest.mark.parametrize("target", both("delivers at the subscription QoS: QoS 0 is upgraded to QoS 1 "
-                                        "(amqtt-proofs/p1_hooks.out)"), indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both("delivers at the subscription QoS: QoS 0 is upgraded to QoS 1 (amqtt-proofs/p1_hooks.out)"),
+    indirect=True,
+)
 def test_delivery_qos_is_min_of_published_and_granted(target):
     sub, _ = raw.connected(target.port, _cid("sub"))
     with sub:
@@ -92,12 +102,19 @@ def test_resubscribing_replaces_the_granted_qos(anon_broker):
 N_BURST = 3000
 
 
-@pytest.mark.parametrize("target", both("a publisher's DISCONNECT discards its unrouted inbound backlog, PUBACKed "
-                                        "QoS 1 included (amqtt-proofs/p8b_disconnect_loss.py)"), indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both(
+        "a publisher's DISCONNECT discards its unrouted inbound backlog, PUBACKed "
+        "QoS 1 included (amqtt-proofs/p8b_disconnect_loss.py)"
+    ),
+    indirect=True,
+)
 def test_disconnect_right_after_publishing_loses_nothing(target, request):
     if request.node.callspec.params["target"] == "amqtt":  # the loss needs a topic plugin on amqtt's side
         target.stop()
         from tests.engine.conftest import start_plain_amqtt
+
         tmp = request.getfixturevalue("tmp_path")
         target = start_plain_amqtt(tmp, ALLOW_ALL_TOPIC)
         request.addfinalizer(target.stop)
@@ -107,8 +124,9 @@ def test_disconnect_right_after_publishing_loses_nothing(target, request):
         sub.expect(raw.SUBACK)
         pub, _ = raw.connected(target.port, _cid("pub"))
         with pub:
-            pub.send(b"".join(raw.publish("burst/t", b"%d" % i, qos=1, packet_id=i % 60000 + 1)
-                              for i in range(N_BURST)))
+            pub.send(
+                b"".join(raw.publish("burst/t", b"%d" % i, qos=1, packet_id=i % 60000 + 1) for i in range(N_BURST))
+            )
             acked = sum(1 for _ in range(N_BURST) if pub.expect(raw.PUBACK, timeout=30))
             assert acked == N_BURST  # every message is acknowledged by the broker
             pub.send(raw.DISCONNECT_BYTES)

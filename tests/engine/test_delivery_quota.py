@@ -15,7 +15,7 @@ from mqtt_guard.metrics import counters as C
 from tests.quota.helpers import attach, guards, make_config
 
 
-def run(coro):  # noqa: ANN001, ANN201
+def run(coro):
     return asyncio.run(coro)
 
 
@@ -34,7 +34,7 @@ def test_a_group_decides_and_counts_like_one_call_per_client(config, rds, prefix
             ref = [await attach(g, f"ref-{i}", "ref") for i in range(10)]
             free = await attach(g, "anon-like", "nobody")  # a user without limits: admitted, usage counted
             group = g.delivery_group([*fan, free])
-            for message in range(3):
+            for _message in range(3):
                 refused = group.admit("t", 10)
                 expected = {c.client_id for c in ref if not g.admit_delivery(c, "t", 10)}
                 assert (refused or set()) == {f"fan-{i}" for i in range(10) if f"ref-{i}" in expected}
@@ -42,8 +42,9 @@ def test_a_group_decides_and_counts_like_one_call_per_client(config, rds, prefix
             # 30 deliveries wanted, 25 allowed: the last 5 clients of the third message were refused
             assert refused == {f"fan-{i}" for i in range(5, 10)}
             for i in range(10):
-                assert (g.counters.client(f"fan-{i}").get(C.OVER_QUOTA, 0)
-                        == g.counters.client(f"ref-{i}").get(C.OVER_QUOTA, 0))
+                assert g.counters.client(f"fan-{i}").get(C.OVER_QUOTA, 0) == g.counters.client(f"ref-{i}").get(
+                    C.OVER_QUOTA, 0
+                )
                 assert g.quota.clients[f"fan-{i}"].usage == g.quota.clients[f"ref-{i}"].usage
             assert g.quota.clients["anon-like"].usage["events_out"] == 3
             # the byte limit refuses the same way (10 KB: 1,000 B messages, 10 fit)

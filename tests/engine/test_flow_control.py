@@ -48,7 +48,7 @@ class SlowReader(threading.Thread):
                     time.sleep(self.pause)
 
 
-def _wait(check, timeout: float = 60.0) -> bool:  # noqa: ANN001
+def _wait(check, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -111,6 +111,7 @@ def test_a_stalled_subscriber_holds_publishers_only_for_the_max_stall(inproc):
         assert healthy.count == n
         entry = broker.call(lambda: broker.broker._sessions["stalled"])
         from mqtt_guard.engine.session_info import queue_of
+
         assert broker.call(lambda: queue_of(entry[0]).slow)
         assert broker.call(lambda: broker.guard.counters.client("stalled")).get(C.DROPPED_QUEUE_FULL, 0) > 0
         assert broker.call(lambda: broker.guard.counters.client("healthy")).get(C.DROPPED_QUEUE_FULL, 0) == 0

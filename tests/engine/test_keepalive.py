@@ -13,8 +13,11 @@ from tests.helpers import rawmqtt as raw
 from tests.helpers.mqtt import connect
 
 
-@pytest.mark.parametrize("target", both("keep-alive is not enforced: handle_read_timeout is a no-op "
-                                        "(amqtt-proofs/p2_denials.py section G)"), indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both("keep-alive is not enforced: handle_read_timeout is a no-op (amqtt-proofs/p2_denials.py section G)"),
+    indirect=True,
+)
 def test_silent_client_is_disconnected_and_its_will_published(target):
     watcher = connect(target.port)
     assert watcher.subscribe(("status/#", 0)) == [0]

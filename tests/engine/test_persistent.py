@@ -18,7 +18,7 @@ def _cid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _gone(target, cid: str, n: int = 1) -> None:  # noqa: ANN001
+def _gone(target, cid: str, n: int = 1) -> None:
     """Wait until the broker has seen the n-th end of `cid`'s connection (so routing sees it offline)."""
     if not hasattr(target, "wait_log"):
         time.sleep(0.5)  # plain amqtt: no log line to wait for
@@ -44,8 +44,9 @@ def _publish_all(port: int, *messages: tuple[str, bytes, int]) -> None:
         pub.expect(raw.PINGRESP)
 
 
-@pytest.mark.parametrize("target", both("an anonymous client's persistent session is discarded when it disconnects"),
-                         indirect=True)
+@pytest.mark.parametrize(
+    "target", both("an anonymous client's persistent session is discarded when it disconnects"), indirect=True
+)
 def test_offline_anonymous_session_gets_qos1_and_qos2_on_reconnect(target):
     cid = _cid("offline")
     sub, present = raw.connected(target.port, cid, clean=False)
@@ -61,7 +62,9 @@ def test_offline_anonymous_session_gets_qos1_and_qos2_on_reconnect(target):
         assert present == 1
         got = [p for p in raw.drain(sub) if p.type == raw.PUBLISH]
         assert [(p.topic, p.payload, p.qos, p.retain, p.dup) for p in got] == [
-            ("off/q1", b"one", 1, False, False), ("off/q2", b"two", 2, False, False)]
+            ("off/q1", b"one", 1, False, False),
+            ("off/q2", b"two", 2, False, False),
+        ]
 
 
 def test_offline_queue_is_bounded(anon_broker, add_user):
@@ -83,8 +86,9 @@ def test_offline_queue_is_bounded(anon_broker, add_user):
     broker.wait_log(f"queue of client '{cid}' is full")
 
 
-@pytest.mark.parametrize("target", both("unacknowledged deliveries are dropped on disconnect, never re-sent"),
-                         indirect=True)
+@pytest.mark.parametrize(
+    "target", both("unacknowledged deliveries are dropped on disconnect, never re-sent"), indirect=True
+)
 def test_unacknowledged_qos1_is_resent_with_dup_after_reconnect(target):
     cid = _cid("dup1")
     sub, _ = raw.connected(target.port, cid, clean=False)

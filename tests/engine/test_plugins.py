@@ -22,10 +22,20 @@ plugins:
 """
 
 
-@pytest.fixture(params=["mqtt-guard", pytest.param("amqtt", marks=pytest.mark.xfail(
-    strict=True, reason="amqtt 0.12.1: a raising plugin drops the connection or the message for the other "
-                        "subscribers (amqtt-proofs/p2b_plugin_exceptions.py)"))])
-def faulty(request, start_broker, plain_amqtt, tmp_path):  # noqa: ANN201
+@pytest.fixture(
+    params=[
+        "mqtt-guard",
+        pytest.param(
+            "amqtt",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="amqtt 0.12.1: a raising plugin drops the connection or the message for the other "
+                "subscribers (amqtt-proofs/p2b_plugin_exceptions.py)",
+            ),
+        ),
+    ]
+)
+def faulty(request, start_broker, plain_amqtt, tmp_path):
     if request.param == "amqtt":
         return plain_amqtt({"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}, **FAULTY})
     path = tmp_path / "faulty.yaml"

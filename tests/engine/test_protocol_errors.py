@@ -36,8 +36,11 @@ AMQTT_FAILS = [
 ]
 
 
-@pytest.mark.parametrize("target", both("the connection stays open (zombie or desynchronised stream), "
-                                        "see amqtt-proofs/p2d_invalid_publish_topic.py"), indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both("the connection stays open (zombie or desynchronised stream), see amqtt-proofs/p2d_invalid_publish_topic.py"),
+    indirect=True,
+)
 @pytest.mark.parametrize("name,packet,reason", AMQTT_FAILS, ids=[c[0] for c in AMQTT_FAILS])
 def test_invalid_publish_topic_closes_the_connection(target, name, packet, reason):
     cid = _cid()
@@ -51,8 +54,9 @@ def test_invalid_publish_topic_closes_the_connection(target, name, packet, reaso
     _still_serves(target.port)
 
 
-@pytest.mark.parametrize("target", both("no packet size limit: a 1 MiB + 1 KiB PUBLISH is read and routed"),
-                         indirect=True)
+@pytest.mark.parametrize(
+    "target", both("no packet size limit: a 1 MiB + 1 KiB PUBLISH is read and routed"), indirect=True
+)
 def test_packet_over_default_max_packet_size_closes(target):
     cid = _cid()
     client, _ = raw.connected(target.port, cid)
@@ -94,7 +98,7 @@ def test_protocol_violation_closes_with_a_log_line(anon_broker, name, packet, re
         client.send(packet)
         assert client.closed_by_peer(3), f"{name}: connection left open"
     log = broker.wait_log(f"closed connection of client '{cid}'")
-    line = next(l for l in log.splitlines() if f"closed connection of client '{cid}'" in l)
+    line = next(ln for ln in log.splitlines() if f"closed connection of client '{cid}'" in ln)
     assert "protocol violation" in line and reason in line
     _still_serves(broker.port)
 
@@ -125,8 +129,11 @@ CONNECT_VIOLATIONS = [
     ("will QoS 3", raw.connect("q", will=("a", b"x", 3, False)), "will QoS 3"),
     ("unknown protocol name", raw.connect("n", name="MQTX"), "unknown protocol name"),
     ("not a CONNECT first", raw.subscribe(1, ("a", 0)), "first packet is SUBSCRIBE"),
-    ("trailing bytes", raw.connect("t")[:1] + bytes([raw.connect("t")[1] + 1]) + raw.connect("t")[2:] + b"\x00",
-     "bytes after the payload"),
+    (
+        "trailing bytes",
+        raw.connect("t")[:1] + bytes([raw.connect("t")[1] + 1]) + raw.connect("t")[2:] + b"\x00",
+        "bytes after the payload",
+    ),
 ]
 
 
@@ -149,12 +156,23 @@ def test_client_id_that_is_not_utf8_is_refused(target):
 
 
 # -- item 8: protocol versions -----------------------------------------------------------------------
-@pytest.mark.parametrize("target", both("an MQTT 5 CONNECT with credentials is mis-parsed and hangs "
-                                        "(amqtt-proofs/p2_denials.py section D)"), indirect=True)
+@pytest.mark.parametrize(
+    "target",
+    both("an MQTT 5 CONNECT with credentials is mis-parsed and hangs (amqtt-proofs/p2_denials.py section D)"),
+    indirect=True,
+)
 def test_mqtt5_connect_with_credentials_gets_connack_1_and_close(target):
     with raw.RawClient(target.port) as c:
-        c.send(raw.connect("v5", level=5, username="user", password=b"secret", properties=b"\x11\x00\x00\x00\x3c",
-                           will=("v5/will", b"w", 1, False)))
+        c.send(
+            raw.connect(
+                "v5",
+                level=5,
+                username="user",
+                password=b"secret",
+                properties=b"\x11\x00\x00\x00\x3c",
+                will=("v5/will", b"w", 1, False),
+            )
+        )
         pkt = c.read(3)
         assert pkt is not None and pkt.type == raw.CONNACK and pkt.body == b"\x00\x01"
         assert c.closed_by_peer(3)
@@ -172,8 +190,10 @@ def test_mqtt5_connect_without_credentials_gets_connack_1(anon_broker):
 def test_paho_mqtt5_client_is_told_unsupported_protocol_version(anon_broker):
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
+
     broker = anon_broker()
     import queue
+
     result: queue.Queue = queue.Queue()
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id="paho5", protocol=paho.MQTTv5)
     c.username_pw_set("someone", "pw")

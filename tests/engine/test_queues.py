@@ -61,7 +61,7 @@ def _flood(port: int, qos: int, healthy: Counter | None = None) -> None:
             batch.append(raw.publish("flood/x", PAYLOAD, qos=qos, packet_id=i % 65000 + 1))
             if len(batch) == 50:
                 if healthy is not None:
-                    assert _wait(lambda: healthy.count >= i + 1 - 50), f"healthy got {healthy.count}/{i + 1 - 50}"
+                    assert _wait(lambda i=i: healthy.count >= i + 1 - 50), f"healthy got {healthy.count}/{i + 1 - 50}"
                 pub.send(b"".join(batch))
                 batch.clear()
                 if qos:
@@ -72,7 +72,7 @@ def _flood(port: int, qos: int, healthy: Counter | None = None) -> None:
             pass
 
 
-def _wait(check, timeout: float = 30.0) -> bool:  # noqa: ANN001
+def _wait(check, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():

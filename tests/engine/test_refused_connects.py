@@ -26,8 +26,11 @@ def test_many_refused_connects_leave_no_state_and_the_victim_keeps_working(broke
     with victim:
         victim.send(raw.subscribe(1, ("v/#", 1)))
         assert victim.expect(raw.SUBACK).body == b"\x00\x01\x01"
-        attempts = [("device-1", clean, user, pw) for clean in (True, False)
-                    for user, pw in (("victim", b"guess"), ("nobody", b"x"), (None, None))]
+        attempts = [
+            ("device-1", clean, user, pw)
+            for clean in (True, False)
+            for user, pw in (("victim", b"guess"), ("nobody", b"x"), (None, None))
+        ]
         attempts += [(f"random-{i}", i % 2 == 0, "victim", b"wrong") for i in range(40)]
         for client_id, clean, user, pw in attempts:
             with raw.RawClient(broker.port) as c:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-import pytest
 from amqtt.broker import Broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,7 +25,7 @@ FILTER_LEVELS = st.sampled_from(["a", "b", "", "+", "$SYS", "$x"])
 
 
 @st.composite
-def filters(draw):  # noqa: ANN001, ANN201
+def filters(draw):
     levels = draw(st.lists(FILTER_LEVELS, min_size=1, max_size=4))
     if draw(st.booleans()):
         levels.append("#")
@@ -74,7 +73,8 @@ def test_trie_examples():
 
 # -- the route cache against a real broker ------------------------------------------------------
 
-def _until(check, timeout: float = 15.0) -> bool:  # noqa: ANN001
+
+def _until(check, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -208,8 +208,9 @@ def test_a_disconnect_removes_exactly_that_clients_subscriptions(inproc):
     p.expect(raw.SUBACK)
 
     def subscribers() -> dict[str, list[str]]:
-        return broker.call(lambda: {f: sorted(s.client_id for s, _ in entries)
-                                    for f, entries in broker.broker._subscriptions.items()})
+        return broker.call(
+            lambda: {f: sorted(s.client_id for s, _ in entries) for f, entries in broker.broker._subscriptions.items()}
+        )
 
     assert subscribers() == {"shared/#": ["a", "b"], "only-b/+": ["b"], "persistent/t": ["p"]}
     b.close()

@@ -27,7 +27,7 @@ def test_bytes_arrive_in_order_in_reads_of_at_most_n_and_eof_reads_empty():
         done = asyncio.Event()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
+            stream = reader._reader
             while True:
                 data = await stream.read(5)
                 assert len(data) <= 5
@@ -51,6 +51,7 @@ def test_bytes_arrive_in_order_in_reads_of_at_most_n_and_eof_reads_empty():
         w.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
@@ -61,7 +62,7 @@ def test_reading_pauses_when_unread_bytes_pile_up_and_nothing_is_lost():
         received = bytearray()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
+            stream = reader._reader
             streams.append(stream)
             await release.wait()
             while True:
@@ -83,7 +84,7 @@ def test_reading_pauses_when_unread_bytes_pile_up_and_nothing_is_lost():
                 break
         stream = streams[0]
         assert not stream.transport.is_reading()  # paused: the client's sends block instead of broker memory growing
-        assert stream._buffered <= 2 * LIMIT + 262144  # noqa: SLF001 - at most one read past the mark
+        assert stream._buffered <= 2 * LIMIT + 262144  # at most one read past the mark
         release.set()
         await asyncio.wait_for(sender, 10)
         sock.shutdown(socket.SHUT_WR)
@@ -95,6 +96,7 @@ def test_reading_pauses_when_unread_bytes_pile_up_and_nothing_is_lost():
         sock.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
@@ -103,7 +105,7 @@ def test_drain_raises_once_the_connection_is_lost_and_wait_closed_returns():
         outcome: list[str] = []
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
+            stream = reader._reader
             assert await stream.read(10) == b"x"
             try:  # the client reset the connection: the read says so, as asyncio's StreamReader does
                 assert await stream.read(10) == b""
@@ -130,6 +132,7 @@ def test_drain_raises_once_the_connection_is_lost_and_wait_closed_returns():
         assert outcome  # the writer learns the peer is gone instead of buffering forever
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
@@ -144,6 +147,7 @@ def test_a_failing_handler_closes_its_connection_and_is_logged(caplog):
         w.close()
         server.close()
         await server.wait_closed()
+
     with caplog.at_level(logging.ERROR, logger="mqtt_guard.broker"):
         asyncio.run(main())
     assert "connection handler failed" in caplog.text
@@ -157,7 +161,6 @@ def test_readexactly_collects_across_chunks_and_reports_a_short_stream(n):
         done = asyncio.Event()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
             results.append(await reader.read(n))  # amqtt's adapter API: readexactly underneath
             try:
                 await reader.read(100)
@@ -177,6 +180,7 @@ def test_readexactly_collects_across_chunks_and_reports_a_short_stream(n):
         w.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
@@ -188,7 +192,9 @@ async def serving_after_first_packet(serve, timeout: float = 5.0, max_packet: in
     deadlines = Deadlines(0.05)
     server = await loop.create_server(
         lambda: MqttStream(loop, serve, deadlines=deadlines, connect_timeout=timeout, max_packet=max_packet),
-        "127.0.0.1", 0)
+        "127.0.0.1",
+        0,
+    )
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -201,7 +207,7 @@ def test_the_task_starts_once_the_first_packet_is_whole_and_finds_it_buffered():
         started = asyncio.Event()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
+            stream = reader._reader
             seen.append((stream.first_ready, stream.timed_out, stream.take_buffered()))
             started.set()
             stream.close()
@@ -218,6 +224,7 @@ def test_the_task_starts_once_the_first_packet_is_whole_and_finds_it_buffered():
         w.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
@@ -228,7 +235,7 @@ def test_a_socket_that_sends_no_whole_packet_gets_its_task_at_the_connect_timeou
         loop = asyncio.get_running_loop()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
-            stream = reader._reader  # noqa: SLF001
+            stream = reader._reader
             seen.append((stream.first_ready, stream.timed_out, loop.time()))
             started.set()
             stream.close()
@@ -238,29 +245,33 @@ def test_a_socket_that_sends_no_whole_packet_gets_its_task_at_the_connect_timeou
         r, w = await client(port)
         w.write(CONNECT_PACKET[:3])
         await asyncio.wait_for(started.wait(), 5)
-        (first_ready, timed_out, at), = seen
+        ((first_ready, timed_out, at),) = seen
         assert (first_ready, timed_out) == (False, True)
         assert at - t0 >= 0.3
         assert await asyncio.wait_for(r.read(), 5) == b""  # the handler closed it
         w.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("first_bytes, why", [
-    (b"\x30\x05ab", "not a CONNECT: the task reports it without waiting for the rest"),
-    (b"\x10\xff\xff\x03", "a CONNECT larger than max_packet"),
-    (b"\x10\xff\xff\xff\xff\x01", "a malformed remaining length"),
-    (b"", "the peer went away before a CONNECT"),
-])
+@pytest.mark.parametrize(
+    "first_bytes, why",
+    [
+        (b"\x30\x05ab", "not a CONNECT: the task reports it without waiting for the rest"),
+        (b"\x10\xff\xff\x03", "a CONNECT larger than max_packet"),
+        (b"\x10\xff\xff\xff\xff\x01", "a malformed remaining length"),
+        (b"", "the peer went away before a CONNECT"),
+    ],
+)
 def test_a_first_packet_whose_fate_is_known_starts_the_task_at_once(first_bytes, why):
     async def main():
         started = asyncio.Event()
 
         async def serve(reader: TcpReader, writer: TcpWriter) -> None:
             started.set()
-            reader._reader.close()  # noqa: SLF001
+            reader._reader.close()
 
         server, port = await serving_after_first_packet(serve, timeout=30, max_packet=1024)
         r, w = await client(port)
@@ -273,4 +284,5 @@ def test_a_first_packet_whose_fate_is_known_starts_the_task_at_once(first_bytes,
         w.close()
         server.close()
         await server.wait_closed()
+
     asyncio.run(main())

@@ -114,4 +114,9 @@ def test_connect_parser_accepts_what_clients_send():
     body = raw.connect("dev", username="u", password=b"\xff\x00", will=("w/t", b"bye", 1, True), keepalive=30)[2:]
     info = parse_connect(body)
     assert (info.client_id, info.username, info.will, info.keepalive, info.clean) == (
-        "dev", "u", ("w/t", b"bye", 1, True), 30, True)
+        "dev",
+        "u",
+        ("w/t", b"bye", 1, True),
+        30,
+        True,
+    )

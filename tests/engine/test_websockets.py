@@ -15,9 +15,13 @@ from tests.helpers.servers import free_port
 N = 3000
 
 
-def _ws_client(port: int, on_message=None) -> paho.Client:  # noqa: ANN001
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"ws-{uuid.uuid4().hex[:8]}", transport="websockets",
-                    protocol=paho.MQTTv311)
+def _ws_client(port: int, on_message=None) -> paho.Client:
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"ws-{uuid.uuid4().hex[:8]}",
+        transport="websockets",
+        protocol=paho.MQTTv311,
+    )
     connected = threading.Event()
     c.on_connect = lambda *_a: connected.set()
     if on_message is not None:
@@ -31,8 +35,10 @@ def _ws_client(port: int, on_message=None) -> paho.Client:  # noqa: ANN001
 def test_websockets_listener_routes_a_burst(start_broker, tmp_path):
     port = free_port()
     cfg = tmp_path / "ws.yaml"
-    cfg.write_text(f"listeners:\n  - type: websockets\n    bind: 127.0.0.1:{port}\n"
-                   "auth:\n  allow_anonymous: true\nacl:\n  default: allow\n")
+    cfg.write_text(
+        f"listeners:\n  - type: websockets\n    bind: 127.0.0.1:{port}\n"
+        "auth:\n  allow_anonymous: true\nacl:\n  default: allow\n"
+    )
     broker = start_broker("--config", str(cfg), bind=False, wait_for_port=port)
     got: queue.Queue[bytes] = queue.Queue()
     subscribed = threading.Event()

@@ -31,8 +31,9 @@ def _name(cn: str) -> x509.Name:
 def _write(dir_: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     cert_path, key_path = dir_ / f"{stem}.crt", dir_ / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -47,13 +48,20 @@ def _issue(dir_: Path, cn: str, pki: Pki | None, *, server: bool) -> tuple[Path,
         issuer = x509.load_pem_x509_certificate(pki.ca.read_bytes()).subject
     else:  # self-signed: an unknown issuer the broker must reject
         issuer_key, issuer = key, _name(cn)
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+            critical=False,
+        )
     cert = builder.sign(issuer_key, hashes.SHA256())
     return _write(dir_, f"{'server' if server else 'client'}-{cn}", cert, key)
 
@@ -61,11 +69,17 @@ def _issue(dir_: Path, cn: str, pki: Pki | None, *, server: bool) -> tuple[Path,
 def make_pki(dir_: Path) -> Pki:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("mqtt-guard test CA")).issuer_name(_name("mqtt-guard test CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("mqtt-guard test CA"))
+        .issuer_name(_name("mqtt-guard test CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     ca_path, _ = _write(dir_, "ca", cert, key)
     _CA_KEYS[ca_path] = key
     pki = Pki(ca_path, Path(), Path(), dir_)

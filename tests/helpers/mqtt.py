@@ -38,8 +38,9 @@ class Client:
         self.paho.subscribe(topics)
         return self.subacks.get(timeout=timeout)
 
-    def publish(self, topic: str, payload: bytes | str = b"x", qos: int = 0, retain: bool = False,
-                timeout: float = 5.0) -> None:
+    def publish(
+        self, topic: str, payload: bytes | str = b"x", qos: int = 0, retain: bool = False, timeout: float = 5.0
+    ) -> None:
         info = self.paho.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(timeout)
 
@@ -62,12 +63,25 @@ class Client:
             self.paho.loop_stop()
 
 
-def connect(port: int, username: str | None = None, password: str | None = None, *,
-            client_id: str | None = None, clean_session: bool = True, keepalive: int = 60,
-            tls: ssl.SSLContext | None = None, timeout: float = 10.0, will: tuple[str, bytes] | None = None) -> Client:
+def connect(
+    port: int,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    client_id: str | None = None,
+    clean_session: bool = True,
+    keepalive: int = 60,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+    will: tuple[str, bytes] | None = None,
+) -> Client:
     """Connect and wait for the CONNACK; `rc` is its return code (0 accepted, 5 not authorised...)."""
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:10]}",
-                    clean_session=clean_session, protocol=paho.MQTTv311)
+    c = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"t-{uuid.uuid4().hex[:10]}",
+        clean_session=clean_session,
+        protocol=paho.MQTTv311,
+    )
     if username is not None:
         c.username_pw_set(username, password)
     if tls is not None:
@@ -78,16 +92,16 @@ def connect(port: int, username: str | None = None, password: str | None = None,
     result: queue.Queue[int] = queue.Queue()
     client = Client(c, -1)
 
-    def on_connect(_c, _u, _flags, reason_code, _props):  # noqa: ANN001
+    def on_connect(_c, _u, _flags, reason_code, _props):
         result.put(reason_code.value if hasattr(reason_code, "value") else int(reason_code))
 
-    def on_message(_c, _u, msg):  # noqa: ANN001
+    def on_message(_c, _u, msg):
         client.messages.put(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
 
-    def on_subscribe(_c, _u, _mid, reason_codes, _props):  # noqa: ANN001
+    def on_subscribe(_c, _u, _mid, reason_codes, _props):
         client.subacks.put([rc.value for rc in reason_codes])
 
-    def on_disconnect(_c, _u, _flags, _rc, _props):  # noqa: ANN001
+    def on_disconnect(_c, _u, _flags, _rc, _props):
         client.disconnected.set()
         if result.empty():
             result.put(-1)

@@ -33,10 +33,19 @@ def packet(first_byte: int, body: bytes) -> bytes:
     return bytes([first_byte]) + remaining_length(len(body)) + body
 
 
-def connect(client_id: str | bytes = "", *, username: str | bytes | None = None, password: bytes | str | None = None,
-            clean: bool = True, keepalive: int = 60, level: int = 4, name: str = "MQTT",
-            will: tuple[str | bytes, bytes, int, bool] | None = None, properties: bytes | None = None,
-            flags_extra: int = 0) -> bytes:
+def connect(
+    client_id: str | bytes = "",
+    *,
+    username: str | bytes | None = None,
+    password: bytes | str | None = None,
+    clean: bool = True,
+    keepalive: int = 60,
+    level: int = 4,
+    name: str = "MQTT",
+    will: tuple[str | bytes, bytes, int, bool] | None = None,
+    properties: bytes | None = None,
+    flags_extra: int = 0,
+) -> bytes:
     """`properties` (MQTT 5 only) is inserted after keep-alive and after the will flag position."""
     flags = (0x02 if clean else 0) | flags_extra
     payload = s(client_id)
@@ -64,8 +73,9 @@ def unsubscribe(packet_id: int, *filters: str) -> bytes:
     return packet(0xA2, struct.pack("!H", packet_id) + b"".join(s(f) for f in filters))
 
 
-def publish(topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int = 1, retain: bool = False,
-            dup: bool = False) -> bytes:
+def publish(
+    topic: str | bytes, payload: bytes = b"x", qos: int = 0, packet_id: int = 1, retain: bool = False, dup: bool = False
+) -> bytes:
     first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
     return packet(first, s(topic) + (struct.pack("!H", packet_id) if qos else b"") + payload)
 
@@ -100,19 +110,19 @@ class Packet:
     @property
     def topic(self) -> str:
         (n,) = struct.unpack("!H", self.body[:2])
-        return self.body[2:2 + n].decode()
+        return self.body[2 : 2 + n].decode()
 
     @property
     def packet_id(self) -> int:
         if self.type == PUBLISH:
             (n,) = struct.unpack("!H", self.body[:2])
-            return struct.unpack("!H", self.body[2 + n:4 + n])[0]
+            return struct.unpack("!H", self.body[2 + n : 4 + n])[0]
         return struct.unpack("!H", self.body[:2])[0]
 
     @property
     def payload(self) -> bytes:
         (n,) = struct.unpack("!H", self.body[:2])
-        return self.body[2 + n + (2 if self.qos else 0):]
+        return self.body[2 + n + (2 if self.qos else 0) :]
 
     def raw(self) -> bytes:
         return packet((self.type << 4) | self.flags, self.body)
@@ -171,8 +181,8 @@ class RawClient:
         except ConnectionResetError:
             return None
         first = self._buf[0]
-        pkt = Packet(first >> 4, first & 0x0F, self._buf[i:i + length])
-        self._buf = self._buf[i + length:]
+        pkt = Packet(first >> 4, first & 0x0F, self._buf[i : i + length])
+        self._buf = self._buf[i + length :]
         return pkt
 
     def expect(self, kind: int, timeout: float = 5.0) -> Packet:
@@ -201,15 +211,23 @@ class RawClient:
             try:
                 if self.read(left) is None:
                     return True
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 return False
             except OSError:
                 return True
 
 
-def connected(port: int, client_id: str, *, clean: bool = True, keepalive: int = 60, username: str | None = None,
-              password: str | None = None, will: tuple[str, bytes, int, bool] | None = None,
-              rcvbuf: int | None = None) -> tuple[RawClient, int]:
+def connected(
+    port: int,
+    client_id: str,
+    *,
+    clean: bool = True,
+    keepalive: int = 60,
+    username: str | None = None,
+    password: str | None = None,
+    will: tuple[str, bytes, int, bool] | None = None,
+    rcvbuf: int | None = None,
+) -> tuple[RawClient, int]:
     """A RawClient after CONNECT/CONNACK accepted; returns (client, session present)."""
     c = RawClient(port, rcvbuf=rcvbuf)
     c.send(connect(client_id, username=username, password=password, clean=clean, keepalive=keepalive, will=will))
@@ -224,7 +242,7 @@ def drain(client: RawClient, wait: float = 1.0) -> list[Packet]:
     while True:
         try:
             pkt = client.read(wait)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return out
         if pkt is None:
             return out

@@ -57,8 +57,19 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--notify-keyspace-events", "KEA", "--save", ""]
+        args = [
+            exe,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--notify-keyspace-events",
+            "KEA",
+            "--save",
+            "",
+        ]
         args += ["--appendonly", "yes"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, proc=self.proc)
@@ -100,8 +111,9 @@ def guard_cmd(*args: str) -> list[str]:
 class BrokerProcess:
     """`mqtt-guard broker` as a subprocess, with its log kept in a file the test can read."""
 
-    def __init__(self, redis_url: str, prefix: str, *, args: list[str] | None = None,
-                 port: int | None = None, bind: bool = True) -> None:
+    def __init__(
+        self, redis_url: str, prefix: str, *, args: list[str] | None = None, port: int | None = None, bind: bool = True
+    ) -> None:
         self.port = port or free_port()
         self.redis_url = redis_url
         self.prefix = prefix
@@ -153,8 +165,15 @@ class BrokerProcess:
         return self.returncode
 
 
-def run_cli(redis_url: str, prefix: str, *args: str, input: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    redis_url: str, prefix: str, *args: str, input: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run `mqtt-guard` as an admin would, against the test's Redis and prefix."""
-    return subprocess.run(guard_cmd("--redis-url", redis_url, "--prefix", prefix, *args), input=input,
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        guard_cmd("--redis-url", redis_url, "--prefix", prefix, *args),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )

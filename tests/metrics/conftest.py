@@ -73,7 +73,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
-def cli_json(cli, *args: str) -> Any:  # noqa: ANN001
+def cli_json(cli, *args: str) -> Any:
     result = cli(*args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

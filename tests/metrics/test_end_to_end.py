@@ -12,12 +12,12 @@ from tests.metrics.conftest import cli_json, metric, scrape, wait_for
 PAYLOAD = b"12345"
 
 
-def grant(rds, prefix, user, *filters):  # noqa: ANN001
+def grant(rds, prefix, user, *filters):
     for f in filters:
         rds.hset(f"{prefix}acl:user:{user}", f, "readwrite")
 
 
-def stats_hash(rds, prefix, kind, ident):  # noqa: ANN001
+def stats_hash(rds, prefix, kind, ident):
     return rds.hgetall(f"{prefix}stats:{kind}:{ident}")
 
 
@@ -25,8 +25,7 @@ def field(h: dict, name: str) -> int:
     return int(h.get(name, 0))
 
 
-def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
-        metrics_broker, add_user, rds, prefix, cli):
+def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(metrics_broker, add_user, rds, prefix, cli):
     add_user("alice", "alice-pw")
     add_user("bob", "bob-pw")
     grant(rds, prefix, "alice", "a/#")
@@ -46,13 +45,17 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     assert connect(broker.port, "alice", "wrong", client_id="alice-x").rc == CONNACK_NOT_AUTHORIZED
     assert connect(broker.port, "mallory", "x", client_id="m-1").rc == CONNACK_NOT_AUTHORIZED
 
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "alice-1"), "messages_in") == published + denied
-             and field(stats_hash(rds, prefix, "client", "bob-1"), "messages_out") == delivered
-             and field(rds.hgetall(f"{prefix}stats:total"), "auth_failed_unknown_user") == 1)
+    wait_for(
+        lambda: (
+            field(stats_hash(rds, prefix, "client", "alice-1"), "messages_in") == published + denied
+            and field(stats_hash(rds, prefix, "client", "bob-1"), "messages_out") == delivered
+            and field(rds.hgetall(f"{prefix}stats:total"), "auth_failed_unknown_user") == 1
+        )
+    )
     a = stats_hash(rds, prefix, "client", "alice-1")
-    assert {n: field(a, n) for n in ("messages_in", "bytes_in", "publish_denied", "over_quota", "messages_out",
-                                     "connects")} == {
-        "messages_in": 10, "bytes_in": 50, "publish_denied": 3, "over_quota": 0, "messages_out": 0, "connects": 1}
+    assert {
+        n: field(a, n) for n in ("messages_in", "bytes_in", "publish_denied", "over_quota", "messages_out", "connects")
+    } == {"messages_in": 10, "bytes_in": 50, "publish_denied": 3, "over_quota": 0, "messages_out": 0, "connects": 1}
     assert a["username"] == "alice" and a["connected"] == "1" and a["queue_depth"] == "0"
     b = stats_hash(rds, prefix, "client", "bob-1")
     assert (field(b, "messages_out"), field(b, "bytes_out"), field(b, "messages_in")) == (7, 35, 0)
@@ -60,10 +63,24 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     u = stats_hash(rds, prefix, "user", "alice")
     assert (field(u, "messages_in"), field(u, "publish_denied"), field(u, "auth_failed_bad_password")) == (10, 3, 1)
     total = rds.hgetall(f"{prefix}stats:total")
-    assert {n: field(total, n) for n in ("messages_in", "messages_out", "publish_denied", "auth_failed_bad_password",
-                                         "auth_failed_unknown_user", "connects")} == {
-        "messages_in": 10, "messages_out": 7, "publish_denied": 3, "auth_failed_bad_password": 1,
-        "auth_failed_unknown_user": 1, "connects": 2}
+    assert {
+        n: field(total, n)
+        for n in (
+            "messages_in",
+            "messages_out",
+            "publish_denied",
+            "auth_failed_bad_password",
+            "auth_failed_unknown_user",
+            "connects",
+        )
+    } == {
+        "messages_in": 10,
+        "messages_out": 7,
+        "publish_denied": 3,
+        "auth_failed_bad_password": 1,
+        "auth_failed_unknown_user": 1,
+        "connects": 2,
+    }
     assert not rds.exists(f"{prefix}stats:user:mallory") and not rds.exists(f"{prefix}stats:client:m-1")
 
     m = scrape(broker.metrics_port)
@@ -77,8 +94,10 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(
     assert metric(m, "mqtt_guard_clients_connected") == 2
     assert metric(m, "mqtt_guard_redis_up") == 1
     assert metric(m, "mqtt_guard_client_messages_received_total", client_id="alice-1", username="alice") == 10
-    assert metric(m, "mqtt_guard_client_publish_errors_total", client_id="alice-1", username="alice",
-                  reason="acl_denied") == 3
+    assert (
+        metric(m, "mqtt_guard_client_publish_errors_total", client_id="alice-1", username="alice", reason="acl_denied")
+        == 3
+    )
     assert not any(labels and dict(labels).get("client_id") == "bob-1" for _, labels in m)  # not allow-listed
     brokers = rds.zrange(f"{prefix}stats:brokers", 0, -1)
     assert len(brokers) == 1
@@ -115,16 +134,25 @@ def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds,
     for _ in range(7):  # alice may publish 5 a day: 2 are refused over quota
         alice.publish("a/t", PAYLOAD, qos=1)
     assert len([bob.receive() for _ in range(5)]) == 5 and bob.received(0.3) == []
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "alice-q"), "messages_in") == 7
-             and field(stats_hash(rds, prefix, "client", "bob-q"), "messages_out") == 5)
+    wait_for(
+        lambda: (
+            field(stats_hash(rds, prefix, "client", "alice-q"), "messages_in") == 7
+            and field(stats_hash(rds, prefix, "client", "bob-q"), "messages_out") == 5
+        )
+    )
     assert field(stats_hash(rds, prefix, "client", "alice-q"), "over_quota") == 2
     assert field(stats_hash(rds, prefix, "user", "alice"), "over_quota") == 2
     assert metric(scrape(broker.metrics_port), "mqtt_guard_publish_errors_total", reason="over_quota") == 2
     s = cli_json(cli, "stats", "alice-q", "--json")
     assert s["publish_errors"]["over_quota"] == 2
     # the quota module reports usage to Redis on its own schedule
-    s = wait_for(lambda: (lambda d: d if d["quota"]["metrics"]["events"]["used"] == 5 else None)(
-        cli_json(cli, "stats", "alice-q", "--json")), timeout=20, interval=0.5)
+    s = wait_for(
+        lambda: (lambda d: d if d["quota"]["metrics"]["events"]["used"] == 5 else None)(
+            cli_json(cli, "stats", "alice-q", "--json")
+        ),
+        timeout=20,
+        interval=0.5,
+    )
     assert s["quota"]["percent"] == 100
     top = cli_json(cli, "top", "--json")
     assert {r["id"]: r["errors"]["over_quota"] for r in top["rows"]}["alice-q"] == 2
@@ -160,14 +188,15 @@ def test_a_burst_lands_in_the_right_10s_bucket(metrics_broker, add_user, rds, pr
     alice.close()
 
 
-def test_counts_add_up_across_two_brokers_and_a_restart(metrics_broker, start_broker, add_user, rds, prefix, cli,
-                                                        tmp_path):
+def test_counts_add_up_across_two_brokers_and_a_restart(
+    metrics_broker, start_broker, add_user, rds, prefix, cli, tmp_path
+):
     add_user("dev", "pw")
     grant(rds, prefix, "dev", "a/#")
     one = metrics_broker()
     two = metrics_broker()
 
-    def publish_from(broker, n):  # noqa: ANN001, ANN202
+    def publish_from(broker, n):
         c = connect(broker.port, "dev", "pw", client_id="dev-1")
         for _ in range(n):
             c.publish("a/x", PAYLOAD, qos=1)
@@ -198,8 +227,12 @@ def test_kicks_are_counted_by_reason(metrics_broker, add_user, rds, prefix, cli)
     c = connect(broker.port, "alice", "pw", client_id="k-1")
     assert cli("user", "disable", "alice").returncode == 0
     assert c.disconnected.wait(5)
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "k-1"), "kicked_user_disabled") == 1
-             and stats_hash(rds, prefix, "client", "k-1").get("connected") == "0")
+    wait_for(
+        lambda: (
+            field(stats_hash(rds, prefix, "client", "k-1"), "kicked_user_disabled") == 1
+            and stats_hash(rds, prefix, "client", "k-1").get("connected") == "0"
+        )
+    )
     b = connect(broker.port, "bob", "pw", client_id="k-2")
     kick = cli("kick", "k-2", "--block", "10m")
     assert kick.returncode == 0, kick.stderr

@@ -18,8 +18,11 @@ from tests.helpers.servers import RedisServer
 
 
 def make_guard(url: str, prefix: str, broker_id: str, **metrics: object) -> Guard:
-    config = GuardConfig(listeners=[ListenerConfig(bind="127.0.0.1:1")], redis=RedisConfig(url=url, prefix=prefix),
-                         metrics=MetricsConfig(broker_id=broker_id, **metrics))  # type: ignore[arg-type]
+    config = GuardConfig(
+        listeners=[ListenerConfig(bind="127.0.0.1:1")],
+        redis=RedisConfig(url=url, prefix=prefix),
+        metrics=MetricsConfig(broker_id=broker_id, **metrics),
+    )  # type: ignore[arg-type]
     return Guard(config)
 
 
@@ -61,11 +64,26 @@ def test_two_brokers_and_a_restart_add_up_in_redis(redis_server, rds, prefix):
     k = Keys(prefix)
     names = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.DENIED_PUBLISH, C.CONNECTS)
     assert ints(rds.hgetall(k.stats_client("dev-1")), *names) == {
-        C.MSGS_IN: 6, C.MSGS_OUT: 0, C.BYTES_IN: 50, C.DENIED_PUBLISH: 2, C.CONNECTS: 2}
+        C.MSGS_IN: 6,
+        C.MSGS_OUT: 0,
+        C.BYTES_IN: 50,
+        C.DENIED_PUBLISH: 2,
+        C.CONNECTS: 2,
+    }
     assert ints(rds.hgetall(k.stats_user("alice")), *names) == {
-        C.MSGS_IN: 9, C.MSGS_OUT: 4, C.BYTES_IN: 50, C.DENIED_PUBLISH: 2, C.CONNECTS: 3}
+        C.MSGS_IN: 9,
+        C.MSGS_OUT: 4,
+        C.BYTES_IN: 50,
+        C.DENIED_PUBLISH: 2,
+        C.CONNECTS: 3,
+    }
     assert ints(rds.hgetall(k.stats_total()), *names) == {
-        C.MSGS_IN: 9, C.MSGS_OUT: 4, C.BYTES_IN: 50, C.DENIED_PUBLISH: 2, C.CONNECTS: 3}
+        C.MSGS_IN: 9,
+        C.MSGS_OUT: 4,
+        C.BYTES_IN: 50,
+        C.DENIED_PUBLISH: 2,
+        C.CONNECTS: 3,
+    }
     assert ints(rds.hgetall(k.stats_broker("A")), C.MSGS_IN)[C.MSGS_IN] == 6
     assert ints(rds.hgetall(k.stats_broker("B")), C.MSGS_IN)[C.MSGS_IN] == 3
     assert set(rds.zrange(k.stats_brokers(), 0, -1)) == {"A", "B"}
@@ -108,7 +126,8 @@ def test_rate_history_lands_in_the_bucket_of_the_window_with_ttls(redis_server, 
 
 
 def test_disconnect_marks_the_client_and_drops_its_state_but_not_if_it_moved_to_another_broker(
-        redis_server, rds, prefix):
+    redis_server, rds, prefix
+):
     async def main() -> tuple[Guard, Guard]:
         a = make_guard(redis_server.url, prefix, "A")
         b = make_guard(redis_server.url, prefix, "B")
@@ -171,7 +190,7 @@ def test_redis_outage_keeps_counts_and_writes_them_exactly_once_when_back(own_re
         g.metrics.tick()
         assert await g.metrics.flush()
         own_redis.stop()
-        for n in range(3):  # three flush periods while Redis is down
+        for _ in range(3):  # three flush periods while Redis is down
             g.counters.incr("dev-1", C.MSGS_IN, 10)
             g.counters.incr(None, C.PROTOCOL_ERRORS)
             g.metrics.tick()

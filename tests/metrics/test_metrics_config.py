@@ -7,7 +7,7 @@ import pytest
 from mqtt_guard.config import ConfigError, ListenerConfig, load_config
 
 
-def load(tmp_path, text: str):  # noqa: ANN001, ANN201
+def load(tmp_path, text: str):
     p = tmp_path / "c.yaml"
     p.write_text(text)
     config = load_config(p)
@@ -19,7 +19,9 @@ def load(tmp_path, text: str):  # noqa: ANN001, ANN201
 def test_defaults_and_a_full_section(tmp_path):
     m = load(tmp_path, "{}").metrics
     assert (m.flush_interval, m.prometheus_bind, m.top_n, m.sys_interval) == (1.0, None, 0, 10.0)
-    m = load(tmp_path, """
+    m = load(
+        tmp_path,
+        """
 metrics:
   flush_interval: 500ms
   prometheus_bind: 0.0.0.0:9883
@@ -30,20 +32,24 @@ metrics:
   broker_id: edge-1
   stats_ttl: 7d
   max_backlog: 50000
-""").metrics
+""",
+    ).metrics
     assert m.flush_interval == 0.5 and m.prometheus_bind == "0.0.0.0:9883" and m.stats_ttl == 7 * 86400
     assert m.per_client_allowlist == ["gateway-*", "line-7"] and m.top_n == 10 and m.broker_id == "edge-1"
 
 
-@pytest.mark.parametrize("text,message", [
-    ("metrics: {flush_intervall: 1}", "unknown key 'metrics.flush_intervall'"),
-    ("metrics: {prometheus_bind: 9883}", "metrics.prometheus_bind: must be a string"),
-    ("metrics: {prometheus_bind: 'localhost'}", "metrics.prometheus_bind: bind must be HOST:PORT"),
-    ("metrics: {flush_interval: 30s}", "metrics.flush_interval: must be between"),
-    ("metrics: {top_n: -1}", "top_n must be >= 0"),
-    ("metrics: {per_client_allowlist: gateway}", "metrics.per_client_allowlist: must be a list"),
-    ("metrics: {sys_interval: 0.5}", "metrics.sys_interval"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("metrics: {flush_intervall: 1}", "unknown key 'metrics.flush_intervall'"),
+        ("metrics: {prometheus_bind: 9883}", "metrics.prometheus_bind: must be a string"),
+        ("metrics: {prometheus_bind: 'localhost'}", "metrics.prometheus_bind: bind must be HOST:PORT"),
+        ("metrics: {flush_interval: 30s}", "metrics.flush_interval: must be between"),
+        ("metrics: {top_n: -1}", "top_n must be >= 0"),
+        ("metrics: {per_client_allowlist: gateway}", "metrics.per_client_allowlist: must be a list"),
+        ("metrics: {sys_interval: 0.5}", "metrics.sys_interval"),
+    ],
+)
 def test_mistakes_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         load(tmp_path, text)

@@ -10,7 +10,7 @@ from tests.helpers.servers import RedisServer, run_cli
 from tests.metrics.conftest import cli_json, http_get, metric, scrape, wait_for
 
 
-def publish(client, n: int, topic: str = "a/x") -> None:  # noqa: ANN001
+def publish(client, n: int, topic: str = "a/x") -> None:
     for _ in range(n):
         client.publish(topic, b"x", qos=1)
 
@@ -68,13 +68,14 @@ def own_redis():
 
 
 def test_redis_outage_shows_in_metrics_and_health_and_counts_arrive_afterwards(
-        own_redis, start_broker, prefix, tmp_path):
+    own_redis, start_broker, prefix, tmp_path
+):
     assert run_cli(own_redis.url, prefix, "user", "add", "alice", "--password-stdin", input="pw\n").returncode == 0
     r = own_redis.client()
     r.hset(f"{prefix}acl:user:alice", "a/#", "readwrite")
-    from tests.helpers.servers import free_port
-
     import yaml
+
+    from tests.helpers.servers import free_port
 
     mport = free_port()
     cfg = tmp_path / "b.yaml"
@@ -123,8 +124,9 @@ def test_top_renders_at_a_fixed_width(metrics_broker, add_user, rds, prefix, cli
     assert rows[0][1] == "alice" and rows[0][4] == "40" and rows[1][4] == "6"
     assert rows[1][6] == "2"  # acl denied
     users = cli("top", "--once", "--users", "--width", "80")
-    assert users.returncode == 0 and [ln.split()[0] for ln in users.stdout.splitlines()
-                                      if ln.strip().startswith(("alice", "bob"))] == ["alice", "bob"]
+    assert users.returncode == 0 and [
+        ln.split()[0] for ln in users.stdout.splitlines() if ln.strip().startswith(("alice", "bob"))
+    ] == ["alice", "bob"]
     human = cli("stats", "sensor-slow")
     assert human.returncode == 0, human.stderr
     text = human.stdout

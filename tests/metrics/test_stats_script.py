@@ -28,6 +28,7 @@ TTL = 30 * 86400
 class Level(enum.IntEnum):
     HIGH = 3  # an int whose repr, what redis-py sends for it, has a space: "<Level.HIGH: 3>"
 
+
 # -- the reference: the MULTI/EXEC writes the script replaced (commit 3de34e9), kept as the model -------
 _OLD_DISCONNECT_LUA = """
 local b = redis.call('HGET', KEYS[1], ARGV[1])
@@ -103,8 +104,8 @@ def snapshot(r: redis.Redis, prefix: str) -> tuple[dict[str, tuple[str, Any]], d
             content = r.zrange(k, 0, -1, withscores=True)
         else:
             content = r.get(k)
-        out[k[len(prefix):]] = (t, content)
-        ttls[k[len(prefix):]] = r.ttl(k)
+        out[k[len(prefix) :]] = (t, content)
+        ttls[k[len(prefix) :]] = r.ttl(k)
     return out, ttls
 
 
@@ -124,24 +125,39 @@ def rich_batch(now: float) -> Batch:
     old = bucket_start(now - 7200, 10)  # its 10 s buckets have expired, its 1 min one has not
     cur = bucket_start(now, 10)
     return Batch(
-        clients={("dev 1", "alice smith"): {C.MSGS_IN: 5, C.BYTES_IN: 2**40, C.DENIED_PUBLISH: 2},
-                 ("dév-2/ü", None): {C.MSGS_OUT: 3, C.kick_name("admin"): 1},
-                 ("@5", "@6"): {C.CONNECTS: 1, "auth_failed_bad_password": 2},
-                 ("3 1 2", "alice smith"): {C.MSGS_IN: -1}},
+        clients={
+            ("dev 1", "alice smith"): {C.MSGS_IN: 5, C.BYTES_IN: 2**40, C.DENIED_PUBLISH: 2},
+            ("dév-2/ü", None): {C.MSGS_OUT: 3, C.kick_name("admin"): 1},
+            ("@5", "@6"): {C.CONNECTS: 1, "auth_failed_bad_password": 2},
+            ("3 1 2", "alice smith"): {C.MSGS_IN: -1},
+        },
         users={"alice smith": {C.MSGS_IN: 4, C.BYTES_IN: 2**40}, "@6": {C.CONNECTS: 1}},
         totals={C.MSGS_IN: 4, C.MSGS_OUT: 3, C.PROTOCOL_ERRORS: 1},
-        gauges={"dev 1": {C.G_QUEUE_DEPTH: 7, "note": "a b  c", "ratio": 0.1 + 0.2, "at": "@5"},
-                "dév-2/ü": {C.G_QUEUE_DEPTH: 0}},
-        events=[("connect", "dev 1", "alice smith", now - 3.0004), ("connect", "dév-2/ü", None, now - 2.5),
-                ("disconnect", "dév-2/ü", None, now - 1.25), ("connect", "moved", "bob", now - 1.0),
-                ("disconnect", "moved", "bob", now - 0.5), ("disconnect", "never-seen", None, now - 0.1),
-                # a client that comes and goes twice, and a take-over whose old connection ends last
-                ("connect", "loop", None, now - 0.9), ("disconnect", "loop", None, now - 0.8),
-                ("connect", "loop", "carol", now - 0.7), ("disconnect", "loop", "carol", now - 0.6),
-                ("connect", "taken", "dave", now - 0.4), ("connect", "taken", "dave", now - 0.3),
-                ("disconnect", "taken", "dave", now - 0.2), ("disconnect", "taken", "dave", now - 0.15)],
-        rates={cur: {("client", "dev 1"): [5, 0], ("client", "dév-2/ü"): [0, 3], ("user", "alice smith"): [5, 3]},
-               old: {("client", "dev 1"): [2, 1]}},
+        gauges={
+            "dev 1": {C.G_QUEUE_DEPTH: 7, "note": "a b  c", "ratio": 0.1 + 0.2, "at": "@5"},
+            "dév-2/ü": {C.G_QUEUE_DEPTH: 0},
+        },
+        events=[
+            ("connect", "dev 1", "alice smith", now - 3.0004),
+            ("connect", "dév-2/ü", None, now - 2.5),
+            ("disconnect", "dév-2/ü", None, now - 1.25),
+            ("connect", "moved", "bob", now - 1.0),
+            ("disconnect", "moved", "bob", now - 0.5),
+            ("disconnect", "never-seen", None, now - 0.1),
+            # a client that comes and goes twice, and a take-over whose old connection ends last
+            ("connect", "loop", None, now - 0.9),
+            ("disconnect", "loop", None, now - 0.8),
+            ("connect", "loop", "carol", now - 0.7),
+            ("disconnect", "loop", "carol", now - 0.6),
+            ("connect", "taken", "dave", now - 0.4),
+            ("connect", "taken", "dave", now - 0.3),
+            ("disconnect", "taken", "dave", now - 0.2),
+            ("disconnect", "taken", "dave", now - 0.15),
+        ],
+        rates={
+            cur: {("client", "dev 1"): [5, 0], ("client", "dév-2/ü"): [0, 3], ("user", "alice smith"): [5, 3]},
+            old: {("client", "dev 1"): [2, 1]},
+        },
     )
 
 
@@ -169,8 +185,10 @@ def test_the_script_writes_exactly_what_the_transactions_wrote(redis_server, rds
 def test_gauge_values_whose_text_has_spaces_do_not_break_the_records(redis_server, rds, prefix):
     now = time.time()
     keys = Keys(prefix)
-    batch = Batch(gauges={"a": {"level": Level.HIGH, C.G_QUEUE_DEPTH: 4}, "b": {C.G_QUEUE_DEPTH: 5}},
-                  events=[("connect", "b", None, now)])
+    batch = Batch(
+        gauges={"a": {"level": Level.HIGH, C.G_QUEUE_DEPTH: 4}, "b": {C.G_QUEUE_DEPTH: 5}},
+        events=[("connect", "b", None, now)],
+    )
     write_parts(redis_server.url, keys, "A", batch, now)
     assert rds.hgetall(keys.stats_client("a")) == {"level": repr(Level.HIGH), C.G_QUEUE_DEPTH: "4"}
     b = rds.hgetall(keys.stats_client("b"))
@@ -181,8 +199,13 @@ def test_disconnect_of_a_client_now_on_another_broker_leaves_it_connected(redis_
     now = time.time()
     keys = Keys(prefix)
     rds.hset(keys.stats_client("moved"), mapping={C.G_BROKER: "B", C.G_CONNECTED: 1})
-    write_parts(redis_server.url, keys, "A", Batch(events=[("disconnect", "moved", None, now),
-                                                           ("disconnect", "gone", None, now)]), now)
+    write_parts(
+        redis_server.url,
+        keys,
+        "A",
+        Batch(events=[("disconnect", "moved", None, now), ("disconnect", "gone", None, now)]),
+        now,
+    )
     assert rds.hgetall(keys.stats_client("moved")) == {C.G_BROKER: "B", C.G_CONNECTED: "1"}
     assert rds.hget(keys.stats_client("gone"), C.G_CONNECTED) == "0"
     assert 0 < rds.ttl(keys.stats_client("moved")) <= TTL
@@ -195,11 +218,17 @@ def test_a_part_with_wrong_type_keys_is_logged_and_the_rest_applied(redis_server
     rate_key = keys.stats_rate("10s", "client", "in", bucket)
     for k in (keys.stats_client("bad"), keys.stats_user("alice"), rate_key):
         rds.set(k, "edited by hand")
-    batch = Batch(clients={("bad", "alice"): {C.MSGS_IN: 1}, ("good", "alice"): {C.MSGS_IN: 2}},
-                  users={"alice": {C.MSGS_IN: 3}}, totals={C.MSGS_IN: 3},
-                  events=[("disconnect", "bad", "alice", now), ("connect", "bad", "alice", now),
-                          ("connect", "good", "alice", now)],
-                  rates={bucket: {("client", "bad"): [1, 0], ("client", "good"): [2, 1]}})
+    batch = Batch(
+        clients={("bad", "alice"): {C.MSGS_IN: 1}, ("good", "alice"): {C.MSGS_IN: 2}},
+        users={"alice": {C.MSGS_IN: 3}},
+        totals={C.MSGS_IN: 3},
+        events=[
+            ("disconnect", "bad", "alice", now),
+            ("connect", "bad", "alice", now),
+            ("connect", "good", "alice", now),
+        ],
+        rates={bucket: {("client", "bad"): [1, 0], ("client", "good"): [2, 1]}},
+    )
     with caplog.at_level(logging.WARNING, logger="mqtt_guard.metrics"):
         write_parts(redis_server.url, keys, "A", batch, now, chunk=100)  # one part; its first write fails
     for k in (keys.stats_client("bad"), keys.stats_user("alice"), rate_key):
@@ -256,8 +285,11 @@ def test_a_flush_that_fails_midway_is_retried_and_counts_once(redis_server, rds,
         assert h[C.G_CONNECTED] == ("1" if i == 0 else "0")  # dev-0's reconnect came after its disconnect
     assert rds.hget(k.stats_user("alice"), C.MSGS_IN) == str(55 + 100)
     assert rds.hget(k.stats_total(), C.MSGS_IN) == str(55 + 100)
-    bucket_total = sum(int(s) for key in rds.scan_iter(match=prefix + "stats:rate:10s:client:in:*")
-                       for _, s in rds.zrange(key, 0, -1, withscores=True))
+    bucket_total = sum(
+        int(s)
+        for key in rds.scan_iter(match=prefix + "stats:rate:10s:client:in:*")
+        for _, s in rds.zrange(key, 0, -1, withscores=True)
+    )
     assert bucket_total == 155
 
 
@@ -269,8 +301,7 @@ def private_redis():
 
 
 @pytest.mark.parametrize("refusal", ["out of memory", "read-only replica"])
-def test_redis_refusing_every_write_fails_the_part_whole_and_the_retry_counts_once(private_redis, prefix,
-                                                                                  refusal):
+def test_redis_refusing_every_write_fails_the_part_whole_and_the_retry_counts_once(private_redis, prefix, refusal):
     r = private_redis.client()
 
     def refuse(on: bool) -> None:
@@ -310,16 +341,16 @@ def test_redis_refusing_every_write_fails_the_part_whole_and_the_retry_counts_on
     r.close()
 
 
-def test_a_large_part_is_written_correctly_and_the_script_is_reloaded_after_script_flush(redis_server, rds,
-                                                                                        prefix):
+def test_a_large_part_is_written_correctly_and_the_script_is_reloaded_after_script_flush(redis_server, rds, prefix):
     now = time.time()
     keys = Keys(prefix)
     n = 6000
-    batch = Batch(clients={(f"c{i}", f"u{i % 7}"): {C.MSGS_IN: i, C.BYTES_IN: 64 * i, C.CONNECTS: 1}
-                           for i in range(n)},
-                  events=[("connect", f"c{i}", f"u{i % 7}", now) for i in range(n)],
-                  totals={C.CONNECTS: n},
-                  rates={bucket_start(now, 10): {("client", f"c{i}"): [i, 1] for i in range(n)}})
+    batch = Batch(
+        clients={(f"c{i}", f"u{i % 7}"): {C.MSGS_IN: i, C.BYTES_IN: 64 * i, C.CONNECTS: 1} for i in range(n)},
+        events=[("connect", f"c{i}", f"u{i % 7}", now) for i in range(n)],
+        totals={C.CONNECTS: n},
+        rates={bucket_start(now, 10): {("client", f"c{i}"): [i, 1] for i in range(n)}},
+    )
 
     async def main() -> None:
         r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
@@ -342,10 +373,14 @@ def test_a_large_part_is_written_correctly_and_the_script_is_reloaded_after_scri
 
 
 def test_split_bounds_parts_keeps_events_in_order_and_totals_in_the_last_part():
-    b = Batch(clients={(f"c{i}", None): {C.MSGS_IN: 1} for i in range(5)}, users={"u": {C.MSGS_IN: 5}},
-              totals={C.MSGS_IN: 5}, gauges={"c1": {C.G_QUEUE_DEPTH: 2}},
-              events=[("connect", f"c{i}", None, float(i)) for i in range(7)],
-              rates={10: {("client", f"c{i}"): [1, 0] for i in range(3)}, 20: {("user", "u"): [5, 0]}})
+    b = Batch(
+        clients={(f"c{i}", None): {C.MSGS_IN: 1} for i in range(5)},
+        users={"u": {C.MSGS_IN: 5}},
+        totals={C.MSGS_IN: 5},
+        gauges={"c1": {C.G_QUEUE_DEPTH: 2}},
+        events=[("connect", f"c{i}", None, float(i)) for i in range(7)],
+        rates={10: {("client", f"c{i}"): [1, 0] for i in range(3)}, 20: {("user", "u"): [5, 0]}},
+    )
     unused = aioredis.Redis()  # never connects: split is pure
     w = StatsWriter(unused, Keys("x:"), "A", ttl=TTL, chunk=4)
     parts = w.split(b)
@@ -362,7 +397,17 @@ def test_split_bounds_parts_keeps_events_in_order_and_totals_in_the_last_part():
 def test_timestamps_are_formatted_as_redis_py_formatted_them():
     rnd = random.Random(3)
     values = [rnd.uniform(1.6e9, 2.2e9) for _ in range(20000)] + [
-        1764232654.0, 1764232654.1, 1764232654.0625, 1764232654.9995, 0.0, 0.0005, 2.675, 1e16, -1.5,
-        1764232654, 0]
+        1764232654.0,
+        1764232654.1,
+        1764232654.0625,
+        1764232654.9995,
+        0.0,
+        0.0005,
+        2.675,
+        1e16,
+        -1.5,
+        1764232654,
+        0,
+    ]
     for v in values:
         assert _seconds(v) == repr(round(v, 3)), v

@@ -12,7 +12,7 @@ from tests.metrics.conftest import wait_for
 SUBACK_FAILURE = 0x80
 
 
-def collect(client, seconds: float) -> list:  # noqa: ANN001
+def collect(client, seconds: float) -> list:
     """What the client receives during `seconds` ($SYS keeps publishing: `received()` would never end)."""
     out = []
     deadline = time.monotonic() + seconds
@@ -24,7 +24,7 @@ def collect(client, seconds: float) -> list:  # noqa: ANN001
     return out
 
 
-def latest(client, seconds: float) -> dict[str, str]:  # noqa: ANN001
+def latest(client, seconds: float) -> dict[str, str]:
     """What the client received during `seconds`, last value per topic."""
     return {m.topic: m.payload.decode() for m in collect(client, seconds)}
 

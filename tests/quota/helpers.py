@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from mqtt_guard.auth.authenticator import AuthResult, Outcome
 from mqtt_guard.config import GuardConfig
@@ -68,8 +68,9 @@ async def attach(g: Guard, client_id: str, username: str) -> GuardClient:
     return await g.attach(client_id, user(username))
 
 
-async def eventually(check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 5.0,
-                     interval: float = 0.02) -> Any:
+async def eventually(
+    check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -91,12 +92,12 @@ async def crash(g: Guard) -> None:
     """Stop a Guard the way a killed process stops: no goodbye to Redis (leases, sessions stay)."""
     # re-cancelled until they end: a cancellation that lands inside a redis-py call can be swallowed
     # (plain cancel + gather hung here once in a clean-clone CI run)
-    await cancel_and_wait(*g.quota._tasks)  # noqa: SLF001
+    await cancel_and_wait(*g.quota._tasks)
     await g.listener.stop()
     metrics = getattr(g, "metrics", None)
     if metrics is not None:
         await metrics.close()
     g.authenticator.close()
-    await g.quota._kick_redis.aclose()  # noqa: SLF001
+    await g.quota._kick_redis.aclose()
     await g.redis.aclose()
     g._crashed = True  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.sidecar.helpers import fast_config
 
+
 def wait_window(seconds: int, need: float) -> None:
     left = seconds - time.time() % seconds
     if left < need:
@@ -28,8 +29,9 @@ def root(add_user):
     return ("root", "pw-root")
 
 
-def test_events_10_per_minute_drops_the_11th_publish_and_disconnects_until_reset(start_broker, start_sidecar, add_user,
-                                                                                   cli, rds, prefix, tmp_path, root):
+def test_events_10_per_minute_drops_the_11th_publish_and_disconnects_until_reset(
+    start_broker, start_sidecar, add_user, cli, rds, prefix, tmp_path, root
+):
     add_user("d17", "pw")
     rds.hset(f"{prefix}acl:user:d17", "d17/#", "readwrite")
     cli("quota", "set", "d17", "--events", "10/1m", "--events-direction", "in")
@@ -146,8 +148,11 @@ def stalled_subscriber(port: int, username: str, password: str, topic: str) -> s
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    s.sendall(_packet(0x10, _s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _s("slow-1") + _s(username)
-                      + _s(password)))
+    s.sendall(
+        _packet(
+            0x10, _s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60) + _s("slow-1") + _s(username) + _s(password)
+        )
+    )
     assert s.recv(4)[3] == 0
     s.sendall(_packet(0x82, struct.pack("!H", 1) + _s(topic) + bytes([1])))
     return s
@@ -160,8 +165,9 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def test_a_slow_subscriber_is_disconnected_while_a_fast_one_loses_nothing(start_broker, start_sidecar, add_user, cli,
-                                                                            rds, prefix, tmp_path, root):
+def test_a_slow_subscriber_is_disconnected_while_a_fast_one_loses_nothing(
+    start_broker, start_sidecar, add_user, cli, rds, prefix, tmp_path, root
+):
     add_user("slow", "pw")
     add_user("fast", "pw")
     rds.hset(f"{prefix}acl:user:slow", "feed/#", "read")

@@ -25,6 +25,7 @@ def count_calls(obj, name):
     async def wrapper(*args, **kwargs):
         calls.append(args)
         return await original(*args, **kwargs)
+
     setattr(obj, name, wrapper)
     return calls
 
@@ -174,8 +175,7 @@ def test_a_connect_while_redis_is_down_is_admitted_with_the_limits_known_so_far(
             assert await eventually(lambda: g.listener.connected.is_set(), timeout=10)
             assert await eventually(lambda: g.quota.blocks.loaded)
             # Registered once Redis is back, so it counts for `sessions` and the sidecar sees it.
-            assert await eventually(lambda: rds.hget(f"{prefix}session:dev", "broker") == g.quota.broker_id,
-                                    timeout=5)
+            assert await eventually(lambda: rds.hget(f"{prefix}session:dev", "broker") == g.quota.broker_id, timeout=5)
             assert rds.hexists(f"{prefix}sessions:user:u", "dev")
             g.detach(c)
             assert await eventually(lambda: not rds.exists(f"{prefix}session:dev"))

@@ -63,8 +63,9 @@ def test_killing_redis_and_the_sidecar_loses_no_counted_usage(private_redis, sta
         rds.close()
 
 
-def test_a_killed_broker_loses_at_most_its_last_batch_and_its_lease_returns(start_broker, start_sidecar, add_user,
-                                                                             cli, rds, prefix, tmp_path, add_user_root):
+def test_a_killed_broker_loses_at_most_its_last_batch_and_its_lease_returns(
+    start_broker, start_sidecar, add_user, cli, rds, prefix, tmp_path, add_user_root
+):
     add_user("d", "pw")
     rds.hset(f"{prefix}acl:user:d", "d/#", "write")
     cli("quota", "set", "d", "--events", "40/1h", "--events-direction", "in")
@@ -82,8 +83,9 @@ def test_a_killed_broker_loses_at_most_its_last_batch_and_its_lease_returns(star
     assert 30 <= counted <= 35  # lost: at most what was spent since the last report (one batch)
     # Found dead after broker_dead_after (1.5 s here); its lease is returned.
     key = f"{prefix}quota:usage:d:events:{int(time.time() // 3600 * 3600)}"
-    assert wait_for(lambda: not any(f.startswith("lease:") and v != "0" for f, v in rds.hgetall(key).items()),
-                    timeout=1.5 + 0.2 + 3)
+    assert wait_for(
+        lambda: not any(f.startswith("lease:") and v != "0" for f, v in rds.hgetall(key).items()), timeout=1.5 + 0.2 + 3
+    )
     watcher = connect(b2.port, "root", "pw-root")
     watcher.subscribe(("d/#", 1))
     dev = connect(b2.port, "d", "pw", client_id="dev")

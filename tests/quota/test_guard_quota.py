@@ -32,7 +32,9 @@ def usage(rds, prefix, user, metric, window):
     return rds.hgetall(f"{prefix}quota:usage:{user}:{metric}:{start}")
 
 
-def test_eleventh_publish_is_dropped_and_with_disconnect_the_user_is_blocked_until_the_window_resets(config, rds, prefix):
+def test_eleventh_publish_is_dropped_and_with_disconnect_the_user_is_blocked_until_the_window_resets(
+    config, rds, prefix
+):
     rds.hset(f"{prefix}quota:user:d17", mapping={"events": "10/1m", "on_exceed": "disconnect"})
 
     async def body():

@@ -44,8 +44,9 @@ def test_kick_works_for_a_client_on_either_broker(start_broker, add_user, cli, t
     assert missing.returncode == 1 and "not connected" in missing.stdout
 
 
-def test_kick_with_block_refuses_reconnects_with_connack_5_until_the_block_expires(start_broker, add_user, cli,
-                                                                                     tmp_path, prefix, rds):
+def test_kick_with_block_refuses_reconnects_with_connack_5_until_the_block_expires(
+    start_broker, add_user, cli, tmp_path, prefix, rds
+):
     add_user("d", "pw")
     broker = start_broker("--config", fast_config(tmp_path))
     client = connect(broker.port, "d", "pw", client_id="dev")
@@ -61,8 +62,9 @@ def test_kick_with_block_refuses_reconnects_with_connack_5_until_the_block_expir
     assert connect(broker.port, "d", "pw", client_id="dev").rc == 0
 
 
-def test_kick_user_disconnects_all_its_clients_on_all_brokers_and_blocks_the_user(start_broker, add_user, cli,
-                                                                                    tmp_path, rds, prefix):
+def test_kick_user_disconnects_all_its_clients_on_all_brokers_and_blocks_the_user(
+    start_broker, add_user, cli, tmp_path, rds, prefix
+):
     add_user("fleet", "pw")
     add_user("other", "pw")
     b1 = start_broker("--config", fast_config(tmp_path))
@@ -126,8 +128,9 @@ def test_same_client_id_on_another_broker_takes_the_session_over(start_broker, a
     new.close()
 
 
-def test_registry_shows_broker_and_since_and_is_emptied_by_a_clean_shutdown(start_broker, add_user, tmp_path,
-                                                                            rds, prefix):
+def test_registry_shows_broker_and_since_and_is_emptied_by_a_clean_shutdown(
+    start_broker, add_user, tmp_path, rds, prefix
+):
     add_user("d", "pw")
     broker = start_broker("--config", fast_config(tmp_path))
     before = time.time()

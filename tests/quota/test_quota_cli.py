@@ -6,19 +6,47 @@ import asyncio
 import json
 import time
 
+from mqtt_guard.store.connection import make_async_client
 from mqtt_guard.store.keys import Keys
 from mqtt_guard.store.quota import QuotaStore, SyncRequest
-from mqtt_guard.store.connection import make_async_client
 
 
 def test_set_writes_validated_fields_and_unset_removes_them(cli, rds, prefix):
-    r = cli("quota", "set", "d17", "--events", "10000/1d", "--bytes", "50MB/1d", "--rate", "5/s:10",
-            "--session-time", "1h", "--sessions", "2", "--max-queue", "500", "--queue-grace", "10s",
-            "--on-exceed", "disconnect", "--events-direction", "in")
+    r = cli(
+        "quota",
+        "set",
+        "d17",
+        "--events",
+        "10000/1d",
+        "--bytes",
+        "50MB/1d",
+        "--rate",
+        "5/s:10",
+        "--session-time",
+        "1h",
+        "--sessions",
+        "2",
+        "--max-queue",
+        "500",
+        "--queue-grace",
+        "10s",
+        "--on-exceed",
+        "disconnect",
+        "--events-direction",
+        "in",
+    )
     assert r.returncode == 0, r.stderr
     assert rds.hgetall(f"{prefix}quota:user:d17") == {
-        "events": "10000/1d", "bytes": "50MB/1d", "rate": "5/s:10", "session_time": "1h", "sessions": "2",
-        "max_queue": "500", "queue_grace": "10s", "on_exceed": "disconnect", "events_direction": "in"}
+        "events": "10000/1d",
+        "bytes": "50MB/1d",
+        "rate": "5/s:10",
+        "session_time": "1h",
+        "sessions": "2",
+        "max_queue": "500",
+        "queue_grace": "10s",
+        "on_exceed": "disconnect",
+        "events_direction": "in",
+    }
     assert cli("quota", "unset", "d17", "--field", "rate", "--field", "bytes").returncode == 0
     assert "rate" not in rds.hgetall(f"{prefix}quota:user:d17")
     assert cli("quota", "set", "--default", "--events", "100/1h", "--session-time", "none").returncode == 0
@@ -26,11 +54,13 @@ def test_set_writes_validated_fields_and_unset_removes_them(cli, rds, prefix):
 
 
 def test_set_refuses_malformed_values_and_writes_nothing(cli, rds, prefix):
-    for args, message in ((("--events", "10000"), "expected N/WINDOW"),
-                          (("--events", "10/1y"), "expected a window"),
-                          (("--rate", "fast"), "expected RATE"),
-                          (("--sessions", "0"), "at least 1"),
-                          (("--session-time", "soon"), "expected a duration")):
+    for args, message in (
+        (("--events", "10000"), "expected N/WINDOW"),
+        (("--events", "10/1y"), "expected a window"),
+        (("--rate", "fast"), "expected RATE"),
+        (("--sessions", "0"), "at least 1"),
+        (("--session-time", "soon"), "expected a duration"),
+    ):
         r = cli("quota", "set", "d", *args)
         assert r.returncode == 1 and message in r.stderr, (args, r.stderr)
     assert cli("quota", "set", "d").returncode == 1
@@ -46,8 +76,9 @@ def test_show_lists_limits_with_their_origin_usage_and_reset_time(cli, rds, pref
         client = make_async_client(redis_server.url)
         keys = Keys(prefix)
         start = int(time.time() // 60 * 60)
-        await QuotaStore(client, keys).sync("b1", [SyncRequest(keys.quota_usage("d", "events", start), "", 7, 1, 3, 10,
-                                                               start + 120)])
+        await QuotaStore(client, keys).sync(
+            "b1", [SyncRequest(keys.quota_usage("d", "events", start), "", 7, 1, 3, 10, start + 120)]
+        )
         await client.aclose()
 
     asyncio.run(spend())

@@ -52,6 +52,7 @@ def test_open_and_close_in_one_batch_register_nothing_and_report_the_previous_ho
         finally:
             await c1.aclose()
             await c2.aclose()
+
     asyncio.run(body())
 
 
@@ -78,6 +79,7 @@ def test_a_close_after_its_open_was_sent_is_applied_and_other_connections_are_no
             assert not rds.exists(f"{prefix}session:c")
         finally:
             await client.aclose()
+
     asyncio.run(body())
 
 
@@ -103,4 +105,5 @@ def test_a_lone_broker_answers_short_connections_itself_and_sends_the_rest(redis
             assert not rds.exists(f"{prefix}session:brief")
         finally:
             await client.aclose()
+
     asyncio.run(body())

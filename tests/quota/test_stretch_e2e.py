@@ -34,8 +34,7 @@ def root(add_user):
 
 def burst(topic: str, n: int, qos: int = 0) -> bytes:
     """n PUBLISHes numbered 0..n-1 (fixed-width payloads), as one buffer."""
-    return b"".join(raw.publish(topic, b"%0*d" % (PAYLOAD, i), qos=qos, packet_id=(i % 65535) + 1)
-                    for i in range(n))
+    return b"".join(raw.publish(topic, b"%0*d" % (PAYLOAD, i), qos=qos, packet_id=(i % 65535) + 1) for i in range(n))
 
 
 def receive(client: raw.RawClient, want: int, quiet: float = 1.5) -> list[int]:
@@ -82,8 +81,19 @@ def publisher(port: int, user: tuple[str, str], client_id: str) -> raw.RawClient
 def test_a_burst_is_counted_exactly_in_both_directions(start_broker, add_user, cli, rds, prefix, config):
     add_user("fleet", "pw")
     rds.hset(f"{prefix}acl:user:fleet", "fleet/#", "readwrite")
-    cli("quota", "set", "fleet", "--events", "10000000/1h", "--events-direction", "both", "--bytes", "1GB/1h",
-        "--rate", "1000000/s:1000000")
+    cli(
+        "quota",
+        "set",
+        "fleet",
+        "--events",
+        "10000000/1h",
+        "--events-direction",
+        "both",
+        "--bytes",
+        "1GB/1h",
+        "--rate",
+        "1000000/s:1000000",
+    )
     broker = start_broker("--config", config)
     sub = subscriber(broker.port, ("fleet", "pw"), "fleet-sub", "fleet/#")
     pub = publisher(broker.port, ("fleet", "pw"), "fleet-pub")
@@ -100,8 +110,9 @@ def test_a_burst_is_counted_exactly_in_both_directions(start_broker, add_user, c
     wait_used(rds, prefix, "fleet", "events", 2000)
 
 
-def test_a_burst_over_the_publish_limit_delivers_exactly_the_limit(start_broker, add_user, cli, rds, prefix, config,
-                                                                     root):
+def test_a_burst_over_the_publish_limit_delivers_exactly_the_limit(
+    start_broker, add_user, cli, rds, prefix, config, root
+):
     add_user("dev", "pw")
     rds.hset(f"{prefix}acl:user:dev", "dev/#", "readwrite")
     limit = 100_000
@@ -117,8 +128,9 @@ def test_a_burst_over_the_publish_limit_delivers_exactly_the_limit(start_broker,
     broker.wait_log("over quota: message of client 'dev-1'")
 
 
-def test_a_burst_over_the_delivery_limit_withholds_exactly_the_excess(start_broker, add_user, cli, rds, prefix,
-                                                                        config, root):
+def test_a_burst_over_the_delivery_limit_withholds_exactly_the_excess(
+    start_broker, add_user, cli, rds, prefix, config, root
+):
     add_user("reader", "pw")
     rds.hset(f"{prefix}acl:user:reader", "news/#", "read")
     limit = 100_000

@@ -32,8 +32,9 @@ class SidecarProcess:
     def start(self) -> SidecarProcess:
         cmd = guard_cmd("--redis-url", self.redis_url, "--prefix", self.prefix, "sidecar", *self.args)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         self.wait_log("started")
         return self
 

@@ -10,8 +10,11 @@ from tests.sidecar.helpers import fast_config
 
 
 def kicks(rds, prefix, client_id=None):
-    return [e for _, e in rds.xrange(f"{prefix}audit")
-            if e["action"] == "kick" and (client_id is None or e["client_id"] == client_id)]
+    return [
+        e
+        for _, e in rds.xrange(f"{prefix}audit")
+        if e["action"] == "kick" and (client_id is None or e["client_id"] == client_id)
+    ]
 
 
 def wait_for(check, timeout=5.0, interval=0.05):
@@ -23,8 +26,9 @@ def wait_for(check, timeout=5.0, interval=0.05):
         time.sleep(interval)
 
 
-def test_session_time_disconnects_within_the_limit_plus_one_interval(start_broker, start_sidecar, add_user, cli,
-                                                                      tmp_path, rds, prefix):
+def test_session_time_disconnects_within_the_limit_plus_one_interval(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
     add_user("d17", "pw")
     assert cli("quota", "set", "d17", "--session-time", "2s").returncode == 0
     broker = start_broker("--config", fast_config(tmp_path))
@@ -58,7 +62,8 @@ def test_expired_user_is_disconnected_and_then_refused(start_broker, start_sidec
 
 
 def test_a_block_set_by_one_broker_disconnects_the_users_clients_on_every_broker(
-        start_broker, start_sidecar, add_user, tmp_path, rds, prefix):
+    start_broker, start_sidecar, add_user, tmp_path, rds, prefix
+):
     add_user("fleet", "pw")
     b1 = start_broker("--config", fast_config(tmp_path))
     b2 = start_broker("--config", fast_config(tmp_path))
@@ -77,8 +82,9 @@ def test_a_block_set_by_one_broker_disconnects_the_users_clients_on_every_broker
     assert len(kicks(rds, prefix)) == 2
 
 
-def test_two_sidecars_do_not_kick_twice_and_the_standby_takes_over(start_broker, start_sidecar, add_user, cli,
-                                                                    tmp_path, rds, prefix):
+def test_two_sidecars_do_not_kick_twice_and_the_standby_takes_over(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
     add_user("d", "pw")
     cli("quota", "set", "d", "--session-time", "1s")
     broker = start_broker("--config", fast_config(tmp_path))
@@ -101,8 +107,9 @@ def test_two_sidecars_do_not_kick_twice_and_the_standby_takes_over(start_broker,
     assert [e["client_id"] for e in kicks(rds, prefix)].count("d-late") == 1
 
 
-def test_restarting_the_sidecar_loses_nothing_and_kicks_nobody_twice(start_broker, start_sidecar, add_user, cli,
-                                                                       tmp_path, rds, prefix):
+def test_restarting_the_sidecar_loses_nothing_and_kicks_nobody_twice(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
     add_user("d", "pw")
     cli("quota", "set", "d", "--session-time", "1.5s")
     broker = start_broker("--config", fast_config(tmp_path))
@@ -118,8 +125,9 @@ def test_restarting_the_sidecar_loses_nothing_and_kicks_nobody_twice(start_broke
     assert sorted(e["client_id"] for e in kicks(rds, prefix)) == ["a", "b"]
 
 
-def test_a_killed_broker_is_found_dead_and_its_sessions_cleaned_up(start_broker, start_sidecar, add_user, cli,
-                                                                   tmp_path, rds, prefix):
+def test_a_killed_broker_is_found_dead_and_its_sessions_cleaned_up(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
     add_user("d", "pw")
     cli("quota", "set", "d", "--sessions", "1")
     b1 = start_broker("--config", fast_config(tmp_path))

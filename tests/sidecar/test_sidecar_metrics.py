@@ -16,18 +16,33 @@ def test_sidecar_serves_fleet_metrics(redis_server, prefix, start_broker, add_us
     broker = start_broker()
     client = connect(broker.port, "m1", "pw")
     client.subscribe("m/#")
-    for i in range(5):
+    for _ in range(5):
         client.publish("m/t", b"x", qos=1)
     port = free_port()
-    proc = subprocess.Popen(guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, "sidecar",
-                                      "--interval", "0.2", "--metrics-bind", f"127.0.0.1:{port}"),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        guard_cmd(
+            "--redis-url",
+            redis_server.url,
+            "--prefix",
+            prefix,
+            "sidecar",
+            "--interval",
+            "0.2",
+            "--metrics-bind",
+            f"127.0.0.1:{port}",
+        ),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port(port, proc=proc)
         deadline = time.monotonic() + 15
         while True:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            received = [line for line in text.splitlines() if line.startswith("mqtt_guard_fleet_messages_received_total")]
+            received = [
+                line for line in text.splitlines() if line.startswith("mqtt_guard_fleet_messages_received_total")
+            ]
             if received and float(received[0].split()[-1]) >= 5:
                 break
             assert time.monotonic() < deadline, text

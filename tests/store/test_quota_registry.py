@@ -46,8 +46,14 @@ def test_checked_opens_count_the_slots_of_every_broker(redis_server, prefix, rds
             [r] = await store.registry("b3", [op_open("c8", limit=12)])  # 8 + 4 reserved = 12
             assert not r.ok and (r.sessions, r.reserved) == (8, 4) and set(r.holders) == {"b1", "b2"}
             # b2's slots: an 's' open takes one (the count stays 12); without one it is checked.
-            res = await store.registry("b2", [op_open("s1", limit=12, mode="s"), op_open("s2", limit=12, mode="s"),
-                                              op_open("s3", limit=12, mode="s")])
+            res = await store.registry(
+                "b2",
+                [
+                    op_open("s1", limit=12, mode="s"),
+                    op_open("s2", limit=12, mode="s"),
+                    op_open("s3", limit=12, mode="s"),
+                ],
+            )
             assert [(r.ok, r.mine) for r in res] == [(True, 1), (True, 0), (False, 0)]
             assert rds.hlen(f"{prefix}sessions:user:u") == 10
             assert rds.hgetall(f"{prefix}sessions:slots:u") == {"lease:b1": "2"}
@@ -72,8 +78,7 @@ def test_checked_opens_count_the_slots_of_every_broker(redis_server, prefix, rds
     run(body())
 
 
-def test_a_close_becomes_a_slot_only_far_from_the_limit_and_a_reopen_is_not_an_extra_session(redis_server, prefix,
-                                                                                             rds):
+def test_a_close_becomes_a_slot_only_far_from_the_limit_and_a_reopen_is_not_an_extra_session(redis_server, prefix, rds):
     async def body():
         client, store = store_for(redis_server, prefix)
         try:
@@ -137,6 +142,7 @@ def test_any_client_id_and_username_survive_the_batch_encoding(redis_server, pre
             assert not any(rds.exists(f"{prefix}session:{cid}") for cid in odd)
         finally:
             await client.aclose()
+
     run(body())
 
 
@@ -161,4 +167,5 @@ def test_heartbeat_reports_reach_only_the_owning_connections_entries(redis_serve
             await store.update_sessions([])  # nothing to send
         finally:
             await client.aclose()
+
     run(body())

@@ -19,10 +19,12 @@ def sentinel_url():
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="mqg-sentinel-"))
     conf = workdir / "sentinel.conf"
-    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-                    f"sentinel monitor guardmaster 127.0.0.1 {master.port} 1\n")
-    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {workdir}\nsentinel monitor guardmaster 127.0.0.1 {master.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_port(port, proc=proc)
         yield f"redis+sentinel://127.0.0.1:{port}/guardmaster/0", master
@@ -50,9 +52,11 @@ def test_broker_and_cli_work_through_sentinel(sentinel_url, start_broker, prefix
 
 
 def test_bad_sentinel_urls_are_refused(prefix):
-    for url, text in (("redis+sentinel://127.0.0.1:1", "service name is missing"),
-                      ("redis+sentinel://nohost/svc", "must be host:port"),
-                      ("redis+cluster://127.0.0.1:7000", "unsupported Redis URL scheme"),
-                      ("redis+sentinel://127.0.0.1:1", "service name is missing")):
+    for url, text in (
+        ("redis+sentinel://127.0.0.1:1", "service name is missing"),
+        ("redis+sentinel://nohost/svc", "must be host:port"),
+        ("redis+cluster://127.0.0.1:7000", "unsupported Redis URL scheme"),
+        ("redis+sentinel://127.0.0.1:1", "service name is missing"),
+    ):
         r = run_cli(url, prefix, "user", "list")
         assert r.returncode == 1 and text in r.stderr and "Traceback" not in r.stderr, (url, r.stderr)
