@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .acl.live import LiveAcl
@@ -24,6 +23,7 @@ from .logutil import RateLimitedLog
 from .metrics import counters as C
 from .metrics.counters import Counters
 from .metrics.service import MetricsService
+from .ports import Engine
 from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
 from .quota.stretch import bound as stretch_bound
 from .store.acl import AclStore
@@ -34,8 +34,6 @@ from .store.users import UserRecord, UserStore
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
-
-Kicker = Callable[[str, str], Awaitable[bool]]
 
 
 class Guard:
@@ -65,8 +63,7 @@ class Guard:
         self.authenticator.tracking = self.listener  # user records are kept while it is connected
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
-        self.kicker: Kicker | None = None  # set by the broker: disconnect a client by id
-        self.broker: Any = None  # set by the engine through bind_broker (queue depths for the quota heartbeat)
+        self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
         self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
         self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
@@ -250,9 +247,30 @@ class Guard:
     def settle_stretch(self, st: Any) -> None:
         self.quota.settle_stretch(st)
 
-    def bind_broker(self, broker: Any) -> None:
-        """The engine registers itself: the quota heartbeat reads `broker.queue_depth(client_id)`."""
-        self.broker = broker
+    def bind_engine(self, engine: Engine) -> None:
+        """The engine registers itself: kicks go to it, the quota heartbeat and the analytics read its
+        queue depths."""
+        self.engine = engine
+
+    async def kick(self, client_id: str, reason: str) -> bool:
+        """Disconnect a client of this broker, counted by reason (the Guard's own kicks, the quota
+        enforcer's, the sidecar's and `mqtt-guard kick` all come through here). False: no such client
+        is connected here (nothing counted)."""
+        engine = self.engine
+        if engine is None:
+            return False
+        done = await engine.kick(client_id, reason)
+        if done:
+            self.counters.incr(client_id, C.kick_name(reason))
+        return done
+
+    def queue_depth(self, client_id: str) -> tuple[int, int]:
+        """The engine's `queue_depth` ((0, 0) before an engine is bound)."""
+        return self.engine.queue_depth(client_id) if self.engine is not None else (0, 0)
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """The engine's `queue_depths` (empty before an engine is bound)."""
+        return self.engine.queue_depths() if self.engine is not None else {}
 
     # -- Redis told us something changed --------------------------------------------------------
     def _on_keys(self, keys: list[str]) -> None:
@@ -310,9 +328,8 @@ class Guard:
             )
             if gone:
                 reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
-                if self.kicker is not None:
-                    log.warning("disconnecting client %r: %s", client_id, reason)
-                    await self.kicker(client_id, reason)
+                log.warning("disconnecting client %r: %s", client_id, reason)
+                await self.kick(client_id, reason)
                 continue
             new = _subject(client_id, username, record)
             if new != client.subject:

@@ -122,8 +122,7 @@ class GuardedBroker(Broker):
         self._shutting_down = False
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config, extra_plugins), loop=loop)
-        guard.kicker = self.kick
-        guard.bind_broker(self)  # the quota heartbeat and the metrics read queue_depth(s)
+        guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
             # amqtt copies the default listener's fields into the others ("apply"); undo that.

@@ -21,9 +21,9 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..store.stats import HB_CLIENTS, HB_HOST, HB_PID, HB_STARTED, HB_VERSION, Batch, StatsWriter, batch_from_drain
@@ -92,23 +92,6 @@ def default_broker_id(guard: Guard) -> str:
     return f"{socket.gethostname()}:{port}" if port else socket.gethostname()
 
 
-class CountingKicker:
-    """guard.kicker, counting each kick by reason; anything else is the wrapped kicker's."""
-
-    def __init__(self, inner: Callable[[str, str], Awaitable[Any]], counters: C.Counters) -> None:
-        self._inner = inner
-        self._counters = counters
-
-    async def __call__(self, client_id: str, reason: str) -> Any:
-        done = await self._inner(client_id, reason)
-        if done is not False:  # False: the broker had no such connection
-            self._counters.incr(client_id, C.kick_name(reason))
-        return done
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 class MetricsService:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
@@ -143,7 +126,6 @@ class MetricsService:
         mono = time.monotonic()
         for name, avg in self.load.items():  # the load averages start from the counts at start
             avg.update(self.counters.total(name), mono)
-        self.count_kicks()
         self.lag.start()
         try:  # a first heartbeat, so /healthz and the fleet view know this broker from the start
             await asyncio.wait_for(self.flush(), 2.0)
@@ -197,15 +179,6 @@ class MetricsService:
                 log.exception("stats tick failed")
             self._wake.set()
 
-    def count_kicks(self) -> None:
-        """Count every kick that goes through `guard.kicker` (the guard's own, the quota enforcer's, the
-        sidecar's and `mqtt-guard kick`), by reason: the broker sets the kicker after the Guard started,
-        so this wraps it at start, at every tick and when the $SYS plugin starts; wrapping is idempotent."""
-        kicker = self.guard.kicker
-        if kicker is None or isinstance(kicker, CountingKicker):
-            return
-        self.guard.kicker = CountingKicker(kicker, self.counters)
-
     def tick(self, now: float | None = None) -> None:
         """Drain the counters into the backlog (no I/O)."""
         for _ in self._tick_steps(now):
@@ -217,7 +190,6 @@ class MetricsService:
         clients (the 1,000-device benchmark's p99). The drain is one snapshot; the steps after it only
         read that snapshot, and the backlog changes in the last step only."""
         now = time.time() if now is None else now
-        self.count_kicks()
         if self.probe is not None:
             try:
                 self.sample = self.probe()
@@ -226,10 +198,9 @@ class MetricsService:
             for cid, depth in self.sample.queue_depths.items():
                 self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, depth)
         else:  # without the $SYS plugin: the engine's own queue_depths(), when it offers one
-            depths = getattr(getattr(self.guard, "broker", None), "queue_depths", None)
-            if depths is not None:
+            if self.guard.engine is not None:
                 try:
-                    for cid, (messages, _) in depths().items():
+                    for cid, (messages, _) in self.guard.engine.queue_depths().items():
                         self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
                 except Exception:
                     log.exception("queue depth sample failed")

@@ -68,7 +68,6 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):
         return BrokerSample(sessions_total=total, subscriptions=subscriptions, retained=retained, queue_depths=depths)
 
     async def on_broker_post_start(self, *args: Any, **kwargs: Any) -> None:
-        self.service.count_kicks()  # the broker has set guard.kicker by now
         interval = self.guard.config.metrics.sys_interval
         if interval > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(interval), name="mqtt-guard-sys")

@@ -358,8 +358,8 @@ class QuotaEnforcer:
             client.username,
             res.sessions,
         )
-        if self.guard.kicker is not None and self.clients.get(client.client_id) is cq:
-            self._spawn(self.guard.kicker(client.client_id, "too many sessions"))
+        if self.clients.get(client.client_id) is cq:
+            self._spawn(self.guard.kick(client.client_id, "too many sessions"))
 
     def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
         if res.prev_broker and res.prev_broker != self.broker_id:
@@ -674,8 +674,8 @@ class QuotaEnforcer:
                 return
         except REDIS_ERRORS as exc:
             self._redis_lost(exc)
-        if self.guard.kicker is not None and self.clients.get(client.client_id) is cq:
-            await self.guard.kicker(client.client_id, reason)
+        if self.clients.get(client.client_id) is cq:
+            await self.guard.kick(client.client_id, reason)
 
     # -- syncing -----------------------------------------------------------------------------------------
     def _want_sync(self, entry: Entry) -> None:
@@ -853,11 +853,10 @@ class QuotaEnforcer:
             self.registry.maintain(username, mono - st.last_used < linger, full)
 
     def _queue_depth(self, client_id: str) -> tuple[int, int] | None:
-        depth = getattr(getattr(self.guard, "broker", None), "queue_depth", None)
-        if depth is None:
+        if self.guard.engine is None:
             return None
         try:
-            return depth(client_id)
+            return self.guard.engine.queue_depth(client_id)
         except Exception:  # noqa: BLE001 - the engine's view is optional here
             return None
 
@@ -943,7 +942,7 @@ class QuotaEnforcer:
         if cq is None or (conn and cq.conn != conn):
             log.info("kick for client %r (%s) ignored: not connected here any more", client_id, reason)
             return
-        if self.guard.kicker is None:
+        if self.guard.engine is None:
             log.warning("kick for client %r (%s) ignored: no broker bound", client_id, reason)
             return
         log.warning(
@@ -954,7 +953,7 @@ class QuotaEnforcer:
             reason,
         )
         try:
-            await self.guard.kicker(client_id, reason)
+            await self.guard.kick(client_id, reason)
         except Exception:
             log.exception("kicking client %r failed", client_id)
 

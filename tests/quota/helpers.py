@@ -1,7 +1,7 @@
 """In-process Guards on the test Redis: the quota logic exercised exactly as the engine will call it.
 
 A Guard here is the real object a broker process builds (real Redis, real Lua, real heartbeat and
-kick consumer); only the broker around it is absent, so `kicker` records the kicks it is asked for.
+kick consumer); only the broker around it is absent: a `FakeEngine` records the kicks it is asked for.
 """
 
 from __future__ import annotations
@@ -32,12 +32,21 @@ def make_config(url: str, prefix: str, **quota: Any) -> GuardConfig:
 
 
 class Kicks:
+    """The engine a Guard is bound to in these tests (`mqtt_guard.ports.Engine`): it records kicks and
+    holds no queues."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
 
-    async def __call__(self, client_id: str, reason: str) -> bool:
+    async def kick(self, client_id: str, reason: str) -> bool:
         self.calls.append((client_id, reason))
         return True
+
+    def queue_depth(self, client_id: str) -> tuple[int, int]:
+        return (0, 0)
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        return {}
 
     def of(self, client_id: str) -> list[str]:
         return [r for c, r in self.calls if c == client_id]
@@ -49,8 +58,8 @@ async def guards(config: GuardConfig, n: int = 1) -> AsyncIterator[list[Guard]]:
     try:
         for _ in range(n):
             g = Guard(config)
-            g.kicks = Kicks()  # type: ignore[attr-defined]
-            g.kicker = g.kicks  # type: ignore[assignment]  (may be wrapped, e.g. to count kicks)
+            g.kicks = Kicks()  # type: ignore[attr-defined]  # the tests read the kicks from here
+            g.bind_engine(g.kicks)  # type: ignore[attr-defined]
             await g.start()
             started.append(g)
         yield started
