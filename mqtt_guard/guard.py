@@ -8,7 +8,6 @@ connection pool and one invalidation listener however many plugins it loads.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from typing import Any
@@ -31,6 +30,7 @@ from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
+from .tasks import Coalescer
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
@@ -67,8 +67,7 @@ class Guard:
         self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
         self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
-        self._user_refresh: set[str] = set()
-        self._refresh_task: asyncio.Task[None] | None = None
+        self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
         self.auth_backends: list[Any] = []
@@ -97,6 +96,7 @@ class Guard:
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
+        await self._user_refresh.stop()
         self.authenticator.close()
         await self.redis.aclose()
 
@@ -276,18 +276,15 @@ class Guard:
     def _on_keys(self, keys: list[str]) -> None:
         self.acl.on_keys(keys)
         self.quota.on_keys(keys)
-        users = {self._user_of_key(k) for k in keys}
-        users.discard(None)
-        touched = {u for u in users if u in self._by_user}
+        users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
-            self.authenticator.forget(u)  # type: ignore[arg-type]
-        if touched:
-            self._schedule_user_refresh(touched)  # type: ignore[arg-type]
+            self.authenticator.forget(u)
+        self._user_refresh.add(u for u in users if u in self._by_user)
 
     def _on_reset(self) -> None:
         self.acl.on_reset()
         self.quota.on_reset()
-        self._schedule_user_refresh(set(self._by_user))
+        self._user_refresh.add(self._by_user)
 
     def _user_of_key(self, key: str) -> str | None:
         head = self.keys.user("")
@@ -296,26 +293,21 @@ class Guard:
         rest = key[len(head) :]
         return rest[: -len(":groups")] if rest.endswith(":groups") else rest
 
-    def _schedule_user_refresh(self, users: set[str]) -> None:
-        self._user_refresh |= users
-        if self._refresh_task is None or self._refresh_task.done():
-            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_users())
-
-    async def _refresh_users(self) -> None:
-        """A connected user's groups or superuser flag changed, or the user was disabled/deleted."""
-        while self._user_refresh:
-            batch, self._user_refresh = self._user_refresh, set()
-            for username in batch:
-                try:
-                    record = await self.users.get(username)
-                except REDIS_ERRORS:
-                    self._user_refresh.add(username)
-                    await asyncio.sleep(0.5)
-                    continue
-                except Exception:  # a corrupt record: keep the current subject
-                    log.exception("cannot re-read user %r", username)
-                    continue
-                await self._apply_user(username, record)
+    async def _refresh_users(self, batch: set[str]) -> set[str]:
+        """A connected user's groups or superuser flag changed, or the user was disabled/deleted: re-read
+        each record; the users whose record could not be read (Redis unreachable) are retried."""
+        failed: set[str] = set()
+        for username in batch:
+            try:
+                record = await self.users.get(username)
+            except REDIS_ERRORS:
+                failed.add(username)
+                continue
+            except Exception:  # a corrupt record: keep the current subject
+                log.exception("cannot re-read user %r", username)
+                continue
+            await self._apply_user(username, record)
+        return failed
 
     async def _apply_user(self, username: str, record: UserRecord | None) -> None:
         ids = list(self._by_user.get(username, ()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mqtt_guard.tasks import cancel_and_wait
+from mqtt_guard.tasks import Coalescer, cancel_and_wait
 
 
 def test_a_loop_whose_first_cancel_is_swallowed_still_ends():
@@ -39,5 +39,34 @@ def test_finished_and_failed_tasks_are_waited_for_quietly():
         await asyncio.sleep(0.01)
         await cancel_and_wait(done, failed, None)
         assert done.done() and failed.done()
+
+    asyncio.run(body())
+
+
+def test_coalescer_batches_what_arrives_during_a_round_and_retries_what_failed():
+    async def body():
+        rounds: list[set[str]] = []
+        gate = asyncio.Event()
+        failed_once: set[str] = set()
+
+        async def work(batch: set[str]) -> set[str]:
+            rounds.append(set(batch))
+            await gate.wait()
+            retry = {i for i in batch if i == "flaky" and i not in failed_once}
+            failed_once.update(retry)
+            return retry
+
+        c: Coalescer[str] = Coalescer(work, "test", retry_after=0.01)
+        c.add({"a"})
+        await asyncio.sleep(0)
+        c.add({"b", "flaky"})  # the first round is running: these wait for the next, together
+        c.add({"c"})
+        gate.set()
+        await asyncio.wait_for(c.wait_idle(), 5)
+        assert rounds == [{"a"}, {"b", "flaky", "c"}, {"flaky"}]
+        c.add(set())  # nothing to do: no round
+        await c.wait_idle()
+        assert len(rounds) == 3
+        await c.stop()
 
     asyncio.run(body())

@@ -9,7 +9,6 @@ grant anything.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from collections.abc import Iterable
 from ..store.acl import AclStore
 from ..store.connection import REDIS_ERRORS
 from ..store.keys import SUBJECT_ANONYMOUS, SUBJECT_PATTERN, Keys, group_subject, user_subject
+from ..tasks import Coalescer
 from .policy import AclPolicy, Decision, Subject
 from .rules import Perm, RuleProblem, parse_rules
 
@@ -41,8 +41,7 @@ class LiveAcl:
         self.problem_count = 0
         self.loaded: set[str] = set()
         self.reloads = 0
-        self._pending: set[str] = set()
-        self._reload_task: asyncio.Task[None] | None = None
+        self._reloads: Coalescer[str] = Coalescer(self._reload, "mqtt-guard-acl-reload")
         self._problem_logged: dict[tuple[str, str], float] = {}
 
     # -- loading ----------------------------------------------------------------------------
@@ -92,25 +91,21 @@ class LiveAcl:
         self._schedule(set(self.loaded))
 
     def _schedule(self, subjects: set[str]) -> None:
-        self._pending |= subjects
-        if self._reload_task is None or self._reload_task.done():
-            self._reload_task = asyncio.get_running_loop().create_task(self._reload())
+        self._reloads.add(subjects)
 
-    async def _reload(self) -> None:
-        """Reload changed subjects, batching whatever arrives while a reload is in flight."""
-        while self._pending:
-            batch, self._pending = self._pending, set()
-            try:
-                await self._load(batch)
-                self.reloads += 1
-            except REDIS_ERRORS as exc:
-                log.warning("could not reload ACL rules (%s); keeping the previous rules until Redis is back", exc)
-                self._pending |= batch
-                await asyncio.sleep(0.5)
+    async def _reload(self, batch: set[str]) -> set[str] | None:
+        """Reload changed subjects (whatever arrives meanwhile is the next batch); on a Redis error the
+        previous rules stay and the batch is retried."""
+        try:
+            await self._load(batch)
+        except REDIS_ERRORS as exc:
+            log.warning("could not reload ACL rules (%s); keeping the previous rules until Redis is back", exc)
+            return batch
+        self.reloads += 1
+        return None
 
     async def wait_idle(self) -> None:
-        while self._reload_task is not None and not self._reload_task.done():
-            await asyncio.shield(self._reload_task)
+        await self._reloads.wait_idle()
 
     # -- decisions (hot path: in-process only) -------------------------------------------------
     def allowed(self, subject: Subject, action: Perm, topic: str) -> bool:
