@@ -29,8 +29,27 @@ class RedisUrlError(ValueError):
     pass
 
 
-def make_async_client(url: str, *, socket_timeout: float = 2.0, **kwargs: Any) -> aioredis.Redis:
+POOL_SIZE = 64
+"""Connections per client. A CONNECT storm is far more concurrent than this; it queues for a connection
+(each Redis call is well under a millisecond) instead of being refused."""
+POOL_WAIT = 10.0
+"""Seconds a command waits for a free connection before it fails as 'Redis unavailable'. Only a Redis
+that stops answering keeps every connection busy this long (each command has `socket_timeout`)."""
+
+
+def make_async_client(
+    url: str,
+    *,
+    socket_timeout: float | None = 2.0,
+    pool_size: int = POOL_SIZE,
+    pool_wait: float = POOL_WAIT,
+    **kwargs: Any,
+) -> aioredis.Redis:
     """A decode_responses client with short timeouts: a dead Redis must fail fast, not hang CONNECT.
+
+    The connection pool waits for a free connection (up to `pool_wait` seconds) instead of raising
+    redis-py's MaxConnectionsError, a ConnectionError that reads as "Redis unavailable": 1,000 devices
+    connecting at once after a restart must all get in while Redis is healthy (issue 15).
 
     Extra keyword arguments (e.g. ``protocol=2``, ``client_name=…``, ``single_connection_client``)
     go to redis-py unchanged.
@@ -44,7 +63,11 @@ def make_async_client(url: str, *, socket_timeout: float = 2.0, **kwargs: Any) -
     }
     if scheme in ("redis", "rediss", "unix"):
         options.setdefault("health_check_interval", 30)
-        return aioredis.Redis.from_url(url, **options)
+        single = bool(options.pop("single_connection_client", False))
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=pool_wait, **options)
+        client = aioredis.Redis(connection_pool=pool, single_connection_client=single)
+        client.auto_close_connection_pool = True  # the client owns its pool (what Redis.from_pool does)
+        return client
     if scheme == "redis+sentinel":
         return _sentinel_client(url, options)
     raise RedisUrlError(
