@@ -15,7 +15,6 @@ from ..store.users import UserStore
 from . import timefmt
 from .common import CliError, read_password, run_with_redis
 
-
 NAME_HELP = "the username (the MQTT CONNECT username)"
 
 
@@ -66,7 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", help=NAME_HELP)
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--superuser", dest="superuser", action="store_true", default=None, help="passes every ACL check (quotas still apply)"
+        "--superuser",
+        dest="superuser",
+        action="store_true",
+        default=None,
+        help="passes every ACL check (quotas still apply)",
     )
     g.add_argument("--no-superuser", dest="superuser", action="store_false", help="obey the ACL rules again")
     g2 = p.add_mutually_exclusive_group()
