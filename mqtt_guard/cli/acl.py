@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     group = sub.add_parser("group", help="group membership").add_subparsers(dest="group_cmd", required=True)
     for name, func, help_ in (
-        ("add-user", cmd_group_add, "add a user to a group (the group exists while it has members)"),
+        ("add-user", cmd_group_add, "add a user to a group"),
         ("del-user", cmd_group_del, "remove a user from a group"),
     ):
         p = group.add_parser(name, help=help_)

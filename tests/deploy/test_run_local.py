@@ -86,8 +86,9 @@ def test_listening_reads_the_socket_table_without_connecting(tmp_path):
 def _tree_copy(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
     (tree / "deploy").mkdir(parents=True)
-    for name in ("run-local.sh", "ensure-deps.sh"):
-        shutil.copy(ROOT / "deploy" / name, tree / "deploy" / name)
+    shutil.copy(ROOT / "deploy" / "run-local.sh", tree / "deploy" / "run-local.sh")
+    # no apt-get from a test: the programs are there (the suite needs redis-server anyway)
+    (tree / "deploy" / "ensure-deps.sh").write_text("#!/bin/sh\nexit 0\n")
     bin_dir = tree / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name, tail in (("python", ""), ("mqtt-guard", " -m mqtt_guard")):
