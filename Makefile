@@ -1,35 +1,45 @@
 # Two commands do all set-up on a fresh Debian/Ubuntu machine:
-#   make run   - venv, a local redis-server under .run/, the broker (and sidecar) with a demo user
-#   make test  - venv with test extras, then the whole test suite (real redis-server, real sockets)
+#   make run   - venv (runtime dependencies only), a local redis-server under .run/, the broker and
+#                sidecar with a demo user; `source .run/env` points the mqtt-guard CLI at them
+#   make test  - venv with the test extras, then the whole test suite (real redis-server, real sockets)
 #   make lint  - ruff check, ruff format --check and mypy (strict), as CI runs them before the tests
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv venv-test run test lint bench clean
 
+# Two stamps in one venv: .installed = the package and its runtime dependencies (what `make run` needs),
+# .installed-test = the test and lint extras on top (what `make test`, `lint` and `bench` need).
 $(VENV)/.installed: pyproject.toml
+	bash deploy/ensure-deps.sh --venv $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+venv-test: $(VENV)/.installed-test
+
 run: venv
 	bash deploy/run-local.sh
 
-test: venv
+test: venv-test
 	bash deploy/ensure-deps.sh --check
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: venv
+lint: venv-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: venv
+bench: venv-test
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 clean:

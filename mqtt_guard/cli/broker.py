@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="let clients without a username in (anonymous ACL rules apply)",
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="replaces log.level of the config file"
+    )
     p.set_defaults(func=cmd_broker)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import DEFAULT_PREFIX, Keys
+from ..store.users import UserStore
 
 ENV_REDIS_URL = "MQTT_GUARD_REDIS_URL"
 ENV_PREFIX = "MQTT_GUARD_PREFIX"
@@ -58,6 +59,30 @@ def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitab
             await client.aclose()
 
     return asyncio.run(main())
+
+
+def add_strict_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 1) when the user does not exist, instead of warning",
+    )
+
+
+async def check_user_known(redis: Any, keys: Keys, username: str, *, strict: bool, what: str) -> None:
+    """Warn on stderr (or, with --strict, fail) when `username` has no user record.
+
+    Rules and quotas for a user created later are legitimate, so the default stays exit 0; but a typo
+    in a name would otherwise pass silently and the admin would wonder why nothing applies."""
+    if await UserStore(redis, keys).exists(username):
+        return
+    if strict:
+        raise CliError(f"no user {username!r} in Redis; nothing written (--strict)")
+    print(
+        f"mqtt-guard: warning: no user {username!r} in Redis (yet): the {what} is stored and applies once "
+        "the user exists; check the spelling (--strict refuses unknown users)",
+        file=sys.stderr,
+    )
 
 
 def read_password(from_stdin: bool, *, confirm: bool = True) -> str:

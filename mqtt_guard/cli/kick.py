@@ -16,12 +16,13 @@ from typing import Any
 from ..config import parse_duration
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
+from . import timefmt
 from .common import CliError, run_with_redis
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("kick", help="disconnect a client (or all clients of a user) on whichever broker holds it")
-    p.add_argument("client_id", nargs="?", help="the client id to disconnect")
+    p.add_argument("client_id", nargs="?", help="the client id to disconnect (or give --user)")
     p.add_argument("--user", metavar="U", help="disconnect every client of user U instead")
     p.add_argument("--reason", default="kicked by an admin", help="recorded in the audit stream and broker log")
     p.add_argument(
@@ -61,8 +62,7 @@ def cmd_kick(args: argparse.Namespace) -> int:
             sessions = await store.sessions_of_user(args.user)
             if block:
                 await store.set_block(keys.block_user(args.user), reason, until, by, username=args.user)
-                until_text = time.strftime("%H:%M:%S", time.gmtime(until))
-                print(f"user {args.user!r} blocked for {args.block} (until {until_text}Z)")
+                print(f"user {args.user!r} blocked for {args.block} (until {timefmt.until(until)})")
             kicked = 0
             for s in sessions:
                 ok, detail = await store.kick(

@@ -52,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=hashes.DEFAULT_PBKDF2_ITERATIONS,
         help="PBKDF2 iterations for sha512-pbkdf2 (default %(default)s; mosquitto_passwd uses 101)",
     )
-    p.add_argument("file")
-    p.add_argument("username", nargs="?")
-    p.add_argument("password", nargs="?")
+    p.add_argument("file", help="the password_file")
+    p.add_argument("username", nargs="?", help="the user to add, change or delete (-D)")
+    p.add_argument("password", nargs="?", help="with -b only: the password (else it is prompted for)")
     p.set_defaults(func=cmd_passwd)
 
 

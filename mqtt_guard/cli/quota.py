@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any
 
 from ..quota.limits import FIELDS, normalize, parse_limits
-from ..quota.windows import utc
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from .common import CliError, run_with_redis
+from . import timefmt
+from .common import CliError, add_strict_option, check_user_known, run_with_redis
 
 OPTIONS = {  # CLI option -> hash field
     "events": "events",
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--on-exceed", choices=["drop", "disconnect"], help="over events/bytes/rate: drop, or also disconnect"
     )
+    add_strict_option(p)
     p.set_defaults(func=cmd_set)
     p = quota.add_parser("unset", help="remove fields (a user then falls back to the default's value)")
     _target(p)
@@ -70,10 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_unset)
     p = quota.add_parser("show", help="limits, usage in the current window, when it resets, block, sessions")
     _target(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
     p = quota.add_parser("reset", help="zero the user's usage in its current windows and lift its block")
-    p.add_argument("user")
+    p.add_argument("user", help="username")
     p.set_defaults(func=cmd_reset)
 
 
@@ -99,7 +101,10 @@ def cmd_set(args: argparse.Namespace) -> int:
 
     async def body(redis: Any, keys: Keys) -> int:
         store = QuotaStore(redis, keys)
-        key = store.limits_key(_name(args))
+        name = _name(args)
+        if name is not None:
+            await check_user_known(redis, keys, name, strict=args.strict, what="quota")
+        key = store.limits_key(name)
         await redis.hset(key, mapping=fields)
         print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
         return 0
@@ -115,15 +120,6 @@ def cmd_unset(args: argparse.Namespace) -> int:
         return 0
 
     return run_with_redis(args, body)
-
-
-def _fmt_age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
@@ -157,9 +153,9 @@ async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict
             "held_by_brokers": held,
             "refused": int(h.get("refused", 0)),
             "window_start": start,
-            "window_start_utc": utc(start),
+            "window_start_utc": timefmt.utc(start),
             "resets_at": end,
-            "resets_at_utc": utc(end),
+            "resets_at_utc": timefmt.utc(end),
             "resets_in": round(end - now, 1),
         }
     block = await store.blocks(username, "")
@@ -167,7 +163,12 @@ async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict
     out["block"] = (
         None
         if user_block is None
-        else {"reason": user_block.reason, "until": round(user_block.until), "by": user_block.by}
+        else {
+            "reason": user_block.reason,
+            # a block key without a TTL (set by hand) holds until it is deleted: no moment to show
+            "until": None if math.isinf(user_block.until) else round(user_block.until),
+            "by": user_block.by,
+        }
     )
     sessions = await store.sessions_of_user(username)
     out["sessions"] = [
@@ -208,16 +209,16 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(
                 f"{metric}: {u['used']} of {u['limit']} used in the window since {u['window_start_utc']} "
                 f"({u['left']} left, {u['held_by_brokers']} of it held by brokers, {u['refused']} refused); "
-                f"resets at {u['resets_at_utc']} (in {_fmt_age(u['resets_at'] - now)})"
+                f"resets at {timefmt.until(u['resets_at'], now)}"
             )
         if info.get("block"):
             b = info["block"]
-            print(f"blocked until {utc(b['until'])} (in {_fmt_age(b['until'] - now)}): {b['reason']}")
+            print(f"blocked {timefmt.block_until(b['until'], now)}: {b['reason']}")
         if "sessions" in info:
             print(f"sessions: {len(info['sessions'])}")
             for s in info["sessions"]:
                 print(
-                    f"  {s['client_id']}  on {s['broker']}  connected {_fmt_age(now - s['since'])}  "
+                    f"  {s['client_id']}  on {s['broker']}  connected {timefmt.duration(now - s['since'])}  "
                     f"queue {s['queue_messages']}  in {s['events_in']}/{s['bytes_in']} B  "
                     f"out {s['events_out']}/{s['bytes_out']} B"
                 )

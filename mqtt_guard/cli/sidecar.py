@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("sidecar", help="evaluate sessions and kick those over session_time, quota, expiry or queue")
     p.add_argument("-c", "--config", help="YAML configuration file (the brokers' file: redis, quota, sidecar)")
     p.add_argument("--interval", help="evaluation interval (default 1s; sidecar.interval in the file)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="replaces log.level of the config file"
+    )
     p.add_argument(
         "--metrics-bind",
         metavar="HOST:PORT",

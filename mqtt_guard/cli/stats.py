@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,11 +16,11 @@ from ..metrics import counters as C
 from ..metrics.rates import RES_1M, RES_10S, sparkline
 from ..store.keys import Keys
 from ..store.stats import KIND_CLIENT, KIND_USER, StatsReader
+from . import timefmt
 from .common import CliError, run_with_redis
 
 if TYPE_CHECKING:  # rich is imported when output is rendered: other commands start faster
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console, Group
 
 GAUGE_FIELDS = {
     C.G_CONNECTED,
@@ -38,7 +37,7 @@ ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("stats", help="counters, quota use and message rate of a client id or username")
-    p.add_argument("name", metavar="CLIENT_OR_USER")
+    p.add_argument("name", metavar="CLIENT_OR_USER", help="a client id or a username (see --client, --user)")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--client",
@@ -106,7 +105,8 @@ async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, A
     if not usage and not info.get("block"):
         return None
     metrics = {
-        m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_in", "refused")} for m, u in usage.items()
+        m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_at", "resets_in", "refused")}
+        for m, u in usage.items()
     }
     percents = [100.0 * u["used"] / u["limit"] for u in metrics.values() if u.get("limit")]
     return {"percent": round(max(percents), 1) if percents else None, "metrics": metrics, "blocked": info.get("block")}
@@ -162,10 +162,10 @@ async def gather_stats(
     return out
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def describe_block(block: dict[str, Any], now: float | None = None) -> str:
+    """A block as `quota show` words it: `until 2026-12-08T00:00:00Z (in 8 h 25 min): reason (by who)`."""
+    text = f"{timefmt.block_until(block.get('until'), now)}: {block.get('reason') or 'no reason given'}"
+    return text + (f" (by {block['by']})" if block.get("by") else "")
 
 
 def render_stats(data: dict[str, Any], console: Console) -> None:
@@ -182,11 +182,11 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     if kind == KIND_CLIENT:
         state = "connected" if data["connected"] else "disconnected"
         head.add_row("state", f"{state} on {data.get('broker') or '?'}")
-        head.add_row("connected since", _when(data.get("connected_since")))
+        head.add_row("connected since", timefmt.when(data.get("connected_since")))
         if not data["connected"]:
-            head.add_row("disconnected at", _when(data.get("disconnected_at")))
+            head.add_row("disconnected at", timefmt.when(data.get("disconnected_at")))
         head.add_row("queue depth", str(data.get("queue_depth") if data.get("queue_depth") is not None else "-"))
-    head.add_row("last activity", _when(data.get("last_seen")))
+    head.add_row("last activity", timefmt.when(data.get("last_seen")))
     counters = data["counters"]
     table = Table(box=box.SIMPLE, show_header=True, title=None)
     table.add_column("counter")
@@ -222,12 +222,13 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     if "quota" in data:
         q = Table.grid(padding=(0, 2))
         for metric, u in data["quota"]["metrics"].items():
+            resets = timefmt.until(u["resets_at"]) if u.get("resets_at") is not None else "-"
             q.add_row(
                 f"quota {metric}",
-                f"{u['used']} of {u['limit']} per {u['window']} ({u['left']} left, resets in {u['resets_in']}s)",
+                f"{u['used']} of {u['limit']} per {u['window']} ({u['left']} left, resets at {resets})",
             )
         if data["quota"].get("blocked"):
-            q.add_row("quota block", str(data["quota"]["blocked"]))
+            q.add_row("quota block", describe_block(data["quota"]["blocked"]))
         parts.append(q)
     console.print(Group(*parts))
 
@@ -302,29 +303,37 @@ def _quota_cell(row: dict[str, Any]) -> str:
     return f"{used:.0f}%" if isinstance(used, (int, float)) else "-"
 
 
-def render_top(data: dict[str, Any]) -> Table:
+def render_top(data: dict[str, Any]) -> Group:
     from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     users = data["kind"] == KIND_USER
     alive = sum(1 for b in data["brokers"] if b["heartbeat_age"] < 10)
+    window = f"{data['window_seconds']:.0f}s"
     title = (
-        f"busiest {'users' if users else 'clients'} over the last {data['window_seconds']:.0f}s  "
-        f"({alive}/{len(data['brokers'])} brokers alive, "
-        f"{time.strftime('%H:%M:%S', time.gmtime(data['time']))} UTC)"
+        f"busiest {'users' if users else 'clients'} over the last {window}  "
+        f"({alive}/{len(data['brokers'])} brokers alive, {timefmt.utc(data['time'])})"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, expand=False, title_justify="left")
     table.add_column("user" if users else "client", overflow="fold")
     if not users:
         table.add_column("user", overflow="ellipsis")
+    # Two kinds of column, said in the headers and the caption: rates over the ranking window, and
+    # totals since the counters started (the stats hash lives metrics.stats_ttl past its last update).
     table.add_column("in/s", justify="right")
     table.add_column("out/s", justify="right")
-    table.add_column("in", justify="right")
-    table.add_column("out", justify="right")
-    table.add_column("acl denied", justify="right")
-    table.add_column("over quota", justify="right")
-    table.add_column("dropped", justify="right")
-    table.add_column("quota use", justify="right")
+    table.add_column("total\nin", justify="right")
+    table.add_column("total\nout", justify="right")
+    table.add_column("acl\ndenied", justify="right")
+    table.add_column("over\nquota", justify="right")
+    table.add_column("queue\ndropped", justify="right")
+    table.add_column("quota\nuse", justify="right")
+    legend = Text(
+        f"in/s, out/s: average over the last {window}; the other counts: "
+        "totals since first counted; quota use: of the user's allowance in its current window"
+    )
     for row in data["rows"]:
         e = row["errors"]
         cells = [row["id"]]
@@ -344,7 +353,7 @@ def render_top(data: dict[str, Any]) -> Table:
     if not data["rows"]:
         table.caption = "(no messages in the last seconds)"
         table.caption_justify = "left"
-    return table
+    return Group(table, legend)
 
 
 def cmd_top(args: argparse.Namespace) -> int:

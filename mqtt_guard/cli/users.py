@@ -12,12 +12,20 @@ from ..auth import hashes
 from ..config import parse_duration
 from ..store import keys as k
 from ..store.users import UserStore
+from . import timefmt
 from .common import CliError, read_password, run_with_redis
+
+NAME_HELP = "the username (the MQTT CONNECT username)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("hash", help="read a password on stdin and print its encoded hash")
-    p.add_argument("--scheme", choices=["pbkdf2-sha512", "sha512", "bcrypt", "argon2id"], default="pbkdf2-sha512")
+    p.add_argument(
+        "--scheme",
+        choices=["pbkdf2-sha512", "sha512", "bcrypt", "argon2id"],
+        default="pbkdf2-sha512",
+        help="hash scheme (default %(default)s, mosquitto's $7$)",
+    )
     p.add_argument(
         "--iterations",
         type=int,
@@ -35,15 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     user = sub.add_parser("user", help="manage users in Redis").add_subparsers(dest="user_cmd", required=True)
     p = user.add_parser("add", help="create a user")
-    p.add_argument("name")
+    p.add_argument("name", help=NAME_HELP)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument("--superuser", action="store_true")
+    p.add_argument("--superuser", action="store_true", help="passes every ACL check (quotas still apply)")
     p.add_argument("--group", action="append", default=[], help="add to a group (repeatable)")
     p.add_argument("--expires", help="unix seconds, an ISO date/time (UTC if no zone), or +DURATION like +30d")
     p.set_defaults(func=cmd_add)
     p = user.add_parser("passwd", help="set a user's password")
-    p.add_argument("name")
-    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("name", help=NAME_HELP)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_passwd)
     for name, func, help_ in (
         ("del", cmd_del, "delete a user"),
@@ -51,23 +59,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ("enable", cmd_enable, "allow the user's CONNECTs again"),
     ):
         p = user.add_parser(name, help=help_)
-        p.add_argument("name")
+        p.add_argument("name", help=NAME_HELP)
         p.set_defaults(func=func)
     p = user.add_parser("set", help="change a user's superuser flag or expiry")
-    p.add_argument("name")
+    p.add_argument("name", help=NAME_HELP)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--superuser", dest="superuser", action="store_true", default=None)
-    g.add_argument("--no-superuser", dest="superuser", action="store_false")
+    g.add_argument(
+        "--superuser",
+        dest="superuser",
+        action="store_true",
+        default=None,
+        help="passes every ACL check (quotas still apply)",
+    )
+    g.add_argument("--no-superuser", dest="superuser", action="store_false", help="obey the ACL rules again")
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--expires", help="unix seconds, ISO date/time or +DURATION")
-    g2.add_argument("--no-expiry", action="store_true")
+    g2.add_argument("--no-expiry", action="store_true", help="remove the expiry")
     p.set_defaults(func=cmd_set)
     p = user.add_parser("list", help="list users")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
     p = user.add_parser("show", help="show a user (never the password)")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help=NAME_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_show)
 
 
@@ -212,7 +226,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             scheme = hashes.identify(user.password) if user.password else "none"
         except hashes.HashFormatError:
             scheme = "unrecognised"
-        info = {
+        info: dict[str, Any] = {
             "username": user.username,
             "password": scheme,
             "superuser": user.superuser,
@@ -227,7 +241,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             for key, value in info.items():
                 if key == "expires_at" and value is not None:
-                    value = f"{int(value)} ({dt.datetime.fromtimestamp(value, dt.UTC).isoformat()})"
+                    value = f"{int(value)} ({timefmt.when(value)})"
                 print(f"{key}: {value}")
         return 0
 

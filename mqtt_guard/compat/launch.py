@@ -21,7 +21,7 @@ from .security import MosquittoSecurity, SecurityLoadError
 
 log = logging.getLogger("mqtt_guard.compat")
 
-__all__ = ["LaunchError", "load", "run_mosquitto_conf", "setup_logging"]
+__all__ = ["LaunchError", "check_files", "load", "run_mosquitto_conf", "setup_logging"]
 
 
 class LaunchError(ValueError):
@@ -121,6 +121,33 @@ def setup_logging(conf: MosquittoConfig, level: str) -> None:
     root.setLevel(level.upper())
 
 
+def _unwritable(path: str) -> str | None:
+    """Why `path` cannot be opened for writing (created if missing), or None; without creating it.
+
+    `os.access` asks with the real uid, which is who opens the files here (before any `user` switch)."""
+    if os.path.isdir(path):
+        return "is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "permission denied"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"permission denied in {parent}"
+    return None
+
+
+def check_files(conf: MosquittoConfig) -> None:
+    """Refuse, with every problem named, a configuration whose pid_file or log files cannot be written,
+    before anything is created: a failed start must not leave a root-owned log file behind."""
+    targets = [("log_dest file", target) for kind, target in conf.log_dest if kind == "file" and target]
+    if conf.pid_file:
+        targets.append(("pid_file", conf.pid_file))
+    problems = [f"{what} {path}: cannot write: {why}" for what, path in targets if (why := _unwritable(path))]
+    if problems:
+        raise LaunchError("; ".join(problems))
+
+
 def _write_pid(path: str) -> None:
     try:
         Path(path).write_text(f"{os.getpid()}\n")
@@ -142,6 +169,7 @@ def _drop_privileges(user: str) -> None:
 
 def run_mosquitto_conf(path: str, base: GuardConfig, **options: Any) -> int:
     conf, config, security = load(path, base, **options)
+    check_files(conf)
     for warning in conf.warnings:
         print(f"mqtt-guard: warning: {warning}", file=sys.stderr)
     setup_logging(conf, config.log.level)
