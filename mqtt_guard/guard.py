@@ -8,6 +8,7 @@ connection pool and one invalidation listener however many plugins it loads.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -66,7 +67,9 @@ class Guard:
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
         self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
-        self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
+        # Flushes the counters to Redis; `self` is its queue-depth view (docs/analytics.md).
+        self.metrics = MetricsService(config.metrics, self.redis, self.keys, self.counters, self, config.listeners)
+        self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
@@ -91,8 +94,16 @@ class Guard:
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
+        bind = self.config.metrics.prometheus_bind
+        if bind:
+            from .metrics.prometheus import start_endpoint  # prometheus_client is only imported when used
+
+            self.metrics_endpoint = await start_endpoint(bind, self.metrics)
 
     async def close(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()

@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ..store.keys import Keys
 from ..store.stats import StatsReader
 from ..tasks import cancel_and_wait
-from .prometheus import NS, LagCollector, _families_of_counts, metrics_route, serve_http
+from .prometheus import NS, LagCollector, families_of_counts, metrics_route, serve_http
 from .rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.metrics")
@@ -85,7 +85,7 @@ class FleetCollector:
         m = self.m
         now = time.time()
         fams: dict[str, Metric] = {}
-        _families_of_counts(m.totals, "fleet_", [], [], fams)
+        families_of_counts(m.totals, "fleet_", [], [], fams)
         yield from fams.values()
         yield GaugeMetricFamily(
             f"{NS}_fleet_redis_up", "1 when Redis answered the last refresh", 1 if m.redis_up else 0

@@ -61,7 +61,7 @@ AUTH_FAILURE_NAMES = tuple(
 )
 
 
-def _families_of_counts(
+def families_of_counts(
     counts: dict[str, int],
     prefix: str,
     label_names: list[str],
@@ -158,7 +158,7 @@ class GuardCollector:
         base.update({C.KICKED_PREFIX + r: 0 for r in C.KICK_REASONS})
         base.update({name: 0 for name in AUTH_FAILURE_NAMES})
         base.update(counters.totals)
-        _families_of_counts(base, "", [], [], fams)
+        families_of_counts(base, "", [], [], fams)
         yield from fams.values()
 
     def _backend(self, now: float) -> Iterable[Metric]:
@@ -222,7 +222,7 @@ class GuardCollector:
             counts = {n: 0 for n in CLIENT_COUNTERS}
             counts.update({n: 0 for n in C.PUBLISH_ERROR_REASONS})
             counts.update(counters.client(cid))
-            _families_of_counts(
+            families_of_counts(
                 counts,
                 "client_",
                 ["client_id", "username"],
@@ -249,7 +249,7 @@ class GuardCollector:
         for user, counts in sorted(s.per_user.items()):
             base = {n: 0 for n in (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS)}
             base.update(counts)
-            _families_of_counts(base, "user_", ["username"], [user], fams)
+            families_of_counts(base, "user_", ["username"], [user], fams)
         yield from fams.values()
 
 
@@ -343,3 +343,16 @@ async def serve_metrics(bind: str, service: MetricsService) -> asyncio.AbstractS
         return (200 if ok else 503), (b"ok\n" if ok else b"redis unreachable\n"), "text/plain; charset=utf-8"
 
     return await serve_http(bind, {"/metrics": metrics_route(registry), "/healthz": health})
+
+
+async def start_endpoint(bind: str, service: MetricsService) -> asyncio.AbstractServer | None:
+    """`serve_metrics`, logged; None when `bind` cannot be served (the broker runs on without it). The
+    Guard starts it after the service and closes it first, so the service never imports this module
+    (prometheus_client is only imported when an endpoint is configured)."""
+    try:
+        server = await serve_metrics(bind, service)
+    except OSError as exc:
+        log.error("cannot serve /metrics on %s: %s (the broker runs on without it)", bind, exc.strerror or exc)
+        return None
+    log.info("serving Prometheus metrics on http://%s/metrics", bind)
+    return server
