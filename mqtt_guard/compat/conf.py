@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..config import GuardConfig, ListenerConfig
 from . import keys as K
+from .words import next_word
 
 __all__ = [
     "MosquittoConfError",
@@ -195,18 +196,6 @@ def include_dir_files(directory: str) -> list[str]:
 # -- the parser ---------------------------------------------------------------------------------------
 
 
-def _next_word(line: str, pos: int) -> tuple[str | None, int]:
-    n = len(line)
-    while pos < n and line[pos] == " ":
-        pos += 1
-    if pos >= n:
-        return None, pos
-    end = line.find(" ", pos)
-    if end < 0:
-        end = n
-    return line[pos:end], end
-
-
 def _atoi(text: str) -> int:
     s = text.lstrip(_BLANKS)
     sign = 1
@@ -272,7 +261,7 @@ class _Parser:
         return self.conf.security
 
     def word(self, line: str, pos: int, key: str, where: str) -> str:
-        value, _ = _next_word(line, pos)
+        value, _ = next_word(line, pos)
         if value is None:
             raise self.fail(where, key, f"empty {key} value in configuration (give a value)")
         return value
@@ -311,7 +300,7 @@ class _Parser:
             line = raw.rstrip("\r\n")
             if not line or line[0] in "#\r\n":
                 continue
-            key, pos = _next_word(line, 0)
+            key, pos = next_word(line, 0)
             if key is None:
                 continue
             self.line(f"{path}:{lineno}", key, line, pos, level)
@@ -372,13 +361,13 @@ class _Parser:
 
         # -- listeners -----------------------------------------------------------------------
         if key == "listener":
-            port_s, p2 = _next_word(line, pos)
+            port_s, p2 = next_word(line, pos)
             if port_s is None:
                 raise self.fail(where, key, "empty listener value in configuration (give a port)")
             port = _atoi(port_s)
             if port < 0 or port > 65535:
                 raise self.fail(where, key, f"invalid port value ({port})")
-            address, _ = _next_word(line, p2)
+            address, _ = next_word(line, p2)
             if port == 0:
                 raise self.fail(where, key, "unix socket listeners (port 0) are not supported; use a TCP port")
             listener = Listener(port=port, address=address, where=where)
@@ -557,7 +546,7 @@ class _Parser:
         raise self.fail(where, key, "internal error: key known but not handled")  # pragma: no cover
 
     def log_dest(self, line: str, pos: int, where: str) -> None:
-        kind, p2 = _next_word(line, pos)
+        kind, p2 = next_word(line, pos)
         if kind is None:
             raise self.fail(where, "log_dest", "empty log_dest value in configuration")
         if kind in ("stdout", "stderr", "syslog", "none"):
