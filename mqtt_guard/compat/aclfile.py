@@ -132,8 +132,9 @@ class AclFile:
         if not self.patterns:
             return False
         key = (username, client_id)
-        patterns = self._client_patterns.get(key, _MISSING)
-        if patterns is _MISSING:
+        try:
+            patterns = self._client_patterns[key]
+        except KeyError:  # None is a cached answer too, so no .get() default
             patterns = self._patterns_for(username, client_id)
             if len(self._client_patterns) > 100_000:
                 self._client_patterns.clear()
@@ -156,9 +157,6 @@ class AclFile:
             for r in self.patterns
             if not (r.ucount and username is None)
         ]
-
-
-_MISSING: object = object()
 
 
 def _compile(topic_filter: str, access: int) -> tuple[tuple[str, ...], int, bool]:

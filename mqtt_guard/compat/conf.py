@@ -388,11 +388,11 @@ class _Parser:
             conf.default.creates_default = True
             return
         if key == "protocol":
-            value = self.word(line, pos, key, where)
-            if value not in ("mqtt", "websockets"):
-                raise self.fail(where, key, f"invalid protocol value ({value}); use mqtt or websockets")
-            self.listener().protocol = value
-            if value != "mqtt" and self.current is None:
+            text = self.word(line, pos, key, where)
+            if text not in ("mqtt", "websockets"):
+                raise self.fail(where, key, f"invalid protocol value ({text}); use mqtt or websockets")
+            self.listener().protocol = text
+            if text != "mqtt" and self.current is None:
                 conf.default.creates_default = True
             return
         if key == "max_connections":
@@ -401,19 +401,19 @@ class _Parser:
                 conf.default.creates_default = True
             return
         if key == "socket_domain":
-            value = self.word(line, pos, key, where)
-            if value not in ("ipv4", "ipv6"):
-                raise self.fail(where, key, f"invalid socket_domain value {value!r} in configuration")
-            if value == "ipv6":
+            text = self.word(line, pos, key, where)
+            if text not in ("ipv4", "ipv6"):
+                raise self.fail(where, key, f"invalid socket_domain value {text!r} in configuration")
+            if text == "ipv6":
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             if self.current is None:
                 conf.default.creates_default = True
             return
         if key in ("max_qos", "maximum_qos"):
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > 2:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            if value != 2:
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > 2:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            if number != 2:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return
         if key in (
@@ -431,24 +431,24 @@ class _Parser:
                 raise self.fail(where, key, f"`{key} false` is not supported by mqtt-guard: {info.note}")
             return
         if key == "message_size_limit":
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > MQTT_MAX_PACKET:
-                raise self.fail(where, key, f"invalid message_size_limit value ({value})")
-            conf.message_size_limit = value
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > MQTT_MAX_PACKET:
+                raise self.fail(where, key, f"invalid message_size_limit value ({number})")
+            conf.message_size_limit = number
             return
         if key in ("max_inflight_bytes", "memory_limit"):
             if self.integer(line, pos, key, where) != 0:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return
         if key == "tls_version":
-            value = self.string(line, pos, key, where, self.listener().strings)
-            if value != "tlsv1.2":
-                raise self.fail(where, key, f"`tls_version {value}` is not supported by mqtt-guard: {info.note}")
+            text = self.string(line, pos, key, where, self.listener().strings)
+            if text != "tlsv1.2":
+                raise self.fail(where, key, f"`tls_version {text}` is not supported by mqtt-guard: {info.note}")
             return
         if key == "tls_keyform":
-            value = self.word(line, pos, key, where)
-            if value != "pem":
-                raise self.fail(where, key, f"`tls_keyform {value}` is not supported by mqtt-guard: {info.note}")
+            text = self.word(line, pos, key, where)
+            if text != "pem":
+                raise self.fail(where, key, f"`tls_keyform {text}` is not supported by mqtt-guard: {info.note}")
             return
         if key in ("cafile", "certfile", "keyfile"):
             lst = self.listener()
@@ -457,23 +457,23 @@ class _Parser:
                 conf.default.creates_default = True
             return
         if key in ("require_certificate", "use_identity_as_username"):
-            value = self.boolean(line, pos, key, where)
-            setattr(self.listener(), key, value)
-            if value and self.current is None:
+            flag = self.boolean(line, pos, key, where)
+            setattr(self.listener(), key, flag)
+            if flag and self.current is None:
                 conf.default.creates_default = True
             return
 
         # -- security -----------------------------------------------------------------------
         if key == "per_listener_settings":
-            value = self.boolean(line, pos, key, where)
-            if value and self.security_seen:
+            flag = self.boolean(line, pos, key, where)
+            if flag and self.security_seen:
                 raise self.fail(
                     where,
                     key,
                     "per_listener_settings must be set before any other security "
                     "settings (mosquitto refuses this order too); move it up",
                 )
-            conf.per_listener_settings = value
+            conf.per_listener_settings = flag
             return
         if key == "allow_anonymous":
             sec = self.security()
@@ -491,18 +491,18 @@ class _Parser:
 
         # -- limits -------------------------------------------------------------------------
         if key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "max_packet_size"):
-            value = self.integer(line, pos, key, where)
-            if value < 0:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            if key == "max_packet_size" and 0 < value < 20:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            setattr(conf, key, value)
+            number = self.integer(line, pos, key, where)
+            if number < 0:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            if key == "max_packet_size" and 0 < number < 20:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            setattr(conf, key, number)
             return
         if key == "sys_interval":
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > 65535:
-                raise self.fail(where, key, f"invalid sys_interval value ({value})")
-            conf.sys_interval = value
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > 65535:
+                raise self.fail(where, key, f"invalid sys_interval value ({number})")
+            conf.sys_interval = number
             return
         if key in ("persistence", "retained_persistence"):
             conf.persistence = self.boolean(line, pos, key, where)
@@ -526,16 +526,16 @@ class _Parser:
             self.log_dest(line, pos, where)
             return
         if key == "log_type":
-            value = self.word(line, pos, key, where)
-            if value not in _LOG_TYPES:
-                raise self.fail(where, key, f"invalid log_type value ({value})")
-            conf.log_types.append(value)
+            text = self.word(line, pos, key, where)
+            if text not in _LOG_TYPES:
+                raise self.fail(where, key, f"invalid log_type value ({text})")
+            conf.log_types.append(text)
             return
         if key == "log_facility":
-            value = self.integer(line, pos, key, where)
-            if value not in _FACILITIES:
-                raise self.fail(where, key, f"invalid log_facility value ({value}); use 0-7 (local0-local7)")
-            conf.log_facility = value
+            number = self.integer(line, pos, key, where)
+            if number not in _FACILITIES:
+                raise self.fail(where, key, f"invalid log_facility value ({number}); use 0-7 (local0-local7)")
+            conf.log_facility = number
             return
         if key == "log_timestamp":
             conf.log_timestamp = self.boolean(line, pos, key, where)
