@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
@@ -35,6 +36,38 @@ from .tasks import Coalescer
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
+
+
+class AuthBackend(Protocol):
+    """A file-backed source of CONNECT verdicts asked before Redis (compat.security.MosquittoSecurity)."""
+
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        listener: Any,
+        identity_as_username: bool,
+        fallback: Callable[[], Awaitable[AuthResult]],
+    ) -> AuthResult | None:
+        """The verdict, or None: not this backend's user (the next one, then Redis, decides)."""
+        ...
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read its files; never raises."""
+        ...
+
+
+class AclSource(Protocol):
+    """A file-backed ACL next to the Redis rules (compat.security.MosquittoSecurity): `Guard.may`."""
+
+    def check(self, client: GuardClient, action: Perm, topic: str) -> bool | None:
+        """True: granted; False or None: not granted by this source."""
+        ...
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read its files; never raises."""
+        ...
 
 
 class Guard:
@@ -73,8 +106,8 @@ class Guard:
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
-        self.auth_backends: list[Any] = []
-        self.acl_sources: list[Any] = []
+        self.auth_backends: list[AuthBackend] = []
+        self.acl_sources: list[AclSource] = []
         self.message_size_limit = 0  # mosquitto's message_size_limit (set by compat): larger PUBLISHes dropped
         # Bumped when a file-backed ACL source reloads; with `acl.policy.version` it tells the engine
         # when decisions it cached (per topic) may have changed.
@@ -144,7 +177,8 @@ class Guard:
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
         try:
-            for source in {id(s): s for s in [*self.auth_backends, *self.acl_sources]}.values():
+            sources: list[AuthBackend | AclSource] = [*self.auth_backends, *self.acl_sources]
+            for source in {id(s): s for s in sources}.values():  # each once: one object may be both
                 await source.reload()
         finally:
             self.acl_epoch += 1

@@ -15,7 +15,7 @@ from ..store.users import UserStore
 from .common import CliError, read_password, run_with_redis
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("hash", help="read a password on stdin and print its encoded hash")
     p.add_argument("--scheme", choices=["pbkdf2-sha512", "sha512", "bcrypt", "argon2id"], default="pbkdf2-sha512")
     p.add_argument(
@@ -212,7 +212,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             scheme = hashes.identify(user.password) if user.password else "none"
         except hashes.HashFormatError:
             scheme = "unrecognised"
-        info = {
+        info: dict[str, Any] = {
             "username": user.username,
             "password": scheme,
             "superuser": user.superuser,

@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..config import GuardConfig, ListenerConfig
+from ..config import GuardConfig, ListenerConfig, LogLevel
 from . import keys as K
 from .words import next_word
 
@@ -603,15 +604,16 @@ _LEVELS = {
     "warning": 30,
     "error": 40,
 }
+_PY_LEVELS: dict[int, LogLevel] = {10: "debug", 20: "info", 30: "warning", 40: "error"}
 
 
-def log_level(conf: MosquittoConfig) -> str:
+def log_level(conf: MosquittoConfig) -> LogLevel:
     """The Python log level matching mosquitto's log_type lines (default: error..information)."""
     types = conf.log_types or ["error", "warning", "notice", "information"]
     if types == ["none"] or all(t == "none" for t in types):
         return "error"
     level = min(_LEVELS[t] for t in types if t != "none")
-    return {10: "debug", 20: "info", 30: "warning", 40: "error"}[level]
+    return _PY_LEVELS[level]
 
 
 def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> GuardConfig:
@@ -621,10 +623,12 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     listeners: list[ListenerConfig] = []
     for lst in conf.effective_listeners():
         tls = bool(lst.certfile)
-        kind = "websockets" if lst.protocol == "websockets" else ("tls" if tls else "tcp")
+        kind: Literal["tcp", "tls", "websockets"] = (
+            "websockets" if lst.protocol == "websockets" else ("tls" if tls else "tcp")
+        )
         listeners.append(
             ListenerConfig(
-                type=kind,  # type: ignore[arg-type]
+                type=kind,
                 bind=lst.bind(local_only),
                 certfile=lst.certfile,
                 keyfile=lst.keyfile,
@@ -651,5 +655,5 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     metrics = getattr(config, "metrics", None)
     if metrics is not None and hasattr(metrics, "sys_interval"):
         metrics.sys_interval = float(conf.sys_interval if conf.sys_interval is not None else 10)
-    config.log.level = log_level(conf)  # type: ignore[assignment]
+    config.log.level = log_level(conf)
     return config

@@ -66,12 +66,12 @@ def families_of_counts(
     prefix: str,
     label_names: list[str],
     label_values: list[str],
-    fams: dict[str, Metric],
+    fams: dict[str, CounterMetricFamily],
     names: Iterable[str] | None = None,
 ) -> None:
     """Add samples for `counts` to the counter families in `fams` (created on first use)."""
 
-    def fam(metric: str, doc: str, extra: list[str]) -> Metric:
+    def fam(metric: str, doc: str, extra: list[str]) -> CounterMetricFamily:
         f = fams.get(metric)
         if f is None:
             f = fams[metric] = CounterMetricFamily(metric, doc, labels=label_names + extra)
@@ -152,7 +152,7 @@ class GuardCollector:
         yield from self._per_user()
 
     def _broker_counters(self, counters: C.Counters) -> Iterable[Metric]:
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         # Every fixed-reason and plain series exists from the start, at 0, so rate() sees the first event.
         base: dict[str, int] = {name: 0 for name in (*PLAIN_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS)}
         base.update({C.KICKED_PREFIX + r: 0 for r in C.KICK_REASONS})
@@ -207,7 +207,7 @@ class GuardCollector:
         if not ids:
             return
         counters = s.counters
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         since = GaugeMetricFamily(
             f"{NS}_client_connected_since_seconds", "unix time the client connected", labels=["client_id", "username"]
         )
@@ -245,7 +245,7 @@ class GuardCollector:
         s = self.s
         if not s.per_user:
             return
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         for user, counts in sorted(s.per_user.items()):
             base = {n: 0 for n in (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS)}
             base.update(counts)
@@ -271,7 +271,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def broker_registry(service: MetricsService) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GuardCollector(service))  # type: ignore[arg-type]
+    registry.register(GuardCollector(service))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
@@ -320,7 +320,7 @@ async def serve_http(bind: str, routes: dict[str, Any]) -> asyncio.AbstractServe
             writer.close()
             try:
                 await writer.wait_closed()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the client may be gone already; nothing to do
                 pass
 
     return await asyncio.start_server(handle, host, port)

@@ -79,7 +79,8 @@ class Histogram:
                 break
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, acc = [], 0
+        out: list[tuple[str, float]] = []
+        acc = 0
         for b, c in zip(self.buckets, self.counts, strict=True):
             acc += c
             out.append((repr(b), acc))
@@ -278,7 +279,7 @@ class MetricsService:
         """Ping, write the backlog, heartbeat. False when Redis failed (the backlog is kept)."""
         try:
             latency = await self.writer.ping()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed flush: reported, retried
             self._failed(exc)
             return False
         self.redis_latency = latency
@@ -316,7 +317,7 @@ class MetricsService:
                     HB_CLIENTS: self.counters.connected_count(),
                 }
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed flush: reported, retried
             self._failed(exc)
             return False
         self.latency["heartbeat"].observe(time.perf_counter() - t0)

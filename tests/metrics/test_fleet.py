@@ -34,12 +34,11 @@ def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix,
         redis = make_async_client(redis_server.url)
         lag = LoopLagMonitor(0.05)
         lag.start()
-        server = await serve_fleet_metrics(f"127.0.0.1:{port}", redis, Keys(prefix), loop_lag=lag, interval=0.2)
+        endpoint = await serve_fleet_metrics(f"127.0.0.1:{port}", redis, Keys(prefix), loop_lag=lag, interval=0.2)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.05)
-        server.close()
-        await server.fleet_monitor.stop()
+        await endpoint.close()
         await lag.stop()
         await redis.aclose()
 
