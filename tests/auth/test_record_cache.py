@@ -223,8 +223,8 @@ def test_a_change_landing_while_the_read_is_in_flight_is_not_trusted(redis_serve
                     await asyncio.wait_for(forgotten.wait(), 5)  # the invalidation, via the real listener
                 return record
 
-            auth.forget = forget  # type: ignore[method-assign]
-            guard.users.get = get  # type: ignore[method-assign]
+            auth.forget = forget  # type: ignore[method-assign]  # instrumented for the race under test
+            guard.users.get = get  # type: ignore[method-assign]  # instrumented for the race under test
             rds.hset(f"{prefix}user:alice", "superuser", "0")  # any change: the next read goes to Redis
             assert await eventually(lambda: forgotten.is_set())
             forgotten.clear()
@@ -259,7 +259,7 @@ def test_a_listener_reconnect_during_the_read_is_not_trusted(redis_server, rds, 
                     assert await eventually(lambda: listener.connected.is_set() and listener.generation > generation)
                 return record
 
-            guard.users.get = get  # type: ignore[method-assign]
+            guard.users.get = get  # type: ignore[method-assign]  # instrumented for the race under test
             assert (await login(guard, "alice")).outcome is Outcome.OK
             reads = auth.record_reads
             assert (await login(guard, "alice")).outcome is Outcome.OK
@@ -333,7 +333,7 @@ def test_unknown_user_is_kept_but_still_costs_a_hash(redis_server, rds, prefix):
                 hashed.append(encoded)
                 return await real_verify(password, encoded)
 
-            auth._verify = verify  # type: ignore[method-assign]
+            auth._verify = verify  # type: ignore[method-assign]  # instrumented for the race under test
             assert (await login(guard, "ghost")).outcome is Outcome.UNKNOWN_USER
             hits = auth.record_hits
             assert (await login(guard, "ghost")).outcome is Outcome.UNKNOWN_USER
@@ -423,10 +423,10 @@ def test_a_password_change_during_the_hash_is_not_remembered_for_redis_outages(p
                     await asyncio.wait_for(forgotten.wait(), 5)
                     return ok
 
-                auth.forget = forget  # type: ignore[method-assign]
-                auth._verify = verify  # type: ignore[method-assign]
+                auth.forget = forget  # type: ignore[method-assign]  # instrumented for the race under test
+                auth._verify = verify  # type: ignore[method-assign]  # instrumented for the race under test
                 assert (await login(guard, "alice", "old-pw")).outcome is Outcome.OK
-                auth._verify = real_verify  # type: ignore[method-assign]
+                auth._verify = real_verify  # type: ignore[method-assign]  # instrumented for the race under test
                 server.stop()
                 assert await eventually(lambda: not guard.listener.connected.is_set())
                 assert (await login(guard, "alice", "old-pw")).outcome is Outcome.REDIS_DOWN

@@ -31,7 +31,7 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
         path = tmp_path / f"broker{count[0]}.yaml"
         path.write_text(yaml.safe_dump({"metrics": section, "plugins": {SYS_PLUGIN: {}}}))
         broker = start_broker("-c", str(path))
-        broker.metrics_port = mport  # type: ignore[attr-defined]
+        broker.metrics_port = mport  # type: ignore[attr-defined]  # the test remembers the /metrics port on the broker handle
         wait_http(mport)
         return broker
 

@@ -22,7 +22,7 @@ def make_guard(url: str, prefix: str, broker_id: str, **metrics: object) -> Guar
         listeners=[ListenerConfig(bind="127.0.0.1:1")],
         redis=RedisConfig(url=url, prefix=prefix),
         metrics=MetricsConfig(broker_id=broker_id, **metrics),
-    )  # type: ignore[arg-type]
+    )  # type: ignore[arg-type]  # metrics settings of the test as loose keyword values
     return Guard(config)
 
 
