@@ -61,18 +61,6 @@ def http_get(port: int, path: str, accept: str | None = None) -> tuple[int, str,
         return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until `check()` returns something truthy; return it (or fail with the last value)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
-
-
 def cli_json(cli, *args: str) -> Any:
     result = cli(*args)
     assert result.returncode == 0, result.stderr

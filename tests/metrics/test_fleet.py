@@ -12,7 +12,8 @@ from mqtt_guard.store.connection import make_async_client
 from mqtt_guard.store.keys import Keys
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import free_port
-from tests.metrics.conftest import metric, scrape, wait_for
+from tests.helpers.wait import expect
+from tests.metrics.conftest import metric, scrape
 
 
 def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix, redis_server):
@@ -24,7 +25,7 @@ def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix,
         for _ in range(3 + i):
             c.publish("a/x", b"x", qos=1)
         c.close()
-    wait_for(lambda: rds.hget(f"{prefix}stats:total", "messages_in") == "7")
+    expect(lambda: rds.hget(f"{prefix}stats:total", "messages_in") == "7")
 
     port = free_port()
     ready = threading.Event()
