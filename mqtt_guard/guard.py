@@ -71,6 +71,10 @@ class AclSource(Protocol):
 
 
 class Guard:
+    """The composition root of a broker process: builds each service with the collaborators it uses (a
+    config section, the Redis client, the key schema, the counters, a Protocol such as `QueueDepths`)
+    and wires them together; the services never reach back into the Guard."""
+
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self.keys = Keys(config.redis.prefix)
@@ -100,8 +104,10 @@ class Guard:
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
         self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
-        # Flushes the counters to Redis; `self` is its queue-depth view (docs/analytics.md).
-        self.metrics = MetricsService(config.metrics, self.redis, self.keys, self.counters, self, config.listeners)
+        # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
+        self.metrics = MetricsService(
+            config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
+        )
         self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth

@@ -1,4 +1,4 @@
-"""The Guard's analytics: flushes `Counters` to Redis in batches, heartbeats, serves /metrics.
+"""The Guard's analytics: flushes `Counters` to Redis in batches and heartbeats; the state /metrics reads.
 
 Two tasks run on the broker's event loop:
 - the ticker drains the counters every `metrics.flush_interval`, always also at every 10 s wall-clock
