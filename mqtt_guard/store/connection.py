@@ -29,7 +29,7 @@ class RedisUrlError(ValueError):
     pass
 
 
-def make_async_client(url: str, *, socket_timeout: float | None = 2.0, **kwargs: Any) -> aioredis.Redis:
+def make_async_client(url: str, *, socket_timeout: float = 2.0, **kwargs: Any) -> aioredis.Redis:
     """A decode_responses client with short timeouts: a dead Redis must fail fast, not hang CONNECT.
 
     Extra keyword arguments (e.g. ``protocol=2``, ``client_name=…``, ``single_connection_client``)
