@@ -13,12 +13,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from .store.connection import DEFAULT_REDIS_URL
 from .store.keys import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+D = TypeVar("D", bound="DataclassInstance")  # a config section: any dataclass
 
 
 class ConfigError(ValueError):
@@ -191,7 +197,7 @@ class SidecarConfig:
 
 @dataclass
 class LogConfig:
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
 
 
 @dataclass
@@ -265,7 +271,7 @@ def load_config(path: str | Path | None) -> GuardConfig:
     return build(GuardConfig, data, "", str(p))
 
 
-def build(cls: type, data: Any, path: str, source: str) -> Any:
+def build(cls: type[D], data: Any, path: str, source: str) -> D:
     """Turn a mapping into dataclass `cls`, naming the exact key and file on any error."""
     where = path or "top level"
     if not isinstance(data, dict):
@@ -281,7 +287,7 @@ def build(cls: type, data: Any, path: str, source: str) -> Any:
     return cls(**kwargs)
 
 
-def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, source: str) -> Any:
+def _convert(tp: Any, f: dataclasses.Field[Any] | None, value: Any, path: str, source: str) -> Any:
     kind = f.metadata.get("kind") if f is not None else None
     try:
         if kind == "size":
@@ -304,8 +310,8 @@ def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, source: 
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {path}: must be a list")
-        return [_convert(args[0], None, v, f"{path}[{i}]", source) for i, v in enumerate(value)]  # type: ignore[arg-type]
-    if dataclasses.is_dataclass(tp):
+        return [_convert(args[0], None, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path, source)
     if tp is bool:
         if not isinstance(value, bool):

@@ -8,9 +8,11 @@ connection pool and one invalidation listener however many plugins it loads.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
@@ -36,7 +38,43 @@ log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
 
 
+class AuthBackend(Protocol):
+    """A file-backed source of CONNECT verdicts asked before Redis (compat.security.MosquittoSecurity)."""
+
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        listener: Any,
+        identity_as_username: bool,
+        fallback: Callable[[], Awaitable[AuthResult]],
+    ) -> AuthResult | None:
+        """The verdict, or None: not this backend's user (the next one, then Redis, decides)."""
+        ...
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read its files; never raises."""
+        ...
+
+
+class AclSource(Protocol):
+    """A file-backed ACL next to the Redis rules (compat.security.MosquittoSecurity): `Guard.may`."""
+
+    def check(self, client: GuardClient, action: Perm, topic: str) -> bool | None:
+        """True: granted; False or None: not granted by this source."""
+        ...
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read its files; never raises."""
+        ...
+
+
 class Guard:
+    """The composition root of a broker process: builds each service with the collaborators it uses (a
+    config section, the Redis client, the key schema, the counters, a Protocol such as `QueueDepths`)
+    and wires them together; the services never reach back into the Guard."""
+
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self.keys = Keys(config.redis.prefix)
@@ -66,12 +104,16 @@ class Guard:
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
         self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
-        self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
+        # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
+        self.metrics = MetricsService(
+            config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
+        )
+        self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
-        self.auth_backends: list[Any] = []
-        self.acl_sources: list[Any] = []
+        self.auth_backends: list[AuthBackend] = []
+        self.acl_sources: list[AclSource] = []
         self.message_size_limit = 0  # mosquitto's message_size_limit (set by compat): larger PUBLISHes dropped
         # Bumped when a file-backed ACL source reloads; with `acl.policy.version` it tells the engine
         # when decisions it cached (per topic) may have changed.
@@ -91,8 +133,16 @@ class Guard:
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
+        bind = self.config.metrics.prometheus_bind
+        if bind:
+            from .metrics.prometheus import start_endpoint  # prometheus_client is only imported when used
+
+            self.metrics_endpoint = await start_endpoint(bind, self.metrics)
 
     async def close(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
@@ -133,7 +183,8 @@ class Guard:
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
         try:
-            for source in {id(s): s for s in [*self.auth_backends, *self.acl_sources]}.values():
+            sources: list[AuthBackend | AclSource] = [*self.auth_backends, *self.acl_sources]
+            for source in {id(s): s for s in sources}.values():  # each once: one object may be both
                 await source.reload()
         finally:
             self.acl_epoch += 1

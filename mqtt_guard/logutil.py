@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _MAX_BUFFERED = 256  # lines held before they are written even if WRITE_DELAY has not passed
@@ -67,13 +68,13 @@ class FastFormatter(logging.Formatter):
         return "%s,%03d" % (self._stamp, (created - second) * 1000)  # noqa: UP031 - half the cost of an f-string
 
 
-class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class LineHandler(logging.StreamHandler[TextIO]):
     """The broker process's stderr handler (LOG_FORMAT). Ordinary records are written at once, as by a
     StreamHandler; `info()` lines wait in a buffer for up to WRITE_DELAY (or until an ordinary record
     comes, so the order of lines is kept)."""
 
-    def __init__(self, stream: object = None) -> None:
-        super().__init__(stream)  # type: ignore[arg-type]
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
         self.fast_formatter = FastFormatter(LOG_FORMAT)
         self.setFormatter(self.fast_formatter)
         self._lines: list[str] = []

@@ -58,7 +58,7 @@ class _Bucket:
     def first(self, bit_index: int, action: int) -> tuple[int, Rule] | None:
         """First entry whose allow (bit_index 1) or deny (2) bits hit *action*."""
         for entry in self.entries:
-            if entry[bit_index] & action:
+            if entry[bit_index] & action:  # type: ignore[operator]  # bit_index is 1 or 2: an int field
                 return entry[0], entry[3]
         return None
 

@@ -100,7 +100,7 @@ class Subject:
 
     def __post_init__(self) -> None:
         if not isinstance(self.groups, frozenset):
-            object.__setattr__(self, "groups", frozenset(self.groups))
+            object.__setattr__(self, "groups", frozenset(self.groups))  # type: ignore[unreachable]  # any iterable is accepted
         h = hash((self.username, self.client_id, self.groups, self.superuser))
         object.__setattr__(self, "_hash", h)
 

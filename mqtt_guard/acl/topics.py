@@ -48,7 +48,7 @@ def _encoding_problem(s: str) -> str | None:
     return "longer than 65535 bytes" if n > MAX_BYTES else None
 
 
-def validate_topic(t: str) -> str | None:
+def validate_topic(t: object) -> str | None:
     """Return ``None`` if *t* is a valid PUBLISH topic name, else a reason.
 
     Used by the policy before evaluating rules so that a wildcard or NUL in a
@@ -65,7 +65,7 @@ def validate_topic(t: str) -> str | None:
     return _encoding_problem(t)
 
 
-def validate_filter(f: str) -> str | None:
+def validate_filter(f: object) -> str | None:
     """Return ``None`` if *f* is a valid topic filter, else a reason.
 
     The same check guards both rule filters (so a malformed rule is skipped

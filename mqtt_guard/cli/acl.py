@@ -47,7 +47,7 @@ def subject_of(args: argparse.Namespace) -> str | None:
     return None
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     acl = sub.add_parser("acl", help="topic ACLs").add_subparsers(dest="acl_cmd", required=True)
     for name, func, help_ in (
         ("allow", cmd_allow, "grant actions on a filter"),
@@ -184,9 +184,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
     subject = subject_of(args)
 
     async def body(redis: Any, keys: k.Keys) -> int:
-        if not await AclStore(redis, keys).remove_rule(subject, args.filter):  # type: ignore[arg-type]
-            raise CliError(f"no rule for {args.filter!r} in {keys.acl(subject)}")  # type: ignore[arg-type]
-        print(f"removed {args.filter!r} from {keys.acl(subject)}")  # type: ignore[arg-type]
+        # (subject is not None: `acl rm` requires one of --user/--group/--pattern/--anonymous)
+        if not await AclStore(redis, keys).remove_rule(subject, args.filter):  # type: ignore[arg-type]  # see above
+            raise CliError(f"no rule for {args.filter!r} in {keys.acl(subject)}")  # type: ignore[arg-type]  # see above
+        print(f"removed {args.filter!r} from {keys.acl(subject)}")  # type: ignore[arg-type]  # see above
         return 0
 
     return run_with_redis(args, body)

@@ -9,7 +9,7 @@ from ..store.connection import RedisUrlError, make_async_client
 from .common import CliError, apply_redis_overrides
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run the guarded MQTT broker")
     p.add_argument("-c", "--config", help="YAML configuration file, or a mosquitto.conf (detected)")
     p.add_argument(

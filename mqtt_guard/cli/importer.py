@@ -24,7 +24,7 @@ from .common import CliError, redis_url, run_with_redis
 _GOAUTH_KINDS = ("sacls", "racls", "wacls", "rwacls")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp = sub.add_parser("import", help="import users and ACLs from mosquitto files or mosquitto-go-auth's Redis")
     kinds = imp.add_subparsers(dest="import_kind", required=True)
     p = kinds.add_parser("mosquitto", help="a password_file and/or an acl_file")

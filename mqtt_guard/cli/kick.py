@@ -20,7 +20,7 @@ from . import timefmt
 from .common import CliError, run_with_redis
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("kick", help="disconnect a client (or all clients of a user) on whichever broker holds it")
     p.add_argument("client_id", nargs="?", help="the client id to disconnect (or give --user)")
     p.add_argument("--user", metavar="U", help="disconnect every client of user U instead")

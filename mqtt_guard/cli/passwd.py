@@ -27,7 +27,7 @@ from .common import CliError
 _HASHES = {"sha512-pbkdf2": "pbkdf2-sha512", "sha512": "sha512"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "passwd",
         help="manage a mosquitto password_file (mosquitto_passwd's usage)",

@@ -38,7 +38,7 @@ def _target(p: argparse.ArgumentParser) -> None:
     g.add_argument("--default", action="store_true", help="the defaults for users without their own value")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     quota = sub.add_parser("quota", help="per-user quotas").add_subparsers(dest="quota_cmd", required=True)
     p = quota.add_parser("set", help="set limits (unchanged fields keep their value; 'none' = no limit)")
     _target(p)

@@ -11,7 +11,7 @@ from ..config import ConfigError, GuardConfig, load_config, parse_duration
 from .common import CliError, apply_redis_overrides
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sidecar", help="evaluate sessions and kick those over session_time, quota, expiry or queue")
     p.add_argument("-c", "--config", help="YAML configuration file (the brokers' file: redis, quota, sidecar)")
     p.add_argument("--interval", help="evaluation interval (default 1s; sidecar.interval in the file)")

@@ -35,7 +35,7 @@ GAUGE_FIELDS = {
 ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("stats", help="counters, quota use and message rate of a client id or username")
     p.add_argument("name", metavar="CLIENT_OR_USER", help="a client id or a username (see --client, --user)")
     g = p.add_mutually_exclusive_group()

@@ -18,7 +18,7 @@ from .common import CliError, read_password, run_with_redis
 NAME_HELP = "the username (the MQTT CONNECT username)"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("hash", help="read a password on stdin and print its encoded hash")
     p.add_argument(
         "--scheme",

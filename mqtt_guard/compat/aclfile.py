@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..acl.topics import topic_matches, validate_filter
+from .words import next_word
 
 __all__ = [
     "AclFile",
@@ -131,8 +132,9 @@ class AclFile:
         if not self.patterns:
             return False
         key = (username, client_id)
-        patterns = self._client_patterns.get(key, _MISSING)
-        if patterns is _MISSING:
+        try:
+            patterns = self._client_patterns[key]
+        except KeyError:  # None is a cached answer too, so no .get() default
             patterns = self._patterns_for(username, client_id)
             if len(self._client_patterns) > 100_000:
                 self._client_patterns.clear()
@@ -155,9 +157,6 @@ class AclFile:
             for r in self.patterns
             if not (r.ucount and username is None)
         ]
-
-
-_MISSING: object = object()
 
 
 def _compile(topic_filter: str, access: int) -> tuple[tuple[str, ...], int, bool]:
@@ -245,19 +244,6 @@ def _rest(line: str, start: int) -> str:
     return line[start:].strip(" \t\r\n\v\f")
 
 
-def _split_word(line: str, pos: int) -> tuple[str | None, int]:
-    """strtok_r(..., " ") from `pos`: the next space-separated word and the index after it."""
-    n = len(line)
-    while pos < n and line[pos] == " ":
-        pos += 1
-    if pos >= n:
-        return None, pos
-    end = line.find(" ", pos)
-    if end < 0:
-        end = n
-    return line[pos:end], end
-
-
 def parse_acl_text(text: str, path: str = "acl_file") -> AclFile:
     """Parse acl_file content; raise AclFileError (naming file and line) where mosquitto refuses it."""
     acl = AclFile(path=path)
@@ -266,12 +252,12 @@ def parse_acl_text(text: str, path: str = "acl_file") -> AclFile:
         line = raw.rstrip(" \t\r\n\v\f")
         if not line or line[0] == "#":
             continue
-        token, pos = _split_word(line, 0)
+        token, pos = next_word(line, 0)
         if token is None:
             continue
         where = f"{path}:{lineno}"
         if token in ("topic", "pattern"):
-            access_word, pos2 = _split_word(line, pos)
+            access_word, pos2 = next_word(line, pos)
             if access_word is None:
                 raise AclFileError(f"{where}: empty topic in acl_file (mosquitto refuses this line)")
             # strtok_r(NULL, "") returns the rest after the delimiter that ended the access word

@@ -28,9 +28,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..config import GuardConfig, ListenerConfig
+from ..config import GuardConfig, ListenerConfig, LogLevel
 from . import keys as K
+from .words import next_word
 
 __all__ = [
     "MosquittoConfError",
@@ -195,18 +197,6 @@ def include_dir_files(directory: str) -> list[str]:
 # -- the parser ---------------------------------------------------------------------------------------
 
 
-def _next_word(line: str, pos: int) -> tuple[str | None, int]:
-    n = len(line)
-    while pos < n and line[pos] == " ":
-        pos += 1
-    if pos >= n:
-        return None, pos
-    end = line.find(" ", pos)
-    if end < 0:
-        end = n
-    return line[pos:end], end
-
-
 def _atoi(text: str) -> int:
     s = text.lstrip(_BLANKS)
     sign = 1
@@ -272,7 +262,7 @@ class _Parser:
         return self.conf.security
 
     def word(self, line: str, pos: int, key: str, where: str) -> str:
-        value, _ = _next_word(line, pos)
+        value, _ = next_word(line, pos)
         if value is None:
             raise self.fail(where, key, f"empty {key} value in configuration (give a value)")
         return value
@@ -311,7 +301,7 @@ class _Parser:
             line = raw.rstrip("\r\n")
             if not line or line[0] in "#\r\n":
                 continue
-            key, pos = _next_word(line, 0)
+            key, pos = next_word(line, 0)
             if key is None:
                 continue
             self.line(f"{path}:{lineno}", key, line, pos, level)
@@ -372,13 +362,13 @@ class _Parser:
 
         # -- listeners -----------------------------------------------------------------------
         if key == "listener":
-            port_s, p2 = _next_word(line, pos)
+            port_s, p2 = next_word(line, pos)
             if port_s is None:
                 raise self.fail(where, key, "empty listener value in configuration (give a port)")
             port = _atoi(port_s)
             if port < 0 or port > 65535:
                 raise self.fail(where, key, f"invalid port value ({port})")
-            address, _ = _next_word(line, p2)
+            address, _ = next_word(line, p2)
             if port == 0:
                 raise self.fail(where, key, "unix socket listeners (port 0) are not supported; use a TCP port")
             listener = Listener(port=port, address=address, where=where)
@@ -399,11 +389,11 @@ class _Parser:
             conf.default.creates_default = True
             return
         if key == "protocol":
-            value = self.word(line, pos, key, where)
-            if value not in ("mqtt", "websockets"):
-                raise self.fail(where, key, f"invalid protocol value ({value}); use mqtt or websockets")
-            self.listener().protocol = value
-            if value != "mqtt" and self.current is None:
+            text = self.word(line, pos, key, where)
+            if text not in ("mqtt", "websockets"):
+                raise self.fail(where, key, f"invalid protocol value ({text}); use mqtt or websockets")
+            self.listener().protocol = text
+            if text != "mqtt" and self.current is None:
                 conf.default.creates_default = True
             return
         if key == "max_connections":
@@ -412,19 +402,19 @@ class _Parser:
                 conf.default.creates_default = True
             return
         if key == "socket_domain":
-            value = self.word(line, pos, key, where)
-            if value not in ("ipv4", "ipv6"):
-                raise self.fail(where, key, f"invalid socket_domain value {value!r} in configuration")
-            if value == "ipv6":
+            text = self.word(line, pos, key, where)
+            if text not in ("ipv4", "ipv6"):
+                raise self.fail(where, key, f"invalid socket_domain value {text!r} in configuration")
+            if text == "ipv6":
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             if self.current is None:
                 conf.default.creates_default = True
             return
         if key in ("max_qos", "maximum_qos"):
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > 2:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            if value != 2:
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > 2:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            if number != 2:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return
         if key in (
@@ -442,24 +432,24 @@ class _Parser:
                 raise self.fail(where, key, f"`{key} false` is not supported by mqtt-guard: {info.note}")
             return
         if key == "message_size_limit":
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > MQTT_MAX_PACKET:
-                raise self.fail(where, key, f"invalid message_size_limit value ({value})")
-            conf.message_size_limit = value
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > MQTT_MAX_PACKET:
+                raise self.fail(where, key, f"invalid message_size_limit value ({number})")
+            conf.message_size_limit = number
             return
         if key in ("max_inflight_bytes", "memory_limit"):
             if self.integer(line, pos, key, where) != 0:
                 raise self.fail(where, key, f"not supported by mqtt-guard: {info.note}")
             return
         if key == "tls_version":
-            value = self.string(line, pos, key, where, self.listener().strings)
-            if value != "tlsv1.2":
-                raise self.fail(where, key, f"`tls_version {value}` is not supported by mqtt-guard: {info.note}")
+            text = self.string(line, pos, key, where, self.listener().strings)
+            if text != "tlsv1.2":
+                raise self.fail(where, key, f"`tls_version {text}` is not supported by mqtt-guard: {info.note}")
             return
         if key == "tls_keyform":
-            value = self.word(line, pos, key, where)
-            if value != "pem":
-                raise self.fail(where, key, f"`tls_keyform {value}` is not supported by mqtt-guard: {info.note}")
+            text = self.word(line, pos, key, where)
+            if text != "pem":
+                raise self.fail(where, key, f"`tls_keyform {text}` is not supported by mqtt-guard: {info.note}")
             return
         if key in ("cafile", "certfile", "keyfile"):
             lst = self.listener()
@@ -468,23 +458,23 @@ class _Parser:
                 conf.default.creates_default = True
             return
         if key in ("require_certificate", "use_identity_as_username"):
-            value = self.boolean(line, pos, key, where)
-            setattr(self.listener(), key, value)
-            if value and self.current is None:
+            flag = self.boolean(line, pos, key, where)
+            setattr(self.listener(), key, flag)
+            if flag and self.current is None:
                 conf.default.creates_default = True
             return
 
         # -- security -----------------------------------------------------------------------
         if key == "per_listener_settings":
-            value = self.boolean(line, pos, key, where)
-            if value and self.security_seen:
+            flag = self.boolean(line, pos, key, where)
+            if flag and self.security_seen:
                 raise self.fail(
                     where,
                     key,
                     "per_listener_settings must be set before any other security "
                     "settings (mosquitto refuses this order too); move it up",
                 )
-            conf.per_listener_settings = value
+            conf.per_listener_settings = flag
             return
         if key == "allow_anonymous":
             sec = self.security()
@@ -502,18 +492,18 @@ class _Parser:
 
         # -- limits -------------------------------------------------------------------------
         if key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "max_packet_size"):
-            value = self.integer(line, pos, key, where)
-            if value < 0:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            if key == "max_packet_size" and 0 < value < 20:
-                raise self.fail(where, key, f"invalid {key} value ({value})")
-            setattr(conf, key, value)
+            number = self.integer(line, pos, key, where)
+            if number < 0:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            if key == "max_packet_size" and 0 < number < 20:
+                raise self.fail(where, key, f"invalid {key} value ({number})")
+            setattr(conf, key, number)
             return
         if key == "sys_interval":
-            value = self.integer(line, pos, key, where)
-            if value < 0 or value > 65535:
-                raise self.fail(where, key, f"invalid sys_interval value ({value})")
-            conf.sys_interval = value
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > 65535:
+                raise self.fail(where, key, f"invalid sys_interval value ({number})")
+            conf.sys_interval = number
             return
         if key in ("persistence", "retained_persistence"):
             conf.persistence = self.boolean(line, pos, key, where)
@@ -537,16 +527,16 @@ class _Parser:
             self.log_dest(line, pos, where)
             return
         if key == "log_type":
-            value = self.word(line, pos, key, where)
-            if value not in _LOG_TYPES:
-                raise self.fail(where, key, f"invalid log_type value ({value})")
-            conf.log_types.append(value)
+            text = self.word(line, pos, key, where)
+            if text not in _LOG_TYPES:
+                raise self.fail(where, key, f"invalid log_type value ({text})")
+            conf.log_types.append(text)
             return
         if key == "log_facility":
-            value = self.integer(line, pos, key, where)
-            if value not in _FACILITIES:
-                raise self.fail(where, key, f"invalid log_facility value ({value}); use 0-7 (local0-local7)")
-            conf.log_facility = value
+            number = self.integer(line, pos, key, where)
+            if number not in _FACILITIES:
+                raise self.fail(where, key, f"invalid log_facility value ({number}); use 0-7 (local0-local7)")
+            conf.log_facility = number
             return
         if key == "log_timestamp":
             conf.log_timestamp = self.boolean(line, pos, key, where)
@@ -557,7 +547,7 @@ class _Parser:
         raise self.fail(where, key, "internal error: key known but not handled")  # pragma: no cover
 
     def log_dest(self, line: str, pos: int, where: str) -> None:
-        kind, p2 = _next_word(line, pos)
+        kind, p2 = next_word(line, pos)
         if kind is None:
             raise self.fail(where, "log_dest", "empty log_dest value in configuration")
         if kind in ("stdout", "stderr", "syslog", "none"):
@@ -614,15 +604,16 @@ _LEVELS = {
     "warning": 30,
     "error": 40,
 }
+_PY_LEVELS: dict[int, LogLevel] = {10: "debug", 20: "info", 30: "warning", 40: "error"}
 
 
-def log_level(conf: MosquittoConfig) -> str:
+def log_level(conf: MosquittoConfig) -> LogLevel:
     """The Python log level matching mosquitto's log_type lines (default: error..information)."""
     types = conf.log_types or ["error", "warning", "notice", "information"]
     if types == ["none"] or all(t == "none" for t in types):
         return "error"
     level = min(_LEVELS[t] for t in types if t != "none")
-    return {10: "debug", 20: "info", 30: "warning", 40: "error"}[level]
+    return _PY_LEVELS[level]
 
 
 def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> GuardConfig:
@@ -632,10 +623,12 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     listeners: list[ListenerConfig] = []
     for lst in conf.effective_listeners():
         tls = bool(lst.certfile)
-        kind = "websockets" if lst.protocol == "websockets" else ("tls" if tls else "tcp")
+        kind: Literal["tcp", "tls", "websockets"] = (
+            "websockets" if lst.protocol == "websockets" else ("tls" if tls else "tcp")
+        )
         listeners.append(
             ListenerConfig(
-                type=kind,  # type: ignore[arg-type]
+                type=kind,
                 bind=lst.bind(local_only),
                 certfile=lst.certfile,
                 keyfile=lst.keyfile,
@@ -662,5 +655,5 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     metrics = getattr(config, "metrics", None)
     if metrics is not None and hasattr(metrics, "sys_interval"):
         metrics.sys_interval = float(conf.sys_interval if conf.sys_interval is not None else 10)
-    config.log.level = log_level(conf)  # type: ignore[assignment]
+    config.log.level = log_level(conf)
     return config

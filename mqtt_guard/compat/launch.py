@@ -61,7 +61,7 @@ def load(
             conf.security.allow_anonymous = True
         config.auth.allow_anonymous = True
     if log_level:
-        config.log.level = log_level  # type: ignore[assignment]
+        config.log.level = log_level  # type: ignore[assignment]  # one of the CLI's --log-level choices
     try:
         config.check()
     except ConfigError as exc:

@@ -101,6 +101,7 @@ class MosquittoSecurity:
     """The file-backed auth backend and ACL source of a broker run from a mosquitto.conf."""
 
     def __init__(self, conf: MosquittoConfig, listeners: list[ListenerConfig]) -> None:
+        """Loads every scope's files now; raises SecurityLoadError with the file (and line) at fault."""
         self.conf = conf
         self.path = conf.path
         self.listeners = listeners  # the GuardConfig listeners built from `conf`, in the same order
@@ -282,8 +283,3 @@ class MosquittoSecurity:
             users,
             ", ".join(s.acl_file or "none" for s in self.scopes),
         )
-
-
-def build_security(conf: MosquittoConfig, listeners: list[ListenerConfig]) -> MosquittoSecurity:
-    """Load every scope's files now; raises SecurityLoadError with the file (and line) at fault."""
-    return MosquittoSecurity(conf, listeners)

@@ -250,18 +250,18 @@ class Counters:
                 for name, v in counts.items():
                     live[name] = live.get(name, 0) + v
             clients[(cid, self.usernames.get(cid))] = dict(counts)
-        for key, counts in side.items():
+        for key, extra in side.items():
             mine = clients.get(key)
             if mine is None:
-                clients[key] = counts
+                clients[key] = extra
             else:
-                for name, v in counts.items():
+                for name, v in extra.items():
                     mine[name] = mine.get(name, 0) + v
         users: dict[str, dict[str, int]] = {}
-        for (_, user), counts in clients.items():
+        for (_, user), client_counts in clients.items():
             if user is not None:
                 u = users.setdefault(user, {})
-                for name, v in counts.items():
+                for name, v in client_counts.items():
                     u[name] = u.get(name, 0) + v
         out.users = users
         for name, value in self.totals.items():

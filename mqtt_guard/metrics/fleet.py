@@ -7,9 +7,9 @@ loop; `FleetCollector` exports the snapshot (collect() never does I/O).
 
 Mounting it in the sidecar is one call:
 
-    server = await serve_fleet_metrics("0.0.0.0:9884", redis, keys, loop_lag=my_loop_lag_monitor)
+    endpoint = await serve_fleet_metrics("0.0.0.0:9884", redis, keys, loop_lag=my_loop_lag_monitor)
     ...
-    server.close()            # and `await monitor.stop()` via server.fleet_monitor
+    await endpoint.close()    # the HTTP server and the monitor
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..store.keys import Keys
 from ..store.stats import StatsReader
 from ..tasks import cancel_and_wait
-from .prometheus import NS, LagCollector, _families_of_counts, metrics_route, serve_http
+from .prometheus import NS, LagCollector, families_of_counts, metrics_route, serve_http
 from .rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.metrics")
@@ -53,7 +54,7 @@ class FleetMonitor:
             self.latency = time.perf_counter() - t0
             raw = await self.reader.totals()
             self.brokers = await self.reader.brokers()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure: Redis is reported down, retried next round
             if self.redis_up:
                 log.warning("fleet metrics: Redis unreachable (%s)", exc)
             self.redis_up = False
@@ -84,8 +85,8 @@ class FleetCollector:
     def collect(self) -> Iterable[Metric]:
         m = self.m
         now = time.time()
-        fams: dict[str, Metric] = {}
-        _families_of_counts(m.totals, "fleet_", [], [], fams)
+        fams: dict[str, CounterMetricFamily] = {}
+        families_of_counts(m.totals, "fleet_", [], [], fams)
         yield from fams.values()
         yield GaugeMetricFamily(
             f"{NS}_fleet_redis_up", "1 when Redis answered the last refresh", 1 if m.redis_up else 0
@@ -125,6 +126,18 @@ class FleetCollector:
             )
 
 
+@dataclass
+class FleetEndpoint:
+    """The fleet /metrics server and the monitor that feeds it, closed together."""
+
+    server: asyncio.AbstractServer
+    monitor: FleetMonitor
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.monitor.stop()
+
+
 async def serve_fleet_metrics(
     bind: str,
     redis: Any,
@@ -133,16 +146,14 @@ async def serve_fleet_metrics(
     loop_lag: LoopLagMonitor | None = None,
     lag_metric: str = f"{NS}_sidecar_loop_lag_seconds",
     interval: float = 5.0,
-) -> asyncio.AbstractServer:
-    """Serve /metrics with the fleet view (and the caller's loop lag) on `bind`; starts the monitor.
-    The returned server has `fleet_monitor` (stop it when closing the server)."""
+) -> FleetEndpoint:
+    """Serve /metrics with the fleet view (and the caller's loop lag) on `bind`; starts the monitor."""
     monitor = FleetMonitor(redis, keys, interval)
     await monitor.refresh()
     monitor.start()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(monitor))  # type: ignore[arg-type]
+    registry.register(FleetCollector(monitor))
     if loop_lag is not None:
-        registry.register(LagCollector(loop_lag, lag_metric))  # type: ignore[arg-type]
+        registry.register(LagCollector(loop_lag, lag_metric))
     server = await serve_http(bind, {"/metrics": metrics_route(registry)})
-    server.fleet_monitor = monitor  # type: ignore[attr-defined]
-    return server
+    return FleetEndpoint(server, monitor)

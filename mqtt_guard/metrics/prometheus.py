@@ -61,17 +61,17 @@ AUTH_FAILURE_NAMES = tuple(
 )
 
 
-def _families_of_counts(
+def families_of_counts(
     counts: dict[str, int],
     prefix: str,
     label_names: list[str],
     label_values: list[str],
-    fams: dict[str, Metric],
+    fams: dict[str, CounterMetricFamily],
     names: Iterable[str] | None = None,
 ) -> None:
     """Add samples for `counts` to the counter families in `fams` (created on first use)."""
 
-    def fam(metric: str, doc: str, extra: list[str]) -> Metric:
+    def fam(metric: str, doc: str, extra: list[str]) -> CounterMetricFamily:
         f = fams.get(metric)
         if f is None:
             f = fams[metric] = CounterMetricFamily(metric, doc, labels=label_names + extra)
@@ -152,13 +152,13 @@ class GuardCollector:
         yield from self._per_user()
 
     def _broker_counters(self, counters: C.Counters) -> Iterable[Metric]:
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         # Every fixed-reason and plain series exists from the start, at 0, so rate() sees the first event.
         base: dict[str, int] = {name: 0 for name in (*PLAIN_COUNTERS, *C.PUBLISH_ERROR_REASONS, *DROP_REASONS)}
         base.update({C.KICKED_PREFIX + r: 0 for r in C.KICK_REASONS})
         base.update({name: 0 for name in AUTH_FAILURE_NAMES})
         base.update(counters.totals)
-        _families_of_counts(base, "", [], [], fams)
+        families_of_counts(base, "", [], [], fams)
         yield from fams.values()
 
     def _backend(self, now: float) -> Iterable[Metric]:
@@ -207,7 +207,7 @@ class GuardCollector:
         if not ids:
             return
         counters = s.counters
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         since = GaugeMetricFamily(
             f"{NS}_client_connected_since_seconds", "unix time the client connected", labels=["client_id", "username"]
         )
@@ -222,7 +222,7 @@ class GuardCollector:
             counts = {n: 0 for n in CLIENT_COUNTERS}
             counts.update({n: 0 for n in C.PUBLISH_ERROR_REASONS})
             counts.update(counters.client(cid))
-            _families_of_counts(
+            families_of_counts(
                 counts,
                 "client_",
                 ["client_id", "username"],
@@ -245,11 +245,11 @@ class GuardCollector:
         s = self.s
         if not s.per_user:
             return
-        fams: dict[str, Metric] = {}
+        fams: dict[str, CounterMetricFamily] = {}
         for user, counts in sorted(s.per_user.items()):
             base = {n: 0 for n in (*CLIENT_COUNTERS, *C.PUBLISH_ERROR_REASONS)}
             base.update(counts)
-            _families_of_counts(base, "user_", ["username"], [user], fams)
+            families_of_counts(base, "user_", ["username"], [user], fams)
         yield from fams.values()
 
 
@@ -271,7 +271,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def broker_registry(service: MetricsService) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GuardCollector(service))  # type: ignore[arg-type]
+    registry.register(GuardCollector(service))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
@@ -320,7 +320,7 @@ async def serve_http(bind: str, routes: dict[str, Any]) -> asyncio.AbstractServe
             writer.close()
             try:
                 await writer.wait_closed()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the client may be gone already; nothing to do
                 pass
 
     return await asyncio.start_server(handle, host, port)
@@ -343,3 +343,16 @@ async def serve_metrics(bind: str, service: MetricsService) -> asyncio.AbstractS
         return (200 if ok else 503), (b"ok\n" if ok else b"redis unreachable\n"), "text/plain; charset=utf-8"
 
     return await serve_http(bind, {"/metrics": metrics_route(registry), "/healthz": health})
+
+
+async def start_endpoint(bind: str, service: MetricsService) -> asyncio.AbstractServer | None:
+    """`serve_metrics`, logged; None when `bind` cannot be served (the broker runs on without it). The
+    Guard starts it after the service and closes it first, so the service never imports this module
+    (prometheus_client is only imported when an endpoint is configured)."""
+    try:
+        server = await serve_metrics(bind, service)
+    except OSError as exc:
+        log.error("cannot serve /metrics on %s: %s (the broker runs on without it)", bind, exc.strerror or exc)
+        return None
+    log.info("serving Prometheus metrics on http://%s/metrics", bind)
+    return server

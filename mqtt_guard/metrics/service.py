@@ -1,4 +1,4 @@
-"""The Guard's analytics: flushes `Counters` to Redis in batches, heartbeats, serves /metrics.
+"""The Guard's analytics: flushes `Counters` to Redis in batches and heartbeats; the state /metrics reads.
 
 Two tasks run on the broker's event loop:
 - the ticker drains the counters every `metrics.flush_interval`, always also at every 10 s wall-clock
@@ -21,18 +21,20 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
 
 from .. import __version__
+from ..config import ListenerConfig, MetricsConfig
+from ..ports import QueueDepths
+from ..store.keys import Keys
 from ..store.stats import HB_CLIENTS, HB_HOST, HB_PID, HB_STARTED, HB_VERSION, Batch, StatsWriter, batch_from_drain
 from ..tasks import cancel_and_wait
 from . import counters as C
+from .counters import Counters
 from .rates import RES_10S, LoadAverage, LoopLagMonitor, next_boundary
-
-if TYPE_CHECKING:
-    from ..guard import Guard
 
 log = logging.getLogger("mqtt_guard.metrics")
 
@@ -77,7 +79,8 @@ class Histogram:
                 break
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, acc = [], 0
+        out: list[tuple[str, float]] = []
+        acc = 0
         for b, c in zip(self.buckets, self.counts, strict=True):
             acc += c
             out.append((repr(b), acc))
@@ -85,20 +88,33 @@ class Histogram:
         return out
 
 
-def default_broker_id(guard: Guard) -> str:
-    port = ""
-    if guard.config.listeners:
-        port = guard.config.listeners[0].bind.rpartition(":")[2]
+def default_broker_id(listeners: Sequence[ListenerConfig]) -> str:
+    """HOSTNAME:PORT of the first listener (the hostname alone without listeners): `metrics.broker_id`
+    when it is not set."""
+    port = listeners[0].bind.rpartition(":")[2] if listeners else ""
     return f"{socket.gethostname()}:{port}" if port else socket.gethostname()
 
 
 class MetricsService:
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-        self.config = guard.config.metrics
-        self.counters = guard.counters
-        self.broker_id = self.config.broker_id or default_broker_id(guard)
-        self.writer = StatsWriter(guard.redis, guard.keys, self.broker_id, ttl=self.config.stats_ttl, chunk=FLUSH_CHUNK)
+    """Built by the Guard with what it reads: its config section, Redis and the key schema (through
+    `StatsWriter`), the counters it drains, and the engine's queue depths (`queues`, read at every
+    tick: the engine binds after the service is built). `listeners` only name the broker when
+    `metrics.broker_id` is unset."""
+
+    def __init__(
+        self,
+        config: MetricsConfig,
+        redis: Redis,
+        keys: Keys,
+        counters: Counters,
+        queues: QueueDepths,
+        listeners: Sequence[ListenerConfig] = (),
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        self.queues = queues
+        self.broker_id = config.broker_id or default_broker_id(listeners)
+        self.writer = StatsWriter(redis, keys, self.broker_id, ttl=config.stats_ttl, chunk=FLUSH_CHUNK)
         self.started = time.time()
         self.backlog = Batch()
         self.dropped = 0  # backlog entries given up because of max_backlog
@@ -117,8 +133,6 @@ class MetricsService:
         self.sample = BrokerSample()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._http: asyncio.AbstractServer | None = None
-        self.http_port: int | None = None
 
     # -- lifecycle (Guard.start / Guard.close) -----------------------------------------------------
     async def start(self) -> None:
@@ -135,27 +149,11 @@ class MetricsService:
             loop.create_task(self._ticker(), name="mqtt-guard-stats-ticker"),
             loop.create_task(self._writer(), name="mqtt-guard-stats-writer"),
         ]
-        if self.config.prometheus_bind:
-            from .prometheus import serve_metrics  # prometheus_client is only imported when used
-
-            try:
-                self._http = await serve_metrics(self.config.prometheus_bind, self)
-                self.http_port = self._http.sockets[0].getsockname()[1]
-                log.info("serving Prometheus metrics on http://%s/metrics", self.config.prometheus_bind)
-            except OSError as exc:
-                log.error(
-                    "cannot serve /metrics on %s: %s (the broker runs on without it)",
-                    self.config.prometheus_bind,
-                    exc.strerror or exc,
-                )
 
     async def close(self, timeout: float = 3.0) -> None:
         """Stop; the last counts go to Redis if it answers within `timeout` seconds."""
         await cancel_and_wait(*self._tasks)
         self._tasks = []
-        if self._http is not None:
-            self._http.close()
-            self._http = None
         await self.lag.stop()
         self.tick()
         try:
@@ -197,13 +195,12 @@ class MetricsService:
                 log.exception("broker sample failed")
             for cid, depth in self.sample.queue_depths.items():
                 self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, depth)
-        else:  # without the $SYS plugin: the engine's own queue_depths(), when it offers one
-            if self.guard.engine is not None:
-                try:
-                    for cid, (messages, _) in self.guard.engine.queue_depths().items():
-                        self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
-                except Exception:
-                    log.exception("queue depth sample failed")
+        else:  # without the $SYS plugin: the engine's own queue depths (none before it is bound)
+            try:
+                for cid, (messages, _) in self.queues.queue_depths().items():
+                    self.counters.set_gauge(cid, C.G_QUEUE_DEPTH, messages)
+            except Exception:
+                log.exception("queue depth sample failed")
         yield
         drain = self.counters.drain(now)
         mono = time.monotonic()
@@ -282,7 +279,7 @@ class MetricsService:
         """Ping, write the backlog, heartbeat. False when Redis failed (the backlog is kept)."""
         try:
             latency = await self.writer.ping()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed flush: reported, retried
             self._failed(exc)
             return False
         self.redis_latency = latency
@@ -320,7 +317,7 @@ class MetricsService:
                     HB_CLIENTS: self.counters.connected_count(),
                 }
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed flush: reported, retried
             self._failed(exc)
             return False
         self.latency["heartbeat"].observe(time.perf_counter() - t0)
@@ -349,10 +346,6 @@ class MetricsService:
             busiest = sorted(self.recent.items(), key=lambda kv: -kv[1])[:n]
             chosen += [cid for cid, _ in busiest if cid not in chosen]
         return chosen
-
-    def heartbeat_ages(self, now: float | None = None) -> dict[str, float]:
-        now = time.time() if now is None else now
-        return {b: max(0.0, now - t) for b, t in self.fleet.items()}
 
     def healthy(self) -> bool:
         return bool(self.redis_up)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from ..config import GuardConfig
-from ..metrics.fleet import serve_fleet_metrics
+from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
 from ..metrics.rates import LoopLagMonitor
 from ..quota.limits import Limits, parse_limits
 from ..store.connection import REDIS_ERRORS, make_async_client
@@ -66,9 +66,8 @@ class Sidecar:
                     pass
         finally:
             if metrics is not None:
-                server, lag = metrics
-                server.close()
-                await server.fleet_monitor.stop()  # type: ignore[attr-defined]
+                endpoint, lag = metrics
+                await endpoint.close()
                 await lag.stop()
             if self.leading:
                 try:
@@ -78,16 +77,16 @@ class Sidecar:
             await self.redis.aclose()
             log.info("sidecar %s stopped", self.id)
 
-    async def _start_metrics(self) -> tuple[asyncio.AbstractServer, LoopLagMonitor] | None:
+    async def _start_metrics(self) -> tuple[FleetEndpoint, LoopLagMonitor] | None:
         """The fleet's /metrics (all brokers' totals from Redis) when sidecar.prometheus_bind is set."""
         bind = self.config.sidecar.prometheus_bind
         if not bind:
             return None
         lag = LoopLagMonitor()
         lag.start()
-        server = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
+        endpoint = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
         log.info("sidecar /metrics on http://%s/metrics", bind)
-        return server, lag
+        return endpoint, lag
 
     async def step(self) -> TickReport | None:
         """One interval: renew or take leadership, and evaluate if leading."""
@@ -209,6 +208,7 @@ class Sidecar:
 
     async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
         wanted: list[tuple[str, str, int, int]] = []
+        lengths: dict[tuple[str, str], int] = {}  # window seconds
         for u in usernames:
             lim = limits.get(u)
             if lim is None or lim.on_exceed != "disconnect":
@@ -217,13 +217,12 @@ class Sidecar:
                 allowance = lim.allowance(metric)
                 if allowance is not None:
                     wanted.append((u, metric, allowance.limit, allowance.window.start(now)))
+                    lengths[(u, metric)] = allowance.window.seconds
         if not wanted:
             return {}
-        lengths = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for u, metric, _, start in wanted:
                 pipe.hmget(self.keys.quota_usage(u, metric, start), "used", "refused")
-                lengths[(u, metric)] = limits[u].allowance(metric).window.seconds  # type: ignore[union-attr]
             raw = await pipe.execute()
         out: dict[str, dict[str, Usage]] = {}
         for (u, metric, limit, start), (used, refused) in zip(wanted, raw, strict=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -29,7 +30,7 @@ class AclStore:
         await self.redis.hset(self.keys.acl(subject), topic_filter, value)
 
     async def get_rule(self, subject: str, topic_filter: str) -> str | None:
-        return await self.redis.hget(self.keys.acl(subject), topic_filter)
+        return cast("str | None", await self.redis.hget(self.keys.acl(subject), topic_filter))  # decode_responses
 
     async def remove_rule(self, subject: str, topic_filter: str) -> bool:
         return bool(await self.redis.hdel(self.keys.acl(subject), topic_filter))

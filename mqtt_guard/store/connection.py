@@ -93,10 +93,10 @@ def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     single = options.pop("single_connection_client", False)
-    sentinel = Sentinel(
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel.__init__ unannotated
         hosts, socket_timeout=options["socket_timeout"], sentinel_kwargs={"socket_timeout": options["socket_timeout"]}
     )
-    client = sentinel.master_for(service, db=db, username=username, password=password, **options)
+    client: aioredis.Redis = sentinel.master_for(service, db=db, username=username, password=password, **options)
     if single:
         client.single_connection_client = True  # tolerated: the pool hands back the same idle connection
     return client

@@ -77,7 +77,7 @@ class InvalidationListener:
             await asyncio.sleep(self.retry_interval)
 
     @staticmethod
-    async def _check_tracking(tracker: aioredis.Redis, sub_id: int) -> None:
+    async def _check_tracking(tracker: aioredis.Redis, sub_id: str) -> None:
         await _check_tracking_info(tracker, sub_id)
 
     async def _session(self, first: bool) -> None:
@@ -92,7 +92,7 @@ class InvalidationListener:
             args: list[str] = ["CLIENT", "TRACKING", "on", "REDIRECT", str(sub_id), "BCAST"]
             for prefix in self.prefixes:
                 args += ["PREFIX", prefix]
-            await tracker.execute_command(*args)
+            await tracker.execute_command(*args)  # type: ignore[no-untyped-call]  # unannotated in redis-py
             self.generation += 1
             self.connected.set()
             if not first:
@@ -116,12 +116,17 @@ class InvalidationListener:
             self._was_connected = self.connected.is_set()
             self.connected.clear()
             self.generation += 1
-            await asyncio.gather(pubsub.aclose(), sub.aclose(), tracker.aclose(), return_exceptions=True)
+            await asyncio.gather(
+                pubsub.aclose(),  # type: ignore[no-untyped-call]  # PubSub.aclose is unannotated in redis-py
+                sub.aclose(),
+                tracker.aclose(),
+                return_exceptions=True,
+            )
 
 
-async def _check_tracking_info(tracker: aioredis.Redis, sub_id: int) -> None:
+async def _check_tracking_info(tracker: aioredis.Redis, sub_id: str) -> None:
     """redis-py reconnects silently, and a new connection has no tracking; so ask Redis itself."""
-    info = await tracker.execute_command("CLIENT", "TRACKINGINFO")
+    info = await tracker.execute_command("CLIENT", "TRACKINGINFO")  # type: ignore[no-untyped-call]  # unannotated in redis-py
     flags = info.get("flags", []) if isinstance(info, dict) else []
     redirect = info.get("redirect") if isinstance(info, dict) else None
     if "on" not in flags or "broken_redirect" in flags or int(redirect or -1) != int(sub_id):

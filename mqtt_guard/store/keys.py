@@ -16,7 +16,6 @@ USER_PASSWORD = "password"
 USER_SUPERUSER = "superuser"
 USER_DISABLED = "disabled"
 USER_EXPIRES_AT = "expires_at"
-USER_FIELDS = (USER_PASSWORD, USER_SUPERUSER, USER_DISABLED, USER_EXPIRES_AT)
 
 # ACL subject kinds; the subject key is "user:<name>", "group:<name>", "pattern" or "anonymous".
 SUBJECT_PATTERN = "pattern"
@@ -82,9 +81,6 @@ class Keys:
         `window_start` (unix seconds): `used`, `gen`, per-broker `spent:<b>`/`lease:<b>`/`refused:<b>`."""
         return f"{self.prefix}quota:usage:{username}:{metric}:{window_start}"
 
-    def quota_usage_pattern(self, username: str) -> str:
-        return f"{self.prefix}quota:usage:{username}:*"
-
     def quota_reset(self, username: str) -> str:
         """STRING written by `quota reset`: its change tells brokers (tracked prefix) to resync the user."""
         return f"{self.prefix}quota:reset:{username}"
@@ -144,11 +140,6 @@ class Keys:
     def sidecar_leader(self) -> str:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"
-
-    # -- change notification ------------------------------------------------------------------
-    def changes_channel(self) -> str:
-        """Pub/sub channel our CLI publishes to after an edit (a hint; keyspace events are the truth)."""
-        return f"{self.prefix}changes"
 
     # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
     def stats_client(self, client_id: str) -> str:

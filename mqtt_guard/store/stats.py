@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from ..metrics import counters as C
 from ..metrics.rates import DIR_IN, DIR_OUT, RESOLUTIONS, bucket_range, bucket_start
@@ -206,10 +207,10 @@ class Batch:
         )
 
     def merge(self, other: Batch) -> None:
-        for key, counts in other.clients.items():
-            _add(self.clients.setdefault(key, {}), counts)
-        for key, counts in other.users.items():
-            _add(self.users.setdefault(key, {}), counts)
+        for entry, counts in other.clients.items():
+            _add(self.clients.setdefault(entry, {}), counts)
+        for user, counts in other.users.items():
+            _add(self.users.setdefault(user, {}), counts)
         _add(self.totals, other.totals)
         for cid, g in other.gauges.items():
             self.gauges.setdefault(cid, {}).update(g)
@@ -407,7 +408,11 @@ class StatsWriter:
                 free = max(0, free - 1 - len(evs))  # (a client with more events than a part holds: alone)
         fill(list(batch.users.items()), lambda p, xs: p.users.update(xs))
         for bucket, entries in batch.rates.items():
-            fill(list(entries.items()), lambda p, xs, b=bucket: p.rates.setdefault(b, {}).update(xs))
+
+            def put_rates(p: Batch, xs: list[Any], b: int = bucket) -> None:
+                p.rates.setdefault(b, {}).update(xs)
+
+            fill(list(entries.items()), put_rates)
         fill(list(batch.gauges.items()), lambda p, xs: p.gauges.update(xs))
         fill(loose, lambda p, xs: p.events.extend(xs))
         parts[-1].totals = dict(batch.totals)
@@ -437,7 +442,7 @@ class StatsWriter:
                 events.append(("6", cid, user, at, 0.0))
                 seen[cid] = seen.get(cid, 0) + 1
             else:
-                _, _, user, since, _ = events[j]  # type: ignore[misc]
+                _, _, user, since, _ = events[j]  # type: ignore[misc]  # only the loop below sets None
                 events[j] = ("7", cid, user, since, at)
         # ...and a client whose only record is a '7' gets it folded into its (last) counters record: '8',
         # one HSET of the client's hash instead of two.
@@ -450,7 +455,7 @@ class StatsWriter:
         for (cid, user), counts in b.clients.items():
             j = fold.get(cid)
             if j is not None and last_entry[cid] == user:
-                _, _, ev_user, since, until = events[j]  # type: ignore[misc]
+                _, _, ev_user, since, until = events[j]  # type: ignore[misc]  # None only after this read
                 events[j] = None
                 ops += ("8", key(client_key(cid)), "0" if user is None else string(user), str(len(counts)))
                 for name, v in counts.items():
@@ -476,9 +481,10 @@ class StatsWriter:
                 expire_at = start + seconds + keep
                 if expire_at <= now:
                     continue  # older than that resolution keeps (a long Redis outage): skip
-                at = str(int(expire_at))
+                expires = str(int(expire_at))
                 for (kind, direction), toks in members.items():
-                    ops.extend(("2", key(keys.stats_rate(res_name, kind, direction, start)), at, str(len(toks) // 2)))
+                    rate_key = key(keys.stats_rate(res_name, kind, direction, start))
+                    ops.extend(("2", rate_key, expires, str(len(toks) // 2)))
                     ops.extend(toks)
         if b.totals:
             enc.counters("3", keys.stats_total(), b.totals)
@@ -503,7 +509,7 @@ class StatsWriter:
         return enc
 
     async def heartbeat(
-        self, fields: dict[str, Any], now: float | None = None, keep: float = 7 * 86400
+        self, fields: Mapping[FieldT, EncodableT], now: float | None = None, keep: float = 7 * 86400
     ) -> dict[str, float]:
         """Record this broker's heartbeat; return every broker's last heartbeat (unix seconds)."""
         now = time.time() if now is None else now
@@ -611,7 +617,10 @@ class StatsReader:
 
     async def brokers(self) -> list[tuple[str, float, dict[str, str]]]:
         """Every broker that sent a heartbeat in the last week: (id, last heartbeat, its hash)."""
-        members = await self.redis.zrange(self.keys.stats_brokers(), 0, -1, withscores=True)
+        # decode_responses=True: the members are str (redis-py types them bytes | str)
+        members = cast(
+            "list[tuple[str, float]]", await self.redis.zrange(self.keys.stats_brokers(), 0, -1, withscores=True)
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for m, _ in members:
                 pipe.hgetall(self.keys.stats_broker(m))
@@ -619,4 +628,4 @@ class StatsReader:
         return [(m, float(s), h) for (m, s), h in zip(members, hashes, strict=True)]
 
     async def totals(self) -> dict[str, str]:
-        return await self.redis.hgetall(self.keys.stats_total())
+        return cast("dict[str, str]", await self.redis.hgetall(self.keys.stats_total()))  # decode_responses=True

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from . import keys as k
 
@@ -79,7 +80,8 @@ class UserStore:
         return True
 
     async def set_fields(self, username: str, **fields: str) -> None:
-        await self.redis.hset(self.keys.user(username), mapping=fields)
+        mapping: dict[FieldT, EncodableT] = {f: v for f, v in fields.items()}  # Mapping is invariant in its key
+        await self.redis.hset(self.keys.user(username), mapping=mapping)
 
     async def del_field(self, username: str, name: str) -> None:
         await self.redis.hdel(self.keys.user(username), name)

@@ -8,17 +8,9 @@ import time
 import pytest
 
 from tests.helpers.mqtt import connect
+from tests.helpers.wait import until
 
 SUBACK_FAILURE = 128
-
-
-def eventually(check, timeout: float = 5.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def redis_cli(redis_server, prefix, *args: str) -> str:
@@ -104,7 +96,7 @@ def test_raw_redis_cli_edit_applies_to_connected_clients_at_once(world, redis_se
         bob.publish("public/a", b"2")
         return alice.received(0.1) == []
 
-    assert eventually(delivered_after_revoke)
+    assert until(delivered_after_revoke)
     assert alice.received(0.5) == []
 
     # Grant publish to a new topic: bob's very next publish there goes through.
@@ -120,7 +112,7 @@ def test_raw_redis_cli_edit_applies_to_connected_clients_at_once(world, redis_se
         bob.publish("news/x", b"allowed")
         return any(m.payload == b"allowed" for m in root.received(0.1))
 
-    assert eventually(bob_can_publish)
+    assert until(bob_can_publish)
     for c in (alice, bob, root):
         c.close()
 
@@ -130,9 +122,9 @@ def test_group_membership_change_applies_without_reconnect(world, cli, rds, pref
     alice = connect(world.port, "alice", "pw-a")
     assert alice.subscribe("ops/#") == [SUBACK_FAILURE]
     assert cli("group", "add-user", "ops", "alice").returncode == 0
-    assert eventually(lambda: alice.subscribe("ops/#") == [0])
+    assert until(lambda: alice.subscribe("ops/#") == [0])
     assert cli("group", "del-user", "ops", "alice").returncode == 0
-    assert eventually(lambda: alice.subscribe("ops/y") == [SUBACK_FAILURE])
+    assert until(lambda: alice.subscribe("ops/y") == [SUBACK_FAILURE])
     alice.close()
 
 
@@ -161,7 +153,7 @@ def test_pattern_rules_substitute_whole_levels_and_resist_wildcard_usernames(sta
     ok = connect(broker.port, "d1", "pw", client_id="good")
     root_watch = connect(broker.port, "d1", "pw", client_id="w2")
     rds.hset(f"{prefix}acl:user:d1", "clients/#", "read")
-    assert eventually(lambda: root_watch.subscribe("clients/#") == [0])
+    assert until(lambda: root_watch.subscribe("clients/#") == [0])
     ok.publish("clients/good", b"mine")
     assert [m.payload for m in root_watch.received(0.7)] == [b"mine"]
     for c in (d1, watcher, evil_plus, evil_hash, tricky, ok, root_watch):
@@ -217,5 +209,5 @@ def test_rules_reload_after_the_invalidation_channel_drops(world, rds, prefix):
     assert alice.subscribe("extra/#") == [SUBACK_FAILURE]
     rds.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # the broker's invalidation subscriber
     rds.hset(f"{prefix}acl:user:alice", "extra/#", "read")  # may happen before it is back
-    assert eventually(lambda: alice.subscribe("extra/#") == [0])
+    assert until(lambda: alice.subscribe("extra/#") == [0])
     alice.close()

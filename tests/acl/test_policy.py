@@ -14,7 +14,7 @@ PUB, SUB, RECV = Perm.PUBLISH, Perm.SUBSCRIBE, Perm.RECEIVE
 
 
 def policy(hashes: dict[str, dict[str, str]], **kw: object) -> AclPolicy:
-    p = AclPolicy(**kw)  # type: ignore[arg-type]
+    p = AclPolicy(**kw)  # type: ignore[arg-type]  # AclPolicy options as loose keyword values
     for key, mapping in hashes.items():
         rules, problems = parse_rules(key, mapping)
         assert problems == []
@@ -150,14 +150,14 @@ def test_read_write_receive_distinctions() -> None:
 def test_action_must_be_exactly_one(action: object) -> None:
     p = policy({"user:bob": {"#": "readwrite"}})
     with pytest.raises(ValueError):
-        p.decide(BOB, action, "a")  # type: ignore[arg-type]
+        p.decide(BOB, action, "a")  # type: ignore[arg-type]  # deliberately not one Perm
     with pytest.raises(ValueError):
-        p.allowed(BOB, action, "a")  # type: ignore[arg-type]
+        p.allowed(BOB, action, "a")  # type: ignore[arg-type]  # deliberately not one Perm
 
 
 def test_plain_int_actions_work() -> None:
     p = policy({"user:bob": {"a": "publish"}})
-    assert p.allowed(BOB, 1, "a")  # type: ignore[arg-type]
+    assert p.allowed(BOB, 1, "a")  # type: ignore[arg-type]  # a plain int where a Perm is declared
     assert p.allowed(BOB, PUB, "a")
 
 
@@ -538,11 +538,11 @@ def test_policy_matches_model_across_updates(
     before: dict,
     after: dict,
     asks: list,
-    default: bool,  # type: ignore[type-arg]
+    default: bool,  # type: ignore[type-arg]  # hypothesis-drawn values
 ) -> None:
     p = AclPolicy(default_allow=default, decision_cache_size=7, matcher_cache_size=3)
 
-    def load(spec: dict) -> dict[str, list[Rule]]:  # type: ignore[type-arg]
+    def load(spec: dict) -> dict[str, list[Rule]]:  # type: ignore[type-arg]  # a hypothesis-drawn spec
         out = {k: [Rule(f, a, d, k) for f, a, d in v] for k, v in spec.items()}
         for k in SUBJECT_KEYS:
             if k in out:

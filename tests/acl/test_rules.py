@@ -222,15 +222,15 @@ def test_parse_rules_empty_value_reported(value: str) -> None:
 def test_parse_rules_accepts_bytes_and_reports_garbage() -> None:
     rules, problems = parse_rules(
         "user:x",
-        {b"a/b": b"read", b"\xff": b"read", "c": b"\xfe", "d": 5},  # type: ignore[dict-item]
+        {b"a/b": b"read", b"\xff": b"read", "c": b"\xfe", "d": 5},  # type: ignore[dict-item]  # deliberately wrong types: Redis data is not trusted
     )
     assert rules == [Rule("a/b", S | R, N, "user:x")]
     assert len(problems) == 3
 
 
 def test_parse_rules_never_raises_on_broken_mapping() -> None:
-    class Broken(dict):  # type: ignore[type-arg]
-        def items(self):  # type: ignore[override]
+    class Broken(dict):  # type: ignore[type-arg]  # a throwaway broken mapping
+        def items(self):  # type: ignore[override]  # deliberately raises
             raise RuntimeError("connection lost")
 
     rules, problems = parse_rules("user:x", Broken())

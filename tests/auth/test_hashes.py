@@ -336,7 +336,7 @@ def test_mosquitto_21_style_64_byte_salt_is_accepted() -> None:
 )
 def test_hash_password_rejects_bad_parameters(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError) as excinfo:
-        hash_password("topsecret-pw", **kwargs)  # type: ignore[arg-type]
+        hash_password("topsecret-pw", **kwargs)  # type: ignore[arg-type]  # deliberately bad parameters
     assert "topsecret-pw" not in str(excinfo.value)
 
 
@@ -344,14 +344,14 @@ def test_hash_password_rejects_non_int_iterations() -> None:
     with pytest.raises(TypeError):
         hash_password("pw", iterations=True)
     with pytest.raises(TypeError):
-        hash_password("pw", iterations=10.0)  # type: ignore[arg-type]
+        hash_password("pw", iterations=10.0)  # type: ignore[arg-type]  # deliberately not an int
 
 
 def test_non_str_password_is_type_error() -> None:
     with pytest.raises(TypeError):
-        hash_password(b"pw")  # type: ignore[arg-type]
+        hash_password(b"pw")  # type: ignore[arg-type]  # deliberately not a str
     with pytest.raises(TypeError):
-        verify_password(b"s3cret", MOSQ_7_ALICE)  # type: ignore[arg-type]
+        verify_password(b"s3cret", MOSQ_7_ALICE)  # type: ignore[arg-type]  # deliberately not a str
 
 
 # ------------------------------------------------------------------ identify
@@ -366,7 +366,7 @@ def test_identify_each_scheme() -> None:
 
 def test_identify_non_str_raises() -> None:
     with pytest.raises(HashFormatError):
-        identify(None)  # type: ignore[arg-type]
+        identify(None)  # type: ignore[arg-type]  # deliberately not a str
 
 
 # --------------------------------------------------------- passwd file lines

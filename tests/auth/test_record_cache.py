@@ -26,6 +26,7 @@ from mqtt_guard.guard import Guard
 from mqtt_guard.store.users import UserRecord
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.helpers.servers import RedisServer
+from tests.helpers.wait import until, until_async
 
 # -- helpers -----------------------------------------------------------------------------------------
 
@@ -67,23 +68,15 @@ def kept(port: int, username: str, password: str, rds: redis.Redis, timeout: flo
 
 def eventually_rc(port: int, username: str, password: str, want: int, timeout: float = 3.0) -> int:
     """Retry the CONNECT until it gets `want`: the invalidation reaches the broker within ms, not at once."""
-    deadline = time.monotonic() + timeout
-    while True:
+    rc = -1
+
+    def answered() -> bool:
+        nonlocal rc
         rc = connects(port, username, password)
-        if rc == want or time.monotonic() > deadline:
-            return rc
-        time.sleep(0.02)
+        return rc == want
 
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.01)
+    until(answered, timeout)
+    return rc
 
 
 @asynccontextmanager
@@ -97,7 +90,7 @@ async def running_guard(url: str, prefix: str, **auth: Any) -> AsyncIterator[Gua
     guard = Guard(config)
     await guard.start()
     try:
-        assert await eventually(guard.listener.connected.is_set), "invalidation listener did not connect"
+        assert await until_async(guard.listener.connected.is_set), "invalidation listener did not connect"
         yield guard
     finally:
         await guard.close()
@@ -170,15 +163,15 @@ def test_group_change_applies_to_the_next_connect(broker, cli, rds, prefix):
     assert first.subscribe("ops/x") == [128]  # not in the group yet
     first.close()
     assert cli("group", "add-user", "ops", "alice").returncode == 0
-    deadline = time.monotonic() + 3
-    while True:
+
+    def granted() -> list[int]:
         client = connect(broker.port, "alice", "alice-pw")
-        granted = client.subscribe("ops/x")
-        client.close()
-        if granted == [0] or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    assert granted == [0]
+        try:
+            return client.subscribe("ops/x")
+        finally:
+            client.close()
+
+    assert until(lambda: granted() == [0], timeout=3)
 
 
 def test_expiry_is_checked_on_the_kept_record(broker, rds, prefix):
@@ -223,10 +216,10 @@ def test_a_change_landing_while_the_read_is_in_flight_is_not_trusted(redis_serve
                     await asyncio.wait_for(forgotten.wait(), 5)  # the invalidation, via the real listener
                 return record
 
-            auth.forget = forget  # type: ignore[method-assign]
-            guard.users.get = get  # type: ignore[method-assign]
+            auth.forget = forget  # type: ignore[method-assign]  # instrumented for the race under test
+            guard.users.get = get  # type: ignore[method-assign]  # instrumented for the race under test
             rds.hset(f"{prefix}user:alice", "superuser", "0")  # any change: the next read goes to Redis
-            assert await eventually(lambda: forgotten.is_set())
+            assert await until_async(lambda: forgotten.is_set())
             forgotten.clear()
             reads = auth.record_reads
             assert (await login(guard, "alice")).outcome is Outcome.OK  # read before the disable
@@ -256,10 +249,10 @@ def test_a_listener_reconnect_during_the_read_is_not_trusted(redis_server, rds, 
                     race["on"] = False
                     generation = listener.generation
                     assert kill_listener(rds) >= 1
-                    assert await eventually(lambda: listener.connected.is_set() and listener.generation > generation)
+                    assert await until_async(lambda: listener.connected.is_set() and listener.generation > generation)
                 return record
 
-            guard.users.get = get  # type: ignore[method-assign]
+            guard.users.get = get  # type: ignore[method-assign]  # instrumented for the race under test
             assert (await login(guard, "alice")).outcome is Outcome.OK
             reads = auth.record_reads
             assert (await login(guard, "alice")).outcome is Outcome.OK
@@ -283,13 +276,13 @@ def test_nothing_is_trusted_while_the_listener_is_down(redis_server, rds, prefix
             assert auth.record_hits == hits + 1
             listener.retry_interval = 3.0  # stay down long enough to look
             assert kill_listener(rds) >= 1
-            assert await eventually(lambda: not listener.connected.is_set())
+            assert await until_async(lambda: not listener.connected.is_set())
             reads = auth.record_reads
             for _ in range(3):
                 assert (await login(guard, "alice")).outcome is Outcome.OK
             assert auth.record_reads == reads + 3  # every CONNECT read Redis
             assert auth.record_hits == hits + 1
-            assert await eventually(listener.connected.is_set, timeout=10)
+            assert await until_async(listener.connected.is_set, timeout=10)
             assert (await login(guard, "alice")).outcome is Outcome.OK  # read before the reconnect: read again
             assert auth.record_reads == reads + 4
             assert (await login(guard, "alice")).outcome is Outcome.OK
@@ -313,7 +306,7 @@ def test_redis_gone_means_on_redis_down_applies_not_the_kept_record(prefix, mode
                 assert (await login(guard, "alice")).outcome is Outcome.OK
                 assert guard.authenticator.record_hits == hits + 1
                 server.stop()
-                assert await eventually(lambda: not guard.listener.connected.is_set())
+                assert await until_async(lambda: not guard.listener.connected.is_set())
                 assert (await login(guard, "alice")).outcome is expected
                 assert (await login(guard, "alice", "wrong")).outcome is Outcome.REDIS_DOWN
 
@@ -333,14 +326,14 @@ def test_unknown_user_is_kept_but_still_costs_a_hash(redis_server, rds, prefix):
                 hashed.append(encoded)
                 return await real_verify(password, encoded)
 
-            auth._verify = verify  # type: ignore[method-assign]
+            auth._verify = verify  # type: ignore[method-assign]  # instrumented for the race under test
             assert (await login(guard, "ghost")).outcome is Outcome.UNKNOWN_USER
             hits = auth.record_hits
             assert (await login(guard, "ghost")).outcome is Outcome.UNKNOWN_USER
             assert auth.record_hits == hits + 1  # "no such user" kept too
             assert len(hashed) == 2  # a decoy hash each time: timing does not tell
             put_user(rds, prefix, "ghost", "pw")  # created: the kept "no such user" goes with it
-            assert await eventually(lambda: login_is(guard, "ghost", Outcome.OK))
+            assert await until_async(lambda: login_is(guard, "ghost", Outcome.OK))
 
     asyncio.run(main())
 
@@ -365,9 +358,9 @@ def test_certificate_identities_use_the_kept_record(redis_server, rds, prefix):
             assert await cert("no-record") is Outcome.OK
             assert auth.record_hits == hits + 2
             rds.hset(f"{prefix}user:dev-1", "disabled", "1")
-            assert await eventually(lambda: cert_is(cert, "dev-1", Outcome.DISABLED))
+            assert await until_async(lambda: cert_is(cert, "dev-1", Outcome.DISABLED))
             rds.hset(f"{prefix}user:no-record", "disabled", "1")
-            assert await eventually(lambda: cert_is(cert, "no-record", Outcome.DISABLED))
+            assert await until_async(lambda: cert_is(cert, "no-record", Outcome.DISABLED))
 
     asyncio.run(main())
 
@@ -423,12 +416,12 @@ def test_a_password_change_during_the_hash_is_not_remembered_for_redis_outages(p
                     await asyncio.wait_for(forgotten.wait(), 5)
                     return ok
 
-                auth.forget = forget  # type: ignore[method-assign]
-                auth._verify = verify  # type: ignore[method-assign]
+                auth.forget = forget  # type: ignore[method-assign]  # instrumented for the race under test
+                auth._verify = verify  # type: ignore[method-assign]  # instrumented for the race under test
                 assert (await login(guard, "alice", "old-pw")).outcome is Outcome.OK
-                auth._verify = real_verify  # type: ignore[method-assign]
+                auth._verify = real_verify  # type: ignore[method-assign]  # instrumented for the race under test
                 server.stop()
-                assert await eventually(lambda: not guard.listener.connected.is_set())
+                assert await until_async(lambda: not guard.listener.connected.is_set())
                 assert (await login(guard, "alice", "old-pw")).outcome is Outcome.REDIS_DOWN
 
         asyncio.run(main())

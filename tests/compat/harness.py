@@ -12,7 +12,7 @@ COMPAT = Path(__file__).resolve().parents[2] / "mosquitto-compat"
 if str(COMPAT) not in sys.path:
     sys.path.insert(0, str(COMPAT))
 
-from diffharness import brokers, gen, mqtt, run  # noqa: E402
+from diffharness import brokers, gen, mqtt, run  # noqa: E402 - importable only after the sys.path line above
 
 MOSQUITTO = brokers.mosquitto_binary()
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed")
@@ -29,7 +29,7 @@ def connack(port: int, username: str | None = None, password: str | None = None,
         c = await mqtt.Client.connect(port, client_id, username, password)
         rc = c.rc
         await c.close()
-        return rc  # type: ignore[return-value]
+        return rc  # type: ignore[return-value]  # diffharness is untyped
 
     return asyncio.run(go())
 

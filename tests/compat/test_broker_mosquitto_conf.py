@@ -4,13 +4,13 @@ and refusals that name the key and line."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
 from mqtt_guard.auth.hashes import hash_password
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import free_port, guard_cmd
+from tests.helpers.wait import until
 
 ACL = """# anonymous clients
 topic read public/#
@@ -92,10 +92,9 @@ def test_redis_deny_wins_and_redis_grants_and_users_add(broker, files, rds, pref
 
 def _sighup(broker, count):
     broker.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while broker.log().count("reloaded ") + broker.log().count("reload failed") < count:
-        assert time.monotonic() < deadline, broker.log()
-        time.sleep(0.02)
+    assert until(lambda: broker.log().count("reloaded ") + broker.log().count("reload failed") >= count, 10), (
+        broker.log()
+    )
 
 
 def test_sighup_reloads_files_without_dropping_clients(broker, files):
@@ -203,9 +202,7 @@ def test_process_keys_pid_file_log_dest_and_user(tmp_path, start_broker):
     broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
     assert pid_file.read_text().strip() == str(broker.proc.pid)
     assert connect(port).rc == 0
-    deadline = time.monotonic() + 5
-    while "connected from" not in log_file.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: "connected from" in log_file.read_text(), 5, 0.05)
     assert "connected from" in log_file.read_text()  # log_dest file, and log_type all (debug) on stderr too
     status = open(f"/proc/{broker.proc.pid}/status").read()
     uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))

@@ -7,6 +7,7 @@ everybody else goes on. No assertion here depends on timing: only on counts and 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -14,6 +15,7 @@ import pytest
 
 from mqtt_guard.metrics import counters as C
 from tests.helpers import rawmqtt as raw
+from tests.helpers.wait import until
 
 PAYLOAD = b"p" * 512
 
@@ -48,13 +50,7 @@ class SlowReader(threading.Thread):
                     time.sleep(self.pause)
 
 
-def _wait(check, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return False
+_wait = functools.partial(until, timeout=60.0, interval=0.01)
 
 
 def _burst(port: int, cid: str, n: int, qos: int = 0) -> None:

@@ -8,13 +8,14 @@ so there is nothing to compare in-process here; the proof script shows the growt
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
 
 import pytest
 
 from mqtt_guard.metrics import counters as C
 from tests.helpers import rawmqtt as raw
+from tests.helpers.wait import until
 
 N = 10000
 PAYLOAD = b"x" * 1024
@@ -72,13 +73,7 @@ def _flood(port: int, qos: int, healthy: Counter | None = None) -> None:
             pass
 
 
-def _wait(check, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.002)
-    return False
+_wait = functools.partial(until, timeout=30.0, interval=0.002)
 
 
 @pytest.mark.parametrize("qos", [0, 1])

@@ -8,8 +8,8 @@ sessions or ACL rules: those cases run against a real broker with real sockets.
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 
 from amqtt.broker import Broker
 from hypothesis import given, settings
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from mqtt_guard.engine.routing import TopicTrie
 from mqtt_guard.metrics import counters as C
 from tests.helpers import rawmqtt as raw
+from tests.helpers.wait import until
 
 LEVELS = st.sampled_from(["a", "b", "", "$SYS", "$x", "c d"])
 TOPICS = st.lists(LEVELS, min_size=1, max_size=4).map("/".join)
@@ -74,13 +75,7 @@ def test_trie_examples():
 # -- the route cache against a real broker ------------------------------------------------------
 
 
-def _until(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return False
+_until = functools.partial(until, timeout=15.0)
 
 
 def _drain_publishes(c: raw.RawClient, quiet: float = 0.3) -> list[bytes]:

@@ -31,7 +31,7 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
         path = tmp_path / f"broker{count[0]}.yaml"
         path.write_text(yaml.safe_dump({"metrics": section, "plugins": {SYS_PLUGIN: {}}}))
         broker = start_broker("-c", str(path))
-        broker.metrics_port = mport  # type: ignore[attr-defined]
+        broker.metrics_port = mport  # type: ignore[attr-defined]  # the test remembers the /metrics port on the broker handle
         wait_http(mport)
         return broker
 
@@ -59,18 +59,6 @@ def http_get(port: int, path: str, accept: str | None = None) -> tuple[int, str,
             return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until `check()` returns something truthy; return it (or fail with the last value)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
 def cli_json(cli, *args: str) -> Any:

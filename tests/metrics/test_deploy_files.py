@@ -15,7 +15,8 @@ from mqtt_guard.metrics.prometheus import LagCollector
 from mqtt_guard.metrics.rates import LoopLagMonitor
 from mqtt_guard.store.keys import Keys
 from tests.helpers.mqtt import connect
-from tests.metrics.conftest import scrape, wait_for
+from tests.helpers.wait import expect
+from tests.metrics.conftest import scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def test_every_metric_in_the_dashboard_exists(metrics_broker, add_user, rds, pre
     broker = metrics_broker(top_n=5, per_user_allowlist=["alice"])
     c = connect(broker.port, "alice", "pw", client_id="dash-1")
     c.publish("a/x", b"x", qos=1)
-    wait_for(lambda: any(name.startswith("mqtt_guard_user_") for name, _ in scrape(broker.metrics_port)))
+    expect(lambda: any(name.startswith("mqtt_guard_user_") for name, _ in scrape(broker.metrics_port)))
     names = {name for name, _ in scrape(broker.metrics_port)} | fleet_names()
     c.close()
 

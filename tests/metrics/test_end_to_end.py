@@ -7,7 +7,8 @@ import time
 
 from mqtt_guard.metrics.rates import bucket_start
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
-from tests.metrics.conftest import cli_json, metric, scrape, wait_for
+from tests.helpers.wait import expect
+from tests.metrics.conftest import cli_json, metric, scrape
 
 PAYLOAD = b"12345"
 
@@ -45,7 +46,7 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(metr
     assert connect(broker.port, "alice", "wrong", client_id="alice-x").rc == CONNACK_NOT_AUTHORIZED
     assert connect(broker.port, "mallory", "x", client_id="m-1").rc == CONNACK_NOT_AUTHORIZED
 
-    wait_for(
+    expect(
         lambda: (
             field(stats_hash(rds, prefix, "client", "alice-1"), "messages_in") == published + denied
             and field(stats_hash(rds, prefix, "client", "bob-1"), "messages_out") == delivered
@@ -117,7 +118,7 @@ def test_published_delivered_denied_and_refused_counts_are_exact_everywhere(metr
     assert bob_stats["counters"]["messages_out"] == 7 and "quota" not in bob_stats  # bob has no limits
     alice.close()
     bob.close()
-    wait_for(lambda: stats_hash(rds, prefix, "client", "alice-1").get("connected") == "0")
+    expect(lambda: stats_hash(rds, prefix, "client", "alice-1").get("connected") == "0")
 
 
 def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds, prefix, cli):
@@ -134,7 +135,7 @@ def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds,
     for _ in range(7):  # alice may publish 5 a day: 2 are refused over quota
         alice.publish("a/t", PAYLOAD, qos=1)
     assert len([bob.receive() for _ in range(5)]) == 5 and bob.received(0.3) == []
-    wait_for(
+    expect(
         lambda: (
             field(stats_hash(rds, prefix, "client", "alice-q"), "messages_in") == 7
             and field(stats_hash(rds, prefix, "client", "bob-q"), "messages_out") == 5
@@ -146,7 +147,7 @@ def test_over_quota_publishes_are_counted_exactly(metrics_broker, add_user, rds,
     s = cli_json(cli, "stats", "alice-q", "--json")
     assert s["publish_errors"]["over_quota"] == 2
     # the quota module reports usage to Redis on its own schedule
-    s = wait_for(
+    s = expect(
         lambda: (lambda d: d if d["quota"]["metrics"]["events"]["used"] == 5 else None)(
             cli_json(cli, "stats", "alice-q", "--json")
         ),
@@ -166,7 +167,7 @@ def test_a_burst_lands_in_the_right_10s_bucket(metrics_broker, add_user, rds, pr
     broker = metrics_broker()
     alice = connect(broker.port, "alice", "pw", client_id="burst-1")
     for _ in range(3):  # start well inside a bucket, so the whole burst falls into it
-        wait_for(lambda: 1.0 <= time.time() % 10 <= 6.0, timeout=11)
+        expect(lambda: 1.0 <= time.time() % 10 <= 6.0, timeout=11)
         t_start = time.time()
         for _ in range(20):
             alice.publish("a/burst", PAYLOAD, qos=1)
@@ -176,7 +177,7 @@ def test_a_burst_lands_in_the_right_10s_bucket(metrics_broker, add_user, rds, pr
     else:
         raise AssertionError("could not fit a burst into one 10 s bucket")
     bucket = bucket_start(t_start, 10)
-    wait_for(lambda: rds.zscore(f"{prefix}stats:rate:10s:client:in:{bucket}", "burst-1") == 20)
+    expect(lambda: rds.zscore(f"{prefix}stats:rate:10s:client:in:{bucket}", "burst-1") == 20)
     s = cli_json(cli, "stats", "burst-1", "--json")
     rate = s["rate"]
     i = (bucket - rate["start"]) // rate["resolution_seconds"]
@@ -204,11 +205,11 @@ def test_counts_add_up_across_two_brokers_and_a_restart(
 
     publish_from(one, 5)
     publish_from(two, 4)
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "dev-1"), "messages_in") == 9)
+    expect(lambda: field(stats_hash(rds, prefix, "client", "dev-1"), "messages_in") == 9)
     assert one.stop() == 0  # SIGTERM: the last counts are flushed before exit
     restarted = start_broker("-c", str(tmp_path / "broker1.yaml"), port=one.port)  # same port: same broker id
     publish_from(restarted, 2)
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "dev-1"), "messages_in") == 11)
+    expect(lambda: field(stats_hash(rds, prefix, "client", "dev-1"), "messages_in") == 11)
     ids = sorted(rds.zrange(f"{prefix}stats:brokers", 0, -1))
     assert len(ids) == 2
     per_broker = {b: field(rds.hgetall(f"{prefix}stats:broker:{b}"), "messages_in") for b in ids}
@@ -227,7 +228,7 @@ def test_kicks_are_counted_by_reason(metrics_broker, add_user, rds, prefix, cli)
     c = connect(broker.port, "alice", "pw", client_id="k-1")
     assert cli("user", "disable", "alice").returncode == 0
     assert c.disconnected.wait(5)
-    wait_for(
+    expect(
         lambda: (
             field(stats_hash(rds, prefix, "client", "k-1"), "kicked_user_disabled") == 1
             and stats_hash(rds, prefix, "client", "k-1").get("connected") == "0"
@@ -237,9 +238,9 @@ def test_kicks_are_counted_by_reason(metrics_broker, add_user, rds, prefix, cli)
     kick = cli("kick", "k-2", "--block", "10m")
     assert kick.returncode == 0, kick.stderr
     assert b.disconnected.wait(5)
-    wait_for(lambda: field(stats_hash(rds, prefix, "client", "k-2"), "kicked_admin") == 1)
+    expect(lambda: field(stats_hash(rds, prefix, "client", "k-2"), "kicked_admin") == 1)
     assert connect(broker.port, "bob", "pw", client_id="k-2").rc == CONNACK_NOT_AUTHORIZED  # blocked
-    wait_for(lambda: field(stats_hash(rds, prefix, "user", "bob"), "auth_failed_blocked") == 1)
+    expect(lambda: field(stats_hash(rds, prefix, "user", "bob"), "auth_failed_blocked") == 1)
     m = scrape(broker.metrics_port)
     assert metric(m, "mqtt_guard_kicks_total", reason="user_disabled") == 1
     assert metric(m, "mqtt_guard_kicks_total", reason="admin") == 1

@@ -12,7 +12,8 @@ from mqtt_guard.store.connection import make_async_client
 from mqtt_guard.store.keys import Keys
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import free_port
-from tests.metrics.conftest import metric, scrape, wait_for
+from tests.helpers.wait import expect
+from tests.metrics.conftest import metric, scrape
 
 
 def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix, redis_server):
@@ -24,7 +25,7 @@ def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix,
         for _ in range(3 + i):
             c.publish("a/x", b"x", qos=1)
         c.close()
-    wait_for(lambda: rds.hget(f"{prefix}stats:total", "messages_in") == "7")
+    expect(lambda: rds.hget(f"{prefix}stats:total", "messages_in") == "7")
 
     port = free_port()
     ready = threading.Event()
@@ -34,12 +35,11 @@ def test_fleet_metrics_add_up_two_brokers(metrics_broker, add_user, rds, prefix,
         redis = make_async_client(redis_server.url)
         lag = LoopLagMonitor(0.05)
         lag.start()
-        server = await serve_fleet_metrics(f"127.0.0.1:{port}", redis, Keys(prefix), loop_lag=lag, interval=0.2)
+        endpoint = await serve_fleet_metrics(f"127.0.0.1:{port}", redis, Keys(prefix), loop_lag=lag, interval=0.2)
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.05)
-        server.close()
-        await server.fleet_monitor.stop()
+        await endpoint.close()
         await lag.stop()
         await redis.aclose()
 

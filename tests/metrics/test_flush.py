@@ -4,6 +4,7 @@ brokers and restarts adding up, Redis outages (nothing lost, nothing doubled, me
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -12,6 +13,8 @@ from mqtt_guard.config import GuardConfig, ListenerConfig, MetricsConfig, RedisC
 from mqtt_guard.guard import Guard
 from mqtt_guard.metrics import counters as C
 from mqtt_guard.metrics.rates import RES_10S, bucket_start
+from mqtt_guard.metrics.service import MetricsService, default_broker_id
+from mqtt_guard.store.connection import make_async_client
 from mqtt_guard.store.keys import Keys
 from mqtt_guard.store.stats import KIND_CLIENT, KIND_USER, StatsReader
 from tests.helpers.servers import RedisServer
@@ -22,7 +25,7 @@ def make_guard(url: str, prefix: str, broker_id: str, **metrics: object) -> Guar
         listeners=[ListenerConfig(bind="127.0.0.1:1")],
         redis=RedisConfig(url=url, prefix=prefix),
         metrics=MetricsConfig(broker_id=broker_id, **metrics),
-    )  # type: ignore[arg-type]
+    )  # type: ignore[arg-type]  # metrics settings of the test as loose keyword values
     return Guard(config)
 
 
@@ -249,3 +252,46 @@ def test_stats_reader_finds_clients_then_users(redis_server, rds, prefix):
 
     client, user, nobody = asyncio.run(main())
     assert client.kind == KIND_CLIENT and user.kind == KIND_USER and nobody is None
+
+
+class Depths:
+    """The engine's queue-depth view, as the service sees it (ports.QueueDepths)."""
+
+    def __init__(self, depths: dict[str, tuple[int, int]]) -> None:
+        self.depths = depths
+
+    def queue_depth(self, client_id: str) -> tuple[int, int]:
+        return self.depths.get(client_id, (0, 0))
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        return dict(self.depths)
+
+
+def test_the_service_runs_on_its_collaborators_alone(redis_server, rds, prefix):
+    """No Guard: the metrics config, Redis, the key schema, the counters and a queue-depth view."""
+
+    async def main() -> None:
+        counters = C.Counters()
+        redis = make_async_client(redis_server.url)
+        service = MetricsService(
+            MetricsConfig(), redis, Keys(prefix), counters, Depths({"dev-1": (3, 300)}), [ListenerConfig(bind=":1884")]
+        )
+        assert service.broker_id == default_broker_id([ListenerConfig(bind="0.0.0.0:1884")])
+        counters.connected("dev-1", "alice")
+        counters.incr("dev-1", C.MSGS_IN, 2)
+        service.tick()
+        assert counters.gauges["dev-1"][C.G_QUEUE_DEPTH] == 3
+        assert await service.flush()
+        await redis.aclose()
+
+    asyncio.run(main())
+    assert rds.hget(f"{prefix}stats:client:dev-1", C.MSGS_IN) == "2"
+    assert rds.hget(f"{prefix}stats:client:dev-1", C.G_QUEUE_DEPTH) == "3"
+
+
+def test_default_broker_id_is_the_host_and_the_first_listeners_port() -> None:
+    host = socket.gethostname()
+    assert (
+        default_broker_id([ListenerConfig(bind="0.0.0.0:1884"), ListenerConfig(bind="0.0.0.0:8883")]) == f"{host}:1884"
+    )
+    assert default_broker_id([]) == host

@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import RedisServer, run_cli
-from tests.metrics.conftest import cli_json, http_get, metric, scrape, wait_for
+from tests.helpers.wait import expect
+from tests.metrics.conftest import cli_json, http_get, metric, scrape
 
 
 def publish(client, n: int, topic: str = "a/x") -> None:
@@ -25,7 +26,7 @@ def test_no_per_client_series_by_default_and_top_n_picks_the_busiest(metrics_bro
     plain = metrics_broker()
     c = connect(plain.port, "alice", "pw", client_id="fast-0")
     publish(c, 5)
-    wait_for(lambda: metric(scrape(plain.metrics_port), "mqtt_guard_messages_received_total") == 5)
+    expect(lambda: metric(scrape(plain.metrics_port), "mqtt_guard_messages_received_total") == 5)
     assert client_ids(scrape(plain.metrics_port)) == set()
     c.close()
 
@@ -34,7 +35,7 @@ def test_no_per_client_series_by_default_and_top_n_picks_the_busiest(metrics_bro
     slow = connect(ranked.port, "alice", "pw", client_id="slow-1")
     publish(slow, 1)
     publish(fast, 30)
-    wait_for(lambda: client_ids(scrape(ranked.metrics_port)) == {"fast-1"})
+    expect(lambda: client_ids(scrape(ranked.metrics_port)) == {"fast-1"})
     m = scrape(ranked.metrics_port)
     assert metric(m, "mqtt_guard_client_messages_received_total", client_id="fast-1", username="alice") == 30
     assert metric(m, "mqtt_guard_client_message_rate", client_id="fast-1", username="alice") > 0
@@ -83,18 +84,18 @@ def test_redis_outage_shows_in_metrics_and_health_and_counts_arrive_afterwards(
     broker = start_broker("-c", str(cfg), redis_url=own_redis.url)
     c = connect(broker.port, "alice", "pw", client_id="dev-1")
     publish(c, 3)
-    wait_for(lambda: r.hget(f"{prefix}stats:client:dev-1", "messages_in") == "3")
+    expect(lambda: r.hget(f"{prefix}stats:client:dev-1", "messages_in") == "3")
     r.close()
     own_redis.stop()
     publish(c, 4)  # connected clients keep working while Redis is down
-    wait_for(lambda: metric(scrape(mport), "mqtt_guard_redis_up") == 0)
+    expect(lambda: metric(scrape(mport), "mqtt_guard_redis_up") == 0)
     m = scrape(mport)
     assert metric(m, "mqtt_guard_stats_backlog") > 0 and metric(m, "mqtt_guard_stats_flush_failures_total") >= 1
     assert http_get(mport, "/healthz")[0] == 503
     own_redis.start()
     r = own_redis.client()
-    wait_for(lambda: r.hget(f"{prefix}stats:client:dev-1", "messages_in") == "7", timeout=20)
-    wait_for(lambda: http_get(mport, "/healthz")[0] == 200)
+    expect(lambda: r.hget(f"{prefix}stats:client:dev-1", "messages_in") == "7", timeout=20)
+    expect(lambda: http_get(mport, "/healthz")[0] == 200)
     assert metric(scrape(mport), "mqtt_guard_stats_backlog") == 0
     r.close()
     c.close()
@@ -111,7 +112,7 @@ def test_top_renders_at_a_fixed_width(metrics_broker, add_user, rds, prefix, cli
     publish(fast, 40)
     publish(slow, 4)
     publish(slow, 2, topic="zz/denied")
-    wait_for(lambda: [r["id"] for r in cli_json(cli, "top", "--json")["rows"]] == ["sensor-fast", "sensor-slow"])
+    expect(lambda: [r["id"] for r in cli_json(cli, "top", "--json")["rows"]] == ["sensor-fast", "sensor-slow"])
     result = cli("top", "--once", "--width", "100")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -265,7 +265,7 @@ def test_a_flush_that_fails_midway_is_retried_and_counts_once(redis_server, rds,
                 raise redis.exceptions.ConnectionError("injected: Redis went away")
             await real(part, now)
 
-        g.metrics.writer.write = flaky  # type: ignore[method-assign]
+        g.metrics.writer.write = flaky  # type: ignore[method-assign]  # a failing writer, for the test
         assert not await g.metrics.flush()
         assert g.metrics.redis_up is False and not g.metrics.backlog.empty()
         g.counters.connected("dev-0", "alice")  # counted meanwhile: goes after what was not written

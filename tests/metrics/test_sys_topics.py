@@ -7,7 +7,7 @@ import queue
 import time
 
 from tests.helpers.mqtt import connect
-from tests.metrics.conftest import wait_for
+from tests.helpers.wait import expect
 
 SUBACK_FAILURE = 0x80
 
@@ -50,7 +50,7 @@ def test_sys_topics_reach_only_clients_with_a_sys_grant(metrics_broker, add_user
         seen.update(latest(ops, 0.3))
         return seen.get("$SYS/broker/messages/received") == "3"
 
-    wait_for(received_counts, timeout=10)
+    expect(received_counts, timeout=10)
     assert seen["$SYS/broker/version"].startswith("mqtt-guard version ")
     assert seen["$SYS/broker/uptime"].endswith(" seconds")
     assert seen["$SYS/broker/clients/connected"] == "2"
@@ -65,7 +65,7 @@ def test_sys_topics_reach_only_clients_with_a_sys_grant(metrics_broker, add_user
     assert root.subscribe("$SYS/broker/clients/connected") == [0]
     first = root.receive(timeout=5)  # the retained value at once, no need to wait for the next round
     assert first.topic == "$SYS/broker/clients/connected" and first.retain
-    wait_for(lambda: any(m.payload == b"3" for m in collect(root, 0.5)), timeout=10)
+    expect(lambda: any(m.payload == b"3" for m in collect(root, 0.5)), timeout=10)
     for c in (alice, ops, root):
         c.close()
 

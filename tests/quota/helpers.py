@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ from mqtt_guard.guard import Guard
 from mqtt_guard.guard_client import GuardClient
 from mqtt_guard.store.users import UserRecord
 from mqtt_guard.tasks import cancel_and_wait
+from tests.helpers.wait import until_async as eventually  # noqa: F401 - the quota tests import it from here
 
 
 def make_config(url: str, prefix: str, **quota: Any) -> GuardConfig:
@@ -75,19 +76,6 @@ def user(name: str) -> AuthResult:
 
 async def attach(g: Guard, client_id: str, username: str) -> GuardClient:
     return await g.attach(client_id, user(username))
-
-
-async def eventually(
-    check: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout: float = 5.0, interval: float = 0.02
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(interval)
 
 
 async def fresh_window(seconds: int, need: float) -> None:

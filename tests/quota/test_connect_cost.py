@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers import rawmqtt
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
+from tests.helpers.wait import until as wait_for
 from tests.sidecar.helpers import fast_config
 
 BENCH_QUOTA = (
@@ -37,15 +38,6 @@ BENCH_QUOTA = (
 )
 # Heartbeats and analytics flushes far apart, so that what Redis sees during a test is the CONNECTs'.
 QUIET = "metrics:\n  flush_interval: 10s\n  sys_interval: 0\n"
-
-
-def wait_for(check, timeout=5.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def cycle(port: int, client_id: str, user: str = "bench", password: str = "pw", *, stay: float = 0.0) -> int:

@@ -9,16 +9,8 @@ import pytest
 
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import RedisServer, run_cli
+from tests.helpers.wait import until as wait_for
 from tests.sidecar.helpers import SidecarProcess, fast_config
-
-
-def wait_for(check, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def used(rds, prefix, user, window=3600):

@@ -5,16 +5,8 @@ from __future__ import annotations
 import time
 
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
+from tests.helpers.wait import until as wait_for
 from tests.sidecar.helpers import fast_config
-
-
-def wait_for(check, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_kick_works_for_a_client_on_either_broker(start_broker, add_user, cli, tmp_path, rds, prefix):

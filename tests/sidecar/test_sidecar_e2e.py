@@ -6,6 +6,7 @@ import signal
 import time
 
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
+from tests.helpers.wait import until
 from tests.sidecar.helpers import fast_config
 
 
@@ -15,15 +16,6 @@ def kicks(rds, prefix, client_id=None):
         for _, e in rds.xrange(f"{prefix}audit")
         if e["action"] == "kick" and (client_id is None or e["client_id"] == client_id)
     ]
-
-
-def wait_for(check, timeout=5.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_session_time_disconnects_within_the_limit_plus_one_interval(
@@ -139,8 +131,8 @@ def test_a_killed_broker_is_found_dead_and_its_sessions_cleaned_up(
     b1.stop(signal.SIGKILL)
     # broker_dead_after is 1.5 s in this config; then the sidecar (or the other broker, whichever
     # looks first) removes b1's sessions and leases.
-    assert wait_for(lambda: not rds.exists(f"{prefix}session:dev-1"), timeout=1.5 + 0.2 + 2)
-    assert wait_for(lambda: "stopped heartbeating: removed its 1 session(s)" in sidecar.log() + b2.log())
+    assert until(lambda: not rds.exists(f"{prefix}session:dev-1"), timeout=1.5 + 0.2 + 2)
+    assert until(lambda: "stopped heartbeating: removed its 1 session(s)" in sidecar.log() + b2.log())
     assert not rds.hexists(f"{prefix}sessions:user:d", "dev-1")
     second = connect(b2.port, "d", "pw", client_id="dev-2")
     assert second.rc == 0

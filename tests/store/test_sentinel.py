@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import RedisServer, free_port, run_cli, wait_port
+from tests.helpers.wait import until
 
 
 @pytest.fixture
@@ -44,10 +44,7 @@ def test_broker_and_cli_work_through_sentinel(sentinel_url, start_broker, prefix
     assert client.rc == 0
     assert client.subscribe("s/#") == [128]
     master.client().hset(f"{prefix}acl:user:s1", "s/#", "read")  # live edit reaches the broker too
-    deadline = time.monotonic() + 5
-    while client.subscribe("s/#") != [0]:
-        assert time.monotonic() < deadline, "ACL edit did not reach the broker through sentinel"
-        time.sleep(0.05)
+    assert until(lambda: client.subscribe("s/#") == [0], 5, 0.05), "ACL edit did not reach the broker through sentinel"
     client.close()
 
 
