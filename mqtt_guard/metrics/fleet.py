@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..store.keys import Keys
 from ..store.stats import StatsReader
 from ..tasks import cancel_and_wait
-from .prometheus import NS, LagCollector, families_of_counts, metrics_route, serve_http
+from .prometheus import NS, LagCollector, families_of_counts, health_routes, metrics_route, serve_http
 from .rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.metrics")
@@ -147,7 +147,8 @@ async def serve_fleet_metrics(
     lag_metric: str = f"{NS}_sidecar_loop_lag_seconds",
     interval: float = 5.0,
 ) -> FleetEndpoint:
-    """Serve /metrics with the fleet view (and the caller's loop lag) on `bind`; starts the monitor."""
+    """Serve /metrics with the fleet view (and the caller's loop lag) on `bind`, and the health probes
+    (ready while the monitor's last refresh reached Redis); starts the monitor."""
     monitor = FleetMonitor(redis, keys, interval)
     await monitor.refresh()
     monitor.start()
@@ -155,5 +156,6 @@ async def serve_fleet_metrics(
     registry.register(FleetCollector(monitor))
     if loop_lag is not None:
         registry.register(LagCollector(loop_lag, lag_metric))
-    server = await serve_http(bind, {"/metrics": metrics_route(registry)})
+    routes = {"/metrics": metrics_route(registry), **health_routes(lambda: monitor.redis_up)}
+    server = await serve_http(bind, routes)
     return FleetEndpoint(server, monitor)

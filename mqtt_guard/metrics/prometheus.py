@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -334,15 +334,27 @@ def metrics_route(registry: Any) -> Any:
     return route
 
 
+def health_routes(ready: Callable[[], bool], not_ready: bytes = b"redis unreachable\n") -> dict[str, Any]:
+    """The probes every mqtt-guard process serves next to /metrics, named once (issue 22):
+    `/livez` answers 200 whenever the event loop turns (it never fails because Redis is away, so an
+    outage does not get every pod restarted); `/readyz` answers 200 while `ready()`, else 503 with
+    `not_ready`; `/healthz` is the older name of `/readyz`."""
+    text = "text/plain; charset=utf-8"
+
+    def live(_: str) -> tuple[int, bytes, str]:
+        return 200, b"ok\n", text
+
+    def readiness(_: str) -> tuple[int, bytes, str]:
+        ok = ready()
+        return (200 if ok else 503), (b"ok\n" if ok else not_ready), text
+
+    return {"/livez": live, "/readyz": readiness, "/healthz": readiness}
+
+
 async def serve_metrics(bind: str, service: MetricsService) -> asyncio.AbstractServer:
-    """/metrics and /healthz (200 while stats reach Redis, else 503) of a broker."""
+    """/metrics and the health probes of a broker: ready while its stats reach Redis."""
     registry = broker_registry(service)
-
-    def health(_: str) -> tuple[int, bytes, str]:
-        ok = service.healthy()
-        return (200 if ok else 503), (b"ok\n" if ok else b"redis unreachable\n"), "text/plain; charset=utf-8"
-
-    return await serve_http(bind, {"/metrics": metrics_route(registry), "/healthz": health})
+    return await serve_http(bind, {"/metrics": metrics_route(registry), **health_routes(service.healthy)})
 
 
 async def start_endpoint(bind: str, service: MetricsService) -> asyncio.AbstractServer | None:

@@ -52,7 +52,8 @@ def test_exposition_formats_health_and_errors(metrics_broker):
     assert "process_cpu_seconds_total" in body  # the process collector comes along
     status, ctype, body = http_get(broker.metrics_port, "/metrics", accept="application/openmetrics-text")
     assert status == 200 and ctype.startswith("application/openmetrics-text") and body.rstrip().endswith("# EOF")
-    assert http_get(broker.metrics_port, "/healthz")[:1] == (200,)
+    for probe in ("/livez", "/readyz", "/healthz"):
+        assert http_get(broker.metrics_port, probe)[:1] == (200,), probe
     assert http_get(broker.metrics_port, "/nope")[0] == 404
     m = scrape(broker.metrics_port)
     assert metric(m, "mqtt_guard_redis_latency_seconds") >= 0
@@ -92,6 +93,8 @@ def test_redis_outage_shows_in_metrics_and_health_and_counts_arrive_afterwards(
     m = scrape(mport)
     assert metric(m, "mqtt_guard_stats_backlog") > 0 and metric(m, "mqtt_guard_stats_flush_failures_total") >= 1
     assert http_get(mport, "/healthz")[0] == 503
+    assert http_get(mport, "/readyz")[0] == 503  # not ready while Redis is away ...
+    assert http_get(mport, "/livez")[0] == 200  # ... but alive: an outage must not get the broker restarted
     own_redis.start()
     r = own_redis.client()
     expect(lambda: r.hget(f"{prefix}stats:client:dev-1", "messages_in") == "7", timeout=20)

@@ -49,6 +49,9 @@ def test_sidecar_serves_fleet_metrics(redis_server, prefix, start_broker, add_us
             time.sleep(0.3)
         assert "mqtt_guard_sidecar_loop_lag_seconds" in text
         assert "mqtt_guard_fleet_broker_up" in text
+        for probe in ("/livez", "/readyz", "/healthz"):  # the same probes as the broker's (issue 22)
+            answer = urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5)
+            assert (answer.status, answer.read()) == (200, b"ok\n"), probe
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
