@@ -254,6 +254,14 @@ class Guard:
             self.counters.incr(client.client_id, C.DENIED_SUBSCRIBE)
         else:
             self.counters.incr(client.client_id, C.WITHHELD)
+            acl_log.log(
+                logging.INFO,
+                (client.client_id, "receive", topic),
+                "withheld a message on %r from client %r (user %r): no receive permission for it",
+                topic,
+                client.client_id,
+                client.username,
+            )
         return False
 
     def _file_and_redis(self, client: GuardClient, action: Perm, topic: str) -> bool:

@@ -23,11 +23,16 @@ WRITE_DELAY = 0.01  # seconds a buffered line may wait (one write per ~20 CONNEC
 
 
 class RateLimitedLog:
+    """A log line per key at most once per `interval` seconds: what a client can repeat (a denied
+    PUBLISH, a refused CONNECT, a withheld delivery) must not flood the log. The next line of a key
+    says how many were held back since its last one, so nothing goes unnoticed."""
+
     def __init__(self, logger: logging.Logger, interval: float = 60.0, max_keys: int = 10_000) -> None:
         self.logger = logger
         self.interval = interval
         self.max_keys = max_keys
         self._last: dict[object, float] = {}
+        self._held: dict[object, int] = {}  # key -> lines held back since its last line
         self.suppressed = 0
 
     def log(self, level: int, key: object, msg: str, *args: object, exc_info: bool = False) -> None:
@@ -35,10 +40,15 @@ class RateLimitedLog:
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
             self.suppressed += 1
+            self._held[key] = self._held.get(key, 0) + 1
             return
         if len(self._last) >= self.max_keys:
             self._last.clear()
+            self._held.clear()
         self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            msg = f"{msg} (and {held} more like it in the last {now - last:.0f} s)" if last is not None else msg
         self.logger.log(level, msg, *args, exc_info=exc_info)
 
 

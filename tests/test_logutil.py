@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING) ([\w.]+): (.*)$")
 
@@ -96,3 +97,21 @@ def test_info_lines_obey_the_log_level() -> None:
         level="warning",
     )
     assert out == [("WARNING", "mqtt_guard.broker", "shown")]
+
+
+def test_rate_limited_lines_say_how_many_were_held_back(caplog) -> None:
+    import logging
+
+    from mqtt_guard.logutil import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("mqtt_guard.test"), interval=0.05)
+    with caplog.at_level(logging.INFO, logger="mqtt_guard.test"):
+        for _ in range(5):
+            limited.log(logging.INFO, "k", "refused %s", "x")
+        limited.log(logging.INFO, "other", "refused %s", "y")  # another key is not held back
+        time.sleep(0.06)
+        limited.log(logging.INFO, "k", "refused %s", "x")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:2] == ["refused x", "refused y"]
+    assert lines[2].startswith("refused x (and 4 more like it in the last ") and len(lines) == 3
+    assert limited.suppressed == 4
