@@ -100,15 +100,18 @@ class HashFormatError(ValueError):
 
 
 def _password_bytes(password: str) -> bytes | None:
-    """UTF-8 encode ``password``; ``None`` if it cannot be encoded.
+    """The password's bytes; ``None`` if it has none.
 
-    Returning ``None`` instead of raising keeps the UnicodeEncodeError -- whose
-    ``.object`` is the full password -- out of any later exception chain.
+    MQTT passwords are binary data: the engine decodes them as UTF-8 with ``surrogateescape``, so any
+    byte string arrives as a str and encodes back to exactly the bytes the client sent. Only a str
+    holding a lone surrogate outside that escape range has no bytes. Returning ``None`` instead of
+    raising keeps the UnicodeEncodeError -- whose ``.object`` is the full password -- out of any later
+    exception chain.
     """
     if not isinstance(password, str):
         raise TypeError("password must be str")
     try:
-        return password.encode("utf-8")
+        return password.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return None
 

@@ -85,10 +85,22 @@ async def check_user_known(redis: Any, keys: Keys, username: str, *, strict: boo
     )
 
 
-def read_password(from_stdin: bool, *, confirm: bool = True) -> str:
-    """A password from stdin (one line) or an interactive prompt; never from argv."""
-    if from_stdin:
-        line = sys.stdin.readline()
+def read_password(from_stdin: bool, *, confirm: bool = True, path: str | None = None) -> str:
+    """A password from a file, stdin (one line) or an interactive prompt; never from argv.
+
+    MQTT passwords are binary: stdin and files are read as bytes and decoded with `surrogateescape`, so a
+    password that is not UTF-8 is hashed as exactly the bytes a device will send (issue 15). A file's
+    content is the password, less one trailing newline."""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise CliError(f"cannot read the password file {path!r}: {exc.strerror or exc}") from None
+        raw = raw[:-1] if raw.endswith(b"\n") else raw
+        password = raw.decode("utf-8", "surrogateescape")
+    elif from_stdin:
+        line = sys.stdin.buffer.readline().decode("utf-8", "surrogateescape")
         password = line[:-1] if line.endswith("\n") else line
         if password.endswith("\r"):
             password = password[:-1]

@@ -45,6 +45,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = user.add_parser("add", help="create a user")
     p.add_argument("name", help=NAME_HELP)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="read the password from a file (raw bytes, one trailing newline dropped)",
+    )
     p.add_argument("--superuser", action="store_true", help="passes every ACL check (quotas still apply)")
     p.add_argument("--group", action="append", default=[], help="add to a group (repeatable)")
     p.add_argument("--expires", help="unix seconds, an ISO date/time (UTC if no zone), or +DURATION like +30d")
@@ -52,6 +57,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = user.add_parser("passwd", help="set a user's password")
     p.add_argument("name", help=NAME_HELP)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="read the password from a file (raw bytes, one trailing newline dropped)",
+    )
     p.set_defaults(func=cmd_passwd)
     for name, func, help_ in (
         ("del", cmd_del, "delete a user"),
@@ -116,7 +126,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     _check_name(args.name)
-    password = read_password(args.password_stdin)
+    password = read_password(args.password_stdin, path=args.password_file)
     encoded = hashes.hash_password(password)
     expires = parse_expiry(args.expires) if args.expires else None
 
@@ -143,7 +153,7 @@ def _require(users: UserStore, name: str) -> Any:
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
-    password = read_password(args.password_stdin)
+    password = read_password(args.password_stdin, path=args.password_file)
     encoded = hashes.hash_password(password)
 
     async def body(redis: Any, keys: k.Keys) -> int:

@@ -226,12 +226,22 @@ def test_argon2id_uses_requested_parameters() -> None:
 
 
 def test_unencodable_password() -> None:
+    # "\udc80" is the byte 0x80 as the engine decodes a binary password (surrogateescape): it has bytes.
+    # A lone surrogate outside that range ("\ud800") has none: it can be neither hashed nor matched.
     encoded = fast_hash("pw", "pbkdf2-sha512")
-    assert verify_password("pw\udc80", encoded) is False
+    assert verify_password("pw\ud800", encoded) is False
     with pytest.raises(ValueError) as excinfo:
-        hash_password("pw\udc80")
-    assert "\udc80" not in str(excinfo.value)
+        hash_password("pw\ud800")
+    assert "\ud800" not in str(excinfo.value)
     assert excinfo.value.__suppress_context__ or excinfo.value.__context__ is None
+
+
+def test_binary_passwords_hash_and_verify_as_their_bytes() -> None:
+    binary = b"\xff\x80pw".decode("utf-8", "surrogateescape")  # as the engine hands it over
+    encoded = fast_hash(binary, "pbkdf2-sha512")
+    assert verify_password(binary, encoded) is True
+    assert verify_password(b"\xff\x81pw".decode("utf-8", "surrogateescape"), encoded) is False
+    assert verify_password("pässwörd", fast_hash("pässwörd", "pbkdf2-sha512")) is True  # UTF-8 as before
 
 
 # ------------------------------------------------------ malformed encodings
