@@ -660,10 +660,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     def _forget_subscriptions(self, session: GuardedSession) -> None:
         """Only the session's own filters are looked at (not every filter of the broker per disconnect)."""
         for topic_filter in self._filters_of.pop(session.client_id, ()):
-            self._del_subscription(topic_filter, session)
-            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
-                del self._subscriptions[topic_filter]
-                self._trie.remove(topic_filter)
+            self._unsubscribe(topic_filter, session)
         session.clear_queues()
 
     async def _run_session(
@@ -1006,10 +1003,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> None:
         for topic_filter in filters:
-            self._del_subscription(topic_filter, session)
-            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
-                del self._subscriptions[topic_filter]
-                self._trie.remove(topic_filter)
+            self._unsubscribe(topic_filter, session)
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter
             )
@@ -1033,6 +1027,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._filters_of.setdefault(session.client_id, set()).add(topic_filter)
         self._invalidate_routes()
         return qos
+
+    def _unsubscribe(self, topic_filter: str, session: GuardedSession) -> None:
+        """Remove one subscription of `session`; a filter nobody subscribes to any more leaves the trie."""
+        self._del_subscription(topic_filter, session)
+        if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
+            del self._subscriptions[topic_filter]
+            self._trie.remove(topic_filter)
 
     def _del_subscription(self, a_filter: str, session: GuardedSession) -> int:
         """amqtt's, plus: cached routes are recomputed. (Whoever deletes the emptied filter from
