@@ -5,7 +5,12 @@ free of the broker and the broker free of the Guard's internals (issue 14)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .acl.rules import Perm
+    from .auth.authenticator import AuthResult
+    from .guard_client import GuardClient
 
 Kick = Callable[[str, str], Awaitable[bool]]
 """Close a client's connection from the server side: (client id, reason) -> False when no such client
@@ -29,3 +34,122 @@ class Engine(QueueDepths, Protocol):
     """The broker as the Guard sees it: it can disconnect a client and report queue depths."""
 
     async def kick(self, client_id: str, reason: str) -> bool: ...
+
+
+# -- what the engine asks of the Guard -------------------------------------------------------------
+# The engine decides nothing about identity, permissions or quotas itself: it calls these directly (not
+# through amqtt's plugin manager), on the hot path without Redis calls. `Guard` satisfies `GuardPort`
+# structurally; the quota types below are what its quota enforcer hands out (quota/).
+
+
+class Counting(Protocol):
+    """The per-client counters the engine adds to (metrics/counters.py)."""
+
+    def incr(self, client_id: str | None, name: str, n: int = 1) -> None: ...
+
+    def auth_failed(self, client_id: str | None, username: str | None, outcome: object, *, known_user: bool) -> None:
+        """A refused CONNECT (counted per client and user only for existing users)."""
+        ...
+
+
+class Stretch(Protocol):
+    """The quota reservation of one synchronous run of a connection's reader (quota/stretch.py). While
+    `pub_ok`, the run's PUBLISHes are prepaid and the engine only counts them in `n`/`b`."""
+
+    pub_ok: bool
+    n: int
+    b: int
+
+
+class DeliveryGroup(Protocol):
+    """The quota accounting of one message to a fixed set of receivers (one spend per user)."""
+
+    stretch: Stretch | None  # the run it is reserved in, if any
+    ok: bool  # reserved in `stretch`: the engine only counts deliveries in `n`/`b`
+    n: int
+    b: int
+
+    def current(self) -> bool:
+        """False: limits or receivers changed since it was made; make a new group."""
+        ...
+
+    def reserve(self, st: Stretch) -> bool:
+        """Reserve the receivers' side for the whole run of `st` (then `ok`)."""
+        ...
+
+    def admit(self, topic: str, payload_len: int) -> set[str] | None:
+        """Spend one delivery for each receiver: None when all may have it, else the client ids refused."""
+        ...
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> int:
+        """Bumped whenever a decision the engine may have cached can change."""
+        ...
+
+
+class AclView(Protocol):
+    @property
+    def policy(self) -> Versioned: ...
+
+
+class GuardPort(Protocol):
+    """The Guard as the engine sees it (engine/broker.py is its only caller)."""
+
+    @property
+    def counters(self) -> Counting: ...
+
+    @property
+    def acl(self) -> AclView:
+        """`acl.policy.version` changes when ACL rules or a client's subject change."""
+        ...
+
+    @property
+    def acl_epoch(self) -> int:
+        """Changes when file-backed ACL sources reload (SIGHUP)."""
+        ...
+
+    async def authenticate(
+        self,
+        *,
+        username: str | None,
+        password: str | None,
+        cert_identity: str | None = None,
+        identity_as_username: bool = False,
+        listener: Any = None,
+    ) -> AuthResult:
+        """A CONNECT's verdict (file-backed backends, then Redis)."""
+        ...
+
+    async def attach(
+        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+    ) -> GuardClient:
+        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions)."""
+        ...
+
+    def detach(self, client: GuardClient) -> None: ...
+
+    def may(self, client: GuardClient, action: Perm, topic: str) -> bool:
+        """The ACL decision (counted and logged when it denies)."""
+        ...
+
+    def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:
+        """Quota of an inbound PUBLISH the ACL allowed: False drops it."""
+        ...
+
+    def admit_delivery(self, client: GuardClient, topic: str, payload_len: int) -> bool:
+        """Quota of one delivery the RECEIVE ACL allowed: False withholds it."""
+        ...
+
+    def delivery_group(self, clients: list[GuardClient]) -> DeliveryGroup: ...
+
+    def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
+        """Quota reservation for the reader's synchronous run over `remaining` bytes (None: too small)."""
+        ...
+
+    def settle_stretch(self, st: Stretch) -> None:
+        """Spend what the run carried; before the reader awaits anything."""
+        ...
+
+    def bind_engine(self, engine: Engine) -> None: ...

@@ -20,9 +20,16 @@ amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the
   connection: no Task per delivery, and a stalled subscriber costs at most its queue limits.
 - Persistent sessions (clean_session 0, anonymous ones too) keep subscriptions, queued QoS 1/2 and
   unacknowledged messages while offline; they are re-sent with DUP on reconnect.
+- The Guard decides identity, permissions and quotas; the broker asks it directly through its port
+  (`ports.GuardPort`: authenticate, attach, may, admit_*), not through amqtt's plugin manager.
+  Third-party amqtt plugins (the `plugins:` config) still run after the Guard: auth plugins must
+  agree, topic plugins must allow.
 - Plugin exceptions deny that one check (logged, counted), never the connection or other deliveries.
 - Shutdown stops accepting, flushes queued deliveries for a short while, closes every connection
   once, publishes no wills, and returns.
+
+One path per packet: every PUBLISH is decided by `publish` (the reader's synchronous route, and the
+awaited `handle_publish` around it), every delivery by `_fanout`, every topic check by `_check_sync`.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import asyncio
 import functools
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
@@ -39,19 +46,20 @@ from amqtt.contexts import Action, ListenerType
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
 from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt.connect import ConnectPacket
-from amqtt.session import IncomingApplicationMessage, Session
+from amqtt.session import IncomingApplicationMessage
 from amqtt.utils import gen_client_id
 from transitions import MachineError
 
+from ..acl.rules import Perm
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
+from ..auth.tls import certificate_identity
 from ..config import GuardConfig, ListenerConfig
-from ..guard import Guard
 from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
-from ..plugins.acl import GuardAclPlugin
+from ..quota.enforcer import QuotaRefusal
 from .deadlines import Deadlines
-from .handler import READ_CHUNK, GuardedHandler
+from .handler import READ_CHUNK, GuardedHandler, Held
 from .protocol import (
     CONNECT,
     TYPE_NAMES,
@@ -68,17 +76,22 @@ from .protocol import (
 )
 from .queues import OutQueue
 from .routing import TopicTrie
-from .session_info import AUTH_RESULT, CLIENT, LISTENER, OUT_QUEUE, GuardedSession, auth_result_of, queue_of
+from .session_info import GuardedSession, queue_of
 from .transport import MqttStream, TcpReader
+
+if TYPE_CHECKING:
+    from ..auth.authenticator import AuthResult
+    from ..guard_client import GuardClient
+    from ..ports import DeliveryGroup, GuardPort, Stretch
 
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
 queue_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
 
-GUARD_PLUGINS = {
-    "mqtt_guard.plugins.auth.GuardAuthPlugin": {},
-    "mqtt_guard.plugins.acl.GuardAclPlugin": {},
-}
+# The Guard's own auth and ACL plugins of earlier versions: the broker asks the Guard directly now, so a
+# config that still names them loads nothing for them.
+BUILT_IN_PLUGINS = frozenset({"mqtt_guard.plugins.auth.GuardAuthPlugin", "mqtt_guard.plugins.acl.GuardAclPlugin"})
+PERMS = {Action.PUBLISH: Perm.PUBLISH, Action.SUBSCRIBE: Perm.SUBSCRIBE, Action.RECEIVE: Perm.RECEIVE}
 SUBACK_FAILURE = 0x80
 SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach the clients
 ROUTE_CACHE = 65536  # topics whose RECEIVE targets are cached
@@ -86,7 +99,7 @@ PUB_CACHE = 1024  # PUBLISH topics whose ACL decision a connection remembers
 CONNECT_DEADLINE_TICK = 0.25  # s: connect_timeout is enforced within this (one shared timer, none per socket)
 
 
-def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = None) -> dict[str, Any]:
+def amqtt_config(config: GuardConfig) -> dict[str, Any]:
     """Translate our validated config into the dict amqtt's strict BrokerConfig accepts."""
     listeners: dict[str, Any] = {}
     for i, listener in enumerate(config.listeners):
@@ -102,35 +115,51 @@ def amqtt_config(config: GuardConfig, extra_plugins: dict[str, Any] | None = Non
             if listener.cafile:
                 entry["cafile"] = listener.cafile
         listeners[name] = entry
-    plugins = {**GUARD_PLUGINS, **{k: v or {} for k, v in config.plugins.items()}, **(extra_plugins or {})}
+    plugins = {k: v or {} for k, v in config.plugins.items() if k not in BUILT_IN_PLUGINS}
     return {"listeners": listeners, "plugins": plugins}
 
 
-class GuardedBroker(Broker):
-    def __init__(
-        self,
-        config: GuardConfig,
-        guard: Guard,
-        *,
-        extra_plugins: dict[str, Any] | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.guard = guard  # set before amqtt builds the plugins: they look it up at init
+Target = tuple[OutQueue, int, "GuardClient | None", str]
+"""One receiver of a topic that passed the RECEIVE check: its queue, its highest granted QoS among the
+matching filters, its guard client, its client id. (A plain tuple: unpacking one per delivery is
+specialised by CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+
+
+class Route:
+    """The receivers of one topic, cached per topic while subscriptions, sessions and ACL decisions stay:
+    the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
+    and the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current)."""
+
+    __slots__ = ("targets", "withheld", "group")
+
+    def __init__(self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None) -> None:
+        self.targets = targets
+        self.withheld = withheld
+        self.group = group
+
+
+# `publish(..., awaited=True)`: admitted, the caller routes (never mutated)
+_ADMITTED: list[asyncio.Event] = []
+
+
+class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type information
+    def __init__(self, config: GuardConfig, guard: GuardPort, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.guard = guard  # set before amqtt builds the plugins: GuardSysPlugin looks it up at init (guard_of)
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
         self._shutting_down = False
         self._shutdown_deadline = 0.0
-        super().__init__(amqtt_config(config, extra_plugins), loop=loop)
+        super().__init__(amqtt_config(config), loop=loop)
         guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
             # amqtt copies the default listener's fields into the others ("apply"); undo that.
             theirs.ssl = bool(ours.certfile)
             theirs.max_connections = 0  # we refuse over-limit connections ourselves
-        # Topic checks in call order: ours answer synchronously through `check`.
-        self._topic_checks = [(p, getattr(p, "check", None)) for p in self.plugins_manager._topic_plugins]  # noqa: SLF001
-        events = self.plugins_manager._event_plugin_callbacks  # noqa: SLF001
+        # Third-party topic checks, after the Guard's, in call order; a synchronous `check` is used if offered
+        self._topic_checks = [(p, getattr(p, "check", None)) for p in self.plugins_manager._topic_plugins]  # noqa: SLF001 - amqtt's plugin lists
+        events = self.plugins_manager._event_plugin_callbacks  # noqa: SLF001 - amqtt's plugin lists
         self._fire_msg_received = bool(events.get(BrokerEvents.MESSAGE_RECEIVED))
         self._fire_msg_broadcast = bool(events.get(BrokerEvents.MESSAGE_BROADCAST))
         self._fire_connect_received = bool(events.get(MQTTEvents.PACKET_RECEIVED))
@@ -139,23 +168,27 @@ class GuardedBroker(Broker):
         self._fire_disconnected = bool(events.get(BrokerEvents.CLIENT_DISCONNECTED))
         # Hot path (docs/performance.md). With only synchronous topic checks and nobody listening to
         # MESSAGE_RECEIVED/MESSAGE_BROADCAST, a PUBLISH is routed synchronously from the reader. With only
-        # the guard's own ACL plugin, decisions are cached: PUBLISH per connection and topic, the RECEIVE
-        # targets per topic (`_routes`), both dropped when subscriptions, sessions or ACL rules change.
+        # the Guard deciding (no third-party topic plugin), decisions are cached: PUBLISH per session and
+        # topic, the RECEIVE targets per topic (`_routes`), both dropped when subscriptions, sessions or
+        # ACL rules change.
         self._sync_checks = all(check is not None for _, check in self._topic_checks)
-        self._cacheable = all(isinstance(p, GuardAclPlugin) for p, _ in self._topic_checks)
+        self._cacheable = not self._topic_checks
         self.fast_publish = self._sync_checks and not self._fire_msg_received and not self._fire_msg_broadcast
         self._trie = TopicTrie()
         self._connect_deadlines = Deadlines(CONNECT_DEADLINE_TICK)
         self._filters_of: dict[str, set[str]] = {}  # client id -> its subscribed filters (in _subscriptions)
-        self._routes: dict[str, list[Any]] = {}  # topic -> [targets, withheld, DeliveryGroup | None]
+        self._routes: dict[str, Route] = {}
         self._policy = guard.acl.policy
         self._policy_version = self._policy.version
         self._guard_epoch = guard.acl_epoch
-        self.acl_epoch = 0  # handlers' PUBLISH decision caches are valid while this is unchanged
+        self.acl_epoch = 0  # sessions' PUBLISH decision caches are valid while this is unchanged
+        self._counters = guard.counters
+        self._may = guard.may
         self._admit_publish = guard.admit_publish
-        # The quota Stretch of the reader acting on a chunk right now (set and settled by the handler
-        # around its synchronous run; None whenever anything awaits).
-        self._stretch: Any = None
+        self._open_stretch = guard.open_stretch
+        # The quota stretch of the reader acting on a chunk right now (opened and settled by the reader
+        # around its synchronous run, `open_stretch`/`settle_stretch`; None whenever anything awaits).
+        self._stretch: Stretch | None = None
         self._delivery_group = guard.delivery_group
         self._check_errors = 0
 
@@ -168,7 +201,7 @@ class GuardedBroker(Broker):
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
         """queue_depth of every session the broker holds, connected or offline-persistent."""
-        out = {}
+        out: dict[str, tuple[int, int]] = {}
         for client_id, (session, _) in self._sessions.items():
             queue = queue_of(session)
             if queue is not None:
@@ -176,9 +209,9 @@ class GuardedBroker(Broker):
         return out
 
     # -- listeners -----------------------------------------------------------------------------
-    def _create_ssl_context(self, listener: AmqttListenerConfig) -> ssl.SSLContext:  # type: ignore[override]
+    def _create_ssl_context(self, listener: AmqttListenerConfig) -> ssl.SSLContext:
         ours = next((self._guard_listeners[n] for n, cfg in self.listeners_config.items() if cfg is listener), None)
-        context = super()._create_ssl_context(listener)
+        context: ssl.SSLContext = super()._create_ssl_context(listener)
         if ours is not None and ours.require_certificate:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
@@ -255,7 +288,7 @@ class GuardedBroker(Broker):
         if incoming is None:
             return
         handler, session, leftover = incoming
-        session.attributes[LISTENER] = listener
+        session.listener = listener
         client_id = session.client_id = session.client_id or gen_client_id()
         code = await self._check_connect(session, listener, where)
         if code or self._shutting_down:
@@ -276,10 +309,12 @@ class GuardedBroker(Broker):
             if self._connections.get(client_id) is done:
                 del self._connections[client_id]
 
-    def _detach(self, session: Session, keep: bool = False) -> None:
+    def _detach(self, session: GuardedSession, keep: bool = False) -> None:
         """The client's connection is over: the guard stops tracking it. A persistent session keeps its
         GuardClient so messages queued while it is offline still pass its RECEIVE check."""
-        client = session.attributes.get(CLIENT) if keep else session.attributes.pop(CLIENT, None)
+        client = session.guard_client
+        if not keep:
+            session.guard_client = None
         if client is not None:
             self.guard.detach(client)
 
@@ -297,13 +332,13 @@ class GuardedBroker(Broker):
 
     async def _read_connect(
         self, reader: ReaderAdapter, writer: WriterAdapter, where: str, peer: tuple[str, int] | None = None
-    ) -> tuple[GuardedHandler, Session, bytes] | None:
+    ) -> tuple[GuardedHandler, GuardedSession, bytes] | None:
         """The first packet, whole, within connect_timeout; it must be a valid CONNECT. Also returns the
         bytes read after it (a client may send more before its CONNACK), for the connection's reader."""
         limits = self.guard_config.limits
         timeout = limits.connect_timeout
         leftover = b""
-        stream = reader._reader if type(reader) is TcpReader else None  # noqa: SLF001
+        stream = reader._reader if type(reader) is TcpReader else None  # noqa: SLF001 - our MqttStream inside
         try:
             if stream is not None and stream.timed_out:
                 raise TimeoutError
@@ -313,7 +348,7 @@ class GuardedBroker(Broker):
                 async with self._connect_deadlines.deadline(timeout):
                     if isinstance(reader, StreamReaderAdapter):
                         first, body, leftover = await _read_first_packet(
-                            reader._reader,  # noqa: SLF001
+                            reader._reader,  # noqa: SLF001 - amqtt's adapter wraps the asyncio stream
                             limits.max_packet_size,
                         )
                     else:
@@ -326,7 +361,7 @@ class GuardedBroker(Broker):
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
         except ProtocolViolation as exc:
-            self.guard.counters.incr(None, C.PROTOCOL_ERRORS)
+            self._counters.incr(None, C.PROTOCOL_ERRORS)
             if exc.connack is not None:
                 log.warning("refused CONNECT from %s: %s (CONNACK %d)", where, exc.reason, exc.connack)
                 await self._refuse(writer, exc.connack)
@@ -350,7 +385,9 @@ class GuardedBroker(Broker):
         await _close_quietly(writer)
         return None
 
-    def _session_from(self, info: ConnectInfo, writer: WriterAdapter, peer: tuple[str, int] | None = None) -> Session:
+    def _session_from(
+        self, info: ConnectInfo, writer: WriterAdapter, peer: tuple[str, int] | None = None
+    ) -> GuardedSession:
         session = GuardedSession()
         session.client_id = info.client_id
         session.clean_session = info.clean
@@ -367,69 +404,120 @@ class GuardedBroker(Broker):
         session.keep_alive = info.keepalive
         return session
 
-    async def _check_connect(self, session: Session, listener: ListenerConfig, where: str) -> int:
-        """0 to accept, else the CONNACK return code. Every auth plugin must say yes."""
+    async def _check_connect(self, session: GuardedSession, listener: ListenerConfig, where: str) -> int:
+        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, then the
+        quota's session rules) and admits the client (`session.guard_client`); then every third-party
+        auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every plugin)."""
         try:
-            ok = await self._authenticate(session, listener)  # type: ignore[arg-type]
+            result = await self._admit(session, listener)
+        except Exception:
+            self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
+            log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
+            result = None
+        try:
+            ok = await self._authenticate(session, listener) and result is not None and result.ok
         except Exception:
             log.exception("auth plugin failed for client %r from %s; refusing", session.client_id, where)
             return CONNACK_NOT_AUTHORIZED
-        result = auth_result_of(session)
         if ok:
-            if result is not None:
-                session.is_anonymous = result.anonymous
-                log_info(
-                    log,
-                    "client %r connected from %s as %s (%s)",
-                    session.client_id,
-                    where,
-                    result.username or "anonymous",
-                    result.outcome.value,
-                )
+            assert result is not None
+            session.is_anonymous = result.anonymous
+            log_info(
+                log,
+                "client %r connected from %s as %s (%s)",
+                session.client_id,
+                where,
+                result.username or "anonymous",
+                result.outcome.value,
+            )
             return 0
-        reason = result.outcome.value if result is not None else "refused by an auth plugin"
-        code = result.connack_code if result is not None else CONNACK_NOT_AUTHORIZED
+        if result is None:
+            return CONNACK_NOT_AUTHORIZED  # (a quota refusal is logged by `_admit`)
+        reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         log.warning(
             "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
             session.client_id,
             where,
             session.username,
             reason,
-            code,
+            result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return code or CONNACK_NOT_AUTHORIZED
+        return result.connack_code or CONNACK_NOT_AUTHORIZED
 
-    async def _authenticate(self, session: Session, _: Any) -> bool:
-        """Like amqtt's, but a plugin that raises counts as a 'no' instead of killing the CONNECT."""
-        results = []
-        for plugin in self.plugins_manager._auth_plugins:  # noqa: SLF001
+    async def _admit(self, session: GuardedSession, listener: ListenerConfig) -> AuthResult | None:
+        """The Guard's verdict on a CONNECT; when it accepts, the client is attached to the Guard (its ACL
+        rules loaded, its quota session registered) before the CONNACK. None: refused by the quota rules
+        (blocked, too many sessions of the user), logged and counted here."""
+        guard = self.guard
+        by_identity = listener.use_identity_as_username
+        result = await guard.authenticate(
+            username=session.username,
+            password=session.password,
+            cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
+            identity_as_username=by_identity,
+            listener=listener,
+        )
+        if not result.ok:
+            self._counters.auth_failed(
+                session.client_id, result.username, result.outcome, known_user=result.user is not None
+            )
+        if by_identity and result.username:
+            session.username = result.username
+        if result.ok and session.client_id:
+            try:
+                session.guard_client = await guard.attach(
+                    session.client_id, result, "identity" if by_identity else "", listener_config=listener
+                )
+            except QuotaRefusal as refusal:
+                self._counters.auth_failed(
+                    session.client_id,
+                    result.username,
+                    C.quota_refusal(str(refusal)),
+                    known_user=result.user is not None,
+                )
+                log.warning(
+                    "refused CONNECT of client %r, username %r: %s (CONNACK 5)",
+                    session.client_id,
+                    result.username,
+                    refusal,
+                )
+                return None
+        return result
+
+    async def _authenticate(self, session: GuardedSession, _: Any) -> bool:
+        """amqtt's, over the third-party auth plugins only: each that does not abstain (None) must say yes;
+        a plugin that raises counts as a 'no' instead of killing the CONNECT. Every plugin is asked."""
+        ok = True
+        for plugin in self.plugins_manager._auth_plugins:  # noqa: SLF001 - amqtt's plugin lists
             try:
                 result = await plugin.authenticate(session=session)
             except Exception:
-                self.guard.counters.incr(session.client_id, C.PLUGIN_ERRORS)
+                self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
                 log.exception(
                     "auth plugin %s raised for client %r; treating it as a denial",
                     type(plugin).__name__,
                     session.client_id,
                 )
                 result = False
-            if result is not None:
-                results.append(result)
-        return bool(results) and all(results)
+            if result is not None and not result:
+                ok = False
+        return ok
 
-    async def _topic_filtering(self, session: Session, topic: str, action: Action, *, enforce: bool = True) -> bool:
-        """Every topic plugin must allow. Ours answer synchronously (`check`), third-party ones are
-        awaited one by one instead of through amqtt's Task-per-plugin gather; a plugin that raises
-        or returns None denies that one check (logged and counted); the connection and the message
-        for other subscribers are unaffected."""
+    async def _topic_filtering(
+        self, session: GuardedSession, topic: str, action: Action, *, enforce: bool = True
+    ) -> bool:
+        """Every topic check must allow: the Guard's, then each third-party plugin's (`_check_sync` for
+        the synchronous ones). Plugins without a synchronous `check` are awaited one by one, instead of
+        through amqtt's Task-per-plugin gather."""
+        if not self._check_sync(session, topic, action, enforce):
+            return False
         if self._sync_checks:
-            return self._check_sync(session, topic, action, enforce)
+            return True
         for plugin, check in self._topic_checks:
+            if check is not None:
+                continue  # asked by _check_sync
             try:
-                if check is not None:
-                    allowed = check(session, topic, action)
-                else:
-                    allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
+                allowed = await plugin.topic_filtering(session=session, topic=topic, action=action)
             except Exception:  # noqa: BLE001 - a failing plugin denies (fail closed) and is logged
                 self._plugin_failed(plugin, session, topic, action)
                 return False
@@ -438,9 +526,27 @@ class GuardedBroker(Broker):
                 return False
         return True
 
-    def _check_sync(self, session: Session, topic: str, action: Action, enforce: bool = True) -> bool:
-        """`_topic_filtering` when every topic plugin answers synchronously (`check`)."""
+    def _check_sync(self, session: GuardedSession, topic: str, action: Action, enforce: bool = True) -> bool:
+        """The synchronous topic checks, in order: $SYS is closed to a client's PUBLISH (dropped and
+        acknowledged, as mosquitto; a will is not checked for it), then the Guard's ACL (a client the
+        Guard did not admit may do nothing), then every third-party plugin with a synchronous `check`.
+        A check that raises or returns None denies that one check (logged and counted); the connection
+        and the message for other subscribers are unaffected. `enforce`: a denied PUBLISH of the client
+        itself (not its will) may disconnect it (`acl.deny_publish_action`)."""
+        if enforce and action is Action.PUBLISH and topic[0] == "$" and (topic == "$SYS" or topic.startswith("$SYS/")):
+            return False
+        client = session.guard_client
+        try:
+            allowed = client is not None and self._may(client, PERMS[action], topic)
+        except Exception:  # noqa: BLE001 - a failing check denies (fail closed) and is logged
+            self._plugin_failed(self.guard, session, topic, action)
+            return False
+        if not allowed:
+            self._denied(session, topic, action, enforce)
+            return False
         for plugin, check in self._topic_checks:
+            if check is None:
+                continue  # awaited by _topic_filtering
             try:
                 allowed = check(session, topic, action)
             except Exception:  # noqa: BLE001 - a failing plugin denies (fail closed) and is logged
@@ -451,9 +557,9 @@ class GuardedBroker(Broker):
                 return False
         return True
 
-    def _plugin_failed(self, plugin: Any, session: Session, topic: str, action: Action) -> None:
+    def _plugin_failed(self, plugin: Any, session: GuardedSession, topic: str, action: Action) -> None:
         self._check_errors += 1
-        self.guard.counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
+        self._counters.incr(session.client_id if session else None, C.PLUGIN_ERRORS)
         plugin_log.log(
             logging.ERROR,
             (type(plugin).__name__, action),
@@ -465,7 +571,7 @@ class GuardedBroker(Broker):
             exc_info=True,
         )
 
-    def _denied(self, session: Session, topic: str, action: Action, enforce: bool) -> None:
+    def _denied(self, session: GuardedSession, topic: str, action: Action, enforce: bool) -> None:
         if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
             asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
 
@@ -493,35 +599,34 @@ class GuardedBroker(Broker):
             except TimeoutError:
                 log.warning("previous connection of %r did not finish within 10 s", client_id)
 
-    def _adopt_session(self, incoming: Session) -> Session:
+    def _adopt_session(self, incoming: GuardedSession) -> GuardedSession:
         """amqtt's clean-session rules, applied only after authentication succeeded. A persistent
         session is resumed only by the same username (else it is discarded and started afresh)."""
         client_id = incoming.client_id
-        existing = self._sessions.get(client_id, (None, None))[0]
+        existing: GuardedSession | None = self._sessions.get(client_id, (None, None))[0]
         resumable = (
             existing is not None
             and not incoming.clean_session
             and not existing.clean_session
-            and queue_of(existing) is not None
+            and existing.out_queue is not None
         )
-        if resumable and existing.username != incoming.username:  # type: ignore[union-attr]
+        if resumable and existing is not None and existing.username != incoming.username:
             log.warning(
                 "client %r: persistent session of user %r not resumed by user %r; starting a new one",
                 client_id,
                 existing.username,
                 incoming.username,
-            )  # type: ignore[union-attr]
+            )
             resumable = False
-        if not resumable:
+        if not resumable or existing is None:
             if existing is not None:
                 self._drop_session(client_id, existing)
             incoming.parent = 0
             limits = self.guard_config.limits
-            incoming.attributes[OUT_QUEUE] = OutQueue(
+            incoming.out_queue = OutQueue(
                 limits.max_queued_messages, limits.max_queued_bytes, limits.max_inflight_messages
             )
             return incoming
-        assert existing is not None
         for name in (
             "will_flag",
             "will_message",
@@ -535,13 +640,16 @@ class GuardedBroker(Broker):
             "remote_port",
             "ssl_object",
             "is_anonymous",
+            "guard_client",
+            "listener",
         ):
             setattr(existing, name, getattr(incoming, name))
         existing.attributes.update(incoming.attributes)
+        existing.pub_ok.clear()  # decided for the previous connection's client
         existing.parent = 1
         return existing
 
-    def _drop_session(self, client_id: str, session: Session) -> None:
+    def _drop_session(self, client_id: str, session: GuardedSession) -> None:
         if self._sessions.get(client_id, (None,))[0] is session:
             del self._sessions[client_id]
         self._forget_subscriptions(session)
@@ -549,20 +657,17 @@ class GuardedBroker(Broker):
         if queue is not None:
             queue.clear()
 
-    def _forget_subscriptions(self, session: Session) -> None:
+    def _forget_subscriptions(self, session: GuardedSession) -> None:
         """Only the session's own filters are looked at (not every filter of the broker per disconnect)."""
         for topic_filter in self._filters_of.pop(session.client_id, ()):
-            self._del_subscription(topic_filter, session)
-            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
-                del self._subscriptions[topic_filter]
-                self._trie.remove(topic_filter)
+            self._unsubscribe(topic_filter, session)
         session.clear_queues()
 
     async def _run_session(
         self,
         reader: ReaderAdapter,
         writer: WriterAdapter,
-        session: Session,
+        session: GuardedSession,
         handler: GuardedHandler,
         where: str,
         leftover: bytes = b"",
@@ -576,7 +681,15 @@ class GuardedBroker(Broker):
         queue = queue_of(session)
         assert queue is not None
         handler.attach(session, reader, writer)
-        handler.bind(self, queue, where)
+        limits = self.guard_config.limits
+        handler.bind(
+            self,
+            queue,
+            where,
+            self._counters,
+            max_packet=limits.max_packet_size,
+            max_stall=limits.backpressure_max_stall,
+        )
         self._sessions[session.client_id] = (session, handler)
         if session.client_id in self._filters_of:
             self._invalidate_routes()  # a resumed session's targets now carry its new guard client
@@ -595,7 +708,7 @@ class GuardedBroker(Broker):
         finally:
             await self._end_session(session, handler, clean)
 
-    async def _end_session(self, session: Session, handler: GuardedHandler, clean: bool) -> None:
+    async def _end_session(self, session: GuardedSession, handler: GuardedHandler, clean: bool) -> None:
         client_id = session.client_id
         if self._shutting_down:
             handler.publish_will = False
@@ -628,7 +741,7 @@ class GuardedBroker(Broker):
                 BrokerEvents.CLIENT_DISCONNECTED, client_id=client_id, client_session=session
             )
 
-    async def _publish_will(self, session: Session) -> None:
+    async def _publish_will(self, session: GuardedSession) -> None:
         """The will goes out like a PUBLISH of the client: the PUBLISH ACL applies to it."""
         topic, message = session.will_topic, session.will_message or b""
         if not topic:
@@ -641,25 +754,72 @@ class GuardedBroker(Broker):
             await self.retain_message(session, topic, message, qos)
         await self._route(topic, topic.encode(), bytes(message), qos)
 
-    # -- PUBLISH / SUBSCRIBE from a client (called by GuardedHandler's reader) --------------------
+    # -- PUBLISH / SUBSCRIBE from a client (GuardedBroker is the `Router` of GuardedHandler's reader) -----
+    def publish(
+        self,
+        session: GuardedSession,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes | None,
+        plen: int,
+        qos: int,
+        frame0: bytes | None,
+        awaited: bool = False,
+    ) -> Held:
+        """The decision on a client's PUBLISH, for every PUBLISH: the topic checks (`_check_sync`,
+        remembered per session and topic while the ACL does not change), then the publisher's quota
+        (only counted while the reader's stretch has prepaid it), then `_fanout`. None when refused
+        (dropped; the reader still acknowledges QoS 1/2).
+
+        The reader calls it for QoS 0/1 without RETAIN when `fast_publish` holds (`payload` may be None
+        when `frame0` is given). `handle_publish` calls it for every other PUBLISH with `awaited`: then
+        it returns `_ADMITTED` instead of routing, and when a topic plugin has to be awaited the caller
+        has made the topic checks."""
+        if not awaited or self._sync_checks:
+            if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
+                self._acl_changed()
+            allowed = session.pub_ok
+            if session.pub_epoch != self.acl_epoch:
+                allowed.clear()
+                session.pub_epoch = self.acl_epoch
+            if topic not in allowed:
+                errors = self._check_errors
+                if not self._check_sync(session, topic, Action.PUBLISH):
+                    return None
+                if self._cacheable and errors == self._check_errors:
+                    if len(allowed) >= PUB_CACHE:
+                        allowed.clear()
+                    allowed[topic] = True
+        client = session.guard_client
+        if client is not None:
+            st = self._stretch
+            if st is not None and st.pub_ok:  # prepaid for the reader's run (quota/stretch.py)
+                st.n += 1
+                st.b += plen
+            elif not self._admit_publish(client, topic, plen, qos):
+                return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+        if awaited:
+            return _ADMITTED
+        return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
+
     async def handle_publish(
-        self, session: Session, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
-    ) -> list[asyncio.Event] | None:
-        """Any PUBLISH (the reader's fast path takes QoS 0/1 without RETAIN through `publish_fast`).
+        self, session: GuardedSession, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
+    ) -> Held:
+        """A PUBLISH the reader does not route synchronously (QoS 2, RETAIN, or plugins to await).
+        `publish` decides it; around that, only what has to be awaited: the MESSAGE_RECEIVED and
+        MESSAGE_BROADCAST events, topic plugins without a synchronous check, the retained store.
         Returns the Events of subscribers over their hold mark, for the reader to wait on."""
+        message = None
         if self._fire_msg_received or self._fire_msg_broadcast:
             message = IncomingApplicationMessage(None, topic, qos, payload, retain)
         if self._fire_msg_received:
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
             )
-        if topic.startswith("$SYS/") or topic == "$SYS":
-            return None  # clients cannot publish into $SYS (dropped, acknowledged; as mosquitto)
-        if not await self._topic_filtering(session, topic, Action.PUBLISH):
+        if not self._sync_checks and not await self._topic_filtering(session, topic, Action.PUBLISH):
             return None
-        client = session.attributes.get(CLIENT)
-        if client is not None and not self.guard.admit_publish(client, topic, len(payload), qos):
-            return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+        if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, True) is None:
+            return None
         if self._fire_msg_broadcast:
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
@@ -668,100 +828,66 @@ class GuardedBroker(Broker):
             await self.retain_message(session, topic, payload, qos)
         return await self._route(topic, topic_raw, payload, qos)
 
-    def publish_fast(
-        self,
-        handler: GuardedHandler,
-        topic: str,
-        topic_raw: bytes,
-        payload: bytes | None,
-        plen: int,
-        qos: int,
-        frame0: bytes | None,
-    ) -> list[asyncio.Event] | None:
-        """`handle_publish` for QoS 0/1 without RETAIN when `fast_publish` holds, as a plain call.
-        `payload` may be None when `frame0` (the QoS 0 frame as received) is given."""
-        if topic[0] == "$" and (topic == "$SYS" or topic.startswith("$SYS/")):
-            return None
-        if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
-            self._acl_changed()
-        allowed = handler.pub_ok
-        if handler.pub_epoch != self.acl_epoch:
-            allowed.clear()
-            handler.pub_epoch = self.acl_epoch
-        if topic not in allowed:
-            errors = self._check_errors
-            if not self._check_sync(handler.session, topic, Action.PUBLISH):  # type: ignore[arg-type]
-                return None
-            if self._cacheable and errors == self._check_errors:
-                if len(allowed) >= PUB_CACHE:
-                    allowed.clear()
-                allowed[topic] = True
-        client = handler.guard_client
-        if client is not None:
-            st = self._stretch
-            if st is not None and st.pub_ok:  # prepaid for the reader's run (quota/stretch.py)
-                st.n += 1
-                st.b += plen
-            elif not self._admit_publish(client, topic, plen, qos):
-                return None
-        return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
+    def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
+        """The reader's synchronous run over `remaining` bytes starts: the quota stretch `publish` and
+        `_fanout` account in until `settle_stretch` (quota/stretch.py)."""
+        st = self._open_stretch(client, remaining)
+        if st is not None:
+            self._stretch = st
+        return st
 
-    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> list[asyncio.Event] | None:
-        """Queue one message for every matching subscriber that may receive it, once per client at
-        min(published QoS, highest granted QoS) [MQTT-3.3.5-1]. `qos` None (amqtt's internal
-        broadcast) delivers at the granted QoS. Returns the Events of subscribers over their hold mark."""
+    def settle_stretch(self, st: Stretch) -> None:
+        if self._stretch is st:
+            self._stretch = None
+        self.guard.settle_stretch(st)
+
+    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> Held:
+        """Queue one message for every matching subscriber that may receive it (`_fanout`). `qos` None
+        (amqtt's internal broadcast) delivers at the granted QoS. When a topic plugin has to be awaited,
+        the RECEIVE checks are awaited first, for every target and every message."""
         if self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
             return self._fanout(topic, topic_raw, payload, len(payload), qos, None)
-        # A third-party topic plugin answers asynchronously: ask it for every target, every time.
-        held: list[asyncio.Event] | None = None
-        for client_id, (target, granted) in self._match(topic).items():
-            queue = queue_of(target)
-            if queue is None:
-                continue
-            if not await self._topic_filtering(target, topic, Action.RECEIVE):
-                continue
-            client = target.attributes.get(CLIENT)
-            if client is not None and not self.guard.admit_delivery(client, topic, len(payload)):
-                continue  # over the receiver's quota: withheld
-            if not queue.offer(topic_raw, payload, granted if qos is None else min(qos, granted), False):
-                self._dropped(client_id, queue)
-            elif queue.pending and queue.over_hold() and queue.port is not None:
-                ev = queue.port.hold()  # type: ignore[attr-defined]
-                if ev is not None:
-                    held = [ev] if held is None else [*held, ev]
-        return held
+        verdicts: dict[str, bool] = {}
+        for client_id, (target, _) in self._match(topic).items():
+            if target.out_queue is not None:
+                verdicts[client_id] = await self._topic_filtering(target, topic, Action.RECEIVE)
+        return self._fanout(topic, topic_raw, payload, len(payload), qos, None, self._make_route(topic, verdicts))
 
-    def _match(self, topic: str) -> dict[str, tuple[Session, int]]:
+    def _match(self, topic: str) -> dict[str, tuple[GuardedSession, int]]:
         """Subscribers of `topic` (through the trie), one per client with its highest granted QoS."""
-        targets: dict[str, tuple[Session, int]] = {}
+        targets: dict[str, tuple[GuardedSession, int]] = {}
         subscriptions = self._subscriptions
         for topic_filter in self._trie.match(topic):
             for target, granted in subscriptions.get(topic_filter, ()):
-                known = targets.get(target.client_id)  # type: ignore[arg-type]
+                known = targets.get(target.client_id)
                 if known is None or granted > known[1]:
-                    targets[target.client_id] = (target, granted)  # type: ignore[index]
+                    targets[target.client_id] = (target, granted)
         return targets
 
-    def _make_route(self, topic: str) -> list[Any]:
-        """The targets of `topic` that pass the RECEIVE check (queue, granted QoS, guard client, client
-        id), the client ids withheld, and the quota's DeliveryGroup of the targets' guard clients;
-        cached when only the guard's own ACL plugin decides."""
-        targets = []
-        withheld = []
+    def _make_route(self, topic: str, verdicts: dict[str, bool] | None = None) -> Route:
+        """The Route of `topic`: its targets' RECEIVE checks (`_check_sync`, or `verdicts` awaited by
+        `_route`) and the quota's DeliveryGroup of their guard clients; cached when only the Guard
+        decides."""
+        targets: list[Target] = []
+        withheld: list[str] = []
         errors = self._check_errors
         for client_id, (target, granted) in self._match(topic).items():
-            queue = queue_of(target)
+            queue = target.out_queue
             if queue is None:
                 continue
-            if self._check_sync(target, topic, Action.RECEIVE, False):
-                targets.append((queue, granted, target.attributes.get(CLIENT), client_id))
+            if (
+                verdicts.get(client_id, False)
+                if verdicts is not None
+                else self._check_sync(target, topic, Action.RECEIVE, False)
+            ):
+                targets.append((queue, granted, target.guard_client, client_id))
             else:
                 withheld.append(client_id)
         clients = [t[2] for t in targets if t[2] is not None]
-        route = [targets, withheld, self._delivery_group(clients) if clients else None]
-        if self._cacheable and errors == self._check_errors:
+        route = Route(targets, withheld, self._delivery_group(clients) if clients else None)
+        if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
                 del routes[next(iter(routes))]
@@ -769,19 +895,31 @@ class GuardedBroker(Broker):
         return route
 
     def _fanout(
-        self, topic: str, topic_raw: bytes, payload: bytes | None, plen: int, qos: int | None, frame0: bytes | None
-    ) -> list[asyncio.Event] | None:
-        """Deliver one message to the (cached) targets of its topic. A QoS 0 delivery is one shared
-        encoded frame; a subscriber whose queue passes its hold mark adds its Event to the result."""
-        route = self._routes.get(topic)
-        fresh = route is None
+        self,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes | None,
+        plen: int,
+        qos: int | None,
+        frame0: bytes | None,
+        route: Route | None = None,
+    ) -> Held:
+        """Deliver one message to the targets of its topic: the cached Route, else a new one (or `route`,
+        made for this message by `_route`). Then the receivers' quota, once for the group; a QoS 0
+        delivery is one shared encoded frame; a subscriber whose queue passes its hold mark adds its
+        Event to the result. (`payload` or `frame0` is given.)"""
         if route is None:
-            route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
-        targets, withheld, group = route
+            route = self._routes.get(topic)
+            fresh = route is None
+            if route is None:
+                route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
+        else:
+            fresh = True
+        group = route.group
         refused = None
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
             if not group.current():
-                group = route[2] = self._delivery_group([t[2] for t in targets if t[2] is not None])
+                group = route.group = self._delivery_group([t[2] for t in route.targets if t[2] is not None])
             st = self._stretch
             if st is not None and (group.stretch is st or group.reserve(st)) and group.ok:
                 group.n += 1  # reserved for the reader's whole run: only counted (quota/stretch.py)
@@ -790,37 +928,37 @@ class GuardedBroker(Broker):
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        for queue, granted, _client, client_id in targets:
+        for queue, granted, _client, client_id in route.targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
             if dq == 0:
                 if frame0 is None:
-                    frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]
+                    frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]  # payload given
                 ok = queue.offer0(frame0, plen, size)
             else:
                 if payload is None:
-                    payload = frame0[len(frame0) - plen :]  # type: ignore[index]
+                    payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
                 ok = queue.offer(topic_raw, payload, dq, False)
             if not ok:
                 self._dropped(client_id, queue)
             elif queue.pending and queue.over_hold():
                 port = queue.port
                 if port is not None:
-                    ev = port.hold()  # type: ignore[attr-defined]
+                    ev = port.hold()
                     if ev is not None:
                         if held is None:
                             held = [ev]
                         elif ev not in held:
                             held.append(ev)
-        if withheld and not fresh:
-            incr = self.guard.counters.incr
-            for client_id in withheld:
+        if not fresh and route.withheld:
+            incr = self._counters.incr
+            for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
         return held
 
     def _dropped(self, client_id: str, queue: OutQueue) -> None:
-        self.guard.counters.incr(client_id, C.DROPPED_QUEUE_FULL)
+        self._counters.incr(client_id, C.DROPPED_QUEUE_FULL)
         queue_log.log(
             logging.WARNING,
             ("queue full", client_id),
@@ -841,7 +979,7 @@ class GuardedBroker(Broker):
         self._routes.clear()
 
     async def _broadcast_message(
-        self, session: Session | None, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
+        self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
     ) -> None:
         """amqtt's entry point for internal publishes (plugins' broadcast_message): routed directly."""
         if topic is None or data is None:
@@ -849,10 +987,10 @@ class GuardedBroker(Broker):
         await self._route(topic, topic.encode(), bytes(data), force_qos)
 
     async def handle_subscribe(
-        self, session: Session, handler: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
+        self, session: GuardedSession, conn: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
     ) -> None:
         codes = [await self.add_subscription(sub, session) for sub in filters]
-        await handler.send(encode_suback(packet_id, codes))
+        await conn.send(encode_suback(packet_id, codes))
         for (topic_filter, _), code in zip(filters, codes, strict=True):
             if code == SUBACK_FAILURE:
                 continue
@@ -861,17 +999,14 @@ class GuardedBroker(Broker):
             )
             await self._publish_retained_messages_for_subscription((topic_filter, code), session)
 
-    async def handle_unsubscribe(self, session: Session, filters: list[str]) -> None:
+    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> None:
         for topic_filter in filters:
-            self._del_subscription(topic_filter, session)
-            if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
-                del self._subscriptions[topic_filter]
-                self._trie.remove(topic_filter)
+            self._unsubscribe(topic_filter, session)
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter
             )
 
-    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+    async def add_subscription(self, subscription: tuple[str, int], session: GuardedSession) -> int:
         """The filter was validated by the reader. A repeated filter replaces the old one, new QoS
         included [MQTT-3.8.4-3] (amqtt kept the old QoS)."""
         topic_filter, qos = subscription
@@ -891,10 +1026,17 @@ class GuardedBroker(Broker):
         self._invalidate_routes()
         return qos
 
-    def _del_subscription(self, a_filter: str, session: Session) -> int:
+    def _unsubscribe(self, topic_filter: str, session: GuardedSession) -> None:
+        """Remove one subscription of `session`; a filter nobody subscribes to any more leaves the trie."""
+        self._del_subscription(topic_filter, session)
+        if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
+            del self._subscriptions[topic_filter]
+            self._trie.remove(topic_filter)
+
+    def _del_subscription(self, a_filter: str, session: GuardedSession) -> int:
         """amqtt's, plus: cached routes are recomputed. (Whoever deletes the emptied filter from
         `_subscriptions` also removes it from the trie; a filter left in the trie matches no one.)"""
-        deleted = super()._del_subscription(a_filter, session)
+        deleted: int = super()._del_subscription(a_filter, session)
         if deleted:
             filters = self._filters_of.get(session.client_id)
             if filters is not None:
@@ -905,7 +1047,7 @@ class GuardedBroker(Broker):
         return deleted
 
     async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Session
+        self, subscription: tuple[str, int], session: GuardedSession
     ) -> None:
         """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
         out with RETAIN set at min(granted QoS, message QoS)."""
@@ -918,13 +1060,13 @@ class GuardedBroker(Broker):
                 continue
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
                 continue
-            client = session.attributes.get(CLIENT)
+            client = session.guard_client
             if client is not None and not self.guard.admit_delivery(client, topic, len(retained.data)):
                 continue
             if not queue.offer(topic.encode(), bytes(retained.data), min(qos, retained.qos or 0), True):
-                self.guard.counters.incr(session.client_id, C.DROPPED_QUEUE_FULL)
+                self._counters.incr(session.client_id, C.DROPPED_QUEUE_FULL)
 
-    async def _publish_session_retained_messages(self, session: Session) -> None:
+    async def _publish_session_retained_messages(self, session: GuardedSession) -> None:
         """amqtt's offline queue (session.retained_messages) is not used: OutQueue holds those."""
 
     async def _session_monitor(self) -> None:
@@ -1036,7 +1178,7 @@ def _split_first_packet(data: bytes, max_packet: int) -> tuple[int, bytes, bytes
 
 
 async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
-    data = await reader.read(n)
+    data: bytes | None = await reader.read(n)
     if data is None or len(data) < n:
         raise EOFError
     return data
@@ -1049,4 +1191,4 @@ async def _close_quietly(writer: WriterAdapter) -> None:
         pass
 
 
-__all__ = ["GuardedBroker", "amqtt_config", "AUTH_RESULT", "CONNACK_SERVER_UNAVAILABLE"]
+__all__ = ["GuardedBroker", "amqtt_config"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Expiring(Protocol):
@@ -24,8 +24,8 @@ class Expiring(Protocol):
 class Deadlines:
     def __init__(self, tick: float) -> None:
         self.tick = tick
-        self._due: dict[asyncio.Task | Expiring, float] = {}  # task -> loop time by which its wait must end
-        self._expired: set[asyncio.Task] = set()  # cancelled by the sweep
+        self._due: dict[asyncio.Task[Any] | Expiring, float] = {}  # task -> loop time by which its wait must end
+        self._expired: set[asyncio.Task[Any]] = set()  # cancelled by the sweep
         self._timer: asyncio.TimerHandle | None = None
         # the broker's loop, looked up once: asyncio.get_running_loop() and current_task() without a loop
         # make a getpid() system call each (CPython checks for a fork)
@@ -48,7 +48,7 @@ class Deadlines:
     def unwatch(self, item: Expiring) -> None:
         self._due.pop(item, None)
 
-    def _add(self, item: asyncio.Task | Expiring, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
+    def _add(self, item: asyncio.Task[Any] | Expiring, seconds: float, loop: asyncio.AbstractEventLoop) -> None:
         self._due[item] = loop.time() + seconds
         if self._timer is None:
             self._timer = loop.call_later(self.tick, self._sweep, loop)
@@ -75,7 +75,7 @@ class _Deadline:
     def __init__(self, owner: Deadlines, seconds: float) -> None:
         self._owner = owner
         self._seconds = seconds
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> None:
         owner = self._owner
@@ -88,10 +88,12 @@ class _Deadline:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         owner, task = self._owner, self._task
+        if task is None:  # (__aenter__ did not run)
+            return False
         owner._due.pop(task, None)  # noqa: SLF001
         if task in owner._expired:  # noqa: SLF001
             owner._expired.discard(task)  # noqa: SLF001
             if exc_type is asyncio.CancelledError:  # our cancel (the sweep runs only while the body waits)
-                task.uncancel()  # type: ignore[union-attr]
+                task.uncancel()
                 raise TimeoutError from exc
         return False

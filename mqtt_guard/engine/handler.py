@@ -20,13 +20,17 @@ What it replaces in amqtt 0.12.1 and why:
 The handler keeps amqtt's interface (`attach`, `start`, `stop`, `handle_connection_closed`,
 `wait_disconnect`, `mqtt_connack_authorize`, `_send_packet`), so amqtt code and plugins that kick a
 client through it keep working.
+
+The handler knows the broker only as a `Router` (below), as a queue knows its connection only as a
+`Port` (queues.py): the broker decides, the handler reads, writes and keeps time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
 from amqtt.errors import ProtocolHandlerError
@@ -35,7 +39,6 @@ from amqtt.mqtt import packet_class
 from amqtt.mqtt.packet import MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.publish import PublishPacket
-from amqtt.session import Session
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
@@ -53,27 +56,27 @@ from .protocol import (
     TYPE_NAMES,
     UNSUBACK,
     UNSUBSCRIBE,
-    Cursor,
     Incomplete,
     ProtocolViolation,
-    check_topic_filter,
     check_topic_name,
     decode_utf8,
     encode_ack,
     parse_fixed_header,
+    parse_subscribe,
+    parse_unsubscribe,
     too_large,
 )
 from .queues import OutQueue
-from .session_info import CLIENT, lazy
+from .session_info import GuardedSession, lazy
 
 if TYPE_CHECKING:
-    from .broker import GuardedBroker
+    from ..guard_client import GuardClient
+    from ..ports import Counting, Stretch
 
 log = logging.getLogger("mqtt_guard.broker")
 
 READ_CHUNK = 65536
 TOPIC_CACHE = 256  # validated PUBLISH topics remembered per connection
-_FAST_PUBLISH = (0x30, 0x32)  # first byte & 0xF7: PUBLISH QoS 0 or 1, RETAIN clear (DUP ignored)
 WRITE_BATCH = 65536  # bytes of PUBLISH frames per write() in the writer loop
 CLOSE_GRACE = 2.0  # seconds a closing socket may take to flush before it is aborted
 
@@ -84,7 +87,7 @@ _AMQTT_LOG = logging.getLogger("amqtt.mqtt.protocol.handler")
 _HIGH_WATER: dict[type, int] = {}
 
 
-def _high_water(transport: Any) -> int:
+def _high_water(transport: asyncio.WriteTransport) -> int:
     """The transport's write high-water mark (the same for every transport of a kind: looked up once)."""
     mark = _HIGH_WATER.get(type(transport))
     if mark is None:
@@ -98,23 +101,77 @@ def _set_event() -> asyncio.Event:
     return event
 
 
-class GuardedHandler(BrokerProtocolHandler):
+Held = list[asyncio.Event] | None
+"""What routing one message returns: the Events of subscribers it left over their hold mark (flow
+control: the publisher's reader waits on them before its next packet), or None."""
+
+
+class Router(Protocol):
+    """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
+    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges."""
+
+    @property
+    def fast_publish(self) -> bool:
+        """`publish` may be called synchronously from the reader (no plugin has to be awaited)."""
+        ...
+
+    def publish(
+        self,
+        session: GuardedSession,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes | None,
+        plen: int,
+        qos: int,
+        frame0: bytes | None,
+    ) -> Held:
+        """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
+        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given."""
+        ...
+
+    async def handle_publish(
+        self, session: GuardedSession, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
+    ) -> Held:
+        """Route any other PUBLISH (QoS 2, RETAIN, or plugins that must be awaited)."""
+        ...
+
+    async def handle_subscribe(
+        self, session: GuardedSession, conn: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
+    ) -> None:
+        """Subscribe, send the SUBACK through `conn`, then the retained messages."""
+        ...
+
+    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> None: ...
+
+    def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
+        """Open the quota stretch of a synchronous run over `remaining` bytes (None: none opened)."""
+        ...
+
+    def settle_stretch(self, st: Stretch) -> None:
+        """Close it: called before the reader awaits anything."""
+        ...
+
+
+class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has no type information
     logger = _AMQTT_LOG  # amqtt's per-session LoggerAdapter (and its getLogger calls) are not built
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # amqtt's constructors are not called: they build an Event, a Lock and two Queues per connection
         # that the engine does not use (the `lazy` class attributes below make them if something asks).
-        self.session = None
-        self.reader = None
-        self.writer = None
+        self.session: GuardedSession | None = None
+        self.reader: Any = None  # amqtt's ReaderAdapter / WriterAdapter
+        self.writer: Any = None
         self.plugins_manager = plugins_manager
         self._loop = loop if loop is not None else asyncio.get_running_loop()
-        self._reader_task = None
-        self._keepalive_task = None
+        self._reader_task: asyncio.Task[Any] | None = None
+        self._keepalive_task: asyncio.Task[Any] | None = None
         self._reader_ready = None
         self._disconnect_waiter = None
-        self.keepalive_timeout = None
-        self.broker: GuardedBroker | None = None
+        self.keepalive_timeout: int | None = None
+        self._router: Router | None = None
+        self._counters: Counting | None = None
+        # `router.publish` while PUBLISH QoS 0/1 without RETAIN may be routed synchronously, else None
+        self._route_now: Any = None
         self.queue: OutQueue | None = None
         self.where = ""
         self.client_id = ""
@@ -129,7 +186,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._idle = False  # the reader waits for bytes (only then can keep-alive expire)
         self._ka_handle: asyncio.TimerHandle | None = None
         self._ka_limit = 0.0
-        self._transport: Any = None
+        self._transport: asyncio.WriteTransport | None = None
         self._stream_writer: asyncio.StreamWriter | None = None
         self._max_packet = 0
         self._high_water = 65536
@@ -143,14 +200,11 @@ class GuardedHandler(BrokerProtocolHandler):
         # hold mark, for at most `_max_stall` seconds per episode. (`_drained` is made on first use.)
         self._stall_timer: asyncio.TimerHandle | None = None
         self._max_stall = 0.0
-        # Reader state for PUBLISH: validated topics, counts not yet added to the counters, the guard client
+        # Reader state for PUBLISH: validated topics, counts not yet added to the counters
         self._topics: dict[bytes, str] = {}
         self._n_in = 0
         self._b_in = 0
-        self._stretch: Any = None  # the quota Stretch of the current synchronous run (quota/stretch.py)
-        self.guard_client: Any = None
-        self.pub_ok: dict[str, bool] = {}  # PUBLISH topics the ACL allowed, valid while pub_epoch is current
-        self.pub_epoch = -1
+        self._stretch: Stretch | None = None  # the quota stretch of the current synchronous run
         self._ws_dirty = False  # websockets: coalesced frames written to the adapter, not yet sent
         self._ws_draining = False
         events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
@@ -164,15 +218,15 @@ class GuardedHandler(BrokerProtocolHandler):
     _drained = lazy(_set_event)  # cleared while this client holds publishers (flow control)
     _reader_stopped = lazy(asyncio.Event)
     _write_lock = lazy(asyncio.Lock)
-    _pending_subscriptions = lazy(asyncio.Queue)
-    _pending_unsubscriptions = lazy(asyncio.Queue)
-    _puback_waiters = lazy(dict)
-    _pubrec_waiters = lazy(dict)
-    _pubrel_waiters = lazy(dict)
-    _pubcomp_waiters = lazy(dict)
+    _pending_subscriptions: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
+    _pending_unsubscriptions: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
+    _puback_waiters: lazy[dict[int, Any]] = lazy(dict)
+    _pubrec_waiters: lazy[dict[int, Any]] = lazy(dict)
+    _pubrel_waiters: lazy[dict[int, Any]] = lazy(dict)
+    _pubcomp_waiters: lazy[dict[int, Any]] = lazy(dict)
 
     # -- set-up --------------------------------------------------------------------------------
-    def attach(self, session: Session, reader: Any, writer: Any) -> None:
+    def attach(self, session: GuardedSession, reader: Any, writer: Any) -> None:
         """amqtt's attach without its per-session LoggerAdapter."""
         if self.session:
             raise ProtocolHandlerError("Handler is already attached to a session")
@@ -181,16 +235,22 @@ class GuardedHandler(BrokerProtocolHandler):
         self.reader = reader
         self.writer = writer
 
-    def bind(self, broker: GuardedBroker, queue: OutQueue, where: str) -> None:
-        self.broker = broker
+    def bind(
+        self, router: Router, queue: OutQueue, where: str, counters: Counting, *, max_packet: int, max_stall: float
+    ) -> None:
+        """After `attach`: who decides (`router`), the session's queue, and the limits of the connection."""
+        self._router = router
+        self._counters = counters
         self.queue = queue
         self.where = where
         self.client_id = self.session.client_id if self.session else ""
-        self._max_packet = broker.guard_config.limits.max_packet_size
-        self._max_stall = broker.guard_config.limits.backpressure_max_stall
-        self.guard_client = self.session.attributes.get(CLIENT) if self.session else None
+        self._max_packet = max_packet
+        self._max_stall = max_stall
+        # Plugins listening to packets need every packet awaited (the fast path writes acks unseen)
+        if router.fast_publish and not self._fire_rx and not self._fire_tx:
+            self._route_now = router.publish
         if isinstance(self.writer, StreamWriterAdapter):
-            self._stream_writer = self.writer._writer  # noqa: SLF001
+            self._stream_writer = self.writer._writer  # noqa: SLF001 - amqtt's adapter keeps the asyncio writer
             self._transport = self._stream_writer.transport
             self._high_water = _high_water(self._transport)
 
@@ -235,7 +295,7 @@ class GuardedHandler(BrokerProtocolHandler):
             self._ka_limit = self.session.keep_alive * 1.5
             self._ka_handle = self._loop.call_at(self._last_rx + self._ka_limit, self._check_keepalive)
 
-    async def wait_disconnect(self) -> bool:  # type: ignore[override]
+    async def wait_disconnect(self) -> bool:
         """Until the connection ends; True if it ended with the client's DISCONNECT."""
         return await asyncio.shield(self._done)
 
@@ -285,7 +345,7 @@ class GuardedHandler(BrokerProtocolHandler):
 
     def _close_transport(self) -> None:
         transport = self._transport
-        if not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.close()
             if transport.get_write_buffer_size():
                 self._loop.call_later(CLOSE_GRACE, transport.abort)  # a peer that never reads
@@ -424,8 +484,8 @@ class GuardedHandler(BrokerProtocolHandler):
             self.wake()
         else:
             return
-        if n and self.broker is not None:
-            counters = self.broker.guard.counters
+        counters = self._counters
+        if n and counters is not None:
             counters.incr(self.client_id, C.MSGS_OUT, n)
             counters.incr(self.client_id, C.BYTES_OUT, payload)
 
@@ -434,7 +494,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._ws_draining = True
         try:
             async with self._write_lock:
-                await self.writer.drain()  # type: ignore[union-attr]
+                await self.writer.drain()
         finally:
             self._ws_draining = False
 
@@ -458,8 +518,8 @@ class GuardedHandler(BrokerProtocolHandler):
             if self._co:
                 self._flush_coalesced()
             transport.write(data)
-            if transport.get_write_buffer_size() > self._high_water:
-                await self._stream_writer.drain()  # type: ignore[union-attr]
+            if transport.get_write_buffer_size() > self._high_water and self._stream_writer is not None:
+                await self._stream_writer.drain()
             return
         if self.writer is None:
             return
@@ -478,8 +538,8 @@ class GuardedHandler(BrokerProtocolHandler):
         """Sends what waits in the queue as the socket drains. `resend`: started with the connection of
         a resumed session, it first re-sends the unacknowledged messages, then connects the queue."""
         q = self.queue
-        assert q is not None
-        counters = self.broker.guard.counters  # type: ignore[union-attr]
+        counters = self._counters
+        assert q is not None and counters is not None
         cid = self.client_id
         try:
             if resend:
@@ -521,11 +581,12 @@ class GuardedHandler(BrokerProtocolHandler):
             if self._co:
                 self._flush_coalesced()
             transport.write(data)
-            await self._stream_writer.drain()  # type: ignore[union-attr]
+            if self._stream_writer is not None:
+                await self._stream_writer.drain()
         else:
             if self._co:
                 self._flush_coalesced()
-            self.writer.write(data)  # type: ignore[union-attr]
+            self.writer.write(data)
             await self._ws_drain()
         if self._fire_tx:
             for frame in frames:
@@ -551,32 +612,39 @@ class GuardedHandler(BrokerProtocolHandler):
             chunk, self._leftover = self._leftover, b""
             return chunk
         reader = self.reader
+        data: bytes
         if isinstance(reader, StreamReaderAdapter):
-            return await reader._reader.read(READ_CHUNK)  # noqa: SLF001
+            data = await reader._reader.read(READ_CHUNK)  # noqa: SLF001 - amqtt's adapter wraps the stream
+            return data
         if isinstance(reader, WebSocketsReader):
-            left = reader._stream.read()  # noqa: SLF001 - bytes that came with the CONNECT's message
-            if left:
-                return left
+            data = reader._stream.read()  # noqa: SLF001 - bytes that came with the CONNECT's message
+            if data:
+                return data
             try:
-                message = await reader._protocol.recv()  # noqa: SLF001
+                message = await reader._protocol.recv()  # noqa: SLF001 - amqtt's adapter wraps the connection
             except ConnectionClosed:
                 return b""
             return message.encode() if isinstance(message, str) else bytes(message)
-        return await reader.read(READ_CHUNK)  # type: ignore[union-attr]
+        data = await reader.read(READ_CHUNK)
+        return data
 
     async def _reader_loop(self) -> None:
-        """Read chunks, act on every whole packet in them, in order. PUBLISH QoS 0/1 (no retain) and PUBACK
-        take the synchronous fast path (no coroutine per packet); every other packet goes through
-        `_dispatch`. After a PUBLISH the reader waits while a subscriber it fed is over its hold mark
-        (flow control), before it looks at the next packet."""
+        """Read chunks, act on every whole packet in them, in order. Every PUBLISH goes through `_publish`
+        (QoS 0/1 without RETAIN routed by a plain call, no coroutine per packet), a PUBACK is handled
+        inline, every other packet goes through `_dispatch`. After a PUBLISH the reader waits while a
+        subscriber it fed is over its hold mark (flow control), before it looks at the next packet."""
         clean = False
         buf = bytearray()  # the incomplete packet left over from the previous chunk
         max_packet = self._max_packet
-        broker = self.broker
-        assert broker is not None and self.queue is not None
-        fast = broker.fast_publish and not self._fire_rx and not self._fire_tx
+        router = self._router
+        session = self.session
+        assert router is not None and session is not None and self.queue is not None
+        fast = self._route_now is not None  # runs of synchronous PUBLISH routing: quota stretches
+        whole = not self._fire_rx  # no PACKET_RECEIVED listener to await before each PUBLISH
         queue = self.queue
         publish = self._publish
+        open_stretch = router.open_stretch
+        client = session.guard_client
         try:
             while True:
                 self._idle = True
@@ -593,7 +661,7 @@ class GuardedHandler(BrokerProtocolHandler):
                     data = chunk
                 pos, end = 0, len(data)
                 if fast:
-                    self._open_stretch(end)
+                    self._stretch = open_stretch(client, end)
                 while pos < end:
                     if pos + 1 < end and data[pos + 1] < 0x80:  # remaining length in one byte
                         first, length, hlen = data[pos], data[pos + 1], 2
@@ -608,13 +676,16 @@ class GuardedHandler(BrokerProtocolHandler):
                     stop = start + length
                     if stop > end:
                         break
-                    if fast and (first & 0xF7) in _FAST_PUBLISH:
+                    if (first & 0xF0) == 0x30 and whole:  # PUBLISH
                         held = publish(first, data, pos, start, stop)
                         pos = stop
                         if held is not None or self._must_drain:
                             self._flush_in()
+                            if held is not None and not isinstance(held, list):
+                                held = await held  # the rest of a PUBLISH that is not routed synchronously
                             await self._wait_held(held)
-                            self._open_stretch(end - pos)
+                            if fast:
+                                self._stretch = open_stretch(client, end - pos)
                         continue
                     if first == 0x40 and length == 2:  # PUBACK
                         if queue.acked((data[start] << 8) | data[start + 1]):
@@ -661,34 +732,29 @@ class GuardedHandler(BrokerProtocolHandler):
             if not self._done.done():
                 self._done.set_result(clean)
 
-    def _open_stretch(self, remaining: int) -> None:
-        """Quota accounting for the synchronous run over the next `remaining` bytes (quota/stretch.py):
-        one reservation instead of a spend per PUBLISH and per delivery. Settled by `_flush_in`."""
-        st = self.broker.guard.open_stretch(self.guard_client, remaining)  # type: ignore[union-attr]
-        if st is not None:
-            self._stretch = self.broker._stretch = st  # type: ignore[union-attr]  # noqa: SLF001
-
     def _flush_in(self) -> None:
-        """Settle the run's quota stretch and add the PUBLISH counts of the fast path to the counters
-        (once per chunk, not per message). Called before the reader awaits anything."""
+        """Settle the run's quota stretch and add the PUBLISH counts of the reader to the counters (once
+        per chunk, not per message). Called before the reader awaits anything."""
         st = self._stretch
         if st is not None:
             self._stretch = None
-            broker = self.broker
-            if broker is not None:
-                if broker._stretch is st:  # noqa: SLF001
-                    broker._stretch = None  # noqa: SLF001
-                broker.guard.settle_stretch(st)
+            if self._router is not None:
+                self._router.settle_stretch(st)
         n = self._n_in
-        if n and self.broker is not None:
-            counters = self.broker.guard.counters
+        if n and self._counters is not None:
+            counters = self._counters
             counters.incr(self.client_id, C.MSGS_IN, n)
             counters.incr(self.client_id, C.BYTES_IN, self._b_in)
             self._n_in = self._b_in = 0
 
-    def _publish(self, first: int, data: bytes | bytearray, pos: int, start: int, stop: int) -> list | None:
-        """A PUBLISH QoS 0/1 without RETAIN, validated like `_on_publish` and routed synchronously.
-        Returns the Events of subscribers over their hold mark (flow control), or None."""
+    def _publish(
+        self, first: int, data: bytes | bytearray, pos: int, start: int, stop: int
+    ) -> Held | Coroutine[Any, Any, Held]:
+        """Every PUBLISH, whole in `data[pos:stop]` (its body from `start`): the one place the reader
+        parses and validates one. QoS 0/1 without RETAIN is routed here by a plain call when the broker
+        allows it (`Router.publish`), and a QoS 1 PUBACK coalesced with the connection's writes; then the
+        result is the Events of subscribers over their hold mark (flow control), or None. Anything else
+        returns the coroutine (`_publish_awaited`) the reader awaits, once it has settled its run."""
         if stop - start < 2:
             raise ProtocolViolation("malformed PUBLISH: truncated")
         ts = start + 2
@@ -699,7 +765,9 @@ class GuardedHandler(BrokerProtocolHandler):
         topic = self._topics.get(topic_raw)
         if topic is None:
             topic = self._new_topic(topic_raw)
-        if first & 0x02:
+        if first & 0x06:  # QoS 1 or 2: a packet identifier follows the topic
+            if first & 0x06 == 0x06:
+                raise ProtocolViolation("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
             if te + 2 > stop:
                 raise ProtocolViolation("malformed PUBLISH: truncated")
             pid = (data[te] << 8) | data[te + 1]
@@ -708,23 +776,45 @@ class GuardedHandler(BrokerProtocolHandler):
             plen = stop - te - 2
             self._n_in += 1
             self._b_in += plen
-            held = self.broker.publish_fast(
-                self,
-                topic,
-                topic_raw,
-                bytes(data[te + 2 : stop]),
-                plen,  # type: ignore[union-attr]
-                1,
-                None,
-            )
+            route = self._route_now
+            if route is None or first & 0x05:  # QoS 2, RETAIN, or plugins to await
+                return self._publish_awaited(topic, topic_raw, bytes(data[te + 2 : stop]), (first >> 1) & 3, pid, first)
+            held: Held = route(self.session, topic, topic_raw, bytes(data[te + 2 : stop]), plen, 1, None)
             self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
             return held
         plen = stop - te
         self._n_in += 1
         self._b_in += plen
+        route = self._route_now
+        if route is None or first & 0x01:  # RETAIN, or plugins to await
+            return self._publish_awaited(topic, topic_raw, bytes(data[te:stop]), 0, 0, first)
         if first == 0x30:  # the packet as received is the QoS 0 frame every subscriber gets
-            return self.broker.publish_fast(self, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]))  # type: ignore[union-attr]
-        return self.broker.publish_fast(self, topic, topic_raw, bytes(data[te:stop]), plen, 0, None)  # type: ignore[union-attr]
+            held = route(self.session, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]))
+            return held
+        held = route(self.session, topic, topic_raw, bytes(data[te:stop]), plen, 0, None)
+        return held
+
+    async def _publish_awaited(
+        self, topic: str, topic_raw: bytes, payload: bytes, qos: int, pid: int, first: int
+    ) -> Held:
+        """A PUBLISH `_publish` validated that is routed through the broker's awaited path (QoS 2,
+        RETAIN, plugins that must be awaited), then acknowledged. An inbound QoS 2 message is routed when
+        it arrives; its packet id is remembered until PUBREL, so a re-sent PUBLISH (DUP) is not routed
+        twice."""
+        router, q, session = self._router, self.queue, self.session
+        assert router is not None and q is not None and session is not None
+        retain = bool(first & 0x01)
+        if qos == 2:
+            held = None
+            if pid not in q.qos2_in:
+                held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain)
+                q.qos2_in.add(pid)
+            await self.send(encode_ack(PUBREC, pid))
+            return held
+        held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain)
+        if qos == 1:
+            await self.send(encode_ack(PUBACK, pid))
+        return held
 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")
@@ -734,7 +824,7 @@ class GuardedHandler(BrokerProtocolHandler):
         self._topics[topic_raw] = topic
         return topic
 
-    async def _wait_held(self, held: list | None) -> None:
+    async def _wait_held(self, held: Held) -> None:
         """Flow control: wait until every subscriber in `held` is back under its release mark (or is
         declared a slow consumer, or goes away); and until acks written past the high-water mark are out."""
         if held:
@@ -749,23 +839,27 @@ class GuardedHandler(BrokerProtocolHandler):
 
     def _protocol_error(self, reason: str) -> None:
         self.end_reason = f"protocol violation: {reason}"
-        if self.broker is not None:
-            self.broker.guard.counters.incr(self.client_id, C.PROTOCOL_ERRORS)
+        if self._counters is not None:
+            self._counters.incr(self.client_id, C.PROTOCOL_ERRORS)
 
     async def _dispatch(self, first: int, body: bytes) -> bool:
-        """Act on one complete packet; True when it was a DISCONNECT."""
+        """Act on one complete packet other than PUBACK (and PUBLISH, unless PACKET_RECEIVED listeners
+        must see it first); True when it was a DISCONNECT."""
         ptype = first >> 4
         flags = first & 0x0F
         if self._fire_rx:
             await self._fire_received(first, body)
-        if ptype == PUBLISH:
-            await self._on_publish(flags, body)
+        if ptype == PUBLISH:  # (`_route_now` is None while packets are fired: `_publish` returns a coroutine)
+            pending = self._publish(first, body, 0, 0, len(body))
+            self._flush_in()
+            held = await pending if pending is not None and not isinstance(pending, list) else pending
+            await self._wait_held(held)
             return False
         name = TYPE_NAMES.get(ptype, "?")
         if flags != (0x02 if ptype in (PUBREL, SUBSCRIBE, UNSUBSCRIBE) else 0):
             raise ProtocolViolation(f"{name} with invalid fixed-header flags {flags:#x} [MQTT-2.2.2-2]")
-        q = self.queue
-        assert q is not None
+        q, router, session = self.queue, self._router, self.session
+        assert q is not None and router is not None and session is not None
         if ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP):
             if len(body) != 2:
                 raise ProtocolViolation(f"malformed {name}: remaining length {len(body)}, expected 2")
@@ -791,67 +885,17 @@ class GuardedHandler(BrokerProtocolHandler):
             await self.send(PINGRESP_BYTES)
             return False
         if ptype == SUBSCRIBE:
-            c = Cursor(body, "SUBSCRIBE")
-            pid = c.u16()
-            filters = []
-            while c.left():
-                topic_filter = c.string("topic filter")
-                qos = c.u8()
-                if qos > 2:
-                    raise ProtocolViolation(f"SUBSCRIBE requested QoS byte {qos:#x} [MQTT-3.8.3-4]")
-                check_topic_filter(topic_filter)
-                filters.append((topic_filter, qos))
-            if not filters:
-                raise ProtocolViolation("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
-            await self.broker.handle_subscribe(self.session, self, pid, filters)  # type: ignore[union-attr]
+            pid, filters = parse_subscribe(body)
+            await router.handle_subscribe(session, self, pid, filters)
             return False
         if ptype == UNSUBSCRIBE:
-            c = Cursor(body, "UNSUBSCRIBE")
-            pid = c.u16()
-            filters = []
-            while c.left():
-                filters.append(c.string("topic filter"))
-            if not filters:
-                raise ProtocolViolation("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
-            await self.broker.handle_unsubscribe(self.session, filters)  # type: ignore[union-attr]
+            pid, topic_filters = parse_unsubscribe(body)
+            await router.handle_unsubscribe(session, topic_filters)
             await self.send(encode_ack(UNSUBACK, pid))
             return False
         if ptype == CONNECT:
             raise ProtocolViolation("second CONNECT on a connection [MQTT-3.1.0-2]")
         raise ProtocolViolation(f"{name} is not a packet a client may send")
-
-    async def _on_publish(self, flags: int, body: bytes) -> None:
-        qos = (flags >> 1) & 3
-        if qos == 3:
-            raise ProtocolViolation("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
-        c = Cursor(body, "PUBLISH")
-        topic_raw = c.binary()
-        topic = decode_utf8(topic_raw, "PUBLISH topic")
-        check_topic_name(topic, "PUBLISH topic")
-        pid = 0
-        if qos:
-            pid = c.u16()
-            if pid == 0:
-                raise ProtocolViolation("PUBLISH with packet identifier 0 [MQTT-2.3.1-1]")
-        payload = c.rest()
-        broker = self.broker
-        assert broker is not None and self.queue is not None
-        counters = broker.guard.counters
-        counters.incr(self.client_id, C.MSGS_IN)
-        counters.incr(self.client_id, C.BYTES_IN, len(payload))
-        retain = bool(flags & 0x01)
-        held = None
-        if qos == 2:
-            if pid not in self.queue.qos2_in:  # else a re-sent PUBLISH (DUP) of a message already routed
-                held = await broker.handle_publish(self.session, topic, topic_raw, payload, 2, retain)  # type: ignore[arg-type]
-                self.queue.qos2_in.add(pid)
-            await self.send(encode_ack(PUBREC, pid))
-        else:
-            held = await broker.handle_publish(self.session, topic, topic_raw, payload, qos, retain)  # type: ignore[arg-type]
-            if qos == 1:
-                await self.send(encode_ack(PUBACK, pid))
-        if held:
-            await self._wait_held(held)
 
     async def _fire_received(self, first: int, body: bytes) -> None:
         """PACKET_RECEIVED for plugins that listen to it (amqtt packet objects are built only then)."""

@@ -122,7 +122,7 @@ class Cursor:
     def u16(self) -> int:
         if self.pos + 2 > len(self.body):
             raise ProtocolViolation(f"malformed {self.what}: truncated")
-        (v,) = _H.unpack_from(self.body, self.pos)
+        v: int = _H.unpack_from(self.body, self.pos)[0]
         self.pos += 2
         return v
 
@@ -219,6 +219,36 @@ def parse_connect(body: bytes | bytearray) -> ConnectInfo:
             "empty client identifier without clean session [MQTT-3.1.3-8]", connack=CONNACK_ID_REJECTED
         )
     return ConnectInfo(name.decode(), level, clean, keepalive, client_id, will, username, password)
+
+
+def parse_subscribe(body: bytes | bytearray) -> tuple[int, list[tuple[str, int]]]:
+    """Validate a SUBSCRIBE body (the fixed header was 0x82): (packet id, [(filter, requested QoS)])."""
+    c = Cursor(body, "SUBSCRIBE")
+    packet_id = c.u16()
+    filters = []
+    while c.left():
+        topic_filter = c.string("topic filter")
+        qos = c.u8()
+        if qos > 2:
+            raise ProtocolViolation(f"SUBSCRIBE requested QoS byte {qos:#x} [MQTT-3.8.3-4]")
+        check_topic_filter(topic_filter)
+        filters.append((topic_filter, qos))
+    if not filters:
+        raise ProtocolViolation("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
+    return packet_id, filters
+
+
+def parse_unsubscribe(body: bytes | bytearray) -> tuple[int, list[str]]:
+    """Validate an UNSUBSCRIBE body (the fixed header was 0xA2): (packet id, [filter]). The filters are
+    not checked beyond UTF-8: unsubscribing from a filter nobody could subscribe to is a no-op."""
+    c = Cursor(body, "UNSUBSCRIBE")
+    packet_id = c.u16()
+    filters = []
+    while c.left():
+        filters.append(c.string("topic filter"))
+    if not filters:
+        raise ProtocolViolation("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
+    return packet_id, filters
 
 
 def encode_remaining_length(n: int) -> bytes:

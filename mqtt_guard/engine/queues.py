@@ -27,6 +27,7 @@ down to a quarter of that (`under_release`). A session that held publishers long
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from typing import Protocol
 
@@ -66,8 +67,7 @@ class Port(Protocol):
 
     def wake(self) -> None: ...  # pending has work for the writer loop
 
-    # (GuardedHandler, the port of every connected session, also offers `hold() -> asyncio.Event | None`
-    # for flow control; the broker's routing calls it.)
+    def hold(self) -> asyncio.Event | None: ...  # over the hold mark: the Event publishers wait on (routing asks)
 
 
 class OutQueue:

@@ -51,9 +51,10 @@ class TopicTrie:
         levels = topic_filter.split("/")
         node = self._root
         for level in levels:
-            node = node.children.get(level)  # type: ignore[assignment]
-            if node is None:
+            child = node.children.get(level)
+            if child is None:
                 return
+            node = child
             path.append(node)
         if node.filter is None:
             return

@@ -1,4 +1,4 @@
-"""What the guard records on an amqtt Session (in `session.attributes`), under names defined once."""
+"""What the engine keeps on an amqtt Session (`GuardedSession`), and the light state machine it uses."""
 
 from __future__ import annotations
 
@@ -6,37 +6,23 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from amqtt.session import Session
 from transitions import MachineError
 
 if TYPE_CHECKING:
-    from ..auth.authenticator import AuthResult
     from ..config import ListenerConfig
     from ..guard_client import GuardClient
     from .queues import OutQueue
 
-AUTH_RESULT = "mqtt_guard.auth"  # AuthResult of the CONNECT
-CLIENT = "mqtt_guard.client"  # GuardClient: identity and ACL subject of an admitted client
-LISTENER = "mqtt_guard.listener"  # our ListenerConfig the client came in on
-OUT_QUEUE = "mqtt_guard.queue"  # OutQueue: the session's outgoing messages (kept across reconnects)
+
+T = TypeVar("T")
 
 
-def auth_result_of(session: Session) -> AuthResult | None:
-    return session.attributes.get(AUTH_RESULT)
-
-
-def listener_of(session: Session) -> ListenerConfig | None:
-    return session.attributes.get(LISTENER)
-
-
-def client_of(session: Session) -> GuardClient | None:
-    return session.attributes.get(CLIENT)
-
-
-def queue_of(session: Session) -> OutQueue | None:
-    return session.attributes.get(OUT_QUEUE)
+def queue_of(session: Any) -> OutQueue | None:
+    """The session's outgoing queue (None for a session the engine did not make)."""
+    return session.out_queue if isinstance(session, GuardedSession) else None
 
 
 class SessionState:
@@ -47,7 +33,7 @@ class SessionState:
 
     __slots__ = ("state", "_session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: GuardedSession) -> None:
         self.state = "new"
         self._session = session
 
@@ -55,12 +41,12 @@ class SessionState:
         if self.state == "connected":
             raise MachineError("Can't trigger event connect from state connected!")
         self.state = "connected"
-        self._session._on_enter_connected()  # noqa: SLF001
+        self._session.on_enter_connected()
         return True
 
     def disconnect(self) -> bool:  # from any state (amqtt: new, connected and disconnected)
         self.state = "disconnected"
-        self._session._on_enter_disconnected()  # noqa: SLF001
+        self._session.on_enter_disconnected()
         return True
 
     def is_new(self) -> bool:
@@ -76,19 +62,25 @@ class SessionState:
 _LAZY_QUEUES = ("retained_messages", "delivered_message_queue")
 
 
-class lazy:  # used like a decorator-made attribute
+class lazy(Generic[T]):  # used like a decorator-made attribute
     """A class attribute whose value is made per instance on first access and then stored in the
     instance (a non-data descriptor: the instance's own attribute wins from then on). Unlike a class
     `__getattr__`, it leaves CPython's attribute-access specialisation on for the class."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], T]) -> None:
         self.factory = factory
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> lazy[T]: ...
+
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> T: ...
+
+    def __get__(self, obj: object, objtype: type | None = None) -> T | lazy[T]:
         if obj is None:
             return self
         value = self.factory()
@@ -96,17 +88,20 @@ class lazy:  # used like a decorator-made attribute
         return value
 
 
-class GuardedSession(Session):
+class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type information: Session is Any
     """amqtt's Session with the light `SessionState` in place of its transitions Machine, and amqtt's two
     per-session asyncio Queues (offline messages, delivered messages) created only if something asks for
     them: the engine keeps a session's messages in its OutQueue, so for it they stay empty, and two Queues
-    per CONNECT were ~5 % of a CONNECT's CPU. Third-party plugins that use them get them on first access."""
+    per CONNECT were ~5 % of a CONNECT's CPU. Third-party plugins that use them get them on first access.
+
+    The engine's own state of the session is in typed attributes (not amqtt's `attributes` dict): set by
+    GuardedBroker, read on the hot path."""
 
     def __init__(self) -> None:  # amqtt's Session.__init__, minus the Queues
-        self._init_states()
+        self.transitions = SessionState(self)
         self.remote_address: str | None = None
         self.remote_port: int | None = None
-        self.client_id: str | None = None  # type: ignore[assignment]
+        self.client_id = ""  # set from the CONNECT (or generated) before anything else sees the session
         self.clean_session: bool | None = None
         self.will_flag = False
         self.will_message: bytes | bytearray | None = None
@@ -124,15 +119,23 @@ class GuardedSession(Session):
         self._packet_id = 0
         self.parent = 0
         self.last_connect_time: int | None = None
-        self.ssl_object = None
+        self.ssl_object: Any = None
         self.last_disconnect_time: int | None = None
-        self.attributes: dict = {}
-        self.inflight_out: OrderedDict = OrderedDict()
-        self.inflight_in: OrderedDict = OrderedDict()
+        self.attributes: dict[str, Any] = {}
+        self.inflight_out: OrderedDict[int, Any] = OrderedDict()
+        self.inflight_in: OrderedDict[int, Any] = OrderedDict()
         self.is_anonymous = False
+        # the engine's
+        self.guard_client: GuardClient | None = None  # identity and ACL subject; None until admitted
+        self.listener: ListenerConfig | None = None  # the listener the client came in on
+        self.out_queue: OutQueue | None = None  # outgoing messages, kept across reconnects (persistent)
+        # The broker's cache of this client's PUBLISH decisions: topics the ACL allowed, valid while
+        # `pub_epoch` is the broker's `acl_epoch` (emptied when the session is resumed)
+        self.pub_ok: dict[str, bool] = {}
+        self.pub_epoch = -1
 
-    retained_messages = lazy(asyncio.Queue)  # type: ignore[assignment]
-    delivered_message_queue = lazy(asyncio.Queue)  # type: ignore[assignment]
+    retained_messages: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
+    delivered_message_queue: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
 
     def clear_queues(self) -> None:
         for name in _LAZY_QUEUES:
@@ -149,13 +152,10 @@ class GuardedSession(Session):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def _init_states(self) -> None:
-        self.transitions = SessionState(self)  # type: ignore[assignment]
-
-    # amqtt's, without the DEBUG f-strings they build every time (whether DEBUG is on or not)
-    def _on_enter_connected(self) -> None:
+    # amqtt's _on_enter_* (which its transitions Machine called), without the DEBUG f-strings they build
+    def on_enter_connected(self) -> None:
         self.last_connect_time = int(time.time())
         self.last_disconnect_time = None
 
-    def _on_enter_disconnected(self) -> None:
+    def on_enter_disconnected(self) -> None:
         self.last_disconnect_time = int(time.time())

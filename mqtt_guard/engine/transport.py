@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
@@ -33,7 +33,7 @@ log = logging.getLogger("mqtt_guard.broker")
 
 LIMIT = 65536  # asyncio's stream default
 
-Serve = Callable[["TcpReader", "TcpWriter"], Awaitable[None]]
+Serve = Callable[["TcpReader", "TcpWriter"], Coroutine[Any, Any, None]]
 
 
 class MqttStream(asyncio.Protocol):
@@ -279,20 +279,20 @@ class MqttStream(asyncio.Protocol):
             raise ConnectionResetError("Connection lost")
 
 
-class TcpReader(StreamReaderAdapter):
+class TcpReader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt has no type information
     """amqtt's adapter class over an MqttStream (its `_reader`)."""
 
     def __init__(self, stream: MqttStream) -> None:  # no super(): nothing else to set up
-        self._reader = stream  # type: ignore[assignment]
+        self._reader = stream
 
 
-class TcpWriter(StreamWriterAdapter):
+class TcpWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt has no type information
     """amqtt's adapter class over an MqttStream (its `_writer`), without a logger lookup per connection."""
 
     logger = log
 
     def __init__(self, stream: MqttStream) -> None:
-        self._writer = stream  # type: ignore[assignment]
+        self._writer = stream
         self.is_closed = False
 
     def get_peer_info(self) -> tuple[str, int] | None:

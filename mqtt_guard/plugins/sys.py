@@ -15,34 +15,27 @@ from typing import Any
 from amqtt.broker import BrokerContext
 from amqtt.plugins.base import BasePlugin
 
+from ..engine.session_info import queue_of
 from ..guard import guard_of
 from ..metrics.service import BrokerSample
 from ..metrics.sys import SysState, sys_topics
 from ..tasks import cancel_and_wait
-
-try:  # the engine's own outgoing queue, when the engine has one
-    from ..engine.session_info import queue_of as _queue_of
-except ImportError:  # pragma: no cover - older engine
-    _queue_of = None
 
 log = logging.getLogger("mqtt_guard.sys")
 
 
 def queue_depth(session: Any) -> int:
     """Messages waiting for a session: the engine's queue (waiting + in flight), else amqtt's counts."""
-    q = _queue_of(session) if _queue_of is not None else None
+    q = queue_of(session)
     if q is not None:
-        try:
-            return int(q.depth()[0])
-        except (AttributeError, TypeError, IndexError):
-            pass
+        return q.depth()[0]
     try:
         return int(session.retained_messages_count) + int(session.inflight_out_count)
     except (AttributeError, TypeError):
         return 0
 
 
-class GuardSysPlugin(BasePlugin[BrokerContext]):
+class GuardSysPlugin(BasePlugin[BrokerContext]):  # type: ignore[misc]  # amqtt has no type information
     @dataclass
     class Config:
         pass
