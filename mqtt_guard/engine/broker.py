@@ -87,10 +87,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqtt_guard.broker")
 plugin_log = RateLimitedLog(logging.getLogger("mqtt_guard.plugins"))
 queue_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
+# A client retrying a refused CONNECT every second writes one line a minute (with the count held back),
+# not one per attempt.
+refusal_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
 
 # The Guard's own auth and ACL plugins of earlier versions: the broker asks the Guard directly now, so a
 # config that still names them loads nothing for them.
 BUILT_IN_PLUGINS = frozenset({"mqtt_guard.plugins.auth.GuardAuthPlugin", "mqtt_guard.plugins.acl.GuardAclPlugin"})
+SYS_PLUGIN = "mqtt_guard.plugins.sys.GuardSysPlugin"  # loaded by every broker (amqtt_config)
 PERMS = {Action.PUBLISH: Perm.PUBLISH, Action.SUBSCRIBE: Perm.SUBSCRIBE, Action.RECEIVE: Perm.RECEIVE}
 SUBACK_FAILURE = 0x80
 SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach the clients
@@ -116,6 +120,9 @@ def amqtt_config(config: GuardConfig) -> dict[str, Any]:
                 entry["cafile"] = listener.cafile
         listeners[name] = entry
     plugins = {k: v or {} for k, v in config.plugins.items() if k not in BUILT_IN_PLUGINS}
+    # $SYS/broker/... is published by default, as mosquitto does (`metrics.sys_interval: 0` turns the
+    # topics off); the plugin also samples sessions, subscriptions and queues for the /metrics gauges.
+    plugins.setdefault(SYS_PLUGIN, {})
     return {"listeners": listeners, "plugins": plugins}
 
 
@@ -434,7 +441,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if result is None:
             return CONNACK_NOT_AUTHORIZED  # (a quota refusal is logged by `_admit`)
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
-        log.warning(
+        refusal_log.log(
+            logging.WARNING,
+            (session.client_id, session.username, reason),
             "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
             session.client_id,
             where,
@@ -469,13 +478,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     session.client_id, result, "identity" if by_identity else "", listener_config=listener
                 )
             except QuotaRefusal as refusal:
-                self._counters.auth_failed(
-                    session.client_id,
-                    result.username,
-                    C.quota_refusal(str(refusal)),
-                    known_user=result.user is not None,
-                )
-                log.warning(
+                kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
+                self._counters.auth_failed(session.client_id, result.username, kind, known_user=result.user is not None)
+                refusal_log.log(
+                    logging.WARNING,
+                    (session.client_id, result.username, kind),
                     "refused CONNECT of client %r, username %r: %s (CONNACK 5)",
                     session.client_id,
                     result.username,

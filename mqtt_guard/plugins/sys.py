@@ -1,8 +1,8 @@
 """amqtt plugin: publishes $SYS/broker/... every `metrics.sys_interval` and samples what only the broker
 knows (sessions, subscriptions, retained messages, per-client queue depth) for the analytics.
 
-Enable it with the plugin list of the engine (`"mqtt_guard.plugins.sys.GuardSysPlugin": {}`) or a
-`plugins:` entry of the YAML config. Topics and their ACL: mqtt_guard/metrics/sys.py.
+Every broker loads it (engine/broker.py `amqtt_config`); `metrics.sys_interval: 0` turns the topics off
+and keeps the sampling for /metrics. Topics and their ACL: mqtt_guard/metrics/sys.py.
 """
 
 from __future__ import annotations

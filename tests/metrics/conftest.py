@@ -1,4 +1,5 @@
-"""Brokers with analytics switched on: a YAML config with a `metrics:` section and the $SYS plugin."""
+"""Brokers with analytics switched on: a YAML config with a `metrics:` section (the $SYS plugin is
+loaded by every broker)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ import yaml
 
 from tests.helpers.servers import BrokerProcess, free_port
 
-SYS_PLUGIN = "mqtt_guard.plugins.sys.GuardSysPlugin"
-
-
 @pytest.fixture
 def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]:
     """Start a broker whose /metrics port is `broker.metrics_port`; keyword arguments go to `metrics:`."""
@@ -29,7 +27,7 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
         section = {"prometheus_bind": f"127.0.0.1:{mport}", "flush_interval": "0.2s", "sys_interval": "1s"}
         section.update(metrics)
         path = tmp_path / f"broker{count[0]}.yaml"
-        path.write_text(yaml.safe_dump({"metrics": section, "plugins": {SYS_PLUGIN: {}}}))
+        path.write_text(yaml.safe_dump({"metrics": section}))
         broker = start_broker("-c", str(path))
         broker.metrics_port = mport  # type: ignore[attr-defined]  # the test remembers the /metrics port on the broker handle
         wait_http(mport)

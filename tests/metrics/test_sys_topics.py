@@ -1,4 +1,4 @@
-"""$SYS/broker/... through a real broker (the plugin loaded from the YAML `plugins:` section): published
+"""$SYS/broker/... through a real broker: published by default (`metrics.sys_interval`, 0 = off),
 periodically and retained, readable only by clients the ACL allows."""
 
 from __future__ import annotations
@@ -81,4 +81,23 @@ def test_revoking_the_sys_grant_stops_delivery(metrics_broker, add_user, rds, pr
     time.sleep(0.5)
     collect(ops, 0.5)  # whatever was already on its way
     assert collect(ops, 2.5) == []
+    ops.close()
+
+
+def test_sys_topics_are_published_by_a_plain_broker_and_sys_interval_0_turns_them_off(
+    start_broker, add_user, rds, prefix, tmp_path
+):
+    add_user("ops", "pw")
+    rds.hset(f"{prefix}acl:user:ops", "$SYS/#", "read")
+    plain = start_broker()  # no config file at all: $SYS is on, as in mosquitto
+    ops = connect(plain.port, "ops", "pw", client_id="ops-1")
+    assert ops.subscribe("$SYS/broker/version") == [0]
+    assert ops.receive(timeout=15).payload.startswith(b"mqtt-guard version ")
+    ops.close()
+    off = tmp_path / "off.yaml"
+    off.write_text("metrics:\n  sys_interval: 0\n")
+    quiet = start_broker("-c", str(off))
+    ops = connect(quiet.port, "ops", "pw", client_id="ops-2")
+    assert ops.subscribe("$SYS/#") == [0]
+    assert collect(ops, 1.5) == []
     ops.close()

@@ -54,6 +54,16 @@ def test_kick_with_block_refuses_reconnects_with_connack_5_until_the_block_expir
     assert connect(broker.port, "d", "pw", client_id="dev").rc == 0
 
 
+def test_a_blocked_client_retrying_is_logged_once_not_per_attempt(start_broker, add_user, cli, tmp_path):
+    add_user("d", "pw")
+    broker = start_broker("--config", fast_config(tmp_path))
+    assert cli("kick", "dev", "--block", "1m").returncode == 0  # not connected, but blocked all the same
+    for _ in range(4):  # a device retrying every second would write 1,200 lines in ten minutes
+        assert connect(broker.port, "d", "pw", client_id="dev").rc == CONNACK_NOT_AUTHORIZED
+    broker.wait_log("refused CONNECT of client 'dev', username 'd': blocked for")
+    assert broker.log().count("refused CONNECT of client 'dev'") == 1
+
+
 def test_kick_user_disconnects_all_its_clients_on_all_brokers_and_blocks_the_user(
     start_broker, add_user, cli, tmp_path, rds, prefix
 ):
