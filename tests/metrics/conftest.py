@@ -16,6 +16,7 @@ import yaml
 
 from tests.helpers.servers import BrokerProcess, free_port
 
+
 @pytest.fixture
 def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]:
     """Start a broker whose /metrics port is `broker.metrics_port`; keyword arguments go to `metrics:`."""
