@@ -87,11 +87,6 @@ class Limits:
         return self.events_direction in ("out", "both")
 
     @property
-    def metered(self) -> bool:
-        """Whether events or bytes are counted against a shared allowance."""
-        return self.events is not None or self.bytes is not None
-
-    @property
     def empty(self) -> bool:
         return self == NO_LIMITS
 

@@ -114,41 +114,6 @@ return redis.call('DEL', KEYS[n + 2])
 """
 
 # -- sessions -------------------------------------------------------------------------------------------
-# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn, username, since, limit,
-# reopen ('1': only if no other broker registered the client meanwhile).
-# Returns {admitted, sessions of the user before, previous broker, previous conn}.
-OPEN_LUA = """
-local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
-local cid, b, conn, user, since, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local prev_b = redis.call('HGET', s, 'broker') or ''
-local prev_conn = redis.call('HGET', s, 'conn') or ''
-if ARGV[7] == '1' and prev_b ~= '' and prev_b ~= b then return {0, 0, prev_b, prev_conn} end
-local n = 0
-if user ~= '' then
-  n = redis.call('HLEN', us)
-  if limit > 0 and redis.call('HEXISTS', us, cid) == 0 and n >= limit then
-    return {0, n, prev_b, prev_conn}
-  end
-end
-redis.call('DEL', s)
-redis.call('HSET', s, 'client_id', cid, 'broker', b, 'conn', conn, 'username', user, 'since', since,
-           'queue_messages', 0, 'queue_bytes', 0)
-if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
-redis.call('SADD', bs, cid)
-return {1, n, prev_b, prev_conn}
-"""
-
-# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn
-CLOSE_LUA = """
-local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
-local cid, b, conn = ARGV[1], ARGV[2], ARGV[3]
-local removed = 0
-if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
-if redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
-if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
-return removed
-"""
-
 # Many records in one script argument: each field as `<byte length>:<bytes>` (`length_prefixed`), so any
 # client id, username or value fits, and redis-py packs one argument instead of one per field. A script
 # that sets `local blob` to that argument, then includes this, reads the fields in order with field().
@@ -548,8 +513,6 @@ class QuotaStore:
         self.audit_maxlen = audit_maxlen
         self._sync = redis.register_script(SYNC_LUA)
         self._reset = redis.register_script(RESET_LUA)
-        self._open = redis.register_script(OPEN_LUA)
-        self._close = redis.register_script(CLOSE_LUA)
         self._updates = redis.register_script(UPDATES_LUA)
         self._registry = redis.register_script(REGISTRY_LUA)
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
@@ -663,44 +626,7 @@ class QuotaStore:
             )
         )
 
-    async def clear_blocks(self, *keys: str) -> int:
-        return int(await self.redis.delete(*keys)) if keys else 0
-
     # -- sessions ----------------------------------------------------------------------------------------
-    async def open_session(
-        self,
-        *,
-        client_id: str,
-        broker_id: str,
-        conn: str,
-        username: str | None,
-        since: float,
-        limit: int | None,
-        reopen: bool = False,
-    ) -> tuple[bool, int, str, str]:
-        """Register a connection; (admitted, sessions the user had, previous broker, previous conn)."""
-        raw = await self._open(
-            keys=[
-                self.keys.session(client_id),
-                self.keys.user_sessions(username or ""),
-                self.keys.broker_sessions(broker_id),
-            ],
-            args=[client_id, broker_id, conn, username or "", f"{since:.3f}", limit or 0, "1" if reopen else "0"],
-        )
-        return bool(raw[0]), int(raw[1]), str(raw[2]), str(raw[3])
-
-    async def close_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None) -> bool:
-        return bool(
-            await self._close(
-                keys=[
-                    self.keys.session(client_id),
-                    self.keys.user_sessions(username or ""),
-                    self.keys.broker_sessions(broker_id),
-                ],
-                args=[client_id, broker_id, conn],
-            )
-        )
-
     async def registry(self, broker_id: str, ops: list[RegistryOp]) -> list[RegistryResult]:
         """Apply a batch of session registry operations of one broker, in order, in one call."""
         if not ops:
@@ -719,11 +645,6 @@ class QuotaStore:
             )
             for r in raw
         ]
-
-    async def session_slots(self, username: str) -> dict[str, int]:
-        """Broker id -> session slots it reserved for the user (`quota show`, tests)."""
-        raw = await self.redis.hgetall(self.keys.user_session_slots(username))
-        return {k[len("lease:") :]: int(v) for k, v in raw.items() if k.startswith("lease:")}
 
     async def update_sessions(self, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
         """(client id, conn, fields) for each connection whose reported state changed; one script call
