@@ -64,8 +64,19 @@ class Guard:
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
-        self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
+        # Quotas, session registry, kicks through Redis (docs/quotas.md).
+        self.quota = QuotaEnforcer(
+            config.quota,
+            redis=self.redis,
+            redis_url=config.redis.url,
+            keys=self.keys,
+            counters=self.counters,
+            kick=self.kick,
+            queue_depth=self.queue_depth,
+            tracking=self.listener,
+            kick_retry=config.sidecar.kick_retry,
+        )
         self.metrics = MetricsService(self)  # flushes counters to Redis, /metrics (docs/analytics.md)
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
