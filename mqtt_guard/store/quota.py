@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from . import keys as k
+
+Hash = dict[str, str]  # a hash as the decode_responses client returns it (redis-py's types allow bytes too)
 
 # -- the lease ledger ---------------------------------------------------------------------------------
 # KEYS[1] usage hash, KEYS[2] the broker's lease set
@@ -551,7 +553,7 @@ class QuotaStore:
         return [SyncResult.of(x) for x in raw]
 
     async def usage(self, key: str) -> dict[str, str]:
-        return await self.redis.hgetall(key)
+        return cast(Hash, await self.redis.hgetall(key))
 
     async def usage_keys(self, username: str) -> list[str]:
         """Every usage hash of exactly this user (not of users whose name merely starts the same)."""
@@ -660,10 +662,10 @@ class QuotaStore:
             await self._updates(keys=[], args=[b"".join(blob)])
 
     async def session(self, client_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(self.keys.session(client_id))
+        return cast(Hash, await self.redis.hgetall(self.keys.session(client_id)))
 
     async def sessions_of_user(self, username: str) -> list[dict[str, str]]:
-        ids = sorted(await self.redis.hkeys(self.keys.user_sessions(username)))
+        ids = sorted(cast(list[str], await self.redis.hkeys(self.keys.user_sessions(username))))
         return [s for s in await self.sessions(ids) if s.get("username") == username]
 
     async def sessions(self, client_ids: list[str]) -> list[dict[str, str]]:
@@ -709,10 +711,12 @@ class QuotaStore:
         return int(sec) * 1000 + int(usec) // 1000
 
     async def live_brokers(self) -> list[str]:
-        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), await self.now_ms(), "+inf"))
+        return sorted(cast(list[str], await self.redis.zrangebyscore(self.keys.brokers(), await self.now_ms(), "+inf")))
 
     async def dead_brokers(self) -> list[str]:
-        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), "-inf", f"({await self.now_ms()}"))
+        return sorted(
+            cast(list[str], await self.redis.zrangebyscore(self.keys.brokers(), "-inf", f"({await self.now_ms()}"))
+        )
 
     async def broker_alive(self, broker_id: str) -> bool:
         score = await self.redis.zscore(self.keys.brokers(), broker_id)
@@ -722,8 +726,8 @@ class QuotaStore:
         """Clean up after a broker that stopped heartbeating: its sessions and leases go, what it
         reported as spent stays counted. -1 if the broker turned out to be alive, -2 if it was reaped
         meanwhile by somebody else."""
-        ids = sorted(await self.redis.smembers(self.keys.broker_sessions(broker_id)))
-        leases = sorted(await self.redis.smembers(self.keys.broker_leases(broker_id)))
+        ids = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_sessions(broker_id))))
+        leases = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_leases(broker_id))))
         sessions = await self.sessions(ids)
         by_id = {s.get("client_id"): s for s in sessions}
         keys = [
@@ -760,7 +764,7 @@ class QuotaStore:
     ) -> tuple[bool, str]:
         """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s).
         (True, broker) when the request was queued, else (False, why not)."""
-        session = await self.redis.hget(self.keys.session(client_id), "broker")
+        session = cast(str | None, await self.redis.hget(self.keys.session(client_id), "broker"))
         if session is None:
             return False, "not connected"
         raw = await self._kick(
@@ -807,7 +811,7 @@ class QuotaStore:
         )
 
     async def audit_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(await self.redis.xrevrange(self.keys.audit(), count=count)))
+        return list(reversed(cast(list[tuple[str, Hash]], await self.redis.xrevrange(self.keys.audit(), count=count))))
 
     # -- sidecar leader --------------------------------------------------------------------------------------
     async def lead(self, sidecar_id: str, ttl: float) -> bool:
