@@ -205,4 +205,4 @@ def parse_limits(user: dict[str, str] | None, default: dict[str, str] | None) ->
                 values[name] = PARSERS[name](raw)
             except ValueError as exc:
                 problems.append(f"{source} {name}: {exc}")
-    return Limits(problems=tuple(problems), **values)  # type: ignore[arg-type]
+    return Limits(problems=tuple(problems), **values)  # type: ignore[arg-type]  # each value as its PARSERS entry made it

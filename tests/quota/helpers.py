@@ -57,8 +57,9 @@ async def guards(config: GuardConfig, n: int = 1) -> AsyncIterator[list[Guard]]:
     try:
         for _ in range(n):
             g = Guard(config)
-            g.kicks = Kicks()  # type: ignore[attr-defined]  # the tests read the kicks from here
-            g.bind_engine(g.kicks)  # type: ignore[attr-defined]
+            kicks = Kicks()
+            g.kicks = kicks  # type: ignore[attr-defined]  # the tests read the kicks from here
+            g.bind_engine(kicks)
             await g.start()
             started.append(g)
         yield started
@@ -107,4 +108,4 @@ async def crash(g: Guard) -> None:
         await metrics.close()
     g.authenticator.close()
     await g.redis.aclose()
-    g._crashed = True  # type: ignore[attr-defined]
+    g._crashed = True  # type: ignore[attr-defined]  # guards() closes every Guard not marked so

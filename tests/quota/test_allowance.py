@@ -51,16 +51,18 @@ class Book:
 
 def make_book(now: float = T0) -> Book:
     clock = Clock(now)
-    b = Book(None, clock)  # type: ignore[arg-type]  # the book is made next: its callbacks record into b
-    b.book = Allowances(
+    counters = Counters()
+    wakes: list[int] = []
+    exceeded: list[tuple[str, str, float]] = []
+    book = Allowances(
         QuotaConfig(),
         Keys("t:"),
-        b.counters,
-        lambda: b.wakes.append(1),
-        lambda cq, reason, until: b.exceeded.append((cq.client.client_id, reason, until)),
+        counters,
+        lambda: wakes.append(1),
+        lambda cq, reason, until: exceeded.append((cq.client.client_id, reason, until)),
         clock,
     )
-    return b
+    return Book(book, clock, wakes, exceeded, counters)
 
 
 def add_user(b: Book, username: str, fields: dict[str, str], clients: int = 1) -> tuple[UserQuota, list[GuardClient]]:
