@@ -10,8 +10,8 @@ One implementation of the window arithmetic: `take` rolls the user's windows whe
 out what is left of each (`Entry.available`, inlined: it runs per message) and spends all or nothing.
 Every spend goes through it: a PUBLISH (`admit_publish`), a delivery (`admit_delivery`), a delivery to
 several clients of one user at once (stretch.DeliveryGroup), and a read batch's reservation
-(stretch.py, `reserve=True`: it takes only when twice the amount is left, and asks for no refill
-before it is settled).
+(stretch.py, `reserve=True`: it takes only when HEADROOM times the amount is left, and asks for no
+refill before it is settled).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..config import QuotaConfig
 from ..guard_client import GuardClient
@@ -152,10 +152,20 @@ class Allowances:
         usage["bytes_out"] += payload_len
         return True
 
-    def take(self, user: UserQuota, events: int, nbytes: int, reserve: bool = False) -> bool:
+    @overload
+    def take(self, user: UserQuota, events: int, nbytes: int) -> bool: ...
+
+    @overload
+    def take(self, user: UserQuota, events: int, nbytes: int, reserve: Literal[True]) -> Reservation | None: ...
+
+    def take(self, user: UserQuota, events: int, nbytes: int, reserve: bool = False) -> bool | Reservation | None:
         """Spend `events` and `nbytes` of the user's current windows when what this broker holds covers
-        both (with `reserve`: twice both, see HEADROOM); False, with nothing spent, otherwise. An exact
-        take that leaves an entry low asks for a refill; a reservation leaves that to `release`."""
+        both; False, with nothing spent, otherwise. An exact take that leaves an entry low asks for a
+        refill.
+
+        With `reserve` (a read batch's reservation, quota/stretch.py): only when what is held covers
+        HEADROOM times both; the Reservation to `release` when the batch is settled (which asks for a
+        refill then), or None with nothing spent."""
         now = self.clock()
         current = user.current
         ev = current.get("events")
@@ -165,20 +175,28 @@ class Allowances:
         if by is not None and now >= by.end:
             by = self.roll(user, "bytes", now)
         if ev is not None:
-            ev_left = ev.held - ev.total + ev.reported  # Entry.available
-            if ev_left < (HEADROOM * events if reserve else events):
-                return False
+            ev_left = ev.held - ev.total + ev.reported  # Entry.available, inlined (per message)
+            if ev_left < events:
+                return None if reserve else False
         if by is not None:
             by_left = by.held - by.total + by.reported
-            if by_left < (HEADROOM * nbytes if reserve else nbytes):
-                return False
+            if by_left < nbytes:
+                return None if reserve else False
+        if reserve:
+            if (ev is not None and ev_left < HEADROOM * events) or (by is not None and by_left < HEADROOM * nbytes):
+                return None
+            if ev is not None:
+                ev.total += events
+            if by is not None:
+                by.total += nbytes
+            return ev, by, events, nbytes
         if ev is not None:
             ev.total += events
-            if not reserve and ev_left - events <= (ev.block >> 2) and ev.low():
+            if ev_left - events <= (ev.block >> 2) and ev.low():
                 self.want_sync(ev)
         if by is not None:
             by.total += nbytes
-            if not reserve and by_left - nbytes <= (by.block >> 2) and by.low():
+            if by_left - nbytes <= (by.block >> 2) and by.low():
                 self.want_sync(by)
         return True
 

@@ -58,15 +58,6 @@ def bound(remaining: int) -> tuple[int, int] | None:
     return remaining // MIN_PUBLISH + 1, remaining
 
 
-def reserve(book: Allowances, user: UserQuota, events: int, nbytes: int) -> Reservation | None:
-    """Spend `events` and `nbytes` of the user's current windows provisionally, only when what this
-    broker holds covers both twice; None, with nothing spent, otherwise."""
-    if not book.take(user, events, nbytes, True):
-        return None
-    current = user.current  # (take rolled the windows that ended)
-    return current.get("events"), current.get("bytes"), events, nbytes
-
-
 def open_stretch(book: Allowances, client: GuardClient | None, events: int, nbytes: int) -> Stretch:
     """A stretch for a run of at most `events` PUBLISHes carrying at most `nbytes` of payload from
     `client`; its publisher side is prepaid when the client's bucket and allowance cover the bound."""
@@ -86,7 +77,7 @@ def open_stretch(book: Allowances, client: GuardClient | None, events: int, nbyt
         st.tokens = events
     user = cq.user
     if user is not None and user.current and user.limits.counts_in:
-        reservation = reserve(book, user, events, nbytes)
+        reservation = book.take(user, events, nbytes, True)
         if reservation is None:
             if bucket is not None:
                 bucket.tokens += events
@@ -122,8 +113,8 @@ def settle_stretch(book: Allowances, st: Stretch) -> None:
         usage["bytes_in"] += b
 
 
-Group = tuple[UserQuota | None, list[ClientQuota], list[dict[str, int]]]
-"""The clients of one user in a DeliveryGroup (user None: anonymous clients), and their usage dicts."""
+Group = tuple[UserQuota | None, list[ClientQuota], list[dict[str, int]], int]
+"""The clients of one user in a DeliveryGroup (user None: anonymous clients), their usage dicts, how many."""
 
 
 def group_reserve(
@@ -132,11 +123,10 @@ def group_reserve(
     """Reservations for `events` deliveries of at most `nbytes` bytes in all to every client of each
     counting user of a group; None, with nothing reserved, when one does not fit."""
     taken: list[tuple[Reservation, int]] = []
-    for user, cqs, _ in groups:
+    for user, _, _, k in groups:
         if user is None or not user.current or not user.limits.counts_out:
             continue
-        k = len(cqs)
-        reservation = reserve(book, user, events * k, nbytes * k)
+        reservation = book.take(user, events * k, nbytes * k, True)
         if reservation is None:
             for r, _k in taken:
                 book.release(r, 0, 0)
@@ -172,7 +162,7 @@ class DeliveryGroup:
             if cq is None or cq.client is not client:
                 continue  # not tracked by the quota: admitted, not counted (as admit_delivery)
             by_user.setdefault(cq.user, []).append(cq)
-        self.groups: list[Group] = [(user, cqs, [cq.usage for cq in cqs]) for user, cqs in by_user.items()]
+        self.groups: list[Group] = [(user, cqs, [cq.usage for cq in cqs], len(cqs)) for user, cqs in by_user.items()]
 
     def current(self) -> bool:
         return self.version == self.book.version
@@ -201,7 +191,7 @@ class DeliveryGroup:
         self.stretch = None
         self.ok = False
         if n:
-            for _, _, usages in self.groups:
+            for _, _, usages, _ in self.groups:
                 for usage in usages:
                     usage["events_out"] += n
                     usage["bytes_out"] += b
@@ -210,12 +200,10 @@ class DeliveryGroup:
     def admit(self, topic: str, payload_len: int) -> set[str] | None:
         """None when every client may have the delivery; else the ids of those it is withheld from."""
         refused = None
-        take = self.take
-        for user, cqs, usages in self.groups:
+        for user, cqs, usages, k in self.groups:
             if user is not None and user.current and user.limits.counts_out:
-                k = len(cqs)
-                if not take(user, k, k * payload_len):  # exact per client when not all of them fit
-                    overdraft = self.book.overdraft
+                if not self.take(user, k, k * payload_len):  # exact per client when not all of them fit
+                    take, overdraft = self.take, self.book.overdraft
                     for cq in cqs:
                         if take(user, 1, payload_len) or overdraft(cq, user, topic, 1, payload_len):
                             usage = cq.usage

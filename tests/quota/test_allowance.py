@@ -117,12 +117,12 @@ def test_a_reservation_needs_headroom_and_release_keeps_what_was_used() -> None:
     b = make_book()
     user, _ = add_user(b, "u", {"events": f"1000/{WINDOW}s"})
     lend(b, user, "events", 10)
-    assert not b.book.take(user, 6, 0, True)  # 6 fit, but not HEADROOM x 6
+    assert b.book.take(user, 6, 0, True) is None  # 6 fit, but not HEADROOM x 6
     assert user.current["events"].total == 0
-    assert b.book.take(user, 5, 0, True)
+    reservation = b.book.take(user, 5, 0, True)
     ev = user.current["events"]
-    assert ev.total == 5
-    b.book.release((ev, None, 5, 0), 2, 0)
+    assert reservation == (ev, None, 5, 0) and ev.total == 5
+    b.book.release(reservation, 2, 0)
     assert ev.total == 2 and ev.available == 8
 
 
@@ -266,15 +266,16 @@ def test_the_book_admits_exactly_what_the_model_admits_and_never_more_than_the_l
             assert b.book.take(user, events, nbytes) == model.take(amounts(events, nbytes), start())
         else:  # a reader's run: a reservation, exact takes meanwhile, then what was used is kept
             events, nbytes = x, y
-            ok = b.book.take(user, events, nbytes, True)
+            reservation = b.book.take(user, events, nbytes, True)
+            ok = reservation is not None
             assert ok == model.take(amounts(events, nbytes), start(), HEADROOM)
             inner = data.draw(st.lists(st.tuples(st.integers(1, 2), st.integers(0, 100)), max_size=4))
             for e, n in inner:
                 assert b.book.take(user, e, n) == model.take(amounts(e, n), start())
-            if ok:
+            if reservation is not None:
+                assert reservation == (user.current.get("events"), user.current.get("bytes"), events, nbytes)
                 used_e = data.draw(st.integers(0, events))
                 used_b = data.draw(st.integers(0, nbytes))
-                reservation = (user.current.get("events"), user.current.get("bytes"), events, nbytes)
                 b.book.release(reservation, used_e, used_b)
                 for m, gave in (("events", events - used_e), ("bytes", nbytes - used_b)):
                     if m in metrics:
