@@ -25,6 +25,7 @@ from .metrics.service import MetricsService
 from .ports import Engine
 from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
 from .quota.stretch import bound as stretch_bound
+from .quota.stretch import open_stretch, settle_stretch
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.invalidation import InvalidationListener
@@ -232,11 +233,11 @@ class Guard:
         (QoS 1/2 still acknowledged). Counted as over_quota; on_exceed: disconnect kicks and blocks."""
         if self.message_size_limit and payload_len > self.message_size_limit:
             return False  # mosquitto.conf message_size_limit: dropped silently, as mosquitto does
-        return self.quota.admit_publish(client, topic, payload_len, qos)
+        return self.quota.book.admit_publish(client, topic, payload_len, qos)
 
     def admit_delivery(self, client: GuardClient, topic: str, payload_len: int) -> bool:
         """After the RECEIVE ACL allowed a delivery to `client`: False = withhold it (over quota)."""
-        return self.quota.admit_delivery(client, topic, payload_len)
+        return self.quota.book.admit_delivery(client, topic, payload_len)
 
     def delivery_group(self, clients: list[GuardClient]) -> Any:
         """`admit_delivery` for one message to each of `clients` at once: `.admit(topic, payload_len)`
@@ -253,10 +254,10 @@ class Guard:
             return None
         if self.message_size_limit and remaining > self.message_size_limit:
             client = None  # a PUBLISH of the run may be too large: each is checked by admit_publish
-        return self.quota.open_stretch(client, *b)
+        return open_stretch(self.quota.book, client, *b)
 
     def settle_stretch(self, st: Any) -> None:
-        self.quota.settle_stretch(st)
+        settle_stretch(self.quota.book, st)
 
     def bind_engine(self, engine: Engine) -> None:
         """The engine registers itself: kicks go to it, the quota heartbeat and the analytics read its

@@ -6,10 +6,10 @@
   invalidation (caches.py), a user's leases linger after its last client left (`quota.linger`), and a
   CONNECT that takes one of the broker's reserved session slots is registered in the background
   (registry.py). Otherwise it reads Redis as before.
-- Every message (`admit_publish`, `admit_delivery`, `delivery_group`, `open_stretch`/`settle_stretch`,
-  synchronous): allowance.py and stretch.py, pure; token bucket for `rate`, local lease spending for
-  `events`/`bytes`. No Redis round trip. The facade hands out their functions themselves, so a
-  message pays no call through this class.
+- Every message (`book.admit_publish`, `book.admit_delivery`, `delivery_group`, and per read batch
+  stretch.open_stretch / settle_stretch on `book`), synchronous: allowance.py and stretch.py, pure;
+  token bucket for `rate`, local lease spending for `events`/`bytes`. No Redis round trip. The Guard
+  calls the book (`Allowances`) itself: no call through this class per message.
 - Background: lease sync (sync.py), the heartbeat (heartbeat.py), the kick queue (kicks.py), limit
   changes (reload.py).
 - Disconnect (`detach`): unregister the session (batched, not awaited), return the user's lease
@@ -51,7 +51,7 @@ from .ledger import Entry, monotonic
 from .limits import NO_LIMITS, Limits
 from .registry import SessionRegistry
 from .reload import LimitReloads
-from .stretch import DeliveryGroup, open_stretch, settle_stretch
+from .stretch import DeliveryGroup
 from .sync import LeaseSync
 
 log = logging.getLogger("mqtt_guard.quota")
@@ -128,14 +128,6 @@ class QuotaEnforcer:
             self.sync,
             self.heartbeat.brokers_changed,
         )
-        self.on_keys = self.reloads.on_keys
-        self.on_reset = self.reloads.on_reset
-        # The per-message calls of the Guard, handed out directly (no call through the facade).
-        self.admit_publish = book.admit_publish
-        self.admit_delivery = book.admit_delivery
-        self.delivery_group = functools.partial(DeliveryGroup, book)
-        self.open_stretch = functools.partial(open_stretch, book)
-        self.settle_stretch = functools.partial(settle_stretch, book)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -181,6 +173,18 @@ class QuotaEnforcer:
     def redis_ok(self) -> bool:
         """The last attempt to reach Redis succeeded."""
         return self.book.redis_ok
+
+    # -- per message and per read batch: the Guard calls the book and stretch.py itself --------------
+    def delivery_group(self, clients: list[GuardClient]) -> DeliveryGroup:
+        """`admit_delivery` for one message to each of `clients`, as one call (DeliveryGroup.admit)."""
+        return DeliveryGroup(self.book, clients)
+
+    # -- limits changed in Redis (reload.py) -----------------------------------------------------------
+    def on_keys(self, keys: list[str]) -> None:
+        self.reloads.on_keys(keys)
+
+    def on_reset(self) -> None:
+        self.reloads.on_reset()
 
     # -- CONNECT -------------------------------------------------------------------------------------
     async def attach(self, client: GuardClient) -> ClientQuota:

@@ -142,7 +142,7 @@ class DeliveryGroup:
     is what makes a fan-out to many clients of one user cheap. Valid while `version` equals the
     book's (clients attached, detached, taken over: rebuild)."""
 
-    __slots__ = ("book", "take", "version", "groups", "stretch", "ok", "n", "b", "reserved")
+    __slots__ = ("book", "take", "version", "groups", "usages", "stretch", "ok", "n", "b", "reserved")
 
     def __init__(self, book: Allowances, clients: list[GuardClient]) -> None:
         self.book = book
@@ -163,6 +163,7 @@ class DeliveryGroup:
                 continue  # not tracked by the quota: admitted, not counted (as admit_delivery)
             by_user.setdefault(cq.user, []).append(cq)
         self.groups: list[Group] = [(user, cqs, [cq.usage for cq in cqs], len(cqs)) for user, cqs in by_user.items()]
+        self.usages = [usage for _, _, usages, _ in self.groups for usage in usages]  # every client's, for settle
 
     def current(self) -> bool:
         return self.version == self.book.version
@@ -191,10 +192,9 @@ class DeliveryGroup:
         self.stretch = None
         self.ok = False
         if n:
-            for _, _, usages, _ in self.groups:
-                for usage in usages:
-                    usage["events_out"] += n
-                    usage["bytes_out"] += b
+            for usage in self.usages:
+                usage["events_out"] += n
+                usage["bytes_out"] += b
         self.n = self.b = 0
 
     def admit(self, topic: str, payload_len: int) -> set[str] | None:
