@@ -65,6 +65,9 @@ class QuotaRefusal(Exception):
 
 
 class QuotaEnforcer:
+    """One per broker process: builds the pure book and the background services around it, and runs
+    CONNECT and disconnect; `book` is what the Guard consults per message."""
+
     def __init__(
         self,
         config: QuotaConfig,
