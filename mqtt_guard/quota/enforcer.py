@@ -46,7 +46,7 @@ from .allowance import Allowances, ClientQuota, UserQuota
 from .bucket import TokenBucket
 from .caches import UNKNOWN, BlockCache, LimitsCache, Tracking, Unknown
 from .heartbeat import Heartbeat, QueueDepth
-from .kicks import Kicks
+from .kicks import KickQueue
 from .ledger import Entry, monotonic
 from .limits import NO_LIMITS, Limits
 from .registry import SessionRegistry
@@ -108,7 +108,7 @@ class QuotaEnforcer:
         self.heartbeat = Heartbeat(
             config, self.store, self.broker_id, book, self.registry, self.sync, queue_depth, self._release_user
         )
-        self.kicks = Kicks(
+        self.kicks = KickQueue(
             self.store,
             self.broker_id,
             book,

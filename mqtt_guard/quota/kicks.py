@@ -33,7 +33,7 @@ Spawn = Callable[[Awaitable[Any]], "asyncio.Future[Any]"]
 """Run in the background, owned by the enforcer (awaited at shutdown)."""
 
 
-class Kicks:
+class KickQueue:
     def __init__(
         self,
         store: QuotaStore,
