@@ -25,8 +25,9 @@ from .metrics import counters as C
 from .metrics.counters import Counters
 from .metrics.service import MetricsService
 from .ports import Engine
-from .quota.enforcer import QuotaEnforcer, QuotaRefusal  # noqa: F401 - QuotaRefusal: for the auth plugin
+from .quota.enforcer import QuotaEnforcer
 from .quota.stretch import bound as stretch_bound
+from .quota.stretch import open_stretch, settle_stretch
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.invalidation import InvalidationListener
@@ -102,8 +103,19 @@ class Guard:
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
-        self.quota = QuotaEnforcer(self)  # quotas, session registry, kicks through Redis (docs/quotas.md)
         self.counters = Counters()
+        # Quotas, session registry, kicks through Redis (docs/quotas.md).
+        self.quota = QuotaEnforcer(
+            config.quota,
+            redis=self.redis,
+            redis_url=config.redis.url,
+            keys=self.keys,
+            counters=self.counters,
+            kick=self.kick,
+            queue_depth=self.queue_depth,
+            tracking=self.listener,
+            kick_retry=config.sidecar.kick_retry,
+        )
         # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
         self.metrics = MetricsService(
             config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
@@ -280,11 +292,11 @@ class Guard:
         (QoS 1/2 still acknowledged). Counted as over_quota; on_exceed: disconnect kicks and blocks."""
         if self.message_size_limit and payload_len > self.message_size_limit:
             return False  # mosquitto.conf message_size_limit: dropped silently, as mosquitto does
-        return self.quota.admit_publish(client, topic, payload_len, qos)
+        return self.quota.book.admit_publish(client, topic, payload_len, qos)
 
     def admit_delivery(self, client: GuardClient, topic: str, payload_len: int) -> bool:
         """After the RECEIVE ACL allowed a delivery to `client`: False = withhold it (over quota)."""
-        return self.quota.admit_delivery(client, topic, payload_len)
+        return self.quota.book.admit_delivery(client, topic, payload_len)
 
     def delivery_group(self, clients: list[GuardClient]) -> Any:
         """`admit_delivery` for one message to each of `clients` at once: `.admit(topic, payload_len)`
@@ -301,10 +313,10 @@ class Guard:
             return None
         if self.message_size_limit and remaining > self.message_size_limit:
             client = None  # a PUBLISH of the run may be too large: each is checked by admit_publish
-        return self.quota.open_stretch(client, *b)
+        return open_stretch(self.quota.book, client, *b)
 
     def settle_stretch(self, st: Any) -> None:
-        self.quota.settle_stretch(st)
+        settle_stretch(self.quota.book, st)
 
     def bind_engine(self, engine: Engine) -> None:
         """The engine registers itself: kicks go to it, the quota heartbeat and the analytics read its
@@ -403,7 +415,7 @@ def _subject(client_id: str, username: str | None, user: UserRecord | None) -> S
 
 def guard_of(context: Any) -> Guard:
     """The Guard of the broker a plugin runs in (the one sanctioned reach into amqtt's context)."""
-    guard = getattr(context._broker_instance, "guard", None)  # noqa: SLF001
-    if guard is None:
+    guard = getattr(context._broker_instance, "guard", None)  # noqa: SLF001 - amqtt's context has no public accessor
+    if not isinstance(guard, Guard):
         raise RuntimeError("mqtt-guard plugins need mqtt_guard.engine.broker.GuardedBroker")
     return guard

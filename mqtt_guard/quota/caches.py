@@ -12,20 +12,41 @@ been missed meanwhile. Untrusted: callers read Redis as before (docs/quotas.md "
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
 
+from ..logutil import RateLimitedLog
 from ..store.connection import REDIS_ERRORS
 from ..store.quota import Block, QuotaStore
 from ..tasks import cancel_and_wait
-from .limits import Limits
+from .limits import Limits, parse_limits
 
 log = logging.getLogger("mqtt_guard.quota")
+drop_log = RateLimitedLog(log)
 
-UNKNOWN: Any = object()  # BlockCache.lookup: not known here, read Redis
+
+class Unknown(enum.Enum):
+    """BlockCache.lookup: not known here, read Redis."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN: Final = Unknown.UNKNOWN
+
+
+class Tracking(Protocol):
+    """What the caches need of the invalidation listener (store/invalidation.py): whether it is
+    connected now (else nothing cached is trusted), and the key prefixes it is told about."""
+
+    @property
+    def connected(self) -> asyncio.Event: ...
+
+    @property
+    def prefixes(self) -> Sequence[str]: ...
 
 
 class LimitsCache:
@@ -44,6 +65,21 @@ class LimitsCache:
         if username in self.fresh and self.connected():
             return self.last[username]
         return None
+
+    def parse(self, username: str, raw: dict[str, str] | None, default: dict[str, str], token: int = -1) -> Limits:
+        """Parse the user's and the default hash as read from Redis (logging malformed values) and cache
+        the result; `token` from `begin()` before the read."""
+        limits = parse_limits(raw, default)
+        for problem in limits.problems:
+            drop_log.log(
+                logging.ERROR,
+                ("limits", username, problem),
+                "quota limits of user %r: ignoring malformed value: %s",
+                username,
+                problem,
+            )
+        self.put(username, limits, token)
+        return limits
 
     def begin(self) -> int:
         """Call before a read of limits from Redis; pass the result to `put`."""
@@ -88,7 +124,7 @@ class BlockCache:
         self._stopped = False
 
     # -- reads ---------------------------------------------------------------------------------------
-    def lookup(self, client_id: str, username: str | None) -> Block | None:
+    def lookup(self, client_id: str, username: str | None) -> Block | Unknown | None:
         """The block of a CONNECT (client block first), None, or UNKNOWN (read Redis)."""
         if not (self.loaded and self.tracked and self.connected()):
             return UNKNOWN

@@ -87,11 +87,6 @@ class Limits:
         return self.events_direction in ("out", "both")
 
     @property
-    def metered(self) -> bool:
-        """Whether events or bytes are counted against a shared allowance."""
-        return self.events is not None or self.bytes is not None
-
-    @property
     def empty(self) -> bool:
         return self == NO_LIMITS
 
@@ -210,4 +205,4 @@ def parse_limits(user: dict[str, str] | None, default: dict[str, str] | None) ->
                 values[name] = PARSERS[name](raw)
             except ValueError as exc:
                 problems.append(f"{source} {name}: {exc}")
-    return Limits(problems=tuple(problems), **values)  # type: ignore[arg-type]
+    return Limits(problems=tuple(problems), **values)  # type: ignore[arg-type]  # each value as its PARSERS entry made it

@@ -19,28 +19,18 @@ The outcome is that of the per-message checks: a reservation is only taken when 
 bound fits in what is held here, so none of the run's messages would have been refused; when it does
 not fit (small limits, a nearly used allowance), every message is checked one by one as before.
 Nothing awaits between opening and settling, so no other task ever sees a provisional amount.
+
+Pure and synchronous like allowance.py, whose `take` does the spending (`reserve=True` here).
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..guard_client import GuardClient
-    from .enforcer import ClientQuota, DeliveryGroup, QuotaEnforcer, UserQuota
-    from .ledger import Entry
+from ..guard_client import GuardClient
+from .allowance import Allowances, ClientQuota, Reservation, UserQuota
 
 MIN_PUBLISH = 5  # bytes: fixed header (2) + topic length (2) + a one-character topic, no payload
 # Below this many bytes a run holds a handful of packets: the per-message path is as cheap (iot case).
 MIN_STRETCH = 1024
-
-# A reservation takes at most 1/HEADROOM of what is held here: the bound is far above what a run
-# really carries, and exact checks later in the same run (a group that could not reserve) must still
-# find the allowance they would have found without it.
-HEADROOM = 2
-
-Reservation = tuple["Entry | None", "Entry | None", int, int]
 
 
 class Stretch:
@@ -68,48 +58,13 @@ def bound(remaining: int) -> tuple[int, int] | None:
     return remaining // MIN_PUBLISH + 1, remaining
 
 
-def reserve(enforcer: QuotaEnforcer, user: UserQuota, events: int, nbytes: int) -> Reservation | None:
-    """Spend `events` and `nbytes` of the user's current windows provisionally, only when what this
-    broker holds covers both; None, with nothing spent, otherwise."""
-    current = user.current
-    now = time.time()
-    ev = current.get("events")
-    if ev is not None and now >= ev.end:
-        ev = enforcer._roll(user, "events", now)  # noqa: SLF001 - the enforcer's own window roll
-    by = current.get("bytes")
-    if by is not None and now >= by.end:
-        by = enforcer._roll(user, "bytes", now)  # noqa: SLF001
-    if ev is not None and ev.held - ev.total + ev.reported < HEADROOM * events:
-        return None
-    if by is not None and by.held - by.total + by.reported < HEADROOM * nbytes:
-        return None
-    if ev is not None:
-        ev.total += events
-    if by is not None:
-        by.total += nbytes
-    return ev, by, events, nbytes
-
-
-def release(enforcer: QuotaEnforcer, reservation: Reservation, used_events: int, used_bytes: int) -> None:
-    """Keep what was used of a reservation, give the rest back, ask for a refill when it runs low."""
-    ev, by, events, nbytes = reservation
-    if ev is not None:
-        ev.total -= events - used_events
-        if used_events and ev.low():
-            enforcer._want_sync(ev)  # noqa: SLF001
-    if by is not None:
-        by.total -= nbytes - used_bytes
-        if used_bytes and by.low():
-            enforcer._want_sync(by)  # noqa: SLF001
-
-
-def open_stretch(enforcer: QuotaEnforcer, client: GuardClient | None, events: int, nbytes: int) -> Stretch:
+def open_stretch(book: Allowances, client: GuardClient | None, events: int, nbytes: int) -> Stretch:
     """A stretch for a run of at most `events` PUBLISHes carrying at most `nbytes` of payload from
     `client`; its publisher side is prepaid when the client's bucket and allowance cover the bound."""
     st = Stretch(events, nbytes)
     if client is None:
         return st
-    cq = enforcer.clients.get(client.client_id)
+    cq = book.clients.get(client.client_id)
     if cq is None or cq.client is not client:
         st.pub_ok = True  # not tracked by the quota: admitted and not counted (as admit_publish)
         return st
@@ -122,7 +77,7 @@ def open_stretch(enforcer: QuotaEnforcer, client: GuardClient | None, events: in
         st.tokens = events
     user = cq.user
     if user is not None and user.current and user.limits.counts_in:
-        reservation = reserve(enforcer, user, events, nbytes)
+        reservation = book.take(user, events, nbytes, True)
         if reservation is None:
             if bucket is not None:
                 bucket.tokens += events
@@ -134,7 +89,7 @@ def open_stretch(enforcer: QuotaEnforcer, client: GuardClient | None, events: in
     return st
 
 
-def settle_stretch(enforcer: QuotaEnforcer, st: Stretch) -> None:
+def settle_stretch(book: Allowances, st: Stretch) -> None:
     """Spend what the run carried, give back the rest (publisher first, then every delivery group)."""
     for group in st.groups:
         group.settle()
@@ -150,7 +105,7 @@ def settle_stretch(enforcer: QuotaEnforcer, st: Stretch) -> None:
             bucket.tokens = min(bucket.burst, bucket.tokens + st.tokens - n)
         st.tokens = 0
     if st.reservation is not None:
-        release(enforcer, st.reservation, n, b)
+        book.release(st.reservation, n, b)
         st.reservation = None
     if n:
         usage = cq.usage
@@ -158,20 +113,108 @@ def settle_stretch(enforcer: QuotaEnforcer, st: Stretch) -> None:
         usage["bytes_in"] += b
 
 
+Group = tuple[UserQuota | None, list[ClientQuota], list[dict[str, int]], int]
+"""The clients of one user in a DeliveryGroup (user None: anonymous clients), their usage dicts, how many."""
+
+
 def group_reserve(
-    enforcer: QuotaEnforcer, groups: list[tuple[Any, list[Any], list[Any]]], events: int, nbytes: int
+    book: Allowances, groups: list[Group], events: int, nbytes: int
 ) -> list[tuple[Reservation, int]] | None:
     """Reservations for `events` deliveries of at most `nbytes` bytes in all to every client of each
     counting user of a group; None, with nothing reserved, when one does not fit."""
     taken: list[tuple[Reservation, int]] = []
-    for user, cqs, _ in groups:
+    for user, _, _, k in groups:
         if user is None or not user.current or not user.limits.counts_out:
             continue
-        k = len(cqs)
-        reservation = reserve(enforcer, user, events * k, nbytes * k)
+        reservation = book.take(user, events * k, nbytes * k, True)
         if reservation is None:
             for r, _k in taken:
-                release(enforcer, r, 0, 0)
+                book.release(r, 0, 0)
             return None
         taken.append((reservation, k))
     return taken
+
+
+class DeliveryGroup:
+    """Delivery accounting for one message to a fixed set of clients (the engine keeps one per cached
+    topic route): the same decisions and counts as calling `admit_delivery` for each client in turn,
+    but the allowance of a user is spent once for all of its clients when it covers them all, which
+    is what makes a fan-out to many clients of one user cheap. Valid while `version` equals the
+    book's (clients attached, detached, taken over: rebuild)."""
+
+    __slots__ = ("book", "take", "version", "groups", "usages", "stretch", "ok", "n", "b", "reserved")
+
+    def __init__(self, book: Allowances, clients: list[GuardClient]) -> None:
+        self.book = book
+        self.take = book.take
+        self.version = book.version
+        # Per read batch (quota/stretch.py): the Stretch this group last reserved for, whether it could,
+        # and the deliveries counted since (n messages, b payload bytes, to every client).
+        self.stretch: Stretch | None = None
+        self.ok = False
+        self.n = 0
+        self.b = 0
+        self.reserved: list[tuple[Reservation, int]] = []
+        by_user: dict[UserQuota | None, list[ClientQuota]] = {}
+        get = book.clients.get
+        for client in clients:
+            cq = get(client.client_id)
+            if cq is None or cq.client is not client:
+                continue  # not tracked by the quota: admitted, not counted (as admit_delivery)
+            by_user.setdefault(cq.user, []).append(cq)
+        self.groups: list[Group] = [(user, cqs, [cq.usage for cq in cqs], len(cqs)) for user, cqs in by_user.items()]
+        self.usages = [usage for _, _, usages, _ in self.groups for usage in usages]  # every client's, for settle
+
+    def current(self) -> bool:
+        return self.version == self.book.version
+
+    def reserve(self, st: Stretch) -> bool:
+        """Reserve the allowance of every delivery `st` can make through this group (then the engine
+        only counts them: `n += 1; b += payload_len`); False: use `admit` for each message of `st`."""
+        self.stretch = st
+        taken = group_reserve(self.book, self.groups, st.events, st.nbytes)
+        if taken is None:
+            self.ok = False
+            return False
+        self.ok = True
+        self.n = self.b = 0
+        self.reserved = taken
+        st.groups.append(self)
+        return True
+
+    def settle(self) -> None:
+        """Spend the deliveries counted since `reserve` (exactly what `admit` would have), give back the rest."""
+        n, b = self.n, self.b
+        release = self.book.release
+        for reservation, k in self.reserved:
+            release(reservation, n * k, b * k)
+        self.reserved = []
+        self.stretch = None
+        self.ok = False
+        if n:
+            for usage in self.usages:
+                usage["events_out"] += n
+                usage["bytes_out"] += b
+        self.n = self.b = 0
+
+    def admit(self, topic: str, payload_len: int) -> set[str] | None:
+        """None when every client may have the delivery; else the ids of those it is withheld from."""
+        refused = None
+        for user, cqs, usages, k in self.groups:
+            if user is not None and user.current and user.limits.counts_out:
+                if not self.take(user, k, k * payload_len):  # exact per client when not all of them fit
+                    take, overdraft = self.take, self.book.overdraft
+                    for cq in cqs:
+                        if take(user, 1, payload_len) or overdraft(cq, user, topic, 1, payload_len):
+                            usage = cq.usage
+                            usage["events_out"] += 1
+                            usage["bytes_out"] += payload_len
+                        else:
+                            if refused is None:
+                                refused = set()
+                            refused.add(cq.client.client_id)
+                    continue
+            for usage in usages:
+                usage["events_out"] += 1
+                usage["bytes_out"] += payload_len
+        return refused

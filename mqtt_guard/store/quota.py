@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from . import keys as k
+
+Hash = dict[str, str]  # a hash as the decode_responses client returns it (redis-py's types allow bytes too)
 
 # -- the lease ledger ---------------------------------------------------------------------------------
 # KEYS[1] usage hash, KEYS[2] the broker's lease set
@@ -114,41 +116,6 @@ return redis.call('DEL', KEYS[n + 2])
 """
 
 # -- sessions -------------------------------------------------------------------------------------------
-# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn, username, since, limit,
-# reopen ('1': only if no other broker registered the client meanwhile).
-# Returns {admitted, sessions of the user before, previous broker, previous conn}.
-OPEN_LUA = """
-local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
-local cid, b, conn, user, since, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local prev_b = redis.call('HGET', s, 'broker') or ''
-local prev_conn = redis.call('HGET', s, 'conn') or ''
-if ARGV[7] == '1' and prev_b ~= '' and prev_b ~= b then return {0, 0, prev_b, prev_conn} end
-local n = 0
-if user ~= '' then
-  n = redis.call('HLEN', us)
-  if limit > 0 and redis.call('HEXISTS', us, cid) == 0 and n >= limit then
-    return {0, n, prev_b, prev_conn}
-  end
-end
-redis.call('DEL', s)
-redis.call('HSET', s, 'client_id', cid, 'broker', b, 'conn', conn, 'username', user, 'since', since,
-           'queue_messages', 0, 'queue_bytes', 0)
-if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
-redis.call('SADD', bs, cid)
-return {1, n, prev_b, prev_conn}
-"""
-
-# KEYS: session, user's sessions, broker's sessions. ARGV: client_id, broker, conn
-CLOSE_LUA = """
-local s, us, bs = KEYS[1], KEYS[2], KEYS[3]
-local cid, b, conn = ARGV[1], ARGV[2], ARGV[3]
-local removed = 0
-if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
-if redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
-if redis.call('HGET', s, 'broker') ~= b then redis.call('SREM', bs, cid) end
-return removed
-"""
-
 # Many records in one script argument: each field as `<byte length>:<bytes>` (`length_prefixed`), so any
 # client id, username or value fits, and redis-py packs one argument instead of one per field. A script
 # that sets `local blob` to that argument, then includes this, reads the fields in order with field().
@@ -548,8 +515,6 @@ class QuotaStore:
         self.audit_maxlen = audit_maxlen
         self._sync = redis.register_script(SYNC_LUA)
         self._reset = redis.register_script(RESET_LUA)
-        self._open = redis.register_script(OPEN_LUA)
-        self._close = redis.register_script(CLOSE_LUA)
         self._updates = redis.register_script(UPDATES_LUA)
         self._registry = redis.register_script(REGISTRY_LUA)
         self._heartbeat = redis.register_script(HEARTBEAT_LUA)
@@ -588,7 +553,7 @@ class QuotaStore:
         return [SyncResult.of(x) for x in raw]
 
     async def usage(self, key: str) -> dict[str, str]:
-        return await self.redis.hgetall(key)
+        return cast(Hash, await self.redis.hgetall(key))
 
     async def usage_keys(self, username: str) -> list[str]:
         """Every usage hash of exactly this user (not of users whose name merely starts the same)."""
@@ -663,44 +628,7 @@ class QuotaStore:
             )
         )
 
-    async def clear_blocks(self, *keys: str) -> int:
-        return int(await self.redis.delete(*keys)) if keys else 0
-
     # -- sessions ----------------------------------------------------------------------------------------
-    async def open_session(
-        self,
-        *,
-        client_id: str,
-        broker_id: str,
-        conn: str,
-        username: str | None,
-        since: float,
-        limit: int | None,
-        reopen: bool = False,
-    ) -> tuple[bool, int, str, str]:
-        """Register a connection; (admitted, sessions the user had, previous broker, previous conn)."""
-        raw = await self._open(
-            keys=[
-                self.keys.session(client_id),
-                self.keys.user_sessions(username or ""),
-                self.keys.broker_sessions(broker_id),
-            ],
-            args=[client_id, broker_id, conn, username or "", f"{since:.3f}", limit or 0, "1" if reopen else "0"],
-        )
-        return bool(raw[0]), int(raw[1]), str(raw[2]), str(raw[3])
-
-    async def close_session(self, *, client_id: str, broker_id: str, conn: str, username: str | None) -> bool:
-        return bool(
-            await self._close(
-                keys=[
-                    self.keys.session(client_id),
-                    self.keys.user_sessions(username or ""),
-                    self.keys.broker_sessions(broker_id),
-                ],
-                args=[client_id, broker_id, conn],
-            )
-        )
-
     async def registry(self, broker_id: str, ops: list[RegistryOp]) -> list[RegistryResult]:
         """Apply a batch of session registry operations of one broker, in order, in one call."""
         if not ops:
@@ -720,11 +648,6 @@ class QuotaStore:
             for r in raw
         ]
 
-    async def session_slots(self, username: str) -> dict[str, int]:
-        """Broker id -> session slots it reserved for the user (`quota show`, tests)."""
-        raw = await self.redis.hgetall(self.keys.user_session_slots(username))
-        return {k[len("lease:") :]: int(v) for k, v in raw.items() if k.startswith("lease:")}
-
     async def update_sessions(self, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
         """(client id, conn, fields) for each connection whose reported state changed; one script call
         per UPDATES_PART connections, the event loop free between them."""
@@ -739,10 +662,10 @@ class QuotaStore:
             await self._updates(keys=[], args=[b"".join(blob)])
 
     async def session(self, client_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(self.keys.session(client_id))
+        return cast(Hash, await self.redis.hgetall(self.keys.session(client_id)))
 
     async def sessions_of_user(self, username: str) -> list[dict[str, str]]:
-        ids = sorted(await self.redis.hkeys(self.keys.user_sessions(username)))
+        ids = sorted(cast(list[str], await self.redis.hkeys(self.keys.user_sessions(username))))
         return [s for s in await self.sessions(ids) if s.get("username") == username]
 
     async def sessions(self, client_ids: list[str]) -> list[dict[str, str]]:
@@ -788,10 +711,12 @@ class QuotaStore:
         return int(sec) * 1000 + int(usec) // 1000
 
     async def live_brokers(self) -> list[str]:
-        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), await self.now_ms(), "+inf"))
+        return sorted(cast(list[str], await self.redis.zrangebyscore(self.keys.brokers(), await self.now_ms(), "+inf")))
 
     async def dead_brokers(self) -> list[str]:
-        return sorted(await self.redis.zrangebyscore(self.keys.brokers(), "-inf", f"({await self.now_ms()}"))
+        return sorted(
+            cast(list[str], await self.redis.zrangebyscore(self.keys.brokers(), "-inf", f"({await self.now_ms()}"))
+        )
 
     async def broker_alive(self, broker_id: str) -> bool:
         score = await self.redis.zscore(self.keys.brokers(), broker_id)
@@ -801,8 +726,8 @@ class QuotaStore:
         """Clean up after a broker that stopped heartbeating: its sessions and leases go, what it
         reported as spent stays counted. -1 if the broker turned out to be alive, -2 if it was reaped
         meanwhile by somebody else."""
-        ids = sorted(await self.redis.smembers(self.keys.broker_sessions(broker_id)))
-        leases = sorted(await self.redis.smembers(self.keys.broker_leases(broker_id)))
+        ids = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_sessions(broker_id))))
+        leases = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_leases(broker_id))))
         sessions = await self.sessions(ids)
         by_id = {s.get("client_id"): s for s in sessions}
         keys = [
@@ -839,7 +764,7 @@ class QuotaStore:
     ) -> tuple[bool, str]:
         """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s).
         (True, broker) when the request was queued, else (False, why not)."""
-        session = await self.redis.hget(self.keys.session(client_id), "broker")
+        session = cast(str | None, await self.redis.hget(self.keys.session(client_id), "broker"))
         if session is None:
             return False, "not connected"
         raw = await self._kick(
@@ -886,7 +811,7 @@ class QuotaStore:
         )
 
     async def audit_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        return list(reversed(await self.redis.xrevrange(self.keys.audit(), count=count)))
+        return list(reversed(cast(list[tuple[str, Hash]], await self.redis.xrevrange(self.keys.audit(), count=count))))
 
     # -- sidecar leader --------------------------------------------------------------------------------------
     async def lead(self, sidecar_id: str, ttl: float) -> bool:

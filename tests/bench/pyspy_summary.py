@@ -20,7 +20,10 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 # Self time (the sampled leaf frame) grouped for docs/performance.md; the first matching rule wins.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("quota accounting", ("QuotaEnforcer.", "DeliveryGroup.", "Guard.admit_", "Limits.", "TokenBucket.", "Entry.")),
+    (
+        "quota accounting",
+        ("QuotaEnforcer.", "(allowance.py", "(stretch.py", "Guard.admit_", "Limits.", "TokenBucket.", "Entry."),
+    ),
     (
         "ACL decisions",
         ("Guard.may", "AclPolicy.", "LiveAcl.", "GuardAclPlugin.", "_check_sync", "_topic_filtering", "Subject."),

@@ -17,7 +17,6 @@ from mqtt_guard.config import GuardConfig
 from mqtt_guard.guard import Guard
 from mqtt_guard.guard_client import GuardClient
 from mqtt_guard.store.users import UserRecord
-from mqtt_guard.tasks import cancel_and_wait
 from tests.helpers.wait import until_async as eventually  # noqa: F401 - the quota tests import it from here
 
 
@@ -59,8 +58,9 @@ async def guards(config: GuardConfig, n: int = 1) -> AsyncIterator[list[Guard]]:
     try:
         for _ in range(n):
             g = Guard(config)
-            g.kicks = Kicks()  # type: ignore[attr-defined]  # the tests read the kicks from here
-            g.bind_engine(g.kicks)  # type: ignore[attr-defined]
+            kicks = Kicks()
+            g.kicks = kicks  # type: ignore[attr-defined]  # the tests read the kicks from here
+            g.bind_engine(kicks)
             await g.start()
             started.append(g)
         yield started
@@ -87,14 +87,13 @@ async def fresh_window(seconds: int, need: float) -> None:
 
 async def crash(g: Guard) -> None:
     """Stop a Guard the way a killed process stops: no goodbye to Redis (leases, sessions stay)."""
-    # re-cancelled until they end: a cancellation that lands inside a redis-py call can be swallowed
-    # (plain cancel + gather hung here once in a clean-clone CI run)
-    await cancel_and_wait(*g.quota._tasks)
+    # (its tasks are re-cancelled until they end, tasks.cancel_and_wait: a cancellation that lands
+    # inside a redis-py call can be swallowed; a plain cancel + gather hung here once in CI)
+    await g.quota.halt()
     await g.listener.stop()
     metrics = getattr(g, "metrics", None)
     if metrics is not None:
         await metrics.close()
     g.authenticator.close()
-    await g.quota._kick_redis.aclose()
     await g.redis.aclose()
-    g._crashed = True  # type: ignore[attr-defined]
+    g._crashed = True  # type: ignore[attr-defined]  # guards() closes every Guard not marked so

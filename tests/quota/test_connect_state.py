@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mqtt_guard.guard import QuotaRefusal
 from mqtt_guard.quota.caches import LimitsCache
+from mqtt_guard.quota.enforcer import QuotaRefusal
 from mqtt_guard.quota.limits import parse_limits
 from tests.quota.helpers import attach, eventually, guards, make_config
 

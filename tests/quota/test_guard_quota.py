@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from mqtt_guard.guard import QuotaRefusal
 from mqtt_guard.metrics import counters as C
+from mqtt_guard.quota.enforcer import QuotaRefusal
 from mqtt_guard.store.quota import QuotaStore, SyncRequest
 from tests.quota.helpers import attach, eventually, fresh_window, guards, make_config
 
@@ -218,7 +218,7 @@ def test_unused_lease_is_returned_on_disconnect_and_taken_by_the_other_broker(co
 def test_heartbeat_reports_every_connection_across_slices_while_clients_come_and_go(config, rds, prefix):
     """The report pass gives the loop back every REPORT_SLICE connections: with more connections than
     that, every one is reported, and connections that leave meanwhile are not brought back."""
-    from mqtt_guard.quota.enforcer import REPORT_SLICE
+    from mqtt_guard.quota.heartbeat import REPORT_SLICE
 
     n = 2 * REPORT_SLICE + 50
 
