@@ -44,24 +44,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     user = sub.add_parser("user", help="manage users in Redis").add_subparsers(dest="user_cmd", required=True)
     p = user.add_parser("add", help="create a user")
     p.add_argument("name", help=NAME_HELP)
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument(
-        "--password-file",
-        metavar="PATH",
-        help="read the password from a file (raw bytes, one trailing newline dropped)",
-    )
+    _password_options(p)
     p.add_argument("--superuser", action="store_true", help="passes every ACL check (quotas still apply)")
     p.add_argument("--group", action="append", default=[], help="add to a group (repeatable)")
     p.add_argument("--expires", help="unix seconds, an ISO date/time (UTC if no zone), or +DURATION like +30d")
     p.set_defaults(func=cmd_add)
     p = user.add_parser("passwd", help="set a user's password")
     p.add_argument("name", help=NAME_HELP)
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument(
-        "--password-file",
-        metavar="PATH",
-        help="read the password from a file (raw bytes, one trailing newline dropped)",
-    )
+    _password_options(p)
     p.set_defaults(func=cmd_passwd)
     for name, func, help_ in (
         ("del", cmd_del, "delete a user"),
@@ -116,6 +106,16 @@ def parse_expiry(value: str, now: float | None = None) -> float:
 def _check_name(name: str) -> None:
     if not name or any(c in name for c in "\0\n\r"):
         raise CliError(f"invalid user name {name!r}")
+
+
+def _password_options(p: argparse.ArgumentParser) -> None:
+    """Where `user add` and `user passwd` read the password (never argv; an interactive prompt by default)."""
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line, raw bytes)")
+    p.add_argument(
+        "--password-file",
+        metavar="PATH",
+        help="read the password from a file (raw bytes, one trailing newline dropped)",
+    )
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

@@ -15,27 +15,13 @@ import time
 
 import pytest
 
+from tests.bench.run import GUARD_ON
 from tests.helpers import rawmqtt
 from tests.helpers.mqtt import CONNACK_NOT_AUTHORIZED, connect
 from tests.helpers.wait import until as wait_for
 from tests.sidecar.helpers import fast_config
 
-BENCH_QUOTA = (
-    "--events",
-    "2000000000/1d",
-    "--events-direction",
-    "both",
-    "--bytes",
-    "500GB/1d",
-    "--rate",
-    "5000000/s:5000000",
-    "--sessions",
-    "100000",
-    "--max-queue",
-    "100000",
-    "--queue-grace",
-    "60s",
-)
+BENCH_QUOTA = GUARD_ON["quota_args"]  # the quota `make bench` gives its guard-on user
 # Heartbeats and analytics flushes far apart, so that what Redis sees during a test is the CONNECTs'.
 QUIET = "metrics:\n  flush_interval: 10s\n  sys_interval: 0\n"
 
