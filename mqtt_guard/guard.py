@@ -1,9 +1,10 @@
 """The in-process guard: one object per broker process that owns the Redis connection and the state
-the plugins decide from (users, ACL rules, and later quotas and counters).
+the engine decides from (users, ACL rules, quotas, counters), and builds the services that keep it.
 
-Data flows one way: Redis -> store -> in-process state -> decisions. Plugins reach the Guard through
-`guard_of(context)`; they never open Redis connections of their own, so one broker has one
-connection pool and one invalidation listener however many plugins it loads.
+Data flows one way: Redis -> store -> in-process state -> decisions. The engine asks through
+`ports.GuardPort`; the $SYS plugin reaches the Guard through the broker it runs in
+(plugins/sys.py). Nothing else opens Redis connections, so one broker has one connection pool and one
+invalidation listener.
 """
 
 from __future__ import annotations
@@ -411,11 +412,3 @@ def _subject(client_id: str, username: str | None, user: UserRecord | None) -> S
         groups=user.groups if user is not None else frozenset(),
         superuser=bool(user and user.superuser),
     )
-
-
-def guard_of(context: Any) -> Guard:
-    """The Guard of the broker a plugin runs in (the one sanctioned reach into amqtt's context)."""
-    guard = getattr(context._broker_instance, "guard", None)  # noqa: SLF001 - amqtt's context has no public accessor
-    if not isinstance(guard, Guard):
-        raise RuntimeError("mqtt-guard plugins need mqtt_guard.engine.broker.GuardedBroker")
-    return guard

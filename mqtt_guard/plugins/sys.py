@@ -16,7 +16,7 @@ from amqtt.broker import BrokerContext
 from amqtt.plugins.base import BasePlugin
 
 from ..engine.session_info import queue_of
-from ..guard import guard_of
+from ..guard import Guard
 from ..metrics.service import BrokerSample
 from ..metrics.sys import SysState, sys_topics
 from ..tasks import cancel_and_wait
@@ -33,6 +33,14 @@ def queue_depth(session: Any) -> int:
         return int(session.retained_messages_count) + int(session.inflight_out_count)
     except (AttributeError, TypeError):
         return 0
+
+
+def guard_of(context: BrokerContext) -> Guard:
+    """The Guard of the broker this plugin runs in (amqtt gives plugins its context, not the broker)."""
+    guard = getattr(context._broker_instance, "guard", None)  # noqa: SLF001 - amqtt's context has no public accessor
+    if not isinstance(guard, Guard):
+        raise RuntimeError("mqtt-guard plugins need mqtt_guard.engine.broker.GuardedBroker")
+    return guard
 
 
 class GuardSysPlugin(BasePlugin[BrokerContext]):  # type: ignore[misc]  # amqtt has no type information
