@@ -269,7 +269,7 @@ class Guard:
             self.counters.incr(client.client_id, C.WITHHELD)
             acl_log.log(
                 logging.INFO,
-                (client.client_id, "receive", topic),
+                (client.client_id, "receive"),  # per client, not per topic: a '#' subscriber must not flood the log
                 "withheld a message on %r from client %r (user %r): no receive permission for it",
                 topic,
                 client.client_id,

@@ -152,8 +152,6 @@ class RedisProc:
                 "",
                 "--appendonly",
                 "no",
-                "--notify-keyspace-events",
-                "KEA",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -61,7 +61,7 @@ def test_wildcard_subscriber_only_receives_what_it_may_read(world, add_user, rds
     for topic in ("sensors/bob/t", "sensors/alice/t", "sensors/alice/secret", "sensors/carol/x"):
         bob.publish(topic, topic.encode(), qos=1)
     assert [m.topic for m in alice.received(1.0)] == ["sensors/alice/t"]
-    # what was withheld is in the broker log (once per client and topic a minute), not only in `stats`
+    # what was withheld is in the broker log (a line per client a minute), not only in `stats`
     log = world.wait_log("withheld a message on 'sensors/bob/t' from client")
     assert "no receive permission" in log
     alice.close()

@@ -26,7 +26,7 @@ def _cid(prefix: str = "c") -> str:
     "target",
     both(
         "a new client gets every retained message matching any client's "
-        "subscription at CONNECT (amqtt-proofs/p3_receive.py section 5)"
+        "subscription at CONNECT (docs/amqtt-proofs/p3_receive.py section 5)"
     ),
     indirect=True,
 )
@@ -48,7 +48,7 @@ def test_no_retained_messages_at_connect(target):
 
 @pytest.mark.parametrize(
     "target",
-    both("delivers at the subscription QoS: QoS 0 is upgraded to QoS 1 (amqtt-proofs/p1_hooks.out)"),
+    both("delivers at the subscription QoS: QoS 0 is upgraded to QoS 1 (docs/amqtt-proofs/p1_hooks.out)"),
     indirect=True,
 )
 def test_delivery_qos_is_min_of_published_and_granted(target):
@@ -106,7 +106,7 @@ N_BURST = 3000
     "target",
     both(
         "a publisher's DISCONNECT discards its unrouted inbound backlog, PUBACKed "
-        "QoS 1 included (amqtt-proofs/p8b_disconnect_loss.py)"
+        "QoS 1 included (docs/amqtt-proofs/p8b_disconnect_loss.py)"
     ),
     indirect=True,
 )

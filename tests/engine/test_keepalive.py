@@ -15,7 +15,7 @@ from tests.helpers.mqtt import connect
 
 @pytest.mark.parametrize(
     "target",
-    both("keep-alive is not enforced: handle_read_timeout is a no-op (amqtt-proofs/p2_denials.py section G)"),
+    both("keep-alive is not enforced: handle_read_timeout is a no-op (docs/amqtt-proofs/p2_denials.py section G)"),
     indirect=True,
 )
 def test_silent_client_is_disconnected_and_its_will_published(target):

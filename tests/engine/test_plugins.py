@@ -30,7 +30,7 @@ plugins:
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="amqtt 0.12.1: a raising plugin drops the connection or the message for the other "
-                "subscribers (amqtt-proofs/p2b_plugin_exceptions.py)",
+                "subscribers (docs/amqtt-proofs/p2b_plugin_exceptions.py)",
             ),
         ),
     ]

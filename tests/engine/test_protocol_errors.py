@@ -38,7 +38,10 @@ AMQTT_FAILS = [
 
 @pytest.mark.parametrize(
     "target",
-    both("the connection stays open (zombie or desynchronised stream), see amqtt-proofs/p2d_invalid_publish_topic.py"),
+    both(
+        "the connection stays open (zombie or desynchronised stream), "
+        "see docs/amqtt-proofs/p2d_invalid_publish_topic.py"
+    ),
     indirect=True,
 )
 @pytest.mark.parametrize("name,packet,reason", AMQTT_FAILS, ids=[c[0] for c in AMQTT_FAILS])
@@ -158,7 +161,7 @@ def test_client_id_that_is_not_utf8_is_refused(target):
 # -- item 8: protocol versions -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "target",
-    both("an MQTT 5 CONNECT with credentials is mis-parsed and hangs (amqtt-proofs/p2_denials.py section D)"),
+    both("an MQTT 5 CONNECT with credentials is mis-parsed and hangs (docs/amqtt-proofs/p2_denials.py section D)"),
     indirect=True,
 )
 def test_mqtt5_connect_with_credentials_gets_connack_1_and_close(target):

@@ -2,7 +2,7 @@
 them messages are dropped and counted for that client, and the other subscribers get everything.
 
 Plain amqtt 0.12.1 has no queue to bound: one Task per delivery piles up on the stalled client's write
-lock (+133 MB RSS for 20 MB of payload, amqtt-proofs/p5_slow_consumer.py -> p5_slow_consumer_qos0.out),
+lock (+133 MB RSS for 20 MB of payload, docs/amqtt-proofs/p5_slow_consumer.py -> p5_slow_consumer_qos0.out),
 so there is nothing to compare in-process here; the proof script shows the growth.
 """
 

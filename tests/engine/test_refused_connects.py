@@ -1,6 +1,6 @@
 """Item 2, internals: refused CONNECTs leave nothing behind (amqtt kept every failed session in
 `broker.sessions` in state "connected" for ever and let it delete or take over the victim's session,
-amqtt-proofs/p2_denials.py section E). Broker in this process, real clients over real sockets."""
+docs/amqtt-proofs/p2_denials.py section E). Broker in this process, real clients over real sockets."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Item 11: SIGTERM and SIGINT stop the broker cleanly: it stops accepting, delivers what it had already
 accepted, closes every connection once, publishes no wills (the clients did nothing wrong) and nothing
-twice, and exits 0. (Plain amqtt's CLI is killed by SIGTERM without any shutdown, amqtt-proofs/p6b_cli.py.)"""
+twice, and exits 0. (Plain amqtt's CLI is killed by SIGTERM without any shutdown, docs/amqtt-proofs/p6b_cli.py.)"""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = 
 
 
 class RedisServer:
-    """A private redis-server with keyspace notifications on, as the broker's listener needs."""
+    """A private redis-server, configured as an admin would leave it: no keyspace notifications (the
+    broker learns of edits through client-side caching invalidations, not through notifications)."""
 
     def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
@@ -65,8 +66,6 @@ class RedisServer:
             "127.0.0.1",
             "--dir",
             self.dir,
-            "--notify-keyspace-events",
-            "KEA",
             "--save",
             "",
         ]
