@@ -220,7 +220,7 @@ class GenerationWatch:
             f"Redis lost this deployment's data (generation marker {self.known.describe()} {what}): treating "
             "Redis as unavailable until it comes back or `mqtt-guard store adopt`"
         )
-        self.trust.reason = reason
+        self.trust.reason = f"Redis distrusted: generation marker {self.known.token} {what.split(' ', 1)[0]}"
         if not self.distrusted:
             log.error("%s", reason)
         self.distrusted = True
