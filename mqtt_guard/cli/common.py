@@ -69,9 +69,10 @@ def run_with_redis(
             raise CliError(str(exc)) from None
         keys = Keys(key_prefix(args))
         try:
-            if writes:
+            result = await body(client, keys)
+            if writes:  # after the body: a refused command (CliError) writes nothing at all
                 await ensure_generation(client, keys)
-            return await body(client, keys)
+            return result
         except REDIS_ERRORS as exc:
             raise CliError(f"cannot reach Redis at {redact(url)}: {exc}") from None
         finally:
