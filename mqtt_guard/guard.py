@@ -88,7 +88,7 @@ class Guard:
         # deployment's data (store/generation.py): the Redis-down paths of each service apply.
         self.trust = Trust()
         gate(self.redis, self.trust)
-        self.generation = GenerationWatch(
+        self.marker = GenerationWatch(
             make_async_client(config.redis.url, pool_size=2),
             self.keys,
             self.trust,
@@ -158,7 +158,7 @@ class Guard:
                 exc,
                 self.config.auth.on_redis_down,
             )
-        await self.generation.start()
+        await self.marker.start()
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
@@ -175,7 +175,7 @@ class Guard:
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
-        await self.generation.close()
+        await self.marker.close()
         await self._user_refresh.stop()
         self.authenticator.close()
         await self.redis.aclose()
@@ -364,7 +364,7 @@ class Guard:
     # -- Redis told us something changed --------------------------------------------------------
     def _on_keys(self, keys: list[str]) -> None:
         if self.keys.generation() in keys:
-            self.generation.check()
+            self.marker.check()
         if self.trust.reason is not None:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
@@ -376,11 +376,10 @@ class Guard:
 
     def _on_reset(self) -> None:
         """Changes may have been missed (reconnect, FLUSHALL): is it still our data? Then reload all."""
-        self.generation.check()
+        self.marker.check()
 
     def _reload_all(self) -> None:
-        # User records the authenticator kept may predate changes skipped while Redis was distrusted.
-        self.listener.generation += 1
+        self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()
         self._user_refresh.add(self._by_user)
