@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mqtt_guard.store.generation import Generation, accepts
 from tests.helpers.mqtt import CONNACK_SERVER_UNAVAILABLE, connect
 from tests.helpers.servers import RedisServer, run_cli
+from tests.helpers.wait import until
 
 LOST = "Redis lost this deployment's data"
 BACK = "Redis holds this deployment's data again"
@@ -73,9 +74,14 @@ def _still_served_by_the_old_rules(broker, online):
     assert "user deleted" not in log and not online.disconnected.is_set()
 
 
-def test_flushed_redis_is_an_outage_until_adopted(own_redis, prefix, start_broker, tmp_path):
+@pytest.mark.parametrize("loss", ["flushall", "restart empty"])
+def test_lost_data_is_an_outage_until_adopted(own_redis, prefix, start_broker, tmp_path, loss):
     cli, broker, online = _deployment(own_redis, prefix, start_broker, tmp_path)
-    own_redis.client().flushall()
+    if loss == "flushall":
+        own_redis.client().flushall()
+    else:  # the same address, nothing kept (no persistence): the broker's channel reconnects
+        own_redis.stop()
+        own_redis.start()
     _still_served_by_the_old_rules(broker, online)
     # The admin recreates the data (new rules: u/# instead of t/#) and adopts it.
     cli("user", "add", "dev", "--password-stdin", input="pw\n")
@@ -84,7 +90,7 @@ def test_flushed_redis_is_an_outage_until_adopted(own_redis, prefix, start_broke
     assert "none" not in cli("store", "show").stdout
     assert "adopted" in cli("store", "adopt").stdout
     broker.wait_log(BACK)
-    assert online.subscribe(("u/#", 1)) == [1]
+    assert until(lambda: online.subscribe(("u/#", 1)) == [1])  # once the rules are reloaded
     online.publish("u/new", b"new", qos=1)
     assert online.receive().payload == b"new"
     online.publish("t/old", b"old", qos=1)
