@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -31,6 +33,7 @@ from .quota.stretch import bound as stretch_bound
 from .quota.stretch import open_stretch, settle_stretch
 from .store.acl import AclStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
+from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.users import UserRecord, UserStore
@@ -81,6 +84,17 @@ class Guard:
         self.config = config
         self.keys = Keys(config.redis.prefix)
         self.redis = make_async_client(config.redis.url)
+        # Every command of `self.redis` fails as a Redis outage while Redis is not trusted to hold this
+        # deployment's data (store/generation.py): the Redis-down paths of each service apply.
+        self.trust = Trust()
+        gate(self.redis, self.trust)
+        self.marker = GenerationWatch(
+            make_async_client(config.redis.url, pool_size=2),
+            self.keys,
+            self.trust,
+            by=f"broker {socket.gethostname()}:{os.getpid()}",
+            on_trusted=self._reload_all,
+        )
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
         self.acl = LiveAcl(
@@ -96,6 +110,7 @@ class Guard:
                 self.keys.quota_reset(""),
                 self.keys.blocks_head(),
                 self.keys.brokers(),
+                self.keys.generation(),
             ],
             self._on_keys,
             self._on_reset,
@@ -143,6 +158,7 @@ class Guard:
                 exc,
                 self.config.auth.on_redis_down,
             )
+        await self.marker.start()
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
@@ -159,6 +175,7 @@ class Guard:
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
+        await self.marker.close()
         await self._user_refresh.stop()
         self.authenticator.close()
         await self.redis.aclose()
@@ -346,6 +363,10 @@ class Guard:
 
     # -- Redis told us something changed --------------------------------------------------------
     def _on_keys(self, keys: list[str]) -> None:
+        if self.keys.generation() in keys:
+            self.marker.check()
+        if self.trust.reason is not None:
+            return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
         self.quota.on_keys(keys)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
@@ -354,6 +375,11 @@ class Guard:
         self._user_refresh.add(u for u in users if u in self._by_user)
 
     def _on_reset(self) -> None:
+        """Changes may have been missed (reconnect, FLUSHALL): is it still our data? Then reload all."""
+        self.marker.check()
+
+    def _reload_all(self) -> None:
+        self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()
         self._user_refresh.add(self._by_user)

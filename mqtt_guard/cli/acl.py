@@ -143,7 +143,7 @@ def _edit(args: argparse.Namespace, grant: bool) -> int:
             print(f"mqtt-guard: warning: {warning}", file=sys.stderr)
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def subscribe_without_receive(topic_filter: str, allow: Perm, deny: Perm) -> str | None:
@@ -190,7 +190,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
         print(f"removed {args.filter!r} from {keys.acl(subject)}")  # type: ignore[arg-type]  # see above
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -298,7 +298,7 @@ def _group_edit(args: argparse.Namespace, add: bool) -> int:
             print(f"{args.user!r} removed from group {args.group!r}")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_group_add(args: argparse.Namespace) -> int:

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import getpass
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..store import generation
 from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import DEFAULT_PREFIX, Keys
 from ..store.users import UserStore
@@ -42,8 +44,22 @@ def apply_redis_overrides(config: Any, args: argparse.Namespace) -> None:
         config.redis.prefix = args.prefix
 
 
-def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitable[int]]) -> int:
-    """Run `body(redis, keys)` with a client built from the global options; report Redis errors plainly."""
+def admin_id() -> str:
+    """Who runs this command, as recorded in Redis (audit stream, generation marker)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        user = "?"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def run_with_redis(
+    args: argparse.Namespace, body: Callable[[Any, Keys], Awaitable[int]], *, writes: bool = False
+) -> int:
+    """Run `body(redis, keys)` with a client built from the global options; report Redis errors plainly.
+
+    `writes`: the command writes this deployment's data, so a Redis without a generation marker gets
+    one first (a new deployment; store/generation.py)."""
     url = redis_url(args)
 
     async def main() -> int:
@@ -51,14 +67,23 @@ def run_with_redis(args: argparse.Namespace, body: Callable[[Any, Keys], Awaitab
             client = make_async_client(url)
         except RedisUrlError as exc:
             raise CliError(str(exc)) from None
+        keys = Keys(key_prefix(args))
         try:
-            return await body(client, Keys(key_prefix(args)))
+            result = await body(client, keys)
+            if writes:  # after the body: a refused command (CliError) writes nothing at all
+                await ensure_generation(client, keys)
+            return result
         except REDIS_ERRORS as exc:
             raise CliError(f"cannot reach Redis at {redact(url)}: {exc}") from None
         finally:
             await client.aclose()
 
     return asyncio.run(main())
+
+
+async def ensure_generation(redis: Any, keys: Keys) -> None:
+    """The first writer on a Redis without a generation marker creates it (store/generation.py)."""
+    await generation.ensure(redis, keys, by=admin_id())
 
 
 def add_strict_option(p: argparse.ArgumentParser) -> None:

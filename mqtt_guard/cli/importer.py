@@ -19,7 +19,7 @@ from ..compat.migrate import Change, Plan, apply_changes, diff_plan, plan_goauth
 from ..compat.passwd import PasswdFileError, read_passwd_file
 from ..store import keys as k
 from ..store.connection import make_async_client
-from .common import CliError, redis_url, run_with_redis
+from .common import CliError, ensure_generation, redis_url, run_with_redis
 
 _GOAUTH_KINDS = ("sacls", "racls", "wacls", "rwacls")
 
@@ -129,6 +129,7 @@ async def _apply(args: argparse.Namespace, plan: Plan, redis: Any, keys: k.Keys)
     for change in changes:
         print(f"  {_show(change)}")
     if changes and not args.dry_run:
+        await ensure_generation(redis, keys)
         await apply_changes(changes, redis)
     if not changes:
         print("  nothing to change (already imported)")

@@ -8,8 +8,6 @@ the block expires.
 from __future__ import annotations
 
 import argparse
-import getpass
-import socket
 import time
 from typing import Any
 
@@ -17,7 +15,7 @@ from ..config import parse_duration
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
-from .common import CliError, run_with_redis
+from .common import CliError, admin_id, run_with_redis
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,14 +31,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_kick)
 
 
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        user = "?"
-    return f"cli:{user}@{socket.gethostname()}"
-
-
 def cmd_kick(args: argparse.Namespace) -> int:
     if bool(args.client_id) == bool(args.user):
         raise CliError("give a CLIENTID or --user U (one of them)")
@@ -52,7 +42,7 @@ def cmd_kick(args: argparse.Namespace) -> int:
             raise CliError(f"--block: {exc}") from None
         if block <= 0:
             raise CliError("--block must be above 0")
-    by = _who()
+    by = admin_id()
 
     async def body(redis: Any, keys: Keys) -> int:
         store = QuotaStore(redis, keys)
@@ -105,4 +95,4 @@ def cmd_kick(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)

@@ -7,6 +7,7 @@ import sys
 
 from .. import __version__
 from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
+from . import store as store_cmd
 from .common import CliError
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     kick.register(sub)
     sidecar.register(sub)
     stats.register(sub)
+    store_cmd.register(sub)
     passwd.register(sub)
     importer.register(sub)
     return parser

@@ -109,7 +109,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_unset(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ def cmd_unset(args: argparse.Namespace) -> int:
         print(f"{key}: removed {removed} field(s)")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
@@ -234,4 +234,4 @@ def cmd_reset(args: argparse.Namespace) -> int:
         print(f"usage of {args.user!r} reset in {len(reset)} window(s); block lifted")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)

@@ -141,7 +141,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         print(f"user {args.name!r} created")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def _require(users: UserStore, name: str) -> Any:
@@ -163,7 +163,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         print(f"password of {args.name!r} changed")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_del(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def cmd_del(args: argparse.Namespace) -> int:
         print(f"user {args.name!r} deleted")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
@@ -184,7 +184,7 @@ def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
         print(f"user {args.name!r} {'disabled' if disabled else 'enabled'}")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
@@ -210,7 +210,7 @@ def cmd_set(args: argparse.Namespace) -> int:
         print(f"user {args.name!r} updated")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, writes=True)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

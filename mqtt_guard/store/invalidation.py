@@ -53,6 +53,11 @@ class InvalidationListener:
         self._task: asyncio.Task[None] | None = None
         self._was_connected = False  # the session that just ended had been connected
 
+    def stale(self) -> None:
+        """Whatever was read before now may be outdated (changes were seen but not applied): readers
+        that keep values per `generation` read them again."""
+        self.generation += 1
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqtt-guard-invalidation")
 

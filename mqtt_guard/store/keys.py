@@ -141,6 +141,11 @@ class Keys:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"
 
+    # -- the generation marker (mqtt_guard/store/generation.py) ---------------------------------
+    def generation(self) -> str:
+        """STRING (JSON: token, created, adopted, by): which data set this Redis holds; brokers track it."""
+        return f"{self.prefix}generation"
+
     # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
     def stats_client(self, client_id: str) -> str:
         """HASH: a client's counters (HINCRBY, all brokers) and gauges (connected, queue_depth, ...)."""
