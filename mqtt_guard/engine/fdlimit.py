@@ -49,7 +49,7 @@ def raise_open_files_limit(listeners: Sequence[ListenerConfig]) -> tuple[int, in
     """Raise the soft RLIMIT_NOFILE to the hard one and log what was done; WARNING if the soft limit
     stays below what the listeners need. Returns the (soft, hard) limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
+    if soft != hard and hard != resource.RLIM_INFINITY:  # (an unlimited soft limit is refused by some kernels)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (ValueError, OSError) as exc:
