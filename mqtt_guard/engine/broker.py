@@ -363,6 +363,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if first != CONNECT << 4:
                 raise ProtocolViolation(
                     f"first packet is {TYPE_NAMES.get(first >> 4, '?')}, not CONNECT [MQTT-3.1.0-1]"
+                    if first >> 4 != CONNECT
+                    else f"CONNECT with reserved fixed-header flags {first & 0x0F:#x} (must be 0) [MQTT-2.2.2-2]"
                 )
             info = parse_connect(body)
         except TimeoutError:
@@ -1096,6 +1098,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             "shutting down: closing listeners and %d connection(s)",
             sum(1 for s, _ in self._sessions.values() if s.transitions.state == "connected"),
         )
+        self._log_discarded_sessions()
         await self.plugins_manager.fire_event(BrokerEvents.PRE_SHUTDOWN, wait=True)
         for server in self._servers.values():
             try:
@@ -1134,6 +1137,23 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await self.plugins_manager.fire_event(BrokerEvents.POST_SHUTDOWN, wait=True)
         await self.plugins_manager.close()
         self.transitions.stopping_success()
+
+    def _log_discarded_sessions(self) -> None:
+        """Offline persistent sessions live only in this process: say what a shutdown loses."""
+        sessions = messages = 0
+        for session, _ in self._sessions.values():
+            if session.transitions.state != "connected":
+                sessions += 1
+                queue = queue_of(session)
+                if queue is not None:
+                    messages += queue.depth()[0]
+        if sessions:
+            log.warning(
+                "%d offline session(s) with %d queued message(s) are discarded: sessions live in memory "
+                "until durable state lands",
+                sessions,
+                messages,
+            )
 
 
 async def _read_packet(reader: ReaderAdapter, max_packet: int) -> tuple[int, bytes]:

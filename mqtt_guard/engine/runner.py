@@ -15,6 +15,7 @@ from ..config import GuardConfig
 from ..guard import Guard
 from ..logutil import LineHandler
 from .broker import GuardedBroker
+from .fdlimit import FdLimitWatch, raise_open_files_limit
 
 log = logging.getLogger("mqtt_guard")
 
@@ -63,6 +64,7 @@ Hook = Callable[[Guard], Awaitable[None]]
 async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None) -> int:
     """`prepare(guard)` runs before the listeners open (e.g. plug in file-backed sources), `ready(guard)`
     right after (e.g. drop root privileges). SIGHUP asks the Guard to reload its file-backed sources."""
+    raise_open_files_limit(config.listeners)
     guard = Guard(config)
     if prepare is not None:
         await prepare(guard)
@@ -93,6 +95,8 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     binds = ", ".join(f"{listener.type}://{listener.bind}" for listener in config.listeners)
+    fd_watch = FdLimitWatch(binds, guard.counters)
+    fd_watch.start(loop)
     log.info(
         "mqtt-guard broker ready on %s (Redis prefix %r, event loop %s)",
         binds,
@@ -101,6 +105,7 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
     )
     await stop.wait()
     log.info("shutting down")
+    fd_watch.stop()
     await broker.shutdown()
     await guard.close()
     log.info("stopped")

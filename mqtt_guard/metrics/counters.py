@@ -36,6 +36,7 @@ PUBLISH_TOO_LARGE = "publish_too_large"  # for the engine: a PUBLISH over limits
 PROTOCOL_ERRORS = "protocol_errors"
 PLUGIN_ERRORS = "plugin_errors"
 CONNECTS = "connects"  # admitted CONNECTs (counted by Counters.connected)
+REFUSED_FD_LIMIT = "connections_refused_fd_limit"  # at the open-files limit (engine/fdlimit.py)
 
 # Auth failures and kicks carry a reason: the counter name is the prefix plus a fixed slug.
 AUTH_FAILED_PREFIX = "auth_failed_"

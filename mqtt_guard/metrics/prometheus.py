@@ -50,6 +50,7 @@ PLAIN_COUNTERS = {
     C.PROTOCOL_ERRORS: ("protocol_errors", "connections closed for a protocol violation"),
     C.PLUGIN_ERRORS: ("plugin_errors", "exceptions raised by plugins"),
     C.CONNECTS: ("connects", "CONNECTs admitted"),
+    C.REFUSED_FD_LIMIT: ("connections_refused_fd_limit", "connections refused at the open-files limit"),
 }
 DROP_REASONS = {C.DROPPED_QUEUE_FULL: "queue_full"}
 # Per-client and per-user series (only for allow-listed and top-N clients, allow-listed users).

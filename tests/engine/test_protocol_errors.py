@@ -133,6 +133,11 @@ CONNECT_VIOLATIONS = [
     ("unknown protocol name", raw.connect("n", name="MQTX"), "unknown protocol name"),
     ("not a CONNECT first", raw.subscribe(1, ("a", 0)), "first packet is SUBSCRIBE"),
     (
+        "CONNECT fixed-header flags",
+        b"\x11" + raw.connect("f")[1:],
+        "CONNECT with reserved fixed-header flags 0x1 (must be 0) [MQTT-2.2.2-2]",
+    ),
+    (
         "trailing bytes",
         raw.connect("t")[:1] + bytes([raw.connect("t")[1] + 1]) + raw.connect("t")[2:] + b"\x00",
         "bytes after the payload",

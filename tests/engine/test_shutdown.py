@@ -57,3 +57,32 @@ def test_no_new_connections_during_and_after_shutdown(anon_broker):
     assert broker.stop(signal.SIGTERM) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_shutdown_says_offline_sessions_and_their_queued_messages_are_discarded(anon_broker):
+    """Issue 15, item 9: sessions live in memory until durable state lands; a shutdown says what it loses."""
+    broker = anon_broker()
+    cid = "keeper"
+    with raw.connected(broker.port, cid, clean=False)[0] as sub:
+        sub.send(raw.subscribe(1, ("kept/#", 1)))
+        sub.expect(raw.SUBACK)
+        sub.send(raw.DISCONNECT_BYTES)
+    broker.wait_log(f"client '{cid}' (")
+    with raw.connected(broker.port, "pub")[0] as pub:
+        for i in range(3):
+            pub.send(raw.publish("kept/x", b"%d" % i, qos=1, packet_id=i + 1))
+            pub.expect(raw.PUBACK)
+    with raw.connected(broker.port, "online", clean=False)[0]:  # connected: not counted as offline
+        assert broker.stop(signal.SIGTERM) == 0
+    line = next(ln for ln in broker.log().splitlines() if "are discarded" in ln)
+    assert " WARNING " in line
+    assert "1 offline session(s) with 3 queued message(s) are discarded" in line
+    assert "sessions live in memory until durable state lands" in line
+
+
+def test_shutdown_without_offline_sessions_says_nothing_about_them(anon_broker):
+    broker = anon_broker()
+    with raw.connected(broker.port, "clean")[0]:
+        pass
+    assert broker.stop(signal.SIGTERM) == 0
+    assert "are discarded" not in broker.log()

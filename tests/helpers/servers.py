@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -111,8 +112,16 @@ class BrokerProcess:
     """`mqtt-guard broker` as a subprocess, with its log kept in a file the test can read."""
 
     def __init__(
-        self, redis_url: str, prefix: str, *, args: list[str] | None = None, port: int | None = None, bind: bool = True
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        args: list[str] | None = None,
+        port: int | None = None,
+        bind: bool = True,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
+        """`preexec_fn` runs in the child before the broker starts (e.g. to lower a resource limit)."""
         self.port = port or free_port()
         self.redis_url = redis_url
         self.prefix = prefix
@@ -122,6 +131,7 @@ class BrokerProcess:
         os.close(fd)
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
+        self.preexec_fn = preexec_fn
 
     def start(self, wait_for_port: int | None = None) -> BrokerProcess:
         cmd = guard_cmd("--redis-url", self.redis_url, "--prefix", self.prefix, "broker", *self.args)
@@ -129,7 +139,9 @@ class BrokerProcess:
             cmd += ["--bind", f"127.0.0.1:{self.port}"]
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, preexec_fn=self.preexec_fn
+        )
         try:
             wait_port(wait_for_port or self.port, proc=self.proc)
         except Exception:
