@@ -114,7 +114,14 @@ class MetricsService:
         self.counters = counters
         self.queues = queues
         self.broker_id = config.broker_id or default_broker_id(listeners)
-        self.writer = StatsWriter(redis, keys, self.broker_id, ttl=config.stats_ttl, chunk=FLUSH_CHUNK)
+        self.writer = StatsWriter(
+            redis,
+            keys,
+            self.broker_id,
+            ttl=config.stats_ttl,
+            chunk=FLUSH_CHUNK,
+            max_failed=config.max_failed_addresses,
+        )
         self.started = time.time()
         self.backlog = Batch()
         self.dropped = 0  # backlog entries given up because of max_backlog
@@ -248,9 +255,16 @@ class MetricsService:
 
     def _bound(self) -> None:
         """Keep the backlog under max_backlog entries: give up the oldest rate buckets first, then
-        per-client detail; per-user and broker totals are kept."""
+        per-client detail; per-user and broker totals are kept. The refused-CONNECT tables keep their
+        largest entries only (Redis keeps no more of them per day anyway)."""
         limit = self.config.max_backlog
         b = self.backlog
+        keep = 2 * self.config.max_failed_addresses  # addresses + usernames
+        if len(b.failed) > keep or (b.size() > limit and b.failed):
+            extra = max(len(b.failed) - keep, min(len(b.failed), b.size() - limit))
+            for entry in sorted(b.failed, key=b.failed.__getitem__)[:extra]:
+                del b.failed[entry]
+            self.dropped += extra
         while b.size() > limit and b.rates:
             oldest = min(b.rates)
             self.dropped += len(b.rates.pop(oldest))
