@@ -68,8 +68,11 @@ _LUA_FIELDS = {
 #   8 k s_user n (s_name value)*n since at s_user2
 #                                   1 then 7 of the same client: the HINCRBYs, then one HSET of both
 #   9 k expire_at keep n (s_member value)*n
-#                                   ZINCRBY each; ZREMRANGEBYRANK to the `keep` largest; EXPIREAT
-#                                   (refused CONNECTs per address / username of one day)
+#                                   ZINCRBY each, a ranking of at most `keep` members (refused
+#                                   CONNECTs per address / username of one day): a new member of a
+#                                   full ranking takes the place of the smallest one and starts at its
+#                                   count ("space-saving": a heavy hitter always gets in; a count may
+#                                   over-state by at most the count it took over); EXPIREAT
 # "TTL" is one EXPIRE per key at the end. Every write goes through redis.pcall: a write Redis refuses (a
 # key of the wrong type, edited by hand) is skipped and reported, never aborting the rest, because the
 # writes before it cannot be undone and a retry would count them twice. The exception: Redis refuses
@@ -116,8 +119,22 @@ while i <= n do
   elseif op == '9' then
     local at, top, c = t[i + 2], tonumber(t[i + 3]), tonumber(t[i + 4])
     i = i + 5
-    for _ = 1, c do w('ZINCRBY', k, t[i + 1], ARGV[tonumber(t[i])]); i = i + 2 end
-    w('ZREMRANGEBYRANK', k, 0, -top - 1)
+    for _ = 1, c do
+      local m, v = ARGV[tonumber(t[i])], tonumber(t[i + 1])
+      i = i + 2
+      local s = not abort and redis.pcall('ZSCORE', k, m)
+      if type(s) == 'table' and s.err then
+        refuse('ZSCORE', k, s.err)
+      elseif not abort then  -- the key is a sorted set or absent: plain calls below
+        if not s and redis.call('ZCARD', k) >= top then
+          local low = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+          w('ZREM', k, low[1])
+          v = v + tonumber(low[2])
+        end
+        w('ZINCRBY', k, v, m)
+      end
+    end
+    w('ZREMRANGEBYRANK', k, 0, -top - 1)  -- a ranking left larger by a larger setting before
     w('EXPIREAT', k, at)
   elseif op == '3' then
     local c = tonumber(t[i + 2])
