@@ -255,16 +255,12 @@ class MetricsService:
 
     def _bound(self) -> None:
         """Keep the backlog under max_backlog entries: give up the oldest rate buckets first, then
-        per-client detail; per-user and broker totals are kept. The refused-CONNECT tables keep their
-        largest entries only (Redis keeps no more of them per day anyway)."""
+        per-client detail, connection events, then refused-CONNECT entries; per-user and broker totals are
+        kept. The refused-CONNECT table also keeps at most what the day's rankings hold (addresses plus
+        usernames), its largest entries: a long outage under attack does not grow it."""
         limit = self.config.max_backlog
         b = self.backlog
-        keep = 2 * self.config.max_failed_addresses  # addresses + usernames
-        if len(b.failed) > keep or (b.size() > limit and b.failed):
-            extra = max(len(b.failed) - keep, min(len(b.failed), b.size() - limit))
-            for entry in sorted(b.failed, key=b.failed.__getitem__)[:extra]:
-                del b.failed[entry]
-            self.dropped += extra
+        self._trim_failed(len(b.failed) - 2 * self.config.max_failed_addresses)
         while b.size() > limit and b.rates:
             oldest = min(b.rates)
             self.dropped += len(b.rates.pop(oldest))
@@ -277,6 +273,15 @@ class MetricsService:
             extra = b.size() - limit
             del b.events[:extra]
             self.dropped += extra
+        self._trim_failed(b.size() - limit)
+
+    def _trim_failed(self, extra: int) -> None:
+        """Give up the `extra` smallest refused-CONNECT entries of the backlog (none when `extra` <= 0)."""
+        failed = self.backlog.failed
+        if extra > 0 and failed:
+            for entry in sorted(failed, key=failed.__getitem__)[:extra]:
+                del failed[entry]
+                self.dropped += 1
 
     # -- writing ----------------------------------------------------------------------------------
     async def _writer(self) -> None:

@@ -171,8 +171,8 @@ class Keys:
 
     def stats_failed(self, kind: str, day: int) -> str:
         """ZSET source address (kind "addr") or username (kind "user") -> refused CONNECTs on one UTC day
-        (`day`: unix seconds of its midnight), trimmed to the `metrics.max_failed_addresses` largest;
-        expires a week after the day ends."""
+        (`day`: unix seconds of its midnight), at most `metrics.max_failed_addresses` members (a newcomer
+        replaces the smallest: store/stats.py record 9); expires a week after the day ends."""
         return f"{self.prefix}stats:auth_failed:{kind}:{day}"
 
     def stats_tmp(self, name: str) -> str:
