@@ -213,6 +213,8 @@ class MetricsConfig:
     broker_id: str | None = None  # this broker in stats keys and heartbeats; default HOSTNAME:PORT
     stats_ttl: float = duration(30 * 86400)  # per-client/per-user stats hashes expire this long after last use
     max_backlog: int = 200_000  # stats entries kept in memory while Redis is unreachable
+    # refused CONNECTs: source addresses (and usernames) kept per day in Redis, and per flush in memory
+    max_failed_addresses: int = 10_000
 
     def check(self) -> None:
         if not 0.1 <= self.flush_interval <= 10:
@@ -225,6 +227,8 @@ class MetricsConfig:
             raise ConfigError("metrics.sys_interval: 0 (off) or at least 1s")
         if self.stats_ttl < 3600:
             raise ConfigError("metrics.stats_ttl: at least 1h")
+        if self.max_failed_addresses < 1:
+            raise ConfigError("metrics.max_failed_addresses: at least 1")
 
 
 @dataclass

@@ -119,7 +119,7 @@ class Guard:
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
-        self.counters = Counters()
+        self.counters = Counters(max_failed=config.metrics.max_failed_addresses)
         # Quotas, session registry, kicks through Redis (docs/quotas.md).
         self.quota = QuotaEnforcer(
             config.quota,

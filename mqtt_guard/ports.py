@@ -47,8 +47,8 @@ class Counting(Protocol):
 
     def incr(self, client_id: str | None, name: str, n: int = 1) -> None: ...
 
-    def auth_failed(self, client_id: str | None, username: str | None, outcome: object, *, known_user: bool) -> None:
-        """A refused CONNECT (counted per client and user only for existing users)."""
+    def auth_failed(self, username: str | None, outcome: object, *, known_user: bool, address: str | None) -> None:
+        """A refused CONNECT (never per client id; per user only for existing users; per source address)."""
         ...
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..metrics import counters as C
 from ..metrics.rates import RES_1M, RES_10S, sparkline
 from ..store.keys import Keys
-from ..store.stats import KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_CLIENT, KIND_USER, StatsReader
 from . import timefmt
 from .common import CliError, run_with_redis
 
@@ -36,8 +36,10 @@ ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("stats", help="counters, quota use and message rate of a client id or username")
-    p.add_argument("name", metavar="CLIENT_OR_USER", help="a client id or a username (see --client, --user)")
+    p = sub.add_parser(
+        "stats", help="counters, quota use and message rate of a client id or username; --failures: refused CONNECTs"
+    )
+    p.add_argument("name", metavar="CLIENT_OR_USER", nargs="?", help="a client id or a username (see --client, --user)")
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--client",
@@ -49,6 +51,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--user", dest="kind", action="store_const", const=KIND_USER, help="NAME is a username")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--day", action="store_true", help="also the 1 min history of the last 24 h")
+    p.add_argument(
+        "--failures",
+        action="store_true",
+        help="instead of a client or user: the source addresses and usernames with the most refused CONNECTs",
+    )
+    p.add_argument("--days", type=int, default=1, help="with --failures: UTC days to add up, today included (1-8)")
+    p.add_argument("--limit", type=int, default=20, help="with --failures: rows of each table (default %(default)s)")
     p.set_defaults(func=cmd_stats, kind=None)
 
     p = sub.add_parser("top", help="live table of the busiest clients by message rate (all brokers)")
@@ -233,7 +242,58 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     console.print(Group(*parts))
 
 
+async def gather_failures(
+    redis: Any, keys: Keys, *, limit: int = 20, days: int = 1, now: float | None = None
+) -> dict[str, Any]:
+    """Who is being refused: the top source addresses and usernames of the last `days` UTC days, and the
+    broker totals of refused CONNECTs by reason (which also count what the rankings did not keep)."""
+    now = time.time() if now is None else now
+    reader = StatsReader(redis, keys)
+    addresses = await reader.failures(FAILED_ADDR, limit=limit, days=days, now=now)
+    users = await reader.failures(FAILED_USER, limit=limit, days=days, now=now)
+    totals, _ = _split_fields(await reader.totals())
+    return {
+        "time": round(now, 3),
+        "days": days,
+        "addresses": [{"address": a, "failures": n} for a, n in addresses],
+        "users": [{"username": u, "failures": n} for u, n in users],
+        "totals": _reasons(totals, C.AUTH_FAILED_PREFIX),
+        "untracked": totals.get(C.FAILURES_UNTRACKED, 0),
+    }
+
+
+def render_failures(data: dict[str, Any], console: Console) -> None:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    span = "today (UTC)" if data["days"] == 1 else f"the last {data['days']} UTC days"
+    parts: list[Any] = [Text(f"refused CONNECTs, {span}", style="bold")]
+    tables = ((data["addresses"], "source address", "address"), (data["users"], "username", "username"))
+    for rows, column, ident in tables:
+        table = Table(box=box.SIMPLE_HEAD, title_justify="left")
+        table.add_column(column, overflow="fold")
+        table.add_column("refused", justify="right")
+        for row in rows:
+            table.add_row(row[ident], str(row["failures"]))
+        if not rows:
+            table.caption = "(none)"
+            table.caption_justify = "left"
+        parts.append(table)
+    totals = ", ".join(f"{reason} {n}" for reason, n in data["totals"].items()) or "none"
+    parts.append(Text(f"all brokers since first counted, by reason: {totals}"))
+    if data["untracked"]:
+        parts.append(Text(f"not ranked (a flush's table was full): {data['untracked']}"))
+    console.print(Group(*parts))
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
+    if args.failures:
+        return _cmd_failures(args)
+    if args.name is None:
+        raise CliError("give a client id or username, or --failures")
+
     async def body(redis: Any, keys: Keys) -> int:
         data = await gather_stats(redis, keys, args.name, args.kind, day=args.day)
         if data is None:
@@ -245,6 +305,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
             from rich.console import Console
 
             render_stats(data, Console())
+        return 0
+
+    return run_with_redis(args, body)
+
+
+def _cmd_failures(args: argparse.Namespace) -> int:
+    if args.name is not None or args.kind is not None or args.day:
+        raise CliError("--failures takes no client or user (and no --client, --user, --day)")
+    if not 1 <= args.days <= 8 or args.limit < 1:
+        raise CliError("--days must be 1 to 8 (a ranking is kept a week after its day) and --limit >= 1")
+
+    async def body(redis: Any, keys: Keys) -> int:
+        data = await gather_failures(redis, keys, limit=args.limit, days=args.days)
+        if args.json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            from rich.console import Console
+
+            render_failures(data, Console())
         return 0
 
     return run_with_redis(args, body)
@@ -384,4 +463,4 @@ def cmd_top(args: argparse.Namespace) -> int:
         return 0
 
 
-__all__ = ["register", "gather_stats", "gather_top", "render_top", "render_stats"]
+__all__ = ["register", "gather_stats", "gather_top", "render_top", "render_stats", "gather_failures", "render_failures"]

@@ -470,7 +470,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         )
         if not result.ok:
             self._counters.auth_failed(
-                session.client_id, result.username, result.outcome, known_user=result.user is not None
+                result.username, result.outcome, known_user=result.user is not None, address=session.remote_address
             )
         if by_identity and result.username:
             session.username = result.username
@@ -481,7 +481,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 )
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
-                self._counters.auth_failed(session.client_id, result.username, kind, known_user=result.user is not None)
+                self._counters.auth_failed(
+                    result.username, kind, known_user=result.user is not None, address=session.remote_address
+                )
                 refusal_log.log(
                     logging.WARNING,
                     (session.client_id, result.username, kind),

@@ -13,6 +13,11 @@ Three views of the same increments are kept:
   Prometheus series); a client's state is dropped at the first `drain()` after it disconnected.
 
 `incr` costs two dict increments; everything per user, per window and per bucket happens in `drain()`.
+
+Refused CONNECTs (`auth_failed`) never count per client: a scanner sending random client ids would
+otherwise create a Redis hash per attempt. They count in the broker totals, in the user's own counters
+(existing users only) and, per source address and per username, in two bounded per-window tables that
+the flusher adds to the day's failure rankings (docs/analytics.md "Refused connections").
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ REFUSED_FD_LIMIT = "connections_refused_fd_limit"  # at the open-files limit (en
 # Auth failures and kicks carry a reason: the counter name is the prefix plus a fixed slug.
 AUTH_FAILED_PREFIX = "auth_failed_"
 KICKED_PREFIX = "kicked_"
+# Refused CONNECTs whose address or username did not fit in a window's bounded failure tables.
+FAILURES_UNTRACKED = "auth_failures_untracked"
+# Default bound of the failure tables (metrics.max_failed_addresses); unknown usernames are cut to this
+# many characters in them, so a table's memory is bounded too.
+MAX_FAILED_DEFAULT = 10_000
+FAILED_USERNAME_CHARS = 128
 
 # Kick reasons (the slugs). Callers pass one of these, never free text: each becomes a label value.
 KICK_USER_DELETED = "user_deleted"
@@ -146,13 +157,25 @@ class Drain:
     gauges: dict[str, dict[str, str | int | float]] = field(default_factory=dict)  # client -> changed gauges
     # Connection events in order: ("connect", client, username, since) / ("disconnect", client, None, at)
     events: list[tuple[str, str, str | None, float]] = field(default_factory=list)
+    # Refused CONNECTs per source address and per username (bounded: Counters.max_failed entries each)
+    failed_addresses: dict[str, int] = field(default_factory=dict)
+    failed_users: dict[str, int] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (self.clients or self.users or self.totals or self.gauges or self.events)
+        return not (
+            self.clients
+            or self.users
+            or self.totals
+            or self.gauges
+            or self.events
+            or self.failed_addresses
+            or self.failed_users
+        )
 
 
 class Counters:
-    def __init__(self) -> None:
+    def __init__(self, max_failed: int = MAX_FAILED_DEFAULT) -> None:
+        self.max_failed = max_failed  # entries per window in each failure table (address, username)
         self.totals: defaultdict[str, int] = defaultdict(int)
         self.usernames: dict[str, str | None] = {}  # connected clients -> username (None: anonymous)
         self.connected_since: dict[str, float] = {}
@@ -170,6 +193,10 @@ class Counters:
         self._events: list[tuple[str, str, str | None, float]] = []
         self._gone: set[str] = set()
         self._window_start = time.time()
+        # Refused CONNECTs since the last drain: per existing user (its counters), per address, per name.
+        self._user_failed: dict[str, dict[str, int]] = {}
+        self._failed_addresses: dict[str, int] = {}
+        self._failed_users: dict[str, int] = {}
 
     # -- hot path ----------------------------------------------------------------------------------
     def incr(self, client_id: str | None, name: str, n: int = 1) -> None:
@@ -200,13 +227,24 @@ class Counters:
         )
         self._gone.add(client_id)
 
-    def auth_failed(self, client_id: str | None, username: str | None, outcome: object, *, known_user: bool) -> None:
-        """A refused CONNECT. Per client and per user only for existing users, so a scanner trying random
-        names and client ids cannot create stats keys; the broker total always counts it."""
+    def auth_failed(self, username: str | None, outcome: object, *, known_user: bool, address: str | None) -> None:
+        """A refused CONNECT. Never per client id (random ids would each make a Redis key); the broker
+        total always counts it, the user's counters only for an existing user (a scanner trying random
+        names creates no user keys), and the address and username go to the window's bounded failure
+        tables (a name or address that does not fit counts in FAILURES_UNTRACKED)."""
         name = auth_failure_name(outcome)
-        self.totals[name] += 1
-        if known_user and client_id is not None:
-            self._set_aside(client_id, username, {name: 1})
+        totals = self.totals
+        totals[name] += 1
+        if username is not None:
+            if known_user:
+                mine = self._user_failed.setdefault(username, {})
+                mine[name] = mine.get(name, 0) + 1
+            else:
+                username = username[:FAILED_USERNAME_CHARS]
+            if not _bump(self._failed_users, username, self.max_failed):
+                totals[FAILURES_UNTRACKED] += 1
+        if address is not None and not _bump(self._failed_addresses, address, self.max_failed):
+            totals[FAILURES_UNTRACKED] += 1
 
     def _set_aside(self, client_id: str, username: str | None, counts: dict[str, int]) -> None:
         side = self._side.setdefault((client_id, username), {})
@@ -258,7 +296,8 @@ class Counters:
             else:
                 for name, v in extra.items():
                     mine[name] = mine.get(name, 0) + v
-        users: dict[str, dict[str, int]] = {}
+        # the refused CONNECTs of existing users first (taken over: no copy), then the clients' counts
+        users, self._user_failed = self._user_failed, {}
         for (_, user), client_counts in clients.items():
             if user is not None:
                 u = users.setdefault(user, {})
@@ -272,6 +311,8 @@ class Counters:
                 self._flushed_totals[name] = value
         out.gauges, self._dirty_gauges = self._dirty_gauges, {}
         out.events, self._events = self._events, []
+        out.failed_addresses, self._failed_addresses = self._failed_addresses, {}
+        out.failed_users, self._failed_users = self._failed_users, {}
         gone, self._gone = self._gone, set()
         for cid in gone:
             self.usernames.pop(cid, None)
@@ -280,3 +321,14 @@ class Counters:
             self._live.pop(cid, None)
             out.gauges.pop(cid, None)  # a gauge change after the disconnect no longer matters
         return out
+
+
+def _bump(table: dict[str, int], key: str, limit: int) -> bool:
+    """Count `key` in a table of at most `limit` entries; False when it is full and `key` is not in it."""
+    n = table.get(key)
+    if n is None:
+        if len(table) >= limit:
+            return False
+        n = 0
+    table[key] = n + 1
+    return True

@@ -114,7 +114,14 @@ class MetricsService:
         self.counters = counters
         self.queues = queues
         self.broker_id = config.broker_id or default_broker_id(listeners)
-        self.writer = StatsWriter(redis, keys, self.broker_id, ttl=config.stats_ttl, chunk=FLUSH_CHUNK)
+        self.writer = StatsWriter(
+            redis,
+            keys,
+            self.broker_id,
+            ttl=config.stats_ttl,
+            chunk=FLUSH_CHUNK,
+            max_failed=config.max_failed_addresses,
+        )
         self.started = time.time()
         self.backlog = Batch()
         self.dropped = 0  # backlog entries given up because of max_backlog
@@ -248,9 +255,12 @@ class MetricsService:
 
     def _bound(self) -> None:
         """Keep the backlog under max_backlog entries: give up the oldest rate buckets first, then
-        per-client detail; per-user and broker totals are kept."""
+        per-client detail, connection events, then refused-CONNECT entries; per-user and broker totals are
+        kept. The refused-CONNECT table also keeps at most what the day's rankings hold (addresses plus
+        usernames), its largest entries: a long outage under attack does not grow it."""
         limit = self.config.max_backlog
         b = self.backlog
+        self._trim_failed(len(b.failed) - 2 * self.config.max_failed_addresses)
         while b.size() > limit and b.rates:
             oldest = min(b.rates)
             self.dropped += len(b.rates.pop(oldest))
@@ -263,6 +273,15 @@ class MetricsService:
             extra = b.size() - limit
             del b.events[:extra]
             self.dropped += extra
+        self._trim_failed(b.size() - limit)
+
+    def _trim_failed(self, extra: int) -> None:
+        """Give up the `extra` smallest refused-CONNECT entries of the backlog (none when `extra` <= 0)."""
+        failed = self.backlog.failed
+        if extra > 0 and failed:
+            for entry in sorted(failed, key=failed.__getitem__)[:extra]:
+                del failed[entry]
+                self.dropped += 1
 
     # -- writing ----------------------------------------------------------------------------------
     async def _writer(self) -> None:

@@ -174,6 +174,12 @@ class Keys:
         bucket: unix seconds of the bucket start."""
         return f"{self.prefix}stats:rate:{resolution}:{kind}:{direction}:{bucket}"
 
+    def stats_failed(self, kind: str, day: int) -> str:
+        """ZSET source address (kind "addr") or username (kind "user") -> refused CONNECTs on one UTC day
+        (`day`: unix seconds of its midnight), at most `metrics.max_failed_addresses` members (a newcomer
+        replaces the smallest: store/stats.py record 9); expires a week after the day ends."""
+        return f"{self.prefix}stats:auth_failed:{kind}:{day}"
+
     def stats_tmp(self, name: str) -> str:
         """Short-lived scratch key of a read (e.g. `top`'s ZUNIONSTORE), deleted in the same transaction."""
         return f"{self.prefix}stats:tmp:{name}"

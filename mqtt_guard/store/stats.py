@@ -25,6 +25,11 @@ log = logging.getLogger("mqtt_guard.metrics")
 
 KIND_CLIENT = "client"
 KIND_USER = "user"
+# Kinds of the refused-CONNECT rankings (`Keys.stats_failed`).
+FAILED_ADDR = "addr"
+FAILED_USER = "user"
+FAILED_DAY = 86400  # one ranking per UTC day...
+FAILED_KEEP = 7 * 86400  # ...kept a week after the day ends
 
 # Fields of the broker heartbeat hash (`stats:broker:<id>`; the counters share the hash).
 HB_HEARTBEAT = "heartbeat_at"
@@ -62,6 +67,12 @@ _LUA_FIELDS = {
 #                                   HSET (connected 0, connected_since, broker, [username], disconnected_at)
 #   8 k s_user n (s_name value)*n since at s_user2
 #                                   1 then 7 of the same client: the HINCRBYs, then one HSET of both
+#   9 k expire_at keep n (s_member value)*n
+#                                   ZINCRBY each, a ranking of at most `keep` members (refused
+#                                   CONNECTs per address / username of one day): a new member of a
+#                                   full ranking takes the place of the smallest one and starts at its
+#                                   count ("space-saving": a heavy hitter always gets in; a count may
+#                                   over-state by at most the count it took over); EXPIREAT
 # "TTL" is one EXPIRE per key at the end. Every write goes through redis.pcall: a write Redis refuses (a
 # key of the wrong type, edited by hand) is skipped and reported, never aborting the rest, because the
 # writes before it cannot be undone and a retry would count them twice. The exception: Redis refuses
@@ -104,6 +115,26 @@ while i <= n do
     local at, c = t[i + 2], tonumber(t[i + 3])
     i = i + 4
     for _ = 1, c do w('ZINCRBY', k, t[i + 1], ARGV[tonumber(t[i])]); i = i + 2 end
+    w('EXPIREAT', k, at)
+  elseif op == '9' then
+    local at, top, c = t[i + 2], tonumber(t[i + 3]), tonumber(t[i + 4])
+    i = i + 5
+    for _ = 1, c do
+      local m, v = ARGV[tonumber(t[i])], tonumber(t[i + 1])
+      i = i + 2
+      local s = not abort and redis.pcall('ZSCORE', k, m)
+      if type(s) == 'table' and s.err then
+        refuse('ZSCORE', k, s.err)
+      elseif not abort then  -- the key is a sorted set or absent: plain calls below
+        if not s and redis.call('ZCARD', k) >= top then
+          local low = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+          w('ZREM', k, low[1])
+          v = v + tonumber(low[2])
+        end
+        w('ZINCRBY', k, v, m)
+      end
+    end
+    w('ZREMRANGEBYRANK', k, 0, -top - 1)  -- a ranking left larger by a larger setting before
     w('EXPIREAT', k, at)
   elseif op == '3' then
     local c = tonumber(t[i + 2])
@@ -192,9 +223,13 @@ class Batch:
     events: list[tuple[str, str, str | None, float]] = field(default_factory=list)
     # rates[bucket10][(kind, id)] = [in, out]; the 1 min buckets are derived when writing.
     rates: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
+    # refused CONNECTs per (FAILED_ADDR or FAILED_USER, address or username), added to the day's ranking
+    failed: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not (self.clients or self.users or self.totals or self.gauges or self.events or self.rates)
+        return not (
+            self.clients or self.users or self.totals or self.gauges or self.events or self.rates or self.failed
+        )
 
     def size(self) -> int:
         """Entries held, the unit of the backlog bound."""
@@ -204,6 +239,7 @@ class Batch:
             + len(self.gauges)
             + len(self.events)
             + sum(len(b) for b in self.rates.values())
+            + len(self.failed)
         )
 
     def merge(self, other: Batch) -> None:
@@ -215,6 +251,9 @@ class Batch:
         for cid, g in other.gauges.items():
             self.gauges.setdefault(cid, {}).update(g)
         self.events.extend(other.events)
+        failed = self.failed
+        for entry, n in other.failed.items():
+            failed[entry] = failed.get(entry, 0) + n
         for bucket, entries in other.rates.items():
             mine = self.rates.setdefault(bucket, {})
             for key, (i, o) in entries.items():
@@ -244,6 +283,10 @@ def batch_from_drain(drain: C.Drain) -> Batch:
             _rate_add(rates, (KIND_USER, user), i, o)
     if rates:
         b.rates[bucket_start(drain.started, RESOLUTIONS[0][1])] = rates
+    for addr, n in drain.failed_addresses.items():
+        b.failed[(FAILED_ADDR, addr)] = n
+    for user, n in drain.failed_users.items():
+        b.failed[(FAILED_USER, user)] = n
     return b
 
 
@@ -323,12 +366,22 @@ class _Encoder:
 class StatsWriter:
     """The flusher's side: write batches, heartbeat, read the fleet's heartbeats."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, broker_id: str, *, ttl: float, chunk: int = 500) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        broker_id: str,
+        *,
+        ttl: float,
+        chunk: int = 500,
+        max_failed: int = C.MAX_FAILED_DEFAULT,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.broker_id = broker_id
         self.ttl = int(ttl)
         self.chunk = chunk
+        self.max_failed = max_failed  # entries each refused-CONNECT ranking keeps (the largest)
         # EVALSHA; on NOSCRIPT (a restarted or different Redis) redis-py loads the script and retries.
         self._script = redis.register_script(_WRITE_LUA)
 
@@ -415,6 +468,7 @@ class StatsWriter:
             fill(list(entries.items()), put_rates)
         fill(list(batch.gauges.items()), lambda p, xs: p.gauges.update(xs))
         fill(loose, lambda p, xs: p.events.extend(xs))
+        fill(list(batch.failed.items()), lambda p, xs: p.failed.update(xs))
         parts[-1].totals = dict(batch.totals)
         return parts
 
@@ -489,6 +543,15 @@ class StatsWriter:
         if b.totals:
             enc.counters("3", keys.stats_total(), b.totals)
             enc.counters("3", keys.stats_broker(self.broker_id), b.totals)
+        if b.failed:
+            day = int(now // FAILED_DAY * FAILED_DAY)
+            expires, top = str(day + FAILED_DAY + FAILED_KEEP), str(self.max_failed)
+            by_kind: dict[str, list[str]] = {}
+            for (kind, ident), n in b.failed.items():
+                by_kind.setdefault(kind, []).extend((string(ident), str(n)))
+            for kind, toks in by_kind.items():
+                ops.extend(("9", key(keys.stats_failed(kind, day)), expires, top, str(len(toks) // 2)))
+                ops.extend(toks)
         value = enc.value
         for cid, g in b.gauges.items():
             if g:
@@ -608,6 +671,29 @@ class StatsReader:
             o = sum(int(v or 0) for v in mine[n:])
             rows.append((ident, i / covered if covered else 0.0, o / covered if covered else 0.0))
         return covered, rows
+
+    async def failures(
+        self, kind: str, *, limit: int = 20, days: int = 1, now: float | None = None
+    ) -> list[tuple[str, int]]:
+        """The source addresses (FAILED_ADDR) or usernames (FAILED_USER) with the most refused CONNECTs
+        over the last `days` UTC days (today included), across all brokers: [(address or name, count)]."""
+        now = time.time() if now is None else now
+        today = int(now // FAILED_DAY * FAILED_DAY)
+        day_keys = [self.keys.stats_failed(kind, today - FAILED_DAY * i) for i in range(max(1, days))]
+        res: list[tuple[str, float]]  # decode_responses=True: members are str
+        if len(day_keys) == 1:
+            res = cast(
+                "list[tuple[str, float]]",
+                await self.redis.zrevrange(day_keys[0], 0, max(0, limit - 1), withscores=True),
+            )
+        else:
+            tmp = self.keys.stats_tmp(f"failures:{time.monotonic_ns()}")
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zunionstore(tmp, day_keys)
+                pipe.zrevrange(tmp, 0, max(0, limit - 1), withscores=True)
+                pipe.delete(tmp)
+                res = (await pipe.execute())[1]
+        return [(m, int(s)) for m, s in res]
 
     async def many(self, kind: str, idents: list[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:

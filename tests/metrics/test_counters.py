@@ -66,15 +66,36 @@ def test_reconnect_with_another_username_keeps_the_counts_apart():
     assert d.users["alice"][C.MSGS_IN] == 1 and d.users["bob"][C.MSGS_IN] == 5
 
 
-def test_auth_failures_are_per_client_and_user_only_for_existing_users():
+def test_auth_failures_are_never_per_client_and_per_user_only_for_existing_users():
     c = Counters()
-    c.auth_failed("x1", "alice", Outcome.BAD_PASSWORD, known_user=True)
-    c.auth_failed("x2", "nobody", Outcome.UNKNOWN_USER, known_user=False)
+    c.connected("ok", "alice")  # an accepted client keeps its own counters
+    c.auth_failed("alice", Outcome.BAD_PASSWORD, known_user=True, address="10.0.0.1")
+    c.auth_failed("alice", Outcome.BAD_PASSWORD, known_user=True, address="10.0.0.2")
+    c.auth_failed("nobody", Outcome.UNKNOWN_USER, known_user=False, address="10.0.0.1")
+    c.auth_failed(None, Outcome.UNKNOWN_USER, known_user=False, address=None)
     d = c.drain()
-    assert d.clients == {("x1", "alice"): {"auth_failed_bad_password": 1}}
-    assert d.users == {"alice": {"auth_failed_bad_password": 1}}
-    assert d.totals == {"auth_failed_bad_password": 1, "auth_failed_unknown_user": 1}
-    assert c.client("x1") == {} and not c._live  # a refused client is never part of the live view
+    assert d.clients == {("ok", "alice"): {C.CONNECTS: 1}}
+    assert d.users == {"alice": {"auth_failed_bad_password": 2, C.CONNECTS: 1}}
+    assert d.totals == {"auth_failed_bad_password": 2, "auth_failed_unknown_user": 2, C.CONNECTS: 1}
+    assert d.failed_addresses == {"10.0.0.1": 2, "10.0.0.2": 1}
+    assert d.failed_users == {"alice": 2, "nobody": 1}
+    assert c.client("x1") == {} and set(c._live) == {"ok"}  # a refused client is never part of the live view
+    d = c.drain()
+    assert d.empty()
+
+
+def test_failure_tables_are_bounded_per_window_and_the_overflow_is_counted():
+    c = Counters(max_failed=3)
+    for i in range(10):
+        c.auth_failed(f"user-{i}" + "x" * 500, Outcome.UNKNOWN_USER, known_user=False, address=f"10.0.0.{i}")
+    c.auth_failed("user-0" + "x" * 500, Outcome.UNKNOWN_USER, known_user=False, address="10.0.0.0")  # in: counted
+    d = c.drain()
+    assert d.failed_addresses == {"10.0.0.0": 2, "10.0.0.1": 1, "10.0.0.2": 1}
+    assert len(d.failed_users) == 3 and max(map(len, d.failed_users)) == C.FAILED_USERNAME_CHARS
+    assert d.totals[C.FAILURES_UNTRACKED] == 14 and d.totals["auth_failed_unknown_user"] == 11
+    assert d.users == {}  # unknown users never get counters of their own
+    c.auth_failed("late", Outcome.UNKNOWN_USER, known_user=False, address="10.0.0.9")  # a new window: room again
+    assert c.drain().failed_addresses == {"10.0.0.9": 1}
 
 
 def test_kick_reasons_are_a_fixed_set_whatever_the_wording():

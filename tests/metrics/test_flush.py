@@ -295,3 +295,34 @@ def test_default_broker_id_is_the_host_and_the_first_listeners_port() -> None:
         default_broker_id([ListenerConfig(bind="0.0.0.0:1884"), ListenerConfig(bind="0.0.0.0:8883")]) == f"{host}:1884"
     )
     assert default_broker_id([]) == host
+
+
+def test_refused_connects_stay_bounded_in_the_backlog_and_in_redis(own_redis, prefix):
+    from mqtt_guard.auth.authenticator import Outcome
+
+    async def main() -> tuple[int, int]:
+        g = make_guard(own_redis.url, prefix, "A", max_failed_addresses=3)
+        own_redis.stop()
+        for window in range(4):  # four flush windows while Redis is down, five addresses each
+            for i in range(5):
+                for _ in range(5 - i):
+                    g.counters.auth_failed(None, Outcome.UNKNOWN_USER, known_user=False, address=f"10.0.{window}.{i}")
+            g.metrics.tick()
+            assert not await g.metrics.flush()
+        kept = len(g.metrics.backlog.failed)
+        own_redis.start()
+        assert await g.metrics.flush()
+        await close(g)
+        return kept, g.metrics.dropped
+
+    kept, dropped = asyncio.run(main())
+    assert kept == 6 and dropped == 6  # 3 per window fit in memory; the backlog keeps the 6 largest
+    rds = own_redis.client()
+    k = Keys(prefix)
+    ranking = dict(rds.zrange(k.stats_failed("addr", int(time.time() // 86400 * 86400)), 0, -1, withscores=True))
+    # space-saving: a newcomer takes over the smallest count, so the ranking's sum is all that was written
+    assert len(ranking) == 3 and sum(ranking.values()) == 4 * 5 + 2 * 4 and max(ranking.values()) >= 5
+    assert rds.hget(k.stats_total(), C.FAILURES_UNTRACKED) == str(4 * 3)  # the 4th and 5th address of each window
+    assert rds.hget(k.stats_total(), "auth_failed_unknown_user") == str(4 * 15)
+    assert not list(rds.scan_iter(f"{prefix}stats:client:*")) and not list(rds.scan_iter(f"{prefix}stats:user:*"))
+    rds.close()

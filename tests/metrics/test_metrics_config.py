@@ -32,10 +32,12 @@ metrics:
   broker_id: edge-1
   stats_ttl: 7d
   max_backlog: 50000
+  max_failed_addresses: 500
 """,
     ).metrics
     assert m.flush_interval == 0.5 and m.prometheus_bind == "0.0.0.0:9883" and m.stats_ttl == 7 * 86400
     assert m.per_client_allowlist == ["gateway-*", "line-7"] and m.top_n == 10 and m.broker_id == "edge-1"
+    assert m.max_failed_addresses == 500 and load(tmp_path, "{}").metrics.max_failed_addresses == 10_000
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,7 @@ metrics:
         ("metrics: {top_n: -1}", "top_n must be >= 0"),
         ("metrics: {per_client_allowlist: gateway}", "metrics.per_client_allowlist: must be a list"),
         ("metrics: {sys_interval: 0.5}", "metrics.sys_interval"),
+        ("metrics: {max_failed_addresses: 0}", "metrics.max_failed_addresses: at least 1"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path, text, message):

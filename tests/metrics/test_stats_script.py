@@ -411,3 +411,28 @@ def test_timestamps_are_formatted_as_redis_py_formatted_them():
     ]
     for v in values:
         assert _seconds(v) == repr(round(v, 3)), v
+
+
+def test_failure_rankings_stay_bounded_let_newcomers_in_and_expire_a_week_after_their_day(redis_server, rds, prefix):
+    keys = Keys(prefix)
+
+    async def main() -> None:
+        r = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        w = StatsWriter(r, keys, "A", ttl=TTL, chunk=2, max_failed=3)
+        first = Batch(failed={("addr", "10.0.0.1"): 5, ("addr", "::1"): 1, ("user", "a b"): 2, ("user", "@5"): 1})
+        second = Batch(failed={("addr", "10.0.0.1"): 1, ("addr", "10.0.0.2"): 3, ("addr", "10.0.0.3"): 2})
+        for b in (first, second):
+            for part in w.split(b):  # parts of 2 entries: the trim runs per part, the result is the same
+                await w.write(part, now=time.time())
+        await r.aclose()
+
+    # the writer takes the day from the wall clock: write "now", then check against today's keys
+    now = time.time()
+    day = int(now // 86400 * 86400)
+    asyncio.run(main())
+    addr, user = keys.stats_failed("addr", day), keys.stats_failed("user", day)
+    # the ranking of 3 was full when 10.0.0.3 came: it took the place of the smallest (::1, 1) from its count
+    assert dict(rds.zrange(addr, 0, -1, withscores=True)) == {"10.0.0.1": 6.0, "10.0.0.2": 3.0, "10.0.0.3": 3.0}
+    assert rds.zrevrange(user, 0, -1, withscores=True) == [("a b", 2.0), ("@5", 1.0)]
+    for k in (addr, user):
+        assert abs(rds.ttl(k) - (day + 86400 + 7 * 86400 - now)) <= 5
