@@ -283,15 +283,7 @@ class Guard:
         elif action is Perm.SUBSCRIBE:
             self.counters.incr(client.client_id, C.DENIED_SUBSCRIBE)
         else:
-            self.counters.incr(client.client_id, C.WITHHELD)
-            acl_log.log(
-                logging.INFO,
-                (client.client_id, "receive"),  # per client, not per topic: a '#' subscriber must not flood the log
-                "withheld a message on %r from client %r (user %r): no receive permission for it",
-                topic,
-                client.client_id,
-                client.username,
-            )
+            self.counters.incr(client.client_id, C.WITHHELD)  # (logged by the engine, per subscription filter)
         return False
 
     def _file_and_redis(self, client: GuardClient, action: Perm, topic: str) -> bool:

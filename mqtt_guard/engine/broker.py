@@ -51,6 +51,7 @@ from amqtt.utils import gen_client_id
 from transitions import MachineError
 
 from ..acl.rules import Perm
+from ..acl.topics import topic_matches
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
 from ..auth.tls import certificate_identity
 from ..config import GuardConfig, ListenerConfig
@@ -90,6 +91,7 @@ queue_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
 # A client retrying a refused CONNECT every second writes one line a minute (with the count held back),
 # not one per attempt.
 refusal_log = RateLimitedLog(logging.getLogger("mqtt_guard.broker"))
+withheld_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))  # per client and subscription filter
 
 # The Guard's own auth and ACL plugins of earlier versions: the broker asks the Guard directly now, so a
 # config that still names them loads nothing for them.
@@ -877,6 +879,24 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     targets[target.client_id] = (target, granted)
         return targets
 
+    def _log_withheld(self, session: GuardedSession, topic: str) -> None:
+        """A subscriber that may subscribe but not receive `topic` (SUBACK granted, nothing delivered)
+        must see why in the log, not only in `stats`: once a minute per client and subscription filter
+        (with the count held back), named by the filter that matched. Runs when a route is built, not
+        per message (routes are cached)."""
+        client_id = session.client_id
+        matching = [f for f in self._filters_of.get(client_id, ()) if topic_matches(f, topic)]
+        subscribed = min(matching) if matching else topic
+        withheld_log.log(
+            logging.INFO,
+            (client_id, subscribed),
+            "withheld a message on %r from client %r (user %r, subscribed to %r): no receive permission for it",
+            topic,
+            client_id,
+            session.username,
+            subscribed,
+        )
+
     def _make_route(self, topic: str, verdicts: dict[str, bool] | None = None) -> Route:
         """The Route of `topic`: its targets' RECEIVE checks (`_check_sync`, or `verdicts` awaited by
         `_route`) and the quota's DeliveryGroup of their guard clients; cached when only the Guard
@@ -896,6 +916,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 targets.append((queue, granted, target.guard_client, client_id))
             else:
                 withheld.append(client_id)
+                self._log_withheld(target, topic)
         clients = [t[2] for t in targets if t[2] is not None]
         route = Route(targets, withheld, self._delivery_group(clients) if clients else None)
         if verdicts is None and self._cacheable and errors == self._check_errors:
