@@ -15,7 +15,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from mqtt_guard.auth.hashes import (
     parse_passwd_line,
     verify_password,
 )
+from tests.helpers.servers import wait_port
 
 # Generated once with mosquitto 2.0.11: `mosquitto_passwd -c -b FILE alice s3cret`
 MOSQ_7_ALICE = (
@@ -501,19 +501,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("mosquitto did not start listening")
-
-
 @pytest.fixture
 def mosquitto_with_our_hashes(tmp_path: Path) -> Iterator[int]:
     """Start a real broker whose password file was written by hash_password."""
@@ -539,7 +526,7 @@ def mosquitto_with_our_hashes(tmp_path: Path) -> Iterator[int]:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log_fh, stderr=log_fh)
     try:
         try:
-            _wait_for_port(port, proc)
+            wait_port(port, timeout=10.0, proc=proc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; broker log:\n{log.read_text()}") from None
         yield port
