@@ -20,6 +20,7 @@ from mqtt_guard.metrics import counters as C
 from mqtt_guard.metrics.counters import Counters
 from tests.helpers import rawmqtt as raw
 from tests.helpers.servers import BrokerProcess, free_port
+from tests.helpers.wait import until
 
 LIMIT = 64
 REFUSED = "refusing connections on"
@@ -53,14 +54,15 @@ def test_refused_at_the_open_files_limit_is_logged_once_and_the_broker_recovers(
         finally:
             for s in held:
                 s.close()
-        deadline = time.monotonic() + 10
-        while True:  # the broker closes the held connections, then serves a client again
+
+        def serves() -> raw.RawClient | None:
             try:
-                client, _ = raw.connected(broker.port, "after-the-storm")
-                break
+                return raw.connected(broker.port, "after-the-storm")[0]
             except (OSError, AssertionError, TimeoutError):
-                assert time.monotonic() < deadline, broker.log()
-                time.sleep(0.2)
+                return None
+
+        client = until(serves, 10, interval=0.2)  # the broker closes the held connections, then serves again
+        assert client is not None, broker.log()
         with client:
             client.send(raw.subscribe(1, ("ok/#", 0)))
             client.expect(raw.SUBACK)
