@@ -20,8 +20,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from diffharness.brokers import RedisProc  # noqa: E402
-from diffharness.run import run  # noqa: E402
+from diffharness.brokers import RedisProc  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from diffharness.run import run  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
 
 def main() -> int:

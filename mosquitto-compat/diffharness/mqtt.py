@@ -117,7 +117,7 @@ class Client:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - a reader ends however its socket ends
                 pass
 
     async def abort(self) -> None:

@@ -142,7 +142,7 @@ class Pair:
         self.mosquitto.start()
         self.guard.start()
         results = await asyncio.gather(self.mosquitto.wait_ready(), self.guard.wait_ready(), return_exceptions=True)
-        return tuple(None if r is None else _last_error(str(r)) for r in results)  # type: ignore[return-value]
+        return tuple(None if r is None else _last_error(str(r)) for r in results)  # type: ignore[return-value]  # a tuple of the brokers' results, one per side
 
     async def reload(self) -> None:
         self.reloads += 1
@@ -232,7 +232,7 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
     elif sc.kind == "will":  # subscribers first, then the will's client connects and drops its connection
         await connect_all(sorted(sc.subscriptions))
         await subscribe_all()
-        who = sc.will[0]  # type: ignore[index]
+        who = sc.will[0]  # type: ignore[index]  # only scenarios with a will reach here
         await connect_all([who])
         cid = sc.clients[who].client_id
         procs = (pair.mosquitto, pair.guard)
@@ -425,5 +425,5 @@ async def run(
 
     started = time.monotonic()
     await asyncio.gather(*(one(p) for p in all_pairs))
-    stats.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    stats.elapsed = time.monotonic() - started  # type: ignore[attr-defined]  # recorded on the stats object for the report
     return stats, differences

@@ -122,7 +122,7 @@ def cmd_unset(args: argparse.Namespace) -> int:
     return run_with_redis(args, body, writes=True)
 
 
-async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
+async def describe_quota(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
     raw_users, raw_default = await store.load_limits([username] if username else [])
     raw_user = raw_users.get(username, {}) if username else {}
     limits = parse_limits(raw_user or None, raw_default) if username else parse_limits(None, raw_default)
@@ -190,7 +190,7 @@ async def _describe(store: QuotaStore, keys: Keys, username: str | None) -> dict
 def cmd_show(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: Keys) -> int:
         store = QuotaStore(redis, keys)
-        info = await _describe(store, keys, _name(args))
+        info = await describe_quota(store, keys, _name(args))
         if args.json:
             json.dump(info, sys.stdout, indent=1)
             print()

@@ -103,11 +103,11 @@ async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, A
         return None
     try:
         from ..store.quota import QuotaStore
-        from .quota import _describe  # the quota command's own reading of limits and usage
+        from .quota import describe_quota  # the quota command's own reading of limits and usage
     except ImportError:
         return None
     try:
-        info = await _describe(QuotaStore(redis, keys), keys, username)
+        info = await describe_quota(QuotaStore(redis, keys), keys, username)
     except Exception:  # noqa: BLE001 - quota display is best-effort here; `quota show` reports errors
         return None
     usage = info.get("usage") or {}

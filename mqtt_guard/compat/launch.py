@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ConfigError, GuardConfig, ListenerConfig, split_bind
 from .conf import MosquittoConfError, MosquittoConfig, parse_mosquitto_conf, to_guard_config
-from .security import MosquittoSecurity, SecurityLoadError
+from .security import MosquittoSecurity, SecurityLoadError, SourceHost
 
 log = logging.getLogger("mqtt_guard.compat")
 
@@ -177,7 +177,7 @@ def run_mosquitto_conf(path: str, base: GuardConfig, **options: Any) -> int:
         log.warning("%s", warning)
     from ..engine.runner import run  # late: amqtt is heavy
 
-    async def prepare(guard: Any) -> None:
+    async def prepare(guard: SourceHost) -> None:
         security.install(guard)
         log.info(
             "mosquitto configuration %s: %d listener(s); %s",

@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..acl.rules import Perm
 from ..auth import hashes
@@ -97,6 +97,16 @@ def _load_files(sec: Security, name: str) -> tuple[PasswdFile | None, AclFile | 
     return passwd, acl
 
 
+class SourceHost(Protocol):
+    """What a broker's Guard offers file-backed sources: the lists it asks (auth backends before Redis,
+    ACL sources next to it) and mosquitto's `message_size_limit`. Narrow on purpose: the sources see
+    nothing else of the Guard."""
+
+    auth_backends: list[Any]
+    acl_sources: list[Any]
+    message_size_limit: int
+
+
 class MosquittoSecurity:
     """The file-backed auth backend and ACL source of a broker run from a mosquitto.conf."""
 
@@ -107,9 +117,9 @@ class MosquittoSecurity:
         self.listeners = listeners  # the GuardConfig listeners built from `conf`, in the same order
         self.state = self._build(conf, None)
         self.reloads = 0
-        self.guard: Any = None  # set by install(): the Guard whose message_size_limit follows reloads
+        self.guard: SourceHost | None = None  # set by install(): its message_size_limit follows reloads
 
-    def install(self, guard: Any) -> None:
+    def install(self, guard: SourceHost) -> None:
         """Plug into a Guard: auth backend, ACL source, and the message_size_limit of the configuration."""
         self.guard = guard
         guard.auth_backends.append(self)

@@ -1237,7 +1237,7 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
 async def _close_quietly(writer: WriterAdapter) -> None:
     try:
         await asyncio.wait_for(writer.close(), 2)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the peer may be gone already; closing is best effort
         pass
 
 

@@ -79,10 +79,10 @@ class _Deadline:
 
     async def __aenter__(self) -> None:
         owner = self._owner
-        loop = owner._running_loop()  # noqa: SLF001
+        loop = owner._running_loop()  # noqa: SLF001 - _Deadline is Deadlines' own context object (same module)
         task = self._task = asyncio.current_task(loop)
         assert task is not None
-        owner._add(task, self._seconds, loop)  # noqa: SLF001
+        owner._add(task, self._seconds, loop)  # noqa: SLF001 - _Deadline is Deadlines' own context object (same module)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -90,9 +90,9 @@ class _Deadline:
         owner, task = self._owner, self._task
         if task is None:  # (__aenter__ did not run)
             return False
-        owner._due.pop(task, None)  # noqa: SLF001
-        if task in owner._expired:  # noqa: SLF001
-            owner._expired.discard(task)  # noqa: SLF001
+        owner._due.pop(task, None)  # noqa: SLF001 - _Deadline is Deadlines' own context object (same module)
+        if task in owner._expired:  # noqa: SLF001 - _Deadline is Deadlines' own context object (same module)
+            owner._expired.discard(task)  # noqa: SLF001 - _Deadline is Deadlines' own context object (same module)
             if exc_type is asyncio.CancelledError:  # our cancel (the sweep runs only while the body waits)
                 task.uncancel()
                 raise TimeoutError from exc

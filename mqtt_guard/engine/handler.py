@@ -207,7 +207,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._stretch: Stretch | None = None  # the quota stretch of the current synchronous run
         self._ws_dirty = False  # websockets: coalesced frames written to the adapter, not yet sent
         self._ws_draining = False
-        events = plugins_manager._event_plugin_callbacks  # noqa: SLF001
+        events = plugins_manager._event_plugin_callbacks  # noqa: SLF001 - amqtt offers no public view of its listeners
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
 

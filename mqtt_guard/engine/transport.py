@@ -300,4 +300,5 @@ class TcpWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt has no type
         return (peer[0], peer[1]) if peer and len(peer) >= 2 else None
 
     def get_ssl_info(self) -> Any:
-        return self._writer.transport.get_extra_info("ssl_object") if self._writer._over_ssl else None  # noqa: SLF001
+        stream = self._writer
+        return stream.transport.get_extra_info("ssl_object") if stream._over_ssl else None  # noqa: SLF001 - MqttStream, this module's own

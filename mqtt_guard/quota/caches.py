@@ -181,7 +181,9 @@ class BlockCache:
                 pass
 
     async def _run(self) -> None:
-        """Load everything when not loaded, then re-read invalidated keys until none is left."""
+        """Load everything when not loaded, then re-read invalidated keys until none is left. (Not a
+        `tasks.Coalescer`: the first round is a full load, and rounds wait for the invalidation
+        channel to be connected.)"""
         while not self._stopped and (not self.loaded or self.dirty):
             if not self.connected():
                 await asyncio.sleep(0.1)  # a reset follows the reconnection and schedules us again

@@ -68,7 +68,8 @@ class LeaseSync:
             self.book.redis_lost(exc)
 
     def wake(self) -> None:
-        """Sync the book's `urgent` entries soon (one task at a time)."""
+        """Sync the book's `urgent` entries soon (one task at a time). Not a `tasks.Coalescer`: rounds are
+        paced (URGENT_GAP) and a batch that fails is left to the heartbeat, not retried here."""
         if self.book.urgent and (self._task is None or self._task.done()):
             try:
                 self._task = asyncio.get_running_loop().create_task(self._urgent_loop())

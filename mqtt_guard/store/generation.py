@@ -166,7 +166,8 @@ class GenerationWatch:
             pass
 
     def check(self) -> None:
-        """Distrust Redis until the marker has been read again (needs a running event loop)."""
+        """Distrust Redis until the marker has been read again (needs a running event loop). One flag,
+        not a set of items, and a loop that also polls while distrusted: not a `tasks.Coalescer`."""
         if self.trust.reason is None:
             self.trust.reason = "checking this deployment's generation marker in Redis"
         self._again = True

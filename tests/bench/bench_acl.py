@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mqtt_guard.acl.policy import AclPolicy, Subject  # noqa: E402
-from mqtt_guard.acl.rules import Perm, parse_rules  # noqa: E402
+from mqtt_guard.acl.policy import AclPolicy, Subject  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.acl.rules import Perm, parse_rules  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
 DEFAULT_OUT = ROOT / "tests" / "bench" / "results" / "acl.json"
 USER = "alice"
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": compiled,
         "target_cached_median_us": 5.0,
     }
-    result["cached_target_met"] = cached["allowed_batched"]["median_us"] < 5.0  # type: ignore[index]
+    result["cached_target_met"] = cached["allowed_batched"]["median_us"] < 5.0  # type: ignore[index]  # the result dict is untyped JSON
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -225,12 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:38s} median {d['median_us']:8.3f} us   p99 {d['p99_us']:8.3f} us   (n={d['n']})")
 
     print(f"ACL decision benchmark, 1000 user rules, Python {result['python']}")
-    line("cached allowed() [batched]", cached["allowed_batched"])  # type: ignore[arg-type]
-    line("cached decide()  [batched]", cached["decide_batched"])  # type: ignore[arg-type]
-    line("cached allowed() [single, raw]", cached["allowed_single_call_raw"])  # type: ignore[arg-type]
-    line("uncached allowed() [single, raw]", uncached["allowed_single_call_raw"])  # type: ignore[arg-type]
-    line("1st decision, new session", compiled["first_decision_new_session"])  # type: ignore[arg-type]
-    line("1st decision, after rule change", compiled["first_decision_after_rule_change"])  # type: ignore[arg-type]
+    line("cached allowed() [batched]", cached["allowed_batched"])  # type: ignore[arg-type]  # the result dict is untyped JSON
+    line("cached decide()  [batched]", cached["decide_batched"])  # type: ignore[arg-type]  # the result dict is untyped JSON
+    line("cached allowed() [single, raw]", cached["allowed_single_call_raw"])  # type: ignore[arg-type]  # the result dict is untyped JSON
+    line("uncached allowed() [single, raw]", uncached["allowed_single_call_raw"])  # type: ignore[arg-type]  # the result dict is untyped JSON
+    line("1st decision, new session", compiled["first_decision_new_session"])  # type: ignore[arg-type]  # the result dict is untyped JSON
+    line("1st decision, after rule change", compiled["first_decision_after_rule_change"])  # type: ignore[arg-type]  # the result dict is untyped JSON
     print(f"timer overhead per single-call sample: {overhead:.0f} ns")
     print(f"target cached median < 5 us: {'met' if result['cached_target_met'] else 'MISSED'}")
     print(f"wrote {args.out}")

@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.mqtt import connect  # noqa: E402
-from tests.helpers.servers import BrokerProcess, RedisServer, run_cli  # noqa: E402
+from tests.helpers.mqtt import connect  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from tests.helpers.servers import BrokerProcess, RedisServer, run_cli  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
 
 def main() -> None:

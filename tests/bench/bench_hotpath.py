@@ -39,17 +39,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from amqtt.broker import Broker  # noqa: E402
+from amqtt.broker import Broker  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
-from mqtt_guard.acl.rules import Perm  # noqa: E402
-from mqtt_guard.auth.authenticator import AuthResult, Outcome  # noqa: E402
-from mqtt_guard.config import GuardConfig  # noqa: E402
-from mqtt_guard.engine.protocol import encode_publish, parse_fixed_header  # noqa: E402
-from mqtt_guard.engine.queues import OutQueue  # noqa: E402
-from mqtt_guard.engine.routing import TopicTrie  # noqa: E402
-from mqtt_guard.guard import Guard  # noqa: E402
-from mqtt_guard.store.users import UserRecord  # noqa: E402
-from tests.bench.run import acl_filters, free_port  # noqa: E402
+from mqtt_guard.acl.rules import Perm  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.auth.authenticator import AuthResult, Outcome  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.config import GuardConfig  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.engine.protocol import encode_publish, parse_fixed_header  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.engine.queues import OutQueue  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.engine.routing import TopicTrie  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.guard import Guard  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.store.users import UserRecord  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from tests.bench.run import acl_filters, free_port  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
 DEFAULT_OUT = ROOT / "tests" / "bench" / "results" / "hotpath.json"
 
@@ -113,7 +113,7 @@ def engine_benchmarks(results: dict) -> None:
     )
 
     q = OutQueue(1000, 0, 20)
-    q.online, q.port = True, Port()  # type: ignore[assignment]
+    q.online, q.port = True, Port()  # type: ignore[assignment]  # a stub port: the bench measures the queue, not the socket
     results["OutQueue.offer0 (subscriber keeps up)"] = timeit(lambda: q.offer0(frame, 64, 75), 200_000)
 
 

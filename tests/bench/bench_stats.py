@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import redis.asyncio as aioredis  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
-from mqtt_guard.metrics import counters as C  # noqa: E402
-from mqtt_guard.store.keys import Keys  # noqa: E402
-from mqtt_guard.store.stats import Batch, StatsWriter, batch_from_drain  # noqa: E402
-from tests.bench.bench_hotpath import start_redis  # noqa: E402
+from mqtt_guard.metrics import counters as C  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.store.keys import Keys  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.store.stats import Batch, StatsWriter, batch_from_drain  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from tests.bench.bench_hotpath import start_redis  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 
 DEFAULT_OUT = ROOT / "tests" / "bench" / "results" / "stats.json"
 TTL = 30 * 86400

@@ -37,7 +37,7 @@ import traceback
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import mqttraw as mr  # type: ignore[no-redef]
+    import mqttraw as mr  # type: ignore[no-redef]  # run as a script: the sibling module by its own name
 else:
     from . import mqttraw as mr
 

@@ -26,7 +26,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "ACL decisions",
-        ("Guard.may", "AclPolicy.", "LiveAcl.", "GuardAclPlugin.", "_check_sync", "_topic_filtering", "Subject."),
+        ("Guard.may", "AclPolicy.", "LiveAcl.", "_check_sync", "_topic_filtering", "Subject."),
     ),
     (
         "counters / analytics",

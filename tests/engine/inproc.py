@@ -30,7 +30,7 @@ class InProcessBroker:
         self.config.redis.url = redis_url
         self.config.redis.prefix = prefix
         self.config.auth.allow_anonymous = allow_anonymous
-        self.config.acl.default = acl_default  # type: ignore[assignment]
+        self.config.acl.default = acl_default  # type: ignore[assignment]  # the tests pass a plain str
         if limits is not None:
             self.config.limits = limits
         self.loop = asyncio.new_event_loop()
