@@ -56,14 +56,13 @@ def connects(port: int, username: str, password: str) -> int:
 def kept(port: int, username: str, password: str, rds: redis.Redis, timeout: float = 5.0) -> None:
     """CONNECT until one is answered without reading the record: the broker's invalidation listener
     connects in the background at start, and records read before that are not kept."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def unread() -> bool:
         rds.config_resetstat()
         assert connects(port, username, password) == 0
-        if smembers_calls(rds) == 0:
-            return
-        assert time.monotonic() < deadline, "the user record is never kept"
-        time.sleep(0.05)
+        return smembers_calls(rds) == 0
+
+    assert until(unread, timeout, interval=0.05), "the user record is never kept"
 
 
 def eventually_rc(port: int, username: str, password: str, want: int, timeout: float = 3.0) -> int:

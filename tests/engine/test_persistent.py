@@ -12,6 +12,7 @@ import pytest
 from tests.engine.conftest import both
 from tests.helpers import rawmqtt as raw
 from tests.helpers.mqtt import connect
+from tests.helpers.wait import until
 
 
 def _cid(prefix: str) -> str:
@@ -23,10 +24,7 @@ def _gone(target, cid: str, n: int = 1) -> None:
     if not hasattr(target, "wait_log"):
         time.sleep(0.5)  # plain amqtt: no log line to wait for
         return
-    deadline = time.monotonic() + 5
-    while target.log().count(f"client '{cid}' (") < n:
-        assert time.monotonic() < deadline, f"broker did not see {cid} disconnect"
-        time.sleep(0.02)
+    assert until(lambda: target.log().count(f"client '{cid}' (") >= n, 5), f"broker did not see {cid} disconnect"
 
 
 def _publish_all(port: int, *messages: tuple[str, bytes, int]) -> None:
