@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ..store.quota import SyncRequest, SyncResult
+from ..store.lease import SyncRequest, SyncResult
 
 
 class Verdict(enum.Enum):

@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from . import keys as k
+from .lease import SyncRequest, SyncResult
 
 Hash = dict[str, str]  # a hash as the decode_responses client returns it (redis-py's types allow bytes too)
 
@@ -387,46 +388,6 @@ RESIGN_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResult:
-    mine: int  # allowance this broker holds after the sync
-    used: int  # counted usage in the window (reported by all brokers)
-    others: int  # allowance held by other brokers
-    free: int  # allowance nobody holds
-    gen: str
-    demand: str  # "<broker>|<unix ms>" of the last broker that asked for more than it got
-    now_ms: int
-    spent: int  # this broker's reported spend in the window (what a joining entry continues from)
-    refused: int  # this broker's reported refusals in the window
-    holders: tuple[str, ...]  # brokers holding a lease, when this one got less than it wanted
-
-    @classmethod
-    def of(cls, raw: list[Any]) -> SyncResult:
-        return cls(
-            int(raw[0]),
-            int(raw[1]),
-            int(raw[2]),
-            int(raw[3]),
-            str(raw[4]),
-            str(raw[5]),
-            int(raw[6]),
-            int(raw[7]),
-            int(raw[8]),
-            tuple(h for h in str(raw[9]).split(",") if h),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    key: str
-    gen: str
-    total: int
-    refused: int
-    want: int
-    limit: int
-    expire_at: int
 
 
 UPDATES_PART = 500  # connections per UPDATES_LUA call (~1-2 µs each to encode: ~1 ms of loop per call)
