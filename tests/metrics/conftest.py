@@ -4,7 +4,6 @@ loaded by every broker)."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from tests.helpers.servers import BrokerProcess, free_port
+from tests.helpers.wait import until
 
 
 @pytest.fixture
@@ -38,15 +38,15 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
 
 
 def wait_http(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def serving() -> bool:
         try:
             http_get(port, "/metrics")
-            return
         except (OSError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return False
+        return True
+
+    if not until(serving, timeout, interval=0.05):
+        http_get(port, "/metrics")  # once more, so the test fails with the connection error itself
 
 
 def http_get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
