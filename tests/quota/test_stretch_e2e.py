@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import rawmqtt as raw
+from tests.helpers.wait import until
 
 # lease_fraction 1: the broker may hold a user's whole allowance, so one broker can spend all of it and
 # a burst that runs over the limit delivers exactly the limit (no SHORT refusals while a lease refills).
@@ -60,10 +61,14 @@ def used(rds, prefix: str, user: str, metric: str) -> int:
 
 
 def wait_used(rds, prefix: str, user: str, metric: str, expected: int) -> None:
-    deadline = time.monotonic() + 5
-    while (value := used(rds, prefix, user, metric)) != expected:
-        assert time.monotonic() < deadline, f"Redis counts {value} {metric} for {user}, expected {expected}"
-        time.sleep(0.05)
+    value = 0
+
+    def counted() -> bool:
+        nonlocal value
+        value = used(rds, prefix, user, metric)
+        return value == expected
+
+    assert until(counted, 5, interval=0.05), f"Redis counts {value} {metric} for {user}, expected {expected}"
 
 
 def subscriber(port: int, user: tuple[str, str], client_id: str, topic: str) -> raw.RawClient:
