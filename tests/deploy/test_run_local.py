@@ -20,6 +20,7 @@ import redis
 
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import ROOT, free_port
+from tests.helpers.wait import until, until_text
 
 SCRIPT = ROOT / "deploy" / "run-local.sh"
 
@@ -117,13 +118,11 @@ class Run:
         return self.out_path.read_text(errors="replace")
 
     def wait_banner(self, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "Ctrl-C stops everything." in self.text():
-                return self.text()
-            assert self.proc.poll() is None, self.text()
-            time.sleep(0.1)
-        raise AssertionError(self.text())
+        # fails at once when the script exits
+        banner = until_text(self.text, "Ctrl-C stops everything.", timeout, 0.1, alive=lambda: self.proc.poll() is None)
+        if banner is None:
+            raise AssertionError(self.text())
+        return banner
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -138,13 +137,15 @@ class Run:
 
 def _wait_gone(pid_file: Path) -> None:
     pid = int(pid_file.read_text())
-    for _ in range(100):
+
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"redis-server {pid} still running")
+            return True
+        return False
+
+    assert until(gone, 5, interval=0.05), f"redis-server {pid} still running"
 
 
 def test_make_run_keeps_its_port_and_honours_the_prefix(tmp_path):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import redis
 
+from tests.helpers.wait import until_text
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -153,13 +155,10 @@ class BrokerProcess:
         return Path(self.log_path).read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            content = self.log()
-            if text in content:
-                return content
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in broker log:\n{self.log()}")
+        content = until_text(self.log, text, timeout)
+        if content is None:
+            raise AssertionError(f"{text!r} not in broker log:\n{self.log()}")
+        return content
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc is not None and self.proc.poll() is None:

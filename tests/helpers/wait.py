@@ -2,7 +2,8 @@
 in another process or task (a broker, Redis, the invalidation listener) within a bounded time.
 
 `until` returns the condition's last result, so `assert until(lambda: ...)` fails with the test's own
-message; `expect` fails by itself and names the last value; `until_async` waits on an event loop.
+message; `expect` fails by itself and names the last value; `until_async` waits on an event loop;
+`until_text` waits for a log or output file to contain a text.
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ def expect(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05
     if not result:
         raise AssertionError(f"condition not met within {timeout}s; last value: {result!r}")
     return result
+
+
+def until_text(
+    read: Callable[[], str],
+    text: str,
+    timeout: float = 5.0,
+    interval: float = 0.05,
+    alive: Callable[[], bool] | None = None,
+) -> str | None:
+    """`until` for a log or output: call `read()` until what it returns contains `text`; return that, or
+    None when `timeout` passes first (or, with `alive`, as soon as `alive()` is false: the process that
+    writes it has exited). The caller raises its own error, naming its own log."""
+    content = ""
+
+    def seen() -> bool:
+        nonlocal content
+        content = read()
+        return text in content or (alive is not None and not alive())
+
+    until(seen, timeout, interval)
+    return content if text in content else None
 
 
 async def until_async(

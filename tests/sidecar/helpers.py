@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.helpers.servers import ROOT, guard_cmd
+from tests.helpers.wait import until_text
 
 FAST_QUOTA = "quota:\n  sync_interval: 0.2s\n  broker_dead_after: 1.5s\n"
 
@@ -42,15 +42,10 @@ class SidecarProcess:
         return Path(self.log_path).read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            content = self.log()
-            if text in content:
-                return content
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in sidecar log:\n{self.log()}")
+        content = until_text(self.log, text, timeout, alive=lambda: self.proc is None or self.proc.poll() is None)
+        if content is None:
+            raise AssertionError(f"{text!r} not in sidecar log:\n{self.log()}")
+        return content
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         rc = None

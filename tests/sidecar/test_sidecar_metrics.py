@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
 
 from tests.helpers.mqtt import connect
 from tests.helpers.servers import ROOT, free_port, guard_cmd, wait_port
+from tests.helpers.wait import until
 
 
 def test_sidecar_serves_fleet_metrics(redis_server, prefix, start_broker, add_user, rds):
@@ -37,16 +37,17 @@ def test_sidecar_serves_fleet_metrics(redis_server, prefix, start_broker, add_us
     )
     try:
         wait_port(port, proc=proc)
-        deadline = time.monotonic() + 15
-        while True:
+        text = ""
+
+        def counted() -> bool:
+            nonlocal text
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             received = [
                 line for line in text.splitlines() if line.startswith("mqtt_guard_fleet_messages_received_total")
             ]
-            if received and float(received[0].split()[-1]) >= 5:
-                break
-            assert time.monotonic() < deadline, text
-            time.sleep(0.3)
+            return bool(received) and float(received[0].split()[-1]) >= 5
+
+        assert until(counted, 15, interval=0.3), text
         assert "mqtt_guard_sidecar_loop_lag_seconds" in text
         assert "mqtt_guard_fleet_broker_up" in text
         for probe in ("/livez", "/readyz", "/healthz"):  # the same probes as the broker's (issue 22)
