@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import counters as C
@@ -299,15 +300,20 @@ def cmd_stats(args: argparse.Namespace) -> int:
         if data is None:
             what = {KIND_CLIENT: "client id", KIND_USER: "username"}.get(args.kind or "", "client id or username")
             raise CliError(f"no stats for {what} {args.name!r} (nothing counted yet, or expired)")
-        if args.json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        else:
-            from rich.console import Console
-
-            render_stats(data, Console())
+        _show(data, args.json, render_stats)
         return 0
 
     return run_with_redis(args, body)
+
+
+def _show(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any], Any], None]) -> None:
+    """`--json` prints the data as it was gathered; otherwise `render` draws it with rich."""
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        from rich.console import Console
+
+        render(data, Console())
 
 
 def _cmd_failures(args: argparse.Namespace) -> int:
@@ -318,12 +324,7 @@ def _cmd_failures(args: argparse.Namespace) -> int:
 
     async def body(redis: Any, keys: Keys) -> int:
         data = await gather_failures(redis, keys, limit=args.limit, days=args.days)
-        if args.json:
-            print(json.dumps(data, indent=2, sort_keys=True))
-        else:
-            from rich.console import Console
-
-            render_failures(data, Console())
+        _show(data, args.json, render_failures)
         return 0
 
     return run_with_redis(args, body)
