@@ -374,7 +374,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         except ProtocolViolation as exc:
             self._counters.incr(None, C.PROTOCOL_ERRORS)
             if exc.connack is not None:
-                log.warning("refused CONNECT from %s: %s (CONNACK %d)", where, exc.reason, exc.connack)
+                refusal_log.log(  # once a minute per source host and reason (a retrying device)
+                    logging.WARNING,
+                    (where.rpartition(":")[0], exc.reason),
+                    "refused CONNECT from %s: %s (CONNACK %d)",
+                    where,
+                    exc.reason,
+                    exc.connack,
+                )
                 await self._refuse(writer, exc.connack)
                 return None
             log.warning("closed connection from %s: invalid CONNECT: %s", where, exc.reason)

@@ -257,3 +257,15 @@ def test_dollar_topics_are_allowed_but_clients_cannot_publish_to_sys(anon_broker
     # the broker's own $SYS/broker/... topics (published by default) reach the watcher; the forged one not
     assert [(m.topic, m.payload) for m in got if not m.topic.startswith("$SYS/broker/")] == [("$app/x", b"dollar")]
     watcher.close()
+
+
+def test_a_device_retrying_a_refused_connect_is_logged_once_a_minute(anon_broker):
+    """A refusal the packet itself earns (here: an empty client id without clean session, CONNACK 2) is
+    logged once per source host and reason a minute, not once per attempt (issue 22 item 9)."""
+    broker = anon_broker()
+    for _ in range(4):
+        with raw.RawClient(broker.port) as c:
+            c.send(raw.connect("", clean=False))
+            assert c.connack() == (0, 2)
+    broker.wait_log("refused CONNECT from")
+    assert broker.log().count("empty client identifier without clean session") == 1
