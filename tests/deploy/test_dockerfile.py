@@ -124,3 +124,39 @@ def test_every_copied_file_exists_and_is_in_the_build_context():
             if (ROOT / src).is_dir():
                 assert sent(f"{src.rstrip('/')}/__init__.py")
     assert not sent("tests/conftest.py") and not sent(".venv/bin/python"), ".dockerignore keeps the context small"
+
+
+def test_the_build_stage_s_context_builds_a_wheel_with_the_cli(tmp_path):
+    """What the build stage does with what it copies: `pip install .` from exactly those files gives
+    every module and the `mqtt-guard` command (the ENTRYPOINT)."""
+    import shutil as sh
+    import zipfile
+
+    context = tmp_path / "src"
+    context.mkdir()
+    starts = [n for n, ins in enumerate(INSTRUCTIONS) if ins.keyword == "FROM"]
+    for ins in INSTRUCTIONS[starts[0] : starts[1]]:  # the build stage
+        if ins.keyword == "COPY":
+            *sources, dest = ins.args.split()
+            for src in sources:
+                target = context / (Path(dest) / Path(src).name if dest.endswith("/") else dest)
+                if (ROOT / src).is_dir():
+                    sh.copytree(ROOT / src, target, ignore=sh.ignore_patterns("__pycache__"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    sh.copy(ROOT / src, target)
+    out = tmp_path / "wheel"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(context)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("mqtt_guard-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        modules = {str(p.relative_to(ROOT)) for p in (ROOT / "mqtt_guard").rglob("*.py")}
+        assert modules <= names, sorted(modules - names)
+        entry = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "mqtt-guard = mqtt_guard.cli.main:main" in z.read(entry).decode()
