@@ -4,7 +4,8 @@
 #   (no option)    redis-server (always needed; exit 1 without it)
 #   --run          also mosquitto-clients: `make run` prints mosquitto_sub/mosquitto_pub commands
 #                  (never fails for them)
-#   --check/--all  also mosquitto and mosquitto-clients, for the compatibility tests (never fails for them)
+#   --check/--all  also mosquitto and mosquitto-clients, for the compatibility tests, and systemd, whose
+#                  systemd-analyze checks the units in deploy/systemd/ (never fails for them)
 #   --venv PYTHON  only the venv module of PYTHON (Debian ships it apart: python3-venv); exit 1 without it
 set -euo pipefail
 mode=${1:-}
@@ -28,6 +29,7 @@ else
   command -v redis-server >/dev/null || { need+=(redis-server); required+=(redis-server); }
   if [[ "$mode" == "--check" || "$mode" == "--all" ]]; then
     command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || need+=(mosquitto)
+    command -v systemd-analyze >/dev/null || need+=(systemd)
   fi
   if [[ "$mode" == "--check" || "$mode" == "--all" || "$mode" == "--run" ]]; then
     command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)

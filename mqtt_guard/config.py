@@ -201,11 +201,25 @@ class LogConfig:
 
 
 @dataclass
+class ShutdownConfig:
+    """SIGTERM (docs/deploy.md): listeners close and /readyz fails at once; connected clients are served
+    on for up to `drain_grace` (those that leave meanwhile leave as usual), then every connection is closed."""
+
+    drain_grace: float = duration(0.0)  # 0 = close every connection at once (after the last deliveries)
+
+    def check(self) -> None:
+        if not 0 <= self.drain_grace <= 3600:
+            raise ConfigError("shutdown.drain_grace: between 0 and 1h")
+
+
+@dataclass
 class MetricsConfig:
     """Analytics (docs/analytics.md): counters flushed to Redis, /metrics, $SYS topics."""
 
     flush_interval: float = duration(1.0)  # how often counts go to Redis in one batch (0.1 s to 10 s)
     prometheus_bind: str | None = None  # HOST:PORT serving /metrics from the broker; unset = no endpoint
+    # HOST:PORT serving only /livez, /readyz, /healthz (no /metrics; they come with prometheus_bind too)
+    health_bind: str | None = None
     per_client_allowlist: list[str] = field(default_factory=list)  # client ids (globs) with their own series
     per_user_allowlist: list[str] = field(default_factory=list)  # usernames (globs) with their own series
     top_n: int = 0  # also give the N busiest clients of this broker their own series
@@ -221,6 +235,8 @@ class MetricsConfig:
             raise ConfigError("metrics.flush_interval: must be between 0.1s and 10s")
         if self.prometheus_bind:
             split_bind(self.prometheus_bind, "metrics.prometheus_bind")
+        if self.health_bind:
+            split_bind(self.health_bind, "metrics.health_bind")
         if self.top_n < 0 or self.max_backlog < 1000:
             raise ConfigError("metrics: top_n must be >= 0 and max_backlog >= 1000")
         if self.sys_interval < 0 or 0 < self.sys_interval < 1:
@@ -242,6 +258,7 @@ class GuardConfig:
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
 
@@ -257,6 +274,7 @@ class GuardConfig:
         for i, listener in enumerate(self.listeners):
             listener.check(f"listeners[{i}]")
         self.metrics.check()
+        self.shutdown.check()
 
 
 def load_config(path: str | Path | None) -> GuardConfig:

@@ -26,6 +26,7 @@ from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
 from .metrics.counters import Counters
+from .metrics.health import BrokerReadiness, start_health_endpoint
 from .metrics.service import MetricsService
 from .ports import Engine
 from .quota.enforcer import QuotaEnforcer
@@ -137,6 +138,11 @@ class Guard:
             config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
         )
         self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
+        self.health_endpoint: asyncio.AbstractServer | None = None  # the probes alone (metrics.health_bind)
+        # What /readyz answers; the runner marks the listeners open and the drain (metrics/health.py).
+        self.readiness = BrokerReadiness(
+            lambda: self.metrics.redis_up, serves_without_redis=config.auth.on_redis_down == "cached"
+        )
         self._user_refresh: Coalescer[str] = Coalescer(self._refresh_users, "mqtt-guard-user-refresh")
         # File-backed sources next to Redis (mosquitto password_file/acl_file, mqtt_guard/compat): an auth
         # backend answers a CONNECT before Redis (None = not its user); ACL sources are combined in may().
@@ -166,12 +172,18 @@ class Guard:
         if bind:
             from .metrics.prometheus import start_endpoint  # prometheus_client is only imported when used
 
-            self.metrics_endpoint = await start_endpoint(bind, self.metrics)
+            self.metrics_endpoint = await start_endpoint(bind, self.metrics, self.readiness)
+        health = self.config.metrics.health_bind
+        if health and health != bind:
+            self.health_endpoint = await start_health_endpoint(health, self.readiness)
 
     async def close(self) -> None:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
+        if self.health_endpoint is not None:
+            self.health_endpoint.close()
+            self.health_endpoint = None
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()

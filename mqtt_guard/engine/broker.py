@@ -157,7 +157,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
-        self._shutting_down = False
+        self._shutting_down = False  # listeners closed: CONNECTs are refused (a drain may follow)
+        self._closing = False  # connections are being closed: flush what is queued, no wills
+        self._drain_cut = asyncio.Event()
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config), loop=loop)
         guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
@@ -730,7 +732,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     async def _end_session(self, session: GuardedSession, handler: GuardedHandler, clean: bool) -> None:
         client_id = session.client_id
-        if self._shutting_down:
+        if self._closing:
             handler.publish_will = False
             await handler.flush(self._shutdown_deadline)
         await handler.stop()
@@ -1117,12 +1119,23 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await super()._session_monitor()
 
     # -- shutdown --------------------------------------------------------------------------------
-    async def shutdown(self) -> None:
-        """Stop accepting, give queued deliveries a moment to reach connected clients, close every
-        connection once (no wills: the clients did nothing wrong), then stop amqtt's machinery."""
+    async def shutdown(self, drain_grace: float = 0.0) -> None:
+        """Stop accepting at once; with `drain_grace` (`shutdown.drain_grace`), serve the connected
+        clients on for up to that long, or until `end_drain` (a client leaving meanwhile leaves as usual,
+        will and all); then give queued deliveries a moment to reach the clients still connected, close
+        every connection once (no wills: the clients did nothing wrong), and stop amqtt's machinery."""
         if self._shutting_down:
             return
         self._shutting_down = True
+        for server in self._servers.values():
+            try:
+                if server.instance is not None:
+                    server.instance.close()
+            except Exception:
+                log.debug("closing a listener failed", exc_info=True)
+        if drain_grace > 0:
+            await self._drain(drain_grace)
+        self._closing = True
         self._shutdown_deadline = self._loop.time() + SHUTDOWN_FLUSH
         log.info(
             "shutting down: closing listeners and %d connection(s)",
@@ -1130,12 +1143,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         )
         self._log_discarded_sessions()
         await self.plugins_manager.fire_event(BrokerEvents.PRE_SHUTDOWN, wait=True)
-        for server in self._servers.values():
-            try:
-                if server.instance is not None:
-                    server.instance.close()
-            except Exception:
-                log.debug("closing a listener failed", exc_info=True)
         for _session, handler in list(self._sessions.values()):
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
@@ -1167,6 +1174,31 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await self.plugins_manager.fire_event(BrokerEvents.POST_SHUTDOWN, wait=True)
         await self.plugins_manager.close()
         self.transitions.stopping_success()
+
+    async def _drain(self, grace: float) -> None:
+        """Wait up to `grace` seconds (or until `end_drain`) for the connections to end on their own.
+        The listeners are closed and CONNECTs still in flight are refused, so none are added meanwhile."""
+        # TODO(MQTT 5 issue): here MQTT 5 clients are to be told to move on, DISCONNECT 0x9C (use another
+        # server) or 0x9D (server moved) with the configured server reference; MQTT 3.1.1 has no way to
+        # ask a client to leave, so 3.1.1 clients are served until they go or the grace period ends.
+        pending = [e for e in self._connections.values() if not e.is_set()]
+        log.info("draining: listeners closed, serving %d connection(s) for up to %gs", len(pending), grace)
+        if not pending:
+            return
+        everyone = asyncio.gather(*(e.wait() for e in pending))
+        cut = asyncio.ensure_future(self._drain_cut.wait())
+        either: list[asyncio.Future[Any]] = [everyone, cut]
+        try:
+            await asyncio.wait(either, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            everyone.cancel()
+            cut.cancel()
+        left = sum(1 for e in self._connections.values() if not e.is_set())
+        log.info("drained: %d connection(s) left on their own, %d to close", len(pending) - left, left)
+
+    def end_drain(self) -> None:
+        """Cut a drain short (a second SIGTERM/SIGINT): the connections still open are closed now."""
+        self._drain_cut.set()
 
     def _log_discarded_sessions(self) -> None:
         """Offline persistent sessions live only in this process: say what a shutdown loses."""

@@ -14,6 +14,7 @@ from amqtt.errors import BrokerError
 from ..config import GuardConfig
 from ..guard import Guard
 from ..logutil import LineHandler
+from ..sdnotify import notify
 from .broker import GuardedBroker
 from .fdlimit import FdLimitWatch, raise_open_files_limit
 
@@ -84,6 +85,7 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
         return 1
     if ready is not None:
         await ready(guard)
+    guard.readiness.listening = True
     tune_gc()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -103,10 +105,15 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
         config.redis.prefix,
         type(loop).__module__.split(".")[0],
     )
+    notify("READY=1")  # systemd Type=notify (deploy/systemd/); nothing outside systemd
     await stop.wait()
     log.info("shutting down")
+    guard.readiness.draining = True  # /readyz fails at once: load balancers stop sending clients here
+    notify("STOPPING=1")
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal cuts a drain short
+        loop.add_signal_handler(sig, broker.end_drain)
     fd_watch.stop()
-    await broker.shutdown()
+    await broker.shutdown(config.shutdown.drain_grace)
     await guard.close()
     log.info("stopped")
     return 0

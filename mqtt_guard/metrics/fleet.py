@@ -27,7 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from ..store.keys import Keys
 from ..store.stats import StatsReader
 from ..tasks import cancel_and_wait
-from .prometheus import NS, LagCollector, families_of_counts, health_routes, metrics_route, serve_http
+from .health import health_routes, serve_http
+from .prometheus import NS, LagCollector, families_of_counts, metrics_route
 from .rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.metrics")
@@ -156,6 +157,10 @@ async def serve_fleet_metrics(
     registry.register(FleetCollector(monitor))
     if loop_lag is not None:
         registry.register(LagCollector(loop_lag, lag_metric))
-    routes = {"/metrics": metrics_route(registry), **health_routes(lambda: monitor.redis_up)}
+
+    def ready() -> str | None:
+        return None if monitor.redis_up else "redis unreachable\n"
+
+    routes = {"/metrics": metrics_route(registry), **health_routes(ready)}
     server = await serve_http(bind, routes)
     return FleetEndpoint(server, monitor)

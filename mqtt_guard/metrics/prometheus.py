@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -28,8 +28,8 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..auth.authenticator import AuthResult, Outcome
-from ..config import split_bind
 from . import counters as C
+from .health import Readiness, Route, health_routes, serve_http
 
 if TYPE_CHECKING:
     from .rates import LoopLagMonitor
@@ -284,50 +284,7 @@ def render(registry: Any, accept: str = "") -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-async def serve_http(bind: str, routes: dict[str, Any]) -> asyncio.AbstractServer:
-    """A minimal HTTP/1.1 server: `routes` maps a path to a callable(accept header) returning
-    (status, body bytes, content type). GET and HEAD only; one request per connection."""
-    host, port = split_bind(bind, "metrics bind")
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            lines = head.decode("latin-1").split("\r\n")
-            method, _, rest = lines[0].partition(" ")
-            path = rest.partition(" ")[0].split("?", 1)[0]
-            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
-            route = routes.get(path)
-            if method not in ("GET", "HEAD"):
-                status, body, ctype = 405, b"method not allowed\n", "text/plain; charset=utf-8"
-            elif route is None:
-                status, body, ctype = 404, b"not found; try /metrics\n", "text/plain; charset=utf-8"
-            else:
-                status, body, ctype = route(headers.get("accept", ""))
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}.get(
-                status, "Error"
-            )
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode("latin-1")
-            )
-            if method != "HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            pass
-        except Exception:  # a bad request must not kill the server
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except Exception:  # noqa: BLE001 - the client may be gone already; nothing to do
-                pass
-
-    return await asyncio.start_server(handle, host, port)
-
-
-def metrics_route(registry: Any) -> Any:
+def metrics_route(registry: Any) -> Route:
     def route(accept: str) -> tuple[int, bytes, str]:
         body, ctype = render(registry, accept)
         return 200, body, ctype
@@ -335,35 +292,18 @@ def metrics_route(registry: Any) -> Any:
     return route
 
 
-def health_routes(ready: Callable[[], bool], not_ready: bytes = b"redis unreachable\n") -> dict[str, Any]:
-    """The probes every mqtt-guard process serves next to /metrics, named once (issue 22):
-    `/livez` answers 200 whenever the event loop turns (it never fails because Redis is away, so an
-    outage does not get every pod restarted); `/readyz` answers 200 while `ready()`, else 503 with
-    `not_ready`; `/healthz` is the older name of `/readyz`."""
-    text = "text/plain; charset=utf-8"
-
-    def live(_: str) -> tuple[int, bytes, str]:
-        return 200, b"ok\n", text
-
-    def readiness(_: str) -> tuple[int, bytes, str]:
-        ok = ready()
-        return (200 if ok else 503), (b"ok\n" if ok else not_ready), text
-
-    return {"/livez": live, "/readyz": readiness, "/healthz": readiness}
-
-
-async def serve_metrics(bind: str, service: MetricsService) -> asyncio.AbstractServer:
-    """/metrics and the health probes of a broker: ready while its stats reach Redis."""
+async def serve_metrics(bind: str, service: MetricsService, ready: Readiness) -> asyncio.AbstractServer:
+    """/metrics and the health probes of a broker (metrics/health.py)."""
     registry = broker_registry(service)
-    return await serve_http(bind, {"/metrics": metrics_route(registry), **health_routes(service.healthy)})
+    return await serve_http(bind, {"/metrics": metrics_route(registry), **health_routes(ready)})
 
 
-async def start_endpoint(bind: str, service: MetricsService) -> asyncio.AbstractServer | None:
+async def start_endpoint(bind: str, service: MetricsService, ready: Readiness) -> asyncio.AbstractServer | None:
     """`serve_metrics`, logged; None when `bind` cannot be served (the broker runs on without it). The
     Guard starts it after the service and closes it first, so the service never imports this module
     (prometheus_client is only imported when an endpoint is configured)."""
     try:
-        server = await serve_metrics(bind, service)
+        server = await serve_metrics(bind, service, ready)
     except OSError as exc:
         log.error("cannot serve /metrics on %s: %s (the broker runs on without it)", bind, exc.strerror or exc)
         return None

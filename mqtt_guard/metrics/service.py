@@ -366,8 +366,5 @@ class MetricsService:
             chosen += [cid for cid, _ in busiest if cid not in chosen]
         return chosen
 
-    def healthy(self) -> bool:
-        return bool(self.redis_up)
-
 
 __all__ = ["MetricsService", "BrokerSample", "default_broker_id"]

@@ -54,3 +54,10 @@ def test_make_run_installs_no_test_extras_and_the_license_is_an_spdx_string():
     makefile = (ROOT / "Makefile").read_text()
     assert "\nrun: venv\n" in makefile  # the runtime install only; `make test` adds the extras
     assert "$(PIP) install -q -e .\n" in makefile
+
+
+def test_the_test_check_asks_for_systemd_analyze(tmp_path):
+    """tests/deploy/test_systemd.py runs systemd-analyze verify: `make test` names the package."""
+    done = _run(_bin(tmp_path, redis_server="exit 0", mosquitto="exit 0"), "--check")
+    assert done.returncode == 0  # the deploy checks are not needed to run the broker
+    assert "missing: systemd mosquitto-clients; install them with: sudo apt-get install -y systemd" in done.stderr

@@ -4,8 +4,6 @@ loaded by every broker)."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.http import http_get, wait_http
 from tests.helpers.servers import BrokerProcess, free_port
-from tests.helpers.wait import until
+
+__all__ = ["http_get", "wait_http"]  # the tests here import them from this module too
 
 
 @pytest.fixture
@@ -35,29 +35,6 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
         return broker
 
     return start
-
-
-def wait_http(port: int, timeout: float = 10.0) -> None:
-    def serving() -> bool:
-        try:
-            http_get(port, "/metrics")
-        except (OSError, urllib.error.URLError):
-            return False
-        return True
-
-    if not until(serving, timeout, interval=0.05):
-        http_get(port, "/metrics")  # once more, so the test fails with the connection error itself
-
-
-def http_get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if accept:
-        req.add_header("Accept", accept)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
 
 
 def cli_json(cli, *args: str) -> Any:

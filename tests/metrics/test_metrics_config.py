@@ -40,6 +40,13 @@ metrics:
     assert m.max_failed_addresses == 500 and load(tmp_path, "{}").metrics.max_failed_addresses == 10_000
 
 
+def test_health_bind_and_drain_grace(tmp_path):
+    defaults = load(tmp_path, "{}")
+    assert defaults.metrics.health_bind is None and defaults.shutdown.drain_grace == 0
+    c = load(tmp_path, "metrics: {health_bind: 0.0.0.0:8080}\nshutdown: {drain_grace: 30s}\n")
+    assert c.metrics.health_bind == "0.0.0.0:8080" and c.shutdown.drain_grace == 30
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -51,6 +58,10 @@ metrics:
         ("metrics: {per_client_allowlist: gateway}", "metrics.per_client_allowlist: must be a list"),
         ("metrics: {sys_interval: 0.5}", "metrics.sys_interval"),
         ("metrics: {max_failed_addresses: 0}", "metrics.max_failed_addresses: at least 1"),
+        ("metrics: {health_bind: 'localhost'}", "metrics.health_bind: bind must be HOST:PORT"),
+        ("shutdown: {drain_grace: 2h}", "shutdown.drain_grace: between 0 and 1h"),
+        ("shutdown: {drain_grace: soon}", "shutdown.drain_grace: expected a duration"),
+        ("shutdown: {grace: 1}", "unknown key 'shutdown.grace'"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path, text, message):

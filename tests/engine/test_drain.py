@@ -1,0 +1,90 @@
+"""Issue 21, item 5: graceful drain for rolling updates. On SIGTERM with `shutdown.drain_grace`, the
+listeners close and /readyz fails at once (/livez stays 200), while the clients already connected are
+served on until they leave, the grace period ends, or a second signal cuts it short."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+import pytest
+
+from tests.helpers import rawmqtt as raw
+from tests.helpers.http import status, wait_http
+from tests.helpers.servers import free_port
+from tests.helpers.wait import expect
+
+
+def drain_broker(anon_broker, grace: str):
+    hport = free_port()
+    broker = anon_broker(f"metrics:\n  health_bind: 127.0.0.1:{hport}\nshutdown:\n  drain_grace: {grace}\n")
+    wait_http(hport, "/livez")
+    expect(lambda: status(hport, "/readyz") == 200)
+    return broker, hport
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_drain_serves_connected_clients_until_they_leave(anon_broker):
+    broker, hport = drain_broker(anon_broker, "30s")
+    client, _ = raw.connected(broker.port, "stayer", will=("wills/stayer", b"gone", 0, False))
+    client.send(raw.subscribe(1, ("echo/#", 0)))
+    client.expect(raw.SUBACK)
+    started = time.monotonic()
+    broker.proc.send_signal(signal.SIGTERM)
+    broker.wait_log("draining: listeners closed, serving 1 connection(s) for up to 30s")
+    assert status(hport, "/readyz") == 503  # load balancers stop sending clients here at once...
+    assert status(hport, "/livez") == 200  # ...but the process is alive: no restart
+    assert refused(broker.port)  # no new connections
+    with client:
+        client.send(raw.publish("echo/1", b"still served"))  # the connected client is served on
+        pkt = client.expect(raw.PUBLISH)
+        assert (pkt.topic, pkt.payload) == ("echo/1", b"still served")
+        client.send(raw.DISCONNECT_BYTES)
+    assert broker.proc.wait(15) == 0
+    assert time.monotonic() - started < 15  # it did not wait out the 30 s grace
+    log = broker.log()
+    assert "drained: 1 connection(s) left on their own, 0 to close" in log and "stopped" in log
+
+
+def test_drain_ends_at_the_grace_period_and_closes_without_wills(anon_broker):
+    broker, _ = drain_broker(anon_broker, "1s")
+    watcher, _ = raw.connected(broker.port, "watcher")
+    watcher.send(raw.subscribe(1, ("wills/#", 0)))
+    watcher.expect(raw.SUBACK)
+    willing, _ = raw.connected(broker.port, "willing", will=("wills/w", b"gone", 0, False))
+    started = time.monotonic()
+    assert broker.stop(signal.SIGTERM) == 0
+    assert 1 <= time.monotonic() - started < 10
+    with watcher, willing:
+        assert willing.closed_by_peer(1)
+        assert raw.drain(watcher, 0.5) == []  # closed by the shutdown: no will (the clients did nothing wrong)
+    assert "drained: 0 connection(s) left on their own, 2 to close" in broker.log()
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_cuts_the_drain_short(anon_broker, second):
+    broker, _ = drain_broker(anon_broker, "60s")
+    client, _ = raw.connected(broker.port, "stayer")
+    broker.proc.send_signal(signal.SIGTERM)
+    broker.wait_log("draining:")
+    started = time.monotonic()
+    assert broker.stop(second) == 0
+    assert time.monotonic() - started < 10
+    with client:
+        assert client.closed_by_peer(1)
+
+
+def test_without_a_grace_period_nothing_drains(anon_broker):
+    broker = anon_broker()
+    with raw.connected(broker.port, "c")[0] as client:
+        assert broker.stop(signal.SIGTERM) == 0
+        assert client.closed_by_peer(1)
+    assert "draining" not in broker.log()
