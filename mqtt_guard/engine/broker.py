@@ -75,6 +75,7 @@ from .protocol import (
     parse_fixed_header,
     too_large,
 )
+from .proxy_listener import ProxyListener, trusted_networks
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of
@@ -235,7 +236,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         """TCP and TLS listeners serve connections through `MqttStream` (engine/transport.py) instead of
-        asyncio's streams; websockets stay amqtt's."""
+        asyncio's streams; websockets stay amqtt's. A `proxy_protocol` listener accepts through
+        engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address."""
         if listener_type != ListenerType.TCP:
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         loop = asyncio.get_running_loop()
@@ -254,15 +256,43 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 max_packet=limits.max_packet_size,
             )
 
+        ours = self._guard_listeners[listener_name]
+        if ours.proxy_protocol:
+
+            def proxied(peer: tuple[str, int]) -> MqttStream:  # the client's address, from its PROXY header
+                return MqttStream(
+                    loop,
+                    functools.partial(serve, peer=peer),
+                    over_ssl=over_ssl,
+                    deadlines=deadlines,
+                    connect_timeout=limits.connect_timeout,
+                    max_packet=limits.max_packet_size,
+                )
+
+            return await ProxyListener.start(
+                address,
+                port,
+                proxied,
+                ssl_context=ssl_context,
+                trusted=trusted_networks(ours.trusted_proxies),
+                timeout=limits.connect_timeout,
+                deadlines=deadlines,
+                name=ours.bind,
+            )
         return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
 
-    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter, peer: tuple[str, int] | None = None
+    ) -> None:
+        """`peer`: the client's address from a PROXY protocol header; else the socket's. It is the one
+        address the connection's logs, refusals, failure counts and session (`remote_address`) show."""
         server = self._servers.get(listener_name)
         listener = self._guard_listeners.get(listener_name)
         if server is None or listener is None or self._shutting_down:
             await _close_quietly(writer)
             return
-        peer = writer.get_peer_info()
+        if peer is None:
+            peer = writer.get_peer_info()
         where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
         if listener.max_connections and server.conn_count >= listener.max_connections:
             log.warning(
