@@ -79,7 +79,7 @@ from .proxy_listener import ProxyListener, trusted_networks
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of
-from .transport import MqttStream, TcpReader
+from .transport import MqttStream, TcpReader, serving_as
 
 if TYPE_CHECKING:
     from ..auth.authenticator import AuthResult
@@ -262,7 +262,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             def proxied(peer: tuple[str, int]) -> MqttStream:  # the client's address, from its PROXY header
                 return MqttStream(
                     loop,
-                    functools.partial(serve, peer=peer),
+                    serving_as(peer, serve),
                     over_ssl=over_ssl,
                     deadlines=deadlines,
                     connect_timeout=limits.connect_timeout,
@@ -281,18 +281,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
         return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
 
-    async def _client_connected(
-        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter, peer: tuple[str, int] | None = None
-    ) -> None:
-        """`peer`: the client's address from a PROXY protocol header; else the socket's. It is the one
-        address the connection's logs, refusals, failure counts and session (`remote_address`) show."""
+    async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)
         listener = self._guard_listeners.get(listener_name)
         if server is None or listener is None or self._shutting_down:
             await _close_quietly(writer)
             return
-        if peer is None:
-            peer = writer.get_peer_info()
+        # The one address of the connection's logs, refusals, failure counts and session (remote_address):
+        # the socket's, or on a proxy_protocol listener the client's from its header (ProxiedTcpWriter).
+        peer = writer.get_peer_info()
         where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
         if listener.max_connections and server.conn_count >= listener.max_connections:
             log.warning(

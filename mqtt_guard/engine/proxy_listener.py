@@ -33,7 +33,8 @@ from .proxy_protocol import V1_MAX, ProxyHeader, ProxyProtocolError, parse, v1_e
 log = logging.getLogger("mqtt_guard.broker")
 refusal_log = RateLimitedLog(log)  # per source host and reason: a misconfigured balancer retries a lot
 BACKLOG = 100  # as asyncio's create_server
-FD_PAUSE = 0.1  # s an accept loop waits after the open-files limit refused an accept
+ACCEPT_PAUSE = 0.1  # s an accept loop waits after a failed accept (the open-files limit): no busy loop
+ACCEPT_TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN, errno.EINTR})
 
 Peer = tuple[str, int]
 StreamFactory = Callable[[Peer], asyncio.Protocol]
@@ -128,17 +129,21 @@ class ProxyListener:
             try:
                 conn, address = await loop.sock_accept(listening)
             except OSError as exc:
-                if exc.errno not in FD_ERRORS:
-                    raise
+                if exc.errno in ACCEPT_TRANSIENT:  # the peer gave up before the accept: as asyncio does
+                    continue
+                if exc.errno in FD_ERRORS:
+                    message = f"open-files limit reached; {WHAT_TO_DO}"
+                else:
+                    message = str(exc)
                 refusal_log.log(
                     logging.ERROR,
-                    ("fd limit", self._name),
-                    "listener %s cannot accept connections: open-files limit reached (%s); %s",
+                    ("accept", self._name, exc.errno),
+                    "PROXY protocol listener %s cannot accept connections (%s): %s",
                     self._name,
                     errno.errorcode.get(exc.errno or 0, exc.errno),
-                    WHAT_TO_DO,
+                    message,
                 )
-                await asyncio.sleep(FD_PAUSE)
+                await asyncio.sleep(ACCEPT_PAUSE)
                 continue
             conn.setblocking(False)
             peer: Peer = (address[0], address[1])

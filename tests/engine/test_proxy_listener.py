@@ -187,3 +187,27 @@ def test_a_listener_without_proxy_protocol_reads_no_header(broker):
         c.send(v1("203.0.113.7", 1) + raw.connect("spoof", username="alice", password="alice-pw"))
         assert c.closed_by_peer(3)
     assert "203.0.113.7" not in broker.log() and "'spoof' connected" not in broker.log()
+
+
+def test_the_session_carries_the_client_address_under_asyncio_too(redis_server, prefix):
+    """In this process (asyncio's own loop, where the broker process runs uvloop): the session's
+    remote_address, which throttling, bans and $SYS read, is the header's; shutdown drops a connection
+    still waiting for its header."""
+    from tests.engine.inproc import InProcessBroker
+
+    b = InProcessBroker(redis_server.url, prefix)
+    b.config.listeners[0].proxy_protocol = True
+    b.config.listeners[0].trusted_proxies = [BALANCER]
+    b.start()
+    try:
+        with raw.RawClient(b.port, source=BALANCER) as c:
+            c.send(v2("2001:db8::77", 1234) + raw.connect("in-proc"))
+            assert c.connack() == (0, 0)
+            session = b.call(lambda: b.broker.sessions["in-proc"][0])
+            assert (session.remote_address, session.remote_port) == ("2001:db8::77", 1234)
+        waiting = raw.RawClient(b.port, source=BALANCER)
+        waiting.send(b"PROXY TCP4 ")
+    finally:
+        b.stop()
+    with waiting:
+        assert waiting.closed_by_peer(3)

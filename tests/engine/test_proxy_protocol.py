@@ -46,7 +46,8 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 def test_v1_tcp4_the_spec_example_and_what_follows_it_is_not_the_header():
     line = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
-    assert parse(line + b"GET / HTTP/1.1\r\n") == ProxyHeader(1, len(line), ("192.168.0.1", 56324), ("192.168.0.11", 443))
+    expected = ProxyHeader(1, len(line), ("192.168.0.1", 56324), ("192.168.0.11", 443))
+    assert parse(line + b"GET / HTTP/1.1\r\n") == expected
 
 
 def test_v1_tcp6_compressed_and_full_forms():
@@ -193,7 +194,9 @@ def test_wanted_never_reads_past_the_shortest_header():
 
 # -- any bytes --------------------------------------------------------------------------------------------
 
-prefixes = st.sampled_from([b"", b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", SIG, SIG + b"\x21", SIG + b"\x20"])
+prefixes = st.sampled_from(
+    [b"", b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", SIG, SIG + b"\x21", SIG + b"\x20"]
+)
 
 
 @settings(max_examples=2000, deadline=None)
