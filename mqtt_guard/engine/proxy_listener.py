@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -85,6 +86,9 @@ class ProxyListener:
         self._deadlines = deadlines
         self._name = name
         self._accepting = [loop.create_task(self._accept(sock)) for sock in sockets]
+        for task, sock in zip(self._accepting, sockets, strict=True):
+            # closed once its accept loop has ended: the loop has let go of the descriptor by then
+            task.add_done_callback(functools.partial(_close_socket, sock))
         self._pending: set[asyncio.Task[None]] = set()  # connections still reading their header
 
     @classmethod
@@ -117,8 +121,6 @@ class ProxyListener:
         """Stop accepting; connections still reading their header are dropped (served ones stay)."""
         for task in (*self._accepting, *self._pending):
             task.cancel()
-        for sock in self.sockets:
-            sock.close()
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._accepting, *self._pending, return_exceptions=True)
@@ -229,6 +231,10 @@ async def _recv(loop: asyncio.AbstractEventLoop, conn: socket.socket, n: int, fl
             await ready
         finally:
             loop.remove_reader(fd)
+
+
+def _close_socket(sock: socket.socket, _: object) -> None:
+    sock.close()
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
