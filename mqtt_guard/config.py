@@ -114,8 +114,10 @@ class ListenerConfig:
         self._check_proxy(where)
 
     def _check_proxy(self, where: str) -> None:
-        if self.proxy_protocol and self.type == "websockets":
-            raise ConfigError(f"{where}: proxy_protocol is supported on tcp and tls listeners, not websockets")
+        if self.proxy_protocol and self.type == "websockets" and self.certfile:
+            raise ConfigError(
+                f"{where}: proxy_protocol is supported on tcp, tls and plain websockets listeners, not wss"
+            )
         if self.proxy_protocol and not self.trusted_proxies:
             raise ConfigError(f"{where}: proxy_protocol needs trusted_proxies (the balancers' addresses or CIDRs)")
         if self.trusted_proxies and not self.proxy_protocol:

@@ -79,12 +79,13 @@ def test_proxy_protocol_listener_keys(tmp_path):
         ("proxy_protocol: true\n", "proxy_protocol needs trusted_proxies"),
         ("trusted_proxies: [10.0.0.1]\n", "trusted_proxies is only used with proxy_protocol: true"),
         ("proxy_protocol: true\n    trusted_proxies: [10.0.0.300/8]\n", "listeners[0].trusted_proxies[0]: not an"),
-        ("type: websockets\n    proxy_protocol: true\n    trusted_proxies: [10.0.0.1]\n", "not websockets"),
+        ("type: websockets\n    certfile: {pem}\n    keyfile: {pem}\n    proxy_protocol: true\n", "not wss"),
     ],
 )
 def test_proxy_protocol_listener_checks(tmp_path, listener, expected):
     f = tmp_path / "c.yaml"
-    f.write_text("listeners:\n  - bind: 0.0.0.0:1883\n    " + listener)
+    (tmp_path / "x.pem").write_text("")
+    f.write_text("listeners:\n  - bind: 0.0.0.0:1883\n    " + listener.format(pem=tmp_path / "x.pem"))
     with pytest.raises(ConfigError) as err:
         load_config(f).check()
     assert expected in str(err.value)

@@ -40,6 +40,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import websockets
 from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, ListenerType
@@ -76,6 +77,7 @@ from .protocol import (
     too_large,
 )
 from .proxy_listener import ProxyListener, trusted_networks
+from .proxy_ws import ProxiedWebSocket
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of
@@ -237,8 +239,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     ) -> Any:
         """TCP and TLS listeners serve connections through `MqttStream` (engine/transport.py) instead of
         asyncio's streams; websockets stay amqtt's. A `proxy_protocol` listener accepts through
-        engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address."""
+        engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address
+        (a websockets one through engine/proxy_ws.py's connections)."""
+        ours = self._guard_listeners[listener_name]
         if listener_type != ListenerType.TCP:
+            if ours.proxy_protocol:  # amqtt's websockets server, with connections that read the header first
+                return await websockets.serve(
+                    functools.partial(self.ws_connected, listener_name=listener_name),
+                    address,
+                    port,
+                    ssl=ssl_context,
+                    subprotocols=[websockets.Subprotocol("mqtt")],
+                    create_connection=functools.partial(  # type: ignore[arg-type]  # a factory of ServerConnection
+                        ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
+                    ),
+                )
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         loop = asyncio.get_running_loop()
         serve = functools.partial(self._client_connected, listener_name)
@@ -256,7 +271,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 max_packet=limits.max_packet_size,
             )
 
-        ours = self._guard_listeners[listener_name]
         if ours.proxy_protocol:
 
             def proxied(peer: tuple[str, int]) -> MqttStream:  # the client's address, from its PROXY header

@@ -151,7 +151,7 @@ class ProxyListener:
             peer: Peer = (address[0], address[1])
             if not is_trusted(peer[0], self._trusted):
                 conn.close()
-                self._refused(peer, "the source is not in trusted_proxies")
+                refused(peer, self._name, "the source is not in trusted_proxies")
                 continue
             task = loop.create_task(self._handshake(conn, peer))
             self._pending.add(task)
@@ -164,11 +164,11 @@ class ProxyListener:
                 header = await read_header(self._loop, conn)
         except TimeoutError:
             conn.close()
-            self._refused(proxy, f"no complete PROXY protocol header within {self._timeout:.1f} s")
+            refused(proxy, self._name, f"no complete PROXY protocol header within {self._timeout:.1f} s")
             return
         except ProxyProtocolError as exc:
             conn.close()
-            self._refused(proxy, f"invalid PROXY protocol header: {exc}")
+            refused(proxy, self._name, f"invalid PROXY protocol header: {exc}")
             return
         except (OSError, EOFError):
             conn.close()
@@ -184,16 +184,19 @@ class ProxyListener:
             conn.close()
             log.info("connection from %s:%d (via proxy %s:%d) failed: %s", *client, *proxy, exc or type(exc).__name__)
 
-    def _refused(self, proxy: Peer, reason: str) -> None:
-        refusal_log.log(
-            logging.WARNING,
-            (proxy[0], reason),
-            "refused connection from %s:%d on PROXY protocol listener %s: %s",
-            proxy[0],
-            proxy[1],
-            self._name,
-            reason,
-        )
+
+def refused(proxy: Peer, listener: str, reason: str) -> None:
+    """Log a refused connection: once a minute per source host and reason (a misconfigured balancer
+    retries a lot)."""
+    refusal_log.log(
+        logging.WARNING,
+        (proxy[0], reason),
+        "refused connection from %s:%d on PROXY protocol listener %s: %s",
+        proxy[0],
+        proxy[1],
+        listener,
+        reason,
+    )
 
 
 async def read_header(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> ProxyHeader:
@@ -271,4 +274,4 @@ async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str | None, 
     return sockets
 
 
-__all__ = ["ProxyListener", "is_trusted", "read_header", "trusted_networks"]
+__all__ = ["Network", "Peer", "ProxyListener", "is_trusted", "read_header", "refused", "trusted_networks"]

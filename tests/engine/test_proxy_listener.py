@@ -1,7 +1,7 @@
-"""`proxy_protocol` listeners (engine/proxy_listener.py) in a real broker process, driven by raw sockets
+"""`proxy_protocol` listeners (engine/proxy_listener.py, proxy_ws.py) in a real broker process, driven by raw sockets
 as a load balancer would: the client's address from a v1 or v2 header is the one the broker logs and
 counts (`stats --failures`); an untrusted source, a missing, malformed or late header are refused; TLS
-starts after the header; a listener without proxy_protocol is unaffected."""
+and the WebSocket upgrade start after the header; a listener without proxy_protocol is unaffected."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import ssl
 import struct
 
 import pytest
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect as ws_connect
 
 from tests.helpers import rawmqtt as raw
 from tests.helpers.certs import make_pki
@@ -39,7 +41,7 @@ def v2(src: str | None, sport: int = 0, *, tlvs: bytes = b"") -> bytes:
 
 class Ports:
     def __init__(self) -> None:
-        self.proxied, self.plain, self.tls = free_port(), free_port(), free_port()
+        self.proxied, self.plain, self.tls, self.ws = free_port(), free_port(), free_port(), free_port()
 
 
 @pytest.fixture
@@ -70,10 +72,15 @@ listeners:
     keyfile: {pki.server_key}
     proxy_protocol: true
     trusted_proxies: ["{BALANCER}"]
+  - type: websockets
+    bind: 127.0.0.1:{ports.ws}
+    proxy_protocol: true
+    trusted_proxies: ["{BALANCER}"]
 """)
     process = start_broker("--config", str(config), bind=False, wait_for_port=ports.proxied)
     wait_port(ports.plain)
     wait_port(ports.tls)
+    wait_port(ports.ws)
     process.ports = ports
     return process
 
@@ -211,3 +218,37 @@ def test_the_session_carries_the_client_address_under_asyncio_too(redis_server, 
         b.stop()
     with waiting:
         assert waiting.closed_by_peer(3)
+
+
+def ws_login(port: int, header: bytes, client_id: str, source: str = BALANCER) -> int | None:
+    """The CONNACK code of a CONNECT over a WebSocket that starts with `header`; None if refused first."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    sock.sendall(header)
+    try:
+        with ws_connect(f"ws://127.0.0.1:{port}/mqtt", sock=sock, subprotocols=["mqtt"], open_timeout=5) as ws:
+            ws.send(raw.connect(client_id, username="alice", password="alice-pw"))
+            frame = ws.recv(timeout=5)
+    except (OSError, EOFError, WebSocketException):
+        sock.close()
+        return None
+    assert isinstance(frame, bytes) and frame[0] == 0x20
+    return frame[3]
+
+
+def test_websockets_listener_reads_the_header_before_the_upgrade(broker):
+    assert ws_login(broker.ports.ws, v1("203.0.113.21", 9001), "ws-1") == 0
+    broker.wait_log("client 'ws-1' connected from 203.0.113.21:9001")
+    assert ws_login(broker.ports.ws, v2("2001:db8::21", 9002), "ws-2") == 0
+    broker.wait_log("client 'ws-2' connected from 2001:db8::21:9002")
+
+
+def test_websockets_listener_refuses_untrusted_and_malformed(broker):
+    assert ws_login(broker.ports.ws, v1("203.0.113.22", 1), "ws-spoof", source="127.0.0.1") is None
+    broker.wait_log("refused connection from 127.0.0.1:")
+    assert ws_login(broker.ports.ws, b"PROXY TCP4 1.2.3.4\n", "ws-bad") is None
+    broker.wait_log("lone CR or LF")
+    assert ws_login(broker.ports.ws, b"", "ws-none") is None  # the HTTP request is no PROXY header
+    broker.wait_log("not a PROXY protocol header")
+    log = broker.log()
+    assert "ws-spoof" not in log and "ws-bad" not in log and "ws-none" not in log
+    assert "opening handshake failed" not in log and "Traceback" not in log
