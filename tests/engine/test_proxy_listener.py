@@ -5,15 +5,20 @@ and the WebSocket upgrade start after the header; a listener without proxy_proto
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
+from mqtt_guard.engine.proxy_listener import read_header
+from mqtt_guard.engine.proxy_protocol import ProxyHeader, parse
 from tests.helpers import rawmqtt as raw
 from tests.helpers.certs import make_pki
 from tests.helpers.servers import free_port, wait_port
@@ -252,3 +257,43 @@ def test_websockets_listener_refuses_untrusted_and_malformed(broker):
     log = broker.log()
     assert "ws-spoof" not in log and "ws-bad" not in log and "ws-none" not in log
     assert "opening handshake failed" not in log and "Traceback" not in log
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    header=st.sampled_from(
+        [v1("203.0.113.7", 1), v1("2001:db8::1", 65535), b"PROXY UNKNOWN\r\n", v2("198.51.100.1", 2), v2(None)]
+    ),
+    tail=st.binary(max_size=60),
+    cuts=st.lists(st.integers(1, 30), max_size=6),
+)
+def test_read_header_takes_the_header_and_not_one_byte_more(header, tail, cuts):
+    """However the bytes arrive (in pieces, a CR and its LF apart), the client's own bytes stay in the
+    socket for the TLS layer or the MQTT reader."""
+
+    async def run() -> tuple[ProxyHeader, bytes]:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            ours.setblocking(False)
+            data, pos = header + tail, 0
+
+            async def feed() -> None:
+                nonlocal pos
+                for n in cuts:
+                    theirs.sendall(data[pos : pos + n])
+                    pos += n
+                    await asyncio.sleep(0.002)
+                theirs.sendall(data[pos:])
+                theirs.shutdown(socket.SHUT_WR)
+
+            feeding = asyncio.create_task(feed())
+            got = await asyncio.wait_for(read_header(asyncio.get_running_loop(), ours), 5)
+            await feeding
+            ours.setblocking(True)
+            rest = b""
+            while chunk := ours.recv(4096):
+                rest += chunk
+            return got, rest
+
+    got, rest = asyncio.run(run())
+    assert got == parse(header) and rest == tail
