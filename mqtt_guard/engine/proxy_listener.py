@@ -168,7 +168,7 @@ class ProxyListener:
             return
         except ProxyProtocolError as exc:
             conn.close()
-            refused(proxy, self._name, f"invalid PROXY protocol header: {exc}")
+            refused(proxy, self._name, f"invalid PROXY protocol header: {exc}", kind="invalid header")
             return
         except (OSError, EOFError):
             conn.close()
@@ -182,15 +182,16 @@ class ProxyListener:
             await self._loop.connect_accepted_socket(lambda: self._factory(client), conn, ssl=self._ssl)
         except OSError as exc:  # a TLS handshake that fails or times out (ssl.SSLError, TimeoutError)
             conn.close()
-            log.info("connection from %s:%d (via proxy %s:%d) failed: %s", *client, *proxy, exc or type(exc).__name__)
+            why = str(exc) or type(exc).__name__
+            log.info("connection from %s:%d (via proxy %s:%d) failed: %s", *client, *proxy, why)
 
 
-def refused(proxy: Peer, listener: str, reason: str) -> None:
-    """Log a refused connection: once a minute per source host and reason (a misconfigured balancer
-    retries a lot)."""
+def refused(proxy: Peer, listener: str, reason: str, kind: str | None = None) -> None:
+    """Log a refused connection: once a minute per source host and kind of reason (default: the reason;
+    a misconfigured balancer retries a lot, and the details of malformed headers vary)."""
     refusal_log.log(
         logging.WARNING,
-        (proxy[0], reason),
+        (proxy[0], kind or reason),
         "refused connection from %s:%d on PROXY protocol listener %s: %s",
         proxy[0],
         proxy[1],

@@ -48,7 +48,7 @@ class ProxiedWebSocket(ServerConnection):
         try:
             header = parse(head)
         except ProxyProtocolError as exc:
-            self._refuse(f"invalid PROXY protocol header: {exc}")
+            self._refuse(f"invalid PROXY protocol header: {exc}", kind="invalid header")
             return
         if header is None:
             self._head = head
@@ -84,10 +84,10 @@ class ProxiedWebSocket(ServerConnection):
     def remote_address(self) -> Any:
         return self._client if self._client is not None else super().remote_address
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, kind: str | None = None) -> None:
         self._refused = True
         self._head = b""
-        refused(self._socket_peer(), self._name, reason)
+        refused(self._socket_peer(), self._name, reason, kind)
         self.transport.abort()
 
     def _socket_peer(self) -> Peer:

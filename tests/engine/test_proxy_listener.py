@@ -80,7 +80,7 @@ listeners:
   - type: websockets
     bind: 127.0.0.1:{ports.ws}
     proxy_protocol: true
-    trusted_proxies: ["{BALANCER}"]
+    trusted_proxies: ["{BALANCER}", 127.0.0.6]
 """)
     process = start_broker("--config", str(config), bind=False, wait_for_port=ports.proxied)
     wait_port(ports.plain)
@@ -170,6 +170,17 @@ def test_a_missing_or_malformed_header_is_refused_with_a_log_line(broker, data, 
     broker.wait_log(reason)
 
 
+def test_refusals_are_logged_once_a_minute_per_source(broker):
+    for source, data in (("127.0.0.1", v1("192.0.2.1", 1)), (BALANCER, b"GET / HTTP/1.1\r\n\r\n")):
+        for i in range(5):
+            with raw.RawClient(broker.ports.proxied, source=source) as c:
+                c.send(data if i % 2 else data[:-2] + b"\n\n")  # the details vary, the kind does not
+                assert c.closed_by_peer(3)
+    log = broker.wait_log(f"refused connection from {BALANCER}:")
+    assert log.count("refused connection from 127.0.0.1:") == 1
+    assert log.count(f"refused connection from {BALANCER}:") == 1
+
+
 def test_a_connection_that_sends_nothing_is_closed_at_connect_timeout(broker):
     with raw.RawClient(broker.ports.proxied, source=BALANCER) as c:
         assert c.closed_by_peer(4)  # connect_timeout 1 s, enforced within a quarter second
@@ -252,7 +263,8 @@ def test_websockets_listener_refuses_untrusted_and_malformed(broker):
     broker.wait_log("refused connection from 127.0.0.1:")
     assert ws_login(broker.ports.ws, b"PROXY TCP4 1.2.3.4\n", "ws-bad") is None
     broker.wait_log("lone CR or LF")
-    assert ws_login(broker.ports.ws, b"", "ws-none") is None  # the HTTP request is no PROXY header
+    # (another source: malformed headers are logged once a minute per source)
+    assert ws_login(broker.ports.ws, b"", "ws-none", source="127.0.0.6") is None  # HTTP is no PROXY header
     broker.wait_log("not a PROXY protocol header")
     log = broker.log()
     assert "ws-spoof" not in log and "ws-bad" not in log and "ws-none" not in log
