@@ -90,7 +90,7 @@ class ListenerConfig:
     require_certificate: bool = False
     use_identity_as_username: bool = False
     max_connections: int = 0
-    # Behind a load balancer (engine/proxy_listener.py): every connection starts with a PROXY protocol
+    # Behind a load balancer (engine/proxy_listener.py, proxy_ws.py): every connection starts with a PROXY protocol
     # header (v1 or v2) naming the client, accepted only from these CIDRs. Per listener, as the spec
     # wants: a listener either requires the header or never reads one, and each faces its own balancer.
     proxy_protocol: bool = False
