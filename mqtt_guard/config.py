@@ -8,6 +8,7 @@ connect. Command-line options (`--bind`, `--allow-anonymous`, `--redis-url`) ove
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -89,6 +90,11 @@ class ListenerConfig:
     require_certificate: bool = False
     use_identity_as_username: bool = False
     max_connections: int = 0
+    # Behind a load balancer (engine/proxy_listener.py, proxy_ws.py): every connection starts with a PROXY protocol
+    # header (v1 or v2) naming the client, accepted only from these CIDRs. Per listener, as the spec
+    # wants: a listener either requires the header or never reads one, and each faces its own balancer.
+    proxy_protocol: bool = False
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         tls = self.type == "tls" or (self.type == "websockets" and self.certfile)
@@ -105,6 +111,22 @@ class ListenerConfig:
             if p and not Path(p).is_file():
                 raise ConfigError(f"{where}.{name}: file not found: {p}")
         split_bind(self.bind, where)
+        self._check_proxy(where)
+
+    def _check_proxy(self, where: str) -> None:
+        if self.proxy_protocol and self.type == "websockets" and self.certfile:
+            raise ConfigError(
+                f"{where}: proxy_protocol is supported on tcp, tls and plain websockets listeners, not wss"
+            )
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError(f"{where}: proxy_protocol needs trusted_proxies (the balancers' addresses or CIDRs)")
+        if self.trusted_proxies and not self.proxy_protocol:
+            raise ConfigError(f"{where}: trusted_proxies is only used with proxy_protocol: true")
+        for i, cidr in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"{where}.trusted_proxies[{i}]: not an address or CIDR: {cidr!r}") from None
 
 
 def split_bind(bind: str, where: str = "bind") -> tuple[str, int]:

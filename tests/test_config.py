@@ -60,3 +60,32 @@ def test_units():
     assert parse_duration("1h") == 3600 and parse_duration("250ms") == 0.25 and parse_duration(2) == 2.0
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_proxy_protocol_listener_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "listeners:\n  - bind: 0.0.0.0:1883\n    proxy_protocol: true\n"
+        "    trusted_proxies: [10.0.0.0/8, '2001:db8::/32', 192.0.2.7]\n"
+    )
+    config = load_config(f)
+    config.check()
+    assert config.listeners[0].proxy_protocol and config.listeners[0].trusted_proxies[1] == "2001:db8::/32"
+
+
+@pytest.mark.parametrize(
+    "listener,expected",
+    [
+        ("proxy_protocol: true\n", "proxy_protocol needs trusted_proxies"),
+        ("trusted_proxies: [10.0.0.1]\n", "trusted_proxies is only used with proxy_protocol: true"),
+        ("proxy_protocol: true\n    trusted_proxies: [10.0.0.300/8]\n", "listeners[0].trusted_proxies[0]: not an"),
+        ("type: websockets\n    certfile: {pem}\n    keyfile: {pem}\n    proxy_protocol: true\n", "not wss"),
+    ],
+)
+def test_proxy_protocol_listener_checks(tmp_path, listener, expected):
+    f = tmp_path / "c.yaml"
+    (tmp_path / "x.pem").write_text("")
+    f.write_text("listeners:\n  - bind: 0.0.0.0:1883\n    " + listener.format(pem=tmp_path / "x.pem"))
+    with pytest.raises(ConfigError) as err:
+        load_config(f).check()
+    assert expected in str(err.value)

@@ -40,6 +40,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import websockets
 from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action, ListenerType
@@ -75,10 +76,12 @@ from .protocol import (
     parse_fixed_header,
     too_large,
 )
+from .proxy_listener import ProxyListener, trusted_networks
+from .proxy_ws import ProxiedWebSocket
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of
-from .transport import MqttStream, TcpReader
+from .transport import MqttStream, TcpReader, serving_as
 
 if TYPE_CHECKING:
     from ..auth.authenticator import AuthResult
@@ -237,8 +240,22 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         ssl_context: ssl.SSLContext | None,
     ) -> Any:
         """TCP and TLS listeners serve connections through `MqttStream` (engine/transport.py) instead of
-        asyncio's streams; websockets stay amqtt's."""
+        asyncio's streams; websockets stay amqtt's. A `proxy_protocol` listener accepts through
+        engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address
+        (a websockets one through engine/proxy_ws.py's connections)."""
+        ours = self._guard_listeners[listener_name]
         if listener_type != ListenerType.TCP:
+            if ours.proxy_protocol:  # amqtt's websockets server, with connections that read the header first
+                return await websockets.serve(
+                    functools.partial(self.ws_connected, listener_name=listener_name),
+                    address,
+                    port,
+                    ssl=ssl_context,
+                    subprotocols=[websockets.Subprotocol("mqtt")],
+                    create_connection=functools.partial(  # type: ignore[arg-type]  # a factory of ServerConnection
+                        ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
+                    ),
+                )
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         loop = asyncio.get_running_loop()
         serve = functools.partial(self._client_connected, listener_name)
@@ -256,6 +273,28 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 max_packet=limits.max_packet_size,
             )
 
+        if ours.proxy_protocol:
+
+            def proxied(peer: tuple[str, int]) -> MqttStream:  # the client's address, from its PROXY header
+                return MqttStream(
+                    loop,
+                    serving_as(peer, serve),
+                    over_ssl=over_ssl,
+                    deadlines=deadlines,
+                    connect_timeout=limits.connect_timeout,
+                    max_packet=limits.max_packet_size,
+                )
+
+            return await ProxyListener.start(
+                address,
+                port,
+                proxied,
+                ssl_context=ssl_context,
+                trusted=trusted_networks(ours.trusted_proxies),
+                timeout=limits.connect_timeout,
+                deadlines=deadlines,
+                name=ours.bind,
+            )
         return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
@@ -264,6 +303,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if server is None or listener is None or self._shutting_down:
             await _close_quietly(writer)
             return
+        # The one address of the connection's logs, refusals, failure counts and session (remote_address):
+        # the socket's, or on a proxy_protocol listener the client's from its header (ProxiedTcpWriter).
         peer = writer.get_peer_info()
         where = f"{peer[0]}:{peer[1]}" if peer else "unknown peer"
         if listener.max_connections and server.conn_count >= listener.max_connections:

@@ -34,6 +34,7 @@ log = logging.getLogger("mqtt_guard.broker")
 LIMIT = 65536  # asyncio's stream default
 
 Serve = Callable[["TcpReader", "TcpWriter"], Coroutine[Any, Any, None]]
+Peer = tuple[str, int]
 
 
 class MqttStream(asyncio.Protocol):
@@ -302,3 +303,25 @@ class TcpWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt has no type
     def get_ssl_info(self) -> Any:
         stream = self._writer
         return stream.transport.get_extra_info("ssl_object") if stream._over_ssl else None  # noqa: SLF001 - MqttStream, this module's own
+
+
+class ProxiedTcpWriter(TcpWriter):
+    """The TcpWriter of a connection through a load balancer: its peer is the client the PROXY protocol
+    header named (engine/proxy_listener.py), not the balancer the socket comes from."""
+
+    def __init__(self, stream: MqttStream, peer: Peer) -> None:
+        super().__init__(stream)
+        self.peer = peer
+
+    def get_peer_info(self) -> Peer:
+        return self.peer
+
+
+def serving_as(peer: Peer, serve: Serve) -> Serve:
+    """`serve` for connections whose client is `peer`: it gets a ProxiedTcpWriter. (A separate wrapper,
+    so the connections of other listeners pay nothing for it.)"""
+
+    def start(reader: TcpReader, writer: TcpWriter) -> Coroutine[Any, Any, None]:
+        return serve(reader, ProxiedTcpWriter(writer._writer, peer))  # noqa: SLF001 - TcpWriter, this module's own
+
+    return start
