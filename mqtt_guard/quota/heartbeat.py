@@ -185,19 +185,20 @@ class Heartbeat:
         by, _, at_ms = beat.reaped.partition("|")
         if by:
             when = time.strftime("%H:%M:%S", time.gmtime(int(at_ms or 0) / 1000))
-            what = f"was declared dead by {by} at {when} UTC"
+            what = (
+                f"was declared dead by {by} at {when} UTC (its last heartbeat was written "
+                f"{monotonic() - self._last_beat:.1f} s ago, broker_dead_after {self.config.broker_dead_after:g} s: "
+                "the process was stopped or its event loop blocked)"
+            )
         else:
             what = "is no longer registered in Redis (Redis lost its data, or it was declared dead)"
         log.error(
-            "broker %s %s: its last heartbeat was written %.1f s ago (broker_dead_after %g s; the process was "
-            "stopped or its event loop blocked), and its sessions and quota leases were removed from Redis while "
-            "it still served %d client(s). Its writes under epoch %s are refused (fenced); registering it again "
-            "under a new epoch: clients whose id another broker holds now are disconnected, the others "
-            "registered again, and its quota leases synced",
+            "broker %s %s: its sessions and quota leases were removed from Redis while it still served %d "
+            "client(s). Fenced: its writes under epoch %s are refused. Registering it again under a new epoch: "
+            "clients whose id another broker holds now are disconnected, the others registered again, its quota "
+            "leases synced",
             self.broker_id,
             what,
-            monotonic() - self._last_beat,
-            self.config.broker_dead_after,
             len(self.book.clients),
             self.store.epoch,
         )
