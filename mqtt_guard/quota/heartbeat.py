@@ -285,8 +285,9 @@ class Heartbeat:
         await self.registry.drain()
 
     def _register_late(self) -> None:
-        """Register the connections admitted while Redis was unreachable (unless the client id went to
-        another broker meanwhile), so they count for `sessions` and the sidecar sees them."""
+        """Register the connections admitted while Redis was unreachable or this broker was fenced, so they
+        count for `sessions` and the sidecar sees them; one whose client id another broker registered
+        meanwhile is closed here (the other broker serves it)."""
         pending, self._late = self._late, []
         clients = self.book.clients
         for cq in pending:
@@ -299,6 +300,9 @@ class Heartbeat:
                     self._late.append(cq)
                 elif res.ok:
                     cq.confirmed = True
+                else:  # another broker serves the client id now: never two brokers serving one
+                    cq.registered = False
+                    self.held_elsewhere(cq, res.prev_broker)
 
             self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"), done)
 
