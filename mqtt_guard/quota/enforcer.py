@@ -42,7 +42,7 @@ from ..ports import Kick
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.keys import Keys
-from ..store.quota import Block, QuotaStore, RegistryOp, RegistryResult
+from ..store.quota import UNREGISTERED, Block, QuotaStore, RegistryOp, RegistryResult
 from .allowance import Allowances, ClientQuota, UserQuota
 from .bucket import TokenBucket
 from .caches import UNKNOWN, BlockCache, LimitsCache, Tracking, Unknown
@@ -92,6 +92,7 @@ class QuotaEnforcer:
         self.keys = keys
         self.kick = kick
         self.store = QuotaStore(redis, keys, audit_maxlen=config.audit_maxlen)
+        self.store.epoch = UNREGISTERED  # until the heartbeat registered this broker
         self.broker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Connection ids: a random prefix per broker run and a counter (a uuid4 per CONNECT was a
         # getrandom() system call and ~2 % of a CONNECT's CPU).

@@ -82,7 +82,7 @@ class Heartbeat:
         held_elsewhere: HeldElsewhere,
     ) -> None:
         """`live`: a store on a Redis client of its own, for the liveness writes only (closed here);
-        `store.epoch` is kept as the current registration's epoch."""
+        `store.epoch` is set to each new registration's epoch (the writes of `store` carry it)."""
         self.config = config
         self.store = store
         self.live = live
@@ -101,6 +101,7 @@ class Heartbeat:
         self._alone: Coalescer[int] = Coalescer(self._check_alone, "mqtt-guard-quota-alone")
         self._task: asyncio.Task[None] | None = None
         self._live_task: asyncio.Task[None] | None = None
+        self.epoch = ""  # of this broker's registration ('' = not registered yet)
         self._last_beat = monotonic()  # of the last liveness write that Redis applied
         self._reregister_due = False  # registered anew: register every connection again, sync every lease
         self._due = asyncio.Event()  # wakes the periodic work early for that
@@ -168,13 +169,13 @@ class Heartbeat:
             "sessions": len(self.book.clients),
         }
         dead_after = self.config.broker_dead_after
-        beat = await self.live.heartbeat(self.broker_id, dead_after, info, self.store.epoch)
+        beat = await self.live.heartbeat(self.broker_id, dead_after, info, self.epoch)
         if beat.fenced:
             self._fenced(beat)
             beat = await self.live.heartbeat(self.broker_id, dead_after, info, "")
         self._last_beat = monotonic()
         if beat.status == 0:
-            self.store.epoch = beat.epoch
+            self.epoch = self.store.epoch = beat.epoch
             self._reregister_due = True
             self._due.set()
         if checked == self._alone_checks:  # (the brokers key did not change meanwhile)
@@ -200,7 +201,7 @@ class Heartbeat:
             self.broker_id,
             what,
             len(self.book.clients),
-            self.store.epoch,
+            self.epoch,
         )
 
     # -- the loop -----------------------------------------------------------------------------------------

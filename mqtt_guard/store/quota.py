@@ -479,6 +479,11 @@ class RegistryResult:
     holders: tuple[str, ...] = ()  # open refused: the other brokers holding slots of the user
 
 
+UNREGISTERED = "-"
+"""The epoch a broker's store carries before its first registration: no registration has it, so the
+broker writes no session, slot or lease before it is registered (and can be reaped)."""
+
+
 class Fenced(aioredis.ConnectionError):
     """A write of a broker whose fencing epoch is no longer the one Redis has for it (it was declared
     dead and reaped, or Redis lost its record): nothing was written. A ConnectionError, so each caller

@@ -61,7 +61,7 @@ def test_a_broker_taken_for_dead_is_fenced_and_never_double_serves(
 
     a.wait_log(f"broker {a_id} was declared dead by {reaper} at ")
     [line] = [x for x in a.log().splitlines() if "was declared dead by" in x]
-    assert " ERROR mqtt_guard.quota: " in line and "fenced" in line
+    assert " ERROR mqtt_guard.quota: " in line and "Fenced: its writes under epoch" in line
     # Fenced: the client id B holds now is closed on A; the other client is registered again, anew.
     assert moved_on_a.disconnected.wait(5)
     a.wait_log(f"client 'moved' (user 'd') is registered on broker {b_id} now: disconnecting it here")
