@@ -136,13 +136,14 @@ end
 
 # Batched session registry (the broker's only registry write path; docs/quotas.md "Sessions"): many
 # opens, closes and slot changes of one broker, applied in order in one call.
-# KEYS[1] the broker's sessions, KEYS[2] the broker's lease set, KEYS[3] the broker's hash. ARGV[1] broker, ARGV[2]
-# number of ops, ARGV[4] the broker's fencing epoch ('' = not fenced): a batch of a broker whose epoch is gone
-# (declared dead and reaped, or Redis lost its record) writes nothing and returns -1 (`Fenced`), so it can never
-# register a session or a slot outside a live registration. ARGV[3] the ops, one string (`registry_blob`: each field
-# as `<byte length>:<bytes>`, so any client id or username fits; one argument instead of ten per op, which made
-# redis-py's packing the biggest part of a CONNECT's registry cost), 10 fields per op: the 7 below, then the keys it
-# writes: session, user's sessions, user's session slots.
+# KEYS[1] the broker's sessions, KEYS[2] the broker's lease set. ARGV[1] broker, ARGV[2] number of ops,
+# ARGV[3] the ops, one string (`registry_blob`: each field as `<byte length>:<bytes>`, so any client id or
+# username fits; one argument instead of ten per op, which made redis-py's packing the biggest part of a
+# CONNECT's registry cost), 10 fields per op: the 7 below, then the keys it writes: session, user's
+# sessions, user's session slots.
+# Fencing: KEYS[3] the broker's hash, ARGV[4] the broker's epoch ('' = not fenced): a batch of a broker
+# whose epoch is gone (declared dead and reaped, or Redis lost its record) writes nothing and returns -1
+# (`Fenced`), so no session or slot is ever registered outside a live registration.
 #   kind 'o' (open):  client_id, conn, username, since, limit (0 = none), mode: 'c' check the limit,
 #                     's' take one of this broker's slots (else check), 'r' reopen (only if no other
 #                     broker registered the client meanwhile, no limit)
