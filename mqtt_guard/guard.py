@@ -132,6 +132,7 @@ class Guard:
             queue_depth=self.queue_depth,
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
+            trust=self.trust,
         )
         # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
         self.metrics = MetricsService(

@@ -39,9 +39,10 @@ from ..config import QuotaConfig
 from ..guard_client import GuardClient
 from ..metrics.counters import Counters
 from ..ports import Kick
-from ..store.connection import REDIS_ERRORS
+from ..store.connection import REDIS_ERRORS, make_async_client
+from ..store.generation import Trust, gate
 from ..store.keys import Keys
-from ..store.quota import Block, QuotaStore, RegistryOp, RegistryResult
+from ..store.quota import UNREGISTERED, Block, QuotaStore, RegistryOp, RegistryResult
 from .allowance import Allowances, ClientQuota, UserQuota
 from .bucket import TokenBucket
 from .caches import UNKNOWN, BlockCache, LimitsCache, Tracking, Unknown
@@ -80,14 +81,18 @@ class QuotaEnforcer:
         queue_depth: QueueDepth,
         tracking: Tracking,
         kick_retry: float,
+        trust: Trust | None = None,
     ) -> None:
-        """`redis_url`: the kick consumer opens a connection of its own (it blocks in BLPOP);
-        `kick_retry` (sidecar.kick_retry): an over-quota kick is not queued again within it."""
+        """`redis_url`: the kick consumer and the liveness writes open connections of their own (BLPOP
+        blocks one; the liveness must not wait behind the main pool); `kick_retry` (sidecar.kick_retry): an
+        over-quota kick is not queued again within it; `trust`: whether Redis still holds this deployment's
+        data (store/generation.py): those connections are gated by it like `redis`."""
         self.config = config
         self.redis = redis
         self.keys = keys
         self.kick = kick
         self.store = QuotaStore(redis, keys, audit_maxlen=config.audit_maxlen)
+        self.store.epoch = UNREGISTERED  # until the heartbeat registered this broker
         self.broker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Connection ids: a random prefix per broker run and a counter (a uuid4 per CONNECT was a
         # getrandom() system call and ~2 % of a CONNECT's CPU).
@@ -105,8 +110,20 @@ class QuotaEnforcer:
         self.blocks = BlockCache(self.store, connected, keys.blocks_head() in tracking.prefixes)
         self.registry = SessionRegistry(self.store, self.broker_id, book.redis_lost)
         self.sync = LeaseSync(self.store, self.broker_id, book, config.sync_interval)
+        self.trust = trust or Trust()
+        live = make_async_client(redis_url, pool_size=2, socket_timeout=min(2.0, config.broker_dead_after / 2))
+        gate(live, self.trust)
         self.heartbeat = Heartbeat(
-            config, self.store, self.broker_id, book, self.registry, self.sync, queue_depth, self._release_user
+            config,
+            self.store,
+            self.broker_id,
+            book,
+            self.registry,
+            self.sync,
+            queue_depth,
+            self._release_user,
+            live=QuotaStore(live, keys),
+            held_elsewhere=self._held_elsewhere,
         )
         self.kicks = KickQueue(
             self.store,
@@ -119,6 +136,7 @@ class QuotaEnforcer:
             redis_url=redis_url,
             sync_interval=config.sync_interval,
             kick_retry=kick_retry,
+            trust=self.trust,
         )
         self.reloads = LimitReloads(
             config,
@@ -136,7 +154,7 @@ class QuotaEnforcer:
     async def start(self) -> None:
         self.blocks.start()
         self.kicks.start()
-        self.heartbeat.start()
+        await self.heartbeat.start()
 
     async def close(self) -> None:
         await self.heartbeat.close()
@@ -310,6 +328,22 @@ class QuotaEnforcer:
         )
         if self.clients.get(client.client_id) is cq:
             self._spawn(self.kick(client.client_id, "too many sessions"))
+
+    def _held_elsewhere(self, cq: ClientQuota, broker_id: str) -> None:
+        """While this broker was fenced (declared dead) or Redis was away, another broker registered the
+        client id: the client is served there. Closing it here is MQTT's session take-over; never do two
+        brokers serve one client id."""
+        client_id = cq.client.client_id
+        if self.clients.get(client_id) is not cq:
+            return
+        log.warning(
+            "client %r (user %r) is registered on broker %s now: disconnecting it here (taken over while this "
+            "broker could not register it)",
+            client_id,
+            cq.client.username,
+            broker_id,
+        )
+        self._spawn(self.kick(client_id, f"taken over by broker {broker_id}"))
 
     def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
         if res.prev_broker and res.prev_broker != self.broker_id:

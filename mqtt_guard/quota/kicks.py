@@ -20,6 +20,7 @@ from typing import Any
 
 from ..ports import Kick
 from ..store.connection import REDIS_ERRORS, make_async_client
+from ..store.generation import Trust, gate
 from ..store.quota import Block, QuotaStore
 from ..tasks import cancel_and_wait
 from .allowance import Allowances, ClientQuota
@@ -47,7 +48,10 @@ class KickQueue:
         redis_url: str,
         sync_interval: float,
         kick_retry: float,
+        trust: Trust,
     ) -> None:
+        """`trust`: nothing read from a Redis that lost this deployment's data is acted on (its
+        connection is gated, and a message popped just before trust went is dropped)."""
         self.store = store
         self.broker_id = broker_id
         self.book = book
@@ -58,11 +62,13 @@ class KickQueue:
         self.redis_url = redis_url
         self.sync_interval = sync_interval
         self.kick_retry = kick_retry
+        self.trust = trust
         self.redis: Any = None  # the consumer's own connection (BLPOP blocks it)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.redis = make_async_client(self.redis_url, socket_timeout=5.0)
+        gate(self.redis, self.trust)
         self._task = asyncio.create_task(self._loop(), name="mqtt-guard-kicks")
 
     async def stop(self) -> None:
@@ -93,6 +99,11 @@ class KickQueue:
                 await self.execute(item)
 
     async def execute(self, item: dict[str, str]) -> None:
+        if self.trust.reason is not None:
+            log.warning(
+                "%s from Redis not acted on: %s", "kick" if item.get("client_id") else "request", self.trust.reason
+            )
+            return
         slots = item.get("slots")
         if slots:
             # Another broker refused a CONNECT of this user while we hold unused session slots of it.

@@ -7,6 +7,13 @@ marks it kicked and appends to the audit stream atomically, so even two sidecars
 believe they lead (a leader stalled past its TTL) kick a connection once.
 
 The sidecar keeps no state of its own: restarting it loses nothing. Usage is counted by the brokers.
+
+It acts only on this deployment's data: like a broker it knows the generation marker it first saw
+(store/generation.py; it creates one on a Redis that has none), and while the marker is missing or
+changed (Redis flushed, replaced, restarted empty) it decides nothing: no broker is reaped, nobody
+kicked or blocked (an empty or foreign Redis would look like "every user deleted", "every broker
+dead"). That is logged once as an ERROR; it acts again when the marker comes back (a restore) or after
+`mqtt-guard store adopt`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ..config import GuardConfig
 from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
 from ..metrics.rates import LoopLagMonitor
 from ..quota.limits import Limits, parse_limits
+from ..store import generation
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
@@ -51,6 +59,8 @@ class Sidecar:
         self.leading = False
         self.ticks = 0
         self._redis_ok = True
+        self.marker: generation.Generation | None = None  # the deployment's marker, as first seen
+        self.distrusted = False  # the marker is missing or changed: nothing is decided
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
@@ -91,6 +101,9 @@ class Sidecar:
     async def step(self) -> TickReport | None:
         """One interval: renew or take leadership, and evaluate if leading."""
         try:
+            if not await self._trusted():
+                self.leading = False  # (the leader key runs out; leadership is taken again afterwards)
+                return None
             leading = await self.store.lead(self.id, self.config.sidecar.leader_ttl)
             if leading != self.leading:
                 log.info("sidecar %s %s", self.id, "is the leader now" if leading else "is no longer the leader")
@@ -109,10 +122,35 @@ class Sidecar:
             log.exception("sidecar tick failed")
         return None
 
+    async def _trusted(self) -> bool:
+        """Whether Redis still holds the deployment whose marker this sidecar knows (the module docstring)."""
+        if self.marker is None:
+            self.marker = await generation.ensure(self.redis, self.keys, by=self.id)
+            return True
+        current = await generation.read(self.redis, self.keys)
+        if generation.accepts(self.marker, current):
+            assert current is not None  # (accepts() never accepts a missing marker)
+            if current.token != self.marker.token:
+                log.warning("Redis generation marker adopted: %s (was %s)", current.describe(), self.marker.describe())
+            if self.distrusted:
+                log.warning("Redis holds this deployment's data again: the sidecar acts again")
+            self.marker, self.distrusted = current, False
+            return True
+        if not self.distrusted:
+            what = "missing" if current is None else f"changed to {current.describe()}"
+            log.error(
+                "Redis lost this deployment's data (generation marker %s %s): the sidecar reaps no broker and "
+                "kicks nobody until it comes back or `mqtt-guard store adopt`",
+                self.marker.describe(),
+                what,
+            )
+        self.distrusted = True
+        return False
+
     async def tick(self) -> TickReport:
         self.ticks += 1
         report = TickReport()
-        report.reaped = {b: n for b, n in (await self.store.reap_dead()).items() if n >= 0}
+        report.reaped = {b: n for b, n in (await self.store.reap_dead(self.id)).items() if n >= 0}
         for broker_id, n in report.reaped.items():
             log.warning(
                 "broker %s stopped heartbeating: removed its %d session(s) and returned its leases", broker_id, n

@@ -122,8 +122,18 @@ class Keys:
         return f"{self.prefix}brokers"
 
     def broker(self, broker_id: str) -> str:
-        """HASH: what a broker process reports about itself (host, pid, started, heartbeat)."""
+        """HASH: what a broker process reports about itself (host, pid, started, heartbeat) and its
+        fencing `epoch` (every session and lease write of the broker checks it)."""
         return f"{self.prefix}broker:{broker_id}"
+
+    def broker_epochs(self) -> str:
+        """STRING counter: the last fencing epoch given to a broker registration (INCR)."""
+        return f"{self.prefix}brokers:epoch"
+
+    def broker_reaped(self, broker_id: str) -> str:
+        """STRING `<by>|<unix ms>` with a TTL: who declared the broker dead, for its own ERROR line when it
+        finds itself fenced (docs/quotas.md "Liveness and fencing")."""
+        return f"{self.prefix}broker:{broker_id}:reaped"
 
     def broker_sessions(self, broker_id: str) -> str:
         """SET of the client ids a broker registered (checked against `session()` before use)."""

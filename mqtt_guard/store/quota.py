@@ -22,13 +22,16 @@ from .lease import SyncRequest, SyncResult
 Hash = dict[str, str]  # a hash as the decode_responses client returns it (redis-py's types allow bytes too)
 
 # -- the lease ledger ---------------------------------------------------------------------------------
-# KEYS[1] usage hash, KEYS[2] the broker's lease set
-# ARGV: broker, gen, total_spent, total_refused, want, limit, expire_at (unix s)
+# KEYS[1] usage hash, KEYS[2] the broker's lease set, KEYS[3] the broker's hash (its fencing epoch)
+# ARGV: broker, gen, total_spent, total_refused, want, limit, expire_at (unix s), epoch ('' = not fenced)
+# A broker whose epoch is not the one in its hash (it was declared dead and reaped, or Redis lost its
+# record) writes nothing and gets {-1} (`Fenced`): a lease granted to it would never be reaped.
 # A broker reports cumulative totals (idempotent: a retry never counts twice) and asks to hold `want`
 # units of allowance after the report. total_spent -1 = "joining": report nothing, tell me what I
 # reported earlier in this window. Returns {mine, used, others, free, gen, demand, now_ms, spent:<b>,
 # refused:<b>, holders}; holders (brokers holding a lease) only when this broker got less than it wanted.
 SYNC_LUA = """
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[8] then return {-1} end
 local key, b, gen = KEYS[1], ARGV[1], ARGV[2]
 local total, refused = tonumber(ARGV[3]), tonumber(ARGV[4])
 local want, limit, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -138,6 +141,9 @@ end
 # username fits; one argument instead of ten per op, which made redis-py's packing the biggest part of a
 # CONNECT's registry cost), 10 fields per op: the 7 below, then the keys it writes: session, user's
 # sessions, user's session slots.
+# Fencing: KEYS[3] the broker's hash, ARGV[4] the broker's epoch ('' = not fenced): a batch of a broker
+# whose epoch is gone (declared dead and reaped, or Redis lost its record) writes nothing and returns -1
+# (`Fenced`), so no session or slot is ever registered outside a live registration.
 #   kind 'o' (open):  client_id, conn, username, since, limit (0 = none), mode: 'c' check the limit,
 #                     's' take one of this broker's slots (else check), 'r' reopen (only if no other
 #                     broker registered the client meanwhile, no limit)
@@ -155,6 +161,7 @@ REGISTRY_LUA = (
     "local blob = ARGV[3]"
     + LP_FIELD_LUA
     + """
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[4] then return -1 end
 local bs, bl, b = KEYS[1], KEYS[2], ARGV[1]
 local lf = 'lease:' .. b
 local out = {}
@@ -284,18 +291,33 @@ return written
 """
 )
 
-# KEYS: brokers zset, broker hash. ARGV: broker, dead_after_ms, then field/value pairs for the hash.
+# KEYS: brokers zset, broker hash, epoch counter, the broker's `reaped` note. ARGV: broker, dead_after_ms,
+# epoch ('' = register: a new epoch from the counter), then field/value pairs for the hash.
+# -> {status, now_ms, brokers, epoch, reaped}: status 1 = heartbeat of the registration `epoch`, 0 = a
+# new registration (`epoch` is its epoch), -1 = fenced: the broker's hash is gone or holds another epoch
+# (it was declared dead and reaped, or Redis lost its record); nothing is written, so a broker taken for
+# dead never revives its old registration (`reaped`: who reaped it, "<by>|<unix ms>", if known).
 HEARTBEAT_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local existed = redis.call('EXISTS', KEYS[2])
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local status = 1
+if ARGV[3] == '' then
+  epoch = tostring(redis.call('INCR', KEYS[3]))
+  status = 0
+  redis.call('DEL', KEYS[4])
+elseif epoch ~= ARGV[3] then
+  return {-1, now_ms, redis.call('ZCARD', KEYS[1]), epoch or '', redis.call('GET', KEYS[4]) or ''}
+end
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
-redis.call('HSET', KEYS[2], 'heartbeat', now_ms, unpack(ARGV, 3))
-return {existed, now_ms, redis.call('ZCARD', KEYS[1])}
+redis.call('HSET', KEYS[2], 'heartbeat', now_ms, 'epoch', epoch, unpack(ARGV, 4))
+return {status, now_ms, redis.call('ZCARD', KEYS[1]), epoch, ''}
 """
 
-# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, then (session, user sessions)
-# pairs, then usage hashes. ARGV: broker, number of sessions. Only reaps a broker that is still dead.
+# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, the broker's `reaped` note, then
+# (session, user sessions) pairs, then usage hashes. ARGV: broker, number of sessions, who reaps ('' = the
+# broker itself, at shutdown: no note). Only reaps a broker that is still dead. Deleting the broker's hash
+# deletes its fencing epoch: whatever it still sends under that epoch is refused (`Fenced`).
 REAP_LUA = """
 local b, n = ARGV[1], tonumber(ARGV[2])
 local score = redis.call('ZSCORE', KEYS[1], b)
@@ -305,7 +327,7 @@ if not score then return -2 end
 if tonumber(score) > now_ms then return -1 end
 local sessions = 0
 for i = 0, n - 1 do
-  local s, us = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+  local s, us = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
   local conn = redis.call('HGET', s, 'conn')
   local cid = redis.call('HGET', s, 'client_id')
   if redis.call('HGET', s, 'broker') == b then
@@ -314,11 +336,12 @@ for i = 0, n - 1 do
     if cid and redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
   end
 end
-for i = 6 + 2 * n, #KEYS do
+for i = 7 + 2 * n, #KEYS do
   redis.call('HDEL', KEYS[i], 'lease:' .. b)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[1], b)
+if ARGV[3] ~= '' then redis.call('SET', KEYS[6], ARGV[3] .. '|' .. now_ms, 'EX', 86400) end
 return sessions
 """
 
@@ -457,6 +480,33 @@ class RegistryResult:
     holders: tuple[str, ...] = ()  # open refused: the other brokers holding slots of the user
 
 
+UNREGISTERED = "-"
+"""The epoch a broker's store carries before its first registration: no registration has it, so the
+broker writes no session, slot or lease before it is registered (and can be reaped)."""
+
+
+class Fenced(aioredis.ConnectionError):
+    """A write of a broker whose fencing epoch is no longer the one Redis has for it (it was declared
+    dead and reaped, or Redis lost its record): nothing was written. A ConnectionError, so each caller
+    runs the Redis-down path it has (the registration is retried, the lease spent locally) until the
+    liveness task registered the broker again under a new epoch (quota/heartbeat.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """HEARTBEAT_LUA's answer."""
+
+    status: int  # 1: heartbeat of the registration `epoch`; 0: registered anew; -1: fenced (nothing written)
+    now_ms: int  # Redis time
+    brokers: int  # brokers the registry knows (dead ones not yet reaped included)
+    epoch: str  # the registration's epoch (fenced: the one Redis has, '' when the record is gone)
+    reaped: str  # fenced: "<by>|<unix ms>" of whoever declared the broker dead, if known
+
+    @property
+    def fenced(self) -> bool:
+        return self.status < 0
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     reason: str
@@ -474,6 +524,10 @@ class QuotaStore:
         self.redis = redis
         self.keys = keys
         self.audit_maxlen = audit_maxlen
+        # The fencing epoch of this broker's registration, carried by its registry and lease writes ('' =
+        # not fenced: the sidecar, the CLI and tests, which write as no registered broker). Set by the
+        # broker's liveness task (quota/heartbeat.py) from each registration.
+        self.epoch = ""
         self._sync = redis.register_script(SYNC_LUA)
         self._reset = redis.register_script(RESET_LUA)
         self._updates = redis.register_script(UPDATES_LUA)
@@ -502,15 +556,17 @@ class QuotaStore:
     async def sync(self, broker_id: str, requests: list[SyncRequest]) -> list[SyncResult]:
         if not requests:
             return []
-        leases = self.keys.broker_leases(broker_id)
+        leases, record, epoch = self.keys.broker_leases(broker_id), self.keys.broker(broker_id), self.epoch
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in requests:
                 await self._sync(
-                    keys=[r.key, leases],
-                    args=[broker_id, r.gen, r.total, r.refused, r.want, r.limit, r.expire_at],
+                    keys=[r.key, leases, record],
+                    args=[broker_id, r.gen, r.total, r.refused, r.want, r.limit, r.expire_at, epoch],
                     client=pipe,
                 )
             raw = await pipe.execute()
+        if any(len(x) == 1 for x in raw):
+            raise Fenced(f"broker {broker_id} is not registered under epoch {epoch!r}: lease sync refused")
         return [SyncResult.of(x) for x in raw]
 
     async def usage(self, key: str) -> dict[str, str]:
@@ -594,8 +650,10 @@ class QuotaStore:
         """Apply a batch of session registry operations of one broker, in order, in one call."""
         if not ops:
             return []
-        keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id)]
-        raw = await self._registry(keys=keys, args=[broker_id, len(ops), registry_blob(self.keys, ops)])
+        keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id), self.keys.broker(broker_id)]
+        raw = await self._registry(keys=keys, args=[broker_id, len(ops), registry_blob(self.keys, ops), self.epoch])
+        if raw == -1:
+            raise Fenced(f"broker {broker_id} is not registered under epoch {self.epoch!r}: registry batch refused")
         return [
             RegistryResult(
                 bool(int(r[0])),
@@ -652,16 +710,22 @@ class QuotaStore:
         return out
 
     # -- brokers -------------------------------------------------------------------------------------------
-    async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any]) -> tuple[bool, int, int]:
-        """Refresh the broker's liveness; (whether its record already existed, Redis time in ms, how many
-        brokers the registry knows, dead ones not yet reaped included)."""
+    async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any], epoch: str = "") -> Beat:
+        """Refresh the liveness of the broker's registration `epoch`, or register it anew ('': a new
+        epoch); a registration that is gone is not revived (HEARTBEAT_LUA, `Beat.fenced`)."""
         flat: list[Any] = []
         for name, value in info.items():
             flat += [name, value]
         raw = await self._heartbeat(
-            keys=[self.keys.brokers(), self.keys.broker(broker_id)], args=[broker_id, int(dead_after * 1000), *flat]
+            keys=[
+                self.keys.brokers(),
+                self.keys.broker(broker_id),
+                self.keys.broker_epochs(),
+                self.keys.broker_reaped(broker_id),
+            ],
+            args=[broker_id, int(dead_after * 1000), epoch, *flat],
         )
-        return bool(raw[0]), int(raw[1]), int(raw[2])
+        return Beat(int(raw[0]), int(raw[1]), int(raw[2]), str(raw[3]), str(raw[4]))
 
     async def alone(self, broker_id: str) -> bool:
         """Whether the registry knows no broker but this one (dead ones not yet reaped count as others)."""
@@ -683,10 +747,10 @@ class QuotaStore:
         score = await self.redis.zscore(self.keys.brokers(), broker_id)
         return score is not None and score > await self.now_ms()
 
-    async def reap(self, broker_id: str) -> int:
+    async def reap(self, broker_id: str, by: str = "") -> int:
         """Clean up after a broker that stopped heartbeating: its sessions and leases go, what it
-        reported as spent stays counted. -1 if the broker turned out to be alive, -2 if it was reaped
-        meanwhile by somebody else."""
+        reported as spent stays counted, its fencing epoch goes (noting `by`, the reaper, for it).
+        -1 if the broker turned out to be alive, -2 if it was reaped meanwhile by somebody else."""
         ids = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_sessions(broker_id))))
         leases = sorted(cast(set[str], await self.redis.smembers(self.keys.broker_leases(broker_id))))
         sessions = await self.sessions(ids)
@@ -697,16 +761,18 @@ class QuotaStore:
             self.keys.broker_sessions(broker_id),
             self.keys.broker_leases(broker_id),
             self.keys.kick_queue(broker_id),
+            self.keys.broker_reaped(broker_id),
         ]
         for cid in ids:
             keys += [self.keys.session(cid), self.keys.user_sessions(by_id.get(cid, {}).get("username", ""))]
         keys += leases
-        return int(await self._reap(keys=keys, args=[broker_id, len(ids)]))
+        return int(await self._reap(keys=keys, args=[broker_id, len(ids), by]))
 
-    async def reap_dead(self) -> dict[str, int]:
+    async def reap_dead(self, by: str) -> dict[str, int]:
+        """Reap every broker whose liveness ran out (`by`: who declares them dead)."""
         out = {}
         for b in await self.dead_brokers():
-            out[b] = await self.reap(b)
+            out[b] = await self.reap(b, by)
         return out
 
     # -- kicks -----------------------------------------------------------------------------------------------

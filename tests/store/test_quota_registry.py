@@ -9,7 +9,8 @@ import time
 import redis.asyncio as aioredis
 
 from mqtt_guard.store.keys import Keys
-from mqtt_guard.store.quota import QuotaStore, RegistryOp
+from mqtt_guard.store.lease import SyncRequest
+from mqtt_guard.store.quota import Fenced, QuotaStore, RegistryOp
 
 
 def run(coro):
@@ -118,6 +119,56 @@ def test_reaping_a_dead_broker_drops_its_slots_and_sessions(redis_server, prefix
             assert await store.reap("dead") == 1
             assert rds.hgetall(f"{prefix}sessions:slots:u") == {"lease:alive": "5"}
             assert not rds.exists(f"{prefix}session:a") and rds.hlen(f"{prefix}sessions:user:u") == 0
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_a_reaped_broker_is_fenced_until_it_registers_again(redis_server, prefix, rds):
+    """Fencing (issue 15 item 8): each registration has an epoch; once the broker was reaped (declared
+    dead) its old epoch writes nothing: no session, slot or lease outside a live registration, and its
+    heartbeat does not revive the old registration. A new registration gets a higher epoch."""
+
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            first = await store.heartbeat("b", 0.001, {"pid": 1})
+            assert first.status == 0 and not first.fenced
+            store.epoch = first.epoch
+            again = await store.heartbeat("b", 0.001, {"pid": 1}, first.epoch)
+            assert again.status == 1 and again.epoch == first.epoch
+            await store.registry("b", [op_open("a", limit=100)])
+            usage = f"{prefix}quota:usage:u:events:0"
+            req = SyncRequest(usage, "", 3, 0, 10, 100, int(time.time()) + 60)
+            assert (await store.sync("b", [req]))[0].mine == 10
+            await asyncio.sleep(0.01)
+            assert await store.reap("b", "sidecar:x") == 1
+            for write in (
+                store.registry("b", [op_open("c", limit=100)]),
+                store.registry("b", [op_slots(5, limit=100)]),
+                store.sync("b", [SyncRequest(usage, "", 5, 0, 10, 100, int(time.time()) + 60)]),
+            ):
+                try:
+                    await write
+                    raise AssertionError("a fenced write went through")
+                except Fenced:
+                    pass
+            assert not rds.exists(f"{prefix}session:c") and not rds.exists(f"{prefix}sessions:slots:u")
+            assert rds.hgetall(usage) == {"gen": rds.hget(usage, "gen"), "used": "3", "spent:b": "3"}
+            fenced = await store.heartbeat("b", 10, {"pid": 1}, first.epoch)
+            assert fenced.fenced and fenced.reaped.startswith("sidecar:x|")
+            assert not rds.exists(f"{prefix}broker:b") and rds.zscore(f"{prefix}brokers", "b") is None
+            anew = await store.heartbeat("b", 10, {"pid": 1})
+            assert anew.status == 0 and int(anew.epoch) > int(first.epoch)
+            assert not rds.exists(f"{prefix}broker:b:reaped")
+            store.epoch = anew.epoch
+            [r] = await store.registry("b", [op_open("c", limit=100, mode="r")])
+            assert r.ok and rds.hget(f"{prefix}session:c", "broker") == "b"
+            res = await store.sync(
+                "b", [SyncRequest(usage, rds.hget(usage, "gen"), 5, 0, 10, 100, int(time.time()) + 60)]
+            )
+            assert res[0].used == 5 and res[0].mine == 10  # reported once: spent:b was kept by the reap
         finally:
             await client.aclose()
 
