@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ from transitions import MachineError
 
 from ..acl.rules import Perm
 from ..acl.topics import topic_matches
+from ..auth import ownership
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
 from ..auth.tls import certificate_identity
 from ..config import GuardConfig, ListenerConfig
@@ -147,6 +149,14 @@ class Route:
         self.group = group
 
 
+class ClientIdRefused(Exception):
+    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 # `publish(..., awaited=True)`: admitted, the caller routes (never mutated)
 _ADMITTED: list[asyncio.Event] = []
 
@@ -156,7 +166,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self.guard = guard  # set before amqtt builds the plugins: GuardSysPlugin looks it up at init (guard_of)
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
-        self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
+        # client id -> (set when its connection has ended, the identity it connected as: username, None anonymous)
+        self._connections: dict[str, tuple[asyncio.Event, str | None]] = {}
+        # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
+        self._id_policy = config.auth.client_id_policy
+        self._id_prefixes = tuple(config.auth.client_id_prefixes)
+        self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
+        # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
+        # each offline session's current deadline (an entry of an earlier offline spell is skipped)
+        self._session_expiry = config.limits.persistent_session_expiry
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._expires: dict[str, float] = {}
         self._shutting_down = False
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config), loop=loop)
@@ -298,24 +318,32 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             return
         handler, session, leftover = incoming
         session.listener = listener
+        generated = not session.client_id
         client_id = session.client_id = session.client_id or gen_client_id()
-        code = await self._check_connect(session, listener, where)
+        code = await self._check_connect(session, listener, where, generated)
+        client = session.guard_client
+        identity = client.username if client is not None else None
+        if not code and self._id_rule:
+            # Asked again with nothing awaited until the id is claimed below: another CONNECT with this id
+            # may have been admitted while this one awaited its attach.
+            code = self._client_id_refused(session, identity, where, generated)
         if code or self._shutting_down:
             self._detach(session)
             await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
             return
         done = asyncio.Event()
         previous = self._connections.get(client_id)
-        self._connections[client_id] = done
+        self._connections[client_id] = (done, identity)
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous)
+                await self._take_over(client_id, previous[0] if previous is not None else None)
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
             self._detach(session, keep=not session.clean_session)
             done.set()
-            if self._connections.get(client_id) is done:
+            mine = self._connections.get(client_id)
+            if mine is not None and mine[0] is done:
                 del self._connections[client_id]
 
     def _detach(self, session: GuardedSession, keep: bool = False) -> None:
@@ -422,12 +450,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session.keep_alive = info.keepalive
         return session
 
-    async def _check_connect(self, session: GuardedSession, listener: ListenerConfig, where: str) -> int:
-        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, then the
-        quota's session rules) and admits the client (`session.guard_client`); then every third-party
-        auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every plugin)."""
+    async def _check_connect(
+        self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
+    ) -> int:
+        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, the client id
+        policy, then the quota's session rules) and admits the client (`session.guard_client`); then every
+        third-party auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every
+        plugin). `generated`: the broker made the client id up (the client sent none)."""
         try:
-            result = await self._admit(session, listener)
+            result = await self._admit(session, listener, where, generated)
+        except ClientIdRefused as refused:
+            return refused.code
         except Exception:
             self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
             log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
@@ -464,10 +497,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         )
         return result.connack_code or CONNACK_NOT_AUTHORIZED
 
-    async def _admit(self, session: GuardedSession, listener: ListenerConfig) -> AuthResult | None:
-        """The Guard's verdict on a CONNECT; when it accepts, the client is attached to the Guard (its ACL
-        rules loaded, its quota session registered) before the CONNACK. None: refused by the quota rules
-        (blocked, too many sessions of the user), logged and counted here."""
+    async def _admit(
+        self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
+    ) -> AuthResult | None:
+        """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
+        client is attached anywhere: an attach would take the id's quota registration over), then the
+        client is attached to the Guard (its ACL rules loaded, its quota session registered) before the
+        CONNACK. None: refused by the quota rules (blocked, too many sessions of the user), logged and
+        counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
         guard = self.guard
         by_identity = listener.use_identity_as_username
         result = await guard.authenticate(
@@ -484,6 +521,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if by_identity and result.username:
             session.username = result.username
         if result.ok and session.client_id:
+            if self._id_rule:
+                code = self._client_id_refused(
+                    session, None if result.anonymous else result.username, where, generated, result
+                )
+                if code:
+                    raise ClientIdRefused(code)
             try:
                 session.guard_client = await guard.attach(
                     session.client_id, result, "identity" if by_identity else "", listener_config=listener
@@ -503,6 +546,69 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 )
                 return None
         return result
+
+    def _client_id_refused(
+        self,
+        session: GuardedSession,
+        identity: str | None,
+        where: str,
+        generated: bool,
+        result: AuthResult | None = None,
+    ) -> int:
+        """0, or the CONNACK code refusing `identity` (None: anonymous) the session's client id
+        (auth/ownership.py); a refusal is logged (once a minute per client id, username and kind) and
+        counted. The holder is the latest connection admitted with the id, else a persistent session kept
+        offline."""
+        client_id = session.client_id
+        claim = self._connections.get(client_id)
+        if claim is not None:
+            held, holder = True, claim[1]
+        else:
+            entry = self._sessions.get(client_id)
+            kept = entry[0] if entry is not None else None
+            held = kept is not None and (not kept.clean_session or kept.transitions.state == "connected")
+            client = kept.guard_client if kept is not None else None
+            holder = client.username if client is not None else (kept.username if kept is not None else None)
+        refused = ownership.refusal(
+            self._id_policy,
+            client_id,
+            identity,
+            held=held,
+            holder=holder,
+            prefixes=self._id_prefixes,
+            generated=generated,
+        )
+        if refused is None:
+            return 0
+        self._counters.auth_failed(
+            identity,
+            refused.kind,
+            known_user=result.user is not None if result is not None else identity is not None,
+            address=session.remote_address,
+        )
+        if refused.kind == ownership.HELD:
+            refusal_log.log(
+                logging.WARNING,
+                (client_id, identity, refused.kind),
+                "refused take-over of client %r from %s by user %r: the client id is held by user %r (CONNACK %d)",
+                client_id,
+                where,
+                identity,
+                holder,
+                refused.code,
+            )
+        else:
+            refusal_log.log(
+                logging.WARNING,
+                (client_id, identity, refused.kind),
+                "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
+                client_id,
+                where,
+                identity,
+                refused.reason,
+                refused.code,
+            )
+        return refused.code
 
     async def _authenticate(self, session: GuardedSession, _: Any) -> bool:
         """amqtt's, over the third-party auth plugins only: each that does not abstain (None) must say yes;
@@ -754,6 +860,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
+                if self._session_expiry is not None:
+                    deadline = self._loop.time() + self._session_expiry
+                    self._expires[client_id] = deadline
+                    heapq.heappush(self._expiry_heap, (deadline, client_id))
                 if client_id in self._filters_of:
                     self._invalidate_routes()
         if self._fire_disconnected:
@@ -1110,11 +1220,71 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     async def _session_monitor(self) -> None:
         """amqtt dropped disconnected anonymous sessions here (and clean ones after up to 1 s); clean
-        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept."""
-        expiry = self.config.session_expiry_interval
+        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept, for
+        `limits.persistent_session_expiry` when it is set: this task sweeps the deadline heap (no timer
+        per session) within a tenth of it, at most every second."""
+        expiry = self._session_expiry
         if expiry is None:
             return
-        await super()._session_monitor()
+        tick = min(1.0, max(0.05, expiry / 10))
+        while True:
+            await asyncio.sleep(tick)
+            self._expire_sessions(self._loop.time())
+
+    def _expire_sessions(self, now: float) -> None:
+        """Discard the persistent sessions offline since their deadline (logged at INFO)."""
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now:
+            deadline, client_id = heapq.heappop(heap)
+            if self._expires.get(client_id) != deadline:
+                continue  # a later offline spell has its own entry
+            del self._expires[client_id]
+            entry = self._sessions.get(client_id)
+            session = entry[0] if entry is not None else None
+            if session is None or session.clean_session or session.transitions.state == "connected":
+                continue
+            queue = queue_of(session)
+            client = session.guard_client
+            session.guard_client = None
+            self._drop_session(client_id, session)
+            log_info(
+                log,
+                "offline session of client %r (user %r) expired after %.0f s (limits.persistent_session_expiry): "
+                "discarded with %d queued message(s); the client id is free",
+                client_id,
+                client.username if client is not None else session.username,
+                self._session_expiry,
+                queue.depth()[0] if queue is not None else 0,
+            )
+
+    async def drop_session(self, client_id: str, reason: str) -> bool:
+        """Discard a client's session (`mqtt-guard session drop`): an offline one at once, a connected one
+        by closing its connection (its will is published, as on a lost link) and discarding the session
+        when it ends instead of keeping it. False: no session of that id here."""
+        entry = self._sessions.get(client_id)
+        if entry is None:
+            return False
+        session, handler = entry
+        if session.transitions.state == "connected":
+            log.warning("dropping the session of connected client %r: %s (disconnecting it)", client_id, reason)
+            session.clean_session = True  # its end discards the session instead of keeping it offline
+            if isinstance(handler, GuardedHandler):
+                handler.close(f"session dropped by the server: {reason}")
+            await handler.stop()
+            return True
+        queue = queue_of(session)
+        client = session.guard_client
+        session.guard_client = None
+        self._drop_session(client_id, session)
+        self._expires.pop(client_id, None)
+        log.warning(
+            "dropped the offline session of client %r (user %r) with %d queued message(s): %s",
+            client_id,
+            client.username if client is not None else session.username,
+            queue.depth()[0] if queue is not None else 0,
+            reason,
+        )
+        return True
 
     # -- shutdown --------------------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -1140,7 +1310,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
                 handler.close("broker shutting down")
-        pending = [e.wait() for e in self._connections.values() if not e.is_set()]
+        pending = [e.wait() for e, _ in self._connections.values() if not e.is_set()]
         if pending:
             done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)
             for task in not_done:

@@ -78,6 +78,7 @@ class QuotaEnforcer:
         counters: Counters,
         kick: Kick,
         queue_depth: QueueDepth,
+        drop_session: Kick | None = None,
         tracking: Tracking,
         kick_retry: float,
     ) -> None:
@@ -116,6 +117,7 @@ class QuotaEnforcer:
             self.blocks,
             kick,
             self._spawn,
+            drop_session=drop_session,
             redis_url=redis_url,
             sync_interval=config.sync_interval,
             kick_retry=kick_retry,
