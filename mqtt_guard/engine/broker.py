@@ -1244,6 +1244,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if session is None or session.clean_session or session.transitions.state == "connected":
                 continue
             queue = queue_of(session)
+            messages = queue.depth()[0] if queue is not None else 0
             client = session.guard_client
             session.guard_client = None
             self._drop_session(client_id, session)
@@ -1254,7 +1255,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 client_id,
                 client.username if client is not None else session.username,
                 self._session_expiry,
-                queue.depth()[0] if queue is not None else 0,
+                messages,
             )
 
     async def drop_session(self, client_id: str, reason: str) -> bool:
@@ -1273,6 +1274,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             await handler.stop()
             return True
         queue = queue_of(session)
+        messages = queue.depth()[0] if queue is not None else 0
         client = session.guard_client
         session.guard_client = None
         self._drop_session(client_id, session)
@@ -1281,7 +1283,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             "dropped the offline session of client %r (user %r) with %d queued message(s): %s",
             client_id,
             client.username if client is not None else session.username,
-            queue.depth()[0] if queue is not None else 0,
+            messages,
             reason,
         )
         return True
