@@ -124,17 +124,17 @@ class RedisConfig:
 @dataclass
 class AuthConfig:
     allow_anonymous: bool = False
+    # Who may use a client id (auth/ownership.py): "owner" refuses an id held (online, or by a persistent
+    # session) by another user with CONNACK 2; "username-prefix" also wants ids like <username>-...;
+    # "any" lets anyone take any id over (mosquitto's behaviour, the default under a mosquitto.conf).
+    client_id_policy: ClientIdPolicy = "owner"
+    client_id_prefixes: list[str] = field(default_factory=list)  # mosquitto's clientid_prefixes: CONNACK 5 otherwise
     # When Redis cannot be reached at CONNECT: "deny" answers CONNACK 3 (server unavailable);
     # "cached" lets in clients whose exact credentials were verified recently (cached_max_age).
     on_redis_down: Literal["deny", "cached"] = "deny"
     cache_ttl: float = duration(300.0)  # how long a successful password check skips re-hashing
     cached_max_age: float = duration(3600.0)  # how old a verification may be to count while Redis is down
     hash_workers: int = 4  # threads that verify password hashes off the event loop
-    # Who may use a client id (auth/ownership.py): "owner" refuses an id held (online, or by a persistent
-    # session) by another user with CONNACK 2; "username-prefix" also wants ids like <username>-...;
-    # "any" lets anyone take any id over (mosquitto's behaviour, the default under a mosquitto.conf).
-    client_id_policy: ClientIdPolicy = "owner"
-    client_id_prefixes: list[str] = field(default_factory=list)  # mosquitto's clientid_prefixes: CONNACK 5 otherwise
 
 
 @dataclass
@@ -259,8 +259,8 @@ class GuardConfig:
     plugins: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
-        self.quota.check()
         self.limits.check()
+        self.quota.check()
         self.sidecar.check()
         if not self.listeners:
             raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")

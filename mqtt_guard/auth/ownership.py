@@ -28,14 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ClientIdPolicy
+from ..metrics.counters import REFUSED_CLIENT_ID_HELD, REFUSED_CLIENT_ID_PREFIX
 
 SEPARATORS = frozenset("-_/:")  # what may follow the username under `username-prefix`
 CONNACK_IDENTIFIER_REJECTED = 2  # MQTT 3.1.1; MQTT 5 has 0x85 (Client Identifier not valid)
 CONNACK_NOT_AUTHORIZED = 5
 
-# Why a CONNECT was refused (the counter and log-key slugs; a fixed set)
-HELD = "client_id_held"
-PREFIX = "client_id_prefix"
+# Why a CONNECT was refused (the auth_failed_<kind> counters; a fixed set)
+HELD = REFUSED_CLIENT_ID_HELD
+PREFIX = REFUSED_CLIENT_ID_PREFIX
 
 
 @dataclass(frozen=True, slots=True)

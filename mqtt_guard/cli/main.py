@@ -7,9 +7,9 @@ import sys
 
 from .. import __version__
 from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
-from . import session as session_cmd
 from . import store as store_cmd
 from .common import CliError
+from .session import register as register_session
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     acl.register(sub)
     quota.register(sub)
     kick.register(sub)
-    session_cmd.register(sub)
+    register_session(sub)
     sidecar.register(sub)
     stats.register(sub)
     store_cmd.register(sub)

@@ -166,8 +166,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self.guard = guard  # set before amqtt builds the plugins: GuardSysPlugin looks it up at init (guard_of)
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
-        # client id -> (set when its connection has ended, the identity it connected as: username, None anonymous)
-        self._connections: dict[str, tuple[asyncio.Event, str | None]] = {}
+        self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
+        # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
+        self._holders: dict[str, str | None] = {}
         # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
         self._id_policy = config.auth.client_id_policy
         self._id_prefixes = tuple(config.auth.client_id_prefixes)
@@ -333,18 +334,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             return
         done = asyncio.Event()
         previous = self._connections.get(client_id)
-        self._connections[client_id] = (done, identity)
+        self._connections[client_id] = done
+        self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous[0] if previous is not None else None)
+                await self._take_over(client_id, previous)
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
             self._detach(session, keep=not session.clean_session)
             done.set()
-            mine = self._connections.get(client_id)
-            if mine is not None and mine[0] is done:
+            if self._connections.get(client_id) is done:
                 del self._connections[client_id]
+                del self._holders[client_id]
 
     def _detach(self, session: GuardedSession, keep: bool = False) -> None:
         """The client's connection is over: the guard stops tracking it. A persistent session keeps its
@@ -560,9 +562,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         counted. The holder is the latest connection admitted with the id, else a persistent session kept
         offline."""
         client_id = session.client_id
-        claim = self._connections.get(client_id)
-        if claim is not None:
-            held, holder = True, claim[1]
+        if client_id in self._connections:
+            held, holder = True, self._holders.get(client_id)
         else:
             entry = self._sessions.get(client_id)
             kept = entry[0] if entry is not None else None
@@ -1312,7 +1313,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
                 handler.close("broker shutting down")
-        pending = [e.wait() for e, _ in self._connections.values() if not e.is_set()]
+        pending = [e.wait() for e in self._connections.values() if not e.is_set()]
         if pending:
             done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)
             for task in not_done:

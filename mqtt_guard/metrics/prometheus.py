@@ -27,7 +27,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
-from ..auth import ownership
 from ..auth.authenticator import AuthResult, Outcome
 from ..config import split_bind
 from . import counters as C
@@ -60,7 +59,7 @@ CLIENT_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD)
 AUTH_FAILURE_NAMES = tuple(
     [C.auth_failure_name(o) for o in Outcome if not AuthResult(o, None).ok]
     + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_BLOCKED, C.REFUSED_TOO_MANY_SESSIONS)]
-    + [C.AUTH_FAILED_PREFIX + r for r in (ownership.HELD, ownership.PREFIX)]
+    + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_CLIENT_ID_HELD, C.REFUSED_CLIENT_ID_PREFIX)]
 )
 
 

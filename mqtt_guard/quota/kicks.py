@@ -96,10 +96,6 @@ class KickQueue:
                 await self.execute(item)
 
     async def execute(self, item: dict[str, str]) -> None:
-        dropped = item.get("drop")
-        if dropped:
-            await self._drop(str(dropped), str(item.get("reason") or "dropped by an admin"), item.get("by") or "?")
-            return
         slots = item.get("slots")
         if slots:
             # Another broker refused a CONNECT of this user while we hold unused session slots of it.
@@ -112,6 +108,10 @@ class KickQueue:
                 entry.contended_until = monotonic() + 3 * self.sync_interval
                 self.book.urgent.add(entry.key)
                 self.book.wake()
+            return
+        dropped = item.get("drop")
+        if dropped:
+            await self._drop(str(dropped), str(item.get("reason") or "dropped by an admin"), item.get("by") or "?")
             return
         client_id = str(item.get("client_id") or "")
         conn = str(item.get("conn") or "")
