@@ -1230,7 +1230,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         tick = min(1.0, max(0.05, expiry / 10))
         while True:
             await asyncio.sleep(tick)
-            self._expire_sessions(self._loop.time())
+            try:
+                self._expire_sessions(self._loop.time())
+            except Exception:  # a bug must not end the sweep: the sessions would never expire again
+                log.exception("expiring offline sessions failed")
 
     def _expire_sessions(self, now: float) -> None:
         """Discard the persistent sessions offline since their deadline (logged at INFO)."""

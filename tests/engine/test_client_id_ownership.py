@@ -183,3 +183,22 @@ def test_anonymous_and_named_clients_do_not_take_each_others_ids(broker_with):
     assert anon.disconnected.wait(5)
     alice.close()
     other_anon.close()
+
+
+def test_session_drop_reaches_the_broker_holding_the_session(start_broker, tmp_path, users, cli):
+    """Offline sessions are in the memory of one broker: the drop goes to every live broker sharing the
+    Redis, the one holding the session discards it, the other says it has none."""
+    config = tmp_path / "owner.yaml"
+    config.write_text("auth:\n  client_id_policy: owner\n")
+    holder, other = start_broker("--config", str(config)), start_broker("--config", str(config))
+    cid = _cid("alices-device")
+    alice = connect(holder.port, "alice", "pw-alice", client_id=cid, clean_session=False)
+    assert alice.rc == 0 and alice.subscribe(("inbox/alice", 1)) == [1]
+    alice.close()
+    _gone(holder, cid)
+    result = cli("session", "drop", cid, "--reason", "device replaced")
+    assert result.returncode == 0 and "sent to 2 broker(s) (not connected)" in result.stdout, result.stdout
+    holder.wait_log(f"dropped the offline session of client '{cid}' (user 'alice') with 0 queued message(s)")
+    assert "device replaced (by " in holder.log()
+    other.wait_log(f"session drop for client '{cid}' (by ")
+    assert connect(holder.port, "mallory", "pw-mallory", client_id=cid).rc == 0
