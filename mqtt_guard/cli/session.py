@@ -45,7 +45,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
         online = (await store.session(client_id)).get("broker")
         for broker in brokers:
             await store.push(broker, {"drop": client_id, "reason": args.reason, "by": by})
-        await store.audit(event="session_drop", client_id=client_id, reason=args.reason, by=by)
+        await store.audit(action="session_drop", client_id=client_id, reason=args.reason, by=by)
         where = f"connected on broker {online}: it is disconnected" if online else "not connected"
         print(f"drop of the session of client {client_id!r} sent to {len(brokers)} broker(s) ({where})")
         return 0

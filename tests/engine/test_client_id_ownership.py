@@ -185,7 +185,7 @@ def test_anonymous_and_named_clients_do_not_take_each_others_ids(broker_with):
     other_anon.close()
 
 
-def test_session_drop_reaches_the_broker_holding_the_session(start_broker, tmp_path, users, cli):
+def test_session_drop_reaches_the_broker_holding_the_session(start_broker, tmp_path, users, cli, rds, prefix):
     """Offline sessions are in the memory of one broker: the drop goes to every live broker sharing the
     Redis, the one holding the session discards it, the other says it has none."""
     config = tmp_path / "owner.yaml"
@@ -201,4 +201,6 @@ def test_session_drop_reaches_the_broker_holding_the_session(start_broker, tmp_p
     holder.wait_log(f"dropped the offline session of client '{cid}' (user 'alice') with 0 queued message(s)")
     assert "device replaced (by " in holder.log()
     other.wait_log(f"session drop for client '{cid}' (by ")
+    audit = rds.xrevrange(f"{prefix}audit", count=1)[0][1]
+    assert (audit["action"], audit["client_id"], audit["reason"]) == ("session_drop", cid, "device replaced")
     assert connect(holder.port, "mallory", "pw-mallory", client_id=cid).rc == 0
