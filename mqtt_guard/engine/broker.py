@@ -169,15 +169,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
         # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
         self._holders: dict[str, str | None] = {}
-        # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
-        self._id_policy = config.auth.client_id_policy
-        self._id_prefixes = tuple(config.auth.client_id_prefixes)
-        self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
-        # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
-        # each offline session's current deadline (an entry of an earlier offline spell is skipped)
-        self._session_expiry = config.limits.persistent_session_expiry
-        self._expiry_heap: list[tuple[float, str]] = []
-        self._expires: dict[str, float] = {}
         self._shutting_down = False
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config), loop=loop)
@@ -221,6 +212,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._stretch: Stretch | None = None
         self._delivery_group = guard.delivery_group
         self._check_errors = 0
+        # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
+        self._id_policy = config.auth.client_id_policy
+        self._id_prefixes = tuple(config.auth.client_id_prefixes)
+        self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
+        # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
+        # each offline session's current deadline (an entry of an earlier offline spell is skipped)
+        self._session_expiry = config.limits.persistent_session_expiry
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._expires: dict[str, float] = {}
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
