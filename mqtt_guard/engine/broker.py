@@ -167,8 +167,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self.guard_config = config
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, asyncio.Event] = {}  # client id -> set when its connection has ended
-        # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
-        self._holders: dict[str, str | None] = {}
         self._shutting_down = False
         self._shutdown_deadline = 0.0
         super().__init__(amqtt_config(config), loop=loop)
@@ -212,6 +210,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._stretch: Stretch | None = None
         self._delivery_group = guard.delivery_group
         self._check_errors = 0
+        # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
+        self._holders: dict[str, str | None] = {}
         # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
         self._id_policy = config.auth.client_id_policy
         self._id_prefixes = tuple(config.auth.client_id_prefixes)
