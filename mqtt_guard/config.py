@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+ClientIdPolicy = Literal["owner", "username-prefix", "any"]  # auth/ownership.py
 D = TypeVar("D", bound="DataclassInstance")  # a config section: any dataclass
 
 
@@ -37,7 +38,7 @@ def size(default: int) -> Any:
     return field(default=default, metadata={"kind": "size"})
 
 
-def duration(default: float) -> Any:
+def duration(default: float | None) -> Any:
     """A duration field in seconds: accepts 10, 1.5, "10s", "5m", "1h", "1d"."""
     return field(default=default, metadata={"kind": "duration"})
 
@@ -145,6 +146,11 @@ class RedisConfig:
 @dataclass
 class AuthConfig:
     allow_anonymous: bool = False
+    # Who may use a client id (auth/ownership.py): "owner" refuses an id held (online, or by a persistent
+    # session) by another user with CONNACK 2; "username-prefix" also wants ids like <username>-...;
+    # "any" lets anyone take any id over (mosquitto's behaviour, the default under a mosquitto.conf).
+    client_id_policy: ClientIdPolicy = "owner"
+    client_id_prefixes: list[str] = field(default_factory=list)  # mosquitto's clientid_prefixes: CONNACK 5 otherwise
     # When Redis cannot be reached at CONNECT: "deny" answers CONNACK 3 (server unavailable);
     # "cached" lets in clients whose exact credentials were verified recently (cached_max_age).
     on_redis_down: Literal["deny", "cached"] = "deny"
@@ -169,6 +175,13 @@ class LimitsConfig:
     # Flow control: publishers feeding a subscriber whose queue is half full pause until it drains, for
     # at most this long per stalled subscriber; then it is a slow consumer (its queue limits drop). 0 = off.
     backpressure_max_stall: float = duration(2.0)
+    # An offline persistent session (its subscriptions, queued messages and its hold on the client id) is
+    # discarded after this long offline; None: kept until the broker stops (mosquitto's default).
+    persistent_session_expiry: float | None = duration(None)
+
+    def check(self, where: str = "limits") -> None:
+        if self.persistent_session_expiry is not None and self.persistent_session_expiry <= 0:
+            raise ConfigError(f"{where}.persistent_session_expiry must be above 0 (or null: never)")
 
 
 @dataclass
@@ -285,6 +298,7 @@ class GuardConfig:
     plugins: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        self.limits.check()
         self.quota.check()
         self.sidecar.check()
         if not self.listeners:
@@ -333,6 +347,8 @@ def build(cls: type[D], data: Any, path: str, source: str) -> D:
 
 def _convert(tp: Any, f: dataclasses.Field[Any] | None, value: Any, path: str, source: str) -> Any:
     kind = f.metadata.get("kind") if f is not None else None
+    if value is None and kind is not None and f is not None and f.default is None:
+        return None  # an optional size or duration left unset
     try:
         if kind == "size":
             return parse_size(value)

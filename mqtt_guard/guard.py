@@ -129,6 +129,7 @@ class Guard:
             keys=self.keys,
             counters=self.counters,
             kick=self.kick,
+            drop_session=self.drop_session,
             queue_depth=self.queue_depth,
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
@@ -357,6 +358,12 @@ class Guard:
         if done:
             self.counters.incr(client_id, C.kick_name(reason))
         return done
+
+    async def drop_session(self, client_id: str, reason: str) -> bool:
+        """Discard a client's session on this broker (`mqtt-guard session drop`, through the kick queue).
+        False: no such session here."""
+        engine = self.engine
+        return engine is not None and await engine.drop_session(client_id, reason)
 
     def queue_depth(self, client_id: str) -> tuple[int, int]:
         """The engine's `queue_depth` ((0, 0) before an engine is bound)."""

@@ -35,6 +35,10 @@ class Engine(QueueDepths, Protocol):
 
     async def kick(self, client_id: str, reason: str) -> bool: ...
 
+    async def drop_session(self, client_id: str, reason: str) -> bool:
+        """Discard a client's session, connected (disconnected first) or offline; False: none here."""
+        ...
+
 
 # -- what the engine asks of the Guard -------------------------------------------------------------
 # The engine decides nothing about identity, permissions or quotas itself: it calls these directly (not

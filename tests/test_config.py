@@ -19,6 +19,26 @@ def test_defaults_and_units(tmp_path):
     config.check()
 
 
+def test_client_id_policy_and_session_expiry(tmp_path):
+    """auth.client_id_policy defaults to owner; limits.persistent_session_expiry to never (None)."""
+    assert load_config(None).auth.client_id_policy == "owner"
+    assert load_config(None).limits.persistent_session_expiry is None
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "auth:\n  client_id_policy: username-prefix\n  client_id_prefixes: [sec-, dev-]\n"
+        "limits:\n  persistent_session_expiry: 2h\nlisteners:\n  - bind: 127.0.0.1:1884\n"
+    )
+    config = load_config(f)
+    assert config.auth.client_id_policy == "username-prefix" and config.auth.client_id_prefixes == ["sec-", "dev-"]
+    assert config.limits.persistent_session_expiry == 7200
+    config.check()
+    f.write_text("limits:\n  persistent_session_expiry: null\nlisteners:\n  - bind: 127.0.0.1:1884\n")
+    assert load_config(f).limits.persistent_session_expiry is None
+    f.write_text("limits:\n  persistent_session_expiry: 0\nlisteners:\n  - bind: 127.0.0.1:1884\n")
+    with pytest.raises(ConfigError, match="persistent_session_expiry must be above 0"):
+        load_config(f).check()
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
@@ -30,6 +50,9 @@ def test_defaults_and_units(tmp_path):
         ("limits:\n  max_packet_size: lots\n", "limits.max_packet_size"),
         ("- a\n", "top level must be a mapping"),
         ("a: [\n", "not valid YAML"),
+        ("auth:\n  client_id_policy: mine\n", "auth.client_id_policy: must be one of owner, username-prefix, any"),
+        ("auth:\n  client_id_prefixes: sec-\n", "auth.client_id_prefixes: must be a list"),
+        ("limits:\n  persistent_session_expiry: soon\n", "limits.persistent_session_expiry"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path, text, expected):

@@ -9,6 +9,7 @@ from .. import __version__
 from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
 from . import store as store_cmd
 from .common import CliError
+from .session import register as register_session
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     acl.register(sub)
     quota.register(sub)
     kick.register(sub)
+    register_session(sub)
     sidecar.register(sub)
     stats.register(sub)
     store_cmd.register(sub)

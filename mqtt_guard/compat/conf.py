@@ -105,6 +105,8 @@ class MosquittoConfig:
     max_queued_bytes: int | None = None
     max_packet_size: int | None = None
     message_size_limit: int = 0
+    clientid_prefixes: str | None = None
+    persistent_client_expiration: int | None = None  # seconds
     sys_interval: int | None = None
     persistence: bool = False
     pid_file: str | None = None
@@ -236,6 +238,7 @@ _LOG_TYPES = {
     "none",
 }
 _FACILITIES = {0, 1, 2, 3, 4, 5, 6, 7}
+_EXPIRATION_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
 
 
 class _Parser:
@@ -499,6 +502,13 @@ class _Parser:
                 raise self.fail(where, key, f"invalid {key} value ({number})")
             setattr(conf, key, number)
             return
+        if key == "clientid_prefixes":
+            conf.clientid_prefixes = self.string(line, pos, key, where, conf.strings)
+            self.warn(where, key, "deprecated by mosquitto 2.0 (it says so too); honoured")
+            return
+        if key == "persistent_client_expiration":
+            conf.persistent_client_expiration = self.expiration(line, pos, key, where)
+            return
         if key == "sys_interval":
             number = self.integer(line, pos, key, where)
             if number < 0 or number > 65535:
@@ -545,6 +555,17 @@ class _Parser:
             conf.log_timestamp_format = self.string(line, pos, key, where, conf.strings)
             return
         raise self.fail(where, key, "internal error: key known but not handled")  # pragma: no cover
+
+    def expiration(self, line: str, pos: int, key: str, where: str) -> int:
+        """mosquitto's persistent_client_expiration: atoi of the word without its last character, times the
+        unit that character names (h, d, w, m = 30 days, y = 365 days); anything else, or not above 0, is
+        refused (measured: `10`, `5s`, `0h` and `2 h` refused, `1.5h` is 1 h)."""
+        word = self.word(line, pos, key, where)
+        unit = _EXPIRATION_UNITS.get(word[-1])
+        seconds = _atoi(word[:-1]) * unit if unit is not None else 0
+        if seconds <= 0:
+            raise self.fail(where, key, f"invalid {key} duration ({word}); e.g. 12h, 2d, 1w, 1m or 1y")
+        return seconds
 
     def log_dest(self, line: str, pos: int, where: str) -> None:
         kind, p2 = next_word(line, pos)
@@ -642,6 +663,9 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     effective = conf.effective_listeners()
     config.auth.allow_anonymous = bool(effective) and conf.allow_anonymous_for(effective[0])
     config.acl.default = "deny"
+    # mosquitto lets any user take any client id over; its own client id rule is clientid_prefixes
+    config.auth.client_id_policy = "any"
+    config.auth.client_id_prefixes = [conf.clientid_prefixes] if conf.clientid_prefixes is not None else []
     limits = config.limits
     if conf.max_inflight_messages is not None:
         limits.max_inflight_messages = conf.max_inflight_messages
@@ -652,6 +676,8 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     if conf.max_queued_bytes is not None:
         limits.max_queued_bytes = conf.max_queued_bytes
     limits.max_packet_size = conf.max_packet_size or MQTT_MAX_PACKET
+    if conf.persistent_client_expiration is not None:
+        limits.persistent_session_expiry = float(conf.persistent_client_expiration)
     metrics = getattr(config, "metrics", None)
     if metrics is not None and hasattr(metrics, "sys_interval"):
         metrics.sys_interval = float(conf.sys_interval if conf.sys_interval is not None else 10)

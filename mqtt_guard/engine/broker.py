@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ from transitions import MachineError
 
 from ..acl.rules import Perm
 from ..acl.topics import topic_matches
+from ..auth import ownership
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
 from ..auth.tls import certificate_identity
 from ..config import GuardConfig, ListenerConfig
@@ -150,6 +152,14 @@ class Route:
         self.group = group
 
 
+class ClientIdRefused(Exception):
+    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 # `publish(..., awaited=True)`: admitted, the caller routes (never mutated)
 _ADMITTED: list[asyncio.Event] = []
 
@@ -205,6 +215,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._stretch: Stretch | None = None
         self._delivery_group = guard.delivery_group
         self._check_errors = 0
+        # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
+        self._holders: dict[str, str | None] = {}
+        # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
+        self._id_policy = config.auth.client_id_policy
+        self._id_prefixes = tuple(config.auth.client_id_prefixes)
+        self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
+        # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
+        # each offline session's current deadline (an entry of an earlier offline spell is skipped)
+        self._session_expiry = config.limits.persistent_session_expiry
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._expires: dict[str, float] = {}
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -341,8 +362,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             return
         handler, session, leftover = incoming
         session.listener = listener
+        generated = not session.client_id
         client_id = session.client_id = session.client_id or gen_client_id()
-        code = await self._check_connect(session, listener, where)
+        code = await self._check_connect(session, listener, where, generated)
+        client = session.guard_client
+        identity = client.username if client is not None else None
+        if not code and self._id_rule:
+            # Asked again with nothing awaited until the id is claimed below: another CONNECT with this id
+            # may have been admitted while this one awaited its attach.
+            code = self._client_id_refused(session, identity, where, generated)
         if code or self._shutting_down:
             self._detach(session)
             await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
@@ -350,6 +378,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         done = asyncio.Event()
         previous = self._connections.get(client_id)
         self._connections[client_id] = done
+        self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
                 await self._take_over(client_id, previous)
@@ -360,6 +389,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             done.set()
             if self._connections.get(client_id) is done:
                 del self._connections[client_id]
+                del self._holders[client_id]
 
     def _detach(self, session: GuardedSession, keep: bool = False) -> None:
         """The client's connection is over: the guard stops tracking it. A persistent session keeps its
@@ -465,12 +495,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session.keep_alive = info.keepalive
         return session
 
-    async def _check_connect(self, session: GuardedSession, listener: ListenerConfig, where: str) -> int:
-        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, then the
-        quota's session rules) and admits the client (`session.guard_client`); then every third-party
-        auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every plugin)."""
+    async def _check_connect(
+        self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
+    ) -> int:
+        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, the client id
+        policy, then the quota's session rules) and admits the client (`session.guard_client`); then every
+        third-party auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every
+        plugin). `generated`: the broker made the client id up (the client sent none)."""
         try:
-            result = await self._admit(session, listener)
+            result = await self._admit(session, listener, where, generated)
+        except ClientIdRefused as refused:
+            return refused.code
         except Exception:
             self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
             log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
@@ -507,10 +542,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         )
         return result.connack_code or CONNACK_NOT_AUTHORIZED
 
-    async def _admit(self, session: GuardedSession, listener: ListenerConfig) -> AuthResult | None:
-        """The Guard's verdict on a CONNECT; when it accepts, the client is attached to the Guard (its ACL
-        rules loaded, its quota session registered) before the CONNACK. None: refused by the quota rules
-        (blocked, too many sessions of the user), logged and counted here."""
+    async def _admit(
+        self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
+    ) -> AuthResult | None:
+        """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
+        client is attached anywhere: an attach would take the id's quota registration over), then the
+        client is attached to the Guard (its ACL rules loaded, its quota session registered) before the
+        CONNACK. None: refused by the quota rules (blocked, too many sessions of the user), logged and
+        counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
         guard = self.guard
         by_identity = listener.use_identity_as_username
         result = await guard.authenticate(
@@ -527,6 +566,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if by_identity and result.username:
             session.username = result.username
         if result.ok and session.client_id:
+            if self._id_rule:
+                code = self._client_id_refused(
+                    session, None if result.anonymous else result.username, where, generated, result
+                )
+                if code:
+                    raise ClientIdRefused(code)
             try:
                 session.guard_client = await guard.attach(
                     session.client_id, result, "identity" if by_identity else "", listener_config=listener
@@ -546,6 +591,68 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 )
                 return None
         return result
+
+    def _client_id_refused(
+        self,
+        session: GuardedSession,
+        identity: str | None,
+        where: str,
+        generated: bool,
+        result: AuthResult | None = None,
+    ) -> int:
+        """0, or the CONNACK code refusing `identity` (None: anonymous) the session's client id
+        (auth/ownership.py); a refusal is logged (once a minute per client id, username and kind) and
+        counted. The holder is the latest connection admitted with the id, else a persistent session kept
+        offline."""
+        client_id = session.client_id
+        if client_id in self._connections:
+            held, holder = True, self._holders.get(client_id)
+        else:
+            entry = self._sessions.get(client_id)
+            kept = entry[0] if entry is not None else None
+            held = kept is not None and (not kept.clean_session or kept.transitions.state == "connected")
+            client = kept.guard_client if kept is not None else None
+            holder = client.username if client is not None else (kept.username if kept is not None else None)
+        refused = ownership.refusal(
+            self._id_policy,
+            client_id,
+            identity,
+            held=held,
+            holder=holder,
+            prefixes=self._id_prefixes,
+            generated=generated,
+        )
+        if refused is None:
+            return 0
+        self._counters.auth_failed(
+            identity,
+            refused.kind,
+            known_user=result.user is not None if result is not None else identity is not None,
+            address=session.remote_address,
+        )
+        if refused.kind == ownership.HELD:
+            refusal_log.log(
+                logging.WARNING,
+                (client_id, identity, refused.kind),
+                "refused take-over of client %r from %s by user %r: the client id is held by user %r (CONNACK %d)",
+                client_id,
+                where,
+                identity,
+                holder,
+                refused.code,
+            )
+        else:
+            refusal_log.log(
+                logging.WARNING,
+                (client_id, identity, refused.kind),
+                "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
+                client_id,
+                where,
+                identity,
+                refused.reason,
+                refused.code,
+            )
+        return refused.code
 
     async def _authenticate(self, session: GuardedSession, _: Any) -> bool:
         """amqtt's, over the third-party auth plugins only: each that does not abstain (None) must say yes;
@@ -797,6 +904,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
+                if self._session_expiry is not None:
+                    deadline = self._loop.time() + self._session_expiry
+                    self._expires[client_id] = deadline
+                    heapq.heappush(self._expiry_heap, (deadline, client_id))
                 if client_id in self._filters_of:
                     self._invalidate_routes()
         if self._fire_disconnected:
@@ -1153,11 +1264,76 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     async def _session_monitor(self) -> None:
         """amqtt dropped disconnected anonymous sessions here (and clean ones after up to 1 s); clean
-        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept."""
-        expiry = self.config.session_expiry_interval
+        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept, for
+        `limits.persistent_session_expiry` when it is set: this task sweeps the deadline heap (no timer
+        per session) within a tenth of it, at most every second."""
+        expiry = self._session_expiry
         if expiry is None:
             return
-        await super()._session_monitor()
+        tick = min(1.0, max(0.05, expiry / 10))
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                self._expire_sessions(self._loop.time())
+            except Exception:  # a bug must not end the sweep: the sessions would never expire again
+                log.exception("expiring offline sessions failed")
+
+    def _expire_sessions(self, now: float) -> None:
+        """Discard the persistent sessions offline since their deadline (logged at INFO)."""
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now:
+            deadline, client_id = heapq.heappop(heap)
+            if self._expires.get(client_id) != deadline:
+                continue  # a later offline spell has its own entry
+            del self._expires[client_id]
+            entry = self._sessions.get(client_id)
+            session = entry[0] if entry is not None else None
+            if session is None or session.clean_session or session.transitions.state == "connected":
+                continue
+            queue = queue_of(session)
+            messages = queue.depth()[0] if queue is not None else 0
+            client = session.guard_client
+            session.guard_client = None
+            self._drop_session(client_id, session)
+            log_info(
+                log,
+                "offline session of client %r (user %r) expired after %.0f s (limits.persistent_session_expiry): "
+                "discarded with %d queued message(s); the client id is free",
+                client_id,
+                client.username if client is not None else session.username,
+                self._session_expiry,
+                messages,
+            )
+
+    async def drop_session(self, client_id: str, reason: str) -> bool:
+        """Discard a client's session (`mqtt-guard session drop`): an offline one at once, a connected one
+        by closing its connection (its will is published, as on a lost link) and discarding the session
+        when it ends instead of keeping it. False: no session of that id here."""
+        entry = self._sessions.get(client_id)
+        if entry is None:
+            return False
+        session, handler = entry
+        if session.transitions.state == "connected":
+            log.warning("dropping the session of connected client %r: %s (disconnecting it)", client_id, reason)
+            session.clean_session = True  # its end discards the session instead of keeping it offline
+            if isinstance(handler, GuardedHandler):
+                handler.close(f"session dropped by the server: {reason}")
+            await handler.stop()
+            return True
+        queue = queue_of(session)
+        messages = queue.depth()[0] if queue is not None else 0
+        client = session.guard_client
+        session.guard_client = None
+        self._drop_session(client_id, session)
+        self._expires.pop(client_id, None)
+        log.warning(
+            "dropped the offline session of client %r (user %r) with %d queued message(s): %s",
+            client_id,
+            client.username if client is not None else session.username,
+            messages,
+            reason,
+        )
+        return True
 
     # -- shutdown --------------------------------------------------------------------------------
     async def shutdown(self, drain_grace: float = 0.0) -> None:

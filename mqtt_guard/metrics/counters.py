@@ -115,6 +115,9 @@ def slug(text: str) -> str:
 # CONNECTs refused after the password check by the quota rules (auth_failed_<reason>).
 REFUSED_BLOCKED = "blocked"
 REFUSED_TOO_MANY_SESSIONS = "too_many_sessions"
+# ... and by the client id policy (auth/ownership.py)
+REFUSED_CLIENT_ID_HELD = "client_id_held"
+REFUSED_CLIENT_ID_PREFIX = "client_id_prefix"
 
 
 def quota_refusal(message: str) -> str:

@@ -59,6 +59,7 @@ CLIENT_COUNTERS = (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT, C.WITHHELD)
 AUTH_FAILURE_NAMES = tuple(
     [C.auth_failure_name(o) for o in Outcome if not AuthResult(o, None).ok]
     + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_BLOCKED, C.REFUSED_TOO_MANY_SESSIONS)]
+    + [C.AUTH_FAILED_PREFIX + r for r in (C.REFUSED_CLIENT_ID_HELD, C.REFUSED_CLIENT_ID_PREFIX)]
 )
 
 

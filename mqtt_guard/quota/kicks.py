@@ -1,11 +1,12 @@
 """This broker's kick queue in Redis (`keys.kick_queue`): what other brokers, the sidecar and the CLI ask
 of it, and what it asks of them.
 
-Three kinds of message arrive: a kick of one of its connections (checked against the connection id, so
+Four kinds of message arrive: a kick of one of its connections (checked against the connection id, so
 a client that reconnected meanwhile is not hit), a request to resync an entry (another broker is short
-of a user's allowance that this one holds), and a request to give back the session slots of a user
-(another broker refused a CONNECT of it). The consumer has a Redis connection of its own: it blocks
-in BLPOP.
+of a user's allowance that this one holds), a request to give back the session slots of a user
+(another broker refused a CONNECT of it), and `mqtt-guard session drop` (sent to every live broker:
+whichever holds the client's session, connected or offline, discards it). The consumer has a Redis
+connection of its own: it blocks in BLPOP.
 
 Also `over_quota`: the kick of a client that went over a limit with `on_exceed: disconnect`, sent
 through this broker's own queue so that it is audited and recorded like any other.
@@ -45,6 +46,7 @@ class KickQueue:
         kick: Kick,
         spawn: Spawn,
         *,
+        drop_session: Kick | None = None,
         redis_url: str,
         sync_interval: float,
         kick_retry: float,
@@ -59,6 +61,7 @@ class KickQueue:
         self.blocks = blocks
         self.kick = kick
         self.spawn = spawn
+        self.drop_session = drop_session
         self.redis_url = redis_url
         self.sync_interval = sync_interval
         self.kick_retry = kick_retry
@@ -117,6 +120,10 @@ class KickQueue:
                 self.book.urgent.add(entry.key)
                 self.book.wake()
             return
+        dropped = item.get("drop")
+        if dropped:
+            await self._drop(str(dropped), str(item.get("reason") or "dropped by an admin"), item.get("by") or "?")
+            return
         client_id = str(item.get("client_id") or "")
         conn = str(item.get("conn") or "")
         reason = str(item.get("reason") or "kicked")
@@ -138,6 +145,13 @@ class KickQueue:
                 )
         except Exception:
             log.exception("kicking client %r failed", client_id)
+
+    async def _drop(self, client_id: str, reason: str, by: str) -> None:
+        try:
+            if self.drop_session is None or not await self.drop_session(client_id, f"{reason} (by {by})"):
+                log.info("session drop for client %r (by %s) ignored: no session of it here", client_id, by)
+        except Exception:
+            log.exception("dropping the session of client %r failed", client_id)
 
     # -- what this broker sends ------------------------------------------------------------------------
     async def push_quietly(self, broker_id: str, message: dict[str, str]) -> None:

@@ -207,3 +207,23 @@ def test_process_keys_pid_file_log_dest_and_user(tmp_path, start_broker):
     status = open(f"/proc/{broker.proc.pid}/status").read()
     uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
     assert int(uid) == pwd.getpwnam(run_as).pw_uid  # `user`: root privileges dropped after start
+
+
+def test_client_id_rules_under_a_mosquitto_conf(start_broker, tmp_path):
+    """clientid_prefixes refuses other ids with CONNACK 5 (mosquitto 2.0.11's answer, measured), and any
+    user may take a client id over, as in mosquitto (auth.client_id_policy any)."""
+    pw = tmp_path / "passwd"
+    pw.write_text(line("alice", "pa") + line("bob", "pb"))
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\npassword_file {pw}\nclientid_prefixes sec-\n")
+    broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
+    assert connect(port, "alice", "pa", client_id="other").rc == 5
+    assert connect(port, "alice", "pa", client_id="se").rc == 5
+    alice = connect(port, "alice", "pa", client_id="sec-1")
+    assert alice.rc == 0
+    bob = connect(port, "bob", "pb", client_id="sec-1")
+    assert bob.rc == 0
+    assert alice.disconnected.wait(5)
+    bob.close()
+    assert "client id does not start with one of client_id_prefixes (CONNACK 5)" in broker.log()

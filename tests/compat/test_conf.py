@@ -159,6 +159,12 @@ def test_listeners_and_the_anonymous_default(tmp_path, text, ports_and_anonymous
         ("listener 70000\n", "invalid port value (70000)"),
         ("protocol mqttsn\n", "invalid protocol value (mqttsn)"),
         ("log_dest carrier-pigeon\n", "invalid log_dest value (carrier-pigeon)"),
+        # measured on mosquitto 2.0.11: each refused with "Invalid persistent_client_expiration duration"
+        ("persistent_client_expiration 10\n", ":1: persistent_client_expiration: invalid"),
+        ("persistent_client_expiration 5s\n", "invalid persistent_client_expiration duration (5s)"),
+        ("persistent_client_expiration 0h\n", "invalid persistent_client_expiration duration (0h)"),
+        ("persistent_client_expiration 2 h\n", "invalid persistent_client_expiration duration (2)"),
+        ("clientid_prefixes a\nclientid_prefixes b\n", ":2: clientid_prefixes: duplicate clientid_prefixes value"),
     ],
 )
 def test_refusals_name_key_file_and_line(tmp_path, text, message):
@@ -183,6 +189,22 @@ def test_values_are_read_like_mosquitto(tmp_path):
     assert config.limits.max_packet_size == 268_435_455  # 0 = no limit in mosquitto
     assert config.log.level == "debug"
     assert c.log_dest == [("file", "/tmp/m.log")]
+
+
+def test_client_id_rules_are_mosquittos(tmp_path):
+    """Under a mosquitto.conf any user may take any client id over (mosquitto's behaviour); clientid_prefixes
+    (the rest of the line, one prefix) and persistent_client_expiration (measured: `1.5h` is 1 h, m = 30
+    days) are honoured."""
+    config = to_guard_config(conf_of(tmp_path, "listener 1883\n"))
+    assert config.auth.client_id_policy == "any" and config.auth.client_id_prefixes == []
+    assert config.limits.persistent_session_expiry is None
+    c = conf_of(tmp_path, "listener 1883\nclientid_prefixes sec- x \npersistent_client_expiration 1.5h\n")
+    assert c.clientid_prefixes == "sec- x" and c.persistent_client_expiration == 3600
+    assert any("clientid_prefixes: deprecated" in w for w in c.warnings)
+    config = to_guard_config(c)
+    assert config.auth.client_id_prefixes == ["sec- x"] and config.limits.persistent_session_expiry == 3600
+    for value, seconds in (("2d", 2 * 86400), ("1w", 7 * 86400), ("1m", 30 * 86400), ("3y", 3 * 365 * 86400)):
+        assert conf_of(tmp_path, f"persistent_client_expiration {value}\n").persistent_client_expiration == seconds
 
 
 def test_translation_of_listeners(tmp_path):

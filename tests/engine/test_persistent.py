@@ -178,12 +178,16 @@ def test_clean_session_discards_the_persistent_one(anon_broker):
         assert raw.drain(sub) == []
 
 
-def test_another_user_cannot_resume_a_persistent_session(start_broker, add_user, rds, prefix):
+def test_another_user_cannot_resume_a_persistent_session(start_broker, add_user, rds, prefix, tmp_path):
+    """Under `auth.client_id_policy: any` (under the default `owner` mallory gets CONNACK 2 instead:
+    tests/engine/test_client_id_ownership.py)."""
     add_user("alice", "pw-a")
     add_user("mallory", "pw-m")
     for user in ("alice", "mallory"):
         rds.hset(f"{prefix}acl:user:{user}", "#", "readwrite")
-    broker = start_broker()
+    config = tmp_path / "any.yaml"
+    config.write_text("auth:\n  client_id_policy: any\n")
+    broker = start_broker("--config", str(config))
     cid = _cid("alices-device")
     sub, _ = raw.connected(broker.port, cid, clean=False, username="alice", password="pw-a")
     with sub:
