@@ -20,7 +20,9 @@ from typing import Any, Protocol
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.authenticator import Authenticator, AuthResult
+from .auth.authenticator import Authenticator, AuthResult, Outcome
+from .auth.gate import LoginGate
+from .auth.throttle import KIND_MANUAL, canonical_address
 from .config import GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
@@ -32,6 +34,7 @@ from .quota.enforcer import QuotaEnforcer
 from .quota.stretch import bound as stretch_bound
 from .quota.stretch import open_stretch, settle_stretch
 from .store.acl import AclStore
+from .store.bans import BanStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
@@ -41,6 +44,9 @@ from .tasks import Coalescer
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
+
+# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash).
+_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD))
 
 
 class AuthBackend(Protocol):
@@ -97,6 +103,15 @@ class Guard:
         )
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
+        # Login throttling and bans (auth/gate.py): asked before any hash work, told of every failure.
+        self.gate = LoginGate(
+            config.auth.throttle,
+            BanStore(self.redis, self.keys),
+            self.keys,
+            by=f"broker {socket.gethostname()}:{os.getpid()}",
+        )
+        if config.auth.throttle.enabled:
+            self.authenticator.suspicion = self.gate
         self.acl = LiveAcl(
             AclStore(self.redis, self.keys), self.keys, AclPolicy(default_allow=config.acl.default == "allow")
         )
@@ -111,6 +126,7 @@ class Guard:
                 self.keys.blocks_head(),
                 self.keys.brokers(),
                 self.keys.generation(),
+                self.keys.bans_head(),
             ],
             self._on_keys,
             self._on_reset,
@@ -159,6 +175,7 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
+        self.gate.start()
         self.listener.start()
         await self.quota.start()
         await self.metrics.start()
@@ -175,6 +192,7 @@ class Guard:
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
+        await self.gate.close()
         await self.marker.close()
         await self._user_refresh.stop()
         self.authenticator.close()
@@ -189,14 +207,36 @@ class Guard:
         cert_identity: str | None = None,
         identity_as_username: bool = False,
         listener: Any = None,
+        address: str | None = None,
     ) -> AuthResult:
-        """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
+        """A CONNECT's verdict: a ban of its source address first (no hash work), then the file-backed
+        auth backends, then the Redis authenticator; a failure a guesser earns counts towards a ban."""
+        address = canonical_address(address)
+        gate = self.gate
+        ban = gate.check(address, username)
+        if ban is not None:
+            return AuthResult(Outcome.BANNED if ban.kind == KIND_MANUAL else Outcome.THROTTLED, username)
+        result = await self._authenticate(username, password, cert_identity, identity_as_username, listener, address)
+        if result.outcome in _GUESSES:
+            gate.failed(address, username)
+        return result
+
+    async def _authenticate(
+        self,
+        username: str | None,
+        password: str | None,
+        cert_identity: str | None,
+        identity_as_username: bool,
+        listener: Any,
+        address: str | None,
+    ) -> AuthResult:
         redis = functools.partial(
             self.authenticator.authenticate,
             username=username,
             password=password,
             cert_identity=cert_identity,
             identity_as_username=identity_as_username,
+            address=address,
         )
         for backend in self.auth_backends:
             result = await backend.authenticate(
@@ -361,6 +401,7 @@ class Guard:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
         self.quota.on_keys(keys)
+        self.gate.on_keys(keys)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
             self.authenticator.forget(u)
@@ -374,6 +415,7 @@ class Guard:
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()
+        self.gate.on_reset()
         self._user_refresh.add(self._by_user)
 
     def _user_of_key(self, key: str) -> str | None:

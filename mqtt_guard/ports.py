@@ -118,8 +118,10 @@ class GuardPort(Protocol):
         cert_identity: str | None = None,
         identity_as_username: bool = False,
         listener: Any = None,
+        address: str | None = None,
     ) -> AuthResult:
-        """A CONNECT's verdict (file-backed backends, then Redis)."""
+        """A CONNECT's verdict (bans of `address`, the client's source address; file-backed backends;
+        then Redis)."""
         ...
 
     async def attach(

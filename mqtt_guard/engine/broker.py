@@ -476,6 +476,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
             identity_as_username=by_identity,
             listener=listener,
+            address=session.remote_address,
         )
         if not result.ok:
             self._counters.auth_failed(
