@@ -90,7 +90,6 @@ class Ban:
     by: str = ""
     username: str | None = None  # the username of a per-pair lockout
     failures: int = 0  # the failures that caused an automatic ban
-    kick: bool = False  # an admin's ban that also disconnects the clients connected from the network
 
     @property
     def id(self) -> str:
