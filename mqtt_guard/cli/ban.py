@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "unban",
         help="lift the admin's ban of ADDR|CIDR, and every login-throttling ban of an address inside it",
     )
-    u.add_argument("target", metavar="ADDR|CIDR")
+    u.add_argument("target", metavar="ADDR|CIDR", help="the address or network given to `ban`, or one inside it")
     u.set_defaults(func=cmd_unban)
 
 

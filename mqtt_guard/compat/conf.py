@@ -641,6 +641,7 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     config.listeners = listeners
     effective = conf.effective_listeners()
     config.auth.allow_anonymous = bool(effective) and conf.allow_anonymous_for(effective[0])
+    config.auth.throttle.enabled = False  # mosquitto has no login throttling (admin bans still apply)
     config.acl.default = "deny"
     limits = config.limits
     if conf.max_inflight_messages is not None:
