@@ -18,11 +18,12 @@ Why the design looks like this:
   Checks that depend on time (`expires_at`) still run on every CONNECT against the kept record.
 - Admission control in front of hashing: at most `hash_workers` checks are handed to the pool; the others
   wait in two queues. A known user's first check (its address has no recent failed login) waits in the
-  first queue, which is served first and never refused: a fleet reconnecting after an outage all gets
-  in. Unknown-user checks (the decoy hash) and checks from an address that failed recently wait in the
-  second, which is bounded by `hash_queue` (counting both queues): when full, such a check is refused at
-  once as server busy (CONNACK 3, which devices retry), and a known user's arrival displaces the oldest
-  of them. A check whose address is banned by the time its turn comes is answered without hashing.
+  first queue, which is served first (round-robin across source addresses) and never refused: a fleet
+  reconnecting after an outage all gets in. Unknown-user checks (the decoy hash) and checks from an
+  address that failed recently wait in the second, bounded by `hash_queue` (counting both queues): when
+  full, such a check is refused at once as server busy (CONNACK 3, which devices retry), and a known
+  user's arrival displaces the oldest of them. A check whose address is banned by the time its turn
+  comes is answered without hashing.
 """
 
 from __future__ import annotations
@@ -170,6 +171,42 @@ class _Job:
         self.future = future
 
 
+class _FairQueue:
+    """Known users' first checks: round-robin across source addresses, in arrival order within one. A
+    burst of checks from one address (a guesser's first guesses, before any has failed) then delays a
+    check from another address by one hash per worker, not by the whole burst; a fleet behind one
+    address is served in arrival order as before."""
+
+    __slots__ = ("_by", "_order", "_size")
+
+    def __init__(self) -> None:
+        self._by: dict[str | None, deque[_Job]] = {}
+        self._order: deque[str | None] = deque()  # addresses with queued jobs, next to serve first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, job: _Job) -> None:
+        queue = self._by.get(job.address)
+        if queue is None:
+            queue = self._by[job.address] = deque()
+            self._order.append(job.address)
+        queue.append(job)
+        self._size += 1
+
+    def popleft(self) -> _Job:
+        address = self._order.popleft()
+        queue = self._by[address]
+        job = queue.popleft()
+        self._size -= 1
+        if queue:
+            self._order.append(address)
+        else:
+            del self._by[address]
+        return job
+
+
 class Tracking(Protocol):
     """What the authenticator needs of the invalidation listener (store/invalidation.py)."""
 
@@ -194,7 +231,7 @@ class Authenticator:
         self._workers = max(1, config.hash_workers)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mqg-hash")
         self._running = 0  # checks handed to the pool
-        self._first: deque[_Job] = deque()  # known users' first checks: served first, never shed
+        self._first = _FairQueue()  # known users' first checks: served first, never shed
         self._rest: deque[_Job] = deque()  # unknown users and repeat failures: shed when the queue is full
         self.shed = 0  # checks refused as server busy
         # Set by the Guard to the login throttle; None: every check is a first check, none is re-checked.
