@@ -22,7 +22,7 @@ from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
 from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
-from .auth.throttle import KIND_MANUAL, canonical_address
+from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
@@ -112,6 +112,7 @@ class Guard:
         )
         if config.auth.throttle.enabled:
             self.authenticator.suspicion = self.gate
+        self.gate.on_kick = self._kick_banned
         self.acl = LiveAcl(
             AclStore(self.redis, self.keys), self.keys, AclPolicy(default_allow=config.acl.default == "allow")
         )
@@ -260,7 +261,12 @@ class Guard:
             self.acl_epoch += 1
 
     async def attach(
-        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+        self,
+        client_id: str,
+        result: AuthResult,
+        listener: str = "",
+        listener_config: Any = None,
+        address: str | None = None,
     ) -> GuardClient:
         """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
         subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
@@ -271,6 +277,7 @@ class Guard:
             listener,
             had_record=result.user is not None,
             listener_config=listener_config,
+            address=canonical_address(address),
         )
         try:
             await self.acl.prepare(subject)
@@ -384,6 +391,13 @@ class Guard:
         if done:
             self.counters.incr(client_id, C.kick_name(reason))
         return done
+
+    def _kick_banned(self, ban: Ban) -> None:
+        """An admin's ban with `--kick` arrived: disconnect this broker's clients from its network."""
+        inside = ban_matcher(ban)
+        for client in list(self.clients.values()):
+            if client.address is not None and inside(client.address):
+                asyncio.get_running_loop().create_task(self.kick(client.client_id, f"blocked: {ban.reason}"))
 
     def queue_depth(self, client_id: str) -> tuple[int, int]:
         """The engine's `queue_depth` ((0, 0) before an engine is bound)."""

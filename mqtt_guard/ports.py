@@ -125,9 +125,15 @@ class GuardPort(Protocol):
         ...
 
     async def attach(
-        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+        self,
+        client_id: str,
+        result: AuthResult,
+        listener: str = "",
+        listener_config: Any = None,
+        address: str | None = None,
     ) -> GuardClient:
-        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions)."""
+        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions).
+        `address`: its source address (a ban with `--kick` disconnects by it)."""
         ...
 
     def detach(self, client: GuardClient) -> None: ...

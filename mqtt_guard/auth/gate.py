@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from ..config import ThrottleConfig
 from ..logutil import RateLimitedLog
@@ -49,6 +50,9 @@ class LoginGate:
         self._refresh: Coalescer[str] = Coalescer(self._reread, "mqtt-guard-bans")
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        # Called with each admin ban that asks to disconnect the clients of its network (`ban --kick`),
+        # when this broker first sees it.
+        self.on_kick: Callable[[Ban], None] | None = None
 
     # -- per CONNECT ------------------------------------------------------------------------------------
     def check(self, address: str | None, username: str | None) -> Ban | None:
@@ -171,5 +175,8 @@ class LoginGate:
                 if ban_id not in self._writes:  # ours, not written yet: stays
                     self.table.remove(ban_id)
                 continue
+            new = ban_id not in self.table
             self.table.put(ban)
+            if new and ban.kick and self.on_kick is not None:
+                self.on_kick(ban)
         return set()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +91,7 @@ class Ban:
     by: str = ""
     username: str | None = None  # the username of a per-pair lockout
     failures: int = 0  # the failures that caused an automatic ban
+    kick: bool = False  # an admin's ban that also disconnects the clients connected from the network
 
     @property
     def id(self) -> str:
@@ -98,6 +100,20 @@ class Ban:
         if self.kind == KIND_AUTO:
             return addr_id(self.network)
         return f"net:{self.network}"
+
+
+def ban_matcher(ban: Ban) -> Callable[[str], bool]:
+    """Does a (canonical) address fall under this ban's network? (For disconnecting connected clients.)"""
+    net = parse_network(ban.network)
+
+    def inside(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return ip.version == net.version and ip in net
+
+    return inside
 
 
 def parse_ban_id(ban_id: str) -> tuple[BanKind, str, str | None] | None:

@@ -3,7 +3,8 @@ ban list, next to the bans login throttling decides (auth/throttle.py, store/ban
 
 A ban is a Redis key that every broker tracks: it applies to new CONNECTs on running brokers at once
 (within the invalidation's round trip), without any password check (CONNACK 5). Clients connected from
-the address stay connected: `mqtt-guard kick` disconnects them.
+the address stay connected unless the ban is given `--kick`: then every broker disconnects them when
+it reads the ban.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("target", metavar="ADDR|CIDR|list", help="an address, a CIDR network, or `list`")
     p.add_argument("--for", dest="duration", metavar="D", help="how long (10m, 2h, 7d); default: until `unban`")
     p.add_argument("--reason", default="banned by an admin", help="recorded with the ban and shown by `ban list`")
+    p.add_argument(
+        "--kick",
+        action="store_true",
+        help="also disconnect the clients connected from it now (default: they stay connected)",
+    )
     p.add_argument("--json", action="store_true", help="`ban list`: one JSON object per line")
     p.set_defaults(func=cmd_ban)
     u = sub.add_parser(
@@ -61,13 +67,16 @@ def cmd_ban(args: argparse.Namespace) -> int:
         if seconds <= 0:
             raise CliError("--for must be above 0")
         until = time.time() + seconds
-    ban = Ban(KIND_MANUAL, net.with_prefixlen, until, reason=args.reason, by=admin_id())
+    ban = Ban(KIND_MANUAL, net.with_prefixlen, until, reason=args.reason, by=admin_id(), kick=args.kick)
 
     async def body(redis: Any, keys: Keys) -> int:
         await BanStore(redis, keys).put(ban)
         how = "until `mqtt-guard unban`" if math.isinf(until) else f"until {timefmt.until(until)}"
         print(f"banned {net.with_prefixlen} {how}: new CONNECTs from it get CONNACK 5 on every broker")
-        print("clients connected from it stay connected (`mqtt-guard kick` disconnects them)")
+        if args.kick:
+            print("clients connected from it are disconnected by the brokers that hold them")
+        else:
+            print("clients connected from it stay connected (`--kick` disconnects them)")
         return 0
 
     return run_with_redis(args, body, writes=True)

@@ -487,7 +487,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if result.ok and session.client_id:
             try:
                 session.guard_client = await guard.attach(
-                    session.client_id, result, "identity" if by_identity else "", listener_config=listener
+                    session.client_id,
+                    result,
+                    "identity" if by_identity else "",
+                    listener_config=listener,
+                    address=session.remote_address,
                 )
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind

@@ -21,6 +21,7 @@ F_REASON = "reason"
 F_BY = "by"
 F_AT = "at"
 F_FAILURES = "failures"
+F_KICK = "kick"
 
 
 class BanStore:
@@ -49,6 +50,8 @@ class BanStore:
         fields: dict[FieldT, EncodableT] = {F_REASON: ban.reason, F_BY: ban.by, F_AT: f"{time.time():.3f}"}
         if ban.failures:
             fields[F_FAILURES] = ban.failures
+        if ban.kick:
+            fields[F_KICK] = 1
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=fields)
@@ -83,6 +86,7 @@ class BanStore:
                 by=h.get(F_BY, ""),
                 username=username,
                 failures=int(h.get(F_FAILURES, 0) or 0),
+                kick=h.get(F_KICK) == "1",
             )
         return found
 

@@ -143,7 +143,7 @@ class Keys:
 
     # -- login throttling and bans (mqtt_guard/store/bans.py, mqtt_guard/auth/throttle.py) -------
     def ban(self, ban_id: str) -> str:
-        """HASH (reason, by, at, failures) with a TTL (none: until `unban`): a ban in force. Ids:
+        """HASH (reason, by, at, failures, kick) with a TTL (none: until `unban`): a ban in force. Ids:
         `net:<cidr>` (`mqtt-guard ban`), `addr:<address>` (automatic, too many failed logins),
         `user:<address> <username>` (automatic, too many failed logins of one username). Brokers track
         the prefix (client-side caching) and SCAN it at start."""

@@ -70,3 +70,26 @@ def test_ipv6_networks_and_bad_input(cli):
     bad = cli("ban", "300.1.2.3")
     assert bad.returncode == 1 and "not an IP address or CIDR network" in bad.stderr
     assert cli("ban", "10.0.0.1", "--for", "soon").returncode == 1
+
+
+def test_ban_leaves_connected_clients_alone_unless_kick(cli, add_user, start_broker):
+    add_user("alice", "right")
+    broker = start_broker()
+    stays = rawmqtt.RawClient(broker.port, source="127.0.0.2")
+    goes = rawmqtt.RawClient(broker.port, source="127.0.0.3")
+    elsewhere = rawmqtt.RawClient(broker.port, source="127.0.0.9")
+    for i, client in enumerate((stays, goes, elsewhere)):
+        client.send(rawmqtt.connect(f"c{i}", username="alice", password="right"))
+        assert client.connack()[1] == 0
+    assert cli("ban", "127.0.0.2").returncode == 0
+    assert until(lambda: _code(broker.port, "127.0.0.2") == 5, timeout=5)
+    out = cli("ban", "127.0.0.3/32", "--kick", "--reason", "stolen device")
+    assert out.returncode == 0 and "are disconnected" in out.stdout, out.stdout
+    assert goes.closed_by_peer(timeout=5)
+    broker.wait_log("disconnecting client 'c1': blocked: stolen device")
+    stays.send(rawmqtt.packet(0xC0, b""))  # PINGREQ: still connected
+    assert stays.expect(0xD).type == 0xD
+    elsewhere.send(rawmqtt.packet(0xC0, b""))
+    assert elsewhere.expect(0xD).type == 0xD
+    for client in (stays, goes, elsewhere):
+        client.close()
