@@ -217,20 +217,6 @@ class Guard:
         ban = gate.check(address, username)
         if ban is not None:
             return AuthResult(Outcome.BANNED if ban.kind == KIND_MANUAL else Outcome.THROTTLED, username)
-        result = await self._authenticate(username, password, cert_identity, identity_as_username, listener, address)
-        if result.outcome in _GUESSES:
-            gate.failed(address, username)
-        return result
-
-    async def _authenticate(
-        self,
-        username: str | None,
-        password: str | None,
-        cert_identity: str | None,
-        identity_as_username: bool,
-        listener: Any,
-        address: str | None,
-    ) -> AuthResult:
         redis = functools.partial(
             self.authenticator.authenticate,
             username=username,
@@ -248,8 +234,12 @@ class Guard:
                 fallback=redis,
             )
             if result is not None:
-                return result
-        return await redis()
+                break
+        else:
+            result = await redis()
+        if result.outcome in _GUESSES:
+            gate.failed(address, username)
+        return result
 
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
