@@ -22,8 +22,9 @@ Why the design looks like this:
   reconnecting after an outage all gets in. Unknown-user checks (the decoy hash) and checks from an
   address that failed recently wait in the second, bounded by `hash_queue` (counting both queues): when
   full, such a check is refused at once as server busy (CONNACK 3, which devices retry), and a known
-  user's arrival displaces the oldest of them. A check whose address is banned by the time its turn
-  comes is answered without hashing.
+  user's arrival displaces the oldest of them. They run on a quarter of the workers at most (one of
+  four), so a guesser's checks do not take the CPU from the first ones. A check whose address is
+  banned by the time its turn comes is answered without hashing.
 """
 
 from __future__ import annotations
@@ -159,16 +160,23 @@ class _Banned(Exception):
 
 
 class _Job:
-    __slots__ = ("address", "encoded", "future", "password", "username")
+    __slots__ = ("address", "encoded", "first", "future", "password", "username")
 
     def __init__(
-        self, password: str, encoded: str, address: str | None, username: str, future: asyncio.Future[bool]
+        self,
+        password: str,
+        encoded: str,
+        address: str | None,
+        username: str,
+        future: asyncio.Future[bool],
+        first: bool,
     ) -> None:
         self.password = password
         self.encoded = encoded
         self.address = address
         self.username = username
         self.future = future
+        self.first = first  # a known user's first check (module docstring)
 
 
 class _FairQueue:
@@ -231,6 +239,8 @@ class Authenticator:
         self._workers = max(1, config.hash_workers)
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mqg-hash")
         self._running = 0  # checks handed to the pool
+        self._running_rest = 0  # ...of them, not first checks
+        self._rest_workers = max(1, self._workers // 4)  # workers the not-first checks may use at once
         self._first = _FairQueue()  # known users' first checks: served first, never shed
         self._rest: deque[_Job] = deque()  # unknown users and repeat failures: shed when the queue is full
         self.shed = 0  # checks refused as server busy
@@ -437,8 +447,13 @@ class Authenticator:
     async def _verify(self, password: str, encoded: str, address: str | None, username: str, *, first: bool) -> bool:
         """Verify in the pool, after the checks queued before (module docstring: admission control).
         Raises _Shed (queue full) or _Banned (banned while queued)."""
-        job = _Job(password, encoded, address, username, asyncio.get_running_loop().create_future())
-        if self._running < self._workers and not self._first and not self._rest:
+        job = _Job(password, encoded, address, username, asyncio.get_running_loop().create_future(), first)
+        if (
+            self._running < self._workers
+            and not self._first
+            and not self._rest
+            and (first or self._running_rest < self._rest_workers)
+        ):
             self._start(job)
         else:
             limit = self.config.hash_queue
@@ -457,6 +472,8 @@ class Authenticator:
 
     def _start(self, job: _Job) -> None:
         self._running += 1
+        if not job.first:
+            self._running_rest += 1
         inner = asyncio.get_running_loop().run_in_executor(
             self._pool, hashes.verify_password, job.password, job.encoded
         )
@@ -464,6 +481,8 @@ class Authenticator:
 
     def _finished(self, job: _Job, inner: asyncio.Future[bool]) -> None:
         self._running -= 1
+        if not job.first:
+            self._running_rest -= 1
         future = job.future
         if not future.done():
             if inner.cancelled():
@@ -475,17 +494,20 @@ class Authenticator:
         self._next()
 
     def _next(self) -> None:
-        """Hand queued checks to free workers: known users' first checks first. A queued first check whose
-        address failed meanwhile moves to the other queue; a check whose address is banned now is answered
-        without hashing."""
+        """Hand queued checks to free workers: known users' first checks first; the others on at most
+        `_rest_workers` workers at a time, so a guesser's checks never take the CPU from the first ones
+        (and come one after another: its address reaches the ban sooner). A queued first check whose
+        address failed meanwhile moves to the other queue; a check whose address is banned now is
+        answered without hashing."""
         suspicion = self.suspicion
         while self._running < self._workers:
             if self._first:
                 job = self._first.popleft()
                 if suspicion is not None and not job.future.done() and suspicion.suspect(job.address):
+                    job.first = False
                     self._rest.append(job)
                     continue
-            elif self._rest:
+            elif self._rest and self._running_rest < self._rest_workers:
                 job = self._rest.popleft()
             else:
                 return
