@@ -102,6 +102,11 @@ class AuthResult:
     def anonymous(self) -> bool:
         return self.outcome is Outcome.ANONYMOUS
 
+    @property
+    def banned(self) -> bool:
+        """Refused for its source address (a guesser rotates client ids: logs key such refusals by address)."""
+        return self.outcome is Outcome.BANNED or self.outcome is Outcome.THROTTLED
+
 
 @dataclass(slots=True)
 class _Verified:

@@ -163,7 +163,6 @@ class LoginGate:
                 found = {ban.id: ban for ban in await self.store.all()}
                 for ban_id in [b.id for b in self.table.all() if b.id not in found and b.id not in self._writes]:
                     self.table.remove(ban_id)
-                batch = set(found)
                 fresh: dict[str, Ban | None] = dict(found)
             else:
                 fresh = await self.store.read(sorted(batch))

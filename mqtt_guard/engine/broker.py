@@ -454,7 +454,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         refusal_log.log(
             logging.WARNING,
-            (session.client_id, session.username, reason),
+            (session.remote_address, reason) if result.banned else (session.client_id, session.username, reason),
             "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
             session.client_id,
             where,
