@@ -103,16 +103,6 @@ class Guard:
         )
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
-        # Login throttling and bans (auth/gate.py): asked before any hash work, told of every failure.
-        self.gate = LoginGate(
-            config.auth.throttle,
-            BanStore(self.redis, self.keys),
-            self.keys,
-            by=f"broker {socket.gethostname()}:{os.getpid()}",
-        )
-        if config.auth.throttle.enabled:
-            self.authenticator.suspicion = self.gate
-        self.gate.on_kick = self._kick_banned
         self.acl = LiveAcl(
             AclStore(self.redis, self.keys), self.keys, AclPolicy(default_allow=config.acl.default == "allow")
         )
@@ -133,6 +123,17 @@ class Guard:
             self._on_reset,
         )
         self.authenticator.tracking = self.listener  # user records are kept while it is connected
+        # Login throttling and bans (auth/gate.py): asked before any hash work, told of every failure.
+        self.gate = LoginGate(
+            config.auth.throttle,
+            BanStore(self.redis, self.keys),
+            self.keys,
+            by=f"broker {socket.gethostname()}:{os.getpid()}",
+            tracked=self.listener.connected,
+        )
+        if config.auth.throttle.enabled:
+            self.authenticator.suspicion = self.gate
+        self.gate.on_kick = self._kick_banned
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
@@ -176,8 +177,8 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
-        self.gate.start()
         self.listener.start()
+        self.gate.start()
         await self.quota.start()
         await self.metrics.start()
         bind = self.config.metrics.prometheus_bind

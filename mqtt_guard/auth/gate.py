@@ -33,8 +33,13 @@ _LOAD = ""  # the Coalescer item that means "load every ban" (no ban id is empty
 
 
 class LoginGate:
-    def __init__(self, config: ThrottleConfig, store: BanStore, keys: Keys, *, by: str) -> None:
+    def __init__(
+        self, config: ThrottleConfig, store: BanStore, keys: Keys, *, by: str, tracked: asyncio.Event | None = None
+    ) -> None:
+        """`tracked`: set while the invalidation listener tracks `ban:` keys; a full load waits for it (a
+        ban written between the SCAN and the start of tracking would go unseen)."""
         self.config = config
+        self.tracked = tracked
         self.store = store
         self.keys = keys
         self.by = by
@@ -158,6 +163,11 @@ class LoginGate:
         await self._refresh.stop()
 
     async def _reread(self, batch: set[str]) -> set[str]:
+        if _LOAD in batch and self.tracked is not None and not self.tracked.is_set():
+            try:
+                await asyncio.wait_for(self.tracked.wait(), 5)
+            except TimeoutError:
+                pass  # Redis is likely away: the SCAN fails and is retried, or loads what there is
         try:
             if _LOAD in batch:
                 found = {ban.id: ban for ban in await self.store.all()}

@@ -93,3 +93,11 @@ def test_ban_leaves_connected_clients_alone_unless_kick(cli, add_user, start_bro
     assert elsewhere.expect(0xD).type == 0xD
     for client in (stays, goes, elsewhere):
         client.close()
+
+
+def test_a_broker_starting_later_loads_the_bans(cli, add_user, start_broker):
+    add_user("alice", "right")
+    assert cli("ban", "127.0.0.2", "--for", "1h").returncode == 0
+    broker = start_broker()
+    assert until(lambda: _code(broker.port, "127.0.0.2") == 5, timeout=5)
+    assert _code(broker.port, "127.0.0.3") == 0
