@@ -41,6 +41,7 @@ lint: venv-test
 
 bench: venv-test
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
+	$(PY) tests/bench/bench_storm.py $(STORM_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis build *.egg-info

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
+from .auth.throttle import parse_network
 from .store.connection import DEFAULT_REDIS_URL
 from .store.keys import DEFAULT_PREFIX
 
@@ -144,6 +145,29 @@ class RedisConfig:
 
 
 @dataclass
+class ThrottleConfig:
+    """Login throttling (docs/security.md "Login throttling"; mqtt_guard/auth/throttle.py)."""
+
+    enabled: bool = True
+    max_failures: int = 10  # failed logins from one address within `window` that ban the address
+    max_user_failures: int = 5  # failed logins of one username from one address that refuse that pair
+    window: float = duration(60.0)
+    ban_for: float = duration(300.0)
+    exempt: list[str] = field(default_factory=list)  # addresses / CIDR networks never throttled
+
+    def check(self, where: str = "auth.throttle") -> None:
+        if self.max_failures < 0 or self.max_user_failures < 0:
+            raise ConfigError(f"{where}: max_failures and max_user_failures must be >= 0 (0: no such limit)")
+        if self.window <= 0 or self.ban_for <= 0:
+            raise ConfigError(f"{where}: window and ban_for must be above 0")
+        for i, text in enumerate(self.exempt):
+            try:
+                parse_network(text)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.exempt[{i}]: {exc}") from None
+
+
+@dataclass
 class AuthConfig:
     allow_anonymous: bool = False
     # Who may use a client id (auth/ownership.py): "owner" refuses an id held (online, or by a persistent
@@ -157,6 +181,10 @@ class AuthConfig:
     cache_ttl: float = duration(300.0)  # how long a successful password check skips re-hashing
     cached_max_age: float = duration(3600.0)  # how old a verification may be to count while Redis is down
     hash_workers: int = 4  # threads that verify password hashes off the event loop
+    # Password checks waiting for a hash worker beyond which unknown-user and repeat-failure checks are
+    # refused with CONNACK 3 (a known user's first check is never refused); 0 = no bound.
+    hash_queue: int = 1000
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
 
 
 @dataclass
@@ -301,6 +329,9 @@ class GuardConfig:
         self.limits.check()
         self.quota.check()
         self.sidecar.check()
+        self.auth.throttle.check()
+        if self.auth.hash_queue < 0:
+            raise ConfigError("auth.hash_queue: must be >= 0 (0: no bound)")
         if not self.listeners:
             raise ConfigError("no listener configured: give --bind HOST:PORT or a listeners: section")
         if not isinstance(self.plugins, dict) or not all(

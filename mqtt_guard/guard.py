@@ -20,7 +20,9 @@ from typing import Any, Protocol
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.authenticator import Authenticator, AuthResult
+from .auth.authenticator import Authenticator, AuthResult, Outcome
+from .auth.gate import LoginGate
+from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
@@ -33,6 +35,7 @@ from .quota.enforcer import QuotaEnforcer
 from .quota.stretch import bound as stretch_bound
 from .quota.stretch import open_stretch, settle_stretch
 from .store.acl import AclStore
+from .store.bans import BanStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
@@ -42,6 +45,9 @@ from .tasks import Coalescer
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
+
+# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash).
+_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD))
 
 
 class AuthBackend(Protocol):
@@ -112,11 +118,23 @@ class Guard:
                 self.keys.blocks_head(),
                 self.keys.brokers(),
                 self.keys.generation(),
+                self.keys.bans_head(),
             ],
             self._on_keys,
             self._on_reset,
         )
         self.authenticator.tracking = self.listener  # user records are kept while it is connected
+        # Login throttling and bans (auth/gate.py): asked before any hash work, told of every failure.
+        self.gate = LoginGate(
+            config.auth.throttle,
+            BanStore(self.redis, self.keys),
+            self.keys,
+            by=f"broker {socket.gethostname()}:{os.getpid()}",
+            tracked=self.listener.connected,
+        )
+        if config.auth.throttle.enabled:
+            self.authenticator.suspicion = self.gate
+        self.gate.on_kick = self._kick_banned
         self.clients: dict[str, GuardClient] = {}
         self._by_user: dict[str, set[str]] = {}
         self.engine: Engine | None = None  # set by the broker through bind_engine: kicks and queue depths
@@ -168,6 +186,7 @@ class Guard:
             )
         await self.marker.start()
         self.listener.start()
+        self.gate.start()
         await self.quota.start()
         await self.metrics.start()
         bind = self.config.metrics.prometheus_bind
@@ -189,6 +208,7 @@ class Guard:
         await self.metrics.close()  # the last counts, while Redis is still open
         await self.quota.close()  # hand back leases, unregister sessions, while Redis is still open
         await self.listener.stop()
+        await self.gate.close()
         await self.marker.close()
         await self._user_refresh.stop()
         self.authenticator.close()
@@ -203,14 +223,22 @@ class Guard:
         cert_identity: str | None = None,
         identity_as_username: bool = False,
         listener: Any = None,
+        address: str | None = None,
     ) -> AuthResult:
-        """A CONNECT's verdict: the file-backed auth backends first, then the Redis authenticator."""
+        """A CONNECT's verdict: a ban of its source address first (no hash work), then the file-backed
+        auth backends, then the Redis authenticator; a failure a guesser earns counts towards a ban."""
+        address = canonical_address(address)
+        gate = self.gate
+        ban = gate.check(address, username)
+        if ban is not None:
+            return AuthResult(Outcome.BANNED if ban.kind == KIND_MANUAL else Outcome.THROTTLED, username)
         redis = functools.partial(
             self.authenticator.authenticate,
             username=username,
             password=password,
             cert_identity=cert_identity,
             identity_as_username=identity_as_username,
+            address=address,
         )
         for backend in self.auth_backends:
             result = await backend.authenticate(
@@ -221,8 +249,12 @@ class Guard:
                 fallback=redis,
             )
             if result is not None:
-                return result
-        return await redis()
+                break
+        else:
+            result = await redis()
+        if result.outcome in _GUESSES:
+            gate.failed(address, username)
+        return result
 
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
@@ -234,7 +266,12 @@ class Guard:
             self.acl_epoch += 1
 
     async def attach(
-        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+        self,
+        client_id: str,
+        result: AuthResult,
+        listener: str = "",
+        listener_config: Any = None,
+        address: str | None = None,
     ) -> GuardClient:
         """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
         subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
@@ -245,6 +282,7 @@ class Guard:
             listener,
             had_record=result.user is not None,
             listener_config=listener_config,
+            address=canonical_address(address),
         )
         try:
             await self.acl.prepare(subject)
@@ -365,6 +403,13 @@ class Guard:
         engine = self.engine
         return engine is not None and await engine.drop_session(client_id, reason)
 
+    def _kick_banned(self, ban: Ban) -> None:
+        """An admin's ban with `--kick` arrived: disconnect this broker's clients from its network."""
+        inside = ban_matcher(ban)
+        for client in list(self.clients.values()):
+            if client.address is not None and inside(client.address):
+                asyncio.get_running_loop().create_task(self.kick(client.client_id, f"blocked: {ban.reason}"))
+
     def queue_depth(self, client_id: str) -> tuple[int, int]:
         """The engine's `queue_depth` ((0, 0) before an engine is bound)."""
         return self.engine.queue_depth(client_id) if self.engine is not None else (0, 0)
@@ -381,6 +426,7 @@ class Guard:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
         self.quota.on_keys(keys)
+        self.gate.on_keys(keys)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
             self.authenticator.forget(u)
@@ -394,6 +440,7 @@ class Guard:
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()
+        self.gate.on_reset()
         self._user_refresh.add(self._by_user)
 
     def _user_of_key(self, key: str) -> str | None:

@@ -16,3 +16,4 @@ class GuardClient:
     listener: str = ""
     had_record: bool = True  # False for a certificate identity with no user hash in Redis
     listener_config: Any = None  # our ListenerConfig it came in on (file-backed sources are per listener)
+    address: str | None = None  # source address (canonical): `mqtt-guard ban --kick` disconnects by it

@@ -122,14 +122,22 @@ class GuardPort(Protocol):
         cert_identity: str | None = None,
         identity_as_username: bool = False,
         listener: Any = None,
+        address: str | None = None,
     ) -> AuthResult:
-        """A CONNECT's verdict (file-backed backends, then Redis)."""
+        """A CONNECT's verdict (bans of `address`, the client's source address; file-backed backends;
+        then Redis)."""
         ...
 
     async def attach(
-        self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
+        self,
+        client_id: str,
+        result: AuthResult,
+        listener: str = "",
+        listener_config: Any = None,
+        address: str | None = None,
     ) -> GuardClient:
-        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions)."""
+        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions).
+        `address`: its source address (a ban with `--kick` disconnects by it)."""
         ...
 
     def detach(self, client: GuardClient) -> None: ...

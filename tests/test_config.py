@@ -112,3 +112,35 @@ def test_proxy_protocol_listener_checks(tmp_path, listener, expected):
     with pytest.raises(ConfigError) as err:
         load_config(f).check()
     assert expected in str(err.value)
+
+
+def test_throttle_settings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "auth:\n  hash_queue: 50\n  throttle:\n    max_failures: 20\n    window: 2m\n    ban_for: 1h\n"
+        "    exempt: [10.0.0.0/8, '::1']\nlisteners:\n  - bind: 127.0.0.1:1884\n"
+    )
+    config = load_config(f)
+    config.check()
+    t = config.auth.throttle
+    assert (t.enabled, t.max_failures, t.max_user_failures, t.window, t.ban_for) == (True, 20, 5, 120, 3600)
+    assert t.exempt == ["10.0.0.0/8", "::1"] and config.auth.hash_queue == 50
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("auth:\n  throttle:\n    max_failurs: 3\n", "unknown key 'auth.throttle.max_failurs'"),
+        ("auth:\n  throttle:\n    window: soon\n", "auth.throttle.window"),
+        ("auth:\n  throttle:\n    ban_for: 0\n", "window and ban_for must be above 0"),
+        ("auth:\n  throttle:\n    max_failures: -1\n", "must be >= 0"),
+        ("auth:\n  throttle:\n    exempt: [10.0.0.0/33]\n", "auth.throttle.exempt[0]: not an IP address"),
+        ("auth:\n  hash_queue: -5\n", "auth.hash_queue"),
+    ],
+)
+def test_throttle_errors(tmp_path, text, expected):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text + "listeners:\n  - bind: 127.0.0.1:1884\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f).check()
+    assert expected in str(err.value)

@@ -16,28 +16,40 @@ Why the design looks like this:
   reconnect, no FLUSHDB since), and no invalidation of that user arrived since that read was started
   (`forget`, called by the Guard for every changed `user:` key). Otherwise Redis is read as before.
   Checks that depend on time (`expires_at`) still run on every CONNECT against the kept record.
+- Admission control in front of hashing: at most `hash_workers` checks are handed to the pool; the others
+  wait in two queues. A known user's first check (its address has no recent failed login) waits in the
+  first queue, which is served first (round-robin across source addresses) and never refused: a fleet
+  reconnecting after an outage all gets in. Unknown-user checks (the decoy hash) and checks from an
+  address that failed recently wait in the second, bounded by `hash_queue` (counting both queues): when
+  full, such a check is refused at once as server busy (CONNACK 3, which devices retry), and a known
+  user's arrival displaces the oldest of them. They run on a quarter of the workers at most (one of
+  four), so a guesser's checks do not take the CPU from the first ones. A check whose address is
+  banned by the time its turn comes is answered without hashing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import AuthConfig
+from ..logutil import RateLimitedLog
 from ..store.connection import REDIS_ERRORS
 from ..store.users import CorruptUserError, UserRecord, UserStore
 from . import hashes
 
 log = logging.getLogger("mqtt_guard.auth")
+shed_log = RateLimitedLog(log, interval=10.0)
 
 CONNACK_ACCEPTED = 0
 CONNACK_SERVER_UNAVAILABLE = 3
@@ -58,6 +70,11 @@ class Outcome(str, enum.Enum):  # noqa: UP042 - str() and format() of the member
     NO_CERTIFICATE = "no client certificate identity"
     CORRUPT = "user record in Redis is corrupt"
     REDIS_DOWN = "Redis unavailable"
+    # Login throttling (auth/throttle.py): CONNACK 5 now, MQTT 5's 0x8A "banned" once MQTT 5 exists.
+    BANNED = "address banned"
+    THROTTLED = "too many failed logins"
+    # The password check queue is full (CONNACK 3, MQTT 5's 0x89 "server busy"): devices retry.
+    BUSY = "server busy (password checks queued)"
 
 
 _ALLOWED = {Outcome.OK, Outcome.OK_CACHED_REDIS_DOWN, Outcome.ANONYMOUS}
@@ -77,13 +94,18 @@ class AuthResult:
     def connack_code(self) -> int:
         if self.ok:
             return CONNACK_ACCEPTED
-        if self.outcome is Outcome.REDIS_DOWN:
+        if self.outcome is Outcome.REDIS_DOWN or self.outcome is Outcome.BUSY:
             return CONNACK_SERVER_UNAVAILABLE
         return CONNACK_NOT_AUTHORIZED
 
     @property
     def anonymous(self) -> bool:
         return self.outcome is Outcome.ANONYMOUS
+
+    @property
+    def banned(self) -> bool:
+        """Refused for its source address (a guesser rotates client ids: logs key such refusals by address)."""
+        return self.outcome is Outcome.BANNED or self.outcome is Outcome.THROTTLED
 
 
 @dataclass(slots=True)
@@ -122,6 +144,82 @@ class _Watch:
         return self.reading.invalidated > self.started
 
 
+class Suspicion(Protocol):
+    """What the authenticator asks the login throttle (auth/gate.py) about a check's address."""
+
+    def suspect(self, address: str | None) -> bool:
+        """Did the address fail a login recently (its checks are repeat-failure work)?"""
+        ...
+
+    def refused(self, address: str | None, username: str | None) -> bool:
+        """Is the address (or the pair) banned now?"""
+        ...
+
+
+class _Shed(Exception):
+    """A queued check refused: the queue is full of work of its kind (CONNACK 3)."""
+
+
+class _Banned(Exception):
+    """A queued check whose address was banned before its turn came."""
+
+
+class _Job:
+    __slots__ = ("address", "encoded", "first", "future", "password", "username")
+
+    def __init__(
+        self,
+        password: str,
+        encoded: str,
+        address: str | None,
+        username: str,
+        future: asyncio.Future[bool],
+        first: bool,
+    ) -> None:
+        self.password = password
+        self.encoded = encoded
+        self.address = address
+        self.username = username
+        self.future = future
+        self.first = first  # a known user's first check (module docstring)
+
+
+class _FairQueue:
+    """Known users' first checks: round-robin across source addresses, in arrival order within one. A
+    burst of checks from one address (a guesser's first guesses, before any has failed) then delays a
+    check from another address by one hash per worker, not by the whole burst; a fleet behind one
+    address is served in arrival order as before."""
+
+    __slots__ = ("_by", "_order", "_size")
+
+    def __init__(self) -> None:
+        self._by: dict[str | None, deque[_Job]] = {}
+        self._order: deque[str | None] = deque()  # addresses with queued jobs, next to serve first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, job: _Job) -> None:
+        queue = self._by.get(job.address)
+        if queue is None:
+            queue = self._by[job.address] = deque()
+            self._order.append(job.address)
+        queue.append(job)
+        self._size += 1
+
+    def popleft(self) -> _Job:
+        address = self._order.popleft()
+        queue = self._by[address]
+        job = queue.popleft()
+        self._size -= 1
+        if queue:
+            self._order.append(address)
+        else:
+            del self._by[address]
+        return job
+
+
 class Tracking(Protocol):
     """What the authenticator needs of the invalidation listener (store/invalidation.py)."""
 
@@ -143,7 +241,16 @@ class Authenticator:
         self._changes = 0  # invalidations seen (forget calls): what a _Watch compares against
         self.record_reads = 0  # user records read from Redis
         self.record_hits = 0  # user records answered from memory
-        self._pool = ThreadPoolExecutor(max_workers=max(1, config.hash_workers), thread_name_prefix="mqg-hash")
+        self._workers = max(1, config.hash_workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mqg-hash")
+        self._running = 0  # checks handed to the pool
+        self._running_rest = 0  # ...of them, not first checks
+        self._rest_workers = max(1, self._workers // 4)  # workers the not-first checks may use at once
+        self._first = _FairQueue()  # known users' first checks: served first, never shed
+        self._rest: deque[_Job] = deque()  # unknown users and repeat failures: shed when the queue is full
+        self.shed = 0  # checks refused as server busy
+        # Set by the Guard to the login throttle; None: every check is a first check, none is re-checked.
+        self.suspicion: Suspicion | None = None
         # A real hash of a random password: verifying against it costs what a real check costs.
         self._decoy = hashes.hash_password(os.urandom(16).hex())
 
@@ -176,7 +283,9 @@ class Authenticator:
         password: str | None,
         cert_identity: str | None = None,
         identity_as_username: bool = False,
+        address: str | None = None,
     ) -> AuthResult:
+        """`address`: the client's source address (canonical), for admission control of hashing."""
         if identity_as_username:
             if not cert_identity:
                 return AuthResult(Outcome.NO_CERTIFICATE, username)
@@ -185,7 +294,7 @@ class Authenticator:
             if self.config.allow_anonymous:
                 return AuthResult(Outcome.ANONYMOUS, None)
             return AuthResult(Outcome.ANONYMOUS_REFUSED, None)
-        return await self._check_password(username, password)
+        return await self._check_password(username, password, address)
 
     def _watch(self, username: str) -> _Watch:
         """Register a check of `username` in flight, for `forget` to mark (bounded by checks in flight);
@@ -248,14 +357,31 @@ class Authenticator:
                 return AuthResult(Outcome.EXPIRED, identity, user)
         return AuthResult(Outcome.OK, identity, user)  # user None: no hash in Redis, which is fine
 
-    async def _check_password(self, username: str, password: str | None) -> AuthResult:
+    async def _check_password(self, username: str, password: str | None, address: str | None = None) -> AuthResult:
         watch = self._watch(username)
         try:
-            return await self._check_password_watched(username, password, watch)
+            return await self._check_password_watched(username, password, watch, address)
+        except _Shed:
+            self.shed += 1
+            shed_log.log(
+                logging.WARNING,
+                "shed",
+                "password checks queued beyond auth.hash_queue=%d: refused CONNECT of username %r from %s "
+                "as server busy (CONNACK 3); %d refused so far",
+                self.config.hash_queue,
+                username,
+                address,
+                self.shed,
+            )
+            return AuthResult(Outcome.BUSY, username)
+        except _Banned:
+            return AuthResult(Outcome.THROTTLED, username)
         finally:
             self._unwatch(username, watch)
 
-    async def _check_password_watched(self, username: str, password: str | None, watch: _Watch) -> AuthResult:
+    async def _check_password_watched(
+        self, username: str, password: str | None, watch: _Watch, address: str | None
+    ) -> AuthResult:
         token = self._token(username, password or "")
         try:
             user = await self._load(username, watch)
@@ -264,7 +390,7 @@ class Authenticator:
         except CorruptUserError:
             return AuthResult(Outcome.CORRUPT, username)
         if user is None:
-            await self._verify(password or "", self._decoy)
+            await self._verify(password or "", self._decoy, address, username, first=False)
             return AuthResult(Outcome.UNKNOWN_USER, username)
         if user.disabled:
             return AuthResult(Outcome.DISABLED, username, user)
@@ -284,8 +410,10 @@ class Authenticator:
         ):
             seen.user = user
             return AuthResult(Outcome.OK, username, user)
+        suspicion = self.suspicion
         try:
-            ok = await self._verify(password, user.password)
+            first = suspicion is None or not suspicion.suspect(address)
+            ok = await self._verify(password, user.password, address, username, first=first)
         except hashes.HashFormatError as exc:
             log.error("user %r: stored password hash is unusable: %s", username, exc)
             return AuthResult(Outcome.CORRUPT, username, user)
@@ -321,6 +449,76 @@ class Authenticator:
         while len(self._verified) > self._max_cache:
             self._verified.popitem(last=False)
 
-    async def _verify(self, password: str, encoded: str) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, hashes.verify_password, password, encoded)
+    async def _verify(self, password: str, encoded: str, address: str | None, username: str, *, first: bool) -> bool:
+        """Verify in the pool, after the checks queued before (module docstring: admission control).
+        Raises _Shed (queue full) or _Banned (banned while queued)."""
+        job = _Job(password, encoded, address, username, asyncio.get_running_loop().create_future(), first)
+        if (
+            self._running < self._workers
+            and not self._first
+            and not self._rest
+            and (first or self._running_rest < self._rest_workers)
+        ):
+            self._start(job)
+        else:
+            limit = self.config.hash_queue
+            full = limit > 0 and len(self._first) + len(self._rest) >= limit
+            if first:
+                self._first.append(job)
+                if full and self._rest:
+                    displaced = self._rest.popleft()
+                    if not displaced.future.done():
+                        displaced.future.set_exception(_Shed())
+            elif full:
+                raise _Shed
+            else:
+                self._rest.append(job)
+        return await job.future
+
+    def _start(self, job: _Job) -> None:
+        self._running += 1
+        if not job.first:
+            self._running_rest += 1
+        inner = asyncio.get_running_loop().run_in_executor(
+            self._pool, hashes.verify_password, job.password, job.encoded
+        )
+        inner.add_done_callback(functools.partial(self._finished, job))
+
+    def _finished(self, job: _Job, inner: asyncio.Future[bool]) -> None:
+        self._running -= 1
+        if not job.first:
+            self._running_rest -= 1
+        future = job.future
+        if not future.done():
+            if inner.cancelled():
+                future.cancel()
+            elif (exc := inner.exception()) is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(inner.result())
+        self._next()
+
+    def _next(self) -> None:
+        """Hand queued checks to free workers: known users' first checks first; the others on at most
+        `_rest_workers` workers at a time, so a guesser's checks never take the CPU from the first ones
+        (and come one after another: its address reaches the ban sooner). A queued first check whose
+        address failed meanwhile moves to the other queue; a check whose address is banned now is
+        answered without hashing."""
+        suspicion = self.suspicion
+        while self._running < self._workers:
+            if self._first:
+                job = self._first.popleft()
+                if suspicion is not None and not job.future.done() and suspicion.suspect(job.address):
+                    job.first = False
+                    self._rest.append(job)
+                    continue
+            elif self._rest and self._running_rest < self._rest_workers:
+                job = self._rest.popleft()
+            else:
+                return
+            if job.future.done():  # its CONNECT went away meanwhile
+                continue
+            if suspicion is not None and suspicion.refused(job.address, job.username):
+                job.future.set_exception(_Banned())
+                continue
+            self._start(job)

@@ -6,7 +6,18 @@ import argparse
 import sys
 
 from .. import __version__
-from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
+from . import (  # mosquitto compat (mqtt_guard/compat)
+    acl,
+    ban,
+    broker,
+    importer,
+    kick,
+    passwd,
+    quota,
+    sidecar,
+    stats,
+    users,
+)
 from . import store as store_cmd
 from .common import CliError
 from .session import register as register_session
@@ -27,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.register(sub)
     stats.register(sub)
     store_cmd.register(sub)
+    ban.register(sub)
     passwd.register(sub)
     importer.register(sub)
     return parser

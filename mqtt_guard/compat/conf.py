@@ -662,6 +662,7 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     config.listeners = listeners
     effective = conf.effective_listeners()
     config.auth.allow_anonymous = bool(effective) and conf.allow_anonymous_for(effective[0])
+    config.auth.throttle.enabled = False  # mosquitto has no login throttling (admin bans still apply)
     config.acl.default = "deny"
     # mosquitto lets any user take any client id over; its own client id rule is clientid_prefixes
     config.auth.client_id_policy = "any"

@@ -532,7 +532,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         refusal_log.log(
             logging.WARNING,
-            (session.client_id, session.username, reason),
+            (session.remote_address, reason) if result.banned else (session.client_id, session.username, reason),
             "refused CONNECT of client %r from %s, username %r: %s (CONNACK %d)",
             session.client_id,
             where,
@@ -558,6 +558,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             cert_identity=certificate_identity(session.ssl_object) if by_identity else None,
             identity_as_username=by_identity,
             listener=listener,
+            address=session.remote_address,
         )
         if not result.ok:
             self._counters.auth_failed(
@@ -574,7 +575,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     raise ClientIdRefused(code)
             try:
                 session.guard_client = await guard.attach(
-                    session.client_id, result, "identity" if by_identity else "", listener_config=listener
+                    session.client_id,
+                    result,
+                    "identity" if by_identity else "",
+                    listener_config=listener,
+                    address=session.remote_address,
                 )
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind

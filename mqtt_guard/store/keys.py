@@ -151,6 +151,33 @@ class Keys:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"
 
+    # -- login throttling and bans (mqtt_guard/store/bans.py, mqtt_guard/auth/throttle.py) -------
+    def ban(self, ban_id: str) -> str:
+        """HASH (reason, by, at, failures, kick) with a TTL (none: until `unban`): a ban in force. Ids:
+        `net:<cidr>` (`mqtt-guard ban`), `addr:<address>` (automatic, too many failed logins),
+        `user:<address> <username>` (automatic, too many failed logins of one username). Brokers track
+        the prefix (client-side caching) and SCAN it at start."""
+        return f"{self.prefix}ban:{ban_id}"
+
+    def bans_head(self) -> str:
+        return f"{self.prefix}ban:"
+
+    def ban_id_of(self, key: str) -> str | None:
+        head = self.bans_head()
+        return key[len(head) :] if key.startswith(head) else None
+
+    def throttle_addr(self, address: str) -> str:
+        """STRING: failed logins from an address (all brokers) in the window that started with the first
+        one; expires with the window (`auth.throttle.window`)."""
+        return f"{self.prefix}throttle:addr:{address}"
+
+    def throttle_user(self, address: str, username: str) -> str:
+        """STRING like `throttle_addr`, for one username from one address (a space between the two)."""
+        return f"{self.prefix}throttle:user:{address} {username}"
+
+    def throttle_head(self) -> str:
+        return f"{self.prefix}throttle:"
+
     # -- the generation marker (mqtt_guard/store/generation.py) ---------------------------------
     def generation(self) -> str:
         """STRING (JSON: token, created, adopted, by): which data set this Redis holds; brokers track it."""
@@ -193,3 +220,8 @@ class Keys:
     def stats_tmp(self, name: str) -> str:
         """Short-lived scratch key of a read (e.g. `top`'s ZUNIONSTORE), deleted in the same transaction."""
         return f"{self.prefix}stats:tmp:{name}"
+
+
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a SCAN MATCH pattern (a prefix or name may hold `*?[]\\`)."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

@@ -321,9 +321,9 @@ def test_unknown_user_is_kept_but_still_costs_a_hash(redis_server, rds, prefix):
             hashed: list[str] = []
             real_verify = auth._verify
 
-            async def verify(password: str, encoded: str) -> bool:
+            async def verify(password: str, encoded: str, *args: Any, **kwargs: Any) -> bool:
                 hashed.append(encoded)
-                return await real_verify(password, encoded)
+                return await real_verify(password, encoded, *args, **kwargs)
 
             auth._verify = verify  # type: ignore[method-assign]  # instrumented for the race under test
             assert (await login(guard, "ghost")).outcome is Outcome.UNKNOWN_USER
@@ -409,8 +409,8 @@ def test_a_password_change_during_the_hash_is_not_remembered_for_redis_outages(p
                     real_forget(username)
                     forgotten.set()
 
-                async def verify(password: str, encoded: str) -> bool:
-                    ok = await real_verify(password, encoded)
+                async def verify(password: str, encoded: str, *args: Any, **kwargs: Any) -> bool:
+                    ok = await real_verify(password, encoded, *args, **kwargs)
                     put_user(client, prefix, "alice", "new-pw")  # the admin's passwd lands meanwhile
                     await asyncio.wait_for(forgotten.wait(), 5)
                     return ok

@@ -189,6 +189,7 @@ def test_values_are_read_like_mosquitto(tmp_path):
     assert config.limits.max_packet_size == 268_435_455  # 0 = no limit in mosquitto
     assert config.log.level == "debug"
     assert c.log_dest == [("file", "/tmp/m.log")]
+    assert config.auth.throttle.enabled is False  # mosquitto has no login throttling
 
 
 def test_client_id_rules_are_mosquittos(tmp_path):

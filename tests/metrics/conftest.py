@@ -22,13 +22,17 @@ def metrics_broker(start_broker, tmp_path: Path) -> Callable[..., BrokerProcess]
     """Start a broker whose /metrics port is `broker.metrics_port`; keyword arguments go to `metrics:`."""
     count = [0]
 
-    def start(**metrics: Any) -> BrokerProcess:
+    def start(*, throttle: bool = True, **metrics: Any) -> BrokerProcess:
+        """`throttle=False`: login throttling off, for tests of what refused CONNECTs count."""
         count[0] += 1
         mport = free_port()
         section = {"prometheus_bind": f"127.0.0.1:{mport}", "flush_interval": "0.2s", "sys_interval": "1s"}
         section.update(metrics)
         path = tmp_path / f"broker{count[0]}.yaml"
-        path.write_text(yaml.safe_dump({"metrics": section}))
+        doc: dict[str, Any] = {"metrics": section}
+        if not throttle:
+            doc["auth"] = {"throttle": {"enabled": False}}
+        path.write_text(yaml.safe_dump(doc))
         broker = start_broker("-c", str(path))
         broker.metrics_port = mport  # type: ignore[attr-defined]  # the test remembers the /metrics port on the broker handle
         wait_http(mport)

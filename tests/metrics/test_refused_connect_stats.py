@@ -31,7 +31,7 @@ def test_a_burst_of_refused_connects_makes_no_client_keys_and_bounded_rankings(
     metrics_broker, add_user, rds, prefix, cli
 ):
     add_user("alice", "alice-pw")
-    broker = metrics_broker(max_failed_addresses=2)
+    broker = metrics_broker(max_failed_addresses=2, throttle=False)  # the counting of refusals, not bans
     addr_key = f"{prefix}stats:auth_failed:addr:{today()}"
     user_key = f"{prefix}stats:auth_failed:user:{today()}"
     # 300 refused CONNECTs from three addresses, half of them alice with a wrong password, half unknown
