@@ -22,7 +22,7 @@ from mqtt_guard.engine.proxy_protocol import ProxyHeader, parse
 from tests.helpers import rawmqtt as raw
 from tests.helpers.certs import make_pki
 from tests.helpers.servers import free_port, wait_port
-from tests.helpers.wait import expect
+from tests.helpers.wait import expect, until
 
 BALANCER = "127.0.0.5"  # the trusted proxy: any 127.0.0.x is a local source address on Linux
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -230,6 +230,9 @@ def test_the_session_carries_the_client_address_under_asyncio_too(redis_server, 
             assert (session.remote_address, session.remote_port) == ("2001:db8::77", 1234)
         waiting = raw.RawClient(b.port, source=BALANCER)
         waiting.send(b"PROXY TCP4 ")
+        # accepted and reading its header (not still in the listen backlog) before the shutdown starts
+        listeners = b.call(lambda: [s.instance for s in b.broker._servers.values()])
+        assert until(lambda: sum(len(listener._pending) for listener in listeners if hasattr(listener, "_pending")))
     finally:
         b.stop()
     with waiting:
