@@ -155,6 +155,59 @@ class Router(Protocol):
 class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has no type information
     logger = _AMQTT_LOG  # amqtt's per-session LoggerAdapter (and its getLogger calls) are not built
 
+    # Every attribute `__init__` sets is a slot (issue 15, memory): past 30 attributes CPython gives each
+    # instance a dict of its own (1.6 KB per connection here); slots are ~0.4 KB and read as fast (amqtt's
+    # base class has no `__slots__`, so `__dict__` stays for the `lazy` attributes and anything else).
+    __slots__ = (
+        "session",
+        "reader",
+        "writer",
+        "plugins_manager",
+        "_loop",
+        "_reader_task",
+        "_keepalive_task",
+        "_reader_ready",
+        "_disconnect_waiter",
+        "keepalive_timeout",
+        "_router",
+        "_counters",
+        "_route_now",
+        "queue",
+        "where",
+        "client_id",
+        "end_reason",
+        "publish_will",
+        "_done",
+        "_closing",
+        "_writer_task",
+        "_inline",
+        "_leftover",
+        "_last_rx",
+        "_idle",
+        "_ka_handle",
+        "_ka_limit",
+        "_transport",
+        "_stream_writer",
+        "_max_packet",
+        "_high_water",
+        "_co",
+        "_co_bytes",
+        "_co_n",
+        "_co_payload",
+        "_co_scheduled",
+        "_must_drain",
+        "_stall_timer",
+        "_max_stall",
+        "_topics",
+        "_n_in",
+        "_b_in",
+        "_stretch",
+        "_ws_dirty",
+        "_ws_draining",
+        "_fire_rx",
+        "_fire_tx",
+    )
+
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
         # amqtt's constructors are not called: they build an Event, a Lock and two Queues per connection
         # that the engine does not use (the `lazy` class attributes below make them if something asks).

@@ -106,3 +106,20 @@ def test_connect_disconnect_cycles_leave_nothing_for_the_cycle_collector(inproc)
         assert sessions == 100  # the persistent ones (every third id), kept offline
     finally:
         gc.enable()
+
+
+def test_a_session_is_small_and_still_pickles():
+    import pickle
+    import sys
+
+    s = GuardedSession()
+    s.client_id = "c1"
+    s.transitions.connect()
+    s.attributes["k"] = 1
+    # slots: no per-session dict until something outside __init__ sets an attribute
+    assert not s.__dict__
+    assert sys.getsizeof(s) < 400
+    assert len(s.inflight_out) == 0 and "inflight_out" in s.__dict__  # amqtt's table, made on use
+    copy = pickle.loads(pickle.dumps(s))
+    assert copy.client_id == "c1" and copy.attributes == {"k": 1}
+    assert copy.transitions.is_connected() and copy.last_connect_time == s.last_connect_time
