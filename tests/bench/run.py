@@ -399,10 +399,9 @@ class Target:
 
 
 def guard_cli(ctx: Ctx) -> list[str]:
-    """How to invoke the mqtt-guard CLI: the venv console script, else the module."""
+    """How to invoke the mqtt-guard CLI: this tree's module (cwd = the tree: in a git worktree the venv's
+    console script would import the package the venv was installed from), else the console script."""
     exe = VENV_BIN / "mqtt-guard"
-    if exe.exists():
-        return [str(exe)]
     if (REPO / "mqtt_guard" / "cli" / "main.py").exists():
         py = VENV_BIN / "python"
         return [
@@ -410,6 +409,8 @@ def guard_cli(ctx: Ctx) -> list[str]:
             "-c",
             "import sys; from mqtt_guard.cli.main import main; sys.exit(main())",
         ]
+    if exe.exists():
+        return [str(exe)]
     raise Unavailable(f"mqtt-guard CLI not found ({exe} missing and mqtt_guard/cli/main.py absent)")
 
 
@@ -420,6 +421,8 @@ def need_redis(ctx: Ctx) -> None:
 
 def target_amqtt(ctx: Ctx, port: int) -> TargetSpec:
     exe = VENV_BIN / "amqtt"
+    if not exe.exists():  # (a git worktree has no .venv of its own: the interpreter's venv, else PATH)
+        exe = Path(sys.executable).with_name("amqtt")
     if not exe.exists():
         found = shutil.which("amqtt")
         if not found:
