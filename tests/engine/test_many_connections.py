@@ -1,4 +1,5 @@
-"""A closed connection's session is freed by reference counting alone (issue 15, memory).
+"""Many connections (issue 15): a closed connection's session is freed by reference counting alone, an
+idle one is small, and the periodic passes over every session give the event loop back in steps.
 
 The runner makes full garbage collections rare (engine/runner.py GC_THRESHOLDS), so anything a
 connection leaves in a reference cycle stays in memory long after the connection: a session whose
@@ -123,3 +124,30 @@ def test_a_session_is_small_and_still_pickles():
     copy = pickle.loads(pickle.dumps(s))
     assert copy.client_id == "c1" and copy.attributes == {"k": 1}
     assert copy.transitions.is_connected() and copy.last_connect_time == s.last_connect_time
+
+
+def test_the_sys_sample_walks_the_sessions_in_steps(inproc, monkeypatch):
+    from mqtt_guard.plugins import sys as sys_plugin
+
+    monkeypatch.setattr(sys_plugin, "SAMPLE_SLICE", 10)
+    broker = inproc()
+    clients = [raw.connected(broker.port, f"step-{i}")[0] for i in range(35)]
+    try:
+
+        def run() -> tuple[int, Any, Any]:
+            service = broker.guard.metrics
+            steps, n = service.probe_steps(), 0
+            while True:
+                try:
+                    next(steps)
+                    n += 1
+                except StopIteration as done:
+                    return n, done.value, service.probe()
+
+        n, stepped, whole = broker.call(run)
+        assert n == 4  # 35 sessions in steps of 10
+        assert stepped == whole
+        assert stepped.sessions_total == 35 and set(stepped.queue_depths) == {f"step-{i}" for i in range(35)}
+    finally:
+        for c in clients:
+            c.close()
