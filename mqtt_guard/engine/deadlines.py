@@ -13,8 +13,11 @@ has no task (engine/transport.py); at its deadline the sweep calls its `expire()
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import Any, Protocol
+
+log = logging.getLogger("mqtt_guard.broker")
 
 
 class Expiring(Protocol):
@@ -153,7 +156,10 @@ class Wheel:
                 continue
             self.size -= len(bucket)
             for item in bucket:
-                item.due()
+                try:
+                    item.due()
+                except Exception:  # one item's failure must not drop the others of its slot
+                    log.exception("keep-alive check failed")
         if slots:
             self._timer = self._loop.call_later(self.tick, self._sweep)
 

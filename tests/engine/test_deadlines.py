@@ -113,3 +113,22 @@ def test_a_removed_item_is_not_called_and_a_re_added_one_is_called_again():
         assert wheel.size == 0
 
     asyncio.run(body())
+
+
+def test_an_item_that_raises_does_not_stop_the_others_of_its_slot(caplog):
+    class Boom(_Item):
+        def due(self) -> None:
+            raise RuntimeError("boom")
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        wheel = Wheel(loop, tick=0.02)
+        when = loop.time() + 0.03
+        bad, good = Boom(wheel), _Item(wheel)
+        wheel.add(bad, when)
+        wheel.add(good, when)
+        await asyncio.sleep(0.15)
+        assert len(good.calls) == 1 and wheel.size == 0
+
+    asyncio.run(body())
+    assert "keep-alive check failed" in caplog.text
