@@ -13,8 +13,11 @@ has no task (engine/transport.py); at its deadline the sweep calls its `expire()
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import Any, Protocol
+
+log = logging.getLogger("mqtt_guard.broker")
 
 
 class Expiring(Protocol):
@@ -97,3 +100,78 @@ class _Deadline:
                 task.uncancel()
                 raise TimeoutError from exc
         return False
+
+
+class Due(Protocol):
+    def due(self) -> None: ...
+
+
+class Wheel:
+    """Many long timers (one per connection: keep-alive) on one timer: a timing wheel of `tick`-second
+    slots. Each item waits in the slot of its due time (a dict entry, ~40 bytes, instead of a
+    TimerHandle with its arguments, ~600 bytes, per connection); while any item waits, one timer runs
+    every `tick` seconds and calls `due()` on the items of the slots that have come, which add
+    themselves again if they are not due yet. An item is called within `tick` after its time; the work
+    per tick is the items that come due, never a pass over all of them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.25) -> None:
+        self.tick = tick
+        self._loop = loop
+        self._slots: dict[int, dict[Due, None]] = {}
+        self._next = int(loop.time() / tick)  # the first slot not swept yet
+        self._timer: asyncio.TimerHandle | None = None
+        self.size = 0
+
+    def add(self, item: Due, when: float) -> int:
+        """Call `item.due()` at loop time `when` (within `tick` after it); returns its slot, for `remove`."""
+        if self._timer is None and not self._slots:  # idle until now: nothing to catch up with
+            self._next = int(self._loop.time() / self.tick)
+        slot = -int(-when // self.tick)  # ceil: the slot is swept at or after `when`
+        if slot < self._next:
+            slot = self._next
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            bucket = self._slots[slot] = {}
+        bucket[item] = None
+        self.size += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.tick, self._sweep)
+        return slot
+
+    def remove(self, item: Due, slot: int) -> None:
+        bucket = self._slots.get(slot)
+        if bucket is not None and bucket.pop(item, 0) is None:
+            self.size -= 1
+            if not bucket:
+                del self._slots[slot]
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now_slot = int(self._loop.time() / self.tick)
+        slots = self._slots
+        for slot in range(self._next, now_slot + 1):
+            self._next = slot + 1  # items that add themselves again go to a later slot
+            bucket = slots.pop(slot, None)
+            if bucket is None:
+                continue
+            self.size -= len(bucket)
+            for item in bucket:
+                try:
+                    item.due()
+                except Exception:  # one item's failure must not drop the others of its slot
+                    log.exception("keep-alive check failed")
+        if slots:
+            self._timer = self._loop.call_later(self.tick, self._sweep)
+
+
+_wheels: dict[asyncio.AbstractEventLoop, Wheel] = {}
+
+
+def wheel_for(loop: asyncio.AbstractEventLoop) -> Wheel:
+    """The keep-alive wheel of `loop` (one per event loop; wheels of closed loops are dropped here)."""
+    wheel = _wheels.get(loop)
+    if wheel is None:
+        for old in [lp for lp in _wheels if lp.is_closed()]:
+            del _wheels[old]
+        wheel = _wheels[loop] = Wheel(loop)
+    return wheel

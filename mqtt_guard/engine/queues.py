@@ -58,6 +58,12 @@ class Delivery:
         self.plen = len(payload)
 
 
+# The `pending` of every queue that never had to wait (most of them): a deque allocates a 64-entry block
+# (~0.6 KB) when made, so each queue gets its own only when a message first has to wait (`offer`, `offer0`).
+# Nothing is ever appended to this one (maxlen 0 would drop it silently): those two replace it first.
+_NO_PENDING: deque[Delivery] = deque(maxlen=0)
+
+
 class Port(Protocol):
     """What a connected session's handler offers its queue."""
 
@@ -93,7 +99,7 @@ class OutQueue:
     )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
-        self.pending: deque[Delivery] = deque()
+        self.pending: deque[Delivery] = _NO_PENDING  # a deque of its own once something waits
         self.inflight: OrderedDict[int, Delivery] = OrderedDict()
         self.pending_bytes = 0
         self.inflight_bytes = 0
@@ -142,8 +148,10 @@ class OutQueue:
             self.max_bytes and self.pending_bytes + size > self.max_bytes
         ):
             return False
-        d = Delivery(topic, payload, qos, retain)
-        self.pending.append(d)
+        pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = deque()
+        pending.append(Delivery(topic, payload, qos, retain))
         self.pending_bytes += size
         if port is not None:
             port.wake()
@@ -166,7 +174,10 @@ class OutQueue:
         d.frame = frame
         d.size = size
         d.plen = payload_len
-        self.pending.append(d)
+        pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = deque()
+        pending.append(d)
         self.pending_bytes += size
         if port is not None:
             port.wake()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -29,24 +30,33 @@ class SessionState:
     """What amqtt's per-session `transitions.Machine` offers and amqtt's code uses (`state`, the
     `connect`/`disconnect` triggers with their enter callbacks, `is_<state>()`), without building a
     Machine with five transitions for every CONNECT (about 130 us, the biggest share of the engine's own
-    CONNECT cost). Invalid triggers raise transitions' MachineError as the Machine did."""
+    CONNECT cost). Invalid triggers raise transitions' MachineError as the Machine did.
+
+    It refers to its session weakly: a strong reference back made every session a reference cycle
+    (session -> state -> session), which reference counting cannot free, so each closed connection's
+    session, queues and dicts (~3.7 KB) waited for a full garbage collection, which the runner makes rare
+    (engine/runner.py GC_THRESHOLDS): RSS grew ~37 MB per 10,000 connect/disconnects (issue 15)."""
 
     __slots__ = ("state", "_session")
 
     def __init__(self, session: GuardedSession) -> None:
         self.state = "new"
-        self._session = session
+        self._session = weakref.ref(session)
 
     def connect(self) -> bool:
         if self.state == "connected":
             raise MachineError("Can't trigger event connect from state connected!")
         self.state = "connected"
-        self._session.on_enter_connected()
+        session = self._session()
+        if session is not None:
+            session.on_enter_connected()
         return True
 
     def disconnect(self) -> bool:  # from any state (amqtt: new, connected and disconnected)
         self.state = "disconnected"
-        self._session.on_enter_disconnected()
+        session = self._session()
+        if session is not None:
+            session.on_enter_disconnected()
         return True
 
     def is_new(self) -> bool:
@@ -95,7 +105,44 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
     per CONNECT were ~5 % of a CONNECT's CPU. Third-party plugins that use them get them on first access.
 
     The engine's own state of the session is in typed attributes (not amqtt's `attributes` dict): set by
-    GuardedBroker, read on the hot path."""
+    GuardedBroker, read on the hot path.
+
+    Every attribute `__init__` sets is a slot (issue 15, memory): with more than 30 attributes CPython
+    gives up the shared-key instance dict and makes each session a 1.6 KB dict of its own; slots are
+    ~0.3 KB. (amqtt's Session has no `__slots__`, so `__dict__` stays for whatever else is set.)"""
+
+    __slots__ = (
+        "transitions",
+        "remote_address",
+        "remote_port",
+        "client_id",
+        "clean_session",
+        "will_flag",
+        "will_message",
+        "will_qos",
+        "will_retain",
+        "will_topic",
+        "keep_alive",
+        "publish_retry_delay",
+        "broker_uri",
+        "username",
+        "password",
+        "cafile",
+        "capath",
+        "cadata",
+        "_packet_id",
+        "parent",
+        "last_connect_time",
+        "ssl_object",
+        "last_disconnect_time",
+        "attributes",
+        "is_anonymous",
+        "guard_client",
+        "listener",
+        "out_queue",
+        "pub_ok",
+        "pub_epoch",
+    )
 
     def __init__(self) -> None:  # amqtt's Session.__init__, minus the Queues
         self.transitions = SessionState(self)
@@ -122,8 +169,6 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         self.ssl_object: Any = None
         self.last_disconnect_time: int | None = None
         self.attributes: dict[str, Any] = {}
-        self.inflight_out: OrderedDict[int, Any] = OrderedDict()
-        self.inflight_in: OrderedDict[int, Any] = OrderedDict()
         self.is_anonymous = False
         # the engine's
         self.guard_client: GuardClient | None = None  # identity and ACL subject; None until admitted
@@ -136,6 +181,9 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
 
     retained_messages: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
     delivered_message_queue: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
+    # amqtt's in-flight tables: the engine keeps in-flight messages in the OutQueue
+    inflight_out: lazy[OrderedDict[int, Any]] = lazy(OrderedDict)
+    inflight_in: lazy[OrderedDict[int, Any]] = lazy(OrderedDict)
 
     def clear_queues(self) -> None:
         for name in _LAZY_QUEUES:
@@ -147,10 +195,17 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         state = self.__dict__.copy()
         for name in _LAZY_QUEUES:
             state.pop(name, None)
+        for name in GuardedSession.__slots__:
+            if name != "transitions" and hasattr(self, name):
+                state[name] = getattr(self, name)
+        state["state"] = self.transitions.state  # (its weak reference cannot be pickled)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.transitions = SessionState(self)
+        self.transitions.state = state.pop("state", "new")
+        for name, value in state.items():
+            setattr(self, name, value)
 
     # amqtt's _on_enter_* (which its transitions Machine called), without the DEBUG f-strings they build
     def on_enter_connected(self) -> None:

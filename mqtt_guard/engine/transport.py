@@ -38,6 +38,32 @@ Peer = tuple[str, int]
 
 
 class MqttStream(asyncio.Protocol):
+    # slots (asyncio.Protocol has an empty __slots__): no per-connection dict (issue 15, memory)
+    __slots__ = (
+        "_loop",
+        "_serve",
+        "_deadlines",
+        "_connect_timeout",
+        "_max_packet",
+        "first_ready",
+        "timed_out",
+        "transport",
+        "_chunks",
+        "_pos",
+        "_buffered",
+        "_eof",
+        "_exc",
+        "_read_waiter",
+        "_reading_paused",
+        "_writing_paused",
+        "_drain_waiter",
+        "_lost",
+        "_closed",
+        "_over_ssl",
+        "_task",
+        "_started",
+    )
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -283,6 +309,8 @@ class MqttStream(asyncio.Protocol):
 class TcpReader(StreamReaderAdapter):  # type: ignore[misc]  # amqtt has no type information
     """amqtt's adapter class over an MqttStream (its `_reader`)."""
 
+    __slots__ = ("_reader",)
+
     def __init__(self, stream: MqttStream) -> None:  # no super(): nothing else to set up
         self._reader = stream
 
@@ -291,6 +319,7 @@ class TcpWriter(StreamWriterAdapter):  # type: ignore[misc]  # amqtt has no type
     """amqtt's adapter class over an MqttStream (its `_writer`), without a logger lookup per connection."""
 
     logger = log
+    __slots__ = ("_writer", "is_closed")
 
     def __init__(self, stream: MqttStream) -> None:
         self._writer = stream

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from ..metrics.sys import SysState, sys_topics
 from ..tasks import cancel_and_wait
 
 log = logging.getLogger("mqtt_guard.sys")
+
+SAMPLE_SLICE = 500  # sessions per step of a sample (~0.6 ms); the event loop runs between the steps
 
 
 def queue_depth(session: Any) -> int:
@@ -53,20 +56,38 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):  # type: ignore[misc]  # amqtt 
         self.guard = guard_of(context)
         self.service = self.guard.metrics
         self.service.probe = self.sample
+        self.service.probe_steps = self.sample_steps
         self.state = SysState()
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> BrokerSample:
+        """All of `sample_steps` in one go."""
+        steps = self.sample_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                result: BrokerSample = done.value
+                return result
+
+    def sample_steps(self) -> Generator[None, None, BrokerSample]:
+        """The sample, in steps of SAMPLE_SLICE sessions: the caller gives the event loop back between
+        them. In one go, the pass over 10,000 sessions stopped deliveries for ~12 ms every second, the
+        p99 latency with 10,000 clients connected (issue 15)."""
         ctx = self.context
+        clients = self.guard.clients
         depths: dict[str, int] = {}
-        total = 0
-        for session in ctx.sessions:
-            total += 1
-            if session.client_id in self.guard.clients:
-                depths[session.client_id] = queue_depth(session)
+        sessions = list(ctx.sessions)  # (the broker's table may change between the steps)
+        for start in range(0, len(sessions), SAMPLE_SLICE):
+            for session in sessions[start : start + SAMPLE_SLICE]:
+                if session.client_id in clients:
+                    depths[session.client_id] = queue_depth(session)
+            yield
         subscriptions = sum(len(subs) for subs in ctx.subscriptions.values())
         retained = sum(1 for topic in ctx.retained_messages if not topic.startswith("$SYS/"))
-        return BrokerSample(sessions_total=total, subscriptions=subscriptions, retained=retained, queue_depths=depths)
+        return BrokerSample(
+            sessions_total=len(sessions), subscriptions=subscriptions, retained=retained, queue_depths=depths
+        )
 
     async def on_broker_post_start(self, *args: Any, **kwargs: Any) -> None:
         interval = self.guard.config.metrics.sys_interval
@@ -80,7 +101,14 @@ class GuardSysPlugin(BasePlugin[BrokerContext]):  # type: ignore[misc]  # amqtt 
     async def publish_once(self) -> int:
         """Publish the $SYS values that changed; returns how many."""
         try:
-            sample = self.sample()
+            steps = self.sample_steps()
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    sample = done.value
+                    break
+                await asyncio.sleep(0)  # deliveries go on between the steps
         except Exception:
             log.exception("cannot sample broker state for $SYS")
             sample = None

@@ -42,10 +42,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 LOADGEN = BENCH_DIR / "loadgen.py"
+CONNS = BENCH_DIR / "conns.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ALL_TARGETS = ("amqtt", "mosquitto", "guard-off", "guard-on")
-ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "iot")
+ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "iot", "connections")
 GUARD_PREFIX = "bench:"
 
 # --------------------------------------------------------------------------
@@ -398,10 +399,9 @@ class Target:
 
 
 def guard_cli(ctx: Ctx) -> list[str]:
-    """How to invoke the mqtt-guard CLI: the venv console script, else the module."""
+    """How to invoke the mqtt-guard CLI: this tree's module (cwd = the tree: in a git worktree the venv's
+    console script would import the package the venv was installed from), else the console script."""
     exe = VENV_BIN / "mqtt-guard"
-    if exe.exists():
-        return [str(exe)]
     if (REPO / "mqtt_guard" / "cli" / "main.py").exists():
         py = VENV_BIN / "python"
         return [
@@ -409,6 +409,8 @@ def guard_cli(ctx: Ctx) -> list[str]:
             "-c",
             "import sys; from mqtt_guard.cli.main import main; sys.exit(main())",
         ]
+    if exe.exists():
+        return [str(exe)]
     raise Unavailable(f"mqtt-guard CLI not found ({exe} missing and mqtt_guard/cli/main.py absent)")
 
 
@@ -419,6 +421,8 @@ def need_redis(ctx: Ctx) -> None:
 
 def target_amqtt(ctx: Ctx, port: int) -> TargetSpec:
     exe = VENV_BIN / "amqtt"
+    if not exe.exists():  # (a git worktree has no .venv of its own: the interpreter's venv, else PATH)
+        exe = Path(sys.executable).with_name("amqtt")
     if not exe.exists():
         found = shutil.which("amqtt")
         if not found:
@@ -760,6 +764,14 @@ CASES = {
         "(3,000 msg/s in all, evenly paced) -> 1 subscriber on bench/#; broker CPU per message "
         "and end-to-end latency",
     },
+    "connections": {
+        "kind": "conns",
+        "once": True,  # first round only: ~1-2 min per target (amqtt connects ~450 clients/s); make bench < 10 min
+        "desc": "N idle connections (keep-alive 60, clean session; 10,000, --quick 300): broker RSS per "
+        "connection; the latency case (1,000 msg/s) while they are connected; then 20 cycles of M clients "
+        "(1,000, --quick 100) connecting and disconnecting with the same client ids: RSS after the last "
+        "cycle against after the first (issue 15)",
+    },
 }
 
 # metrics tabulated per case: (label, path into the run record, higher is better)
@@ -782,6 +794,12 @@ METRICS = {
         ("p99 µs", ("latency_us", "p99"), False),
         ("max µs", ("latency_us", "max"), False),
     ],
+    "connections": [
+        ("RSS KB per idle connection", ("conns", "kb_per_conn"), False),
+        ("p50 µs, N connected", ("latency_us", "p50"), False),
+        ("p99 µs, N connected", ("latency_us", "p99"), False),
+        ("RSS growth % cycle 1 -> 20", ("conns", "cycle_growth_pct"), False),
+    ],
 }
 
 
@@ -794,6 +812,9 @@ class Settings:
     idle_timeout: float
     max_time: float
     probe_runs: int
+    idle_conns: int = 10_000  # connections case: idle connections held
+    cycle_conns: int = 1_000  # connections case: clients per connect/disconnect cycle
+    cycles: int = 20
     pyspy_dir: Path | None = None  # --pyspy: record the broker with py-spy during every measured run
     pyspy_rate: int = 250
 
@@ -920,6 +941,68 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
         t.reason = f"broker exited with code {t.proc.returncode} during {case}: {tail(t.log, 3)}"
         rec["ok"] = False
         rec["error"] = ((rec.get("error") or "") + "; " + t.reason).lstrip("; ")
+    return rec
+
+
+def conns_run(ctx: Ctx, t: Target, st: Settings) -> dict:
+    """The connections case: hold st.idle_conns idle connections (RSS per connection), run the latency
+    case while they are connected, release them, then st.cycles connect/disconnect cycles (RSS after
+    each)."""
+    spec = t.spec
+    assert spec is not None and t.proc is not None
+    pid = t.proc.pid
+    base = [sys.executable, str(CONNS)]
+    creds = ["--username", spec.username, "--password", spec.password or ""] if spec.username else []
+    conns: dict = {"idle_conns": st.idle_conns, "cycle_conns": st.cycle_conns, "cycles": st.cycles}
+    rec: dict = {"target": t.name, "case": "connections", "conns": conns}
+    wait_idle(pid)
+    rss0 = rss_mb(pid)
+    argv = base + ["hold", "--port", str(spec.port), "--n", str(st.idle_conns)] + creds
+    holder = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline()
+        ready = json.loads(line) if line.strip() else {"ready": 0, "error": (holder.stderr.read() or "")[-400:]}
+        conns.update(held=ready.get("ready"), connect_errors=ready.get("errors"), connect_s=ready.get("s"))
+        if ready.get("errors") or not ready.get("ready"):
+            rec.update(ok=False, error=f"idle connections: {ready.get('errors')} errors, first: {ready.get('error')}")
+            return rec
+        wait_idle(pid)
+        time.sleep(1.0)
+        rss1 = rss_mb(pid)
+        if rss0 is not None and rss1 is not None:
+            conns.update(rss_before_mb=rss0, rss_held_mb=rss1)
+            conns["kb_per_conn"] = round((rss1 - rss0) * 1024 / st.idle_conns, 2)
+        lat = loadgen_run(ctx, t, "latency", None, st)
+        for k in ("ok", "error", "latency_us", "lost", "expected", "broker_cpu_pct", "gen_cpu_pct", "machine_busy_pct"):
+            if k in lat:
+                rec[k] = lat[k]
+        holder.stdin.close()
+        holder.wait(60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    if not rec.get("ok"):
+        return rec
+    wait_idle(pid)
+    argv = base + ["cycles", "--port", str(spec.port), "--n", str(st.cycle_conns), "--cycles", str(st.cycles)]
+    p = subprocess.run(
+        argv + ["--pid", str(pid)] + creds, capture_output=True, text=True, cwd=REPO, timeout=st.cycles * 120
+    )
+    rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    conns["cycle_rss_mb"] = [round((r.get("rss_kb") or 0) / 1024, 1) for r in rows]
+    conns["cycle_errors"] = sum(r.get("errors") or 0 for r in rows)
+    if len(rows) != st.cycles or conns["cycle_errors"]:
+        first = next((r["error"] for r in rows if r.get("error")), None)
+        err = f"cycles: {len(rows)} done, {conns['cycle_errors']} errors ({first}); {p.stderr[-300:]}"
+        rec.update(ok=False, error=err)
+        return rec
+    first_rss, last_rss = rows[0]["rss_kb"], rows[-1]["rss_kb"]
+    conns["cycle_growth_pct"] = round((last_rss - first_rss) * 100 / first_rss, 2)
+    rec["broker_rss_mb"] = rss_mb(pid)
     return rec
 
 
@@ -1148,6 +1231,8 @@ def summarize(
                         if case == "connect_rate"
                         else f"{meta['iot_seconds']} s"
                         if case == "iot"
+                        else f"{meta['idle_conns']:,} idle; {meta['cycles']} x {meta['cycle_conns']:,}"
+                        if case == "connections"
                         else f"{meta['latency_seconds']} s"
                     )
                 )
@@ -1212,6 +1297,8 @@ def parse_args(argv=None):
         help="record every Python broker with py-spy during each measured run (raw stacks in DIR; "
         "summarise with tests/bench/pyspy_summary.py); profiling costs the broker some speed",
     )
+    ap.add_argument("--idle-conns", type=int, default=None, help="connections case: idle connections (10,000)")
+    ap.add_argument("--cycle-conns", type=int, default=None, help="connections case: clients per cycle (1,000)")
     a = ap.parse_args(argv)
     a.targets = [x.strip() for x in a.targets.split(",") if x.strip()]
     a.cases = [x.strip() for x in a.cases.split(",") if x.strip()]
@@ -1246,6 +1333,8 @@ def main(argv=None) -> int:
         max_time=60.0,
         probe_runs=2,
         pyspy_dir=Path(a.pyspy) if a.pyspy else None,
+        idle_conns=a.idle_conns or (300 if a.quick else 10_000),
+        cycle_conns=a.cycle_conns or (100 if a.quick else 1_000),
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1274,6 +1363,9 @@ def main(argv=None) -> int:
         "timed_seconds": st.timed_seconds,
         "latency_seconds": st.latency_seconds,
         "iot_seconds": st.iot_seconds,
+        "idle_conns": st.idle_conns,
+        "cycle_conns": st.cycle_conns,
+        "cycles": st.cycles,
         "quick": a.quick,
     }
 
@@ -1327,10 +1419,14 @@ def main(argv=None) -> int:
             k = (rd - 1) % max(1, len(avail))
             order = avail[k:] + avail[:k]  # rotate so no target always runs first
             for case in a.cases:
+                if CASES[case].get("once") and rd > 1:
+                    continue
                 for name in order:
                     t = targets[name]
                     if not t.available:
                         rec = {"target": name, "case": case, "ok": False, "error": f"target {t.status}: {t.reason}"}
+                    elif case == "connections":
+                        rec = conns_run(ctx, t, st)
                     else:
                         rec = loadgen_run(ctx, t, case, t.counts.get(case), st)
                     rec.update(phase="measure", round=rd)
@@ -1378,6 +1474,14 @@ def progress_line(r: dict) -> str:
             )
     elif r["case"] == "connect_rate":
         main = f"{fmt_num(r.get('rate'))} conn/s, errors {r.get('errors')}"
+    elif r["case"] == "connections":
+        c, lat = r.get("conns", {}), r.get("latency_us", {})
+        main = (
+            f"{c.get('held')} idle: {fmt_num(c.get('kb_per_conn'))} KB/conn, p50 {fmt_num(lat.get('p50'))} µs, "
+            f"p99 {fmt_num(lat.get('p99'))} µs; {c.get('cycles')} cycles x {c.get('cycle_conns')}: RSS "
+            f"{c.get('cycle_rss_mb', [None])[0]} -> {c.get('cycle_rss_mb', [None])[-1]} MB "
+            f"({fmt_num(c.get('cycle_growth_pct'))} %)"
+        )
     else:
         main = (
             f"{fmt_num(r.get('rate'))} {r.get('rate_unit')}, delivered {r.get('delivered'):,}/"

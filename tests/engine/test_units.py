@@ -120,3 +120,13 @@ def test_connect_parser_accepts_what_clients_send():
         30,
         True,
     )
+
+
+def test_a_queue_gets_its_own_pending_deque_only_when_something_waits():
+    a, b = OutQueue(10, 0, 2), OutQueue(10, 0, 2)
+    assert a.pending is b.pending and not a.pending  # shared and empty: no 0.6 KB block per session
+    a.online, a.port = True, Port(writable=False)
+    assert a.offer(b"t", b"x", 1, False) and a.offer0(b"frame", 1, 2)
+    assert a.pending is not b.pending and len(a.pending) == 2 and not b.pending
+    b.online, b.port = True, Port(writable=False)
+    assert b.offer0(b"frame", 1, 2) and len(b.pending) == 1 and len(a.pending) == 2
