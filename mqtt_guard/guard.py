@@ -134,6 +134,7 @@ class Guard:
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
             trust=self.trust,
+            owned_ids=config.auth.client_id_policy != "any",
         )
         # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
         self.metrics = MetricsService(

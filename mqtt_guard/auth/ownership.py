@@ -46,6 +46,9 @@ class Refusal:
     reason: str  # for the log line
 
 
+HELD_REFUSAL = Refusal(CONNACK_IDENTIFIER_REJECTED, HELD, "client id is held by another user")
+
+
 def refusal(
     policy: ClientIdPolicy,
     client_id: str,
@@ -75,8 +78,8 @@ def refusal(
                 f"client id must start with the username and one of {' '.join(sorted(SEPARATORS))}",
             )
     if held and holder != username:
-        return Refusal(CONNACK_IDENTIFIER_REJECTED, HELD, "client id is held by another user")
+        return HELD_REFUSAL
     return None
 
 
-__all__ = ["ClientIdPolicy", "Refusal", "SEPARATORS", "refusal"]
+__all__ = ["HELD_REFUSAL", "ClientIdPolicy", "Refusal", "SEPARATORS", "refusal"]
