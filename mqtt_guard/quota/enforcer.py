@@ -297,10 +297,11 @@ class QuotaEnforcer:
         username = client.username
         sessions = limits.sessions if username is not None else None
         cq.registered = True  # from here on its close is due (a no-op in Redis if the open did not happen)
-        owned = self.owned_ids and not self.registry.alone
+        owned_ids = self.owned_ids
+        owned = owned_ids and not self.registry.alone  # (alone: no other broker can hold the id)
 
         def op(mode: str) -> RegistryOp:
-            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode, owned)
+            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode, owned_ids)
 
         if sessions is None:
             if not owned:
@@ -344,10 +345,24 @@ class QuotaEnforcer:
             cq.confirmed = True
             self._took_over(cq, res)
             return
-        # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
-        # taken for dead) and the user is at its limit: the limit wins.
         cq.registered = False
         client = cq.client
+        if res.held_by is not None:
+            # Admitted while this broker took itself for the only one (another broker had just joined and
+            # the news had not arrived): the holder there keeps its id, this connection goes.
+            log.warning(
+                "client %r (user %r) admitted while broker %s holds the client id for user %r: refused by "
+                "client_id_policy; disconnecting it",
+                client.client_id,
+                client.username,
+                res.prev_broker,
+                res.held_by or None,
+            )
+            if self.clients.get(client.client_id) is cq:
+                self._spawn(self.kick(client.client_id, "client id held by another user"))
+            return
+        # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
+        # taken for dead) and the user is at its limit: the limit wins.
         log.warning(
             "client %r (user %r) admitted on a session slot that Redis no longer had: too many "
             "sessions (%d connected); disconnecting it",

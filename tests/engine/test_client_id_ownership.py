@@ -8,7 +8,10 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
+from mqtt_guard.store.keys import Keys
+from mqtt_guard.store.quota import QuotaStore, RegistryOp
 from tests.helpers import rawmqtt as raw
 from tests.helpers.mqtt import connect
 from tests.helpers.wait import until
@@ -310,3 +313,31 @@ def test_any_keeps_the_take_over_across_brokers(broker_with, rds, prefix):
     assert alice.disconnected.wait(5)
     assert until(lambda: rds.hget(f"{prefix}session:{cid}", "broker") == y_id)
     mallory.close()
+
+
+def test_a_broker_that_took_itself_for_alone_disconnects_the_newcomer(inproc, users, rds, prefix, redis_server):
+    """A broker that believes it is the only one registers without awaiting it; if another broker (here an
+    entry written as broker 'x' would, unknown to the `brokers` set) holds the id for another user, the
+    registry refuses the registration and the newcomer is disconnected: the holder keeps its id."""
+    broker = inproc(allow_anonymous=False)
+    assert until(lambda: broker.call(lambda: broker.guard.quota.registry.alone), 10)
+    cid = _cid("held-on-x")
+
+    async def held_on_x():
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            [res] = await QuotaStore(client, Keys(prefix)).registry(
+                "x", [RegistryOp("o", cid, "cx", "alice", 1.0, None, "c")]
+            )
+            assert res.ok
+        finally:
+            await client.aclose()
+
+    asyncio.run(held_on_x())
+    mallory = connect(broker.port, "mallory", "pw-mallory", client_id=cid)
+    assert mallory.rc == 0  # admitted from memory (alone), then
+    assert mallory.disconnected.wait(5)
+    assert rds.hget(f"{prefix}session:{cid}", "broker") == "x"
+    assert rds.hget(f"{prefix}session:{cid}", "username") == "alice"
+    assert not rds.exists(f"{prefix}sessions:user:mallory")
+    assert broker.call(lambda: cid not in broker.guard.clients)
