@@ -237,8 +237,11 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine, holders}
     end
   elseif kind == 't' then
-    -- opened and closed before its registration was sent: only who held the client id (take-over)
-    out[i + 1] = {1, 0, 0, redis.call('HGET', s, 'broker') or '', redis.call('HGET', s, 'conn') or '', -1, ''}
+    -- opened and closed before its registration was sent: only who held the client id (take-over; none
+    -- of an id the owner flag refuses)
+    local prev_b = redis.call('HGET', s, 'broker') or ''
+    if own == '1' and prev_b ~= '' and prev_b ~= b and redis.call('HGET', s, 'username') ~= user then prev_b = '' end
+    out[i + 1] = {1, 0, 0, prev_b, redis.call('HGET', s, 'conn') or '', -1, ''}
   elseif kind == 'c' then
     local removed, mine = 0, -1
     if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end

@@ -226,7 +226,8 @@ def test_heartbeat_reports_reach_only_the_owning_connections_entries(redis_serve
 def test_the_owner_flag_refuses_exactly_what_the_owner_rule_refuses(redis_server, prefix, rds):
     """REGISTRY_LUA's owner check (an id registered by another broker for another identity) against the pure
     rule, auth/ownership.py's `owner`, over named and anonymous (None, sent as '') identities; a refused
-    open writes nothing, an open of the broker holding the id and an open without the flag are not asked."""
+    open writes nothing (and a folded open-and-close reports no holder to kick), an open of the broker
+    holding the id and an open without the flag are not asked."""
     identities = [None, "alice", "bob", "Alice", "alice ", "ä-ß", "alice,b"]
 
     async def body():
@@ -238,9 +239,12 @@ def test_the_owner_flag_refuses_exactly_what_the_owner_rule_refuses(redis_server
                     [held] = await store.registry("x", [op_open(cid, holder, None, conn="cx")])
                     assert held.ok
                     before = rds.hgetall(f"{prefix}session:{cid}")
+                    rule = ownership.refusal("owner", cid, user, held=True, holder=holder)
+                    # An open folded with its close ('t'): no take-over (no kick of x) of an id refused
+                    [t] = await store.registry("y", [RegistryOp("t", cid, "cy", user, 0.0, None, "c", True)])
+                    assert t.prev_broker == ("" if rule is not None else "x"), (holder, user)
                     owner = RegistryOp("o", cid, "cy", user, time.time(), None, "c", True)
                     [res] = await store.registry("y", [owner])
-                    rule = ownership.refusal("owner", cid, user, held=True, holder=holder)
                     assert (res.held_by is not None) == (rule is not None), (holder, user)
                     if rule is not None:
                         assert not res.ok and (res.held_by or None, res.prev_broker) == (holder, "x")
