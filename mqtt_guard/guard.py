@@ -254,7 +254,7 @@ class Guard:
                 "client %r admitted while Redis is unreachable (%s): ACL rules known so far apply", client_id, exc
             )
         try:
-            await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
+            await self.quota.attach(client)  # raises QuotaRefusal (blocked, too many sessions) or ClientIdHeld
         except BaseException:
             self.acl.policy.forget(subject)
             raise

@@ -129,7 +129,8 @@ class GuardPort(Protocol):
     async def attach(
         self, client_id: str, result: AuthResult, listener: str = "", listener_config: Any = None
     ) -> GuardClient:
-        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions)."""
+        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions) or
+        ClientIdHeld (another broker holds the client id for another identity)."""
         ...
 
     def detach(self, client: GuardClient) -> None: ...
