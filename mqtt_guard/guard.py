@@ -152,6 +152,7 @@ class Guard:
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
             trust=self.trust,
+            owned_ids=config.auth.client_id_policy != "any",
         )
         # Flushes the counters to Redis (docs/analytics.md); the Guard is its queue-depth view.
         self.metrics = MetricsService(
@@ -291,7 +292,7 @@ class Guard:
                 "client %r admitted while Redis is unreachable (%s): ACL rules known so far apply", client_id, exc
             )
         try:
-            await self.quota.attach(client)  # raises QuotaRefusal: blocked, or too many sessions of the user
+            await self.quota.attach(client)  # raises QuotaRefusal (blocked, too many sessions) or ClientIdHeld
         except BaseException:
             self.acl.policy.forget(subject)
             raise

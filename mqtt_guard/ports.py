@@ -136,8 +136,9 @@ class GuardPort(Protocol):
         listener_config: Any = None,
         address: str | None = None,
     ) -> GuardClient:
-        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions).
-        `address`: its source address (a ban with `--kick` disconnects by it)."""
+        """Register an admitted client before its CONNACK; raises QuotaRefusal (blocked, too many sessions) or
+        ClientIdHeld (another broker holds the client id for another identity). `address`: its source
+        address (a ban with `--kick` disconnects by it)."""
         ...
 
     def detach(self, client: GuardClient) -> None: ...

@@ -4,7 +4,10 @@ A client id names a session: whoever connects with it takes over the connection 
 0, the subscriptions and queued messages kept for it. Without a rule any authenticated user could close
 another user's device and destroy its session just by reusing its id (issue 15). The engine asks
 `refusal` once per CONNECT, after authentication and before the client is attached anywhere, with who
-holds the id on this broker (online, or by a persistent session kept offline).
+holds the id on this broker (a CONNECT admitted with it and not yet connected, online, or by a persistent
+session kept offline). Across brokers the session registry applies the `owner` comparison itself, in
+Redis (`store.quota.REGISTRY_LUA`'s owner flag: the registered username differs, '' being the anonymous
+identity), tested against this rule; the engine then answers with `HELD_REFUSAL`.
 
 Policies:
 - ``owner``: an id held by one identity is refused to any other (CONNACK 2, identifier rejected); the
@@ -46,6 +49,9 @@ class Refusal:
     reason: str  # for the log line
 
 
+HELD_REFUSAL = Refusal(CONNACK_IDENTIFIER_REJECTED, HELD, "client id is held by another user")
+
+
 def refusal(
     policy: ClientIdPolicy,
     client_id: str,
@@ -75,8 +81,8 @@ def refusal(
                 f"client id must start with the username and one of {' '.join(sorted(SEPARATORS))}",
             )
     if held and holder != username:
-        return Refusal(CONNACK_IDENTIFIER_REJECTED, HELD, "client id is held by another user")
+        return HELD_REFUSAL
     return None
 
 
-__all__ = ["ClientIdPolicy", "Refusal", "SEPARATORS", "refusal"]
+__all__ = ["HELD_REFUSAL", "ClientIdPolicy", "Refusal", "SEPARATORS", "refusal"]

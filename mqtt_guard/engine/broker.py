@@ -61,7 +61,7 @@ from ..config import GuardConfig, ListenerConfig
 from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
-from ..quota.enforcer import QuotaRefusal
+from ..quota.enforcer import ClientIdHeld, QuotaRefusal
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .protocol import (
@@ -217,6 +217,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._check_errors = 0
         # client id -> the identity its latest connection (in `_connections`) was admitted as (None: anonymous)
         self._holders: dict[str, str | None] = {}
+        # client id -> (identity, how many CONNECTs) of CONNECTs admitted by the client id policy and not yet
+        # in `_connections` (their attach, the auth plugins are awaited): the id is theirs meanwhile, so two
+        # users sending CONNECT with one free id at once cannot both be attached
+        self._claims: dict[str, tuple[str | None, int]] = {}
         # Who may use a client id (auth/ownership.py); not asked at all under "any" without prefixes
         self._id_policy = config.auth.client_id_policy
         self._id_prefixes = tuple(config.auth.client_id_prefixes)
@@ -364,13 +368,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session.listener = listener
         generated = not session.client_id
         client_id = session.client_id = session.client_id or gen_client_id()
-        code = await self._check_connect(session, listener, where, generated)
+        try:
+            code = await self._check_connect(session, listener, where, generated)
+        finally:
+            if self._id_rule and session.guard_client is not None:
+                # Attached: its claim (made by `_admit`) becomes `_holders` below, nothing awaited between
+                self._unclaim(client_id)
         client = session.guard_client
         identity = client.username if client is not None else None
-        if not code and self._id_rule:
-            # Asked again with nothing awaited until the id is claimed below: another CONNECT with this id
-            # may have been admitted while this one awaited its attach.
-            code = self._client_id_refused(session, identity, where, generated)
         if code or self._shutting_down:
             self._detach(session)
             await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
@@ -567,20 +572,33 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if by_identity and result.username:
             session.username = result.username
         if result.ok and session.client_id:
+            client_id = session.client_id
+            identity = None if result.anonymous else result.username
             if self._id_rule:
-                code = self._client_id_refused(
-                    session, None if result.anonymous else result.username, where, generated, result
-                )
+                code = self._client_id_refused(session, identity, where, generated, result)
                 if code:
                     raise ClientIdRefused(code)
+                # Nothing awaited since the check: the id is this CONNECT's until `_serve_connection` holds it
+                claim = self._claims.get(client_id)
+                self._claims[client_id] = (identity, claim[1] + 1 if claim is not None else 1)
             try:
-                session.guard_client = await guard.attach(
-                    session.client_id,
-                    result,
-                    "identity" if by_identity else "",
-                    listener_config=listener,
-                    address=session.remote_address,
-                )
+                try:
+                    session.guard_client = await guard.attach(
+                        client_id,
+                        result,
+                        "identity" if by_identity else "",
+                        listener_config=listener,
+                        address=session.remote_address,
+                    )
+                except BaseException:
+                    if self._id_rule:
+                        self._unclaim(client_id)
+                    raise
+            except ClientIdHeld as held:
+                # Held on another broker for another identity (the registry's word): refused as if held here
+                raise ClientIdRefused(
+                    self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)
+                ) from None
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
                 self._counters.auth_failed(
@@ -607,10 +625,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     ) -> int:
         """0, or the CONNACK code refusing `identity` (None: anonymous) the session's client id
         (auth/ownership.py); a refusal is logged (once a minute per client id, username and kind) and
-        counted. The holder is the latest connection admitted with the id, else a persistent session kept
-        offline."""
+        counted. The holder is a CONNECT admitted with the id and not yet connected (`_claims`), else the
+        latest connection admitted with it, else a persistent session kept offline. (An id held on another
+        broker is refused by the registry at the attach: ClientIdHeld.)"""
         client_id = session.client_id
-        if client_id in self._connections:
+        claim = self._claims.get(client_id)
+        if claim is not None:
+            held, holder = True, claim[0]
+        elif client_id in self._connections:
             held, holder = True, self._holders.get(client_id)
         else:
             entry = self._sessions.get(client_id)
@@ -629,6 +651,25 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         )
         if refused is None:
             return 0
+        return self._id_refusal(session, identity, where, refused, holder, result)
+
+    def _unclaim(self, client_id: str) -> None:
+        claim = self._claims.pop(client_id, None)
+        if claim is not None and claim[1] > 1:
+            self._claims[client_id] = (claim[0], claim[1] - 1)
+
+    def _id_refusal(
+        self,
+        session: GuardedSession,
+        identity: str | None,
+        where: str,
+        refused: ownership.Refusal,
+        holder: str | None,
+        result: AuthResult | None,
+    ) -> int:
+        """Log (once a minute per client id, username and kind) and count a refusal by the client id policy;
+        its CONNACK code."""
+        client_id = session.client_id
         self._counters.auth_failed(
             identity,
             refused.kind,

@@ -65,6 +65,17 @@ class QuotaRefusal(Exception):
     """A CONNECT refused by quota rules (block, too many sessions): CONNACK 5, the message says why."""
 
 
+class ClientIdHeld(Exception):
+    """A CONNECT refused because another broker holds its client id for another identity (`owned_ids`:
+    auth/ownership.py's `owner` rule across brokers, decided by the registry in Redis). Nothing was
+    registered; the engine answers as for an id held on this broker."""
+
+    def __init__(self, holder: str | None, broker: str) -> None:
+        super().__init__(holder, broker)
+        self.holder = holder  # None: anonymous
+        self.broker = broker
+
+
 class QuotaEnforcer:
     """One per broker process: builds the pure book and the background services around it, and runs
     CONNECT and disconnect; `book` is what the Guard consults per message."""
@@ -83,15 +94,19 @@ class QuotaEnforcer:
         tracking: Tracking,
         kick_retry: float,
         trust: Trust | None = None,
+        owned_ids: bool = False,
     ) -> None:
         """`redis_url`: the kick consumer and the liveness writes open connections of their own (BLPOP
         blocks one; the liveness must not wait behind the main pool); `kick_retry` (sidecar.kick_retry): an
         over-quota kick is not queued again within it; `trust`: whether Redis still holds this deployment's
-        data (store/generation.py): those connections are gated by it like `redis`."""
+        data (store/generation.py): those connections are gated by it like `redis`; `owned_ids`: a client id
+        held on another broker is refused to another identity (ClientIdHeld; `auth.client_id_policy` other
+        than `any`)."""
         self.config = config
         self.redis = redis
         self.keys = keys
         self.kick = kick
+        self.owned_ids = owned_ids
         self.store = QuotaStore(redis, keys, audit_maxlen=config.audit_maxlen)
         self.store.epoch = UNREGISTERED  # until the heartbeat registered this broker
         self.broker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -276,26 +291,39 @@ class QuotaEnforcer:
 
     async def _open(self, cq: ClientQuota, limits: Limits) -> None:
         """Register the connection. Awaits Redis only when `sessions` must be checked there (no slot of
-        the user held here); else the registration goes out with the next batch."""
+        the user held here), or when another broker may hold the client id for another identity
+        (`owned_ids` and this broker not `alone`); else the registration goes out with the next batch."""
         client = cq.client
         username = client.username
         sessions = limits.sessions if username is not None else None
         cq.registered = True  # from here on its close is due (a no-op in Redis if the open did not happen)
+        owned_ids = self.owned_ids
+        owned = owned_ids and not self.registry.alone  # (alone: no other broker can hold the id)
 
         def op(mode: str) -> RegistryOp:
-            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode)
+            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode, owned_ids)
 
         if sessions is None:
-            self.registry.submit(op("c"), lambda res: self._opened(cq, res))
-            return
-        assert username is not None
-        now = monotonic()
-        self.registry.state(username, sessions, self.config.lease_fraction, now)
-        if self.registry.take_slot(username, sessions, now):
-            self.registry.submit(op("s"), lambda res: self._opened(cq, res))
-            return
-        res = await self.registry.call(op("c"))
+            if not owned:
+                self.registry.submit(op("c"), lambda res: self._opened(cq, res))
+                return
+            res = await self.registry.call(op("c"))
+        else:
+            assert username is not None
+            now = monotonic()
+            self.registry.state(username, sessions, self.config.lease_fraction, now)
+            if self.registry.take_slot(username, sessions, now):
+                if not owned:
+                    self.registry.submit(op("s"), lambda res: self._opened(cq, res))
+                    return
+                res = await self.registry.call(op("s"))
+            else:
+                res = await self.registry.call(op("c"))
+        if res.held_by is not None:
+            cq.registered = False
+            raise ClientIdHeld(res.held_by or None, res.prev_broker)
         if not res.ok:
+            assert username is not None  # (only a user's `sessions` limit refuses here)
             cq.registered = False
             for holder in res.holders:
                 # Their unused slots keep this user's clients out here: ask for them back now rather
@@ -317,10 +345,24 @@ class QuotaEnforcer:
             cq.confirmed = True
             self._took_over(cq, res)
             return
-        # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
-        # taken for dead) and the user is at its limit: the limit wins.
         cq.registered = False
         client = cq.client
+        if res.held_by is not None:
+            # Admitted while this broker took itself for the only one (another broker had just joined and
+            # the news had not arrived): the holder there keeps its id, this connection goes.
+            log.warning(
+                "client %r (user %r) admitted while broker %s holds the client id for user %r: refused by "
+                "client_id_policy; disconnecting it",
+                client.client_id,
+                client.username,
+                res.prev_broker,
+                res.held_by or None,
+            )
+            if self.clients.get(client.client_id) is cq:
+                self._spawn(self.kick(client.client_id, "client id held by another user"))
+            return
+        # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
+        # taken for dead) and the user is at its limit: the limit wins.
         log.warning(
             "client %r (user %r) admitted on a session slot that Redis no longer had: too many "
             "sessions (%d connected); disconnecting it",

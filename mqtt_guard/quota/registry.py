@@ -112,7 +112,14 @@ class SessionRegistry:
                 opened, opened_done = self._ops[at]
                 self._ops[at] = (
                     RegistryOp(
-                        "t", opened.client_id, opened.conn, opened.username, opened.since, opened.limit, opened.extra
+                        "t",
+                        opened.client_id,
+                        opened.conn,
+                        opened.username,
+                        opened.since,
+                        opened.limit,
+                        opened.extra,
+                        opened.owner,
                     ),
                     opened_done,
                 )

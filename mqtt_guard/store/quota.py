@@ -139,8 +139,8 @@ end
 # KEYS[1] the broker's sessions, KEYS[2] the broker's lease set. ARGV[1] broker, ARGV[2] number of ops,
 # ARGV[3] the ops, one string (`registry_blob`: each field as `<byte length>:<bytes>`, so any client id or
 # username fits; one argument instead of ten per op, which made redis-py's packing the biggest part of a
-# CONNECT's registry cost), 10 fields per op: the 7 below, then the keys it writes: session, user's
-# sessions, user's session slots.
+# CONNECT's registry cost), 11 fields per op: the 7 below, then the keys it writes: session, user's
+# sessions, user's session slots; then the owner flag ('1': `auth.client_id_policy` owns ids, below).
 # Fencing: KEYS[3] the broker's hash, ARGV[4] the broker's epoch ('' = not fenced): a batch of a broker
 # whose epoch is gone (declared dead and reaped, or Redis lost its record) writes nothing and returns -1
 # (`Fenced`), so no session or slot is ever registered outside a live registration.
@@ -150,6 +150,10 @@ end
 #                     -> {admitted, sessions of the user, slots reserved by all brokers, previous broker,
 #                         previous conn, this broker's slots (-1 = not looked at), when refused: the
 #                         brokers holding slots ("b1,b2,")}
+#                     owner flag '1' (modes 'c'/'s'): refused, nothing written, when another broker holds the
+#                     client id for another identity (auth/ownership.py's `owner` rule across brokers; the
+#                     username '' is the anonymous identity) -> {0, 0, 0, that broker, its conn, -1, '', its
+#                     username}
 #   kind 'c' (close): client_id, conn, username, '', limit, keep (at most this many slots: turn the
 #                     closed session into a slot while the user stays far from its limit)
 #                     -> {removed, 0, 0, '', '', this broker's slots or -1}
@@ -198,11 +202,15 @@ for i = 0, tonumber(ARGV[2]) - 1 do
   local s = field()
   local us = field()
   local ss = field()
+  local own = field()
   if kind == 'o' then
     local prev_b = redis.call('HGET', s, 'broker') or ''
     local prev_conn = redis.call('HGET', s, 'conn') or ''
+    local prev_u = own == '1' and prev_b ~= '' and prev_b ~= b and redis.call('HGET', s, 'username')
     if extra == 'r' and prev_b ~= '' and prev_b ~= b then
       out[i + 1] = {0, 0, 0, prev_b, prev_conn, -1, ''}
+    elseif prev_u and prev_u ~= user then
+      out[i + 1] = {0, 0, 0, prev_b, prev_conn, -1, '', prev_u}
     else
       local ok, n, reserved, mine, holders = 1, 0, 0, -1, ''
       if user ~= '' then
@@ -229,8 +237,11 @@ for i = 0, tonumber(ARGV[2]) - 1 do
       out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine, holders}
     end
   elseif kind == 't' then
-    -- opened and closed before its registration was sent: only who held the client id (take-over)
-    out[i + 1] = {1, 0, 0, redis.call('HGET', s, 'broker') or '', redis.call('HGET', s, 'conn') or '', -1, ''}
+    -- opened and closed before its registration was sent: only who held the client id (take-over; none
+    -- of an id the owner flag refuses)
+    local prev_b = redis.call('HGET', s, 'broker') or ''
+    if own == '1' and prev_b ~= '' and prev_b ~= b and redis.call('HGET', s, 'username') ~= user then prev_b = '' end
+    out[i + 1] = {1, 0, 0, prev_b, redis.call('HGET', s, 'conn') or '', -1, ''}
   elseif kind == 'c' then
     local removed, mine = 0, -1
     if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
@@ -428,6 +439,7 @@ class RegistryOp:
     since: float = 0.0
     limit: int | None = None
     extra: str = ""  # open: mode 'c'/'s'/'r'; close: slots to keep at most; slots: slots wanted
+    owner: bool = False  # open: refused if another broker holds the id for another identity (client_id_policy)
 
 
 def length_prefixed(fields: list[str]) -> bytes:
@@ -446,7 +458,7 @@ def redis_text(value: Any) -> str:
 
 
 def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
-    """The ops of one registry batch as REGISTRY_LUA reads them: 10 length-prefixed fields per op."""
+    """The ops of one registry batch as REGISTRY_LUA reads them: 11 length-prefixed fields per op."""
     out = []
     for op in ops:
         user = op.username or ""
@@ -463,6 +475,7 @@ def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
                     keys.session(op.client_id),
                     keys.user_sessions(user),
                     keys.user_session_slots(user),
+                    "1" if op.owner else "",
                 ]
             )
         )
@@ -478,6 +491,8 @@ class RegistryResult:
     prev_conn: str
     mine: int  # this broker's slots for the user after the op; -1: not looked at
     holders: tuple[str, ...] = ()  # open refused: the other brokers holding slots of the user
+    # open refused by the owner flag: the identity `prev_broker` holds the client id for ('' anonymous)
+    held_by: str | None = None
 
 
 UNREGISTERED = "-"
@@ -663,6 +678,7 @@ class QuotaStore:
                 str(r[4]),
                 int(r[5]),
                 tuple(h for h in str(r[6]).split(",") if h),
+                str(r[7]) if len(r) > 7 else None,
             )
             for r in raw
         ]

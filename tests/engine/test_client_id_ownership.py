@@ -4,10 +4,14 @@ a persistent session kept offline, cannot be taken over by another; `mqtt-guard 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
 
+from mqtt_guard.store.keys import Keys
+from mqtt_guard.store.quota import QuotaStore, RegistryOp
 from tests.helpers import rawmqtt as raw
 from tests.helpers.mqtt import connect
 from tests.helpers.wait import until
@@ -45,7 +49,7 @@ def _gone(broker, cid: str, n: int = 1) -> None:
 
 
 def _publish(port: int, topic: str, *payloads: bytes) -> None:
-    pub = connect(port, "pub", "pw-pub")
+    pub = connect(port, "pub", "pw-pub", client_id=_cid("pub"))  # (fits username-prefix too)
     assert pub.rc == 0
     for payload in payloads:
         pub.publish(topic, payload, qos=1)
@@ -204,3 +208,136 @@ def test_session_drop_reaches_the_broker_holding_the_session(start_broker, tmp_p
     audit = rds.xrevrange(f"{prefix}audit", count=1)[0][1]
     assert (audit["action"], audit["client_id"], audit["reason"]) == ("session_drop", cid, "device replaced")
     assert connect(holder.port, "mallory", "pw-mallory", client_id=cid).rc == 0
+
+
+def test_two_users_connecting_with_one_free_id_at_once(inproc, users, rds, prefix):
+    """The second CONNECT arrives while the first awaits its attach (held there for 0.5 s): the id is the
+    first's from its check on (a claim), so the second is refused before it is attached anywhere and the
+    first stays connected, tracked by the quota and registered in Redis. Broker in this process (to hold
+    the attach), real clients on real sockets."""
+    broker = inproc(allow_anonymous=False)
+    guard = broker.guard
+    attach = guard.attach
+    entered: list[str | None] = []
+
+    async def held_attach(client_id, result, *args, **kwargs):
+        entered.append(result.username)
+        await asyncio.sleep(0.5)
+        return await attach(client_id, result, *args, **kwargs)
+
+    broker.call(lambda: setattr(guard, "attach", held_attach))
+    cid = _cid("contested")
+    with raw.RawClient(broker.port) as first, raw.RawClient(broker.port) as second:
+        first.send(raw.connect(cid, username="alice", password="pw-alice"))
+        assert until(lambda: entered == ["alice"], 5)
+        second.send(raw.connect(cid, username="mallory", password="pw-mallory"))
+        assert second.connack() == (0, CONNACK_IDENTIFIER_REJECTED)
+        assert first.connack() == (0, 0)
+        assert entered == ["alice"]  # the second was never attached
+        first.send(raw.subscribe(1, ("inbox/alice", 1)))
+        first.expect(raw.SUBACK)
+
+        def tracked():
+            return (
+                guard.clients[cid].username,
+                guard.quota.clients[cid].client.username,
+                sorted(broker.broker.sessions),
+            )
+
+        assert broker.call(tracked) == ("alice", "alice", [cid])
+        assert until(lambda: rds.hget(f"{prefix}session:{cid}", "username") == "alice")
+        assert cid in rds.hgetall(f"{prefix}sessions:user:alice")
+        assert not rds.exists(f"{prefix}sessions:user:mallory")
+        _publish(broker.port, "inbox/alice", b"still yours")
+        assert first.expect(raw.PUBLISH).payload == b"still yours"
+
+
+def _broker_ids(rds, prefix, *brokers) -> list[str]:
+    """The registry ids of running broker processes, once every one of them is registered."""
+    ids: dict[int, str] = {}
+
+    def registered() -> bool:
+        for broker_id in rds.zrange(f"{prefix}brokers", 0, -1):
+            pid = rds.hget(f"{prefix}broker:{broker_id}", "pid")
+            if pid is not None:
+                ids[int(pid)] = broker_id
+        return all(b.proc.pid in ids for b in brokers)
+
+    assert until(registered, 10)
+    return [ids[b.proc.pid] for b in brokers]
+
+
+@pytest.mark.parametrize("policy", ["owner", "username-prefix"])
+def test_an_id_online_on_another_broker_is_refused_to_another_user(broker_with, add_user, rds, prefix, policy):
+    """Two brokers on one Redis: an id alice holds on X is refused to another user on Y (the registry
+    decides: REGISTRY_LUA's owner check), alice untouched on X; alice herself moves from X to Y as before
+    (X is asked to close her old connection). Under username-prefix the thief is a user whose name makes
+    the id fit its prefix too (alice-bob for alice-bob-...)."""
+    add_user("alice-bob", "pw-alice-bob")
+    thief = "alice-bob"
+    config = f"auth:\n  client_id_policy: {policy}\n"
+    x, y = broker_with(config), broker_with(config)
+    x_id, y_id = _broker_ids(rds, prefix, x, y)
+    cid = f"alice-bob-{uuid.uuid4().hex[:8]}"
+    alice = connect(x.port, "alice", "pw-alice", client_id=cid, clean_session=False)
+    assert alice.rc == 0 and alice.subscribe(("inbox/alice", 1)) == [1]
+    assert until(lambda: rds.hget(f"{prefix}session:{cid}", "broker") == x_id)
+
+    for clean in (True, False):
+        assert connect(y.port, thief, f"pw-{thief}", client_id=cid, clean_session=clean).rc == 2
+    line = y.wait_log(f"refused take-over of client '{cid}' from 127.0.0.1:")
+    assert f"by user '{thief}': the client id is held by user 'alice' (CONNACK 2)" in line
+    assert not alice.disconnected.wait(1.0)
+    assert rds.hget(f"{prefix}session:{cid}", "broker") == x_id
+    assert f"disconnecting client '{cid}'" not in x.log()  # X was not asked to close it
+    _publish(x.port, "inbox/alice", b"still yours")
+    assert alice.receive().payload == b"still yours"
+
+    moved = connect(y.port, "alice", "pw-alice", client_id=cid, clean_session=False)
+    assert moved.rc == 0
+    assert alice.disconnected.wait(5)
+    assert until(lambda: rds.hget(f"{prefix}session:{cid}", "broker") == y_id)
+    moved.close()
+
+
+def test_any_keeps_the_take_over_across_brokers(broker_with, rds, prefix):
+    config = "auth:\n  client_id_policy: any\n"
+    x, y = broker_with(config), broker_with(config)
+    _, y_id = _broker_ids(rds, prefix, x, y)
+    cid = _cid("shared")
+    alice = connect(x.port, "alice", "pw-alice", client_id=cid)
+    assert alice.rc == 0
+    assert until(lambda: rds.hget(f"{prefix}session:{cid}", "username") == "alice")
+    mallory = connect(y.port, "mallory", "pw-mallory", client_id=cid)
+    assert mallory.rc == 0
+    assert alice.disconnected.wait(5)
+    assert until(lambda: rds.hget(f"{prefix}session:{cid}", "broker") == y_id)
+    mallory.close()
+
+
+def test_a_broker_that_took_itself_for_alone_disconnects_the_newcomer(inproc, users, rds, prefix, redis_server):
+    """A broker that believes it is the only one registers without awaiting it; if another broker (here an
+    entry written as broker 'x' would, unknown to the `brokers` set) holds the id for another user, the
+    registry refuses the registration and the newcomer is disconnected: the holder keeps its id."""
+    broker = inproc(allow_anonymous=False)
+    assert until(lambda: broker.call(lambda: broker.guard.quota.registry.alone), 10)
+    cid = _cid("held-on-x")
+
+    async def held_on_x():
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        try:
+            [res] = await QuotaStore(client, Keys(prefix)).registry(
+                "x", [RegistryOp("o", cid, "cx", "alice", 1.0, None, "c")]
+            )
+            assert res.ok
+        finally:
+            await client.aclose()
+
+    asyncio.run(held_on_x())
+    mallory = connect(broker.port, "mallory", "pw-mallory", client_id=cid)
+    assert mallory.rc == 0  # admitted from memory (alone), then
+    assert mallory.disconnected.wait(5)
+    assert rds.hget(f"{prefix}session:{cid}", "broker") == "x"
+    assert rds.hget(f"{prefix}session:{cid}", "username") == "alice"
+    assert not rds.exists(f"{prefix}sessions:user:mallory")
+    assert broker.call(lambda: cid not in broker.guard.clients)

@@ -8,6 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from mqtt_guard.auth import ownership
 from mqtt_guard.store.keys import Keys
 from mqtt_guard.store.lease import SyncRequest
 from mqtt_guard.store.quota import Fenced, QuotaStore, RegistryOp
@@ -216,6 +217,46 @@ def test_heartbeat_reports_reach_only_the_owning_connections_entries(redis_serve
             assert rds.hmget(f"{prefix}session:c{n - 1}", "events", "bytes") == [str(n - 1), str(2 * (n - 1))]
             assert rds.hmget(f"{prefix}session:é:1", "queue_over_since", "ratio", "note") == ["1.500", "0.25", "a:b é"]
             await store.update_sessions([])  # nothing to send
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_the_owner_flag_refuses_exactly_what_the_owner_rule_refuses(redis_server, prefix, rds):
+    """REGISTRY_LUA's owner check (an id registered by another broker for another identity) against the pure
+    rule, auth/ownership.py's `owner`, over named and anonymous (None, sent as '') identities; a refused
+    open writes nothing (and a folded open-and-close reports no holder to kick), an open of the broker
+    holding the id and an open without the flag are not asked."""
+    identities = [None, "alice", "bob", "Alice", "alice ", "ä-ß", "alice,b"]
+
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            for i, holder in enumerate(identities):
+                for j, user in enumerate(identities):
+                    cid = f"id-{i}-{j}"
+                    [held] = await store.registry("x", [op_open(cid, holder, None, conn="cx")])
+                    assert held.ok
+                    before = rds.hgetall(f"{prefix}session:{cid}")
+                    rule = ownership.refusal("owner", cid, user, held=True, holder=holder)
+                    # An open folded with its close ('t'): no take-over (no kick of x) of an id refused
+                    [t] = await store.registry("y", [RegistryOp("t", cid, "cy", user, 0.0, None, "c", True)])
+                    assert t.prev_broker == ("" if rule is not None else "x"), (holder, user)
+                    owner = RegistryOp("o", cid, "cy", user, time.time(), None, "c", True)
+                    [res] = await store.registry("y", [owner])
+                    assert (res.held_by is not None) == (rule is not None), (holder, user)
+                    if rule is not None:
+                        assert not res.ok and (res.held_by or None, res.prev_broker) == (holder, "x")
+                        assert rds.hgetall(f"{prefix}session:{cid}") == before
+                    else:
+                        assert res.ok and res.prev_broker == "x"  # the take-over (x is asked to kick it)
+                        assert rds.hget(f"{prefix}session:{cid}", "broker") == "y"
+            # The same broker (its own rule decided already) and an open without the flag: no refusal.
+            await store.registry("x", [op_open("mine", "alice", None, conn="c1")])
+            [same] = await store.registry("x", [RegistryOp("o", "mine", "c2", "bob", time.time(), None, "c", True)])
+            [any_] = await store.registry("y", [op_open("mine", "carol", None, conn="c3")])
+            assert same.ok and same.held_by is None and any_.ok and any_.held_by is None
         finally:
             await client.aclose()
 
