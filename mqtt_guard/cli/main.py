@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from .. import __version__
+from ..ops import OpError
 from . import acl, broker, importer, kick, passwd, quota, sidecar, stats, users  # mosquitto compat (mqtt_guard/compat)
+from . import admin as admin_cmd
 from . import store as store_cmd
 from .common import CliError
 
@@ -27,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmd.register(sub)
     passwd.register(sub)
     importer.register(sub)
+    admin_cmd.register(sub)
     return parser
 
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (CliError, OpError) as exc:  # OpError: an operation (mqtt_guard/ops) refused
         print(f"mqtt-guard: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

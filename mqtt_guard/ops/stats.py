@@ -31,7 +31,7 @@ ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
 # -- stats ----------------------------------------------------------------------------------------
-def _split_fields(h: dict[str, str]) -> tuple[dict[str, int], dict[str, str]]:
+def split_fields(h: dict[str, str]) -> tuple[dict[str, int], dict[str, str]]:
     counters: dict[str, int] = {}
     gauges: dict[str, str] = {}
     for k, v in h.items():
@@ -84,7 +84,7 @@ async def gather_stats(
     entity = await reader.entity(name, kind)
     if entity is None:
         return None
-    counters, gauges = _split_fields(entity.fields)
+    counters, gauges = split_fields(entity.fields)
     starts, ins, outs = await reader.history(entity.kind, name, resolution=RES_10S, now=now)
     username = name if entity.kind == KIND_USER else (gauges.get(C.G_USERNAME) or None)
     out: dict[str, Any] = {
@@ -135,7 +135,7 @@ async def gather_failures(
     reader = StatsReader(redis, keys)
     addresses = await reader.failures(FAILED_ADDR, limit=limit, days=days, now=now)
     users = await reader.failures(FAILED_USER, limit=limit, days=days, now=now)
-    totals, _ = _split_fields(await reader.totals())
+    totals, _ = split_fields(await reader.totals())
     return {
         "time": round(now, 3),
         "days": days,
@@ -154,7 +154,7 @@ async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: fl
     hashes = await reader.many(kind, [ident for ident, _, _ in ranked])
     rows = []
     for (ident, rin, rout), h in zip(ranked, hashes, strict=True):
-        counters, gauges = _split_fields(h)
+        counters, gauges = split_fields(h)
         row: dict[str, Any] = {
             "id": ident,
             "rate_in": round(rin, 3),
