@@ -32,7 +32,7 @@ from ..ops import users as user_ops
 from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from ..store.stats import KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import HB_HOST, HB_PID, KIND_CLIENT, KIND_USER, StatsReader
 from ..store.tokens import AdminToken
 from .schema import BOOL, NAME, NUMBER, STRING, Schema, array, enum, nullable, obj
 
@@ -683,7 +683,6 @@ async def totals(ctx: Ctx, request: web.Request, _: Any) -> Any:
 def _broker_view(
     b: str, alive: bool, dead_after: float | None, h: dict[str, str], sessions: int, beat: float | None, now: float
 ) -> dict[str, Any]:
-    stats = h if beat is not None else {}
     return {
         "id": b,
         "alive": alive,
@@ -694,7 +693,7 @@ def _broker_view(
         "started": float(h["started"]) if h.get("started") else None,
         "sessions": sessions,
         "stats_heartbeat_age": None if beat is None else round(max(0.0, now - beat), 3),
-        "stats": stats,
+        "stats": h if beat is not None else {},
     }
 
 
@@ -709,15 +708,16 @@ async def brokers(ctx: Ctx, request: web.Request, _: Any) -> Any:
             pipe.hgetall(ctx.keys.broker(b))
             pipe.scard(ctx.keys.broker_sessions(b))
         found = await pipe.execute()
-    stats = {b: (t, h) for b, t, h in await StatsReader(ctx.redis, ctx.keys).brokers()}
+    # the analytics name a broker HOSTNAME:PORT (metrics.broker_id), the registry by process: same host and pid
+    stats = {(h.get(HB_HOST), h.get(HB_PID)): (b, t, h) for b, t, h in await StatsReader(ctx.redis, ctx.keys).brokers()}
     out = []
     for i, (b, score) in enumerate(registry):
-        beat, sh = stats.pop(b, (None, {}))
-        view = _broker_view(b, score / 1000 > now, round(score / 1000, 3), found[2 * i], found[2 * i + 1], beat, now)
-        view["stats"] = sh
-        out.append(view)
-    for b, (beat, sh) in sorted(stats.items()):  # stopped brokers whose stats are still kept
-        out.append(_broker_view(b, False, None, sh, 0, beat, now))
+        h = found[2 * i]
+        stats_id, beat, sh = stats.pop((h.get("host"), h.get("pid")), (None, None, {}))
+        view = _broker_view(b, score / 1000 > now, round(score / 1000, 3), h, found[2 * i + 1], beat, now)
+        out.append({**view, "registered": True, "stats_id": stats_id, "stats": sh})
+    for stats_id, beat, sh in sorted(stats.values()):  # stopped brokers whose analytics are still kept
+        out.append({**_broker_view(stats_id, False, None, sh, 0, beat, now), "registered": False, "stats_id": stats_id})
     rtt = ctx.redis_rtt
     return {
         "brokers": out,
