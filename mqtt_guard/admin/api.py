@@ -85,10 +85,11 @@ class Route:
     query: list[Param] = field(default_factory=list)
     status: int = 200
     stream: bool = False  # text/event-stream instead of JSON
+    safe: bool = False  # a POST that changes nothing (acl check): read-only tokens may call it
 
     @property
     def writes(self) -> bool:
-        return self.method not in ("GET", "HEAD")
+        return self.method not in ("GET", "HEAD") and not self.safe
 
 
 ROUTES: list[Route] = []
@@ -104,9 +105,10 @@ def route(
     query: list[Param] | None = None,
     status: int = 200,
     stream: bool = False,
+    safe: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        ROUTES.append(Route(method, path, handler, summary, tag, body, query or [], status, stream))
+        ROUTES.append(Route(method, path, handler, summary, tag, body, query or [], status, stream, safe))
         return handler
 
     return register
@@ -335,7 +337,14 @@ async def remove_rule(ctx: Ctx, request: web.Request, _: Any) -> Any:
     return {"subject": subject, "filter": topic_filter, "removed": True}
 
 
-@route("POST", "/api/acl/check", "Explain the decision a broker would take now (acl check)", tag="acl", body=ACL_CHECK)
+@route(
+    "POST",
+    "/api/acl/check",
+    "Explain the decision a broker would take now (acl check)",
+    tag="acl",
+    body=ACL_CHECK,
+    safe=True,
+)
 async def check_acl(ctx: Ctx, request: web.Request, body: Any) -> Any:
     result = await acl_ops.check(
         ctx.redis,

@@ -98,3 +98,38 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
     }
+
+
+BEGIN = "<!-- routes: generated from /openapi.json by mqtt_guard.admin.openapi.markdown(); tests/admin check it -->"
+END = "<!-- end of routes -->"
+
+
+def markdown() -> str:
+    """The route reference of docs/admin-api.md: one table per tag, from the document itself."""
+    doc = document()
+    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            by_tag.setdefault(op["tags"][0], []).append((method.upper(), path, op))
+    lines = [BEGIN, ""]
+    for tag, rows in by_tag.items():
+        lines += [f"### {tag}", "", "| Method | Path | What | Body / query |", "|---|---|---|---|"]
+        for method, path, op in rows:
+            fields = []
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                required = set(body.get("required", []))
+                fields += [f"`{n}`" + ("" if n in required else "?") for n in body.get("properties", {})]
+            fields += [f"?{p['name']}" for p in op.get("parameters", []) if p["in"] == "query"]
+            lock = " (write)" if "Refused (403)" in op.get("description", "") else ""
+            lines.append(f"| {method} | `{path}` | {op['summary']}{lock} | {', '.join(fields) or '-'} |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m mqtt_guard.admin.openapi [--markdown]: print the document
+    import json
+    import sys
+
+    print(markdown() if "--markdown" in sys.argv else json.dumps(document(), indent=1))

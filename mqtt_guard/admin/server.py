@@ -61,7 +61,7 @@ async def guard(
             found = await TokenStore(ctx.redis, ctx.keys).lookup(token.strip())
             if found is None:
                 return error(401, "unauthorized", "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
-            if request.method not in ("GET", "HEAD") and found.read_only:
+            if found.read_only and request.method not in ("GET", "HEAD") and not _safe(request):
                 return error(403, "forbidden", f"token {found.name!r} is read-only")
             request["token"] = found
         return await handler(request)
@@ -75,6 +75,15 @@ async def guard(
         return error(exc.status, exc.reason.lower().replace(" ", "_"), f"{request.method} {request.path}: {exc.reason}")
     except REDIS_ERRORS as exc:
         return error(503, "redis_unavailable", f"cannot reach Redis: {exc}")
+
+
+SAFE = {(r.method, r.path) for r in ROUTES if not r.writes}
+
+
+def _safe(request: web.Request) -> bool:
+    """The request's route changes nothing (a GET, or a POST like acl check)."""
+    resource = request.match_info.route.resource
+    return resource is not None and (request.method, resource.canonical) in SAFE
 
 
 def endpoint(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -65,3 +65,10 @@ def test_tls_when_a_cert_is_configured(redis_server, prefix, tmp_path):
             Api(f"http://127.0.0.1:{process.port}", token).get("/api/users")
     finally:
         process.stop()
+
+
+def test_read_only_token_may_ask_acl_check(admin):
+    reply = admin.ro.call(
+        "POST", "/api/acl/check", {"username": None, "client_id": "c", "topic": "a", "action": "publish"}
+    )
+    assert reply.status == 200 and reply.body["allowed"] is False

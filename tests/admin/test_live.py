@@ -54,7 +54,13 @@ def test_acl_edit_through_the_api_applies_to_a_connected_client(admin, add_user,
 
         assert until(withheld, 10), "alice still receives after the deny"
         entry = [e for e in admin.ro.ok("GET", "/api/audit") if e["action"] == "acl.deny"][-1]
-        assert entry == {**entry, "by": "admin-api:ops", "subject": "user:alice", "filter": "t/#", "value": "subscribe,deny-receive"}
+        assert entry == {
+            **entry,
+            "by": "admin-api:ops",
+            "subject": "user:alice",
+            "filter": "t/#",
+            "value": "subscribe,deny-receive",
+        }
         # stats of the connected client and of the user come from what the broker flushed
         stats = until(lambda: admin.ro.call("GET", "/api/users/root/stats").status == 200, 10)
         assert stats
