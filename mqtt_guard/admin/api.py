@@ -605,7 +605,7 @@ async def stream_sessions(ctx: Ctx, request: web.Request, _: Any) -> Any:
             data = json.dumps(await session_page(ctx, request), separators=(",", ":"))
             await resp.write(f"event: sessions\ndata: {data}\n\n".encode())
             await asyncio.sleep(interval)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client went away
         pass
     return resp
 

@@ -33,6 +33,7 @@ log = logging.getLogger("mqtt_guard.admin")
 CTX = web.AppKey("ctx", Ctx)
 MAX_BODY = 64 * 1024
 PING_INTERVAL = 2.0
+SHUTDOWN_TIMEOUT = 2.0  # seconds requests in progress (event streams) get at SIGTERM
 
 
 class ApiError(Exception):
@@ -163,7 +164,8 @@ async def serve(ctx: Ctx, config: AdminConfig, stop: asyncio.Event) -> None:
     """Serve until `stop` is set."""
     host, port = split_bind(config.bind, "admin.bind")
     await ping(ctx)
-    runner = web.AppRunner(make_app(ctx), access_log=None)
+    # an open event stream must not hold SIGTERM up for aiohttp's default minute
+    runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls_context(config))
     await site.start()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
 from tests.helpers.mqtt import connect
 from tests.helpers.wait import until
 
@@ -73,3 +76,14 @@ def test_acl_edit_through_the_api_applies_to_a_connected_client(admin, add_user,
     finally:
         sub.close()
         pub.close()
+
+
+def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):
+    req = urllib.request.Request(
+        admin.api.base + "/api/stream/sessions", headers={"Authorization": f"Bearer {admin.api.token}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.readline() == b"event: sessions\n"
+        started = time.monotonic()
+        assert admin.process.stop() == 0
+        assert time.monotonic() - started < 8
