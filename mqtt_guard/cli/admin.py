@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=cmd_token_list)
     r = t.add_parser("revoke", help="delete a token: requests with it get 401 at once")
-    r.add_argument("name")
+    r.add_argument("name", help="the name given at create")
     r.set_defaults(func=cmd_token_revoke)
 
 
