@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -474,41 +473,38 @@ async def kick_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
     return _kick_view(result)
 
 
-async def _block(ctx: Ctx, request: web.Request, body: Any, key: str, **who: str) -> Any:
-    until = time.time() + float(body["seconds"])
-    await ctx.quota().set_block(key, body.get("reason") or "blocked by an admin", until, by(request), **who)
-    return {**who, "blocked_until": round(until)}
-
-
 @route("PUT", "/api/blocks/clients/{client_id}", "Refuse a client id's CONNECTs for a while", tag="clients", body=BLOCK)
 async def block_client(ctx: Ctx, request: web.Request, body: Any) -> Any:
     cid = request.match_info["client_id"]
-    return await _block(ctx, request, body, ctx.keys.block_client(cid), client_id=cid)
+    reason = body.get("reason") or "blocked by an admin"
+    until = await kick_ops.block(
+        ctx.redis, ctx.keys, body["seconds"], reason, by(request), client_id=cid, audit_maxlen=ctx.audit_maxlen
+    )
+    return {"client_id": cid, "blocked_until": round(until)}
 
 
 @route("PUT", "/api/blocks/users/{username}", "Refuse a user's CONNECTs for a while", tag="clients", body=BLOCK)
 async def block_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
     name = request.match_info["username"]
-    return await _block(ctx, request, body, ctx.keys.block_user(name), username=name)
-
-
-async def _unblock(ctx: Ctx, request: web.Request, key: str, **who: str) -> Any:
-    if not await ctx.redis.delete(key):
-        raise NotFound(f"no block on {next(iter(who.values()))!r}")
-    await audit(ctx, request, "unblock", **who)
-    return {**who, "blocked": False}
+    reason = body.get("reason") or "blocked by an admin"
+    until = await kick_ops.block(
+        ctx.redis, ctx.keys, body["seconds"], reason, by(request), username=name, audit_maxlen=ctx.audit_maxlen
+    )
+    return {"username": name, "blocked_until": round(until)}
 
 
 @route("DELETE", "/api/blocks/clients/{client_id}", "Lift a client id's block", tag="clients")
 async def unblock_client(ctx: Ctx, request: web.Request, _: Any) -> Any:
     cid = request.match_info["client_id"]
-    return await _unblock(ctx, request, ctx.keys.block_client(cid), client_id=cid)
+    await kick_ops.unblock(ctx.redis, ctx.keys, by(request), client_id=cid, audit_maxlen=ctx.audit_maxlen)
+    return {"client_id": cid, "blocked": False}
 
 
 @route("DELETE", "/api/blocks/users/{username}", "Lift a user's block", tag="clients")
 async def unblock_user(ctx: Ctx, request: web.Request, _: Any) -> Any:
     name = request.match_info["username"]
-    return await _unblock(ctx, request, ctx.keys.block_user(name), username=name)
+    await kick_ops.unblock(ctx.redis, ctx.keys, by(request), username=name, audit_maxlen=ctx.audit_maxlen)
+    return {"username": name, "blocked": False}
 
 
 @route("GET", "/api/blocks", "Every block in force", tag="clients")

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from . import Invalid
+from . import Invalid, NotFound
 
 
 @dataclass
@@ -81,3 +81,44 @@ async def kick_user(
         ok, detail = await store.kick(s["client_id"], reason, by, broker_id=s.get("broker", ""), conn=s.get("conn", ""))
         result.kicks.append(Sent(s["client_id"], ok, detail))
     return result
+
+
+def block_key(keys: Keys, *, client_id: str | None = None, username: str | None = None) -> str:
+    return keys.block_client(client_id) if client_id is not None else keys.block_user(username or "")
+
+
+async def block(
+    redis: aioredis.Redis,
+    keys: Keys,
+    seconds: float,
+    reason: str,
+    by: str,
+    *,
+    client_id: str | None = None,
+    username: str | None = None,
+    audit_maxlen: int = 100_000,
+) -> float:
+    """Refuse the CONNECTs of a client id (or a user) for `seconds`, audited; returns when it ends."""
+    if not seconds > 0:
+        raise Invalid("a block must last more than 0 seconds")
+    until = time.time() + seconds
+    who = {"client_id": client_id} if client_id is not None else {"username": username or ""}
+    store = QuotaStore(redis, keys, audit_maxlen=audit_maxlen)
+    await store.set_block(block_key(keys, client_id=client_id, username=username), reason, until, by, **who)
+    return until
+
+
+async def unblock(
+    redis: aioredis.Redis,
+    keys: Keys,
+    by: str,
+    *,
+    client_id: str | None = None,
+    username: str | None = None,
+    audit_maxlen: int = 100_000,
+) -> None:
+    """Lift a block (brokers track the `block:` prefix and forget it at once), audited."""
+    who = {"client_id": client_id} if client_id is not None else {"username": username or ""}
+    if not await redis.delete(block_key(keys, client_id=client_id, username=username)):
+        raise NotFound(f"no block on {next(iter(who.values()))!r}")
+    await QuotaStore(redis, keys, audit_maxlen=audit_maxlen).audit(action="unblock", by=by, **who)
