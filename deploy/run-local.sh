@@ -3,7 +3,7 @@
 #
 # Ports: REDIS_PORT (default: the port of the last run, kept in .run/redis-port, so the admin commands
 # printed last time still work; on a first run 6379 when free, else a free port), MQTT_PORT (default
-# 1883, or a free port when 1883 is taken). MQTT_GUARD_PREFIX (default mqg:) is honoured throughout.
+# 1883, or a free port when 1883 is taken), ADMIN_PORT (the admin HTTP API: default 9884, or a free port). MQTT_GUARD_PREFIX (default mqg:) is honoured throughout.
 # `source .run/env` sets MQTT_GUARD_REDIS_URL and MQTT_GUARD_PREFIX, which the mqtt-guard CLI reads.
 #
 # Sourced (by tests) it only defines the functions; run, it calls main.
@@ -90,6 +90,8 @@ main() {
   REDIS_PORT=$(choose_redis_port "$RUN")
   MQTT_PORT=${MQTT_PORT:-1883}
   if ! port_free "$MQTT_PORT"; then MQTT_PORT=$(free_port); fi
+  ADMIN_PORT=${ADMIN_PORT:-9884}
+  if ! port_free "$ADMIN_PORT"; then ADMIN_PORT=$(free_port); fi
   export MQTT_GUARD_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"
   write_env "$RUN" "$REDIS_PORT" "$prefix"
 
@@ -122,9 +124,19 @@ main() {
 
   .venv/bin/mqtt-guard broker --bind "127.0.0.1:${MQTT_PORT}" & pids+=($!)
   .venv/bin/mqtt-guard sidecar & pids+=($!)
+  # The admin API with a fresh read-write token (the last run's is revoked: shown once, never stored).
+  .venv/bin/mqtt-guard admin token revoke make-run >/dev/null 2>&1 || true
+  local ADMIN_TOKEN
+  ADMIN_TOKEN=$(.venv/bin/mqtt-guard admin token create make-run | awk '{print $NF}')
+  .venv/bin/mqtt-guard admin --bind "127.0.0.1:${ADMIN_PORT}" & pids+=($!)
   for _ in $(seq 100); do
     listening "$MQTT_PORT" && break
     kill -0 "${pids[0]}" 2>/dev/null || { echo "run-local: the broker exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  for _ in $(seq 100); do
+    listening "$ADMIN_PORT" && break
+    kill -0 "${pids[2]}" 2>/dev/null || { echo "run-local: the admin API exited" >&2; exit 1; }
     sleep 0.1
   done
   local subscribe="mosquitto_sub -h 127.0.0.1 -p ${MQTT_PORT} -u demo -P '${DEMO_PW}' -t 'demo/#' -v"
@@ -135,6 +147,8 @@ mqtt-guard is running.
   Redis:  ${MQTT_GUARD_REDIS_URL}   prefix ${prefix}   (data in $RUN/redis; the port is kept for the next run)
   MQTT:   127.0.0.1:${MQTT_PORT}
   Demo user: demo / ${DEMO_PW}
+  Admin API: http://127.0.0.1:${ADMIN_PORT}/api   (OpenAPI: http://127.0.0.1:${ADMIN_PORT}/openapi.json)
+  Admin token (shown once; a new one each run): ${ADMIN_TOKEN}
 
 Try it in another terminal:
   ${subscribe}
@@ -143,6 +157,7 @@ Try it in another terminal:
 Admin (this Redis and prefix, in any shell):
   source $RUN/env
   .venv/bin/mqtt-guard user list
+  curl -H 'Authorization: Bearer ${ADMIN_TOKEN}' http://127.0.0.1:${ADMIN_PORT}/api/sessions
 
 Ctrl-C stops everything.
 MSG

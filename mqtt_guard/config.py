@@ -259,6 +259,20 @@ class SidecarConfig:
 
 
 @dataclass
+class AdminConfig:
+    """The admin HTTP API (`mqtt-guard admin`, docs/admin-api.md): local only unless told otherwise."""
+
+    bind: str = "127.0.0.1:9884"
+    certfile: str | None = None  # with keyfile: serve HTTPS
+    keyfile: str | None = None
+
+    def check(self, where: str = "admin") -> None:
+        split_bind(self.bind, f"{where}.bind")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError(f"{where}: certfile and keyfile go together")
+
+
+@dataclass
 class LogConfig:
     level: LogLevel = "info"
 
@@ -322,6 +336,7 @@ class GuardConfig:
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
 
@@ -342,6 +357,7 @@ class GuardConfig:
             listener.check(f"listeners[{i}]")
         self.metrics.check()
         self.shutdown.check()
+        self.admin.check()
 
 
 def load_config(path: str | Path | None) -> GuardConfig:

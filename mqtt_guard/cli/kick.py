@@ -8,12 +8,11 @@ the block expires.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from ..config import parse_duration
+from ..ops import kick as ops
 from ..store.keys import Keys
-from ..store.quota import QuotaStore
 from . import timefmt
 from .common import CliError, admin_id, run_with_redis
 
@@ -45,53 +44,38 @@ def cmd_kick(args: argparse.Namespace) -> int:
     by = admin_id()
 
     async def body(redis: Any, keys: Keys) -> int:
-        store = QuotaStore(redis, keys)
-        until = time.time() + block if block else 0.0
         reason = args.reason
         if args.user:
-            sessions = await store.sessions_of_user(args.user)
+            result = await ops.kick_user(redis, keys, args.user, reason, by, block=block)
             if block:
-                await store.set_block(keys.block_user(args.user), reason, until, by, username=args.user)
-                print(f"user {args.user!r} blocked for {args.block} (until {timefmt.until(until)})")
+                print(f"user {args.user!r} blocked for {args.block} (until {timefmt.until(result.blocked_until)})")
             kicked = 0
-            for s in sessions:
-                ok, detail = await store.kick(
-                    s["client_id"], reason, by, broker_id=s.get("broker", ""), conn=s.get("conn", "")
-                )
-                if ok:
+            for sent in result.kicks:
+                if sent.ok:
                     kicked += 1
-                    print(f"kick of client {s['client_id']!r} sent to broker {detail}")
+                    print(f"kick of client {sent.client_id!r} sent to broker {sent.detail}")
                 else:
-                    print(f"client {s['client_id']!r}: {detail}")
-            if not sessions:
+                    print(f"client {sent.client_id!r}: {sent.detail}")
+            if not result.kicks:
                 print(f"user {args.user!r} has no connected client")
             return 0 if kicked or block else 1
         client_id = args.client_id
-        session = await store.session(client_id)
-        if not session:
+        result = await ops.kick_client(redis, keys, client_id, reason, by, block=block)
+        if not result.connected:
             if block:
-                await store.set_block(keys.block_client(client_id), reason, until, by, client_id=client_id)
                 print(f"client {client_id!r} is not connected; blocked for {args.block}")
                 return 0
             print(f"client {client_id!r} is not connected (no session registered)")
             return 1
-        broker = session.get("broker", "")
-        if not await store.broker_alive(broker):
-            print(f"warning: broker {broker} holding {client_id!r} is not heartbeating; the kick waits for it")
-        ok, detail = await store.kick(
-            client_id,
-            reason,
-            by,
-            broker_id=broker,
-            conn=session.get("conn", ""),
-            block_key=keys.block_client(client_id) if block else None,
-            block_until=until,
-        )
-        if not ok:
-            print(f"client {client_id!r}: {detail}")
+        sent = result.kicks[0]
+        if not result.broker_alive:
+            print(f"warning: broker {result.broker} holding {client_id!r} is not heartbeating; the kick waits for it")
+        if not sent.ok:
+            print(f"client {client_id!r}: {sent.detail}")
             return 1
         print(
-            f"kick of client {client_id!r} sent to broker {detail}" + (f"; blocked for {args.block}" if block else "")
+            f"kick of client {client_id!r} sent to broker {sent.detail}"
+            + (f"; blocked for {args.block}" if block else "")
         )
         return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
+from ..ops import OpError
 from . import (  # mosquitto compat (mqtt_guard/compat)
     acl,
     ban,
@@ -18,6 +19,7 @@ from . import (  # mosquitto compat (mqtt_guard/compat)
     stats,
     users,
 )
+from . import admin as admin_cmd
 from . import store as store_cmd
 from .common import CliError
 from .session import register as register_session
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ban.register(sub)
     passwd.register(sub)
     importer.register(sub)
+    admin_cmd.register(sub)
     return parser
 
 
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (CliError, OpError) as exc:  # OpError: an operation (mqtt_guard/ops) refused
         print(f"mqtt-guard: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

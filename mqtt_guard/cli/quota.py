@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from typing import Any
 
-from ..quota.limits import FIELDS, normalize, parse_limits
+from ..ops import quota as ops
+from ..ops.quota import describe_quota
+from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
@@ -84,15 +85,8 @@ def _name(args: argparse.Namespace) -> str | None:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    fields: dict[str, str] = {}
-    for option, name in OPTIONS.items():
-        value = getattr(args, option)
-        if value is None:
-            continue
-        try:
-            fields[name] = normalize(name, value)
-        except ValueError as exc:
-            raise CliError(f"--{option.replace('_', '-')}: {exc}") from None
+    values = {name: getattr(args, option) for option, name in OPTIONS.items() if getattr(args, option) is not None}
+    fields = ops.normalize_limits(values, lambda name: f"--{name.replace('_', '-')}")  # option == field name
     if not fields:
         raise CliError(
             "nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
@@ -100,12 +94,10 @@ def cmd_set(args: argparse.Namespace) -> int:
         )
 
     async def body(redis: Any, keys: Keys) -> int:
-        store = QuotaStore(redis, keys)
         name = _name(args)
         if name is not None:
             await check_user_known(redis, keys, name, strict=args.strict, what="quota")
-        key = store.limits_key(name)
-        await redis.hset(key, mapping=fields)
+        key = await ops.set_limits(redis, keys, name, fields)
         print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
         return 0
 
@@ -114,77 +106,11 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_unset(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: Keys) -> int:
-        key = QuotaStore(redis, keys).limits_key(_name(args))
-        removed = await redis.hdel(key, *args.fields)
+        key, removed = await ops.unset_limits(redis, keys, _name(args), args.fields)
         print(f"{key}: removed {removed} field(s)")
         return 0
 
     return run_with_redis(args, body, writes=True)
-
-
-async def describe_quota(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
-    raw_users, raw_default = await store.load_limits([username] if username else [])
-    raw_user = raw_users.get(username, {}) if username else {}
-    limits = parse_limits(raw_user or None, raw_default) if username else parse_limits(None, raw_default)
-    now = time.time()
-    out: dict[str, Any] = {"user": username, "limits": {}, "problems": list(limits.problems)}
-    for name in FIELDS:
-        if username and name in raw_user:
-            out["limits"][name] = {"value": raw_user[name], "from": keys.quota_user(username)}
-        elif name in raw_default:
-            out["limits"][name] = {"value": raw_default[name], "from": keys.quota_default()}
-    if not username:
-        return out
-    out["usage"] = {}
-    for metric in ("events", "bytes"):
-        allowance = limits.allowance(metric)
-        if allowance is None:
-            continue
-        start = allowance.window.start(now)
-        end = start + allowance.window.seconds
-        h = await store.usage(keys.quota_usage(username, metric, start))
-        held = sum(int(v) for f, v in h.items() if f.startswith("lease:"))
-        used = int(h.get("used", 0))
-        out["usage"][metric] = {
-            "limit": allowance.limit,
-            "window": str(allowance.window),
-            "used": used,
-            "left": max(0, allowance.limit - used),
-            "held_by_brokers": held,
-            "refused": int(h.get("refused", 0)),
-            "window_start": start,
-            "window_start_utc": timefmt.utc(start),
-            "resets_at": end,
-            "resets_at_utc": timefmt.utc(end),
-            "resets_in": round(end - now, 1),
-        }
-    block = await store.blocks(username, "")
-    user_block = block if block is not None and block.key == keys.block_user(username) else None
-    out["block"] = (
-        None
-        if user_block is None
-        else {
-            "reason": user_block.reason,
-            # a block key without a TTL (set by hand) holds until it is deleted: no moment to show
-            "until": None if math.isinf(user_block.until) else round(user_block.until),
-            "by": user_block.by,
-        }
-    )
-    sessions = await store.sessions_of_user(username)
-    out["sessions"] = [
-        {
-            "client_id": s.get("client_id"),
-            "broker": s.get("broker"),
-            "since": float(s.get("since") or 0),
-            "queue_messages": int(float(s.get("queue_messages") or 0)),
-            "events_in": int(s.get("events_in") or 0),
-            "events_out": int(s.get("events_out") or 0),
-            "bytes_in": int(s.get("bytes_in") or 0),
-            "bytes_out": int(s.get("bytes_out") or 0),
-        }
-        for s in sessions
-    ]
-    return out
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -229,8 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: Keys) -> int:
-        store = QuotaStore(redis, keys)
-        reset = await store.reset(args.user)
+        reset = await ops.reset(redis, keys, args.user)
         print(f"usage of {args.user!r} reset in {len(reset)} window(s); block lifted")
         return 0
 

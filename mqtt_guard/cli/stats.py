@@ -9,31 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import counters as C
-from ..metrics.rates import RES_1M, RES_10S, sparkline
+from ..ops.stats import gather_failures, gather_stats, gather_top
 from ..store.keys import Keys
-from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import KIND_CLIENT, KIND_USER
 from . import timefmt
 from .common import CliError, run_with_redis
 
 if TYPE_CHECKING:  # rich is imported when output is rendered: other commands start faster
     from rich.console import Console, Group
-
-GAUGE_FIELDS = {
-    C.G_CONNECTED,
-    C.G_CONNECTED_SINCE,
-    C.G_DISCONNECTED_AT,
-    C.G_QUEUE_DEPTH,
-    C.G_BROKER,
-    C.G_USERNAME,
-    C.G_LAST_SEEN,
-}
-# Publish errors by reason, as `stats` and `top` show them (dropped deliveries count for the receiver).
-ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,107 +56,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--users", action="store_true", help="rank usernames instead of client ids")
     p.add_argument("--interval", type=float, default=1.0, help="refresh period in seconds (default %(default)s)")
     p.set_defaults(func=cmd_top)
-
-
-# -- stats ----------------------------------------------------------------------------------------
-def _split_fields(h: dict[str, str]) -> tuple[dict[str, int], dict[str, str]]:
-    counters: dict[str, int] = {}
-    gauges: dict[str, str] = {}
-    for k, v in h.items():
-        if k in GAUGE_FIELDS:
-            gauges[k] = v
-        else:
-            try:
-                counters[k] = int(v)
-            except ValueError:
-                gauges[k] = v
-    return counters, gauges
-
-
-def _num(v: str | None) -> float | None:
-    try:
-        return float(v) if v not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def _reasons(counters: dict[str, int], prefix: str) -> dict[str, int]:
-    return {k[len(prefix) :]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
-
-
-async def quota_use(redis: Any, keys: Keys, username: str | None) -> dict[str, Any] | None:
-    """The user's quota use in its current windows, as `mqtt-guard quota show` computes it; None when the
-    user has no limits or the quota module is not there (the output then omits quota)."""
-    if not username:
-        return None
-    try:
-        from ..store.quota import QuotaStore
-        from .quota import describe_quota  # the quota command's own reading of limits and usage
-    except ImportError:
-        return None
-    try:
-        info = await describe_quota(QuotaStore(redis, keys), keys, username)
-    except Exception:  # noqa: BLE001 - quota display is best-effort here; `quota show` reports errors
-        return None
-    usage = info.get("usage") or {}
-    if not usage and not info.get("block"):
-        return None
-    metrics = {
-        m: {k: u.get(k) for k in ("used", "limit", "left", "window", "resets_at", "resets_in", "refused")}
-        for m, u in usage.items()
-    }
-    percents = [100.0 * u["used"] / u["limit"] for u in metrics.values() if u.get("limit")]
-    return {"percent": round(max(percents), 1) if percents else None, "metrics": metrics, "blocked": info.get("block")}
-
-
-async def gather_stats(
-    redis: Any, keys: Keys, name: str, kind: str | None, *, day: bool = False, now: float | None = None
-) -> dict[str, Any] | None:
-    now = time.time() if now is None else now
-    reader = StatsReader(redis, keys)
-    entity = await reader.entity(name, kind)
-    if entity is None:
-        return None
-    counters, gauges = _split_fields(entity.fields)
-    starts, ins, outs = await reader.history(entity.kind, name, resolution=RES_10S, now=now)
-    username = name if entity.kind == KIND_USER else (gauges.get(C.G_USERNAME) or None)
-    out: dict[str, Any] = {
-        "kind": entity.kind,
-        "id": name,
-        "username": username,
-        "counters": counters,
-        "publish_errors": {label: counters.get(field, 0) for field, label in ERROR_FIELDS.items()},
-        "auth_failures": _reasons(counters, C.AUTH_FAILED_PREFIX),
-        "kicks": _reasons(counters, C.KICKED_PREFIX),
-    }
-    if entity.kind == KIND_CLIENT:
-        out["connected"] = gauges.get(C.G_CONNECTED) == "1"
-        out["broker"] = gauges.get(C.G_BROKER)
-        out["connected_since"] = _num(gauges.get(C.G_CONNECTED_SINCE))
-        out["disconnected_at"] = _num(gauges.get(C.G_DISCONNECTED_AT))
-        depth = _num(gauges.get(C.G_QUEUE_DEPTH))
-        out["queue_depth"] = int(depth) if depth is not None else None
-    out["last_seen"] = _num(gauges.get(C.G_LAST_SEEN))
-    out["rate"] = {
-        "resolution_seconds": RES_10S[1],
-        "start": starts[0],
-        "messages_in": ins,
-        "messages_out": outs,
-        "sparkline": sparkline([i + o for i, o in zip(ins, outs, strict=True)], 60),
-    }
-    if day:
-        d_starts, d_ins, d_outs = await reader.history(entity.kind, name, resolution=RES_1M, now=now)
-        out["rate_day"] = {
-            "resolution_seconds": RES_1M[1],
-            "start": d_starts[0],
-            "messages_in": d_ins,
-            "messages_out": d_outs,
-            "sparkline": sparkline([i + o for i, o in zip(d_ins, d_outs, strict=True)], 96),
-        }
-    quota = await quota_use(redis, keys, username)
-    if quota is not None:
-        out["quota"] = quota
-    return out
 
 
 def describe_block(block: dict[str, Any], now: float | None = None) -> str:
@@ -243,26 +129,6 @@ def render_stats(data: dict[str, Any], console: Console) -> None:
     console.print(Group(*parts))
 
 
-async def gather_failures(
-    redis: Any, keys: Keys, *, limit: int = 20, days: int = 1, now: float | None = None
-) -> dict[str, Any]:
-    """Who is being refused: the top source addresses and usernames of the last `days` UTC days, and the
-    broker totals of refused CONNECTs by reason (which also count what the rankings did not keep)."""
-    now = time.time() if now is None else now
-    reader = StatsReader(redis, keys)
-    addresses = await reader.failures(FAILED_ADDR, limit=limit, days=days, now=now)
-    users = await reader.failures(FAILED_USER, limit=limit, days=days, now=now)
-    totals, _ = _split_fields(await reader.totals())
-    return {
-        "time": round(now, 3),
-        "days": days,
-        "addresses": [{"address": a, "failures": n} for a, n in addresses],
-        "users": [{"username": u, "failures": n} for u, n in users],
-        "totals": _reasons(totals, C.AUTH_FAILED_PREFIX),
-        "untracked": totals.get(C.FAILURES_UNTRACKED, 0),
-    }
-
-
 def render_failures(data: dict[str, Any], console: Console) -> None:
     from rich import box
     from rich.console import Group
@@ -331,48 +197,6 @@ def _cmd_failures(args: argparse.Namespace) -> int:
 
 
 # -- top ------------------------------------------------------------------------------------------
-async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: float | None = None) -> dict[str, Any]:
-    now = time.time() if now is None else now
-    reader = StatsReader(redis, keys)
-    kind = KIND_USER if users else KIND_CLIENT
-    covered, ranked = await reader.top(kind, limit=limit, now=now)
-    hashes = await reader.many(kind, [ident for ident, _, _ in ranked])
-    rows = []
-    for (ident, rin, rout), h in zip(ranked, hashes, strict=True):
-        counters, gauges = _split_fields(h)
-        row: dict[str, Any] = {
-            "id": ident,
-            "rate_in": round(rin, 3),
-            "rate_out": round(rout, 3),
-            "messages_in": counters.get(C.MSGS_IN, 0),
-            "messages_out": counters.get(C.MSGS_OUT, 0),
-            "errors": {label: counters.get(field, 0) for field, label in ERROR_FIELDS.items()},
-        }
-        if kind == KIND_CLIENT:
-            row["username"] = gauges.get(C.G_USERNAME) or None
-            row["connected"] = gauges.get(C.G_CONNECTED) == "1"
-            row["broker"] = gauges.get(C.G_BROKER)
-        quota = await quota_use(redis, keys, ident if users else row.get("username"))
-        if quota is not None:
-            row["quota"] = quota
-        rows.append(row)
-    brokers = await reader.brokers()
-    return {
-        "time": round(now, 3),
-        "window_seconds": round(covered, 3),
-        "kind": kind,
-        "rows": rows,
-        "brokers": [
-            {
-                "id": b,
-                "heartbeat_age": round(max(0.0, now - t), 3),
-                "clients_connected": int(h.get("clients_connected", 0) or 0),
-            }
-            for b, t, h in brokers
-        ],
-    }
-
-
 def _quota_cell(row: dict[str, Any]) -> str:
     q = row.get("quota")
     if not q:

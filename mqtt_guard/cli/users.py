@@ -10,8 +10,8 @@ from typing import Any
 
 from ..auth import hashes
 from ..config import parse_duration
+from ..ops import users as ops
 from ..store import keys as k
-from ..store.users import UserStore
 from . import timefmt
 from .common import CliError, read_password, run_with_redis
 
@@ -103,11 +103,6 @@ def parse_expiry(value: str, now: float | None = None) -> float:
     return when.timestamp()
 
 
-def _check_name(name: str) -> None:
-    if not name or any(c in name for c in "\0\n\r"):
-        raise CliError(f"invalid user name {name!r}")
-
-
 def _password_options(p: argparse.ArgumentParser) -> None:
     """Where `user add` and `user passwd` read the password (never argv; an interactive prompt by default)."""
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin (one line, raw bytes)")
@@ -125,31 +120,19 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    _check_name(args.name)
+    ops.check_name(args.name)
     password = read_password(args.password_stdin, path=args.password_file)
     encoded = hashes.hash_password(password)
     expires = parse_expiry(args.expires) if args.expires else None
 
     async def body(redis: Any, keys: k.Keys) -> int:
-        users = UserStore(redis, keys)
-        if not await users.create(args.name, encoded, superuser=args.superuser):
-            raise CliError(f"user {args.name!r} already exists (use 'user passwd' to change the password)")
-        if expires is not None:
-            await users.set_fields(args.name, **{k.USER_EXPIRES_AT: str(int(expires))})
-        for group in args.group:
-            await users.add_group(args.name, group)
+        await ops.create_user(
+            redis, keys, args.name, encoded, superuser=args.superuser, expires_at=expires, groups=args.group
+        )
         print(f"user {args.name!r} created")
         return 0
 
     return run_with_redis(args, body, writes=True)
-
-
-def _require(users: UserStore, name: str) -> Any:
-    async def check() -> None:
-        if not await users.exists(name):
-            raise CliError(f"no such user {name!r}")
-
-    return check()
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:
@@ -157,9 +140,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     encoded = hashes.hash_password(password)
 
     async def body(redis: Any, keys: k.Keys) -> int:
-        users = UserStore(redis, keys)
-        await _require(users, args.name)
-        await users.set_fields(args.name, **{k.USER_PASSWORD: encoded})
+        await ops.set_password(redis, keys, args.name, encoded)
         print(f"password of {args.name!r} changed")
         return 0
 
@@ -168,8 +149,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 def cmd_del(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: k.Keys) -> int:
-        if not await UserStore(redis, keys).delete(args.name):
-            raise CliError(f"no such user {args.name!r}")
+        await ops.delete_user(redis, keys, args.name)
         print(f"user {args.name!r} deleted")
         return 0
 
@@ -178,9 +158,7 @@ def cmd_del(args: argparse.Namespace) -> int:
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
     async def body(redis: Any, keys: k.Keys) -> int:
-        users = UserStore(redis, keys)
-        await _require(users, args.name)
-        await users.set_fields(args.name, **{k.USER_DISABLED: "1" if disabled else "0"})
+        await ops.update_user(redis, keys, args.name, disabled=disabled)
         print(f"user {args.name!r} {'disabled' if disabled else 'enabled'}")
         return 0
 
@@ -199,14 +177,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     expires = parse_expiry(args.expires) if args.expires else None
 
     async def body(redis: Any, keys: k.Keys) -> int:
-        users = UserStore(redis, keys)
-        await _require(users, args.name)
-        if args.superuser is not None:
-            await users.set_fields(args.name, **{k.USER_SUPERUSER: "1" if args.superuser else "0"})
-        if expires is not None:
-            await users.set_fields(args.name, **{k.USER_EXPIRES_AT: str(int(expires))})
-        if args.no_expiry:
-            await users.del_field(args.name, k.USER_EXPIRES_AT)
+        expiry = None if args.no_expiry else ops.NO_CHANGE if expires is None else expires
+        await ops.update_user(redis, keys, args.name, superuser=args.superuser, expires_at=expiry)
         print(f"user {args.name!r} updated")
         return 0
 
@@ -215,7 +187,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: k.Keys) -> int:
-        names = await UserStore(redis, keys).list()
+        names = await ops.list_users(redis, keys)
         if args.json:
             json.dump(names, sys.stdout)
             print()
@@ -229,22 +201,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: k.Keys) -> int:
-        user = await UserStore(redis, keys).get(args.name)
-        if user is None:
-            raise CliError(f"no such user {args.name!r}")
-        try:
-            scheme = hashes.identify(user.password) if user.password else "none"
-        except hashes.HashFormatError:
-            scheme = "unrecognised"
-        info: dict[str, Any] = {
-            "username": user.username,
-            "password": scheme,
-            "superuser": user.superuser,
-            "disabled": user.disabled,
-            "expires_at": user.expires_at,
-            "expired": user.expired(),
-            "groups": sorted(user.groups),
-        }
+        info = await ops.get_user(redis, keys, args.name)
         if args.json:
             json.dump(info, sys.stdout)
             print()

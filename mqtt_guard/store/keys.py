@@ -221,6 +221,16 @@ class Keys:
         """Short-lived scratch key of a read (e.g. `top`'s ZUNIONSTORE), deleted in the same transaction."""
         return f"{self.prefix}stats:tmp:{name}"
 
+    # -- the admin API (mqtt_guard/store/tokens.py, docs/admin-api.md) ---------------------------
+    def admin_token(self, digest: str) -> str:
+        """HASH (name, read_only, created, by) of one admin API token, under the SHA-256 hex digest of the
+        token: the token itself is never stored."""
+        return f"{self.prefix}admin:token:{digest}"
+
+    def admin_tokens(self) -> str:
+        """HASH token name -> the digest of its token (`admin token list`, `revoke` by name)."""
+        return f"{self.prefix}admin:tokens"
+
 
 def glob_escape(text: str) -> str:
     """`text` as a literal in a SCAN MATCH pattern (a prefix or name may hold `*?[]\\`)."""

@@ -6,6 +6,7 @@ tree whose `.venv/bin/python` and `.venv/bin/mqtt-guard` run this tree's code.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -105,7 +107,7 @@ class Run:
     def __init__(self, tree: Path, **env: str) -> None:
         self.out_path = tree / f"run-{time.monotonic_ns()}.log"
         self.out = open(self.out_path, "w")
-        clean = {k: v for k, v in os.environ.items() if k not in ("REDIS_PORT", "MQTT_PORT")}
+        clean = {k: v for k, v in os.environ.items() if k not in ("REDIS_PORT", "MQTT_PORT", "ADMIN_PORT")}
         self.proc = subprocess.Popen(
             ["bash", str(tree / "deploy" / "run-local.sh")],
             stdout=self.out,
@@ -161,7 +163,13 @@ def _wait_gone(pid: int | None) -> None:
 def test_make_run_keeps_its_port_and_honours_the_prefix(tmp_path):
     tree = _tree_copy(tmp_path)
     prefix = "t1:"
-    first = Run(tree, REDIS_PORT=str(free_port()), MQTT_PORT=str(free_port()), MQTT_GUARD_PREFIX=prefix)
+    first = Run(
+        tree,
+        REDIS_PORT=str(free_port()),
+        MQTT_PORT=str(free_port()),
+        ADMIN_PORT=str(free_port()),
+        MQTT_GUARD_PREFIX=prefix,
+    )
     try:
         banner = first.wait_banner()
         port = int((tree / ".run" / "redis-port").read_text())
@@ -180,15 +188,24 @@ def test_make_run_keeps_its_port_and_honours_the_prefix(tmp_path):
         assert demo.receive().payload == b"hi"  # the demo rule works under the prefix
         demo.close()
         assert "before a complete CONNECT" not in first.text()
+        # the admin API, with the token printed (docs/admin-api.md)
+        base = banner.split("Admin API: ")[1].split()[0]
+        token = banner.split("Admin token (shown once; a new one each run): ")[1].split()[0]
+        req = urllib.request.Request(base + "/users", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert [u["username"] for u in json.load(resp)["items"]] == ["demo"]
     finally:
         pid = _redis_pid(tree)
         first.stop()
     _wait_gone(pid)
 
-    second = Run(tree, MQTT_PORT=str(free_port()), MQTT_GUARD_PREFIX=prefix)  # no REDIS_PORT this time
+    second = Run(  # no REDIS_PORT this time
+        tree, MQTT_PORT=str(free_port()), ADMIN_PORT=str(free_port()), MQTT_GUARD_PREFIX=prefix
+    )
     try:
         banner = second.wait_banner()
         assert f"redis://127.0.0.1:{port}/0" in banner  # the commands printed last time still work
+        assert token not in banner  # a fresh token each run; the last one is revoked
     finally:
         pid = _redis_pid(tree)
         second.stop()

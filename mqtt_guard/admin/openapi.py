@@ -1,0 +1,135 @@
+"""/openapi.json: an OpenAPI 3.1 document built from the route table (api.ROUTES)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .. import __version__
+from .api import ROUTES, Route
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+}
+ERRORS = {
+    "400": "bad request (not JSON, a bad query parameter)",
+    "401": "no token, or an unknown or revoked one",
+    "403": "a read-only token on a route that changes something",
+    "404": "no such user, rule, session, block or route",
+    "409": "exists already",
+    "422": "the body does not fit the schema, or a value is invalid",
+}
+PUBLIC = {
+    "/livez": "200 while the event loop turns (never looks at Redis)",
+    "/readyz": "200 while Redis answers, else 503 with the reason",
+    "/healthz": "the older name of /readyz",
+    "/openapi.json": "this document",
+}
+
+
+def _operation(r: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": r.handler.__name__,
+        "summary": r.summary,
+        "tags": [r.tag],
+        "responses": {
+            str(r.status): {
+                "description": "event stream" if r.stream else "OK",
+                "content": {"text/event-stream" if r.stream else "application/json": {"schema": {}}},
+            },
+            **{
+                code: {
+                    "description": text,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                }
+                for code, text in ERRORS.items()
+            },
+        },
+    }
+    if r.writes:
+        op["description"] = "Refused (403) for read-only tokens; written to the audit stream with the token's name."
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", r.path)
+    ]
+    params += [
+        {"name": p.name, "in": "query", "required": False, "schema": p.schema, "description": p.description}
+        for p in r.query
+    ]
+    if params:
+        op["parameters"] = params
+    if r.body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": r.body}}}
+    return op
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for r in ROUTES:
+        paths.setdefault(r.path, {})[r.method.lower()] = _operation(r)
+    for path, text in PUBLIC.items():
+        paths[path] = {
+            "get": {
+                "operationId": path.strip("/").replace(".", "_"),
+                "summary": text,
+                "security": [],
+                "tags": ["health"],
+                "responses": {
+                    "200": {"description": "OK"},
+                    **({"503": {"description": "not ready"}} if "ready" in path or "health" in path else {}),
+                },
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mqtt-guard admin API",
+            "version": __version__,
+            "description": "Users, ACLs, quotas, kicks, sessions, analytics and brokers of an mqtt-guard "
+            "deployment (docs/admin-api.md). Every /api route needs `Authorization: Bearer TOKEN` "
+            "(`mqtt-guard admin token create NAME [--read-only]`).",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+BEGIN = "<!-- routes: generated from /openapi.json by mqtt_guard.admin.openapi.markdown(); tests/admin check it -->"
+END = "<!-- end of routes -->"
+
+
+def markdown() -> str:
+    """The route reference of docs/admin-api.md: one table per tag, from the document itself."""
+    doc = document()
+    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            by_tag.setdefault(op["tags"][0], []).append((method.upper(), path, op))
+    lines = [BEGIN, ""]
+    for tag, rows in by_tag.items():
+        lines += [f"### {tag}", "", "| Method | Path | What | Body / query |", "|---|---|---|---|"]
+        for method, path, op in rows:
+            fields = []
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body:
+                required = set(body.get("required", []))
+                fields += [f"`{n}`" + ("" if n in required else "?") for n in body.get("properties", {})]
+            fields += [f"?{p['name']}" for p in op.get("parameters", []) if p["in"] == "query"]
+            lock = " (write)" if "Refused (403)" in op.get("description", "") else ""
+            lines.append(f"| {method} | `{path}` | {op['summary']}{lock} | {', '.join(fields) or '-'} |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m mqtt_guard.admin.openapi [--markdown]: print the document
+    import json
+    import sys
+
+    print(markdown() if "--markdown" in sys.argv else json.dumps(document(), indent=1))

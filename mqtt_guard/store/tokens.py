@@ -1,0 +1,81 @@
+"""Admin API tokens in Redis, stored hashed (docs/admin-api.md "Tokens").
+
+A token is 32 random bytes (URL-safe base64 behind a `mqga_` marker, so a leaked one is recognisable in a
+log or a repository). Redis holds only its SHA-256: a fast hash is enough for a high-entropy secret
+(nobody can guess 256 bits, so there is nothing for a slow hash to slow down), and a request is checked
+with one HGETALL of `admin:token:<digest>`. The lookup is by digest, so no comparison of secrets runs
+in Python at all (nothing to time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from .keys import Keys
+
+TOKEN_MARKER = "mqga_"
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    name: str
+    read_only: bool
+    created: float
+    by: str
+
+
+class TokenStore:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def create(self, name: str, *, read_only: bool, by: str) -> str | None:
+        """A new token named `name` (None if the name is taken); the clear token is returned once."""
+        token = TOKEN_MARKER + secrets.token_urlsafe(32)
+        d = digest(token)
+        if not await self.redis.hsetnx(self.keys.admin_tokens(), name, d):
+            return None
+        await self.redis.hset(
+            self.keys.admin_token(d),
+            mapping={"name": name, "read_only": "1" if read_only else "0", "created": f"{time.time():.0f}", "by": by},
+        )
+        return token
+
+    async def lookup(self, token: str) -> AdminToken | None:
+        """The token's record, or None for an unknown (or revoked) token."""
+        if not token.startswith(TOKEN_MARKER):
+            return None
+        h = cast("dict[str, str]", await self.redis.hgetall(self.keys.admin_token(digest(token))))
+        return _record(h) if h else None
+
+    async def list(self) -> list[AdminToken]:
+        names = cast("dict[str, str]", await self.redis.hgetall(self.keys.admin_tokens()))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in sorted(names):
+                pipe.hgetall(self.keys.admin_token(names[name]))
+            found = await pipe.execute()
+        return [_record(h) for h in found if h]
+
+    async def revoke(self, name: str) -> bool:
+        d = cast("str | None", await self.redis.hget(self.keys.admin_tokens(), name))
+        if d is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.admin_token(d))
+            pipe.hdel(self.keys.admin_tokens(), name)
+            await pipe.execute()
+        return True
+
+
+def _record(h: dict[str, str]) -> AdminToken:
+    return AdminToken(h.get("name", "?"), h.get("read_only") == "1", float(h.get("created") or 0), h.get("by", ""))

@@ -1,0 +1,89 @@
+"""The admin API against a real broker with real paho clients: kick, ACL edit, sessions, stats, brokers."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+from tests.helpers.mqtt import connect
+from tests.helpers.wait import until
+
+
+def test_kick_through_the_api_disconnects_a_connected_client(admin, add_user, start_broker):
+    add_user("dev", "pw")
+    broker = start_broker()
+    client = connect(broker.port, "dev", "pw", client_id="sensor-7")
+    assert client.rc == 0
+    try:
+        page = until(lambda: admin.ro.ok("GET", "/api/sessions?username=dev")["items"], 10)
+        assert page, "the session was not registered"
+        session = page[0]
+        assert session["client_id"] == "sensor-7" and session["username"] == "dev" and session["since"] > 0
+        assert admin.ro.ok("GET", "/api/sessions/sensor-7")["broker"] == session["broker"]
+        brokers = admin.ro.ok("GET", "/api/brokers")["brokers"]
+        assert [(b["id"], b["alive"]) for b in brokers] == [(session["broker"], True)]
+        assert brokers[0]["epoch"] and brokers[0]["sessions"] == 1 and brokers[0]["registered"]
+        assert brokers[0]["stats_id"] == f"{broker.port}" or brokers[0]["stats_id"].endswith(f":{broker.port}")
+        result = admin.api.ok("POST", "/api/clients/sensor-7/kick", {"reason": "firmware loop", "block_seconds": 60})
+        assert result["kicks"] == [{"client_id": "sensor-7", "ok": True, "detail": session["broker"]}]
+        assert client.disconnected.wait(10), "the kick did not disconnect the client"
+        again = connect(broker.port, "dev", "pw", client_id="sensor-7")
+        assert again.rc == 5  # blocked for 60 s
+        entry = [e for e in admin.ro.ok("GET", "/api/audit") if e["action"] == "kick"][-1]
+        assert entry["by"] == "admin-api:ops" and entry["reason"] == "firmware loop"
+        assert entry["client_id"] == "sensor-7" and int(entry["blocked_until"]) > 0
+    finally:
+        client.close()
+
+
+def test_acl_edit_through_the_api_applies_to_a_connected_client(admin, add_user, start_broker):
+    add_user("alice", "pw")
+    add_user("root", "pw", "--superuser")
+    admin.api.ok("POST", "/api/acl/rules", {"subject": "user:alice", "filter": "t/#", "actions": "read"})
+    broker = start_broker()
+    sub = connect(broker.port, "alice", "pw")
+    pub = connect(broker.port, "root", "pw")
+    try:
+        assert sub.subscribe("t/#") == [0]
+        pub.publish("t/x", b"before")
+        assert sub.receive().payload == b"before"
+        admin.api.ok(
+            "POST", "/api/acl/rules", {"subject": "user:alice", "filter": "t/#", "actions": "receive", "effect": "deny"}
+        )
+
+        def withheld() -> bool:
+            pub.publish("t/x", b"after")
+            return not sub.received(wait=0.3)
+
+        assert until(withheld, 10), "alice still receives after the deny"
+        entry = [e for e in admin.ro.ok("GET", "/api/audit") if e["action"] == "acl.deny"][-1]
+        assert entry == {
+            **entry,
+            "by": "admin-api:ops",
+            "subject": "user:alice",
+            "filter": "t/#",
+            "value": "subscribe,deny-receive",
+        }
+        # stats of the connected client and of the user come from what the broker flushed
+        stats = until(lambda: admin.ro.call("GET", "/api/users/root/stats").status == 200, 10)
+        assert stats
+        data = admin.ro.ok("GET", "/api/users/root/stats?day=true")
+        assert data["kind"] == "user" and data["counters"]["messages_in"] >= 2
+        assert data["rate"]["resolution_seconds"] == 10 and sum(data["rate"]["messages_in"]) >= 2
+        assert "rate_day" in data
+        top = admin.ro.ok("GET", "/api/top?users=true")
+        assert "root" in [r["id"] for r in top["rows"]]
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):
+    req = urllib.request.Request(
+        admin.api.base + "/api/stream/sessions", headers={"Authorization": f"Bearer {admin.api.token}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.readline() == b"event: sessions\n"
+        started = time.monotonic()
+        assert admin.process.stop() == 0
+        assert time.monotonic() - started < 8

@@ -1,0 +1,276 @@
+"""Every route of the admin API against a real Redis, with its 4xx: what an integration sees."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from mqtt_guard.admin.api import ROUTES
+from tests.admin.helpers import Api
+
+
+class Recorder:
+    """An Api that notes which routes (method, template) were called, to check none is left untested."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.seen: set[tuple[str, str]] = set()
+
+    def ok(self, method: str, path: str, template: str, body=None, status: int = 200):
+        self.seen.add((method, template))
+        return self.api.ok(method, path, body, status)
+
+    def call(self, method: str, path: str, template: str, body=None, raw: bytes | None = None):
+        self.seen.add((method, template))
+        return self.api.call(method, path, body, raw=raw)
+
+
+def error(reply, status: int, kind: str, detail_part: str = "") -> None:
+    assert reply.status == status, reply.body
+    assert reply.body["error"] == kind, reply.body
+    assert detail_part in reply.body["detail"], reply.body
+
+
+def test_every_route(admin, rds, prefix):
+    api = Recorder(admin.api)
+    # users
+    created = api.ok(
+        "POST", "/api/users", "/api/users", {"username": "alice", "password": "s3cret", "groups": ["ops"]}, 201
+    )
+    assert created == {
+        "username": "alice",
+        "password": "pbkdf2-sha512",
+        "superuser": False,
+        "disabled": False,
+        "expires_at": None,
+        "expired": False,
+        "groups": ["ops"],
+    }
+    api.ok("POST", "/api/users", "/api/users", {"username": "bob", "password": "pw", "superuser": True}, 201)
+    error(api.call("POST", "/api/users", "/api/users", {"username": "bob", "password": "x"}), 409, "conflict")
+    error(api.call("POST", "/api/users", "/api/users", {"username": "a\nb", "password": "x"}), 422, "invalid")
+    error(
+        api.call("POST", "/api/users", "/api/users", {"username": "c"}), 422, "invalid_body", "body.password: required"
+    )
+    error(api.call("POST", "/api/users", "/api/users", {"username": 5, "password": "x"}), 422, "invalid_body", "string")
+    error(api.call("POST", "/api/users", "/api/users", raw=b"{not json"), 400, "bad_json")
+    listing = api.ok("GET", "/api/users?limit=1&offset=1", "/api/users")
+    assert listing["total"] == 2 and [u["username"] for u in listing["items"]] == ["bob"]
+    error(api.call("GET", "/api/users?limit=0", "/api/users"), 422, "invalid", "limit")
+    assert api.ok("GET", "/api/users/alice", "/api/users/{username}")["groups"] == ["ops"]
+    error(api.call("GET", "/api/users/nobody", "/api/users/{username}"), 404, "not_found", "no such user 'nobody'")
+    patched = api.ok("PATCH", "/api/users/alice", "/api/users/{username}", {"disabled": True, "expires_at": 4102444800})
+    assert patched["disabled"] and patched["expires_at"] == 4102444800
+    assert api.ok("PATCH", "/api/users/alice", "/api/users/{username}", {"disabled": False, "expires_at": None}) == {
+        **created
+    }
+    error(api.call("PATCH", "/api/users/alice", "/api/users/{username}", {"admin": True}), 422, "invalid_body")
+    error(api.call("PATCH", "/api/users/nobody", "/api/users/{username}", {}), 404, "not_found")
+    old_hash = rds.hget(f"{prefix}user:alice", "password")
+    api.ok("PUT", "/api/users/alice/password", "/api/users/{username}/password", {"password": "new"})
+    assert rds.hget(f"{prefix}user:alice", "password") != old_hash
+    error(
+        api.call("PUT", "/api/users/nobody/password", "/api/users/{username}/password", {"password": "x"}),
+        404,
+        "not_found",
+    )
+    error(
+        api.call("PUT", "/api/users/alice/password", "/api/users/{username}/password", {"password": ""}),
+        422,
+        "invalid_body",
+    )
+    # groups
+    api.ok("PUT", "/api/groups/devs/members/bob", "/api/groups/{group}/members/{username}")
+    assert api.ok("GET", "/api/groups", "/api/groups") == {"devs": ["bob"], "ops": ["alice"]}
+    api.ok("DELETE", "/api/groups/devs/members/bob", "/api/groups/{group}/members/{username}")
+    error(
+        api.call("PUT", "/api/groups/devs/members/nobody", "/api/groups/{group}/members/{username}"), 404, "not_found"
+    )
+    # ACL rules and check
+    edit = api.ok(
+        "POST", "/api/acl/rules", "/api/acl/rules", {"subject": "user:alice", "filter": "s/#", "actions": "subscribe"}
+    )
+    assert edit["value"] == "subscribe" and "without receive" in edit["warning"]
+    api.ok("POST", "/api/acl/rules", "/api/acl/rules", {"subject": "group:ops", "filter": "s/#", "actions": "receive"})
+    api.ok(
+        "POST",
+        "/api/acl/rules",
+        "/api/acl/rules",
+        {"subject": "user:alice", "filter": "s/secret", "actions": "receive", "effect": "deny"},
+    )
+    error(
+        api.call(
+            "POST", "/api/acl/rules", "/api/acl/rules", {"subject": "user:alice", "filter": "a/#/b", "actions": "read"}
+        ),
+        422,
+        "invalid",
+        "invalid topic filter",
+    )
+    error(
+        api.call("POST", "/api/acl/rules", "/api/acl/rules", {"subject": "robot:x", "filter": "a", "actions": "read"}),
+        422,
+        "invalid",
+        "subject kind",
+    )
+    error(
+        api.call(
+            "POST", "/api/acl/rules", "/api/acl/rules", {"subject": "user:alice", "filter": "a", "actions": "fly"}
+        ),
+        422,
+        "invalid",
+    )
+    error(
+        api.call(
+            "POST",
+            "/api/acl/rules",
+            "/api/acl/rules",
+            {"subject": "user:alice", "filter": "a", "actions": "read", "effect": "maybe"},
+        ),
+        422,
+        "invalid_body",
+        "one of",
+    )
+    rules = api.ok("GET", "/api/acl/rules", "/api/acl/rules")
+    assert rules["user:alice"]["rules"] == {"s/#": "subscribe", "s/secret": "deny-receive"}
+    assert set(api.ok("GET", "/api/acl/rules?subject=group:ops", "/api/acl/rules")) == {"group:ops"}
+    check = api.ok(
+        "POST",
+        "/api/acl/check",
+        "/api/acl/check",
+        {"username": "alice", "client_id": "c1", "topic": "s/#", "action": "read"},
+    )
+    assert check["allowed"] is True and [c["action"] for c in check["checks"]] == ["subscribe", "receive"]
+    check = api.ok(
+        "POST",
+        "/api/acl/check",
+        "/api/acl/check",
+        {"username": "alice", "client_id": "c1", "topic": "s/secret", "action": "receive"},
+    )
+    assert check["allowed"] is False and "deny rule 's/secret'" in check["checks"][0]["explanation"]
+    anon = api.ok(
+        "POST",
+        "/api/acl/check",
+        "/api/acl/check",
+        {"username": None, "client_id": "c", "topic": "s/x", "action": "publish", "default": "allow"},
+    )
+    assert anon["allowed"] is True and anon["checks"][0]["explanation"] == "default"
+    error(
+        api.call(
+            "POST",
+            "/api/acl/check",
+            "/api/acl/check",
+            {"username": "alice", "client_id": "c", "topic": "s/+", "action": "publish"},
+        ),
+        422,
+        "invalid",
+        "invalid topic",
+    )
+    api.ok("DELETE", "/api/acl/rules?subject=user:alice&filter=s%2Fsecret", "/api/acl/rules")
+    error(api.call("DELETE", "/api/acl/rules?subject=user:alice&filter=s%2Fsecret", "/api/acl/rules"), 404, "not_found")
+    error(api.call("DELETE", "/api/acl/rules?subject=user:alice", "/api/acl/rules"), 422, "invalid", "required")
+    # quotas
+    q = api.ok("PATCH", "/api/quotas/default", "/api/quotas/default", {"events": "1000/1d", "rate": "5/s:10"})
+    assert q["limits"]["events"]["value"] == "1000/1d"
+    assert api.ok("GET", "/api/quotas/default", "/api/quotas/default")["limits"]["rate"]["value"] == "5/s:10"
+    q = api.ok("PATCH", "/api/quotas/users/alice", "/api/quotas/users/{username}", {"events": "50/1h"})
+    assert q["limits"]["events"] == {"value": "50/1h", "from": f"{prefix}quota:user:alice"}
+    assert q["usage"]["events"]["limit"] == 50
+    q = api.ok("PATCH", "/api/quotas/users/alice", "/api/quotas/users/{username}", {"events": None})
+    assert q["limits"]["events"]["from"] == f"{prefix}quota:default"
+    error(
+        api.call("PATCH", "/api/quotas/users/alice", "/api/quotas/users/{username}", {"events": "lots"}),
+        422,
+        "invalid",
+        "events",
+    )
+    error(
+        api.call("PATCH", "/api/quotas/users/alice", "/api/quotas/users/{username}", {"speed": "1"}),
+        422,
+        "invalid_body",
+        "unknown field",
+    )
+    assert api.ok("GET", "/api/quotas/users/alice", "/api/quotas/users/{username}")["user"] == "alice"
+    assert api.ok("POST", "/api/quotas/users/alice/reset", "/api/quotas/users/{username}/reset")["username"] == "alice"
+    # blocks and kicks of clients that are not connected (the live kick: test_live.py)
+    blocked = api.ok(
+        "PUT", "/api/blocks/clients/dev-1", "/api/blocks/clients/{client_id}", {"seconds": 600, "reason": "noisy"}
+    )
+    assert blocked["client_id"] == "dev-1" and blocked["blocked_until"] > time.time() + 590
+    api.ok("PUT", "/api/blocks/users/bob", "/api/blocks/users/{username}", {"seconds": 60})
+    error(
+        api.call("PUT", "/api/blocks/users/bob", "/api/blocks/users/{username}", {"seconds": 0}),
+        422,
+        "invalid_body",
+        "at least 1",
+    )
+    blocks = api.ok("GET", "/api/blocks", "/api/blocks")
+    assert [(b["kind"], b["name"], b["reason"]) for b in blocks] == [
+        ("client", "dev-1", "noisy"),
+        ("user", "bob", "blocked by an admin"),
+    ]
+    assert blocks[0]["by"] == "admin-api:ops"
+    api.ok("DELETE", "/api/blocks/clients/dev-1", "/api/blocks/clients/{client_id}")
+    api.ok("DELETE", "/api/blocks/users/bob", "/api/blocks/users/{username}")
+    error(api.call("DELETE", "/api/blocks/users/bob", "/api/blocks/users/{username}"), 404, "not_found")
+    error(
+        api.call("POST", "/api/clients/ghost/kick", "/api/clients/{client_id}/kick", {}),
+        404,
+        "not_found",
+        "not connected",
+    )
+    kicked = api.ok("POST", "/api/clients/ghost/kick", "/api/clients/{client_id}/kick", {"block_seconds": 30})
+    assert kicked["connected"] is False and kicked["blocked_until"]
+    assert api.ok("POST", "/api/users/alice/kick", "/api/users/{username}/kick")["kicks"] == []
+    error(
+        api.call("POST", "/api/users/alice/kick", "/api/users/{username}/kick", {"block_seconds": -1}),
+        422,
+        "invalid_body",
+    )
+    # sessions, stats, brokers, audit (no broker here: empty but well-formed; test_live.py has them full)
+    assert api.ok("GET", "/api/sessions?sort=since&order=desc", "/api/sessions")["items"] == []
+    error(api.call("GET", "/api/sessions?sort=colour", "/api/sessions"), 422, "invalid", "sort")
+    error(api.call("GET", "/api/sessions/ghost", "/api/sessions/{client_id}"), 404, "not_found")
+    error(api.call("GET", "/api/clients/ghost/stats", "/api/clients/{client_id}/stats"), 404, "not_found", "no stats")
+    error(api.call("GET", "/api/users/alice/stats", "/api/users/{username}/stats"), 404, "not_found")
+    assert api.ok("GET", "/api/top?limit=5", "/api/top")["rows"] == []
+    assert api.ok("GET", "/api/stats/failures?days=2", "/api/stats/failures")["addresses"] == []
+    error(api.call("GET", "/api/stats/failures?days=9", "/api/stats/failures"), 422, "invalid", "days")
+    assert api.ok("GET", "/api/stats/totals", "/api/stats/totals") == {}
+    brokers = api.ok("GET", "/api/brokers", "/api/brokers")
+    assert brokers["brokers"] == [] and brokers["redis"]["reachable"] is True
+    entries = api.ok("GET", "/api/audit?count=1000", "/api/audit")
+    assert {e["by"] for e in entries if e["action"] != "admin-token.create"} == {"admin-api:ops"}
+    actions = [e["action"] for e in entries]
+    for action in (
+        "user.create",
+        "user.update",
+        "user.passwd",
+        "group.add",
+        "group.remove",
+        "acl.allow",
+        "acl.deny",
+        "acl.remove",
+        "quota.set",
+        "quota.reset",
+        "block",
+        "unblock",
+    ):
+        assert action in actions, action
+    assert "s3cret" not in json.dumps(entries) and "pbkdf2" not in json.dumps(entries)
+    # the event stream: one page of sessions per interval
+    req = urllib.request.Request(
+        admin.api.base + "/api/stream/sessions?interval=0.5", headers={"Authorization": f"Bearer {admin.api.token}"}
+    )
+    api.seen.add(("GET", "/api/stream/sessions"))
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.readline() == b"event: sessions\n"
+        assert json.loads(resp.readline().decode().removeprefix("data: "))["items"] == []
+    error(api.call("GET", "/api/stream/sessions?interval=0", "/api/stream/sessions"), 422, "invalid", "interval")
+    # the user goes last
+    api.ok("DELETE", "/api/users/bob", "/api/users/{username}")
+    error(api.call("DELETE", "/api/users/bob", "/api/users/{username}"), 404, "not_found")
+    error(admin.api.call("GET", "/api/nowhere"), 404, "not_found")
+    error(admin.api.call("DELETE", "/api/groups"), 405, "method_not_allowed")
+    assert api.seen == {(r.method, r.path) for r in ROUTES}, {(r.method, r.path) for r in ROUTES} - api.seen
