@@ -151,6 +151,12 @@ class Keys:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"
 
+    def sidecar_due(self) -> str:
+        """ZSET client id -> unix seconds at which the sidecar looks at the session next: its next
+        deadline (`session_time` end, `expires_at`, `queue_grace` end), or the time of an event (a
+        connect, a queue crossing `max_queue`); docs/quotas.md "How the sidecar finds work"."""
+        return f"{self.prefix}sidecar:due"
+
     # -- the generation marker (mqtt_guard/store/generation.py) ---------------------------------
     def generation(self) -> str:
         """STRING (JSON: token, created, adopted, by): which data set this Redis holds; brokers track it."""
