@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         per_eval_us = max(0.0, (sweep - after) / 100 / (a.clients / a.sweep_window)) * 1e6
         results["per_eval_us"] = per_eval_us
         n, sweep_interval, session_time = a.project, 600.0, 3600.0
-        fixed = after - a.clients * per_eval_us / 1e6 / sweep_interval * 100  # (the window saw no sweep)
+        fixed = after  # (the window saw no sweep slice: the first sweep comes sweep_interval after the lead)
         projection = {
             "sessions": n,
             "fixed_pct": max(0.0, fixed),
