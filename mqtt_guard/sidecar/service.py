@@ -142,6 +142,7 @@ class Sidecar:
             self.leading = False
         except Exception:
             log.exception("sidecar tick failed")
+            self.work.missed()  # (the events it had taken may be lost: a sweep at the next tick)
         return None
 
     async def _trusted(self) -> bool:
