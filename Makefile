@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 
-.PHONY: venv venv-test run test lint bench bench-sidecar clean
+.PHONY: venv venv-test run test lint bench clean
 
 # Two stamps in one venv: .installed = the package and its runtime dependencies (what `make run` needs),
 # .installed-test = the test and lint extras on top (what `make test`, `lint` and `bench` need).
@@ -41,10 +41,12 @@ lint: venv-test
 
 bench: venv-test
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
-	$(PY) -m tests.bench.bench_sidecar
-
-bench-sidecar: venv-test
-	$(PY) -m tests.bench.bench_sidecar $(BENCH_SIDECAR_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis build *.egg-info
+
+# The sidecar case (issue 23; tests/bench/README.md): part of `make bench`, or alone.
+.PHONY: bench-sidecar
+bench: bench-sidecar
+bench-sidecar: venv-test
+	$(PY) -m tests.bench.bench_sidecar $(BENCH_SIDECAR_ARGS)
