@@ -47,6 +47,17 @@ def test_tls_listener_checks(tmp_path):
         load_config(f).check()
 
 
+def test_sidecar_sweep_interval(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("sidecar:\n  sweep_interval: 2m\n")
+    config = load_config(f)
+    assert config.sidecar.sweep_interval == 120 and load_config(None).sidecar.sweep_interval == 600
+    config.sidecar.check()
+    f.write_text("sidecar:\n  interval: 5s\n  leader_ttl: 15s\n  sweep_interval: 1s\n")
+    with pytest.raises(ConfigError, match="sweep_interval must be at least interval"):
+        load_config(f).sidecar.check()
+
+
 def test_unknown_key_stops_the_broker_with_a_clear_message(tmp_path, cli):
     f = tmp_path / "c.yaml"
     f.write_text("acl:\n  defualt: allow\n")
@@ -60,17 +71,6 @@ def test_units():
     assert parse_duration("1h") == 3600 and parse_duration("250ms") == 0.25 and parse_duration(2) == 2.0
     with pytest.raises(ValueError):
         parse_duration("soon")
-
-
-def test_sidecar_sweep_interval(tmp_path):
-    f = tmp_path / "c.yaml"
-    f.write_text("sidecar:\n  sweep_interval: 2m\n")
-    config = load_config(f)
-    assert config.sidecar.sweep_interval == 120 and load_config(None).sidecar.sweep_interval == 600
-    config.sidecar.check()
-    f.write_text("sidecar:\n  interval: 5s\n  leader_ttl: 15s\n  sweep_interval: 1s\n")
-    with pytest.raises(ConfigError, match="sweep_interval must be at least interval"):
-        load_config(f).sidecar.check()
 
 
 def test_proxy_protocol_listener_keys(tmp_path):
@@ -100,4 +100,3 @@ def test_proxy_protocol_listener_checks(tmp_path, listener, expected):
     with pytest.raises(ConfigError) as err:
         load_config(f).check()
     assert expected in str(err.value)
-
