@@ -45,3 +45,9 @@ bench: venv-test
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis build *.egg-info
+
+# The sidecar case (issue 23; tests/bench/README.md): part of `make bench`, or alone.
+.PHONY: bench-sidecar
+bench: bench-sidecar
+bench-sidecar: venv-test
+	$(PY) -m tests.bench.bench_sidecar $(BENCH_SIDECAR_ARGS)

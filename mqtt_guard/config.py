@@ -247,6 +247,7 @@ class SidecarConfig:
     interval: float = duration(1.0)  # how often the sidecar evaluates every registered session
     leader_ttl: float = duration(3.0)  # a leader that stops renewing is replaced after this long
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
+    sweep_interval: float = duration(600.0)  # every session re-evaluated once per this long, in slices (safety net)
     prometheus_bind: str | None = None  # HOST:PORT for /metrics: fleet totals from Redis, broker liveness, loop lag
 
     def check(self, where: str = "sidecar") -> None:
@@ -256,6 +257,8 @@ class SidecarConfig:
             raise ConfigError(f"{where}.leader_ttl must be longer than interval")
         if self.kick_retry <= 0:
             raise ConfigError(f"{where}.kick_retry must be above 0")
+        if self.sweep_interval < self.interval:
+            raise ConfigError(f"{where}.sweep_interval must be at least interval")
 
 
 @dataclass

@@ -70,6 +70,17 @@ def test_tls_listener_checks(tmp_path):
         load_config(f).check()
 
 
+def test_sidecar_sweep_interval(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("sidecar:\n  sweep_interval: 2m\n")
+    config = load_config(f)
+    assert config.sidecar.sweep_interval == 120 and load_config(None).sidecar.sweep_interval == 600
+    config.sidecar.check()
+    f.write_text("sidecar:\n  interval: 5s\n  leader_ttl: 15s\n  sweep_interval: 1s\n")
+    with pytest.raises(ConfigError, match="sweep_interval must be at least interval"):
+        load_config(f).sidecar.check()
+
+
 def test_unknown_key_stops_the_broker_with_a_clear_message(tmp_path, cli):
     f = tmp_path / "c.yaml"
     f.write_text("acl:\n  defualt: allow\n")

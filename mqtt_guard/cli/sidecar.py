@@ -37,6 +37,7 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
                 raise ConfigError(f"--interval: {exc}") from None
             # A short interval with the default leader TTL is fine; a long one needs a longer TTL.
             config.sidecar.leader_ttl = max(config.sidecar.leader_ttl, 3 * config.sidecar.interval)
+            config.sidecar.sweep_interval = max(config.sidecar.sweep_interval, config.sidecar.interval)
         if args.log_level:
             config.log.level = args.log_level
         if args.metrics_bind:

@@ -71,3 +71,29 @@ def evaluate(
                 f"for {now - over_since:.1f}s (queue_grace {limits.queue_grace:g}s)"
             )
     return None
+
+
+def next_check(
+    session: dict[str, str],
+    limits: Limits,
+    *,
+    now: float,
+    expires_at: float | None = None,
+) -> float | None:
+    """When `evaluate` may next decide differently for this session with no new event: the earliest of
+    the user's `expires_at`, the end of `session_time`, the end of `queue_grace` of a queue already over
+    `max_queue`; None if only an event can change it (a block, a limit edit, a queue crossing `max_queue`,
+    quota usage: those reach the sidecar as events). Kept next to `evaluate` so the two rules cannot
+    drift apart: it is the sidecar's deadline (`<prefix>sidecar:due`) for the session."""
+    due: list[float] = []
+    if expires_at is not None:
+        due.append(expires_at)
+    since = _float(session.get("since"))
+    if limits.session_time is not None and since is not None:
+        due.append(since + limits.session_time)
+    if limits.max_queue is not None:
+        depth = int(_float(session.get("queue_messages")) or 0)
+        over_since = _float(session.get("queue_over_since"))
+        if depth > limits.max_queue and over_since is not None:
+            due.append(over_since + limits.queue_grace)
+    return max(min(due), now) if due else None

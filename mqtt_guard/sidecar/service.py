@@ -1,4 +1,10 @@
-"""The sidecar: evaluates every registered session at an interval and kicks through Redis.
+"""The sidecar: evaluates the sessions that have work at each interval and kicks through Redis.
+
+Work is found three ways (docs/quotas.md "How the sidecar finds work"): deadlines in `sidecar:due`
+(written at connect, rewritten by each evaluation from `evaluate.next_check`, read with one range
+query per tick), events (a queue crossing `max_queue`, reported by the broker's heartbeat into the same
+set; changed limits, users and blocks, from Redis invalidations: work.py) and a rare reconciliation
+sweep in slices. An idle fleet costs a few round trips per tick, whatever its size.
 
 Only the leader acts: a sidecar holds `<prefix>sidecar:leader` (a key with a TTL it renews every
 interval) while it evaluates; a second sidecar waits and takes over within `sidecar.leader_ttl` when
@@ -34,11 +40,16 @@ from ..metrics.rates import LoopLagMonitor
 from ..quota.limits import Limits, parse_limits
 from ..store import generation
 from ..store.connection import REDIS_ERRORS, make_async_client
+from ..store.invalidation import InvalidationListener
 from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
-from .evaluate import Decision, Usage, evaluate
+from .evaluate import Decision, Usage, evaluate, next_check
+from .work import Sweep, Work
 
 log = logging.getLogger("mqtt_guard.sidecar")
+
+DUE_BATCH = 5000  # due sessions taken per tick (more wait for the next tick, earliest first)
+EVAL_PART = 1000  # sessions per round of Redis reads when evaluating
 
 
 @dataclass
@@ -61,10 +72,16 @@ class Sidecar:
         self._redis_ok = True
         self.marker: generation.Generation | None = None  # the deployment's marker, as first seen
         self.distrusted = False  # the marker is missing or changed: nothing is decided
+        self.work = Work(self.keys)  # users and client ids named by changed keys (work.py)
+        self.sweep = Sweep(config.sidecar.sweep_interval, self.interval)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
         metrics = await self._start_metrics()
+        listener = InvalidationListener(
+            self.config.redis.url, self.work.prefixes(), self.work.changed, self.work.missed
+        )
+        listener.start()
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -75,6 +92,7 @@ class Sidecar:
                 except TimeoutError:
                     pass
         finally:
+            await listener.stop()
             if metrics is not None:
                 endpoint, lag = metrics
                 await endpoint.close()
@@ -107,7 +125,11 @@ class Sidecar:
             leading = await self.store.lead(self.id, self.config.sidecar.leader_ttl)
             if leading != self.leading:
                 log.info("sidecar %s %s", self.id, "is the leader now" if leading else "is no longer the leader")
+                if leading:  # what changed while another sidecar led (or none) is not known here
+                    self.work.missed()
             self.leading = leading
+            if not leading:
+                self.work.take()  # (the leader acts on them)
             report = await self.tick() if leading else None
             if not self._redis_ok:
                 log.info("Redis reachable again")
@@ -120,6 +142,7 @@ class Sidecar:
             self.leading = False
         except Exception:
             log.exception("sidecar tick failed")
+            self.work.missed()  # (the events it had taken may be lost: a sweep at the next tick)
         return None
 
     async def _trusted(self) -> bool:
@@ -148,6 +171,10 @@ class Sidecar:
         return False
 
     async def tick(self) -> TickReport:
+        """One tick of the leader: reap dead brokers, then evaluate only the sessions with work: those
+        due in `sidecar:due` (one range query), those of users and client ids an invalidation named,
+        and the current slice of the reconciliation sweep. Its cost follows what happens, not how many
+        sessions are connected (docs/quotas.md "How the sidecar finds work")."""
         self.ticks += 1
         report = TickReport()
         report.reaped = {b: n for b, n in (await self.store.reap_dead(self.id)).items() if n >= 0}
@@ -155,11 +182,42 @@ class Sidecar:
             log.warning(
                 "broker %s stopped heartbeating: removed its %d session(s) and returned its leases", broker_id, n
             )
-        by_broker = await self.store.all_sessions()
-        sessions = [s for group in by_broker.values() for s in group]
-        report.sessions = len(sessions)
-        if not sessions:
-            return report
+        now = time.time()
+        expected = dict(await self.store.due(now, DUE_BATCH))
+        wanted: dict[str, None] = dict.fromkeys(expected)
+        users, clients = self.work.take()
+        mono = time.monotonic()
+        if self.work.sweep_now:
+            self.work.sweep_now = False
+            self.sweep.start(await self.store.session_ids(), mono, urgent=True)
+        elif self.sweep.idle(mono):
+            self.sweep.start(await self.store.session_ids(), mono, urgent=False)
+        if users:
+            wanted.update(dict.fromkeys(await self._ids_of_users(sorted(users))))
+        wanted.update(dict.fromkeys(sorted(clients)))
+        wanted.update(dict.fromkeys(self.sweep.take()))
+        ids = list(wanted)
+        report.sessions = len(ids)
+        for start in range(0, len(ids), EVAL_PART):
+            await self._evaluate(ids[start : start + EVAL_PART], expected, report)
+        return report
+
+    async def _ids_of_users(self, usernames: list[str]) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for u in usernames:
+                pipe.hkeys(self.keys.user_sessions(u))
+            raw = await pipe.execute()
+        return sorted({cid for ids in raw for cid in ids})
+
+    async def _evaluate(self, ids: list[str], expected: dict[str, float], report: TickReport) -> None:
+        """Evaluate these sessions (one implementation for the deadline, event and sweep paths), kick
+        where `evaluate` says so, and write each one's next deadline (`next_check`)."""
+        sessions = await self.store.sessions(ids)
+        found = {s.get("client_id", "") for s in sessions}
+        # A due entry without a session (it left, its broker was reaped): nothing more is due for it.
+        resched: list[tuple[str, float | None, float | None]] = [
+            (cid, expected[cid], None) for cid in ids if cid not in found and cid in expected
+        ]
         now = time.time()
         usernames = sorted({s["username"] for s in sessions if s.get("username")})
         limits = await self._limits(usernames)
@@ -168,16 +226,18 @@ class Sidecar:
         usage = await self._usage(usernames, limits, now)
         retry = self.config.sidecar.kick_retry
         for s in sessions:
-            user = s.get("username") or ""
-            block = blocks.get(("client", s.get("client_id", ""))) or (blocks.get(("user", user)) if user else None)
-            decision = evaluate(
-                s, limits.get(user, Limits()), now=now, expires_at=expires.get(user), usage=usage.get(user), block=block
-            )
+            cid, user = s.get("client_id", ""), s.get("username") or ""
+            block = blocks.get(("client", cid)) or (blocks.get(("user", user)) if user else None)
+            lim = limits.get(user, Limits())
+            decision = evaluate(s, lim, now=now, expires_at=expires.get(user), usage=usage.get(user), block=block)
             if decision is None:
-                continue
-            if await self._kick(s, decision, retry):
-                report.kicked.append((s["client_id"], decision.reason))
-        return report
+                nxt = next_check(s, lim, now=now, expires_at=expires.get(user))
+            else:
+                if await self._kick(s, decision, retry):
+                    report.kicked.append((cid, decision.reason))
+                nxt = now + retry  # looked at again if it is still registered then (a kick not carried out)
+            resched.append((cid, expected.get(cid), nxt))
+        await self.store.reschedule(resched)
 
     async def _kick(self, session: dict[str, str], decision: Decision, retry: float) -> bool:
         client_id, user = session["client_id"], session.get("username") or ""

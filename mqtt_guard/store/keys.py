@@ -147,6 +147,12 @@ class Keys:
         """LIST of kick requests (JSON) for one broker; the broker pops them with BLPOP."""
         return f"{self.prefix}kick:{broker_id}"
 
+    def sidecar_due(self) -> str:
+        """ZSET client id -> unix seconds at which the sidecar looks at the session next: its next
+        deadline (`session_time` end, `expires_at`, `queue_grace` end), or the time of an event (a
+        connect, a queue crossing `max_queue`); docs/quotas.md "How the sidecar finds work"."""
+        return f"{self.prefix}sidecar:due"
+
     def sidecar_leader(self) -> str:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"

@@ -141,6 +141,8 @@ end
 # username fits; one argument instead of ten per op, which made redis-py's packing the biggest part of a
 # CONNECT's registry cost), 11 fields per op: the 7 below, then the keys it writes: session, user's
 # sessions, user's session slots; then the owner flag ('1': `auth.client_id_policy` owns ids, below).
+# KEYS[4] the sidecar's deadlines (`sidecar:due`): an open is due at once (the sidecar times it), a close
+# removes it.
 # Fencing: KEYS[3] the broker's hash, ARGV[4] the broker's epoch ('' = not fenced): a batch of a broker
 # whose epoch is gone (declared dead and reaped, or Redis lost its record) writes nothing and returns -1
 # (`Fenced`), so no session or slot is ever registered outside a live registration.
@@ -233,6 +235,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
                    'queue_messages', 0, 'queue_bytes', 0)
         if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
         redis.call('SADD', bs, cid)
+        redis.call('ZADD', KEYS[4], since, cid)
       end
       out[i + 1] = {ok, n, reserved, prev_b, prev_conn, mine, holders}
     end
@@ -244,7 +247,10 @@ for i = 0, tonumber(ARGV[2]) - 1 do
     out[i + 1] = {1, 0, 0, prev_b, redis.call('HGET', s, 'conn') or '', -1, ''}
   elseif kind == 'c' then
     local removed, mine = 0, -1
-    if redis.call('HGET', s, 'conn') == conn then removed = redis.call('DEL', s) end
+    if redis.call('HGET', s, 'conn') == conn then
+      removed = redis.call('DEL', s)
+      redis.call('ZREM', KEYS[4], cid)
+    end
     if redis.call('HGET', us, cid) == b .. '/' .. conn then
       redis.call('HDEL', us, cid)
       local keep = tonumber(extra)
@@ -280,8 +286,10 @@ return out
 # Per-connection state reported at the heartbeat (usage, queue depth), many connections per call.
 # ARGV[1]: the updates as one length-prefixed string (`length_prefixed`): per update the session key,
 # conn, n, then n field/value pairs. Only the connection that owns an entry writes it. Returns how many
-# entries were written. (One call per part instead of a pipeline of one script call per connection:
-# redis-py packed those in Python, ~25 µs each, stalling the broker ~25 ms per 1,000 clients each second.)
+# entries were written. A `queue_over_since` written (a queue crossed `max_queue`) makes the session due
+# for the sidecar (KEYS[1], `sidecar:due`): the event that starts its `queue_grace`. (One call per part
+# instead of a pipeline of one script call per connection: redis-py packed those in Python, ~25 µs each,
+# stalling the broker ~25 ms per 1,000 clients each second.)
 UPDATES_LUA = (
     "local blob = ARGV[1]"
     + LP_FIELD_LUA
@@ -296,11 +304,34 @@ while pos <= #blob do
   if n > 0 and redis.call('HGET', key, 'conn') == conn then
     redis.call('HSET', key, unpack(args))
     written = written + 1
+    for j = 1, 2 * n, 2 do
+      if args[j] == 'queue_over_since' and args[j + 1] ~= '' then
+        redis.call('ZADD', KEYS[1], args[j + 1], redis.call('HGET', key, 'client_id'))
+      end
+    end
   end
 end
 return written
 """
 )
+
+# The sidecar's reschedule of sessions it evaluated (KEYS[1] `sidecar:due`). ARGV: triples client id,
+# expected score ('' = not read from the set), next score ('' = no deadline). An entry still at the
+# expected score takes the next one (or goes); one changed or removed since it was read (an event, a
+# connect or a close meanwhile) is left as it is; with no expected score an entry only moves earlier.
+# So an event is never overwritten by a later deadline.
+DUE_LUA = """
+for i = 1, #ARGV, 3 do
+  local cid, expected, nxt = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('ZSCORE', KEYS[1], cid)
+  if cur and expected ~= '' and tonumber(cur) == tonumber(expected) then
+    if nxt == '' then redis.call('ZREM', KEYS[1], cid) else redis.call('ZADD', KEYS[1], nxt, cid) end
+  elseif nxt ~= '' and expected == '' and (not cur or tonumber(nxt) < tonumber(cur)) then
+    redis.call('ZADD', KEYS[1], nxt, cid)
+  end
+end
+return 1
+"""
 
 # KEYS: brokers zset, broker hash, epoch counter, the broker's `reaped` note. ARGV: broker, dead_after_ms,
 # epoch ('' = register: a new epoch from the counter), then field/value pairs for the hash.
@@ -553,6 +584,7 @@ class QuotaStore:
         self._block = redis.register_script(BLOCK_LUA)
         self._leader = redis.register_script(LEADER_LUA)
         self._resign = redis.register_script(RESIGN_LUA)
+        self._due = redis.register_script(DUE_LUA)
 
     # -- limits ------------------------------------------------------------------------------------
     def limits_key(self, username: str | None) -> str:
@@ -665,7 +697,12 @@ class QuotaStore:
         """Apply a batch of session registry operations of one broker, in order, in one call."""
         if not ops:
             return []
-        keys = [self.keys.broker_sessions(broker_id), self.keys.broker_leases(broker_id), self.keys.broker(broker_id)]
+        keys = [
+            self.keys.broker_sessions(broker_id),
+            self.keys.broker_leases(broker_id),
+            self.keys.broker(broker_id),
+            self.keys.sidecar_due(),
+        ]
         raw = await self._registry(keys=keys, args=[broker_id, len(ops), registry_blob(self.keys, ops), self.epoch])
         if raw == -1:
             raise Fenced(f"broker {broker_id} is not registered under epoch {self.epoch!r}: registry batch refused")
@@ -694,7 +731,7 @@ class QuotaStore:
                     flat.append(name)
                     flat.append(redis_text(value))
                 blob.append(length_prefixed(flat))
-            await self._updates(keys=[], args=[b"".join(blob)])
+            await self._updates(keys=[self.keys.sidecar_due()], args=[b"".join(blob)])
 
     async def session(self, client_id: str) -> dict[str, str]:
         return cast(Hash, await self.redis.hgetall(self.keys.session(client_id)))
@@ -724,6 +761,32 @@ class QuotaStore:
         for b, ids in zip(brokers, members, strict=True):
             out[b] = [s for s in await self.sessions(sorted(ids)) if s.get("broker") == b]
         return out
+
+    async def session_ids(self) -> list[str]:
+        """The client ids the live brokers registered (the sidecar's reconciliation sweep)."""
+        brokers = await self.live_brokers()
+        if not brokers:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for b in brokers:
+                pipe.smembers(self.keys.broker_sessions(b))
+            members = await pipe.execute()
+        return sorted({cid for ids in members for cid in ids})
+
+    # -- the sidecar's deadlines (`sidecar:due`) ----------------------------------------------------------
+    async def due(self, now: float, count: int) -> list[tuple[str, float]]:
+        """Up to `count` sessions due by `now` (client id, score), earliest first: one range query."""
+        raw = await self.redis.zrangebyscore(self.keys.sidecar_due(), "-inf", now, start=0, num=count, withscores=True)
+        return [(str(cid), float(score)) for cid, score in cast(list[tuple[str, float]], raw)]
+
+    async def reschedule(self, items: list[tuple[str, float | None, float | None]]) -> None:
+        """(client id, score read from the set or None, next deadline or None) for evaluated sessions
+        (DUE_LUA: an entry changed meanwhile only moves earlier)."""
+        for start in range(0, len(items), UPDATES_PART):
+            args: list[str] = []
+            for cid, expected, nxt in items[start : start + UPDATES_PART]:
+                args += [cid, "" if expected is None else repr(expected), "" if nxt is None else f"{nxt:.3f}"]
+            await self._due(keys=[self.keys.sidecar_due()], args=args)
 
     # -- brokers -------------------------------------------------------------------------------------------
     async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any], epoch: str = "") -> Beat:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from mqtt_guard.quota.limits import parse_limits
-from mqtt_guard.sidecar.evaluate import Usage, evaluate
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqtt_guard.quota.limits import Limits, parse_limits
+from mqtt_guard.sidecar.evaluate import Usage, evaluate, next_check
 from mqtt_guard.store.quota import Block
 
 NOW = 1_800_000_000.0
@@ -54,3 +57,52 @@ def test_slow_consumer_after_grace():
     assert d is not None and d.reason.startswith("slow consumer: 500 messages queued") and not d.block_user
     assert evaluate(session(queue_messages=50, queue_over_since=NOW - 60), limits, now=NOW) is None
     assert evaluate(session(queue_messages=500, queue_over_since=""), limits, now=NOW) is None
+
+
+def test_next_check_is_the_earliest_deadline():
+    limits = parse_limits({"session_time": "1h", "max_queue": "10", "queue_grace": "5s"}, None)
+    s = session(since=NOW - 10)
+    assert next_check(s, limits, now=NOW) == NOW - 10 + 3600
+    assert next_check(s, limits, now=NOW, expires_at=NOW + 60) == NOW + 60
+    over = session(since=NOW - 10, queue_messages=11, queue_over_since=NOW - 1)
+    assert next_check(over, limits, now=NOW) == NOW + 4
+    # only events can change these: no deadline
+    assert next_check(session(), parse_limits({"events": "5/1m", "on_exceed": "disconnect"}, None), now=NOW) is None
+    assert next_check(session(queue_messages=5, queue_over_since=""), Limits(), now=NOW) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    age=st.floats(0, 100),
+    session_time=st.one_of(st.none(), st.integers(1, 100)),
+    expires_in=st.one_of(st.none(), st.floats(-5, 100)),
+    depth=st.integers(0, 20),
+    over_for=st.one_of(st.none(), st.floats(0, 20)),
+    max_queue=st.one_of(st.none(), st.integers(0, 15)),
+    grace=st.integers(0, 10),
+    later=st.floats(0, 1),
+)
+def test_nothing_changes_before_next_check_and_something_does_at_it(
+    age, session_time, expires_in, depth, over_for, max_queue, grace, later
+):
+    """The deadline path is exact: with no event, `evaluate` decides nothing before `next_check` and
+    decides at it (a hair after: float rounding), so the sidecar needs to look at no other time."""
+    raw = {"queue_grace": f"{grace}s"}
+    if session_time is not None:
+        raw["session_time"] = f"{session_time}s"
+    if max_queue is not None:
+        raw["max_queue"] = str(max_queue)
+    limits = parse_limits(raw, None)
+    s = session(since=NOW - age, queue_messages=depth, queue_over_since="" if over_for is None else NOW - over_for)
+    expires_at = None if expires_in is None else NOW + expires_in
+    if evaluate(s, limits, now=NOW, expires_at=expires_at) is not None:
+        return
+    due = next_check(s, limits, now=NOW, expires_at=expires_at)
+    if due is None:
+        assert evaluate(s, limits, now=NOW + 1e6, expires_at=expires_at) is None
+        return
+    assert due >= NOW
+    t = NOW + later * (due - NOW)
+    if t < due - 1e-6:
+        assert evaluate(s, limits, now=t, expires_at=expires_at) is None
+    assert evaluate(s, limits, now=due + 1e-3, expires_at=expires_at) is not None

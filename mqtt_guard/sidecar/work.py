@@ -1,0 +1,93 @@
+"""How the sidecar finds work besides its deadlines: changed keys, and the reconciliation sweep.
+
+`Work` turns the names of changed keys (Redis client-side caching invalidations, whoever wrote them:
+the CLI, the admin API, redis-cli, a broker's block) into sessions to evaluate at the next tick: a
+user's limits, user hash (`expires_at`) or block names the user's sessions; a client block the client
+id; the default limits every session (a sweep at once). A lost invalidation channel also means a sweep
+at once: changes may have been missed.
+
+`Sweep` is the safety net for anything no event and no deadline reported (a lost event, a bug): every
+session is evaluated once per `sidecar.sweep_interval`, in slices spread over that interval, so its
+cost is that of evaluating every session once per interval, averaged (docs/quotas.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..store.keys import Keys
+
+
+class Work:
+    """Users and client ids named by changed keys since the last tick (sets: a key changed many times
+    is one evaluation)."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+        self.users: set[str] = set()
+        self.clients: set[str] = set()
+        self.sweep_now = False  # the default limits changed, or changes may have been missed
+        self._block_user = keys.block_user("")
+        self._block_client = keys.block_client("")
+
+    def prefixes(self) -> list[str]:
+        """The key prefixes whose changes can change a decision (tracked in broadcast mode)."""
+        k = self.keys
+        return [k.quota_user(""), k.quota_default(), k.user(""), k.blocks_head()]
+
+    def changed(self, names: list[str]) -> None:
+        keys = self.keys
+        for name in names:
+            if name == keys.quota_default():
+                self.sweep_now = True
+            elif name.startswith(self._block_client):
+                self.clients.add(name[len(self._block_client) :])
+            elif name.startswith(self._block_user):
+                self.users.add(name[len(self._block_user) :])
+            else:
+                user = keys.quota_user_of(name) or keys.username_of(name)
+                if user is not None:
+                    self.users.add(user)
+
+    def missed(self) -> None:
+        """Changes may have been missed (the channel was lost, Redis flushed): look at everything."""
+        self.sweep_now = True
+
+    def take(self) -> tuple[set[str], set[str]]:
+        users, clients = self.users, self.clients
+        self.users, self.clients = set(), set()
+        return users, clients
+
+
+class Sweep:
+    """Every registered session once per `interval`, a slice per tick; `urgent`: all at the next tick."""
+
+    def __init__(self, interval: float, tick: float) -> None:
+        self.interval = interval
+        self.tick = tick
+        self._ids: list[str] = []
+        self._per_tick = 0
+        self._next = 0.0  # monotonic time the next sweep starts (0: at the first tick)
+
+    def idle(self, mono: float) -> bool:
+        """Whether a new sweep is due (the last one is done and its interval has passed)."""
+        return not self._ids and mono >= self._next
+
+    def start(self, ids: list[str], mono: float, *, urgent: bool) -> None:
+        """A sweep of `ids`: spread over `interval` (ending a little before it), or all at the next tick."""
+        self._ids = list(reversed(ids))  # (taken from the end)
+        ticks = 1 if urgent else max(1, math.floor(0.9 * self.interval / self.tick))
+        self._per_tick = max(1, math.ceil(len(ids) / ticks))
+        self._next = mono + self.interval
+
+    def take(self) -> list[str]:
+        if not self._ids:
+            return []
+        n = self._per_tick
+        part = self._ids[-n:]
+        del self._ids[-n:]
+        return part
+
+    @property
+    def remaining(self) -> int:
+        return len(self._ids)

@@ -1,0 +1,45 @@
+"""How the sidecar finds work besides deadlines: changed keys and the sliced sweep (pure: no Redis)."""
+
+from __future__ import annotations
+
+from mqtt_guard.sidecar.work import Sweep, Work
+from mqtt_guard.store.keys import Keys
+
+
+def test_changed_keys_name_the_sessions_to_evaluate():
+    keys = Keys("p:")
+    work = Work(keys)
+    assert all(p.startswith("p:") for p in work.prefixes())
+    work.changed(
+        [
+            keys.quota_user("alice"),
+            keys.user("bob"),
+            keys.user_groups("carol"),  # (not a user hash: nothing)
+            keys.block_user("dave"),
+            keys.block_client("dev:1"),
+            keys.quota_reset("erin"),
+            "p:acl:user:x",
+        ]
+    )
+    assert not work.sweep_now
+    users, clients = work.take()
+    assert users == {"alice", "bob", "dave", "erin"} and clients == {"dev:1"}
+    assert work.take() == (set(), set())
+    work.changed([keys.quota_default()])
+    assert work.sweep_now
+
+
+def test_the_sweep_spreads_every_session_over_its_interval():
+    sweep = Sweep(interval=100, tick=1)
+    assert sweep.idle(0)
+    ids = [f"c{i}" for i in range(1000)]
+    sweep.start(ids, 0, urgent=False)
+    seen: list[str] = []
+    ticks = 0
+    while not sweep.idle(ticks):
+        seen += sweep.take()
+        ticks += 1
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+    assert ticks == 100  # done within 90 ticks, the next one starts 100 s after the last began
+    sweep.start(ids, 100, urgent=True)
+    assert len(sweep.take()) == 1000 and sweep.take() == []
