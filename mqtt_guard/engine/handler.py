@@ -179,7 +179,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "client_id",
         "end_reason",
         "publish_will",
-        "_done",
+        "_clean",
+        "_done_waiter",
         "_closing",
         "_writer_task",
         "_inline",
@@ -233,7 +234,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self.client_id = ""
         self.end_reason: str | None = None  # why the connection ended (None: the client sent DISCONNECT)
         self.publish_will = True  # False when the broker shuts down
-        self._done: asyncio.Future[bool] = self._loop.create_future()  # True: clean DISCONNECT
+        # How the connection ended (None: not yet; True: the client's DISCONNECT). A Future only for a
+        # `wait_disconnect` caller (the engine has none): ~0.15 KB less per idle connection (issue 15 item 4)
+        self._clean: bool | None = None
+        self._done_waiter: asyncio.Future[bool] | None = None
         self._closing = False
         self._writer_task: asyncio.Task[None] | None = None
         self._inline = False  # the reader runs in the connection's task (`serve`)
@@ -348,7 +352,19 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
 
     async def wait_disconnect(self) -> bool:
         """Until the connection ends; True if it ended with the client's DISCONNECT."""
-        return await asyncio.shield(self._done)
+        if self._clean is not None:
+            return self._clean
+        if self._done_waiter is None:
+            self._done_waiter = self._loop.create_future()
+        return await asyncio.shield(self._done_waiter)
+
+    def _ended(self, clean: bool) -> None:
+        """The connection is over (the first word counts): tell a `wait_disconnect` caller."""
+        if self._clean is None:
+            self._clean = clean
+            waiter = self._done_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(clean)
 
     def close(self, reason: str) -> None:
         """End the connection from the server side (kick, take-over, keep-alive, protocol error)."""
@@ -361,8 +377,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         task = self._reader_task
         if task is not None and not task.done() and task is not asyncio.current_task(self._loop):
             task.cancel()  # an inline reader (`serve`) catches it and un-cancels its task
-        elif task is None and not self._done.done():
-            self._done.set_result(False)
+        elif task is None:
+            self._ended(False)
 
     async def handle_connection_closed(self) -> None:
         self.close("disconnected by the server")
@@ -390,8 +406,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             self._close_transport()
         else:
             await self._close_socket()
-        if not self._done.done():
-            self._done.set_result(False)
+        self._ended(False)
 
     def _close_transport(self) -> None:
         transport = self._transport
@@ -807,12 +822,11 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             self._closing = True
             self._release()
             self._keepalive_off()
-            if not self._done.done():
-                self._done.set_result(clean)
+            self._ended(clean)
             if inline:
                 self._inline = False
                 self._reader_task = None  # the task goes on with the session's end: close() must not cancel it
-        return self._done.result()
+        return bool(self._clean)
 
     def _flush_in(self) -> None:
         """Settle the run's quota stretch and add the PUBLISH counts of the reader to the counters (once
