@@ -233,6 +233,35 @@ class MqttStream(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def take(self, n: int) -> bytes | None:
+        """`read(n)` without a coroutine: None when nothing is buffered yet (then await `readable()`),
+        b"" at EOF; raises the error the connection was lost with. The connection's reader uses it, so
+        an idle connection waits in the reader's own frame on one Future, not in two more coroutines."""
+        chunks = self._chunks
+        if not chunks:
+            if self._exc is not None:
+                raise self._exc
+            return b"" if self._eof else None
+        first = chunks[0]
+        pos = self._pos
+        if len(first) - pos <= n:
+            data = first[pos:] if pos else first
+            del chunks[0]
+            self._pos = 0
+        else:
+            data = first[pos : pos + n]
+            self._pos = pos + n
+        self._buffered -= len(data)
+        if self._reading_paused and self._buffered <= LIMIT:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def readable(self) -> asyncio.Future[None]:
+        """A Future done when bytes, EOF or an error arrive (after `take` returned None)."""
+        waiter = self._read_waiter = self._loop.create_future()
+        return waiter
+
     def take_buffered(self) -> bytes:
         """All buffered bytes, without waiting (b"" if none)."""
         if not self._chunks:

@@ -286,3 +286,57 @@ def test_a_first_packet_whose_fate_is_known_starts_the_task_at_once(first_bytes,
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_take_hands_out_buffered_bytes_none_while_waiting_and_empty_at_eof():
+    """The reader's plain-call read (`take`) and its wait (`readable`): what an idle connection is
+    suspended on instead of a read coroutine."""
+
+    async def main():
+        seen: list[bytes | None] = []
+        done = asyncio.Event()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            stream = reader._reader
+            while True:
+                data = stream.take(4)
+                seen.append(data)
+                if data is None:
+                    await stream.readable()
+                    continue
+                if not data:
+                    break
+            done.set()
+
+        server, port = await serving(serve)
+        r, w = await client(port)
+        w.write(b"abcdef")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write_eof()
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen[-1] == b""
+        got = [d for d in seen if d]
+        assert b"".join(got) == b"abcdef" and all(len(d) <= 4 for d in got)
+        assert None in seen  # it waited (the server's task starts before the bytes come)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_take_raises_the_error_the_connection_was_lost_with():
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def serve(reader: TcpReader, writer: TcpWriter) -> None:
+            return None
+
+        stream = MqttStream(loop, serve)
+        assert stream.take(10) is None
+        stream.connection_lost(ConnectionResetError("gone"))
+        with pytest.raises(ConnectionResetError):
+            stream.take(10)
+
+    asyncio.run(main())

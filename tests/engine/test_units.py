@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mqtt_guard.engine.broker import Ended
 from mqtt_guard.engine.protocol import (
     Incomplete,
     ProtocolViolation,
@@ -130,3 +134,24 @@ def test_a_queue_gets_its_own_pending_deque_only_when_something_waits():
     assert a.pending is not b.pending and len(a.pending) == 2 and not b.pending
     b.online, b.port = True, Port(writable=False)
     assert b.offer0(b"frame", 1, 2) and len(b.pending) == 1 and len(a.pending) == 2
+
+
+def test_ended_wakes_every_waiter_and_a_timed_out_waiter_leaves_the_others_waiting():
+    """`Ended` (a connection's take-over marker): a take-over that gave up waiting must not cancel what
+    a shutdown or another take-over waits on."""
+
+    async def main() -> None:
+        ended = Ended()
+        assert not ended.is_set()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ended.wait(), 0.01)
+        other = asyncio.ensure_future(ended.wait())
+        late = asyncio.ensure_future(ended.wait())
+        await asyncio.sleep(0)
+        assert not other.done()
+        ended.set()
+        await asyncio.wait_for(asyncio.gather(other, late), 1)
+        assert ended.is_set()
+        await asyncio.wait_for(ended.wait(), 0.01)  # set: returns at once
+
+    asyncio.run(main())
