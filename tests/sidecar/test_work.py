@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mqtt_guard.sidecar.work import Sweep, Work
+from mqtt_guard.sidecar.work import URGENT_SLICE, Sweep, Work
 from mqtt_guard.store.keys import Keys
 
 
@@ -43,3 +43,13 @@ def test_the_sweep_spreads_every_session_over_its_interval():
     assert ticks == 100  # done within 90 ticks, the next one starts 100 s after the last began
     sweep.start(ids, 100, urgent=True)
     assert len(sweep.take()) == 1000 and sweep.take() == []
+
+
+def test_an_urgent_sweep_keeps_each_tick_short():
+    """A new leader's sweep of a large fleet comes in slices of URGENT_SLICE, each session once."""
+    sweep = Sweep(interval=600, tick=1)
+    ids = [f"c{i}" for i in range(2 * URGENT_SLICE + 5)]
+    sweep.start(ids, 0, urgent=True)
+    parts = [sweep.take() for _ in range(4)]
+    assert [len(p) for p in parts] == [URGENT_SLICE, URGENT_SLICE, 5, 0]
+    assert sorted(sum(parts, [])) == sorted(ids)
