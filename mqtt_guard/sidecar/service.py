@@ -74,6 +74,8 @@ class Sidecar:
         self.distrusted = False  # the marker is missing or changed: nothing is decided
         self.work = Work(self.keys)  # users and client ids named by changed keys (work.py)
         self.sweep = Sweep(config.sidecar.sweep_interval, self.interval)
+        self._listener: InvalidationListener | None = None  # set by `run`
+        self._listening = False  # its first subscription seen (a sweep then)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
@@ -82,6 +84,7 @@ class Sidecar:
             self.config.redis.url, self.work.prefixes(), self.work.changed, self.work.missed
         )
         listener.start()
+        self._listener = listener
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -122,6 +125,12 @@ class Sidecar:
             if not await self._trusted():
                 self.leading = False  # (the leader key runs out; leadership is taken again afterwards)
                 return None
+            listener = self._listener
+            if listener is not None and not self._listening and listener.connected.is_set():
+                # Tracking is on from now: a change written before it (while this sidecar started) reached
+                # nobody, so one sweep looks at everything (the listener's own reset covers reconnects).
+                self._listening = True
+                self.work.missed()
             leading = await self.store.lead(self.id, self.config.sidecar.leader_ttl)
             if leading != self.leading:
                 log.info("sidecar %s %s", self.id, "is the leader now" if leading else "is no longer the leader")
