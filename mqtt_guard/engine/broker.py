@@ -64,17 +64,16 @@ from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
+from .packets import MQTT5, ConnectInfo, parse_connect
 from .protocol import (
     CONNECT,
     TYPE_NAMES,
-    ConnectInfo,
     Incomplete,
     ProtocolViolation,
     encode_connack,
     encode_publish,
     encode_remaining_length,
     encode_suback,
-    parse_connect,
     parse_fixed_header,
     too_large,
 )
@@ -476,6 +475,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     else f"CONNECT with reserved fixed-header flags {first & 0x0F:#x} (must be 0) [MQTT-2.2.2-2]"
                 )
             info = parse_connect(body)
+            if info.level == MQTT5:  # until the engine serves MQTT 5 (issue 16, step a)
+                raise ProtocolViolation("unsupported protocol level 5 (MQTT 3.1.1 is level 4)", connack=1)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
         except ProtocolViolation as exc:

@@ -43,6 +43,7 @@ from websockets import ConnectionClosed
 
 from ..metrics import counters as C
 from .deadlines import Wheel, wheel_for
+from .packets import parse_subscribe, parse_unsubscribe
 from .protocol import (
     CONNECT,
     DISCONNECT,
@@ -63,8 +64,6 @@ from .protocol import (
     decode_utf8,
     encode_ack,
     parse_fixed_header,
-    parse_subscribe,
-    parse_unsubscribe,
     too_large,
 )
 from .queues import OutQueue
@@ -981,8 +980,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             await self.send(PINGRESP_BYTES)
             return False
         if ptype == SUBSCRIBE:
-            pid, filters = parse_subscribe(body)
-            await router.handle_subscribe(session, self, pid, filters)
+            sub = parse_subscribe(body)
+            await router.handle_subscribe(session, self, sub.packet_id, sub.filters)
             return False
         if ptype == UNSUBSCRIBE:
             pid, topic_filters = parse_unsubscribe(body)

@@ -14,11 +14,11 @@ packets), see docs/engine.md.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 # packet types
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
+AUTH = 15  # MQTT 5 only
 
 TYPE_NAMES = {
     1: "CONNECT",
@@ -36,7 +36,7 @@ TYPE_NAMES = {
     13: "PINGRESP",
     14: "DISCONNECT",
     0: "reserved type 0",
-    15: "reserved type 15",
+    15: "reserved type 15",  # (AUTH in MQTT 5)
 }
 
 # CONNACK return codes
@@ -49,12 +49,15 @@ _H = struct.Struct("!H")
 
 
 class ProtocolViolation(Exception):
-    """The peer broke MQTT 3.1.1: close the connection. `connack` is a return code to send first, if any."""
+    """The peer broke the protocol: close the connection. `connack` is an MQTT 3.1.1 return code to send
+    first, if any; `code` the MQTT 5 reason code of the CONNACK or DISCONNECT an MQTT 5 client is sent
+    before the close (engine/mqtt5.py Reason; 0x81 Malformed Packet unless the rule says otherwise)."""
 
-    def __init__(self, reason: str, connack: int | None = None) -> None:
+    def __init__(self, reason: str, connack: int | None = None, code: int = 0x81) -> None:
         super().__init__(reason)
         self.reason = reason
         self.connack = connack
+        self.code = code
 
 
 class Incomplete(Exception):
@@ -157,98 +160,6 @@ def check_topic_filter(topic_filter: str) -> None:
     for i, level in enumerate(levels):
         if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
             raise ProtocolViolation(f"invalid topic filter {topic_filter!r} [MQTT-4.7.1-2/3]")
-
-
-@dataclass(slots=True)
-class ConnectInfo:
-    protocol: str  # "MQTT" (3.1.1) or "MQIsdp" (3.1)
-    level: int
-    clean: bool
-    keepalive: int
-    client_id: str
-    will: tuple[str, bytes, int, bool] | None  # topic, message, qos, retain
-    username: str | None
-    password: str | None
-
-
-def parse_connect(body: bytes | bytearray) -> ConnectInfo:
-    """Validate a CONNECT body (the fixed header was 0x10). MQTT 3.1.1 and 3.1 are accepted; anything
-    else named "MQTT" or "MQIsdp" gets CONNACK 1; any other protocol name is closed without CONNACK."""
-    c = Cursor(body, "CONNECT")
-    name = c.binary()
-    level = c.u8()
-    if name == b"MQTT":
-        if level != 4:  # MQTT 5 (level 5) included: answered in 3.1.1 format, then closed
-            raise ProtocolViolation(
-                f"unsupported protocol level {level} (MQTT 3.1.1 is level 4)", connack=CONNACK_BAD_PROTOCOL
-            )
-    elif name == b"MQIsdp":
-        if level != 3:
-            raise ProtocolViolation(
-                f"unsupported protocol level {level} for MQIsdp (MQTT 3.1 is level 3)", connack=CONNACK_BAD_PROTOCOL
-            )
-    else:
-        raise ProtocolViolation(f"unknown protocol name {name[:20]!r} [MQTT-3.1.2-1]")
-    flags = c.u8()
-    keepalive = c.u16()
-    if flags & 0x01:
-        raise ProtocolViolation("CONNECT reserved flag is set [MQTT-3.1.2-3]")
-    will_flag, will_qos, will_retain = bool(flags & 0x04), (flags >> 3) & 3, bool(flags & 0x20)
-    if will_qos == 3:
-        raise ProtocolViolation("CONNECT will QoS 3 [MQTT-3.1.2-14]")
-    if not will_flag and (will_qos or will_retain):
-        raise ProtocolViolation("CONNECT will QoS/retain set without the will flag [MQTT-3.1.2-11/13/15]")
-    has_user, has_password = bool(flags & 0x80), bool(flags & 0x40)
-    if has_password and not has_user:
-        raise ProtocolViolation("CONNECT password flag without username flag [MQTT-3.1.2-22]")
-    client_id = c.string("client identifier")
-    will = None
-    if will_flag:
-        will_topic = c.string("will topic")
-        check_topic_name(will_topic, "will topic")
-        will = (will_topic, c.binary(), will_qos, will_retain)
-    username = c.string("username") if has_user else None
-    password = None
-    if has_password:
-        password = c.binary().decode("utf-8", "surrogateescape")
-    if c.left():
-        raise ProtocolViolation(f"malformed CONNECT: {c.left()} bytes after the payload")
-    clean = bool(flags & 0x02)
-    if not client_id and (not clean or name == b"MQIsdp"):
-        raise ProtocolViolation(
-            "empty client identifier without clean session [MQTT-3.1.3-8]", connack=CONNACK_ID_REJECTED
-        )
-    return ConnectInfo(name.decode(), level, clean, keepalive, client_id, will, username, password)
-
-
-def parse_subscribe(body: bytes | bytearray) -> tuple[int, list[tuple[str, int]]]:
-    """Validate a SUBSCRIBE body (the fixed header was 0x82): (packet id, [(filter, requested QoS)])."""
-    c = Cursor(body, "SUBSCRIBE")
-    packet_id = c.u16()
-    filters = []
-    while c.left():
-        topic_filter = c.string("topic filter")
-        qos = c.u8()
-        if qos > 2:
-            raise ProtocolViolation(f"SUBSCRIBE requested QoS byte {qos:#x} [MQTT-3.8.3-4]")
-        check_topic_filter(topic_filter)
-        filters.append((topic_filter, qos))
-    if not filters:
-        raise ProtocolViolation("SUBSCRIBE without a topic filter [MQTT-3.8.3-3]")
-    return packet_id, filters
-
-
-def parse_unsubscribe(body: bytes | bytearray) -> tuple[int, list[str]]:
-    """Validate an UNSUBSCRIBE body (the fixed header was 0xA2): (packet id, [filter]). The filters are
-    not checked beyond UTF-8: unsubscribing from a filter nobody could subscribe to is a no-op."""
-    c = Cursor(body, "UNSUBSCRIBE")
-    packet_id = c.u16()
-    filters = []
-    while c.left():
-        filters.append(c.string("topic filter"))
-    if not filters:
-        raise ProtocolViolation("UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]")
-    return packet_id, filters
 
 
 def encode_remaining_length(n: int) -> bytes:

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqtt_guard.engine.broker import Ended
+from mqtt_guard.engine.packets import parse_connect
 from mqtt_guard.engine.protocol import (
     Incomplete,
     ProtocolViolation,
     encode_publish,
-    parse_connect,
     parse_fixed_header,
 )
 from mqtt_guard.engine.queues import OutQueue
