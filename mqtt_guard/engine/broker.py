@@ -528,6 +528,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             session.remote_address, session.remote_port = peer
         session.ssl_object = writer.get_ssl_info()
         session.keep_alive = info.keepalive
+        session.protocol_level = info.level
         return session
 
     async def _check_connect(
@@ -887,6 +888,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             "ssl_object",
             "is_anonymous",
             "guard_client",
+            "protocol_level",
             "listener",
         ):
             setattr(existing, name, getattr(incoming, name))

@@ -43,7 +43,8 @@ from websockets import ConnectionClosed
 
 from ..metrics import counters as C
 from .deadlines import Wheel, wheel_for
-from .packets import parse_subscribe, parse_unsubscribe
+from .mqtt5 import encode_disconnect
+from .packets import MQTT5, parse_subscribe, parse_unsubscribe
 from .protocol import (
     CONNECT,
     DISCONNECT,
@@ -209,6 +210,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_ws_draining",
         "_fire_rx",
         "_fire_tx",
+        "level",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -270,6 +272,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         events = plugins_manager._event_plugin_callbacks  # noqa: SLF001 - amqtt offers no public view of its listeners
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
+        self.level = 4  # the client's protocol level (5: MQTT 5 packets and server-sent DISCONNECT)
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -304,6 +307,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self.queue = queue
         self.where = where
         self.client_id = self.session.client_id if self.session else ""
+        self.level = self.session.protocol_level if self.session else 4
         self._max_packet = max_packet
         self._max_stall = max_stall
         # Plugins listening to packets need every packet awaited (the fast path writes acks unseen)
@@ -365,11 +369,19 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             if waiter is not None and not waiter.done():
                 waiter.set_result(clean)
 
-    def close(self, reason: str) -> None:
-        """End the connection from the server side (kick, take-over, keep-alive, protocol error)."""
+    def close(self, reason: str, code: int = 0) -> None:
+        """End the connection from the server side (kick, take-over, keep-alive, protocol error). `code`:
+        the MQTT 5 reason code (mqtt_guard/reasons.py) an MQTT 5 client is sent in a DISCONNECT first
+        (after everything already written, and nothing after it [MQTT-3.14.2-1]); 0 sends none. A 3.1.1
+        client's socket is just closed, as before."""
         if self._closing:
             return
         self._closing = True
+        if code and self.level == MQTT5:
+            self._co.append(encode_disconnect(code))
+            if not self._co_scheduled:
+                self._co_scheduled = True
+                self._loop.call_soon(self._flush_coalesced)
         self.end_reason = reason
         self._keepalive_off()
         self._release()  # publishers waiting for this client go on

@@ -142,6 +142,7 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         "out_queue",
         "pub_ok",
         "pub_epoch",
+        "protocol_level",
     )
 
     def __init__(self) -> None:  # amqtt's Session.__init__, minus the Queues
@@ -178,6 +179,7 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         # `pub_epoch` is the broker's `acl_epoch` (emptied when the session is resumed)
         self.pub_ok: dict[str, bool] = {}
         self.pub_epoch = -1
+        self.protocol_level = 4  # of the connection that serves it: 3 (MQTT 3.1), 4 (3.1.1) or 5
 
     retained_messages: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
     delivered_message_queue: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
