@@ -356,10 +356,11 @@ redis.call('HSET', KEYS[2], 'heartbeat', now_ms, 'epoch', epoch, unpack(ARGV, 4)
 return {status, now_ms, redis.call('ZCARD', KEYS[1]), epoch, ''}
 """
 
-# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, the broker's `reaped` note, then
-# (session, user sessions) pairs, then usage hashes. ARGV: broker, number of sessions, who reaps ('' = the
-# broker itself, at shutdown: no note). Only reaps a broker that is still dead. Deleting the broker's hash
-# deletes its fencing epoch: whatever it still sends under that epoch is refused (`Fenced`).
+# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, the broker's `reaped` note, the
+# sidecar's due set, then (session, user sessions) pairs, then usage hashes. A reaped session's sidecar
+# deadline goes with it (the sidecar would only find the session gone). ARGV: broker, number of sessions,
+# who reaps ('' = the broker itself, at shutdown: no note). Only reaps a broker that is still dead.
+# Deleting the broker's hash deletes its fencing epoch: whatever it still sends under that epoch is refused (`Fenced`).
 REAP_LUA = """
 local b, n = ARGV[1], tonumber(ARGV[2])
 local score = redis.call('ZSCORE', KEYS[1], b)
@@ -369,16 +370,17 @@ if not score then return -2 end
 if tonumber(score) > now_ms then return -1 end
 local sessions = 0
 for i = 0, n - 1 do
-  local s, us = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local s, us = KEYS[8 + 2 * i], KEYS[9 + 2 * i]
   local conn = redis.call('HGET', s, 'conn')
   local cid = redis.call('HGET', s, 'client_id')
   if redis.call('HGET', s, 'broker') == b then
     redis.call('DEL', s)
+    if cid then redis.call('ZREM', KEYS[7], cid) end
     sessions = sessions + 1
     if cid and redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
   end
 end
-for i = 7 + 2 * n, #KEYS do
+for i = 8 + 2 * n, #KEYS do
   redis.call('HDEL', KEYS[i], 'lease:' .. b)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
@@ -841,6 +843,7 @@ class QuotaStore:
             self.keys.broker_leases(broker_id),
             self.keys.kick_queue(broker_id),
             self.keys.broker_reaped(broker_id),
+            self.keys.sidecar_due(),
         ]
         for cid in ids:
             keys += [self.keys.session(cid), self.keys.user_sessions(by_id.get(cid, {}).get("username", ""))]
