@@ -124,3 +124,22 @@ def test_a_sidecar_started_after_the_clients_finds_their_deadlines(
     assert until(lambda: rds.zscore(f"{prefix}sidecar:due", "late-1") == since + 2, timeout=2)
     assert client.disconnected.wait(3 + TICK)
     assert kicks(rds, prefix, "late-1")[0]["reason"].startswith("session time 2s exceeded")
+
+
+def test_a_default_limit_edited_for_connected_clients_re_times_their_deadlines(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
+    """Most fleets run on the default limits: an edit of `quota:default` re-times every session's
+    deadline in Redis at once (not a sweep of an evaluation each), so it is met "within a second" too."""
+    add_user("df", "pw")
+    broker = start_broker("--config", fast_config(tmp_path))
+    start_sidecar("--interval", str(TICK))
+    client = connect(broker.port, "df", "pw", client_id="df-1")
+    assert client.rc == 0
+    until(lambda: rds.hget(f"{prefix}session:df-1", "since"), timeout=2)
+    time.sleep(1.2)
+    assert cli("quota", "set", "--default", "--session-time", "1s").returncode == 0
+    edited = time.monotonic()
+    assert client.disconnected.wait(1 + TICK + 1.0)
+    assert time.monotonic() - edited <= 1 + TICK + 1.0
+    assert kicks(rds, prefix, "df-1")[0]["reason"].startswith("session time 1s exceeded")
