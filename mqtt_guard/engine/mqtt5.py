@@ -501,22 +501,23 @@ def parse_ack(body: bytes, name: str) -> tuple[int, int]:
     return pid, reason
 
 
-def parse_disconnect(body: bytes) -> tuple[int, Props]:
-    """(reason code, properties) of a client's MQTT 5 DISCONNECT (remaining length 0: reason 0)."""
+def _reason_and_props(body: bytes, name: str) -> tuple[int, Props]:
+    """(reason code, properties) of a DISCONNECT or AUTH: remaining length 0 means reason 0 (3.14.2.1)."""
     if not body:
         return 0, {}
-    c = Cursor(body, "DISCONNECT")
+    c = Cursor(body, name)
     reason = c.u8()
-    props = read_properties(c, "DISCONNECT") if c.left() else {}
+    props = read_properties(c, name) if c.left() else {}
     if c.left():
-        raise malformed(f"malformed DISCONNECT: {c.left()} bytes after the properties")
+        raise malformed(f"malformed {name}: {c.left()} bytes after the properties")
     return reason, props
+
+
+def parse_disconnect(body: bytes) -> tuple[int, Props]:
+    """A client's MQTT 5 DISCONNECT."""
+    return _reason_and_props(body, "DISCONNECT")
 
 
 def parse_auth(body: bytes) -> tuple[int, Props]:
-    if not body:
-        return 0, {}
-    c = Cursor(body, "AUTH")
-    reason = c.u8()
-    props = read_properties(c, "AUTH") if c.left() else {}
-    return reason, props
+    """A client's AUTH (refused: no enhanced authentication method is offered)."""
+    return _reason_and_props(body, "AUTH")
