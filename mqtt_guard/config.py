@@ -252,7 +252,7 @@ class QuotaConfig:
 
 @dataclass
 class SidecarConfig:
-    interval: float = duration(1.0)  # how often the sidecar evaluates every registered session
+    interval: float = duration(1.0)  # the sidecar's tick: due deadlines, named sessions, a slice of the sweep
     leader_ttl: float = duration(3.0)  # a leader that stops renewing is replaced after this long
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
     sweep_interval: float = duration(600.0)  # every session re-evaluated once per this long, in slices (safety net)
