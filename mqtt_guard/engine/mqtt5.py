@@ -21,7 +21,10 @@ the docstrings, conformance statements in brackets, as in protocol.py):
 
 from __future__ import annotations
 
+import math
 import struct
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..reasons import Reason
@@ -334,7 +337,7 @@ def _check_values(props: Props, what: str) -> None:
             raise protocol_error(f"{what}: {NAMES[ident]} {v} (must be 0 or 1)")
     for ident in (RECEIVE_MAXIMUM, MAXIMUM_PACKET_SIZE, TOPIC_ALIAS):
         if props.get(ident) == 0:
-            raise protocol_error(f"{what}: {NAMES[ident]} 0 [MQTT-3.1.2-?/3.3.2-8]")
+            raise protocol_error(f"{what}: {NAMES[ident]} 0 [MQTT-3.3.2-8, 3.1.2.11.3/6]")
     for sid in props.get(SUBSCRIPTION_ID, ()):
         if sid == 0:
             raise protocol_error(f"{what}: Subscription Identifier 0 [MQTT-3.8.2.1.2]")
@@ -521,3 +524,98 @@ def parse_disconnect(body: bytes) -> tuple[int, Props]:
 def parse_auth(body: bytes) -> tuple[int, Props]:
     """A client's AUTH (refused: no enhanced authentication method is offered)."""
     return _reason_and_props(body, "AUTH")
+
+
+# -- what travels with a message, a subscription and a connection ----------------------------------
+class Message5:
+    """The MQTT 5 side of one message on its way to subscribers (None for a 3.1.1 publisher's ordinary
+    PUBLISH): `forwarded`, the encoded properties every MQTT 5 subscriber gets (`forwarded_block`);
+    `expires`, the `time.monotonic()` deadline of its Message Expiry Interval (0.0: none); `origin`, the
+    publisher's OutQueue (No Local); `retain`, the RETAIN flag as published (Retain As Published). Made
+    once per message that carries properties; an MQTT 5 connection's plain PUBLISH shares one per
+    connection."""
+
+    __slots__ = ("forwarded", "expires", "origin", "retain")
+
+    def __init__(self, forwarded: bytes = b"", expires: float = 0.0, origin: object = None, retain: bool = False):
+        self.forwarded = forwarded
+        self.expires = expires
+        self.origin = origin
+        self.retain = retain
+
+    def retained(self) -> Message5:
+        """This message as published with RETAIN."""
+        return self if self.retain else Message5(self.forwarded, self.expires, self.origin, True)
+
+
+def message_of(props: Props, origin: object) -> Message5 | None:
+    """The Message5 of a PUBLISH's (or will's) properties; None when nothing in them travels on."""
+    forwarded = forwarded_block(props)
+    expiry = props.get(MESSAGE_EXPIRY)
+    if not forwarded and expiry is None:
+        return None
+    return Message5(forwarded, time.monotonic() + expiry if expiry is not None else 0.0, origin)
+
+
+class Sub5:
+    """An MQTT 5 subscriber's options for one topic, from every subscription of it that matches (kept
+    in the broker's cached route): `ids`, the encoded Subscription Identifier properties a delivery
+    carries (3.8.2.1.2: every matching one); `no_local`, set when every matching subscription has No
+    Local (a message of the client itself is not sent back to it); `rap`, Retain As Published on any."""
+
+    __slots__ = ("ids", "no_local", "rap")
+
+    def __init__(self, ids: bytes, no_local: bool, rap: bool) -> None:
+        self.ids = ids
+        self.no_local = no_local
+        self.rap = rap
+
+
+def sub_ids_block(ids: list[int] | tuple[int, ...]) -> bytes:
+    return b"".join(b"\x0b" + encode_varint(i) for i in ids)
+
+
+@dataclass(slots=True)
+class Client5:
+    """What an MQTT 5 client said in its CONNECT that the server must honour for the connection
+    (3.1.2.11), and what the CONNACK told it."""
+
+    receive_max: int = 65535  # its Receive Maximum: QoS 1/2 deliveries unacknowledged at a time
+    max_packet: int = 0  # its Maximum Packet Size (0: the protocol's own limit)
+    alias_max: int = 0  # its Topic Alias Maximum (server -> client aliases: not used)
+    problem_info: bool = True  # Request Problem Information (0: no reason strings but on CONNACK/DISCONNECT)
+    session_expiry: int = 0  # Session Expiry Interval, s (updated by its DISCONNECT)
+    will_forwarded: bytes = b""  # the will's properties that travel with it (`forwarded_block`)
+    will_expiry: int | None = None  # the will's Message Expiry Interval (counted from its publication)
+    assigned_id: bool = False  # the server assigned the client identifier (sent in the CONNACK)
+    server_keepalive: int | None = None  # the keep-alive the server imposes (limits.max_keepalive)
+
+    @classmethod
+    def of(cls, props: Props, will_props: Props) -> Client5:
+        return cls(
+            receive_max=props.get(RECEIVE_MAXIMUM, 65535),
+            max_packet=props.get(MAXIMUM_PACKET_SIZE, 0),
+            alias_max=props.get(TOPIC_ALIAS_MAXIMUM, 0),
+            problem_info=props.get(REQUEST_PROBLEM_INFO, 1) == 1,
+            session_expiry=props.get(SESSION_EXPIRY, 0),
+            will_forwarded=forwarded_block(will_props),
+            will_expiry=will_props.get(MESSAGE_EXPIRY),
+        )
+
+    def will(self) -> Message5 | None:
+        """The will's Message5, made when it is published (its expiry runs from then)."""
+        if not self.will_forwarded and self.will_expiry is None:
+            return None
+        expires = time.monotonic() + self.will_expiry if self.will_expiry is not None else 0.0
+        return Message5(self.will_forwarded, expires)
+
+
+def publish_size(topic_len: int, payload_len: int, qos: int, props_len: int) -> int:
+    """The whole size of an MQTT 5 PUBLISH (for the client's Maximum Packet Size [MQTT-3.1.2-24])."""
+    rl = 2 + topic_len + (2 if qos else 0) + len(encode_varint(props_len)) + props_len + payload_len
+    return 1 + len(encode_varint(rl)) + rl
+
+
+def expiry_property(expires: float, now: float) -> bytes:
+    """The Message Expiry Interval a subscriber gets: the time left, whole seconds rounded up [MQTT-3.3.2-6]."""
+    return b"\x02" + _I.pack(max(1, math.ceil(expires - now)))

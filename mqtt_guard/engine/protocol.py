@@ -68,7 +68,8 @@ class Incomplete(Exception):
 def too_large(first: int, size: int, max_packet: int) -> ProtocolViolation:
     """The violation for a packet (whole, header included) over `limits.max_packet_size`."""
     return ProtocolViolation(
-        f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes exceeds max_packet_size {max_packet}"
+        f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes exceeds max_packet_size {max_packet}",
+        code=0x95,  # MQTT 5: DISCONNECT Packet too large [MQTT-3.2.2-15]
     )
 
 
