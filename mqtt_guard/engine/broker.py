@@ -62,6 +62,7 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
+from ..reasons import Reason
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .packets import MQTT5, ConnectInfo, parse_connect
@@ -414,7 +415,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous)
+                await self._take_over(client_id, previous, session.clean_session)
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
@@ -831,14 +832,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             pass
         await _close_quietly(writer)
 
-    async def _take_over(self, client_id: str, previous: Ended | None) -> None:
-        """Disconnect a live connection with the same client id and wait until it has cleaned up."""
+    async def _take_over(self, client_id: str, previous: Ended | None, clean: bool = True) -> None:
+        """Disconnect a live connection with the same client id and wait until it has cleaned up. Its will
+        is published (a connection closed without DISCONNECT), unless the new connection resumes its
+        persistent session (both without clean session): mosquitto 2.0 then discards the will (measured
+        with 2.0.11, docs/engine.md "Take-over"). `clean`: the new connection's clean-session flag."""
         entry = self._sessions.get(client_id)
         if entry is not None and entry[0].transitions.state == "connected":
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
             old_handler = entry[1]
             if isinstance(old_handler, GuardedHandler):
-                old_handler.close("taken over by a new connection with the same client id")
+                if not clean and not entry[0].clean_session:
+                    old_handler.publish_will = False
+                old_handler.close("taken over by a new connection with the same client id", Reason.SESSION_TAKEN_OVER)
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
