@@ -415,7 +415,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous, session.clean_session)
+                await self._take_over(client_id, previous, bool(session.clean_session))
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:

@@ -975,8 +975,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 if q.acked(pid):
                     self.wake()
             elif ptype == PUBREC:
-                if q.received(pid):
-                    await self.send(encode_ack(PUBREL, pid))
+                q.received(pid)  # (an unknown id is answered too, as mosquitto does)
+                await self.send(encode_ack(PUBREL, pid))
             elif ptype == PUBCOMP:
                 if q.completed(pid):
                     self.wake()
