@@ -206,10 +206,15 @@ class LimitsConfig:
     # An offline persistent session (its subscriptions, queued messages and its hold on the client id) is
     # discarded after this long offline; None: kept until the broker stops (mosquitto's default).
     persistent_session_expiry: float | None = duration(None)
+    # A topic name or filter (PUBLISH, SUBSCRIBE, UNSUBSCRIBE, will) of more levels closes the connection;
+    # 201 is mosquitto 2.0's limit (it refuses more than 200 `/`). 0 = no limit.
+    max_topic_levels: int = 201
 
     def check(self, where: str = "limits") -> None:
         if self.persistent_session_expiry is not None and self.persistent_session_expiry <= 0:
             raise ConfigError(f"{where}.persistent_session_expiry must be above 0 (or null: never)")
+        if self.max_topic_levels < 0:
+            raise ConfigError(f"{where}.max_topic_levels must be >= 0 (0: no limit)")
 
 
 @dataclass

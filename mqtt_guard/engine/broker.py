@@ -71,6 +71,7 @@ from .protocol import (
     TYPE_NAMES,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     encode_connack,
     encode_publish,
     encode_remaining_length,
@@ -476,6 +477,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     else f"CONNECT with reserved fixed-header flags {first & 0x0F:#x} (must be 0) [MQTT-2.2.2-2]"
                 )
             info = parse_connect(body)
+            if info.will is not None:
+                check_topic_levels(info.will[0], "will topic", limits.max_topic_levels, Reason.PROTOCOL_ERROR)
             if info.level == MQTT5:  # until the engine serves MQTT 5 (issue 16, step a)
                 raise ProtocolViolation("unsupported protocol level 5 (MQTT 3.1.1 is level 4)", connack=1)
         except TimeoutError:
@@ -943,6 +946,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             self._counters,
             max_packet=limits.max_packet_size,
             max_stall=limits.backpressure_max_stall,
+            max_levels=limits.max_topic_levels,
         )
         self._sessions[session.client_id] = (session, handler)
         if session.client_id in self._filters_of:

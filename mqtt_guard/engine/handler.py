@@ -42,6 +42,7 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
+from ..reasons import Reason
 from .deadlines import Wheel, wheel_for
 from .mqtt5 import encode_disconnect
 from .packets import MQTT5, parse_subscribe, parse_unsubscribe
@@ -61,6 +62,7 @@ from .protocol import (
     UNSUBSCRIBE,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     check_topic_name,
     decode_utf8,
     encode_ack,
@@ -211,6 +213,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_fire_rx",
         "_fire_tx",
         "level",
+        "_max_levels",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -273,6 +276,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
         self.level = 4  # the client's protocol level (5: MQTT 5 packets and server-sent DISCONNECT)
+        self._max_levels = 0  # limits.max_topic_levels (0: no limit)
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -299,9 +303,18 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self.writer = writer
 
     def bind(
-        self, router: Router, queue: OutQueue, where: str, counters: Counting, *, max_packet: int, max_stall: float
+        self,
+        router: Router,
+        queue: OutQueue,
+        where: str,
+        counters: Counting,
+        *,
+        max_packet: int,
+        max_stall: float,
+        max_levels: int = 0,
     ) -> None:
         """After `attach`: who decides (`router`), the session's queue, and the limits of the connection."""
+        self._max_levels = max_levels
         self._router = router
         self._counters = counters
         self.queue = queue
@@ -935,6 +948,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")
         check_topic_name(topic, "PUBLISH topic")
+        check_topic_levels(topic, "PUBLISH topic", self._max_levels, Reason.PROTOCOL_ERROR)
         if len(self._topics) >= TOPIC_CACHE:
             self._topics.clear()
         self._topics[topic_raw] = topic
@@ -1002,10 +1016,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return False
         if ptype == SUBSCRIBE:
             sub = parse_subscribe(body)
+            for topic_filter, _ in sub.filters:
+                check_topic_levels(topic_filter, "SUBSCRIBE topic filter", self._max_levels)
             await router.handle_subscribe(session, self, sub.packet_id, sub.filters)
             return False
         if ptype == UNSUBSCRIBE:
             pid, topic_filters = parse_unsubscribe(body)
+            for topic_filter in topic_filters:
+                check_topic_levels(topic_filter, "UNSUBSCRIBE topic filter", self._max_levels)
             await router.handle_unsubscribe(session, topic_filters)
             await self.send(encode_ack(UNSUBACK, pid))
             return False
