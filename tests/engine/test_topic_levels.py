@@ -72,6 +72,19 @@ def test_a_will_topic_of_202_levels_is_closed_without_connack(target):
         assert c.read(3) is None, "expected a close without CONNACK"
 
 
+@pytest.mark.parametrize("target", vs_mosquitto(), indirect=True)
+def test_mqtt31_clients_have_the_same_limit(target):
+    for levels, closed in ((201, False), (202, True)):
+        with raw.RawClient(target.port) as c:
+            c.send(raw.connect(f"lv31-{uuid.uuid4().hex[:8]}", name="MQIsdp", level=3))
+            assert c.connack() == (0, 0)
+            c.send(raw.publish(_deep(levels), b"x", qos=1, packet_id=3))
+            if closed:
+                assert c.closed_by_peer(3)
+            else:
+                assert c.expect(raw.PUBACK).packet_id == 3
+
+
 def test_the_limit_is_configurable_and_0_turns_it_off(anon_broker):
     broker = anon_broker("limits:\n  max_topic_levels: 3\n")
     with raw.connected(broker.port, "three")[0] as c:

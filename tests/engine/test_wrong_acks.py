@@ -17,11 +17,17 @@ from tests.helpers import rawmqtt as raw
 against_mosquitto = pytest.mark.parametrize("target", vs_mosquitto(), indirect=True)
 
 
-def _delivered(port: int, qos: int) -> tuple[raw.RawClient, raw.Packet, str]:
-    """A subscriber (at `qos`) with one message of that QoS delivered to it and not yet acknowledged."""
+def _delivered(port: int, qos: int, mqtt31: bool = False) -> tuple[raw.RawClient, raw.Packet, str]:
+    """A subscriber (at `qos`) with one message of that QoS delivered to it and not yet acknowledged.
+    `mqtt31`: the subscriber speaks MQTT 3.1 (MQIsdp)."""
     cid = f"ack-{uuid.uuid4().hex[:8]}"
     topic = f"acks/{cid}"
-    sub, _ = raw.connected(port, cid)
+    if mqtt31:
+        sub = raw.RawClient(port)
+        sub.send(raw.connect(cid, name="MQIsdp", level=3))
+        assert sub.connack() == (0, 0)
+    else:
+        sub, _ = raw.connected(port, cid)
     sub.send(raw.subscribe(1, (topic, qos)))
     sub.expect(raw.SUBACK)
     with raw.connected(port, f"p-{cid}")[0] as pub:
@@ -56,9 +62,10 @@ WRONG = [
 
 
 @against_mosquitto
+@pytest.mark.parametrize("mqtt31", [False, True], ids=["3.1.1", "3.1"])
 @pytest.mark.parametrize("name,qos,before,wrong,reason", WRONG, ids=[w[0] for w in WRONG])
-def test_an_ack_of_the_wrong_kind_closes_the_connection(target, name, qos, before, wrong, reason):
-    sub, delivery, cid = _delivered(target.port, qos)
+def test_an_ack_of_the_wrong_kind_closes_the_connection(target, name, qos, before, wrong, reason, mqtt31):
+    sub, delivery, cid = _delivered(target.port, qos, mqtt31)
     with sub:
         for kind in before:
             sub.send(raw.ack(kind, delivery.packet_id))
