@@ -839,7 +839,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         """Disconnect a live connection with the same client id and wait until it has cleaned up. Its will
         is published (a connection closed without DISCONNECT), unless the new connection resumes its
         persistent session (both without clean session): mosquitto 2.0 then discards the will (measured
-        with 2.0.11, docs/engine.md "Take-over"). `clean`: the new connection's clean-session flag."""
+        with 2.0.11, docs/engine.md "Protocol edges"). `clean`: the new connection's clean-session flag."""
         entry = self._sessions.get(client_id)
         if entry is not None and entry[0].transitions.state == "connected":
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
