@@ -75,6 +75,7 @@ from .protocol import (
     TYPE_NAMES,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     encode_connack,
     encode_publish,
     encode_remaining_length,
@@ -453,7 +454,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous)
+                await self._take_over(client_id, previous, bool(session.clean_session))
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
@@ -515,6 +516,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 )
             info = parse_connect(body)
             _check_connect_limits(info)
+            if info.will is not None:
+                check_topic_levels(info.will[0], "will topic", limits.max_topic_levels, Reason.PROTOCOL_ERROR)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
         except ProtocolViolation as exc:
@@ -891,14 +894,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             pass
         await _close_quietly(writer)
 
-    async def _take_over(self, client_id: str, previous: Ended | None) -> None:
-        """Disconnect a live connection with the same client id and wait until it has cleaned up."""
+    async def _take_over(self, client_id: str, previous: Ended | None, clean: bool = True) -> None:
+        """Disconnect a live connection with the same client id and wait until it has cleaned up. Its will
+        is published (a connection closed without DISCONNECT), unless the new connection resumes its
+        persistent session (both without clean session): mosquitto 2.0 then discards the will (measured
+        with 2.0.11, docs/engine.md "Protocol edges"). `clean`: the new connection's clean-session flag."""
         entry = self._sessions.get(client_id)
         if entry is not None and entry[0].transitions.state == "connected":
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
             old_handler = entry[1]
             if isinstance(old_handler, GuardedHandler):
-                old_handler.close("taken over by a new connection with the same client id")
+                if not clean and not entry[0].clean_session:
+                    old_handler.publish_will = False
+                old_handler.close("taken over by a new connection with the same client id", Reason.SESSION_TAKEN_OVER)
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
@@ -1000,6 +1008,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             max_stall=limits.backpressure_max_stall,
             alias_max=limits.max_topic_alias,
             receive_max=limits.max_inflight_messages,
+            max_levels=limits.max_topic_levels,
         )
         c5 = session.v5 if session.protocol_level == MQTT5 else None
         if c5 is not None:

@@ -65,6 +65,7 @@ from .protocol import (
     Cursor,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     check_topic_name,
     decode_utf8,
     encode_ack,
@@ -237,6 +238,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_aliases",
         "_alias_max",
         "_receive_max",
+        "_max_levels",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -305,6 +307,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._aliases: dict[int, tuple[str, bytes]] | None = None
         self._alias_max = 0
         self._receive_max = 65535
+        self._max_levels = 0  # limits.max_topic_levels (0: no limit)
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -341,10 +344,12 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         max_stall: float,
         alias_max: int = 0,
         receive_max: int = 0,
+        max_levels: int = 0,
     ) -> None:
         """After `attach`: who decides (`router`), the session's queue, and the limits of the connection
         (for an MQTT 5 client also the Topic Alias Maximum and Receive Maximum its CONNACK announces;
-        `receive_max` 0: 65535)."""
+        `receive_max` 0: 65535; `max_levels`: limits.max_topic_levels)."""
+        self._max_levels = max_levels
         self._router = router
         self._counters = counters
         self.queue = queue
@@ -1071,6 +1076,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         retain = bool(first & 0x01)
         if qos == 2:
             held = None
+            co = self._co
+            mark = len(co)
             if pid not in q.qos2_in:
                 if props is not None and len(q.qos2_in) >= self._receive_max:
                     raise ProtocolViolation(
@@ -1079,7 +1086,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     )
                 held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
                 q.qos2_in.add(pid)
-            await self.send(encode_ack(PUBREC, pid))
+            # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
+            # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
+            # Acks coalesced before stay before it [MQTT-4.6.0-3]; a list flushed meanwhile held none.
+            self._ack(encode_ack(PUBREC, pid))
+            if self._co is not co:
+                co, mark = self._co, 0
+            if len(co) - 1 > mark:
+                co.insert(mark, co.pop())
             return held
         held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         if qos == 1:
@@ -1089,6 +1103,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")
         check_topic_name(topic, "PUBLISH topic")
+        check_topic_levels(topic, "PUBLISH topic", self._max_levels, Reason.PROTOCOL_ERROR)
         if len(self._topics) >= TOPIC_CACHE:
             self._topics.clear()
         self._topics[topic_raw] = topic
@@ -1147,7 +1162,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 if reason >= 0x80:  # the subscriber refused it: the QoS 2 flow ends here [MQTT-4.3.3-4]
                     if q.rejected(pid):
                         self.wake()
-                elif q.received(pid):
+                else:
+                    q.received(pid)  # (an unknown id is answered too, as mosquitto does)
                     await self.send(encode_ack(PUBREL, pid))
             elif ptype == PUBCOMP:
                 if q.completed(pid):
@@ -1169,10 +1185,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return False
         if ptype == SUBSCRIBE:
             sub = parse_subscribe(body, self.level)
+            for topic_filter, _ in sub.filters:
+                check_topic_levels(topic_filter, "SUBSCRIBE topic filter", self._max_levels)
             await router.handle_subscribe(session, self, sub.packet_id, sub.filters, sub.sub_id)
             return False
         if ptype == UNSUBSCRIBE:
             pid, topic_filters = parse_unsubscribe(body, self.level)
+            for topic_filter in topic_filters:
+                check_topic_levels(topic_filter, "UNSUBSCRIBE topic filter", self._max_levels)
             existed = await router.handle_unsubscribe(session, topic_filters)
             if v5:
                 codes: list[int] = [Reason.SUCCESS if e else Reason.NO_SUBSCRIPTION_EXISTED for e in existed]

@@ -155,6 +155,17 @@ def check_topic_name(topic: str, what: str) -> None:
         raise ProtocolViolation(f"{what} {topic!r} contains a wildcard [MQTT-3.3.2-2]")
 
 
+def check_topic_levels(topic: str, what: str, max_levels: int, code: int = 0x81) -> None:
+    """A topic name or filter of more than `max_levels` levels (`limits.max_topic_levels`; 0: no limit)
+    closes the connection, as mosquitto's TOPIC_HIERARCHY_LIMIT does (it refuses more than 200 `/`, so
+    201 levels pass: the default). `code`: the MQTT 5 reason (mosquitto: 0x82 for a PUBLISH topic, 0x81
+    Malformed Packet for a filter)."""
+    if max_levels and topic.count("/") >= max_levels:
+        raise ProtocolViolation(
+            f"{what} has {topic.count('/') + 1} levels, more than limits.max_topic_levels {max_levels}", code=code
+        )
+
+
 def check_topic_filter(topic_filter: str) -> None:
     if not topic_filter:
         raise ProtocolViolation("SUBSCRIBE with an empty topic filter [MQTT-4.7.3-1]")
