@@ -62,6 +62,7 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
+from ..reasons import DENIED_PUBLISH, KICKED, SHUTDOWN, TAKEN_OVER
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .packets import MQTT5, ConnectInfo, parse_connect
@@ -433,15 +434,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if client is not None:
             self.guard.detach(client)
 
-    async def kick(self, client_id: str, reason: str) -> bool:
-        """Close a client's connection from the server side (its will is published, as on a lost link)."""
+    async def kick(self, client_id: str, reason: str, code: int = KICKED) -> bool:
+        """Close a client's connection from the server side (its will is published, as on a lost link);
+        an MQTT 5 client is sent DISCONNECT `code` first (mqtt_guard/reasons.py)."""
         entry = self._sessions.get(client_id)
         if entry is None or entry[0].transitions.state != "connected":
             return False
         log.warning("disconnecting client %r: %s", client_id, reason)
         handler = entry[1]
         if isinstance(handler, GuardedHandler):
-            handler.close(f"disconnected by the server: {reason}")
+            handler.close(f"disconnected by the server: {reason}", code)
         await handler.stop()
         return True
 
@@ -820,7 +822,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     def _denied(self, session: GuardedSession, topic: str, action: Action, enforce: bool) -> None:
         if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
-            asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
+            asyncio.get_running_loop().create_task(
+                self.kick(session.client_id, f"denied PUBLISH to {topic!r}", DENIED_PUBLISH)
+            )
 
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int) -> None:
@@ -838,7 +842,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
             old_handler = entry[1]
             if isinstance(old_handler, GuardedHandler):
-                old_handler.close("taken over by a new connection with the same client id")
+                old_handler.close("taken over by a new connection with the same client id", TAKEN_OVER)
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
@@ -1395,7 +1399,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             log.warning("dropping the session of connected client %r: %s (disconnecting it)", client_id, reason)
             session.clean_session = True  # its end discards the session instead of keeping it offline
             if isinstance(handler, GuardedHandler):
-                handler.close(f"session dropped by the server: {reason}")
+                handler.close(f"session dropped by the server: {reason}", KICKED)
             await handler.stop()
             return True
         queue = queue_of(session)
@@ -1441,7 +1445,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         for _session, handler in list(self._sessions.values()):
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
-                handler.close("broker shutting down")
+                handler.close("broker shutting down", SHUTDOWN)
         pending = [e.wait() for e in self._connections.values() if not e.is_set()]
         if pending:
             done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)

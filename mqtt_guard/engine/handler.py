@@ -42,6 +42,7 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
+from ..reasons import KEEP_ALIVE
 from .deadlines import Wheel, wheel_for
 from .mqtt5 import encode_disconnect
 from .packets import MQTT5, parse_subscribe, parse_unsubscribe
@@ -680,7 +681,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         deadline = self._last_rx + self._ka_limit
         if now >= deadline and self._idle:
             ka = self.session.keep_alive if self.session else 0
-            self.close(f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)")
+            self.close(
+                f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)", KEEP_ALIVE
+            )
             return
         self._ka_slot = wheel.add(self, max(deadline, now + 0.5))
 

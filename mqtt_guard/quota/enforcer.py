@@ -38,7 +38,8 @@ import redis.asyncio as aioredis
 from ..config import QuotaConfig
 from ..guard_client import GuardClient
 from ..metrics.counters import Counters
-from ..ports import Kick
+from ..ports import Drop, Kick
+from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.keys import Keys
@@ -90,7 +91,7 @@ class QuotaEnforcer:
         counters: Counters,
         kick: Kick,
         queue_depth: QueueDepth,
-        drop_session: Kick | None = None,
+        drop_session: Drop | None = None,
         tracking: Tracking,
         kick_retry: float,
         trust: Trust | None = None,
@@ -359,7 +360,7 @@ class QuotaEnforcer:
                 res.held_by or None,
             )
             if self.clients.get(client.client_id) is cq:
-                self._spawn(self.kick(client.client_id, "client id held by another user"))
+                self._spawn(self.kick(client.client_id, "client id held by another user", TAKEN_OVER))
             return
         # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
         # taken for dead) and the user is at its limit: the limit wins.
@@ -371,7 +372,7 @@ class QuotaEnforcer:
             res.sessions,
         )
         if self.clients.get(client.client_id) is cq:
-            self._spawn(self.kick(client.client_id, "too many sessions"))
+            self._spawn(self.kick(client.client_id, "too many sessions", SESSIONS_EXCEEDED))
 
     def _held_elsewhere(self, cq: ClientQuota, broker_id: str) -> None:
         """While this broker was fenced (declared dead) or Redis was away, another broker registered the
@@ -387,13 +388,17 @@ class QuotaEnforcer:
             cq.client.username,
             broker_id,
         )
-        self._spawn(self.kick(client_id, f"taken over by broker {broker_id}"))
+        self._spawn(self.kick(client_id, f"taken over by broker {broker_id}", TAKEN_OVER))
 
     def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
         if res.prev_broker and res.prev_broker != self.broker_id:
             self._spawn(
                 self.kicks.push_kick(
-                    res.prev_broker, cq.client.client_id, res.prev_conn, f"connected again on broker {self.broker_id}"
+                    res.prev_broker,
+                    cq.client.client_id,
+                    res.prev_conn,
+                    f"connected again on broker {self.broker_id}",
+                    TAKEN_OVER,
                 )
             )
 
@@ -468,8 +473,8 @@ class QuotaEnforcer:
     def _wake(self) -> None:
         self.sync.wake()
 
-    def _over_quota(self, cq: ClientQuota, reason: str, block_until: float) -> None:
-        self.kicks.over_quota(cq, reason, block_until)
+    def _over_quota(self, cq: ClientQuota, reason: str, block_until: float, code: int) -> None:
+        self.kicks.over_quota(cq, reason, block_until, code)
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(work)
