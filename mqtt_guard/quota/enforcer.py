@@ -39,7 +39,7 @@ from ..config import QuotaConfig
 from ..guard_client import GuardClient
 from ..metrics.counters import Counters
 from ..ports import Drop, Kick
-from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER
+from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER, blocked_reason
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.keys import Keys
@@ -63,7 +63,12 @@ SHUTDOWN_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 
 
 class QuotaRefusal(Exception):
-    """A CONNECT refused by quota rules (block, too many sessions): CONNACK 5, the message says why."""
+    """A CONNECT refused by quota rules (block, too many sessions): CONNACK 5, the message says why;
+    `code` is the MQTT 5 CONNACK reason (mqtt_guard/reasons.py: 0x8A or 0x97)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ClientIdHeld(Exception):
@@ -236,7 +241,7 @@ class QuotaEnforcer:
             if block is UNKNOWN or cached is None:
                 block, cached = await self._read_connect_state(client, block, cached)
             if block is not None:
-                raise QuotaRefusal(block.describe())
+                raise QuotaRefusal(block.describe(), blocked_reason(block.reason))
             limits = cached
             await self._open(cq, limits)
         except REDIS_ERRORS as exc:
@@ -332,7 +337,8 @@ class QuotaEnforcer:
                 self._spawn(self.kicks.push_quietly(holder, {"slots": username, "by": self.broker_id}))
             reserved = f" and brokers reserve {res.reserved} slot(s)" if res.reserved else ""
             raise QuotaRefusal(
-                f"too many sessions: user {username!r} has {res.sessions} connected{reserved} (sessions {sessions})"
+                f"too many sessions: user {username!r} has {res.sessions} connected{reserved} (sessions {sessions})",
+                SESSIONS_EXCEEDED,
             )
         cq.confirmed = True
         self._took_over(cq, res)
