@@ -62,7 +62,7 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
-from ..reasons import DENIED_PUBLISH, KICKED, SHUTDOWN, TAKEN_OVER
+from ..reasons import DENIED_PUBLISH, KICKED, PUBLISH_DENIED, PUBLISH_OVER_QUOTA, SHUTDOWN, TAKEN_OVER
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .packets import MQTT5, ConnectInfo, parse_connect
@@ -235,6 +235,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._policy_version = self._policy.version
         self._guard_epoch = guard.acl_epoch
         self.acl_epoch = 0  # sessions' PUBLISH decision caches are valid while this is unchanged
+        self.refused = 0  # why `publish` / `handle_publish` last returned None for a refusal (Router.refused)
         self._counters = guard.counters
         self._may = guard.may
         self._admit_publish = guard.admit_publish
@@ -1041,6 +1042,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if topic not in allowed:
                 errors = self._check_errors
                 if not self._check_sync(session, topic, Action.PUBLISH):
+                    self.refused = PUBLISH_DENIED
                     return None
                 if self._cacheable and errors == self._check_errors:
                     if len(allowed) >= PUB_CACHE:
@@ -1053,7 +1055,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 st.n += 1
                 st.b += plen
             elif not self._admit_publish(client, topic, plen, qos):
-                return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+                self.refused = PUBLISH_OVER_QUOTA
+                return None  # over quota: dropped (a 3.1.1 QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
@@ -1073,6 +1076,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
             )
         if not self._sync_checks and not await self._topic_filtering(session, topic, Action.PUBLISH):
+            self.refused = PUBLISH_DENIED
             return None
         if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, True) is None:
             return None

@@ -118,6 +118,12 @@ class Router(Protocol):
         """`publish` may be called synchronously from the reader (no plugin has to be awaited)."""
         ...
 
+    refused: int
+    """The MQTT 5 reason (mqtt_guard/reasons.py) of the last PUBLISH `publish` or `handle_publish`
+    refused: 0x87 denied, 0x97 over quota. Written only when refusing (None is also "nobody held"), so
+    a reader that needs it (an MQTT 5 QoS 1/2 PUBACK/PUBREC) sets it to 0 before asking and reads it
+    after; the 3.1.1 path never touches it."""
+
     def publish(
         self,
         session: GuardedSession,
