@@ -62,7 +62,19 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
-from ..reasons import DENIED_PUBLISH, KICKED, PUBLISH_DENIED, PUBLISH_OVER_QUOTA, SHUTDOWN, TAKEN_OVER
+from ..reasons import (
+    DENIED_PUBLISH,
+    KICKED,
+    PUBLISH_DENIED,
+    PUBLISH_OVER_QUOTA,
+    REFUSED_BY_PLUGIN,
+    SHUTDOWN,
+    TAKEN_OVER,
+    V5_CONNACK,
+    Reason,
+    connack_311,
+    connack_reason,
+)
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .packets import MQTT5, ConnectInfo, parse_connect
@@ -153,7 +165,8 @@ class Route:
 
 
 class ClientIdRefused(Exception):
-    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted."""
+    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted; `code` is
+    the MQTT 5 CONNACK reason (mqtt_guard/reasons.py)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -408,7 +421,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         identity = client.username if client is not None else None
         if code or self._shutting_down:
             self._detach(session)
-            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
+            await self._refuse(writer, connack_311(code) if code else CONNACK_SERVER_UNAVAILABLE)
             return
         done = Ended()
         previous = self._connections.get(client_id)
@@ -537,14 +550,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     async def _check_connect(
         self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
     ) -> int:
-        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, the client id
-        policy, then the quota's session rules) and admits the client (`session.guard_client`); then every
-        third-party auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every
-        plugin). `generated`: the broker made the client id up (the client sent none)."""
+        """0 to accept, else the MQTT 5 CONNACK reason code of the refusal (docs/reason-codes.md; a 3.1.1
+        client is answered `reasons.connack_311` of it, what it always got). The Guard decides first
+        (credentials, the client id policy, then the quota's session rules) and admits the client
+        (`session.guard_client`); then every third-party auth plugin must agree (they are asked whatever
+        the Guard said, as amqtt asks every plugin). `generated`: the broker made the client id up (the
+        client sent none)."""
+        quota: int = Reason.UNSPECIFIED_ERROR  # a refusal without a verdict: the Guard failed, unless...
         try:
             result = await self._admit(session, listener, where, generated)
         except ClientIdRefused as refused:
             return refused.code
+        except QuotaRefusal as refusal:  # (logged by `_admit`; the plugins are asked all the same)
+            result, quota = None, refusal.code
         except Exception:
             self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
             log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
@@ -553,7 +571,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             ok = await self._authenticate(session, listener) and result is not None and result.ok
         except Exception:
             log.exception("auth plugin failed for client %r from %s; refusing", session.client_id, where)
-            return CONNACK_NOT_AUTHORIZED
+            return REFUSED_BY_PLUGIN
         if ok:
             assert result is not None
             session.is_anonymous = result.anonymous
@@ -567,7 +585,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
             return 0
         if result is None:
-            return CONNACK_NOT_AUTHORIZED  # (a quota refusal is logged by `_admit`)
+            return quota  # a 3.1.1 client: CONNACK 5 either way
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         refusal_log.log(
             logging.WARNING,
@@ -579,16 +597,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             reason,
             result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return result.connack_code or CONNACK_NOT_AUTHORIZED
+        return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
 
     async def _admit(
         self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
-    ) -> AuthResult | None:
+    ) -> AuthResult:
         """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
         client is attached anywhere: an attach would take the id's quota registration over), then the
         client is attached to the Guard (its ACL rules loaded, its quota session registered) before the
-        CONNACK. None: refused by the quota rules (blocked, too many sessions of the user), logged and
-        counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
+        CONNACK. QuotaRefusal: refused by the quota rules (blocked, too many sessions of the user), logged
+        and counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
         guard = self.guard
         by_identity = listener.use_identity_as_username
         result = await guard.authenticate(
@@ -611,7 +629,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if self._id_rule:
                 code = self._client_id_refused(session, identity, where, generated, result)
                 if code:
-                    raise ClientIdRefused(code)
+                    raise ClientIdRefused(V5_CONNACK[code])
                 # Nothing awaited since the check: the id is this CONNECT's until `_serve_connection` holds it
                 claim = self._claims.get(client_id)
                 self._claims[client_id] = (identity, claim[1] + 1 if claim is not None else 1)
@@ -631,7 +649,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             except ClientIdHeld as held:
                 # Held on another broker for another identity (the registry's word): refused as if held here
                 raise ClientIdRefused(
-                    self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)
+                    V5_CONNACK[self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)]
                 ) from None
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
@@ -646,7 +664,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     result.username,
                     refusal,
                 )
-                return None
+                raise
         return result
 
     def _client_id_refused(
