@@ -79,7 +79,7 @@ def test_connect_refusals_by_the_authenticator(start_broker, add_user, cli, rds,
     assert connect5(port, "dave", "pw").reason == Reason.UNSPECIFIED_ERROR  # corrupt record
     # 3.1.1 clients: CONNACK 5 for all of them, as before
     for user, pw in (("alice", "wrong"), ("nobody", "pw"), ("bob", "pw"), ("carol", "pw"), ("dave", "pw")):
-        assert connect(port, user, pw).reason == 5
+        assert connect(port, user, pw).rc == 5
     ok = connect5(port, "alice", "pw")
     assert ok.reason == 0
     ok.close()
@@ -114,11 +114,11 @@ def test_connect_refusals_by_the_client_id_policy(start_broker, add_user, tmp_pa
     held = connect5(broker.port, "alice", "pw", client_id="shared")
     assert held.reason == 0
     assert connect5(broker.port, "bob", "pw", client_id="shared").reason == Reason.CLIENT_IDENTIFIER_NOT_VALID
-    assert connect(broker.port, "bob", "pw", client_id="shared").reason == 2  # 3.1.1: identifier rejected
+    assert connect(broker.port, "bob", "pw", client_id="shared").rc == 2  # 3.1.1: identifier rejected
     held.close()
     prefixed = start_broker("--config", _config(tmp_path, "auth:\n  client_id_prefixes: [dev-]\n"))
     assert connect5(prefixed.port, "alice", "pw", client_id="x").reason == Reason.NOT_AUTHORIZED
-    assert connect(prefixed.port, "alice", "pw", client_id="x").reason == 5
+    assert connect(prefixed.port, "alice", "pw", client_id="x").rc == 5
 
 
 def test_connect_refusals_by_quota_and_blocks(start_broker, add_user, cli, tmp_path):
@@ -130,7 +130,7 @@ def test_connect_refusals_by_quota_and_blocks(start_broker, add_user, cli, tmp_p
     one = connect5(broker.port, "alice", "pw", client_id="a1")
     assert one.reason == 0
     assert connect5(broker.port, "alice", "pw", client_id="a2").reason == Reason.QUOTA_EXCEEDED  # over `sessions`
-    assert connect(broker.port, "alice", "pw", client_id="a3").reason == 5
+    assert connect(broker.port, "alice", "pw", client_id="a3").rc == 5
     # an admin's kick with --block: DISCONNECT 0x98, then CONNACK 0x8A until the block ends
     assert cli("kick", "a1", "--block", "10m").returncode == 0
     assert gone(one) == Reason.ADMINISTRATIVE_ACTION
@@ -142,7 +142,7 @@ def test_connect_refusals_by_quota_and_blocks(start_broker, add_user, cli, tmp_p
         b.publish("t", qos=0)
     assert gone(b) == Reason.QUOTA_EXCEEDED
     assert until(lambda: connect5(broker.port, "bob", "pw", client_id="b1").reason == Reason.QUOTA_EXCEEDED)
-    assert connect(broker.port, "bob", "pw", client_id="b1").reason == 5
+    assert connect(broker.port, "bob", "pw", client_id="b1").rc == 5
 
 
 # -- PUBLISH and SUBSCRIBE refused --------------------------------------------------------------------------
