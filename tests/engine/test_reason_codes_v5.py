@@ -13,6 +13,7 @@ from mqtt_guard.reasons import Reason
 from tests.helpers import rawmqtt
 from tests.helpers.mqtt import connect
 from tests.helpers.mqtt5 import V5
+from tests.helpers.servers import RedisServer, run_cli
 from tests.helpers.wait import until
 from tests.sidecar.helpers import fast_config
 
@@ -257,3 +258,30 @@ def test_sidecar_disconnects(start_broker, start_sidecar, add_user, cli, tmp_pat
     assert gone(timed, 5) == Reason.MAXIMUM_CONNECT_TIME
     rds.hset(f"{prefix}user:expiring", "expires_at", str(int(time.time()) + 1))
     assert gone(expiring, 5) == Reason.NOT_AUTHORIZED
+
+
+def test_redis_down_is_server_unavailable(prefix, start_broker, tmp_path):
+    own = RedisServer(persistent=True).start()
+    try:
+        assert run_cli(own.url, prefix, "user", "add", "dev", "--password-stdin", input="pw\n").returncode == 0
+        broker = start_broker("--config", _config(tmp_path, "auth:\n  on_redis_down: deny\n"), redis_url=own.url)
+        own.stop()
+        broker.wait_log("invalidation channel lost")
+        assert connect5(broker.port, "dev", "pw").reason == Reason.SERVER_UNAVAILABLE
+        assert connect(broker.port, "dev", "pw").rc == 3  # 3.1.1: server unavailable, as before
+    finally:
+        own.cleanup()
+
+
+def test_ban_with_kick_and_session_drop_are_administrative_actions(start_broker, add_user, cli):
+    add_user("alice", "pw")
+    broker = start_broker()
+    dropped = connect5(broker.port, "alice", "pw", client_id="d1")
+    assert dropped.reason == 0
+    with _raw5(broker.port, "b1", source="127.0.0.3", username="alice", password="pw") as raw:
+        assert _connack5(raw) == 0
+        assert cli("ban", "127.0.0.3/32", "--kick", "--for", "1m").returncode == 0
+        assert _disconnect_code(raw) == Reason.ADMINISTRATIVE_ACTION  # 0x8A Banned is CONNACK-only
+    assert not dropped.disconnected.is_set()  # another address
+    assert cli("session", "drop", "d1").returncode == 0
+    assert gone(dropped) == Reason.ADMINISTRATIVE_ACTION
