@@ -64,7 +64,20 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
-from ..reasons import V5_CONNACK, Reason
+from ..reasons import (
+    DENIED_PUBLISH,
+    KICKED,
+    PUBLISH_DENIED,
+    PUBLISH_OVER_QUOTA,
+    REFUSED_BY_PLUGIN,
+    SHUTDOWN,
+    SUBSCRIBE_DENIED,
+    TAKEN_OVER,
+    V5_CONNACK,
+    Reason,
+    connack_311,
+    connack_reason,
+)
 from . import mqtt5
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
@@ -182,7 +195,8 @@ class Route:
 
 
 class ClientIdRefused(Exception):
-    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted."""
+    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted; `code` is
+    the MQTT 5 CONNACK reason (mqtt_guard/reasons.py)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -444,7 +458,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         identity = client.username if client is not None else None
         if code or self._shutting_down:
             self._detach(session)
-            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE, session.protocol_level)
+            await self._refuse(
+                writer,
+                connack_311(code) if code else CONNACK_SERVER_UNAVAILABLE,
+                session.protocol_level,
+                code or Reason.SERVER_UNAVAILABLE,
+            )
             return
         if generated and session.v5 is not None:
             session.v5.assigned_id = True
@@ -473,15 +492,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if client is not None:
             self.guard.detach(client)
 
-    async def kick(self, client_id: str, reason: str) -> bool:
-        """Close a client's connection from the server side (its will is published, as on a lost link)."""
+    async def kick(self, client_id: str, reason: str, code: int = KICKED) -> bool:
+        """Close a client's connection from the server side (its will is published, as on a lost link);
+        an MQTT 5 client is sent DISCONNECT `code` first (mqtt_guard/reasons.py)."""
         entry = self._sessions.get(client_id)
         if entry is None or entry[0].transitions.state != "connected":
             return False
         log.warning("disconnecting client %r: %s", client_id, reason)
         handler = entry[1]
         if isinstance(handler, GuardedHandler):
-            handler.close(f"disconnected by the server: {reason}")
+            handler.close(f"disconnected by the server: {reason}", code)
         await handler.stop()
         return True
 
@@ -584,14 +604,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     async def _check_connect(
         self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
     ) -> int:
-        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, the client id
-        policy, then the quota's session rules) and admits the client (`session.guard_client`); then every
-        third-party auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every
-        plugin). `generated`: the broker made the client id up (the client sent none)."""
+        """0 to accept, else the MQTT 5 CONNACK reason code of the refusal (docs/reason-codes.md; a 3.1.1
+        client is answered `reasons.connack_311` of it, what it always got). The Guard decides first
+        (credentials, the client id policy, then the quota's session rules) and admits the client
+        (`session.guard_client`); then every third-party auth plugin must agree (they are asked whatever
+        the Guard said, as amqtt asks every plugin). `generated`: the broker made the client id up (the
+        client sent none)."""
+        quota: int = Reason.UNSPECIFIED_ERROR  # a refusal without a verdict: the Guard failed, unless...
         try:
             result = await self._admit(session, listener, where, generated)
         except ClientIdRefused as refused:
             return refused.code
+        except QuotaRefusal as refusal:  # (logged by `_admit`; the plugins are asked all the same)
+            result, quota = None, refusal.code
         except Exception:
             self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
             log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
@@ -600,7 +625,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             ok = await self._authenticate(session, listener) and result is not None and result.ok
         except Exception:
             log.exception("auth plugin failed for client %r from %s; refusing", session.client_id, where)
-            return CONNACK_NOT_AUTHORIZED
+            return REFUSED_BY_PLUGIN
         if ok:
             assert result is not None
             session.is_anonymous = result.anonymous
@@ -614,7 +639,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
             return 0
         if result is None:
-            return CONNACK_NOT_AUTHORIZED  # (a quota refusal is logged by `_admit`)
+            return quota  # a 3.1.1 client: CONNACK 5 either way
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         refusal_log.log(
             logging.WARNING,
@@ -626,16 +651,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             reason,
             result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return result.connack_code or CONNACK_NOT_AUTHORIZED
+        return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
 
     async def _admit(
         self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
-    ) -> AuthResult | None:
+    ) -> AuthResult:
         """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
         client is attached anywhere: an attach would take the id's quota registration over), then the
         client is attached to the Guard (its ACL rules loaded, its quota session registered) before the
-        CONNACK. None: refused by the quota rules (blocked, too many sessions of the user), logged and
-        counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
+        CONNACK. QuotaRefusal: refused by the quota rules (blocked, too many sessions of the user), logged
+        and counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
         guard = self.guard
         by_identity = listener.use_identity_as_username
         result = await guard.authenticate(
@@ -658,7 +683,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if self._id_rule:
                 code = self._client_id_refused(session, identity, where, generated, result)
                 if code:
-                    raise ClientIdRefused(code)
+                    raise ClientIdRefused(V5_CONNACK[code])
                 # Nothing awaited since the check: the id is this CONNECT's until `_serve_connection` holds it
                 claim = self._claims.get(client_id)
                 self._claims[client_id] = (identity, claim[1] + 1 if claim is not None else 1)
@@ -678,7 +703,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             except ClientIdHeld as held:
                 # Held on another broker for another identity (the registry's word): refused as if held here
                 raise ClientIdRefused(
-                    self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)
+                    V5_CONNACK[self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)]
                 ) from None
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
@@ -693,7 +718,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     result.username,
                     refusal,
                 )
-                return None
+                raise
         return result
 
     def _client_id_refused(
@@ -875,7 +900,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     def _denied(self, session: GuardedSession, topic: str, action: Action, enforce: bool) -> None:
         if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
-            asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
+            asyncio.get_running_loop().create_task(
+                self.kick(session.client_id, f"denied PUBLISH to {topic!r}", DENIED_PUBLISH)
+            )
 
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None) -> None:
@@ -906,7 +933,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if isinstance(old_handler, GuardedHandler):
                 if not clean and not entry[0].clean_session:
                     old_handler.publish_will = False
-                old_handler.close("taken over by a new connection with the same client id", Reason.SESSION_TAKEN_OVER)
+                old_handler.close("taken over by a new connection with the same client id", TAKEN_OVER)
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
@@ -1139,6 +1166,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if topic not in allowed:
                 errors = self._check_errors
                 if not self._check_sync(session, topic, Action.PUBLISH):
+                    _refused(session, PUBLISH_DENIED)
                     return None
                 if self._cacheable and errors == self._check_errors:
                     if len(allowed) >= PUB_CACHE:
@@ -1151,7 +1179,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 st.n += 1
                 st.b += plen
             elif not self._admit_publish(client, topic, plen, qos):
-                return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+                _refused(session, PUBLISH_OVER_QUOTA)
+                return None  # over quota: dropped (a 3.1.1 QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
@@ -1178,6 +1207,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
             )
         if not self._sync_checks and not await self._topic_filtering(session, topic, Action.PUBLISH):
+            _refused(session, PUBLISH_DENIED)
             return None
         if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, props, True) is None:
             return None
@@ -1537,7 +1567,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             code = await self.add_subscription((topic_filter, options & 3), session)
             if v5:
                 if code == SUBACK_FAILURE:
-                    code = Reason.NOT_AUTHORIZED
+                    code = SUBSCRIBE_DENIED
                 else:
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
@@ -1771,7 +1801,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             log.warning("dropping the session of connected client %r: %s (disconnecting it)", client_id, reason)
             session.clean_session = True  # its end discards the session instead of keeping it offline
             if isinstance(handler, GuardedHandler):
-                handler.close(f"session dropped by the server: {reason}")
+                handler.close(f"session dropped by the server: {reason}", KICKED)
             await handler.stop()
             return True
         queue = queue_of(session)
@@ -1817,7 +1847,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         for _session, handler in list(self._sessions.values()):
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
-                handler.close("broker shutting down")
+                handler.close("broker shutting down", SHUTDOWN)
         pending = [e.wait() for e in self._connections.values() if not e.is_set()]
         if pending:
             done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)
@@ -1965,6 +1995,13 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def _refused(session: GuardedSession, code: int) -> None:
+    """A PUBLISH refused (dropped): an MQTT 5 client's reader acknowledges it with `code` (reasons.py)."""
+    c5 = session.v5
+    if c5 is not None:
+        c5.refused = code
 
 
 async def _close_quietly(writer: WriterAdapter) -> None:

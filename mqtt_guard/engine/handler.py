@@ -42,10 +42,10 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
-from ..reasons import Reason
+from ..reasons import KEEP_ALIVE, Reason
 from . import mqtt5
 from .deadlines import Wheel, wheel_for
-from .mqtt5 import Message5, encode_disconnect
+from .mqtt5 import Client5, Message5, encode_disconnect
 from .packets import MQTT5, parse_subscribe, parse_unsubscribe
 from .protocol import (
     AUTH,
@@ -136,7 +136,9 @@ class Router(Protocol):
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
         `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
-        side of the message (given for every PUBLISH of an MQTT 5 client)."""
+        side of the message (given for every PUBLISH of an MQTT 5 client). None is also what a refused
+        PUBLISH returns: then an MQTT 5 client's `session.v5.refused` says why (reasons.py: 0x87 denied,
+        0x97 over quota), which its reader clears before asking when it acknowledges (QoS 1/2)."""
         ...
 
     async def handle_publish(
@@ -735,7 +737,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         deadline = self._last_rx + self._ka_limit
         if now >= deadline and self._idle:
             ka = self.session.keep_alive if self.session else 0
-            self.close(f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)")
+            self.close(
+                f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)", KEEP_ALIVE
+            )
             return
         self._ka_slot = wheel.add(self, max(deadline, now + 0.5))
 
@@ -1030,9 +1034,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         route = self._route_now
         if route is None or first & 0x05:  # QoS 2, RETAIN, or plugins to await
             return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
-        held: Held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
-        if qos:
-            self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
+        held: Held
+        if not qos:
+            held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
+            return held
+        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
+        c5: Client5 = self.session.v5  # type: ignore[union-attr,assignment]  # both set on an MQTT 5 connection
+        c5.refused = 0
+        held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
+        code = c5.refused
+        self._ack(mqtt5.encode_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
 
     def _alias(self, alias: int, raw: bytes | bytearray) -> tuple[str, bytes]:
@@ -1074,6 +1085,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         router, q, session = self._router, self.queue, self.session
         assert router is not None and q is not None and session is not None
         retain = bool(first & 0x01)
+        c5 = session.v5 if props is not None else None  # an MQTT 5 client: the broker says why it refused
+        if c5 is not None:
+            c5.refused = 0
         if qos == 2:
             held = None
             co = self._co
@@ -1085,6 +1099,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         code=Reason.RECEIVE_MAXIMUM_EXCEEDED,
                     )
                 held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
+                    await self.send(mqtt5.encode_ack(PUBREC, pid, c5.refused))
+                    return held
                 q.qos2_in.add(pid)
             # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
             # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
@@ -1097,7 +1114,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return held
         held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         if qos == 1:
-            await self.send(encode_ack(PUBACK, pid))
+            code = c5.refused if c5 is not None else 0
+            await self.send(mqtt5.encode_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
     def _new_topic(self, topic_raw: bytes) -> str:

@@ -589,6 +589,7 @@ class Client5:
     will_expiry: int | None = None  # the will's Message Expiry Interval (counted from its publication)
     assigned_id: bool = False  # the server assigned the client identifier (sent in the CONNACK)
     server_keepalive: int | None = None  # the keep-alive the server imposes (limits.max_keepalive)
+    refused: int = 0  # why the broker refused its last PUBLISH (reasons.py; 0: it did not), for the PUBACK/PUBREC
 
     @classmethod
     def of(cls, props: Props, will_props: Props) -> Client5:

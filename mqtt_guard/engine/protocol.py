@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 
+from ..reasons import TOO_LARGE
+
 # packet types
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
@@ -69,7 +71,7 @@ def too_large(first: int, size: int, max_packet: int) -> ProtocolViolation:
     """The violation for a packet (whole, header included) over `limits.max_packet_size`."""
     return ProtocolViolation(
         f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes exceeds max_packet_size {max_packet}",
-        code=0x95,  # MQTT 5: DISCONNECT Packet too large [MQTT-3.2.2-15]
+        code=TOO_LARGE,  # MQTT 5: DISCONNECT Packet too large [MQTT-3.2.2-15]
     )
 
 
