@@ -198,9 +198,16 @@ def test_retained_message_expiry(listeners):  # noqa: F811 - fixture
         assert pub.publish("ret/kept", b"stays", qos=1, retain=True) == 0
     finally:
         pub.close()
+    will_props = m5.Properties(m5.PacketTypes.WILLMESSAGE)
+    will_props.MessageExpiryInterval = 2  # a retained will expires as any retained message
+    dev = net.v5(will=("ret/will", b"gone", 1, True), will_props=will_props)
+    dev.close(reason=0x04)
     time.sleep(1.1)
     sub = net.v5()
     try:
+        sub.subscribe("ret/will", 1)
+        msg = sub.receive()
+        assert (msg.payload, msg.retain, msg.prop("MessageExpiryInterval")) == (b"gone", True, 1)
         sub.subscribe("ret/short", 1)
         msg = sub.receive()
         assert (msg.payload, msg.retain) == (b"soon gone", True)
