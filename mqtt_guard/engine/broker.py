@@ -1063,9 +1063,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         c5 = session.v5
         if c5 is not None and session.expiry != 0:  # (0 is final: a DISCONNECT may not raise it, nor undo a drop)
             session.expiry = session_expiry(c5.session_expiry, self._session_expiry)  # its DISCONNECT's, if any
-        ours = self._sessions.get(client_id, (None,))[0] is session
         if not clean and session.will_flag and handler.publish_will:
             delay = c5.will_delay if c5 is not None else 0
+            ours = self._sessions.get(client_id, (None,))[0] is session
             if delay and ours and session.expiry != 0:  # the session outlives the connection: the will waits
                 self._delay_will(session, delay if session.expiry is None else min(delay, session.expiry))
             else:
@@ -1579,6 +1579,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     def _expire_at(self, client_id: str, deadline: float) -> None:
         """The session of `client_id`, offline now, is discarded at loop time `deadline`."""
+        if self._closing:  # (a shutdown discards every session)
+            return
         self._expires[client_id] = deadline
         heap = self._expiry_heap
         heapq.heappush(heap, (deadline, client_id))
