@@ -245,3 +245,23 @@ def test_a_take_over_follows_the_will_delay_rule(listeners):  # noqa: F811 - fix
             c.close()
     finally:
         watcher.close()
+
+
+def test_session_drop_ends_the_session_and_publishes_its_delayed_will(listeners, cli):  # noqa: F811 - fixture
+    net = listeners()
+    watcher = net.v5()
+    try:
+        watcher.subscribe("wills/#", 1)
+        cid = _cid("dropped")
+        dev = net.v5(client_id=cid, will=("wills/dropped", b"bye", 1, False), will_props=_will(60), session_expiry=60)
+        dev.close(reason=0x04)
+        assert watcher.received(0.5) == []  # waiting for its delay
+        result = cli("session", "drop", cid)
+        assert result.returncode == 0 and "(not connected)" in result.stdout, result.stdout + result.stderr
+        msg = watcher.receive(timeout=3)
+        assert (msg.topic, msg.payload) == ("wills/dropped", b"bye")
+        c, present = _join(net.ports["tcp"], cid, 60)
+        with c:
+            assert present == 0
+    finally:
+        watcher.close()
