@@ -40,6 +40,7 @@ import asyncio
 import functools
 import heapq
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -1044,7 +1045,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             props[mqtt5.SERVER_KEEP_ALIVE] = c5.server_keepalive
         if c5.session_expiry and session.expiry != session_expiry(c5.session_expiry, None):
             # capped by limits.persistent_session_expiry: the client is told the interval used (3.2.2.3.2)
-            props[mqtt5.SESSION_EXPIRY] = int(session.expiry or 0)
+            props[mqtt5.SESSION_EXPIRY] = math.ceil(session.expiry or 0)  # (whole seconds: a 0.5 s cap says 1)
         return props
 
     async def _end_session(self, session: GuardedSession, handler: GuardedHandler, clean: bool) -> None:
