@@ -20,8 +20,9 @@ amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the
   one copy at the highest granted QoS (as mosquitto).
 - Deliveries go into a bounded per-session queue (engine/queues.py) drained by one writer loop per
   connection: no Task per delivery, and a stalled subscriber costs at most its queue limits.
-- Persistent sessions (clean_session 0, anonymous ones too) keep subscriptions, queued QoS 1/2 and
-  unacknowledged messages while offline; they are re-sent with DUP on reconnect.
+- Persistent sessions (clean_session 0, or an MQTT 5 Session Expiry Interval; anonymous ones too) keep
+  subscriptions, queued QoS 1/2 and unacknowledged messages while offline, for their expiry (one rule
+  for both levels: `session_info.session_expiry`); they are re-sent with DUP on reconnect.
 - The Guard decides identity, permissions and quotas; the broker asks it directly through its port
   (`ports.GuardPort`: authenticate, attach, may, admit_*), not through amqtt's plugin manager.
   Third-party amqtt plugins (the `plugins:` config) still run after the Guard: auth plugins must
