@@ -1234,9 +1234,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if expiry is not None and c5 is not None:
             if expiry and not c5.session_expiry:
                 raise mqtt5.protocol_error("DISCONNECT sets a Session Expiry Interval after 0 [MQTT-3.14.2-2]")
-            c5.session_expiry = expiry
-            if not expiry and self.session is not None:
-                self.session.clean_session = True
+            c5.session_expiry = expiry  # (the broker applies it when the connection ends)
         return WITH_WILL if reason == Reason.DISCONNECT_WITH_WILL else 1
 
     async def _fire_received(self, first: int, body: bytes) -> None:
