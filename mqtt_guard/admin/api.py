@@ -32,7 +32,7 @@ from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from ..store.stats import HB_HOST, HB_PID, KIND_CLIENT, KIND_USER, StatsReader
-from ..store.tokens import AdminToken
+from ..store.tokens import SESSION_TTL, AdminSession, AdminToken, TokenStore
 from .schema import BOOL, NAME, NUMBER, STRING, Schema, array, enum, nullable, obj
 
 MAX_PAGE = 1000
@@ -85,10 +85,11 @@ class Route:
     status: int = 200
     stream: bool = False  # text/event-stream instead of JSON
     safe: bool = False  # a POST that changes nothing (acl check): read-only tokens may call it
+    public: bool = False  # needs no token (the dashboard's login, which takes one in its body)
 
     @property
     def writes(self) -> bool:
-        return self.method not in ("GET", "HEAD") and not self.safe
+        return self.method not in ("GET", "HEAD") and not self.safe and not self.public
 
 
 ROUTES: list[Route] = []
@@ -105,9 +106,10 @@ def route(
     status: int = 200,
     stream: bool = False,
     safe: bool = False,
+    public: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        ROUTES.append(Route(method, path, handler, summary, tag, body, query or [], status, stream, safe))
+        ROUTES.append(Route(method, path, handler, summary, tag, body, query or [], status, stream, safe, public))
         return handler
 
     return register
@@ -743,4 +745,72 @@ async def audit_stream(ctx: Ctx, request: web.Request, _: Any) -> Any:
     return [{"id": i, "time": int(i.split("-")[0]) / 1000, **fields} for i, fields in entries]
 
 
-__all__ = ["ROUTES", "Ctx", "Param", "Route"]
+# -- dashboard sessions --------------------------------------------------------------------------------
+COOKIE = "mqg_session"
+CSRF_HEADER = "X-CSRF-Token"
+LOGIN = obj(["token"], token={**STRING, "minLength": 1, "maxLength": 200, "description": "an admin token"})
+
+
+def _whoami(token: AdminToken, session: AdminSession | None) -> dict[str, Any]:
+    return {
+        "name": token.name,
+        "read_only": token.read_only,
+        "csrf": session.csrf if session else None,
+        "expires": session.expires if session else None,
+    }
+
+
+@route(
+    "POST",
+    "/api/session",
+    "Log in: exchange a token for an HttpOnly, SameSite=Strict session cookie and a CSRF token (the dashboard)",
+    tag="session",
+    body=LOGIN,
+    status=201,
+    public=True,
+)
+async def open_session(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    opened = await TokenStore(ctx.redis, ctx.keys).open_session(body["token"].strip())
+    if opened is None:
+        return web.json_response({"error": "unauthorized", "detail": "unknown or revoked token"}, status=401)
+    cookie, session = opened
+    await ctx.quota().audit(action="admin-session.open", by=f"admin-api:{session.token.name}")
+    resp = web.json_response(_whoami(session.token, session), status=201)
+    resp.set_cookie(
+        COOKIE, cookie, max_age=SESSION_TTL, path="/", httponly=True, samesite="Strict", secure=request.secure
+    )
+    return resp
+
+
+@route(
+    "GET",
+    "/api/session",
+    "Who is asking: the token's name and flag; with a session cookie, its CSRF token and expiry",
+    tag="session",
+)
+async def get_session_info(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return _whoami(request["token"], request.get("session"))
+
+
+@route("DELETE", "/api/session", "Log out: end the session of the cookie", tag="session", safe=True)
+async def close_session(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        await TokenStore(ctx.redis, ctx.keys).close_session(cookie)
+    resp = web.json_response({"logged_out": bool(cookie)})
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
+# -- the dashboard's overview --------------------------------------------------------------------------
+@route(
+    "GET",
+    "/api/overview",
+    "Messages in/out per 10 s over the last hour (all brokers, and per broker), errors by reason",
+    tag="stats",
+)
+async def overview(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await stats_ops.gather_overview(ctx.redis, ctx.keys)
+
+
+__all__ = ["COOKIE", "CSRF_HEADER", "ROUTES", "Ctx", "Param", "Route"]

@@ -11,10 +11,10 @@ import time
 from typing import Any
 
 from ..metrics import counters as C
-from ..metrics.rates import RES_1M, RES_10S, sparkline
+from ..metrics.rates import RES_1M, RES_10S, bucket_range, sparkline
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_BROKER, KIND_CLIENT, KIND_USER, StatsReader
 from .quota import describe_quota
 
 GAUGE_FIELDS = {
@@ -185,4 +185,39 @@ async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: fl
             }
             for b, t, h in brokers
         ],
+    }
+
+
+async def gather_overview(redis: Any, keys: Keys, *, now: float | None = None) -> dict[str, Any]:
+    """The deployment at a glance (the dashboard's overview): messages in/out per 10 s bucket over the last
+    hour, added up over the brokers that sent a heartbeat in that hour (and per broker, from the broker
+    members of the rate history: one ZSCORE per bucket and broker, not a walk over every client), the
+    broker totals of publish errors by reason, refused CONNECTs by reason and kicks."""
+    now = time.time() if now is None else now
+    reader = StatsReader(redis, keys)
+    _, seconds, keep = RES_10S
+    per: dict[str, dict[str, list[int]]] = {}
+    starts: list[int] = []
+    for b, beat, _h in await reader.brokers():
+        if beat < now - keep:
+            continue
+        starts, ins, outs = await reader.history(KIND_BROKER, b, resolution=RES_10S, now=now)
+        per[b] = {"messages_in": ins, "messages_out": outs}
+    if not starts:
+        starts = bucket_range(now, seconds, keep)
+    n = len(starts)
+    totals, _ = split_fields(await reader.totals())
+    return {
+        "time": round(now, 3),
+        "rate": {
+            "resolution_seconds": seconds,
+            "start": starts[0],
+            "messages_in": [sum(p["messages_in"][i] for p in per.values()) for i in range(n)],
+            "messages_out": [sum(p["messages_out"][i] for p in per.values()) for i in range(n)],
+            "brokers": per,
+        },
+        "counters": {k: totals.get(k, 0) for k in (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT)},
+        "publish_errors": {label: totals.get(field, 0) for field, label in ERROR_FIELDS.items()},
+        "auth_failures": _reasons(totals, C.AUTH_FAILED_PREFIX),
+        "kicks": _reasons(totals, C.KICKED_PREFIX),
     }

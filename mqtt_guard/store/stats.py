@@ -25,6 +25,7 @@ log = logging.getLogger("mqtt_guard.metrics")
 
 KIND_CLIENT = "client"
 KIND_USER = "user"
+KIND_BROKER = "broker"  # rate history only: the sum of one broker's clients (one member per bucket)
 # Kinds of the refused-CONNECT rankings (`Keys.stats_failed`).
 FAILED_ADDR = "addr"
 FAILED_USER = "user"
@@ -524,12 +525,20 @@ class StatsWriter:
         for bucket, entries in b.rates.items():
             # (kind, direction) -> tokens of its members and scores, shared by both resolutions
             members: dict[tuple[str, str], list[str]] = {}
+            sum_in = sum_out = 0  # this broker's clients added up: one more member, the broker (KIND_BROKER)
             for (kind, ident), (i, o) in entries.items():
                 s = string(ident)
+                if kind == KIND_CLIENT:
+                    sum_in += i
+                    sum_out += o
                 if i:
                     members.setdefault((kind, DIR_IN), []).extend((s, str(i)))
                 if o:
                     members.setdefault((kind, DIR_OUT), []).extend((s, str(o)))
+            if sum_in:
+                members[(KIND_BROKER, DIR_IN)] = [string(self.broker_id), str(sum_in)]
+            if sum_out:
+                members[(KIND_BROKER, DIR_OUT)] = [string(self.broker_id), str(sum_out)]
             for res_name, seconds, keep in RESOLUTIONS:
                 start = bucket_start(bucket, seconds)
                 expire_at = start + seconds + keep

@@ -268,6 +268,19 @@ def test_every_route(admin, rds, prefix):
         assert resp.readline() == b"event: sessions\n"
         assert json.loads(resp.readline().decode().removeprefix("data: "))["items"] == []
     error(api.call("GET", "/api/stream/sessions?interval=0", "/api/stream/sessions"), 422, "invalid", "interval")
+    # the dashboard's overview and login (the cookie flow: test_session.py)
+    overview = api.ok("GET", "/api/overview", "/api/overview")
+    assert overview["rate"]["resolution_seconds"] == 10 and len(overview["rate"]["messages_in"]) == 360
+    assert set(overview["rate"]["messages_in"]) == {0} and overview["rate"]["brokers"] == {}
+    assert api.ok("GET", "/api/session", "/api/session") == {
+        "name": "ops",
+        "read_only": False,
+        "csrf": None,
+        "expires": None,
+    }
+    error(api.call("POST", "/api/session", "/api/session", {"token": "mqga_nope"}), 401, "unauthorized")
+    error(api.call("POST", "/api/session", "/api/session", {}), 422, "invalid_body", "body.token: required")
+    assert api.ok("DELETE", "/api/session", "/api/session") == {"logged_out": False}
     # the user goes last
     api.ok("DELETE", "/api/users/bob", "/api/users/{username}")
     error(api.call("DELETE", "/api/users/bob", "/api/users/{username}"), 404, "not_found")
