@@ -31,7 +31,17 @@ from ..ops import users as user_ops
 from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from ..store.stats import HB_HOST, HB_PID, KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import (
+    HB_FLUSH_FAILURES,
+    HB_HOST,
+    HB_LOOP_LAG,
+    HB_LOOP_LAG_MAX,
+    HB_PID,
+    HB_REDIS_RTT,
+    KIND_CLIENT,
+    KIND_USER,
+    StatsReader,
+)
 from ..store.tokens import SESSION_TTL, AdminSession, AdminToken, TokenStore
 from .schema import BOOL, NAME, NUMBER, STRING, Schema, array, enum, nullable, obj
 
@@ -565,13 +575,15 @@ async def session_page(ctx: Ctx, request: web.Request) -> dict[str, Any]:
     rows = [session_view(s) for sessions in (await ctx.quota().all_sessions()).values() for s in sessions]
     rows = [r for r in rows if (not broker or r["broker"] == broker) and (not username or r["username"] == username)]
     rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else "", r["client_id"]), reverse=desc)
-    return {**page(request, rows), "sort": sort, "order": "desc" if desc else "asc"}
+    result = {**page(request, rows), "sort": sort, "order": "desc" if desc else "asc"}
+    await stats_ops.with_traffic(ctx.redis, ctx.keys, result["items"])  # the page's rows only
+    return result
 
 
 @route(
     "GET",
     "/api/sessions",
-    "Connected clients (the session registry): paged, sorted by the server",
+    "Connected clients (the session registry): paged, sorted by the server; each row with its messages and rate",
     tag="clients",
     query=SESSION_QUERY,
 )
@@ -704,7 +716,27 @@ def _broker_view(
     }
 
 
-@route("GET", "/api/brokers", "Brokers: liveness, fencing epoch, heartbeats, clients; Redis round trip", tag="brokers")
+HEALTH_FIELDS = (HB_LOOP_LAG, HB_LOOP_LAG_MAX, HB_REDIS_RTT, HB_FLUSH_FAILURES)
+
+
+def _health(stats: dict[str, str]) -> dict[str, float | None]:
+    """The broker's own health from its last analytics heartbeat (None: not reported, e.g. an older broker)."""
+    out: dict[str, float | None] = {}
+    for name in HEALTH_FIELDS:
+        try:
+            out[name] = float(stats[name])
+        except (KeyError, ValueError):
+            out[name] = None
+    return out
+
+
+@route(
+    "GET",
+    "/api/brokers",
+    "Brokers: liveness, fencing epoch, heartbeats, clients, event-loop lag, their Redis round trip and flush "
+    "failures; the admin server's Redis round trip",
+    tag="brokers",
+)
 async def brokers(ctx: Ctx, request: web.Request, _: Any) -> Any:
     """Registered brokers (the liveness ZSET: alive while their `dead_after` is ahead of Redis' clock;
     docs/quotas.md "Liveness and fencing"), then brokers only the analytics still remember (stopped)."""
@@ -722,9 +754,10 @@ async def brokers(ctx: Ctx, request: web.Request, _: Any) -> Any:
         h = found[2 * i]
         stats_id, beat, sh = stats.pop((h.get("host"), h.get("pid")), (None, None, {}))
         view = _broker_view(b, score / 1000 > now, round(score / 1000, 3), h, found[2 * i + 1], beat, now)
-        out.append({**view, "registered": True, "stats_id": stats_id, "stats": sh})
+        out.append({**view, "registered": True, "stats_id": stats_id, "stats": sh, "health": _health(sh)})
     for stats_id, beat, sh in sorted(stats.values()):  # stopped brokers whose analytics are still kept
-        out.append({**_broker_view(stats_id, False, None, sh, 0, beat, now), "registered": False, "stats_id": stats_id})
+        view = _broker_view(stats_id, False, None, sh, 0, beat, now)
+        out.append({**view, "registered": False, "stats_id": stats_id, "health": _health(sh)})
     rtt = ctx.redis_rtt
     return {
         "brokers": out,

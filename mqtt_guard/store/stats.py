@@ -39,6 +39,12 @@ HB_HOST = "host"
 HB_PID = "pid"
 HB_VERSION = "version"
 HB_CLIENTS = "clients_connected"
+# backend health (issue 20 item 4; the dashboard's broker table): the broker's event-loop lag (latest and
+# largest since start, ms), its last PING round trip to Redis (ms), and its failed stats flushes
+HB_LOOP_LAG = "loop_lag_ms"
+HB_LOOP_LAG_MAX = "loop_lag_max_ms"
+HB_REDIS_RTT = "redis_rtt_ms"
+HB_FLUSH_FAILURES = "flush_failures"
 
 # Field names the script writes, from counters.py (the one place they are defined).
 _LUA_FIELDS = {
@@ -652,12 +658,7 @@ class StatsReader:
         """The busiest clients (or users) by messages in+out over the last `window` seconds of 10 s
         buckets, across all brokers: (seconds covered, [(id, in per s, out per s)])."""
         now = time.time() if now is None else now
-        res_name, seconds, _ = RESOLUTIONS[0]
-        cur = bucket_start(now, seconds)
-        starts = [cur - seconds * i for i in range(max(1, window // seconds) + 1)]  # + the current partial one
-        covered = (now - cur) + seconds * (len(starts) - 1)
-        in_keys = [self.keys.stats_rate(res_name, kind, DIR_IN, s) for s in starts]
-        out_keys = [self.keys.stats_rate(res_name, kind, DIR_OUT, s) for s in starts]
+        covered, in_keys, out_keys = self._keys_of(kind, now, window)
         tmp = self.keys.stats_tmp(f"top:{time.monotonic_ns()}")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zunionstore(tmp, in_keys + out_keys)
@@ -667,18 +668,41 @@ class StatsReader:
         ids = [m for m, _ in res[1]]
         if not ids:
             return covered, []
+        _, rates = await self.recent(kind, ids, now=now, window=window)
+        return covered, [(ident, i, o) for ident, (i, o) in zip(ids, rates, strict=True)]
+
+    def _keys_of(self, kind: str, now: float, window: int) -> tuple[float, list[str], list[str]]:
+        """(seconds covered, in keys, out keys) of the 10 s buckets of the last `window` seconds of `kind`,
+        the current partial bucket included."""
+        res_name, seconds, _ = RESOLUTIONS[0]
+        cur = bucket_start(now, seconds)
+        starts = [cur - seconds * i for i in range(max(1, window // seconds) + 1)]  # + the current partial one
+        covered = (now - cur) + seconds * (len(starts) - 1)
+        in_keys = [self.keys.stats_rate(res_name, kind, DIR_IN, s) for s in starts]
+        out_keys = [self.keys.stats_rate(res_name, kind, DIR_OUT, s) for s in starts]
+        return covered, in_keys, out_keys
+
+    async def recent(
+        self, kind: str, idents: list[str], *, now: float | None = None, window: int = 10
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """The message rates (in per s, out per s) of these clients (or users) over the last `window`
+        seconds, across all brokers: (seconds covered, one pair per ident, in order)."""
+        now = time.time() if now is None else now
+        covered, in_keys, out_keys = self._keys_of(kind, now, window)
+        if not idents:
+            return covered, []
         async with self.redis.pipeline(transaction=False) as pipe:  # ZSCOREs, not ZMSCORE: Redis 6.0 too
-            for ident in ids:
+            for ident in idents:
                 for k in in_keys + out_keys:
                     pipe.zscore(k, ident)
             scores = await pipe.execute()
-        n = len(starts)
+        n = len(in_keys)
         rows = []
-        for j, ident in enumerate(ids):
+        for j in range(len(idents)):
             mine = scores[j * 2 * n : (j + 1) * 2 * n]
             i = sum(int(v or 0) for v in mine[:n])
             o = sum(int(v or 0) for v in mine[n:])
-            rows.append((ident, i / covered if covered else 0.0, o / covered if covered else 0.0))
+            rows.append((i / covered if covered else 0.0, o / covered if covered else 0.0))
         return covered, rows
 
     async def failures(

@@ -24,6 +24,9 @@ def test_kick_through_the_api_disconnects_a_connected_client(admin, add_user, st
         assert [(b["id"], b["alive"]) for b in brokers] == [(session["broker"], True)]
         assert brokers[0]["epoch"] and brokers[0]["sessions"] == 1 and brokers[0]["registered"]
         assert brokers[0]["stats_id"] == f"{broker.port}" or brokers[0]["stats_id"].endswith(f":{broker.port}")
+        health = brokers[0]["health"]  # from the broker's own heartbeat (#20 item 4)
+        assert health["loop_lag_ms"] >= 0 and health["loop_lag_max_ms"] >= health["loop_lag_ms"]
+        assert health["redis_rtt_ms"] > 0 and health["flush_failures"] == 0
         result = admin.api.ok("POST", "/api/clients/sensor-7/kick", {"reason": "firmware loop", "block_seconds": 60})
         assert result["kicks"] == [{"client_id": "sensor-7", "ok": True, "detail": session["broker"]}]
         assert client.disconnected.wait(10), "the kick did not disconnect the client"

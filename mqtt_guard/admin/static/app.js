@@ -126,15 +126,26 @@ function table(columns, rows, opts) {
   return h("table", { id: opts.id }, h("thead", {}, head), body);
 }
 
+// Per-second rates of buckets of `step` s starting at `start`; the newest bucket is still filling, so it
+// is divided by the seconds it has run so far (`now`), not by the whole step.
+function perSecond(values, start, step, now) {
+  const n = values.length;
+  return values.map((v, i) => {
+    if (i < n - 1 || !now) return v / step;
+    const ran = now - (start + i * step);
+    return ran >= 2 ? v / Math.min(step, ran) : (n > 1 ? values[n - 2] / step : 0);
+  });
+}
+
 // A line chart of per-second rates: series [{name, cls, values (per bucket)}], one bucket = `step` s.
-function chart(series, start, step, title) {
-  const W = 900, H = 220, L = 48, B = 22, T = 8, R = 8;
+function chart(series, start, step, title, now) {
+  const W = 1200, H = 240, L = 48, B = 22, T = 8, R = 12;
   const n = Math.max(...series.map((s) => s.values.length), 1);
-  const perSec = series.map((s) => s.values.map((v) => v / step));
+  const perSec = series.map((s) => perSecond(s.values, start, step, now));
   const max = Math.max(1, ...perSec.flat());
   const x = (i) => L + (W - L - R) * (n <= 1 ? 0 : i / (n - 1));
   const y = (v) => T + (H - T - B) * (1 - v / max);
-  const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": title });
+  const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
   for (let k = 0; k <= 4; k++) {
     const v = (max * k) / 4;
     g.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#e3e6eb" }));
@@ -143,7 +154,8 @@ function chart(series, start, step, title) {
   for (let k = 0; k <= 6; k++) {
     const i = Math.round(((n - 1) * k) / 6);
     const t = new Date((start + i * step) * 1000).toISOString().slice(11, 16);
-    g.append(svg("text", { x: x(i), y: H - 6, "text-anchor": "middle", "font-size": 11, fill: "#667085" }, t));
+    const anchor = k === 0 ? "start" : k === 6 ? "end" : "middle";
+    g.append(svg("text", { x: x(i), y: H - 6, "text-anchor": anchor, "font-size": 11, fill: "#667085" }, t));
   }
   const colors = { in: "#2563eb", out: "#16a34a" };
   perSec.forEach((vals, j) => {
@@ -154,10 +166,16 @@ function chart(series, start, step, title) {
     h("div", { class: "legend" }, series.map((s) => h("span", { class: s.cls }, s.name))), g);
 }
 
-function lastFull(values, step) {
-  // the last complete bucket (the newest one is still filling), per second
-  if (values.length < 2) return 0;
-  return values[values.length - 2] / step;
+function current(values, start, step, now) {
+  const rates = perSecond(values, start, step, now);
+  return rates.length ? rates[rates.length - 1] : 0;
+}
+
+// milliseconds, flagged past a warning and a bad threshold
+function ms(v, warn, bad) {
+  if (v === null || v === undefined) return "–";
+  const text = `${v < 10 ? v.toFixed(1) : v.toFixed(0)} ms`;
+  return v >= bad ? h("span", { class: "pill bad" }, text) : v >= warn ? h("span", { class: "pill warn" }, text) : text;
 }
 
 function reasons(obj) {
@@ -216,20 +234,23 @@ VIEWS.overview = {
         h("div", { class: "label" }, label), h("div", { class: "value " + (cls || "") }, value), h("div", { class: "sub" }, sub));
       cards.replaceChildren(
         card("card-connected", "Connected clients", fmt.num(connected), `${alive} broker${alive === 1 ? "" : "s"} alive`),
-        card("card-in", "Messages in / s", fmt.rate(lastFull(o.rate.messages_in, step)), `${fmt.num(o.counters.messages_in)} in total`),
-        card("card-out", "Messages out / s", fmt.rate(lastFull(o.rate.messages_out, step)), `${fmt.num(o.counters.messages_out)} in total`),
+        card("card-in", "Messages in / s", fmt.rate(current(o.rate.messages_in, o.rate.start, step, o.time)), `${fmt.num(o.counters.messages_in)} in total`),
+        card("card-out", "Messages out / s", fmt.rate(current(o.rate.messages_out, o.rate.start, step, o.time)), `${fmt.num(o.counters.messages_out)} in total`),
         card("card-redis", "Redis", redis.reachable ? `${redis.rtt_ms.toFixed(1)} ms` : "unreachable",
           redis.reachable ? "round trip from the admin server" : "the API answers 503", redis.reachable ? "" : "bad"),
       );
       chartBox.replaceChildren(h("h2", {}, "Messages per second, last hour"),
         chart([{ name: "in", cls: "in", values: o.rate.messages_in }, { name: "out", cls: "out", values: o.rate.messages_out }],
-          o.rate.start, step, "messages per second"));
+          o.rate.start, step, "messages per second", o.time));
       brokers.replaceChildren(h("h2", {}, "Brokers"), table([
         { label: "broker", get: (r) => r.stats_id || r.id },
         { label: "state", get: (r) => h("span", { class: "pill " + (r.alive ? "ok" : "bad") }, r.alive ? "alive" : (r.registered ? "dead" : "stopped")) },
         { label: "clients", num: true, get: (r) => fmt.num(r.registered ? r.sessions : null) },
         { label: "heartbeat", num: true, get: (r) => r.stats_heartbeat_age === null ? "–" : `${r.stats_heartbeat_age.toFixed(1)} s ago` },
-        { label: "loop lag", num: true, get: (r) => (r.stats && r.stats.loop_lag_ms ? `${r.stats.loop_lag_ms} ms` : "–") },
+        { label: "loop lag", num: true, get: (r) => ms(r.health.loop_lag_ms, 50, 200) },
+        { label: "max lag", num: true, get: (r) => ms(r.health.loop_lag_max_ms, 200, 1000) },
+        { label: "Redis", num: true, get: (r) => ms(r.health.redis_rtt_ms, 10, 100) },
+        { label: "flush errors", num: true, get: (r) => (r.health.flush_failures ? h("span", { class: "pill bad" }, fmt.num(r.health.flush_failures)) : fmt.num(r.health.flush_failures)) },
         { label: "host", get: (r) => `${r.host || "?"}${r.pid ? " pid " + r.pid : ""}` },
       ], b.brokers, { id: "brokers-table", empty: "no broker has registered" }));
       const errs = [
@@ -251,11 +272,14 @@ const SESSION_COLUMNS = [
   { label: "user", sort: "username", get: (r) => r.username || "(anonymous)" },
   { label: "broker", sort: "broker", get: (r) => r.broker },
   { label: "connected", sort: "since", get: (r) => fmt.ago(r.since) },
+  { label: "in / s", num: true, get: (r) => fmt.rate(r.rate_in) },
+  { label: "out / s", num: true, get: (r) => fmt.rate(r.rate_out) },
+  { label: "msgs in", num: true, get: (r) => fmt.num(r.messages_in) },
+  { label: "msgs out", num: true, get: (r) => fmt.num(r.messages_out) },
+  { label: "errors", num: true, get: (r) => (r.publish_errors ? h("span", { class: "pill bad" }, fmt.num(r.publish_errors)) : "0") },
   { label: "queue", sort: "queue_messages", num: true, get: (r) => fmt.num(r.queue_messages) },
-  { label: "msgs in", sort: "events_in", num: true, get: (r) => fmt.num(r.events_in) },
-  { label: "msgs out", sort: "events_out", num: true, get: (r) => fmt.num(r.events_out) },
-  { label: "bytes in", sort: "bytes_in", num: true, get: (r) => fmt.bytes(r.bytes_in) },
-  { label: "bytes out", sort: "bytes_out", num: true, get: (r) => fmt.bytes(r.bytes_out) },
+  // the session's counts against its quota (kept while the user has limits): sortable on the server
+  { label: "quota events", sort: "events_in", num: true, get: (r) => fmt.num(r.events_in + r.events_out) },
 ];
 
 VIEWS.clients = {
@@ -348,10 +372,10 @@ VIEWS.client = {
       try { session = await api("GET", `/api/sessions/${enc(id)}`); } catch (e) { if (e.status !== 404) throw e; }
       try { stats = await api("GET", `/api/clients/${enc(id)}/stats`); } catch (e) { if (e.status !== 404) throw e; }
       head.replaceChildren(h("h2", {}, "Session"), session
-        ? h("div", { class: "row", id: "client-state" },
-          h("span", { class: "pill ok" }, "connected"), `user ${session.username || "(anonymous)"}`, `· broker ${session.broker}`,
-          `· since ${fmt.time(session.since)} (${fmt.ago(session.since)})`, `· queue ${fmt.num(session.queue_messages)} msgs`,
-          `· in ${fmt.num(session.events_in)} / out ${fmt.num(session.events_out)}`)
+        ? h("div", { class: "row", id: "client-state" }, h("span", { class: "pill ok" }, "connected"), [
+          `user ${session.username || "(anonymous)"}`, `broker ${session.broker}`,
+          `since ${fmt.time(session.since)} (${fmt.ago(session.since)})`, `queue ${fmt.num(session.queue_messages)} messages`,
+        ].join("  ·  "))
         : h("div", { class: "row", id: "client-state" }, h("span", { class: "pill bad" }, "not connected"),
           stats && stats.disconnected_at ? `left ${fmt.time(stats.disconnected_at)}` : ""));
       if (!stats) {
@@ -360,7 +384,7 @@ VIEWS.client = {
       }
       rate.replaceChildren(h("h2", {}, "Messages per second, last hour"),
         chart([{ name: "in", cls: "in", values: stats.rate.messages_in }, { name: "out", cls: "out", values: stats.rate.messages_out }],
-          stats.rate.start, stats.rate.resolution_seconds, "the client's messages per second"),
+          stats.rate.start, stats.rate.resolution_seconds, "the client's messages per second", Date.now() / 1000),
         h("p", { class: "muted", id: "client-counters" }, `${fmt.num(stats.counters.messages_in || 0)} messages in, ${fmt.num(stats.counters.messages_out || 0)} out, ${fmt.bytes(stats.counters.bytes_in || 0)} in`));
       quota.replaceChildren(h("h2", {}, "Quota use"), quotaBars(stats.quota));
       const rows = [
