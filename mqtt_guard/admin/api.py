@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,8 +25,10 @@ from aiohttp import web
 
 from ..ops import Invalid, NotFound
 from ..ops import acl as acl_ops
+from ..ops import bans as ban_ops
 from ..ops import kick as kick_ops
 from ..ops import quota as quota_ops
+from ..ops import sessions as session_ops
 from ..ops import stats as stats_ops
 from ..ops import users as user_ops
 from ..quota.limits import FIELDS
@@ -538,6 +541,57 @@ async def list_blocks(ctx: Ctx, request: web.Request, _: Any) -> Any:
     return out
 
 
+# -- address bans --------------------------------------------------------------------------------------
+BAN = obj(
+    ["network"],
+    network={**STRING, "minLength": 1, "description": "an address or a CIDR network (IPv4 or IPv6)"},
+    seconds=nullable({**NUMBER, "minimum": 1, "description": "how long; absent or null: until lifted"}),
+    reason={**STRING, "maxLength": 500},
+    kick=BOOL,
+)
+
+
+@route("GET", "/api/bans", "Address bans in force: the admin's, then login throttling's (ban list)", tag="clients")
+async def list_bans(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    now = time.time()
+    return [ban_ops.ban_view(b, now) for b in await ban_ops.list_bans(ctx.redis, ctx.keys)]
+
+
+@route(
+    "POST",
+    "/api/bans",
+    "Refuse CONNECTs from an address or network on every broker (CONNACK 5); kick: also disconnect its clients",
+    tag="clients",
+    body=BAN,
+    status=201,
+)
+async def add_ban(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    reason = body.get("reason") or "banned by an admin"
+    b = await ban_ops.ban(
+        ctx.redis, ctx.keys, body["network"], body.get("seconds"), reason, by(request), kick=body.get("kick", False)
+    )
+    await audit(ctx, request, "ban", network=b.network, reason=reason, kick="1" if b.kick else None)
+    return ban_ops.ban_view(b, time.time())
+
+
+@route(
+    "DELETE",
+    "/api/bans",
+    "Lift the ban of an address or network and the throttling bans of addresses inside it (unban)",
+    tag="clients",
+    query=[Param("network", STRING, "the address or network banned, or one inside it")],
+)
+async def remove_ban(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    target = request.query.get("network")
+    if not target:
+        raise Invalid("query parameter network is required")
+    net, removed = await ban_ops.unban(ctx.redis, ctx.keys, target)
+    if not removed:
+        raise NotFound(f"no ban of {net} or of an address inside it")
+    await audit(ctx, request, "unban", network=net, removed=removed)
+    return {"network": net, "removed": removed}
+
+
 # -- sessions and clients ------------------------------------------------------------------------------
 SESSION_INTS = ("queue_messages", "queue_bytes", "events_in", "events_out", "bytes_in", "bytes_out")
 SESSION_SORT = ["client_id", "username", "broker", "since", *SESSION_INTS]
@@ -627,6 +681,20 @@ async def get_session(ctx: Ctx, request: web.Request, _: Any) -> Any:
     if not s:
         raise NotFound(f"client {cid!r} is not connected (no session registered)")
     return session_view(s)
+
+
+@route(
+    "DELETE",
+    "/api/sessions/{client_id}",
+    "Discard a client's session on whichever broker holds it, online or offline (session drop)",
+    tag="clients",
+    query=[Param("reason", STRING, "recorded in the audit stream and the broker's log")],
+)
+async def drop_session(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    cid = request.match_info["client_id"]
+    reason = request.query.get("reason") or "dropped by an admin"
+    done = await session_ops.drop_session(ctx.redis, ctx.keys, cid, reason, by(request), audit_maxlen=ctx.audit_maxlen)
+    return {"client_id": cid, "brokers": done.brokers, "connected_on": done.connected_on}
 
 
 STATS_QUERY = [Param("day", BOOL, "also the 1 min history of the last 24 h")]

@@ -81,6 +81,35 @@ def test_acl_edit_through_the_api_applies_to_a_connected_client(admin, add_user,
         pub.close()
 
 
+def test_ban_with_kick_and_session_drop_through_the_api(admin, add_user, start_broker):
+    add_user("dev", "pw")
+    broker = start_broker()
+    first = connect(broker.port, "dev", "pw", client_id="dev-1", clean_session=False)
+    assert first.rc == 0
+    try:
+        until(lambda: admin.ro.call("GET", "/api/sessions/dev-1").status == 200, 10)
+        dropped = admin.api.ok("DELETE", "/api/sessions/dev-1?reason=replaced")
+        assert dropped["brokers"] == 1 and dropped["connected_on"]
+        assert first.disconnected.wait(10), "the session drop did not disconnect the client"
+        entry = [e for e in admin.ro.ok("GET", "/api/audit") if e["action"] == "session_drop"][-1]
+        assert (entry["client_id"], entry["reason"], entry["by"]) == ("dev-1", "replaced", "admin-api:ops")
+        second = connect(broker.port, "dev", "pw", client_id="dev-2")
+        assert second.rc == 0
+        admin.api.ok("POST", "/api/bans", {"network": "127.0.0.1", "kick": True, "seconds": 60}, 201)
+        assert second.disconnected.wait(10), "the ban with kick did not disconnect the client"
+
+        def rc() -> int:
+            c = connect(broker.port, "dev", "pw")
+            c.close()
+            return c.rc
+
+        assert until(lambda: rc() == 5, 10)  # refused while banned
+        admin.api.ok("DELETE", "/api/bans?network=127.0.0.1")
+        assert until(lambda: rc() == 0, 10)
+    finally:
+        first.close()
+
+
 def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):
     req = urllib.request.Request(
         admin.api.base + "/api/stream/sessions", headers={"Authorization": f"Bearer {admin.api.token}"}

@@ -86,9 +86,11 @@ async function api(method, path, body) {
 
 function enc(s) { return encodeURIComponent(s); }
 
+// Run `fn` now and every `seconds` (until the view changes); returns it, to run it again at once.
 function every(seconds, fn) {
   fn();
   state.timers.push(setInterval(fn, seconds * 1000));
+  return fn;
 }
 
 function stopAll() {
@@ -223,7 +225,7 @@ VIEWS.overview = {
     const chartBox = h("div", { class: "panel", id: "overview-chart" }, h("h2", {}, "Messages per second, last hour"));
     const errors = h("div", { class: "panel", id: "overview-errors" });
     const brokers = h("div", { class: "panel", id: "overview-brokers" });
-    main.append(h("h1", {}, "Overview"), cards, chartBox, h("div", { class: "cols" }, brokers, errors));
+    main.append(h("h1", {}, "Overview"), cards, chartBox, brokers, errors);
     every(5, async () => {
       const [o, b] = await Promise.all([api("GET", "/api/overview"), api("GET", "/api/brokers")]);
       const step = o.rate.resolution_seconds;
@@ -360,13 +362,14 @@ VIEWS.client = {
       try {
         await api("POST", `/api/clients/${enc(id)}/kick`, { reason: reason.value || "kicked from the dashboard", block_seconds: Number(block.value || 0) });
         say(`${id} kicked`);
+        setTimeout(refresh, 500); // the broker has closed it by then
       } catch (e) { say(e.message, true); }
     }, "danger");
     kick.id = "kick-button";
     main.append(h("h1", {}, "Client ", h("code", { id: "client-id" }, id)), head,
       h("div", { class: "panel" }, h("h2", {}, "Kick"), h("div", { class: "row" }, reason, "block reconnects for", block, "s", kick)),
       rate, h("div", { class: "cols" }, quota, errs));
-    every(5, async () => {
+    const refresh = every(3, async () => {
       let session = null;
       let stats = null;
       try { session = await api("GET", `/api/sessions/${enc(id)}`); } catch (e) { if (e.status !== 404) throw e; }
