@@ -14,7 +14,16 @@ from ..metrics import counters as C
 from ..metrics.rates import RES_1M, RES_10S, bucket_range, sparkline
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_BROKER, KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import (
+    ERROR_FIELDS,
+    ERROR_KIND_PREFIX,
+    FAILED_ADDR,
+    FAILED_USER,
+    KIND_BROKER,
+    KIND_CLIENT,
+    KIND_USER,
+    StatsReader,
+)
 from .quota import describe_quota
 
 GAUGE_FIELDS = {
@@ -26,8 +35,6 @@ GAUGE_FIELDS = {
     C.G_USERNAME,
     C.G_LAST_SEEN,
 }
-# Publish errors by reason, as `stats` and `top` show them (dropped deliveries count for the receiver).
-ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
 # -- stats ----------------------------------------------------------------------------------------
@@ -111,6 +118,12 @@ async def gather_stats(
         "messages_out": outs,
         "sparkline": sparkline([i + o for i, o in zip(ins, outs, strict=True)], 60),
     }
+    if entity.kind == KIND_CLIENT:  # publish errors by reason over time, for the reasons it has any of
+        out["errors_history"] = {}
+        for field, label in ERROR_FIELDS.items():
+            if counters.get(field):
+                _, errs, _ = await reader.history(ERROR_KIND_PREFIX + label, name, resolution=RES_10S, now=now)
+                out["errors_history"][label] = errs
     if day:
         d_starts, d_ins, d_outs = await reader.history(entity.kind, name, resolution=RES_1M, now=now)
         out["rate_day"] = {

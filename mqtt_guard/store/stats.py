@@ -26,6 +26,12 @@ log = logging.getLogger("mqtt_guard.metrics")
 KIND_CLIENT = "client"
 KIND_USER = "user"
 KIND_BROKER = "broker"  # rate history only: the sum of one broker's clients (one member per bucket)
+# Publish errors by reason (the counter -> its label), the ones `stats` and the API show; dropped deliveries
+# count for the receiver. Each also has a rate history per client: kind ERROR_KIND_PREFIX + label,
+# direction "in", member the client id (the client page's errors over time; issue 20 item 4).
+ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
+ERROR_KIND_PREFIX = "error_"
+_ERROR_KINDS = [(f, ERROR_KIND_PREFIX + label) for f, label in ERROR_FIELDS.items()]
 # Kinds of the refused-CONNECT rankings (`Keys.stats_failed`).
 FAILED_ADDR = "addr"
 FAILED_USER = "user"
@@ -283,6 +289,10 @@ def batch_from_drain(drain: C.Drain) -> Batch:
     rates: dict[tuple[str, str], list[int]] = {}
     for (cid, user), counts in drain.clients.items():
         i, o = counts.get(C.MSGS_IN, 0), counts.get(C.MSGS_OUT, 0)
+        for name, kind in _ERROR_KINDS:  # publish errors by reason over time (4 dict lookups per client)
+            n = counts.get(name)
+            if n:
+                _rate_add(rates, (kind, cid), n, 0)
         if not (i or o):
             continue
         _rate_add(rates, (KIND_CLIENT, cid), i, o)

@@ -292,13 +292,17 @@ def test_screenshot_of_the_overview_under_load(browser, admin, add_user, start_b
         out.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(out))
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+        # a client's publish errors by reason over time (issue 20 item 4): in its stats and on its page
+        history = admin.ro.ok("GET", "/api/clients/meter-0/stats")["errors_history"]
+        assert list(history) == ["acl_denied"] and sum(history["acl_denied"]) > 0
+        open_view(browser, admin.api.base, "client?id=meter-0", "#client-errors-chart svg polyline")
+        assert "acl_denied" in text_of(browser, "#client-errors-table")
         if os.environ.get("DASHBOARD_SCREENSHOT"):  # the docs' pictures: the live client table too
+            browser.execute_script("window.scrollTo(0, 0)")
+            assert browser.save_screenshot(str(out.with_name(out.stem + "-client.png")))
             open_view(browser, admin.api.base, "clients?sort=client_id&order=asc", 'tr[data-key="truck-00"]')
             assert wait(browser, lambda d: float(text_of(d, 'tr[data-key="truck-00"] td:nth-child(5)') or 0) > 0)
             assert browser.save_screenshot(str(out.with_name(out.stem + "-clients.png")))
-            open_view(browser, admin.api.base, "client?id=meter-0", "#client-rate svg polyline")
-            assert wait(browser, lambda d: "acl_denied" in text_of(d, "#client-errors-table"))
-            assert browser.save_screenshot(str(out.with_name(out.stem + "-client.png")))
     finally:
         stop.set()
         for t in threads:

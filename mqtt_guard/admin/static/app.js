@@ -162,10 +162,14 @@ function chart(series, start, step, title, now) {
   const colors = { in: "#2563eb", out: "#16a34a" };
   perSec.forEach((vals, j) => {
     const pts = vals.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-    g.append(svg("polyline", { points: pts, fill: "none", stroke: colors[series[j].cls] || "#444", "stroke-width": 2 }));
+    g.append(svg("polyline", { points: pts, fill: "none", stroke: series[j].color || colors[series[j].cls] || "#444", "stroke-width": 2 }));
   });
-  return h("div", { class: "chart" },
-    h("div", { class: "legend" }, series.map((s) => h("span", { class: s.cls }, s.name))), g);
+  const legend = h("div", { class: "legend" }, series.map((s) => {
+    const item = h("span", { class: s.cls }, s.name);
+    if (s.color) item.style.color = s.color;
+    return item;
+  }));
+  return h("div", { class: "chart" }, legend, g);
 }
 
 function current(values, start, step, now) {
@@ -395,9 +399,13 @@ VIEWS.client = {
         ...reasons(stats.kicks).map((r) => ({ ...r, kind: "kicked" })),
         ...reasons(stats.auth_failures).map((r) => ({ ...r, kind: "connect refused" })),
       ];
+      const palette = ["#dc2626", "#d97706", "#7c3aed", "#0891b2"];
+      const history = Object.entries(stats.errors_history || {}).map(([reason, values], i) => ({ name: reason, values, color: palette[i % palette.length] }));
       errs.replaceChildren(h("h2", {}, "Errors"), table([
         { label: "what", get: (r) => r.kind }, { label: "reason", get: (r) => r.reason }, { label: "count", num: true, get: (r) => fmt.num(r.count) },
-      ], rows, { id: "client-errors-table", empty: "no errors" }));
+      ], rows, { id: "client-errors-table", empty: "no errors" }),
+      history.length ? h("div", { id: "client-errors-chart" }, h("h2", {}, "Publish errors per second, last hour"),
+        chart(history, stats.rate.start, stats.rate.resolution_seconds, "publish errors per second", Date.now() / 1000)) : null);
     });
   },
 };
