@@ -51,10 +51,27 @@ def browser() -> Iterator[webdriver.Chrome]:
     # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1050"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, read after each test
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER or "chromedriver"), options=options)
     driver.set_page_load_timeout(20)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(autouse=True)
+def no_script_errors(browser, admin) -> Iterator[None]:
+    """No test may leave a script error in the console (an API's 4xx the test asked for is no error).
+    Torn down before the admin server stops (it depends on it), and leaves the page for a blank one, so
+    the next test's log does not hold the polling of a server that is gone."""
+    browser.get_log("browser")  # what the previous test left
+    yield
+    errors = [
+        e["message"]
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
+    browser.get("about:blank")
+    assert not errors, errors
 
 
 def wait(driver, check, timeout: float = 15.0):
@@ -240,6 +257,31 @@ def test_an_acl_edit_in_the_dashboard_applies_to_a_connected_client(browser, adm
     finally:
         sub.close()
         pub.close()
+
+
+def test_a_ban_made_in_the_dashboard_refuses_connects_until_lifted(browser, admin, add_user, start_broker):
+    add_user("dev", "pw")
+    broker = start_broker()
+
+    def rc() -> int:
+        c = connect(broker.port, "dev", "pw")
+        c.close()
+        return c.rc
+
+    log_in(browser, admin.api.base, admin.api.token)
+    open_view(browser, admin.api.base, "bans", "#ban-network")
+    browser.find_element(By.ID, "ban-network").send_keys("127.0.0.1")
+    browser.find_element(By.ID, "ban-seconds").send_keys("300")
+    browser.find_element(By.ID, "ban-reason").send_keys("scanner")
+    click(browser, "#bans button:not(.quiet)")
+    assert wait(
+        browser, lambda d: "127.0.0.1/32" in text_of(d, "#bans-table") and "scanner" in text_of(d, "#bans-table")
+    )
+    assert until(lambda: rc() == 5, 10), "the ban made in the dashboard did not refuse the CONNECT"
+    click(browser, "#bans-table button")
+    assert wait(browser, lambda d: "no bans in force" in text_of(d, "#bans-table"))
+    assert until(lambda: rc() == 0, 10)
+    assert [e["action"] for e in admin.ro.ok("GET", "/api/audit")][-2:] == ["ban", "unban"]
 
 
 LOAD_SECONDS = float(os.environ.get("DASHBOARD_LOAD_SECONDS", "5"))

@@ -86,11 +86,26 @@ async function api(method, path, body) {
 
 function enc(s) { return encodeURIComponent(s); }
 
-// Run `fn` now and every `seconds` (until the view changes); returns it, to run it again at once.
+// Run `fn` now and every `seconds` (until the view changes); returns it, to run it again at once. A
+// failed round (the server restarting, Redis away: 503) is shown once and retried at the next tick.
 function every(seconds, fn) {
-  fn();
-  state.timers.push(setInterval(fn, seconds * 1000));
-  return fn;
+  const run = () => Promise.resolve().then(fn).then(() => offline(false), (e) => {
+    if (e instanceof ApiError && e.status === 401) return;
+    offline(e instanceof ApiError ? e.message : "cannot reach the admin server");
+  });
+  run();
+  state.timers.push(setInterval(run, seconds * 1000));
+  return run;
+}
+
+function offline(text) {
+  let box = document.getElementById("offline");
+  if (!text) { if (box) box.remove(); return; }
+  if (!box) {
+    box = h("div", { id: "offline", class: "msg bad", role: "alert" });
+    document.getElementById("status").append(box);
+  }
+  box.textContent = `${text} (retrying)`;
 }
 
 function stopAll() {
@@ -370,8 +385,17 @@ VIEWS.client = {
       } catch (e) { say(e.message, true); }
     }, "danger");
     kick.id = "kick-button";
+    const drop = writeButton("Drop session", async () => {
+      if (!window.confirm(`Discard the session of ${id} (its subscriptions and queued messages)?`)) return;
+      try {
+        const r = await api("DELETE", `/api/sessions/${enc(id)}?reason=${enc(reason.value || "dropped from the dashboard")}`);
+        say(`drop of ${id} sent to ${r.brokers} broker(s)`);
+        setTimeout(refresh, 500);
+      } catch (e) { say(e.message, true); }
+    }, "quiet");
+    drop.id = "drop-button";
     main.append(h("h1", {}, "Client ", h("code", { id: "client-id" }, id)), head,
-      h("div", { class: "panel" }, h("h2", {}, "Kick"), h("div", { class: "row" }, reason, "block reconnects for", block, "s", kick)),
+      h("div", { class: "panel" }, h("h2", {}, "Kick or drop"), h("div", { class: "row" }, reason, "block reconnects for", block, "s", kick, drop)),
       rate, h("div", { class: "cols" }, quota, errs));
     const refresh = every(3, async () => {
       let session = null;
@@ -528,6 +552,49 @@ VIEWS.quotas = {
   },
 };
 
+VIEWS.bans = {
+  title: "Bans", nav: true,
+  render(main) {
+    const bans = h("div", { class: "panel", id: "bans" });
+    const blocks = h("div", { class: "panel", id: "blocks" });
+    main.append(h("h1", {}, "Bans and blocks"), bans, blocks);
+    const left = (until) => (until === null ? "until lifted" : `${Math.max(0, Math.round(until - Date.now() / 1000))} s left`);
+    async function load() {
+      const [list, blocked] = await Promise.all([api("GET", "/api/bans"), api("GET", "/api/blocks")]);
+      const net = h("input", { id: "ban-network", placeholder: "address or CIDR network" });
+      const secs = h("input", { id: "ban-seconds", type: "number", min: 1, placeholder: "seconds (empty: until lifted)" });
+      const why = h("input", { id: "ban-reason", placeholder: "reason" });
+      const kick = h("input", { id: "ban-kick", type: "checkbox" });
+      bans.replaceChildren(h("h2", {}, "Address bans (CONNACK 5 on every broker)"), table([
+        { label: "network", get: (r) => r.network + (r.username ? ` as ${r.username}` : "") },
+        { label: "by", get: (r) => (r.kind === "manual" ? r.by : `throttling (${r.kind})`) },
+        { label: "reason", get: (r) => r.reason },
+        { label: "left", num: true, get: (r) => left(r.until) },
+        { label: "", get: (r) => writeButton("lift", async () => {
+          try { await api("DELETE", `/api/bans?network=${enc(r.network)}`); say(`${r.network} unbanned`); load(); } catch (e) { say(e.message, true); }
+        }, "quiet") },
+      ], list, { id: "bans-table", empty: "no bans in force" }),
+      h("div", { class: "row" }, net, secs, why, h("label", {}, kick, " also disconnect its clients"), writeButton("Ban", async () => {
+        const body = { network: net.value.trim(), kick: kick.checked };
+        if (secs.value) body.seconds = Number(secs.value);
+        if (why.value) body.reason = why.value;
+        try { await api("POST", "/api/bans", body); say(`${body.network} banned`); load(); } catch (e) { say(e.message, true); }
+      })));
+      blocks.replaceChildren(h("h2", {}, "Blocked client ids and users (kicks with a block, quota blocks)"), table([
+        { label: "kind", get: (r) => r.kind },
+        { label: "name", get: (r) => r.name },
+        { label: "by", get: (r) => r.by },
+        { label: "reason", get: (r) => r.reason },
+        { label: "left", num: true, get: (r) => left(r.until) },
+        { label: "", get: (r) => writeButton("lift", async () => {
+          try { await api("DELETE", `/api/blocks/${r.kind === "client" ? "clients" : "users"}/${enc(r.name)}`); say(`${r.name} unblocked`); load(); } catch (e) { say(e.message, true); }
+        }, "quiet") },
+      ], blocked, { id: "blocks-table", empty: "nothing blocked" }));
+    }
+    load().catch((e) => say(e.message, true));
+  },
+};
+
 VIEWS.audit = {
   title: "Audit", nav: true,
   render(main) {
@@ -593,6 +660,7 @@ async function render() {
 
 window.addEventListener("unhandledrejection", (ev) => {
   const e = ev.reason;
+  ev.preventDefault(); // shown here, not left to the console
   if (e instanceof ApiError && e.status === 401) return;
   say(e && e.message ? e.message : String(e), true);
 });
