@@ -8,8 +8,9 @@ confusion (an RS256 public key's PEM used as an HS256 secret); both must be refu
 
     python tests/bench/bench_jose.py [--rounds 5] [--json out.json]
 
-Needs both libraries importable (pyjwt is a runtime dependency; joserfc is not: install it somewhere
-and put it on PYTHONPATH); a missing one is reported and skipped.
+joserfc is the runtime dependency (it signs the tokens); pyjwt is not: install it somewhere and put it
+on PYTHONPATH (`pip install --target /tmp/jose pyjwt==2.15.1; PYTHONPATH=/tmp/jose python ...`), else
+joserfc is measured alone.
 """
 
 from __future__ import annotations
@@ -62,15 +63,26 @@ def make_keys() -> dict[str, tuple[Any, Any]]:
 
 
 def pem(public_key: Any) -> bytes:
-    return bytes(
-        public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    return bytes(public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def sign_all(keys: dict[str, tuple[Any, Any]]) -> dict[str, str]:
-    assert pyjwt is not None
+    """Tokens signed by joserfc (the runtime dependency); both libraries verify the same ones."""
+    assert jf_jwt is not None
     claims = dict(CLAIMS, exp=int(time.time()) + 3600)
-    return {alg: pyjwt.encode(claims, keys[alg][0], algorithm=alg) for alg in ALGS}
+    private = {
+        "HS256": jf_jwk.OctKey.import_key(keys["HS256"][0]),
+        "RS256": jf_jwk.RSAKey.import_key(_private_pem(keys["RS256"][0])),
+        "ES256": jf_jwk.ECKey.import_key(_private_pem(keys["ES256"][0])),
+        "EdDSA": jf_jwk.OKPKey.import_key(_private_pem(keys["EdDSA"][0])),
+    }
+    return {alg: jf_jwt.encode({"alg": alg}, claims, private[alg], algorithms=[alg]) for alg in ALGS}
+
+
+def _private_pem(key: Any) -> bytes:
+    return bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def pyjwt_verifiers(keys: dict[str, tuple[Any, Any]]) -> dict[str, Callable[[str], Any]]:
@@ -119,28 +131,40 @@ def forged(keys: dict[str, tuple[Any, Any]]) -> dict[str, str]:
 
 
 def refusals(keys: dict[str, tuple[Any, Any]]) -> dict[str, dict[str, str]]:
+    """Each attack against each library, with both algorithms allowed (the worst configuration): the RS256
+    public key given as PEM bytes (a "secret"), and as a key object."""
     attacks = forged(keys)
     rsa_pem = pem(keys["RS256"][1])
+    cases = [
+        ("none", keys["HS256"][1]),
+        ("confusion", rsa_pem),
+        ("confusion_key_object", keys["RS256"][1]),
+    ]
+    both = ["HS256", "RS256"]
     result: dict[str, dict[str, str]] = {}
+    libs: dict[str, Callable[[str, Any], Any]] = {}
     if pyjwt is not None:
-        r: dict[str, str] = {}
-        for name, algs, key in (("none", ["HS256", "RS256"], keys["HS256"][1]), ("confusion", ["HS256", "RS256"], rsa_pem)):
-            try:
-                pyjwt.decode(attacks[name], key, algorithms=algs, audience="mqtt")
-                r[name] = "ACCEPTED"
-            except Exception as exc:  # noqa: BLE001  # any refusal counts; its kind is printed
-                r[name] = f"refused ({type(exc).__name__})"
-        result["pyjwt"] = r
+        libs["pyjwt"] = lambda tok, key: pyjwt.decode(tok, key, algorithms=both, audience="mqtt")
     if jf_jwt is not None:
-        r = {}
-        for name, algs, raw in (("none", ["HS256", "RS256"], keys["HS256"][1]), ("confusion", ["HS256", "RS256"], rsa_pem)):
+
+        def jf(tok: str, key: Any) -> Any:
+            if isinstance(key, bytes):
+                key = jf_jwk.OctKey.import_key(key)
+            else:
+                key = jf_jwk.RSAKey.import_key(pem(key))
+            return jf_jwt.decode(tok, key, algorithms=both)
+
+        libs["joserfc"] = jf
+    for lib, decode in libs.items():
+        r: dict[str, str] = {}
+        for name, key in cases:
+            attack = attacks["none" if name == "none" else "confusion"]
             try:
-                key = jf_jwk.OctKey.import_key(raw)
-                jf_jwt.decode(attacks[name], key, algorithms=algs)
+                decode(attack, key)
                 r[name] = "ACCEPTED"
-            except Exception as exc:  # noqa: BLE001  # any refusal counts; its kind is printed
+            except Exception as exc:  # any refusal counts; its kind is printed
                 r[name] = f"refused ({type(exc).__name__})"
-        result["joserfc"] = r
+        result[lib] = r
     return result
 
 
@@ -149,16 +173,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
-    if pyjwt is None:
-        print("pyjwt is not installed: it signs the tokens; nothing measured")
+    if jf_jwt is None:
+        print("joserfc is not installed: it signs the tokens; nothing measured")
         return 0
     keys = make_keys()
     tokens = sign_all(keys)
-    libs: dict[str, dict[str, Callable[[str], Any]]] = {"pyjwt": pyjwt_verifiers(keys)}
-    if jf_jwt is not None:
-        libs["joserfc"] = joserfc_verifiers(keys)
+    libs: dict[str, dict[str, Callable[[str], Any]]] = {"joserfc": joserfc_verifiers(keys)}
+    if pyjwt is not None:
+        libs["pyjwt"] = pyjwt_verifiers(keys)
     else:
-        print("joserfc is not importable: measuring pyjwt alone")
+        print("pyjwt is not importable (not a dependency: put it on PYTHONPATH): measuring joserfc alone")
     for verifiers in libs.values():
         for alg, verify in verifiers.items():
             assert verify(tokens[alg])["sub"] == "alice"
@@ -176,7 +200,10 @@ def main() -> int:
         print(f"{lib:10}" + "".join(f"{algs[alg]:>9}" for alg in ALGS))
     checks = refusals(keys)
     for lib, r in checks.items():
-        print(f"{lib}: alg none {r['none']}; RS256 public key as HS256 secret {r['confusion']}")
+        print(
+            f"{lib}: alg none {r['none']}; RS256 public key as HS256 secret: PEM {r['confusion']},"
+            f" key object {r['confusion_key_object']}"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"us_per_token": figures, "refusals": checks}, fh, indent=2)
