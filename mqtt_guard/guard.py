@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.access_token import AccessToken, TokenError, TokenVerifier
+from .auth.access_token import AccessToken, TokenError, TokenVerifier, looks_like_jwt
 from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
@@ -50,8 +50,9 @@ from .tasks import Coalescer
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
 
-# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash).
-_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD))
+# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash), and
+# forged or malformed access tokens (each cost a signature check).
+_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD, Outcome.BAD_TOKEN))
 
 
 class AuthBackend(Protocol):
@@ -113,6 +114,7 @@ class Guard:
         )
         # Access tokens (docs/tokens.md): verified in process; revocations through Redis.
         self.token_keys: StaticKeys | JwksKeys | None = None
+        self._revocation_check: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
         jwt = config.auth.jwt
         if jwt is not None:
             try:
@@ -263,20 +265,19 @@ class Guard:
             address=address,
             bearer=bearer,
         )
-        if bearer is not None:  # the identity is the token's: no file-backed backend answers for it
-            return await redis()
-        for backend in self.auth_backends:
-            result = await backend.authenticate(
+        token = bearer is not None or (self.authenticator.tokens is not None and password and looks_like_jwt(password))
+        found: AuthResult | None = None
+        for backend in () if token else self.auth_backends:  # a token's identity: no file-backed backend's
+            found = await backend.authenticate(
                 username=username,
                 password=password,
                 listener=listener,
                 identity_as_username=identity_as_username,
                 fallback=redis,
             )
-            if result is not None:
+            if found is not None:
                 break
-        else:
-            result = await redis()
+        result = found if found is not None else await redis()
         if result.outcome in _GUESSES:
             gate.failed(address, username)
         return result
@@ -512,7 +513,23 @@ class Guard:
         """Changes may have been missed (reconnect, FLUSHALL): is it still our data? Then reload all."""
         self.marker.check()
 
+    async def _recheck_revocations(self) -> None:
+        """Revocations may have been missed (the invalidation channel was down): ask Redis for the jti of
+        every connected token client."""
+        for client in list(self.clients.values()):
+            token = client.token
+            if token is None or token.jti is None or self.clients.get(client.client_id) is not client:
+                continue
+            try:
+                refused = await self.authenticator.token_revoked(token)
+            except Exception:  # noqa: BLE001 - retried at the next reset; never kills the caller
+                return
+            if refused is Outcome.TOKEN_REVOKED:
+                self._revoked({token.jti})
+
     def _reload_all(self) -> None:
+        if self.token_keys is not None and self.clients:
+            self._revocation_check = asyncio.get_running_loop().create_task(self._recheck_revocations())
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()

@@ -28,8 +28,11 @@ from tests.helpers.servers import free_port
 pytestmark = pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 
 
-def _config(tmp_path: Path, jwt: dict[str, str], listeners: list[str], acl_default: str = "deny") -> str:
-    lines = ["listeners:", *listeners, "auth:", "  jwt:"]
+def _config(
+    tmp_path: Path, jwt: dict[str, str], listeners: list[str], acl_default: str = "deny", throttle: bool = False
+) -> str:
+    """Login throttling off unless asked for: the tests refuse many tokens from one address on purpose."""
+    lines = ["listeners:", *listeners, "auth:", "  throttle:", f"    enabled: {str(throttle).lower()}", "  jwt:"]
     lines += [f"    {k}: {v}" for k, v in jwt.items()]
     lines += ["acl:", f"  default: {acl_default}"]
     path = tmp_path / f"broker-{uuid.uuid4().hex[:6]}.yaml"
@@ -82,6 +85,17 @@ def test_a_token_is_accepted_as_the_password_and_refused_for_each_reason(hs_brok
         assert client.rc == 5, words
         hs_broker.wait_log(words)
     assert good not in hs_broker.log() and good.split(".")[2] not in hs_broker.log()  # never a token in the log
+
+
+def test_forged_tokens_count_towards_login_throttling(start_broker, tmp_path):
+    port = free_port()
+    config = _config(tmp_path, HS, _tcp(port), throttle=True)
+    broker = start_broker("--config", config, bind=False, wait_for_port=port)
+    forged = T.hs_token(T.claims(aud="mqtt"), secret="z" * 40)
+    codes = [connect(port, "", forged).rc for _ in range(6)]
+    assert codes == [5] * 6
+    assert connect(port, "", _token()).rc == 5  # the address (and username) is refused for a while now
+    broker.wait_log("too many failed logins")
 
 
 def test_the_trusted_acl_claim_applies(hs_broker):
