@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=cmd_revoke)
     p = token.add_parser("unrevoke", help="accept a revoked token again")
-    p.add_argument("jti", metavar="JTI")
+    p.add_argument("jti", metavar="JTI", help="the token's jti claim")
     p.set_defaults(func=cmd_unrevoke)
 
 
