@@ -125,19 +125,23 @@ def test_the_broker_disconnects_a_client_when_its_token_expires(hs_broker):
     c.close()
 
 
-def test_revocation_disconnects_a_connected_client_at_once_and_refuses_it_after(hs_broker, cli):
+def test_revocation_disconnects_a_connected_client_at_once_and_refuses_it_after(hs_broker, cli, rds, prefix):
     c = connect(hs_broker.port, "", _token(jti="j-42"))
     other = connect(hs_broker.port, "", _token(jti="j-43"))
     assert c.rc == 0 and other.rc == 0
     result = cli("token", "revoke", "j-42")
-    revoked_at = time.monotonic()
     assert result.returncode == 0 and "revoked" in result.stdout, result.stderr
     assert c.disconnected.wait(2)
-    took = time.monotonic() - revoked_at
-    assert took < 1.0, took  # milliseconds on a quiet machine (the key's invalidation reaches the broker)
     assert not other.disconnected.wait(0.3)
     assert connect(hs_broker.port, "", _token(jti="j-42")).rc == 5
     hs_broker.wait_log("access token revoked")
+    # the time from the key's write (what the CLI does) to the client's disconnect
+    written = time.monotonic()
+    rds.set(f"{prefix}revoked:j-43", "{}")
+    assert other.disconnected.wait(2)
+    took = time.monotonic() - written
+    print(f"revocation to disconnect: {took * 1000:.1f} ms")
+    assert took < 1.0, took  # milliseconds on a quiet machine (the key's invalidation reaches the broker)
     assert cli("token", "unrevoke", "j-42").returncode == 0
     again = connect(hs_broker.port, "", _token(jti="j-42"))
     assert again.rc == 0
