@@ -215,7 +215,7 @@ def _upgrade(port: int, headers: dict[str, str], path: str = "/mqtt") -> tuple[i
     return int(data.split(b" ", 2)[1]), data
 
 
-def test_the_upgrade_is_refused_before_any_mqtt_byte(ws_broker):
+def test_the_upgrade_is_refused_before_any_mqtt_byte(ws_broker, rds, prefix):
     port = ws_broker.port
     good = {"Origin": ORIGIN, "Sec-WebSocket-Protocol": "mqtt"}
     status, data = _upgrade(port, good)
@@ -230,6 +230,9 @@ def test_the_upgrade_is_refused_before_any_mqtt_byte(ws_broker):
     assert status == 400 and b"mqtt subprotocol" in data
     status, data = _upgrade(port, {**good, "Authorization": "Bearer " + _token()})
     assert status == 101, data
+    rds.set(f"{prefix}revoked:gone", "{}")
+    status, data = _upgrade(port, {**good, "Authorization": "Bearer " + _token(jti="gone")})
+    assert status == 403 and b"revoked" in data
     status, _ = _upgrade(port, {**good, "Cookie": f"theme=dark; mqtt_token={_token()}"})
     assert status == 101
     status, _ = _upgrade(port, good, path=f"/mqtt?token={_token()}")
