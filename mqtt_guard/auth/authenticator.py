@@ -25,6 +25,10 @@ Why the design looks like this:
   user's arrival displaces the oldest of them. They run on a quarter of the workers at most (one of
   four), so a guesser's checks do not take the CPU from the first ones. A check whose address is
   banned by the time its turn comes is answered without hashing.
+- Access tokens (docs/tokens.md, auth/access_token.py): a password that is a JWT, or a token verified at a
+  websockets upgrade, is checked as a token (no hash, no pool: a signature check is microseconds); the
+  token's identity is then checked like a certificate's (Redis may disable it), after its `jti` is
+  looked up among the revocations.
 """
 
 from __future__ import annotations

@@ -145,8 +145,9 @@ class JwksKeys:
 
     async def candidates(self, kid: str | None, kty: str) -> Sequence[Key]:
         picked = _pick(self.keys, kid, kty)
-        if picked or kid is None:
+        if picked or (kid is None and self.keys):
             return picked
+        # an unknown kid, or no keys at all yet (the first fetch failed): fetch now, rate-limited
         if time.monotonic() - self._last_attempt >= self.min_refresh or self._inflight is not None:
             await self.refresh()
             picked = _pick(self.keys, kid, kty)

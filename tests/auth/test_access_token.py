@@ -241,3 +241,27 @@ def test_jwks_rotation_unknown_kid_refresh_rate_limit_and_outage():
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_a_jwks_that_was_down_at_start_is_fetched_when_a_token_comes():
+    server = T.JwksServer().start()
+    server.status = 503
+    key = T.new_key("ES256", "e1")
+    config = JwtConfig(jwks_url=server.url, algorithms=["ES256"])
+
+    async def scenario() -> None:
+        keys = JwksKeys(server.url, refresh=3600, min_refresh=0)
+        await keys.start()  # the issuer is down: no keys, and the broker starts anyway
+        try:
+            assert keys.keys == []
+            server.status = 200
+            server.publish(key)
+            token = T.sign(T.claims(), key, "ES256", kid=False)  # no kid: any ES256 key of the set
+            assert (await TokenVerifier(config, keys).verify(token)).identity == "alice"
+        finally:
+            await keys.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
