@@ -98,6 +98,11 @@ class ListenerConfig:
     # wants: a listener either requires the header or never reads one, and each faces its own balancer.
     proxy_protocol: bool = False
     trusted_proxies: list[str] = field(default_factory=list)
+    # websockets listeners (docs/tokens.md): a bearer token checked during the HTTP upgrade (401/403 and no
+    # WebSocket otherwise), looked for in these places in order; an Origin allow-list (empty: any).
+    require_token: bool = False
+    token_sources: list[str] = field(default_factory=lambda: ["header"])
+    allowed_origins: list[str] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         tls = self.type == "tls" or (self.type == "websockets" and self.certfile)
@@ -115,6 +120,19 @@ class ListenerConfig:
                 raise ConfigError(f"{where}.{name}: file not found: {p}")
         split_bind(self.bind, where)
         self._check_proxy(where)
+        self._check_upgrade(where)
+
+    def _check_upgrade(self, where: str) -> None:
+        if (self.require_token or self.allowed_origins) and self.type != "websockets":
+            raise ConfigError(f"{where}: require_token and allowed_origins apply to websockets listeners only")
+        if not self.token_sources:
+            raise ConfigError(f"{where}.token_sources: name at least one place (header, cookie:NAME, query:NAME)")
+        for i, source in enumerate(self.token_sources):
+            kind, _, name = source.partition(":")
+            if not (source == "header" or (kind in ("cookie", "query") and name)):
+                raise ConfigError(
+                    f"{where}.token_sources[{i}]: expected header, cookie:NAME or query:NAME, got {source!r}"
+                )
 
     def _check_proxy(self, where: str) -> None:
         if self.proxy_protocol and self.type == "websockets" and self.certfile:
@@ -168,6 +186,54 @@ class ThrottleConfig:
                 raise ConfigError(f"{where}.exempt[{i}]: {exc}") from None
 
 
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA")
+JWT_TRUSTED_CLAIMS = ("acl", "plan")
+
+
+@dataclass
+class JwtConfig:
+    """Access tokens (JWT) as the CONNECT password and on websockets upgrades (docs/tokens.md)."""
+
+    secret: str | None = None  # HS256/384/512; or public_key_file (PEM or JWK), or jwks_url: one of the three
+    public_key_file: str | None = None
+    jwks_url: str | None = None
+    algorithms: list[str] = field(default_factory=lambda: ["HS256"])
+    audience: str | None = None  # checked when set: the token's aud must name it
+    issuer: str | None = None  # checked when set: the token's iss must equal it
+    username_claim: str = "sub"  # the identity; a non-empty CONNECT username must equal it
+    leeway: float = duration(30.0)  # clock skew allowed on exp and nbf
+    trusted_claims: list[str] = field(default_factory=list)  # of acl, plan: honoured only when listed
+    jwks_refresh: float = duration(300.0)  # the JWKS is fetched again this often (key rotation)
+    jwks_min_refresh: float = duration(10.0)  # an unknown kid fetches it at most this often
+
+    def check(self, where: str = "auth.jwt") -> None:
+        given = [k for k in ("secret", "public_key_file", "jwks_url") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError(f"{where}: give exactly one of secret, public_key_file, jwks_url (got {given or 'none'})")
+        if not self.algorithms:
+            raise ConfigError(f"{where}.algorithms: name at least one algorithm")
+        for i, alg in enumerate(self.algorithms):
+            if alg not in JWT_ALGORITHMS:
+                why = "never accepted (unsigned tokens)" if alg.lower() == "none" else "unknown algorithm"
+                raise ConfigError(f"{where}.algorithms[{i}]: {alg!r}: {why}; known: {', '.join(JWT_ALGORITHMS)}")
+        hmac_algs = [a for a in self.algorithms if a.startswith("HS")]
+        if self.secret and len(hmac_algs) != len(self.algorithms):
+            raise ConfigError(f"{where}: a secret verifies HS256/HS384/HS512 only")
+        if not self.secret and hmac_algs:
+            raise ConfigError(f"{where}: {', '.join(hmac_algs)} need a secret (a public key never serves as one)")
+        if self.public_key_file and not Path(self.public_key_file).is_file():
+            raise ConfigError(f"{where}.public_key_file: file not found: {self.public_key_file}")
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.jwks_url: must be an http(s) URL, got {self.jwks_url!r}")
+        if not self.username_claim:
+            raise ConfigError(f"{where}.username_claim: must name a claim (e.g. sub)")
+        if self.leeway < 0 or self.jwks_refresh <= 0 or self.jwks_min_refresh < 0:
+            raise ConfigError(f"{where}: leeway and jwks_min_refresh must be >= 0, jwks_refresh above 0")
+        for i, claim in enumerate(self.trusted_claims):
+            if claim not in JWT_TRUSTED_CLAIMS:
+                raise ConfigError(f"{where}.trusted_claims[{i}]: {claim!r}: known: {', '.join(JWT_TRUSTED_CLAIMS)}")
+
+
 @dataclass
 class AuthConfig:
     allow_anonymous: bool = False
@@ -186,6 +252,7 @@ class AuthConfig:
     # refused with CONNACK 3 (a known user's first check is never refused); 0 = no bound.
     hash_queue: int = 1000
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    jwt: JwtConfig | None = None  # access tokens (docs/tokens.md); None: passwords only
 
 
 @dataclass
@@ -378,6 +445,10 @@ class GuardConfig:
             raise ConfigError("plugins: must map dotted class paths to option mappings (or nothing)")
         for i, listener in enumerate(self.listeners):
             listener.check(f"listeners[{i}]")
+            if listener.require_token and self.auth.jwt is None:
+                raise ConfigError(f"listeners[{i}]: require_token needs auth.jwt (how tokens are verified)")
+        if self.auth.jwt is not None:
+            self.auth.jwt.check()
         self.metrics.check()
         self.shutdown.check()
         self.admin.check()

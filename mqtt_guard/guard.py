@@ -14,16 +14,19 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
+from .auth.access_token import AccessToken, TokenError, TokenVerifier, looks_like_jwt
 from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
+from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
-from .config import GuardConfig
+from .config import ConfigError, GuardConfig
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
@@ -34,21 +37,23 @@ from .ports import Engine
 from .quota.enforcer import QuotaEnforcer
 from .quota.stretch import bound as stretch_bound
 from .quota.stretch import open_stretch, settle_stretch
-from .reasons import BLOCKED, KICKED, USER_REVOKED
+from .reasons import BLOCKED, KICKED, TOKEN_EXPIRED, TOKEN_REVOKED, USER_REVOKED
 from .store.acl import AclStore
 from .store.bans import BanStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
+from .store.revocations import RevocationStore
 from .store.users import UserRecord, UserStore
 from .tasks import Coalescer
 
 log = logging.getLogger("mqtt_guard")
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
 
-# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash).
-_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD))
+# Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash), and
+# forged or malformed access tokens (each cost a signature check).
+_GUESSES = frozenset((Outcome.BAD_PASSWORD, Outcome.UNKNOWN_USER, Outcome.NO_PASSWORD, Outcome.BAD_TOKEN))
 
 
 class AuthBackend(Protocol):
@@ -108,9 +113,21 @@ class Guard:
         self.acl = LiveAcl(
             AclStore(self.redis, self.keys), self.keys, AclPolicy(default_allow=config.acl.default == "allow")
         )
+        # Access tokens (docs/tokens.md): verified in process; revocations through Redis.
+        self.token_keys: StaticKeys | JwksKeys | None = None
+        self._revocation_check: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
+        jwt = config.auth.jwt
+        if jwt is not None:
+            try:
+                self.token_keys = key_source(jwt)
+            except (OSError, ValueError, KeysError) as exc:
+                raise ConfigError(f"auth.jwt: cannot load the verification key: {exc}") from None
+            self.authenticator.tokens = TokenVerifier(jwt, self.token_keys)
+            self.authenticator.revocations = RevocationStore(self.redis, self.keys)
         self.listener = InvalidationListener(
             config.redis.url,
             [
+                *([self.keys.revoked_head()] if jwt is not None else []),
                 self.keys.acl(""),
                 self.keys.user(""),
                 self.keys.quota_user(""),
@@ -187,6 +204,8 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
+        if self.token_keys is not None:
+            await self.token_keys.start()  # a JWKS is fetched before the first CONNECT
         self.listener.start()
         self.gate.start()
         await self.quota.start()
@@ -213,6 +232,8 @@ class Guard:
         await self.gate.close()
         await self.marker.close()
         await self._user_refresh.stop()
+        if self.token_keys is not None:
+            await self.token_keys.close()
         self.authenticator.close()
         await self.redis.aclose()
 
@@ -226,9 +247,11 @@ class Guard:
         identity_as_username: bool = False,
         listener: Any = None,
         address: str | None = None,
+        bearer: AccessToken | None = None,
     ) -> AuthResult:
         """A CONNECT's verdict: a ban of its source address first (no hash work), then the file-backed
-        auth backends, then the Redis authenticator; a failure a guesser earns counts towards a ban."""
+        auth backends, then the Redis authenticator; a failure a guesser earns counts towards a ban.
+        `bearer`: the access token verified at the websockets upgrade (`verify_bearer`)."""
         address = canonical_address(address)
         gate = self.gate
         ban = gate.check(address, username)
@@ -241,22 +264,44 @@ class Guard:
             cert_identity=cert_identity,
             identity_as_username=identity_as_username,
             address=address,
+            bearer=bearer,
         )
-        for backend in self.auth_backends:
-            result = await backend.authenticate(
+        token = bearer is not None or (self.authenticator.tokens is not None and password and looks_like_jwt(password))
+        found: AuthResult | None = None
+        for backend in () if token else self.auth_backends:  # a token's identity: no file-backed backend's
+            found = await backend.authenticate(
                 username=username,
                 password=password,
                 listener=listener,
                 identity_as_username=identity_as_username,
                 fallback=redis,
             )
-            if result is not None:
+            if found is not None:
                 break
-        else:
-            result = await redis()
+        result = found if found is not None else await redis()
         if result.outcome in _GUESSES:
             gate.failed(address, username)
         return result
+
+    async def verify_bearer(self, token: str | None) -> tuple[AccessToken | None, int, str]:
+        """A websockets upgrade's bearer token (docs/tokens.md): (the token, 0, "") when it may upgrade, else
+        (None, HTTP status, reason): 401 for a missing, malformed, invalid or expired token, 403 for a
+        revoked one, 503 while revocations cannot be read (auth.on_redis_down: deny)."""
+        verifier = self.authenticator.tokens
+        if verifier is None:
+            return None, 401, "access tokens are not configured (auth.jwt)"
+        if not token:
+            return None, 401, "no access token"
+        try:
+            grant = await verifier.verify(token)
+        except TokenError as exc:
+            return None, 401, exc.detail
+        refused = await self.authenticator.token_revoked(grant)
+        if refused is Outcome.TOKEN_REVOKED:
+            return None, 403, "access token revoked"
+        if refused is not None:
+            return None, 503, "revocations cannot be checked (Redis unavailable)"
+        return grant, 0, ""
 
     async def reload(self) -> None:
         """SIGHUP: file-backed sources re-read their files (Redis-backed state is always live)."""
@@ -276,7 +321,10 @@ class Guard:
         address: str | None = None,
     ) -> GuardClient:
         """Register an admitted client and load the ACL rules it depends on before its CONNACK."""
-        subject = _subject(client_id, result.username if not result.anonymous else None, result.user)
+        token = result.token
+        subject = _subject(
+            client_id, result.username if not result.anonymous else None, result.user, token.rules if token else ()
+        )
         client = GuardClient(
             client_id,
             subject.username,
@@ -285,6 +333,7 @@ class Guard:
             had_record=result.user is not None,
             listener_config=listener_config,
             address=canonical_address(address),
+            token=token,
         )
         try:
             await self.acl.prepare(subject)
@@ -298,12 +347,19 @@ class Guard:
             self.acl.policy.forget(subject)
             raise
         self.clients[client_id] = client
+        if token is not None and token.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, token.expires_at - time.time())
+            client.expiry = loop.call_at(loop.time() + delay, self._token_expired, client)
         self.counters.connected(client_id, client.username)
         if client.username is not None:
             self._by_user.setdefault(client.username, set()).add(client_id)
         return client
 
     def detach(self, client: GuardClient) -> None:
+        if client.expiry is not None:
+            client.expiry.cancel()
+            client.expiry = None
         self.quota.detach(client)
         if self.clients.get(client.client_id) is client:
             del self.clients[client.client_id]
@@ -413,6 +469,23 @@ class Guard:
             if client.address is not None and inside(client.address):
                 asyncio.get_running_loop().create_task(self.kick(client.client_id, f"blocked: {ban.reason}", BLOCKED))
 
+    def _token_expired(self, client: GuardClient) -> None:
+        """A client's access token expired while it was connected: the broker disconnects it itself."""
+        client.expiry = None
+        if self.clients.get(client.client_id) is client:
+            log.info("client %r (user %r): access token expired", client.client_id, client.username)
+            asyncio.get_running_loop().create_task(self.kick(client.client_id, "access token expired", TOKEN_EXPIRED))
+
+    def _revoked(self, jtis: set[str]) -> None:
+        """Tokens were revoked (`mqtt-guard token revoke`): their connected clients go at once."""
+        for client in list(self.clients.values()):
+            token = client.token
+            if token is not None and token.jti in jtis:
+                log.warning("client %r (user %r): token %r revoked", client.client_id, client.username, token.jti)
+                asyncio.get_running_loop().create_task(
+                    self.kick(client.client_id, "access token revoked", TOKEN_REVOKED)
+                )
+
     def queue_depth(self, client_id: str) -> tuple[int, int]:
         """The engine's `queue_depth` ((0, 0) before an engine is bound)."""
         return self.engine.queue_depth(client_id) if self.engine is not None else (0, 0)
@@ -430,6 +503,10 @@ class Guard:
         self.acl.on_keys(keys)
         self.quota.on_keys(keys)
         self.gate.on_keys(keys)
+        if self.token_keys is not None:
+            jtis = {j for j in map(self.keys.jti_of, keys) if j is not None}
+            if jtis:
+                self._revoked(jtis)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
             self.authenticator.forget(u)
@@ -439,7 +516,23 @@ class Guard:
         """Changes may have been missed (reconnect, FLUSHALL): is it still our data? Then reload all."""
         self.marker.check()
 
+    async def _recheck_revocations(self) -> None:
+        """Revocations may have been missed (the invalidation channel was down): ask Redis for the jti of
+        every connected token client."""
+        for client in list(self.clients.values()):
+            token = client.token
+            if token is None or token.jti is None or self.clients.get(client.client_id) is not client:
+                continue
+            try:
+                refused = await self.authenticator.token_revoked(token)
+            except Exception:  # noqa: BLE001 - retried at the next reset; never kills the caller
+                return
+            if refused is Outcome.TOKEN_REVOKED:
+                self._revoked({token.jti})
+
     def _reload_all(self) -> None:
+        if self.token_keys is not None and self.clients:
+            self._revocation_check = asyncio.get_running_loop().create_task(self._recheck_revocations())
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
         self.quota.on_reset()
@@ -483,7 +576,7 @@ class Guard:
                 log.warning("disconnecting client %r: %s", client_id, reason)
                 await self.kick(client_id, reason, USER_REVOKED)
                 continue
-            new = _subject(client_id, username, record)
+            new = _subject(client_id, username, record, client.subject.rules)
             if new != client.subject:
                 try:
                     await self.acl.prepare(new)
@@ -493,10 +586,11 @@ class Guard:
                 client.subject = new
 
 
-def _subject(client_id: str, username: str | None, user: UserRecord | None) -> Subject:
+def _subject(client_id: str, username: str | None, user: UserRecord | None, rules: tuple[Any, ...] = ()) -> Subject:
     return Subject(
         username=username,
         client_id=client_id,
         groups=user.groups if user is not None else frozenset(),
         superuser=bool(user and user.superuser),
+        rules=rules,
     )

@@ -133,9 +133,14 @@ class GuardPort(Protocol):
         identity_as_username: bool = False,
         listener: Any = None,
         address: str | None = None,
+        bearer: Any = None,
     ) -> AuthResult:
         """A CONNECT's verdict (bans of `address`, the client's source address; file-backed backends;
-        then Redis)."""
+        then Redis). `bearer`: the access token verified at its websockets upgrade."""
+        ...
+
+    async def verify_bearer(self, token: str | None) -> tuple[Any, int, str]:
+        """A websockets upgrade's bearer token: (the verified token, 0, "") or (None, HTTP status, reason)."""
         ...
 
     async def attach(

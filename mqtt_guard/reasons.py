@@ -184,6 +184,12 @@ _CONNACK_BY_OUTCOME: dict[str, Reason] = {
     # the user's record cannot be read: no code names a server-side data fault, and retrying will not
     # help until an admin repairs it, so neither 0x88 nor a credentials code
     "CORRUPT": Reason.UNSPECIFIED_ERROR,
+    # an access token as the password (docs/tokens.md): an invalid, expired or mismatched one is a bad
+    # password the client can replace; a revoked one names an identity that may not connect
+    "BAD_TOKEN": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "TOKEN_EXPIRED": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "TOKEN_MISMATCH": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "TOKEN_REVOKED": Reason.NOT_AUTHORIZED,
 }
 REFUSED_BY_PLUGIN = Reason.NOT_AUTHORIZED
 """A third-party auth plugin said no (or raised)."""
@@ -238,6 +244,10 @@ USER_REVOKED = Reason.NOT_AUTHORIZED
 """The user was deleted, disabled or expired while connected: its credentials no longer admit it."""
 SESSION_TIME = Reason.MAXIMUM_CONNECT_TIME
 """Over `session_time`."""
+TOKEN_EXPIRED = Reason.MAXIMUM_CONNECT_TIME
+"""The client's access token expired while it was connected (docs/tokens.md): the time it was granted is up."""
+TOKEN_REVOKED = Reason.NOT_AUTHORIZED
+"""Its access token was revoked (`mqtt-guard token revoke`)."""
 SLOW_CONSUMER = Reason.QUOTA_EXCEEDED
 """Over `max_queue` for `queue_grace`: a limit of the client's own quota (0x89 Server busy would blame the
 server, which is fine, and invite an immediate reconnect into the same backlog)."""

@@ -34,6 +34,8 @@ DISCONNECTS = (
     reasons.BLOCKED,
     reasons.USER_REVOKED,
     reasons.SESSION_TIME,
+    reasons.TOKEN_EXPIRED,
+    reasons.TOKEN_REVOKED,
     reasons.SLOW_CONSUMER,
     reasons.TAKEN_OVER,
     reasons.KEEP_ALIVE,

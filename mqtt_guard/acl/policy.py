@@ -6,8 +6,9 @@ Decision order (documented for operators, tested in ``tests/acl``):
    or for SUBSCRIBE a valid filter).
 2. An invalid topic/filter is denied ("invalid topic: ...").
 3. The client's rule set is: the rules of ``user:<username>``, of every
-   ``group:<g>`` in ``Subject.groups`` (sorted by name), and the ``pattern``
-   rules with ``%u``/``%c`` substituted.  An anonymous client
+   ``group:<g>`` in ``Subject.groups`` (sorted by name), the ``pattern``
+   rules with ``%u``/``%c`` substituted, and the rules of its access token
+   (``Subject.rules``, a trusted ``acl`` claim; docs/tokens.md).  An anonymous client
    (``username is None``) gets only the ``anonymous`` rules (``%c``
    substituted, ``%u`` rules skipped); its groups are ignored.
 4. Among the applicable rules a deny of the action wins over any grant;
@@ -96,12 +97,15 @@ class Subject:
     client_id: str
     groups: frozenset[str] = frozenset()
     superuser: bool = False
+    # Rules the client's access token carries (auth/access_token.py, a trusted `acl` claim): they join its
+    # rule set like its placeholder rules (per client), under the same deny-wins order.
+    rules: tuple[Rule, ...] = ()
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.groups, frozenset):
             object.__setattr__(self, "groups", frozenset(self.groups))  # type: ignore[unreachable]  # any iterable is accepted
-        h = hash((self.username, self.client_id, self.groups, self.superuser))
+        h = hash((self.username, self.client_id, self.groups, self.superuser, self.rules))
         object.__setattr__(self, "_hash", h)
 
     def __hash__(self) -> int:
@@ -348,6 +352,7 @@ class AclPolicy:
             f = t.instantiate(subject.username, subject.client_id)
             if f is not None:
                 out.append((f, t.rule))
+        out.extend((r.filter, r) for r in subject.rules)
         return out
 
     def _base_for(self, subject: Subject) -> _Base:

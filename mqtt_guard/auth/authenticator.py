@@ -25,6 +25,10 @@ Why the design looks like this:
   user's arrival displaces the oldest of them. They run on a quarter of the workers at most (one of
   four), so a guesser's checks do not take the CPU from the first ones. A check whose address is
   banned by the time its turn comes is answered without hashing.
+- Access tokens (docs/tokens.md, auth/access_token.py): a password that is a JWT, or a token verified at a
+  websockets upgrade, is checked as a token (no hash, no pool: a signature check is microseconds); the
+  token's identity is then checked like a certificate's (Redis may disable it), after its `jti` is
+  looked up among the revocations.
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from typing import Protocol
 from ..config import AuthConfig
 from ..logutil import RateLimitedLog
 from ..store.connection import REDIS_ERRORS
+from ..store.revocations import RevocationStore
 from ..store.users import CorruptUserError, UserRecord, UserStore
 from . import hashes
+from .access_token import EXPIRED, MISMATCH, AccessToken, TokenError, TokenVerifier, looks_like_jwt
 
 log = logging.getLogger("mqtt_guard.auth")
 shed_log = RateLimitedLog(log, interval=10.0)
@@ -75,9 +81,15 @@ class Outcome(str, enum.Enum):  # noqa: UP042 - str() and format() of the member
     THROTTLED = "too many failed logins"
     # The password check queue is full (CONNACK 3, MQTT 5's 0x89 "server busy"): devices retry.
     BUSY = "server busy (password checks queued)"
+    # Access tokens (auth/access_token.py; AuthResult.detail says exactly why)
+    BAD_TOKEN = "invalid access token"
+    TOKEN_EXPIRED = "access token expired"
+    TOKEN_REVOKED = "access token revoked"
+    TOKEN_MISMATCH = "username does not match the access token"
 
 
 _ALLOWED = {Outcome.OK, Outcome.OK_CACHED_REDIS_DOWN, Outcome.ANONYMOUS}
+_TOKEN_OUTCOMES = {EXPIRED: Outcome.TOKEN_EXPIRED, MISMATCH: Outcome.TOKEN_MISMATCH}  # else BAD_TOKEN
 
 
 @dataclass(slots=True)  # not frozen (one per CONNECT; frozen ones take 6x as long to build): never mutated
@@ -85,6 +97,8 @@ class AuthResult:
     outcome: Outcome
     username: str | None
     user: UserRecord | None = None
+    token: AccessToken | None = None  # the access token the client authenticated with
+    detail: str | None = None  # why a token was refused (no secret in it), for the log
 
     @property
     def ok(self) -> bool:
@@ -253,6 +267,9 @@ class Authenticator:
         self.suspicion: Suspicion | None = None
         # A real hash of a random password: verifying against it costs what a real check costs.
         self._decoy = hashes.hash_password(os.urandom(16).hex())
+        # Set by the Guard when auth.jwt is configured: a password that is a JWT is verified as a token.
+        self.tokens: TokenVerifier | None = None
+        self.revocations: RevocationStore | None = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -284,8 +301,12 @@ class Authenticator:
         cert_identity: str | None = None,
         identity_as_username: bool = False,
         address: str | None = None,
+        bearer: AccessToken | None = None,
     ) -> AuthResult:
-        """`address`: the client's source address (canonical), for admission control of hashing."""
+        """`address`: the client's source address (canonical), for admission control of hashing. `bearer`:
+        the token verified at a websockets upgrade (it fixes the identity the CONNECT must match)."""
+        if bearer is not None or (self.tokens is not None and password is not None and looks_like_jwt(password)):
+            return await self._check_token(username, password, bearer)
         if identity_as_username:
             if not cert_identity:
                 return AuthResult(Outcome.NO_CERTIFICATE, username)
@@ -356,6 +377,40 @@ class Authenticator:
             if user.expired():
                 return AuthResult(Outcome.EXPIRED, identity, user)
         return AuthResult(Outcome.OK, identity, user)  # user None: no hash in Redis, which is fine
+
+    async def _check_token(self, username: str | None, password: str | None, bearer: AccessToken | None) -> AuthResult:
+        """An access token (docs/tokens.md): verified, not expired, naming the CONNECT's username when one
+        is given, not revoked; then the identity is checked like a certificate's (Redis may disable it)."""
+        try:
+            token = bearer
+            if password is not None and self.tokens is not None and looks_like_jwt(password):
+                carried = await self.tokens.verify(password)
+                if token is not None and carried.identity != token.identity:
+                    raise TokenError(MISMATCH, "the CONNECT's token names another identity than the upgrade's")
+                token = token or carried
+            assert token is not None  # (a bearer, or a password that looks like a token)
+            if token.expires_at is not None and time.time() > token.expires_at:
+                raise TokenError(EXPIRED, "token expired")
+            if username and username != token.identity:
+                raise TokenError(MISMATCH, "the CONNECT username is not the token's identity (auth.jwt.username_claim)")
+        except TokenError as exc:
+            return AuthResult(_TOKEN_OUTCOMES.get(exc.kind, Outcome.BAD_TOKEN), username, detail=exc.detail)
+        revoked = await self.token_revoked(token)
+        if revoked is not None:
+            return AuthResult(revoked, token.identity, token=token, detail=f"jti {token.jti!r}")
+        result = await self._check_identity(token.identity)
+        result.token = token
+        return result
+
+    async def token_revoked(self, token: AccessToken) -> Outcome | None:
+        """TOKEN_REVOKED, REDIS_DOWN (revocations unknown and auth.on_redis_down is deny), or None: go on."""
+        if token.jti is None or self.revocations is None:
+            return None
+        try:
+            revoked = await self.revocations.revoked(token.jti)
+        except REDIS_ERRORS:
+            return None if self.config.on_redis_down == "cached" else Outcome.REDIS_DOWN
+        return Outcome.TOKEN_REVOKED if revoked else None
 
     async def _check_password(self, username: str, password: str | None, address: str | None = None) -> AuthResult:
         watch = self._watch(username)

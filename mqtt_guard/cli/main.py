@@ -21,6 +21,7 @@ from . import (  # mosquitto compat (mqtt_guard/compat)
 )
 from . import admin as admin_cmd
 from . import store as store_cmd
+from . import tokens as tokens_cmd
 from .common import CliError
 from .session import register as register_session
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.register(sub)
     importer.register(sub)
     admin_cmd.register(sub)
+    tokens_cmd.register(sub)
     return parser
 
 

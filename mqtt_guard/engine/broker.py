@@ -107,6 +107,7 @@ from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of, session_expiry
 from .shared import SHARE_PREFIX, ShareGroup, parse_share
 from .transport import MqttStream, TcpReader, serving_as
+from .ws_upgrade import UpgradeCheck
 
 if TYPE_CHECKING:
     from ..auth.authenticator import AuthResult
@@ -267,6 +268,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._closing = False  # connections are being closed: flush what is queued, no wills
         self._drain_cut = asyncio.Event()
         self._shutdown_deadline = 0.0
+        self._upgrades: dict[str, UpgradeCheck] = {}  # listener name -> its secured websockets upgrade
         super().__init__(amqtt_config(config), loop=loop)
         guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
@@ -377,16 +379,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         (a websockets one through engine/proxy_ws.py's connections)."""
         ours = self._guard_listeners[listener_name]
         if listener_type != ListenerType.TCP:
-            if ours.proxy_protocol:  # amqtt's websockets server, with connections that read the header first
+            secured = ours.require_token or bool(ours.allowed_origins)
+            if ours.proxy_protocol or secured:  # amqtt's websockets server, with our connections or upgrade check
+                extra: dict[str, Any] = {}
+                if ours.proxy_protocol:  # connections that read the PROXY header first
+                    extra["create_connection"] = functools.partial(
+                        ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
+                    )
+                if secured:  # bearer token, Origin and subprotocol checked before the 101 (engine/ws_upgrade.py)
+                    check = self._upgrades[listener_name] = UpgradeCheck(
+                        self.guard.verify_bearer,
+                        name=ours.bind,
+                        require_token=ours.require_token,
+                        sources=ours.token_sources,
+                        origins=ours.allowed_origins,
+                    )
+                    extra["process_request"] = check
                 return await websockets.serve(
                     functools.partial(self.ws_connected, listener_name=listener_name),
                     address,
                     port,
                     ssl=ssl_context,
                     subprotocols=[websockets.Subprotocol("mqtt")],
-                    create_connection=functools.partial(  # type: ignore[arg-type]  # a factory of ServerConnection
-                        ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
-                    ),
+                    **extra,
                 )
             return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
         loop = asyncio.get_running_loop()
@@ -475,8 +490,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session.listener = listener
         generated = not session.client_id
         client_id = session.client_id = session.client_id or gen_client_id()
+        bearer = None
+        if listener.require_token:  # the token its websockets upgrade was let through with
+            check = next((c for n, c in self._upgrades.items() if self._guard_listeners[n] is listener), None)
+            bearer = check.take(writer._protocol) if check is not None else None  # noqa: SLF001 - amqtt's WebSocketsWriter
+            if bearer is None:
+                log.warning("closed connection from %s: no access token verified at its upgrade", where)
+                await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
+                return
         try:
-            code = await self._check_connect(session, listener, where, generated)
+            code = await self._check_connect(session, listener, where, generated, bearer)
         finally:
             if self._id_rule and session.guard_client is not None:
                 # Attached: its claim (made by `_admit`) becomes `_holders` below, nothing awaited between
@@ -630,7 +653,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         return session
 
     async def _check_connect(
-        self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
+        self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False, bearer: Any = None
     ) -> int:
         """0 to accept, else the MQTT 5 CONNACK reason code of the refusal (docs/reason-codes.md; a 3.1.1
         client is answered `reasons.connack_311` of it, what it always got). The Guard decides first
@@ -640,7 +663,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         client sent none)."""
         quota: int = Reason.UNSPECIFIED_ERROR  # a refusal without a verdict: the Guard failed, unless...
         try:
-            result = await self._admit(session, listener, where, generated)
+            result = await self._admit(session, listener, where, generated, bearer)
         except ClientIdRefused as refused:
             return refused.code
         except QuotaRefusal as refusal:  # (logged by `_admit`; the plugins are asked all the same)
@@ -669,6 +692,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if result is None:
             return quota  # a 3.1.1 client: CONNACK 5 either way
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
+        if result.detail:  # an access token's refusal: exactly why (docs/tokens.md)
+            reason = f"{reason} ({result.detail})"
         refusal_log.log(
             logging.WARNING,
             (session.remote_address, reason) if result.banned else (session.client_id, session.username, reason),
@@ -682,7 +707,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
 
     async def _admit(
-        self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
+        self,
+        session: GuardedSession,
+        listener: ListenerConfig,
+        where: str = "",
+        generated: bool = False,
+        bearer: Any = None,
     ) -> AuthResult:
         """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
         client is attached anywhere: an attach would take the id's quota registration over), then the
@@ -698,13 +728,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             identity_as_username=by_identity,
             listener=listener,
             address=session.remote_address,
+            bearer=bearer,
         )
         if not result.ok:
             self._counters.auth_failed(
                 result.username, result.outcome, known_user=result.user is not None, address=session.remote_address
             )
-        if by_identity and result.username:
-            session.username = result.username
+        if (by_identity or result.token is not None) and result.username:
+            session.username = result.username  # the certificate's or the access token's identity
         if result.ok and session.client_id:
             client_id = session.client_id
             identity = None if result.anonymous else result.username

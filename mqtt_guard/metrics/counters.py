@@ -65,6 +65,8 @@ KICK_SESSION_TIME = "session_time"
 KICK_SLOW_CONSUMER = "slow_consumer"
 KICK_BLOCKED = "blocked"
 KICK_ADMIN = "admin"  # mqtt-guard kick
+KICK_TOKEN_EXPIRED = "token_expired"  # the access token's exp passed (docs/tokens.md)
+KICK_TOKEN_REVOKED = "token_revoked"  # mqtt-guard token revoke JTI
 KICK_OTHER = "other"
 KICK_REASONS = (
     KICK_USER_DELETED,
@@ -77,6 +79,8 @@ KICK_REASONS = (
     KICK_SLOW_CONSUMER,
     KICK_BLOCKED,
     KICK_ADMIN,
+    KICK_TOKEN_EXPIRED,
+    KICK_TOKEN_REVOKED,
     KICK_OTHER,
 )
 # Free-text kick reasons (as the guard, the quota enforcer, the sidecar and `mqtt-guard kick` word them),
@@ -93,6 +97,8 @@ _KICK_PATTERNS = (
     ("kicked by an admin", KICK_ADMIN),
     ("taken over", KICK_TAKEN_OVER),
     ("take-over", KICK_TAKEN_OVER),
+    ("access token expired", KICK_TOKEN_EXPIRED),
+    ("access token revoked", KICK_TOKEN_REVOKED),
 )
 
 # Publish errors: the counters that mean "a PUBLISH of this client did not go through", and why.

@@ -243,6 +243,21 @@ class Keys:
         under the SHA-256 hex digest of the session cookie; expires (store/tokens.py SESSION_TTL)."""
         return f"{self.prefix}admin:session:{digest}"
 
+    # -- access tokens (mqtt_guard/store/revocations.py, docs/tokens.md) ---------------------------
+    def revoked(self, jti: str) -> str:
+        """STRING (who revoked it, when) of one revoked access token, by its `jti`, with a TTL when the
+        revocation was given one (`token revoke --for`). Brokers track the prefix: a new key disconnects
+        the token's connected clients at once."""
+        return f"{self.prefix}revoked:{jti}"
+
+    def revoked_head(self) -> str:
+        return f"{self.prefix}revoked:"
+
+    def jti_of(self, key: str) -> str | None:
+        """Inverse of `revoked()`; None for any other key."""
+        head = self.revoked_head()
+        return key[len(head) :] if key.startswith(head) else None
+
 
 def glob_escape(text: str) -> str:
     """`text` as a literal in a SCAN MATCH pattern (a prefix or name may hold `*?[]\\`)."""
