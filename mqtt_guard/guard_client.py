@@ -17,3 +17,6 @@ class GuardClient:
     had_record: bool = True  # False for a certificate identity with no user hash in Redis
     listener_config: Any = None  # our ListenerConfig it came in on (file-backed sources are per listener)
     address: str | None = None  # source address (canonical): `mqtt-guard ban --kick` disconnects by it
+    # The plan named by the client's token (a trusted `plan` claim, auth/): quota/plans.py's precedence
+    # puts it after the user's own fields and plan, before its groups' plans (issue 19).
+    plan: str | None = None
