@@ -14,6 +14,7 @@ from . import (  # mosquitto compat (mqtt_guard/compat)
     importer,
     kick,
     passwd,
+    plans,
     quota,
     sidecar,
     stats,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.register(sub)
     importer.register(sub)
     admin_cmd.register(sub)
+    plans.register(sub)
     return parser
 
 
