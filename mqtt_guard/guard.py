@@ -287,6 +287,7 @@ class Guard:
             had_record=result.user is not None,
             listener_config=listener_config,
             address=canonical_address(address),
+            plan=result.plan,
         )
         try:
             await self.acl.prepare(subject)

@@ -85,6 +85,7 @@ class AuthResult:
     outcome: Outcome
     username: str | None
     user: UserRecord | None = None
+    plan: str | None = None  # a token's trusted `plan` claim (issue 19): quota/plans.py's precedence
 
     @property
     def ok(self) -> bool:

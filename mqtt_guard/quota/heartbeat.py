@@ -242,7 +242,6 @@ class Heartbeat:
         self._end_lingering(monotonic())
         self._maintain_slots(monotonic(), full)
         await self._report_sessions(now)
-        await self.write_meter()
         self.book.prefetch(now)
         mono = monotonic()
         due = [
@@ -251,6 +250,7 @@ class Heartbeat:
             if full or e.dirty() or not e.synced or e.low() or mono < e.contended_until
         ]
         await self.sync.sync(due)
+        await self.write_meter()
         if self._ticks % REAP_EVERY == 0:
             reaped = await self.store.reap_dead(self.broker_id)
             for broker_id, sessions in reaped.items():
