@@ -73,8 +73,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="fields",
         action="append",
         required=True,
-        choices=list(FIELDS),
-        help="a field to remove (repeatable)",
+        metavar="FIELD",
+        help=f"a field to remove (repeatable): {', '.join(FIELDS)}, api:<NAME>:events|bytes",
     )
     p.set_defaults(func=cmd_unset)
     p = quota.add_parser("show", help="limits, usage in the current window, when it resets, block, sessions")

@@ -39,9 +39,9 @@ async def set_limits(redis: aioredis.Redis, keys: Keys, username: str | None, fi
 
 async def unset_limits(redis: aioredis.Redis, keys: Keys, username: str | None, names: list[str]) -> tuple[str, int]:
     """Remove fields (the user then falls back to the default's value): (key, how many were there)."""
-    unknown = [n for n in names if n not in FIELDS]
+    unknown = [n for n in names if not is_field(n)]
     if unknown:
-        raise Invalid(f"unknown quota field {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        raise Invalid(f"unknown quota field {unknown[0]!r} (known: {', '.join(FIELDS)}, api:<NAME>:events|bytes)")
     key = QuotaStore(redis, keys).limits_key(username)
     return key, int(await redis.hdel(key, *names)) if names else 0
 

@@ -136,8 +136,8 @@ def parse_events(value: str) -> Allowance:
 
 def parse_windows(value: str, one: Callable[[str], Allowance] = parse_events) -> tuple[Allowance, ...]:
     """`100/1m,10000/1d,200000/1mo`: several windows of one limit (each a limit of its own)."""
-    parts = [p for p in value.split(",")]
-    if not parts or any(not p.strip() for p in parts):
+    parts = value.split(",")
+    if any(not p.strip() for p in parts):
         raise ValueError(f"expected one or more comma-separated N/WINDOW like 100/1m,10000/1d, got {value!r}")
     out = tuple(one(p) for p in parts)
     seen: set[Window] = set()

@@ -117,9 +117,3 @@ def effective(src: Sources, token_plan: str | None = None) -> Limits:
     lay, missing = layers(src, token_plan)
     values, _, problems = resolve(lay)
     return build(values, [*missing, *problems])
-
-
-def plan_names(src_user: dict[str, str], group_plans: dict[str, str], token_plan: str | None) -> set[str]:
-    """Every plan a user's limits may come from (what to read)."""
-    names = {n for n in (src_user.get(PLAN_FIELD, "").strip(), token_plan or "") if n}
-    return names | {n for n in group_plans.values() if n}
