@@ -49,6 +49,7 @@ FIELDS = (
 NONE = "none"
 UNLIMITABLE = ("events_direction", "on_exceed", "queue_grace")  # fields that cannot be `none`
 API_FIELD = re.compile(r"api:([A-Za-z0-9_.-]{1,64}):(events|bytes)")
+SLOT = re.compile(r"(api:[A-Za-z0-9_.-]{1,64}:)?(events|bytes)(@\d+(mo|[smhdw]))?")  # slot names (below)
 
 Direction = Literal["in", "out", "both"]
 OnExceed = Literal["drop", "disconnect"]

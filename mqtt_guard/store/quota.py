@@ -10,13 +10,13 @@ does not depend on the clocks of the hosts.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from ..quota.limits import SLOT
 from ..quota.plans import Sources
 from . import keys as k
 from .lease import SyncRequest, SyncResult
@@ -165,9 +165,6 @@ end
 #                     want, only if 2 x want stay free after it (never lowers: the broker may be using them)
 #                     -> {1, sessions of the user, slots of other brokers, '', '', this broker's slots}
 # Invariant (with `sessions` = limit): sessions registered + slots reserved <= limit, every change atomic.
-# The slot part of a usage key (quota/limits.py): events, bytes, events@1d, api:<api>:events@1mo, ...
-USAGE_SLOT = re.compile(r"(api:[A-Za-z0-9_.-]{1,64}:)?(events|bytes)(@\d+(mo|[smhdw]))?")
-
 # What a user's limits are made of (quota/plans.py), in one round trip: its quota hash, the default,
 # the plan of each of its groups, and every plan named (by the user, its token or its groups). The
 # group and plan keys are built here from their prefixes (ARGV) since the names are only known inside.
@@ -683,7 +680,7 @@ class QuotaStore:
         found = []
         async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
             slot, _, start = key[len(head) :].rpartition(":")
-            if USAGE_SLOT.fullmatch(slot) and start.isdigit():
+            if SLOT.fullmatch(slot) and start.isdigit():
                 found.append(key)
         return sorted(found)
 
