@@ -209,22 +209,25 @@ class DeliveryGroup:
         self.n = self.b = 0
 
     def meter_apis(self, n: int, b: int) -> None:
-        """Count `n` deliveries (`b` bytes) to every client per API of the topic (quota/meter.py)."""
+        """Count `n` deliveries (`b` bytes each) to every client per API of the topic (quota/meter.py)."""
         for user, _, _, k in self.groups:
-            if user is None:
-                continue
-            meter = user.api_meter
-            for api in self.apis:
-                counts = meter.get(api)
-                if counts is None:
-                    counts = meter[api] = [0, 0, 0, 0]
-                counts[2] += n * k
-                counts[3] += b * k
+            if user is not None:
+                self.meter_user(user, n * k, b * k)
+
+    def meter_user(self, user: UserQuota, n: int, b: int) -> None:
+        """Count `n` deliveries of `b` bytes in all to clients of `user` per API of the topic."""
+        meter = user.api_meter
+        for api in self.apis:
+            counts = meter.get(api)
+            if counts is None:
+                counts = meter[api] = [0, 0, 0, 0]
+            counts[2] += n
+            counts[3] += b
 
     def admit(self, topic: str, payload_len: int) -> set[str] | None:
         """None when every client may have the delivery; else the ids of those it is withheld from."""
         refused: set[str] | None = None
-        if self.apis:  # per client, through the per-API limits and metering (Allowances.admit_api)
+        if self.exact:  # a receiver has limits on the topic's APIs: per client (Allowances.admit_api)
             admit = self.book.admit_delivery
             for _, cqs, _, _ in self.groups:
                 for cq in cqs:
@@ -233,21 +236,28 @@ class DeliveryGroup:
                             refused = set()
                         refused.add(cq.client.client_id)
             return refused
+        apis = self.apis
         for user, cqs, usages, k in self.groups:
             if user is not None and user.current and user.limits.counts_out:
                 if not self.take(user, k, k * payload_len):  # exact per client when not all of them fit
                     take, overdraft = self.take, self.book.overdraft
+                    ok = 0
                     for cq in cqs:
                         if take(user, 1, payload_len) or overdraft(cq, user, topic, 1, payload_len):
                             usage = cq.usage
                             usage["events_out"] += 1
                             usage["bytes_out"] += payload_len
+                            ok += 1
                         else:
                             if refused is None:
                                 refused = set()
                             refused.add(cq.client.client_id)
+                    if apis and ok:
+                        self.meter_user(user, ok, ok * payload_len)
                     continue
             for usage in usages:
                 usage["events_out"] += 1
                 usage["bytes_out"] += payload_len
+            if apis and user is not None:
+                self.meter_user(user, k, k * payload_len)
         return refused
