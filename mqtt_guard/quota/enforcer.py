@@ -296,17 +296,19 @@ class QuotaEnforcer:
         username = client.username
         token = self.limits.begin()
         plans = {username: client.plan} if username is not None and client.plan else None
+        # (the user's groups: its record, read at authentication, has them; no read of the set here)
+        groups = {username: client.subject.groups} if username is not None else None
         if block is UNKNOWN:
             if cached is not None:
                 return await self.store.blocks(username, client.client_id), cached
             assert username is not None  # (anonymous clients have NO_LIMITS)
             found, sources = await asyncio.gather(
-                self.store.blocks(username, client.client_id), self.store.load_limits([username], plans)
+                self.store.blocks(username, client.client_id), self.store.load_limits([username], plans, groups)
             )
         else:
             assert username is not None
             found = block
-            sources = await self.store.load_limits([username], plans)
+            sources = await self.store.load_limits([username], plans, groups)
         return found, self.limits.parse(username, sources[username], client.plan, token)
 
     async def _open(self, cq: ClientQuota, limits: Limits) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -168,10 +169,18 @@ end
 # What a user's limits are made of (quota/plans.py), in one round trip: its quota hash, the default,
 # the plan of each of its groups, and every plan named (by the user, its token or its groups). The
 # group and plan keys are built here from their prefixes (ARGV) since the names are only known inside.
+# ARGV: group hash prefix, plan hash prefix, token plan, then '1' and the user's groups when the caller
+# knows them (a CONNECT: from the user record just read), else '0' (read the groups set here).
 SOURCES_LUA = """
 local user = redis.call('HGETALL', KEYS[1])
 local default = redis.call('HGETALL', KEYS[2])
-local groups = redis.call('SMEMBERS', KEYS[3])
+local groups
+if ARGV[4] == '1' then
+  groups = {}
+  for i = 5, #ARGV do groups[#groups + 1] = ARGV[i] end
+else
+  groups = redis.call('SMEMBERS', KEYS[3])
+end
 local names, group_plans, plans = {}, {}, {}
 local own = redis.call('HGET', KEYS[1], 'plan')
 if own and own ~= '' then names[own] = true end
@@ -631,17 +640,25 @@ class QuotaStore:
     def limits_key(self, username: str | None) -> str:
         return self.keys.quota_default() if username is None else self.keys.quota_user(username)
 
-    async def load_limits(self, usernames: list[str], token_plans: dict[str, str] | None = None) -> dict[str, Sources]:
+    async def load_limits(
+        self,
+        usernames: list[str],
+        token_plans: dict[str, str] | None = None,
+        groups: Mapping[str, Collection[str]] | None = None,
+    ) -> dict[str, Sources]:
         """What each user's limits are made of (its hash, the default, its groups' plans, every plan
         named: quota/plans.py), one script per user, in one round trip. `token_plans`: user -> the
-        plan claim of its token, read too."""
+        plan claim of its token, read too; `groups`: user -> its groups when known (else read)."""
         k = self.keys
         plans = token_plans or {}
+        known = groups or {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for u in usernames:
+                mine = known.get(u)
+                given = ["0"] if mine is None else ["1", *mine]
                 await self._sources(
                     keys=[k.quota_user(u), k.quota_default(), k.user_groups(u)],
-                    args=[k.quota_group(""), k.quota_plan(""), plans.get(u, "")],
+                    args=[k.quota_group(""), k.quota_plan(""), plans.get(u, ""), *given],
                     client=pipe,
                 )
             out = await pipe.execute()

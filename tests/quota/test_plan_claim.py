@@ -22,14 +22,18 @@ def test_the_token_plan_claim_sits_between_the_users_plan_and_its_groups(redis_s
     async def body():
         async with guards(config) as [g]:
             await eventually(lambda: g.quota.blocks.loaded and g.listener.connected.is_set())
-            c = await g.attach("a", AuthResult(Outcome.OK, "u", UserRecord("u"), plan="gold"))
+            c = await g.attach(
+                "a", AuthResult(Outcome.OK, "u", UserRecord("u", groups=frozenset({"partners"})), plan="gold")
+            )
             assert c.plan == "gold"
             limits = g.quota.users["u"].limits
             assert str(limits.events) == "1000/1d" and limits.sessions == 4  # token plan, then the group's
             g.detach(c)
             rds.hset(f"{prefix}quota:user:u", "plan", "bronze")  # the user's own plan beats the token's
             await asyncio.sleep(0.2)
-            c = await g.attach("b", AuthResult(Outcome.OK, "u", UserRecord("u"), plan="gold"))
+            c = await g.attach(
+                "b", AuthResult(Outcome.OK, "u", UserRecord("u", groups=frozenset({"partners"})), plan="gold")
+            )
             assert await eventually(lambda: str(g.quota.users["u"].limits.events) == "10/1d")
             assert g.quota.users["u"].limits.rate is not None  # still gold's rate (bronze sets none)
             g.detach(c)
