@@ -133,6 +133,9 @@ class Guard:
                 self.keys.quota_user(""),
                 self.keys.quota_default(),
                 self.keys.quota_reset(""),
+                self.keys.quota_plan(""),
+                self.keys.quota_group(""),
+                self.keys.quota_apis(),
                 self.keys.blocks_head(),
                 self.keys.brokers(),
                 self.keys.generation(),
@@ -334,6 +337,7 @@ class Guard:
             listener_config=listener_config,
             address=canonical_address(address),
             token=token,
+            plan=result.plan if result.plan is not None else (token.plan if token is not None else None),
         )
         try:
             await self.acl.prepare(subject)
@@ -418,10 +422,10 @@ class Guard:
         """After the RECEIVE ACL allowed a delivery to `client`: False = withhold it (over quota)."""
         return self.quota.book.admit_delivery(client, topic, payload_len)
 
-    def delivery_group(self, clients: list[GuardClient]) -> Any:
-        """`admit_delivery` for one message to each of `clients` at once: `.admit(topic, payload_len)`
-        returns None (all admitted) or the ids withheld; `.current()` False = build a new group."""
-        return self.quota.delivery_group(clients)
+    def delivery_group(self, clients: list[GuardClient], topic: str = "") -> Any:
+        """`admit_delivery` for one message on `topic` to each of `clients` at once: `.admit(topic,
+        payload_len)` returns None (all admitted) or the ids withheld; `.current()` False = build a new group."""
+        return self.quota.delivery_group(clients, topic)
 
     def open_stretch(self, client: GuardClient | None, remaining: int) -> Any:
         """Quota accounting for the engine's synchronous run over `remaining` buffered bytes of PUBLISH

@@ -23,3 +23,6 @@ class GuardClient:
     # plan claim, which the plans (quota/) read as `client.token.plan`.
     token: AccessToken | None = None
     expiry: asyncio.TimerHandle | None = None  # disconnects it when the token expires (Guard.attach)
+    # The plan named by the client's token (a trusted `plan` claim, auth/): quota/plans.py's precedence
+    # puts it after the user's own fields and plan, before its groups' plans (issue 19).
+    plan: str | None = None

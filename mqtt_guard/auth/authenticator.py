@@ -99,6 +99,7 @@ class AuthResult:
     user: UserRecord | None = None
     token: AccessToken | None = None  # the access token the client authenticated with
     detail: str | None = None  # why a token was refused (no secret in it), for the log
+    plan: str | None = None  # a token's trusted `plan` claim (issue 19): quota/plans.py's precedence
 
     @property
     def ok(self) -> bool:

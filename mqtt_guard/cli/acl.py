@@ -16,6 +16,7 @@ from ..ops import users as user_ops
 from ..ops.acl import CHECK_ACTIONS
 from ..store import keys as k
 from .common import add_strict_option, check_user_known, run_with_redis
+from .plans import register_group_set
 
 FILTER_HELP = "MQTT topic filter, wildcards + and # allowed (e.g. sensors/+/temp, cmd/alice/#)"
 
@@ -90,6 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = group.add_parser("list", help="groups with their members, and groups that have ACL rules")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_group_list)
+    register_group_set(group)  # `group set NAME --plan P` (cli/plans.py)
 
 
 def _edit(args: argparse.Namespace, grant: bool) -> int:

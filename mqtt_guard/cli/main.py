@@ -14,6 +14,7 @@ from . import (  # mosquitto compat (mqtt_guard/compat)
     importer,
     kick,
     passwd,
+    plans,
     quota,
     sidecar,
     stats,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     importer.register(sub)
     admin_cmd.register(sub)
     tokens_cmd.register(sub)
+    plans.register(sub)
     return parser
 
 

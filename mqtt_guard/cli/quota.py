@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..ops import quota as ops
+from ..ops.plans import api_fields
 from ..ops.quota import describe_quota
 from ..quota.limits import FIELDS
 from ..store.keys import Keys
@@ -43,7 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     quota = sub.add_parser("quota", help="per-user quotas").add_subparsers(dest="quota_cmd", required=True)
     p = quota.add_parser("set", help="set limits (unchanged fields keep their value; 'none' = no limit)")
     _target(p)
-    p.add_argument("--events", metavar="N/WINDOW", help="events per window, e.g. 10000/1d (windows s,m,h,d,w; UTC)")
+    p.add_argument(
+        "--events",
+        metavar="N/WINDOW[,...]",
+        help="events per window, e.g. 10000/1d or 100/1m,10000/1d,200000/1mo (windows s,m,h,d,w,mo; UTC)",
+    )
+    p.add_argument("--api", metavar="NAME", help="set --events/--bytes for this API (mqtt-guard api add) instead")
     p.add_argument(
         "--events-direction",
         choices=["in", "out", "both"],
@@ -67,8 +73,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="fields",
         action="append",
         required=True,
-        choices=list(FIELDS),
-        help="a field to remove (repeatable)",
+        metavar="FIELD",
+        help=f"a field to remove (repeatable): {', '.join(FIELDS)}, api:<NAME>:events|bytes",
     )
     p.set_defaults(func=cmd_unset)
     p = quota.add_parser("show", help="limits, usage in the current window, when it resets, block, sessions")
@@ -86,7 +92,9 @@ def _name(args: argparse.Namespace) -> str | None:
 
 def cmd_set(args: argparse.Namespace) -> int:
     values = {name: getattr(args, option) for option, name in OPTIONS.items() if getattr(args, option) is not None}
-    fields = ops.normalize_limits(values, lambda name: f"--{name.replace('_', '-')}")  # option == field name
+    if args.api:
+        values = api_fields(args.api, values)
+    fields = ops.normalize_limits(values, lambda name: name if ":" in name else f"--{name.replace('_', '-')}")
     if not fields:
         raise CliError(
             "nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
@@ -126,7 +134,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         if not info["limits"]:
             print("  no limits")
         for name, v in info["limits"].items():
-            origin = "" if info["user"] is None or v["from"].endswith(f"user:{info['user']}") else "  (default)"
+            origin = (
+                ""
+                if info["user"] is None or v["from"].endswith(f"user:{info['user']}")
+                else f"  (plan {v['from'].rpartition('quota:plan:')[2]})"
+                if "quota:plan:" in v["from"]
+                else "  (default)"
+            )
             print(f"  {name:<17} {v['value']}{origin}")
         for p in info["problems"]:
             print(f"  ! ignored: {p}")

@@ -11,6 +11,7 @@ from typing import Any
 from ..auth import hashes
 from ..config import parse_duration
 from ..ops import users as ops
+from ..ops.plans import set_user_plan
 from ..store import keys as k
 from . import timefmt
 from .common import CliError, read_password, run_with_redis
@@ -75,6 +76,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g2 = p.add_mutually_exclusive_group()
     g2.add_argument("--expires", help="unix seconds, ISO date/time or +DURATION")
     g2.add_argument("--no-expiry", action="store_true", help="remove the expiry")
+    p.add_argument("--plan", help="put the user on a plan (mqtt-guard plan set), or none (docs/plans.md)")
     p.set_defaults(func=cmd_set)
     p = user.add_parser("list", help="list users")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -179,6 +181,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: k.Keys) -> int:
         expiry = None if args.no_expiry else ops.NO_CHANGE if expires is None else expires
         await ops.update_user(redis, keys, args.name, superuser=args.superuser, expires_at=expiry)
+        if args.plan is not None:
+            await set_user_plan(redis, keys, args.name, args.plan)
         print(f"user {args.name!r} updated")
         return 0
 

@@ -1406,7 +1406,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if shares is None:
                 shares = []
             shares.append((share_group, allowed))
-        route = Route(targets, withheld, self._delivery_group(clients) if clients else None, shares)
+        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, shares)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1510,7 +1510,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         refused = None
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
             if not group.current():
-                group = route.group = self._delivery_group([t[2] for t in route.targets if t[2] is not None])
+                group = route.group = self._delivery_group([t[2] for t in route.targets if t[2] is not None], topic)
             st = self._stretch
             if st is not None and (group.stretch is st or group.reserve(st)) and group.ok:
                 group.n += 1  # reserved for the reader's whole run: only counted (quota/stretch.py)

@@ -10,7 +10,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from ..quota.limits import FIELDS, normalize, parse_limits
+from ..quota.limits import FIELDS, build, is_field, normalize, parse_limits, resolve
+from ..quota.plans import PLAN_FIELD, layers
 from ..quota.windows import utc
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
@@ -38,11 +39,24 @@ async def set_limits(redis: aioredis.Redis, keys: Keys, username: str | None, fi
 
 async def unset_limits(redis: aioredis.Redis, keys: Keys, username: str | None, names: list[str]) -> tuple[str, int]:
     """Remove fields (the user then falls back to the default's value): (key, how many were there)."""
-    unknown = [n for n in names if n not in FIELDS]
+    unknown = [n for n in names if not is_field(n)]
     if unknown:
-        raise Invalid(f"unknown quota field {unknown[0]!r} (known: {', '.join(FIELDS)})")
+        raise Invalid(f"unknown quota field {unknown[0]!r} (known: {', '.join(FIELDS)}, api:<NAME>:events|bytes)")
     key = QuotaStore(redis, keys).limits_key(username)
     return key, int(await redis.hdel(key, *names)) if names else 0
+
+
+def _field_order(name: str) -> tuple[int, str]:
+    return (FIELDS.index(name), "") if name in FIELDS else (len(FIELDS), name)
+
+
+def _key_of(keys: Keys, username: str, source: str) -> str:
+    """The Redis key a resolved field came from (`resolve`'s source labels)."""
+    if source == "user":
+        return keys.quota_user(username)
+    if source == "default":
+        return keys.quota_default()
+    return keys.quota_plan(source.removeprefix("plan "))
 
 
 async def reset(redis: aioredis.Redis, keys: Keys, username: str) -> list[str]:
@@ -51,25 +65,35 @@ async def reset(redis: aioredis.Redis, keys: Keys, username: str) -> list[str]:
 
 
 async def describe_quota(store: QuotaStore, keys: Keys, username: str | None) -> dict[str, Any]:
-    raw_users, raw_default = await store.load_limits([username] if username else [])
-    raw_user = raw_users.get(username, {}) if username else {}
-    limits = parse_limits(raw_user or None, raw_default) if username else parse_limits(None, raw_default)
-    now = time.time()
-    out: dict[str, Any] = {"user": username, "limits": {}, "problems": list(limits.problems)}
-    for name in FIELDS:
-        if username and name in raw_user:
-            out["limits"][name] = {"value": raw_user[name], "from": keys.quota_user(username)}
-        elif name in raw_default:
-            out["limits"][name] = {"value": raw_default[name], "from": keys.quota_default()}
+    """Limits (each with the key it comes from: the user's hash, a plan, the default; quota/plans.py),
+    usage in the current window of every limit, block and sessions."""
     if not username:
+        raw_default = await store.load_default()
+        limits = parse_limits(None, raw_default)
+        out: dict[str, Any] = {"user": None, "limits": {}, "problems": list(limits.problems)}
+        for name in sorted(raw_default, key=_field_order):
+            if is_field(name):
+                out["limits"][name] = {"value": raw_default[name], "from": keys.quota_default()}
         return out
+    src = (await store.load_limits([username]))[username]
+    lay, missing = layers(src)
+    values, sources, problems = resolve(lay)
+    limits = build(values, [*missing, *problems])
+    now = time.time()
+    out = {"user": username, "limits": {}, "problems": list(limits.problems), "plan": src.user.get(PLAN_FIELD)}
+    raw_of: dict[str, dict[str, str]] = {}
+    for source, raw in lay:
+        raw_of.setdefault(source, {}).update(raw or {})
+    for name in sorted(sources, key=_field_order):
+        source = sources[name]
+        out["limits"][name] = {
+            "value": (raw_of.get(source) or {}).get(name, ""),
+            "from": _key_of(keys, username, source),
+        }
     out["usage"] = {}
-    for metric in ("events", "bytes"):
-        allowance = limits.allowance(metric)
-        if allowance is None:
-            continue
+    for metric, allowance in limits.slots():
         start = allowance.window.start(now)
-        end = start + allowance.window.seconds
+        end = allowance.window.end_of(start)
         h = await store.usage(keys.quota_usage(username, metric, start))
         held = sum(int(v) for f, v in h.items() if f.startswith("lease:"))
         used = int(h.get("used", 0))

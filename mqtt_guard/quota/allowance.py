@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
@@ -29,15 +29,16 @@ from ..metrics import counters as C
 from ..metrics.counters import Counters
 from ..reasons import quota_disconnect
 from ..store.keys import Keys
+from .apis import Apis
 from .bucket import TokenBucket
 from .ledger import Entry, Verdict, lease_block, monotonic
-from .limits import Limits
-from .windows import utc
+from .limits import Limits, api_of, base_metric
+from .meter import Meter
+from .windows import Window, utc
 
 log = logging.getLogger("mqtt_guard.quota")
 drop_log = RateLimitedLog(log)
 
-METRICS = ("events", "bytes")
 URGENT_GAP = 0.05  # an entry that ran short is synced at most this often outside the heartbeat
 # A reservation takes at most 1/HEADROOM of what is held here (quota/stretch.py): the bound is far above
 # what a run really carries, and exact checks later in the same run (a group that could not reserve)
@@ -63,6 +64,7 @@ class ClientQuota:
     )
     reported: dict[str, Any] = field(default_factory=dict)
     queue_over_since: float | None = None
+    metered: dict[str, int] = field(default_factory=dict)  # `usage` as of the last metering fold (meter.py)
 
 
 @dataclass(eq=False, slots=True)
@@ -73,6 +75,12 @@ class UserQuota:
     current: dict[str, Entry] = field(default_factory=dict)  # metric -> entry of the current window
     upcoming: dict[str, Entry] = field(default_factory=dict)  # metric -> prefetched entry of the next window
     idle_since: float | None = None  # monotonic: its last client here left (lingering until quota.linger)
+    # Several windows (quota/limits.py slots): every overall slot when there is more than one per metric
+    # (`take` then checks them all, `take_slots`); empty: `take`'s two-entry fast path covers them.
+    multi: tuple[str, ...] = ()
+    api_slots: dict[str, tuple[str, ...]] = field(default_factory=dict)  # API -> its slots (per-API limits)
+    token_plan: str | None = None  # the plan claim of the token of the user's last CONNECT here
+    api_meter: dict[str, list[int]] = field(default_factory=dict)  # API -> [events in, bytes in, out, out]
 
 
 class Allowances:
@@ -96,6 +104,8 @@ class Allowances:
         "urgent",
         "redis_ok",
         "version",
+        "apis",
+        "meter",
     )
 
     def __init__(
@@ -121,6 +131,8 @@ class Allowances:
         # Bumped when a client's ClientQuota or UserQuota binding changes (attach, detach, take-over):
         # a DeliveryGroup built before is rebuilt.
         self.version = 0
+        self.apis: Apis | None = None  # the APIs defined (quota/apis.py); None: none, no per-topic work
+        self.meter = Meter()  # usage per user, API and day, not yet written to Redis (quota/meter.py)
 
     # -- per message ----------------------------------------------------------------------------------
     def admit_publish(self, client: GuardClient, topic: str, payload_len: int, qos: int) -> bool:
@@ -131,6 +143,12 @@ class Allowances:
         if bucket is not None and not bucket.take():
             return self.refuse(cq, topic, "rate", f"rate {cq.user.limits.rate if cq.user else ''} exceeded", None)
         user = cq.user
+        if self.apis is not None and user is not None:
+            if not self.admit_api(cq, user, topic, payload_len, True):
+                if bucket is not None:
+                    bucket.give_back()
+                return False
+            return True
         if user is not None and user.current and user.limits.counts_in:
             if not self.take(user, 1, payload_len) and not self.overdraft(cq, user, topic, 1, payload_len):
                 if bucket is not None:
@@ -146,6 +164,8 @@ class Allowances:
         if cq is None or cq.client is not client:
             return True
         user = cq.user
+        if self.apis is not None and user is not None:
+            return self.admit_api(cq, user, topic, payload_len, False)
         if user is not None and user.current and user.limits.counts_out:
             if not self.take(user, 1, payload_len) and not self.overdraft(cq, user, topic, 1, payload_len):
                 return False
@@ -153,6 +173,69 @@ class Allowances:
         usage["events_out"] += 1
         usage["bytes_out"] += payload_len
         return True
+
+    def admit_api(self, cq: ClientQuota, user: UserQuota, topic: str, payload_len: int, inbound: bool) -> bool:
+        """`admit_publish`/`admit_delivery` (after the rate bucket) while APIs are defined: the per-API
+        limits of the APIs the topic belongs to, then the overall ones, all or nothing; counted per API
+        for metering."""
+        assert self.apis is not None
+        names = self.apis.match(topic)
+        limits = user.limits
+        if limits.counts_in if inbound else limits.counts_out:
+            slots = [slot for name in names for slot in user.api_slots.get(name, ())]
+            if slots and not self.take_slots(user, slots, 1, payload_len):
+                if not self.overdraft(cq, user, topic, 1, payload_len, slots):
+                    return False
+            if user.current and not self.take(user, 1, payload_len):
+                if not self.overdraft(cq, user, topic, 1, payload_len):
+                    if slots:
+                        self.untake(user, slots, 1, payload_len)
+                    return False
+        usage = cq.usage
+        i = 0 if inbound else 2
+        if inbound:
+            usage["events_in"] += 1
+            usage["bytes_in"] += payload_len
+        else:
+            usage["events_out"] += 1
+            usage["bytes_out"] += payload_len
+        meter = user.api_meter
+        for name in names:
+            counts = meter.get(name)
+            if counts is None:
+                counts = meter[name] = [0, 0, 0, 0]
+            counts[i] += 1
+            counts[i + 1] += payload_len
+        return True
+
+    def take_slots(self, user: UserQuota, slots: Sequence[str], events: int, nbytes: int) -> bool:
+        """`take` over any slots (several windows, per-API limits): all or nothing."""
+        now = self.clock()
+        current = user.current
+        found: list[tuple[Entry, int, int]] = []
+        for slot in slots:
+            entry = current.get(slot)
+            if entry is None:
+                continue
+            if now >= entry.end:
+                entry = self.roll(user, slot, now)
+            n = nbytes if entry.counts_bytes else events
+            left = entry.held - entry.total + entry.reported
+            if left < n:
+                return False
+            found.append((entry, n, left))
+        for entry, n, left in found:
+            entry.total += n
+            if left - n <= (entry.block >> 2) and entry.low():
+                self.want_sync(entry)
+        return True
+
+    def untake(self, user: UserQuota, slots: Sequence[str], events: int, nbytes: int) -> None:
+        """Give back what `take_slots` spent (the rest of the same message was refused)."""
+        for slot in slots:
+            entry = user.current.get(slot)
+            if entry is not None:
+                entry.total -= nbytes if entry.counts_bytes else events
 
     @overload
     def take(self, user: UserQuota, events: int, nbytes: int) -> bool: ...
@@ -167,7 +250,10 @@ class Allowances:
 
         With `reserve` (a read batch's reservation, quota/stretch.py): only when what is held covers
         HEADROOM times both; the Reservation to `release` when the batch is settled (which asks for a
-        refill then), or None with nothing spent."""
+        refill then), or None with nothing spent. A user with several windows per limit (`multi`) takes
+        the general path and never reserves (its messages are checked one by one)."""
+        if user.multi:
+            return None if reserve else self.take_slots(user, user.multi, events, nbytes)
         now = self.clock()
         current = user.current
         ev = current.get("events")
@@ -202,14 +288,17 @@ class Allowances:
                 self.want_sync(by)
         return True
 
-    def overdraft(self, cq: ClientQuota, user: UserQuota, topic: str, events: int, nbytes: int) -> bool:
-        """A `take` for `cq` did not fit: refuse it (used up, or not held here yet: a refill is asked
-        for), or, when Redis is down and `on_redis_down` is allow, spend it on credit (reported once
-        Redis is back). Call right after the `take`: it rolled the windows."""
-        ev = user.current.get("events")
-        by = user.current.get("bytes")
-        for entry, n in ((ev, events), (by, nbytes)):
-            if entry is None or entry.available >= n:
+    def overdraft(
+        self, cq: ClientQuota, user: UserQuota, topic: str, events: int, nbytes: int, slots: Sequence[str] = ()
+    ) -> bool:
+        """A `take` (`take_slots` of `slots`) for `cq` did not fit: refuse it (used up, or not held here
+        yet: a refill is asked for), or, when Redis is down and `on_redis_down` is allow, spend it on
+        credit (reported once Redis is back). Call right after the `take`: it rolled the windows."""
+        current = user.current
+        names = slots or user.multi or ("events", "bytes")
+        entries = [(e, nbytes if e.counts_bytes else events) for e in map(current.get, names) if e is not None]
+        for entry, n in entries:
+            if entry.available >= n:
                 continue
             verdict = entry.refuse(n)  # not enough held here: used up, or held elsewhere (SHORT)
             if verdict is Verdict.EXHAUSTED:
@@ -221,10 +310,8 @@ class Allowances:
                 continue
             self.want_sync(entry)
             return self.refuse(cq, topic, entry.metric, f"{entry.metric} allowance not held here yet", None, short=True)
-        if ev is not None:
-            ev.total += events
-        if by is not None:
-            by.total += nbytes
+        for entry, n in entries:
+            entry.total += n
         return True
 
     def release(self, reservation: Reservation, used_events: int, used_bytes: int) -> None:
@@ -263,17 +350,15 @@ class Allowances:
         return False
 
     # -- windows and entries ------------------------------------------------------------------------------
-    def roll(self, user: UserQuota, metric: str, now: float) -> Entry:
+    def roll(self, user: UserQuota, slot: str, now: float) -> Entry:
         """The window ended: switch to the prefetched entry of the next window (or a fresh one)."""
-        old = user.current[metric]
-        allowance = user.limits.allowance(metric)
+        old = user.current[slot]
+        allowance = user.limits.allowance(slot)
         assert allowance is not None
-        entry = user.upcoming.pop(metric, None)
+        entry = user.upcoming.pop(slot, None)
         if entry is None or not entry.start <= now < entry.end:
-            entry = self.entry(
-                user.username, metric, allowance.limit, allowance.window.start(now), allowance.window.seconds
-            )
-        user.current[metric] = entry
+            entry = self.entry(user.username, slot, allowance.limit, allowance.window.start(now), allowance.window)
+        user.current[slot] = entry
         if old is not entry:
             old.release = True
             self.urgent.add(old.key)
@@ -281,14 +366,22 @@ class Allowances:
             self.want_sync(entry)
         return entry
 
-    def entry(self, username: str, metric: str, limit: int, start: int, length: int) -> Entry:
-        """The entry of one window (the live one if this broker holds it already), sized for `limit`."""
-        key = self.keys.quota_usage(username, metric, start)
+    def entry(self, username: str, slot: str, limit: int, start: int, window: Window) -> Entry:
+        """The entry of one window of a slot (the live one if this broker holds it already), sized for `limit`."""
+        key = self.keys.quota_usage(username, slot, start)
+        metric = base_metric(slot)
         minimum = self.config.lease_min_events if metric == "events" else self.config.lease_min_bytes
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = Entry(
-                key=key, username=username, metric=metric, limit=limit, start=start, end=start + length, block=0
+                key=key,
+                username=username,
+                metric=slot,
+                limit=limit,
+                start=start,
+                end=window.end_of(start),
+                block=0,
+                counts_bytes=metric == "bytes",
             )
         entry.release = False
         if entry.limit != limit or entry.block == 0:
@@ -297,53 +390,69 @@ class Allowances:
         return entry
 
     def set_entries(self, user: UserQuota, now: float) -> None:
-        """Point the user at the entries of the current windows of its limits (reusing live ones)."""
-        for metric in METRICS:
-            allowance = user.limits.allowance(metric)
-            old = user.current.get(metric)
-            if allowance is None:
-                if old is not None:
-                    old.release = True
-                    del user.current[metric]
-                user.upcoming.pop(metric, None)
-                continue
-            entry = self.entry(
-                user.username, metric, allowance.limit, allowance.window.start(now), allowance.window.seconds
-            )
+        """Point the user at the entries of the current windows of its limits (reusing live ones), and
+        note which slots `take` checks (`multi`) and which belong to APIs (`api_slots`)."""
+        slots = user.limits.slots()
+        wanted = {slot for slot, _ in slots}
+        for slot in [s for s in user.current if s not in wanted]:
+            user.current.pop(slot).release = True
+        for slot in [s for s in user.upcoming if s not in wanted]:
+            user.upcoming.pop(slot).release = True
+        overall: list[str] = []
+        apis: dict[str, list[str]] = {}
+        for slot, allowance in slots:
+            api = api_of(slot)
+            if api is None:
+                overall.append(slot)
+            else:
+                apis.setdefault(api, []).append(slot)
+            old = user.current.get(slot)
+            entry = self.entry(user.username, slot, allowance.limit, allowance.window.start(now), allowance.window)
             if old is not None and old is not entry:
                 old.release = True
-            user.current[metric] = entry
-            nxt = user.upcoming.get(metric)
+            user.current[slot] = entry
+            nxt = user.upcoming.get(slot)
             if nxt is not None and (nxt.start != entry.end or nxt.limit != allowance.limit):
                 nxt.release = True
-                del user.upcoming[metric]
+                del user.upcoming[slot]
+        user.multi = tuple(overall) if any(s not in ("events", "bytes") for s in overall) else ()
+        user.api_slots = {api: tuple(v) for api, v in apis.items()}
 
     def prefetch(self, now: float) -> None:
         """Take the next window's entry shortly before the window ends, so that its lease is synced by
         the heartbeat and the first messages of the new window do not wait for Redis."""
         horizon = now + 3 * self.config.sync_interval + 1.0
         for user in list(self.users.values()):
-            for metric in list(user.current):
-                entry = user.current[metric]
+            for slot in list(user.current):
+                entry = user.current[slot]
                 if now >= entry.end:  # a window passed without a message: move on here, not on the hot path
-                    entry = self.roll(user, metric, now)
-                if entry.end > horizon or metric in user.upcoming:
+                    entry = self.roll(user, slot, now)
+                if entry.end > horizon or slot in user.upcoming:
                     continue
-                allowance = user.limits.allowance(metric)
+                allowance = user.limits.allowance(slot)
                 if allowance is None:
                     continue
-                user.upcoming[metric] = self.entry(
-                    user.username, metric, allowance.limit, entry.end, allowance.window.seconds
-                )
+                user.upcoming[slot] = self.entry(user.username, slot, allowance.limit, entry.end, allowance.window)
 
     def drop_user(self, user: UserQuota) -> None:
         """The user has no client here any more: its entries are reported and handed back (urgently)."""
         for entry in (*user.current.values(), *user.upcoming.values()):
             entry.release = True
             self.urgent.add(entry.key)
+        for cq in user.clients.values():
+            self.meter.fold_client(user.username, cq)
+        self.meter.fold_apis(user.username, user.api_meter)
         if self.users.get(user.username) is user:
             del self.users[user.username]
         self.wake()
+
+    def fold_meter(self) -> None:
+        """Move the usage counted since the last fold into the meter (every user's clients and APIs)."""
+        meter = self.meter
+        for user in self.users.values():
+            for cq in user.clients.values():
+                meter.fold_client(user.username, cq)
+            meter.fold_apis(user.username, user.api_meter)
 
     def want_sync(self, entry: Entry) -> None:
         if entry.in_flight or monotonic() - entry.last_sync < URGENT_GAP:

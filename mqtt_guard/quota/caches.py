@@ -23,7 +23,8 @@ from ..logutil import RateLimitedLog
 from ..store.connection import REDIS_ERRORS
 from ..store.quota import Block, QuotaStore
 from ..tasks import cancel_and_wait
-from .limits import Limits, parse_limits
+from .limits import Limits
+from .plans import Sources, effective
 
 log = logging.getLogger("mqtt_guard.quota")
 drop_log = RateLimitedLog(log)
@@ -60,21 +61,23 @@ class LimitsCache:
         self.last: OrderedDict[str, Limits] = OrderedDict()
         self.fresh: set[str] = set()
 
-    def get(self, username: str) -> Limits | None:
-        """The user's limits if trusted, else None (read Redis)."""
-        if username in self.fresh and self.connected():
-            return self.last[username]
+    def get(self, username: str, plan: str | None = None) -> Limits | None:
+        """The user's limits (with a token's plan claim `plan`) if trusted, else None (read Redis)."""
+        key = cache_key(username, plan)
+        if key in self.fresh and self.connected():
+            return self.last[key]
         return None
 
-    def parse(self, username: str, raw: dict[str, str] | None, default: dict[str, str], token: int = -1) -> Limits:
-        """Parse the user's and the default hash as read from Redis (logging malformed values) and cache
-        the result; `token` from `begin()` before the read."""
-        limits = parse_limits(raw, default)
+    def parse(self, username: str, sources: Sources, plan: str | None = None, token: int = -1) -> Limits:
+        """The user's limits from what Redis holds (quota/plans.py; logging malformed values and missing
+        plans), cached; `plan`: a token's plan claim; `token` from `begin()` before the read."""
+        limits = effective(sources, plan)
+        username = cache_key(username, plan)
         for problem in limits.problems:
             drop_log.log(
                 logging.ERROR,
                 ("limits", username, problem),
-                "quota limits of user %r: ignoring malformed value: %s",
+                "quota limits of user %r: ignoring %s",
                 username,
                 problem,
             )
@@ -102,7 +105,15 @@ class LimitsCache:
         if usernames is None:
             self.fresh.clear()
         else:
-            self.fresh -= usernames
+            self.fresh = {k for k in self.fresh if k.partition(PLAN_SEP)[0] not in usernames}
+
+
+PLAN_SEP = "\0"
+
+
+def cache_key(username: str, plan: str | None) -> str:
+    """Limits are cached per user, and per user and token plan claim for clients that carry one."""
+    return username if not plan else f"{username}{PLAN_SEP}{plan}"
 
 
 class BlockCache:

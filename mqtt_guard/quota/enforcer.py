@@ -43,10 +43,12 @@ from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER, blocked_reason
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.keys import Keys
+from ..store.meter import MeterStore
 from ..store.quota import UNREGISTERED, Block, QuotaStore, RegistryOp, RegistryResult
 from .allowance import Allowances, ClientQuota, UserQuota
+from .apis import Apis
 from .bucket import TokenBucket
-from .caches import UNKNOWN, BlockCache, LimitsCache, Tracking, Unknown
+from .caches import UNKNOWN, BlockCache, LimitsCache, Tracking, Unknown, cache_key
 from .heartbeat import Heartbeat, QueueDepth
 from .kicks import KickQueue
 from .ledger import Entry, monotonic
@@ -146,6 +148,7 @@ class QuotaEnforcer:
             self._release_user,
             live=QuotaStore(live, keys),
             held_elsewhere=self._held_elsewhere,
+            meter=MeterStore(redis, keys),
         )
         self.kicks = KickQueue(
             self.store,
@@ -171,10 +174,15 @@ class QuotaEnforcer:
             self.registry,
             self.sync,
             self.heartbeat.brokers_changed,
+            self._apis_changed,
         )
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        try:
+            await self._load_apis()
+        except REDIS_ERRORS as exc:
+            self.book.redis_lost(exc)
         self.blocks.start()
         self.kicks.start()
         await self.heartbeat.start()
@@ -210,6 +218,7 @@ class QuotaEnforcer:
         for entry in self.entries.values():
             entry.release = True
         await self.sync.sync(list(self.entries.values()))
+        await self.heartbeat.write_meter()
         await self.redis.zadd(self.keys.brokers(), {self.broker_id: 0})
         await self.store.reap(self.broker_id)
 
@@ -219,9 +228,9 @@ class QuotaEnforcer:
         return self.book.redis_ok
 
     # -- per message and per read batch: the Guard calls the book and stretch.py itself --------------
-    def delivery_group(self, clients: list[GuardClient]) -> DeliveryGroup:
-        """`admit_delivery` for one message to each of `clients`, as one call (DeliveryGroup.admit)."""
-        return DeliveryGroup(self.book, clients)
+    def delivery_group(self, clients: list[GuardClient], topic: str = "") -> DeliveryGroup:
+        """`admit_delivery` for one message on `topic` to each of `clients`, as one call (DeliveryGroup.admit)."""
+        return DeliveryGroup(self.book, clients, topic)
 
     # -- limits changed in Redis (reload.py) -----------------------------------------------------------
     def on_keys(self, keys: list[str]) -> None:
@@ -230,6 +239,16 @@ class QuotaEnforcer:
     def on_reset(self) -> None:
         self.reloads.on_reset()
 
+    # -- APIs (quota/apis.py) -------------------------------------------------------------------------------
+    def _apis_changed(self) -> None:
+        self._spawn(self._load_apis())
+
+    async def _load_apis(self) -> None:
+        """Read the API definitions; delivery groups are rebuilt (their topic's APIs may differ)."""
+        apis = Apis.parse(await self.store.apis())
+        self.book.apis = apis if apis.filters else None
+        self.book.version += 1
+
     # -- CONNECT -------------------------------------------------------------------------------------
     async def attach(self, client: GuardClient) -> ClientQuota:
         cq = ClientQuota(client, f"{self._conn_prefix}{next(self._conn_seq):x}", time.time())
@@ -237,7 +256,7 @@ class QuotaEnforcer:
         limits = NO_LIMITS
         try:
             block = self.blocks.lookup(client.client_id, username)
-            cached = self.limits.get(username) if username is not None else NO_LIMITS
+            cached = self.limits.get(username, client.plan) if username is not None else NO_LIMITS
             if block is UNKNOWN or cached is None:
                 block, cached = await self._read_connect_state(client, block, cached)
             if block is not None:
@@ -249,7 +268,7 @@ class QuotaEnforcer:
             cq.registered = True
             self.heartbeat.register_later(cq)
             if username is not None:
-                limits = self.limits.last.get(username, NO_LIMITS)
+                limits = self.limits.last.get(cache_key(username, client.plan), NO_LIMITS)
             log.warning(
                 "client %r admitted while Redis is unreachable: quota limits known so far apply (%s)",
                 client.client_id,
@@ -282,18 +301,21 @@ class QuotaEnforcer:
         (`block` UNKNOWN, `cached` None: not known here)."""
         username = client.username
         token = self.limits.begin()
+        plans = {username: client.plan} if username is not None and client.plan else None
+        # (the user's groups: its record, read at authentication, has them; no read of the set here)
+        groups = {username: client.subject.groups} if username is not None else None
         if block is UNKNOWN:
             if cached is not None:
                 return await self.store.blocks(username, client.client_id), cached
             assert username is not None  # (anonymous clients have NO_LIMITS)
-            found, (raw_users, raw_default) = await asyncio.gather(
-                self.store.blocks(username, client.client_id), self.store.load_limits([username])
+            found, sources = await asyncio.gather(
+                self.store.blocks(username, client.client_id), self.store.load_limits([username], plans, groups)
             )
         else:
             assert username is not None
             found = block
-            raw_users, raw_default = await self.store.load_limits([username])
-        return found, self.limits.parse(username, raw_users.get(username), raw_default, token)
+            sources = await self.store.load_limits([username], plans, groups)
+        return found, self.limits.parse(username, sources[username], client.plan, token)
 
     async def _open(self, cq: ClientQuota, limits: Limits) -> None:
         """Register the connection. Awaits Redis only when `sessions` must be checked there (no slot of
@@ -427,8 +449,12 @@ class QuotaEnforcer:
         user = self.users.get(client.username)
         if user is not None:
             user.idle_since = None  # came back while lingering: its leases are still here
+            if client.plan != user.token_plan:  # a token with another plan claim: the latest CONNECT's applies
+                user.token_plan = client.plan
+                user.limits = limits
+                self.book.set_entries(user, time.time())
         else:
-            user = self.users[client.username] = UserQuota(client.username, limits)
+            user = self.users[client.username] = UserQuota(client.username, limits, token_plan=client.plan)
             self.book.set_entries(user, time.time())
             if user.current:
                 ready = self._ready[user] = self._spawn(self.sync.first_sync(user))
@@ -455,6 +481,7 @@ class QuotaEnforcer:
             del self.clients[client_id]
         user = cq.user
         if user is not None and user.clients.get(client_id) is cq:
+            self.book.meter.fold_client(user.username, cq)  # its last counts (it leaves the user's clients)
             del user.clients[client_id]
             if not user.clients:
                 if self.config.linger > 0:

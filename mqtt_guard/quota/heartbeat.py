@@ -36,6 +36,7 @@ from typing import Any
 
 from ..config import QuotaConfig
 from ..store.connection import REDIS_ERRORS
+from ..store.meter import MeterStore
 from ..store.quota import Beat, QuotaStore, RegistryOp, RegistryResult
 from ..tasks import Coalescer, cancel_and_wait
 from .allowance import Allowances, ClientQuota, UserQuota
@@ -80,6 +81,7 @@ class Heartbeat:
         *,
         live: QuotaStore,
         held_elsewhere: HeldElsewhere,
+        meter: MeterStore | None = None,
     ) -> None:
         """`live`: a store on a Redis client of its own, for the liveness writes only (closed here);
         `store.epoch` is set to each new registration's epoch (the writes of `store` carry it)."""
@@ -87,6 +89,7 @@ class Heartbeat:
         self.store = store
         self.live = live
         self.held_elsewhere = held_elsewhere
+        self.meter = meter  # metering for billing (quota/meter.py): written at every tick
         self.broker_id = broker_id
         self.book = book
         self.registry = registry
@@ -247,6 +250,7 @@ class Heartbeat:
             if full or e.dirty() or not e.synced or e.low() or mono < e.contended_until
         ]
         await self.sync.sync(due)
+        await self.write_meter()
         if self._ticks % REAP_EVERY == 0:
             reaped = await self.store.reap_dead(self.broker_id)
             for broker_id, sessions in reaped.items():
@@ -256,6 +260,17 @@ class Heartbeat:
                         broker_id,
                         sessions,
                     )
+
+    async def write_meter(self) -> None:
+        """Fold the usage counted since the last tick and write it (quota/meter.py); a failed write is
+        retried under the same batch id at the next tick."""
+        if self.meter is None:
+            return
+        self.book.fold_meter()
+        batch = self.book.meter.take()
+        if batch is not None:
+            await self.meter.write(self.broker_id, *batch)
+            self.book.meter.done()
 
     async def _reregister(self) -> None:
         """This broker registered anew (at start, or after its registration was found gone: Redis lost

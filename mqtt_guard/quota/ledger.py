@@ -32,7 +32,7 @@ class Verdict(enum.Enum):
 class Entry:
     key: str
     username: str
-    metric: str  # "events" | "bytes"
+    metric: str  # the slot (quota/limits.py): "events", "bytes", "events@1d", "api:stocks:events", ...
     limit: int
     start: int
     end: int
@@ -54,6 +54,7 @@ class Entry:
     last_sync: float = field(default=0.0)  # monotonic
     contended_until: float = 0.0  # monotonic: another broker asked for more than it got
     release: bool = False  # the user has no client here any more: give everything back
+    counts_bytes: bool = False  # the slot counts payload bytes (else events)
 
     @property
     def available(self) -> int:

@@ -1,5 +1,8 @@
 """Limits changed in Redis: the invalidation listener names the keys written (`quota:user:<u>`,
-`quota:default`, blocks, the brokers key), whoever wrote them. The cached limits and blocks are
+`quota:default`, plans `quota:plan:<p>`, group plans `quota:group:<g>`, a user's groups, the APIs
+`quota:apis`, blocks, the brokers key), whoever wrote them. A plan change applies to the connected
+clients on it as fast as a change of their own hash (milliseconds; every user known here is read again,
+since any of them may be on the plan). The cached limits and blocks are
 dropped at once; the limits of users with clients here are read again in one background task
 (`tasks.Coalescer`: a burst of changes costs one read per user), and their entries, rate buckets and
 session slots follow the new values.
@@ -35,7 +38,9 @@ class LimitReloads:
         registry: SessionRegistry,
         sync: LeaseSync,
         brokers_changed: Callable[[], None],
+        apis_changed: Callable[[], None] = lambda: None,
     ) -> None:
+        """`apis_changed`: the API definitions (`quota:apis`) were written: read them again."""
         self.config = config
         self.keys = keys
         self.store = store
@@ -45,6 +50,7 @@ class LimitReloads:
         self.registry = registry
         self.sync = sync
         self.brokers_changed = brokers_changed
+        self.apis_changed = apis_changed
         self._reloads: Coalescer[str] = Coalescer(self._reload, "mqtt-guard-quota-limits")
 
     def on_keys(self, keys: list[str]) -> None:
@@ -52,17 +58,23 @@ class LimitReloads:
         changed: set[str] = set()
         default = self.keys.quota_default()
         brokers = self.keys.brokers()
+        plans_head, groups_head = self.keys.quota_plan(""), self.keys.quota_group("")
+        apis = self.keys.quota_apis()
         known = self.book.users
         everybody = False
         for key in keys:
             if key == brokers:
                 self.brokers_changed()
                 continue
-            if key == default:
+            if key == default or key.startswith(plans_head) or key.startswith(groups_head):
+                # the default, a plan or a group's plan: any user may be on it (plans change rarely)
                 everybody = True
                 users |= set(known)
                 continue
-            username = self.keys.quota_user_of(key)
+            if key == apis:
+                self.apis_changed()
+                continue
+            username = self.keys.quota_user_of(key) or self.keys.groups_user_of(key)
             if username is not None:
                 changed.add(username)
                 if username in known:
@@ -75,6 +87,7 @@ class LimitReloads:
     def on_reset(self) -> None:
         """The invalidation listener reconnected (changes may have been missed): trust nothing cached."""
         self.brokers_changed()
+        self.apis_changed()
         self.limits.invalidate(None)
         self.blocks.on_reset()
         self._reloads.add(self.book.users)
@@ -84,7 +97,8 @@ class LimitReloads:
         batch = sorted(users)
         token = self.limits.begin()
         try:
-            raw_users, raw_default = await self.store.load_limits(batch)
+            plans = {u: p for u in batch if (p := self._token_plan(u))}
+            sources = await self.store.load_limits(batch, plans)
         except REDIS_ERRORS as exc:
             self.book.redis_lost(exc)
             return users
@@ -92,7 +106,7 @@ class LimitReloads:
         touched: list[Entry] = []
         for username in batch:
             user = self.book.users.get(username)
-            limits = self.limits.parse(username, raw_users.get(username), raw_default, token)
+            limits = self.limits.parse(username, sources[username], plans.get(username), token)
             self.registry.limit_changed(username, limits.sessions, self.config.lease_fraction)
             if user is None:
                 continue
@@ -113,6 +127,10 @@ class LimitReloads:
         except REDIS_ERRORS as exc:
             self.book.redis_lost(exc)
         return None
+
+    def _token_plan(self, username: str) -> str | None:
+        user = self.book.users.get(username)
+        return user.token_plan if user is not None else None
 
     async def close(self) -> None:
         await self._reloads.stop()

@@ -62,8 +62,8 @@ def open_stretch(book: Allowances, client: GuardClient | None, events: int, nbyt
     """A stretch for a run of at most `events` PUBLISHes carrying at most `nbytes` of payload from
     `client`; its publisher side is prepaid when the client's bucket and allowance cover the bound."""
     st = Stretch(events, nbytes)
-    if client is None:
-        return st
+    if client is None or book.apis is not None:
+        return st  # (APIs defined: every PUBLISH is looked at, for its topic's APIs, by admit_publish)
     cq = book.clients.get(client.client_id)
     if cq is None or cq.client is not client:
         st.pub_ok = True  # not tracked by the quota: admitted and not counted (as admit_publish)
@@ -142,10 +142,13 @@ class DeliveryGroup:
     is what makes a fan-out to many clients of one user cheap. Valid while `version` equals the
     book's (clients attached, detached, taken over: rebuild)."""
 
-    __slots__ = ("book", "take", "version", "groups", "usages", "stretch", "ok", "n", "b", "reserved")
+    __slots__ = ("book", "take", "version", "groups", "usages", "stretch", "ok", "n", "b", "reserved", "apis", "exact")
 
-    def __init__(self, book: Allowances, clients: list[GuardClient]) -> None:
+    def __init__(self, book: Allowances, clients: list[GuardClient], topic: str = "") -> None:
         self.book = book
+        # The APIs of the group's topic (quota/apis.py, matched once per route): counted per API at
+        # settle; when a receiver has limits on one of them, every delivery takes the exact path.
+        self.apis = book.apis.match(topic) if book.apis is not None and topic else ()
         self.take = book.take
         self.version = book.version
         # Per read batch (quota/stretch.py): the Stretch this group last reserved for, whether it could,
@@ -164,6 +167,9 @@ class DeliveryGroup:
             by_user.setdefault(cq.user, []).append(cq)
         self.groups: list[Group] = [(user, cqs, [cq.usage for cq in cqs], len(cqs)) for user, cqs in by_user.items()]
         self.usages = [usage for _, _, usages, _ in self.groups for usage in usages]  # every client's, for settle
+        self.exact = bool(self.apis) and any(
+            user is not None and any(api in user.api_slots for api in self.apis) for user, _, _, _ in self.groups
+        )
 
     def current(self) -> bool:
         return self.version == self.book.version
@@ -172,6 +178,9 @@ class DeliveryGroup:
         """Reserve the allowance of every delivery `st` can make through this group (then the engine
         only counts them: `n += 1; b += payload_len`); False: use `admit` for each message of `st`."""
         self.stretch = st
+        if self.exact:
+            self.ok = False
+            return False
         taken = group_reserve(self.book, self.groups, st.events, st.nbytes)
         if taken is None:
             self.ok = False
@@ -195,26 +204,60 @@ class DeliveryGroup:
             for usage in self.usages:
                 usage["events_out"] += n
                 usage["bytes_out"] += b
+            if self.apis:
+                self.meter_apis(n, b)
         self.n = self.b = 0
+
+    def meter_apis(self, n: int, b: int) -> None:
+        """Count `n` deliveries (`b` bytes each) to every client per API of the topic (quota/meter.py)."""
+        for user, _, _, k in self.groups:
+            if user is not None:
+                self.meter_user(user, n * k, b * k)
+
+    def meter_user(self, user: UserQuota, n: int, b: int) -> None:
+        """Count `n` deliveries of `b` bytes in all to clients of `user` per API of the topic."""
+        meter = user.api_meter
+        for api in self.apis:
+            counts = meter.get(api)
+            if counts is None:
+                counts = meter[api] = [0, 0, 0, 0]
+            counts[2] += n
+            counts[3] += b
 
     def admit(self, topic: str, payload_len: int) -> set[str] | None:
         """None when every client may have the delivery; else the ids of those it is withheld from."""
-        refused = None
+        refused: set[str] | None = None
+        if self.exact:  # a receiver has limits on the topic's APIs: per client (Allowances.admit_api)
+            admit = self.book.admit_delivery
+            for _, cqs, _, _ in self.groups:
+                for cq in cqs:
+                    if not admit(cq.client, topic, payload_len):
+                        if refused is None:
+                            refused = set()
+                        refused.add(cq.client.client_id)
+            return refused
+        apis = self.apis
         for user, cqs, usages, k in self.groups:
             if user is not None and user.current and user.limits.counts_out:
                 if not self.take(user, k, k * payload_len):  # exact per client when not all of them fit
                     take, overdraft = self.take, self.book.overdraft
+                    ok = 0
                     for cq in cqs:
                         if take(user, 1, payload_len) or overdraft(cq, user, topic, 1, payload_len):
                             usage = cq.usage
                             usage["events_out"] += 1
                             usage["bytes_out"] += payload_len
+                            ok += 1
                         else:
                             if refused is None:
                                 refused = set()
                             refused.add(cq.client.client_id)
+                    if apis and ok:
+                        self.meter_user(user, ok, ok * payload_len)
                     continue
             for usage in usages:
                 usage["events_out"] += 1
                 usage["bytes_out"] += payload_len
+            if apis and user is not None:
+                self.meter_user(user, k, k * payload_len)
         return refused

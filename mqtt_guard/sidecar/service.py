@@ -38,6 +38,7 @@ from ..config import GuardConfig
 from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
 from ..metrics.rates import LoopLagMonitor
 from ..quota.limits import Limits, parse_limits
+from ..quota.plans import effective
 from ..store import generation
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.invalidation import InvalidationListener
@@ -202,8 +203,7 @@ class Sidecar:
             # Every session's deadline moves to the earliest the new defaults allow, in Redis, this tick
             # (a few microseconds each: 100,000 sessions in ~0.2 s, not 50 ticks of an evaluation each)
             work.default_changed = False
-            _, raw_default = await self.store.load_limits([])
-            default = parse_limits(None, raw_default)
+            default = parse_limits(None, await self.store.load_default())
             ids = await self.store.session_ids()
             for start in range(0, len(ids), RETIME_PART):
                 if start and not await self._still_leading():
@@ -314,10 +314,10 @@ class Sidecar:
         return queued
 
     async def _limits(self, usernames: list[str]) -> dict[str, Limits]:
-        raw_users, raw_default = await self.store.load_limits(usernames)
+        sources = await self.store.load_limits(usernames)
         out = {"": parse_limits(None, None)}
         for u in usernames:
-            out[u] = parse_limits(raw_users.get(u), raw_default)
+            out[u] = effective(sources[u])
         return out
 
     async def _expiries(self, usernames: list[str]) -> dict[str, float]:
@@ -356,7 +356,7 @@ class Sidecar:
 
     async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
         wanted: list[tuple[str, str, int, int]] = []
-        lengths: dict[tuple[str, str], int] = {}  # window seconds
+        ends: dict[tuple[str, str], int] = {}  # window ends
         for u in usernames:
             lim = limits.get(u)
             if lim is None or lim.on_exceed != "disconnect":
@@ -365,7 +365,7 @@ class Sidecar:
                 allowance = lim.allowance(metric)
                 if allowance is not None:
                     wanted.append((u, metric, allowance.limit, allowance.window.start(now)))
-                    lengths[(u, metric)] = allowance.window.seconds
+                    ends[(u, metric)] = allowance.window.end(now)
         if not wanted:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -373,8 +373,6 @@ class Sidecar:
                 pipe.hmget(self.keys.quota_usage(u, metric, start), "used", "refused")
             raw = await pipe.execute()
         out: dict[str, dict[str, Usage]] = {}
-        for (u, metric, limit, start), (used, refused) in zip(wanted, raw, strict=True):
-            out.setdefault(u, {})[metric] = Usage(
-                int(used or 0), int(refused or 0), limit, start + lengths[(u, metric)]
-            )
+        for (u, metric, limit, _start), (used, refused) in zip(wanted, raw, strict=True):
+            out.setdefault(u, {})[metric] = Usage(int(used or 0), int(refused or 0), limit, ends[(u, metric)])
         return out

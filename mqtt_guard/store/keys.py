@@ -57,6 +57,13 @@ class Keys:
             return None
         return rest
 
+    def groups_user_of(self, key: str) -> str | None:
+        """Inverse of `user_groups()`; None for any other key."""
+        head = f"{self.prefix}user:"
+        if key.startswith(head) and key.endswith(":groups"):
+            return key[len(head) : -len(":groups")]
+        return None
+
     # -- ACLs --------------------------------------------------------------------------------
     def acl(self, subject: str) -> str:
         """ACL hash of a subject key ("user:alice", "group:ops", "pattern", "anonymous")."""
@@ -91,6 +98,37 @@ class Keys:
             if key.startswith(head):
                 return key[len(head) :]
         return None
+
+    # -- plans, APIs, metering (issue 19; quota/plans.py, quota/apis.py, quota/meter.py) ------------
+    def quota_plan(self, name: str) -> str:
+        """HASH: a plan, the fields of a quota hash (`quota set`) applied to the users on it."""
+        return f"{self.prefix}quota:plan:{name}"
+
+    def quota_group(self, group: str) -> str:
+        """HASH: a group's quota settings; field `plan`: the plan of the group's users."""
+        return f"{self.prefix}quota:group:{group}"
+
+    def quota_apis(self) -> str:
+        """HASH API name -> JSON list of its topic filters (`mqtt-guard api add`)."""
+        return f"{self.prefix}quota:apis"
+
+    def plan_of(self, key: str) -> str | None:
+        """The plan name of a `quota:plan:<name>` key, else None."""
+        head = f"{self.prefix}quota:plan:"
+        return key[len(head) :] if key.startswith(head) else None
+
+    def usage_month(self, username: str, month: str) -> str:
+        """HASH: metered usage of a user in one UTC month (`YYYY-MM`): field `<DD>:<api>:<ei|bi|eo|bo>`
+        (api empty: all traffic) -> events or bytes in or out; kept 400+ days (quota/meter.py)."""
+        return f"{self.prefix}usage:{month}:{username}"
+
+    def usage_month_pattern(self, month: str) -> str:
+        """SCAN pattern of every user's usage hash of one month (`usage export`)."""
+        return f"{self.prefix}usage:{glob_escape(month)}:*"
+
+    def usage_batch(self, broker_id: str, seq: int) -> str:
+        """STRING with a TTL: a broker's metering batch `seq` was applied (a retried batch is not counted twice)."""
+        return f"{self.prefix}usage:batch:{broker_id}:{seq}"
 
     def block_user(self, username: str) -> str:
         """HASH (reason, until, by, at) with a TTL: the user's CONNECTs get CONNACK 5 until it expires."""

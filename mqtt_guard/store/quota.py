@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from ..quota.limits import SLOT
+from ..quota.plans import Sources
 from ..reasons import KICKED
 from . import keys as k
 from .lease import SyncRequest, SyncResult
@@ -165,6 +168,50 @@ end
 #                     want, only if 2 x want stay free after it (never lowers: the broker may be using them)
 #                     -> {1, sessions of the user, slots of other brokers, '', '', this broker's slots}
 # Invariant (with `sessions` = limit): sessions registered + slots reserved <= limit, every change atomic.
+# What a user's limits are made of (quota/plans.py), in one round trip: its quota hash, the default,
+# the plan of each of its groups, and every plan named (by the user, its token or its groups). The
+# group and plan keys are built here from their prefixes (ARGV) since the names are only known inside.
+# ARGV: group hash prefix, plan hash prefix, token plan, then '1' and the user's groups when the caller
+# knows them (a CONNECT: from the user record just read), else '0' (read the groups set here).
+SOURCES_LUA = """
+local user = redis.call('HGETALL', KEYS[1])
+local default = redis.call('HGETALL', KEYS[2])
+local groups
+if ARGV[4] == '1' then
+  groups = {}
+  for i = 5, #ARGV do groups[#groups + 1] = ARGV[i] end
+else
+  groups = redis.call('SMEMBERS', KEYS[3])
+end
+local names, group_plans, plans = {}, {}, {}
+local own = redis.call('HGET', KEYS[1], 'plan')
+if own and own ~= '' then names[own] = true end
+if ARGV[3] ~= '' then names[ARGV[3]] = true end
+for _, g in ipairs(groups) do
+  local p = redis.call('HGET', ARGV[1] .. g, 'plan')
+  if p and p ~= '' then
+    table.insert(group_plans, g)
+    table.insert(group_plans, p)
+    names[p] = true
+  end
+end
+for n, _ in pairs(names) do
+  table.insert(plans, n)
+  table.insert(plans, redis.call('HGETALL', ARGV[2] .. n))
+end
+return {user, default, group_plans, plans}
+"""
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    return {str(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _sources(raw: list[Any]) -> Sources:
+    user, default, group_plans, plans = raw
+    return Sources(_pairs(user), _pairs(default), {n: _pairs(h) for n, h in _pairs(plans).items()}, _pairs(group_plans))
+
+
 REGISTRY_LUA = (
     "local blob = ARGV[3]"
     + LP_FIELD_LUA
@@ -614,6 +661,7 @@ class QuotaStore:
         # broker's liveness task (quota/heartbeat.py) from each registration.
         self.epoch = ""
         self._sync = redis.register_script(SYNC_LUA)
+        self._sources = redis.register_script(SOURCES_LUA)
         self._reset = redis.register_script(RESET_LUA)
         self._updates = redis.register_script(UPDATES_LUA)
         self._registry = redis.register_script(REGISTRY_LUA)
@@ -630,14 +678,36 @@ class QuotaStore:
     def limits_key(self, username: str | None) -> str:
         return self.keys.quota_default() if username is None else self.keys.quota_user(username)
 
-    async def load_limits(self, usernames: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-        """The raw hashes of some users and the default hash, in one round trip."""
+    async def load_limits(
+        self,
+        usernames: list[str],
+        token_plans: dict[str, str] | None = None,
+        groups: Mapping[str, Collection[str]] | None = None,
+    ) -> dict[str, Sources]:
+        """What each user's limits are made of (its hash, the default, its groups' plans, every plan
+        named: quota/plans.py), one script per user, in one round trip. `token_plans`: user -> the
+        plan claim of its token, read too; `groups`: user -> its groups when known (else read)."""
+        k = self.keys
+        plans = token_plans or {}
+        known = groups or {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.quota_default())
             for u in usernames:
-                pipe.hgetall(self.keys.quota_user(u))
+                mine = known.get(u)
+                given = ["0"] if mine is None else ["1", *mine]
+                await self._sources(
+                    keys=[k.quota_user(u), k.quota_default(), k.user_groups(u)],
+                    args=[k.quota_group(""), k.quota_plan(""), plans.get(u, ""), *given],
+                    client=pipe,
+                )
             out = await pipe.execute()
-        return dict(zip(usernames, out[1:], strict=True)), out[0]
+        return {u: _sources(raw) for u, raw in zip(usernames, out, strict=True)}
+
+    async def apis(self) -> dict[str, str]:
+        """The API definitions: name -> JSON list of topic filters (quota/apis.py)."""
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.quota_apis()))
+
+    async def load_default(self) -> dict[str, str]:
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.quota_default()))
 
     # -- ledger --------------------------------------------------------------------------------------
     async def sync(self, broker_id: str, requests: list[SyncRequest]) -> list[SyncResult]:
@@ -664,8 +734,8 @@ class QuotaStore:
         head = self.keys.quota_usage(username, "", 0).rsplit(":", 2)[0] + ":"
         found = []
         async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
-            metric, _, start = key[len(head) :].partition(":")
-            if metric in ("events", "bytes") and start.isdigit():
+            slot, _, start = key[len(head) :].rpartition(":")
+            if SLOT.fullmatch(slot) and start.isdigit():
                 found.append(key)
         return sorted(found)
 

@@ -91,7 +91,7 @@ def entry(b: Book, user: UserQuota, metric: str, at: float | None = None) -> Ent
     window = allowance.window
     start = window.start(b.clock.now if at is None else at)
     found = b.book.entries.get(b.book.keys.quota_usage(user.username, metric, start))
-    return found or b.book.entry(user.username, metric, allowance.limit, start, window.seconds)
+    return found or b.book.entry(user.username, metric, allowance.limit, start, window)
 
 
 def lend(b: Book, user: UserQuota, metric: str, amount: int, at: float | None = None) -> None:
