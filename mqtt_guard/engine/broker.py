@@ -137,11 +137,13 @@ def amqtt_config(config: GuardConfig) -> dict[str, Any]:
     return {"listeners": listeners, "plugins": plugins}
 
 
-Target = tuple[OutQueue, int, "GuardClient | None", str, "Sub5 | None"]
+Target = tuple[OutQueue, int, "GuardClient | None", str]
 """One receiver of a topic that passed the RECEIVE check: its queue, its highest granted QoS among the
-matching filters, its guard client, its client id, and for an MQTT 5 subscriber the options of its
-matching subscriptions (None: 3.1.1). (A plain tuple: unpacking one per delivery is specialised by
-CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+matching filters, its guard client, its client id. (A plain tuple: unpacking one per delivery is
+specialised by CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+Target5 = tuple[OutQueue, int, "GuardClient | None", str, Sub5]
+"""An MQTT 5 receiver: a Target and the options of its subscriptions that match the topic. (Kept in a
+list of their own, so the 3.1.1 fan-out loop is the one it was: no test of the level per delivery.)"""
 
 
 class Route:
@@ -149,10 +151,13 @@ class Route:
     the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
     and the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current)."""
 
-    __slots__ = ("targets", "withheld", "group")
+    __slots__ = ("targets", "targets5", "withheld", "group")
 
-    def __init__(self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None) -> None:
-        self.targets = targets
+    def __init__(
+        self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None, targets5: list[Target5]
+    ) -> None:
+        self.targets = targets  # 3.1.1 and 3.1 receivers
+        self.targets5 = targets5  # MQTT 5 receivers
         self.withheld = withheld
         self.group = group
 
@@ -1222,6 +1227,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         `_route`) and the quota's DeliveryGroup of their guard clients; cached when only the Guard
         decides."""
         targets: list[Target] = []
+        targets5: list[Target5] = []
         withheld: list[str] = []
         errors = self._check_errors
         for client_id, (target, granted) in self._match(topic).items():
@@ -1233,13 +1239,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if verdicts is not None
                 else self._check_sync(target, topic, Action.RECEIVE, False)
             ):
-                sub5 = self._sub5_of(client_id, topic) if target.protocol_level == MQTT5 else None
-                targets.append((queue, granted, target.guard_client, client_id, sub5))
+                if target.protocol_level == MQTT5:
+                    targets5.append((queue, granted, target.guard_client, client_id, self._sub5_of(client_id, topic)))
+                else:
+                    targets.append((queue, granted, target.guard_client, client_id))
             else:
                 withheld.append(client_id)
                 self._log_withheld(target, topic)
-        clients = [t[2] for t in targets if t[2] is not None]
-        route = Route(targets, withheld, self._delivery_group(clients) if clients else None)
+        clients = [t[2] for t in targets if t[2] is not None] + [t[2] for t in targets5 if t[2] is not None]
+        route = Route(targets, withheld, self._delivery_group(clients) if clients else None, targets5)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1284,7 +1292,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         refused = None
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
             if not group.current():
-                group = route.group = self._delivery_group([t[2] for t in route.targets if t[2] is not None])
+                clients = [t[2] for t in route.targets if t[2] is not None]
+                clients += [t[2] for t in route.targets5 if t[2] is not None]
+                group = route.group = self._delivery_group(clients)
             st = self._stretch
             if st is not None and (group.stretch is st or group.reserve(st)) and group.ok:
                 group.n += 1  # reserved for the reader's whole run: only counted (quota/stretch.py)
@@ -1293,37 +1303,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        frame5: bytes | None = None
-        for queue, granted, _client, client_id, sub5 in route.targets:
+        for queue, granted, _client, client_id in route.targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
-            if sub5 is not None:  # an MQTT 5 subscriber
-                if payload is None:
-                    payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
-                forwarded, expires, retain = b"", 0.0, False
-                if props is not None:
-                    if sub5.no_local and props.origin is queue:
-                        continue  # its own message [MQTT-3.8.3-3]
-                    forwarded, expires, retain = props.forwarded, props.expires, props.retain and sub5.rap
-                if dq == 0 and not sub5.ids and not expires and not retain:
-                    if frame5 is None:
-                        frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
-                    if queue.max_packet and len(frame5) > queue.max_packet:
-                        self._too_large(client_id)
-                        continue
-                    ok = queue.offer0(frame5, plen, size)
-                else:
-                    extra = sub5.ids
-                    if queue.max_packet and queue.max_packet < mqtt5.publish_size(
-                        len(topic_raw), plen, dq, len(forwarded) + len(extra) + (5 if expires else 0)
-                    ):
-                        self._too_large(client_id)
-                        continue
-                    if extra:
-                        forwarded += extra
-                    ok = queue.offer5(topic_raw, payload, dq, retain, forwarded, expires)
-            elif dq == 0:
+            if dq == 0:
                 if frame0 is None:
                     frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]  # payload given
                 ok = queue.offer0(frame0, plen, size)
@@ -1342,10 +1326,69 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                             held = [ev]
                         elif ev not in held:
                             held.append(ev)
+        if route.targets5:
+            if payload is None:
+                payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
+            held = self._fanout5(route.targets5, topic_raw, payload, plen, qos, props, refused, held)
         if not fresh and route.withheld:
             incr = self._counters.incr
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
+        return held
+
+    def _fanout5(
+        self,
+        targets: list[Target5],
+        topic_raw: bytes,
+        payload: bytes,
+        plen: int,
+        qos: int | None,
+        props: Message5 | None,
+        refused: Any,
+        held: list[asyncio.Event] | None,
+    ) -> Held:
+        """`_fanout`'s delivery to the MQTT 5 receivers of a message: `props` (its forwarded properties,
+        its expiry; None from a 3.1.1 publisher) with the identifiers of each one's matching
+        subscriptions; No Local and Retain As Published apply, and nothing larger than a client's
+        Maximum Packet Size is offered. A QoS 0 delivery without anything of its own shares one frame."""
+        size = len(topic_raw) + plen
+        frame5: bytes | None = None
+        forwarded, expires, published_retain, origin = b"", 0.0, False, None
+        if props is not None:
+            forwarded, expires, published_retain, origin = props.forwarded, props.expires, props.retain, props.origin
+        for queue, granted, _client, client_id, sub5 in targets:
+            if refused is not None and client_id in refused:
+                continue  # over the receiver's quota: withheld
+            if sub5.no_local and origin is queue:
+                continue  # its own message [MQTT-3.8.3-3]
+            dq = granted if qos is None else (qos if qos < granted else granted)
+            retain = published_retain and sub5.rap
+            ids = sub5.ids
+            if dq == 0 and not ids and not expires and not retain:
+                if frame5 is None:
+                    frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
+                if queue.max_packet and len(frame5) > queue.max_packet:
+                    self._too_large(client_id)
+                    continue
+                ok = queue.offer0(frame5, plen, size)
+            else:
+                if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                    len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expires else 0)
+                ):
+                    self._too_large(client_id)
+                    continue
+                ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expires)
+            if not ok:
+                self._dropped(client_id, queue)
+            elif queue.pending and queue.over_hold():
+                port = queue.port
+                if port is not None:
+                    ev = port.hold()
+                    if ev is not None:
+                        if held is None:
+                            held = [ev]
+                        elif ev not in held:
+                            held.append(ev)
         return held
 
     def _too_large(self, client_id: str) -> None:
