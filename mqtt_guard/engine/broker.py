@@ -1428,11 +1428,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
+        expiring = props.expires if props is not None else 0.0  # (an MQTT 5 message's expiry)
         for queue, granted, _client, client_id in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
-            if dq == 0:
+            if expiring:
+                ok = queue.offer_expiring(topic_raw, payload, dq, expiring)  # type: ignore[arg-type]  # given
+            elif dq == 0:
                 if frame0 is None:
                     frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]  # payload given
                 ok = queue.offer0(frame0, plen, size)
