@@ -52,3 +52,9 @@ clean:
 bench: bench-sidecar
 bench-sidecar: venv-test
 	$(PY) -m tests.bench.bench_sidecar $(BENCH_SIDECAR_ARGS)
+
+# The dashboard's pictures in docs/ (docs/dashboard.md): the browser test under a longer load (issue 20).
+.PHONY: dashboard-screenshot
+dashboard-screenshot: venv-test
+	DASHBOARD_SCREENSHOT=docs/dashboard.png DASHBOARD_LOAD_SECONDS=$${DASHBOARD_LOAD_SECONDS:-150} \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/admin/test_dashboard.py -k screenshot

@@ -148,6 +148,7 @@ mqtt-guard is running.
   MQTT:   127.0.0.1:${MQTT_PORT}
   Demo user: demo / ${DEMO_PW}
   Admin API: http://127.0.0.1:${ADMIN_PORT}/api   (OpenAPI: http://127.0.0.1:${ADMIN_PORT}/openapi.json)
+  Dashboard: http://127.0.0.1:${ADMIN_PORT}/   (log in with the admin token)
   Admin token (shown once; a new one each run): ${ADMIN_TOKEN}
 
 Try it in another terminal:

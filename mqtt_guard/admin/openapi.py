@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from .. import __version__
-from .api import ROUTES, Route
+from .api import COOKIE, ROUTES, Route
 
 ERROR = {
     "type": "object",
@@ -16,12 +16,13 @@ ERROR = {
 ERRORS = {
     "400": "bad request (not JSON, a bad query parameter)",
     "401": "no token, or an unknown or revoked one",
-    "403": "a read-only token on a route that changes something",
+    "403": "a read-only token on a route that changes something; a session cookie without X-CSRF-Token",
     "404": "no such user, rule, session, block or route",
     "409": "exists already",
     "422": "the body does not fit the schema, or a value is invalid",
 }
 PUBLIC = {
+    "/": "the dashboard's page (docs/dashboard.md; its scripts and styles are under /static/)",
     "/livez": "200 while the event loop turns (never looks at Redis)",
     "/readyz": "200 while Redis answers, else 503 with the reason",
     "/healthz": "the older name of /readyz",
@@ -48,6 +49,8 @@ def _operation(r: Route) -> dict[str, Any]:
             },
         },
     }
+    if r.public:
+        op["security"] = []
     if r.writes:
         op["description"] = "Refused (403) for read-only tokens; written to the audit stream with the token's name."
     params = [
@@ -72,10 +75,10 @@ def document() -> dict[str, Any]:
     for path, text in PUBLIC.items():
         paths[path] = {
             "get": {
-                "operationId": path.strip("/").replace(".", "_"),
+                "operationId": path.strip("/").replace(".", "_") or "dashboard",
                 "summary": text,
                 "security": [],
-                "tags": ["health"],
+                "tags": ["dashboard" if path == "/" else "health"],
                 "responses": {
                     "200": {"description": "OK"},
                     **({"503": {"description": "not ready"}} if "ready" in path or "health" in path else {}),
@@ -89,13 +92,18 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "description": "Users, ACLs, quotas, kicks, sessions, analytics and brokers of an mqtt-guard "
             "deployment (docs/admin-api.md). Every /api route needs `Authorization: Bearer TOKEN` "
-            "(`mqtt-guard admin token create NAME [--read-only]`).",
+            "(`mqtt-guard admin token create NAME [--read-only]`), or the session cookie of the dashboard "
+            "(`POST /api/session`; then writes also carry `X-CSRF-Token`).",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # the dashboard's login (POST /api/session); with it, writes also need X-CSRF-Token
+                "session": {"type": "apiKey", "in": "cookie", "name": COOKIE},
+            },
             "schemas": {"Error": ERROR},
         },
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
     }
 

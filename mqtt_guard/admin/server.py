@@ -5,16 +5,24 @@ Every /api request carries `Authorization: Bearer TOKEN`; the token is looked up
 on any method but GET. Errors are `{"error": ..., "detail": ...}` with a 4xx status; a Redis outage is a
 503. The probes (/livez, /readyz, /healthz) are the shared ones of metrics/health.py and, with
 /openapi.json, need no token.
+
+The dashboard (static files under /, docs/dashboard.md) logs in once with `POST /api/session`, which
+sets an HttpOnly, SameSite=Strict session cookie; a request authenticated by that cookie that changes
+anything must also carry the session's CSRF token in `X-CSRF-Token` (403 without it), so a page of
+another site cannot make the browser act with the admin's cookie. A request with an Authorization
+header is judged by its token alone (API clients never see the cookie).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,8 +31,8 @@ from ..config import AdminConfig, split_bind
 from ..metrics.health import health_routes
 from ..ops import OpError
 from ..store.connection import REDIS_ERRORS
-from ..store.tokens import TokenStore
-from .api import ROUTES, Ctx, Route
+from ..store.tokens import AdminToken, TokenStore
+from .api import COOKIE, CSRF_HEADER, ROUTES, Ctx, Route
 from .openapi import PUBLIC, document
 from .schema import problems
 
@@ -55,13 +63,32 @@ async def guard(
 ) -> web.StreamResponse:
     ctx = request.app[CTX]
     try:
-        if request.path not in PUBLIC:
-            kind, _, token = request.headers.get("Authorization", "").partition(" ")
-            if kind.lower() != "bearer" or not token.strip():
-                return error(401, "unauthorized", "send Authorization: Bearer TOKEN", **{"WWW-Authenticate": "Bearer"})
-            found = await TokenStore(ctx.redis, ctx.keys).lookup(token.strip())
-            if found is None:
-                return error(401, "unauthorized", "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
+        if not _public(request):
+            store = TokenStore(ctx.redis, ctx.keys)
+            header = request.headers.get("Authorization")
+            cookie = request.cookies.get(COOKIE)
+            found: AdminToken | None
+            if header is None and cookie:
+                session = await store.session(cookie)
+                if session is None:
+                    return error(401, "unauthorized", "the session expired or was ended: log in again")
+                if request.method not in ("GET", "HEAD") and not hmac.compare_digest(
+                    request.headers.get(CSRF_HEADER, "").encode(), session.csrf.encode()
+                ):
+                    return error(
+                        403, "csrf", f"a request with the session cookie that changes something needs {CSRF_HEADER}"
+                    )
+                found = session.token
+                request["session"] = session
+            else:
+                kind, _, token = (header or "").partition(" ")
+                if kind.lower() != "bearer" or not token.strip():
+                    return error(
+                        401, "unauthorized", "send Authorization: Bearer TOKEN", **{"WWW-Authenticate": "Bearer"}
+                    )
+                found = await store.lookup(token.strip())
+                if found is None:
+                    return error(401, "unauthorized", "unknown or revoked token", **{"WWW-Authenticate": "Bearer"})
             if found.read_only and request.method not in ("GET", "HEAD") and not _safe(request):
                 return error(403, "forbidden", f"token {found.name!r} is read-only")
             request["token"] = found
@@ -79,12 +106,32 @@ async def guard(
 
 
 SAFE = {(r.method, r.path) for r in ROUTES if not r.writes}
+OPEN_ROUTES = {(r.method, r.path) for r in ROUTES if r.public}
+STATIC = Path(__file__).parent / "static"
+STATIC_PREFIX = "/static/"
+# The dashboard's pages load only what the package ships: no inline script, no other origin.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def _safe(request: web.Request) -> bool:
     """The request's route changes nothing (a GET, or a POST like acl check)."""
     resource = request.match_info.route.resource
     return resource is not None and (request.method, resource.canonical) in SAFE
+
+
+def _public(request: web.Request) -> bool:
+    """No token needed: the probes, the OpenAPI document, the dashboard's static files, the login."""
+    path = request.path
+    if path in PUBLIC or path.startswith(STATIC_PREFIX):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and (request.method, resource.canonical) in OPEN_ROUTES
 
 
 def endpoint(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -129,7 +176,19 @@ def make_app(ctx: Ctx) -> web.Application:
         return web.json_response(spec)
 
     app.router.add_get("/openapi.json", openapi)
+
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    app.router.add_get("/", index)
+    app.router.add_static(STATIC_PREFIX, STATIC, append_version=False)
+    app.on_response_prepare.append(_page_headers)
     return app
+
+
+async def _page_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(STATIC_PREFIX):
+        response.headers.update(PAGE_HEADERS)
 
 
 async def ping(ctx: Ctx) -> None:
@@ -170,7 +229,7 @@ async def serve(ctx: Ctx, config: AdminConfig, stop: asyncio.Event) -> None:
     site = web.TCPSite(runner, host, port, ssl_context=tls_context(config))
     await site.start()
     scheme = "https" if config.certfile else "http"
-    log.info("admin API on %s://%s:%d/api (OpenAPI: /openapi.json)", scheme, host, port)
+    log.info("admin API on %s://%s:%d/api (OpenAPI: /openapi.json), dashboard on /", scheme, host, port)
     task = asyncio.create_task(pinger(ctx, stop), name="mqtt-guard-admin-ping")
     try:
         await stop.wait()

@@ -15,9 +15,9 @@ import math
 import time
 from typing import Any
 
-from ..auth.throttle import KIND_MANUAL, Ban, net_id, parse_ban_id, parse_network
+from ..auth.throttle import KIND_MANUAL
 from ..config import parse_duration
-from ..store.bans import BanStore
+from ..ops import bans as ban_ops
 from ..store.keys import Keys
 from . import timefmt
 from .common import CliError, admin_id, run_with_redis
@@ -47,18 +47,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     u.set_defaults(func=cmd_unban)
 
 
-def _network(text: str) -> Any:
-    try:
-        return parse_network(text)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-
-
 def cmd_ban(args: argparse.Namespace) -> int:
     if args.target == "list":
         return _list(args)
-    net = _network(args.target)
-    until = math.inf
+    ban_ops.network(args.target)  # a bad address fails before Redis is reached
+    seconds = None
     if args.duration is not None:
         try:
             seconds = parse_duration(args.duration)
@@ -66,13 +59,13 @@ def cmd_ban(args: argparse.Namespace) -> int:
             raise CliError(f"--for: {exc}") from None
         if seconds <= 0:
             raise CliError("--for must be above 0")
-        until = time.time() + seconds
-    ban = Ban(KIND_MANUAL, net.with_prefixlen, until, reason=args.reason, by=admin_id(), kick=args.kick)
+    by = admin_id()
 
     async def body(redis: Any, keys: Keys) -> int:
-        await BanStore(redis, keys).put(ban)
+        ban = await ban_ops.ban(redis, keys, args.target, seconds, args.reason, by, kick=args.kick)
+        until = ban.until
         how = "until `mqtt-guard unban`" if math.isinf(until) else f"until {timefmt.until(until)}"
-        print(f"banned {net.with_prefixlen} {how}: new CONNECTs from it get CONNACK 5 on every broker")
+        print(f"banned {ban.network} {how}: new CONNECTs from it get CONNACK 5 on every broker")
         if args.kick:
             print("clients connected from it are disconnected by the brokers that hold them")
         else:
@@ -83,59 +76,26 @@ def cmd_ban(args: argparse.Namespace) -> int:
 
 
 def cmd_unban(args: argparse.Namespace) -> int:
-    net = _network(args.target)
+    ban_ops.network(args.target)
 
     async def body(redis: Any, keys: Keys) -> int:
-        store = BanStore(redis, keys)
-        ids = [net_id(net)]
-        addresses = []
-        for ban_id in await store.ids():
-            parsed = parse_ban_id(ban_id)
-            if parsed is None or parsed[0] == KIND_MANUAL:
-                continue
-            if _inside(parsed[1], net):
-                ids.append(ban_id)
-                addresses.append(parsed[1])
-        if net.num_addresses == 1:  # failure counts of the address start afresh even without a ban
-            addresses.append(str(net.network_address))
-        removed = await store.remove(ids, sorted(set(addresses)))
+        net, removed = await ban_ops.unban(redis, keys, args.target)
         if not removed:
-            print(f"no ban of {net.with_prefixlen} or of an address inside it")
+            print(f"no ban of {net} or of an address inside it")
             return 1
-        print(f"lifted {removed} ban(s) of {net.with_prefixlen}")
+        print(f"lifted {removed} ban(s) of {net}")
         return 0
 
     return run_with_redis(args, body)
 
 
-def _inside(address: str, net: Any) -> bool:
-    try:
-        ip = parse_network(address).network_address
-    except ValueError:
-        return False
-    return bool(ip.version == net.version and ip in net)
-
-
 def _list(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: Keys) -> int:
-        bans = await BanStore(redis, keys).all()
-        bans.sort(key=lambda b: (b.kind != KIND_MANUAL, b.network, b.username or ""))
+        bans = await ban_ops.list_bans(redis, keys)
         now = time.time()
         if args.json:
             for b in bans:
-                print(
-                    json.dumps(
-                        {
-                            "kind": b.kind,
-                            "network": b.network,
-                            "username": b.username,
-                            "until": None if math.isinf(b.until) else round(b.until, 3),
-                            "remaining": None if math.isinf(b.until) else round(max(0.0, b.until - now), 3),
-                            "reason": b.reason,
-                            "by": b.by,
-                        }
-                    )
-                )
+                print(json.dumps(ban_ops.ban_view(b, now)))
             return 0
         if not bans:
             print("no bans in force")

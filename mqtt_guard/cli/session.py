@@ -1,4 +1,5 @@
-"""`mqtt-guard session drop CLIENTID`: discard a client's session on whichever broker holds it.
+"""`mqtt-guard session drop CLIENTID`: discard a client's session on whichever broker holds it
+(the operation: ops/sessions.py, shared with `DELETE /api/sessions/{client_id}`).
 
 Under `auth.client_id_policy: owner` a persistent session keeps its client id for its user while the
 client is offline (until `limits.persistent_session_expiry`, by default never); this is how an admin
@@ -14,8 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..ops import NotFound
+from ..ops.sessions import drop_session
 from ..store.keys import Keys
-from ..store.quota import QuotaStore
 from .common import admin_id, run_with_redis
 
 
@@ -36,18 +38,14 @@ def cmd_drop(args: argparse.Namespace) -> int:
     by = admin_id()
 
     async def body(redis: Any, keys: Keys) -> int:
-        store = QuotaStore(redis, keys)
-        client_id = args.client_id
-        brokers = await store.live_brokers()
-        if not brokers:
-            print(f"no broker is running: nothing holds a session of {client_id!r}")
+        try:
+            done = await drop_session(redis, keys, args.client_id, args.reason, by)
+        except NotFound as exc:  # no broker runs
+            print(exc)
             return 1
-        online = (await store.session(client_id)).get("broker")
-        for broker in brokers:
-            await store.push(broker, {"drop": client_id, "reason": args.reason, "by": by})
-        await store.audit(action="session_drop", client_id=client_id, reason=args.reason, by=by)
+        online = done.connected_on
         where = f"connected on broker {online}: it is disconnected" if online else "not connected"
-        print(f"drop of the session of client {client_id!r} sent to {len(brokers)} broker(s) ({where})")
+        print(f"drop of the session of client {done.client_id!r} sent to {done.brokers} broker(s) ({where})")
         return 0
 
     return run_with_redis(args, body, writes=True)

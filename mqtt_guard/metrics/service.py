@@ -30,7 +30,20 @@ from .. import __version__
 from ..config import ListenerConfig, MetricsConfig
 from ..ports import QueueDepths
 from ..store.keys import Keys
-from ..store.stats import HB_CLIENTS, HB_HOST, HB_PID, HB_STARTED, HB_VERSION, Batch, StatsWriter, batch_from_drain
+from ..store.stats import (
+    HB_CLIENTS,
+    HB_FLUSH_FAILURES,
+    HB_HOST,
+    HB_LOOP_LAG,
+    HB_LOOP_LAG_MAX,
+    HB_PID,
+    HB_REDIS_RTT,
+    HB_STARTED,
+    HB_VERSION,
+    Batch,
+    StatsWriter,
+    batch_from_drain,
+)
 from ..tasks import cancel_and_wait
 from . import counters as C
 from .counters import Counters
@@ -341,6 +354,10 @@ class MetricsService:
                     HB_VERSION: __version__,
                     HB_STARTED: round(self.started, 3),
                     HB_CLIENTS: self.counters.connected_count(),
+                    HB_LOOP_LAG: round(self.lag.lag * 1000, 2),
+                    HB_LOOP_LAG_MAX: round(self.lag.max_lag * 1000, 2),
+                    HB_REDIS_RTT: round(latency * 1000, 3),
+                    HB_FLUSH_FAILURES: self.flush_failures,
                 }
             )
         except Exception as exc:  # noqa: BLE001 - any failure is a failed flush: reported, retried

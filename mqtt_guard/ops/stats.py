@@ -11,10 +11,19 @@ import time
 from typing import Any
 
 from ..metrics import counters as C
-from ..metrics.rates import RES_1M, RES_10S, sparkline
+from ..metrics.rates import RES_1M, RES_10S, bucket_range, sparkline
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from ..store.stats import FAILED_ADDR, FAILED_USER, KIND_CLIENT, KIND_USER, StatsReader
+from ..store.stats import (
+    ERROR_FIELDS,
+    ERROR_KIND_PREFIX,
+    FAILED_ADDR,
+    FAILED_USER,
+    KIND_BROKER,
+    KIND_CLIENT,
+    KIND_USER,
+    StatsReader,
+)
 from .quota import describe_quota
 
 GAUGE_FIELDS = {
@@ -26,8 +35,6 @@ GAUGE_FIELDS = {
     C.G_USERNAME,
     C.G_LAST_SEEN,
 }
-# Publish errors by reason, as `stats` and `top` show them (dropped deliveries count for the receiver).
-ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
 
 
 # -- stats ----------------------------------------------------------------------------------------
@@ -111,6 +118,12 @@ async def gather_stats(
         "messages_out": outs,
         "sparkline": sparkline([i + o for i, o in zip(ins, outs, strict=True)], 60),
     }
+    if entity.kind == KIND_CLIENT:  # publish errors by reason over time, for the reasons it has any of
+        out["errors_history"] = {}
+        for field, label in ERROR_FIELDS.items():
+            if counters.get(field):
+                _, errs, _ = await reader.history(ERROR_KIND_PREFIX + label, name, resolution=RES_10S, now=now)
+                out["errors_history"][label] = errs
     if day:
         d_starts, d_ins, d_outs = await reader.history(entity.kind, name, resolution=RES_1M, now=now)
         out["rate_day"] = {
@@ -186,3 +199,57 @@ async def gather_top(redis: Any, keys: Keys, *, users: bool, limit: int, now: fl
             for b, t, h in brokers
         ],
     }
+
+
+async def gather_overview(redis: Any, keys: Keys, *, now: float | None = None) -> dict[str, Any]:
+    """The deployment at a glance (the dashboard's overview): messages in/out per 10 s bucket over the last
+    hour, added up over the brokers that sent a heartbeat in that hour (and per broker, from the broker
+    members of the rate history: one ZSCORE per bucket and broker, not a walk over every client), the
+    broker totals of publish errors by reason, refused CONNECTs by reason and kicks."""
+    now = time.time() if now is None else now
+    reader = StatsReader(redis, keys)
+    _, seconds, keep = RES_10S
+    per: dict[str, dict[str, list[int]]] = {}
+    starts: list[int] = []
+    for b, beat, _h in await reader.brokers():
+        if beat < now - keep:
+            continue
+        starts, ins, outs = await reader.history(KIND_BROKER, b, resolution=RES_10S, now=now)
+        per[b] = {"messages_in": ins, "messages_out": outs}
+    if not starts:
+        starts = bucket_range(now, seconds, keep)
+    n = len(starts)
+    totals, _ = split_fields(await reader.totals())
+    return {
+        "time": round(now, 3),
+        "rate": {
+            "resolution_seconds": seconds,
+            "start": starts[0],
+            "messages_in": [sum(p["messages_in"][i] for p in per.values()) for i in range(n)],
+            "messages_out": [sum(p["messages_out"][i] for p in per.values()) for i in range(n)],
+            "brokers": per,
+        },
+        "counters": {k: totals.get(k, 0) for k in (C.MSGS_IN, C.MSGS_OUT, C.BYTES_IN, C.BYTES_OUT)},
+        "publish_errors": {label: totals.get(field, 0) for field, label in ERROR_FIELDS.items()},
+        "auth_failures": _reasons(totals, C.AUTH_FAILED_PREFIX),
+        "kicks": _reasons(totals, C.KICKED_PREFIX),
+    }
+
+
+async def with_traffic(redis: Any, keys: Keys, rows: list[dict[str, Any]], *, now: float | None = None) -> None:
+    """Add to each session row (one page of `GET /api/sessions`: a bounded number) what its client pushes,
+    from the analytics every client has: messages in/out so far, the rate over the last 10 s, and its
+    publish errors. Two pipelined round trips for the page, whatever the fleet's size."""
+    if not rows:
+        return
+    reader = StatsReader(redis, keys)
+    ids = [r["client_id"] for r in rows]
+    hashes = await reader.many(KIND_CLIENT, ids)
+    _, rates = await reader.recent(KIND_CLIENT, ids, now=now)
+    for row, h, (rin, rout) in zip(rows, hashes, rates, strict=True):
+        counters, _ = split_fields(h)
+        row["messages_in"] = counters.get(C.MSGS_IN, 0)
+        row["messages_out"] = counters.get(C.MSGS_OUT, 0)
+        row["rate_in"] = round(rin, 3)
+        row["rate_out"] = round(rout, 3)
+        row["publish_errors"] = sum(counters.get(field, 0) for field in ERROR_FIELDS)

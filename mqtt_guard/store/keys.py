@@ -211,9 +211,10 @@ class Keys:
         return f"{self.prefix}stats:brokers"
 
     def stats_rate(self, resolution: str, kind: str, direction: str, bucket: int) -> str:
-        """ZSET member (client id or username) -> messages in one time bucket; expires with the history.
+        """ZSET member (client id, username or broker id) -> messages in one time bucket; expires with the history.
 
-        resolution "10s" (kept 1 h) or "1m" (kept 24 h); kind "client"/"user"; direction "in"/"out";
+        resolution "10s" (kept 1 h) or "1m" (kept 24 h); kind "client"/"user"/"broker" (a broker's clients
+        added up: the dashboard's deployment chart); direction "in"/"out";
         bucket: unix seconds of the bucket start."""
         return f"{self.prefix}stats:rate:{resolution}:{kind}:{direction}:{bucket}"
 
@@ -236,6 +237,11 @@ class Keys:
     def admin_tokens(self) -> str:
         """HASH token name -> the digest of its token (`admin token list`, `revoke` by name)."""
         return f"{self.prefix}admin:tokens"
+
+    def admin_session(self, digest: str) -> str:
+        """HASH (token: the digest of the token it was opened with, csrf, created) of one dashboard session,
+        under the SHA-256 hex digest of the session cookie; expires (store/tokens.py SESSION_TTL)."""
+        return f"{self.prefix}admin:session:{digest}"
 
 
 def glob_escape(text: str) -> str:

@@ -25,6 +25,14 @@ log = logging.getLogger("mqtt_guard.metrics")
 
 KIND_CLIENT = "client"
 KIND_USER = "user"
+KIND_BROKER = "broker"  # rate history only: the sum of one broker's clients (one member per bucket)
+# Publish errors by reason (the counter -> its label), the ones `stats` and the API show; dropped deliveries
+# count for the receiver. Each also has a rate history per client: kind ERROR_KIND_PREFIX + label,
+# direction "in", member the client id (the client page's errors over time; issue 20 item 4).
+ERROR_FIELDS = {**C.PUBLISH_ERROR_REASONS, C.DROPPED_QUEUE_FULL: "queue_full"}
+ERROR_KIND_PREFIX = "error_"
+_ERROR_KINDS = [(f, ERROR_KIND_PREFIX + label) for f, label in ERROR_FIELDS.items()]
+_ERROR_NAMES = frozenset(ERROR_FIELDS)
 # Kinds of the refused-CONNECT rankings (`Keys.stats_failed`).
 FAILED_ADDR = "addr"
 FAILED_USER = "user"
@@ -38,6 +46,12 @@ HB_HOST = "host"
 HB_PID = "pid"
 HB_VERSION = "version"
 HB_CLIENTS = "clients_connected"
+# backend health (issue 20 item 4; the dashboard's broker table): the broker's event-loop lag (latest and
+# largest since start, ms), its last PING round trip to Redis (ms), and its failed stats flushes
+HB_LOOP_LAG = "loop_lag_ms"
+HB_LOOP_LAG_MAX = "loop_lag_max_ms"
+HB_REDIS_RTT = "redis_rtt_ms"
+HB_FLUSH_FAILURES = "flush_failures"
 
 # Field names the script writes, from counters.py (the one place they are defined).
 _LUA_FIELDS = {
@@ -274,8 +288,17 @@ def batch_from_drain(drain: C.Drain) -> Batch:
     """A drained window as a Batch; its message rates go to the 10 s bucket the window started in."""
     b = Batch(clients=drain.clients, users=drain.users, totals=drain.totals, gauges=drain.gauges, events=drain.events)
     rates: dict[tuple[str, str], list[int]] = {}
+    # publish errors by reason over time: looked for per client only in a window that had any (rare), so a
+    # flush of 10,000 clients without errors costs four lookups, not 40,000
+    totals = drain.totals
+    errors = any(totals.get(name) for name, _ in _ERROR_KINDS)
     for (cid, user), counts in drain.clients.items():
         i, o = counts.get(C.MSGS_IN, 0), counts.get(C.MSGS_OUT, 0)
+        if errors and not _ERROR_NAMES.isdisjoint(counts):
+            for name, kind in _ERROR_KINDS:
+                n = counts.get(name)
+                if n:
+                    _rate_add(rates, (kind, cid), n, 0)
         if not (i or o):
             continue
         _rate_add(rates, (KIND_CLIENT, cid), i, o)
@@ -524,12 +547,20 @@ class StatsWriter:
         for bucket, entries in b.rates.items():
             # (kind, direction) -> tokens of its members and scores, shared by both resolutions
             members: dict[tuple[str, str], list[str]] = {}
+            sum_in = sum_out = 0  # this broker's clients added up: one more member, the broker (KIND_BROKER)
             for (kind, ident), (i, o) in entries.items():
                 s = string(ident)
+                if kind == KIND_CLIENT:
+                    sum_in += i
+                    sum_out += o
                 if i:
                     members.setdefault((kind, DIR_IN), []).extend((s, str(i)))
                 if o:
                     members.setdefault((kind, DIR_OUT), []).extend((s, str(o)))
+            if sum_in:
+                members[(KIND_BROKER, DIR_IN)] = [string(self.broker_id), str(sum_in)]
+            if sum_out:
+                members[(KIND_BROKER, DIR_OUT)] = [string(self.broker_id), str(sum_out)]
             for res_name, seconds, keep in RESOLUTIONS:
                 start = bucket_start(bucket, seconds)
                 expire_at = start + seconds + keep
@@ -643,12 +674,7 @@ class StatsReader:
         """The busiest clients (or users) by messages in+out over the last `window` seconds of 10 s
         buckets, across all brokers: (seconds covered, [(id, in per s, out per s)])."""
         now = time.time() if now is None else now
-        res_name, seconds, _ = RESOLUTIONS[0]
-        cur = bucket_start(now, seconds)
-        starts = [cur - seconds * i for i in range(max(1, window // seconds) + 1)]  # + the current partial one
-        covered = (now - cur) + seconds * (len(starts) - 1)
-        in_keys = [self.keys.stats_rate(res_name, kind, DIR_IN, s) for s in starts]
-        out_keys = [self.keys.stats_rate(res_name, kind, DIR_OUT, s) for s in starts]
+        covered, in_keys, out_keys = self._keys_of(kind, now, window)
         tmp = self.keys.stats_tmp(f"top:{time.monotonic_ns()}")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zunionstore(tmp, in_keys + out_keys)
@@ -658,18 +684,41 @@ class StatsReader:
         ids = [m for m, _ in res[1]]
         if not ids:
             return covered, []
+        _, rates = await self.recent(kind, ids, now=now, window=window)
+        return covered, [(ident, i, o) for ident, (i, o) in zip(ids, rates, strict=True)]
+
+    def _keys_of(self, kind: str, now: float, window: int) -> tuple[float, list[str], list[str]]:
+        """(seconds covered, in keys, out keys) of the 10 s buckets of the last `window` seconds of `kind`,
+        the current partial bucket included."""
+        res_name, seconds, _ = RESOLUTIONS[0]
+        cur = bucket_start(now, seconds)
+        starts = [cur - seconds * i for i in range(max(1, window // seconds) + 1)]  # + the current partial one
+        covered = (now - cur) + seconds * (len(starts) - 1)
+        in_keys = [self.keys.stats_rate(res_name, kind, DIR_IN, s) for s in starts]
+        out_keys = [self.keys.stats_rate(res_name, kind, DIR_OUT, s) for s in starts]
+        return covered, in_keys, out_keys
+
+    async def recent(
+        self, kind: str, idents: list[str], *, now: float | None = None, window: int = 10
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """The message rates (in per s, out per s) of these clients (or users) over the last `window`
+        seconds, across all brokers: (seconds covered, one pair per ident, in order)."""
+        now = time.time() if now is None else now
+        covered, in_keys, out_keys = self._keys_of(kind, now, window)
+        if not idents:
+            return covered, []
         async with self.redis.pipeline(transaction=False) as pipe:  # ZSCOREs, not ZMSCORE: Redis 6.0 too
-            for ident in ids:
+            for ident in idents:
                 for k in in_keys + out_keys:
                     pipe.zscore(k, ident)
             scores = await pipe.execute()
-        n = len(starts)
+        n = len(in_keys)
         rows = []
-        for j, ident in enumerate(ids):
+        for j in range(len(idents)):
             mine = scores[j * 2 * n : (j + 1) * 2 * n]
             i = sum(int(v or 0) for v in mine[:n])
             o = sum(int(v or 0) for v in mine[n:])
-            rows.append((ident, i / covered if covered else 0.0, o / covered if covered else 0.0))
+            rows.append((i / covered if covered else 0.0, o / covered if covered else 0.0))
         return covered, rows
 
     async def failures(

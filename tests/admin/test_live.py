@@ -24,6 +24,9 @@ def test_kick_through_the_api_disconnects_a_connected_client(admin, add_user, st
         assert [(b["id"], b["alive"]) for b in brokers] == [(session["broker"], True)]
         assert brokers[0]["epoch"] and brokers[0]["sessions"] == 1 and brokers[0]["registered"]
         assert brokers[0]["stats_id"] == f"{broker.port}" or brokers[0]["stats_id"].endswith(f":{broker.port}")
+        health = brokers[0]["health"]  # from the broker's own heartbeat (#20 item 4)
+        assert health["loop_lag_ms"] >= 0 and health["loop_lag_max_ms"] >= health["loop_lag_ms"]
+        assert health["redis_rtt_ms"] > 0 and health["flush_failures"] == 0
         result = admin.api.ok("POST", "/api/clients/sensor-7/kick", {"reason": "firmware loop", "block_seconds": 60})
         assert result["kicks"] == [{"client_id": "sensor-7", "ok": True, "detail": session["broker"]}]
         assert client.disconnected.wait(10), "the kick did not disconnect the client"
@@ -76,6 +79,35 @@ def test_acl_edit_through_the_api_applies_to_a_connected_client(admin, add_user,
     finally:
         sub.close()
         pub.close()
+
+
+def test_ban_with_kick_and_session_drop_through_the_api(admin, add_user, start_broker):
+    add_user("dev", "pw")
+    broker = start_broker()
+    first = connect(broker.port, "dev", "pw", client_id="dev-1", clean_session=False)
+    assert first.rc == 0
+    try:
+        until(lambda: admin.ro.call("GET", "/api/sessions/dev-1").status == 200, 10)
+        dropped = admin.api.ok("DELETE", "/api/sessions/dev-1?reason=replaced")
+        assert dropped["brokers"] == 1 and dropped["connected_on"]
+        assert first.disconnected.wait(10), "the session drop did not disconnect the client"
+        entry = [e for e in admin.ro.ok("GET", "/api/audit") if e["action"] == "session_drop"][-1]
+        assert (entry["client_id"], entry["reason"], entry["by"]) == ("dev-1", "replaced", "admin-api:ops")
+        second = connect(broker.port, "dev", "pw", client_id="dev-2")
+        assert second.rc == 0
+        admin.api.ok("POST", "/api/bans", {"network": "127.0.0.1", "kick": True, "seconds": 60}, 201)
+        assert second.disconnected.wait(10), "the ban with kick did not disconnect the client"
+
+        def rc() -> int:
+            c = connect(broker.port, "dev", "pw")
+            c.close()
+            return c.rc
+
+        assert until(lambda: rc() == 5, 10)  # refused while banned
+        admin.api.ok("DELETE", "/api/bans?network=127.0.0.1")
+        assert until(lambda: rc() == 0, 10)
+    finally:
+        first.close()
 
 
 def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):

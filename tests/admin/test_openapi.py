@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from openapi_spec_validator import validate
 
 from mqtt_guard.admin.api import Ctx
@@ -17,8 +18,10 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "admin-api.md"
 
 def _app_routes() -> set[tuple[str, str]]:
     app = make_app(Ctx(aioredis.Redis(), Keys()))  # never connects: only the router is read
-    return {
-        (r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None
+    return {  # the dashboard's static files are files, not API routes (the page itself, /, is documented)
+        (r.method, r.resource.canonical)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None and not isinstance(r.resource, web.StaticResource)
     }
 
 

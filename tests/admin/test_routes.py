@@ -268,6 +268,38 @@ def test_every_route(admin, rds, prefix):
         assert resp.readline() == b"event: sessions\n"
         assert json.loads(resp.readline().decode().removeprefix("data: "))["items"] == []
     error(api.call("GET", "/api/stream/sessions?interval=0", "/api/stream/sessions"), 422, "invalid", "interval")
+    # address bans and session drops (the CLI's `ban`, `unban`, `session drop`; with a broker: test_live.py)
+    made = api.ok("POST", "/api/bans", "/api/bans", {"network": "192.0.2.0/24", "seconds": 600, "reason": "scan"}, 201)
+    assert made == {**made, "kind": "manual", "network": "192.0.2.0/24", "reason": "scan", "by": "admin-api:ops"}
+    assert 599 <= made["remaining"] <= 600
+    api.ok("POST", "/api/bans", "/api/bans", {"network": "2001:db8::1"}, 201)
+    error(api.call("POST", "/api/bans", "/api/bans", {"network": "10.0.0.300"}), 422, "invalid")
+    error(api.call("POST", "/api/bans", "/api/bans", {"network": "10.0.0.1", "seconds": 0}), 422, "invalid_body")
+    listed = api.ok("GET", "/api/bans", "/api/bans")
+    assert [(b["network"], b["until"] is None) for b in listed] == [("192.0.2.0/24", False), ("2001:db8::1/128", True)]
+    assert api.ok("DELETE", "/api/bans?network=192.0.2.0/24", "/api/bans") == {"network": "192.0.2.0/24", "removed": 1}
+    error(api.call("DELETE", "/api/bans?network=192.0.2.0/24", "/api/bans"), 404, "not_found", "no ban of")
+    error(api.call("DELETE", "/api/bans", "/api/bans"), 422, "invalid", "network")
+    error(api.call("DELETE", "/api/sessions/dev-1", "/api/sessions/{client_id}"), 404, "not_found", "no broker")
+    bans = [e for e in admin.ro.ok("GET", "/api/audit?count=1000") if e["action"] in ("ban", "unban")]
+    assert [(e["action"], e["network"], e["by"]) for e in bans] == [
+        ("ban", "192.0.2.0/24", "admin-api:ops"),
+        ("ban", "2001:db8::1/128", "admin-api:ops"),
+        ("unban", "192.0.2.0/24", "admin-api:ops"),
+    ]
+    # the dashboard's overview and login (the cookie flow: test_session.py)
+    overview = api.ok("GET", "/api/overview", "/api/overview")
+    assert overview["rate"]["resolution_seconds"] == 10 and len(overview["rate"]["messages_in"]) == 360
+    assert set(overview["rate"]["messages_in"]) == {0} and overview["rate"]["brokers"] == {}
+    assert api.ok("GET", "/api/session", "/api/session") == {
+        "name": "ops",
+        "read_only": False,
+        "csrf": None,
+        "expires": None,
+    }
+    error(api.call("POST", "/api/session", "/api/session", {"token": "mqga_nope"}), 401, "unauthorized")
+    error(api.call("POST", "/api/session", "/api/session", {}), 422, "invalid_body", "body.token: required")
+    assert api.ok("DELETE", "/api/session", "/api/session") == {"logged_out": False}
     # the user goes last
     api.ok("DELETE", "/api/users/bob", "/api/users/{username}")
     error(api.call("DELETE", "/api/users/bob", "/api/users/{username}"), 404, "not_found")

@@ -194,6 +194,9 @@ def test_make_run_keeps_its_port_and_honours_the_prefix(tmp_path):
         req = urllib.request.Request(base + "/users", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert [u["username"] for u in json.load(resp)["items"]] == ["demo"]
+        dashboard = banner.split("Dashboard: ")[1].split()[0]  # the dashboard's page, served by the same process
+        with urllib.request.urlopen(dashboard, timeout=10) as resp:
+            assert b"/static/app.js" in resp.read()
     finally:
         pid = _redis_pid(tree)
         first.stop()

@@ -144,6 +144,26 @@ def test_batch_rates_go_to_the_bucket_the_window_started_in_and_merge_additively
     assert b.rates[1_000_000_000][(KIND_CLIENT, "a1")] == [7, 2]  # merging copies, never aliases
 
 
+def test_publish_errors_get_a_rate_history_per_reason_and_client():
+    c = Counters()
+    c.connected("a1", "alice")
+    c.connected("a2", "alice")
+    c.drain(now=1_000_000_005.0)
+    assert batch_from_drain(c.drain(now=1_000_000_006.0)).rates == {}  # no errors, no messages: nothing
+    c.incr("a1", C.DENIED_PUBLISH, 2)
+    c.incr("a2", C.MSGS_IN, 1)
+    c.incr("a2", C.DROPPED_QUEUE_FULL)
+    b = batch_from_drain(c.drain(now=1_000_000_007.0))
+    assert b.rates == {
+        1_000_000_000: {
+            ("error_acl_denied", "a1"): [2, 0],
+            ("error_queue_full", "a2"): [1, 0],
+            (KIND_CLIENT, "a2"): [1, 0],
+            (KIND_USER, "alice"): [1, 0],
+        }
+    }
+
+
 def test_bucket_arithmetic():
     assert bucket_start(1234.5, 10) == 1230
     assert next_boundary(1230.0, 10) == 1240

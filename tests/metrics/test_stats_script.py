@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from mqtt_guard.metrics import counters as C
 from mqtt_guard.metrics.rates import DIR_IN, DIR_OUT, RESOLUTIONS, bucket_start
 from mqtt_guard.store.keys import Keys
-from mqtt_guard.store.stats import Batch, StatsWriter, _seconds
+from mqtt_guard.store.stats import KIND_BROKER, KIND_CLIENT, Batch, StatsWriter, _seconds
 from tests.helpers.servers import RedisServer, free_port
 from tests.metrics.test_flush import close, make_guard
 
@@ -64,12 +64,20 @@ def transaction_write(r: redis.Redis, keys: Keys, me: str, b: Batch, now: float)
             if expire_at <= now:
                 continue
             touched: set[str] = set()
+            sums = {DIR_IN: 0, DIR_OUT: 0}  # the broker's own member: its clients added up (#20)
             for (kind, ident), (i, o) in entries.items():
                 for direction, v in ((DIR_IN, i), (DIR_OUT, o)):
                     if v:
                         rk = keys.stats_rate(res_name, kind, direction, start)
                         pipe.zincrby(rk, v, ident)
                         touched.add(rk)
+                        if kind == KIND_CLIENT:
+                            sums[direction] += v
+            for direction, v in sums.items():
+                if v:
+                    rk = keys.stats_rate(res_name, KIND_BROKER, direction, start)
+                    pipe.zincrby(rk, v, me)
+                    touched.add(rk)
             for rk in touched:
                 pipe.expireat(rk, int(expire_at))
     if b.totals:
