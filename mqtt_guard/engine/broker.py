@@ -158,18 +158,23 @@ def amqtt_config(config: GuardConfig) -> dict[str, Any]:
     return {"listeners": listeners, "plugins": plugins}
 
 
-Target = tuple[OutQueue, int, "GuardClient | None", str, "Sub5 | None"]
+Target = tuple[OutQueue, int, "GuardClient | None", str]
 """One receiver of a topic that passed the RECEIVE check: its queue, its highest granted QoS among the
-matching filters, its guard client, its client id, and for an MQTT 5 subscriber the options of its
-matching subscriptions (None: 3.1.1). (A plain tuple: unpacking one per delivery is specialised by
-CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+matching filters, its guard client, its client id. (A plain tuple: unpacking one per delivery is
+specialised by CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+Target5 = tuple[OutQueue, int, "GuardClient | None", str, Sub5]
+"""An MQTT 5 receiver: a Target and the options of its subscriptions that match the topic. (Kept in a
+list of their own, so the 3.1.1 fan-out loop is the one it was: no test of the level per delivery.)"""
 
 
 Member = tuple[str, "GuardedSession", int, int, int]
 """One member of a shared subscription group: client id, session, granted QoS, options byte, subscription
 identifier (0: none)."""
 
-Share = tuple[ShareGroup[Member], dict[str, Target]]
+SharedTarget = tuple[OutQueue, int, "GuardClient | None", str, "Sub5 | None"]
+"""A shared subscription member as a receiver: a Target and, for an MQTT 5 member, its options."""
+
+Share = tuple[ShareGroup[Member], dict[str, SharedTarget]]
 """A shared subscription group matching a topic, with its members that passed the RECEIVE check for it."""
 
 
@@ -189,12 +194,18 @@ class Route:
     the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current), and the
     shared subscription groups the topic matches (one member of each is chosen per message)."""
 
-    __slots__ = ("targets", "withheld", "group", "shares")
+    __slots__ = ("targets", "targets5", "withheld", "group", "shares")
 
     def __init__(
-        self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None, shares: list[Share] | None = None
+        self,
+        targets: list[Target],
+        withheld: list[str],
+        group: DeliveryGroup | None,
+        targets5: list[Target5],
+        shares: list[Share] | None = None,
     ) -> None:
-        self.targets = targets
+        self.targets = targets  # 3.1.1 and 3.1 receivers
+        self.targets5 = targets5  # MQTT 5 receivers
         self.withheld = withheld
         self.group = group
         self.shares = shares
@@ -1369,6 +1380,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         `_route`) and the quota's DeliveryGroup of their guard clients; cached when only the Guard
         decides."""
         targets: list[Target] = []
+        targets5: list[Target5] = []
         withheld: list[str] = []
         errors = self._check_errors
         for client_id, (target, granted) in self._match(topic).items():
@@ -1380,15 +1392,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if verdicts is not None
                 else self._check_sync(target, topic, Action.RECEIVE, False)
             ):
-                sub5 = self._sub5_of(client_id, topic) if target.protocol_level == MQTT5 else None
-                targets.append((queue, granted, target.guard_client, client_id, sub5))
+                if target.protocol_level == MQTT5:
+                    targets5.append((queue, granted, target.guard_client, client_id, self._sub5_of(client_id, topic)))
+                else:
+                    targets.append((queue, granted, target.guard_client, client_id))
             else:
                 withheld.append(client_id)
                 self._log_withheld(target, topic)
-        clients = [t[2] for t in targets if t[2] is not None]
+        clients = [t[2] for t in targets if t[2] is not None] + [t[2] for t in targets5 if t[2] is not None]
         shares: list[Share] | None = None
         for share_group in self._shared_groups(topic):
-            allowed: dict[str, Target] = {}
+            allowed: dict[str, SharedTarget] = {}
             for client_id, member, granted, options, sub_id in share_group.members.values():
                 queue = member.out_queue
                 if queue is None:
@@ -1406,7 +1420,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if shares is None:
                 shares = []
             shares.append((share_group, allowed))
-        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, shares)
+        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, targets5, shares)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1421,13 +1435,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         shares_of = self._shares_of
         return [g for f in self._trie.match(topic) for g in shares_of.get(f, ())]
 
-    def _pick_shared(self, shares: list[Share], topic: str, plen: int) -> list[Target]:
+    def _pick_shared(self, shares: list[Share], topic: str, plen: int) -> list[SharedTarget]:
         """One member of each shared group for this message (`limits.shared_subscription_strategy`).
         round_robin / least_loaded: among the members that can take it now (allowed to receive it,
         connected, under their hold mark and not a slow consumer; if none is, any connected one), whose
         quota then admits it (a member over its quota is passed over). mosquitto: the next member in
         turn whatever its state; one that may not receive it or is offline loses it (as mosquitto 2.0)."""
-        picked: list[Target] = []
+        picked: list[SharedTarget] = []
         strategy = self._share_strategy
         guard = self.guard
         for group, allowed in shares:
@@ -1448,8 +1462,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         return picked
 
     def _take_member(
-        self, group: ShareGroup[Member], allowed: dict[str, Target], topic: str, plen: int
-    ) -> Target | None:
+        self, group: ShareGroup[Member], allowed: dict[str, SharedTarget], topic: str, plen: int
+    ) -> SharedTarget | None:
         """round_robin / least_loaded: the member of `group` that gets this message, its quota spent."""
         load = _queued if self._share_strategy == "least_loaded" else None
         passed: set[str] = set()  # over their quota for this message
@@ -1503,14 +1517,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
         else:
             fresh = True
-        targets = route.targets
+        targets, targets5 = route.targets, route.targets5
         if route.shares is not None:
-            targets = targets + self._pick_shared(route.shares, topic, plen)
+            targets, targets5 = list(targets), list(targets5)
+            for queue, granted, client, client_id, sub5 in self._pick_shared(route.shares, topic, plen):
+                if sub5 is None:
+                    targets.append((queue, granted, client, client_id))
+                else:
+                    targets5.append((queue, granted, client, client_id, sub5))
         group = route.group
         refused = None
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
             if not group.current():
-                group = route.group = self._delivery_group([t[2] for t in route.targets if t[2] is not None], topic)
+                clients = [t[2] for t in route.targets if t[2] is not None]
+                clients += [t[2] for t in route.targets5 if t[2] is not None]
+                group = route.group = self._delivery_group(clients, topic)
             st = self._stretch
             if st is not None and (group.stretch is st or group.reserve(st)) and group.ok:
                 group.n += 1  # reserved for the reader's whole run: only counted (quota/stretch.py)
@@ -1519,36 +1540,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        frame5: bytes | None = None
-        for queue, granted, _client, client_id, sub5 in targets:
+        expiring = props.expires if props is not None else 0.0  # (an MQTT 5 message's expiry)
+        for queue, granted, _client, client_id in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
-            if sub5 is not None:  # an MQTT 5 subscriber
-                if payload is None:
-                    payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
-                forwarded, expires, retain = b"", 0.0, False
-                if props is not None:
-                    if sub5.no_local and props.origin is queue:
-                        continue  # its own message [MQTT-3.8.3-3]
-                    forwarded, expires, retain = props.forwarded, props.expires, props.retain and sub5.rap
-                if dq == 0 and not sub5.ids and not expires and not retain:
-                    if frame5 is None:
-                        frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
-                    if queue.max_packet and len(frame5) > queue.max_packet:
-                        self._too_large(client_id)
-                        continue
-                    ok = queue.offer0(frame5, plen, size)
-                else:
-                    extra = sub5.ids
-                    if queue.max_packet and queue.max_packet < mqtt5.publish_size(
-                        len(topic_raw), plen, dq, len(forwarded) + len(extra) + (5 if expires else 0)
-                    ):
-                        self._too_large(client_id)
-                        continue
-                    if extra:
-                        forwarded += extra
-                    ok = queue.offer5(topic_raw, payload, dq, retain, forwarded, expires)
+            if expiring:
+                ok = queue.offer_expiring(topic_raw, payload, dq, expiring)  # type: ignore[arg-type]  # given
             elif dq == 0:
                 if frame0 is None:
                     frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]  # payload given
@@ -1568,10 +1566,69 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                             held = [ev]
                         elif ev not in held:
                             held.append(ev)
+        if targets5:
+            if payload is None:
+                payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
+            held = self._fanout5(targets5, topic_raw, payload, plen, qos, props, refused, held)
         if not fresh and route.withheld:
             incr = self._counters.incr
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
+        return held
+
+    def _fanout5(
+        self,
+        targets: list[Target5],
+        topic_raw: bytes,
+        payload: bytes,
+        plen: int,
+        qos: int | None,
+        props: Message5 | None,
+        refused: Any,
+        held: list[asyncio.Event] | None,
+    ) -> Held:
+        """`_fanout`'s delivery to the MQTT 5 receivers of a message: `props` (its forwarded properties,
+        its expiry; None from a 3.1.1 publisher) with the identifiers of each one's matching
+        subscriptions; No Local and Retain As Published apply, and nothing larger than a client's
+        Maximum Packet Size is offered. A QoS 0 delivery without anything of its own shares one frame."""
+        size = len(topic_raw) + plen
+        frame5: bytes | None = None
+        forwarded, expires, published_retain, origin = b"", 0.0, False, None
+        if props is not None:
+            forwarded, expires, published_retain, origin = props.forwarded, props.expires, props.retain, props.origin
+        for queue, granted, _client, client_id, sub5 in targets:
+            if refused is not None and client_id in refused:
+                continue  # over the receiver's quota: withheld
+            if sub5.no_local and origin is queue:
+                continue  # its own message [MQTT-3.8.3-3]
+            dq = granted if qos is None else (qos if qos < granted else granted)
+            retain = published_retain and sub5.rap
+            ids = sub5.ids
+            if dq == 0 and not ids and not expires and not retain:
+                if frame5 is None:
+                    frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
+                if queue.max_packet and len(frame5) > queue.max_packet:
+                    self._too_large(client_id)
+                    continue
+                ok = queue.offer0(frame5, plen, size)
+            else:
+                if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                    len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expires else 0)
+                ):
+                    self._too_large(client_id)
+                    continue
+                ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expires)
+            if not ok:
+                self._dropped(client_id, queue)
+            elif queue.pending and queue.over_hold():
+                port = queue.port
+                if port is not None:
+                    ev = port.hold()
+                    if ev is not None:
+                        if held is None:
+                            held = [ev]
+                        elif ev not in held:
+                            held.append(ev)
         return held
 
     def _too_large(self, client_id: str) -> None:

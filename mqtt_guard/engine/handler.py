@@ -1025,7 +1025,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         kind = PUBACK if qos == 1 else PUBREC
                         self._ack(mqtt5.encode_ack(kind, pid, Reason.PAYLOAD_FORMAT_INVALID))
                     return None
-            carried = mqtt5.message_of(props, self.queue)
+            q = p + 1  # the property list starts after its length
+            while data[q - 1] & 0x80:
+                q += 1
+            carried = mqtt5.message_of(props, self.queue, bytes(data[q:body]))
             if carried is not None:
                 msg = carried
         plen = stop - body

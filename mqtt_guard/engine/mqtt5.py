@@ -548,10 +548,15 @@ class Message5:
         return self if self.retain else Message5(self.forwarded, self.expires, self.origin, True)
 
 
-def message_of(props: Props, origin: object) -> Message5 | None:
-    """The Message5 of a PUBLISH's (or will's) properties; None when nothing in them travels on."""
-    forwarded = forwarded_block(props)
+def message_of(props: Props, origin: object, block: bytes | None = None) -> Message5 | None:
+    """The Message5 of a PUBLISH's (or will's) properties; None when nothing in them travels on.
+    `block`: the property list as received (without its length): forwarded as it is when every
+    property in it travels on (no Topic Alias, no expiry), instead of encoding `props` again (~2.5 us)."""
     expiry = props.get(MESSAGE_EXPIRY)
+    if block is not None and expiry is None and TOPIC_ALIAS not in props:
+        forwarded = block
+    else:
+        forwarded = forwarded_block(props)
     if not forwarded and expiry is None:
         return None
     return Message5(forwarded, time.monotonic() + expiry if expiry is not None else 0.0, origin)

@@ -262,6 +262,32 @@ class OutQueue:
             port.wake()
         return True
 
+    def offer_expiring(self, topic: bytes, payload: bytes, qos: int, expires: float) -> bool:
+        """`offer` to a 3.1.1 session of an MQTT 5 message with a Message Expiry Interval: sent now if it
+        can be, else queued and dropped if it is still waiting when it expires [MQTT-3.3.2-5] (the
+        3.1.1 frame has no room for the time left)."""
+        port = self.port
+        if (
+            port is not None
+            and not self.pending
+            and (qos == 0 or len(self.inflight) < self.max_inflight)
+            and port.writable()
+        ) or (not self.online and qos == 0):
+            return self.offer(topic, payload, qos, False)
+        size = len(payload) + len(topic)
+        if (self.max_messages and len(self.pending) >= self.max_messages) or (
+            self.max_bytes and self.pending_bytes + size > self.max_bytes
+        ):
+            return False
+        pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = deque()
+        pending.append(Delivery5(topic, payload, qos, False, b"", expires))
+        self.pending_bytes += size
+        if port is not None:
+            port.wake()
+        return True
+
     def over_hold(self) -> bool:
         """Enough is waiting that the publishers feeding this session should pause (not once slow)."""
         return not self.slow and (len(self.pending) >= self.hold_messages or self.pending_bytes >= self.hold_bytes)
@@ -287,10 +313,11 @@ class OutQueue:
         total = payload_total = 0
         pending, inflight = self.pending, self.inflight
         level5 = self.level5
-        now = time.monotonic() if level5 else 0.0
+        now = time.monotonic()
+        d5 = Delivery5
         while pending and total < max_bytes:
             d = pending[0]
-            if level5 and type(d) is Delivery5 and d.expires and d.expires <= now:
+            if type(d) is d5 and d.expires and d.expires <= now:
                 pending.popleft()  # its Message Expiry Interval ran out while it waited [MQTT-3.3.2-5]
                 self.pending_bytes -= d.size
                 self.expired += 1

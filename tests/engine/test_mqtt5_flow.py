@@ -155,3 +155,26 @@ def test_retain_handling(anon_broker, handling, first, again):
     finally:
         c.close()
         pub.close()
+
+
+def test_an_expired_message_is_not_sent_to_a_311_subscriber_either(anon_broker):
+    broker = anon_broker("limits:\n  max_inflight_messages: 1\n")
+    pub = m5.V5(broker.port)
+    c, _ = raw.connected(broker.port, "old-slow")
+    try:
+        c.send(raw.subscribe(1, ("exp/#", 1)))
+        c.expect(raw.SUBACK)
+        pub.publish("exp/t", b"first", qos=1)
+        first = c.expect(raw.PUBLISH)  # in flight, not acknowledged: the others wait
+        pub.publish("exp/t", b"short", qos=1, props=m5.publish_properties(MessageExpiryInterval=1))
+        pub.publish("exp/t", b"long", qos=1, props=m5.publish_properties(MessageExpiryInterval=60))
+        time.sleep(2.2)
+        c.send(raw.ack(raw.PUBACK, first.packet_id))
+        pkt = c.expect(raw.PUBLISH)
+        assert pkt.payload == b"long"  # a plain 3.1.1 frame
+        c.send(raw.ack(raw.PUBACK, pkt.packet_id))
+        with pytest.raises(TimeoutError):
+            c.read(0.5)
+    finally:
+        c.close()
+        pub.close()
