@@ -10,11 +10,11 @@ step on both brokers, and compares what clients observe:
 * SUBACK return codes,
 * which messages every subscriber receives (topic, payload, QoS, retain flag), as a multiset.
 
-Message flow is flushed deterministically on mosquitto (QoS 1 PUBACKs, then a PINGREQ round trip
-per subscriber: mosquitto is single-threaded and writes deliveries before the PINGRESP). mqtt-guard
-queues deliveries to a writer task, so on its side the harness waits until each subscriber has at
-least as many messages as on mosquitto (up to a timeout), then a short grace period; messages that
-arrive later are still counted until the clients disconnect.
+Both brokers are flushed the same way (`settle`): a PINGREQ round trip per subscriber, then the side
+with fewer deliveries waits for the other's count (under load either broker can lag: mosquitto is
+single-threaded but shares the machine, mqtt-guard queues deliveries to a writer task), then a short
+quiet window in which nothing more may arrive; messages that arrive later are still counted until the
+clients disconnect.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from .brokers import BrokerProc, free_port, guard_proc, mosquitto_proc, run_as_l
 from .gen import Generator, Identity, Scenario, World
 from .mqtt import Client, Received
 
-GUARD_GRACE = 0.015
-GUARD_TIMEOUT = 2.0
+SETTLE = 0.015  # quiet time after the round trips in which no further delivery may arrive
+CATCH_UP = 5.0  # deadline for the side that has fewer deliveries than the other (generous: CI under load)
 
 
 @dataclass
@@ -252,23 +252,9 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
         await connect_all(sorted(sc.subscriptions))
         await subscribe_all()
 
-    # flush: mosquitto deterministically, mqtt-guard by count + grace
+    # flush both brokers the same way (see `settle`)
     subs = sorted(sc.subscriptions)
-    expected: dict[int, int] = {}
-    for i in subs:
-        c = clients[0][i] if i < len(clients[0]) else None
-        if c is not None and not c.closed:
-            try:
-                await c.ping()
-            except (ConnectionError, TimeoutError):
-                pass
-        expected[i] = len(_mine(c, marker)) if c is not None else 0
-    for i in subs:
-        c = clients[1][i] if i < len(clients[1]) else None
-        if c is not None:
-            want = expected[i]
-            await c.wait_until(lambda c=c, want=want: len(_mine(c, marker)) >= want, GUARD_TIMEOUT)
-    await asyncio.sleep(GUARD_GRACE)
+    await settle([[_at(clients[side], i) for i in subs] for side in (0, 1)], marker)
 
     # clean up retained messages (an empty retained PUBLISH by the same client; denied stays denied)
     for side in (0, 1):
@@ -291,6 +277,47 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
             out[side][f"closed by broker {i}"] = c.closed
             await c.close()
     return out
+
+
+def _at(clients: list, i: int):
+    return clients[i] if i < len(clients) else None
+
+
+async def _round_trip(c) -> None:
+    """PINGREQ/PINGRESP (or the client's own round trip); errors mean the broker closed: nothing to wait for."""
+    if c is not None and not c.closed:
+        try:
+            await c.ping(timeout=CATCH_UP)
+        except (ConnectionError, TimeoutError):
+            pass
+
+
+async def settle(sides: list[list], marker: str) -> None:
+    """Wait until every subscriber has received what its broker will deliver, on both brokers alike.
+
+    A round trip per subscriber comes first (mosquitto writes deliveries it queued before the PINGRESP,
+    mqtt-guard's writer task may still hold some). Then, subscriber by subscriber, the side with fewer
+    deliveries waits for the other side's count (up to CATCH_UP: a real difference costs that once);
+    then a quiet SETTLE window in which nothing more may arrive ("nothing arrives" cases end here); if
+    something did arrive, the counts are compared and waited for again. Neither side is trusted to be
+    the reference: under load either broker can be the slow one.
+    """
+    await asyncio.gather(*(_round_trip(c) for side in sides for c in side))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CATCH_UP
+    while True:
+        before = [[len(_mine(c, marker)) for c in side] for side in sides]
+        for pair in zip(*sides, strict=True):
+            counts = [len(_mine(c, marker)) for c in pair]
+            want = max(counts)
+            for c, n in zip(pair, counts, strict=True):
+                if c is not None and n < want:
+                    left = max(0.0, deadline - loop.time())
+                    await c.wait_until(lambda c=c, want=want: len(_mine(c, marker)) >= want, left)
+        await asyncio.sleep(SETTLE)
+        after = [[len(_mine(c, marker)) for c in side] for side in sides]
+        if after == before or loop.time() >= deadline:
+            return
 
 
 def _qos(m: Received, filters: list[str]) -> int | str:
