@@ -3,6 +3,10 @@
 
     .venv/bin/python mosquitto-compat/differential.py [--seed N] [--pairs 4] [--epochs 2] [--scenarios 60]
                                                       [--redis-url URL] [--keep DIR]
+                                                      [--mqtt5] [--mosquitto-only]
+
+--mqtt5 mixes MQTT 5 clients (paho) with 3.1.1 ones; --mosquitto-only runs the scenarios against mosquitto
+alone and prints what it answered (measuring mode: nothing is compared).
 
 Without --redis-url a private redis-server is started. Prints a summary and every difference (with
 the seed, the generated files and the scenario); exits 1 if there is any. See README.md.
@@ -33,9 +37,12 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=2, help="pairs running at the same time")
     p.add_argument("--redis-url", help="Redis for mqtt-guard (default: start a private redis-server)")
     p.add_argument("--keep", metavar="DIR", help="write the generated files and broker logs under DIR")
+    p.add_argument("--mqtt5", action="store_true", help="mix MQTT 5 clients with 3.1.1 ones")
+    p.add_argument("--mosquitto-only", action="store_true", help="measure mosquitto alone; print its answers")
     args = p.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     redis = None
+    observations: list | None = [] if args.mosquitto_only else None
     if args.redis_url is None:
         redis = RedisProc(Path(tempfile.mkdtemp(prefix="mqg-diff-redis-"))).start()
     try:
@@ -49,11 +56,17 @@ def main() -> int:
                 scenarios=args.scenarios,
                 workdir=args.keep,
                 concurrency=args.concurrency,
+                mqtt5=args.mqtt5,
+                guard=not args.mosquitto_only,
+                observations=observations,
             )
         )
     finally:
         if redis is not None:
             redis.stop()
+    for world, sc, seen in observations or []:
+        print(f"world:\n{world.describe()}\nscenario:\n{sc.describe()}")
+        print("\n".join(f"  {key}: {value}" for key, value in sorted(seen.items())))
     print(f"seed {seed}: {stats.summary()} in {stats.elapsed:.1f}s")
     for d in differences:
         print(d.report())

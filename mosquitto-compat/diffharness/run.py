@@ -30,8 +30,9 @@ from pathlib import Path
 from mqtt_guard.compat.aclfile import mosquitto_matches
 
 from .brokers import BrokerProc, free_port, guard_proc, mosquitto_proc, run_as_line
-from .gen import Generator, Identity, Scenario, World
+from .gen import Generator, Generator5, Identity, Scenario, World
 from .mqtt import Client, Received
+from .mqtt5 import Client5, Received5
 
 SETTLE = 0.015  # quiet time after the round trips in which no further delivery may arrive
 CATCH_UP = 5.0  # deadline for the side that has fewer deliveries than the other (generous: CI under load)
@@ -67,6 +68,7 @@ class Difference:
 class Stats:
     scenarios: int = 0
     connacks: Counter = field(default_factory=Counter)
+    pubacks: Counter = field(default_factory=Counter)  # MQTT 5 PUBACK reason codes
     delivered: int = 0
     publishes: int = 0
     reloads: int = 0
@@ -75,22 +77,20 @@ class Stats:
     def summary(self) -> str:
         return (
             f"{self.scenarios} scenarios, {self.publishes} publishes, {self.delivered} deliveries, "
-            f"CONNACK codes {dict(sorted(self.connacks.items()))}, {self.reloads} reloads, "
+            f"CONNACK codes {dict(sorted(self.connacks.items()))}, "
+            + (f"PUBACK codes {dict(sorted(self.pubacks.items()))}, " if self.pubacks else "")
+            + f"{self.reloads} reloads, "
             f"{self.refused_configs} configurations refused by both"
         )
 
 
-class Side:
-    """One broker of a pair, with the helpers to run a scenario step on it."""
-
-    def __init__(self, proc: BrokerProc) -> None:
-        self.proc = proc
-        self.port = proc.port
-        self.is_guard = proc.name == "mqtt-guard"
-
-
 class Pair:
-    def __init__(self, index: int, directory: Path, redis_url: str, prefix: str, listeners: int = 1) -> None:
+    """A mosquitto and an mqtt-guard on the same files; with `guard=False` mosquitto alone (measuring mode:
+    the scenarios run and are recorded, nothing is compared)."""
+
+    def __init__(
+        self, index: int, directory: Path, redis_url: str, prefix: str, listeners: int = 1, guard: bool = True
+    ) -> None:
         self.index = index
         self.dir = directory
         self.listeners = listeners
@@ -99,6 +99,8 @@ class Pair:
         self.mconf, self.gconf = directory / "mosquitto.conf", directory / "guard.conf"
         self.mosquitto = mosquitto_proc(self.mconf, self.mports[0], directory / "mosquitto.log")
         self.guard = guard_proc(self.gconf, self.gports[0], directory / "guard.log", redis_url, prefix)
+        self.procs = [self.mosquitto, self.guard] if guard else [self.mosquitto]
+        self.ports = [self.mports, self.gports] if guard else [self.mports]
         self.reloads = 0
 
     def write(self, world: World) -> None:
@@ -137,49 +139,54 @@ class Pair:
                 body += scope_lines[0]
             conf.write_text("\n".join(body) + "\n")
 
-    async def start(self) -> tuple[str | None, str | None]:
-        """Start both; (None, None) when both run, else why each one did not start."""
-        self.mosquitto.start()
-        self.guard.start()
-        results = await asyncio.gather(self.mosquitto.wait_ready(), self.guard.wait_ready(), return_exceptions=True)
-        return tuple(None if r is None else _last_error(str(r)) for r in results)  # type: ignore[return-value]  # a tuple of the brokers' results, one per side
+    async def start(self) -> list[str | None]:
+        """Start the brokers; per broker None when it runs, else why it did not start."""
+        for proc in self.procs:
+            proc.start()
+        results = await asyncio.gather(*(proc.wait_ready() for proc in self.procs), return_exceptions=True)
+        return [None if r is None else _last_error(str(r)) for r in results]
 
     async def reload(self) -> None:
         self.reloads += 1
-        self.mosquitto.sighup()
-        self.guard.sighup()
-        await asyncio.gather(
-            self.mosquitto.wait_count("Reloading config.", self.reloads),
-            self.guard.wait_count(("reloaded ", "reload failed"), self.reloads),
-        )
-        for port in (*self.mports, *self.gports):  # a round trip after the reload was logged: it completed
-            c = await Client.connect(port, "harness-reload-probe")
-            await c.close()
+        marks = {"mosquitto": "Reloading config.", "mqtt-guard": ("reloaded ", "reload failed")}
+        for proc in self.procs:
+            proc.sighup()
+        await asyncio.gather(*(proc.wait_count(marks[proc.name], self.reloads) for proc in self.procs))
+        for ports in self.ports:  # a round trip after the reload was logged: it completed
+            for port in ports:
+                c = await Client.connect(port, "harness-reload-probe")
+                await c.close()
 
     def stop(self) -> None:
-        self.mosquitto.stop()
-        self.guard.stop()
+        for proc in self.procs:
+            proc.stop()
 
 
 # -- one scenario ----------------------------------------------------------------------------------
 
 
-async def _connect(port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None) -> Client | None | int:
+async def _connect(
+    port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None, v5: bool = False
+) -> Client | Client5 | int:
     try:
+        if v5:
+            return await Client5.connect(port, ident.client_id, ident.username, ident.password, will=will)
         return await Client.connect(port, ident.client_id, ident.username, ident.password, will=will)
     except (ConnectionError, OSError, asyncio.IncompleteReadError):
         return -1
 
 
-async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dict]:
-    ports = (pair.mports, pair.gports)
-    out: tuple[dict, dict] = ({}, {})
-    clients: list[list[Client | None]] = [[], []]
+async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, ...]:
+    """Run `sc` in lock step on the pair's brokers; one dict of observations per broker."""
+    ports = pair.ports
+    sides = range(len(ports))
+    out: tuple[dict, ...] = tuple({} for _ in sides)
+    clients: list[list] = [[] for _ in sides]
 
     async def connect_all(indexes: list[int]) -> None:
-        for side in (0, 1):
+        for side in sides:
             results = await asyncio.gather(
-                *(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i)) for i in indexes)
+                *(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i), i in sc.v5) for i in indexes)
             )
             for i, res in zip(indexes, results, strict=True):
                 rc = res if isinstance(res, int) else res.rc
@@ -194,7 +201,7 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
         return sc.will[1], f"{marker}-will".encode(), sc.will[2], sc.will[3]
 
     async def subscribe_all() -> None:
-        for side in (0, 1):
+        for side in sides:
             for i, filters in sc.subscriptions.items():
                 c = clients[side][i] if i < len(clients[side]) else None
                 if c is None:
@@ -210,8 +217,14 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                 c = clients[side][p.who] if p.who < len(clients[side]) else None
                 if c is None or c.closed:
                     continue
+                payload = f"{marker}-{k}-".encode() + b"x" * p.pad
                 try:
-                    await c.publish(p.topic, f"{marker}-{k}-".encode() + b"x" * p.pad, p.qos, p.retain)
+                    if isinstance(c, Client5):  # MQTT 5: the PUBACK's reason code is an observation too
+                        ack = await c.publish(p.topic, payload, p.qos, p.retain, props=p.props)
+                        if ack is not None:
+                            out[side][f"puback {k}"] = ack
+                    else:
+                        await c.publish(p.topic, payload, p.qos, p.retain)
                 except (ConnectionError, TimeoutError) as exc:
                     out[side][f"publish {k}"] = f"error: {type(exc).__name__}"
             for c in {id(c): c for c in clients[side] if c is not None}.values():  # QoS 0 flushed by a ping
@@ -221,7 +234,7 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                     except (ConnectionError, TimeoutError):
                         pass
 
-        await asyncio.gather(one(0), one(1))
+        await asyncio.gather(*(one(side) for side in sides))
 
     if sc.kind == "connect":
         await connect_all([0])
@@ -235,14 +248,14 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
         who = sc.will[0]  # type: ignore[index]  # only scenarios with a will reach here
         await connect_all([who])
         cid = sc.clients[who].client_id
-        procs = (pair.mosquitto, pair.guard)
-        marks = [f"Client {cid} closed its connection.", f"client {cid!r} ("]
-        before = [_disconnects(procs[side], marks[side]) for side in (0, 1)]
-        for side in (0, 1):
+        procs = pair.procs
+        marks = [f"Client {cid} closed its connection.", f"client {cid!r} ("][: len(procs)]
+        before = [_disconnects(procs[side], marks[side]) for side in sides]
+        for side in sides:
             c = clients[side][who]
             if c is not None:
                 await c.abort()
-        for side in (0, 1):  # the broker has seen the connection go (and published the will, or not)
+        for side in sides:  # the broker has seen the connection go (and published the will, or not)
             if clients[side][who] is not None:
                 await _wait_disconnects(procs[side], marks[side], before[side] + 1)
     else:  # retained: publish first, then subscribe and receive the retained messages
@@ -254,10 +267,10 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
 
     # flush both brokers the same way (see `settle`)
     subs = sorted(sc.subscriptions)
-    await settle([[_at(clients[side], i) for i in subs] for side in (0, 1)], marker)
+    await settle([[_at(clients[side], i) for i in subs] for side in sides], marker)
 
     # clean up retained messages (an empty retained PUBLISH by the same client; denied stays denied)
-    for side in (0, 1):
+    for side in sides:
         for p in sc.publishes:
             c = clients[side][p.who] if p.who < len(clients[side]) else None
             if p.retain and c is not None and not c.closed:
@@ -265,16 +278,18 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, dic
                     await c.publish(p.topic, b"", 1, True)
                 except (ConnectionError, TimeoutError):
                     pass
-    for side in (0, 1):
+    for side in sides:
         for i, c in enumerate(clients[side]):
             if c is None:
                 continue
             if i in sc.subscriptions:
                 filters = [f for f, _ in sc.subscriptions[i]]
                 out[side][f"received {i}"] = sorted(
-                    (m.topic, m.payload.decode(), _qos(m, filters), m.retain) for m in _mine(c, marker)
+                    (m.topic, m.payload.decode(), _qos(m, filters), m.retain, *_props(m)) for m in _mine(c, marker)
                 )
             out[side][f"closed by broker {i}"] = c.closed
+            if isinstance(c, Client5) and c.disconnect_rc is not None:
+                out[side][f"disconnect {i}"] = c.disconnect_rc
             await c.close()
     return out
 
@@ -320,7 +335,12 @@ async def settle(sides: list[list], marker: str) -> None:
             return
 
 
-def _qos(m: Received, filters: list[str]) -> int | str:
+def _props(m: Received | Received5) -> tuple:
+    """The MQTT 5 properties passed through to an MQTT 5 subscriber (none for a 3.1.1 one)."""
+    return (m.props,) if isinstance(m, Received5) else ()
+
+
+def _qos(m: Received | Received5, filters: list[str]) -> int | str:
     """The delivered QoS, or "overlap" when several of the client's filters match the topic: mosquitto
     2.0.11 then sends one copy at the QoS of the first match in its subscription tree (literal levels
     before `+` before `#`), not the maximum that MQTT-3.3.5-1 asks for and mqtt-guard gives. That is a
@@ -367,18 +387,20 @@ async def run_pair(
     stats: Stats,
     differences: list[Difference],
     max_differences: int,
+    mqtt5: bool = False,
+    observations: list | None = None,
 ) -> None:
-    gen = Generator(seed * 1000 + pair.index)
+    gen = (Generator5 if mqtt5 else Generator)(seed * 1000 + pair.index)
     running = False
     for epoch in range(epochs):
         world = gen.world(pair.listeners)
         pair.write(world)
         if not running:
             why = await pair.start()
-            if why != (None, None):
+            if any(w is not None for w in why):
                 pair.stop()
                 stats.refused_configs += 1
-                if (why[0] is None) != (why[1] is None):
+                if len(why) == 2 and (why[0] is None) != (why[1] is None):
                     differences.append(
                         Difference(
                             seed,
@@ -402,16 +424,20 @@ async def run_pair(
         for n in range(scenarios):
             sc = gen.scenario(world)
             marker = f"p{pair.index}e{epoch}s{n}"
-            m, g = await run_scenario(pair, sc, marker)
+            seen = await run_scenario(pair, sc, marker)
+            m = seen[0]
             stats.scenarios += 1
             stats.publishes += len(sc.publishes)
             stats.connacks.update(v for k, v in m.items() if k.startswith("connack"))
+            stats.pubacks.update(v for k, v in m.items() if k.startswith("puback"))
             stats.delivered += sum(len(v) for k, v in m.items() if k.startswith("received"))
-            if m != g:
-                differences.append(Difference(seed, pair.index, epoch, n, world, sc, m, g))
+            if observations is not None:
+                observations.append((world, sc, m))
+            if len(seen) == 2 and m != seen[1]:
+                differences.append(Difference(seed, pair.index, epoch, n, world, sc, m, seen[1]))
                 if len(differences) >= max_differences:
                     return
-            if not (pair.mosquitto.alive() and pair.guard.alive()):
+            if not all(proc.alive() for proc in pair.procs):
                 raise RuntimeError(
                     f"a broker died: mosquitto alive {pair.mosquitto.alive()}, mqtt-guard alive "
                     f"{pair.guard.alive()}\n{pair.guard.log()[-3000:]}"
@@ -429,8 +455,15 @@ async def run(
     workdir: str | None = None,
     max_differences: int = 5,
     concurrency: int = 2,
+    mqtt5: bool = False,
+    guard: bool = True,
+    observations: list | None = None,
 ) -> tuple[Stats, list[Difference]]:
-    """Run the differential test; returns statistics and the differences found (empty = agreement)."""
+    """Run the differential test; returns statistics and the differences found (empty = agreement).
+
+    `mqtt5`: scenarios mix MQTT 5 clients (paho) with 3.1.1 ones (`Generator5`). `guard=False`: mosquitto
+    alone, nothing compared; each scenario's (world, scenario, observations) is appended to `observations`.
+    """
     base = Path(workdir or tempfile.mkdtemp(prefix="mqg-diff-"))
     stats = Stats()
     differences: list[Difference] = []
@@ -440,13 +473,13 @@ async def run(
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
         # every third pair has two listeners with per_listener_settings true (a scope each)
-        all_pairs.append(Pair(i, d, redis_url, f"{prefix}p{i}:", listeners=2 if i % 3 == 2 else 1))
+        all_pairs.append(Pair(i, d, redis_url, f"{prefix}p{i}:", listeners=2 if i % 3 == 2 else 1, guard=guard))
     sem = asyncio.Semaphore(concurrency)
 
     async def one(pair: Pair) -> None:
         async with sem:
             try:
-                await run_pair(pair, seed, epochs, scenarios, stats, differences, max_differences)
+                await run_pair(pair, seed, epochs, scenarios, stats, differences, max_differences, mqtt5, observations)
             finally:
                 pair.stop()
 
