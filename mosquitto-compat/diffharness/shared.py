@@ -92,6 +92,7 @@ def cases() -> list[SharedCase]:
             ["user m1", "topic read t/#", "user m2", "topic read other/#", "user p", "topic write t/#"],
             [Member("m1", share), Member("m2", share), Member("m3", share, v5=True)],
             SIX,
+            publisher_v5=True,
         ),
         SharedCase(
             "rule-on-share-string",
