@@ -285,7 +285,9 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, ...
             if i in sc.subscriptions:
                 filters = [f for f, _ in sc.subscriptions[i]]
                 out[side][f"received {i}"] = sorted(
-                    (m.topic, m.payload.decode(), _qos(m, filters), m.retain, *_props(m)) for m in _mine(c, marker)
+                    (m.topic, m.payload.decode(), _qos(m, filters), m.retain, *_props(m))
+                    for m in _mine(c, marker)
+                    if not _retained_dollar_parent(m, filters)
                 )
             out[side][f"closed by broker {i}"] = c.closed
             if isinstance(c, Client5) and c.disconnect_rc is not None:
@@ -338,6 +340,23 @@ async def settle(sides: list[list], marker: str) -> None:
 def _props(m: Received | Received5) -> tuple:
     """The MQTT 5 properties passed through to an MQTT 5 subscriber (none for a 3.1.1 one)."""
     return (m.props,) if isinstance(m, Received5) else ()
+
+
+def _retained_dollar_parent(m: Received | Received5, filters: list[str]) -> bool:
+    """A retained message on a one-level `$` topic (`$x`) that reached the subscriber only through `$x/#`.
+
+    mosquitto 2.0.11 sends it only if its retain tree has ever had a node below `$x` (a retained message on
+    some `$x/...`, even one cleared since; measured): its retain search matches the parent of `#` at the
+    first level only while walking that level's children. The harness cannot know that history (it depends
+    on which earlier retained PUBLISHes the ACL let through), so these deliveries are left out of the
+    comparison on both brokers; README.md lists the difference ("Known")."""
+    return (
+        m.retain
+        and m.topic.startswith("$")
+        and "/" not in m.topic
+        and m.topic not in filters
+        and f"{m.topic}/#" in filters
+    )
 
 
 def _qos(m: Received | Received5, filters: list[str]) -> int | str:
