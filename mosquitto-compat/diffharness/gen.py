@@ -100,13 +100,15 @@ class Scenario:
     publishes: list[Publish] = field(default_factory=list)
     will: tuple[int, str, int, bool] | None = None  # client, topic, qos, retain
     v5: list[int] = field(default_factory=list)  # the clients that speak MQTT 5 (the others 3.1.1)
+    sub_options: dict[int, dict] = field(default_factory=dict)  # MQTT 5 subscription options per subscriber
 
     def describe(self) -> str:
         out = [f"  kind: {self.kind}"]
         for i, c in enumerate(self.clients):
             subs = self.subscriptions.get(i)
             proto = " [MQTT 5]" if i in self.v5 else ""
-            out.append(f"  client {i}: {c.label()}{proto}" + (f" subscribes {subs}" if subs else ""))
+            opts = f" with options {self.sub_options[i]}" if i in self.sub_options else ""
+            out.append(f"  client {i}: {c.label()}{proto}" + (f" subscribes {subs}{opts}" if subs else ""))
         for p in self.publishes:
             out.append(
                 f"  client {p.who} publishes {p.topic!r} qos {p.qos}{' retained' if p.retain else ''}"
@@ -383,4 +385,7 @@ class Generator5(Generator):
                 p.pad = 0
                 if r.random() < 0.7:
                     p.props = {name: r.choice(values) for name, values in PROPERTY_CHOICES if r.random() < 0.4}
+        for i in s.subscriptions:
+            if i in s.v5 and r.random() < 0.3:  # Retain As Published, Retain Handling (0 send, 1 if new, 2 never)
+                s.sub_options[i] = {"retainAsPublished": r.random() < 0.5, "retainHandling": r.choice([0, 1, 2])}
         return s

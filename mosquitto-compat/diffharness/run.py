@@ -207,7 +207,10 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, ...
                 if c is None:
                     continue
                 try:
-                    out[side][f"suback {i}"] = await c.subscribe(filters)
+                    if isinstance(c, Client5) and i in sc.sub_options:
+                        out[side][f"suback {i}"] = await c.subscribe(filters, options=sc.sub_options[i])
+                    else:
+                        out[side][f"suback {i}"] = await c.subscribe(filters)
                 except (ConnectionError, TimeoutError) as exc:
                     out[side][f"suback {i}"] = f"error: {type(exc).__name__}"
 
