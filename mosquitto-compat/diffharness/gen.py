@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from mqtt_guard.auth.hashes import hash_password
 
@@ -70,9 +71,13 @@ class World:
     scopes: list[ScopeWorld]
     per_listener_settings: bool = False
     message_size_limit: int = 0  # 0: the line is absent
+    global_lines: list[str] = field(default_factory=list)  # more mosquitto.conf lines (before the listeners)
+    listener_lines: list[str] = field(default_factory=list)  # lines written after every `listener` line
 
     def describe(self) -> str:
         limit = f"  message_size_limit {self.message_size_limit}\n" if self.message_size_limit else ""
+        limit += "".join(f"  {line}\n" for line in self.global_lines)
+        limit += "".join(f"  {line} (every listener)\n" for line in self.listener_lines)
         if not self.per_listener_settings:
             return limit + self.scopes[0].describe()
         return (
@@ -101,12 +106,13 @@ class Scenario:
     will: tuple[int, str, int, bool] | None = None  # client, topic, qos, retain
     v5: list[int] = field(default_factory=list)  # the clients that speak MQTT 5 (the others 3.1.1)
     sub_options: dict[int, dict] = field(default_factory=dict)  # MQTT 5 subscription options per subscriber
+    keepalive: dict[int, int] = field(default_factory=dict)  # MQTT 5 clients' keep alive (default 60)
 
     def describe(self) -> str:
         out = [f"  kind: {self.kind}"]
         for i, c in enumerate(self.clients):
             subs = self.subscriptions.get(i)
-            proto = " [MQTT 5]" if i in self.v5 else ""
+            proto = f" [MQTT 5, keep alive {self.keepalive.get(i, 60)}]" if i in self.v5 else ""
             opts = f" with options {self.sub_options[i]}" if i in self.sub_options else ""
             out.append(f"  client {i}: {c.label()}{proto}" + (f" subscribes {subs}{opts}" if subs else ""))
         for p in self.publishes:
@@ -373,10 +379,31 @@ class Generator5(Generator):
     will) is covered with both protocol levels on both ends.
     """
 
+    # mosquitto.conf keys that MQTT 5 clients see in CONNACK (drawn once per pair: mqtt-guard reads them at
+    # start only, while mosquitto reloads some of them on SIGHUP)
+    GLOBAL_KEYS: ClassVar[list[tuple[str, list[int]]]] = [
+        ("max_keepalive", [30, 100, 65535]),
+        ("max_inflight_messages", [0, 5, 20]),
+        ("max_packet_size", [2000, 100000]),
+    ]
+    LISTENER_KEYS: ClassVar[list[tuple[str, list[int]]]] = [("max_topic_alias", [0, 5, 10])]
+
+    def world(self, listeners: int = 1) -> World:
+        w = super().world(listeners)
+        keys = getattr(self, "_keys", None)
+        if keys is None:
+            r = self.rnd
+            pick = [(k, r.choice(values)) for k, values in self.GLOBAL_KEYS + self.LISTENER_KEYS if r.random() < 0.5]
+            keys = self._keys = {k: v for k, v in pick}
+        w.global_lines = [f"{k} {v}" for k, v in keys.items() if k not in dict(self.LISTENER_KEYS)]
+        w.listener_lines = [f"{k} {v}" for k, v in keys.items() if k in dict(self.LISTENER_KEYS)]
+        return w
+
     def scenario(self, world: World) -> Scenario:
         s = super().scenario(world)
         r = self.rnd
         s.v5 = [i for i in range(len(s.clients)) if r.random() < 0.5]
+        s.keepalive = {i: r.choice([60, 60, 0, 200]) for i in s.v5}
         for p in s.publishes:
             if p.who in s.v5:
                 # mosquitto 2.0.11 answers an MQTT 5 QoS 1 PUBLISH over message_size_limit with PUBACK 0x95, a

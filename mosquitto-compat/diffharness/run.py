@@ -129,10 +129,12 @@ class Pair:
             body = [run_as_line()]
             if world.message_size_limit:
                 body.append(f"message_size_limit {world.message_size_limit}")
+            body += world.global_lines
             if world.per_listener_settings:
                 body.append("per_listener_settings true")
             for i, port in enumerate(ports):
                 body.append(f"listener {port} 127.0.0.1")
+                body += world.listener_lines
                 if world.per_listener_settings:
                     body += scope_lines[i]
             if not world.per_listener_settings:
@@ -166,11 +168,12 @@ class Pair:
 
 
 async def _connect(
-    port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None, v5: bool = False
+    port: int, ident: Identity, will: tuple[str, bytes, int, bool] | None = None, v5: int | None = None
 ) -> Client | Client5 | int:
+    """Connect `ident` (an MQTT 5 client when `v5` is its keep alive, else 3.1.1 with keep alive 60)."""
     try:
-        if v5:
-            return await Client5.connect(port, ident.client_id, ident.username, ident.password, will=will)
+        if v5 is not None:
+            return await Client5.connect(port, ident.client_id, ident.username, ident.password, will=will, keepalive=v5)
         return await Client.connect(port, ident.client_id, ident.username, ident.password, will=will)
     except (ConnectionError, OSError, asyncio.IncompleteReadError):
         return -1
@@ -186,11 +189,21 @@ async def run_scenario(pair: Pair, sc: Scenario, marker: str) -> tuple[dict, ...
     async def connect_all(indexes: list[int]) -> None:
         for side in sides:
             results = await asyncio.gather(
-                *(_connect(ports[side][sc.clients[i].listener], sc.clients[i], _will(i), i in sc.v5) for i in indexes)
+                *(
+                    _connect(
+                        ports[side][sc.clients[i].listener],
+                        sc.clients[i],
+                        _will(i),
+                        sc.keepalive.get(i, 60) if i in sc.v5 else None,
+                    )
+                    for i in indexes
+                )
             )
             for i, res in zip(indexes, results, strict=True):
                 rc = res if isinstance(res, int) else res.rc
                 out[side][f"connack {i}"] = rc
+                if isinstance(res, Client5) and res.rc == 0:
+                    out[side][f"granted {i}"] = _granted(res.connack_props)
                 while len(clients[side]) <= i:
                     clients[side].append(None)
                 clients[side][i] = res if (not isinstance(res, int) and res.rc == 0) else None
@@ -343,6 +356,30 @@ async def settle(sides: list[list], marker: str) -> None:
 def _props(m: Received | Received5) -> tuple:
     """The MQTT 5 properties passed through to an MQTT 5 subscriber (none for a 3.1.1 one)."""
     return (m.props,) if isinstance(m, Received5) else ()
+
+
+# CONNACK properties and the value their absence means (MQTT 5 section 3.2.2.3)
+CONNACK_DEFAULTS = {
+    "ReceiveMaximum": 65535,
+    "TopicAliasMaximum": 0,
+    "MaximumQoS": 2,
+    "RetainAvailable": 1,
+    "MaximumPacketSize": 268435460,  # none: the protocol's limit
+    "WildcardSubscriptionAvailable": 1,
+    "SubscriptionIdentifierAvailable": 1,
+    "SharedSubscriptionAvailable": 1,
+    "ServerKeepAlive": None,  # none: the client's own
+    "SessionExpiryInterval": None,  # none: the client's own
+}
+
+
+def _granted(props: dict) -> dict:
+    """What a CONNACK grants an MQTT 5 client, absent properties replaced by the value their absence means
+    (a broker may send a default or leave it out); the Assigned Client Identifier only as present or not
+    (the generated names differ, README "Known"); reason strings and user properties left out."""
+    out = {name: props.get(name, default) for name, default in CONNACK_DEFAULTS.items()}
+    out["AssignedClientIdentifier"] = "AssignedClientIdentifier" in props
+    return out
 
 
 def _retained_dollar_parent(m: Received | Received5, filters: list[str]) -> bool:
