@@ -42,6 +42,7 @@ lint: venv-test
 bench: venv-test
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 	$(PY) tests/bench/bench_storm.py $(STORM_ARGS)
+	$(PY) tests/bench/bench_codec.py --json tests/bench/results/codec.json
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis build *.egg-info

@@ -206,10 +206,18 @@ class LimitsConfig:
     # An offline persistent session (its subscriptions, queued messages and its hold on the client id) is
     # discarded after this long offline; None: kept until the broker stops (mosquitto's default).
     persistent_session_expiry: float | None = duration(None)
+    # MQTT 5 (mosquitto's keys): topic aliases a client may set per connection (0: none), and the longest
+    # keep-alive an MQTT 5 client may use (0: any; it is told the lower one; 3.1.1 clients keep theirs, as mosquitto)
+    max_topic_alias: int = 10
+    max_keepalive: int = 0
 
     def check(self, where: str = "limits") -> None:
         if self.persistent_session_expiry is not None and self.persistent_session_expiry <= 0:
             raise ConfigError(f"{where}.persistent_session_expiry must be above 0 (or null: never)")
+        if not 0 <= self.max_topic_alias <= 65535:
+            raise ConfigError(f"{where}.max_topic_alias must be between 0 and 65535")
+        if not 0 <= self.max_keepalive <= 65535:
+            raise ConfigError(f"{where}.max_keepalive must be between 0 and 65535 (0: no limit)")
 
 
 @dataclass
@@ -244,7 +252,7 @@ class QuotaConfig:
 
 @dataclass
 class SidecarConfig:
-    interval: float = duration(1.0)  # how often the sidecar evaluates every registered session
+    interval: float = duration(1.0)  # the sidecar's tick: due deadlines, named sessions, a slice of the sweep
     leader_ttl: float = duration(3.0)  # a leader that stops renewing is replaced after this long
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
     sweep_interval: float = duration(600.0)  # every session re-evaluated once per this long, in slices (safety net)

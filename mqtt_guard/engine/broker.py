@@ -2,9 +2,11 @@
 
 This module (with handler.py, queues.py and protocol.py next to it) is the only place that touches
 amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the full list):
-- CONNECT is read whole within `limits.connect_timeout` and validated strictly: MQTT 5 gets CONNACK 1
-  (amqtt hung on one with credentials), MQTT 3.1 (MQIsdp) is accepted as mosquitto does, invalid
-  UTF-8 or flags close the connection with a log line.
+- CONNECT is read whole within `limits.connect_timeout` and validated strictly: MQTT 5, 3.1.1 and
+  3.1 (MQIsdp, as mosquitto) are served (amqtt hung on an MQTT 5 CONNECT with credentials), invalid
+  UTF-8 or flags close the connection with a log line. MQTT 5 clients get the v5 form of every packet
+  and the properties of their messages (docs/protocol.md); a 3.1.1 subscriber of an MQTT 5
+  publisher gets the plain message, and the reverse.
 - Authentication runs before anything touches `_sessions`. amqtt deleted or overwrote an existing
   client's session while parsing the CONNECT, so a failed login with a victim's client id could
   silence or kick the victim. A refused CONNECT gets CONNACK with session-present 0 and leaves no
@@ -62,9 +64,12 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
+from ..reasons import V5_CONNACK, Reason
+from . import mqtt5
 from .deadlines import Deadlines
 from .handler import READ_CHUNK, GuardedHandler, Held
-from .packets import MQTT5, ConnectInfo, parse_connect
+from .mqtt5 import Client5, Message5, Sub5
+from .packets import MQTT5, NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING, ConnectInfo, parse_connect
 from .protocol import (
     CONNECT,
     TYPE_NAMES,
@@ -132,10 +137,11 @@ def amqtt_config(config: GuardConfig) -> dict[str, Any]:
     return {"listeners": listeners, "plugins": plugins}
 
 
-Target = tuple[OutQueue, int, "GuardClient | None", str]
+Target = tuple[OutQueue, int, "GuardClient | None", str, "Sub5 | None"]
 """One receiver of a topic that passed the RECEIVE check: its queue, its highest granted QoS among the
-matching filters, its guard client, its client id. (A plain tuple: unpacking one per delivery is
-specialised by CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
+matching filters, its guard client, its client id, and for an MQTT 5 subscriber the options of its
+matching subscriptions (None: 3.1.1). (A plain tuple: unpacking one per delivery is specialised by
+CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
 
 
 class Route:
@@ -258,6 +264,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._session_expiry = config.limits.persistent_session_expiry
         self._expiry_heap: list[tuple[float, str]] = []
         self._expires: dict[str, float] = {}
+        # MQTT 5: client id -> {filter: (subscription options byte, subscription identifier)} of its
+        # subscriptions made at level 5, and topic -> the properties of the retained message on it
+        self._sub5: dict[str, dict[str, tuple[int, int]]] = {}
+        self._retained5: dict[str, Message5] = {}
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -406,8 +416,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         identity = client.username if client is not None else None
         if code or self._shutting_down:
             self._detach(session)
-            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE)
+            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE, session.protocol_level)
             return
+        if generated and session.v5 is not None:
+            session.v5.assigned_id = True
         done = Ended()
         previous = self._connections.get(client_id)
         self._connections[client_id] = done
@@ -452,7 +464,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         bytes read after it (a client may send more before its CONNACK), for the connection's reader."""
         limits = self.guard_config.limits
         timeout = limits.connect_timeout
-        leftover = b""
+        leftover = body = b""
         stream = reader._reader if type(reader) is TcpReader else None  # noqa: SLF001 - our MqttStream inside
         try:
             if stream is not None and stream.timed_out:
@@ -475,22 +487,22 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     else f"CONNECT with reserved fixed-header flags {first & 0x0F:#x} (must be 0) [MQTT-2.2.2-2]"
                 )
             info = parse_connect(body)
-            if info.level == MQTT5:  # until the engine serves MQTT 5 (issue 16, step a)
-                raise ProtocolViolation("unsupported protocol level 5 (MQTT 3.1.1 is level 4)", connack=1)
+            _check_connect_limits(info)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
         except ProtocolViolation as exc:
             self._counters.incr(None, C.PROTOCOL_ERRORS)
-            if exc.connack is not None:
+            level = _connect_level(body)
+            if exc.connack is not None or level == MQTT5:  # (MQTT 5: a CONNACK with the reason [MQTT-4.13.1-1])
                 refusal_log.log(  # once a minute per source host and reason (a retrying device)
                     logging.WARNING,
                     (where.rpartition(":")[0], exc.reason),
-                    "refused CONNECT from %s: %s (CONNACK %d)",
+                    "refused CONNECT from %s: %s (CONNACK %#x)" if level == MQTT5 else _REFUSED_LOG,
                     where,
                     exc.reason,
-                    exc.connack,
+                    exc.code if level == MQTT5 else exc.connack,
                 )
-                await self._refuse(writer, exc.connack)
+                await self._refuse(writer, exc.connack or 0, level, exc.code)
                 return None
             log.warning("closed connection from %s: invalid CONNECT: %s", where, exc.reason)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, EOFError):
@@ -529,6 +541,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session.ssl_object = writer.get_ssl_info()
         session.keep_alive = info.keepalive
         session.protocol_level = info.level
+        if info.level == MQTT5:
+            c5 = session.v5 = Client5.of(info.props, info.will_props)
+            max_keepalive = self.guard_config.limits.max_keepalive
+            if max_keepalive and (info.keepalive == 0 or info.keepalive > max_keepalive):
+                session.keep_alive = c5.server_keepalive = max_keepalive  # told in the CONNACK [MQTT-3.2.2-21]
+            # Until session expiry is served as such: a session is kept after the connection only with a
+            # Session Expiry Interval, and resumed only without Clean Start (3.1.2.4, 3.1.2.11.2)
+            session.clean_session = info.clean or not c5.session_expiry
         return session
 
     async def _check_connect(
@@ -823,9 +843,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
 
     @staticmethod
-    async def _refuse(writer: WriterAdapter, code: int) -> None:
+    async def _refuse(writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None) -> None:
+        """Every refused CONNECT ends here: CONNACK `code` (3.1.1), or for an MQTT 5 client the v5 CONNACK
+        with `reason` (default: the v5 code that says what `code` says, reasons.V5_CONNACK), then close."""
+        if level == MQTT5:
+            if reason is None:
+                reason = V5_CONNACK.get(code, Reason.UNSPECIFIED_ERROR)
+            frame = mqtt5.encode_connack(False, reason)
+        else:
+            frame = encode_connack(False, code)
         try:
-            writer.write(encode_connack(False, code))  # session present is always 0 on refusal
+            writer.write(frame)  # session present is always 0 on refusal
             await asyncio.wait_for(writer.drain(), 2)
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
@@ -889,6 +917,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             "is_anonymous",
             "guard_client",
             "protocol_level",
+            "v5",
             "listener",
         ):
             setattr(existing, name, getattr(incoming, name))
@@ -937,13 +966,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             self._counters,
             max_packet=limits.max_packet_size,
             max_stall=limits.backpressure_max_stall,
+            alias_max=limits.max_topic_alias,
+            receive_max=limits.max_inflight_messages,
         )
+        c5 = session.v5 if session.protocol_level == MQTT5 else None
+        if c5 is not None:
+            queue.serve_level(True, c5.receive_max, c5.max_packet)
+            connack = mqtt5.encode_connack(bool(session.parent), 0, self._connack_properties(session, c5))
+        else:
+            queue.serve_level(False)
+            connack = encode_connack(bool(session.parent), 0)
         self._sessions[session.client_id] = (session, handler)
         if session.client_id in self._filters_of:
             self._invalidate_routes()  # a resumed session's targets now carry its new guard client
         clean = False
         try:
-            connack = encode_connack(bool(session.parent), 0)
             if not handler.send_now(connack):
                 await handler.send(connack)
             if self._fire_connected:
@@ -955,6 +992,26 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             handler.close(f"connection lost ({exc or type(exc).__name__})")
         finally:
             await self._end_session(session, handler, clean)
+
+    def _connack_properties(self, session: GuardedSession, c5: Client5) -> mqtt5.Props:
+        """What the CONNACK tells an MQTT 5 client about this server (3.2.2.3)."""
+        limits = self.guard_config.limits
+        props: mqtt5.Props = {}
+        if limits.max_inflight_messages:  # (absent: 65535)
+            props[mqtt5.RECEIVE_MAXIMUM] = max(1, min(limits.max_inflight_messages, 65535))
+        if limits.max_topic_alias:
+            props[mqtt5.TOPIC_ALIAS_MAXIMUM] = limits.max_topic_alias
+        if limits.max_packet_size:
+            props[mqtt5.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
+        props[mqtt5.RETAIN_AVAILABLE] = 1
+        props[mqtt5.WILDCARD_SUB_AVAILABLE] = 1
+        props[mqtt5.SUB_ID_AVAILABLE] = 1
+        props[mqtt5.SHARED_SUB_AVAILABLE] = 0
+        if c5.assigned_id:
+            props[mqtt5.ASSIGNED_CLIENT_ID] = session.client_id
+        if c5.server_keepalive is not None:
+            props[mqtt5.SERVER_KEEP_ALIVE] = c5.server_keepalive
+        return props
 
     async def _end_session(self, session: GuardedSession, handler: GuardedHandler, clean: bool) -> None:
         client_id = session.client_id
@@ -1002,9 +1059,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             log.info("will of client %r to %r not published: PUBLISH denied", session.client_id, topic)
             return
         qos = session.will_qos or 0
+        props = session.v5.will() if session.v5 is not None else None
         if session.will_retain:
+            props = props.retained() if props is not None else Message5(retain=True)
             await self.retain_message(session, topic, message, qos)
-        await self._route(topic, topic.encode(), bytes(message), qos)
+            self._retain5(topic, bytes(message), props)
+        await self._route(topic, topic.encode(), bytes(message), qos, props)
 
     # -- PUBLISH / SUBSCRIBE from a client (GuardedBroker is the `Router` of GuardedHandler's reader) -----
     def publish(
@@ -1016,6 +1076,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         plen: int,
         qos: int,
         frame0: bytes | None,
+        props: Message5 | None = None,
         awaited: bool = False,
     ) -> Held:
         """The decision on a client's PUBLISH, for every PUBLISH: the topic checks (`_check_sync`,
@@ -1026,7 +1087,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         The reader calls it for QoS 0/1 without RETAIN when `fast_publish` holds (`payload` may be None
         when `frame0` is given). `handle_publish` calls it for every other PUBLISH with `awaited`: then
         it returns `_ADMITTED` instead of routing, and when a topic plugin has to be awaited the caller
-        has made the topic checks."""
+        has made the topic checks. `props`: the MQTT 5 side of the message (an MQTT 5 publisher's
+        connection always gives one; None from a 3.1.1 publisher)."""
         if not awaited or self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
@@ -1052,10 +1114,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
-        return self._fanout(topic, topic_raw, payload, plen, qos, frame0)
+        return self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
 
     async def handle_publish(
-        self, session: GuardedSession, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
+        self,
+        session: GuardedSession,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Message5 | None = None,
     ) -> Held:
         """A PUBLISH the reader does not route synchronously (QoS 2, RETAIN, or plugins to await).
         `publish` decides it; around that, only what has to be awaited: the MESSAGE_RECEIVED and
@@ -1070,15 +1139,24 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
         if not self._sync_checks and not await self._topic_filtering(session, topic, Action.PUBLISH):
             return None
-        if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, True) is None:
+        if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, props, True) is None:
             return None
         if self._fire_msg_broadcast:
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
             )
         if retain:
+            props = props.retained() if props is not None else Message5(retain=True)
             await self.retain_message(session, topic, payload, qos)
-        return await self._route(topic, topic_raw, payload, qos)
+            self._retain5(topic, payload, props)
+        return await self._route(topic, topic_raw, payload, qos, props)
+
+    def _retain5(self, topic: str, payload: bytes, props: Message5) -> None:
+        """The MQTT 5 properties of the retained message on `topic` (kept beside amqtt's retained store)."""
+        if payload and (props.forwarded or props.expires):
+            self._retained5[topic] = Message5(props.forwarded, props.expires)
+        else:
+            self._retained5.pop(topic, None)
 
     def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
         """The reader's synchronous run over `remaining` bytes starts: the quota stretch `publish` and
@@ -1093,19 +1171,22 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             self._stretch = None
         self.guard.settle_stretch(st)
 
-    async def _route(self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None) -> Held:
+    async def _route(
+        self, topic: str, topic_raw: bytes, payload: bytes, qos: int | None, props: Message5 | None = None
+    ) -> Held:
         """Queue one message for every matching subscriber that may receive it (`_fanout`). `qos` None
         (amqtt's internal broadcast) delivers at the granted QoS. When a topic plugin has to be awaited,
         the RECEIVE checks are awaited first, for every target and every message."""
         if self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
-            return self._fanout(topic, topic_raw, payload, len(payload), qos, None)
+            return self._fanout(topic, topic_raw, payload, len(payload), qos, None, None, props)
         verdicts: dict[str, bool] = {}
         for client_id, (target, _) in self._match(topic).items():
             if target.out_queue is not None:
                 verdicts[client_id] = await self._topic_filtering(target, topic, Action.RECEIVE)
-        return self._fanout(topic, topic_raw, payload, len(payload), qos, None, self._make_route(topic, verdicts))
+        route = self._make_route(topic, verdicts)
+        return self._fanout(topic, topic_raw, payload, len(payload), qos, None, route, props)
 
     def _match(self, topic: str) -> dict[str, tuple[GuardedSession, int]]:
         """Subscribers of `topic` (through the trie), one per client with its highest granted QoS."""
@@ -1152,7 +1233,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if verdicts is not None
                 else self._check_sync(target, topic, Action.RECEIVE, False)
             ):
-                targets.append((queue, granted, target.guard_client, client_id))
+                sub5 = self._sub5_of(client_id, topic) if target.protocol_level == MQTT5 else None
+                targets.append((queue, granted, target.guard_client, client_id, sub5))
             else:
                 withheld.append(client_id)
                 self._log_withheld(target, topic)
@@ -1165,6 +1247,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             routes[topic] = route
         return route
 
+    def _sub5_of(self, client_id: str, topic: str) -> Sub5:
+        """The options of an MQTT 5 subscriber's subscriptions matching `topic` (for its cached route)."""
+        opts = self._sub5.get(client_id, {})
+        matching = [opts.get(f, (0, 0)) for f in self._filters_of.get(client_id, ()) if topic_matches(f, topic)]
+        ids = sorted({sid for _, sid in matching if sid})
+        no_local = bool(matching) and all(o & NO_LOCAL for o, _ in matching)
+        rap = any(o & RETAIN_AS_PUBLISHED for o, _ in matching)
+        return Sub5(mqtt5.sub_ids_block(ids), no_local, rap)
+
     def _fanout(
         self,
         topic: str,
@@ -1174,11 +1265,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         qos: int | None,
         frame0: bytes | None,
         route: Route | None = None,
+        props: Message5 | None = None,
     ) -> Held:
         """Deliver one message to the targets of its topic: the cached Route, else a new one (or `route`,
         made for this message by `_route`). Then the receivers' quota, once for the group; a QoS 0
-        delivery is one shared encoded frame; a subscriber whose queue passes its hold mark adds its
-        Event to the result. (`payload` or `frame0` is given.)"""
+        delivery is one shared encoded frame (one per protocol level); a subscriber whose queue passes
+        its hold mark adds its Event to the result. (`payload` or `frame0` is given.) An MQTT 5
+        subscriber gets `props` (the message's forwarded properties, its expiry) with the identifiers
+        of its matching subscriptions, and its No Local and Retain As Published options apply."""
         if route is None:
             route = self._routes.get(topic)
             fresh = route is None
@@ -1199,11 +1293,37 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        for queue, granted, _client, client_id in route.targets:
+        frame5: bytes | None = None
+        for queue, granted, _client, client_id, sub5 in route.targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
-            if dq == 0:
+            if sub5 is not None:  # an MQTT 5 subscriber
+                if payload is None:
+                    payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
+                forwarded, expires, retain = b"", 0.0, False
+                if props is not None:
+                    if sub5.no_local and props.origin is queue:
+                        continue  # its own message [MQTT-3.8.3-3]
+                    forwarded, expires, retain = props.forwarded, props.expires, props.retain and sub5.rap
+                if dq == 0 and not sub5.ids and not expires and not retain:
+                    if frame5 is None:
+                        frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
+                    if queue.max_packet and len(frame5) > queue.max_packet:
+                        self._too_large(client_id)
+                        continue
+                    ok = queue.offer0(frame5, plen, size)
+                else:
+                    extra = sub5.ids
+                    if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                        len(topic_raw), plen, dq, len(forwarded) + len(extra) + (5 if expires else 0)
+                    ):
+                        self._too_large(client_id)
+                        continue
+                    if extra:
+                        forwarded += extra
+                    ok = queue.offer5(topic_raw, payload, dq, retain, forwarded, expires)
+            elif dq == 0:
                 if frame0 is None:
                     frame0 = encode_publish(topic_raw, payload, 0, False)  # type: ignore[arg-type]  # payload given
                 ok = queue.offer0(frame0, plen, size)
@@ -1227,6 +1347,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
         return held
+
+    def _too_large(self, client_id: str) -> None:
+        """A delivery larger than the MQTT 5 client's Maximum Packet Size is dropped [MQTT-3.1.2-25]."""
+        self._counters.incr(client_id, C.DROPPED_TOO_LARGE)
+        queue_log.log(
+            logging.INFO,
+            ("too large", client_id),
+            "dropped a message for client %r: larger than the Maximum Packet Size it accepts",
+            client_id,
+        )
 
     def _dropped(self, client_id: str, queue: OutQueue) -> None:
         self._counters.incr(client_id, C.DROPPED_QUEUE_FULL)
@@ -1258,24 +1388,54 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await self._route(topic, topic.encode(), bytes(data), force_qos)
 
     async def handle_subscribe(
-        self, session: GuardedSession, conn: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
+        self,
+        session: GuardedSession,
+        conn: GuardedHandler,
+        packet_id: int,
+        filters: list[tuple[str, int]],
+        sub_id: int = 0,
     ) -> None:
-        codes = [await self.add_subscription(sub, session) for sub in filters]
-        await conn.send(encode_suback(packet_id, codes))
-        for (topic_filter, _), code in zip(filters, codes, strict=True):
-            if code == SUBACK_FAILURE:
+        """`filters`: (filter, options byte); below MQTT 5 the options are the requested QoS. An MQTT 5
+        client's options (No Local, Retain As Published, Retain Handling) and `sub_id` (its Subscription
+        Identifier, 0: none) are kept per filter; its SUBACK says 0x87 for a refused filter and 0x9E for
+        a shared subscription (not served yet: the CONNACK says so)."""
+        v5 = conn.level == MQTT5
+        codes: list[int] = []
+        fresh: list[bool] = []
+        for topic_filter, options in filters:
+            if v5 and topic_filter.startswith("$share/"):
+                codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+                fresh.append(False)
+                continue
+            fresh.append(topic_filter not in self._filters_of.get(session.client_id, ()))
+            code = await self.add_subscription((topic_filter, options & 3), session)
+            if v5:
+                if code == SUBACK_FAILURE:
+                    code = Reason.NOT_AUTHORIZED
+                else:
+                    self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
+            codes.append(code)
+        await conn.send(mqtt5.encode_suback(packet_id, codes) if v5 else encode_suback(packet_id, codes))
+        for (topic_filter, options), code, new in zip(filters, codes, fresh, strict=True):
+            if code >= SUBACK_FAILURE:
                 continue
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id, topic=topic_filter, qos=code
             )
-            await self._publish_retained_messages_for_subscription((topic_filter, code), session)
+            handling = (options & RETAIN_HANDLING) >> 4 if v5 else 0  # 3.8.3.1: 0 send, 1 if new, 2 never
+            if handling == 0 or (handling == 1 and new):
+                await self._publish_retained_messages_for_subscription((topic_filter, code), session, sub_id)
 
-    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> None:
+    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> list[bool]:
+        """Whether each filter was subscribed (for an MQTT 5 client's UNSUBACK: 0x00 or 0x11)."""
+        existed = []
         for topic_filter in filters:
+            existed.append(topic_filter in self._filters_of.get(session.client_id, ()))
             self._unsubscribe(topic_filter, session)
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter
             )
+        return existed
 
     async def add_subscription(self, subscription: tuple[str, int], session: GuardedSession) -> int:
         """The filter was validated by the reader. A repeated filter replaces the old one, new QoS
@@ -1314,14 +1474,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 filters.discard(a_filter)
                 if not filters:
                     del self._filters_of[session.client_id]
+            opts = self._sub5.get(session.client_id)
+            if opts is not None:
+                opts.pop(a_filter, None)
+                if not opts:
+                    del self._sub5[session.client_id]
             self._invalidate_routes()
         return deleted
 
     async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: GuardedSession
+        self, subscription: tuple[str, int], session: GuardedSession, sub_id: int = 0
     ) -> None:
         """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
-        out with RETAIN set at min(granted QoS, message QoS)."""
+        out with RETAIN set at min(granted QoS, message QoS); to an MQTT 5 client with their properties
+        and the subscription's identifier (`sub_id`)."""
         topic_filter, qos = subscription
         queue = queue_of(session)
         if queue is None:
@@ -1334,7 +1500,23 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             client = session.guard_client
             if client is not None and not self.guard.admit_delivery(client, topic, len(retained.data)):
                 continue
-            if not queue.offer(topic.encode(), bytes(retained.data), min(qos, retained.qos or 0), True):
+            data, dq = bytes(retained.data), min(qos, retained.qos or 0)
+            if session.protocol_level == MQTT5:
+                topic_raw = topic.encode()
+                props = self._retained5.get(topic)
+                forwarded = props.forwarded if props is not None else b""
+                if sub_id:
+                    forwarded += mqtt5.sub_ids_block((sub_id,))
+                expires = props.expires if props is not None else 0.0
+                if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                    len(topic_raw), len(data), dq, len(forwarded) + (5 if expires else 0)
+                ):
+                    self._too_large(session.client_id)
+                    continue
+                ok = queue.offer5(topic_raw, data, dq, True, forwarded, expires)
+            else:
+                ok = queue.offer(topic.encode(), data, dq, True)
+            if not ok:
                 self._counters.incr(session.client_id, C.DROPPED_QUEUE_FULL)
 
     async def _publish_session_retained_messages(self, session: GuardedSession) -> None:
@@ -1511,6 +1693,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 sessions,
                 messages,
             )
+
+
+def _check_connect_limits(info: ConnectInfo) -> None:
+    """What the server refuses in a valid CONNECT before anyone is asked: MQTT 5 enhanced
+    authentication (no method is offered: CONNACK 0x8C Bad authentication method [MQTT-4.12.0-1])."""
+    method = info.props.get(mqtt5.AUTH_METHOD) if info.level == MQTT5 else None
+    if method is not None:
+        raise ProtocolViolation(
+            f"enhanced authentication {method!r} is not supported",
+            connack=CONNACK_NOT_AUTHORIZED,
+            code=Reason.BAD_AUTHENTICATION_METHOD,
+        )
+
+
+def _connect_level(body: bytes) -> int:
+    """The protocol level of a CONNECT body, as far as it can be read (0: unknown); for answering a
+    refused MQTT 5 CONNECT in its own form."""
+    if len(body) < 7 or body[:6] != b"\x00\x04MQTT":
+        return 0
+    return body[6]
+
+
+_REFUSED_LOG = "refused CONNECT from %s: %s (CONNACK %d)"
 
 
 async def _read_packet(reader: ReaderAdapter, max_packet: int) -> tuple[int, bytes]:

@@ -42,10 +42,13 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
+from ..reasons import Reason
+from . import mqtt5
 from .deadlines import Wheel, wheel_for
-from .mqtt5 import encode_disconnect
+from .mqtt5 import Message5, encode_disconnect
 from .packets import MQTT5, parse_subscribe, parse_unsubscribe
 from .protocol import (
+    AUTH,
     CONNECT,
     DISCONNECT,
     PINGREQ,
@@ -59,6 +62,7 @@ from .protocol import (
     TYPE_NAMES,
     UNSUBACK,
     UNSUBSCRIBE,
+    Cursor,
     Incomplete,
     ProtocolViolation,
     check_topic_name,
@@ -81,6 +85,7 @@ READ_CHUNK = 65536
 TOPIC_CACHE = 256  # validated PUBLISH topics remembered per connection
 WRITE_BATCH = 65536  # bytes of PUBLISH frames per write() in the writer loop
 CLOSE_GRACE = 2.0  # seconds a closing socket may take to flush before it is aborted
+WITH_WILL = 2  # `_dispatch`: an MQTT 5 DISCONNECT with reason 0x04 (1: any other DISCONNECT)
 
 
 _AMQTT_LOG = logging.getLogger("amqtt.mqtt.protocol.handler")
@@ -126,24 +131,41 @@ class Router(Protocol):
         plen: int,
         qos: int,
         frame0: bytes | None,
+        props: Message5 | None = None,
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
-        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given."""
+        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
+        side of the message (given for every PUBLISH of an MQTT 5 client)."""
         ...
 
     async def handle_publish(
-        self, session: GuardedSession, topic: str, topic_raw: bytes, payload: bytes, qos: int, retain: bool
+        self,
+        session: GuardedSession,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        props: Message5 | None = None,
     ) -> Held:
         """Route any other PUBLISH (QoS 2, RETAIN, or plugins that must be awaited)."""
         ...
 
     async def handle_subscribe(
-        self, session: GuardedSession, conn: GuardedHandler, packet_id: int, filters: list[tuple[str, int]]
+        self,
+        session: GuardedSession,
+        conn: GuardedHandler,
+        packet_id: int,
+        filters: list[tuple[str, int]],
+        sub_id: int = 0,
     ) -> None:
-        """Subscribe, send the SUBACK through `conn`, then the retained messages."""
+        """Subscribe, send the SUBACK through `conn`, then the retained messages. `filters`: (filter,
+        options byte); `sub_id`: an MQTT 5 Subscription Identifier (0: none)."""
         ...
 
-    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> None: ...
+    async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> list[bool]:
+        """Unsubscribe; whether each filter had been subscribed."""
+        ...
 
     def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
         """Open the quota stretch of a synchronous run over `remaining` bytes (None: none opened)."""
@@ -211,6 +233,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_fire_rx",
         "_fire_tx",
         "level",
+        "_msg5",
+        "_aliases",
+        "_alias_max",
+        "_receive_max",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -273,6 +299,12 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._fire_rx = bool(events.get(MQTTEvents.PACKET_RECEIVED))
         self._fire_tx = bool(events.get(MQTTEvents.PACKET_SENT))
         self.level = 4  # the client's protocol level (5: MQTT 5 packets and server-sent DISCONNECT)
+        # MQTT 5: the Message5 of this client's PUBLISH packets without properties (one per connection),
+        # its topic aliases (alias -> topic, raw topic), and what the CONNACK announced
+        self._msg5: Message5 | None = None
+        self._aliases: dict[int, tuple[str, bytes]] | None = None
+        self._alias_max = 0
+        self._receive_max = 65535
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -299,9 +331,20 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self.writer = writer
 
     def bind(
-        self, router: Router, queue: OutQueue, where: str, counters: Counting, *, max_packet: int, max_stall: float
+        self,
+        router: Router,
+        queue: OutQueue,
+        where: str,
+        counters: Counting,
+        *,
+        max_packet: int,
+        max_stall: float,
+        alias_max: int = 0,
+        receive_max: int = 0,
     ) -> None:
-        """After `attach`: who decides (`router`), the session's queue, and the limits of the connection."""
+        """After `attach`: who decides (`router`), the session's queue, and the limits of the connection
+        (for an MQTT 5 client also the Topic Alias Maximum and Receive Maximum its CONNACK announces;
+        `receive_max` 0: 65535)."""
         self._router = router
         self._counters = counters
         self.queue = queue
@@ -310,6 +353,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self.level = self.session.protocol_level if self.session else 4
         self._max_packet = max_packet
         self._max_stall = max_stall
+        if self.level == MQTT5:
+            self._msg5 = Message5(b"", 0.0, queue)
+            self._alias_max = alias_max
+            self._receive_max = max(1, min(receive_max, 65535)) if receive_max else 65535
         # Plugins listening to packets need every packet awaited (the fast path writes acks unseen)
         if router.fast_publish and not self._fire_rx and not self._fire_tx:
             self._route_now = router.publish
@@ -432,6 +479,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return
         if self.writer is not None:
             try:
+                if self._ws_dirty:  # (an MQTT 5 client's DISCONNECT, written by `close`)
+                    self._ws_dirty = False
+                    await asyncio.wait_for(self.writer.drain(), CLOSE_GRACE)
                 await asyncio.wait_for(self.writer.close(), CLOSE_GRACE)
             except Exception:  # noqa: BLE001 - the peer may be gone already
                 pass
@@ -738,7 +788,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         fast = self._route_now is not None  # runs of synchronous PUBLISH routing: quota stretches
         whole = not self._fire_rx  # no PACKET_RECEIVED listener to await before each PUBLISH
         queue = self.queue
-        publish = self._publish
+        publish = self._publish5 if self.level == MQTT5 else self._publish
         open_stretch = router.open_stretch
         client = session.guard_client
         try:
@@ -800,7 +850,11 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     body = bytes(data[start:stop])
                     pos = stop
                     self._flush_in()
-                    if await self._dispatch(first, body):
+                    ended = await self._dispatch(first, body)
+                    if ended:
+                        if ended == WITH_WILL:  # MQTT 5 DISCONNECT 0x04: ends as if the link were lost
+                            self.end_reason = "DISCONNECT with will message (0x04)"
+                            return False
                         clean = True
                         self.end_reason = None
                         return True
@@ -814,6 +868,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     self._flush_in()
         except ProtocolViolation as exc:
             self._protocol_error(exc.reason)
+            if self.level == MQTT5:  # told why first [MQTT-4.13.1-1]
+                self.close(f"protocol violation: {exc.reason}", exc.code)
         except asyncio.CancelledError:
             self.end_reason = self.end_reason or "disconnected by the server"
             if self._inline:  # the reader runs in the connection's own task
@@ -901,8 +957,110 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         held = route(self.session, topic, topic_raw, bytes(data[te:stop]), plen, 0, None)
         return held
 
+    def _publish5(
+        self, first: int, data: bytes | bytearray, pos: int, start: int, stop: int
+    ) -> Held | Coroutine[Any, Any, Held]:
+        """`_publish` for an MQTT 5 client (chosen once per connection: the 3.1.1 path has no test of the
+        level). Its property block follows the packet id: when empty (one zero byte, most messages) it is
+        skipped and the connection's shared Message5 goes with the message; otherwise it is parsed and
+        validated (engine/mqtt5.py), a Topic Alias resolved or set, a payload that is not the UTF-8 its
+        Payload Format Indicator claims is refused (PUBACK/PUBREC 0x99, dropped at QoS 0 [MQTT-3.3.2-4])."""
+        if stop - start < 2:
+            raise ProtocolViolation("malformed PUBLISH: truncated")
+        ts = start + 2
+        te = ts + ((data[start] << 8) | data[start + 1])
+        if te > stop:
+            raise ProtocolViolation("malformed PUBLISH: a length field runs past the end of the packet")
+        qos = (first >> 1) & 3
+        pid = 0
+        p = te
+        if qos:
+            if qos == 3:
+                raise ProtocolViolation("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+            if te + 2 > stop:
+                raise ProtocolViolation("malformed PUBLISH: truncated")
+            pid = (data[te] << 8) | data[te + 1]
+            if pid == 0:
+                raise ProtocolViolation("PUBLISH with packet identifier 0 [MQTT-2.3.1-1]")
+            p = te + 2
+        if p >= stop:
+            raise ProtocolViolation("malformed PUBLISH: no property length")
+        msg = self._msg5
+        if data[p] == 0:  # no properties
+            body = p + 1
+            if te == ts:
+                raise mqtt5.protocol_error("PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-1]")
+            topic_raw = bytes(data[ts:te])
+            topic = self._topics.get(topic_raw)
+            if topic is None:
+                topic = self._new_topic(topic_raw)
+        else:
+            c = Cursor(data[p:stop], "PUBLISH")
+            props = mqtt5.read_properties(c, "PUBLISH")
+            body = p + c.pos
+            alias = props.get(mqtt5.TOPIC_ALIAS)
+            if alias is not None:
+                topic, topic_raw = self._alias(alias, data[ts:te])
+            else:
+                if te == ts:
+                    raise mqtt5.protocol_error("PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-1]")
+                topic_raw = bytes(data[ts:te])
+                topic = self._topics.get(topic_raw) or self._new_topic(topic_raw)
+            if props.get(mqtt5.PAYLOAD_FORMAT) == 1:
+                try:
+                    bytes(data[body:stop]).decode("utf-8")
+                except UnicodeDecodeError:
+                    self._n_in += 1
+                    self._b_in += stop - body
+                    if qos:
+                        kind = PUBACK if qos == 1 else PUBREC
+                        self._ack(mqtt5.encode_ack(kind, pid, Reason.PAYLOAD_FORMAT_INVALID))
+                    return None
+            carried = mqtt5.message_of(props, self.queue)
+            if carried is not None:
+                msg = carried
+        plen = stop - body
+        self._n_in += 1
+        self._b_in += plen
+        route = self._route_now
+        if route is None or first & 0x05:  # QoS 2, RETAIN, or plugins to await
+            return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
+        held: Held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
+        if qos:
+            self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
+        return held
+
+    def _alias(self, alias: int, raw: bytes | bytearray) -> tuple[str, bytes]:
+        """An MQTT 5 Topic Alias (client to server, per connection, 3.3.2.3.4): with a topic it is set,
+        without one it stands for the topic set last. (mosquitto's reason codes: 0x94 for an alias above
+        the maximum, 0x82 for one never set.)"""
+        if alias > self._alias_max:
+            raise ProtocolViolation(
+                f"PUBLISH Topic Alias {alias} above the Topic Alias Maximum {self._alias_max} [MQTT-3.3.2-9]",
+                code=Reason.TOPIC_ALIAS_INVALID,
+            )
+        aliases = self._aliases
+        if aliases is None:
+            aliases = self._aliases = {}
+        if raw:
+            topic_raw = bytes(raw)
+            topic = self._topics.get(topic_raw) or self._new_topic(topic_raw)
+            aliases[alias] = (topic, topic_raw)
+            return topic, topic_raw
+        known = aliases.get(alias)
+        if known is None:
+            raise mqtt5.protocol_error(f"PUBLISH with Topic Alias {alias} that was never set (3.3.2.3.4)")
+        return known
+
     async def _publish_awaited(
-        self, topic: str, topic_raw: bytes, payload: bytes, qos: int, pid: int, first: int
+        self,
+        topic: str,
+        topic_raw: bytes,
+        payload: bytes,
+        qos: int,
+        pid: int,
+        first: int,
+        props: Message5 | None = None,
     ) -> Held:
         """A PUBLISH `_publish` validated that is routed through the broker's awaited path (QoS 2,
         RETAIN, plugins that must be awaited), then acknowledged. An inbound QoS 2 message is routed when
@@ -914,11 +1072,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if qos == 2:
             held = None
             if pid not in q.qos2_in:
-                held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain)
+                if props is not None and len(q.qos2_in) >= self._receive_max:
+                    raise ProtocolViolation(
+                        f"more than Receive Maximum {self._receive_max} QoS 2 PUBLISH unacknowledged [MQTT-3.3.4-9]",
+                        code=Reason.RECEIVE_MAXIMUM_EXCEEDED,
+                    )
+                held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
                 q.qos2_in.add(pid)
             await self.send(encode_ack(PUBREC, pid))
             return held
-        held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain)
+        held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         if qos == 1:
             await self.send(encode_ack(PUBACK, pid))
         return held
@@ -949,15 +1112,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if self._counters is not None:
             self._counters.incr(self.client_id, C.PROTOCOL_ERRORS)
 
-    async def _dispatch(self, first: int, body: bytes) -> bool:
+    async def _dispatch(self, first: int, body: bytes) -> int:
         """Act on one complete packet other than PUBACK (and PUBLISH, unless PACKET_RECEIVED listeners
-        must see it first); True when it was a DISCONNECT."""
+        must see it first); 1 when it was a DISCONNECT, WITH_WILL when an MQTT 5 one asked for the will."""
         ptype = first >> 4
         flags = first & 0x0F
         if self._fire_rx:
             await self._fire_received(first, body)
         if ptype == PUBLISH:  # (`_route_now` is None while packets are fired: `_publish` returns a coroutine)
-            pending = self._publish(first, body, 0, 0, len(body))
+            publish = self._publish5 if self.level == MQTT5 else self._publish
+            pending = publish(first, body, 0, 0, len(body))
             self._flush_in()
             held = await pending if pending is not None and not isinstance(pending, list) else pending
             await self._wait_held(held)
@@ -967,23 +1131,35 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             raise ProtocolViolation(f"{name} with invalid fixed-header flags {flags:#x} [MQTT-2.2.2-2]")
         q, router, session = self.queue, self._router, self.session
         assert q is not None and router is not None and session is not None
+        v5 = self.level == MQTT5
         if ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP):
-            if len(body) != 2:
+            reason = 0
+            if len(body) == 2:
+                pid = (body[0] << 8) | body[1]
+            elif v5 and len(body) > 2:  # reason code and properties (3.4.2): read, validated, accepted
+                pid, reason = mqtt5.parse_ack(body, name)
+            else:
                 raise ProtocolViolation(f"malformed {name}: remaining length {len(body)}, expected 2")
-            pid = (body[0] << 8) | body[1]
             if ptype == PUBACK:
                 if q.acked(pid):
                     self.wake()
             elif ptype == PUBREC:
-                if q.received(pid):
+                if reason >= 0x80:  # the subscriber refused it: the QoS 2 flow ends here [MQTT-4.3.3-4]
+                    if q.rejected(pid):
+                        self.wake()
+                elif q.received(pid):
                     await self.send(encode_ack(PUBREL, pid))
             elif ptype == PUBCOMP:
                 if q.completed(pid):
                     self.wake()
+            elif v5 and pid not in q.qos2_in:  # PUBREL of an id we do not know
+                await self.send(mqtt5.encode_ack(PUBCOMP, pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
             else:  # PUBREL: the inbound QoS 2 message was routed when it arrived
                 q.qos2_in.discard(pid)
                 await self.send(encode_ack(PUBCOMP, pid))
             return False
+        if ptype == DISCONNECT and v5:
+            return self._disconnect5(body)
         if ptype == PINGREQ or ptype == DISCONNECT:
             if body:
                 raise ProtocolViolation(f"malformed {name}: remaining length {len(body)}, expected 0")
@@ -992,17 +1168,38 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             await self.send(PINGRESP_BYTES)
             return False
         if ptype == SUBSCRIBE:
-            sub = parse_subscribe(body)
-            await router.handle_subscribe(session, self, sub.packet_id, sub.filters)
+            sub = parse_subscribe(body, self.level)
+            await router.handle_subscribe(session, self, sub.packet_id, sub.filters, sub.sub_id)
             return False
         if ptype == UNSUBSCRIBE:
-            pid, topic_filters = parse_unsubscribe(body)
-            await router.handle_unsubscribe(session, topic_filters)
-            await self.send(encode_ack(UNSUBACK, pid))
+            pid, topic_filters = parse_unsubscribe(body, self.level)
+            existed = await router.handle_unsubscribe(session, topic_filters)
+            if v5:
+                codes: list[int] = [Reason.SUCCESS if e else Reason.NO_SUBSCRIPTION_EXISTED for e in existed]
+                await self.send(mqtt5.encode_unsuback(pid, codes))
+            else:
+                await self.send(encode_ack(UNSUBACK, pid))
             return False
+        if ptype == AUTH and v5:  # no enhanced authentication was agreed in the CONNECT (4.12)
+            raise mqtt5.protocol_error("AUTH without an Authentication Method in the CONNECT")
         if ptype == CONNECT:
             raise ProtocolViolation("second CONNECT on a connection [MQTT-3.1.0-2]")
         raise ProtocolViolation(f"{name} is not a packet a client may send")
+
+    def _disconnect5(self, body: bytes) -> int:
+        """An MQTT 5 client's DISCONNECT (3.14): reason 0x04 asks for the will (as mosquitto, any other
+        reason discards it); a Session Expiry Interval replaces the CONNECT's, but not a 0 there
+        [MQTT-3.14.2-2]; 0 now ends the session with the connection."""
+        reason, props = mqtt5.parse_disconnect(body)
+        expiry = props.get(mqtt5.SESSION_EXPIRY)
+        c5 = self.session.v5 if self.session is not None else None
+        if expiry is not None and c5 is not None:
+            if expiry and not c5.session_expiry:
+                raise mqtt5.protocol_error("DISCONNECT sets a Session Expiry Interval after 0 [MQTT-3.14.2-2]")
+            c5.session_expiry = expiry
+            if not expiry and self.session is not None:
+                self.session.clean_session = True
+        return WITH_WILL if reason == Reason.DISCONNECT_WITH_WILL else 1
 
     async def _fire_received(self, first: int, body: bytes) -> None:
         """PACKET_RECEIVED for plugins that listen to it (amqtt packet objects are built only then)."""

@@ -21,7 +21,10 @@ the docstrings, conformance statements in brackets, as in protocol.py):
 
 from __future__ import annotations
 
+import math
 import struct
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..reasons import Reason
@@ -32,12 +35,13 @@ from .protocol import (
     Cursor,
     ProtocolViolation,
     check_topic_name,
-    decode_utf8,
     encode_remaining_length,
 )
 
 _H = struct.Struct("!H")
 _I = struct.Struct("!I")
+_PUB1 = struct.Struct("!BBH")  # first byte, one-byte remaining length, topic length
+_PID_PLEN = struct.Struct("!HB")  # packet id, one-byte property length
 
 MAX_VARINT = 268_435_455
 
@@ -216,58 +220,113 @@ def encode_varint(n: int) -> bytes:
 
 # -- properties ----------------------------------------------------------------------------------
 def read_properties(c: Cursor, packet: str) -> Props:
-    """The property block at the cursor (its length first), validated for `packet` (a key of ALLOWED)."""
-    length = read_varint(c)
+    """The property block at the cursor (its length first), validated for `packet` (a key of ALLOWED).
+
+    One loop over the bytes with local indices, not Cursor calls per field: a PUBLISH with a content
+    type and two user properties is read in ~1.5 us instead of ~6.7 us (tests/bench/bench_codec.py)."""
+    body = c.body
+    pos = c.pos
+    if pos >= len(body):
+        raise malformed(f"malformed {c.what}: truncated")
+    length = body[pos]
+    if length < 0x80:
+        pos += 1
+    else:
+        length = read_varint(c)
+        pos = c.pos
     if not length:
+        c.pos = pos
         return {}
-    end = c.pos + length
-    if end > len(c.body):
+    end = pos + length
+    if end > len(body):
         raise malformed(f"malformed {c.what}: the properties run past the end of the packet")
     allowed = ALLOWED[packet]
     props: Props = {}
-    while c.pos < end:
-        ident = read_varint(c)
+    value: Any
+    while pos < end:
+        ident = body[pos]  # every identifier is below 0x80: a one-byte variable byte integer
+        pos += 1
         kind = KIND.get(ident)
         if kind is None:
             raise malformed(f"malformed {c.what}: unknown property identifier {ident:#x}")
         if ident not in allowed:
             raise protocol_error(f"{c.what}: property {NAMES[ident]} is not allowed in {packet}")
-        value: Any
-        if kind == _BYTE:
-            value = c.u8()
-        elif kind == _U16:
-            value = c.u16()
-        elif kind == _U32:
-            if c.pos + 4 > len(c.body):
-                raise malformed(f"malformed {c.what}: truncated")
-            value = _I.unpack_from(c.body, c.pos)[0]
-            c.pos += 4
-        elif kind == _VARINT:
-            value = read_varint(c)
-        elif kind == _STR:
-            value = decode_utf8_strict(c.binary(), f"{c.what} {NAMES[ident]}")
-        elif kind == _BIN:
-            value = c.binary()
+        if kind >= _STR:  # a string, binary data or a string pair: length-prefixed
+            if pos + 2 > end:
+                raise malformed(f"malformed {c.what}: {NAMES[ident]} truncated")
+            n = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+            if pos + n > end:
+                raise malformed(f"malformed {c.what}: {NAMES[ident]} runs past the property block")
+            value = bytes(body[pos : pos + n])
+            pos += n
+            if kind != _BIN:
+                value = _text(value, c.what, ident)
+                if kind == _PAIR:
+                    if pos + 2 > end:
+                        raise malformed(f"malformed {c.what}: {NAMES[ident]} truncated")
+                    n = (body[pos] << 8) | body[pos + 1]
+                    pos += 2
+                    if pos + n > end:
+                        raise malformed(f"malformed {c.what}: {NAMES[ident]} runs past the property block")
+                    value = (value, _text(bytes(body[pos : pos + n]), c.what, ident))
+                    pos += n
+        elif kind == _BYTE:
+            if pos >= end:
+                raise malformed(f"malformed {c.what}: {NAMES[ident]} truncated")
+            value = body[pos]
+            pos += 1
+        elif kind == _U16 or kind == _U32:
+            n = 2 if kind == _U16 else 4
+            if pos + n > end:
+                raise malformed(f"malformed {c.what}: {NAMES[ident]} truncated")
+            value = int.from_bytes(body[pos : pos + n], "big")
+            pos += n
         else:
-            name = decode_utf8_strict(c.binary(), f"{c.what} user property name")
-            value = (name, decode_utf8_strict(c.binary(), f"{c.what} user property value"))
+            c.pos = pos
+            value = read_varint(c)
+            pos = c.pos
+            if pos > end:
+                raise malformed(f"malformed {c.what}: {NAMES[ident]} runs past the property block")
         if ident == USER_PROPERTY or ident == SUBSCRIPTION_ID:
-            props.setdefault(ident, []).append(value)
+            listed = props.get(ident)
+            if listed is None:
+                props[ident] = [value]
+            else:
+                listed.append(value)
         elif ident in props:
             raise protocol_error(f"{c.what}: property {NAMES[ident]} appears twice [MQTT-2.2.2-2]")
         else:
             props[ident] = value
-    if c.pos != end:
-        raise malformed(f"malformed {c.what}: a property runs past the end of the property block")
-    _check_values(props, c.what)
+    c.pos = pos
+    if not _CHECKED.isdisjoint(props):
+        _check_values(props, c.what)
     return props
 
 
-def decode_utf8_strict(raw: bytes, what: str) -> str:
+def _text(raw: bytes, what: str, ident: int) -> str:
+    """A UTF-8 string property: well-formed, without U+0000 [MQTT-1.5.4-1/2]; else a Malformed Packet."""
     try:
-        return decode_utf8(raw, what)
-    except ProtocolViolation as exc:
-        raise malformed(exc.reason) from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed(f"{what} {NAMES[ident]} is not valid UTF-8") from None
+    if "\x00" in text:
+        raise malformed(f"{what} {NAMES[ident]} contains U+0000")
+    return text
+
+
+_CHECKED = frozenset(
+    {
+        PAYLOAD_FORMAT,
+        REQUEST_PROBLEM_INFO,
+        REQUEST_RESPONSE_INFO,
+        RECEIVE_MAXIMUM,
+        MAXIMUM_PACKET_SIZE,
+        TOPIC_ALIAS,
+        SUBSCRIPTION_ID,
+        RESPONSE_TOPIC,
+    }
+)
 
 
 def _check_values(props: Props, what: str) -> None:
@@ -278,7 +337,7 @@ def _check_values(props: Props, what: str) -> None:
             raise protocol_error(f"{what}: {NAMES[ident]} {v} (must be 0 or 1)")
     for ident in (RECEIVE_MAXIMUM, MAXIMUM_PACKET_SIZE, TOPIC_ALIAS):
         if props.get(ident) == 0:
-            raise protocol_error(f"{what}: {NAMES[ident]} 0 [MQTT-3.1.2-?/3.3.2-8]")
+            raise protocol_error(f"{what}: {NAMES[ident]} 0 [MQTT-3.3.2-8, 3.1.2.11.3/6]")
     for sid in props.get(SUBSCRIPTION_ID, ()):
         if sid == 0:
             raise protocol_error(f"{what}: Subscription Identifier 0 [MQTT-3.8.2.1.2]")
@@ -364,11 +423,17 @@ def encode_publish(
     """An MQTT 5 PUBLISH; `props` is the encoded property list without its length (forwarded block,
     message expiry, subscription identifiers: see `delivery_properties`)."""
     first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
-    head = _H.pack(len(topic)) + topic
-    if qos:
-        head += _H.pack(packet_id)
-    head += encode_varint(len(props)) + props
-    return bytes((first,)) + encode_remaining_length(len(head) + len(payload)) + head + payload
+    tl = len(topic)
+    n = len(props)
+    rl = tl + (5 if qos else 3) + n + len(payload)
+    if rl < 128:  # (then the property length fits one byte too): packed in one go, ~45 % faster
+        if qos:
+            return _PUB1.pack(first, rl, tl) + topic + _PID_PLEN.pack(packet_id, n) + props + payload
+        return _PUB1.pack(first, rl, tl) + topic + bytes((n,)) + props + payload
+    plen = encode_varint(n)
+    rl += len(plen) - 1
+    head = _H.pack(tl) + topic + (_H.pack(packet_id) if qos else b"") + plen
+    return bytes((first,)) + encode_remaining_length(rl) + head + props + payload
 
 
 def delivery_properties(forwarded: bytes, expiry_left: int | None, sub_ids: tuple[int, ...] = ()) -> bytes:
@@ -439,22 +504,118 @@ def parse_ack(body: bytes, name: str) -> tuple[int, int]:
     return pid, reason
 
 
-def parse_disconnect(body: bytes) -> tuple[int, Props]:
-    """(reason code, properties) of a client's MQTT 5 DISCONNECT (remaining length 0: reason 0)."""
+def _reason_and_props(body: bytes, name: str) -> tuple[int, Props]:
+    """(reason code, properties) of a DISCONNECT or AUTH: remaining length 0 means reason 0 (3.14.2.1)."""
     if not body:
         return 0, {}
-    c = Cursor(body, "DISCONNECT")
+    c = Cursor(body, name)
     reason = c.u8()
-    props = read_properties(c, "DISCONNECT") if c.left() else {}
+    props = read_properties(c, name) if c.left() else {}
     if c.left():
-        raise malformed(f"malformed DISCONNECT: {c.left()} bytes after the properties")
+        raise malformed(f"malformed {name}: {c.left()} bytes after the properties")
     return reason, props
+
+
+def parse_disconnect(body: bytes) -> tuple[int, Props]:
+    """A client's MQTT 5 DISCONNECT."""
+    return _reason_and_props(body, "DISCONNECT")
 
 
 def parse_auth(body: bytes) -> tuple[int, Props]:
-    if not body:
-        return 0, {}
-    c = Cursor(body, "AUTH")
-    reason = c.u8()
-    props = read_properties(c, "AUTH") if c.left() else {}
-    return reason, props
+    """A client's AUTH (refused: no enhanced authentication method is offered)."""
+    return _reason_and_props(body, "AUTH")
+
+
+# -- what travels with a message, a subscription and a connection ----------------------------------
+class Message5:
+    """The MQTT 5 side of one message on its way to subscribers (None for a 3.1.1 publisher's ordinary
+    PUBLISH): `forwarded`, the encoded properties every MQTT 5 subscriber gets (`forwarded_block`);
+    `expires`, the `time.monotonic()` deadline of its Message Expiry Interval (0.0: none); `origin`, the
+    publisher's OutQueue (No Local); `retain`, the RETAIN flag as published (Retain As Published). Made
+    once per message that carries properties; an MQTT 5 connection's plain PUBLISH shares one per
+    connection."""
+
+    __slots__ = ("forwarded", "expires", "origin", "retain")
+
+    def __init__(self, forwarded: bytes = b"", expires: float = 0.0, origin: object = None, retain: bool = False):
+        self.forwarded = forwarded
+        self.expires = expires
+        self.origin = origin
+        self.retain = retain
+
+    def retained(self) -> Message5:
+        """This message as published with RETAIN."""
+        return self if self.retain else Message5(self.forwarded, self.expires, self.origin, True)
+
+
+def message_of(props: Props, origin: object) -> Message5 | None:
+    """The Message5 of a PUBLISH's (or will's) properties; None when nothing in them travels on."""
+    forwarded = forwarded_block(props)
+    expiry = props.get(MESSAGE_EXPIRY)
+    if not forwarded and expiry is None:
+        return None
+    return Message5(forwarded, time.monotonic() + expiry if expiry is not None else 0.0, origin)
+
+
+class Sub5:
+    """An MQTT 5 subscriber's options for one topic, from every subscription of it that matches (kept
+    in the broker's cached route): `ids`, the encoded Subscription Identifier properties a delivery
+    carries (3.8.2.1.2: every matching one); `no_local`, set when every matching subscription has No
+    Local (a message of the client itself is not sent back to it); `rap`, Retain As Published on any."""
+
+    __slots__ = ("ids", "no_local", "rap")
+
+    def __init__(self, ids: bytes, no_local: bool, rap: bool) -> None:
+        self.ids = ids
+        self.no_local = no_local
+        self.rap = rap
+
+
+def sub_ids_block(ids: list[int] | tuple[int, ...]) -> bytes:
+    return b"".join(b"\x0b" + encode_varint(i) for i in ids)
+
+
+@dataclass(slots=True)
+class Client5:
+    """What an MQTT 5 client said in its CONNECT that the server must honour for the connection
+    (3.1.2.11), and what the CONNACK told it."""
+
+    receive_max: int = 65535  # its Receive Maximum: QoS 1/2 deliveries unacknowledged at a time
+    max_packet: int = 0  # its Maximum Packet Size (0: the protocol's own limit)
+    alias_max: int = 0  # its Topic Alias Maximum (server -> client aliases: not used)
+    problem_info: bool = True  # Request Problem Information (0: no reason strings but on CONNACK/DISCONNECT)
+    session_expiry: int = 0  # Session Expiry Interval, s (updated by its DISCONNECT)
+    will_forwarded: bytes = b""  # the will's properties that travel with it (`forwarded_block`)
+    will_expiry: int | None = None  # the will's Message Expiry Interval (counted from its publication)
+    assigned_id: bool = False  # the server assigned the client identifier (sent in the CONNACK)
+    server_keepalive: int | None = None  # the keep-alive the server imposes (limits.max_keepalive)
+
+    @classmethod
+    def of(cls, props: Props, will_props: Props) -> Client5:
+        return cls(
+            receive_max=props.get(RECEIVE_MAXIMUM, 65535),
+            max_packet=props.get(MAXIMUM_PACKET_SIZE, 0),
+            alias_max=props.get(TOPIC_ALIAS_MAXIMUM, 0),
+            problem_info=props.get(REQUEST_PROBLEM_INFO, 1) == 1,
+            session_expiry=props.get(SESSION_EXPIRY, 0),
+            will_forwarded=forwarded_block(will_props),
+            will_expiry=will_props.get(MESSAGE_EXPIRY),
+        )
+
+    def will(self) -> Message5 | None:
+        """The will's Message5, made when it is published (its expiry runs from then)."""
+        if not self.will_forwarded and self.will_expiry is None:
+            return None
+        expires = time.monotonic() + self.will_expiry if self.will_expiry is not None else 0.0
+        return Message5(self.will_forwarded, expires)
+
+
+def publish_size(topic_len: int, payload_len: int, qos: int, props_len: int) -> int:
+    """The whole size of an MQTT 5 PUBLISH (for the client's Maximum Packet Size [MQTT-3.1.2-24])."""
+    rl = 2 + topic_len + (2 if qos else 0) + len(encode_varint(props_len)) + props_len + payload_len
+    return 1 + len(encode_varint(rl)) + rl
+
+
+def expiry_property(expires: float, now: float) -> bytes:
+    """The Message Expiry Interval a subscriber gets: the time left, whole seconds rounded up [MQTT-3.3.2-6]."""
+    return b"\x02" + _I.pack(max(1, math.ceil(expires - now)))

@@ -28,9 +28,11 @@ down to a quarter of that (`under_release`). A session that held publishers long
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from typing import Protocol
 
+from . import mqtt5
 from .protocol import PUBREL, encode_ack, encode_publish
 
 # Backpressure marks when the queue limits do not give smaller ones (see OutQueue.hold_messages)
@@ -56,6 +58,29 @@ class Delivery:
         self.size = len(payload) + len(topic)
         self.frame: bytes | None = None  # QoS 0: the encoded PUBLISH, shared by every subscriber
         self.plen = len(payload)
+
+
+class Delivery5(Delivery):
+    """A delivery to an MQTT 5 subscriber: its property list (`props`: the forwarded properties and
+    the subscription identifiers, without the length) and the message's expiry deadline (`expires`,
+    `time.monotonic()`; 0.0: none), whose time left is added when the frame is encoded."""
+
+    __slots__ = ("props", "expires")
+
+    def __init__(self, topic: bytes, payload: bytes, qos: int, retain: bool, props: bytes, expires: float) -> None:
+        super().__init__(topic, payload, qos, retain)
+        self.props = props
+        self.expires = expires
+
+
+def encode5(d: Delivery, dup: bool, now: float) -> bytes:
+    """The MQTT 5 PUBLISH of `d` (a plain Delivery, queued while the session was 3.1.1, has no properties)."""
+    props = b""
+    if type(d) is Delivery5:
+        props = d.props
+        if d.expires:
+            props += mqtt5.expiry_property(d.expires, now)
+    return mqtt5.encode_publish(d.topic, d.payload, d.qos, d.retain, dup, d.packet_id, props)
 
 
 # The `pending` of every queue that never had to wait (most of them): a deque allocates a 64-entry block
@@ -96,6 +121,10 @@ class OutQueue:
         "release_messages",
         "release_bytes",
         "slow",
+        "limit_inflight",
+        "level5",
+        "max_packet",
+        "expired",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
@@ -120,6 +149,20 @@ class OutQueue:
         self.release_messages = self.hold_messages // 4
         self.release_bytes = self.hold_bytes // 4
         self.slow = False  # held publishers longer than limits.backpressure_max_stall: no longer holds them
+        # MQTT 5 (set by each connection that serves the queue, `serve_level`): frames in the v5 form, the
+        # in-flight window bounded by the client's Receive Maximum too, its Maximum Packet Size (0: none)
+        self.limit_inflight = self.max_inflight
+        self.level5 = False
+        self.max_packet = 0
+        self.expired = 0  # messages whose expiry interval ran out while they waited (dropped)
+
+    def serve_level(self, level5: bool, receive_max: int = 65535, max_packet: int = 0) -> None:
+        """A connection of this protocol level serves the queue from now on: an MQTT 5 client's Receive
+        Maximum bounds the in-flight window below `max_inflight_messages` [MQTT-3.3.4-7], and nothing
+        larger than its Maximum Packet Size is sent to it (the broker drops such deliveries, counted)."""
+        self.level5 = level5
+        self.max_inflight = min(self.limit_inflight, receive_max) if level5 else self.limit_inflight
+        self.max_packet = max_packet if level5 else 0
 
     # -- producer side (routing) -----------------------------------------------------------------
     def offer(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> bool:
@@ -183,6 +226,41 @@ class OutQueue:
             port.wake()
         return True
 
+    def offer5(self, topic: bytes, payload: bytes, qos: int, retain: bool, props: bytes, expires: float) -> bool:
+        """`offer` to an MQTT 5 session: the frame carries `props` (forwarded properties and
+        subscription identifiers) and the time left of `expires` (0.0: no expiry). The broker has
+        checked the size against the client's Maximum Packet Size."""
+        if not self.online and qos == 0:
+            return True
+        size = len(payload) + len(topic)
+        port = self.port
+        if (
+            port is not None
+            and not self.pending
+            and (qos == 0 or len(self.inflight) < self.max_inflight)
+            and port.writable()
+        ):
+            d = Delivery5(topic, payload, qos, retain, props, expires)
+            if qos:
+                d.packet_id = self._allocate_id()
+                d.state = WAIT_ACK
+                self.inflight[d.packet_id] = d
+                self.inflight_bytes += size
+            port.emit(encode5(d, False, time.monotonic()), len(payload))
+            return True
+        if (self.max_messages and len(self.pending) >= self.max_messages) or (
+            self.max_bytes and self.pending_bytes + size > self.max_bytes
+        ):
+            return False
+        pending = self.pending
+        if pending is _NO_PENDING:
+            pending = self.pending = deque()
+        pending.append(Delivery5(topic, payload, qos, retain, props, expires))
+        self.pending_bytes += size
+        if port is not None:
+            port.wake()
+        return True
+
     def over_hold(self) -> bool:
         """Enough is waiting that the publishers feeding this session should pause (not once slow)."""
         return not self.slow and (len(self.pending) >= self.hold_messages or self.pending_bytes >= self.hold_bytes)
@@ -207,8 +285,15 @@ class OutQueue:
         frames: list[bytes] = []
         total = payload_total = 0
         pending, inflight = self.pending, self.inflight
+        level5 = self.level5
+        now = time.monotonic() if level5 else 0.0
         while pending and total < max_bytes:
             d = pending[0]
+            if level5 and type(d) is Delivery5 and d.expires and d.expires <= now:
+                pending.popleft()  # its Message Expiry Interval ran out while it waited [MQTT-3.3.2-5]
+                self.pending_bytes -= d.size
+                self.expired += 1
+                continue
             if d.qos:
                 if len(inflight) >= self.max_inflight:
                     break
@@ -218,7 +303,12 @@ class OutQueue:
                 self.inflight_bytes += d.size
             pending.popleft()
             self.pending_bytes -= d.size
-            frame = d.frame or encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
+            if d.frame:
+                frame = d.frame
+            elif level5:
+                frame = encode5(d, False, now)
+            else:
+                frame = encode_publish(d.topic, d.payload, d.qos, d.retain, False, d.packet_id)
             frames.append(frame)
             total += len(frame)
             payload_total += d.plen
@@ -228,9 +318,12 @@ class OutQueue:
         """On a resumed session: every unacknowledged QoS 1/2 PUBLISH again with DUP set, and PUBREL
         for QoS 2 messages whose PUBREC had arrived, in their original order [MQTT-4.4.0-1]."""
         frames = []
+        now = time.monotonic()
         for d in self.inflight.values():
             if d.state == WAIT_COMP:
                 frames.append(encode_ack(PUBREL, d.packet_id))
+            elif self.level5:
+                frames.append(encode5(d, True, now))
             else:
                 frames.append(encode_publish(d.topic, d.payload, d.qos, d.retain, True, d.packet_id))
         return frames
@@ -264,6 +357,16 @@ class OutQueue:
             self.inflight_bytes -= d.size  # the payload is no longer needed
             d.payload = b""
             d.size = 0
+        return True
+
+    def rejected(self, packet_id: int) -> bool:
+        """An MQTT 5 PUBREC with a failure reason code: the QoS 2 delivery ends there, no PUBREL
+        [MQTT-4.3.3-4]. True if it freed a place in the in-flight window."""
+        d = self.inflight.get(packet_id)
+        if d is None or d.qos != 2 or d.state != WAIT_ACK:
+            return False
+        del self.inflight[packet_id]
+        self.inflight_bytes -= d.size
         return True
 
     def completed(self, packet_id: int) -> bool:

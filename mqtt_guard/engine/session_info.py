@@ -15,6 +15,7 @@ from transitions import MachineError
 if TYPE_CHECKING:
     from ..config import ListenerConfig
     from ..guard_client import GuardClient
+    from .mqtt5 import Client5
     from .queues import OutQueue
 
 
@@ -143,6 +144,7 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         "pub_ok",
         "pub_epoch",
         "protocol_level",
+        "v5",
     )
 
     def __init__(self) -> None:  # amqtt's Session.__init__, minus the Queues
@@ -180,6 +182,7 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         self.pub_ok: dict[str, bool] = {}
         self.pub_epoch = -1
         self.protocol_level = 4  # of the connection that serves it: 3 (MQTT 3.1), 4 (3.1.1) or 5
+        self.v5: Client5 | None = None  # MQTT 5: what the client's CONNECT asked of the server
 
     retained_messages: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
     delivered_message_queue: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)

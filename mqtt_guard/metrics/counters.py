@@ -36,6 +36,7 @@ DENIED_PUBLISH = "publish_denied"  # ACL refused a PUBLISH of the client
 DENIED_SUBSCRIBE = "subscribe_denied"
 WITHHELD = "deliveries_withheld"  # receive denied
 DROPPED_QUEUE_FULL = "dropped_queue_full"
+DROPPED_TOO_LARGE = "dropped_too_large"  # larger than an MQTT 5 client's Maximum Packet Size (#16)
 OVER_QUOTA = "over_quota"
 PUBLISH_TOO_LARGE = "publish_too_large"  # for the engine: a PUBLISH over limits.max_packet_size
 PROTOCOL_ERRORS = "protocol_errors"

@@ -1,10 +1,12 @@
 """How the sidecar finds work besides its deadlines: changed keys, and the reconciliation sweep.
 
 `Work` turns the names of changed keys (Redis client-side caching invalidations, whoever wrote them:
-the CLI, the admin API, redis-cli, a broker's block) into sessions to evaluate at the next tick: a
-user's limits, user hash (`expires_at`) or block names the user's sessions; a client block the client
-id; the default limits every session (a sweep at once). A lost invalidation channel also means a sweep
-at once: changes may have been missed.
+the CLI, the admin API, redis-cli, a broker's block) into sessions to evaluate: a user's limits, user
+hash (`expires_at`) or block names the user's sessions; a client block the client id; the default limits
+every session (their deadlines re-timed in Redis at once, RETIME_LUA, not an evaluation each). Named
+sessions wait in `named` and are evaluated `URGENT_SLICE` a tick, so one user with 100,000 sessions does
+not make a tick outlast the leader's lease. A lost invalidation channel means a sweep at once: changes
+may have been missed.
 
 `Sweep` is the safety net for anything no event and no deadline reported (a lost event, a bug): every
 session is evaluated once per `sidecar.sweep_interval`, in slices spread over that interval, so its
@@ -32,7 +34,9 @@ class Work:
         self.keys = keys
         self.users: set[str] = set()
         self.clients: set[str] = set()
-        self.sweep_now = False  # the default limits changed, or changes may have been missed
+        self.sweep_now = False  # changes may have been missed
+        self.default_changed = False  # the default limits changed: every session's deadline re-timed
+        self.named: dict[str, None] = {}  # sessions named by events, not yet evaluated (in order)
         self._block_user = keys.block_user("")
         self._block_client = keys.block_client("")
 
@@ -45,7 +49,7 @@ class Work:
         keys = self.keys
         for name in names:
             if name == keys.quota_default():
-                self.sweep_now = True
+                self.default_changed = True
             elif name.startswith(self._block_client):
                 self.clients.add(name[len(self._block_client) :])
             elif name.startswith(self._block_user):
@@ -63,6 +67,29 @@ class Work:
         users, clients = self.users, self.clients
         self.users, self.clients = set(), set()
         return users, clients
+
+    def drop(self) -> None:
+        """Not the leader: what the events named is the leader's to act on."""
+        self.take()
+        self.named.clear()
+        self.default_changed = False
+
+    def name(self, client_ids: list[str]) -> None:
+        """Sessions to evaluate, after those named before them."""
+        self.named.update(dict.fromkeys(client_ids))
+
+    def take_named(self, n: int = 0) -> list[str]:
+        """Up to `n` (default `URGENT_SLICE`) named sessions, oldest first."""
+        n = n or URGENT_SLICE
+        named = self.named
+        if len(named) <= n:
+            part = list(named)
+            named.clear()
+            return part
+        part = [cid for cid, _ in zip(named, range(n), strict=False)]
+        for cid in part:
+            del named[cid]
+        return part
 
 
 class Sweep:

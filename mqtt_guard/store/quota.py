@@ -10,6 +10,7 @@ does not depend on the clocks of the hosts.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -306,7 +307,7 @@ while pos <= #blob do
     written = written + 1
     for j = 1, 2 * n, 2 do
       if args[j] == 'queue_over_since' and args[j + 1] ~= '' then
-        redis.call('ZADD', KEYS[1], args[j + 1], redis.call('HGET', key, 'client_id'))
+        redis.call('ZADD', KEYS[1], 'LT', args[j + 1], redis.call('HGET', key, 'client_id'))
       end
     end
   end
@@ -333,6 +334,33 @@ end
 return 1
 """
 
+# The sidecar's bulk re-timing when limits change for many sessions at once (the default limits, a user
+# with many sessions): KEYS[1] `sidecar:due`, then session keys. ARGV: session_time ('' = none), max_queue
+# ('' = none), queue_grace. Each session's entry moves to the earliest deadline those limits can give it
+# (the rule of sidecar/evaluate.py `next_check`, for the fields a session hash holds), never later. A
+# session whose own, longer limits apply is evaluated once early and rescheduled (DUE_LUA), so the bound is
+# safe without knowing whose limits are whose; a shorter limit is due at once, not after a sweep.
+RETIME_LUA = """
+local st, mq, grace = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n = 0
+for i = 2, #KEYS do
+  local f = redis.call('HMGET', KEYS[i], 'client_id', 'since', 'queue_messages', 'queue_over_since')
+  if f[1] then
+    local due = nil
+    if st and f[2] then due = tonumber(f[2]) + st end
+    if mq and f[4] and f[4] ~= '' and tonumber(f[3] or '0') > mq then
+      local q = tonumber(f[4]) + grace
+      if not due or q < due then due = q end
+    end
+    if due then
+      redis.call('ZADD', KEYS[1], 'LT', due, f[1])
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
 # KEYS: brokers zset, broker hash, epoch counter, the broker's `reaped` note. ARGV: broker, dead_after_ms,
 # epoch ('' = register: a new epoch from the counter), then field/value pairs for the hash.
 # -> {status, now_ms, brokers, epoch, reaped}: status 1 = heartbeat of the registration `epoch`, 0 = a
@@ -356,10 +384,11 @@ redis.call('HSET', KEYS[2], 'heartbeat', now_ms, 'epoch', epoch, unpack(ARGV, 4)
 return {status, now_ms, redis.call('ZCARD', KEYS[1]), epoch, ''}
 """
 
-# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, the broker's `reaped` note, then
-# (session, user sessions) pairs, then usage hashes. ARGV: broker, number of sessions, who reaps ('' = the
-# broker itself, at shutdown: no note). Only reaps a broker that is still dead. Deleting the broker's hash
-# deletes its fencing epoch: whatever it still sends under that epoch is refused (`Fenced`).
+# KEYS: brokers, broker hash, broker sessions, broker leases, kick queue, the broker's `reaped` note, the
+# sidecar's due set, then (session, user sessions) pairs, then usage hashes. A reaped session's sidecar
+# deadline goes with it (the sidecar would only find the session gone). ARGV: broker, number of sessions,
+# who reaps ('' = the broker itself, at shutdown: no note). Only reaps a broker that is still dead.
+# Deleting the broker's hash deletes its fencing epoch: whatever it still sends under that epoch is refused (`Fenced`).
 REAP_LUA = """
 local b, n = ARGV[1], tonumber(ARGV[2])
 local score = redis.call('ZSCORE', KEYS[1], b)
@@ -369,16 +398,17 @@ if not score then return -2 end
 if tonumber(score) > now_ms then return -1 end
 local sessions = 0
 for i = 0, n - 1 do
-  local s, us = KEYS[7 + 2 * i], KEYS[8 + 2 * i]
+  local s, us = KEYS[8 + 2 * i], KEYS[9 + 2 * i]
   local conn = redis.call('HGET', s, 'conn')
   local cid = redis.call('HGET', s, 'client_id')
   if redis.call('HGET', s, 'broker') == b then
     redis.call('DEL', s)
+    if cid then redis.call('ZREM', KEYS[7], cid) end
     sessions = sessions + 1
     if cid and redis.call('HGET', us, cid) == b .. '/' .. conn then redis.call('HDEL', us, cid) end
   end
 end
-for i = 7 + 2 * n, #KEYS do
+for i = 8 + 2 * n, #KEYS do
   redis.call('HDEL', KEYS[i], 'lease:' .. b)
 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
@@ -455,6 +485,12 @@ return 0
 """
 
 
+def ceil_ms(t: float) -> float:
+    """`t` (seconds) rounded up to the millisecond."""
+    return math.ceil(t * 1000) / 1000
+
+
+RETIME_PART = 2000  # sessions per RETIME_LUA call (~2 ms of Redis each)
 UPDATES_PART = 500  # connections per UPDATES_LUA call (~1-2 µs each to encode: ~1 ms of loop per call)
 
 
@@ -585,6 +621,7 @@ class QuotaStore:
         self._leader = redis.register_script(LEADER_LUA)
         self._resign = redis.register_script(RESIGN_LUA)
         self._due = redis.register_script(DUE_LUA)
+        self._retime = redis.register_script(RETIME_LUA)
 
     # -- limits ------------------------------------------------------------------------------------
     def limits_key(self, username: str | None) -> str:
@@ -785,8 +822,26 @@ class QuotaStore:
         for start in range(0, len(items), UPDATES_PART):
             args: list[str] = []
             for cid, expected, nxt in items[start : start + UPDATES_PART]:
-                args += [cid, "" if expected is None else repr(expected), "" if nxt is None else f"{nxt:.3f}"]
+                # (rounded up to the millisecond: a deadline written early would find nothing to do at its
+                # tick and wait one more)
+                args += [cid, "" if expected is None else repr(expected), "" if nxt is None else f"{ceil_ms(nxt):.3f}"]
             await self._due(keys=[self.keys.sidecar_due()], args=args)
+
+    async def retime_earlier(
+        self, ids: list[str], session_time: float | None, max_queue: int | None, queue_grace: float
+    ) -> int:
+        """Move these sessions' deadlines to the earliest the given limits allow, never later (RETIME_LUA):
+        limits that changed for many sessions re-time them in Redis at a few microseconds each, instead of
+        an evaluation each. Returns how many sessions got a deadline."""
+        if session_time is None and max_queue is None:
+            return 0
+        args = ["" if session_time is None else repr(session_time), "" if max_queue is None else str(max_queue)]
+        args.append(repr(queue_grace))
+        n = 0
+        for start in range(0, len(ids), RETIME_PART):
+            keys = [self.keys.sidecar_due()] + [self.keys.session(cid) for cid in ids[start : start + RETIME_PART]]
+            n += int(await self._retime(keys=keys, args=args))
+        return n
 
     # -- brokers -------------------------------------------------------------------------------------------
     async def heartbeat(self, broker_id: str, dead_after: float, info: dict[str, Any], epoch: str = "") -> Beat:
@@ -841,6 +896,7 @@ class QuotaStore:
             self.keys.broker_leases(broker_id),
             self.keys.kick_queue(broker_id),
             self.keys.broker_reaped(broker_id),
+            self.keys.sidecar_due(),
         ]
         for cid in ids:
             keys += [self.keys.session(cid), self.keys.user_sessions(by_id.get(cid, {}).get("username", ""))]

@@ -44,6 +44,7 @@ from amqtt.broker import Broker  # noqa: E402 - after the sys.path set-up that l
 from mqtt_guard.acl.rules import Perm  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 from mqtt_guard.auth.authenticator import AuthResult, Outcome  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 from mqtt_guard.config import GuardConfig  # noqa: E402 - after the sys.path set-up that lets the script run on its own
+from mqtt_guard.engine import mqtt5  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 from mqtt_guard.engine.protocol import encode_publish, parse_fixed_header  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 from mqtt_guard.engine.queues import OutQueue  # noqa: E402 - after the sys.path set-up that lets the script run on its own
 from mqtt_guard.engine.routing import TopicTrie  # noqa: E402 - after the sys.path set-up that lets the script run on its own
@@ -98,6 +99,15 @@ def engine_benchmarks(results: dict) -> None:
         return timeit(lambda: h._publish(first, frame, 0, hlen, hlen + length), 200_000)
 
     results["reader PUBLISH fast path (parse+validate+count, routing stubbed)"] = asyncio.run(reader_fast_path())
+
+    async def reader_fast_path5() -> float:  # an MQTT 5 client's PUBLISH without properties (issue 16)
+        h = GuardedHandler(PM(), loop=asyncio.get_running_loop())
+        h._route_now = lambda *a: None  # the broker's synchronous route, stubbed
+        frame5 = mqtt5.encode_publish(topic, payload, 0, False, False, 0)
+        first, length, hlen = parse_fixed_header(frame5, 0)
+        return timeit(lambda: h._publish5(first, frame5, 0, hlen, hlen + length), 200_000)
+
+    results["reader PUBLISH fast path, MQTT 5 without properties"] = asyncio.run(reader_fast_path5())
 
     filters = acl_filters(1000, "bench/#")
     trie = TopicTrie()

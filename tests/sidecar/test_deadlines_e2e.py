@@ -83,3 +83,63 @@ def test_a_slow_consumer_is_kicked_within_queue_grace_plus_one_tick(
         pub.close()
     finally:
         slow.close()
+
+
+def test_a_deadline_lost_from_redis_is_found_again_by_the_sweep(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
+    """The sweep is the safety net (issue 23): an entry of `sidecar:due` deleted behind the sidecar's back
+    (an admin's `redis-cli DEL`, a failover that lost a write) is re-made when the sweep reaches the
+    session, so the limit is still enforced, at most one sweep interval late."""
+    add_user("lost", "pw")
+    assert cli("quota", "set", "lost", "--session-time", "2s").returncode == 0
+    broker = start_broker("--config", fast_config(tmp_path))
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("sidecar:\n  interval: 0.2s\n  sweep_interval: 1s\n")
+    start_sidecar("--config", str(config))
+    client = connect(broker.port, "lost", "pw", client_id="lost-1")
+    assert client.rc == 0
+    since = float(until(lambda: rds.hget(f"{prefix}session:lost-1", "since"), timeout=2))
+    assert until(lambda: rds.zscore(f"{prefix}sidecar:due", "lost-1") == since + 2, timeout=2)
+    rds.delete(f"{prefix}sidecar:due")
+    assert until(lambda: rds.zscore(f"{prefix}sidecar:due", "lost-1") == since + 2, timeout=1 + TICK + 1)
+    assert client.disconnected.wait(2 + 1 + TICK + 1.0)
+    assert kicks(rds, prefix, "lost-1")[0]["reason"].startswith("session time 2s exceeded")
+
+
+def test_a_sidecar_started_after_the_clients_finds_their_deadlines(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
+    """Deadlines written while no sidecar ran (or lost then) are not waited for until the next periodic
+    sweep (10 minutes here): a starting sidecar sweeps once it leads and once its invalidation listener is
+    subscribed, so the session is timed within its first ticks."""
+    add_user("late", "pw")
+    assert cli("quota", "set", "late", "--session-time", "2s").returncode == 0
+    broker = start_broker("--config", fast_config(tmp_path))
+    client = connect(broker.port, "late", "pw", client_id="late-1")
+    assert client.rc == 0
+    since = float(until(lambda: rds.hget(f"{prefix}session:late-1", "since"), timeout=2))
+    rds.delete(f"{prefix}sidecar:due")
+    start_sidecar("--interval", str(TICK))
+    assert until(lambda: rds.zscore(f"{prefix}sidecar:due", "late-1") == since + 2, timeout=2)
+    assert client.disconnected.wait(3 + TICK)
+    assert kicks(rds, prefix, "late-1")[0]["reason"].startswith("session time 2s exceeded")
+
+
+def test_a_default_limit_edited_for_connected_clients_re_times_their_deadlines(
+    start_broker, start_sidecar, add_user, cli, tmp_path, rds, prefix
+):
+    """Most fleets run on the default limits: an edit of `quota:default` re-times every session's
+    deadline in Redis at once (not a sweep of an evaluation each), so it is met "within a second" too."""
+    add_user("df", "pw")
+    broker = start_broker("--config", fast_config(tmp_path))
+    start_sidecar("--interval", str(TICK))
+    client = connect(broker.port, "df", "pw", client_id="df-1")
+    assert client.rc == 0
+    until(lambda: rds.hget(f"{prefix}session:df-1", "since"), timeout=2)
+    time.sleep(1.2)
+    assert cli("quota", "set", "--default", "--session-time", "1s").returncode == 0
+    edited = time.monotonic()
+    assert client.disconnected.wait(1 + TICK + 1.0)
+    assert time.monotonic() - edited <= 1 + TICK + 1.0
+    assert kicks(rds, prefix, "df-1")[0]["reason"].startswith("session time 1s exceeded")

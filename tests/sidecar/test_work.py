@@ -26,7 +26,23 @@ def test_changed_keys_name_the_sessions_to_evaluate():
     assert users == {"alice", "bob", "dave", "erin"} and clients == {"dev:1"}
     assert work.take() == (set(), set())
     work.changed([keys.quota_default()])
+    assert work.default_changed and not work.sweep_now  # (re-timed in Redis, not swept)
+    work.missed()
     assert work.sweep_now
+
+
+def test_named_sessions_are_evaluated_a_slice_a_tick_oldest_first():
+    work = Work(Keys("p:"))
+    work.name([f"a{i}" for i in range(URGENT_SLICE + 10)])
+    work.name(["a0", "b"])  # (already named: keeps its place)
+    first = work.take_named()
+    assert len(first) == URGENT_SLICE and first[0] == "a0"
+    assert work.take_named() == [f"a{i}" for i in range(URGENT_SLICE, URGENT_SLICE + 10)] + ["b"]
+    assert work.take_named() == []
+    work.name(["c"])
+    work.default_changed = True
+    work.drop()
+    assert work.take_named() == [] and not work.default_changed
 
 
 def test_the_sweep_spreads_every_session_over_its_interval():

@@ -120,6 +120,48 @@ def test_reaping_a_dead_broker_drops_its_slots_and_sessions(redis_server, prefix
             assert await store.reap("dead") == 1
             assert rds.hgetall(f"{prefix}sessions:slots:u") == {"lease:alive": "5"}
             assert not rds.exists(f"{prefix}session:a") and rds.hlen(f"{prefix}sessions:user:u") == 0
+            # the reaped session's sidecar deadline went with it; another client's stays
+            assert rds.zscore(f"{prefix}sidecar:due", "a") is None
+            assert rds.zscore(f"{prefix}sidecar:due", "other") == 5.0
+        finally:
+            await client.aclose()
+
+    rds.zadd(f"{prefix}sidecar:due", {"a": 1.0, "other": 5.0})
+    run(body())
+
+
+def test_the_sidecar_reschedule_never_overwrites_an_event(redis_server, prefix, rds):
+    """DUE_LUA (issue 23): the sidecar read an entry at one score and evaluated the session; meanwhile an
+    event (a connect, a close, a quota change) may have moved or removed it. Only an entry still at the
+    score read takes the next deadline; a changed one is left as the event made it; a removed one is not
+    brought back; an entry without a score read only moves earlier."""
+    due = f"{prefix}sidecar:due"
+
+    async def body():
+        client, store = store_for(redis_server, prefix)
+        try:
+            rds.zadd(due, {"same": 100.0, "moved": 50.0, "later": 300.0, "earlier": 10.0})
+            await store.reschedule(
+                [
+                    ("same", 100.0, 200.0),  # unchanged since read: takes the next deadline
+                    ("moved", 100.0, 200.0),  # an event moved it to 50 meanwhile: kept at 50
+                    ("gone", 100.0, 200.0),  # removed meanwhile (session closed): not brought back
+                    ("done", None, None),  # nothing read, nothing next: nothing happens
+                    ("later", None, 200.0),  # not read: only moves earlier (300 -> 200)
+                    ("earlier", None, 200.0),  # not read: an earlier deadline stays (10)
+                    ("fresh", None, 250.0),  # not in the set: added
+                ]
+            )
+            assert dict(rds.zrange(due, 0, -1, withscores=True)) == {
+                "same": 200.0,
+                "moved": 50.0,
+                "later": 200.0,
+                "earlier": 10.0,
+                "fresh": 250.0,
+            }
+            await store.reschedule([("same", 200.0, None)])  # no deadline left: the entry goes
+            assert rds.zscore(due, "same") is None
+            assert [cid for cid, _ in await store.due(100.0, 10)] == ["earlier", "moved"]
         finally:
             await client.aclose()
 
