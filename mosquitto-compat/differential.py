@@ -38,6 +38,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2, help="worlds per pair; later ones are applied with SIGHUP")
     p.add_argument("--scenarios", type=int, default=60, help="scenarios per epoch")
     p.add_argument("--concurrency", type=int, default=2, help="pairs running at the same time")
+    p.add_argument("--max-differences", type=int, default=5, help="stop after this many differences")
     p.add_argument("--redis-url", help="Redis for mqtt-guard (default: start a private redis-server)")
     p.add_argument("--keep", metavar="DIR", help="write the generated files and broker logs under DIR")
     p.add_argument("--mqtt5", action="store_true", help="mix MQTT 5 clients with 3.1.1 ones")
@@ -75,6 +76,7 @@ def main() -> int:
                 scenarios=args.scenarios,
                 workdir=args.keep,
                 concurrency=args.concurrency,
+                max_differences=args.max_differences,
                 mqtt5=args.mqtt5,
                 guard=not args.mosquitto_only,
                 observations=observations,
