@@ -97,7 +97,10 @@ def test_mqtt5_scenarios_run_against_mosquitto(redis_server, prefix, tmp_path):
 @pytest.mark.timeout(240)
 @pytest.mark.xfail(
     strict=False,
-    reason="mqtt-guard refuses MQTT 5 clients until issue 16 step (a) lands (CONNACK 1 in _read_connect)",
+    reason="differences with MQTT 5 clients remain (issue 16; mosquitto-compat/README.md): a QoS 1 PUBLISH the "
+    "acl_file denies gets PUBACK 0x00 (mosquitto 0x87), one with no subscriber 0x00 (mosquitto 0x10); overlapping "
+    "subscriptions of an MQTT 5 client get one copy (mosquitto one per matching subscription); CONNACK says "
+    "Shared Subscription Available 0 and Maximum Packet Size 268435455 (mosquitto leaves both out)",
 )
 def test_mosquitto_and_mqtt_guard_agree_with_mqtt5_clients(redis_server, prefix, tmp_path):
     seed = _seed()
