@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 ClientIdPolicy = Literal["owner", "username-prefix", "any"]  # auth/ownership.py
+SharedStrategy = Literal["round_robin", "least_loaded", "mosquitto"]  # engine/shared.py
 D = TypeVar("D", bound="DataclassInstance")  # a config section: any dataclass
 
 
@@ -210,6 +211,12 @@ class LimitsConfig:
     # keep-alive an MQTT 5 client may use (0: any; it is told the lower one; 3.1.1 clients keep theirs, as mosquitto)
     max_topic_alias: int = 10
     max_keepalive: int = 0
+    # Shared subscriptions ($share/GROUP/FILTER): which member gets a message. round_robin / least_loaded:
+    # among the members that can take it (connected, allowed to receive it, under their queue limits and
+    # quota); retained messages are not sent to shared subscriptions (MQTT 5 4.8.2). mosquitto: mosquitto
+    # 2.0's rotation, every member in turn whatever its state (a member that may not receive loses the
+    # message), retained messages sent to each member at SUBSCRIBE (the default under a mosquitto.conf).
+    shared_subscription_strategy: SharedStrategy = "round_robin"
 
     def check(self, where: str = "limits") -> None:
         if self.persistent_session_expiry is not None and self.persistent_session_expiry <= 0:

@@ -155,3 +155,14 @@ def test_throttle_errors(tmp_path, text, expected):
     with pytest.raises(ConfigError) as err:
         load_config(f).check()
     assert expected in str(err.value)
+
+
+def test_shared_subscription_strategy(tmp_path):
+    """limits.shared_subscription_strategy: round_robin by default; mosquitto under a mosquitto.conf."""
+    assert load_config(None).limits.shared_subscription_strategy == "round_robin"
+    f = tmp_path / "c.yaml"
+    f.write_text("limits:\n  shared_subscription_strategy: least_loaded\n")
+    assert load_config(f).limits.shared_subscription_strategy == "least_loaded"
+    f.write_text("limits:\n  shared_subscription_strategy: random\n")
+    with pytest.raises(ConfigError, match="shared_subscription_strategy"):
+        load_config(f)

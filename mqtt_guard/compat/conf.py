@@ -697,6 +697,7 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     config.auth.client_id_policy = "any"
     config.auth.client_id_prefixes = [conf.clientid_prefixes] if conf.clientid_prefixes is not None else []
     limits = config.limits
+    limits.shared_subscription_strategy = "mosquitto"  # mosquitto-compat/SHARED.md
     if conf.max_inflight_messages is not None:
         limits.max_inflight_messages = conf.max_inflight_messages
     if conf.max_queued_messages is not None:

@@ -87,6 +87,7 @@ from .proxy_ws import ProxiedWebSocket
 from .queues import OutQueue
 from .routing import TopicTrie
 from .session_info import GuardedSession, queue_of
+from .shared import SHARE_PREFIX, ShareGroup, parse_share
 from .transport import MqttStream, TcpReader, serving_as
 
 if TYPE_CHECKING:
@@ -144,17 +145,39 @@ matching subscriptions (None: 3.1.1). (A plain tuple: unpacking one per delivery
 CPython only for exact tuples; a NamedTuple cost 15 % on fan-out.)"""
 
 
+Member = tuple[str, "GuardedSession", int, int, int]
+"""One member of a shared subscription group: client id, session, granted QoS, options byte, subscription
+identifier (0: none)."""
+
+Share = tuple[ShareGroup[Member], dict[str, Target]]
+"""A shared subscription group matching a topic, with its members that passed the RECEIVE check for it."""
+
+
+def _any_member(_: Member) -> bool:
+    return True
+
+
+def _queued(target_of: Member) -> int:
+    """least_loaded: a member's queued and unacknowledged messages."""
+    queue = target_of[1].out_queue
+    return queue.depth()[0] if queue is not None else 0
+
+
 class Route:
     """The receivers of one topic, cached per topic while subscriptions, sessions and ACL decisions stay:
     the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
-    and the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current)."""
+    the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current), and the
+    shared subscription groups the topic matches (one member of each is chosen per message)."""
 
-    __slots__ = ("targets", "withheld", "group")
+    __slots__ = ("targets", "withheld", "group", "shares")
 
-    def __init__(self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None) -> None:
+    def __init__(
+        self, targets: list[Target], withheld: list[str], group: DeliveryGroup | None, shares: list[Share] | None = None
+    ) -> None:
         self.targets = targets
         self.withheld = withheld
         self.group = group
+        self.shares = shares
 
 
 class ClientIdRefused(Exception):
@@ -267,6 +290,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         # MQTT 5: client id -> {filter: (subscription options byte, subscription identifier)} of its
         # subscriptions made at level 5, and topic -> the properties of the retained message on it
         self._sub5: dict[str, dict[str, tuple[int, int]]] = {}
+        # Shared subscriptions (engine/shared.py): a group per (group name, filter); the groups of a filter
+        self._shares: dict[tuple[str, str], ShareGroup[Member]] = {}
+        self._shares_of: dict[str, list[ShareGroup[Member]]] = {}
+        self._share_strategy = config.limits.shared_subscription_strategy
         self._retained5: dict[str, Message5] = {}
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
@@ -800,8 +827,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         A check that raises or returns None denies that one check (logged and counted); the connection
         and the message for other subscribers are unaffected. `enforce`: a denied PUBLISH of the client
         itself (not its will) may disconnect it (`acl.deny_publish_action`)."""
-        if enforce and action is Action.PUBLISH and topic[0] == "$" and (topic == "$SYS" or topic.startswith("$SYS/")):
-            return False
+        if (
+            enforce
+            and action is Action.PUBLISH
+            and topic[0] == "$"
+            and (topic == "$SYS" or topic.startswith("$SYS/") or topic.startswith(SHARE_PREFIX))
+        ):
+            return False  # (nobody may publish to a $share/ topic name either: mosquitto-compat/SHARED.md 11)
         client = session.guard_client
         try:
             allowed = client is not None and self._may(client, PERMS[action], topic)
@@ -1006,7 +1038,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         props[mqtt5.RETAIN_AVAILABLE] = 1
         props[mqtt5.WILDCARD_SUB_AVAILABLE] = 1
         props[mqtt5.SUB_ID_AVAILABLE] = 1
-        props[mqtt5.SHARED_SUB_AVAILABLE] = 0
         if c5.assigned_id:
             props[mqtt5.ASSIGNED_CLIENT_ID] = session.client_id
         if c5.server_keepalive is not None:
@@ -1185,6 +1216,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         for client_id, (target, _) in self._match(topic).items():
             if target.out_queue is not None:
                 verdicts[client_id] = await self._topic_filtering(target, topic, Action.RECEIVE)
+        for group in self._shared_groups(topic):
+            for client_id, member, _, _, _ in group.members.values():
+                if client_id not in verdicts and member.out_queue is not None:
+                    verdicts[client_id] = await self._topic_filtering(member, topic, Action.RECEIVE)
         route = self._make_route(topic, verdicts)
         return self._fanout(topic, topic_raw, payload, len(payload), qos, None, route, props)
 
@@ -1239,13 +1274,89 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 withheld.append(client_id)
                 self._log_withheld(target, topic)
         clients = [t[2] for t in targets if t[2] is not None]
-        route = Route(targets, withheld, self._delivery_group(clients) if clients else None)
+        shares: list[Share] | None = None
+        for share_group in self._shared_groups(topic):
+            allowed: dict[str, Target] = {}
+            for client_id, member, granted, options, sub_id in share_group.members.values():
+                queue = member.out_queue
+                if queue is None:
+                    continue
+                if (
+                    verdicts.get(client_id, False)
+                    if verdicts is not None
+                    else self._check_sync(member, topic, Action.RECEIVE, False)
+                ):
+                    sub5 = None
+                    if member.protocol_level == MQTT5:
+                        ids = mqtt5.sub_ids_block((sub_id,)) if sub_id else b""
+                        sub5 = Sub5(ids, False, bool(options & RETAIN_AS_PUBLISHED))
+                    allowed[client_id] = (queue, granted, member.guard_client, client_id, sub5)
+            if shares is None:
+                shares = []
+            shares.append((share_group, allowed))
+        route = Route(targets, withheld, self._delivery_group(clients) if clients else None, shares)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
                 del routes[next(iter(routes))]
             routes[topic] = route
         return route
+
+    def _shared_groups(self, topic: str) -> list[ShareGroup[Member]]:
+        """The shared subscription groups whose FILTER matches `topic` (when a route is made)."""
+        if not self._shares_of:
+            return []
+        shares_of = self._shares_of
+        return [g for f in self._trie.match(topic) for g in shares_of.get(f, ())]
+
+    def _pick_shared(self, shares: list[Share], topic: str, plen: int) -> list[Target]:
+        """One member of each shared group for this message (`limits.shared_subscription_strategy`).
+        round_robin / least_loaded: among the members that can take it now (allowed to receive it,
+        connected, under their hold mark and not a slow consumer; if none is, any connected one), whose
+        quota then admits it (a member over its quota is passed over). mosquitto: the next member in
+        turn whatever its state; one that may not receive it or is offline loses it (as mosquitto 2.0)."""
+        picked: list[Target] = []
+        strategy = self._share_strategy
+        guard = self.guard
+        for group, allowed in shares:
+            if strategy == "mosquitto":
+                member = group.pick(_any_member)
+                target = allowed.get(member[0]) if member is not None else None
+                if target is None:
+                    if member is not None:
+                        self._counters.incr(member[0], C.WITHHELD)
+                    continue
+                client = target[2]
+                if target[0].online and (client is None or guard.admit_delivery(client, topic, plen)):
+                    picked.append(target)
+                continue
+            target = self._take_member(group, allowed, topic, plen)
+            if target is not None:
+                picked.append(target)
+        return picked
+
+    def _take_member(
+        self, group: ShareGroup[Member], allowed: dict[str, Target], topic: str, plen: int
+    ) -> Target | None:
+        """round_robin / least_loaded: the member of `group` that gets this message, its quota spent."""
+        load = _queued if self._share_strategy == "least_loaded" else None
+        passed: set[str] = set()  # over their quota for this message
+        for relaxed in (False, True):
+
+            def can_take(m: Member, relaxed: bool = relaxed) -> bool:
+                t = allowed.get(m[0])
+                if t is None or m[0] in passed:
+                    return False
+                q = t[0]
+                return q.port is not None and (relaxed or (not q.slow and not q.over_hold()))
+
+            while (member := group.pick(can_take, load)) is not None:
+                target = allowed[member[0]]
+                client = target[2]
+                if client is None or self.guard.admit_delivery(client, topic, plen):
+                    return target
+                passed.add(member[0])
+        return None
 
     def _sub5_of(self, client_id: str, topic: str) -> Sub5:
         """The options of an MQTT 5 subscriber's subscriptions matching `topic` (for its cached route)."""
@@ -1280,6 +1391,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 route = self._make_route(topic)  # (its checks counted this message's withheld deliveries)
         else:
             fresh = True
+        targets = route.targets
+        if route.shares is not None:
+            targets = targets + self._pick_shared(route.shares, topic, plen)
         group = route.group
         refused = None
         if group is not None:  # quota accounting of every delivery (one spend per user when it can)
@@ -1294,7 +1408,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
         frame5: bytes | None = None
-        for queue, granted, _client, client_id, sub5 in route.targets:
+        for queue, granted, _client, client_id, sub5 in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
             dq = granted if qos is None else (qos if qos < granted else granted)
@@ -1397,17 +1511,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     ) -> None:
         """`filters`: (filter, options byte); below MQTT 5 the options are the requested QoS. An MQTT 5
         client's options (No Local, Retain As Published, Retain Handling) and `sub_id` (its Subscription
-        Identifier, 0: none) are kept per filter; its SUBACK says 0x87 for a refused filter and 0x9E for
-        a shared subscription (not served yet: the CONNACK says so)."""
+        Identifier, 0: none) are kept per filter; its SUBACK says 0x87 for a refused filter. A shared
+        subscription (`$share/GROUP/FILTER`, any protocol level) joins its group (`_add_shared`)."""
         v5 = conn.level == MQTT5
         codes: list[int] = []
         fresh: list[bool] = []
+        shared: list[str | None] = []  # the FILTER of a shared subscription
         for topic_filter, options in filters:
-            if v5 and topic_filter.startswith("$share/"):
-                codes.append(Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-                fresh.append(False)
-                continue
             fresh.append(topic_filter not in self._filters_of.get(session.client_id, ()))
+            share = self._share_of(topic_filter)
+            shared.append(share[1] if share is not None else None)
+            if share is not None:
+                code = await self._add_shared(share, topic_filter, options, sub_id, session, v5)
+                codes.append(Reason.NOT_AUTHORIZED if v5 and code == SUBACK_FAILURE else code)
+                continue
             code = await self.add_subscription((topic_filter, options & 3), session)
             if v5:
                 if code == SUBACK_FAILURE:
@@ -1416,15 +1533,74 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
         await conn.send(mqtt5.encode_suback(packet_id, codes) if v5 else encode_suback(packet_id, codes))
-        for (topic_filter, options), code, new in zip(filters, codes, fresh, strict=True):
+        for (topic_filter, options), code, new, real in zip(filters, codes, fresh, shared, strict=True):
             if code >= SUBACK_FAILURE:
                 continue
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_SUBSCRIBED, client_id=session.client_id, topic=topic_filter, qos=code
             )
+            if real is not None:
+                if self._share_strategy != "mosquitto":
+                    continue  # retained messages are not sent to shared subscriptions (MQTT 5 4.8.2)
+                topic_filter = real  # mosquitto 2.0 sends them to each member (SHARED.md 7)
             handling = (options & RETAIN_HANDLING) >> 4 if v5 else 0  # 3.8.3.1: 0 send, 1 if new, 2 never
             if handling == 0 or (handling == 1 and new):
                 await self._publish_retained_messages_for_subscription((topic_filter, code), session, sub_id)
+
+    def _share_of(self, topic_filter: str) -> tuple[str, str] | None:
+        """(group, FILTER) of a shared subscription; None for an ordinary filter. Under the `mosquitto`
+        strategy, what mosquitto 2.0 grants without a group and filter (`$share/g`, `$share/g/`) is an
+        ordinary filter nothing matches, and an empty group name is a group (SHARED.md 9)."""
+        if not topic_filter.startswith(SHARE_PREFIX):
+            return None
+        if self._share_strategy == "mosquitto":
+            group, sep, real = topic_filter[len(SHARE_PREFIX) :].partition("/")
+            # (the whole filter passed the reader's checks: FILTER is valid, the group has no wildcard)
+            return (group, real) if sep and real else None
+        return parse_share(topic_filter)
+
+    async def _add_shared(
+        self, share: tuple[str, str], topic_filter: str, options: int, sub_id: int, session: GuardedSession, v5: bool
+    ) -> int:
+        """Join the group of a shared subscription: the granted QoS, or SUBACK_FAILURE. The ACL decides on
+        FILTER (the group is no topic); RECEIVE is checked per delivery as for any subscription."""
+        group_name, real = share
+        if v5 and options & NO_LOCAL and self._share_strategy != "mosquitto":
+            raise ProtocolViolation(
+                f"No Local on the shared subscription {topic_filter!r} [MQTT-3.8.3-4]", code=Reason.PROTOCOL_ERROR
+            )
+        if not await self._topic_filtering(session, real, Action.SUBSCRIBE):
+            return SUBACK_FAILURE
+        qos = options & 3
+        group = self._shares.get(share)
+        if group is None:
+            group = self._shares[share] = ShareGroup(group_name, real)
+            self._shares_of.setdefault(real, []).append(group)
+        group.add(session.client_id, (session.client_id, session, qos, options, sub_id))
+        self._trie.add(real)
+        self._filters_of.setdefault(session.client_id, set()).add(topic_filter)
+        self._invalidate_routes()
+        return qos
+
+    def _leave_shared(self, share: tuple[str, str], topic_filter: str, session: GuardedSession) -> None:
+        group = self._shares.get(share)
+        if group is None or not group.remove(session.client_id):
+            return
+        filters = self._filters_of.get(session.client_id)
+        if filters is not None:
+            filters.discard(topic_filter)
+            if not filters:
+                del self._filters_of[session.client_id]
+        if not len(group):
+            del self._shares[share]
+            real = share[1]
+            groups = self._shares_of[real]
+            groups.remove(group)
+            if not groups:
+                del self._shares_of[real]
+                if not self._subscriptions.get(real):
+                    self._trie.remove(real)
+        self._invalidate_routes()
 
     async def handle_unsubscribe(self, session: GuardedSession, filters: list[str]) -> list[bool]:
         """Whether each filter was subscribed (for an MQTT 5 client's UNSUBACK: 0x00 or 0x11)."""
@@ -1459,10 +1635,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     def _unsubscribe(self, topic_filter: str, session: GuardedSession) -> None:
         """Remove one subscription of `session`; a filter nobody subscribes to any more leaves the trie."""
+        if topic_filter.startswith(SHARE_PREFIX):
+            try:
+                share = self._share_of(topic_filter)
+            except ProtocolViolation:
+                share = None  # (nobody could have subscribed to it)
+            if share is not None:
+                self._leave_shared(share, topic_filter, session)
+                return
         self._del_subscription(topic_filter, session)
         if topic_filter in self._subscriptions and not self._subscriptions[topic_filter]:
             del self._subscriptions[topic_filter]
-            self._trie.remove(topic_filter)
+            if topic_filter not in self._shares_of:
+                self._trie.remove(topic_filter)
 
     def _del_subscription(self, a_filter: str, session: GuardedSession) -> int:
         """amqtt's, plus: cached routes are recomputed. (Whoever deletes the emptied filter from

@@ -199,6 +199,7 @@ def test_client_id_rules_are_mosquittos(tmp_path):
     config = to_guard_config(conf_of(tmp_path, "listener 1883\n"))
     assert config.auth.client_id_policy == "any" and config.auth.client_id_prefixes == []
     assert config.limits.persistent_session_expiry is None
+    assert config.limits.shared_subscription_strategy == "mosquitto"  # mosquitto-compat/SHARED.md
     c = conf_of(tmp_path, "listener 1883\nclientid_prefixes sec- x \npersistent_client_expiration 1.5h\n")
     assert c.clientid_prefixes == "sec- x" and c.persistent_client_expiration == 3600
     assert any("clientid_prefixes: deprecated" in w for w in c.warnings)

@@ -140,7 +140,8 @@ def test_suback_and_unsuback_reason_codes(start_broker, rds, prefix):
     try:
         assert c.subscribe("open/a", 1) == [1]
         assert c.subscribe("closed/a", 1) == [0x87]  # not authorized (3.1.1: 0x80)
-        assert c.subscribe("$share/g/open/a", 1) == [0x9E]  # shared subscriptions: not yet (CONNACK says 0)
+        assert c.subscribe("$share/g/open/a", 1) == [1]  # a shared subscription: decided on its FILTER
+        assert c.subscribe("$share/g/closed/a", 1) == [0x87]
         assert c.unsubscribe("open/a", "never/subscribed") == [0x00, 0x11]
     finally:
         c.close()
