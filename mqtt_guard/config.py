@@ -217,6 +217,9 @@ class LimitsConfig:
     # 2.0's rotation, every member in turn whatever its state (a member that may not receive loses the
     # message), retained messages sent to each member at SUBSCRIBE (the default under a mosquitto.conf).
     shared_subscription_strategy: SharedStrategy = "round_robin"
+    # A topic name or filter (PUBLISH, SUBSCRIBE, UNSUBSCRIBE, will) of more levels closes the connection;
+    # 201 is mosquitto 2.0's limit (it refuses more than 200 `/`). 0 = no limit.
+    max_topic_levels: int = 201
 
     def check(self, where: str = "limits") -> None:
         if self.persistent_session_expiry is not None and self.persistent_session_expiry <= 0:
@@ -225,6 +228,8 @@ class LimitsConfig:
             raise ConfigError(f"{where}.max_topic_alias must be between 0 and 65535")
         if not 0 <= self.max_keepalive <= 65535:
             raise ConfigError(f"{where}.max_keepalive must be between 0 and 65535 (0: no limit)")
+        if self.max_topic_levels < 0:
+            raise ConfigError(f"{where}.max_topic_levels must be >= 0 (0: no limit)")
 
 
 @dataclass

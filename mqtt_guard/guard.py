@@ -34,6 +34,7 @@ from .ports import Engine
 from .quota.enforcer import QuotaEnforcer
 from .quota.stretch import bound as stretch_bound
 from .quota.stretch import open_stretch, settle_stretch
+from .reasons import BLOCKED, KICKED, USER_REVOKED
 from .store.acl import AclStore
 from .store.bans import BanStore
 from .store.connection import REDIS_ERRORS, make_async_client, redact
@@ -386,14 +387,15 @@ class Guard:
         queue depths."""
         self.engine = engine
 
-    async def kick(self, client_id: str, reason: str) -> bool:
+    async def kick(self, client_id: str, reason: str, code: int = KICKED) -> bool:
         """Disconnect a client of this broker, counted by reason (the Guard's own kicks, the quota
-        enforcer's, the sidecar's and `mqtt-guard kick` all come through here). False: no such client
-        is connected here (nothing counted)."""
+        enforcer's, the sidecar's and `mqtt-guard kick` all come through here); `code`: the MQTT 5
+        DISCONNECT reason (mqtt_guard/reasons.py). False: no such client is connected here (nothing
+        counted)."""
         engine = self.engine
         if engine is None:
             return False
-        done = await engine.kick(client_id, reason)
+        done = await engine.kick(client_id, reason, code)
         if done:
             self.counters.incr(client_id, C.kick_name(reason))
         return done
@@ -409,7 +411,7 @@ class Guard:
         inside = ban_matcher(ban)
         for client in list(self.clients.values()):
             if client.address is not None and inside(client.address):
-                asyncio.get_running_loop().create_task(self.kick(client.client_id, f"blocked: {ban.reason}"))
+                asyncio.get_running_loop().create_task(self.kick(client.client_id, f"blocked: {ban.reason}", BLOCKED))
 
     def queue_depth(self, client_id: str) -> tuple[int, int]:
         """The engine's `queue_depth` ((0, 0) before an engine is bound)."""
@@ -479,7 +481,7 @@ class Guard:
             if gone:
                 reason = "user deleted" if record is None else ("user disabled" if record.disabled else "user expired")
                 log.warning("disconnecting client %r: %s", client_id, reason)
-                await self.kick(client_id, reason)
+                await self.kick(client_id, reason, USER_REVOKED)
                 continue
             new = _subject(client_id, username, record)
             if new != client.subject:

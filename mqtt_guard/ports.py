@@ -12,9 +12,17 @@ if TYPE_CHECKING:
     from .auth.authenticator import AuthResult
     from .guard_client import GuardClient
 
-Kick = Callable[[str, str], Awaitable[bool]]
-"""Close a client's connection from the server side: (client id, reason) -> False when no such client
-was connected here."""
+
+class Kick(Protocol):
+    """Close a client's connection from the server side: False when no such client was connected here.
+    `code`: the MQTT 5 reason code of the DISCONNECT an MQTT 5 client is sent (mqtt_guard/reasons.py;
+    default 0x98 Administrative action); a 3.1.1 client's socket is just closed."""
+
+    def __call__(self, client_id: str, reason: str, code: int = ...) -> Awaitable[bool]: ...
+
+
+Drop = Callable[[str, str], Awaitable[bool]]
+"""Discard a client's session, connected or offline: (client id, reason) -> False when none here."""
 
 
 class QueueDepths(Protocol):
@@ -33,7 +41,9 @@ class QueueDepths(Protocol):
 class Engine(QueueDepths, Protocol):
     """The broker as the Guard sees it: it can disconnect a client and report queue depths."""
 
-    async def kick(self, client_id: str, reason: str) -> bool: ...
+    async def kick(self, client_id: str, reason: str, code: int = ...) -> bool:
+        """Close a client's connection; `code`: the MQTT 5 DISCONNECT reason (see `Kick`)."""
+        ...
 
     async def drop_session(self, client_id: str, reason: str) -> bool:
         """Discard a client's session, connected (disconnected first) or offline; False: none here."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .metrics.counters import KICK_OVER_QUOTA, kick_reason
+
 
 class Reason(IntEnum):
     """MQTT 5 reason codes (2.4). Values below 0x80 are successes; from 0x80 on, failures."""
@@ -69,3 +71,211 @@ V5_CONNACK = {
     4: Reason.BAD_USER_NAME_OR_PASSWORD,
     5: Reason.NOT_AUTHORIZED,
 }
+
+
+# -- which packet may carry which failure (OASIS MQTT 5.0 3.2.2.2, 3.4.2.1, 3.5.2.1, 3.9.3, 3.14.2.1) ------------
+# A code outside its packet's set is a protocol error on our side (a client may close on it): every code of
+# the decision table below is checked against these in the tests.
+CONNACK_FAILURES = frozenset(
+    {
+        Reason.UNSPECIFIED_ERROR,
+        Reason.MALFORMED_PACKET,
+        Reason.PROTOCOL_ERROR,
+        Reason.IMPLEMENTATION_SPECIFIC_ERROR,
+        Reason.UNSUPPORTED_PROTOCOL_VERSION,
+        Reason.CLIENT_IDENTIFIER_NOT_VALID,
+        Reason.BAD_USER_NAME_OR_PASSWORD,
+        Reason.NOT_AUTHORIZED,
+        Reason.SERVER_UNAVAILABLE,
+        Reason.SERVER_BUSY,
+        Reason.BANNED,
+        Reason.BAD_AUTHENTICATION_METHOD,
+        Reason.TOPIC_NAME_INVALID,
+        Reason.PACKET_TOO_LARGE,
+        Reason.QUOTA_EXCEEDED,
+        Reason.PAYLOAD_FORMAT_INVALID,
+        Reason.RETAIN_NOT_SUPPORTED,
+        Reason.QOS_NOT_SUPPORTED,
+        Reason.USE_ANOTHER_SERVER,
+        Reason.SERVER_MOVED,
+        Reason.CONNECTION_RATE_EXCEEDED,
+    }
+)
+PUBACK_FAILURES = frozenset(  # PUBACK and PUBREC alike
+    {
+        Reason.UNSPECIFIED_ERROR,
+        Reason.IMPLEMENTATION_SPECIFIC_ERROR,
+        Reason.NOT_AUTHORIZED,
+        Reason.TOPIC_NAME_INVALID,
+        Reason.PACKET_IDENTIFIER_IN_USE,
+        Reason.QUOTA_EXCEEDED,
+        Reason.PAYLOAD_FORMAT_INVALID,
+    }
+)
+SUBACK_FAILURES = frozenset(
+    {
+        Reason.UNSPECIFIED_ERROR,
+        Reason.IMPLEMENTATION_SPECIFIC_ERROR,
+        Reason.NOT_AUTHORIZED,
+        Reason.TOPIC_FILTER_INVALID,
+        Reason.PACKET_IDENTIFIER_IN_USE,
+        Reason.QUOTA_EXCEEDED,
+        Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+        Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+        Reason.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+    }
+)
+DISCONNECT_BY_SERVER = frozenset(  # the codes a server may send (0x04 is the client's only)
+    {
+        Reason.SUCCESS,
+        Reason.UNSPECIFIED_ERROR,
+        Reason.MALFORMED_PACKET,
+        Reason.PROTOCOL_ERROR,
+        Reason.IMPLEMENTATION_SPECIFIC_ERROR,
+        Reason.NOT_AUTHORIZED,
+        Reason.SERVER_BUSY,
+        Reason.SERVER_SHUTTING_DOWN,
+        Reason.KEEP_ALIVE_TIMEOUT,
+        Reason.SESSION_TAKEN_OVER,
+        Reason.TOPIC_FILTER_INVALID,
+        Reason.TOPIC_NAME_INVALID,
+        Reason.RECEIVE_MAXIMUM_EXCEEDED,
+        Reason.TOPIC_ALIAS_INVALID,
+        Reason.PACKET_TOO_LARGE,
+        Reason.MESSAGE_RATE_TOO_HIGH,
+        Reason.QUOTA_EXCEEDED,
+        Reason.ADMINISTRATIVE_ACTION,
+        Reason.PAYLOAD_FORMAT_INVALID,
+        Reason.RETAIN_NOT_SUPPORTED,
+        Reason.QOS_NOT_SUPPORTED,
+        Reason.USE_ANOTHER_SERVER,
+        Reason.SERVER_MOVED,
+        Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+        Reason.CONNECTION_RATE_EXCEEDED,
+        Reason.MAXIMUM_CONNECT_TIME,
+        Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+        Reason.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+    }
+)
+
+
+# == The decision table (docs/reason-codes.md is its prose; tests/test_reasons.py holds the two together) ==
+#
+# -- CONNECT refused: CONNACK ---------------------------------------------------------------------------
+# By the authenticator's verdict (auth/authenticator.py Outcome). Keyed by the Outcome's name, not the
+# member, so this module stays below auth/ (auth may use it; it never imports auth).
+_CONNACK_BY_OUTCOME: dict[str, Reason] = {
+    # wrong or missing credentials: the client can fix them
+    "UNKNOWN_USER": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "BAD_PASSWORD": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "NO_PASSWORD": Reason.BAD_USER_NAME_OR_PASSWORD,
+    "NO_PASSWORD_SET": Reason.BAD_USER_NAME_OR_PASSWORD,  # nothing the client sends can match
+    "NO_CERTIFICATE": Reason.BAD_USER_NAME_OR_PASSWORD,  # the certificate is the credential (mosquitto too)
+    # the credentials are right, the identity may not connect
+    "ANONYMOUS_REFUSED": Reason.NOT_AUTHORIZED,
+    "DISABLED": Reason.NOT_AUTHORIZED,
+    "EXPIRED": Reason.NOT_AUTHORIZED,
+    # the address is banned: by an admin (`mqtt-guard ban`) or by the login throttle (failed logins)
+    "BANNED": Reason.BANNED,
+    "THROTTLED": Reason.BANNED,
+    # the server cannot decide now: retry later
+    "REDIS_DOWN": Reason.SERVER_UNAVAILABLE,
+    "BUSY": Reason.SERVER_BUSY,
+    # the user's record cannot be read: no code names a server-side data fault, and retrying will not
+    # help until an admin repairs it, so neither 0x88 nor a credentials code
+    "CORRUPT": Reason.UNSPECIFIED_ERROR,
+}
+REFUSED_BY_PLUGIN = Reason.NOT_AUTHORIZED
+"""A third-party auth plugin said no (or raised)."""
+SESSIONS_EXCEEDED = Reason.QUOTA_EXCEEDED
+"""Over the user's `sessions` quota (concurrent connections across brokers)."""
+
+
+def connack_reason(outcome: object) -> Reason:
+    """The CONNACK reason code refusing a CONNECT for an authenticator Outcome (SUCCESS for the
+    admitting ones). Unknown outcomes are refused as not authorized (fail closed)."""
+    name = getattr(outcome, "name", None)
+    if name in ("OK", "OK_CACHED_REDIS_DOWN", "ANONYMOUS"):
+        return Reason.SUCCESS
+    return _CONNACK_BY_OUTCOME.get(name if isinstance(name, str) else "", Reason.NOT_AUTHORIZED)
+
+
+def blocked_reason(block_reason: str) -> Reason:
+    """The CONNACK reason code of a CONNECT refused by a block (`<prefix>block:`), from the block's reason
+    text: 0x97 Quota exceeded when a quota set it (`on_exceed: disconnect` blocks the user until the
+    window ends; the text names the quota, as the kick counters classify it), else 0x8A Banned (`kick
+    --block`, `mqtt-guard block`: an admin keeps the client out)."""
+    return Reason.QUOTA_EXCEEDED if kick_reason(block_reason) == KICK_OVER_QUOTA else Reason.BANNED
+
+
+# What a 3.1.1 client is answered for each CONNACK reason code: the return code it got before MQTT 5
+# (credentials, bans, blocks and quotas all 5, "not authorised"; Redis down and busy 3, "server
+# unavailable"). A function of the v5 code, so the engine keeps one decision and derives the 3.1.1 answer.
+CONNACK_311: dict[int, int] = {
+    Reason.UNSUPPORTED_PROTOCOL_VERSION: 1,
+    Reason.CLIENT_IDENTIFIER_NOT_VALID: 2,
+    Reason.SERVER_UNAVAILABLE: 3,
+    Reason.SERVER_BUSY: 3,
+    Reason.BAD_USER_NAME_OR_PASSWORD: 5,
+    Reason.NOT_AUTHORIZED: 5,
+    Reason.BANNED: 5,
+    Reason.QUOTA_EXCEEDED: 5,
+    Reason.UNSPECIFIED_ERROR: 5,
+}
+
+
+def connack_311(reason: int) -> int:
+    """The MQTT 3.1.1 CONNACK return code for a CONNACK reason code (5, not authorised, for any other)."""
+    return CONNACK_311.get(reason, 5) if reason else 0
+
+
+# -- server-initiated DISCONNECT (a 3.1.1 client's socket is just closed) ------------------------------------
+KICKED = Reason.ADMINISTRATIVE_ACTION
+"""`mqtt-guard kick`, the admin API's kick, `session drop`: and the default of a kick record without a code."""
+BLOCKED = Reason.ADMINISTRATIVE_ACTION
+"""Blocked while connected (`ban --kick`, a block the sidecar finds): 0x8A Banned is CONNACK-only."""
+USER_REVOKED = Reason.NOT_AUTHORIZED
+"""The user was deleted, disabled or expired while connected: its credentials no longer admit it."""
+SESSION_TIME = Reason.MAXIMUM_CONNECT_TIME
+"""Over `session_time`."""
+SLOW_CONSUMER = Reason.QUOTA_EXCEEDED
+"""Over `max_queue` for `queue_grace`: a limit of the client's own quota (0x89 Server busy would blame the
+server, which is fine, and invite an immediate reconnect into the same backlog)."""
+TAKEN_OVER = Reason.SESSION_TAKEN_OVER
+"""The same client id connected again (here or on another broker)."""
+KEEP_ALIVE = Reason.KEEP_ALIVE_TIMEOUT
+TOO_LARGE = Reason.PACKET_TOO_LARGE
+"""A packet over `limits.max_packet_size`."""
+OVER_QUOTA = Reason.QUOTA_EXCEEDED
+"""Over `events`/`bytes` with `on_exceed: disconnect`."""
+OVER_RATE = Reason.MESSAGE_RATE_TOO_HIGH
+"""Over `rate` with `on_exceed: disconnect` (0x96 is DISCONNECT-only)."""
+DENIED_PUBLISH = Reason.NOT_AUTHORIZED
+"""A PUBLISH the ACL denied, with `acl.deny_publish_action: disconnect`."""
+SHUTDOWN = Reason.SERVER_SHUTTING_DOWN
+
+
+def quota_disconnect(metric: str) -> Reason:
+    """The DISCONNECT of a client over a quota with `on_exceed: disconnect`: `metric` is "rate",
+    "events" or "bytes" (quota/allowance.py)."""
+    return OVER_RATE if metric == "rate" else OVER_QUOTA
+
+
+def kick_code(raw: object) -> Reason:
+    """The DISCONNECT code of a kick record from Redis (`code`, written by brokers, the sidecar and the
+    CLI): a record without one (written before MQTT 5), or with one a server may not send, is an
+    administrative action."""
+    try:
+        code = Reason(int(raw))  # type: ignore[call-overload]  # str or int from JSON; anything else: ValueError/TypeError
+    except (TypeError, ValueError):
+        return KICKED
+    return code if code in DISCONNECT_BY_SERVER and code else KICKED
+
+
+# -- PUBLISH and SUBSCRIBE refused: PUBACK / PUBREC / SUBACK ----------------------------------------------
+PUBLISH_DENIED = Reason.NOT_AUTHORIZED
+"""A QoS 1/2 PUBLISH the ACL denied (PUBACK/PUBREC). A 3.1.1 client gets a success ack (mosquitto does)."""
+PUBLISH_OVER_QUOTA = Reason.QUOTA_EXCEEDED
+"""A QoS 1/2 PUBLISH over `events`, `bytes` or `rate` (0x96 may not appear in a PUBACK)."""
+SUBSCRIBE_DENIED = Reason.NOT_AUTHORIZED
+"""A SUBSCRIBE filter the ACL denied (SUBACK; 0x80 for a 3.1.1 client)."""

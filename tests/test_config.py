@@ -39,6 +39,17 @@ def test_client_id_policy_and_session_expiry(tmp_path):
         load_config(f).check()
 
 
+def test_max_topic_levels(tmp_path):
+    """limits.max_topic_levels: 201 by default (mosquitto's limit), 0 = no limit, never negative."""
+    assert load_config(None).limits.max_topic_levels == 201
+    f = tmp_path / "c.yaml"
+    f.write_text("limits:\n  max_topic_levels: 0\n")
+    assert load_config(f).limits.max_topic_levels == 0
+    f.write_text("limits:\n  max_topic_levels: -1\n")
+    with pytest.raises(ConfigError, match="max_topic_levels must be >= 0"):
+        load_config(f).check()
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
@@ -53,6 +64,7 @@ def test_client_id_policy_and_session_expiry(tmp_path):
         ("auth:\n  client_id_policy: mine\n", "auth.client_id_policy: must be one of owner, username-prefix, any"),
         ("auth:\n  client_id_prefixes: sec-\n", "auth.client_id_prefixes: must be a list"),
         ("limits:\n  persistent_session_expiry: soon\n", "limits.persistent_session_expiry"),
+        ("limits:\n  max_topic_levels: deep\n", "limits.max_topic_levels"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path, text, expected):

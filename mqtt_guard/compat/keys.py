@@ -194,7 +194,8 @@ KEYS: dict[str, KeyInfo] = {
     "persistent_client_expiration": KeyInfo(
         "global",
         SUPPORTED,
-        "offline persistent sessions are discarded after it: a number and h, d, w, m (30 days) or y (365 days)",
+        "offline persistent sessions are discarded after it (and it caps an MQTT 5 client's Session Expiry"
+        " Interval): a number and h, d, w, m (30 days) or y (365 days)",
     ),
     "set_tcp_nodelay": KeyInfo("global", IGNORED, "socket tuning"),
     "sys_interval": KeyInfo(

@@ -20,8 +20,9 @@ amqtt internals. What it changes in amqtt 0.12.1 and why (docs/engine.md has the
   one copy at the highest granted QoS (as mosquitto).
 - Deliveries go into a bounded per-session queue (engine/queues.py) drained by one writer loop per
   connection: no Task per delivery, and a stalled subscriber costs at most its queue limits.
-- Persistent sessions (clean_session 0, anonymous ones too) keep subscriptions, queued QoS 1/2 and
-  unacknowledged messages while offline; they are re-sent with DUP on reconnect.
+- Persistent sessions (clean_session 0, or an MQTT 5 Session Expiry Interval; anonymous ones too) keep
+  subscriptions, queued QoS 1/2 and unacknowledged messages while offline, for their expiry (one rule
+  for both levels: `session_info.session_expiry`); they are re-sent with DUP on reconnect.
 - The Guard decides identity, permissions and quotas; the broker asks it directly through its port
   (`ports.GuardPort`: authenticate, attach, may, admit_*), not through amqtt's plugin manager.
   Third-party amqtt plugins (the `plugins:` config) still run after the Guard: auth plugins must
@@ -40,7 +41,10 @@ import asyncio
 import functools
 import heapq
 import logging
+import math
 import ssl
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import websockets
@@ -64,9 +68,22 @@ from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
 from ..quota.enforcer import ClientIdHeld, QuotaRefusal
-from ..reasons import V5_CONNACK, Reason
+from ..reasons import (
+    DENIED_PUBLISH,
+    KICKED,
+    PUBLISH_DENIED,
+    PUBLISH_OVER_QUOTA,
+    REFUSED_BY_PLUGIN,
+    SHUTDOWN,
+    SUBSCRIBE_DENIED,
+    TAKEN_OVER,
+    V5_CONNACK,
+    Reason,
+    connack_311,
+    connack_reason,
+)
 from . import mqtt5
-from .deadlines import Deadlines
+from .deadlines import Deadlines, Wheel
 from .handler import READ_CHUNK, GuardedHandler, Held
 from .mqtt5 import Client5, Message5, Sub5
 from .packets import MQTT5, NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING, ConnectInfo, parse_connect
@@ -75,6 +92,7 @@ from .protocol import (
     TYPE_NAMES,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     encode_connack,
     encode_publish,
     encode_remaining_length,
@@ -86,7 +104,7 @@ from .proxy_listener import ProxyListener, trusted_networks
 from .proxy_ws import ProxiedWebSocket
 from .queues import OutQueue
 from .routing import TopicTrie
-from .session_info import GuardedSession, queue_of
+from .session_info import GuardedSession, queue_of, session_expiry
 from .shared import SHARE_PREFIX, ShareGroup, parse_share
 from .transport import MqttStream, TcpReader, serving_as
 
@@ -113,6 +131,7 @@ SHUTDOWN_FLUSH = 3.0  # seconds a shutdown waits for queued deliveries to reach 
 ROUTE_CACHE = 65536  # topics whose RECEIVE targets are cached
 PUB_CACHE = 1024  # PUBLISH topics whose ACL decision a connection remembers
 CONNECT_DEADLINE_TICK = 0.25  # s: connect_timeout is enforced within this (one shared timer, none per socket)
+WILL_TICK = 0.25  # s: a delayed will goes out within this after its Will Delay Interval (one wheel for all)
 
 
 def amqtt_config(config: GuardConfig) -> dict[str, Any]:
@@ -181,7 +200,8 @@ class Route:
 
 
 class ClientIdRefused(Exception):
-    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted."""
+    """A CONNECT refused by the client id policy (auth/ownership.py), already logged and counted; `code` is
+    the MQTT 5 CONNACK reason (mqtt_guard/reasons.py)."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -215,6 +235,22 @@ class Ended:
         if waiter is None or waiter.done():  # (done: cancelled by a waiter before; shielded since)
             waiter = self._waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(waiter)  # a cancelled waiter (a timed-out take-over) leaves it to the others
+
+
+class PendingWill:
+    """A will waiting out its Will Delay Interval (MQTT 5 3.1.3.2.2) while its session is offline: one
+    entry on the broker's will wheel (engine/deadlines.py), no timer or Task of its own. `due` hands it
+    back to the broker, which publishes it unless the session was resumed meanwhile."""
+
+    __slots__ = ("session", "slot", "_due")
+
+    def __init__(self, session: GuardedSession, due: Callable[[PendingWill], None]) -> None:
+        self.session = session
+        self.slot = 0
+        self._due = due
+
+    def due(self) -> None:
+        self._due(self)
 
 
 # `publish(..., awaited=True)`: admitted, the caller routes (never mutated)
@@ -287,6 +323,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._session_expiry = config.limits.persistent_session_expiry
         self._expiry_heap: list[tuple[float, str]] = []
         self._expires: dict[str, float] = {}
+        self._expiry_timer: asyncio.TimerHandle | None = None  # at the heap's first deadline
+        # MQTT 5 wills waiting for their Will Delay Interval, per client id, on one wheel; the Tasks that
+        # publish the ones that came due (held until done)
+        self._wills: dict[str, PendingWill] = {}
+        self._will_wheel: Wheel | None = None
+        self._will_tasks: set[asyncio.Task[None]] = set()
         # MQTT 5: client id -> {filter: (subscription options byte, subscription identifier)} of its
         # subscriptions made at level 5, and topic -> the properties of the retained message on it
         self._sub5: dict[str, dict[str, tuple[int, int]]] = {}
@@ -443,7 +485,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         identity = client.username if client is not None else None
         if code or self._shutting_down:
             self._detach(session)
-            await self._refuse(writer, code or CONNACK_SERVER_UNAVAILABLE, session.protocol_level)
+            await self._refuse(
+                writer,
+                connack_311(code) if code else CONNACK_SERVER_UNAVAILABLE,
+                session.protocol_level,
+                code or Reason.SERVER_UNAVAILABLE,
+            )
             return
         if generated and session.v5 is not None:
             session.v5.assigned_id = True
@@ -453,11 +500,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._holders[client_id] = identity
         try:
             if previous is not None or client_id in self._sessions:
-                await self._take_over(client_id, previous)
+                await self._take_over(client_id, previous, bool(session.clean_session))
             session = self._adopt_session(session)
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
-            self._detach(session, keep=not session.clean_session)
+            self._detach(session, keep=session.expiry != 0)
             done.set()
             if self._connections.get(client_id) is done:
                 del self._connections[client_id]
@@ -472,15 +519,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if client is not None:
             self.guard.detach(client)
 
-    async def kick(self, client_id: str, reason: str) -> bool:
-        """Close a client's connection from the server side (its will is published, as on a lost link)."""
+    async def kick(self, client_id: str, reason: str, code: int = KICKED) -> bool:
+        """Close a client's connection from the server side (its will is published, as on a lost link);
+        an MQTT 5 client is sent DISCONNECT `code` first (mqtt_guard/reasons.py)."""
         entry = self._sessions.get(client_id)
         if entry is None or entry[0].transitions.state != "connected":
             return False
         log.warning("disconnecting client %r: %s", client_id, reason)
         handler = entry[1]
         if isinstance(handler, GuardedHandler):
-            handler.close(f"disconnected by the server: {reason}")
+            handler.close(f"disconnected by the server: {reason}", code)
         await handler.stop()
         return True
 
@@ -515,6 +563,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 )
             info = parse_connect(body)
             _check_connect_limits(info)
+            if info.will is not None:
+                check_topic_levels(info.will[0], "will topic", limits.max_topic_levels, Reason.PROTOCOL_ERROR)
         except TimeoutError:
             log.warning("closed connection from %s: no CONNECT within %.1f s", where, timeout)
         except ProtocolViolation as exc:
@@ -555,7 +605,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     ) -> GuardedSession:
         session = GuardedSession()
         session.client_id = info.client_id
-        session.clean_session = info.clean
+        session.clean_session = info.clean  # discard an existing session first
+        session.expiry = 0.0 if info.clean else self._session_expiry  # (3.1.1; MQTT 5 below)
         if info.will is not None:
             session.will_flag = True
             session.will_topic, session.will_message, session.will_qos, session.will_retain = info.will
@@ -573,22 +624,27 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             max_keepalive = self.guard_config.limits.max_keepalive
             if max_keepalive and (info.keepalive == 0 or info.keepalive > max_keepalive):
                 session.keep_alive = c5.server_keepalive = max_keepalive  # told in the CONNACK [MQTT-3.2.2-21]
-            # Until session expiry is served as such: a session is kept after the connection only with a
-            # Session Expiry Interval, and resumed only without Clean Start (3.1.2.4, 3.1.2.11.2)
-            session.clean_session = info.clean or not c5.session_expiry
+            # Clean Start only discards at start; the Session Expiry Interval says how long the session
+            # outlives the connection (3.1.2.4, 3.1.2.11.2), capped by limits.persistent_session_expiry
+            session.expiry = session_expiry(c5.session_expiry, self._session_expiry)
         return session
 
     async def _check_connect(
         self, session: GuardedSession, listener: ListenerConfig, where: str, generated: bool = False
     ) -> int:
-        """0 to accept, else the CONNACK return code. The Guard decides first (credentials, the client id
-        policy, then the quota's session rules) and admits the client (`session.guard_client`); then every
-        third-party auth plugin must agree (they are asked whatever the Guard said, as amqtt asks every
-        plugin). `generated`: the broker made the client id up (the client sent none)."""
+        """0 to accept, else the MQTT 5 CONNACK reason code of the refusal (docs/reason-codes.md; a 3.1.1
+        client is answered `reasons.connack_311` of it, what it always got). The Guard decides first
+        (credentials, the client id policy, then the quota's session rules) and admits the client
+        (`session.guard_client`); then every third-party auth plugin must agree (they are asked whatever
+        the Guard said, as amqtt asks every plugin). `generated`: the broker made the client id up (the
+        client sent none)."""
+        quota: int = Reason.UNSPECIFIED_ERROR  # a refusal without a verdict: the Guard failed, unless...
         try:
             result = await self._admit(session, listener, where, generated)
         except ClientIdRefused as refused:
             return refused.code
+        except QuotaRefusal as refusal:  # (logged by `_admit`; the plugins are asked all the same)
+            result, quota = None, refusal.code
         except Exception:
             self._counters.incr(session.client_id, C.PLUGIN_ERRORS)
             log.exception("authentication of client %r from %s failed; refusing", session.client_id, where)
@@ -597,7 +653,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             ok = await self._authenticate(session, listener) and result is not None and result.ok
         except Exception:
             log.exception("auth plugin failed for client %r from %s; refusing", session.client_id, where)
-            return CONNACK_NOT_AUTHORIZED
+            return REFUSED_BY_PLUGIN
         if ok:
             assert result is not None
             session.is_anonymous = result.anonymous
@@ -611,7 +667,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
             return 0
         if result is None:
-            return CONNACK_NOT_AUTHORIZED  # (a quota refusal is logged by `_admit`)
+            return quota  # a 3.1.1 client: CONNACK 5 either way
         reason = result.outcome.value if not result.ok else "refused by an auth plugin"
         refusal_log.log(
             logging.WARNING,
@@ -623,16 +679,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             reason,
             result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return result.connack_code or CONNACK_NOT_AUTHORIZED
+        return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
 
     async def _admit(
         self, session: GuardedSession, listener: ListenerConfig, where: str = "", generated: bool = False
-    ) -> AuthResult | None:
+    ) -> AuthResult:
         """The Guard's verdict on a CONNECT; when it accepts, the client id policy is asked (before the
         client is attached anywhere: an attach would take the id's quota registration over), then the
         client is attached to the Guard (its ACL rules loaded, its quota session registered) before the
-        CONNACK. None: refused by the quota rules (blocked, too many sessions of the user), logged and
-        counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
+        CONNACK. QuotaRefusal: refused by the quota rules (blocked, too many sessions of the user), logged
+        and counted here; ClientIdRefused: refused by the client id policy (logged and counted)."""
         guard = self.guard
         by_identity = listener.use_identity_as_username
         result = await guard.authenticate(
@@ -655,7 +711,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if self._id_rule:
                 code = self._client_id_refused(session, identity, where, generated, result)
                 if code:
-                    raise ClientIdRefused(code)
+                    raise ClientIdRefused(V5_CONNACK[code])
                 # Nothing awaited since the check: the id is this CONNECT's until `_serve_connection` holds it
                 claim = self._claims.get(client_id)
                 self._claims[client_id] = (identity, claim[1] + 1 if claim is not None else 1)
@@ -675,7 +731,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             except ClientIdHeld as held:
                 # Held on another broker for another identity (the registry's word): refused as if held here
                 raise ClientIdRefused(
-                    self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)
+                    V5_CONNACK[self._id_refusal(session, identity, where, ownership.HELD_REFUSAL, held.holder, result)]
                 ) from None
             except QuotaRefusal as refusal:
                 kind = C.quota_refusal(str(refusal))  # the reason without its figures: one log key per kind
@@ -690,7 +746,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     result.username,
                     refusal,
                 )
-                return None
+                raise
         return result
 
     def _client_id_refused(
@@ -715,7 +771,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         else:
             entry = self._sessions.get(client_id)
             kept = entry[0] if entry is not None else None
-            held = kept is not None and (not kept.clean_session or kept.transitions.state == "connected")
+            held = kept is not None and (kept.expiry != 0 or kept.transitions.state == "connected")
             client = kept.guard_client if kept is not None else None
             holder = client.username if client is not None else (kept.username if kept is not None else None)
         refused = ownership.refusal(
@@ -872,7 +928,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
 
     def _denied(self, session: GuardedSession, topic: str, action: Action, enforce: bool) -> None:
         if enforce and action is Action.PUBLISH and self.guard_config.acl.deny_publish_action == "disconnect":
-            asyncio.get_running_loop().create_task(self.kick(session.client_id, f"denied PUBLISH to {topic!r}"))
+            asyncio.get_running_loop().create_task(
+                self.kick(session.client_id, f"denied PUBLISH to {topic!r}", DENIED_PUBLISH)
+            )
 
     @staticmethod
     async def _refuse(writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None) -> None:
@@ -891,14 +949,19 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             pass
         await _close_quietly(writer)
 
-    async def _take_over(self, client_id: str, previous: Ended | None) -> None:
-        """Disconnect a live connection with the same client id and wait until it has cleaned up."""
+    async def _take_over(self, client_id: str, previous: Ended | None, clean: bool = True) -> None:
+        """Disconnect a live connection with the same client id and wait until it has cleaned up. Its will
+        is published (a connection closed without DISCONNECT), unless the new connection resumes its
+        persistent session (both without clean session): mosquitto 2.0 then discards the will (measured
+        with 2.0.11, docs/engine.md "Protocol edges"). `clean`: the new connection's clean-session flag."""
         entry = self._sessions.get(client_id)
         if entry is not None and entry[0].transitions.state == "connected":
             log.info("client %r connected again: closing its previous connection (take-over)", client_id)
             old_handler = entry[1]
             if isinstance(old_handler, GuardedHandler):
-                old_handler.close("taken over by a new connection with the same client id")
+                if not clean and entry[0].expiry != 0 and entry[0].v5 is None:  # (MQTT 5: the Will Delay rule)
+                    old_handler.publish_will = False
+                old_handler.close("taken over by a new connection with the same client id", TAKEN_OVER)
             await old_handler.stop()
         if previous is not None and not previous.is_set():
             try:
@@ -914,7 +977,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         resumable = (
             existing is not None
             and not incoming.clean_session
-            and not existing.clean_session
+            and existing.expiry != 0
             and existing.out_queue is not None
         )
         if resumable and existing is not None and existing.username != incoming.username:
@@ -927,6 +990,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             resumable = False
         if not resumable or existing is None:
             if existing is not None:
+                self._release_will(client_id)  # its session ends here: a delayed will goes out now
                 self._drop_session(client_id, existing)
             incoming.parent = 0
             limits = self.guard_config.limits
@@ -951,8 +1015,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             "protocol_level",
             "v5",
             "listener",
+            "clean_session",
+            "expiry",
         ):
             setattr(existing, name, getattr(incoming, name))
+        self._cancel_will(client_id)  # resumed before its Will Delay Interval: never published (3.1.3.2.2)
+        self._expires.pop(client_id, None)
         existing.attributes.update(incoming.attributes)
         existing.pub_ok.clear()  # decided for the previous connection's client
         existing.parent = 1
@@ -1000,6 +1068,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             max_stall=limits.backpressure_max_stall,
             alias_max=limits.max_topic_alias,
             receive_max=limits.max_inflight_messages,
+            max_levels=limits.max_topic_levels,
         )
         c5 = session.v5 if session.protocol_level == MQTT5 else None
         if c5 is not None:
@@ -1042,6 +1111,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             props[mqtt5.ASSIGNED_CLIENT_ID] = session.client_id
         if c5.server_keepalive is not None:
             props[mqtt5.SERVER_KEEP_ALIVE] = c5.server_keepalive
+        if c5.session_expiry and session.expiry != session_expiry(c5.session_expiry, None):
+            # capped by limits.persistent_session_expiry: the client is told the interval used (3.2.2.3.2)
+            props[mqtt5.SESSION_EXPIRY] = math.ceil(session.expiry or 0)  # (whole seconds: a 0.5 s cap says 1)
         return props
 
     async def _end_session(self, session: GuardedSession, handler: GuardedHandler, clean: bool) -> None:
@@ -1057,23 +1129,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             log.warning("closed connection of client %r from %s: %s", client_id, handler.where, reason)
         else:
             log_info(log, "client %r (%s) disconnected: %s", client_id, handler.where, reason or "connection lost")
+        c5 = session.v5
+        if c5 is not None and session.expiry != 0:  # (0 is final: a DISCONNECT may not raise it, nor undo a drop)
+            session.expiry = session_expiry(c5.session_expiry, self._session_expiry)  # its DISCONNECT's, if any
         if not clean and session.will_flag and handler.publish_will:
-            await self._publish_will(session)
+            delay = c5.will_delay if c5 is not None else 0
+            ours = self._sessions.get(client_id, (None,))[0] is session
+            if delay and ours and session.expiry != 0:  # the session outlives the connection: the will waits
+                self._delay_will(session, delay if session.expiry is None else min(delay, session.expiry))
+            else:
+                await self._publish_will(session)
         try:
             session.transitions.disconnect()
         except (MachineError, ValueError):
             pass
         queue = queue_of(session)
         if self._sessions.get(client_id, (None,))[0] is session:
-            if session.clean_session:
+            if session.expiry == 0:
                 self._drop_session(client_id, session)
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
-                if self._session_expiry is not None:
-                    deadline = self._loop.time() + self._session_expiry
-                    self._expires[client_id] = deadline
-                    heapq.heappush(self._expiry_heap, (deadline, client_id))
+                if session.expiry is not None:
+                    self._expire_at(client_id, self._loop.time() + session.expiry)
                 if client_id in self._filters_of:
                     self._invalidate_routes()
         if self._fire_disconnected:
@@ -1130,6 +1208,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if topic not in allowed:
                 errors = self._check_errors
                 if not self._check_sync(session, topic, Action.PUBLISH):
+                    _refused(session, PUBLISH_DENIED)
                     return None
                 if self._cacheable and errors == self._check_errors:
                     if len(allowed) >= PUB_CACHE:
@@ -1142,7 +1221,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 st.n += 1
                 st.b += plen
             elif not self._admit_publish(client, topic, plen, qos):
-                return None  # over quota: dropped (QoS 1/2 still acknowledged), counted by the quota
+                _refused(session, PUBLISH_OVER_QUOTA)
+                return None  # over quota: dropped (a 3.1.1 QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
@@ -1169,6 +1249,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message
             )
         if not self._sync_checks and not await self._topic_filtering(session, topic, Action.PUBLISH):
+            _refused(session, PUBLISH_DENIED)
             return None
         if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, props, True) is None:
             return None
@@ -1528,7 +1609,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             code = await self.add_subscription((topic_filter, options & 3), session)
             if v5:
                 if code == SUBACK_FAILURE:
-                    code = Reason.NOT_AUTHORIZED
+                    code = SUBSCRIBE_DENIED
                 else:
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
@@ -1672,13 +1753,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     ) -> None:
         """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
         out with RETAIN set at min(granted QoS, message QoS); to an MQTT 5 client with their properties
-        and the subscription's identifier (`sub_id`)."""
+        (the time left of a Message Expiry Interval) and the subscription's identifier (`sub_id`). A
+        retained message whose Message Expiry Interval has passed is sent to no one and removed
+        (3.3.2.3.3; found here, when a subscription would deliver it, as mosquitto does)."""
         topic_filter, qos = subscription
         queue = queue_of(session)
         if queue is None:
             return
         for topic, retained in list(self._retained_messages.items()):
             if not self._matches(topic, topic_filter):
+                continue
+            props = self._retained5.get(topic)
+            if props is not None and props.expires and props.expires <= time.monotonic():
+                if self._retained_messages.get(topic) is retained:
+                    del self._retained5[topic]
+                    await self.retain_message(None, topic, b"")  # (removes it, telling the plugins)
                 continue
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
                 continue
@@ -1688,7 +1777,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             data, dq = bytes(retained.data), min(qos, retained.qos or 0)
             if session.protocol_level == MQTT5:
                 topic_raw = topic.encode()
-                props = self._retained5.get(topic)
+                props = self._retained5.get(topic)  # (again: the checks above were awaited)
                 forwarded = props.forwarded if props is not None else b""
                 if sub_id:
                     forwarded += mqtt5.sub_ids_block((sub_id,))
@@ -1708,47 +1797,110 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         """amqtt's offline queue (session.retained_messages) is not used: OutQueue holds those."""
 
     async def _session_monitor(self) -> None:
-        """amqtt dropped disconnected anonymous sessions here (and clean ones after up to 1 s); clean
-        sessions are dropped when their connection ends, persistent ones (anonymous too) are kept, for
-        `limits.persistent_session_expiry` when it is set: this task sweeps the deadline heap (no timer
-        per session) within a tenth of it, at most every second."""
-        expiry = self._session_expiry
-        if expiry is None:
+        """amqtt dropped disconnected anonymous sessions here (and clean ones after up to 1 s). Here a
+        session with expiry 0 is dropped when its connection ends; the others are kept offline for their
+        expiry (`session_expiry`: the MQTT 5 Session Expiry Interval, `limits.persistent_session_expiry`
+        for 3.1.1 persistent ones; none: until dropped), on one deadline heap with one timer at its first
+        deadline (`_expire_at`): no task, no timer per session."""
+
+    def _expire_at(self, client_id: str, deadline: float) -> None:
+        """The session of `client_id`, offline now, is discarded at loop time `deadline`."""
+        if self._closing:  # (a shutdown discards every session)
             return
-        tick = min(1.0, max(0.05, expiry / 10))
-        while True:
-            await asyncio.sleep(tick)
-            try:
-                self._expire_sessions(self._loop.time())
-            except Exception:  # a bug must not end the sweep: the sessions would never expire again
-                log.exception("expiring offline sessions failed")
+        self._expires[client_id] = deadline
+        heap = self._expiry_heap
+        heapq.heappush(heap, (deadline, client_id))
+        timer = self._expiry_timer
+        if heap[0][0] == deadline and (timer is None or timer.when() > deadline):
+            if timer is not None:
+                timer.cancel()
+            self._expiry_timer = self._loop.call_at(deadline, self._expiry_due)
+
+    def _expiry_due(self) -> None:
+        self._expiry_timer = None
+        try:
+            self._expire_sessions(self._loop.time())
+        except Exception:  # a bug must not end the expiry: the sessions would never expire again
+            log.exception("expiring offline sessions failed")
+        heap = self._expiry_heap
+        if heap and not self._closing:
+            self._expiry_timer = self._loop.call_at(heap[0][0], self._expiry_due)
 
     def _expire_sessions(self, now: float) -> None:
-        """Discard the persistent sessions offline since their deadline (logged at INFO)."""
+        """Discard the offline sessions whose deadline has come (logged at INFO); their delayed wills go
+        out now (the session ends before the Will Delay Interval)."""
         heap = self._expiry_heap
         while heap and heap[0][0] <= now:
             deadline, client_id = heapq.heappop(heap)
             if self._expires.get(client_id) != deadline:
-                continue  # a later offline spell has its own entry
+                continue  # resumed since, or a later offline spell has its own entry
             del self._expires[client_id]
             entry = self._sessions.get(client_id)
             session = entry[0] if entry is not None else None
-            if session is None or session.clean_session or session.transitions.state == "connected":
+            if session is None or session.expiry == 0 or session.transitions.state == "connected":
                 continue
             queue = queue_of(session)
             messages = queue.depth()[0] if queue is not None else 0
             client = session.guard_client
-            session.guard_client = None
+            if not self._release_will(client_id):  # (the will is checked as the client's: it keeps its guard)
+                session.guard_client = None
             self._drop_session(client_id, session)
             log_info(
                 log,
-                "offline session of client %r (user %r) expired after %.0f s (limits.persistent_session_expiry): "
+                "offline session of client %r (user %r) expired after %.0f s (%s): "
                 "discarded with %d queued message(s); the client id is free",
                 client_id,
                 client.username if client is not None else session.username,
-                self._session_expiry,
+                session.expiry,
+                "its Session Expiry Interval" if session.v5 is not None else "limits.persistent_session_expiry",
                 messages,
             )
+
+    # -- delayed wills (MQTT 5 Will Delay Interval) ------------------------------------------------
+    def _delay_will(self, session: GuardedSession, delay: float) -> None:
+        """Publish the will of `session` (offline now) after `delay` s, unless the session is resumed
+        first (`_cancel_will`) or ends first (`_release_will`)."""
+        loop = asyncio.get_running_loop()
+        wheel = self._will_wheel
+        if wheel is None:
+            wheel = self._will_wheel = Wheel(loop, WILL_TICK)
+        self._cancel_will(session.client_id)
+        pending = PendingWill(session, self._will_due)
+        pending.slot = wheel.add(pending, loop.time() + delay)
+        self._wills[session.client_id] = pending
+
+    def _take_will(self, client_id: str) -> PendingWill | None:
+        pending = self._wills.pop(client_id, None)
+        if pending is not None and self._will_wheel is not None:
+            self._will_wheel.remove(pending, pending.slot)
+        return pending
+
+    def _cancel_will(self, client_id: str) -> None:
+        """The session was resumed (or its client reconnected): its delayed will is discarded."""
+        if self._wills:
+            self._take_will(client_id)
+
+    def _release_will(self, client_id: str) -> bool:
+        """The offline session of `client_id` ends now: its delayed will, if any, is published at once."""
+        pending = self._take_will(client_id) if self._wills else None
+        if pending is None:
+            return False
+        self._spawn_will(pending.session)
+        return True
+
+    def _will_due(self, pending: PendingWill) -> None:
+        """A delayed will's interval has passed (called by the wheel)."""
+        client_id = pending.session.client_id
+        if self._wills.get(client_id) is pending:
+            del self._wills[client_id]
+            self._spawn_will(pending.session)
+
+    def _spawn_will(self, session: GuardedSession) -> None:
+        if self._closing:  # a shutdown publishes no wills
+            return
+        task = self._loop.create_task(self._publish_will(session))
+        self._will_tasks.add(task)
+        task.add_done_callback(self._will_tasks.discard)
 
     async def drop_session(self, client_id: str, reason: str) -> bool:
         """Discard a client's session (`mqtt-guard session drop`): an offline one at once, a connected one
@@ -1760,15 +1912,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         session, handler = entry
         if session.transitions.state == "connected":
             log.warning("dropping the session of connected client %r: %s (disconnecting it)", client_id, reason)
-            session.clean_session = True  # its end discards the session instead of keeping it offline
+            session.expiry = 0.0  # its end discards the session instead of keeping it offline
             if isinstance(handler, GuardedHandler):
-                handler.close(f"session dropped by the server: {reason}")
+                handler.close(f"session dropped by the server: {reason}", KICKED)
             await handler.stop()
             return True
         queue = queue_of(session)
         messages = queue.depth()[0] if queue is not None else 0
         client = session.guard_client
-        session.guard_client = None
+        if not self._release_will(client_id):  # its session ends: a delayed will goes out now
+            session.guard_client = None
         self._drop_session(client_id, session)
         self._expires.pop(client_id, None)
         log.warning(
@@ -1804,11 +1957,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             sum(1 for s, _ in self._sessions.values() if s.transitions.state == "connected"),
         )
         self._log_discarded_sessions()
+        for client_id in list(self._wills):  # no wills at shutdown, delayed ones neither
+            self._take_will(client_id)
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
         await self.plugins_manager.fire_event(BrokerEvents.PRE_SHUTDOWN, wait=True)
         for _session, handler in list(self._sessions.values()):
             if isinstance(handler, GuardedHandler) and handler.session is not None:
                 handler.publish_will = False
-                handler.close("broker shutting down")
+                handler.close("broker shutting down", SHUTDOWN)
         pending = [e.wait() for e in self._connections.values() if not e.is_set()]
         if pending:
             done, not_done = await asyncio.wait([asyncio.ensure_future(p) for p in pending], timeout=SHUTDOWN_FLUSH + 5)
@@ -1956,6 +2114,13 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def _refused(session: GuardedSession, code: int) -> None:
+    """A PUBLISH refused (dropped): an MQTT 5 client's reader acknowledges it with `code` (reasons.py)."""
+    c5 = session.v5
+    if c5 is not None:
+        c5.refused = code
 
 
 async def _close_quietly(writer: WriterAdapter) -> None:

@@ -42,10 +42,10 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
-from ..reasons import Reason
+from ..reasons import KEEP_ALIVE, Reason
 from . import mqtt5
 from .deadlines import Wheel, wheel_for
-from .mqtt5 import Message5, encode_disconnect
+from .mqtt5 import Client5, Message5, encode_disconnect
 from .packets import MQTT5, parse_subscribe, parse_unsubscribe
 from .protocol import (
     AUTH,
@@ -65,6 +65,7 @@ from .protocol import (
     Cursor,
     Incomplete,
     ProtocolViolation,
+    check_topic_levels,
     check_topic_name,
     decode_utf8,
     encode_ack,
@@ -135,7 +136,9 @@ class Router(Protocol):
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
         `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
-        side of the message (given for every PUBLISH of an MQTT 5 client)."""
+        side of the message (given for every PUBLISH of an MQTT 5 client). None is also what a refused
+        PUBLISH returns: then an MQTT 5 client's `session.v5.refused` says why (reasons.py: 0x87 denied,
+        0x97 over quota), which its reader clears before asking when it acknowledges (QoS 1/2)."""
         ...
 
     async def handle_publish(
@@ -237,6 +240,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_aliases",
         "_alias_max",
         "_receive_max",
+        "_max_levels",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -305,6 +309,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._aliases: dict[int, tuple[str, bytes]] | None = None
         self._alias_max = 0
         self._receive_max = 65535
+        self._max_levels = 0  # limits.max_topic_levels (0: no limit)
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -341,10 +346,12 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         max_stall: float,
         alias_max: int = 0,
         receive_max: int = 0,
+        max_levels: int = 0,
     ) -> None:
         """After `attach`: who decides (`router`), the session's queue, and the limits of the connection
         (for an MQTT 5 client also the Topic Alias Maximum and Receive Maximum its CONNACK announces;
-        `receive_max` 0: 65535)."""
+        `receive_max` 0: 65535; `max_levels`: limits.max_topic_levels)."""
+        self._max_levels = max_levels
         self._router = router
         self._counters = counters
         self.queue = queue
@@ -730,7 +737,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         deadline = self._last_rx + self._ka_limit
         if now >= deadline and self._idle:
             ka = self.session.keep_alive if self.session else 0
-            self.close(f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)")
+            self.close(
+                f"keep-alive timeout: nothing received for {self._ka_limit:g} s (1.5 x keep-alive {ka} s)", KEEP_ALIVE
+            )
             return
         self._ka_slot = wheel.add(self, max(deadline, now + 0.5))
 
@@ -1025,9 +1034,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         route = self._route_now
         if route is None or first & 0x05:  # QoS 2, RETAIN, or plugins to await
             return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
-        held: Held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
-        if qos:
-            self._ack(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # PUBACK
+        held: Held
+        if not qos:
+            held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
+            return held
+        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
+        c5: Client5 = self.session.v5  # type: ignore[union-attr,assignment]  # both set on an MQTT 5 connection
+        c5.refused = 0
+        held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
+        code = c5.refused
+        self._ack(mqtt5.encode_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
 
     def _alias(self, alias: int, raw: bytes | bytearray) -> tuple[str, bytes]:
@@ -1069,8 +1085,13 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         router, q, session = self._router, self.queue, self.session
         assert router is not None and q is not None and session is not None
         retain = bool(first & 0x01)
+        c5 = session.v5 if props is not None else None  # an MQTT 5 client: the broker says why it refused
+        if c5 is not None:
+            c5.refused = 0
         if qos == 2:
             held = None
+            co = self._co
+            mark = len(co)
             if pid not in q.qos2_in:
                 if props is not None and len(q.qos2_in) >= self._receive_max:
                     raise ProtocolViolation(
@@ -1078,17 +1099,29 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         code=Reason.RECEIVE_MAXIMUM_EXCEEDED,
                     )
                 held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
+                    await self.send(mqtt5.encode_ack(PUBREC, pid, c5.refused))
+                    return held
                 q.qos2_in.add(pid)
-            await self.send(encode_ack(PUBREC, pid))
+            # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
+            # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
+            # Acks coalesced before stay before it [MQTT-4.6.0-3]; a list flushed meanwhile held none.
+            self._ack(encode_ack(PUBREC, pid))
+            if self._co is not co:
+                co, mark = self._co, 0
+            if len(co) - 1 > mark:
+                co.insert(mark, co.pop())
             return held
         held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         if qos == 1:
-            await self.send(encode_ack(PUBACK, pid))
+            code = c5.refused if c5 is not None else 0
+            await self.send(mqtt5.encode_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")
         check_topic_name(topic, "PUBLISH topic")
+        check_topic_levels(topic, "PUBLISH topic", self._max_levels, Reason.PROTOCOL_ERROR)
         if len(self._topics) >= TOPIC_CACHE:
             self._topics.clear()
         self._topics[topic_raw] = topic
@@ -1147,7 +1180,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 if reason >= 0x80:  # the subscriber refused it: the QoS 2 flow ends here [MQTT-4.3.3-4]
                     if q.rejected(pid):
                         self.wake()
-                elif q.received(pid):
+                else:
+                    q.received(pid)  # (an unknown id is answered too, as mosquitto does)
                     await self.send(encode_ack(PUBREL, pid))
             elif ptype == PUBCOMP:
                 if q.completed(pid):
@@ -1169,10 +1203,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return False
         if ptype == SUBSCRIBE:
             sub = parse_subscribe(body, self.level)
+            for topic_filter, _ in sub.filters:
+                check_topic_levels(topic_filter, "SUBSCRIBE topic filter", self._max_levels)
             await router.handle_subscribe(session, self, sub.packet_id, sub.filters, sub.sub_id)
             return False
         if ptype == UNSUBSCRIBE:
             pid, topic_filters = parse_unsubscribe(body, self.level)
+            for topic_filter in topic_filters:
+                check_topic_levels(topic_filter, "UNSUBSCRIBE topic filter", self._max_levels)
             existed = await router.handle_unsubscribe(session, topic_filters)
             if v5:
                 codes: list[int] = [Reason.SUCCESS if e else Reason.NO_SUBSCRIPTION_EXISTED for e in existed]
@@ -1196,9 +1234,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if expiry is not None and c5 is not None:
             if expiry and not c5.session_expiry:
                 raise mqtt5.protocol_error("DISCONNECT sets a Session Expiry Interval after 0 [MQTT-3.14.2-2]")
-            c5.session_expiry = expiry
-            if not expiry and self.session is not None:
-                self.session.clean_session = True
+            c5.session_expiry = expiry  # (the broker applies it when the connection ends)
         return WITH_WILL if reason == Reason.DISCONNECT_WITH_WILL else 1
 
     async def _fire_received(self, first: int, body: bytes) -> None:

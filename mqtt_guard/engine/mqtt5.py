@@ -587,8 +587,10 @@ class Client5:
     session_expiry: int = 0  # Session Expiry Interval, s (updated by its DISCONNECT)
     will_forwarded: bytes = b""  # the will's properties that travel with it (`forwarded_block`)
     will_expiry: int | None = None  # the will's Message Expiry Interval (counted from its publication)
+    will_delay: int = 0  # the will's Will Delay Interval, s (3.1.3.2.2)
     assigned_id: bool = False  # the server assigned the client identifier (sent in the CONNACK)
     server_keepalive: int | None = None  # the keep-alive the server imposes (limits.max_keepalive)
+    refused: int = 0  # why the broker refused its last PUBLISH (reasons.py; 0: it did not), for the PUBACK/PUBREC
 
     @classmethod
     def of(cls, props: Props, will_props: Props) -> Client5:
@@ -600,6 +602,7 @@ class Client5:
             session_expiry=props.get(SESSION_EXPIRY, 0),
             will_forwarded=forwarded_block(will_props),
             will_expiry=will_props.get(MESSAGE_EXPIRY),
+            will_delay=will_props.get(WILL_DELAY, 0),
         )
 
     def will(self) -> Message5 | None:

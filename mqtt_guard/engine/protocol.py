@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 
+from ..reasons import TOO_LARGE
+
 # packet types
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
@@ -69,7 +71,7 @@ def too_large(first: int, size: int, max_packet: int) -> ProtocolViolation:
     """The violation for a packet (whole, header included) over `limits.max_packet_size`."""
     return ProtocolViolation(
         f"{TYPE_NAMES.get(first >> 4, '?')} packet of {size} bytes exceeds max_packet_size {max_packet}",
-        code=0x95,  # MQTT 5: DISCONNECT Packet too large [MQTT-3.2.2-15]
+        code=TOO_LARGE,  # MQTT 5: DISCONNECT Packet too large [MQTT-3.2.2-15]
     )
 
 
@@ -153,6 +155,17 @@ def check_topic_name(topic: str, what: str) -> None:
         raise ProtocolViolation(f"{what} is empty [MQTT-4.7.3-1]")
     if "+" in topic or "#" in topic:
         raise ProtocolViolation(f"{what} {topic!r} contains a wildcard [MQTT-3.3.2-2]")
+
+
+def check_topic_levels(topic: str, what: str, max_levels: int, code: int = 0x81) -> None:
+    """A topic name or filter of more than `max_levels` levels (`limits.max_topic_levels`; 0: no limit)
+    closes the connection, as mosquitto's TOPIC_HIERARCHY_LIMIT does (it refuses more than 200 `/`, so
+    201 levels pass: the default). `code`: the MQTT 5 reason (mosquitto: 0x82 for a PUBLISH topic, 0x81
+    Malformed Packet for a filter)."""
+    if max_levels and topic.count("/") >= max_levels:
+        raise ProtocolViolation(
+            f"{what} has {topic.count('/') + 1} levels, more than limits.max_topic_levels {max_levels}", code=code
+        )
 
 
 def check_topic_filter(topic_filter: str) -> None:

@@ -32,8 +32,9 @@ import time
 from collections import OrderedDict, deque
 from typing import Protocol
 
+from ..reasons import Reason
 from . import mqtt5
-from .protocol import PUBREL, encode_ack, encode_publish
+from .protocol import PUBREL, ProtocolViolation, encode_ack, encode_publish
 
 # Backpressure marks when the queue limits do not give smaller ones (see OutQueue.hold_messages)
 HOLD_MESSAGES = 1000
@@ -338,11 +339,15 @@ class OutQueue:
                 return nid
         raise RuntimeError("no free packet id")  # unreachable: max_inflight <= 65535
 
+    # An ack of the wrong kind for a delivery in flight is a protocol violation (the connection is closed);
+    # one for an id not in flight is ignored. Both as mosquitto 2.0.11 (measured, docs/engine.md).
     def acked(self, packet_id: int) -> bool:
         """PUBACK: True if it completed a QoS 1 delivery."""
         d = self.inflight.get(packet_id)
-        if d is None or d.qos != 1:
+        if d is None:
             return False
+        if d.qos != 1:
+            raise _wrong_ack("PUBACK", d)
         del self.inflight[packet_id]
         self.inflight_bytes -= d.size
         return True
@@ -350,8 +355,10 @@ class OutQueue:
     def received(self, packet_id: int) -> bool:
         """PUBREC: True if it matched a QoS 2 delivery waiting for it (now waiting for PUBCOMP)."""
         d = self.inflight.get(packet_id)
-        if d is None or d.qos != 2:
+        if d is None:
             return False
+        if d.qos != 2:
+            raise _wrong_ack("PUBREC", d)
         if d.state == WAIT_ACK:
             d.state = WAIT_COMP
             self.inflight_bytes -= d.size  # the payload is no longer needed
@@ -363,8 +370,10 @@ class OutQueue:
         """An MQTT 5 PUBREC with a failure reason code: the QoS 2 delivery ends there, no PUBREL
         [MQTT-4.3.3-4]. True if it freed a place in the in-flight window."""
         d = self.inflight.get(packet_id)
-        if d is None or d.qos != 2 or d.state != WAIT_ACK:
+        if d is None:
             return False
+        if d.qos != 2 or d.state != WAIT_ACK:
+            raise _wrong_ack("PUBREC", d)  # (one rule with `received`: the wrong kind of ack closes)
         del self.inflight[packet_id]
         self.inflight_bytes -= d.size
         return True
@@ -372,8 +381,10 @@ class OutQueue:
     def completed(self, packet_id: int) -> bool:
         """PUBCOMP: True if it completed a QoS 2 delivery."""
         d = self.inflight.get(packet_id)
-        if d is None or d.qos != 2 or d.state != WAIT_COMP:
+        if d is None:
             return False
+        if d.qos != 2 or d.state != WAIT_COMP:
+            raise _wrong_ack("PUBCOMP", d)
         del self.inflight[packet_id]
         self.inflight_bytes -= d.size
         return True
@@ -397,3 +408,11 @@ class OutQueue:
         self.online = False
         self.port = None
         self.slow = False
+
+
+def _wrong_ack(kind: str, d: Delivery) -> ProtocolViolation:
+    """The violation for `kind` answering delivery `d` (QoS 1; QoS 2 before or after its PUBREC)."""
+    state = "" if d.qos == 1 else (" waiting for PUBREC" if d.state == WAIT_ACK else " waiting for PUBCOMP")
+    return ProtocolViolation(
+        f"{kind} for a QoS {d.qos} delivery{state} (packet id {d.packet_id})", code=Reason.PROTOCOL_ERROR
+    )

@@ -70,6 +70,23 @@ class SessionState:
         return self.state == "disconnected"
 
 
+NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: the session does not expire (3.1.2.11.2)
+
+
+def session_expiry(requested: int | None, cap: float | None) -> float | None:
+    """How long a session outlives its connection, s (0.0: not at all; None: until it is discarded),
+    the one rule of both protocol levels. `requested`: the MQTT 5 Session Expiry Interval (from the
+    CONNECT, or the DISCONNECT that changed it; 0xFFFFFFFF: never), or None for a 3.1.1 persistent
+    session (clean session 0), which asks for no limit (a 3.1.1 clean session is 0). `cap`:
+    `limits.persistent_session_expiry` (None: no cap), which bounds what MQTT 5 clients ask as
+    mosquitto's `persistent_client_expiration` does."""
+    if requested == 0:
+        return 0.0
+    if requested is None or requested == NEVER_EXPIRES:
+        return cap
+    return float(requested) if cap is None or requested < cap else cap
+
+
 _LAZY_QUEUES = ("retained_messages", "delivered_message_queue")
 
 
@@ -145,6 +162,7 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         "pub_epoch",
         "protocol_level",
         "v5",
+        "expiry",
     )
 
     def __init__(self) -> None:  # amqtt's Session.__init__, minus the Queues
@@ -183,6 +201,10 @@ class GuardedSession(Session):  # type: ignore[misc]  # amqtt has no type inform
         self.pub_epoch = -1
         self.protocol_level = 4  # of the connection that serves it: 3 (MQTT 3.1), 4 (3.1.1) or 5
         self.v5: Client5 | None = None  # MQTT 5: what the client's CONNECT asked of the server
+        # How long the session outlives its connection, s: 0.0 ends it with the connection, None keeps it
+        # until discarded. `clean_session` is only the CONNECT's "discard at start" (MQTT 5 Clean Start);
+        # both levels set this one rule (GuardedBroker `_session_from`, `session_expiry`).
+        self.expiry: float | None = 0.0
 
     retained_messages: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)
     delivered_message_queue: lazy[asyncio.Queue[Any]] = lazy(asyncio.Queue)

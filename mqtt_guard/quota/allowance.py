@@ -27,6 +27,7 @@ from ..guard_client import GuardClient
 from ..logutil import RateLimitedLog
 from ..metrics import counters as C
 from ..metrics.counters import Counters
+from ..reasons import quota_disconnect
 from ..store.keys import Keys
 from .bucket import TokenBucket
 from .ledger import Entry, Verdict, lease_block, monotonic
@@ -78,8 +79,9 @@ class Allowances:
     """The clients and users this broker accounts for, and the entries (user, metric, window) it holds.
 
     `wake()` is called when `urgent` gained keys that should be synced soon; `exceeded(cq, reason,
-    block_until)` when a client with `on_exceed: disconnect` went over a limit (`cq.kicking` is set
-    first; `block_until` 0: no block). `clock` is unix time (windows are aligned to UTC)."""
+    block_until, code)` when a client with `on_exceed: disconnect` went over a limit (`cq.kicking` is set
+    first; `block_until` 0: no block; `code`: the MQTT 5 DISCONNECT reason, reasons.quota_disconnect).
+    `clock` is unix time (windows are aligned to UTC)."""
 
     __slots__ = (
         "config",
@@ -102,7 +104,7 @@ class Allowances:
         keys: Keys,
         counters: Counters,
         wake: Callable[[], None],
-        exceeded: Callable[[ClientQuota, str, float], None],
+        exceeded: Callable[[ClientQuota, str, float, int], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -257,7 +259,7 @@ class Allowances:
         if short or user is None or user.limits.on_exceed != "disconnect" or cq.kicking:
             return False
         cq.kicking = True
-        self.exceeded(cq, reason, float(entry.end) if entry is not None else 0.0)
+        self.exceeded(cq, reason, float(entry.end) if entry is not None else 0.0, quota_disconnect(what))
         return False
 
     # -- windows and entries ------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ import redis.asyncio as aioredis
 from ..config import QuotaConfig
 from ..guard_client import GuardClient
 from ..metrics.counters import Counters
-from ..ports import Kick
+from ..ports import Drop, Kick
+from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER, blocked_reason
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.keys import Keys
@@ -62,7 +63,12 @@ SHUTDOWN_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *REDIS_ERRORS)
 
 
 class QuotaRefusal(Exception):
-    """A CONNECT refused by quota rules (block, too many sessions): CONNACK 5, the message says why."""
+    """A CONNECT refused by quota rules (block, too many sessions): CONNACK 5, the message says why;
+    `code` is the MQTT 5 CONNACK reason (mqtt_guard/reasons.py: 0x8A or 0x97)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ClientIdHeld(Exception):
@@ -90,7 +96,7 @@ class QuotaEnforcer:
         counters: Counters,
         kick: Kick,
         queue_depth: QueueDepth,
-        drop_session: Kick | None = None,
+        drop_session: Drop | None = None,
         tracking: Tracking,
         kick_retry: float,
         trust: Trust | None = None,
@@ -235,7 +241,7 @@ class QuotaEnforcer:
             if block is UNKNOWN or cached is None:
                 block, cached = await self._read_connect_state(client, block, cached)
             if block is not None:
-                raise QuotaRefusal(block.describe())
+                raise QuotaRefusal(block.describe(), blocked_reason(block.reason))
             limits = cached
             await self._open(cq, limits)
         except REDIS_ERRORS as exc:
@@ -331,7 +337,8 @@ class QuotaEnforcer:
                 self._spawn(self.kicks.push_quietly(holder, {"slots": username, "by": self.broker_id}))
             reserved = f" and brokers reserve {res.reserved} slot(s)" if res.reserved else ""
             raise QuotaRefusal(
-                f"too many sessions: user {username!r} has {res.sessions} connected{reserved} (sessions {sessions})"
+                f"too many sessions: user {username!r} has {res.sessions} connected{reserved} (sessions {sessions})",
+                SESSIONS_EXCEEDED,
             )
         cq.confirmed = True
         self._took_over(cq, res)
@@ -359,7 +366,7 @@ class QuotaEnforcer:
                 res.held_by or None,
             )
             if self.clients.get(client.client_id) is cq:
-                self._spawn(self.kick(client.client_id, "client id held by another user"))
+                self._spawn(self.kick(client.client_id, "client id held by another user", TAKEN_OVER))
             return
         # Only when Redis lost the slot this CONNECT was admitted on (Redis restarted empty, this broker
         # taken for dead) and the user is at its limit: the limit wins.
@@ -371,7 +378,7 @@ class QuotaEnforcer:
             res.sessions,
         )
         if self.clients.get(client.client_id) is cq:
-            self._spawn(self.kick(client.client_id, "too many sessions"))
+            self._spawn(self.kick(client.client_id, "too many sessions", SESSIONS_EXCEEDED))
 
     def _held_elsewhere(self, cq: ClientQuota, broker_id: str) -> None:
         """While this broker was fenced (declared dead) or Redis was away, another broker registered the
@@ -387,13 +394,17 @@ class QuotaEnforcer:
             cq.client.username,
             broker_id,
         )
-        self._spawn(self.kick(client_id, f"taken over by broker {broker_id}"))
+        self._spawn(self.kick(client_id, f"taken over by broker {broker_id}", TAKEN_OVER))
 
     def _took_over(self, cq: ClientQuota, res: RegistryResult) -> None:
         if res.prev_broker and res.prev_broker != self.broker_id:
             self._spawn(
                 self.kicks.push_kick(
-                    res.prev_broker, cq.client.client_id, res.prev_conn, f"connected again on broker {self.broker_id}"
+                    res.prev_broker,
+                    cq.client.client_id,
+                    res.prev_conn,
+                    f"connected again on broker {self.broker_id}",
+                    TAKEN_OVER,
                 )
             )
 
@@ -468,8 +479,8 @@ class QuotaEnforcer:
     def _wake(self) -> None:
         self.sync.wake()
 
-    def _over_quota(self, cq: ClientQuota, reason: str, block_until: float) -> None:
-        self.kicks.over_quota(cq, reason, block_until)
+    def _over_quota(self, cq: ClientQuota, reason: str, block_until: float, code: int) -> None:
+        self.kicks.over_quota(cq, reason, block_until, code)
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(work)

@@ -19,7 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..ports import Kick
+from ..ports import Drop, Kick
+from ..reasons import kick_code
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
 from ..store.quota import Block, QuotaStore
@@ -46,7 +47,7 @@ class KickQueue:
         kick: Kick,
         spawn: Spawn,
         *,
-        drop_session: Kick | None = None,
+        drop_session: Drop | None = None,
         redis_url: str,
         sync_interval: float,
         kick_retry: float,
@@ -127,6 +128,7 @@ class KickQueue:
         client_id = str(item.get("client_id") or "")
         conn = str(item.get("conn") or "")
         reason = str(item.get("reason") or "kicked")
+        code = kick_code(item.get("code"))  # 0x98 for a record written before MQTT 5
         cq = self.book.clients.get(client_id)
         if cq is None or (conn and cq.conn != conn):
             log.info("kick for client %r (%s) ignored: not connected here any more", client_id, reason)
@@ -139,7 +141,7 @@ class KickQueue:
             reason,
         )
         try:
-            if not await self.kick(client_id, reason):
+            if not await self.kick(client_id, reason, code):
                 log.warning(
                     "kick for client %r (%s) not carried out: no such connection in the engine", client_id, reason
                 )
@@ -160,14 +162,16 @@ class KickQueue:
         except REDIS_ERRORS as exc:
             self.book.redis_lost(exc)
 
-    async def push_kick(self, broker_id: str, client_id: str, conn: str, reason: str) -> None:
-        await self.store.push(broker_id, {"client_id": client_id, "conn": conn, "reason": reason, "by": self.broker_id})
+    async def push_kick(self, broker_id: str, client_id: str, conn: str, reason: str, code: int) -> None:
+        await self.store.push(
+            broker_id, {"client_id": client_id, "conn": conn, "reason": reason, "by": self.broker_id, "code": int(code)}
+        )
 
-    def over_quota(self, cq: ClientQuota, reason: str, block_until: float) -> None:
-        """on_exceed: disconnect (Allowances.exceeded), in the background."""
-        self.spawn(self._over_quota(cq, reason, block_until))
+    def over_quota(self, cq: ClientQuota, reason: str, block_until: float, code: int) -> None:
+        """on_exceed: disconnect (Allowances.exceeded), in the background; `code`: the DISCONNECT reason."""
+        self.spawn(self._over_quota(cq, reason, block_until, code))
 
-    async def _over_quota(self, cq: ClientQuota, reason: str, block_until: float) -> None:
+    async def _over_quota(self, cq: ClientQuota, reason: str, block_until: float, code: int) -> None:
         """The kick goes through this broker's own kick queue (audited, and recorded on the session so
         the sidecar does not kick it again); with Redis down, directly."""
         client = cq.client
@@ -187,10 +191,11 @@ class KickQueue:
                 broker_id=self.broker_id,
                 conn=cq.conn,
                 dedupe=self.kick_retry,
+                code=code,
             )
             if queued:
                 return
         except REDIS_ERRORS as exc:
             self.book.redis_lost(exc)
         if self.book.clients.get(client.client_id) is cq:
-            await self.kick(client.client_id, reason)
+            await self.kick(client.client_id, reason, code)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..quota.limits import Limits
 from ..quota.windows import utc
+from ..reasons import BLOCKED, KICKED, SESSION_TIME, SLOW_CONSUMER, USER_REVOKED, quota_disconnect
 from ..store.quota import Block
 
 
@@ -27,6 +28,7 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class Decision:
     reason: str
+    code: int = KICKED  # the MQTT 5 DISCONNECT reason the client is told (mqtt_guard/reasons.py)
     block_until: float = 0.0  # unix seconds; 0 = no block
     block_user: bool = False  # the block applies to the user (window reset), not to the client id
 
@@ -48,17 +50,18 @@ def evaluate(
     block: Block | None = None,
 ) -> Decision | None:
     if block is not None and block.until > now:
-        return Decision(f"blocked: {block.reason}")
+        return Decision(f"blocked: {block.reason}", BLOCKED)
     if expires_at is not None and now >= expires_at:
-        return Decision("user expired")
+        return Decision("user expired", USER_REVOKED)
     since = _float(session.get("since"))
     if limits.session_time is not None and since is not None and now - since >= limits.session_time:
-        return Decision(f"session time {limits.session_time:g}s exceeded (connected {now - since:.1f}s)")
+        return Decision(f"session time {limits.session_time:g}s exceeded (connected {now - since:.1f}s)", SESSION_TIME)
     if limits.on_exceed == "disconnect":
         for metric, u in (usage or {}).items():
             if u.refused > 0 or u.used > u.limit:
                 return Decision(
                     f"{metric} quota {u.limit} used up until {utc(u.window_end)}",
+                    quota_disconnect(metric),
                     block_until=float(u.window_end),
                     block_user=True,
                 )
@@ -68,7 +71,8 @@ def evaluate(
         if depth > limits.max_queue and over_since is not None and now - over_since >= limits.queue_grace:
             return Decision(
                 f"slow consumer: {depth} messages queued, more than max_queue {limits.max_queue} "
-                f"for {now - over_since:.1f}s (queue_grace {limits.queue_grace:g}s)"
+                f"for {now - over_since:.1f}s (queue_grace {limits.queue_grace:g}s)",
+                SLOW_CONSUMER,
             )
     return None
 

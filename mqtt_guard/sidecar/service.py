@@ -300,6 +300,7 @@ class Sidecar:
             dedupe=retry,
             block_key=block_key,
             block_until=decision.block_until,
+            code=decision.code,
         )
         if queued:
             log.warning(

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from ..reasons import KICKED
 from . import keys as k
 from .lease import SyncRequest, SyncResult
 
@@ -420,7 +421,8 @@ return sessions
 # -- kicks, blocks, audit -------------------------------------------------------------------------------
 # KEYS: session, kick queue of the session's broker, audit, block (or '' slot: any key, unused when
 # block_until is 0). ARGV: broker, conn ('' = any), reason, by, dedupe_ms, block_until_ms, audit_maxlen,
-# queue_ttl_s. Kicks a connection at most once per dedupe_ms, atomically with its audit entry.
+# queue_ttl_s, code (the MQTT 5 DISCONNECT reason, mqtt_guard/reasons.py; a record without one is 0x98).
+# Kicks a connection at most once per dedupe_ms, atomically with its audit entry.
 KICK_LUA = """
 local s = KEYS[1]
 local b, conn, reason, by = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -438,7 +440,8 @@ end
 local cid = redis.call('HGET', s, 'client_id')
 local user = redis.call('HGET', s, 'username') or ''
 redis.call('HSET', s, 'kicked_at', now_ms, 'kicked_reason', reason)
-redis.call('RPUSH', KEYS[2], cjson.encode({client_id = cid, conn = cur_conn, reason = reason, by = by}))
+redis.call('RPUSH', KEYS[2], cjson.encode({client_id = cid, conn = cur_conn, reason = reason, by = by,
+                                           code = tonumber(ARGV[9])}))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
 local fields = {'action', 'kick', 'client_id', cid, 'username', user, 'broker', cur_b, 'reason', reason, 'by', by}
 if block_until > now_ms then
@@ -923,9 +926,11 @@ class QuotaStore:
         block_key: str | None = None,
         block_until: float = 0.0,
         queue_ttl: float = 60.0,
+        code: int = KICKED,
     ) -> tuple[bool, str]:
-        """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s).
-        (True, broker) when the request was queued, else (False, why not)."""
+        """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s);
+        `code`: the MQTT 5 DISCONNECT reason its client is told (mqtt_guard/reasons.py; 0x98 Administrative
+        action). (True, broker) when the request was queued, else (False, why not)."""
         session = cast(str | None, await self.redis.hget(self.keys.session(client_id), "broker"))
         if session is None:
             return False, "not connected"
@@ -945,6 +950,7 @@ class QuotaStore:
                 int(block_until * 1000) if block_key else 0,
                 self.audit_maxlen,
                 int(queue_ttl),
+                int(code),
             ],
         )
         return bool(raw[0]), str(raw[1])

@@ -117,13 +117,28 @@ def both(reason: str) -> list:
     return ["mqtt-guard", pytest.param("amqtt", marks=pytest.mark.xfail(strict=True, reason=f"amqtt 0.12.1: {reason}"))]
 
 
+def vs_mosquitto() -> list:
+    """Parametrisation for `target`: the same raw packets to mqtt-guard and to the real mosquitto 2.0, the
+    reference whose behaviour mqtt-guard copies (that case is skipped where mosquitto is not installed)."""
+    from tests.compat.harness import needs_mosquitto
+
+    return ["mqtt-guard", pytest.param("mosquitto", marks=needs_mosquitto)]
+
+
 @pytest.fixture
-def target(request, anon_broker, plain_amqtt):
-    """The broker under test, by name: 'mqtt-guard' (anonymous, allow-all) or 'amqtt' (plain)."""
+def target(request, anon_broker, plain_amqtt, tmp_path):
+    """The broker under test, by name: 'mqtt-guard' (anonymous, allow-all), 'amqtt' (plain) or
+    'mosquitto' (the real one, anonymous; tests/compat/harness.py)."""
     extra = getattr(request, "param_extra", "")
     if request.param == "amqtt":
-        return plain_amqtt()
-    return anon_broker(extra)
+        yield plain_amqtt()
+    elif request.param == "mosquitto":
+        from tests.compat.harness import Mosquitto
+
+        with Mosquitto(tmp_path, "allow_anonymous true") as broker:
+            yield broker
+    else:
+        yield anon_broker(extra)
 
 
 @pytest.fixture

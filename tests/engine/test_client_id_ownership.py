@@ -163,8 +163,9 @@ def test_persistent_session_expiry_frees_the_id(broker_with):
     assert alice.rc == 0 and alice.subscribe(("inbox/alice", 1)) == [1]
     alice.close()
     _gone(broker, cid)
-    assert connect(broker.port, "mallory", "pw-mallory", client_id=cid).rc == CONNACK_IDENTIFIER_REJECTED
+    # (published first: the refused CONNECT below takes the paho helper ~1 s, the session's whole expiry)
     _publish(broker.port, "inbox/alice", b"lost")
+    assert connect(broker.port, "mallory", "pw-mallory", client_id=cid).rc == CONNACK_IDENTIFIER_REJECTED
     line = broker.wait_log(f"offline session of client '{cid}' (user 'alice') expired after 1 s", timeout=5)
     assert "discarded with 1 queued message(s)" in line
     c, present = raw.connected(broker.port, cid, clean=False, username="mallory", password="pw-mallory")

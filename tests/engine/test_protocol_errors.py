@@ -171,7 +171,7 @@ def test_client_id_that_is_not_utf8_is_refused(target):
 )
 def test_mqtt5_connect_with_credentials_is_answered_with_a_v5_connack(target):
     """(Until issue 16 the broker refused MQTT 5 with CONNACK 1.) Unknown credentials on an anonymous
-    broker: the MQTT 5 form of CONNACK 5, 0x87 Not authorized, then the close."""
+    broker: CONNACK 0x86 Bad User Name or Password (docs/reason-codes.md; 3.1.1: 5), then the close."""
     with raw.RawClient(target.port) as c:
         c.send(
             raw.connect(
@@ -184,7 +184,7 @@ def test_mqtt5_connect_with_credentials_is_answered_with_a_v5_connack(target):
             )
         )
         pkt = c.read(3)
-        assert pkt is not None and pkt.type == raw.CONNACK and pkt.body == b"\x00\x87\x00"
+        assert pkt is not None and pkt.type == raw.CONNACK and pkt.body == b"\x00\x86\x00"
         assert c.closed_by_peer(3)
 
 

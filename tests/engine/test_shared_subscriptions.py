@@ -100,7 +100,7 @@ def test_nobody_may_publish_to_a_share_topic_name(listeners):  # noqa: F811 - fi
     pub, member = net.v5(), net.v5()
     try:
         member.subscribe("$share/g/t/#", 1)
-        pub.publish("$share/g/t/1", b"x", qos=1)  # (PUBACK 0x87 once the guards speak MQTT 5 reasons)
+        assert pub.publish("$share/g/t/1", b"x", qos=1) == 0x87
         assert member.received() == []
     finally:
         pub.close()

@@ -36,10 +36,10 @@ class Kicks:
     holds no queues."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, int]] = []
 
-    async def kick(self, client_id: str, reason: str) -> bool:
-        self.calls.append((client_id, reason))
+    async def kick(self, client_id: str, reason: str, code: int = 0x98) -> bool:
+        self.calls.append((client_id, reason, code))
         return True
 
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -49,7 +49,11 @@ class Kicks:
         return {}
 
     def of(self, client_id: str) -> list[str]:
-        return [r for c, r in self.calls if c == client_id]
+        return [r for c, r, _ in self.calls if c == client_id]
+
+    def codes(self, client_id: str) -> list[int]:
+        """The MQTT 5 DISCONNECT reason of each kick of `client_id`."""
+        return [code for c, _, code in self.calls if c == client_id]
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from mqtt_guard.quota.bucket import TokenBucket
 from mqtt_guard.quota.ledger import Entry
 from mqtt_guard.quota.limits import parse_limits
 from mqtt_guard.quota.stretch import DeliveryGroup, open_stretch, settle_stretch
+from mqtt_guard.reasons import Reason
 from mqtt_guard.store.keys import Keys
 
 WINDOW = 10  # seconds: the limits below are per 10 s window
@@ -47,6 +48,7 @@ class Book:
     wakes: list[int] = field(default_factory=list)
     exceeded: list[tuple[str, str, float]] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
+    codes: list[int] = field(default_factory=list)  # the DISCONNECT reason of each `exceeded`
 
 
 def make_book(now: float = T0) -> Book:
@@ -54,15 +56,16 @@ def make_book(now: float = T0) -> Book:
     counters = Counters()
     wakes: list[int] = []
     exceeded: list[tuple[str, str, float]] = []
+    codes: list[int] = []
     book = Allowances(
         QuotaConfig(),
         Keys("t:"),
         counters,
         lambda: wakes.append(1),
-        lambda cq, reason, until: exceeded.append((cq.client.client_id, reason, until)),
+        lambda cq, reason, until, code: (exceeded.append((cq.client.client_id, reason, until)), codes.append(code)),
         clock,
     )
-    return Book(book, clock, wakes, exceeded, counters)
+    return Book(book, clock, wakes, exceeded, counters, codes)
 
 
 def add_user(b: Book, username: str, fields: dict[str, str], clients: int = 1) -> tuple[UserQuota, list[GuardClient]]:
@@ -149,7 +152,18 @@ def test_used_up_allowance_with_on_exceed_disconnect_asks_for_a_kick_and_a_block
     assert not b.book.admit_publish(client, "t", 1, 0)
     assert not b.book.admit_delivery(client, "t", 1)
     assert b.exceeded == [("u-0", f"events quota 2/{WINDOW}s used up until 2023-11-14T22:13:30Z", float(ev.end))]
+    assert b.codes == [Reason.QUOTA_EXCEEDED]
     assert b.counters.totals[C.OVER_QUOTA] == 2
+
+
+def test_over_rate_with_on_exceed_disconnect_asks_for_a_kick_with_message_rate_too_high() -> None:
+    b = make_book()
+    _, [client] = add_user(b, "u", {"rate": "1/h:1", "on_exceed": "disconnect"})
+    b.book.clients[client.client_id].bucket = TokenBucket(1 / 3600, 1, clock=lambda: 0.0)
+    assert b.book.admit_publish(client, "t", 1, 0)
+    assert not b.book.admit_publish(client, "t", 1, 0)
+    assert [e[0] for e in b.exceeded] == ["u-0"] and b.exceeded[0][1].startswith("rate ")
+    assert b.codes == [Reason.MESSAGE_RATE_TOO_HIGH]
 
 
 def test_redis_down_with_on_redis_down_allow_spends_on_credit() -> None:

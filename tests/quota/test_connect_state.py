@@ -11,6 +11,7 @@ import pytest
 from mqtt_guard.quota.caches import LimitsCache
 from mqtt_guard.quota.enforcer import QuotaRefusal
 from mqtt_guard.quota.limits import parse_limits
+from mqtt_guard.reasons import Reason
 from tests.quota.helpers import attach, eventually, guards, make_config
 
 
@@ -94,8 +95,9 @@ def test_limit_and_block_changes_by_plain_redis_commands_apply_to_the_next_conne
             rds.hset(f"{prefix}block:user:u", mapping={"reason": "by hand", "until": int(time.time()) + 60})
             rds.expire(f"{prefix}block:user:u", 60)
             await asyncio.sleep(0.05)  # the invalidation reaches the broker, as before any real CONNECT
-            with pytest.raises(QuotaRefusal, match="by hand"):
+            with pytest.raises(QuotaRefusal, match="by hand") as refused:
                 await attach(g, "a", "u")
+            assert refused.value.code == Reason.BANNED  # an admin's block
             rds.delete(f"{prefix}block:user:u")
             await asyncio.sleep(0.05)
             a = await attach(g, "a", "u")

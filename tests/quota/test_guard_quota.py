@@ -14,6 +14,7 @@ import pytest
 
 from mqtt_guard.metrics import counters as C
 from mqtt_guard.quota.enforcer import QuotaRefusal
+from mqtt_guard.reasons import Reason
 from mqtt_guard.store.quota import QuotaStore, SyncRequest
 from tests.quota.helpers import attach, eventually, fresh_window, guards, make_config
 
@@ -47,13 +48,15 @@ def test_eleventh_publish_is_dropped_and_with_disconnect_the_user_is_blocked_unt
             assert "events quota 10/1m used up until" in g.kicks.of("d17-a")[0]
             assert not g.admit_publish(c, "t", 10, 1)  # still connected until the kick lands: still dropped
             assert len(g.kicks.of("d17-a")) == 1  # kicked once, not once per message
+            assert g.kicks.codes("d17-a") == [Reason.QUOTA_EXCEEDED]  # through the kick record in Redis
             block = rds.hgetall(f"{prefix}block:user:d17")
             window_end = (time.time() // 60 + 1) * 60
             assert "events quota 10/1m" in block["reason"] and int(block["until"]) == window_end
             assert 0 < rds.pttl(f"{prefix}block:user:d17") <= (window_end - time.time()) * 1000 + 50
             g.detach(c)
-            with pytest.raises(QuotaRefusal, match="blocked for .* more .*events quota 10/1m used up"):
+            with pytest.raises(QuotaRefusal, match="blocked for .* more .*events quota 10/1m used up") as refused:
                 await attach(g, "d17-b", "d17")
+            assert refused.value.code == Reason.QUOTA_EXCEEDED  # a quota's block, not an admin's
             audit = [e for _, e in rds.xrange(f"{prefix}audit")]
             assert [e["action"] for e in audit] == ["block", "kick"]
             assert audit[1]["client_id"] == "d17-a" and audit[1]["by"] == g.quota.broker_id
@@ -149,6 +152,7 @@ def test_rate_with_disconnect_kicks_without_a_block(config, rds, prefix):
             assert [g.admit_publish(c, "t", 1, 0) for _ in range(3)] == [True, True, False]
             assert await eventually(lambda: g.kicks.of("c"))
             assert "rate" in g.kicks.of("c")[0]
+            assert g.kicks.codes("c") == [Reason.MESSAGE_RATE_TOO_HIGH]
             assert not rds.exists(f"{prefix}block:user:u")
 
     run(body())
@@ -246,13 +250,15 @@ def test_sessions_limit_is_global_across_brokers(config, rds, prefix):
         async with guards(config, 2) as [g1, g2]:
             await attach(g1, "one", "u")
             two = await attach(g2, "two", "u")
-            with pytest.raises(QuotaRefusal, match="too many sessions: user 'u' has 2 connected"):
+            with pytest.raises(QuotaRefusal, match="too many sessions: user 'u' has 2 connected") as refused:
                 await attach(g1, "three", "u")
+            assert refused.value.code == Reason.QUOTA_EXCEEDED
             # The same client id again (a reconnect, here on the other broker) is not an extra session;
             # the old connection is kicked through Redis on the broker holding it.
             await attach(g2, "one", "u")
             assert await eventually(lambda: g1.kicks.of("one"))
             assert "connected again on broker" in g1.kicks.of("one")[0]
+            assert g1.kicks.codes("one") == [Reason.SESSION_TAKEN_OVER]  # pushed by the other broker
             g2.detach(two)
             assert await eventually(lambda: not rds.hexists(f"{prefix}sessions:user:u", "two"))
             await attach(g1, "three", "u")

@@ -106,3 +106,16 @@ def test_nothing_changes_before_next_check_and_something_does_at_it(
     if t < due - 1e-6:
         assert evaluate(s, limits, now=t, expires_at=expires_at) is None
     assert evaluate(s, limits, now=due + 1e-3, expires_at=expires_at) is not None
+
+
+def test_each_decision_carries_its_disconnect_reason():
+    end = int(NOW) + 30
+    no_limits = parse_limits(None, None)
+    assert evaluate(session(), no_limits, now=NOW, block=Block("abuse", NOW + 60, "cli", "k")).code == 0x98
+    assert evaluate(session(), no_limits, now=NOW, expires_at=NOW - 1).code == 0x87
+    assert evaluate(session(since=NOW - 11), parse_limits({"session_time": "10s"}, None), now=NOW).code == 0xA0
+    disconnect = parse_limits({"events": "5/1m", "bytes": "1KB/1m", "on_exceed": "disconnect"}, None)
+    assert evaluate(session(), disconnect, now=NOW, usage={"events": Usage(5, 1, 5, end)}).code == 0x97
+    assert evaluate(session(), disconnect, now=NOW, usage={"bytes": Usage(2000, 0, 1000, end)}).code == 0x97
+    slow = parse_limits({"max_queue": "100", "queue_grace": "5s"}, None)
+    assert evaluate(session(queue_messages=500, queue_over_since=NOW - 6), slow, now=NOW).code == 0x97
