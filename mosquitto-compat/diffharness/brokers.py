@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,7 +27,35 @@ def mosquitto_binary() -> str | None:
     return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 
 
+_PORTS = random.SystemRandom()  # (not the global generator: scenario generators are seeded on their own)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port free now, chosen below the ephemeral range when possible.
+
+    A broker's port is chosen well before the broker binds it (all pairs are set up first), and meanwhile
+    the harness's clients take ephemeral ports by the hundred: a port from that range can be taken by
+    a client socket by then ("Address already in use", a broker that dies at start). Ports below the range
+    are not handed out to clients.
+    """
+    low, _ = _ephemeral_range()
+    if low > 11000:
+        for _ in range(50):
+            port = _PORTS.randrange(10000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -80,6 +80,7 @@ class Listener:
     require_certificate: bool = False
     use_identity_as_username: bool = False
     max_connections: int = -1
+    max_topic_alias: int | None = None  # None: mosquitto's default, 10
     security: Security = field(default_factory=Security)
     creates_default: bool = False  # a setting that makes mosquitto open the default listener was given
     strings: set[str] = field(default_factory=set)  # string keys seen (duplicate detection)
@@ -104,6 +105,7 @@ class MosquittoConfig:
     max_queued_messages: int | None = None
     max_queued_bytes: int | None = None
     max_packet_size: int | None = None
+    max_keepalive: int | None = None  # None: mosquitto's default, 65535
     message_size_limit: int = 0
     clientid_prefixes: str | None = None
     persistent_client_expiration: int | None = None  # seconds
@@ -139,6 +141,13 @@ class MosquittoConfig:
         elif self.local_only:
             out.append(Listener(port=1883, address="127.0.0.1", where="(local only mode)", explicit=False))
         return out
+
+    def max_topic_alias(self, effective: list[Listener]) -> int:
+        """The listeners' max_topic_alias (mosquitto's default 10 where not set; a line before the first
+        `listener` sets the default listener's, which explicit listeners do not inherit: measured).
+        mqtt-guard has one value for all listeners (`parse_mosquitto_conf` refuses listeners that differ)."""
+        values = {10 if lst.max_topic_alias is None else lst.max_topic_alias for lst in effective}
+        return min(values) if values else 10
 
     def security_for(self, listener: Listener) -> Security:
         return listener.security if self.per_listener_settings else self.security
@@ -502,6 +511,18 @@ class _Parser:
                 raise self.fail(where, key, f"invalid {key} value ({number})")
             setattr(conf, key, number)
             return
+        if key == "max_keepalive":
+            number = self.integer(line, pos, key, where)
+            if number < 1 or number > 65535:  # measured: 0, 65536, -5 and `abc` stop mosquitto 2.0.11
+                raise self.fail(where, key, f"invalid max_keepalive value ({number})")
+            conf.max_keepalive = number
+            return
+        if key == "max_topic_alias":
+            number = self.integer(line, pos, key, where)
+            if number < 0 or number > 65535:
+                raise self.fail(where, key, "invalid max_topic_alias value in configuration")
+            self.listener().max_topic_alias = number
+            return
         if key == "clientid_prefixes":
             conf.clientid_prefixes = self.string(line, pos, key, where, conf.strings)
             self.warn(where, key, "deprecated by mosquitto 2.0 (it says so too); honoured")
@@ -588,7 +609,15 @@ def parse_mosquitto_conf(path: str | Path) -> MosquittoConfig:
     """Parse a mosquitto.conf (and its include_dir files). Raises MosquittoConfError."""
     parser = _Parser(str(path))
     parser.read_file(str(path), 0)
-    return parser.conf
+    conf = parser.conf
+    effective = conf.effective_listeners()
+    if len({conf.max_topic_alias([lst]) for lst in effective}) > 1:
+        where = ", ".join(f"{lst.where}: {conf.max_topic_alias([lst])}" for lst in effective)
+        raise MosquittoConfError(
+            f"max_topic_alias: listeners with different values ({where}) are not supported by mqtt-guard, "
+            "which has one value for all listeners; give every listener the same max_topic_alias"
+        )
+    return conf
 
 
 def looks_like_mosquitto_conf(path: str | Path) -> bool:
@@ -678,6 +707,9 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     if conf.max_queued_bytes is not None:
         limits.max_queued_bytes = conf.max_queued_bytes
     limits.max_packet_size = conf.max_packet_size or MQTT_MAX_PACKET
+    # MQTT 5 (mosquitto tells MQTT 5 clients these in CONNACK; 3.1.1 clients are not affected, measured)
+    limits.max_keepalive = conf.max_keepalive if conf.max_keepalive is not None else 65535
+    limits.max_topic_alias = conf.max_topic_alias(effective)
     if conf.persistent_client_expiration is not None:
         limits.persistent_session_expiry = float(conf.persistent_client_expiration)
     metrics = getattr(config, "metrics", None)

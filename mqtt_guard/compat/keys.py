@@ -103,7 +103,12 @@ KEYS: dict[str, KeyInfo] = {
     "http_dir": KeyInfo("listener", UNSUPPORTED, "mqtt-guard serves no HTTP files; use a web server"),
     "max_qos": KeyInfo("listener", PARTIAL, "only 2 (the default) is supported; remove the line"),
     "maximum_qos": KeyInfo("listener", PARTIAL, "same as max_qos: only 2 is supported"),
-    "max_topic_alias": KeyInfo("listener", IGNORED, "MQTT 5 only; mqtt-guard speaks MQTT 3.1.1"),
+    "max_topic_alias": KeyInfo(
+        "listener",
+        PARTIAL,
+        "topic aliases an MQTT 5 client may set (CONNACK Topic Alias Maximum; default 10, 0 = none); "
+        "one value for all listeners (listeners that differ are refused)",
+    ),
     "use_username_as_clientid": KeyInfo("listener", PARTIAL, "only `false` is supported"),
     "websockets_log_level": KeyInfo("listener", IGNORED, "libwebsockets logging"),
     "websockets_headers_size": KeyInfo("listener", IGNORED, "libwebsockets buffer size"),
@@ -178,9 +183,9 @@ KEYS: dict[str, KeyInfo] = {
     "max_packet_size": KeyInfo("global", SUPPORTED, "larger packets close the connection"),
     "max_keepalive": KeyInfo(
         "global",
-        IGNORED,
-        "mosquitto 2.0.11 applies it to MQTT 5 clients only (measured: "
-        "3.1.1 clients with a larger or zero keep-alive are accepted and kept)",
+        SUPPORTED,
+        "MQTT 5 clients asking for more, or for 0, are told this Server Keep Alive (default 65535); "
+        "3.1.1 clients keep theirs, as in mosquitto 2.0.11 (measured)",
     ),
     "memory_limit": KeyInfo("global", PARTIAL, "only 0; use max_queued_messages/max_queued_bytes"),
     "retain_available": KeyInfo("global", PARTIAL, "only `true`"),

@@ -12,13 +12,13 @@ COMPAT = Path(__file__).resolve().parents[2] / "mosquitto-compat"
 if str(COMPAT) not in sys.path:
     sys.path.insert(0, str(COMPAT))
 
-from diffharness import brokers, gen, mqtt, run  # noqa: E402 - importable only after the sys.path line above
+from diffharness import brokers, gen, mqtt, run, shared  # noqa: E402 - importable only after the sys.path line above
 
 MOSQUITTO = brokers.mosquitto_binary()
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto broker not installed")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 
-__all__ = ["MOSQUITTO", "MOSQUITTO_PASSWD", "brokers", "gen", "mqtt", "needs_mosquitto", "run"]
+__all__ = ["MOSQUITTO", "MOSQUITTO_PASSWD", "brokers", "gen", "mqtt", "needs_mosquitto", "run", "shared"]
 
 
 def connack(port: int, username: str | None = None, password: str | None = None, client_id: str = "t") -> int:

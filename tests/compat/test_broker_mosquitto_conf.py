@@ -9,6 +9,7 @@ import pytest
 
 from mqtt_guard.auth.hashes import hash_password
 from tests.helpers.mqtt import connect
+from tests.helpers.mqtt5 import V5
 from tests.helpers.servers import free_port, guard_cmd
 from tests.helpers.wait import until
 
@@ -178,12 +179,31 @@ def test_keys_without_effect_are_accepted_with_a_warning(tmp_path, start_broker)
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_keepalive 30\nset_tcp_nodelay true\npersistence true\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nautosave_interval 60\nset_tcp_nodelay true\n"
+        "persistence true\n"
     )
     broker = start_broker("-c", str(conf), bind=False, wait_for_port=port)
     log = broker.wait_log("set_tcp_nodelay")
-    assert f"{conf}:3: max_keepalive: accepted and ignored" in log
+    assert f"{conf}:3: autosave_interval: accepted and ignored" in log
     assert "persistence: retained messages and persistent sessions are kept in memory only" in log
+    assert connect(port).rc == 0
+
+
+def test_mqtt5_keys_reach_mqtt5_clients(tmp_path, start_broker):
+    """max_keepalive and max_topic_alias as mosquitto 2.0.11 tells MQTT 5 clients (KEYS.md, measured): a
+    keep alive above max_keepalive, or 0, gets Server Keep Alive = max_keepalive; Topic Alias Maximum is
+    the listener's max_topic_alias; 3.1.1 clients keep their keep alive."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"max_keepalive 30\nlistener {port} 127.0.0.1\nmax_topic_alias 3\nallow_anonymous true\n")
+    start_broker("-c", str(conf), bind=False, wait_for_port=port)
+    for keepalive, told in ((0, 30), (60, 30), (20, None)):
+        c = V5(port, keepalive=keepalive)
+        try:
+            assert c.reason == 0
+            assert (c.connack("ServerKeepAlive"), c.connack("TopicAliasMaximum")) == (told, 3), keepalive
+        finally:
+            c.close()
     assert connect(port).rc == 0
 
 

@@ -24,6 +24,10 @@ CASES = {
     "no such password_file": "listener P0 127.0.0.1\npassword_file NOPE\n",
     "unknown key": "listener P0 127.0.0.1\nallow_anonymus true\n",
     "per_listener_settings too late": "listener P0 127.0.0.1\nallow_anonymous true\nper_listener_settings true\n",
+    "max_keepalive 0": "listener P0 127.0.0.1\nmax_keepalive 0\npassword_file PW\n",
+    "max_keepalive in range": "listener P0 127.0.0.1\nmax_keepalive 30\npassword_file PW\n",
+    "max_topic_alias too large": "listener P0 127.0.0.1\nmax_topic_alias 70000\npassword_file PW\n",
+    "max_topic_alias before the listener": "max_topic_alias 0\nlistener P0 127.0.0.1\npassword_file PW\n",
 }
 LOGINS = [(None, None), ("alice", "pa"), ("alice", "bad"), ("", None), ("", "x"), ("zed", "z")]
 

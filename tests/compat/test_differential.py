@@ -58,3 +58,65 @@ def test_the_harness_sees_a_difference(redis_server, prefix, rds, tmp_path):
     assert differences, stats.summary()
     report = differences[0].report()
     assert "mosquitto:" in report and "mqtt-guard:" in report and "seed 3" in report
+
+
+# -- MQTT 5 clients (issue 16 item 6) -----------------------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.timeout(120)
+def test_mqtt5_scenarios_run_against_mosquitto(redis_server, prefix, tmp_path):
+    """The measuring mode: MQTT 5 (paho) and 3.1.1 clients mixed, against mosquitto alone. What mosquitto
+    2.0.11 answers MQTT 5 clients under an acl_file (KEYS.md, "MQTT 5 clients"): CONNACK 0x87 for bad or
+    missing credentials (not 0x86), PUBACK 0x87 for a denied QoS 1 PUBLISH, 0x10 when nobody subscribes."""
+    observations: list = []
+    stats, differences = asyncio.run(
+        run.run(
+            _seed(),
+            redis_url=redis_server.url,
+            prefix=prefix,
+            pairs=3,
+            epochs=2,
+            scenarios=40,
+            workdir=str(tmp_path),
+            mqtt5=True,
+            guard=False,
+            observations=observations,
+        )
+    )
+    assert not differences
+    assert stats.scenarios == len(observations) >= 200, stats.summary()
+    assert {0, 5, 0x87} <= set(stats.connacks), stats.summary()  # 5: a 3.1.1 client; 0x87: an MQTT 5 one
+    assert {0, 0x10, 0x87} <= set(stats.pubacks), stats.summary()
+    received = [m for _, sc, seen in observations for k, v in seen.items() if k.startswith("received") for m in v]
+    with_props = [m for m in received if len(m) == 5 and any(name == "UserProperty" for name, _ in m[4])]
+    assert with_props, stats.summary()  # user properties reach MQTT 5 subscribers
+
+
+@needs_mosquitto
+@pytest.mark.timeout(240)
+@pytest.mark.xfail(
+    strict=False,
+    reason="differences with MQTT 5 clients remain (issue 16; mosquitto-compat/README.md): a wrong password gets "
+    "CONNACK 0x86 (mosquitto 0x87); an allowed QoS 1 PUBLISH no subscription matches gets PUBACK 0x00 (mosquitto "
+    "0x10); overlapping subscriptions of an MQTT 5 client get one copy (mosquitto one per matching subscription); "
+    "without max_packet_size the CONNACK says Maximum Packet Size 268435455 (mosquitto leaves it out)",
+)
+def test_mosquitto_and_mqtt_guard_agree_with_mqtt5_clients(redis_server, prefix, tmp_path):
+    seed = _seed()
+    stats, differences = asyncio.run(
+        run.run(
+            seed,
+            redis_url=redis_server.url,
+            prefix=prefix,
+            pairs=6,
+            epochs=2,
+            scenarios=40,
+            workdir=str(tmp_path),
+            mqtt5=True,
+            max_differences=5,
+        )
+    )
+    report = "\n\n".join(d.report() for d in differences)
+    assert not differences, f"seed {seed}: {len(differences)} difference(s) with MQTT 5 clients:\n{report}"
+    assert stats.scenarios >= 400, stats.summary()
