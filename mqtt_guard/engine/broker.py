@@ -1144,7 +1144,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             props[mqtt5.RECEIVE_MAXIMUM] = max(1, min(limits.max_inflight_messages, 65535))
         if limits.max_topic_alias:
             props[mqtt5.TOPIC_ALIAS_MAXIMUM] = limits.max_topic_alias
-        if limits.max_packet_size:
+        if limits.max_packet_size and limits.max_packet_size < mqtt5.MAX_PACKET:  # (absent: the protocol's own)
             props[mqtt5.MAXIMUM_PACKET_SIZE] = limits.max_packet_size
         props[mqtt5.RETAIN_AVAILABLE] = 1
         props[mqtt5.WILDCARD_SUB_AVAILABLE] = 1

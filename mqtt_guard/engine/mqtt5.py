@@ -44,6 +44,7 @@ _PUB1 = struct.Struct("!BBH")  # first byte, one-byte remaining length, topic le
 _PID_PLEN = struct.Struct("!HB")  # packet id, one-byte property length
 
 MAX_VARINT = 268_435_455
+MAX_PACKET = MAX_VARINT  # mosquitto's "no limit" (compat): a Maximum Packet Size of it is not announced
 
 
 # -- property identifiers (2.2.2.2) --------------------------------------------------------------
