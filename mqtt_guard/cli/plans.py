@@ -12,20 +12,10 @@ import sys
 from typing import Any
 
 from ..ops import plans as ops
+from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from .common import CliError, run_with_redis
 
-LIMIT_OPTIONS = (  # option dest == quota field (quota/limits.py FIELDS)
-    "events",
-    "bytes",
-    "events_direction",
-    "rate",
-    "session_time",
-    "sessions",
-    "max_queue",
-    "queue_grace",
-    "on_exceed",
-)
 COUNTS = ("events_in", "bytes_in", "events_out", "bytes_out")
 
 
@@ -46,7 +36,8 @@ def add_limit_options(p: argparse.ArgumentParser) -> None:
 
 def limit_values(args: argparse.Namespace) -> dict[str, str]:
     """The limit options given; with `--api NAME` (events and bytes only) as that API's fields."""
-    values = {name: getattr(args, name) for name in LIMIT_OPTIONS if getattr(args, name, None) is not None}
+    # (each option's dest is its quota field's name)
+    values = {name: getattr(args, name) for name in FIELDS if getattr(args, name, None) is not None}
     api = getattr(args, "api", None)
     return ops.api_fields(api, values) if api else values
 
