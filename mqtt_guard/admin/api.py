@@ -27,6 +27,7 @@ from ..ops import Invalid, NotFound
 from ..ops import acl as acl_ops
 from ..ops import bans as ban_ops
 from ..ops import kick as kick_ops
+from ..ops import plans as plan_ops
 from ..ops import quota as quota_ops
 from ..ops import sessions as session_ops
 from ..ops import stats as stats_ops
@@ -440,6 +441,97 @@ async def reset_quota(ctx: Ctx, request: web.Request, _: Any) -> Any:
     windows = await quota_ops.reset(ctx.redis, ctx.keys, name)
     await audit(ctx, request, "quota.reset", username=name, windows=len(windows))
     return {"username": name, "windows_reset": len(windows)}
+
+
+# -- plans, APIs, metered usage (issue 19; the CLI's `plan`, `api`, `usage`) --------------------------
+PLAN_SET: Schema = {
+    **obj(),
+    "properties": {
+        **{f: {**STRING, "description": "as `plan set` takes it; 'none' = no limit"} for f in FIELDS},
+        "api": {**NAME, "description": "set events/bytes for this API (PUT /api/apis/{name}) instead"},
+    },
+}
+API_FILTERS = obj(["filters"], filters=array({**STRING, "minLength": 1, "description": "MQTT topic filter"}))
+MONTH = Param("month", {**STRING, "pattern": plan_ops.MONTH.pattern}, "UTC month YYYY-MM (default: the current one)")
+
+
+@route("GET", "/api/plans", "The plans and their fields", tag="plans")
+async def list_plans(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await plan_ops.list_plans(ctx.redis, ctx.keys)
+
+
+@route("GET", "/api/plans/{name}", "A plan: its fields and the ones brokers ignore", tag="plans")
+async def get_plan(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await plan_ops.show_plan(ctx.redis, ctx.keys, request.match_info["name"])
+
+
+@route(
+    "PUT",
+    "/api/plans/{name}",
+    "Create or change a plan (fields not given keep their value)",
+    tag="plans",
+    body=PLAN_SET,
+)
+async def put_plan(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    name = request.match_info["name"]
+    values = {n: v for n, v in body.items() if n != "api"}
+    api = body.get("api")
+    fields = await plan_ops.set_plan(ctx.redis, ctx.keys, name, plan_ops.api_fields(api, values) if api else values)
+    await audit(ctx, request, "plan.set", plan=name, changes=",".join(f"{n}={v}" for n, v in fields.items()))
+    return await plan_ops.show_plan(ctx.redis, ctx.keys, name)
+
+
+@route("DELETE", "/api/plans/{name}", "Delete a plan (its users fall back to the next rule)", tag="plans")
+async def delete_plan(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    name = request.match_info["name"]
+    await plan_ops.delete_plan(ctx.redis, ctx.keys, name)
+    await audit(ctx, request, "plan.delete", plan=name)
+    return {"deleted": name}
+
+
+@route("GET", "/api/apis", "The APIs and their topic filters", tag="plans")
+async def list_apis(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await plan_ops.list_apis(ctx.redis, ctx.keys)
+
+
+@route(
+    "PUT", "/api/apis/{name}", "Define (or redefine) an API as a set of topic filters", tag="plans", body=API_FILTERS
+)
+async def put_api(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    name = request.match_info["name"]
+    filters = await plan_ops.add_api(ctx.redis, ctx.keys, name, body["filters"])
+    await audit(ctx, request, "api.add", api=name, filters=" ".join(filters))
+    return {"api": name, "filters": filters}
+
+
+@route("DELETE", "/api/apis/{name}", "Delete an API", tag="plans")
+async def delete_api(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    name = request.match_info["name"]
+    await plan_ops.remove_api(ctx.redis, ctx.keys, name)
+    await audit(ctx, request, "api.remove", api=name)
+    return {"deleted": name}
+
+
+@route(
+    "GET",
+    "/api/usage/{username}",
+    "A user's metered usage in a month: totals and days, per API (api '' = all traffic)",
+    tag="plans",
+    query=[MONTH],
+)
+async def get_usage(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await plan_ops.usage_of(ctx.redis, ctx.keys, request.match_info["username"], request.query.get("month"))
+
+
+@route(
+    "GET",
+    "/api/usage",
+    "The billing export of a month: one row per user, API and day (`usage export --format json`)",
+    tag="plans",
+    query=[MONTH],
+)
+async def export_usage(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    return await plan_ops.export(ctx.redis, ctx.keys, request.query.get("month"))
 
 
 # -- kicks and blocks ----------------------------------------------------------------------------------

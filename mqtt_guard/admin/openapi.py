@@ -17,7 +17,7 @@ ERRORS = {
     "400": "bad request (not JSON, a bad query parameter)",
     "401": "no token, or an unknown or revoked one",
     "403": "a read-only token on a route that changes something; a session cookie without X-CSRF-Token",
-    "404": "no such user, rule, session, block or route",
+    "404": "no such user, rule, plan, API, session, block or route",
     "409": "exists already",
     "422": "the body does not fit the schema, or a value is invalid",
 }
@@ -90,8 +90,8 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "mqtt-guard admin API",
             "version": __version__,
-            "description": "Users, ACLs, quotas, kicks, sessions, analytics and brokers of an mqtt-guard "
-            "deployment (docs/admin-api.md). Every /api route needs `Authorization: Bearer TOKEN` "
+            "description": "Users, ACLs, quotas, plans and usage, kicks, sessions, analytics and brokers of an "
+            "mqtt-guard deployment (docs/admin-api.md). Every /api route needs `Authorization: Bearer TOKEN` "
             "(`mqtt-guard admin token create NAME [--read-only]`), or the session cookie of the dashboard "
             "(`POST /api/session`; then writes also carry `X-CSRF-Token`).",
         },

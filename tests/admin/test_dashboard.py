@@ -351,3 +351,22 @@ def test_screenshot_of_the_overview_under_load(browser, admin, add_user, start_b
             t.join(5)
         for c in [*devices, watcher]:
             c.close()
+
+
+def test_plans_apis_and_usage_in_the_dashboard(browser, admin, rds, prefix):
+    rds.hset(f"{prefix}usage:2026-11:alice", mapping={"03::ei": 1234, "03:news:eo": 5})
+    log_in(browser, admin.api.base, admin.api.token)
+    open_view(browser, admin.api.base, "plans?user=alice&month=2026-11", "#plan-name")
+    assert wait(browser, lambda d: "1,234" in text_of(d, "#usage-table") and "news" in text_of(d, "#usage-table"))
+    browser.find_element(By.ID, "api-name").send_keys("news")
+    browser.find_element(By.ID, "api-filters").send_keys("news/# alerts/+")
+    click(browser, "#apis button:not(.quiet)")
+    assert wait(browser, lambda d: "news/# alerts/+" in text_of(d, "#apis-table"))
+    browser.find_element(By.ID, "plan-name").send_keys("gold")
+    browser.find_element(By.CSS_SELECTOR, "#plans input[data-field=events]").send_keys("100/1m,10000/1d")
+    click(browser, "#plans button:not(.quiet)")
+    assert wait(browser, lambda d: "events=100/1m,10000/1d" in text_of(d, "#plans-table"))
+    assert admin.ro.ok("GET", "/api/plans") == {"gold": {"events": "100/1m,10000/1d"}}
+    click(browser, "#plans-table button")
+    assert wait(browser, lambda d: "no plans" in text_of(d, "#plans-table"))
+    assert [e["action"] for e in admin.ro.ok("GET", "/api/audit")][-3:] == ["api.add", "plan.set", "plan.delete"]

@@ -192,6 +192,32 @@ def test_every_route(admin, rds, prefix):
     )
     assert api.ok("GET", "/api/quotas/users/alice", "/api/quotas/users/{username}")["user"] == "alice"
     assert api.ok("POST", "/api/quotas/users/alice/reset", "/api/quotas/users/{username}/reset")["username"] == "alice"
+    # plans, APIs and metered usage (details: test_plans.py)
+    assert api.ok("PUT", "/api/apis/stocks", "/api/apis/{name}", {"filters": ["stocks/#"]}) == {
+        "api": "stocks",
+        "filters": ["stocks/#"],
+    }
+    error(api.call("PUT", "/api/apis/stocks", "/api/apis/{name}", {"filters": []}), 422, "invalid", "at least one")
+    error(api.call("PUT", "/api/apis/stocks", "/api/apis/{name}", {}), 422, "invalid_body", "body.filters: required")
+    assert api.ok("GET", "/api/apis", "/api/apis") == {"stocks": ["stocks/#"]}
+    plan = api.ok("PUT", "/api/plans/gold", "/api/plans/{name}", {"events": "100/1m,10000/1d"})
+    assert plan == {"plan": "gold", "fields": {"events": "100/1m,10000/1d"}, "problems": []}
+    error(api.call("PUT", "/api/plans/gold", "/api/plans/{name}", {"events": "lots"}), 422, "invalid", "events")
+    error(api.call("PUT", "/api/plans/gold", "/api/plans/{name}", {}), 422, "invalid", "nothing to set")
+    error(api.call("PUT", "/api/plans/gold", "/api/plans/{name}", {"speed": "1"}), 422, "invalid_body", "unknown")
+    error(api.call("PUT", "/api/plans/a%20b", "/api/plans/{name}", {"rate": "1/s"}), 422, "invalid", "plan name")
+    assert api.ok("GET", "/api/plans", "/api/plans") == {"gold": {"events": "100/1m,10000/1d"}}
+    assert api.ok("GET", "/api/plans/gold", "/api/plans/{name}")["plan"] == "gold"
+    error(api.call("GET", "/api/plans/tin", "/api/plans/{name}"), 404, "not_found", "does not exist")
+    assert api.ok("DELETE", "/api/plans/gold", "/api/plans/{name}") == {"deleted": "gold"}
+    error(api.call("DELETE", "/api/plans/gold", "/api/plans/{name}"), 404, "not_found", "does not exist")
+    assert api.ok("DELETE", "/api/apis/stocks", "/api/apis/{name}") == {"deleted": "stocks"}
+    error(api.call("DELETE", "/api/apis/stocks", "/api/apis/{name}"), 404, "not_found", "does not exist")
+    usage = api.ok("GET", "/api/usage/alice?month=2026-11", "/api/usage/{username}")
+    assert usage == {"user": "alice", "month": "2026-11", "total": {}, "days": {}}
+    error(api.call("GET", "/api/usage/alice?month=2026-13", "/api/usage/{username}"), 422, "invalid", "YYYY-MM")
+    assert api.ok("GET", "/api/usage?month=2026-11", "/api/usage") == []
+    error(api.call("GET", "/api/usage?month=nov", "/api/usage"), 422, "invalid", "YYYY-MM")
     # blocks and kicks of clients that are not connected (the live kick: test_live.py)
     blocked = api.ok(
         "PUT", "/api/blocks/clients/dev-1", "/api/blocks/clients/{client_id}", {"seconds": 600, "reason": "noisy"}
@@ -253,6 +279,10 @@ def test_every_route(admin, rds, prefix):
         "acl.remove",
         "quota.set",
         "quota.reset",
+        "plan.set",
+        "plan.delete",
+        "api.add",
+        "api.remove",
         "block",
         "unblock",
     ):

@@ -506,7 +506,7 @@ VIEWS.users = {
 VIEWS.quotas = {
   title: "Quotas", nav: true,
   render(main, params) {
-    // the limits of the default and of one user; plans (issue: API management) will list here as well
+    // the limits of the default and of one user (plans: VIEWS.plans)
     const who = h("input", { id: "quota-user", placeholder: "username (empty: the default limits)", value: params.user || "" });
     const box = h("div", { id: "quota-box" });
     main.append(h("h1", {}, "Quotas"), h("div", { class: "panel" },
@@ -549,6 +549,77 @@ VIEWS.quotas = {
       );
     }
     load();
+  },
+};
+
+VIEWS.plans = {
+  title: "Plans", nav: true,
+  render(main, params) {
+    // plans (named quota templates), APIs (named sets of topic filters) and metered usage: the CLI's
+    // `plan`, `api` and `usage`, over /api/plans, /api/apis and /api/usage
+    const plans = h("div", { class: "panel", id: "plans" });
+    const apis = h("div", { class: "panel", id: "apis" });
+    const usage = h("div", { class: "panel", id: "usage" });
+    main.append(h("h1", {}, "Plans, APIs and usage"), plans, apis, usage);
+    const fields = ["events", "bytes", "events_direction", "rate", "session_time", "sessions", "max_queue", "queue_grace", "on_exceed"];
+    async function loadPlans() {
+      const list = await api("GET", "/api/plans");
+      const name = h("input", { id: "plan-name", placeholder: "plan name" });
+      const api_ = h("input", { id: "plan-api", placeholder: "API (optional: events/bytes of that API)" });
+      const inputs = Object.fromEntries(fields.map((f) => [f, h("input", { "data-field": f, placeholder: f })]));
+      plans.replaceChildren(h("h2", {}, "Plans"), table([
+        { label: "plan", get: (r) => r.name },
+        { label: "fields", get: (r) => Object.entries(r.fields).sort().map(([k, v]) => `${k}=${v}`).join(", ") },
+        { label: "", get: (r) => writeButton("delete", async () => {
+          try { await api("DELETE", `/api/plans/${enc(r.name)}`); say(`plan ${r.name} deleted`); loadPlans(); } catch (e) { say(e.message, true); }
+        }, "quiet") },
+      ], Object.entries(list).map(([n, f]) => ({ name: n, fields: f })), { id: "plans-table", empty: "no plans" }),
+      h("div", { class: "row" }, name, api_),
+      h("div", { class: "row" }, ...fields.map((f) => inputs[f])),
+      h("div", { class: "row" }, writeButton("Set plan", async () => {
+        const body = {};
+        for (const f of fields) if (inputs[f].value.trim()) body[f] = inputs[f].value.trim();
+        if (api_.value.trim()) body.api = api_.value.trim();
+        try { await api("PUT", `/api/plans/${enc(name.value.trim())}`, body); say(`plan ${name.value.trim()} set`); loadPlans(); } catch (e) { say(e.message, true); }
+      })));
+    }
+    async function loadApis() {
+      const list = await api("GET", "/api/apis");
+      const name = h("input", { id: "api-name", placeholder: "API name" });
+      const filters = h("input", { id: "api-filters", placeholder: "topic filters, space-separated" });
+      apis.replaceChildren(h("h2", {}, "APIs"), table([
+        { label: "API", get: (r) => r.name },
+        { label: "filters", get: (r) => r.filters.join(" ") },
+        { label: "", get: (r) => writeButton("remove", async () => {
+          try { await api("DELETE", `/api/apis/${enc(r.name)}`); say(`API ${r.name} removed`); loadApis(); } catch (e) { say(e.message, true); }
+        }, "quiet") },
+      ], Object.entries(list).map(([n, f]) => ({ name: n, filters: f })), { id: "apis-table", empty: "no APIs" }),
+      h("div", { class: "row" }, name, filters, writeButton("Add API", async () => {
+        const body = { filters: filters.value.split(/\s+/).filter(Boolean) };
+        try { await api("PUT", `/api/apis/${enc(name.value.trim())}`, body); say(`API ${name.value.trim()} set`); loadApis(); } catch (e) { say(e.message, true); }
+      })));
+    }
+    const who = h("input", { id: "usage-user", placeholder: "username", value: params.user || "" });
+    const month = h("input", { id: "usage-month", placeholder: "YYYY-MM (empty: this month)", value: params.month || "" });
+    const box = h("div", { id: "usage-box" });
+    usage.append(h("h2", {}, "Metered usage"), h("div", { class: "row" }, who, month,
+      h("button", { type: "button", id: "usage-show", onclick: () => loadUsage() }, "Show")), box);
+    async function loadUsage() {
+      if (!who.value.trim()) return;
+      const m = month.value.trim();
+      let u;
+      try { u = await api("GET", `/api/usage/${enc(who.value.trim())}${m ? `?month=${enc(m)}` : ""}`); } catch (e) { box.replaceChildren(h("p", { class: "muted" }, e.message)); return; }
+      box.replaceChildren(h("p", { class: "muted" }, `${u.user} in ${u.month} (UTC)`), table([
+        { label: "API", get: (r) => r.api || "all traffic" },
+        { label: "events in", num: true, get: (r) => fmt.num(r.events_in) },
+        { label: "bytes in", num: true, get: (r) => fmt.num(r.bytes_in) },
+        { label: "events out", num: true, get: (r) => fmt.num(r.events_out) },
+        { label: "bytes out", num: true, get: (r) => fmt.num(r.bytes_out) },
+      ], Object.entries(u.total).map(([a, c]) => ({ api: a, ...c })), { id: "usage-table", empty: "nothing metered" }));
+    }
+    loadPlans().catch((e) => say(e.message, true));
+    loadApis().catch((e) => say(e.message, true));
+    loadUsage();
   },
 };
 
