@@ -10,6 +10,7 @@ Cases (see README.md):
   fanin_qos0    --pubs 4 --count N      4 publishers -> 1 subscriber on bench/#
   fanin_qos1    --pubs 4 --count N --window W   (publishers QoS1, subscriber QoS1)
   fanout_qos0   --subs 10 --count N     1 publisher -> 10 subscribers on bench/fan
+  --level 5     any case with MQTT 5 clients (empty property blocks) instead of MQTT 3.1.1
   connect_rate  --concurrency C --duration S    CONNECT+CONNACK+DISCONNECT loops
   latency       --rate R --duration S   paced QoS0, timestamp in payload
   iot           --clients 1000 --client-rate 2 --duration S --workers 4
@@ -226,14 +227,14 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
     """Subscriber: QoS0 fast counting, QoS1 with PUBACKs, or latency capture."""
     cid = f"bs-{a.run_id}-{idx}"
     sock, reader = mr.mqtt_connect(
-        a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout, rcvbuf=a.rcvbuf
+        a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout, rcvbuf=a.rcvbuf, level=a.level
     )
     if a.case == "fanout_qos0":
         filt, tprefix = "bench/fan", "bench/fan"
     else:
         filt, tprefix = "bench/#", topic_prefix(a)
     sub_qos = 1 if a.case == "fanin_qos1" else 0
-    res["granted_qos"] = mr.mqtt_subscribe(sock, reader, filt, sub_qos, timeout=a.connect_timeout)
+    res["granted_qos"] = mr.mqtt_subscribe(sock, reader, filt, sub_qos, timeout=a.connect_timeout, level=a.level)
     res["filter"] = filt
     expected = a.expected_per_sub
     leftover = bytes(reader.buf)  # anything that arrived right behind the SUBACK
@@ -253,18 +254,19 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
     if a.case in ("fanin_qos0", "fanout_qos0"):
         payload = b"\0" * a.payload
         if a.case == "fanout_qos0":
-            sample = mr.encode_publish("bench/fan", payload)
+            sample = mr.encode_publish("bench/fan", payload, level=a.level)
             skip = ()
         else:
-            sample = mr.encode_publish(f"{tprefix}0", payload)
-            skip = (len(sample) - a.payload - 1,)  # publisher index digit
-        fc = mr.FrameCounter(sample[: len(sample) - a.payload], len(sample), tprefix, skip=skip)
+            sample = mr.encode_publish(f"{tprefix}0", payload, level=a.level)
+            skip = (len(sample) - a.payload - 1 - (a.level >= 5),)  # publisher index digit
+        fc = mr.FrameCounter(sample[: len(sample) - a.payload], len(sample), tprefix, skip=skip, level=a.level)
         feed = fc.feed
 
         def handle(data):
             return feed(data)
     elif a.case == "fanin_qos1":
         reader = mr.PacketReader()
+        level = a.level
         stats = {"dup_flag": 0, "qos_seen": {}, "foreign": 0, "other": 0}
         puback = mr.encode_puback
 
@@ -274,7 +276,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
             got = 0
             for ptype, flags, body in reader.packets():
                 if ptype == mr.PUBLISH:
-                    topic, qos, pid, _pl = mr.parse_publish(flags, body)
+                    topic, qos, pid, _pl = mr.parse_publish(flags, body, level)
                     if qos:
                         acks.append(puback(pid))
                     if flags & 0x08:
@@ -293,6 +295,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
         extra_info = stats
     else:  # latency, iot
         reader = mr.PacketReader()
+        level = a.level
         lat: list[int] = []
         stats = {"foreign": 0, "other": 0}
         unpack = struct.unpack_from
@@ -303,7 +306,7 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
             got = 0
             for ptype, flags, body in reader.packets():
                 if ptype == mr.PUBLISH:
-                    topic, _qos, _pid, pl = mr.parse_publish(flags, body)
+                    topic, _qos, _pid, pl = mr.parse_publish(flags, body, level)
                     if topic.startswith(tprefix) and len(pl) >= 8:
                         lat.append(now - unpack("!q", pl, 0)[0])
                         got += 1
@@ -370,7 +373,9 @@ def sub_worker(idx, a, sh, ready_q, go, stop, res):
 
 def pub_worker(idx, a, sh, ready_q, go, stop, res):
     cid = f"bp-{a.run_id}-{idx}"
-    sock, reader = mr.mqtt_connect(a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout)
+    sock, reader = mr.mqtt_connect(
+        a.host, a.port, cid, a.username, a.password, timeout=a.connect_timeout, level=a.level
+    )
     payload = b"\x5a" * a.payload
     if a.case == "fanout_qos0":
         topic = "bench/fan"
@@ -381,9 +386,9 @@ def pub_worker(idx, a, sh, ready_q, go, stop, res):
     n = a.count
     blob = frames = None
     if a.case in ("fanin_qos0", "fanout_qos0"):
-        blob = mr.encode_publish(topic, payload) * n
+        blob = mr.encode_publish(topic, payload, level=a.level) * n
     elif a.case == "fanin_qos1":
-        tmpl = mr.PublishTemplate(topic, payload, qos=1)
+        tmpl = mr.PublishTemplate(topic, payload, qos=1, level=a.level)
         frames = [tmpl.frame(i % 65535 + 1) for i in range(n)]
     ready_q.put(("ready", "pub", idx, None))
     if not go.wait(a.setup_timeout):
@@ -429,7 +434,7 @@ def pub_worker(idx, a, sh, ready_q, go, stop, res):
         interval = 1.0 / a.rate
         total = int(a.rate * a.duration)
         pad = payload[8:]
-        head = mr.encode_publish(topic, payload)[: -a.payload]
+        head = mr.encode_publish(topic, payload, level=a.level)[: -a.payload]
         mono = time.monotonic
         ns = time.monotonic_ns
         pack = struct.pack
@@ -466,11 +471,18 @@ def iot_worker(idx, a, sh, ready_q, go, stop, res):
     heads = []
     for i in range(first, last):
         sock, _reader = mr.mqtt_connect(
-            a.host, a.port, f"bd-{a.run_id}-{i}", a.username, a.password, timeout=a.connect_timeout, keepalive=60
+            a.host,
+            a.port,
+            f"bd-{a.run_id}-{i}",
+            a.username,
+            a.password,
+            timeout=a.connect_timeout,
+            keepalive=60,
+            level=a.level,
         )
         sock.setblocking(False)
         socks.append(sock)
-        heads.append(mr.encode_publish(f"{topic_prefix(a)}d{i}", payload)[: -a.payload])
+        heads.append(mr.encode_publish(f"{topic_prefix(a)}d{i}", payload, level=a.level)[: -a.payload])
     res["connected"] = len(socks)
     ready_q.put(("ready", "pub", idx, None))
     if not go.wait(a.setup_timeout):
@@ -530,7 +542,13 @@ def conn_worker(idx, a, sh, ready_q, go, stop, res):
         i += 1
         try:
             sock, reader = mr.mqtt_connect(
-                a.host, a.port, f"bc-{a.run_id}-{idx}-{i}", a.username, a.password, timeout=a.connect_timeout
+                a.host,
+                a.port,
+                f"bc-{a.run_id}-{idx}-{i}",
+                a.username,
+                a.password,
+                timeout=a.connect_timeout,
+                level=a.level,
             )
             try:
                 sock.sendall(disc)
@@ -604,7 +622,18 @@ def run(a) -> dict:
         "run_id": a.run_id,
         "params": {
             k: getattr(a, k)
-            for k in ("count", "pubs", "subs", "window", "payload", "concurrency", "duration", "rate", "idle_timeout")
+            for k in (
+                "count",
+                "pubs",
+                "subs",
+                "window",
+                "payload",
+                "level",
+                "concurrency",
+                "duration",
+                "rate",
+                "idle_timeout",
+            )
             if hasattr(a, k)
         },
     }
@@ -840,6 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--subs", type=int, default=10)
     ap.add_argument("--window", type=int, default=100, help="QoS1 un-PUBACKed messages per publisher")
     ap.add_argument("--payload", type=int, default=64)
+    ap.add_argument("--level", type=int, choices=(4, 5), default=4, help="MQTT protocol level: 4 = 3.1.1, 5 = MQTT 5")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--duration", type=float, default=3.0, help="connect_rate / latency seconds")
     ap.add_argument("--rate", type=float, default=1000.0, help="latency msg/s")

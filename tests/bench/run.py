@@ -46,7 +46,21 @@ CONNS = BENCH_DIR / "conns.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ALL_TARGETS = ("amqtt", "mosquitto", "guard-off", "guard-on")
-ALL_CASES = ("fanin_qos0", "fanin_qos1", "fanout_qos0", "connect_rate", "latency", "iot", "connections")
+ALL_CASES = (
+    "fanin_qos0",
+    "fanin5_qos0",
+    "fanin_qos1",
+    "fanin5_qos1",
+    "fanout_qos0",
+    "fanout5_qos0",
+    "connect_rate",
+    "latency",
+    "iot",
+    "connections",
+)
+# highest MQTT protocol level a target speaks (5 unless listed): amqtt 0.12 refuses MQTT 5 CONNECTs,
+# so the MQTT 5 cases show "n/a" for it instead of a failure
+MAX_LEVEL = {"amqtt": 4}
 GUARD_PREFIX = "bench:"
 
 # --------------------------------------------------------------------------
@@ -774,11 +788,32 @@ CASES = {
     },
 }
 
+# MQTT 5 twins of the burst cases (issue 16 item 7): the same load generator case ("loadgen") with every
+# client speaking MQTT 5 (empty property blocks), to hold the v5 figures against the 3.1.1 ones
+for _base in ("fanin_qos0", "fanin_qos1", "fanout_qos0"):
+    CASES[_base.replace("_", "5_", 1)] = {
+        **CASES[_base],
+        "args": CASES[_base]["args"] + ["--level", "5"],
+        "loadgen": _base,
+        "level": 5,
+        "desc": f"`{_base}` with MQTT 5 clients (CONNECT level 5, SUBSCRIBE options, PUBLISH with empty properties)",
+    }
+
+
+def unsupported(target: str, case: str) -> str | None:
+    """Why ``target`` cannot run ``case`` (its MQTT level), or None."""
+    level = CASES[case].get("level", 4)
+    return f"{target} does not speak MQTT {level}" if level > MAX_LEVEL.get(target, 5) else None
+
+
 # metrics tabulated per case: (label, path into the run record, higher is better)
 METRICS = {
     "fanin_qos0": [("msg/s", ("rate",), True)],
+    "fanin5_qos0": [("msg/s", ("rate",), True)],
     "fanin_qos1": [("msg/s", ("rate",), True)],
+    "fanin5_qos1": [("msg/s", ("rate",), True)],
     "fanout_qos0": [("deliveries/s", ("rate",), True)],
+    "fanout5_qos0": [("deliveries/s", ("rate",), True)],
     # CPU per connection too: with 4 clients in a closed loop a fast broker is not always busy (a CONNACK
     # has to reach the client and its next CONNECT come back), so conn/s understates what it can take
     "connect_rate": [("conn/s", ("rate",), True), ("broker CPU µs/conn", ("broker_us_per_msg",), False)],
@@ -875,7 +910,7 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
     argv = [
         sys.executable,
         str(LOADGEN),
-        case,
+        cd.get("loadgen", case),
         "--host",
         "127.0.0.1",
         "--port",
@@ -931,6 +966,7 @@ def loadgen_run(ctx: Ctx, t: Target, case: str, count: int | None, st: Settings,
     line = out.strip().splitlines()[-1] if out.strip() else ""
     try:
         rec.update(json.loads(line))
+        rec["case"] = case  # the load generator names its own case: fanin_qos0 for fanin5_qos0
     except json.JSONDecodeError:
         rec.update(
             ok=False, error=f"load generator exited {p.returncode} without a result: {(err or out).strip()[-600:]}"
@@ -1038,10 +1074,17 @@ def calibrate(ctx: Ctx, t: Target, case: str, st: Settings, log: Callable[[dict]
 
 
 def share_counts(targets: dict[str, Target], cases: list[str]) -> None:
-    """guard-off and guard-on move the same bursts (the smaller calibrated count of the two).
+    """guard-off and guard-on move the same bursts (the smaller calibrated count of the two), and so do
+    an MQTT 5 case and its 3.1.1 twin on one target.
 
     The guard overhead target (issue 7) is their ratio; with counts calibrated separately one noisy
-    probe gave one of them a burst 1.7x the other's, and burst length changes the rate measured."""
+    probe gave one of them a burst 1.7x the other's, and burst length changes the rate measured. The
+    same holds for the MQTT 5 / 3.1.1 ratio (issue 16 item 7)."""
+    for t in targets.values():
+        for case in cases:
+            base = CASES[case].get("loadgen")
+            if base in t.counts and case in t.counts:
+                t.counts[case] = t.counts[base] = min(t.counts[case], t.counts[base])
     pair = [targets[n] for n in ("guard-off", "guard-on") if n in targets and targets[n].available]
     if len(pair) != 2:
         return
@@ -1143,10 +1186,18 @@ def summarize(
                     "redis_cpu_pct": stats([r.get("redis_cpu_pct") for r in ok]),
                     "machine_busy_pct": stats([r.get("machine_busy_pct") for r in ok]),
                 }
-                for base, key in (("amqtt", "ratio_amqtt"), ("guard-off", "ratio_guard_off")):
+                twin = CASES[case].get("loadgen")
+                by_twin = {(r["target"], r["round"]): r for r in measured if r["case"] == twin}
+                for base, key, other in (
+                    ("amqtt", "ratio_amqtt", by),
+                    ("guard-off", "ratio_guard_off", by),
+                    (name, "ratio_v311", by_twin),  # MQTT 5 case / its 3.1.1 twin, same target and round
+                ):
+                    if key == "ratio_v311" and not twin:
+                        continue
                     ratios = []
                     for rd in rounds:
-                        a, b = by.get((name, rd)), by.get((base, rd))
+                        a, b = by.get((name, rd)), other.get((base, rd))
                         if a and b and a.get("ok") and b.get("ok"):
                             va, vb = dig(a, path), dig(b, path)
                             if va is not None and vb:
@@ -1198,6 +1249,10 @@ def summarize(
         for label, ms in summary["cases"][case]["metrics"].items():
             for name, e in ms["targets"].items():
                 t = targets[name]
+                if unsupported(name, case):
+                    if label == next(iter(summary["cases"][case]["metrics"])):
+                        L.append(f"| {case} | {label} | {name} | n/a ({unsupported(name, case)}) | | | | | | | | |")
+                    continue
                 if t.status == "unavailable":
                     if label == next(iter(summary["cases"][case]["metrics"])):
                         L.append(f"| {case} | {label} | {name} | unavailable | | | | | | | | |")
@@ -1247,6 +1302,19 @@ def summarize(
         L.append("**Runs that lost messages** (rates count only what was delivered):")
         for x in lossy:
             L.append(f"- {x}")
+        L.append("")
+    v5 = [
+        f"- `{case}` {name}: {fmt_ratio(e['ratio_v311'])}"
+        for case in cases
+        for ms in list(summary["cases"][case]["metrics"].values())[:1]
+        for name, e in ms["targets"].items()
+        if e.get("ratio_v311")
+    ]
+    if v5:
+        L.append(
+            "**MQTT 5 / MQTT 3.1.1** (issue 16 item 7: within 15 % with the guards on), same target, within each round:"
+        )
+        L.extend(v5)
         L.append("")
     L.append("Cases:")
     for case in cases:
@@ -1403,7 +1471,7 @@ def main(argv=None) -> int:
             if not t.available:
                 continue
             for case in a.cases:
-                if CASES[case]["kind"] != "burst":
+                if CASES[case]["kind"] != "burst" or unsupported(name, case):
                     continue
                 t.counts[case] = calibrate(ctx, t, case, st, log)
                 c = t.calib.get(case, {})
@@ -1423,6 +1491,8 @@ def main(argv=None) -> int:
                     continue
                 for name in order:
                     t = targets[name]
+                    if unsupported(name, case):
+                        continue
                     if not t.available:
                         rec = {"target": name, "case": case, "ok": False, "error": f"target {t.status}: {t.reason}"}
                     elif case == "connections":
