@@ -277,7 +277,7 @@ def kick_code(raw: object) -> Reason:
     administrative action."""
     try:
         code = Reason(int(raw))  # type: ignore[call-overload]  # str or int from JSON; anything else: ValueError/TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: a float infinity, found by hypothesis)
         return KICKED
     return code if code in DISCONNECT_BY_SERVER and code else KICKED
 
