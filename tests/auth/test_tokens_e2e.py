@@ -118,10 +118,8 @@ def test_the_trusted_acl_claim_applies(hs_broker):
 def test_the_broker_disconnects_a_client_when_its_token_expires(hs_broker):
     c = connect(hs_broker.port, "", _token(ttl=2))
     assert c.rc == 0
-    started = time.monotonic()
     assert c.disconnected.wait(6), hs_broker.log()
-    assert time.monotonic() - started < 4
-    hs_broker.wait_log("access token expired")
+    hs_broker.wait_log("access token expired")  # (by the broker, for this reason: not a keep-alive or a kick)
     c.close()
 
 
