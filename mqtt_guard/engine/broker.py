@@ -1555,17 +1555,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if payload is None:
                     payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
                 ok = queue.offer(topic_raw, payload, dq, False)
-            if not ok:
-                self._dropped(client_id, queue)
-            elif queue.pending and queue.over_hold():
-                port = queue.port
-                if port is not None:
-                    ev = port.hold()
-                    if ev is not None:
-                        if held is None:
-                            held = [ev]
-                        elif ev not in held:
-                            held.append(ev)
+            if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
+                held = self._after_offer(ok, client_id, queue, held)
         if targets5:
             if payload is None:
                 payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
@@ -1618,17 +1609,26 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     self._too_large(client_id)
                     continue
                 ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expires)
-            if not ok:
-                self._dropped(client_id, queue)
-            elif queue.pending and queue.over_hold():
-                port = queue.port
-                if port is not None:
-                    ev = port.hold()
-                    if ev is not None:
-                        if held is None:
-                            held = [ev]
-                        elif ev not in held:
-                            held.append(ev)
+            if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
+                held = self._after_offer(ok, client_id, queue, held)
+        return held
+
+    def _after_offer(
+        self, ok: bool, client_id: str, queue: OutQueue, held: list[asyncio.Event] | None
+    ) -> list[asyncio.Event] | None:
+        """After one delivery was offered (both protocol levels): a drop is counted, and a queue past its
+        hold mark adds the Event its publishers wait on to `held` (flow control). Returns `held`."""
+        if not ok:
+            self._dropped(client_id, queue)
+        elif queue.over_hold():
+            port = queue.port
+            if port is not None:
+                ev = port.hold()
+                if ev is not None:
+                    if held is None:
+                        held = [ev]
+                    elif ev not in held:
+                        held.append(ev)
         return held
 
     def _too_large(self, client_id: str) -> None:
