@@ -1143,8 +1143,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         """A QoS 1/2 PUBLISH not written to Redis (NotStored): never acknowledged as accepted."""
         if props is not None and not exc.timeout:
             self._ack(mqtt5.encode_ack(kind, pid, Reason.UNSPECIFIED_ERROR))
-        else:
-            self.close(str(exc), Reason.SERVER_BUSY)
+        else:  # (from outside the reader's task, so that close() stops the reader, as a kick does)
+            self._loop.call_soon(self.close, str(exc), Reason.SERVER_BUSY)
         return None
 
     def _new_topic(self, topic_raw: bytes) -> str:

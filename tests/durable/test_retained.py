@@ -8,51 +8,12 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-import redis
-
 from mqtt_guard.store.keys import Keys
 from mqtt_guard.store.retained import RetainedRecord, decode, encode
-from tests.helpers.mqtt import connect
+from tests.helpers.mqtt import connect, retained_on
 from tests.helpers.mqtt5 import V5, publish_properties
 from tests.helpers.servers import free_port
 from tests.helpers.wait import expect
-
-
-@pytest.fixture
-def raw(redis_server):
-    """A client of the test's Redis that reads bytes (retained records are binary)."""
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(start_broker, tmp_path):
-    """`guard(extra_yaml, port=None)`: a broker process with a YAML config (anonymous clients, ACL allow,
-    plus `extra_yaml`); the same port again restarts "the same" broker."""
-    n = iter(range(100))
-
-    def start(extra: str = "", port: int | None = None):
-        port = port or free_port()
-        conf = tmp_path / f"guard-{next(n)}.yaml"
-        conf.write_text(
-            f"listeners: [{{bind: '127.0.0.1:{port}'}}]\nauth: {{allow_anonymous: true}}\n"
-            f"acl: {{default: allow}}\n{extra}"
-        )
-        return start_broker("-c", str(conf), bind=False, port=port, wait_for_port=port)
-
-    return start
-
-
-def retained_on(port: int, topic_filter: str, wait: float = 0.5) -> dict[str, bytes]:
-    """What a fresh subscriber to `topic_filter` gets as retained messages (topic -> payload)."""
-    c = connect(port)
-    try:
-        c.subscribe((topic_filter, 1))
-        return {m.topic: m.payload for m in c.received(wait) if m.retain}
-    finally:
-        c.close()
 
 
 def test_a_message_retained_at_one_broker_is_served_by_another_and_cleared_everywhere(guard):
