@@ -10,7 +10,7 @@ import pytest
 from mqtt_guard.store.keys import Keys
 from tests.helpers.mqtt import connect, retained_on
 from tests.helpers.mqtt5 import V5
-from tests.helpers.servers import RedisServer
+from tests.helpers.servers import RedisServer, free_port
 from tests.helpers.wait import expect
 
 
@@ -81,3 +81,26 @@ def test_a_retained_write_redis_refuses_is_not_acknowledged_as_accepted(guard, o
     assert v5.publish("full/a", b"fits", qos=1, retain=True) == 0
     assert retained_on(broker.port, "full/#") == {"full/a": b"fits"}
     v5.close()
+
+
+def test_persistence_true_without_redis_at_start_starts_and_persists_once_redis_answers(start_broker, prefix, tmp_path):
+    """mosquitto drop-in (issue 17 item 6): file users need no Redis, so the broker starts; it says that
+    state is not persisted, serves retained messages from memory, and writes them once Redis answers."""
+    server = RedisServer(persistent=True)  # not started yet
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n")
+    broker = start_broker("-c", str(conf), bind=False, wait_for_port=port, redis_url=server.url)
+    try:
+        broker.wait_log("durable state is NOT persisted")
+        assert "ERROR" in next(line for line in broker.log().splitlines() if "NOT persisted" in line)
+        pub = connect(port)
+        pub.publish("boot/state", b"up", qos=0, retain=True)
+        assert retained_on(port, "boot/#") == {"boot/state": b"up"}
+        server.start()
+        rds = server.client()
+        expect(lambda: rds.exists(Keys(prefix).retained("boot/state")), timeout=30)
+        rds.close()
+        pub.close()
+    finally:
+        server.cleanup()
