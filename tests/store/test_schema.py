@@ -101,11 +101,11 @@ def test_the_cli_refuses_a_newer_layout_but_can_still_show_it(redis_server, pref
     assert cli("store", "migrate").returncode == 1  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("command", ["broker", "sidecar"])
-def test_broker_and_sidecar_refuse_to_start_on_a_newer_layout(redis_server, prefix, rds, add_user, command):
+@pytest.mark.parametrize("command", ["broker", "sidecar", "admin"])
+def test_broker_sidecar_and_admin_refuse_to_start_on_a_newer_layout(redis_server, prefix, rds, add_user, command):
     add_user("dev", "pw")
     rds.set(Keys(prefix).schema(), NEWER)
-    args = ["--bind", "127.0.0.1:0"] if command == "broker" else []
+    args = {"broker": ["--bind", "127.0.0.1:0"], "sidecar": [], "admin": ["--bind", "127.0.0.1:0"]}[command]
     result = subprocess.run(
         guard_cmd("--redis-url", redis_server.url, "--prefix", prefix, command, *args),
         capture_output=True,
