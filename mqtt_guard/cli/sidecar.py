@@ -8,6 +8,7 @@ import logging
 import signal
 
 from ..config import ConfigError, GuardConfig, load_config, parse_duration
+from ..store.schema import SchemaMismatch
 from .common import CliError, apply_redis_overrides
 
 
@@ -59,7 +60,10 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Sidecar(config).run(stop)
+        try:
+            await Sidecar(config).run(stop)
+        except SchemaMismatch as exc:
+            raise CliError(f"sidecar refuses to start: {exc}") from None
         return 0
 
     return asyncio.run(main())

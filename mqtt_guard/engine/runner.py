@@ -15,6 +15,7 @@ from ..config import GuardConfig
 from ..guard import Guard
 from ..logutil import LineHandler
 from ..sdnotify import notify
+from ..store.schema import SchemaMismatch
 from .broker import GuardedBroker
 from .fdlimit import FdLimitWatch, raise_open_files_limit
 
@@ -69,7 +70,12 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
     guard = Guard(config)
     if prepare is not None:
         await prepare(guard)
-    await guard.start()
+    try:
+        await guard.start()
+    except SchemaMismatch as exc:  # a Redis written by a newer release: reading it would misread keys
+        log.error("broker refuses to start: %s", exc)
+        await guard.close()
+        return 1
     broker = GuardedBroker(config, guard)
     # Before the listeners open: a SIGTERM/SIGINT that arrives while the broker starts (a client may
     # already see the port) shuts it down cleanly once it is up, instead of killing it.

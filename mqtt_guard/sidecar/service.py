@@ -39,7 +39,7 @@ from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
 from ..metrics.rates import LoopLagMonitor
 from ..quota.limits import Limits, parse_limits
 from ..quota.plans import effective
-from ..store import generation
+from ..store import generation, schema
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.invalidation import InvalidationListener
 from ..store.keys import USER_EXPIRES_AT, Keys
@@ -146,6 +146,8 @@ class Sidecar:
                 log.info("Redis reachable again")
             self._redis_ok = True
             return report
+        except schema.SchemaMismatch:
+            raise  # (only at start: a later change is `_trusted`'s)
         except REDIS_ERRORS as exc:
             if self._redis_ok:
                 log.warning("Redis unreachable (%s); retrying every %.2fs", exc, self.interval)
@@ -157,10 +159,19 @@ class Sidecar:
         return None
 
     async def _trusted(self) -> bool:
-        """Whether Redis still holds the deployment whose marker this sidecar knows (the module docstring)."""
+        """Whether Redis still holds the deployment whose marker this sidecar knows (the module docstring),
+        in a key layout this release reads (store/schema.py: refused at start, idle if it changes later)."""
         if self.marker is None:
             self.marker = await generation.ensure(self.redis, self.keys, by=self.id)
+            await schema.check(self.redis, self.keys)  # SchemaMismatch: the sidecar does not start
             return True
+        try:
+            await schema.check(self.redis, self.keys)
+        except schema.SchemaMismatch as exc:
+            if not self.distrusted:
+                log.error("%s: the sidecar reaps no broker and kicks nobody meanwhile", exc)
+            self.distrusted = True
+            return False
         current = await generation.read(self.redis, self.keys)
         if generation.accepts(self.marker, current):
             assert current is not None  # (accepts() never accepts a missing marker)

@@ -227,6 +227,10 @@ class Keys:
         """STRING (JSON: token, created, adopted, by): which data set this Redis holds; brokers track it."""
         return f"{self.prefix}generation"
 
+    def schema(self) -> str:
+        """STRING (an integer): the version of this key layout (store/schema.py); missing means 1."""
+        return f"{self.prefix}schema"
+
     # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
     def stats_client(self, client_id: str) -> str:
         """HASH: a client's counters (HINCRBY, all brokers) and gauges (connected, queue_depth, ...)."""

@@ -733,7 +733,7 @@ class QuotaStore:
         """Every usage hash of exactly this user (not of users whose name merely starts the same)."""
         head = self.keys.quota_usage(username, "", 0).rsplit(":", 2)[0] + ":"
         found = []
-        async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
+        async for key in self.redis.scan_iter(match=k.glob_escape(head) + "*", count=500):
             slot, _, start = key[len(head) :].rpartition(":")
             if SLOT.fullmatch(slot) and start.isdigit():
                 found.append(key)
@@ -768,7 +768,7 @@ class QuotaStore:
     async def all_blocks(self) -> dict[str, Block]:
         """Every block key in force (SCAN of `block:*`), for a broker's in-process copy."""
         found = [
-            key async for key in self.redis.scan_iter(match=_glob_escape(self.keys.blocks_head()) + "*", count=1000)
+            key async for key in self.redis.scan_iter(match=k.glob_escape(self.keys.blocks_head()) + "*", count=1000)
         ]
         return {key: block for key, block in (await self.read_blocks(found)).items() if block is not None}
 
@@ -1059,8 +1059,3 @@ class QuotaStore:
         await self._resign(keys=[self.keys.sidecar_leader()], args=[sidecar_id])
 
 
-def _glob_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        out.append("\\" + ch if ch in "*?[]\\" else ch)
-    return "".join(out)
