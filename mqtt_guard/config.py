@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import types
 import typing
@@ -429,6 +430,9 @@ class GuardConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
+    # Broker processes sharing the listeners' ports (SO_REUSEPORT; mqtt_guard/workers.py): a number, or
+    # "auto" for one per core. 1: this process is the broker.
+    workers: int = field(default=1, metadata={"kind": "workers"})
 
     def check(self) -> None:
         self.limits.check()
@@ -452,6 +456,20 @@ class GuardConfig:
         self.metrics.check()
         self.shutdown.check()
         self.admin.check()
+
+
+WORKERS_MAX = 256
+
+
+def parse_workers(value: Any) -> int:
+    """`workers:` / `--workers`: a count of broker processes, or "auto" (one per core)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= WORKERS_MAX:
+        raise ValueError(f'must be a whole number from 1 to {WORKERS_MAX}, or "auto", got {value!r}')
+    return value
 
 
 def load_config(path: str | Path | None) -> GuardConfig:
@@ -491,6 +509,8 @@ def _convert(tp: Any, f: dataclasses.Field[Any] | None, value: Any, path: str, s
     if value is None and kind is not None and f is not None and f.default is None:
         return None  # an optional size or duration left unset
     try:
+        if kind == "workers":
+            return parse_workers(value)
         if kind == "size":
             return parse_size(value)
         if kind == "duration":

@@ -270,9 +270,19 @@ _ADMITTED: list[asyncio.Event] = []
 
 
 class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type information
-    def __init__(self, config: GuardConfig, guard: GuardPort, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: GuardConfig,
+        guard: GuardPort,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """`reuse_port`: this broker is one of `--workers` processes sharing its listeners' ports
+        (SO_REUSEPORT: the kernel spreads new connections over them)."""
         self.guard = guard  # set before amqtt builds the plugins: GuardSysPlugin looks it up at init (guard_of)
         self.guard_config = config
+        self.reuse_port = reuse_port
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, Ended] = {}  # client id -> set when its connection has ended
         self._shutting_down = False  # listeners closed: CONNECTs are refused (a drain may follow)
@@ -389,10 +399,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address
         (a websockets one through engine/proxy_ws.py's connections)."""
         ours = self._guard_listeners[listener_name]
+        reuse_port = self.reuse_port
         if listener_type != ListenerType.TCP:
             secured = ours.require_token or bool(ours.allowed_origins)
-            if ours.proxy_protocol or secured:  # amqtt's websockets server, with our connections or upgrade check
-                extra: dict[str, Any] = {}
+            if ours.proxy_protocol or secured or reuse_port:  # amqtt's websockets server, with our options
+                extra: dict[str, Any] = {"reuse_port": True} if reuse_port else {}
                 if ours.proxy_protocol:  # connections that read the PROXY header first
                     extra["create_connection"] = functools.partial(
                         ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
@@ -452,8 +463,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 timeout=limits.connect_timeout,
                 deadlines=deadlines,
                 name=ours.bind,
+                reuse_port=reuse_port,
             )
-        return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
+        return await loop.create_server(
+            stream, address, port, reuse_address=True, reuse_port=reuse_port or None, ssl=ssl_context
+        )
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)

@@ -1057,5 +1057,3 @@ class QuotaStore:
 
     async def resign(self, sidecar_id: str) -> None:
         await self._resign(keys=[self.keys.sidecar_leader()], args=[sidecar_id])
-
-
