@@ -253,6 +253,11 @@ class AuthConfig:
     hash_queue: int = 1000
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     jwt: JwtConfig | None = None  # access tokens (docs/tokens.md); None: passwords only
+    # What an MQTT 5 client with wrong or missing credentials is told (docs/reason-codes.md):
+    # "bad_credentials", CONNACK 0x86 Bad User Name or Password (the specification's code), or
+    # "not_authorized", 0x87 Not authorized (mosquitto 2.0's answer: the default under a mosquitto.conf).
+    # 3.1.1 clients get CONNACK 5 either way.
+    mqtt5_bad_credentials: Literal["bad_credentials", "not_authorized"] = "bad_credentials"
 
 
 @dataclass

@@ -331,6 +331,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._id_policy = config.auth.client_id_policy
         self._id_prefixes = tuple(config.auth.client_id_prefixes)
         self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
+        # MQTT 5 wrong/missing credentials: 0x86 (the specification) or 0x87 (mosquitto 2.0): auth.mqtt5_bad_credentials
+        self._bad_credentials = (
+            Reason.NOT_AUTHORIZED
+            if config.auth.mqtt5_bad_credentials == "not_authorized"
+            else Reason.BAD_USER_NAME_OR_PASSWORD
+        )
         # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
         # each offline session's current deadline (an entry of an earlier offline spell is skipped)
         self._session_expiry = config.limits.persistent_session_expiry
@@ -715,7 +721,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             reason,
             result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
+        if result.ok:
+            return REFUSED_BY_PLUGIN
+        code = connack_reason(result.outcome)
+        return self._bad_credentials if code == Reason.BAD_USER_NAME_OR_PASSWORD else code
 
     async def _admit(
         self,
