@@ -81,6 +81,7 @@ from ..reasons import (
     Reason,
     connack_311,
     connack_reason,
+    reason_string,
 )
 from . import mqtt5
 from .deadlines import Deadlines, Wheel
@@ -513,7 +514,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             bearer = check.take(writer._protocol) if check is not None else None  # noqa: SLF001 - amqtt's WebSocketsWriter
             if bearer is None:
                 log.warning("closed connection from %s: no access token verified at its upgrade", where)
-                await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
+                await self._refuse(writer, CONNACK_NOT_AUTHORIZED, session.protocol_level, c5=session.v5)
                 return
         try:
             code = await self._check_connect(session, listener, where, generated, bearer)
@@ -530,6 +531,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 connack_311(code) if code else CONNACK_SERVER_UNAVAILABLE,
                 session.protocol_level,
                 code or Reason.SERVER_UNAVAILABLE,
+                session.v5,
             )
             return
         if generated and session.v5 is not None:
@@ -984,13 +986,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
 
     @staticmethod
-    async def _refuse(writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None) -> None:
+    async def _refuse(
+        writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None, c5: Client5 | None = None
+    ) -> None:
         """Every refused CONNECT ends here: CONNACK `code` (3.1.1), or for an MQTT 5 client the v5 CONNACK
-        with `reason` (default: the v5 code that says what `code` says, reasons.V5_CONNACK), then close."""
+        with `reason` (default: the v5 code that says what `code` says, reasons.V5_CONNACK), then close.
+        `c5`: what the client's CONNECT said (None: it could not be read); with it the CONNACK carries
+        the reason's short Reason String, within the client's Maximum Packet Size."""
         if level == MQTT5:
             if reason is None:
                 reason = V5_CONNACK.get(code, Reason.UNSPECIFIED_ERROR)
-            frame = mqtt5.encode_connack(False, reason)
+            if c5 is not None:
+                frame = mqtt5.encode_refusal(reason, reason_string(reason), c5.max_packet)
+            else:
+                frame = mqtt5.encode_connack(False, reason)
         else:
             frame = encode_connack(False, code)
         try:
@@ -1710,7 +1719,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 else:
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
-        await conn.send(mqtt5.encode_suback(packet_id, codes) if v5 else encode_suback(packet_id, codes))
+        await conn.send(_suback5(packet_id, codes, session.v5) if v5 else encode_suback(packet_id, codes))
         for (topic_filter, options), code, new, real in zip(filters, codes, fresh, shared, strict=True):
             if code >= SUBACK_FAILURE:
                 continue
@@ -2211,6 +2220,15 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def _suback5(packet_id: int, codes: list[int], c5: Client5 | None) -> bytes:
+    """An MQTT 5 SUBACK: with a refused filter, the Reason String of the first refusal, unless the client
+    set Request Problem Information 0 [MQTT-3.1.2-29] (or it would exceed its Maximum Packet Size)."""
+    failed = next((code for code in codes if code >= 0x80), 0)
+    if not failed or c5 is None or not c5.problem_info:
+        return mqtt5.encode_suback(packet_id, codes)
+    return mqtt5.encode_suback(packet_id, codes, reason_string(failed), c5.max_packet)
 
 
 def _refused(session: GuardedSession, code: int) -> None:
