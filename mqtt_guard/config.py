@@ -378,10 +378,17 @@ class ShutdownConfig:
     on for up to `drain_grace` (those that leave meanwhile leave as usual), then every connection is closed."""
 
     drain_grace: float = duration(0.0)  # 0 = close every connection at once (after the last deliveries)
+    # Where MQTT 5 clients are told to go at SIGTERM (DISCONNECT 0x9C Use another server with this Server
+    # Reference, e.g. "mqtt.example.com:1883", at the start of the drain); unset: they are served through
+    # the drain like 3.1.1 clients and told 0x8B Server shutting down at its end. mosquitto has no such key.
+    server_reference: str | None = None
 
     def check(self) -> None:
         if not 0 <= self.drain_grace <= 3600:
             raise ConfigError("shutdown.drain_grace: between 0 and 1h")
+        ref = self.server_reference
+        if ref is not None and (not ref.strip() or "\x00" in ref or len(ref.encode()) > 1024):
+            raise ConfigError("shutdown.server_reference: a non-empty server name (HOST[:PORT]), at most 1 KiB")
 
 
 @dataclass

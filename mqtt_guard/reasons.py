@@ -263,6 +263,8 @@ OVER_RATE = Reason.MESSAGE_RATE_TOO_HIGH
 DENIED_PUBLISH = Reason.NOT_AUTHORIZED
 """A PUBLISH the ACL denied, with `acl.deny_publish_action: disconnect`."""
 SHUTDOWN = Reason.SERVER_SHUTTING_DOWN
+USE_ANOTHER_SERVER = Reason.USE_ANOTHER_SERVER
+"""Shutdown with `shutdown.server_reference`: the client is told where to reconnect (Server Reference)."""
 
 
 def quota_disconnect(metric: str) -> Reason:

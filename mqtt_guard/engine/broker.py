@@ -77,6 +77,7 @@ from ..reasons import (
     SHUTDOWN,
     SUBSCRIBE_DENIED,
     TAKEN_OVER,
+    USE_ANOTHER_SERVER,
     V5_CONNACK,
     Reason,
     connack_311,
@@ -2054,6 +2055,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     server.instance.close()
             except Exception:
                 log.debug("closing a listener failed", exc_info=True)
+        reference = self.guard_config.shutdown.server_reference
+        if reference:
+            self._send_elsewhere(reference)
         if drain_grace > 0:
             await self._drain(drain_grace)
         self._closing = True
@@ -2101,12 +2105,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await self.plugins_manager.close()
         self.transitions.stopping_success()
 
+    def _send_elsewhere(self, reference: str) -> None:
+        """At shutdown with `shutdown.server_reference`: every connected MQTT 5 client is sent DISCONNECT
+        0x9C Use another server with that Server Reference and closed now, without its will (it did nothing
+        wrong), so it reconnects elsewhere while the drain serves the rest. MQTT 3.1.1 has no way to ask a
+        client to leave: 3.1.1 clients are served until they go or the grace period ends, as before."""
+        told = 0
+        for session, handler in list(self._sessions.values()):
+            if (
+                isinstance(handler, GuardedHandler)
+                and handler.session is not None
+                and session.protocol_level == MQTT5
+                and session.transitions.state == "connected"
+            ):
+                handler.publish_will = False
+                handler.close("broker shutting down: told to use another server", USE_ANOTHER_SERVER, reference)
+                told += 1
+        if told:
+            log.info("shutting down: told %d MQTT 5 client(s) to use another server (%s)", told, reference)
+
     async def _drain(self, grace: float) -> None:
         """Wait up to `grace` seconds (or until `end_drain`) for the connections to end on their own.
-        The listeners are closed and CONNECTs still in flight are refused, so none are added meanwhile."""
-        # TODO(MQTT 5 issue): here MQTT 5 clients are to be told to move on, DISCONNECT 0x9C (use another
-        # server) or 0x9D (server moved) with the configured server reference; MQTT 3.1.1 has no way to
-        # ask a client to leave, so 3.1.1 clients are served until they go or the grace period ends.
+        The listeners are closed and CONNECTs still in flight are refused, so none are added meanwhile.
+        (MQTT 5 clients were told to use another server first when `shutdown.server_reference` is set.)"""
         pending = [e for e in self._connections.values() if not e.is_set()]
         log.info("draining: listeners closed, serving %d connection(s) for up to %gs", len(pending), grace)
         if not pending:
