@@ -341,8 +341,15 @@ class SidecarConfig:
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
     sweep_interval: float = duration(600.0)  # every session re-evaluated once per this long, in slices (safety net)
     prometheus_bind: str | None = None  # HOST:PORT for /metrics: fleet totals from Redis, broker liveness, loop lag
+    # HOST:PORT serving only /livez, /readyz, /healthz (no /metrics, prometheus_client not imported); the
+    # probes come with prometheus_bind too (the same value serves them once)
+    health_bind: str | None = None
 
     def check(self, where: str = "sidecar") -> None:
+        if self.prometheus_bind:
+            split_bind(self.prometheus_bind, f"{where}.prometheus_bind")
+        if self.health_bind:
+            split_bind(self.health_bind, f"{where}.health_bind")
         if self.interval <= 0:
             raise ConfigError(f"{where}.interval must be above 0")
         if self.leader_ttl <= self.interval:
