@@ -382,7 +382,7 @@ def test_a_block_the_sidecar_finds_disconnects_with_0x98_then_refuses_with_0x8a(
     assert gone(c, 10) == Reason.ADMINISTRATIVE_ACTION  # 0x8A Banned is CONNACK-only
     assert c.disconnect_props.ReasonString == "disconnected by an administrator"
     assert until(lambda: connect5(broker.port, "alice", "pw", client_id="blk").reason == Reason.BANNED)
-    assert "blk" in sidecar.log() or "blocked: tampering" in broker.log()
+    sidecar.wait_log("kicking client 'blk'")  # the sidecar found the block and kicked
 
 
 def test_client_id_held_by_another_user_on_another_broker(start_broker, add_user, tmp_path):
