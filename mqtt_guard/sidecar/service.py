@@ -31,12 +31,12 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
 from ..config import GuardConfig
-from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
-from ..metrics.rates import LoopLagMonitor
+from ..metrics.health import health_routes, serve_http
 from ..quota.limits import Limits, parse_limits
 from ..quota.plans import effective
 from ..store import generation, schema
@@ -46,6 +46,10 @@ from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
 from .evaluate import Decision, Usage, evaluate, next_check
 from .work import Sweep, Work
+
+if TYPE_CHECKING:  # prometheus_client is imported only when sidecar.prometheus_bind is set
+    from ..metrics.fleet import FleetEndpoint
+    from ..metrics.rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.sidecar")
 
@@ -72,6 +76,7 @@ class Sidecar:
         self.leading = False
         self.ticks = 0
         self._redis_ok = True
+        self._stepped = False  # a step has run (readiness: the sidecar has reached Redis at least once)
         self.marker: generation.Generation | None = None  # the deployment's marker, as first seen
         self.distrusted = False  # the marker is missing or changed: nothing is decided
         self.work = Work(self.keys)  # users and client ids named by changed keys (work.py)
@@ -82,6 +87,7 @@ class Sidecar:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
         metrics = await self._start_metrics()
+        probes = await self._start_probes()
         listener = InvalidationListener(
             self.config.redis.url, self.work.prefixes(), self.work.changed, self.work.missed
         )
@@ -98,6 +104,8 @@ class Sidecar:
                     pass
         finally:
             await listener.stop()
+            if probes is not None:
+                probes.close()
             if metrics is not None:
                 endpoint, lag = metrics
                 await endpoint.close()
@@ -115,11 +123,36 @@ class Sidecar:
         bind = self.config.sidecar.prometheus_bind
         if not bind:
             return None
+        from ..metrics.fleet import serve_fleet_metrics  # (prometheus_client: only imported when used)
+        from ..metrics.rates import LoopLagMonitor
+
         lag = LoopLagMonitor()
         lag.start()
         endpoint = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
         log.info("sidecar /metrics on http://%s/metrics", bind)
         return endpoint, lag
+
+    async def _start_probes(self) -> asyncio.AbstractServer | None:
+        """/livez, /readyz and /healthz alone on sidecar.health_bind (metrics/health.py), when it is set and
+        is not prometheus_bind (which serves them with /metrics). A port that cannot be served is logged
+        and the sidecar runs on without it, as a broker does."""
+        bind = self.config.sidecar.health_bind
+        if not bind or bind == self.config.sidecar.prometheus_bind:
+            return None
+        try:
+            server = await serve_http(bind, health_routes(self.readiness))
+        except OSError as exc:
+            log.error("cannot serve the probes on %s: %s (the sidecar runs on without them)", bind, exc.strerror or exc)
+            return None
+        log.info("sidecar probes on http://%s/livez and /readyz", bind)
+        return server
+
+    def readiness(self) -> str | None:
+        """What the health-only /readyz says: ready (None) once a step has reached Redis and while the last
+        one did; /livez never looks at Redis (metrics/health.py)."""
+        if not self._stepped:
+            return "starting: Redis not reached yet\n"
+        return None if self._redis_ok else "redis unreachable\n"
 
     async def step(self) -> TickReport | None:
         """One interval: renew or take leadership, and evaluate if leading."""
@@ -144,7 +177,7 @@ class Sidecar:
             report = await self.tick() if leading else None
             if not self._redis_ok:
                 log.info("Redis reachable again")
-            self._redis_ok = True
+            self._redis_ok = self._stepped = True
             return report
         except schema.SchemaMismatch:
             raise  # (only at start: a later change is `_trusted`'s)
