@@ -1,0 +1,347 @@
+"""The cluster's Redis side (issue 18, docs/scaling.md): filter sets between brokers, and the inboxes
+messages are forwarded through.
+
+Filter sets (`RouteLink`). Each broker keeps its deduplicated entries (cluster/filters.py) in
+`cluster:{routes}:filters:<broker>` and appends every change to the `cluster:{routes}` stream, both in
+one script (PUBLISH_LUA), numbered by `cluster:{routes}:seq`: a full set at start-up and after any
+doubt (a failed write, a reconnect, its own set found missing), deltas as filters come and go, at most
+one write per event-loop iteration and one in flight. Every broker reads that stream (XREAD BLOCK from
+the last id it saw) into its `FilterTable`: a change reaches the other brokers in one round trip, the
+way ACL edits do. A reader that connects, reconnects or finds a gap in `seq` (the stream is capped, or
+Redis restarted) resyncs whole: it notes the stream's position, reads every member's hash, then goes on
+from that position. A publication carries only set operations, applying one twice or after a later
+snapshot changes nothing, so the table converges to Redis' sets whatever the interleaving.
+
+Liveness is the quota registry's (`<prefix>brokers`, quota/heartbeat.py): every `liveness_interval` the
+reader looks at it; a broker whose heartbeat ran out is dropped from the table at once (no message is
+forwarded to a dead broker), and when the registry loses it (reaped) its filter set and inbox are
+deleted. A broker that comes back (it was only late, or re-registered after being fenced) is read
+again; one that finds its own set gone (reaped, Redis restarted empty) publishes it whole.
+
+Inboxes (`Outbox`/`Inbox`, below): see their docstrings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from ..cluster.filters import LocalFilters
+from ..cluster.table import FilterTable
+from ..tasks import cancel_and_wait
+from . import keys as k
+from .connection import REDIS_ERRORS, make_async_client
+
+log = logging.getLogger("mqtt_guard.store.cluster")
+
+SEP = "\x00"  # joins entries in a stream field: no topic filter contains U+0000 [MQTT-1.5.4-2]
+ROUTES_MAXLEN = 10_000  # publications kept in the routes stream (a reader further behind resyncs whole)
+LIVENESS_INTERVAL = 1.0  # seconds between two looks at the broker registry
+RETRY_MIN = 0.05
+RETRY_MAX = 2.0
+
+# KEYS: the broker's filters hash, members, routes stream, seq. ARGV: broker, kind (full/delta/leave),
+# maxlen, number of added entries, the added entries, the removed entries. Returns the publication's seq.
+PUBLISH_LUA = """
+local b, kind, na = ARGV[1], ARGV[2], tonumber(ARGV[4])
+if kind ~= 'delta' then redis.call('DEL', KEYS[1]) end
+for i = 5, 4 + na do redis.call('HSET', KEYS[1], ARGV[i], '1') end
+for i = 5 + na, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if kind == 'leave' then redis.call('SREM', KEYS[2], b) else redis.call('SADD', KEYS[2], b) end
+local seq = redis.call('INCR', KEYS[4])
+local add, del = '', ''
+if kind == 'delta' then
+  add = table.concat(ARGV, '\\0', 5, 4 + na)
+  del = table.concat(ARGV, '\\0', 5 + na, #ARGV)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'seq', seq, 'b', b, 'kind', kind, 'add', add, 'del', del)
+return seq
+"""
+
+# KEYS: brokers (registry), members, the broker's filters hash, its inbox. ARGV: broker. Forgets a broker
+# the registry no longer has (reaped); does nothing if it registered again meanwhile.
+FORGET_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 1
+"""
+
+
+def _split(field: str) -> list[str]:
+    return field.split(SEP) if field else []
+
+
+class RouteLink:
+    """Keeps this broker's filter set in Redis and the other brokers' sets in `table`.
+
+    `changed()` is called by the owner after `filters` changed (cluster/node.py does it when an entry
+    comes or goes): the write happens once per event-loop iteration whatever the number of changes."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: k.Keys,
+        broker_id: str,
+        filters: LocalFilters,
+        table: FilterTable,
+        *,
+        routes_maxlen: int = ROUTES_MAXLEN,
+        liveness_interval: float = LIVENESS_INTERVAL,
+        retry_interval: float = 0.5,
+        client: Callable[..., aioredis.Redis] = make_async_client,
+    ) -> None:
+        self.url = url
+        self.keys = keys
+        self.broker_id = broker_id
+        self.filters = filters
+        self.table = table
+        self.routes_maxlen = routes_maxlen
+        self.liveness_interval = liveness_interval
+        self.retry_interval = retry_interval
+        self._client = client
+        self._writer = client(url, pool_size=2)
+        self._publish = self._writer.register_script(PUBLISH_LUA)
+        self._forget = self._writer.register_script(FORGET_LUA)
+        self._need_full = True  # the next publication is the whole set
+        self._wake = asyncio.Event()
+        self._scheduled = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.synced = asyncio.Event()  # the table reflects Redis (set after each resync, cleared on loss)
+        self.published = 0  # publications written (for tests and metrics)
+        self.resyncs = 0
+        self.last_seq = 0  # of the last publication applied to the table
+        self._live: set[str] = set()  # brokers whose heartbeat is current
+        self._seen: set[str] = set()  # brokers seen in the registry (their vanishing means reaped)
+        self._dead: set[str] = set()  # brokers in the registry whose heartbeat ran out
+        self._pending_full: set[str] = set()  # brokers that published a full set: their hash is to be read
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._publisher(), name="mqtt-guard-cluster-publish"),
+            asyncio.create_task(self._reader(), name="mqtt-guard-cluster-routes"),
+        ]
+        self._wake.set()
+
+    async def stop(self, *, leave: bool = True, timeout: float = 2.0) -> None:
+        """Stop; with `leave`, remove this broker's set first (a clean shutdown: the others stop
+        forwarding to it at once instead of when its heartbeat runs out)."""
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._tasks = []
+        if leave:
+            try:
+                await asyncio.wait_for(self._write("leave", (), ()), timeout)
+            except REDIS_ERRORS + (TimeoutError,) as exc:
+                log.warning("could not remove this broker's filter set from Redis (%s): its heartbeat will", exc)
+        await self._writer.aclose()
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """The local set changed: publish at the end of this event-loop iteration."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._due)
+
+    def _due(self) -> None:
+        self._scheduled = False
+        self._wake.set()
+
+    def republish(self) -> None:
+        """Publish the whole set (this broker's set may be missing or wrong in Redis)."""
+        self._need_full = True
+        self._wake.set()
+
+    async def _publisher(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._need_full:
+                    self._need_full = False
+                    await self._write("full", self.filters.take_full(), ())
+                elif self.filters.changed:
+                    delta = self.filters.take_delta()
+                    if delta:
+                        await self._write("delta", delta.added, delta.removed)
+                delay = RETRY_MIN
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # whatever failed, the next write is the whole set
+                self._need_full = True  # whether that write was applied is unknown: send everything
+                if isinstance(exc, REDIS_ERRORS):
+                    log.debug("filter set publication failed (%s); retrying whole", exc)
+                else:
+                    log.exception("filter set publication failed; retrying whole")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                self._wake.set()
+
+    async def _write(self, kind: str, added: Any, removed: Any) -> None:
+        added, removed = list(added), list(removed)
+        await self._publish(
+            keys=[
+                self.keys.cluster_filters(self.broker_id),
+                self.keys.cluster_members(),
+                self.keys.cluster_routes(),
+                self.keys.cluster_routes_seq(),
+            ],
+            args=[self.broker_id, kind, self.routes_maxlen, len(added), *added, *removed],
+        )
+        self.published += 1
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        delay = self.retry_interval
+        while True:
+            redis = self._client(self.url, socket_timeout=self.liveness_interval + 5, pool_size=1)
+            try:
+                await self._follow(redis)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                if self.synced.is_set():
+                    log.warning("cluster routes: Redis connection lost (%s); resync on reconnect", exc)
+            except Exception:
+                log.exception("cluster routes reader failed; restarting it")
+            finally:
+                self.synced.clear()
+                await redis.aclose()
+            await asyncio.sleep(delay)
+
+    async def _follow(self, redis: aioredis.Redis) -> None:
+        last_id = await self._resync(redis)
+        loop = asyncio.get_running_loop()
+        next_look = loop.time() + self.liveness_interval
+        block = max(1, int(self.liveness_interval * 1000))
+        routes = self.keys.cluster_routes()
+        while True:
+            reply = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]],
+                await redis.xread({routes: last_id}, count=1000, block=block),
+            )
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    if not self._apply(fields):
+                        last_id = await self._resync(redis)
+                        break
+                    last_id = entry_id
+                else:
+                    continue
+                break
+            if self._pending_full:
+                pending, self._pending_full = self._pending_full, set()
+                for b, found in (await self._read_sets(redis, sorted(pending - self._dead))).items():
+                    self.table.replace(b, found)
+            if loop.time() >= next_look:
+                await self._look(redis)
+                next_look = loop.time() + self.liveness_interval
+
+    def _apply(self, fields: dict[str, str]) -> bool:
+        """One publication into the table; False when one was missed (a gap in `seq`): resync."""
+        seq = int(fields.get("seq", 0))
+        if seq != self.last_seq + 1:
+            log.info("cluster routes: publication %d follows %d: resyncing the whole table", seq, self.last_seq)
+            return False
+        self.last_seq = seq
+        b = fields.get("b", "")
+        if b == self.broker_id or not b:
+            return True
+        kind = fields.get("kind")
+        if kind == "leave":
+            self.table.drop(b)
+        elif b in self._dead:
+            pass  # its heartbeat ran out: read whole if it comes back
+        elif kind == "full":
+            self._pending_full.add(b)  # its hash is read after this batch of publications (`_follow`)
+        else:
+            for entry in _split(fields.get("add", "")):
+                self.table.add(b, entry)
+            for entry in _split(fields.get("del", "")):
+                self.table.remove(b, entry)
+        return True
+
+    async def _resync(self, redis: aioredis.Redis) -> str:
+        """Rebuild the table from Redis; returns the stream position the reading goes on from."""
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(self.keys.cluster_routes(), "+", "-", count=1)
+            pipe.get(self.keys.cluster_routes_seq())
+            pipe.smembers(self.keys.cluster_members())
+            tail, seq, members = await pipe.execute()
+        last_id = tail[0][0] if tail else "0-0"
+        self.last_seq = int(seq or 0)
+        await self._look(redis, members=set(members))
+        others = {m for m in members if m != self.broker_id and m not in self._dead}
+        sets = await self._read_sets(redis, sorted(others))
+        for b in self.table.brokers() - others:
+            self.table.drop(b)
+        for b, entries in sets.items():
+            self.table.replace(b, entries)
+        self.resyncs += 1
+        self.synced.set()
+        self.republish()  # after a reconnect Redis may have lost (or never got) this broker's set
+        return str(last_id)
+
+    async def _read_sets(self, redis: aioredis.Redis, brokers: list[str]) -> dict[str, list[str]]:
+        if not brokers:
+            return {}
+        async with redis.pipeline(transaction=False) as pipe:
+            for b in brokers:
+                pipe.hkeys(self.keys.cluster_filters(b))
+            sets = await pipe.execute()
+        return dict(zip(brokers, cast(list[list[str]], sets), strict=True))
+
+    async def _look(self, redis: aioredis.Redis, members: set[str] | None = None) -> None:
+        """Apply the registry: drop brokers whose heartbeat ran out, forget reaped ones, read again
+        those that came back; publish this broker's set whole if Redis lost it."""
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.zrange(self.keys.brokers(), 0, -1, withscores=True)
+            pipe.sismember(self.keys.cluster_members(), self.broker_id)
+            pipe.exists(self.keys.cluster_filters(self.broker_id))
+            (sec, usec), registry, member, exists = await pipe.execute()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        present = {str(b): float(score) for b, score in registry}
+        live = {b for b, score in present.items() if score > now_ms}
+        dead = set(present) - live
+        back = {b for b in self._dead | (self._seen - set(present)) if b in live}
+        reaped = {b for b in self._seen if b not in present}
+        self._live, self._dead = live, dead
+        self._seen = (self._seen | set(present)) - reaped
+        for b in dead | reaped:
+            if b in self.table.brokers():
+                why = "dead" if b in dead else "gone"
+                log.info("cluster: broker %s is %s: no more messages forwarded to it", b, why)
+                self.table.drop(b)
+        for b in reaped:
+            if b != self.broker_id:
+                await self._forget(
+                    keys=[
+                        self.keys.brokers(),
+                        self.keys.cluster_members(),
+                        self.keys.cluster_filters(b),
+                        self.keys.cluster_inbox(b),
+                    ],
+                    args=[b],
+                    client=redis,
+                )
+        reread = back - {self.broker_id}
+        if members is None and reread:
+            for b, entries in (await self._read_sets(redis, sorted(reread))).items():
+                self.table.replace(b, entries)
+        if members is None and (not member or (self.filters.entries() and not exists)):
+            self.republish()
+
+    @property
+    def live(self) -> frozenset[str]:
+        """Brokers whose heartbeat was current at the last look at the registry."""
+        return frozenset(self._live)

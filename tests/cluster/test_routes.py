@@ -1,0 +1,155 @@
+"""Filter sets between brokers through a real redis-server (store/cluster.py RouteLink): two or three
+in-process brokers (the cluster classes, registered by the real liveness write) see each other's
+filters within milliseconds, removals, a clean leave, a death by missed heartbeats and the reaping, a
+lost publication (resync), and a Redis restart (every set published and read whole again)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mqtt_guard.store.connection import make_async_client
+from mqtt_guard.store.keys import Keys
+from mqtt_guard.store.quota import QuotaStore
+from tests.cluster.helpers import Node
+from tests.helpers.servers import RedisServer
+from tests.helpers.wait import until_async
+
+
+async def routed(node: Node, topic: str, expected: set[str], timeout: float = 5.0) -> bool:
+    return bool(await until_async(lambda: node.table.brokers_for(topic) == expected, timeout))
+
+
+def test_a_filter_added_on_one_broker_is_routable_on_the_others_and_removal(redis_server, prefix):
+    async def body() -> None:
+        a, b, c = [await Node(redis_server.url, prefix, n).start() for n in "abc"]
+        try:
+            b.subscribe("sensors/+/temp")
+            b.subscribe("sensors/+/temp")  # a second subscriber: no change for the cluster
+            c.subscribe("sensors/#")
+            assert await routed(a, "sensors/k1/temp", {b.broker_id, c.broker_id})
+            assert await routed(b, "sensors/k1/temp", {c.broker_id})  # a broker never routes to itself
+            assert await routed(c, "sensors/k1/temp", {b.broker_id})
+            assert a.table.brokers_for("#") == set() and a.table.brokers_for("$SYS/x") == set()
+            b.unsubscribe("sensors/+/temp")
+            await asyncio.sleep(0.3)
+            assert a.table.brokers_for("sensors/k1/temp") == {b.broker_id, c.broker_id}  # one subscriber left
+            b.unsubscribe("sensors/+/temp")
+            assert await routed(a, "sensors/k1/temp", {c.broker_id})
+            assert await routed(c, "sensors/k1/temp", set())
+            # many changes in one iteration: one publication
+            before = b.link.published
+            for i in range(100):
+                b.subscribe(f"bulk/{i}")
+            assert await routed(a, "bulk/99", {b.broker_id})
+            assert b.link.published == before + 1
+        finally:
+            for n in (a, b, c):
+                await n.stop()
+
+    asyncio.run(body())
+
+
+def test_a_broker_that_starts_later_reads_everything_and_a_clean_leave_is_seen_at_once(redis_server, prefix, rds):
+    async def body() -> None:
+        a = await Node(redis_server.url, prefix, "a").start()
+        try:
+            a.subscribe("x/+")
+            await until_async(lambda: a.link.published >= 2)
+            b = await Node(redis_server.url, prefix, "b").start()
+            assert await routed(b, "x/1", {a.broker_id})
+            b.subscribe("y")
+            assert await routed(a, "y", {b.broker_id})
+            await b.stop()  # leave: no need to wait for its heartbeat to run out
+            assert await routed(a, "y", set(), timeout=0.9)
+            assert not rds.exists(Keys(prefix).cluster_filters(b.broker_id))
+        finally:
+            await a.stop()
+
+    asyncio.run(body())
+
+
+def test_a_dead_broker_disappears_from_the_table_and_its_keys_go_when_it_is_reaped(redis_server, prefix, rds):
+    async def body() -> None:
+        a, b = [await Node(redis_server.url, prefix, n).start() for n in "ab"]
+        keys = Keys(prefix)
+        try:
+            b.subscribe("t/#")
+            assert await routed(a, "t/1", {b.broker_id})
+            await b.die()  # killed: no leave, heartbeats stop
+            assert await routed(a, "t/1", set(), timeout=5.0)  # its heartbeat ran out (1 s)
+            assert rds.exists(keys.cluster_filters(b.broker_id))  # dead, not reaped yet
+            redis = make_async_client(redis_server.url)
+            reaped = await QuotaStore(redis, keys).reap_dead(by="test")
+            await redis.aclose()
+            assert b.broker_id in reaped
+            assert await until_async(lambda: not rds.exists(keys.cluster_filters(b.broker_id)))
+            assert b.broker_id not in rds.smembers(keys.cluster_members())
+        finally:
+            await a.stop()
+
+    asyncio.run(body())
+
+
+def test_a_late_broker_comes_back_into_the_table(redis_server, prefix):
+    async def body() -> None:
+        a, b = [await Node(redis_server.url, prefix, n).start() for n in "ab"]
+        try:
+            b.subscribe("late/+")
+            assert await routed(a, "late/1", {b.broker_id})
+            await b._stop_beating()  # alive, but its heartbeat runs out
+            assert await routed(a, "late/1", set())
+            await b.beat_once()  # back before anybody reaped it
+            assert await routed(a, "late/1", {b.broker_id})
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(body())
+
+
+def test_a_lost_publication_makes_the_readers_resync(redis_server, prefix, rds):
+    async def body() -> None:
+        a, b = [await Node(redis_server.url, prefix, n).start() for n in "ab"]
+        try:
+            b.subscribe("one")
+            assert await routed(a, "one", {b.broker_id})
+            resyncs = a.link.resyncs
+            rds.incr(Keys(prefix).cluster_routes_seq())  # a publication a never sees (as if trimmed away)
+            b.subscribe("two")
+            assert await routed(a, "two", {b.broker_id})
+            assert a.link.resyncs == resyncs + 1
+            assert a.table.entries(b.broker_id) == {"one", "two"}
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(body())
+
+
+def test_after_a_redis_restart_every_set_is_published_and_read_whole_again(prefix):
+    server = RedisServer().start()
+
+    async def body() -> None:
+        a, b = [await Node(server.url, prefix, n).start() for n in "ab"]
+        try:
+            a.subscribe("from/a")
+            b.subscribe("from/b/#")
+            assert await routed(a, "from/b/1", {b.broker_id})
+            assert await routed(b, "from/a", {a.broker_id})
+            server.stop()
+            await asyncio.sleep(0.5)
+            b.subscribe("while/down")  # changed while Redis is away
+            server.start()  # empty: no registry, no sets
+            assert await routed(a, "while/down", {b.broker_id}, timeout=10)
+            assert await routed(b, "from/a", {a.broker_id}, timeout=10)
+            assert a.table.entries(b.broker_id) == {"from/b/#", "while/down"}
+            a.subscribe("after")
+            assert await routed(b, "after", {a.broker_id})
+        finally:
+            await a.stop()
+            await b.stop()
+
+    try:
+        asyncio.run(body())
+    finally:
+        server.cleanup()
