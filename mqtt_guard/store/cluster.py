@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from ..cluster.filters import LocalFilters
+from ..cluster.forward import PackError, RemoteMessage, Sequencer, pack, unpack
 from ..cluster.table import FilterTable
 from ..tasks import cancel_and_wait
 from . import keys as k
@@ -94,10 +96,14 @@ class RouteLink:
         liveness_interval: float = LIVENESS_INTERVAL,
         retry_interval: float = 0.5,
         client: Callable[..., aioredis.Redis] = make_async_client,
+        on_gone: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_gone(broker)`: a broker left the table (dead, reaped, left): the owner drops what it
+        holds for it (the messages waiting to be forwarded to it)."""
         self.url = url
         self.keys = keys
         self.broker_id = broker_id
+        self.on_gone = on_gone
         self.filters = filters
         self.table = table
         self.routes_maxlen = routes_maxlen
@@ -258,7 +264,7 @@ class RouteLink:
             return True
         kind = fields.get("kind")
         if kind == "leave":
-            self.table.drop(b)
+            self._drop(b)
         elif b in self._dead:
             pass  # its heartbeat ran out: read whole if it comes back
         elif kind == "full":
@@ -283,7 +289,7 @@ class RouteLink:
         others = {m for m in members if m != self.broker_id and m not in self._dead}
         sets = await self._read_sets(redis, sorted(others))
         for b in self.table.brokers() - others:
-            self.table.drop(b)
+            self._drop(b)
         for b, entries in sets.items():
             self.table.replace(b, entries)
         self.resyncs += 1
@@ -321,7 +327,7 @@ class RouteLink:
             if b in self.table.brokers():
                 why = "dead" if b in dead else "gone"
                 log.info("cluster: broker %s is %s: no more messages forwarded to it", b, why)
-                self.table.drop(b)
+                self._drop(b)
         for b in reaped:
             if b != self.broker_id:
                 await self._forget(
@@ -341,7 +347,311 @@ class RouteLink:
         if members is None and (not member or (self.filters.entries() and not exists)):
             self.republish()
 
+    def _drop(self, broker: str) -> None:
+        self.table.drop(broker)
+        if self.on_gone is not None:
+            self.on_gone(broker)
+
     @property
     def live(self) -> frozenset[str]:
         """Brokers whose heartbeat was current at the last look at the registry."""
         return frozenset(self._live)
+
+
+# -- forwarding: the inboxes -------------------------------------------------------------------------
+
+INBOX_MAXLEN = 20_000  # entries (one per sender and event-loop iteration) an inbox keeps, unread
+BUFFER_LIMIT = 100_000  # messages held for Redis while it is away; past it new QoS 0 messages are dropped
+
+
+class _Batch:
+    __slots__ = ("seq", "records", "qos0")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.records: list[bytes] = []
+        self.qos0 = 0
+
+
+class Outbox:
+    """The sending side: `send(message, destinations)` packs the message once and adds it to each
+    destination's batch of this event-loop iteration; at the end of the iteration every batch goes out
+    in one pipeline, one XADD per destination (MAXLEN ~ `inbox_maxlen`), one pipeline in flight.
+
+    When Redis does not answer, the batches are kept with their sequence numbers and sent again (the
+    receiver skips one it already has), with a backoff; messages that come meanwhile wait behind them, in
+    order. At most `buffer_limit` messages wait: past it a new QoS 0 message is dropped (counted in
+    `lost`); QoS 1/2 messages are kept (the engine's flow control is what bounds them).
+    `forget(broker)` drops what waits for a broker that is gone."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: k.Keys,
+        broker_id: str,
+        *,
+        inbox_maxlen: int = INBOX_MAXLEN,
+        buffer_limit: int = BUFFER_LIMIT,
+        client: Callable[..., aioredis.Redis] = make_async_client,
+    ) -> None:
+        self.keys = keys
+        self.broker_id = broker_id
+        self.inbox_maxlen = inbox_maxlen
+        self.buffer_limit = buffer_limit
+        self.redis = client(url, pool_size=1, decode_responses=False, client_name=f"mqg-cluster-out-{broker_id}")
+        self._open: dict[str, _Batch] = {}  # destination -> the batch of this iteration
+        self._waiting: list[tuple[str, _Batch]] = []  # closed batches not yet in Redis, in order
+        self._seq: dict[str, int] = {}
+        self._inflight = 0  # the head of _waiting that is being written (never dropped by `forget`)
+        self._held = 0  # messages in _open and _waiting
+        self._scheduled = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.outage_since: float | None = None
+        # counters
+        self.sent = 0  # messages written
+        self.entries = 0  # stream entries written
+        self.round_trips = 0
+        self.lost = 0  # QoS 0 messages dropped while Redis was away and the buffer full
+        self.failed = 0  # messages in batches Redis refused with an error
+
+    def send(self, record: bytes, qos: int, destinations: frozenset[str] | set[str] | list[str]) -> None:
+        """Forward one packed message (cluster/forward.py `pack_one`) to each destination."""
+        if qos == 0 and self._held >= self.buffer_limit:
+            self.lost += 1
+            if self.lost == 1 or self.lost % 10_000 == 0:
+                log.warning("cluster: %d QoS 0 message(s) not forwarded: Redis is away and the buffer full", self.lost)
+            return
+        opened = self._open
+        for dest in destinations:
+            batch = opened.get(dest)
+            if batch is None:
+                seq = self._seq.get(dest, 0) + 1
+                self._seq[dest] = seq
+                batch = opened[dest] = _Batch(seq)
+            batch.records.append(record)
+            if qos == 0:
+                batch.qos0 += 1
+            self._held += 1
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._close_iteration)
+
+    def _close_iteration(self) -> None:
+        self._scheduled = False
+        if self._open:
+            self._waiting.extend(self._open.items())
+            self._open = {}
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-guard-cluster-out")
+        self._wake.set()
+
+    def forget(self, broker_id: str) -> None:
+        """Nothing more for `broker_id` (dead or gone): drop what waits for it."""
+        head, tail = self._waiting[: self._inflight], self._waiting[self._inflight :]
+        dropped = [b for d, b in tail if d == broker_id]
+        self._waiting = head + [(d, b) for d, b in tail if d != broker_id]
+        batch = self._open.pop(broker_id, None)
+        if batch is not None:
+            dropped.append(batch)
+        self._held -= sum(len(b.records) for b in dropped)
+        self._seq.pop(broker_id, None)
+
+    @property
+    def pending(self) -> int:
+        """Messages (counted once per destination) not yet in Redis."""
+        return self._held
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything sent so far is in Redis (or `timeout`)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._held and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        return not self._held
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        await self.redis.aclose()
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            if not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batches = self._waiting[:1000]
+            self._inflight = len(batches)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for dest, batch in batches:
+                        pipe.xadd(
+                            self.keys.cluster_inbox(dest),
+                            {"o": self.broker_id, "s": batch.seq, "m": pack(batch.records)},
+                            maxlen=self.inbox_maxlen,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+            except REDIS_ERRORS as exc:
+                self._inflight = 0
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    log.warning("cluster: Redis unreachable (%s): %d forwarded message(s) wait", exc, self._held)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except Exception:  # a reply that is an error (a key of the wrong type): these batches are lost
+                n = sum(len(b.records) for _d, b in batches)
+                log.exception("cluster: %d forwarded message(s) in %d batch(es) refused by Redis", n, len(batches))
+                del self._waiting[: len(batches)]
+                self._inflight = 0
+                self._held -= n
+                self.failed += n
+                continue
+            if self.outage_since is not None:
+                log.warning("cluster: forwarding resumed after %.1f s", time.monotonic() - self.outage_since)
+                self.outage_since = None
+            delay = RETRY_MIN
+            del self._waiting[: len(batches)]
+            self._inflight = 0
+            n = sum(len(b.records) for _d, b in batches)
+            self._held -= n
+            self.sent += n
+            self.entries += len(batches)
+            self.round_trips += 1
+
+
+class Inbox:
+    """The receiving side: reads this broker's inbox stream from the last id it saw (XREAD BLOCK; the
+    first read of a new broker's inbox starts at its beginning) and hands every message, in order, to
+    `on_remote`. A dropped connection is reconnected after `retry_interval` and the reading goes on
+    from the same id: what was sent meanwhile is read then, nothing twice. A batch seen already (the
+    sender sent it again) is skipped; missing ones (trimmed while this broker was away longer than the
+    inbox holds) are counted in `missed` and logged. What was read is trimmed away (XTRIM MINID) every
+    `trim_interval`, so the inbox holds only what is unread."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: k.Keys,
+        broker_id: str,
+        on_remote: Callable[[RemoteMessage], None],
+        *,
+        retry_interval: float = 0.5,
+        block: float = 1.0,
+        trim_interval: float = 1.0,
+        count: int = 500,
+        client: Callable[..., aioredis.Redis] = make_async_client,
+    ) -> None:
+        self.url = url
+        self.keys = keys
+        self.broker_id = broker_id
+        self.on_remote = on_remote
+        self.retry_interval = retry_interval
+        self.block = block
+        self.trim_interval = trim_interval
+        self.count = count
+        self._client = client
+        self.name = f"mqg-cluster-in-{broker_id}"
+        self.last_id = b"0-0"
+        self.sequencer = Sequencer()
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # counters
+        self.received = 0  # messages handed to on_remote
+        self.duplicates = 0  # batches skipped (re-sent)
+        self.missed = 0  # batches never read (trimmed away)
+        self.unreadable = 0  # batches of a format this broker does not read
+        self.reconnects = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-guard-cluster-in")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            redis = self._client(
+                self.url,
+                socket_timeout=self.block + 5,
+                pool_size=1,
+                decode_responses=False,
+                client_name=self.name,
+                retry=None,  # a dropped connection surfaces here (and is counted), not as a silent re-send
+            )
+            try:
+                await self._read(redis)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as exc:
+                if self.connected.is_set():
+                    log.warning("cluster inbox: Redis connection lost (%s); reading on from %s", exc, self.last_id)
+            except Exception:
+                log.exception("cluster inbox reader failed; restarting it")
+            finally:
+                self.connected.clear()
+                await redis.aclose()
+            self.reconnects += 1
+            await asyncio.sleep(self.retry_interval)
+
+    async def _read(self, redis: aioredis.Redis) -> None:
+        inbox = self.keys.cluster_inbox(self.broker_id)
+        block = max(1, int(self.block * 1000))
+        loop = asyncio.get_running_loop()
+        next_trim = loop.time() + self.trim_interval
+        trimmed = self.last_id
+        await redis.ping()
+        self.connected.set()
+        while True:
+            reply = cast(
+                list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+                await redis.xread({inbox: self.last_id}, count=self.count, block=block),
+            )
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    self._entry(fields)
+                    self.last_id = entry_id
+            if loop.time() >= next_trim and self.last_id != trimmed:
+                await redis.xtrim(inbox, minid=_after(self.last_id), approximate=False)
+                trimmed = self.last_id
+                next_trim = loop.time() + self.trim_interval
+
+    def _entry(self, fields: dict[bytes, bytes]) -> None:
+        origin = fields.get(b"o", b"").decode()
+        try:
+            seq = int(fields.get(b"s", b"0"))
+        except ValueError:
+            seq = 0
+        missed = self.sequencer.check(origin, seq)
+        if missed < 0:
+            self.duplicates += 1
+            return
+        if missed:
+            self.missed += missed
+            log.warning(
+                "cluster inbox: %d batch(es) from broker %s were lost (trimmed while this broker was away)",
+                missed,
+                origin,
+            )
+        try:
+            messages = unpack(fields.get(b"m", b""), origin)
+        except PackError as exc:
+            self.unreadable += 1
+            log.error("cluster inbox: a batch from broker %s skipped: %s", origin, exc)
+            return
+        deliver = self.on_remote
+        for message in messages:
+            self.received += 1
+            try:
+                deliver(message)
+            except Exception:
+                log.exception("cluster inbox: delivering a message from %s on %r failed", origin, message.topic)
+
+
+def _after(entry_id: bytes) -> str:
+    """The smallest stream id after `entry_id` (XTRIM MINID keeps ids >= it)."""
+    ms, _, seq = entry_id.decode().partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"

@@ -1,15 +1,16 @@
-"""In-process "brokers" for the cluster tests: the cluster classes without an engine, each registered in
-the quota registry by the real liveness write (QuotaStore.heartbeat), as a broker process is."""
+"""In-process "brokers" for the cluster tests: the cluster classes (ClusterNode) without an engine, each
+registered in the quota registry by the real liveness write (QuotaStore.heartbeat), as a broker process
+is, and recording what other brokers forwarded to it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
+from typing import Any
 
-from mqtt_guard.cluster.filters import LocalFilters
-from mqtt_guard.cluster.table import FilterTable
-from mqtt_guard.store.cluster import RouteLink
+from mqtt_guard.cluster.forward import RemoteMessage
+from mqtt_guard.cluster.node import ClusterNode
 from mqtt_guard.store.connection import REDIS_ERRORS, make_async_client
 from mqtt_guard.store.keys import Keys
 from mqtt_guard.store.quota import QuotaStore
@@ -20,14 +21,18 @@ BEAT = 0.2
 
 
 class Node:
-    def __init__(self, url: str, prefix: str, name: str = "", **link_options: object) -> None:
+    def __init__(self, url: str, prefix: str, name: str = "", **options: Any) -> None:
         self.url = url
         self.keys = Keys(prefix)
         self.broker_id = f"{name or 'b'}-{uuid.uuid4().hex[:6]}"
-        self.filters = LocalFilters()
-        self.table = FilterTable()
-        options = {"liveness_interval": 0.2, "retry_interval": 0.1, **link_options}
-        self.link = RouteLink(url, self.keys, self.broker_id, self.filters, self.table, **options)  # type: ignore[arg-type]
+        self.received: list[RemoteMessage] = []
+        options = {"liveness_interval": 0.2, "retry_interval": 0.1, **options}
+        self.cluster = ClusterNode(url, self.keys, self.broker_id, self.received.append, **options)
+        self.filters = self.cluster.filters
+        self.table = self.cluster.table
+        self.link = self.cluster.link
+        self.inbox = self.cluster.inbox
+        self.outbox = self.cluster.outbox
         self._redis = make_async_client(url, socket_timeout=0.5)
         self._store = QuotaStore(self._redis, self.keys)
         self._epoch = ""
@@ -36,7 +41,7 @@ class Node:
     async def start(self) -> Node:
         await self.beat_once()
         self._beat = asyncio.create_task(self._beating())
-        self.link.start()
+        await self.cluster.start()
         return self
 
     async def beat_once(self) -> None:
@@ -52,12 +57,15 @@ class Node:
                 await self.beat_once()
 
     def subscribe(self, entry: str) -> None:
-        if self.filters.subscribe(entry):
-            self.link.changed()
+        self.cluster.subscribed(entry)
 
     def unsubscribe(self, entry: str) -> None:
-        if self.filters.unsubscribe(entry):
-            self.link.changed()
+        self.cluster.unsubscribed(entry)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, **extra: Any) -> int:
+        """What the engine would do for a PUBLISH of a local client."""
+        message = RemoteMessage(topic, payload, qos, client_id=extra.pop("client_id", "pub"), **extra)
+        return self.cluster.forward(message)
 
     async def die(self) -> None:
         """Stop everything at once, as a killed process: no leave, no more heartbeats."""
@@ -65,11 +73,13 @@ class Node:
         await cancel_and_wait(*self.link._tasks)
         self.link._tasks = []
         await self.link._writer.aclose()
+        await self.inbox.stop()
+        await self.outbox.close()
         await self._redis.aclose()
 
     async def stop(self) -> None:
         await self._stop_beating()
-        await self.link.stop()
+        await self.cluster.stop()
         await self._redis.aclose()
 
     async def _stop_beating(self) -> None:
