@@ -132,8 +132,7 @@ class RouteLink:
         self._tasks = [
             asyncio.create_task(self._publisher(), name="mqtt-guard-cluster-publish"),
             asyncio.create_task(self._reader(), name="mqtt-guard-cluster-routes"),
-        ]
-        self._wake.set()
+        ]  # (the reader's first resync asks for the whole set to be published)
 
     async def stop(self, *, leave: bool = True, timeout: float = 2.0) -> None:
         """Stop; with `leave`, remove this broker's set first (a clean shutdown: the others stop
@@ -455,7 +454,8 @@ class Outbox:
         if batch is not None:
             dropped.append(batch)
         self._held -= sum(len(b.records) for b in dropped)
-        self._seq.pop(broker_id, None)
+        # (its sequence goes on: should it come back, the receiver's memory of this sender must see
+        # new numbers, never ones it takes for re-sends)
 
     @property
     def pending(self) -> int:

@@ -1,7 +1,7 @@
 """Forwarding between brokers through Redis: Streams or pub/sub with an acknowledged resend (issue 18
 item 2; not collected by pytest).
 
-    .venv/bin/python tests/bench/bench_cluster.py [--rounds 5] [--messages 20000] [--bursts 50,1]
+    .venv/bin/python tests/bench/bench_cluster.py [--rounds 5] [--messages 20000] [--bursts 50,1] [--propagation 200]
 
 Both designs carry the same batches (cluster/forward.py `pack`: every message of one event-loop
 iteration for one destination in one Redis command) from a sending broker to a receiving one, with
@@ -22,8 +22,9 @@ is both): "CPU" is this process's CPU time (`time.process_time`) per forwarded m
 together; "Redis" is Redis' own CPU (INFO cpu) per message; the rate is messages per second from the
 first send to the last delivery. `--bursts`: messages per event-loop iteration (50: a busy broker; 1:
 every message alone, the per-command cost). The options run interleaved (the order alternates each
-round) because this machine is shared: compare ranges of the same rounds. Starts its own redis-server
-on a free port and stops it.
+round) because this machine is shared: compare ranges of the same rounds. `--propagation N` first
+measures how long a new filter on one broker takes to be routable on another (N samples). Starts its
+own redis-server on a free port and stops it.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ if str(ROOT) not in sys.path:
 
 import redis.asyncio as aioredis  # noqa: E402
 
+from mqtt_guard.cluster.filters import LocalFilters  # noqa: E402
 from mqtt_guard.cluster.forward import RemoteMessage, Sequencer, pack, pack_one, unpack  # noqa: E402
-from mqtt_guard.store.cluster import Inbox, Outbox  # noqa: E402
+from mqtt_guard.cluster.table import FilterTable  # noqa: E402
+from mqtt_guard.store.cluster import Inbox, Outbox, RouteLink  # noqa: E402
 from mqtt_guard.store.connection import make_async_client  # noqa: E402
 from mqtt_guard.store.keys import Keys  # noqa: E402
 from tests.helpers.servers import RedisServer  # noqa: E402
@@ -269,6 +272,34 @@ async def run_one(url: str, option: str, n: int, burst: int, tag: str) -> dict[s
     }
 
 
+async def propagation(url: str, samples: int) -> list[float]:
+    """Milliseconds from a new filter on broker B (`subscribed` + the end of that iteration) until broker A
+    routes its topic to B: the freshness of the other brokers' tables."""
+    keys = Keys("benchprop:")
+    fa, fb = LocalFilters(), LocalFilters()
+    ta, tb = FilterTable(), FilterTable()
+    la = RouteLink(url, keys, "A", fa, ta)
+    lb = RouteLink(url, keys, "B", fb, tb)
+    la.start()
+    lb.start()
+    await la.synced.wait()
+    await lb.synced.wait()
+    await asyncio.sleep(0.2)
+    out = []
+    for i in range(samples):
+        topic = f"prop/{i}"
+        t0 = time.perf_counter()
+        fb.subscribe(topic)
+        lb.changed()
+        while not ta.brokers_for(topic):
+            await asyncio.sleep(0)
+        out.append((time.perf_counter() - t0) * 1000)
+        await asyncio.sleep(0.005)
+    await la.stop()
+    await lb.stop()
+    return out
+
+
 def fmt_range(values: list[float], digits: int = 1) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:,.{digits}f}-{hi:,.{digits}f}"
@@ -281,6 +312,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         options = ["streams", "pubsub"]
         for option in options:  # warm-up (imports, connections, Redis' allocator): not recorded
             await run_one(server.url, option, 2000, 50, f"w{option[0]}")
+        if args.propagation:
+            delays = sorted(await propagation(server.url, args.propagation))
+            results["propagation_ms"] = [{"ms": d} for d in delays]
+            print(
+                f"filter propagation, {len(delays)} samples: median {delays[len(delays) // 2]:.2f} ms, "
+                f"p90 {delays[int(len(delays) * 0.9)]:.2f} ms, max {delays[-1]:.2f} ms",
+                flush=True,
+            )
         for rnd in range(args.rounds):
             for burst in args.bursts:
                 order = options if rnd % 2 == 0 else options[::-1]
@@ -303,6 +342,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--bursts", default="50,1", help="messages per event-loop iteration, comma-separated")
+    parser.add_argument("--propagation", type=int, default=200, help="filter propagation samples (0: none)")
     parser.add_argument("--out", default=str(ROOT / "tests" / "bench" / "results" / "cluster.json"))
     args = parser.parse_args()
     args.bursts = [int(b) for b in args.bursts.split(",")]
@@ -318,6 +358,8 @@ def main() -> None:
     print(f"\n{args.rounds} interleaved rounds, {loop_name}, {platform.python_version()}, load {load:.1f}")
     print(f"{'option':22} {'msg/s':>20} {'broker CPU us/msg':>20} {'Redis CPU us/msg':>18}")
     for name, runs in results.items():
+        if name == "propagation_ms":
+            continue
         print(
             f"{name:22} {fmt_range([r['rate'] for r in runs], 0):>20} "
             f"{fmt_range([r['cpu_us'] for r in runs]):>20} {fmt_range([r['redis_us'] for r in runs], 2):>18}"

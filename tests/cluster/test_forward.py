@@ -79,6 +79,7 @@ def test_a_message_reaches_each_broker_with_a_subscriber_once_in_order(redis_ser
                 a.publish(f"s/{i % 3}/t", str(i).encode(), qos=i % 3, client_id="pub-1", username="alice")
             assert a.publish("other", b"nobody") == 0
             await until_async(lambda: len(b.received) == 500 and len(c.received) == 333, timeout=10)
+            assert await a.outbox.flush()
             assert a.outbox.entries == 2 and a.outbox.round_trips == 1  # one XADD per destination
             assert [m.payload for m in b.received] == [str(i).encode() for i in range(500)]
             assert [m.payload for m in c.received] == [str(i).encode() for i in range(500) if i % 3 in (1, 2)]
@@ -210,6 +211,61 @@ def test_what_was_read_is_trimmed_from_the_inbox(redis_server, prefix, rds):
                 await asyncio.sleep(0.01)
             await until_async(lambda: len(b.received) == 20)
             assert await until_async(lambda: rds.xlen(b.keys.cluster_inbox(b.broker_id)) == 0, timeout=5)
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(body())
+
+
+def test_each_publishers_order_is_kept_when_several_brokers_send_to_one(redis_server, prefix):
+    async def body() -> None:
+        a, b, c = [await Node(redis_server.url, prefix, n).start() for n in "abc"]
+        try:
+            b.subscribe("t/#")
+            await until_async(lambda: a.table.brokers_for("t/x") == c.table.brokers_for("t/x") == {b.broker_id})
+            for i in range(600):
+                a.publish(f"t/{i % 2}", b"%d" % i, qos=1, client_id="pa")
+                c.publish(f"t/{i % 2}", b"%d" % i, qos=2, client_id="pc")
+                if i % 40 == 0:
+                    await asyncio.sleep(0)
+            await until_async(lambda: len(b.received) == 1200, timeout=10)
+            for pub, origin in (("pa", a.broker_id), ("pc", c.broker_id)):
+                for topic in ("t/0", "t/1"):
+                    got = [int(m.payload) for m in b.received if m.client_id == pub and m.topic == topic]
+                    assert got == [i for i in range(600) if f"t/{i % 2}" == topic]
+                    assert {m.origin for m in b.received if m.client_id == pub} == {origin}
+        finally:
+            for n in (a, b, c):
+                await n.stop()
+
+    asyncio.run(body())
+
+
+def test_a_late_broker_gets_what_is_forwarded_after_it_is_back(redis_server, prefix):
+    """Declared dead (heartbeat late), then back before being reaped: the sender dropped what waited for
+    it, and what it forwards afterwards is new to the receiver (not taken for re-sent batches)."""
+
+    async def body() -> None:
+        a, b = [await Node(redis_server.url, prefix, n).start() for n in "ab"]
+        try:
+            b.subscribe("l")
+            await until_async(lambda: a.table.brokers_for("l") == {b.broker_id})
+            for i in range(10):
+                a.publish("l", b"before%d" % i, qos=1)
+                await asyncio.sleep(0)
+            await until_async(lambda: len(b.received) == 10)
+            await b._stop_beating()
+            assert await until_async(lambda: a.table.brokers_for("l") == set())
+            assert a.publish("l", b"while dead", qos=1) == 0
+            await b.beat_once()
+            assert await until_async(lambda: a.table.brokers_for("l") == {b.broker_id})
+            for i in range(10):
+                a.publish("l", b"after%d" % i, qos=1)
+                await asyncio.sleep(0)
+            await until_async(lambda: len(b.received) == 20)
+            assert [m.payload for m in b.received[10:]] == [b"after%d" % i for i in range(10)]
+            assert b.inbox.duplicates == 0
         finally:
             await a.stop()
             await b.stop()
