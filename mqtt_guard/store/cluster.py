@@ -208,7 +208,13 @@ class RouteLink:
     async def _reader(self) -> None:
         delay = self.retry_interval
         while True:
-            redis = self._client(self.url, socket_timeout=self.liveness_interval + 5, pool_size=1)
+            redis = self._client(
+                self.url,
+                socket_timeout=self.liveness_interval + 5,
+                pool_size=1,
+                client_name=f"mqg-cluster-routes-{self.broker_id}",
+                retry=None,  # a dropped connection surfaces here and leads to a resync
+            )
             try:
                 await self._follow(redis)
             except asyncio.CancelledError:
@@ -343,7 +349,7 @@ class RouteLink:
         if members is None and reread:
             for b, entries in (await self._read_sets(redis, sorted(reread))).items():
                 self.table.replace(b, entries)
-        if members is None and (not member or (self.filters.entries() and not exists)):
+        if members is None and (not member or (len(self.filters) and not exists)):
             self.republish()
 
     def _drop(self, broker: str) -> None:

@@ -153,3 +153,71 @@ def test_after_a_redis_restart_every_set_is_published_and_read_whole_again(prefi
         asyncio.run(body())
     finally:
         server.cleanup()
+
+
+def test_random_changes_on_three_brokers_converge_while_readers_are_cut(redis_server, prefix, rds):
+    """A seeded random run: 600 subscribe/unsubscribe calls spread over three brokers and many event-loop
+    iterations, while the route readers' connections are killed now and then (CLIENT KILL). Once it
+    settles, every broker's table holds exactly each other broker's set (the oracle: their LocalFilters)."""
+    import random
+
+    rng = random.Random(18)
+    entries = ["a/#", "a/+", "+/b", "#", "$SYS/#", "c", "c/d/e", "$share/g/a/+", "$share/h/#", "x/+/y"]
+
+    async def body() -> None:
+        nodes = [await Node(redis_server.url, prefix, n).start() for n in "abc"]
+        held: list[list[str]] = [[], [], []]
+        killed = 0
+        try:
+            for step in range(600):
+                i = rng.randrange(3)
+                if held[i] and rng.random() < 0.45:
+                    entry = held[i].pop(rng.randrange(len(held[i])))
+                    nodes[i].unsubscribe(entry)
+                else:
+                    entry = rng.choice(entries)
+                    held[i].append(entry)
+                    nodes[i].subscribe(entry)
+                if step % 10 == 0:
+                    await asyncio.sleep(rng.choice([0, 0, 0.002, 0.01]))
+                if step % 150 == 75:
+                    victim = nodes[rng.randrange(3)]
+                    for client in rds.client_list():
+                        if client.get("name") == f"mqg-cluster-routes-{victim.broker_id}":
+                            rds.client_kill_filter(_id=client["id"])
+                            killed += 1
+
+            def settled() -> bool:
+                return all(
+                    n.table.entries(m.broker_id) == m.filters.entries()
+                    and n.table.brokers() <= {m.broker_id for m in nodes}
+                    for n in nodes
+                    for m in nodes
+                    if m is not n
+                )
+
+            assert await until_async(settled, timeout=10)
+            assert killed == 4 and sum(n.link.resyncs for n in nodes) >= 3 + killed  # the cut readers resynced
+            for n, mine in zip(nodes, held, strict=True):
+                assert n.filters.entries() == set(mine)
+            topics = ["a/b", "a", "z/b", "$SYS/x", "c/d/e", "x/1/y", "q"]
+            for n in nodes:
+                for topic in topics:
+                    want = {
+                        m.broker_id
+                        for m in nodes
+                        if m is not n and any(_matches(e, topic) for e in m.filters.entries())
+                    }
+                    assert n.table.brokers_for(topic) == want, (topic, n.broker_id)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    asyncio.run(body())
+
+
+def _matches(entry: str, topic: str) -> bool:
+    from mqtt_guard.acl.topics import topic_matches
+    from mqtt_guard.cluster.filters import routing_filter
+
+    return topic_matches(routing_filter(entry), topic)
