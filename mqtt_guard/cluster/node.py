@@ -11,7 +11,16 @@ import logging
 from collections.abc import Callable
 
 from ..store import keys as k
-from ..store.cluster import BUFFER_LIMIT, INBOX_MAXLEN, LIVENESS_INTERVAL, ROUTES_MAXLEN, Inbox, Outbox, RouteLink
+from ..store.cluster import (
+    ABSENT_GRACE,
+    BUFFER_LIMIT,
+    INBOX_MAXLEN,
+    LIVENESS_INTERVAL,
+    ROUTES_MAXLEN,
+    Inbox,
+    Outbox,
+    RouteLink,
+)
 from . import Cluster
 from .filters import LocalFilters
 from .forward import RemoteMessage, pack_one
@@ -35,6 +44,7 @@ class ClusterNode:
         inbox_maxlen: int = INBOX_MAXLEN,
         buffer_limit: int = BUFFER_LIMIT,
         liveness_interval: float = LIVENESS_INTERVAL,
+        absent_grace: float = ABSENT_GRACE,
         retry_interval: float = 0.5,
     ) -> None:
         self.broker_id = broker_id
@@ -50,6 +60,7 @@ class ClusterNode:
             self.table,
             routes_maxlen=routes_maxlen,
             liveness_interval=liveness_interval,
+            absent_grace=absent_grace,
             retry_interval=retry_interval,
             on_gone=self.outbox.forget,
         )

@@ -43,6 +43,7 @@ log = logging.getLogger("mqtt_guard.store.cluster")
 SEP = "\x00"  # joins entries in a stream field: no topic filter contains U+0000 [MQTT-1.5.4-2]
 ROUTES_MAXLEN = 10_000  # publications kept in the routes stream (a reader further behind resyncs whole)
 LIVENESS_INTERVAL = 1.0  # seconds between two looks at the broker registry
+ABSENT_GRACE = 10.0  # seconds a broker with a filter set may be missing from the registry (see `_look`)
 RETRY_MIN = 0.05
 RETRY_MAX = 2.0
 
@@ -94,6 +95,7 @@ class RouteLink:
         *,
         routes_maxlen: int = ROUTES_MAXLEN,
         liveness_interval: float = LIVENESS_INTERVAL,
+        absent_grace: float = ABSENT_GRACE,
         retry_interval: float = 0.5,
         client: Callable[..., aioredis.Redis] = make_async_client,
         on_gone: Callable[[str], None] | None = None,
@@ -108,6 +110,7 @@ class RouteLink:
         self.table = table
         self.routes_maxlen = routes_maxlen
         self.liveness_interval = liveness_interval
+        self.absent_grace = absent_grace
         self.retry_interval = retry_interval
         self._client = client
         self._writer = client(url, pool_size=2)
@@ -122,8 +125,9 @@ class RouteLink:
         self.resyncs = 0
         self.last_seq = 0  # of the last publication applied to the table
         self._live: set[str] = set()  # brokers whose heartbeat is current
-        self._seen: set[str] = set()  # brokers seen in the registry (their vanishing means reaped)
+        self._seen: set[str] = set()  # brokers seen in the registry on this connection (vanishing: reaped)
         self._dead: set[str] = set()  # brokers in the registry whose heartbeat ran out
+        self._absent: dict[str, float] = {}  # broker in the table -> since when (loop time) not in the registry
         self._pending_full: set[str] = set()  # brokers that published a full set: their hash is to be read
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -290,11 +294,14 @@ class RouteLink:
             tail, seq, members = await pipe.execute()
         last_id = tail[0][0] if tail else "0-0"
         self.last_seq = int(seq or 0)
+        self._seen = set()  # (what this connection sees from now on: see `_look`)
         await self._look(redis, members=set(members))
         others = {m for m in members if m != self.broker_id and m not in self._dead}
         sets = await self._read_sets(redis, sorted(others))
         for b in self.table.brokers() - others:
-            self._drop(b)
+            # not a member (any more): it left, or Redis lost its set and it will publish it again (what
+            # waits in the outbox for it is kept: dead or gone is the registry's to say, in `_look`)
+            self.table.drop(b)
         for b, entries in sets.items():
             self.table.replace(b, entries)
         self.resyncs += 1
@@ -324,15 +331,25 @@ class RouteLink:
         present = {str(b): float(score) for b, score in registry}
         live = {b for b, score in present.items() if score > now_ms}
         dead = set(present) - live
-        back = {b for b in self._dead | (self._seen - set(present)) if b in live}
+        back = {b for b in self._dead if b in live}  # late, not reaped: its set is still in Redis
+        # Gone from the registry: reaped, if this connection saw it there. One not seen since the
+        # connection began (Redis restarted empty, the registry refills within a heartbeat) gets
+        # `absent_grace` to appear before it counts as gone.
         reaped = {b for b in self._seen if b not in present}
+        t = asyncio.get_running_loop().time()
+        known = self.table.brokers()
+        for b in list(self._absent):
+            if b in present or b not in known:
+                del self._absent[b]
+        for b in known - set(present) - reaped:
+            if t - self._absent.setdefault(b, t) >= self.absent_grace:
+                reaped.add(b)
         self._live, self._dead = live, dead
         self._seen = (self._seen | set(present)) - reaped
-        for b in dead | reaped:
-            if b in self.table.brokers():
-                why = "dead" if b in dead else "gone"
-                log.info("cluster: broker %s is %s: no more messages forwarded to it", b, why)
-                self._drop(b)
+        for b in (dead | reaped) & known:
+            why = "dead" if b in dead else "gone"
+            log.info("cluster: broker %s is %s: no more messages forwarded to it", b, why)
+            self._drop(b)
         for b in reaped:
             if b != self.broker_id:
                 await self._forget(

@@ -38,9 +38,11 @@ class Node:
         self._epoch = ""
         self._beat: asyncio.Task[None] | None = None
 
-    async def start(self) -> Node:
-        await self.beat_once()
-        self._beat = asyncio.create_task(self._beating())
+    async def start(self, *, register: bool = True) -> Node:
+        """`register=False`: no heartbeat (a broker the registry never knew, or lost while nobody looked)."""
+        if register:
+            await self.beat_once()
+            self._beat = asyncio.create_task(self._beating())
         await self.cluster.start()
         return self
 

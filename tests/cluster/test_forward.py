@@ -271,3 +271,39 @@ def test_a_late_broker_gets_what_is_forwarded_after_it_is_back(redis_server, pre
             await b.stop()
 
     asyncio.run(body())
+
+
+def test_while_redis_is_away_qos1_waits_and_qos0_past_the_buffer_is_dropped(prefix):
+    """Redis stops (and comes back empty): the sender keeps its QoS 1 messages and sends them once Redis
+    is back; QoS 0 messages past `buffer_limit` are dropped and counted."""
+    from tests.helpers.servers import RedisServer
+
+    server = RedisServer().start()
+
+    async def body() -> None:
+        a = await Node(server.url, prefix, "a", buffer_limit=20).start()
+        b = await Node(server.url, prefix, "b").start()
+        try:
+            b.subscribe("w")
+            await until_async(lambda: a.table.brokers_for("w") == {b.broker_id})
+            server.stop()
+            for i in range(10):
+                a.publish("w", b"q1-%d" % i, qos=1)
+            for i in range(50):
+                a.publish("w", b"q0-%d" % i, qos=0)
+            await asyncio.sleep(0.5)
+            assert a.outbox.lost == 40 and a.outbox.pending == 20
+            server.start()
+            await until_async(lambda: len(b.received) >= 20, timeout=15)
+            await asyncio.sleep(0.3)
+            assert [m.payload for m in b.received] == [b"q1-%d" % i for i in range(10)] + [
+                b"q0-%d" % i for i in range(10)
+            ]
+        finally:
+            await a.stop()
+            await b.stop()
+
+    try:
+        asyncio.run(body())
+    finally:
+        server.cleanup()

@@ -221,3 +221,22 @@ def _matches(entry: str, topic: str) -> bool:
     from mqtt_guard.cluster.filters import routing_filter
 
     return topic_matches(routing_filter(entry), topic)
+
+
+def test_a_broker_never_seen_in_the_registry_is_forgotten_after_the_grace(redis_server, prefix, rds):
+    """Its set is used at first (a starting broker publishes before its first heartbeat), and dropped
+    and deleted once it has been missing from the registry for `absent_grace`."""
+
+    async def body() -> None:
+        a = await Node(redis_server.url, prefix, "a", absent_grace=1.0).start()
+        ghost = await Node(redis_server.url, prefix, "ghost").start(register=False)
+        try:
+            ghost.subscribe("g/#")
+            assert await routed(a, "g/1", {ghost.broker_id})
+            await ghost.die()  # never registered, now gone
+            assert await routed(a, "g/1", set(), timeout=5)
+            assert await until_async(lambda: not rds.exists(Keys(prefix).cluster_filters(ghost.broker_id)))
+        finally:
+            await a.stop()
+
+    asyncio.run(body())
