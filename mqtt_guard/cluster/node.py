@@ -102,6 +102,25 @@ class ClusterNode:
     def table_version(self) -> int:
         return self.table.version
 
+    def counters(self) -> dict[str, int]:
+        """What the engine integration exposes as metrics (docs/scaling.md "Engine integration")."""
+        out, inbox, link = self.outbox, self.inbox, self.link
+        return {
+            "cluster_forwarded": out.sent,
+            "cluster_forward_entries": out.entries,
+            "cluster_forward_pending": out.pending,
+            "cluster_forward_lost": out.lost,
+            "cluster_forward_failed": out.failed,
+            "cluster_received": inbox.received,
+            "cluster_duplicates_skipped": inbox.duplicates,
+            "cluster_batches_missed": inbox.missed,
+            "cluster_batches_unreadable": inbox.unreadable,
+            "cluster_inbox_reconnects": inbox.reconnects,
+            "cluster_route_resyncs": link.resyncs,
+            "cluster_brokers": len(self.table.brokers()),
+            "cluster_remote_filters": len(self.table),
+        }
+
 
 def _is_a_cluster(node: ClusterNode) -> Cluster:
     """(mypy checks here that ClusterNode satisfies the engine's seam)"""

@@ -300,6 +300,35 @@ async def propagation(url: str, samples: int) -> list[float]:
     return out
 
 
+def micro() -> dict[str, float]:
+    """The per-message pieces the engine integration will add to its paths, in ns (best of 7 repeats):
+    `pack_one` (publishing broker, once per forwarded message), `unpack` per message (receiving broker),
+    and `brokers_for` with 10,000 filters of 10 brokers plus one that matches, cached (the common case:
+    the answer is kept per topic until the table changes) and not."""
+    import random
+    import timeit
+
+    m = RemoteMessage("devices/d-17/state", PAYLOAD, 1, client_id="d-17", username="u17", origin="b1")
+    blob = pack([pack_one(m)] * 50)
+    table = FilterTable()
+    rng = random.Random(1)
+    for b in range(10):
+        for _ in range(1000):
+            table.add(f"b{b}", f"devices/d-{rng.randrange(100_000)}/+")
+    table.add("b3", "devices/+/state")
+    topics = iter([f"devices/d-{i}/state" for i in range(200_000)])
+
+    def best(fn: Any, n: int) -> float:
+        return min(timeit.repeat(fn, number=n, repeat=7)) / n * 1e9
+
+    return {
+        "pack_one": best(lambda: pack_one(m), 20_000),
+        "unpack per message": best(lambda: unpack(blob, "b1"), 2_000) / 50,
+        "brokers_for cached": best(lambda: table.brokers_for("devices/d-17/state"), 100_000),
+        "brokers_for uncached": best(lambda: table.brokers_for(next(topics)), 20_000),
+    }
+
+
 def fmt_range(values: list[float], digits: int = 1) -> str:
     lo, hi = min(values), max(values)
     return f"{lo:,.{digits}f}-{hi:,.{digits}f}"
@@ -312,6 +341,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         options = ["streams", "pubsub"]
         for option in options:  # warm-up (imports, connections, Redis' allocator): not recorded
             await run_one(server.url, option, 2000, 50, f"w{option[0]}")
+        if args.micro:
+            for name, ns in micro().items():
+                print(f"{name}: {ns:,.0f} ns", flush=True)
         if args.propagation:
             delays = sorted(await propagation(server.url, args.propagation))
             results["propagation_ms"] = [{"ms": d} for d in delays]
@@ -342,6 +374,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--bursts", default="50,1", help="messages per event-loop iteration, comma-separated")
+    parser.add_argument("--micro", action=argparse.BooleanOptionalAction, default=True, help="per-message pieces")
     parser.add_argument("--propagation", type=int, default=200, help="filter propagation samples (0: none)")
     parser.add_argument("--out", default=str(ROOT / "tests" / "bench" / "results" / "cluster.json"))
     args = parser.parse_args()

@@ -307,3 +307,24 @@ def test_while_redis_is_away_qos1_waits_and_qos0_past_the_buffer_is_dropped(pref
         asyncio.run(body())
     finally:
         server.cleanup()
+
+
+def test_a_batch_of_an_unknown_format_is_skipped_and_counted_and_the_rest_delivered(redis_server, prefix, rds):
+    async def body() -> None:
+        a, b = [await Node(redis_server.url, prefix, n).start() for n in "ab"]
+        try:
+            b.subscribe("f")
+            await until_async(lambda: a.table.brokers_for("f") == {b.broker_id})
+            good = pack([pack_one(RemoteMessage("f", b"from a newer broker", 1))])
+            rds.xadd(b.keys.cluster_inbox(b.broker_id), {"o": "newer", "s": 1, "m": b"\x02" + good[1:]})
+            a.publish("f", b"ok", qos=1)
+            await until_async(lambda: len(b.received) == 1)
+            assert b.received[0].payload == b"ok"
+            counters = b.cluster.counters()
+            assert counters["cluster_batches_unreadable"] == 1 and counters["cluster_received"] == 1
+            assert a.cluster.counters()["cluster_forwarded"] == 1
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(body())
