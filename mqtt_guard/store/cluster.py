@@ -49,11 +49,26 @@ RETRY_MAX = 2.0
 
 # KEYS: the broker's filters hash, members, routes stream, seq. ARGV: broker, kind (full/delta/leave),
 # maxlen, number of added entries, the added entries, the removed entries. Returns the publication's seq.
+# Entries go to HSET/HDEL 500 at a time: one call per 500 entries instead of one each (a whole set of
+# 100,000 entries: 117-164 ms of Redis against 160-230 ms, interleaved, on a loaded machine).
 PUBLISH_LUA = """
 local b, kind, na = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local function each(cmd, from, to, value)
+  local i = from
+  while i <= to do
+    local last = math.min(i + 499, to)
+    local args = {}
+    for x = i, last do
+      args[#args + 1] = ARGV[x]
+      if value then args[#args + 1] = value end
+    end
+    redis.call(cmd, KEYS[1], unpack(args))
+    i = last + 1
+  end
+end
 if kind ~= 'delta' then redis.call('DEL', KEYS[1]) end
-for i = 5, 4 + na do redis.call('HSET', KEYS[1], ARGV[i], '1') end
-for i = 5 + na, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+each('HSET', 5, 4 + na, '1')
+each('HDEL', 5 + na, #ARGV, nil)
 if kind == 'leave' then redis.call('SREM', KEYS[2], b) else redis.call('SADD', KEYS[2], b) end
 local seq = redis.call('INCR', KEYS[4])
 local add, del = '', ''
