@@ -397,6 +397,7 @@ class RouteLink:
 
 # -- forwarding: the inboxes -------------------------------------------------------------------------
 
+YIELD_EVERY = 1000  # messages the inbox hands on before it lets the event loop serve the connections
 INBOX_MAXLEN = 20_000  # entries (one per sender and event-loop iteration) an inbox keeps, unread
 BUFFER_LIMIT = 100_000  # messages held for Redis while it is away; past it new QoS 0 messages are dropped
 
@@ -648,10 +649,14 @@ class Inbox:
                 list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
                 await redis.xread({inbox: self.last_id}, count=self.count, block=block),
             )
+            mark = self.received
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
                     self._entry(fields)
                     self.last_id = entry_id
+                    if self.received - mark >= YIELD_EVERY:  # a long backlog must not stall the broker's loop
+                        await asyncio.sleep(0)
+                        mark = self.received
             if loop.time() >= next_trim and self.last_id != trimmed:
                 await redis.xtrim(inbox, minid=_after(self.last_id), approximate=False)
                 trimmed = self.last_id
