@@ -188,7 +188,20 @@ USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**NUMBER, "
 PASSWORD = obj(["password"], password={**STRING, "minLength": 1})
 
 
-@route("GET", "/api/users", "List users (paged, sorted by name), without password hashes", tag="users", query=PAGE)
+async def user_view(ctx: Ctx, name: str) -> dict[str, Any]:
+    """A user as `user show --json` prints it, with the plan it is put on (`user set --plan`)."""
+    user = await user_ops.get_user(ctx.redis, ctx.keys, name)
+    user["plan"] = (await plan_ops.user_plans(ctx.redis, ctx.keys, [name]))[name]
+    return user
+
+
+@route(
+    "GET",
+    "/api/users",
+    "List users (paged, sorted by name), without password hashes, with their plan",
+    tag="users",
+    query=PAGE,
+)
 async def list_users(ctx: Ctx, request: web.Request, _: Any) -> Any:
     result = page(request, await user_ops.list_users(ctx.redis, ctx.keys))
     shown = []
@@ -197,7 +210,8 @@ async def list_users(ctx: Ctx, request: web.Request, _: Any) -> Any:
             shown.append(await user_ops.get_user(ctx.redis, ctx.keys, name))
         except NotFound:  # deleted meanwhile
             continue
-    result["items"] = shown
+    plans = await plan_ops.user_plans(ctx.redis, ctx.keys, [u["username"] for u in shown])
+    result["items"] = [{**u, "plan": plans[u["username"]]} for u in shown]
     return result
 
 
@@ -216,12 +230,12 @@ async def create_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
         groups=body.get("groups", []),
     )
     await audit(ctx, request, "user.create", username=name)
-    return await user_ops.get_user(ctx.redis, ctx.keys, name)
+    return await user_view(ctx, name)
 
 
-@route("GET", "/api/users/{username}", "A user (the password's scheme, never its hash)", tag="users")
+@route("GET", "/api/users/{username}", "A user (the password's scheme, never its hash) and its plan", tag="users")
 async def get_user(ctx: Ctx, request: web.Request, _: Any) -> Any:
-    return await user_ops.get_user(ctx.redis, ctx.keys, request.match_info["username"])
+    return await user_view(ctx, request.match_info["username"])
 
 
 @route(
@@ -242,7 +256,7 @@ async def patch_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
         expires_at=body["expires_at"] if "expires_at" in body else user_ops.NO_CHANGE,
     )
     await audit(ctx, request, "user.update", username=name, fields=",".join(sorted(body)))
-    return await user_ops.get_user(ctx.redis, ctx.keys, name)
+    return await user_view(ctx, name)
 
 
 @route("DELETE", "/api/users/{username}", "Delete a user", tag="users")
@@ -272,6 +286,48 @@ async def _membership(ctx: Ctx, request: web.Request, member: bool) -> Any:
     await user_ops.set_membership(ctx.redis, ctx.keys, group, name, member)
     await audit(ctx, request, "group.add" if member else "group.remove", group=group, username=name)
     return {"group": group, "username": name, "member": member}
+
+
+@route("GET", "/api/groups/{group}", "A group: its members and the plan of its users", tag="users")
+async def get_group(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    group = request.match_info["group"]
+    listing = await user_ops.list_groups(ctx.redis, ctx.keys)
+    plan = await plan_ops.group_plan(ctx.redis, ctx.keys, group)
+    if group not in listing and plan is None:
+        raise NotFound(f"no group {group!r} (no member, no ACL rule, no plan)")
+    return {"group": group, "members": listing.get(group, []), "plan": plan}
+
+
+PLAN_ASSIGN = obj(["plan"], plan={**STRING, "minLength": 1, "description": "a plan name (it must exist), or none"})
+
+
+@route(
+    "PUT",
+    "/api/users/{username}/plan",
+    "Put a user on a plan, or none (user set --plan); a token's identity needs no user record",
+    tag="users",
+    body=PLAN_ASSIGN,
+)
+async def put_user_plan(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    name = request.match_info["username"]
+    user_ops.check_name(name)
+    plan = await plan_ops.set_user_plan(ctx.redis, ctx.keys, name, body["plan"])
+    await audit(ctx, request, "user.plan", username=name, plan=plan or "none")
+    return {"username": name, "plan": plan}
+
+
+@route(
+    "PUT",
+    "/api/groups/{group}/plan",
+    "Put a group's users on a plan, or none (group set --plan)",
+    tag="users",
+    body=PLAN_ASSIGN,
+)
+async def put_group_plan(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    group = request.match_info["group"]
+    plan = await plan_ops.set_group_plan(ctx.redis, ctx.keys, group, body["plan"])
+    await audit(ctx, request, "group.plan", group=group, plan=plan or "none")
+    return {"group": group, "plan": plan}
 
 
 @route("PUT", "/api/groups/{group}/members/{username}", "Add a user to a group", tag="users")
