@@ -276,7 +276,7 @@ async def set_password(ctx: Ctx, request: web.Request, body: Any) -> Any:
     return {"username": name, "password": "changed"}
 
 
-@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules)", tag="users")
+@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules or a plan)", tag="users")
 async def list_groups(ctx: Ctx, request: web.Request, _: Any) -> Any:
     return await user_ops.list_groups(ctx.redis, ctx.keys)
 
@@ -293,7 +293,7 @@ async def get_group(ctx: Ctx, request: web.Request, _: Any) -> Any:
     group = request.match_info["group"]
     listing = await user_ops.list_groups(ctx.redis, ctx.keys)
     plan = await plan_ops.group_plan(ctx.redis, ctx.keys, group)
-    if group not in listing and plan is None:
+    if group not in listing:
         raise NotFound(f"no group {group!r} (no member, no ACL rule, no plan)")
     return {"group": group, "members": listing.get(group, []), "plan": plan}
 
