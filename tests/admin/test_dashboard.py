@@ -388,7 +388,9 @@ def test_a_users_groups_plan_and_password_are_edited_in_the_dashboard(
     log_in(browser, admin.api.base, admin.api.token)
     open_view(browser, admin.api.base, "users", 'tr[data-key="app"]')
     click(browser, '#users-table tr[data-key="app"]')  # the row opens the user
-    assert wait(browser, lambda d: text_of(d, "#user-edit-name").lower() == "app" and "in no group" in text_of(d, "#user-edit"))
+    assert wait(
+        browser, lambda d: text_of(d, "#user-edit-name").lower() == "app" and "in no group" in text_of(d, "#user-edit")
+    )
     browser.find_element(By.ID, "user-group").send_keys("partners")
     click(browser, "#user-group-add")
     assert wait(browser, lambda d: "partners" in text_of(d, "#user-groups-table"))
