@@ -66,6 +66,9 @@ class Ctx:
     # the session index (fields -> (built at, seconds it took, rows)) shared by every page and event stream
     session_index: dict[tuple[str, ...], tuple[float, float, list[dict[str, str | None]]]] = field(default_factory=dict)
     index_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # every client's rate over the last 10 s (built at, seconds it took, client id -> (in, out)): the sort
+    # key of the session table by rate, reused like the index
+    fleet_rates: tuple[float, float, dict[str, tuple[float, float]]] | None = None
 
     def quota(self) -> QuotaStore:
         return QuotaStore(self.redis, self.keys, audit_maxlen=self.audit_maxlen)
@@ -745,7 +748,8 @@ async def remove_ban(ctx: Ctx, request: web.Request, _: Any) -> Any:
 
 # -- sessions and clients ------------------------------------------------------------------------------
 SESSION_INTS = ("queue_messages", "queue_bytes", "events_in", "events_out", "bytes_in", "bytes_out")
-SESSION_SORT = ["client_id", "username", "broker", "since", *SESSION_INTS]
+RATE_SORT = ("rate", "rate_in", "rate_out")  # from the analytics (messages per s over the last 10 s)
+SESSION_SORT = ["client_id", "username", "broker", "since", *SESSION_INTS, *RATE_SORT]
 
 
 def session_view(s: dict[str, str]) -> dict[str, Any]:
@@ -766,7 +770,11 @@ def session_view(s: dict[str, str]) -> dict[str, Any]:
 
 SESSION_QUERY = [
     *PAGE,
-    Param("sort", enum(*SESSION_SORT), "sort column (default client_id)"),
+    Param(
+        "sort",
+        enum(*SESSION_SORT),
+        "sort column (default client_id); rate, rate_in, rate_out: messages per second over the last 10 s",
+    ),
     ORDER,
     Param("broker", STRING, "only the sessions of this broker"),
     Param("username", STRING, "only the sessions of this user"),
@@ -792,15 +800,34 @@ async def cached_index(ctx: Ctx, fields: list[str]) -> list[dict[str, str | None
         return rows
 
 
+async def cached_rates(ctx: Ctx) -> dict[str, tuple[float, float]]:
+    """Every client's rate (ops/stats.py fleet_rates), reused like the session index (`cached_index`)."""
+    async with ctx.index_lock:
+        hit = ctx.fleet_rates
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < max(INDEX_MIN_AGE, INDEX_COST_FACTOR * hit[1]):
+            return hit[2]
+        rates = await stats_ops.fleet_rates(ctx.redis, ctx.keys)
+        ctx.fleet_rates = (time.monotonic(), time.monotonic() - now, rates)
+        return rates
+
+
 async def session_page(ctx: Ctx, request: web.Request) -> dict[str, Any]:
     """One page of the fleet's sessions: filtered and sorted over every session by the few fields that
-    takes (session_index), then the page's rows read whole, with their traffic."""
+    takes (session_index; for a rate, the fleet's rates from the analytics), then the page's rows read
+    whole, with their traffic."""
     sort = q_choice(request, "sort", SESSION_SORT, "client_id")
     desc = q_choice(request, "order", ["asc", "desc"], "asc") == "desc"
     broker, username = request.query.get("broker"), request.query.get("username")
-    index = await cached_index(ctx, ["username", sort])
+    by_rate = sort in RATE_SORT
+    index = await cached_index(ctx, ["username"] if by_rate else ["username", sort])
     rows = [session_view({n: v for n, v in s.items() if v is not None}) for s in index]
     rows = [r for r in rows if (not broker or r["broker"] == broker) and (not username or r["username"] == username)]
+    if by_rate:
+        rates = await cached_rates(ctx)
+        for r in rows:
+            rin, rout = rates.get(r["client_id"], (0.0, 0.0))
+            r[sort] = rin + rout if sort == "rate" else rin if sort == "rate_in" else rout
     rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else "", r["client_id"]), reverse=desc)
     result = {**page(request, rows), "sort": sort, "order": "desc" if desc else "asc"}
     whole = {s.get("client_id"): s for s in await ctx.quota().sessions([r["client_id"] for r in result["items"]])}

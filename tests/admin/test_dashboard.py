@@ -420,3 +420,36 @@ def test_a_users_groups_plan_and_password_are_edited_in_the_dashboard(
     assert rds.hget(f"{prefix}quota:group:partners", "plan") == "gold"
     actions = [e["action"] for e in admin.ro.ok("GET", "/api/audit?count=100")]
     assert actions[-5:] == ["group.add", "user.plan", "user.passwd", "group.remove", "group.plan"], actions
+
+
+def test_clicking_the_rate_column_sorts_the_fleet_on_the_server(browser, admin, add_user, start_broker, tmp_path):
+    add_user("dev", "pw", "--superuser")
+    broker = fast_broker(start_broker, tmp_path)
+    busy = connect(broker.port, "dev", "pw", client_id="a-busy")
+    quiet = connect(broker.port, "dev", "pw", client_id="z-quiet")
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            busy.publish("nobody/listens", b"x")
+            stop.wait(0.05)
+
+    pusher = threading.Thread(target=publish, daemon=True)
+    pusher.start()
+    try:
+        log_in(browser, admin.api.base, admin.api.token)
+        open_view(browser, admin.api.base, "clients?sort=client_id&order=asc", 'tr[data-key="z-quiet"]')
+        first = lambda: browser.execute_script(  # noqa: E731
+            "return document.querySelector('#clients-table tbody tr').dataset.key"
+        )
+        rate_of_busy = lambda: text_of(browser, 'tr[data-key="a-busy"] td:nth-child(5)')  # noqa: E731 - "in / s"
+        assert wait(browser, lambda d: first() == "a-busy" and rate_of_busy() not in ("", "0.0", "–"))
+        click(browser, 'th[data-sort="rate_in"]')  # ascending: the quiet client first
+        assert wait(browser, lambda d: "▲" in text_of(d, 'th[data-sort="rate_in"]') and first() == "z-quiet")
+        click(browser, 'th[data-sort="rate_in"]')  # descending: the busiest first
+        assert wait(browser, lambda d: "▼" in text_of(d, 'th[data-sort="rate_in"]') and first() == "a-busy")
+    finally:
+        stop.set()
+        pusher.join(5)
+        busy.close()
+        quiet.close()

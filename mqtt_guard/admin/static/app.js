@@ -293,8 +293,9 @@ const SESSION_COLUMNS = [
   { label: "user", sort: "username", get: (r) => r.username || "(anonymous)" },
   { label: "broker", sort: "broker", get: (r) => r.broker },
   { label: "connected", sort: "since", get: (r) => fmt.ago(r.since) },
-  { label: "in / s", num: true, get: (r) => fmt.rate(r.rate_in) },
-  { label: "out / s", num: true, get: (r) => fmt.rate(r.rate_out) },
+  // the rates sort on the server too, over every client's rate from the analytics (rate_in, rate_out)
+  { label: "in / s", sort: "rate_in", num: true, get: (r) => fmt.rate(r.rate_in) },
+  { label: "out / s", sort: "rate_out", num: true, get: (r) => fmt.rate(r.rate_out) },
   { label: "msgs in", num: true, get: (r) => fmt.num(r.messages_in) },
   { label: "msgs out", num: true, get: (r) => fmt.num(r.messages_out) },
   { label: "errors", num: true, get: (r) => (r.publish_errors ? h("span", { class: "pill bad" }, fmt.num(r.publish_errors)) : "0") },
