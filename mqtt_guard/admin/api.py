@@ -68,7 +68,7 @@ class Ctx:
     index_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # every client's rate over the last 10 s (built at, seconds it took, client id -> (in, out)): the sort
     # key of the session table by rate, reused like the index
-    fleet_rates: tuple[float, float, dict[str, tuple[float, float]]] | None = None
+    fleet_rates: dict[str, tuple[float, float, dict[str, float]]] = field(default_factory=dict)  # by direction
 
     def quota(self) -> QuotaStore:
         return QuotaStore(self.redis, self.keys, audit_maxlen=self.audit_maxlen)
@@ -800,15 +800,15 @@ async def cached_index(ctx: Ctx, fields: list[str]) -> list[dict[str, str | None
         return rows
 
 
-async def cached_rates(ctx: Ctx) -> dict[str, tuple[float, float]]:
+async def cached_rates(ctx: Ctx, direction: str) -> dict[str, float]:
     """Every client's rate (ops/stats.py fleet_rates), reused like the session index (`cached_index`)."""
     async with ctx.index_lock:
-        hit = ctx.fleet_rates
+        hit = ctx.fleet_rates.get(direction)
         now = time.monotonic()
         if hit is not None and now - hit[0] < max(INDEX_MIN_AGE, INDEX_COST_FACTOR * hit[1]):
             return hit[2]
-        rates = await stats_ops.fleet_rates(ctx.redis, ctx.keys)
-        ctx.fleet_rates = (time.monotonic(), time.monotonic() - now, rates)
+        rates = await stats_ops.fleet_rates(ctx.redis, ctx.keys, direction)
+        ctx.fleet_rates[direction] = (time.monotonic(), time.monotonic() - now, rates)
         return rates
 
 
@@ -824,10 +824,9 @@ async def session_page(ctx: Ctx, request: web.Request) -> dict[str, Any]:
     rows = [session_view({n: v for n, v in s.items() if v is not None}) for s in index]
     rows = [r for r in rows if (not broker or r["broker"] == broker) and (not username or r["username"] == username)]
     if by_rate:
-        rates = await cached_rates(ctx)
+        rates = await cached_rates(ctx, {"rate_in": "in", "rate_out": "out"}.get(sort, "both"))
         for r in rows:
-            rin, rout = rates.get(r["client_id"], (0.0, 0.0))
-            r[sort] = rin + rout if sort == "rate" else rin if sort == "rate_in" else rout
+            r[sort] = rates.get(r["client_id"], 0.0)
     rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else "", r["client_id"]), reverse=desc)
     result = {**page(request, rows), "sort": sort, "order": "desc" if desc else "asc"}
     whole = {s.get("client_id"): s for s in await ctx.quota().sessions([r["client_id"] for r in result["items"]])}

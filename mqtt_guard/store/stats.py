@@ -722,31 +722,24 @@ class StatsReader:
         return covered, rows
 
     async def all_rates(
-        self, kind: str = KIND_CLIENT, *, now: float | None = None, window: int = 10
-    ) -> dict[str, tuple[float, float]]:
-        """The message rates (in per s, out per s) over the last `window` seconds of every client (or
-        user) that had traffic in it, across all brokers, as `recent` computes them: two ZUNIONSTOREs
-        into scratch keys, read whole and deleted in one transaction (one round trip; a sort of the
-        whole fleet by rate, GET /api/sessions?sort=rate). Clients without traffic are absent (rate 0)."""
+        self, kind: str = KIND_CLIENT, direction: str = "both", *, now: float | None = None, window: int = 10
+    ) -> dict[str, float]:
+        """The message rate (per s: in, out, or both added up) over the last `window` seconds of every client
+        (or user) that had traffic in it, across all brokers, as `recent` computes it: one ZUNIONSTORE of
+        the buckets into a scratch key, read whole and deleted in one transaction (one round trip; the sort
+        of the whole fleet by rate, GET /api/sessions?sort=rate). Clients without traffic are absent (0)."""
         now = time.time() if now is None else now
         covered, in_keys, out_keys = self._keys_of(kind, now, window)
-        tag = time.monotonic_ns()
-        tin, tout = self.keys.stats_tmp(f"rates:{tag}:in"), self.keys.stats_tmp(f"rates:{tag}:out")
+        sources = {"in": in_keys, "out": out_keys}.get(direction, in_keys + out_keys)
+        tmp = self.keys.stats_tmp(f"rates:{time.monotonic_ns()}")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zunionstore(tin, in_keys)
-            pipe.zunionstore(tout, out_keys)
-            pipe.zrange(tin, 0, -1, withscores=True)
-            pipe.zrange(tout, 0, -1, withscores=True)
-            pipe.delete(tin, tout)
+            pipe.zunionstore(tmp, sources)
+            pipe.zrange(tmp, 0, -1, withscores=True)
+            pipe.delete(tmp)
             res = await pipe.execute()
         if not covered:
             return {}
-        ins = cast("list[tuple[str, float]]", res[2])
-        outs = cast("list[tuple[str, float]]", res[3])
-        out: dict[str, tuple[float, float]] = {m: (n / covered, 0.0) for m, n in ins}
-        for m, n in outs:
-            out[m] = (out.get(m, (0.0, 0.0))[0], n / covered)
-        return out
+        return {m: n / covered for m, n in cast("list[tuple[str, float]]", res[1])}
 
     async def failures(
         self, kind: str, *, limit: int = 20, days: int = 1, now: float | None = None
