@@ -296,7 +296,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
-            # amqtt copies the default listener's fields into the others ("apply"); undo that.
+            # amqtt copies the default listener's fields into the others ("apply"); undo that. (A tcp
+            # listener after a websockets first one had become a websockets server: its type is tcp,
+            # amqtt's default, so it was "not set".)
+            theirs.type = ListenerType.WS if ours.type == "websockets" else ListenerType.TCP
             theirs.ssl = bool(ours.certfile)
             theirs.max_connections = 0  # we refuse over-limit connections ourselves
         # Third-party topic checks, after the Guard's, in call order; a synchronous `check` is used if offered

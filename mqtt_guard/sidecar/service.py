@@ -286,12 +286,13 @@ class Sidecar:
         per tick), and their deadlines re-timed in Redis now, so a shorter `session_time` is met within a
         tick however many sessions the user has."""
         ids_of = await self._ids_by_user(usernames)
-        limits = await self._limits([u for u in usernames if ids_of.get(u)])
+        limits = await self._limits([(u, "") for u in usernames if ids_of.get(u)])
         for user in usernames:
             ids = ids_of.get(user)
             if not ids:
                 continue
-            lim = limits[user]
+            # (sessions whose token names a plan are evaluated this tick anyway: named below)
+            lim = limits[(user, "")]
             await self.store.retime_earlier(ids, lim.session_time, lim.max_queue, lim.queue_grace)
             self.work.name(ids)
 
@@ -313,16 +314,19 @@ class Sidecar:
         ]
         now = time.time()
         usernames = sorted({s["username"] for s in sessions if s.get("username")})
-        limits = await self._limits(usernames)
+        # (user, plan claim of the session's token): the limits the broker applies to that connection
+        pairs = sorted({(s["username"], s.get("plan") or "") for s in sessions if s.get("username")})
+        limits = await self._limits(pairs)
         expires = await self._expiries(usernames)
         blocks = await self._blocks(sessions, usernames)
-        usage = await self._usage(usernames, limits, now)
+        usage = await self._usage(limits, now)
         retry = self.config.sidecar.kick_retry
         for s in sessions:
             cid, user = s.get("client_id", ""), s.get("username") or ""
             block = blocks.get(("client", cid)) or (blocks.get(("user", user)) if user else None)
-            lim = limits.get(user, Limits())
-            decision = evaluate(s, lim, now=now, expires_at=expires.get(user), usage=usage.get(user), block=block)
+            key = (user, s.get("plan") or "") if user else ("", "")
+            lim = limits.get(key, Limits())
+            decision = evaluate(s, lim, now=now, expires_at=expires.get(user), usage=usage.get(key), block=block)
             if decision is None:
                 nxt = next_check(s, lim, now=now, expires_at=expires.get(user))
             else:
@@ -357,11 +361,12 @@ class Sidecar:
             )
         return queued
 
-    async def _limits(self, usernames: list[str]) -> dict[str, Limits]:
-        sources = await self.store.load_limits(usernames)
-        out = {"": parse_limits(None, None)}
-        for u in usernames:
-            out[u] = effective(sources[u])
+    async def _limits(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Limits]:
+        """The limits of each (user, token plan claim) pair, as the broker resolves them (quota/plans.py)."""
+        sources = await self.store.load_plan_limits(pairs)
+        out = {("", ""): parse_limits(None, None)}
+        for pair in pairs:
+            out[pair] = effective(sources[pair], pair[1] or None)
         return out
 
     async def _expiries(self, usernames: list[str]) -> dict[str, float]:
@@ -398,25 +403,26 @@ class Sidecar:
                 )
         return out
 
-    async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
-        wanted: list[tuple[str, str, int, int]] = []
-        ends: dict[tuple[str, str], int] = {}  # window ends
-        for u in usernames:
-            lim = limits.get(u)
-            if lim is None or lim.on_exceed != "disconnect":
+    async def _usage(
+        self, limits: dict[tuple[str, str], Limits], now: float
+    ) -> dict[tuple[str, str], dict[str, Usage]]:
+        """The usage of the current window of each (user, plan claim) whose limits disconnect."""
+        wanted: list[tuple[tuple[str, str], str, int, int, int]] = []  # (pair, metric, limit, start, end)
+        for pair, lim in limits.items():
+            if not pair[0] or lim.on_exceed != "disconnect":
                 continue
             for metric in ("events", "bytes"):
                 allowance = lim.allowance(metric)
                 if allowance is not None:
-                    wanted.append((u, metric, allowance.limit, allowance.window.start(now)))
-                    ends[(u, metric)] = allowance.window.end(now)
+                    w = allowance.window
+                    wanted.append((pair, metric, allowance.limit, w.start(now), w.end(now)))
         if not wanted:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for u, metric, _, start in wanted:
+            for (u, _), metric, _, start, _ in wanted:
                 pipe.hmget(self.keys.quota_usage(u, metric, start), "used", "refused")
             raw = await pipe.execute()
-        out: dict[str, dict[str, Usage]] = {}
-        for (u, metric, limit, _start), (used, refused) in zip(wanted, raw, strict=True):
-            out.setdefault(u, {})[metric] = Usage(int(used or 0), int(refused or 0), limit, ends[(u, metric)])
+        out: dict[tuple[str, str], dict[str, Usage]] = {}
+        for (pair, metric, limit, _start, end), (used, refused) in zip(wanted, raw, strict=True):
+            out.setdefault(pair, {})[metric] = Usage(int(used or 0), int(refused or 0), limit, end)
         return out
