@@ -72,8 +72,6 @@ async def _read_goauth(source: Any, prefix: str, exclude: str) -> dict[str, Any]
     return {"users": users, "su": su, "sets": sets}
 
 
-
-
 def cmd_import_goauth(args: argparse.Namespace) -> int:
     source_url = args.source_redis_url or redis_url(args)
 

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics (fleet totals, broker liveness, loop lag) here",
     )
+    p.add_argument(
+        "--health-bind",
+        metavar="HOST:PORT",
+        help="serve only the probes /livez and /readyz here (sidecar.health_bind; no /metrics)",
+    )
     p.set_defaults(func=cmd_sidecar)
 
 
@@ -43,6 +48,8 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
             config.log.level = args.log_level
         if args.metrics_bind:
             config.sidecar.prometheus_bind = args.metrics_bind
+        if args.health_bind:
+            config.sidecar.health_bind = args.health_bind
         config.quota.check()
         config.sidecar.check()
     except ConfigError as exc:

@@ -692,6 +692,7 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     # `persistence true`: retained messages and persistent sessions in Redis (--redis-url), shared by every
     # broker on it; without Redis at start the broker still starts and persists once Redis answers
     config.durable.enabled = conf.persistence
+    config.auth.mqtt5_bad_credentials = "not_authorized"  # mosquitto 2.0 answers 0x87, not 0x86 (measured)
     limits = config.limits
     limits.shared_subscription_strategy = "mosquitto"  # mosquitto-compat/SHARED.md
     if conf.max_inflight_messages is not None:
