@@ -29,7 +29,9 @@ def test_an_expiry_keeps_its_end_through_redis_and_is_never_served_after_it():
     rs.set("a/b", b"soon", 1, expires=101.0)
     rs.set("a/c", b"stays", 0)
     assert [t for t, _ in rs.matching("a/#")] == ["a/b", "a/c"]
+    assert [t for t, _ in rs.matching("a/b")] == ["a/b"]  # a filter without wildcards: one lookup
     clock[0] = 101.0
+    assert rs.matching("a/b") == []
     assert [t for t, _ in rs.matching("a/#")] == ["a/c"]
     assert "a/b" not in rs.messages  # forgotten, not only hidden
 
