@@ -40,10 +40,11 @@ def _children(pid: int) -> list[int]:
 
 
 class Supervised:
-    def __init__(self, redis_url: str, prefix: str, tmp_path: Path, workers: int) -> None:
+    def __init__(self, redis_url: str, prefix: str, tmp_path: Path, workers: int, extra: str = "") -> None:
+        """`extra`: YAML appended to the config file."""
         self.port, self.health = free_port(), free_port()
         config = tmp_path / "guard.yaml"
-        config.write_text(f"workers: {workers}\nmetrics:\n  health_bind: 127.0.0.1:{self.health}\n")
+        config.write_text(f"workers: {workers}\nmetrics:\n  health_bind: 127.0.0.1:{self.health}\n{extra}")
         fd, self.log_path = tempfile.mkstemp(prefix="mqg-workers-", suffix=".log")
         self.log_file = os.fdopen(fd, "w")
         cmd = guard_cmd("--redis-url", redis_url, "--prefix", prefix, "broker", "--config", str(config))
