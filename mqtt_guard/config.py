@@ -407,6 +407,9 @@ class MetricsConfig:
     prometheus_bind: str | None = None  # HOST:PORT serving /metrics from the broker; unset = no endpoint
     # HOST:PORT serving only /livez, /readyz, /healthz (no /metrics; they come with prometheus_bind too)
     health_bind: str | None = None
+    # With `workers: N`, worker i serves its /metrics on this port + i (same host as prometheus_bind);
+    # unset: prometheus_bind's port + 10 + i (9893.. for 9883, clear of the sidecar's 9884 and 9885).
+    workers_port_from: int | None = None
     per_client_allowlist: list[str] = field(default_factory=list)  # client ids (globs) with their own series
     per_user_allowlist: list[str] = field(default_factory=list)  # usernames (globs) with their own series
     top_n: int = 0  # also give the N busiest clients of this broker their own series
@@ -424,6 +427,8 @@ class MetricsConfig:
             split_bind(self.prometheus_bind, "metrics.prometheus_bind")
         if self.health_bind:
             split_bind(self.health_bind, "metrics.health_bind")
+        if self.workers_port_from is not None and not 1 <= self.workers_port_from <= 65535:
+            raise ConfigError("metrics.workers_port_from: a port number (1 to 65535)")
         if self.top_n < 0 or self.max_backlog < 1000:
             raise ConfigError("metrics: top_n must be >= 0 and max_backlog >= 1000")
         if self.sys_interval < 0 or 0 < self.sys_interval < 1:

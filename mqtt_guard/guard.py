@@ -121,7 +121,9 @@ class Guard:
         if config.durable.enabled:
             self.durable_redis = make_async_client(config.redis.url, decode_responses=False)
             gate(self.durable_redis, self.trust)
-            self.durable_writer = BatchWriter(self.durable_redis, buffer_limit=config.durable.buffer_limit)
+            self.durable_writer = BatchWriter(
+                self.durable_redis, buffer_limit=config.durable.buffer_limit, on_lost=self._durable_lost
+            )
         # The retained messages the engine serves: a local copy kept fresh from Redis (durable/retained.py)
         self.retained = RetainedSet(redis=self.durable_redis, keys=self.keys, writer=self.durable_writer)
         self._retained_catchup: asyncio.Task[None] | None = None
@@ -270,6 +272,10 @@ class Guard:
     async def _reload_retained_when_tracked(self) -> None:
         await self.listener.connected.wait()
         self.retained.on_reset()
+
+    def _durable_lost(self, n: int) -> None:
+        """Writes needing no acknowledgement dropped while Redis was away: counted (`durable_writes_lost`)."""
+        self.counters.incr(None, C.DURABLE_LOST, n)
 
     async def _redis_answers(self) -> bool:
         try:

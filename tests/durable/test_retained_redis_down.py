@@ -104,3 +104,23 @@ def test_persistence_true_without_redis_at_start_starts_and_persists_once_redis_
         pub.close()
     finally:
         server.cleanup()
+
+
+def test_qos0_retained_beyond_buffer_limit_is_counted_and_logged_as_lost(guard, own_redis, prefix):
+    broker = guard("durable: {buffer_limit: 2}\n", redis_url=own_redis.url)
+    keys = Keys(prefix)
+    pub = connect(broker.port)
+    own_redis.stop()
+    for i in range(5):
+        pub.publish(f"lossy/{i}", f"v{i}".encode(), qos=0, retain=True)
+    every = {f"lossy/{i}": f"v{i}".encode() for i in range(5)}
+    assert expect(lambda: retained_on(broker.port, "lossy/#") == every)  # served from memory
+    broker.wait_log("durable-state write(s) lost")
+    own_redis.start()
+    rds = own_redis.client()
+    # the newest two were held and written; the three oldest are counted as lost
+    expect(lambda: rds.exists(keys.retained("lossy/3"), keys.retained("lossy/4")) == 2, timeout=30)
+    assert not rds.exists(keys.retained("lossy/0"), keys.retained("lossy/1"), keys.retained("lossy/2"))
+    expect(lambda: rds.hget(f"{prefix}stats:total", "durable_writes_lost") == "3", timeout=30)
+    rds.close()
+    pub.close()
