@@ -56,6 +56,8 @@ class ClusterNode:
         self.broker_id = broker_id
         self.filters = LocalFilters()
         self.table = FilterTable()
+        self.alone = True  # no other broker has a subscriber to anything (kept by the table)
+        self.table.on_empty = self._set_alone
         self.outbox = Outbox(url, keys, broker_id, inbox_maxlen=inbox_maxlen, buffer_limit=buffer_limit, client=client)
         self.inbox = Inbox(url, keys, broker_id, on_remote, retry_interval=retry_interval, client=client)
         self.link = RouteLink(
@@ -84,6 +86,9 @@ class ClusterNode:
         await self.link.stop(leave=True, timeout=timeout)
         await self.inbox.stop()
         await self.outbox.close()
+
+    def _set_alone(self, empty: bool) -> None:
+        self.alone = empty
 
     def subscribed(self, entry: str) -> None:
         if self.filters.subscribe(entry):

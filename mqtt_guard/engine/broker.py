@@ -1314,7 +1314,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 return None  # over quota: dropped (a 3.1.1 QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
-        if self._cluster is not None:  # to the other brokers with a matching subscriber (engine/remote.py)
+        cluster = self._cluster  # to the other brokers with a matching subscriber (engine/remote.py)
+        if cluster is not None and not cluster.alone and cluster.destinations(topic):  # (cached per topic)
             self._forward(session, topic, payload, qos, False, props, frame0, plen)
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
 
@@ -1384,6 +1385,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         as received, `frame0`, that ends with its `plen` bytes.)"""
         cluster = self._cluster
         assert cluster is not None
+        if cluster.alone:
+            return 0
         dests = cluster.destinations(topic)
         if not dests:
             return 0
