@@ -415,6 +415,21 @@ class MetricsConfig:
 
 
 @dataclass
+class DurableConfig:
+    """Durable state in Redis (issue 17, docs/durability.md): retained messages (and persistent
+    sessions) outlive a broker process and are shared by every broker on the same Redis."""
+
+    enabled: bool = True  # false: kept in memory only, lost on restart (mosquitto.conf `persistence false`)
+    # writes that need no acknowledgement (QoS 0 retained, ...) held in memory while Redis is away; beyond
+    # it the oldest are dropped, counted and logged as lost
+    buffer_limit: int = 100_000
+
+    def check(self) -> None:
+        if self.buffer_limit < 0:
+            raise ConfigError("durable.buffer_limit: must be >= 0")
+
+
+@dataclass
 class GuardConfig:
     listeners: list[ListenerConfig] = field(default_factory=list)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -427,6 +442,7 @@ class GuardConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    durable: DurableConfig = field(default_factory=DurableConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
 
@@ -452,6 +468,7 @@ class GuardConfig:
         self.metrics.check()
         self.shutdown.check()
         self.admin.check()
+        self.durable.check()
 
 
 def load_config(path: str | Path | None) -> GuardConfig:

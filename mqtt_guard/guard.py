@@ -27,6 +27,7 @@ from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import ConfigError, GuardConfig
+from .durable.retained import RetainedSet
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
@@ -40,6 +41,7 @@ from .quota.stretch import open_stretch, settle_stretch
 from .reasons import BLOCKED, KICKED, TOKEN_EXPIRED, TOKEN_REVOKED, USER_REVOKED
 from .store.acl import AclStore
 from .store.bans import BanStore
+from .store.batch import BatchWriter
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
@@ -108,6 +110,17 @@ class Guard:
             by=f"broker {socket.gethostname()}:{os.getpid()}",
             on_trusted=self._reload_all,
         )
+        # Durable state (issue 17, docs/durability.md): one writer per process for every durable write
+        # (retained messages, persistent sessions), on a client that reads bytes (payloads are binary),
+        # gated like `self.redis`. None both when `durable.enabled` is false (memory only).
+        self.durable_redis: Any = None
+        self.durable_writer: BatchWriter | None = None
+        if config.durable.enabled:
+            self.durable_redis = make_async_client(config.redis.url, decode_responses=False)
+            gate(self.durable_redis, self.trust)
+            self.durable_writer = BatchWriter(self.durable_redis, buffer_limit=config.durable.buffer_limit)
+        # The retained messages the engine serves: a local copy kept fresh from Redis (durable/retained.py)
+        self.retained = RetainedSet(redis=self.durable_redis, keys=self.keys, writer=self.durable_writer)
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
         self.acl = LiveAcl(
@@ -140,6 +153,7 @@ class Guard:
                 self.keys.brokers(),
                 self.keys.generation(),
                 self.keys.bans_head(),
+                *([self.keys.retained_head()] if config.durable.enabled else []),
             ],
             self._on_keys,
             self._on_reset,
@@ -207,6 +221,14 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
+        if self.durable_writer is not None and not await self._redis_answers():
+            log.error(
+                "durable state is NOT persisted: Redis at %s is not reachable; retained messages live in memory "
+                "until it answers (then they are written; acknowledgements of QoS 1/2 retained messages wait "
+                "for it)",
+                redact(self.config.redis.url),
+            )
+        await self.retained.start()
         if self.token_keys is not None:
             await self.token_keys.start()  # a JWKS is fetched before the first CONNECT
         self.listener.start()
@@ -222,7 +244,19 @@ class Guard:
         if health and health != bind:
             self.health_endpoint = await start_health_endpoint(health, self.readiness)
 
+    async def _redis_answers(self) -> bool:
+        try:
+            await self.redis.ping()
+        except Exception:  # noqa: BLE001 - only reported
+            return False
+        return True
+
     async def close(self) -> None:
+        await self.retained.stop()
+        if self.durable_writer is not None:
+            await self.durable_writer.close()  # what the engine submitted, while Redis is still open
+        if self.durable_redis is not None:
+            await self.durable_redis.aclose()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
@@ -505,6 +539,7 @@ class Guard:
         if self.trust.reason is not None:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
+        self.retained.on_keys(keys)
         self.quota.on_keys(keys)
         self.gate.on_keys(keys)
         if self.token_keys is not None:
@@ -539,6 +574,7 @@ class Guard:
             self._revocation_check = asyncio.get_running_loop().create_task(self._recheck_revocations())
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
+        self.retained.on_reset()
         self.quota.on_reset()
         self.gate.on_reset()
         self._user_refresh.add(self._by_user)

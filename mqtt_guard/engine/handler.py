@@ -166,6 +166,18 @@ def _split_writes(held: list[Any]) -> tuple[list[asyncio.Event] | None, list[asy
     return events or None, writes or None
 
 
+class NotStored(Exception):
+    """A PUBLISH that must be in Redis before its acknowledgement (a QoS 1/2 retained message,
+    docs/durability.md) is not: a Redis command error (MQTT 5: PUBACK/PUBREC 0x80; 3.1.1 has no negative
+    acknowledgement: the connection is closed), or Redis did not take it within
+    `limits.backpressure_max_stall` (`timeout`: the connection is closed, MQTT 5 with DISCONNECT 0x89).
+    The client was not acknowledged: it may publish again."""
+
+    def __init__(self, reason: str, *, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.timeout = timeout
+
+
 class Router(Protocol):
     """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
     SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges."""
@@ -1247,7 +1259,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         f"more than Receive Maximum {self._receive_max} QoS 2 PUBLISH unacknowledged [MQTT-3.3.4-9]",
                         code=Reason.RECEIVE_MAXIMUM_EXCEEDED,
                     )
-                held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                try:
+                    held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                except NotStored as exc:
+                    return self._not_stored(exc, PUBREC, pid, props)
                 if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
                     await self.send(mqtt5.encode_ack(PUBREC, pid, c5.refused))
                     return self._gate_writes(held, False) if held else held
@@ -1273,7 +1288,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         self._loop.call_later(self._max_stall, self._gate_stalled, gate)
                 held = events
             return held
-        held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
+        try:
+            held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
+        except NotStored as exc:
+            return self._not_stored(exc, PUBACK, pid, props)
         if held:
             events, writes = _split_writes(held)
             if writes:
@@ -1283,6 +1301,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             code = c5.refused if c5 is not None else 0
             await self.send(mqtt5.encode_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
+
+    def _not_stored(self, exc: NotStored, kind: int, pid: int, props: Message5 | None) -> Held:
+        """A QoS 1/2 PUBLISH not written to Redis (NotStored): never acknowledged as accepted."""
+        if props is not None and not exc.timeout:
+            self._ack(mqtt5.encode_ack(kind, pid, Reason.UNSPECIFIED_ERROR))
+        else:
+            self.close(str(exc), Reason.SERVER_BUSY)
+        return None
 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")
