@@ -28,6 +28,7 @@ from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import ConfigError, GuardConfig
 from .durable.retained import RetainedSet
+from .durable.session_journal import SessionJournal
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
@@ -47,6 +48,7 @@ from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.revocations import RevocationStore
+from .store.sessions import SessionStore
 from .store.users import UserRecord, UserStore
 from .tasks import Coalescer
 
@@ -193,6 +195,22 @@ class Guard:
         self.metrics = MetricsService(
             config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
         )
+        # Persistent sessions in Redis (issue 17 item 2, durable/session_journal.py): owned by this broker's
+        # stable id (metrics.broker_id, the same after a restart) and reached through its process id
+        self.session_journal: SessionJournal | None = None
+        if self.durable_writer is not None:
+            limits = config.limits
+            self.session_journal = SessionJournal(
+                SessionStore(self.durable_redis, self.keys),
+                self.durable_writer,
+                broker=self.metrics.broker_id,
+                proc=self.quota.broker_id,
+                queue_qos0=config.durable.queue_qos0_messages,
+                max_messages=limits.max_queued_messages + limits.max_inflight_messages
+                if limits.max_queued_messages
+                else 0,
+                max_bytes=0,
+            )
         self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
         self.health_endpoint: asyncio.AbstractServer | None = None  # the probes alone (metrics.health_bind)
         # What /readyz answers; the runner marks the listeners open and the drain (metrics/health.py).

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .acl.rules import Perm
     from .auth.authenticator import AuthResult
     from .durable.retained import RetainedSet
+    from .durable.session_journal import SessionJournal
     from .guard_client import GuardClient
 
 
@@ -128,6 +129,11 @@ class GuardPort(Protocol):
     @property
     def retained(self) -> RetainedSet:
         """The retained messages (durable/retained.py): the engine's only retained store."""
+        ...
+
+    @property
+    def session_journal(self) -> SessionJournal | None:
+        """Persistent sessions in Redis (durable/session_journal.py); None: memory only."""
         ...
 
     async def authenticate(

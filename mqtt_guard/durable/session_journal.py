@@ -79,6 +79,9 @@ class SessionJournal:
         # Redis' bound of a session's stored messages: what memory holds (queued + in flight)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        # client id -> its latest record write or discard not yet confirmed: a load of that client id waits
+        # for it (a read must not overtake this broker's own write of the same session)
+        self._unsettled: dict[str, asyncio.Future[None]] = {}
 
     def _ack(self, op: Any, name: str) -> asyncio.Future[None] | None:
         fut = self.writer.submit(op, name=name)
@@ -125,14 +128,38 @@ class SessionJournal:
                 expire_at = int((now + max(record.expiry, 0.001)) * 1000)
         else:
             record.offline_since = None
-        self._ack(self.store.save(record.client_id, encode_record(record), expire_at), "session.record")
+        self._track(
+            record.client_id,
+            self._ack(self.store.save(record.client_id, encode_record(record), expire_at), "session.record"),
+        )
 
     def discard(self, client_id: str, identity: str | None = None, owned: bool = False) -> None:
         """The session is gone (clean start, expiry, drop): its keys are deleted (`owned`: only if it
         is `identity`'s)."""
-        self._ack(self.store.discard(client_id, identity, owned), "session.discard")
+        self._track(client_id, self._ack(self.store.discard(client_id, identity, owned), "session.discard"))
 
-    async def load(self, client_id: str) -> StoredSession | None:
+    def _track(self, client_id: str, fut: asyncio.Future[None] | None) -> None:
+        if fut is None or fut.done():
+            return
+        self._unsettled[client_id] = fut
+
+        def settled(f: asyncio.Future[None]) -> None:
+            if self._unsettled.get(client_id) is f:
+                del self._unsettled[client_id]
+
+        fut.add_done_callback(settled)
+
+    async def load(self, client_id: str, settle_timeout: float = 5.0) -> StoredSession | None:
+        """The stored session (store/sessions.py `load`), once this broker's own pending record write or
+        discard of it is confirmed (TimeoutError when Redis does not confirm it within `settle_timeout`)."""
+        pending = self._unsettled.get(client_id)
+        if pending is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(pending), settle_timeout)
+            except TimeoutError:
+                raise
+            except Exception:  # noqa: BLE001 - the write failed (logged): read what Redis has
+                pass
         return await self.store.load(client_id)
 
 
