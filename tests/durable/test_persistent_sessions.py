@@ -1,0 +1,260 @@
+"""Persistent sessions in Redis (issue 17 item 2, "Done when"): real redis-server, real broker processes
+killed with SIGKILL, paho 3.1.1 and MQTT 5 clients and raw sockets. A persistent subscriber's messages
+acknowledged to their publisher survive a `kill -9` of the broker, on the same broker restarted and on
+a second broker; QoS 2 stays exactly once; subscriptions keep their options; sessions expire."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.helpers import mqtt5 as m5
+from tests.helpers import rawmqtt as raw
+from tests.helpers.mqtt import connect
+from tests.helpers.servers import BrokerProcess
+from tests.helpers.wait import until
+
+N = 1000
+
+
+def _cid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def config(tmp_path: Path):
+    def write(extra: str = "") -> str:
+        path = tmp_path / f"guard-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text("auth:\n  allow_anonymous: true\nacl:\n  default: allow\n" + extra)
+        return str(path)
+
+    return write
+
+
+class Sub311:
+    """A paho 3.1.1 persistent subscriber (clean session 0) that records what it receives."""
+
+    def __init__(self, port: int, cid: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+        connacked: queue.Queue[int] = queue.Queue()
+        c = self.paho = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False, protocol=paho.MQTTv311
+        )
+        c.reconnect_delay_set(60, 120)
+        c.on_connect = lambda _c, _u, flags, _rc, _p: connacked.put(int(flags.session_present))
+        c.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload, msg.qos))
+        c.connect("127.0.0.1", port, keepalive=60)
+        c.loop_start()
+        self.present = connacked.get(timeout=10)
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        done: queue.Queue[int] = queue.Queue()
+        self.paho.on_subscribe = lambda *_a: done.put(1)
+        self.paho.subscribe(topic_filter, qos)
+        done.get(timeout=5)
+
+    def payloads(self, n: int, timeout: float = 30.0) -> list[bytes]:
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            try:
+                out.append(self.messages.get(timeout=0.5)[1])
+            except queue.Empty:
+                pass
+        return out
+
+    def close(self) -> None:
+        self.paho.disconnect()
+        self.paho.loop_stop()
+
+
+def _publish_acked(port: int, topic: str, n: int, qos: int = 1) -> None:
+    """n QoS 1/2 messages, each acknowledged by the broker, before returning."""
+    pub = connect(port, client_id=_cid("pub"))
+    infos = [pub.paho.publish(topic, f"m{i}".encode(), qos=qos) for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+        assert info.is_published()
+    pub.close()
+
+
+def _kill(broker: BrokerProcess) -> None:
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGKILL)
+    broker.proc.wait(10)
+    broker.stop()
+
+
+def _offline_subscriber(port: int, topic_filter: str, qos: int = 1) -> str:
+    cid = _cid("psub")
+    sub = Sub311(port, cid)
+    assert sub.present == 0
+    sub.subscribe(topic_filter, qos)
+    sub.close()
+    return cid
+
+
+@pytest.mark.parametrize("where", ["restarted", "second broker"])
+def test_1000_acknowledged_qos1_messages_survive_kill_9(start_broker, config, where):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    other = start_broker("--config", cfg) if where == "second broker" else None
+    cid = _offline_subscriber(broker.port, "dur/q1/#")
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "dur/q1/x", N)
+    _kill(broker)
+    if other is None:
+        other = start_broker("--config", cfg, port=broker.port)
+    sub = Sub311(other.port, cid)
+    try:
+        assert sub.present == 1
+        got = sub.payloads(N)
+        assert sorted(got, key=lambda p: int(p[1:])) == [f"m{i}".encode() for i in range(N)]
+        assert got == [f"m{i}".encode() for i in range(N)]  # in order
+    finally:
+        sub.close()
+    other.wait_log(f"client '{cid}': persistent session restored from Redis")
+
+
+def test_qos2_is_delivered_once_across_a_restart(start_broker, config):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("q2")
+    # online subscriber: gets PUBLISH QoS 2 and answers PUBREC; the broker marks it released
+    sub, present = raw.connected(broker.port, cid, clean=False)
+    with sub:
+        sub.send(raw.subscribe(1, ("dur/q2/#", 2)))
+        sub.expect(raw.SUBACK)
+        _publish_acked(broker.port, "dur/q2/a", 1, qos=2)
+        first = sub.expect(raw.PUBLISH)
+        assert first.payload == b"m0"
+        sub.send(raw.ack(raw.PUBREC, first.packet_id))
+        sub.expect(raw.PUBREL)  # the broker has the PUBREC
+    broker.wait_log(f"client '{cid}' (")
+    # offline now: a second QoS 2 message waits for it
+    _publish_acked(broker.port, "dur/q2/b", 1, qos=2)
+    time.sleep(0.3)  # (the PUBREC's unacknowledged write: one loop iteration, one round trip)
+    _kill(broker)
+    again = start_broker("--config", cfg, port=broker.port)
+    sub, present = raw.connected(again.port, cid, clean=False)
+    with sub:
+        assert present == 1
+        packets = raw.drain(sub, 1.0)
+        kinds = [(p.type, p.packet_id if p.type != raw.PUBLISH else p.payload) for p in packets]
+        # the first message: only its PUBREL again (same packet id), never its PUBLISH
+        assert (raw.PUBREL, first.packet_id) in kinds
+        publishes = [p for p in packets if p.type == raw.PUBLISH]
+        assert [p.payload for p in publishes] == [b"m0"]  # the second one ("m0" of its own publisher)
+        assert publishes[0].topic == "dur/q2/b"
+        sub.send(raw.ack(raw.PUBREC, publishes[0].packet_id))
+        sub.expect(raw.PUBREL)
+        sub.send(raw.ack(raw.PUBCOMP, publishes[0].packet_id))
+        sub.send(raw.ack(raw.PUBCOMP, first.packet_id))
+        sub.send(raw.PINGREQ_BYTES)
+        sub.expect(raw.PINGRESP)
+        sub.send(raw.DISCONNECT_BYTES)
+    again.wait_log(f"client '{cid}' (")
+    # completed: a later resume re-sends nothing
+    sub, present = raw.connected(again.port, cid, clean=False)
+    with sub:
+        assert present == 1
+        assert [p for p in raw.drain(sub, 1.0) if p.type in (raw.PUBLISH, raw.PUBREL)] == []
+
+
+def test_mqtt5_subscription_options_and_session_present_survive(start_broker, config):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("v5")
+    sub = m5.V5(broker.port, cid, clean_start=True, session_expiry=600)
+    assert sub.subscribe("dur/v5/#", 1, no_local=True, sub_id=42) == [1]
+    sub.close()
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "dur/v5/t", 3)
+    _kill(broker)
+    other = start_broker("--config", cfg)  # a second broker on the same Redis
+    back = m5.V5(other.port, cid, clean_start=False, session_expiry=600)
+    try:
+        assert back.reason == 0
+        got = [back.receive(10) for _ in range(3)]
+        assert [m.payload for m in got] == [b"m0", b"m1", b"m2"]
+        assert all(m.prop("SubscriptionIdentifier") == [42] for m in got)
+        # the subscription itself came back: a new message after the resume is delivered with its id
+        _publish_acked(other.port, "dur/v5/t", 1)
+        m = back.receive(10)
+        assert m.payload == b"m0" and m.prop("SubscriptionIdentifier") == [42]
+    finally:
+        back.close()
+
+
+def test_sessions_expire_in_redis(start_broker, config, rds, prefix):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("exp")
+    sub = m5.V5(broker.port, cid, clean_start=True, session_expiry=2)
+    sub.subscribe("dur/exp/#", 1)
+    sub.close()
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "dur/exp/t", 2)
+    assert rds.exists(f"{prefix}psession:r:{cid}") and rds.exists(f"{prefix}psession:q:{cid}")
+    _kill(broker)
+    # both keys expire with the session (its Session Expiry Interval, from when it went offline)
+    assert until(lambda: not rds.exists(f"{prefix}psession:r:{cid}", f"{prefix}psession:q:{cid}"), 10)
+    again = start_broker("--config", cfg, port=broker.port)
+    c = m5.connected(again.port, cid, properties=b"\x11" + m5.u32(60), clean=False)
+    with c:
+        assert [p for p in raw.drain(c, 0.8) if p.type == raw.PUBLISH] == []
+
+
+def test_311_sessions_expire_by_persistent_session_expiry(start_broker, config, rds, prefix):
+    cfg = config("limits:\n  persistent_session_expiry: 2s\n")
+    broker = start_broker("--config", cfg)
+    cid = _offline_subscriber(broker.port, "dur/exp311/#")
+    broker.wait_log(f"client '{cid}' (")
+    assert until(lambda: rds.exists(f"{prefix}psession:r:{cid}"), 5)
+    ttl = rds.pttl(f"{prefix}psession:r:{cid}")
+    assert 0 < ttl <= 2000
+    _kill(broker)
+    assert until(lambda: not rds.exists(f"{prefix}psession:r:{cid}"), 10)
+
+
+def test_session_drop_removes_the_stored_session(start_broker, config, rds, prefix, cli):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _offline_subscriber(broker.port, "dur/drop/#")
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "dur/drop/t", 5)
+    assert rds.exists(f"{prefix}psession:r:{cid}")
+    _kill(broker)
+    result = cli("session", "drop", cid)
+    assert result.returncode == 0, result.stderr
+    assert not rds.exists(f"{prefix}psession:r:{cid}", f"{prefix}psession:q:{cid}")
+    again = start_broker("--config", cfg, port=broker.port)
+    sub = Sub311(again.port, cid)
+    try:
+        assert sub.present == 0
+    finally:
+        sub.close()
+
+
+def test_a_clean_start_discards_the_stored_session(start_broker, config, rds, prefix):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _offline_subscriber(broker.port, "dur/clean/#")
+    broker.wait_log(f"client '{cid}' (")
+    _kill(broker)
+    other = start_broker("--config", cfg)
+    clean = connect(other.port, client_id=cid, clean_session=True)
+    clean.close()
+    assert until(lambda: not rds.exists(f"{prefix}psession:r:{cid}"), 5)
+    sub = Sub311(other.port, cid)
+    try:
+        assert sub.present == 0
+    finally:
+        sub.close()
