@@ -258,3 +258,42 @@ def test_a_clean_start_discards_the_stored_session(start_broker, config, rds, pr
         assert sub.present == 0
     finally:
         sub.close()
+
+
+def test_qos0_queued_offline_when_configured_survives_a_restart(start_broker, config, rds, prefix):
+    cfg = config("durable:\n  queue_qos0_messages: true\n")
+    broker = start_broker("--config", cfg)
+    cid = _offline_subscriber(broker.port, "dur/q0/#", qos=0)
+    broker.wait_log(f"client '{cid}' (")
+    pub = connect(broker.port, client_id=_cid("pub"))
+    for i in range(3):
+        pub.paho.publish("dur/q0/t", f"z{i}".encode(), qos=0)
+    pub.close()
+    # (unacknowledged writes: in Redis within a batch, not before any acknowledgement)
+    assert until(lambda: rds.hlen(f"{prefix}psession:q:{cid}") == 5, 10)  # 3 messages, ~n, ~b
+    _kill(broker)
+    again = start_broker("--config", cfg, port=broker.port)
+    sub = Sub311(again.port, cid)
+    try:
+        assert sub.present == 1
+        assert sub.payloads(3, 10) == [b"z0", b"z1", b"z2"]
+    finally:
+        sub.close()
+
+
+def test_the_queue_bound_holds_in_redis_and_drops_are_counted(start_broker, config, rds, prefix):
+    cfg = config("limits:\n  max_queued_messages: 5\n")
+    broker = start_broker("--config", cfg)
+    cid = _offline_subscriber(broker.port, "dur/bound/#")
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "dur/bound/t", 12)
+    broker.wait_log(f"queue of client '{cid}' is full")
+    assert int(rds.hget(f"{prefix}psession:q:{cid}", "~n")) == 5
+    _kill(broker)
+    again = start_broker("--config", cfg, port=broker.port)
+    sub = Sub311(again.port, cid)
+    try:
+        assert sub.payloads(5, 10) == [f"m{i}".encode() for i in range(5)]
+        assert sub.payloads(1, 1) == []
+    finally:
+        sub.close()
