@@ -2355,7 +2355,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._drain_cut.set()
 
     def _log_discarded_sessions(self) -> None:
-        """Offline persistent sessions live only in this process: say what a shutdown loses."""
+        """Offline persistent sessions: kept in Redis (durable state), or say what a shutdown loses."""
         sessions = messages = 0
         for session, _ in self._sessions.values():
             if session.transitions.state != "connected":
@@ -2363,10 +2363,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 queue = queue_of(session)
                 if queue is not None:
                     messages += queue.depth()[0]
-        if sessions:
+        if sessions and self._journal is not None:
+            log.info(
+                "%d offline session(s) with %d queued message(s) are kept in Redis: any broker resumes them",
+                sessions,
+                messages,
+            )
+        elif sessions:
             log.warning(
-                "%d offline session(s) with %d queued message(s) are discarded: sessions live in memory "
-                "until durable state lands",
+                "%d offline session(s) with %d queued message(s) are discarded: durable state is off "
+                "(durable.enabled false), sessions live in memory only",
                 sessions,
                 messages,
             )
