@@ -185,6 +185,7 @@ class Guard:
             counters=self.counters,
             kick=self.kick,
             drop_session=self.drop_session,
+            forget_session=self.forget_session,
             queue_depth=self.queue_depth,
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
@@ -517,6 +518,17 @@ class Guard:
         False: no such session here."""
         engine = self.engine
         return engine is not None and await engine.drop_session(client_id, reason)
+
+    def forget_session(self, client_id: str, by: str) -> bool:
+        """A persistent session this broker holds offline was resumed on broker process `by` (durable
+        state): this broker's copy goes, the stored one stays."""
+        engine = self.engine
+        return engine is not None and engine.forget_session(client_id, by)
+
+    def session_moved(self, proc: str, client_id: str) -> None:
+        """This broker resumed a stored session another broker process (`proc`) owned: tell it."""
+        if proc and proc != self.quota.broker_id:
+            self.quota.tell(proc, {"forget": client_id, "by": self.quota.broker_id})
 
     def _kick_banned(self, ban: Ban) -> None:
         """An admin's ban with `--kick` arrived: disconnect this broker's clients from its network."""

@@ -54,9 +54,13 @@ class Store(Protocol):
 
     def mark_inbound(self, client_id: str, field: str, present: bool) -> Any: ...
 
-    def discard(self, client_id: str, identity: str | None = None, owned: bool = False) -> Any: ...
+    def discard(
+        self, client_id: str, identity: str | None = None, owned: bool = False, proc: str | None = None
+    ) -> Any: ...
 
     async def load(self, client_id: str) -> StoredSession | None: ...
+
+    async def owned_by(self, broker: str) -> tuple[list[str], int]: ...
 
 
 class SessionJournal:
@@ -117,12 +121,13 @@ class SessionJournal:
         return None
 
     # -- the record --------------------------------------------------------------------------------
-    def save(self, record: SessionRecord, offline: bool = False) -> None:
-        """Write the record; `offline`: the session just went offline, both keys expire with it."""
+    def save(self, record: SessionRecord, offline: bool = False, since: float | None = None) -> None:
+        """Write the record; `offline`: the session is offline (since `since`, unix s; default now),
+        both keys expire with it."""
         record.broker, record.proc = self.broker, self.proc
         expire_at = None
         if offline:
-            now = time.time()
+            now = time.time() if since is None else since
             record.offline_since = now
             if record.expiry is not None:
                 expire_at = int((now + max(record.expiry, 0.001)) * 1000)
@@ -133,10 +138,12 @@ class SessionJournal:
             self._ack(self.store.save(record.client_id, encode_record(record), expire_at), "session.record"),
         )
 
-    def discard(self, client_id: str, identity: str | None = None, owned: bool = False) -> None:
+    def discard(self, client_id: str, identity: str | None = None, owned: bool = False, mine: bool = False) -> None:
         """The session is gone (clean start, expiry, drop): its keys are deleted (`owned`: only if it
-        is `identity`'s)."""
-        self._track(client_id, self._ack(self.store.discard(client_id, identity, owned), "session.discard"))
+        is `identity`'s; `mine`: only if this broker process still owns it, i.e. it was not resumed on
+        another broker meanwhile)."""
+        op = self.store.discard(client_id, identity, owned, self.proc if mine else None)
+        self._track(client_id, self._ack(op, "session.discard"))
 
     def _track(self, client_id: str, fut: asyncio.Future[None] | None) -> None:
         if fut is None or fut.done():
@@ -148,6 +155,10 @@ class SessionJournal:
                 del self._unsettled[client_id]
 
         fut.add_done_callback(settled)
+
+    async def owned(self) -> tuple[list[str], int]:
+        """Client ids of the stored sessions this broker owns (and how many records were corrupt)."""
+        return await self.store.owned_by(self.broker)
 
     async def load(self, client_id: str, settle_timeout: float = 5.0) -> StoredSession | None:
         """The stored session (store/sessions.py `load`), once this broker's own pending record write or

@@ -43,6 +43,7 @@ import heapq
 import logging
 import math
 import ssl
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -360,6 +361,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         # (filled by DurableQueues, handed to the reader with the routing result)
         self._journal = guard.session_journal
         self._durable_acks: list[asyncio.Future[None]] = []
+        # Offline sessions restored from Redis at start (`_load_owned_sessions`): no client has been admitted
+        # for them yet, so messages are queued for them unchecked and filtered by the RECEIVE check of the
+        # client that resumes them
+        self._unchecked: set[str] = set()
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -1083,6 +1088,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             setattr(existing, name, getattr(incoming, name))
         self._cancel_will(client_id)  # resumed before its Will Delay Interval: never published (3.1.3.2.2)
         self._expires.pop(client_id, None)
+        if self._unchecked and client_id in self._unchecked:
+            self._check_unchecked(existing)
         existing.attributes.update(incoming.attributes)
         existing.pub_ok.clear()  # decided for the previous connection's client
         existing.parent = 1
@@ -1091,11 +1098,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     def _drop_session(self, client_id: str, session: GuardedSession) -> None:
         if self._sessions.get(client_id, (None,))[0] is session:
             del self._sessions[client_id]
+            self._unchecked.discard(client_id)
         self._forget_subscriptions(session)
         queue = queue_of(session)
         if queue is not None:
             if self._journal is not None and is_durable(queue):
-                self._journal.discard(client_id)  # (its end, expiry or drop: gone from Redis too)
+                # its end, expiry or drop: gone from Redis too (unless resumed on another broker since)
+                self._journal.discard(client_id, mine=True)
             queue.clear()
 
     # -- persistent sessions in Redis (issue 17 item 2, engine/durable.py) ---------------------------
@@ -1168,9 +1177,90 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
             return Reason.CLIENT_IDENTIFIER_NOT_VALID
         self._restore(stored)
+        if stored.record.proc and stored.record.proc != journal.proc:
+            self.guard.session_moved(stored.record.proc, client_id)  # its last broker forgets its copy
         return 0
 
-    def _restore(self, stored: StoredSession) -> GuardedSession:
+    async def _start_listeners(self) -> None:
+        """amqtt's, called by its `start` (after it emptied the session tables): before the listeners
+        open, the offline sessions this broker owned come back from Redis (durable state), so messages
+        published before their clients reconnect are queued for them."""
+        if self._journal is not None:
+            await self._load_owned_sessions()
+        await super()._start_listeners()
+
+    async def _load_owned_sessions(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        try:
+            owned, corrupt = await journal.owned()
+        except Exception as exc:  # noqa: BLE001 - Redis away: each session resumes at its client's CONNECT
+            log.error(
+                "persistent sessions owned by this broker not loaded from Redis (%s): each is restored "
+                "when its client reconnects; until then nothing is queued for them",
+                exc or type(exc).__name__,
+            )
+            return
+        if corrupt:
+            log.error("%d stored session record(s) cannot be decoded: skipped", corrupt)
+        restored = 0
+        now = time.time()
+        for client_id in owned:
+            if client_id in self._sessions:
+                continue
+            try:
+                stored = await journal.load(client_id)
+            except CorruptSession as exc:
+                log.error("client %r: its stored session is corrupt and is discarded (%s)", client_id, exc)
+                journal.discard(client_id)
+                continue
+            except Exception as exc:  # noqa: BLE001 - Redis went away meanwhile: the rest resume at CONNECT
+                log.error("loading persistent sessions from Redis stopped: %s", exc or type(exc).__name__)
+                break
+            if stored is None or client_id in self._sessions:
+                continue
+            rec = stored.record
+            if rec.offline_since is None:  # connected when this broker stopped: offline from now
+                left = rec.expiry
+            else:
+                left = None if rec.expiry is None else rec.expiry - (now - rec.offline_since)
+                if left is not None and left <= 0:
+                    continue  # (expired: Redis drops its keys)
+            session = self._restore(stored, quiet=True)
+            self._unchecked.add(client_id)
+            # (owned by this process from now on; offline since it went offline, or since now)
+            journal.save(self._record_of(session), offline=True, since=rec.offline_since)
+            if left is not None:
+                self._expire_at(client_id, self._loop.time() + left)
+            restored += 1
+        if restored:
+            log.info(
+                "%d offline persistent session(s) this broker owned restored from Redis (of %d stored)",
+                restored,
+                len(owned),
+            )
+
+    def _check_unchecked(self, session: GuardedSession) -> None:
+        """A session restored at start is resumed: what was queued for it unchecked passes the RECEIVE
+        check of the client resuming it now (denied ones are dropped, counted as withheld)."""
+        self._unchecked.discard(session.client_id)
+        queue = session.out_queue
+        if queue is None or not queue.pending:
+            return
+        kept = []
+        for d in queue.pending:
+            topic = d.topic.decode("utf-8", "replace")
+            if self._check_sync(session, topic, Action.RECEIVE, False):
+                kept.append(d)
+                continue
+            queue.pending_bytes -= d.size
+            if isinstance(queue, DurableQueue):
+                queue.forget(d)
+        if len(kept) != len(queue.pending):
+            queue.pending.clear()
+            queue.pending.extend(kept)
+
+    def _restore(self, stored: StoredSession, quiet: bool = False) -> GuardedSession:
         """A stored session made an offline session of this broker: its subscriptions (granted when they
         were made: not checked again; each delivery passes the RECEIVE check of the resuming client), its
         queued and in-flight messages, its inbound QoS 2 packet ids."""
@@ -1190,14 +1280,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         for sub in rec.subscriptions:
             self._restore_subscription(session, sub, rec.level == MQTT5)
         self._invalidate_routes()
-        log_info(
-            log,
-            "client %r: persistent session restored from Redis (owner was %s): %d subscription(s), %d message(s)",
-            rec.client_id,
-            rec.broker or "?",
-            len(rec.subscriptions),
-            restored,
-        )
+        if not quiet:
+            log_info(
+                log,
+                "client %r: persistent session restored from Redis (owner was %s): %d subscription(s), %d message(s)",
+                rec.client_id,
+                rec.broker or "?",
+                len(rec.subscriptions),
+                restored,
+            )
         return session
 
     def _restore_subscription(self, session: GuardedSession, sub: StoredSubscription, v5: bool) -> None:
@@ -1629,6 +1720,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         targets5: list[Target5] = []
         withheld: list[str] = []
         errors = self._check_errors
+        unchecked = self._unchecked  # (restored at start: checked when resumed, `_check_unchecked`)
         for client_id, (target, granted) in self._match(topic).items():
             queue = target.out_queue
             if queue is None:
@@ -1636,7 +1728,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if (
                 verdicts.get(client_id, False)
                 if verdicts is not None
-                else self._check_sync(target, topic, Action.RECEIVE, False)
+                else (client_id in unchecked or self._check_sync(target, topic, Action.RECEIVE, False))
             ):
                 if target.protocol_level == MQTT5:
                     targets5.append((queue, granted, target.guard_client, client_id, self._sub5_of(client_id, topic)))
@@ -1656,7 +1748,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if (
                     verdicts.get(client_id, False)
                     if verdicts is not None
-                    else self._check_sync(member, topic, Action.RECEIVE, False)
+                    else (client_id in unchecked or self._check_sync(member, topic, Action.RECEIVE, False))
                 ):
                     sub5 = None
                     if member.protocol_level == MQTT5:
@@ -2235,6 +2327,26 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         task = self._loop.create_task(self._publish_will(session))
         self._will_tasks.add(task)
         task.add_done_callback(self._will_tasks.discard)
+
+    def forget_session(self, client_id: str, by: str) -> bool:
+        """The offline session of `client_id` held here was resumed on broker process `by` (it read the
+        stored session): this copy goes without touching Redis, and without its delayed will (the
+        session lives on). A connected one stays: the registry's take-over closes it."""
+        entry = self._sessions.get(client_id)
+        if entry is None or entry[0].transitions.state == "connected":
+            return False
+        session = entry[0]
+        if self._wills:
+            self._take_will(client_id)
+        self._expires.pop(client_id, None)
+        del self._sessions[client_id]
+        self._unchecked.discard(client_id)
+        self._forget_subscriptions(session)
+        queue = queue_of(session)
+        if queue is not None:
+            queue.clear()
+        log_info(log, "offline session of client %r resumed on broker %s: forgotten here", client_id, by)
+        return True
 
     async def drop_session(self, client_id: str, reason: str) -> bool:
         """Discard a client's session (`mqtt-guard session drop`): an offline one at once, a connected one

@@ -168,6 +168,10 @@ class DurableQueue(OutQueue):
         if fut is not None:
             self.acks.append(fut)
 
+    def forget(self, d: Delivery) -> None:
+        """`d` left the queue without being delivered (dropped by the broker): removed from Redis."""
+        self._forget(d)
+
     def _forget(self, d: Delivery | None) -> None:
         if d is None:
             return

@@ -59,19 +59,20 @@ redis.call('HINCRBY', KEYS[1], '~b', -string.len(old))
 return 1
 """
 
-# A clean CONNECT (or a session ending) discards the stored session, unless another user's session is
-# stored under the id and ARGV[1] is "owned" (auth.client_id_policy owns ids: that session is not this
-# client's to discard). ARGV[2]: the connecting identity ("" anonymous).
+# Discard the stored session, unless (ARGV[1] "owned") another user's session is stored under the id
+# (auth.client_id_policy owns ids: not this client's to discard; ARGV[2]: the connecting identity, ""
+# anonymous), or (ARGV[1] "mine") another broker process owns it now (it was resumed there: this broker's
+# copy ending must not delete it; ARGV[2]: this process).
 DISCARD_LUA = """
-if ARGV[1] == 'owned' then
-  local raw = redis.call('GET', KEYS[1])
-  if raw then
-    local ok, rec = pcall(cjson.decode, raw)
-    if ok and type(rec) == 'table' then
-      local user = rec['username']
-      if type(user) ~= 'string' then user = '' end
-      if user ~= ARGV[2] then return 0 end
-    end
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' then
+    local field = 'proc'
+    if ARGV[1] == 'owned' then field = 'username' end
+    local value = rec[field]
+    if type(value) ~= 'string' then value = '' end
+    if value ~= ARGV[2] then return 0 end
   end
 end
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -122,12 +123,15 @@ class SessionStore:
             return lambda pipe: pipe.hset(qkey, field, b"")
         return lambda pipe: pipe.hdel(qkey, field)
 
-    def discard(self, client_id: str, identity: str | None = None, owned: bool = False) -> Op:
-        """Delete the stored session (`owned`: only if it is `identity`'s, see DISCARD_LUA)."""
+    def discard(self, client_id: str, identity: str | None = None, owned: bool = False, proc: str | None = None) -> Op:
+        """Delete the stored session (`owned`: only if it is `identity`'s; `proc`: only if that broker
+        process owns it; see DISCARD_LUA)."""
         keys = (self.keys.psession(client_id), self.keys.psession_messages(client_id))
-        if not owned:
-            return lambda pipe: pipe.delete(*keys)
-        return lambda pipe: pipe.eval(DISCARD_LUA, 2, *keys, "owned", identity or "")
+        if owned:
+            return lambda pipe: pipe.eval(DISCARD_LUA, 2, *keys, "owned", identity or "")
+        if proc is not None:
+            return lambda pipe: pipe.eval(DISCARD_LUA, 2, *keys, "mine", proc)
+        return lambda pipe: pipe.delete(*keys)
 
     # -- reads --------------------------------------------------------------------------------------
     async def load(self, client_id: str) -> StoredSession | None:

@@ -120,7 +120,10 @@ def test_1000_acknowledged_qos1_messages_survive_kill_9(start_broker, config, wh
         assert got == [f"m{i}".encode() for i in range(N)]  # in order
     finally:
         sub.close()
-    other.wait_log(f"client '{cid}': persistent session restored from Redis")
+    if where == "restarted":  # (loaded at its start: the sessions it owned)
+        other.wait_log("1 offline persistent session(s) this broker owned restored from Redis")
+    else:  # (read at the CONNECT)
+        other.wait_log(f"client '{cid}': persistent session restored from Redis")
 
 
 def test_qos2_is_delivered_once_across_a_restart(start_broker, config):
@@ -297,3 +300,77 @@ def test_the_queue_bound_holds_in_redis_and_drops_are_counted(start_broker, conf
         assert sub.payloads(1, 1) == []
     finally:
         sub.close()
+
+
+def test_a_restarted_broker_queues_for_the_offline_sessions_it_owned(start_broker, config, cli, add_user):
+    """The offline sessions a broker owned come back from Redis at its start: messages published after
+    the restart, before the client reconnects, are queued too, and pass the RECEIVE check of the client
+    that resumes the session (what it may not receive is dropped then)."""
+    add_user("dev", "pw")
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("owned")
+    sub = connect(broker.port, "dev", "pw", client_id=cid, clean_session=False)
+    assert sub.subscribe(("own/#", 1)) == [1]
+    sub.close()
+    broker.wait_log(f"client '{cid}' (")
+    _publish_acked(broker.port, "own/before", 2)
+    _kill(broker)
+    again = start_broker("--config", cfg, port=broker.port)
+    again.wait_log("1 offline persistent session(s) this broker owned restored from Redis")
+    _publish_acked(again.port, "own/after", 3)
+    _publish_acked(again.port, "own/denied", 1)
+    assert cli("acl", "deny", "--user", "dev", "own/denied", "receive").returncode == 0
+    resumed = Sub311Auth(again.port, cid, "dev", "pw")
+    try:
+        assert resumed.present == 1
+        got = resumed.messages
+        seen = [got.get(timeout=10)[:2] for _ in range(5)]
+        assert seen == [("own/before", b"m0"), ("own/before", b"m1")] + [("own/after", b"m%d" % i) for i in range(3)]
+        assert resumed.payloads(1, 1) == []  # own/denied: queued unchecked, dropped at the resume
+    finally:
+        resumed.close()
+
+
+class Sub311Auth(Sub311):
+    def __init__(self, port: int, cid: str, username: str, password: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+        connacked: queue.Queue[int] = queue.Queue()
+        c = self.paho = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False, protocol=paho.MQTTv311
+        )
+        c.username_pw_set(username, password)
+        c.reconnect_delay_set(60, 120)
+        c.on_connect = lambda _c, _u, flags, _rc, _p: connacked.put(int(flags.session_present))
+        c.on_message = lambda _c, _u, msg: self.messages.put((msg.topic, msg.payload, msg.qos))
+        c.connect("127.0.0.1", port, keepalive=60)
+        c.loop_start()
+        self.present = connacked.get(timeout=10)
+
+
+def test_the_broker_that_held_a_session_forgets_it_when_it_resumes_elsewhere(start_broker, config, rds, prefix):
+    cfg = config("limits:\n  persistent_session_expiry: 3s\n")
+    a = start_broker("--config", cfg)
+    b = start_broker("--config", cfg)
+    cid = _offline_subscriber(a.port, "dur/move/#")
+    a.wait_log(f"client '{cid}' (")
+    _publish_acked(a.port, "dur/move/t", 2)
+    sub = Sub311(b.port, cid)
+    try:
+        assert sub.present == 1
+        assert sub.payloads(2, 10) == [b"m0", b"m1"]
+        a.wait_log(f"offline session of client '{cid}' resumed on broker")
+        # A's copy is gone: its expiry (3 s after the client left it) does not delete the session B owns now
+        time.sleep(3.5)
+        assert "expired" not in "\n".join(ln for ln in a.log().splitlines() if cid in ln)
+        assert rds.exists(f"{prefix}psession:r:{cid}")
+        sub.close()
+        b.wait_log(f"client '{cid}' (")
+        _publish_acked(b.port, "dur/move/t", 1)
+        again = Sub311(b.port, cid)
+        try:
+            assert again.present == 1 and again.payloads(1, 10) == [b"m0"]
+        finally:
+            again.close()
+    finally:
+        sub.paho.loop_stop()
