@@ -154,6 +154,7 @@ class Guard:
                 self.keys.blocks_head(),
                 self.keys.brokers(),
                 self.keys.generation(),
+                self.keys.schema(),
                 self.keys.bans_head(),
                 *([self.keys.retained_head()] if config.durable.enabled else []),
             ],
@@ -204,7 +205,7 @@ class Guard:
             self.session_journal = SessionJournal(
                 SessionStore(self.durable_redis, self.keys),
                 self.durable_writer,
-                broker=self.metrics.broker_id,
+                broker=_session_owner(self.metrics.broker_id),
                 proc=self.quota.broker_id,
                 queue_qos0=config.durable.queue_qos0_messages,
                 max_messages=limits.max_queued_messages + limits.max_inflight_messages
@@ -566,6 +567,8 @@ class Guard:
     def _on_keys(self, keys: list[str]) -> None:
         if self.keys.generation() in keys:
             self.marker.check()
+        elif self.keys.schema() in keys:
+            self.marker.check(suspect=False)
         if self.trust.reason is not None:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
@@ -664,3 +667,11 @@ def _subject(client_id: str, username: str | None, user: UserRecord | None, rule
         superuser=bool(user and user.superuser),
         rules=rules,
     )
+
+
+def _session_owner(broker_id: str) -> str:
+    """The stable owner id of this broker's persistent sessions: `metrics.broker_id`, and under
+    `--workers` the worker's number too (every worker is a broker of its own; the same number gets its
+    sessions back after a restart)."""
+    worker = os.environ.get("MQTT_GUARD_WORKER", "")
+    return f"{broker_id}/worker-{worker.partition('/')[0]}" if worker else broker_id

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..logutil import RateLimitedLog
 from .connection import REDIS_ERRORS
 
 log = logging.getLogger("mqtt_guard.store.batch")
@@ -86,6 +87,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._lost_log = RateLimitedLog(log, interval=10.0)  # a QoS 0 flood during an outage: not a log flood
         self.outage_since: float | None = None  # monotonic time of the first failed send of an outage
         # counters, for metrics and tests
         self.batches = 0
@@ -260,7 +262,14 @@ class BatchWriter:
 
     def _lose(self, n: int, why: str) -> None:
         self.lost += n
-        log.error("%d durable-state write(s) lost (%s): state written without acknowledgement is gone", n, why)
+        self._lost_log.log(
+            logging.ERROR,
+            why,
+            "%d durable-state write(s) lost (%s): state written without acknowledgement is gone (%d in all)",
+            n,
+            why,
+            self.lost,
+        )
         if self.on_lost is not None:
             self.on_lost(n)
 
