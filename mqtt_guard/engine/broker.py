@@ -386,6 +386,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         # for them yet, so messages are queued for them unchecked and filtered by the RECEIVE check of the
         # client that resumes them
         self._unchecked: set[str] = set()
+        # client id -> the broker process that resumed its session while it was still connected here: when
+        # the connection ends the session is forgotten here, not kept offline (`forget_session`)
+        self._moved: dict[str, str] = {}
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -1511,6 +1514,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if self._sessions.get(client_id, (None,))[0] is session:
             if session.expiry == 0:
                 self._drop_session(client_id, session)
+            elif self._moved and client_id in self._moved:  # resumed on another broker meanwhile
+                self.forget_session(client_id, self._moved.pop(client_id))
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
@@ -2369,9 +2374,15 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         stored session): this copy goes without touching Redis, and without its delayed will (the
         session lives on). A connected one stays: the registry's take-over closes it."""
         entry = self._sessions.get(client_id)
-        if entry is None or entry[0].transitions.state == "connected":
+        if entry is None:
             return False
         session = entry[0]
+        if session.transitions.state == "connected":
+            # still connected here (the registry's take-over closes it): when it ends it is forgotten
+            # instead of going offline here, so this broker never writes over the session B owns now
+            self._moved[client_id] = by
+            return True
+        self._moved.pop(client_id, None)
         if self._wills:
             self._take_will(client_id)
         self._expires.pop(client_id, None)

@@ -5,6 +5,7 @@ a second broker; QoS 2 stays exactly once; subscriptions keep their options; ses
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import time
@@ -374,3 +375,27 @@ def test_the_broker_that_held_a_session_forgets_it_when_it_resumes_elsewhere(sta
             again.close()
     finally:
         sub.paho.loop_stop()
+
+
+def test_a_connected_session_taken_over_on_another_broker_moves_there(start_broker, config, rds, prefix):
+    cfg = config()
+    a = start_broker("--config", cfg)
+    b = start_broker("--config", cfg)
+    cid = _cid("take")
+    first = Sub311(a.port, cid)
+    first.subscribe("dur/take/#", 1)
+    c, present = raw.connected(b.port, cid, clean=False)  # the same client id, on B, while A serves it
+    with c:
+        assert present == 1
+        a.wait_log(f"offline session of client '{cid}' resumed on broker")  # A forgot it when it closed there
+        assert "kept in" not in a.log()
+        _publish_acked(b.port, "dur/take/t", 1)
+        got = c.expect(raw.PUBLISH)
+        assert got.payload == b"m0"
+        c.send(raw.ack(raw.PUBACK, got.packet_id))
+        c.send(raw.DISCONNECT_BYTES)
+    b.wait_log(f"client '{cid}' (")
+    first.paho.loop_stop()
+    record = json.loads(rds.get(f"{prefix}psession:r:{cid}"))
+    assert record["subs"] == [["dur/take/#", 1, 1, 0]] and record["offline_since"] is not None
+    assert record["proc"] != "" and f"{b.port}" in record["broker"]
