@@ -399,3 +399,25 @@ def test_a_connected_session_taken_over_on_another_broker_moves_there(start_brok
     record = json.loads(rds.get(f"{prefix}psession:r:{cid}"))
     assert record["subs"] == [["dur/take/#", 1, 1, 0]] and record["offline_since"] is not None
     assert record["proc"] != "" and f"{b.port}" in record["broker"]
+
+
+def test_a_corrupt_stored_session_is_logged_and_treated_as_none(start_broker, config, rds, prefix):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("corrupt")
+    rds.set(f"{prefix}psession:r:{cid}", '{"v": 1, "client_id": 7}')
+    rds.hset(f"{prefix}psession:q:{cid}", "m:0000000000000001", "garbage")
+    sub = Sub311(broker.port, cid)  # accepted: a new session
+    try:
+        assert sub.present == 0
+    finally:
+        sub.close()
+    line = broker.wait_log(f"client '{cid}': its stored session is corrupt and is discarded")
+    assert " ERROR " in next(ln for ln in line.splitlines() if "is corrupt" in ln)
+    # its own session replaced it: a later resume finds that one
+    broker.wait_log(f"client '{cid}' (")
+    again = Sub311(broker.port, cid)
+    try:
+        assert again.present == 1
+    finally:
+        again.close()
