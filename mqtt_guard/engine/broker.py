@@ -591,7 +591,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if previous is not None or client_id in self._sessions:
                 await self._take_over(client_id, previous, bool(session.clean_session))
             session = self._adopt_session(session)
-            if self._journal is not None and session.expiry != 0 and is_durable(session.out_queue):
+            if self._journal is not None and is_durable(session.out_queue):  # (owned by this process now)
                 self._journal.save(self._record_of(session))
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:

@@ -421,3 +421,20 @@ def test_a_corrupt_stored_session_is_logged_and_treated_as_none(start_broker, co
         assert again.present == 1
     finally:
         again.close()
+
+
+def test_a_stored_session_resumed_with_expiry_0_ends_with_that_connection(start_broker, config, rds, prefix):
+    cfg = config()
+    broker = start_broker("--config", cfg)
+    cid = _cid("end0")
+    first = m5.V5(broker.port, cid, clean_start=True, session_expiry=600)
+    first.subscribe("dur/end0/#", 1)
+    first.close()
+    broker.wait_log(f"client '{cid}' (")
+    _kill(broker)
+    other = start_broker("--config", cfg)
+    c = m5.connected(other.port, cid, properties=b"\x11" + m5.u32(0), clean=False)  # Clean Start 0, expiry 0
+    with c:
+        c.send(m5.disconnect())
+    other.wait_log(f"client '{cid}' (")
+    assert until(lambda: not rds.exists(f"{prefix}psession:r:{cid}", f"{prefix}psession:q:{cid}"), 5)
