@@ -46,11 +46,11 @@ class Store(Protocol):
 
     def save(self, client_id: str, record: str, expire_at_ms: int | None) -> Any: ...
 
-    def add(self, client_id: str, field: str, value: bytes, max_messages: int, max_bytes: int) -> Any: ...
+    def add(self, client_id: str, max_messages: int, max_bytes: int) -> Any: ...
 
     def update(self, client_id: str, field: str, value: bytes) -> Any: ...
 
-    def remove(self, client_id: str, field: str) -> Any: ...
+    def remove(self, client_id: str) -> Any: ...
 
     def mark_inbound(self, client_id: str, field: str, present: bool) -> Any: ...
 
@@ -86,6 +86,10 @@ class SessionJournal:
         # client id -> its latest record write or discard not yet confirmed: a load of that client id waits
         # for it (a read must not overtake this broker's own write of the same session)
         self._unsettled: dict[str, asyncio.Future[None]] = {}
+        # client id -> the last op submitted for it when that is a message add (with its Future) or a removal
+        # the writer has not built yet: the next add / removal joins it (one script call per session and
+        # batch); any other op of that client id closes it, so the order of its writes is kept
+        self._open: dict[str, tuple[str, Any, asyncio.Future[None] | None]] = {}
 
     def _ack(self, op: Any, name: str) -> asyncio.Future[None] | None:
         fut = self.writer.submit(op, name=name)
@@ -95,15 +99,33 @@ class SessionJournal:
 
     # -- messages ---------------------------------------------------------------------------------
     def add(self, client_id: str, seq: int, message: StoredMessage, ack: bool) -> asyncio.Future[None] | None:
-        op = self.store.add(client_id, message_field(seq), encode_message(message), self.max_messages, self.max_bytes)
+        field, value = message_field(seq), encode_message(message)
         if ack:
-            return self._ack(op, "session.message")
+            joined = self._join(client_id, "add")
+            if joined is not None:
+                joined[0].items += (field, value)
+                return joined[1]
+        op = self.store.add(client_id, self.max_messages, self.max_bytes)
+        op.items += (field, value)
+        if ack:
+            fut = self._ack(op, "session.message")
+            self._open[client_id] = ("add", op, fut)
+            return fut
+        self._open.pop(client_id, None)
         self.writer.submit(op, name="session.message.qos0", ack=False)
         return None
+
+    def _join(self, client_id: str, kind: str) -> tuple[Any, asyncio.Future[None] | None] | None:
+        """The open op of `kind` for `client_id` that can still take more, if any."""
+        open_ = self._open.get(client_id)
+        if open_ is None or open_[0] != kind or open_[1].built:
+            return None
+        return open_[1], open_[2]
 
     def update(
         self, client_id: str, seq: int, message: StoredMessage, ack: bool = False
     ) -> asyncio.Future[None] | None:
+        self._open.pop(client_id, None)
         op = self.store.update(client_id, message_field(seq), encode_message(message))
         if ack:
             return self._ack(op, "session.inflight")
@@ -111,9 +133,17 @@ class SessionJournal:
         return None
 
     def remove(self, client_id: str, seq: int) -> None:
-        self.writer.submit(self.store.remove(client_id, message_field(seq)), name="session.delivered", ack=False)
+        joined = self._join(client_id, "remove")
+        if joined is not None:
+            joined[0].items.append(message_field(seq))
+            return
+        op = self.store.remove(client_id)
+        op.items.append(message_field(seq))
+        self._open[client_id] = ("remove", op, None)
+        self.writer.submit(op, name="session.delivered", ack=False)
 
     def inbound(self, client_id: str, packet_id: int, present: bool) -> asyncio.Future[None] | None:
+        self._open.pop(client_id, None)
         op = self.store.mark_inbound(client_id, inbound_field(packet_id), present)
         if present:
             return self._ack(op, "session.qos2_in")
@@ -125,6 +155,7 @@ class SessionJournal:
         """Write the record; `offline`: the session is offline (since `since`, unix s; default now),
         both keys expire with it."""
         record.broker, record.proc = self.broker, self.proc
+        self._open.pop(record.client_id, None)
         expire_at = None
         if offline:
             now = time.time() if since is None else since
@@ -142,6 +173,7 @@ class SessionJournal:
         """The session is gone (clean start, expiry, drop): its keys are deleted (`owned`: only if it
         is `identity`'s; `mine`: only if this broker process still owns it, i.e. it was not resumed on
         another broker meanwhile)."""
+        self._open.pop(client_id, None)
         op = self.store.discard(client_id, identity, owned, self.proc if mine else None)
         self._track(client_id, self._ack(op, "session.discard"))
 

@@ -18,25 +18,34 @@ from .keys import Keys, glob_escape
 
 Op = Callable[[Any], None]
 
-# Add (or replace) one message, bounded: a new field only while fewer than ARGV[3] messages (0: no
-# limit) and fewer than ARGV[4] bytes (0: no limit) are stored; the hash takes the record's expiry.
-# Returns 1 when stored, 0 when over the bound (dropped). Idempotent: a re-sent add finds its field.
+# Add (or replace) messages, bounded: ARGV[1] max messages (0: no limit), ARGV[2] max bytes (0: no
+# limit), then field, value pairs; a new field only while under both bounds; the hash takes the record's
+# expiry. Returns how many were stored (the rest: over the bound, dropped). Idempotent: a re-sent add
+# finds its fields.
 ADD_LUA = """
-local size = string.len(ARGV[2])
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('HINCRBY', KEYS[1], '~b', size - string.len(old))
-  return 1
-end
+local maxn, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n = tonumber(redis.call('HGET', KEYS[1], '~n') or '0')
 local b = tonumber(redis.call('HGET', KEYS[1], '~b') or '0')
-local maxn, maxb = tonumber(ARGV[3]), tonumber(ARGV[4])
-if (maxn > 0 and n >= maxn) or (maxb > 0 and b + size > maxb) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '~n', n + 1, '~b', b + size)
+local stored = 0
+for i = 3, #ARGV, 2 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  local size = string.len(value)
+  local old = redis.call('HGET', KEYS[1], field)
+  if old then
+    redis.call('HSET', KEYS[1], field, value)
+    b = b + size - string.len(old)
+    stored = stored + 1
+  elseif not ((maxn > 0 and n >= maxn) or (maxb > 0 and b + size > maxb)) then
+    redis.call('HSET', KEYS[1], field, value)
+    n = n + 1
+    b = b + size
+    stored = stored + 1
+  end
+end
+redis.call('HSET', KEYS[1], '~n', n, '~b', b)
 local ttl = redis.call('PTTL', KEYS[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
+return stored
 """
 
 # Replace a message that is still stored (its packet id, its QoS 2 state); one already removed (acked)
@@ -49,14 +58,19 @@ redis.call('HINCRBY', KEYS[1], '~b', string.len(ARGV[2]) - string.len(old))
 return 1
 """
 
-# Remove a message (delivered, expired or dropped). Idempotent.
+# Remove messages (delivered, expired or dropped): ARGV, their fields. Idempotent.
 REMOVE_LUA = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[1], '~n', -1)
-redis.call('HINCRBY', KEYS[1], '~b', -string.len(old))
-return 1
+local removed = 0
+for i = 1, #ARGV do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  if old then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('HINCRBY', KEYS[1], '~n', -1)
+    redis.call('HINCRBY', KEYS[1], '~b', -string.len(old))
+    removed = removed + 1
+  end
+end
+return removed
 """
 
 # Discard the stored session, unless (ARGV[1] "owned") another user's session is stored under the id
@@ -78,6 +92,23 @@ end
 redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
+
+
+class Fields:
+    """An op that takes more fields until the BatchWriter builds it (`built`): the writes of one session
+    in one batch go out as one script call. Once built its items never change, so a re-sent batch sends
+    the same command (idempotent)."""
+
+    __slots__ = ("items", "built", "_emit")
+
+    def __init__(self, emit: Callable[[Any, list[Any]], None]) -> None:
+        self.items: list[Any] = []
+        self.built = False
+        self._emit = emit
+
+    def __call__(self, pipe: Any) -> None:
+        self.built = True
+        self._emit(pipe, self.items)
 
 
 class SessionStore:
@@ -103,18 +134,19 @@ class SessionStore:
 
         return op
 
-    def add(self, client_id: str, field: str, value: bytes, max_messages: int, max_bytes: int) -> Op:
+    def add(self, client_id: str, max_messages: int, max_bytes: int) -> Fields:
+        """Adds of messages (`Fields.items`: field, value, value, ...), one script call for all of them."""
         keys = (self.keys.psession_messages(client_id), self.keys.psession(client_id))
-        args = (field, value, max_messages, max_bytes)
-        return lambda pipe: pipe.eval(ADD_LUA, 2, *keys, *args)
+        return Fields(lambda pipe, items: pipe.eval(ADD_LUA, 2, *keys, max_messages, max_bytes, *items))
 
     def update(self, client_id: str, field: str, value: bytes) -> Op:
         qkey = self.keys.psession_messages(client_id)
         return lambda pipe: pipe.eval(UPDATE_LUA, 1, qkey, field, value)
 
-    def remove(self, client_id: str, field: str) -> Op:
+    def remove(self, client_id: str) -> Fields:
+        """Removals of messages (`Fields.items`: their fields), one script call for all of them."""
         qkey = self.keys.psession_messages(client_id)
-        return lambda pipe: pipe.eval(REMOVE_LUA, 1, qkey, field)
+        return Fields(lambda pipe, items: pipe.eval(REMOVE_LUA, 1, qkey, *items))
 
     def mark_inbound(self, client_id: str, field: str, present: bool) -> Op:
         """An inbound QoS 2 packet id routed and PUBREC'd (present) or released by PUBREL (not)."""
