@@ -50,9 +50,10 @@ from .store.keys import Keys
 from .store.revocations import RevocationStore
 from .store.sessions import SessionStore
 from .store.users import UserRecord, UserStore
-from .tasks import Coalescer
+from .tasks import Coalescer, cancel_and_wait
 
 log = logging.getLogger("mqtt_guard")
+STARTUP_TRACKING_WAIT = 2.0  # s a start waits for the invalidation listener before it loads retained messages
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
 
 # Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash), and
@@ -120,9 +121,12 @@ class Guard:
         if config.durable.enabled:
             self.durable_redis = make_async_client(config.redis.url, decode_responses=False)
             gate(self.durable_redis, self.trust)
-            self.durable_writer = BatchWriter(self.durable_redis, buffer_limit=config.durable.buffer_limit)
+            self.durable_writer = BatchWriter(
+                self.durable_redis, buffer_limit=config.durable.buffer_limit, on_lost=self._durable_lost
+            )
         # The retained messages the engine serves: a local copy kept fresh from Redis (durable/retained.py)
         self.retained = RetainedSet(redis=self.durable_redis, keys=self.keys, writer=self.durable_writer)
+        self._retained_catchup: asyncio.Task[None] | None = None
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
         self.acl = LiveAcl(
@@ -241,17 +245,18 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
-        if self.durable_writer is not None and not await self._redis_answers():
+        redis_up = self.durable_writer is None or await self._redis_answers()
+        if not redis_up:
             log.error(
                 "durable state is NOT persisted: Redis at %s is not reachable; retained messages live in memory "
                 "until it answers (then they are written; acknowledgements of QoS 1/2 retained messages wait "
                 "for it)",
                 redact(self.config.redis.url),
             )
-        await self.retained.start()
         if self.token_keys is not None:
             await self.token_keys.start()  # a JWKS is fetched before the first CONNECT
         self.listener.start()
+        await self._start_retained(wait=redis_up)
         self.gate.start()
         await self.quota.start()
         await self.metrics.start()
@@ -264,6 +269,30 @@ class Guard:
         if health and health != bind:
             self.health_endpoint = await start_health_endpoint(health, self.readiness)
 
+    async def _start_retained(self, wait: bool) -> None:
+        """Load the retained messages once the invalidation listener tracks their prefix, so that no change
+        falls between the load and the tracking; a listener not connected yet (Redis away) reloads them
+        when it is (its first connection calls no on_reset)."""
+        if not self.retained.durable:
+            return
+        if wait:  # (not when Redis did not answer just now)
+            try:
+                await asyncio.wait_for(self.listener.connected.wait(), STARTUP_TRACKING_WAIT)
+            except TimeoutError:
+                pass
+        tracked = self.listener.connected.is_set()
+        await self.retained.start()
+        if not tracked:
+            self._retained_catchup = asyncio.get_running_loop().create_task(self._reload_retained_when_tracked())
+
+    async def _reload_retained_when_tracked(self) -> None:
+        await self.listener.connected.wait()
+        self.retained.on_reset()
+
+    def _durable_lost(self, n: int) -> None:
+        """Writes needing no acknowledgement dropped while Redis was away: counted (`durable_writes_lost`)."""
+        self.counters.incr(None, C.DURABLE_LOST, n)
+
     async def _redis_answers(self) -> bool:
         try:
             await self.redis.ping()
@@ -272,6 +301,7 @@ class Guard:
         return True
 
     async def close(self) -> None:
+        await cancel_and_wait(self._retained_catchup)
         await self.retained.stop()
         if self.durable_writer is not None:
             await self.durable_writer.close()  # what the engine submitted, while Redis is still open

@@ -168,6 +168,9 @@ class RetainedSet:
     ) -> list[tuple[str, Retained]]:
         """The retained messages a subscription to `topic_filter` gets, expired ones left out (and
         forgotten). `matches(topic, filter)`: the engine's matcher (default: acl.topics')."""
+        if "+" not in topic_filter and "#" not in topic_filter:  # a device's own topic: one lookup, no scan
+            msg = self.get(topic_filter)
+            return [(topic_filter, msg)] if msg is not None else []
         if matches is None:
             matches = _matches
         now = self._clock()

@@ -2233,14 +2233,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         queue = queue_of(session)
         if queue is None:
             return
-        messages = self._retained.messages
-        for topic, retained in self._retained.matching(topic_filter, self._matches):
+        store = self._retained
+        for topic, retained in store.matching(topic_filter, self._matches):
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
                 continue
             client = session.guard_client
             if client is not None and not self.guard.admit_delivery(client, topic, len(retained.payload)):
                 continue
-            if messages.get(topic) is not retained:  # replaced or cleared while the checks were awaited
+            if store.messages.get(topic) != retained:  # replaced or cleared while the checks were awaited
                 continue
             data, dq = retained.payload, min(qos, retained.qos)
             if session.protocol_level == MQTT5:
