@@ -126,6 +126,7 @@ class OutQueue:
         "level5",
         "max_packet",
         "expired",
+        "barrier",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
@@ -156,6 +157,9 @@ class OutQueue:
         self.level5 = False
         self.max_packet = 0
         self.expired = 0  # messages whose expiry interval ran out while they waited (dropped)
+        # A persistent session's queue (engine/durable.py): the Redis write the frames `take` just returned
+        # must wait for (a QoS 2 delivery's packet id); the writer loop awaits it before writing them.
+        self.barrier: asyncio.Future[None] | None = None
 
     def serve_level(self, level5: bool, receive_max: int = 65535, max_packet: int = 0) -> None:
         """A connection of this protocol level serves the queue from now on: an MQTT 5 client's Receive
