@@ -135,8 +135,10 @@ class Router(Protocol):
         props: Message5 | None = None,
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
-        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
-        side of the message (given for every PUBLISH of an MQTT 5 client). None is also what a refused
+        `frame0` (the QoS 0 frame as received, shared by every subscriber of the publisher's protocol
+        level) is given: a 3.1.1 frame when `props` is None, else an MQTT 5 frame with an empty property
+        block (then `props` is the connection's plain Message5). `props`: the MQTT 5 side of the message
+        (given for every PUBLISH of an MQTT 5 client). None is also what a refused
         PUBLISH returns: then an MQTT 5 client's `session.v5.refused` says why (reasons.py: 0x87 denied,
         0x97 over quota), which its reader clears before asking when it acknowledges (QoS 1/2)."""
         ...
@@ -995,7 +997,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if p >= stop:
             raise ProtocolViolation("malformed PUBLISH: no property length")
         msg = self._msg5
-        if data[p] == 0:  # no properties
+        plain = data[p] == 0
+        if plain:  # no properties (most messages)
             body = p + 1
             if te == ts:
                 raise mqtt5.protocol_error("PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-1]")
@@ -1039,6 +1042,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
         held: Held
         if not qos:
+            if first == 0x30 and plain:  # the packet as received is the MQTT 5 QoS 0 frame (see Router.publish)
+                held = route(self.session, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]), msg)
+                return held
             held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
             return held
         # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
