@@ -192,9 +192,11 @@ class Route:
     """The receivers of one topic, cached per topic while subscriptions, sessions and ACL decisions stay:
     the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
     the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current), and the
-    shared subscription groups the topic matches (one member of each is chosen per message)."""
+    shared subscription groups the topic matches (one member of each is chosen per message), and whether
+    any subscription matches it at all (`matched`, for MQTT 5's 0x10 No matching subscribers: a subscriber
+    withheld by the ACL, offline or over its quota still counts, as in mosquitto)."""
 
-    __slots__ = ("targets", "targets5", "withheld", "group", "shares")
+    __slots__ = ("targets", "targets5", "withheld", "group", "shares", "matched")
 
     def __init__(
         self,
@@ -203,12 +205,14 @@ class Route:
         group: DeliveryGroup | None,
         targets5: list[Target5],
         shares: list[Share] | None = None,
+        matched: bool = True,
     ) -> None:
         self.targets = targets  # 3.1.1 and 3.1 receivers
         self.targets5 = targets5  # MQTT 5 receivers
         self.withheld = withheld
         self.group = group
         self.shares = shares
+        self.matched = matched
 
 
 class ClientIdRefused(Exception):
@@ -350,6 +354,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._shares_of: dict[str, list[ShareGroup[Member]]] = {}
         self._share_strategy = config.limits.shared_subscription_strategy
         self._retained5: dict[str, Message5] = {}
+        # Set by `_fanout` when no subscription matched the message's topic (never cleared there: the MQTT 5
+        # reader clears it before it routes a QoS 1/2 PUBLISH and reads it right after, for 0x10 in its ack)
+        self.no_match = False
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -1334,6 +1341,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
+            self.no_match = False  # (read by the awaiting reader with nothing awaited in between)
             return self._fanout(topic, topic_raw, payload, len(payload), qos, None, None, props)
         verdicts: dict[str, bool] = {}
         for client_id, (target, _) in self._match(topic).items():
@@ -1344,6 +1352,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if client_id not in verdicts and member.out_queue is not None:
                     verdicts[client_id] = await self._topic_filtering(member, topic, Action.RECEIVE)
         route = self._make_route(topic, verdicts)
+        self.no_match = False
         return self._fanout(topic, topic_raw, payload, len(payload), qos, None, route, props)
 
     def _match(self, topic: str) -> dict[str, tuple[GuardedSession, int]]:
@@ -1383,7 +1392,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         targets5: list[Target5] = []
         withheld: list[str] = []
         errors = self._check_errors
-        for client_id, (target, granted) in self._match(topic).items():
+        matches = self._match(topic)
+        for client_id, (target, granted) in matches.items():
             queue = target.out_queue
             if queue is None:
                 continue
@@ -1420,7 +1430,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if shares is None:
                 shares = []
             shares.append((share_group, allowed))
-        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, targets5, shares)
+        group = self._delivery_group(clients, topic) if clients else None
+        route = Route(targets, withheld, group, targets5, shares, bool(matches) or shares is not None)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1606,6 +1617,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             incr = self._counters.incr
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
+        if not route.matched:
+            self.no_match = True
         return held
 
     def _after_offer(

@@ -116,7 +116,14 @@ control: the publisher's reader waits on them before its next packet), or None."
 
 class Router(Protocol):
     """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
-    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges."""
+    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges.
+
+    `no_match`: set when a message just routed matched no subscription (never cleared by the router but
+    before the awaited routing's last synchronous step): an MQTT 5 reader clears it before a synchronous
+    `publish` of QoS 1/2 and reads it after `publish` or `handle_publish`, to acknowledge 0x10 No matching
+    subscribers (mosquitto's answer; the message is still accepted, retained and counted)."""
+
+    no_match: bool
 
     @property
     def fast_publish(self) -> bool:
@@ -1047,11 +1054,14 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 return held
             held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
             return held
-        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
+        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota),
+        # and whether nothing matched it (`Router.no_match`: 0x10 No matching subscribers)
         c5: Client5 = self.session.v5  # type: ignore[union-attr,assignment]  # both set on an MQTT 5 connection
         c5.refused = 0
+        router = self._router
+        router.no_match = False  # type: ignore[union-attr]  # set with _route_now
         held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
-        code = c5.refused
+        code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)  # type: ignore[union-attr]
         self._ack(mqtt5.encode_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
 
@@ -1112,10 +1122,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     await self.send(mqtt5.encode_ack(PUBREC, pid, c5.refused))
                     return held
                 q.qos2_in.add(pid)
+                unmatched = c5 is not None and router.no_match
+            else:
+                unmatched = False  # (a re-sent PUBLISH: routed the first time only, its PUBREC said it then)
             # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
             # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
             # Acks coalesced before stay before it [MQTT-4.6.0-3]; a list flushed meanwhile held none.
-            self._ack(encode_ack(PUBREC, pid))
+            # (0x10 No matching subscribers is a success: the exchange goes on with PUBREL.)
+            self._ack(
+                mqtt5.encode_ack(PUBREC, pid, Reason.NO_MATCHING_SUBSCRIBERS) if unmatched else encode_ack(PUBREC, pid)
+            )
             if self._co is not co:
                 co, mark = self._co, 0
             if len(co) - 1 > mark:
@@ -1123,7 +1139,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return held
         held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         if qos == 1:
-            code = c5.refused if c5 is not None else 0
+            code = 0
+            if c5 is not None:
+                code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)
             await self.send(mqtt5.encode_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
