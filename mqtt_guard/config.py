@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import types
 import typing
@@ -253,6 +254,11 @@ class AuthConfig:
     hash_queue: int = 1000
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     jwt: JwtConfig | None = None  # access tokens (docs/tokens.md); None: passwords only
+    # What an MQTT 5 client with wrong or missing credentials is told (docs/reason-codes.md):
+    # "bad_credentials", CONNACK 0x86 Bad User Name or Password (the specification's code), or
+    # "not_authorized", 0x87 Not authorized (mosquitto 2.0's answer: the default under a mosquitto.conf).
+    # 3.1.1 clients get CONNACK 5 either way.
+    mqtt5_bad_credentials: Literal["bad_credentials", "not_authorized"] = "bad_credentials"
 
 
 @dataclass
@@ -336,8 +342,15 @@ class SidecarConfig:
     kick_retry: float = duration(10.0)  # a kicked session still registered after this long is kicked again
     sweep_interval: float = duration(600.0)  # every session re-evaluated once per this long, in slices (safety net)
     prometheus_bind: str | None = None  # HOST:PORT for /metrics: fleet totals from Redis, broker liveness, loop lag
+    # HOST:PORT serving only /livez, /readyz, /healthz (no /metrics, prometheus_client not imported); the
+    # probes come with prometheus_bind too (the same value serves them once)
+    health_bind: str | None = None
 
     def check(self, where: str = "sidecar") -> None:
+        if self.prometheus_bind:
+            split_bind(self.prometheus_bind, f"{where}.prometheus_bind")
+        if self.health_bind:
+            split_bind(self.health_bind, f"{where}.health_bind")
         if self.interval <= 0:
             raise ConfigError(f"{where}.interval must be above 0")
         if self.leader_ttl <= self.interval:
@@ -373,10 +386,17 @@ class ShutdownConfig:
     on for up to `drain_grace` (those that leave meanwhile leave as usual), then every connection is closed."""
 
     drain_grace: float = duration(0.0)  # 0 = close every connection at once (after the last deliveries)
+    # Where MQTT 5 clients are told to go at SIGTERM (DISCONNECT 0x9C Use another server with this Server
+    # Reference, e.g. "mqtt.example.com:1883", at the start of the drain); unset: they are served through
+    # the drain like 3.1.1 clients and told 0x8B Server shutting down at its end. mosquitto has no such key.
+    server_reference: str | None = None
 
     def check(self) -> None:
         if not 0 <= self.drain_grace <= 3600:
             raise ConfigError("shutdown.drain_grace: between 0 and 1h")
+        ref = self.server_reference
+        if ref is not None and (not ref.strip() or "\x00" in ref or len(ref.encode()) > 1024):
+            raise ConfigError("shutdown.server_reference: a non-empty server name (HOST[:PORT]), at most 1 KiB")
 
 
 @dataclass
@@ -429,6 +449,9 @@ class GuardConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
+    # Broker processes sharing the listeners' ports (SO_REUSEPORT; mqtt_guard/workers.py): a number, or
+    # "auto" for one per core. 1: this process is the broker.
+    workers: int = field(default=1, metadata={"kind": "workers"})
 
     def check(self) -> None:
         self.limits.check()
@@ -452,6 +475,20 @@ class GuardConfig:
         self.metrics.check()
         self.shutdown.check()
         self.admin.check()
+
+
+WORKERS_MAX = 256
+
+
+def parse_workers(value: Any) -> int:
+    """`workers:` / `--workers`: a count of broker processes, or "auto" (one per core)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= WORKERS_MAX:
+        raise ValueError(f'must be a whole number from 1 to {WORKERS_MAX}, or "auto", got {value!r}')
+    return value
 
 
 def load_config(path: str | Path | None) -> GuardConfig:
@@ -491,6 +528,8 @@ def _convert(tp: Any, f: dataclasses.Field[Any] | None, value: Any, path: str, s
     if value is None and kind is not None and f is not None and f.default is None:
         return None  # an optional size or duration left unset
     try:
+        if kind == "workers":
+            return parse_workers(value)
         if kind == "size":
             return parse_size(value)
         if kind == "duration":

@@ -139,6 +139,7 @@ class Guard:
                 self.keys.blocks_head(),
                 self.keys.brokers(),
                 self.keys.generation(),
+                self.keys.schema(),
                 self.keys.bans_head(),
             ],
             self._on_keys,
@@ -502,6 +503,8 @@ class Guard:
     def _on_keys(self, keys: list[str]) -> None:
         if self.keys.generation() in keys:
             self.marker.check()
+        elif self.keys.schema() in keys:
+            self.marker.check(suspect=False)
         if self.trust.reason is not None:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# A worker of `broker --workers N` (mqtt_guard/workers.py) marks its lines after the time: "... w1 INFO ...".
+WORKER_TAG = f" w{os.environ['MQTT_GUARD_WORKER'].partition('/')[0]}" if os.environ.get("MQTT_GUARD_WORKER") else ""
 _MAX_BUFFERED = 256  # lines held before they are written even if WRITE_DELAY has not passed
 WRITE_DELAY = 0.01  # seconds a buffered line may wait (one write per ~20 CONNECTs at full rate)
 
@@ -75,7 +78,7 @@ class FastFormatter(logging.Formatter):
         if second != self._second:
             self._second = second
             self._stamp = time.strftime(self.default_time_format, self.converter(second))
-        return "%s,%03d" % (self._stamp, (created - second) * 1000)  # noqa: UP031 - half the cost of an f-string
+        return "%s,%03d%s" % (self._stamp, (created - second) * 1000, WORKER_TAG)  # noqa: UP031 - half an f-string's cost
 
 
 class LineHandler(logging.StreamHandler[TextIO]):

@@ -263,6 +263,8 @@ OVER_RATE = Reason.MESSAGE_RATE_TOO_HIGH
 DENIED_PUBLISH = Reason.NOT_AUTHORIZED
 """A PUBLISH the ACL denied, with `acl.deny_publish_action: disconnect`."""
 SHUTDOWN = Reason.SERVER_SHUTTING_DOWN
+USE_ANOTHER_SERVER = Reason.USE_ANOTHER_SERVER
+"""Shutdown with `shutdown.server_reference`: the client is told where to reconnect (Server Reference)."""
 
 
 def quota_disconnect(metric: str) -> Reason:
@@ -289,3 +291,53 @@ PUBLISH_OVER_QUOTA = Reason.QUOTA_EXCEEDED
 """A QoS 1/2 PUBLISH over `events`, `bytes` or `rate` (0x96 may not appear in a PUBACK)."""
 SUBSCRIBE_DENIED = Reason.NOT_AUTHORIZED
 """A SUBSCRIBE filter the ACL denied (SUBACK; 0x80 for a 3.1.1 client)."""
+
+
+# -- Reason Strings (property 0x1F): what a person reading the client's log is told ------------------------
+# Short, fixed per code: never the log's detail (an admin's kick text, a rule, a count), so nothing about the
+# configuration, other users or secrets reaches a client. Sent on a failure (>= 0x80) only: CONNACK and
+# DISCONNECT always, PUBACK/PUBREC/PUBCOMP/SUBACK only when the client did not set Request Problem
+# Information to 0 [MQTT-3.1.2-29]; left out when the packet would exceed the client's Maximum Packet Size
+# [MQTT-3.1.2-25] (engine/mqtt5.py).
+REASON_STRINGS: dict[int, str] = {
+    Reason.UNSPECIFIED_ERROR: "unspecified error",
+    Reason.MALFORMED_PACKET: "malformed packet",
+    Reason.PROTOCOL_ERROR: "protocol error",
+    Reason.IMPLEMENTATION_SPECIFIC_ERROR: "implementation specific error",
+    Reason.UNSUPPORTED_PROTOCOL_VERSION: "unsupported protocol version",
+    Reason.CLIENT_IDENTIFIER_NOT_VALID: "client identifier not valid",
+    Reason.BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
+    Reason.NOT_AUTHORIZED: "not authorized",
+    Reason.SERVER_UNAVAILABLE: "server unavailable, retry later",
+    Reason.SERVER_BUSY: "server busy, retry later",
+    Reason.BANNED: "banned",
+    Reason.SERVER_SHUTTING_DOWN: "server shutting down",
+    Reason.BAD_AUTHENTICATION_METHOD: "authentication method not supported",
+    Reason.KEEP_ALIVE_TIMEOUT: "keep alive timeout",
+    Reason.SESSION_TAKEN_OVER: "session taken over by another connection",
+    Reason.TOPIC_FILTER_INVALID: "topic filter invalid",
+    Reason.TOPIC_NAME_INVALID: "topic name invalid",
+    Reason.PACKET_IDENTIFIER_IN_USE: "packet identifier in use",
+    Reason.PACKET_IDENTIFIER_NOT_FOUND: "packet identifier not found",
+    Reason.RECEIVE_MAXIMUM_EXCEEDED: "receive maximum exceeded",
+    Reason.TOPIC_ALIAS_INVALID: "topic alias invalid",
+    Reason.PACKET_TOO_LARGE: "packet too large",
+    Reason.MESSAGE_RATE_TOO_HIGH: "message rate too high",
+    Reason.QUOTA_EXCEEDED: "quota exceeded",
+    Reason.ADMINISTRATIVE_ACTION: "disconnected by an administrator",
+    Reason.PAYLOAD_FORMAT_INVALID: "payload is not UTF-8",
+    Reason.RETAIN_NOT_SUPPORTED: "retain not supported",
+    Reason.QOS_NOT_SUPPORTED: "QoS not supported",
+    Reason.USE_ANOTHER_SERVER: "server shutting down, use another server",
+    Reason.SERVER_MOVED: "server moved",
+    Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: "shared subscriptions not supported",
+    Reason.CONNECTION_RATE_EXCEEDED: "connection rate exceeded",
+    Reason.MAXIMUM_CONNECT_TIME: "maximum connect time reached",
+    Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: "subscription identifiers not supported",
+    Reason.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: "wildcard subscriptions not supported",
+}
+
+
+def reason_string(code: int) -> str | None:
+    """The Reason String of a failure `code` (None for a success, which gets none)."""
+    return REASON_STRINGS.get(code, "refused") if code >= 0x80 else None

@@ -178,3 +178,23 @@ def test_shared_subscription_strategy(tmp_path):
     f.write_text("limits:\n  shared_subscription_strategy: random\n")
     with pytest.raises(ConfigError, match="shared_subscription_strategy"):
         load_config(f)
+
+
+def test_mqtt5_bad_credentials_and_the_shutdown_server_reference(tmp_path):
+    config = load_config(None)
+    assert config.auth.mqtt5_bad_credentials == "bad_credentials" and config.shutdown.server_reference is None
+    f = tmp_path / "c.yaml"
+    listener = "listeners:\n  - bind: 127.0.0.1:1884\n"
+    f.write_text(
+        listener + "auth:\n  mqtt5_bad_credentials: not_authorized\nshutdown:\n  server_reference: b.example:1883\n"
+    )
+    config = load_config(f)
+    config.check()
+    assert config.auth.mqtt5_bad_credentials == "not_authorized"
+    assert config.shutdown.server_reference == "b.example:1883"
+    f.write_text("auth:\n  mqtt5_bad_credentials: spec\n")
+    with pytest.raises(ConfigError, match="mqtt5_bad_credentials"):
+        load_config(f)
+    f.write_text(listener + "shutdown:\n  server_reference: '  '\n")
+    with pytest.raises(ConfigError, match="shutdown.server_reference"):
+        load_config(f).check()

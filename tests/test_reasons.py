@@ -164,3 +164,14 @@ def test_the_doc_has_one_table_and_every_code_fits_its_packet() -> None:
     constants = {getattr(reasons, n) for n in dir(reasons) if n.isupper() and isinstance(getattr(reasons, n), Reason)}
     assert constants - {Reason.SUCCESS} <= seen  # every decision constant is documented
     assert {connack_reason(o) for o in Outcome} - {Reason.SUCCESS} <= seen
+
+
+def test_every_failure_the_server_sends_has_a_short_reason_string():
+    from mqtt_guard.reasons import reason_string
+
+    for code in CONNACK_FAILURES | PUBACK_FAILURES | SUBACK_FAILURES | DISCONNECT_BY_SERVER:
+        text = reason_string(code)
+        if code < 0x80:
+            assert text is None
+        else:
+            assert text and len(text) <= 48 and text != "refused", hex(code)

@@ -71,6 +71,7 @@ class Client5:
     closed: bool = False
     disconnect_rc: int | None = None  # the reason code of a DISCONNECT the broker sent
     connack_props: dict = field(default_factory=dict)
+    filters: list[str] = field(default_factory=list)  # every filter it subscribed (run.py `_one_copy`)
     _paho: paho.Client | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _waiters: dict[tuple[str, int], asyncio.Future] = field(default_factory=dict)
@@ -228,6 +229,7 @@ class Client5:
         if self._paho is None or self.closed:
             raise ConnectionError("not connected")
         subs = [(f, SubscribeOptions(qos=q, **(options or {}))) for f, q in filters]
+        self.filters.extend(f for f, _ in filters)
         _, mid = self._paho.subscribe(subs)
         return await self._wait(("sub", mid), timeout)  # type: ignore[arg-type]  # paho returns the mid it sent
 

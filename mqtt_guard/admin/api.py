@@ -66,6 +66,9 @@ class Ctx:
     # the session index (fields -> (built at, seconds it took, rows)) shared by every page and event stream
     session_index: dict[tuple[str, ...], tuple[float, float, list[dict[str, str | None]]]] = field(default_factory=dict)
     index_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # every client's rate over the last 10 s (built at, seconds it took, client id -> (in, out)): the sort
+    # key of the session table by rate, reused like the index
+    fleet_rates: dict[str, tuple[float, float, dict[str, float]]] = field(default_factory=dict)  # by direction
 
     def quota(self) -> QuotaStore:
         return QuotaStore(self.redis, self.keys, audit_maxlen=self.audit_maxlen)
@@ -188,7 +191,20 @@ USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**NUMBER, "
 PASSWORD = obj(["password"], password={**STRING, "minLength": 1})
 
 
-@route("GET", "/api/users", "List users (paged, sorted by name), without password hashes", tag="users", query=PAGE)
+async def user_view(ctx: Ctx, name: str) -> dict[str, Any]:
+    """A user as `user show --json` prints it, with the plan it is put on (`user set --plan`)."""
+    user = await user_ops.get_user(ctx.redis, ctx.keys, name)
+    user["plan"] = (await plan_ops.user_plans(ctx.redis, ctx.keys, [name]))[name]
+    return user
+
+
+@route(
+    "GET",
+    "/api/users",
+    "List users (paged, sorted by name), without password hashes, with their plan",
+    tag="users",
+    query=PAGE,
+)
 async def list_users(ctx: Ctx, request: web.Request, _: Any) -> Any:
     result = page(request, await user_ops.list_users(ctx.redis, ctx.keys))
     shown = []
@@ -197,7 +213,8 @@ async def list_users(ctx: Ctx, request: web.Request, _: Any) -> Any:
             shown.append(await user_ops.get_user(ctx.redis, ctx.keys, name))
         except NotFound:  # deleted meanwhile
             continue
-    result["items"] = shown
+    plans = await plan_ops.user_plans(ctx.redis, ctx.keys, [u["username"] for u in shown])
+    result["items"] = [{**u, "plan": plans[u["username"]]} for u in shown]
     return result
 
 
@@ -216,12 +233,12 @@ async def create_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
         groups=body.get("groups", []),
     )
     await audit(ctx, request, "user.create", username=name)
-    return await user_ops.get_user(ctx.redis, ctx.keys, name)
+    return await user_view(ctx, name)
 
 
-@route("GET", "/api/users/{username}", "A user (the password's scheme, never its hash)", tag="users")
+@route("GET", "/api/users/{username}", "A user (the password's scheme, never its hash) and its plan", tag="users")
 async def get_user(ctx: Ctx, request: web.Request, _: Any) -> Any:
-    return await user_ops.get_user(ctx.redis, ctx.keys, request.match_info["username"])
+    return await user_view(ctx, request.match_info["username"])
 
 
 @route(
@@ -242,7 +259,7 @@ async def patch_user(ctx: Ctx, request: web.Request, body: Any) -> Any:
         expires_at=body["expires_at"] if "expires_at" in body else user_ops.NO_CHANGE,
     )
     await audit(ctx, request, "user.update", username=name, fields=",".join(sorted(body)))
-    return await user_ops.get_user(ctx.redis, ctx.keys, name)
+    return await user_view(ctx, name)
 
 
 @route("DELETE", "/api/users/{username}", "Delete a user", tag="users")
@@ -262,7 +279,7 @@ async def set_password(ctx: Ctx, request: web.Request, body: Any) -> Any:
     return {"username": name, "password": "changed"}
 
 
-@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules)", tag="users")
+@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules or a plan)", tag="users")
 async def list_groups(ctx: Ctx, request: web.Request, _: Any) -> Any:
     return await user_ops.list_groups(ctx.redis, ctx.keys)
 
@@ -272,6 +289,48 @@ async def _membership(ctx: Ctx, request: web.Request, member: bool) -> Any:
     await user_ops.set_membership(ctx.redis, ctx.keys, group, name, member)
     await audit(ctx, request, "group.add" if member else "group.remove", group=group, username=name)
     return {"group": group, "username": name, "member": member}
+
+
+@route("GET", "/api/groups/{group}", "A group: its members and the plan of its users", tag="users")
+async def get_group(ctx: Ctx, request: web.Request, _: Any) -> Any:
+    group = request.match_info["group"]
+    listing = await user_ops.list_groups(ctx.redis, ctx.keys)
+    plan = await plan_ops.group_plan(ctx.redis, ctx.keys, group)
+    if group not in listing:
+        raise NotFound(f"no group {group!r} (no member, no ACL rule, no plan)")
+    return {"group": group, "members": listing.get(group, []), "plan": plan}
+
+
+PLAN_ASSIGN = obj(["plan"], plan={**STRING, "minLength": 1, "description": "a plan name (it must exist), or none"})
+
+
+@route(
+    "PUT",
+    "/api/users/{username}/plan",
+    "Put a user on a plan, or none (user set --plan); a token's identity needs no user record",
+    tag="users",
+    body=PLAN_ASSIGN,
+)
+async def put_user_plan(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    name = request.match_info["username"]
+    user_ops.check_name(name)
+    plan = await plan_ops.set_user_plan(ctx.redis, ctx.keys, name, body["plan"])
+    await audit(ctx, request, "user.plan", username=name, plan=plan or "none")
+    return {"username": name, "plan": plan}
+
+
+@route(
+    "PUT",
+    "/api/groups/{group}/plan",
+    "Put a group's users on a plan, or none (group set --plan)",
+    tag="users",
+    body=PLAN_ASSIGN,
+)
+async def put_group_plan(ctx: Ctx, request: web.Request, body: Any) -> Any:
+    group = request.match_info["group"]
+    plan = await plan_ops.set_group_plan(ctx.redis, ctx.keys, group, body["plan"])
+    await audit(ctx, request, "group.plan", group=group, plan=plan or "none")
+    return {"group": group, "plan": plan}
 
 
 @route("PUT", "/api/groups/{group}/members/{username}", "Add a user to a group", tag="users")
@@ -689,7 +748,8 @@ async def remove_ban(ctx: Ctx, request: web.Request, _: Any) -> Any:
 
 # -- sessions and clients ------------------------------------------------------------------------------
 SESSION_INTS = ("queue_messages", "queue_bytes", "events_in", "events_out", "bytes_in", "bytes_out")
-SESSION_SORT = ["client_id", "username", "broker", "since", *SESSION_INTS]
+RATE_SORT = ("rate", "rate_in", "rate_out")  # from the analytics (messages per s over the last 10 s)
+SESSION_SORT = ["client_id", "username", "broker", "since", *SESSION_INTS, *RATE_SORT]
 
 
 def session_view(s: dict[str, str]) -> dict[str, Any]:
@@ -710,7 +770,11 @@ def session_view(s: dict[str, str]) -> dict[str, Any]:
 
 SESSION_QUERY = [
     *PAGE,
-    Param("sort", enum(*SESSION_SORT), "sort column (default client_id)"),
+    Param(
+        "sort",
+        enum(*SESSION_SORT),
+        "sort column (default client_id); rate, rate_in, rate_out: messages per second over the last 10 s",
+    ),
     ORDER,
     Param("broker", STRING, "only the sessions of this broker"),
     Param("username", STRING, "only the sessions of this user"),
@@ -736,15 +800,33 @@ async def cached_index(ctx: Ctx, fields: list[str]) -> list[dict[str, str | None
         return rows
 
 
+async def cached_rates(ctx: Ctx, direction: str) -> dict[str, float]:
+    """Every client's rate (ops/stats.py fleet_rates), reused like the session index (`cached_index`)."""
+    async with ctx.index_lock:
+        hit = ctx.fleet_rates.get(direction)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < max(INDEX_MIN_AGE, INDEX_COST_FACTOR * hit[1]):
+            return hit[2]
+        rates = await stats_ops.fleet_rates(ctx.redis, ctx.keys, direction)
+        ctx.fleet_rates[direction] = (time.monotonic(), time.monotonic() - now, rates)
+        return rates
+
+
 async def session_page(ctx: Ctx, request: web.Request) -> dict[str, Any]:
     """One page of the fleet's sessions: filtered and sorted over every session by the few fields that
-    takes (session_index), then the page's rows read whole, with their traffic."""
+    takes (session_index; for a rate, the fleet's rates from the analytics), then the page's rows read
+    whole, with their traffic."""
     sort = q_choice(request, "sort", SESSION_SORT, "client_id")
     desc = q_choice(request, "order", ["asc", "desc"], "asc") == "desc"
     broker, username = request.query.get("broker"), request.query.get("username")
-    index = await cached_index(ctx, ["username", sort])
+    by_rate = sort in RATE_SORT
+    index = await cached_index(ctx, ["username"] if by_rate else ["username", sort])
     rows = [session_view({n: v for n, v in s.items() if v is not None}) for s in index]
     rows = [r for r in rows if (not broker or r["broker"] == broker) and (not username or r["username"] == username)]
+    if by_rate:
+        rates = await cached_rates(ctx, {"rate_in": "in", "rate_out": "out"}.get(sort, "both"))
+        for r in rows:
+            r[sort] = rates.get(r["client_id"], 0.0)
     rows.sort(key=lambda r: (r[sort] is None, r[sort] if r[sort] is not None else "", r["client_id"]), reverse=desc)
     result = {**page(request, rows), "sort": sort, "order": "desc" if desc else "asc"}
     whole = {s.get("client_id"): s for s in await ctx.quota().sessions([r["client_id"] for r in result["items"]])}

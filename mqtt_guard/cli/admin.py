@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ..config import ConfigError, GuardConfig, load_config
+from ..store import schema
 from ..store.connection import REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
@@ -74,7 +75,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        ctx = Ctx(redis, Keys(config.redis.prefix), audit_maxlen=config.quota.audit_maxlen)
+        keys = Keys(config.redis.prefix)
+        try:
+            await schema.check(redis, keys)  # a layout newer than this release: refuse (store/schema.py)
+        except schema.SchemaMismatch as exc:
+            await redis.aclose()
+            raise CliError(f"admin server refuses to start: {exc}") from None
+        except REDIS_ERRORS:
+            pass  # (Redis down at start: the API answers 503 until it is back, as before)
+        ctx = Ctx(redis, keys, audit_maxlen=config.quota.audit_maxlen)
         try:
             await serve(ctx, config.admin, stop)
         except OSError as exc:

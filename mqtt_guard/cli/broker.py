@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ConfigError, GuardConfig, ListenerConfig, load_config, split_bind
+from ..config import ConfigError, GuardConfig, ListenerConfig, load_config, parse_workers, split_bind
 from ..store.connection import RedisUrlError, make_async_client
 from .common import CliError, apply_redis_overrides
 
@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="replaces log.level of the config file"
     )
+    p.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="run N broker processes on the same ports (auto: one per core); replaces `workers:` of the config",
+    )
     p.set_defaults(func=cmd_broker)
 
 
@@ -49,6 +54,7 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
             config.auth.allow_anonymous = True
         if args.log_level:
             config.log.level = args.log_level
+        apply_workers(config, args)
         config.check()
         make_async_client(config.redis.url)  # refuses an unsupported URL before anything starts
     except RedisUrlError as exc:
@@ -56,6 +62,14 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     return config
+
+
+def apply_workers(config: GuardConfig, args: argparse.Namespace) -> None:
+    if args.workers is not None:
+        try:
+            config.workers = parse_workers(args.workers)
+        except ValueError as exc:
+            raise ConfigError(f"--workers: {exc}") from None
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -80,6 +94,10 @@ def _run_mosquitto_conf(args: argparse.Namespace, path: str) -> int:
         raise CliError("give either -c/--config or --mosquitto-conf, not both")
     base = GuardConfig()
     apply_redis_overrides(base, args)
+    try:
+        apply_workers(base, args)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     try:
         return run_mosquitto_conf(
             path, base, binds=args.bind, allow_anonymous=args.allow_anonymous, log_level=args.log_level

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..store import generation
+from ..store import generation, schema
 from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import DEFAULT_PREFIX, Keys
 from ..store.users import UserStore
@@ -54,12 +54,17 @@ def admin_id() -> str:
 
 
 def run_with_redis(
-    args: argparse.Namespace, body: Callable[[Any, Keys], Awaitable[int]], *, writes: bool = False
+    args: argparse.Namespace,
+    body: Callable[[Any, Keys], Awaitable[int]],
+    *,
+    writes: bool = False,
+    any_layout: bool = False,
 ) -> int:
     """Run `body(redis, keys)` with a client built from the global options; report Redis errors plainly.
 
     `writes`: the command writes this deployment's data, so a Redis without a generation marker gets
-    one first (a new deployment; store/generation.py)."""
+    one first (a new deployment; store/generation.py). The key layout must be one this release reads
+    (store/schema.py), unless `any_layout` (the `store` commands that inspect or migrate it)."""
     url = redis_url(args)
 
     async def main() -> int:
@@ -69,12 +74,16 @@ def run_with_redis(
             raise CliError(str(exc)) from None
         keys = Keys(key_prefix(args))
         try:
+            if not any_layout:
+                await schema.check(client, keys)
             result = await body(client, keys)
             if writes:  # after the body: a refused command (CliError) writes nothing at all
                 await ensure_generation(client, keys)
             return result
         except REDIS_ERRORS as exc:
             raise CliError(f"cannot reach Redis at {redact(url)}: {exc}") from None
+        except schema.SchemaMismatch as exc:
+            raise CliError(str(exc)) from None
         finally:
             await client.aclose()
 

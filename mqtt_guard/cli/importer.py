@@ -56,7 +56,7 @@ async def _read_goauth(source: Any, prefix: str, exclude: str) -> dict[str, Any]
     users: dict[str, str | None] = {}
     su: set[str] = set()
     sets: dict[tuple[str, str], list[str]] = {}
-    async for key in source.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
+    async for key in source.scan_iter(match=f"{k.glob_escape(prefix)}*", count=1000):
         if exclude and key.startswith(exclude):
             continue  # mqtt-guard's own keys in the same Redis
         name = key[len(prefix) :]
@@ -70,10 +70,6 @@ async def _read_goauth(source: Any, prefix: str, exclude: str) -> dict[str, Any]
         elif kind == "string" and name and not name.startswith("common:"):
             users[name] = await source.get(key)
     return {"users": users, "su": su, "sets": sets}
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def cmd_import_goauth(args: argparse.Namespace) -> int:

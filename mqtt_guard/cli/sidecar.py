@@ -8,6 +8,7 @@ import logging
 import signal
 
 from ..config import ConfigError, GuardConfig, load_config, parse_duration
+from ..store.schema import SchemaMismatch
 from .common import CliError, apply_redis_overrides
 
 
@@ -22,6 +23,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--metrics-bind",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics (fleet totals, broker liveness, loop lag) here",
+    )
+    p.add_argument(
+        "--health-bind",
+        metavar="HOST:PORT",
+        help="serve only the probes /livez and /readyz here (sidecar.health_bind; no /metrics)",
     )
     p.set_defaults(func=cmd_sidecar)
 
@@ -42,6 +48,8 @@ def resolve_config(args: argparse.Namespace) -> GuardConfig:
             config.log.level = args.log_level
         if args.metrics_bind:
             config.sidecar.prometheus_bind = args.metrics_bind
+        if args.health_bind:
+            config.sidecar.health_bind = args.health_bind
         config.quota.check()
         config.sidecar.check()
     except ConfigError as exc:
@@ -59,7 +67,10 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Sidecar(config).run(stop)
+        try:
+            await Sidecar(config).run(stop)
+        except SchemaMismatch as exc:
+            raise CliError(f"sidecar refuses to start: {exc}") from None
         return 0
 
     return asyncio.run(main())

@@ -1,8 +1,10 @@
-"""`mqtt-guard store show|adopt`: the generation marker that tells brokers this Redis holds their data.
+"""`mqtt-guard store show|adopt|migrate`: the generation marker that tells brokers this Redis holds their
+data, and the version of its key layout.
 
 A broker that sees the marker it started with disappear or change (Redis restarted empty, flushed,
 replaced) treats Redis as unavailable until the marker comes back (a restored backup) or an admin
 accepts what Redis holds now with `store adopt` (store/generation.py, docs/redis-schema.md).
+`store migrate` moves the data to the key layout of this release (store/schema.py), idempotently.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..store import generation
+from ..store import generation, schema
 from ..store.keys import Keys
 from .common import admin_id, run_with_redis
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("store", help="the generation marker of this deployment's data in Redis")
+    p = sub.add_parser("store", help="the generation marker and key layout version of this deployment's data")
     cmds = p.add_subparsers(dest="store_command", required=True)
     show = cmds.add_parser("show", help="print the generation marker (exit 1 if there is none)")
     show.set_defaults(func=cmd_show)
@@ -26,18 +28,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(marker missing or changed) trust it again and reload users, rules and quotas",
     )
     adopt.set_defaults(func=cmd_adopt)
+    migrate = cmds.add_parser(
+        "migrate",
+        help="move the data to the key layout of this release (idempotent; run once every broker, sidecar and "
+        "CLI runs this release: docs/redis-schema.md)",
+    )
+    migrate.add_argument("--dry-run", action="store_true", help="print the steps without running them")
+    migrate.set_defaults(func=cmd_migrate)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     async def body(redis: Any, keys: Keys) -> int:
         marker = await generation.read(redis, keys)
+        verdict = schema.judge(await schema.read(redis, keys))
+        print(f"{keys.schema()}: {verdict.version}" + (f" ({verdict.problem})" if verdict.problem else ""))
         if marker is None:
             print(f"{keys.generation()}: none (brokers that knew one treat this Redis as unavailable)")
             return 1
         print(f"{keys.generation()}: {marker.describe()}")
         return 0
 
-    return run_with_redis(args, body)
+    return run_with_redis(args, body, any_layout=True)
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
@@ -49,3 +60,19 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         return 0
 
     return run_with_redis(args, body)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    async def body(redis: Any, keys: Keys) -> int:
+        before = await schema.read(redis, keys)
+        steps = await schema.migrate(redis, keys, dry_run=args.dry_run)
+        for line in steps:
+            print(line)
+        target = schema.SCHEMA_VERSION
+        if not steps:
+            print(f"{keys.schema()}: {before}, the layout of this release: nothing to move")
+        elif not args.dry_run:
+            print(f"{keys.schema()}: {before} -> {target}")
+        return 0
+
+    return run_with_redis(args, body, any_layout=True)

@@ -696,6 +696,7 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     # mosquitto lets any user take any client id over; its own client id rule is clientid_prefixes
     config.auth.client_id_policy = "any"
     config.auth.client_id_prefixes = [conf.clientid_prefixes] if conf.clientid_prefixes is not None else []
+    config.auth.mqtt5_bad_credentials = "not_authorized"  # mosquitto 2.0 answers 0x87, not 0x86 (measured)
     limits = config.limits
     limits.shared_subscription_strategy = "mosquitto"  # mosquitto-compat/SHARED.md
     if conf.max_inflight_messages is not None:

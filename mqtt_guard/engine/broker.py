@@ -77,10 +77,12 @@ from ..reasons import (
     SHUTDOWN,
     SUBSCRIBE_DENIED,
     TAKEN_OVER,
+    USE_ANOTHER_SERVER,
     V5_CONNACK,
     Reason,
     connack_311,
     connack_reason,
+    reason_string,
 )
 from . import mqtt5
 from .deadlines import Deadlines, Wheel
@@ -274,9 +276,19 @@ _ADMITTED: list[asyncio.Event] = []
 
 
 class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type information
-    def __init__(self, config: GuardConfig, guard: GuardPort, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: GuardConfig,
+        guard: GuardPort,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """`reuse_port`: this broker is one of `--workers` processes sharing its listeners' ports
+        (SO_REUSEPORT: the kernel spreads new connections over them)."""
         self.guard = guard  # set before amqtt builds the plugins: GuardSysPlugin looks it up at init (guard_of)
         self.guard_config = config
+        self.reuse_port = reuse_port
         self._guard_listeners: dict[str, ListenerConfig] = {}
         self._connections: dict[str, Ended] = {}  # client id -> set when its connection has ended
         self._shutting_down = False  # listeners closed: CONNECTs are refused (a drain may follow)
@@ -288,7 +300,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         guard.bind_engine(self)  # kicks, and the queue depths the quota heartbeat and the metrics read
         for (name, theirs), ours in zip(self.listeners_config.items(), config.listeners, strict=True):
             self._guard_listeners[name] = ours
-            # amqtt copies the default listener's fields into the others ("apply"); undo that.
+            # amqtt copies the default listener's fields into the others ("apply"); undo that. (A tcp
+            # listener after a websockets first one had become a websockets server: its type is tcp,
+            # amqtt's default, so it was "not set".)
+            theirs.type = ListenerType.WS if ours.type == "websockets" else ListenerType.TCP
             theirs.ssl = bool(ours.certfile)
             theirs.max_connections = 0  # we refuse over-limit connections ourselves
         # Third-party topic checks, after the Guard's, in call order; a synchronous `check` is used if offered
@@ -335,6 +350,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._id_policy = config.auth.client_id_policy
         self._id_prefixes = tuple(config.auth.client_id_prefixes)
         self._id_rule = self._id_policy != "any" or bool(self._id_prefixes)
+        # MQTT 5 wrong/missing credentials: 0x86 (the specification) or 0x87 (mosquitto 2.0): auth.mqtt5_bad_credentials
+        self._bad_credentials = (
+            Reason.NOT_AUTHORIZED
+            if config.auth.mqtt5_bad_credentials == "not_authorized"
+            else Reason.BAD_USER_NAME_OR_PASSWORD
+        )
         # limits.persistent_session_expiry: one heap of (deadline, client id) swept by `_session_monitor`, and
         # each offline session's current deadline (an entry of an earlier offline spell is skipped)
         self._session_expiry = config.limits.persistent_session_expiry
@@ -396,10 +417,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         engine/proxy_listener.py, which reads the PROXY header first and passes on the client's address
         (a websockets one through engine/proxy_ws.py's connections)."""
         ours = self._guard_listeners[listener_name]
+        reuse_port = self.reuse_port
         if listener_type != ListenerType.TCP:
             secured = ours.require_token or bool(ours.allowed_origins)
-            if ours.proxy_protocol or secured:  # amqtt's websockets server, with our connections or upgrade check
-                extra: dict[str, Any] = {}
+            if ours.proxy_protocol or secured or reuse_port:  # amqtt's websockets server, with our options
+                extra: dict[str, Any] = {"reuse_port": True} if reuse_port else {}
                 if ours.proxy_protocol:  # connections that read the PROXY header first
                     extra["create_connection"] = functools.partial(
                         ProxiedWebSocket, trusted=trusted_networks(ours.trusted_proxies), name=ours.bind
@@ -459,8 +481,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 timeout=limits.connect_timeout,
                 deadlines=deadlines,
                 name=ours.bind,
+                reuse_port=reuse_port,
             )
-        return await loop.create_server(stream, address, port, reuse_address=True, ssl=ssl_context)
+        return await loop.create_server(
+            stream, address, port, reuse_address=True, reuse_port=reuse_port or None, ssl=ssl_context
+        )
 
     async def _client_connected(self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter) -> None:
         server = self._servers.get(listener_name)
@@ -514,7 +539,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             bearer = check.take(writer._protocol) if check is not None else None  # noqa: SLF001 - amqtt's WebSocketsWriter
             if bearer is None:
                 log.warning("closed connection from %s: no access token verified at its upgrade", where)
-                await self._refuse(writer, CONNACK_NOT_AUTHORIZED)
+                await self._refuse(writer, CONNACK_NOT_AUTHORIZED, session.protocol_level, c5=session.v5)
                 return
         try:
             code = await self._check_connect(session, listener, where, generated, bearer)
@@ -531,6 +556,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 connack_311(code) if code else CONNACK_SERVER_UNAVAILABLE,
                 session.protocol_level,
                 code or Reason.SERVER_UNAVAILABLE,
+                session.v5,
             )
             return
         if generated and session.v5 is not None:
@@ -722,7 +748,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             reason,
             result.connack_code or CONNACK_NOT_AUTHORIZED,
         )
-        return connack_reason(result.outcome) if not result.ok else REFUSED_BY_PLUGIN
+        if result.ok:
+            return REFUSED_BY_PLUGIN
+        code = connack_reason(result.outcome)
+        return self._bad_credentials if code == Reason.BAD_USER_NAME_OR_PASSWORD else code
 
     async def _admit(
         self,
@@ -982,13 +1011,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             )
 
     @staticmethod
-    async def _refuse(writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None) -> None:
+    async def _refuse(
+        writer: WriterAdapter, code: int, level: int = 4, reason: int | None = None, c5: Client5 | None = None
+    ) -> None:
         """Every refused CONNECT ends here: CONNACK `code` (3.1.1), or for an MQTT 5 client the v5 CONNACK
-        with `reason` (default: the v5 code that says what `code` says, reasons.V5_CONNACK), then close."""
+        with `reason` (default: the v5 code that says what `code` says, reasons.V5_CONNACK), then close.
+        `c5`: what the client's CONNECT said (None: it could not be read); with it the CONNACK carries
+        the reason's short Reason String, within the client's Maximum Packet Size."""
         if level == MQTT5:
             if reason is None:
                 reason = V5_CONNACK.get(code, Reason.UNSPECIFIED_ERROR)
-            frame = mqtt5.encode_connack(False, reason)
+            if c5 is not None:
+                frame = mqtt5.encode_refusal(reason, reason_string(reason), c5.max_packet)
+            else:
+                frame = mqtt5.encode_connack(False, reason)
         else:
             frame = encode_connack(False, code)
         try:
@@ -1709,7 +1745,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 else:
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
-        await conn.send(mqtt5.encode_suback(packet_id, codes) if v5 else encode_suback(packet_id, codes))
+        await conn.send(_suback5(packet_id, codes, session.v5) if v5 else encode_suback(packet_id, codes))
         for (topic_filter, options), code, new, real in zip(filters, codes, fresh, shared, strict=True):
             if code >= SUBACK_FAILURE:
                 continue
@@ -2044,6 +2080,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     server.instance.close()
             except Exception:
                 log.debug("closing a listener failed", exc_info=True)
+        reference = self.guard_config.shutdown.server_reference
+        if reference:
+            self._send_elsewhere(reference)
         if drain_grace > 0:
             await self._drain(drain_grace)
         self._closing = True
@@ -2091,12 +2130,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         await self.plugins_manager.close()
         self.transitions.stopping_success()
 
+    def _send_elsewhere(self, reference: str) -> None:
+        """At shutdown with `shutdown.server_reference`: every connected MQTT 5 client is sent DISCONNECT
+        0x9C Use another server with that Server Reference and closed now, without its will (it did nothing
+        wrong), so it reconnects elsewhere while the drain serves the rest. MQTT 3.1.1 has no way to ask a
+        client to leave: 3.1.1 clients are served until they go or the grace period ends, as before."""
+        told = 0
+        for session, handler in list(self._sessions.values()):
+            if (
+                isinstance(handler, GuardedHandler)
+                and handler.session is not None
+                and session.protocol_level == MQTT5
+                and session.transitions.state == "connected"
+            ):
+                handler.publish_will = False
+                handler.close("broker shutting down: told to use another server", USE_ANOTHER_SERVER, reference)
+                told += 1
+        if told:
+            log.info("shutting down: told %d MQTT 5 client(s) to use another server (%s)", told, reference)
+
     async def _drain(self, grace: float) -> None:
         """Wait up to `grace` seconds (or until `end_drain`) for the connections to end on their own.
-        The listeners are closed and CONNECTs still in flight are refused, so none are added meanwhile."""
-        # TODO(MQTT 5 issue): here MQTT 5 clients are to be told to move on, DISCONNECT 0x9C (use another
-        # server) or 0x9D (server moved) with the configured server reference; MQTT 3.1.1 has no way to
-        # ask a client to leave, so 3.1.1 clients are served until they go or the grace period ends.
+        The listeners are closed and CONNECTs still in flight are refused, so none are added meanwhile.
+        (MQTT 5 clients were told to use another server first when `shutdown.server_reference` is set.)"""
         pending = [e for e in self._connections.values() if not e.is_set()]
         log.info("draining: listeners closed, serving %d connection(s) for up to %gs", len(pending), grace)
         if not pending:
@@ -2210,6 +2266,15 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def _suback5(packet_id: int, codes: list[int], c5: Client5 | None) -> bytes:
+    """An MQTT 5 SUBACK: with a refused filter, the Reason String of the first refusal, unless the client
+    set Request Problem Information 0 [MQTT-3.1.2-29] (or it would exceed its Maximum Packet Size)."""
+    failed = next((code for code in codes if code >= 0x80), 0)
+    if not failed or c5 is None or not c5.problem_info:
+        return mqtt5.encode_suback(packet_id, codes)
+    return mqtt5.encode_suback(packet_id, codes, reason_string(failed), c5.max_packet)
 
 
 def _refused(session: GuardedSession, code: int) -> None:

@@ -42,7 +42,7 @@ from amqtt.mqtt.publish import PublishPacket
 from websockets import ConnectionClosed
 
 from ..metrics import counters as C
-from ..reasons import KEEP_ALIVE, Reason
+from ..reasons import KEEP_ALIVE, Reason, reason_string
 from . import mqtt5
 from .deadlines import Wheel, wheel_for
 from .mqtt5 import Client5, Message5, encode_disconnect
@@ -432,16 +432,20 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             if waiter is not None and not waiter.done():
                 waiter.set_result(clean)
 
-    def close(self, reason: str, code: int = 0) -> None:
+    def close(self, reason: str, code: int = 0, server_reference: str | None = None) -> None:
         """End the connection from the server side (kick, take-over, keep-alive, protocol error). `code`:
         the MQTT 5 reason code (mqtt_guard/reasons.py) an MQTT 5 client is sent in a DISCONNECT first
-        (after everything already written, and nothing after it [MQTT-3.14.2-1]); 0 sends none. A 3.1.1
+        (after everything already written, and nothing after it [MQTT-3.14.2-1]), with the code's short
+        Reason String (a DISCONNECT carries one whatever Request Problem Information says) and
+        `server_reference` (0x9C/0x9D), within the client's Maximum Packet Size; 0 sends none. A 3.1.1
         client's socket is just closed, as before."""
         if self._closing:
             return
         self._closing = True
         if code and self.level == MQTT5:
-            self._co.append(encode_disconnect(code))
+            c5 = self.session.v5 if self.session is not None else None
+            max_packet = c5.max_packet if c5 is not None else 0
+            self._co.append(encode_disconnect(code, reason_string(code), server_reference, max_packet))
             if not self._co_scheduled:
                 self._co_scheduled = True
                 self._loop.call_soon(self._flush_coalesced)
@@ -1033,7 +1037,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     self._b_in += stop - body
                     if qos:
                         kind = PUBACK if qos == 1 else PUBREC
-                        self._ack(mqtt5.encode_ack(kind, pid, Reason.PAYLOAD_FORMAT_INVALID))
+                        self._ack(self._refusal_ack(kind, pid, Reason.PAYLOAD_FORMAT_INVALID))
                     return None
             q = p + 1  # the property list starts after its length
             while data[q - 1] & 0x80:
@@ -1062,8 +1066,18 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         router.no_match = False  # type: ignore[union-attr]  # set with _route_now
         held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
         code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)  # type: ignore[union-attr]
-        self._ack(mqtt5.encode_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
+        self._ack(self._refusal_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
+
+    def _refusal_ack(self, kind: int, pid: int, code: int) -> bytes:
+        """An MQTT 5 PUBACK/PUBREC/PUBCOMP with reason `code`: a failure (>= 0x80) carries its short Reason
+        String unless the client set Request Problem Information 0 [MQTT-3.1.2-29] or the packet would
+        exceed its Maximum Packet Size [MQTT-3.1.2-25]. (Off the hot path: only refusals come here, and
+        0x10 No matching subscribers, which has no Reason String.)"""
+        c5 = self.session.v5 if self.session is not None else None
+        if c5 is None or not c5.problem_info or code < 0x80:
+            return mqtt5.encode_ack(kind, pid, code)
+        return mqtt5.encode_ack(kind, pid, code, reason_string(code), c5.max_packet)
 
     def _alias(self, alias: int, raw: bytes | bytearray) -> tuple[str, bytes]:
         """An MQTT 5 Topic Alias (client to server, per connection, 3.3.2.3.4): with a topic it is set,
@@ -1119,7 +1133,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     )
                 held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
                 if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
-                    await self.send(mqtt5.encode_ack(PUBREC, pid, c5.refused))
+                    await self.send(self._refusal_ack(PUBREC, pid, c5.refused))
                     return held
                 q.qos2_in.add(pid)
                 unmatched = c5 is not None and router.no_match
@@ -1142,7 +1156,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             code = 0
             if c5 is not None:
                 code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)
-            await self.send(mqtt5.encode_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
+            await self.send(self._refusal_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
     def _new_topic(self, topic_raw: bytes) -> str:
@@ -1214,7 +1228,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 if q.completed(pid):
                     self.wake()
             elif v5 and pid not in q.qos2_in:  # PUBREL of an id we do not know
-                await self.send(mqtt5.encode_ack(PUBCOMP, pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
+                await self.send(self._refusal_ack(PUBCOMP, pid, Reason.PACKET_IDENTIFIER_NOT_FOUND))
             else:  # PUBREL: the inbound QoS 2 message was routed when it arrived
                 q.qos2_in.discard(pid)
                 await self.send(encode_ack(PUBCOMP, pid))

@@ -449,21 +449,42 @@ def delivery_properties(forwarded: bytes, expiry_left: int | None, sub_ids: tupl
     return bytes(out)
 
 
-def encode_ack(kind: int, packet_id: int, reason: int = 0, reason_string: str | None = None) -> bytes:
+def encode_ack(
+    kind: int, packet_id: int, reason: int = 0, reason_string: str | None = None, max_packet: int = 0
+) -> bytes:
     """PUBACK, PUBREC, PUBREL, PUBCOMP in their MQTT 5 form: the short form when the reason is Success
-    and there are no properties (3.4.2.1)."""
+    and there are no properties (3.4.2.1). The Reason String is left out when the packet would exceed
+    `max_packet`, the client's Maximum Packet Size (0: none) [MQTT-3.1.2-25]."""
     first = (kind << 4) | (0x02 if kind == PUBREL else 0)
     if not reason and reason_string is None:
         return bytes((first, 2)) + _H.pack(packet_id)
     body = _H.pack(packet_id) + bytes((reason,))
     if reason_string is not None:
-        body += encode_properties({REASON_STRING: reason_string})
+        with_string = body + encode_properties({REASON_STRING: reason_string})
+        frame = bytes((first,)) + encode_remaining_length(len(with_string)) + with_string
+        if not max_packet or len(frame) <= max_packet:
+            return frame
     return bytes((first,)) + encode_remaining_length(len(body)) + body
 
 
-def encode_suback(packet_id: int, codes: list[int], reason_string: str | None = None) -> bytes:
-    props = encode_properties({REASON_STRING: reason_string} if reason_string is not None else {})
-    body = _H.pack(packet_id) + props + bytes(codes)
+def encode_refusal(reason: int, reason_string: str | None = None, max_packet: int = 0) -> bytes:
+    """The CONNACK refusing an MQTT 5 CONNECT: `reason`, with its Reason String (a CONNACK carries one
+    whatever Request Problem Information says) unless that would exceed `max_packet` [MQTT-3.1.2-25]."""
+    if reason_string is not None:
+        frame = encode_connack(False, reason, {REASON_STRING: reason_string})
+        if not max_packet or len(frame) <= max_packet:
+            return frame
+    return encode_connack(False, reason)
+
+
+def encode_suback(packet_id: int, codes: list[int], reason_string: str | None = None, max_packet: int = 0) -> bytes:
+    """A SUBACK; its Reason String left out when the packet would exceed `max_packet` [MQTT-3.1.2-25]."""
+    if reason_string is not None:
+        body = _H.pack(packet_id) + encode_properties({REASON_STRING: reason_string}) + bytes(codes)
+        frame = b"\x90" + encode_remaining_length(len(body)) + body
+        if not max_packet or len(frame) <= max_packet:
+            return frame
+    body = _H.pack(packet_id) + b"\x00" + bytes(codes)
     return b"\x90" + encode_remaining_length(len(body)) + body
 
 
@@ -472,17 +493,24 @@ def encode_unsuback(packet_id: int, codes: list[int]) -> bytes:
     return bytes((UNSUBACK << 4,)) + encode_remaining_length(len(body)) + body
 
 
-def encode_disconnect(reason: int, reason_string: str | None = None, server_reference: str | None = None) -> bytes:
-    """A server-sent DISCONNECT (3.14): never a Session Expiry Interval [MQTT-3.14.2-2]."""
+def encode_disconnect(
+    reason: int, reason_string: str | None = None, server_reference: str | None = None, max_packet: int = 0
+) -> bytes:
+    """A server-sent DISCONNECT (3.14): never a Session Expiry Interval [MQTT-3.14.2-2]. Within the client's
+    Maximum Packet Size `max_packet` (0: none): the Reason String is dropped first [MQTT-3.1.2-25], then
+    the Server Reference."""
     props: Props = {}
     if reason_string is not None:
         props[REASON_STRING] = reason_string
     if server_reference is not None:
         props[SERVER_REFERENCE] = server_reference
-    if not props:
-        return bytes((0xE0, 1, reason)) if reason else b"\xe0\x00"
-    body = bytes((reason,)) + encode_properties(props)
-    return b"\xe0" + encode_remaining_length(len(body)) + body
+    while props:
+        body = bytes((reason,)) + encode_properties(props)
+        frame = b"\xe0" + encode_remaining_length(len(body)) + body
+        if not max_packet or len(frame) <= max_packet:
+            return frame
+        del props[next(iter(props))]  # the Reason String first (inserted first), then the reference
+    return bytes((0xE0, 1, reason)) if reason else b"\xe0\x00"
 
 
 def encode_auth(reason: int, props: Props | None = None) -> bytes:
@@ -589,7 +617,7 @@ class Client5:
     receive_max: int = 65535  # its Receive Maximum: QoS 1/2 deliveries unacknowledged at a time
     max_packet: int = 0  # its Maximum Packet Size (0: the protocol's own limit)
     alias_max: int = 0  # its Topic Alias Maximum (server -> client aliases: not used)
-    problem_info: bool = True  # Request Problem Information (0: no reason strings but on CONNACK/DISCONNECT)
+    problem_info: bool = True  # Request Problem Information (0: Reason Strings only on CONNACK/DISCONNECT)
     session_expiry: int = 0  # Session Expiry Interval, s (updated by its DISCONNECT)
     will_forwarded: bytes = b""  # the will's properties that travel with it (`forwarded_block`)
     will_expiry: int | None = None  # the will's Message Expiry Interval (counted from its publication)

@@ -103,9 +103,10 @@ class ProxyListener:
         timeout: float,
         deadlines: Deadlines,
         name: str,
+        reuse_port: bool = False,
     ) -> ProxyListener:
         loop = asyncio.get_running_loop()
-        sockets = await _listening_sockets(loop, host, port)
+        sockets = await _listening_sockets(loop, host, port, reuse_port=reuse_port)
         return cls(
             loop,
             sockets,
@@ -246,9 +247,12 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str | None, port: int) -> list[socket.socket]:
+async def _listening_sockets(
+    loop: asyncio.AbstractEventLoop, host: str | None, port: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """Listening sockets for HOST:PORT, as `loop.create_server` makes them (every address the host
-    resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only so an IPv4 one can share the port)."""
+    resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only so an IPv4 one can share the port; SO_REUSEPORT
+    for `--workers`: the kernel spreads new connections over the workers' sockets)."""
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     seen: set[tuple[int, object]] = set()
@@ -260,6 +264,8 @@ async def _listening_sockets(loop: asyncio.AbstractEventLoop, host: str | None, 
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

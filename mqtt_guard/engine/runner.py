@@ -15,6 +15,8 @@ from ..config import GuardConfig
 from ..guard import Guard
 from ..logutil import LineHandler
 from ..sdnotify import notify
+from ..store.schema import SchemaMismatch
+from ..workers import Slot, as_worker, slot_from_env, supervise
 from .broker import GuardedBroker
 from .fdlimit import FdLimitWatch, raise_open_files_limit
 
@@ -62,15 +64,25 @@ def install_uvloop() -> bool:
 Hook = Callable[[Guard], Awaitable[None]]
 
 
-async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None) -> int:
+async def serve(
+    config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None, *, slot: Slot | None = None
+) -> int:
     """`prepare(guard)` runs before the listeners open (e.g. plug in file-backed sources), `ready(guard)`
-    right after (e.g. drop root privileges). SIGHUP asks the Guard to reload its file-backed sources."""
+    right after (e.g. drop root privileges). SIGHUP asks the Guard to reload its file-backed sources.
+    `slot`: this process is one of `--workers` (mqtt_guard/workers.py)."""
+    if slot is not None:
+        config = as_worker(config, slot)
     raise_open_files_limit(config.listeners)
     guard = Guard(config)
     if prepare is not None:
         await prepare(guard)
-    await guard.start()
-    broker = GuardedBroker(config, guard)
+    try:
+        await guard.start()
+    except SchemaMismatch as exc:  # a Redis written by a newer release: reading it would misread keys
+        log.error("broker refuses to start: %s", exc)
+        await guard.close()
+        return 1
+    broker = GuardedBroker(config, guard, reuse_port=slot is not None)
     # Before the listeners open: a SIGTERM/SIGINT that arrives while the broker starts (a client may
     # already see the port) shuts it down cleanly once it is up, instead of killing it.
     stop = asyncio.Event()
@@ -121,5 +133,8 @@ async def serve(config: GuardConfig, prepare: Hook | None = None, ready: Hook | 
 
 def run(config: GuardConfig, prepare: Hook | None = None, ready: Hook | None = None) -> int:
     setup_logging(config.log.level)
+    slot = slot_from_env()
+    if slot is None and config.workers > 1:
+        return supervise(config)  # this process starts the workers, each running this same command
     install_uvloop()
-    return asyncio.run(serve(config, prepare, ready))
+    return asyncio.run(serve(config, prepare, ready, slot=slot))

@@ -67,9 +67,20 @@ class ShareGroup(Generic[E]):
         self._entries = None
 
     def remove(self, client_id: str) -> bool:
-        """A member leaves; True when it was one."""
+        """A member leaves; True when it was one. The rotation goes on where it was: the member whose turn
+        was next keeps it (one that came before the leaver moves one place down with the list), as
+        mosquitto 2.0's rotated list does (mosquitto-compat/SHARED.md finding 8)."""
+        members = self.members
+        if client_id not in members:
+            return False
+        n = len(members)
+        turn = self._next % n
+        if list(members).index(client_id) < turn:
+            turn -= 1
+        self._next = turn
+        del members[client_id]
         self._entries = None
-        return self.members.pop(client_id, None) is not None
+        return True
 
     def pick(self, eligible: Callable[[E], bool], load: Callable[[E], int] | None = None) -> E | None:
         """The member that gets the next message: None when no member is eligible. Round robin over

@@ -123,6 +123,21 @@ async def set_group_plan(redis: aioredis.Redis, keys: Keys, group: str, plan: st
     return name
 
 
+async def user_plans(redis: aioredis.Redis, keys: Keys, usernames: list[str]) -> dict[str, str | None]:
+    """The plan each user is put on (`user set --plan`), None for none; one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in usernames:
+            pipe.hget(keys.quota_user(name), PLAN_FIELD)
+        found = await pipe.execute() if usernames else []
+    return {name: (plan or None) for name, plan in zip(usernames, found, strict=True)}
+
+
+async def group_plan(redis: aioredis.Redis, keys: Keys, group: str) -> str | None:
+    """The plan of a group's users (`group set --plan`), None for none."""
+    plan = await redis.hget(keys.quota_group(group), PLAN_FIELD)
+    return str(plan) if plan else None
+
+
 # -- APIs -----------------------------------------------------------------------------------------------
 async def add_api(redis: aioredis.Redis, keys: Keys, name: str, filters: list[str]) -> list[str]:
     """Define (or redefine) an API as a set of topic filters."""

@@ -253,3 +253,10 @@ async def with_traffic(redis: Any, keys: Keys, rows: list[dict[str, Any]], *, no
         row["rate_in"] = round(rin, 3)
         row["rate_out"] = round(rout, 3)
         row["publish_errors"] = sum(counters.get(field, 0) for field in ERROR_FIELDS)
+
+
+async def fleet_rates(redis: Any, keys: Keys, direction: str, *, now: float | None = None) -> dict[str, float]:
+    """Every client's message rate per second over the last 10 s (`direction` in, out or both), as
+    `with_traffic` shows it: the key a sort of the whole fleet by rate needs (one round trip; clients
+    without traffic are absent)."""
+    return await StatsReader(redis, keys).all_rates(KIND_CLIENT, direction, now=now)

@@ -132,9 +132,9 @@ async def set_membership(redis: aioredis.Redis, keys: k.Keys, group: str, user: 
 
 
 async def list_groups(redis: aioredis.Redis, keys: k.Keys) -> dict[str, list[str]]:
-    """Groups with their members. Groups live only in the users' group sets (`user:<u>:groups`) and in
-    `acl:group:<g>` rule hashes, so both are read: a group with rules and no members is listed too (its
-    rules apply to nobody, which is worth seeing)."""
+    """Groups with their members. Groups live only in the users' group sets (`user:<u>:groups`), in
+    `acl:group:<g>` rule hashes and in `quota:group:<g>` hashes (its plan), so all are read: a group with
+    rules or a plan and no members is listed too (they apply to nobody, which is worth seeing)."""
     names = await UserStore(redis, keys).list()
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
@@ -148,4 +148,7 @@ async def list_groups(redis: aioredis.Redis, keys: k.Keys) -> dict[str, list[str
     for subject in await AclStore(redis, keys).subjects():
         if subject.startswith(group_prefix):
             groups.setdefault(subject[len(group_prefix) :], [])
+    head = keys.quota_group("")
+    async for key in redis.scan_iter(match=k.glob_escape(head) + "*", count=1000):
+        groups.setdefault(str(key)[len(head) :], [])
     return {g: sorted(members) for g, members in sorted(groups.items())}

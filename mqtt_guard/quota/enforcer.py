@@ -329,7 +329,9 @@ class QuotaEnforcer:
         owned = owned_ids and not self.registry.alone  # (alone: no other broker can hold the id)
 
         def op(mode: str) -> RegistryOp:
-            return RegistryOp("o", client.client_id, cq.conn, username, cq.since, sessions, mode, owned_ids)
+            return RegistryOp(
+                "o", client.client_id, cq.conn, username, cq.since, sessions, mode, owned_ids, client.plan or ""
+            )
 
         if sessions is None:
             if not owned:

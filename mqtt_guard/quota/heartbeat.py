@@ -297,7 +297,10 @@ class Heartbeat:
                 if not res.ok:
                     self.held_elsewhere(cq, res.prev_broker)
 
-            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"), done)
+            op = RegistryOp(
+                "o", client.client_id, cq.conn, client.username, cq.since, None, "r", plan=client.plan or ""
+            )
+            self.registry.submit(op, done)
         await self.registry.drain()
 
     def _register_late(self) -> None:
@@ -320,7 +323,10 @@ class Heartbeat:
                     cq.registered = False
                     self.held_elsewhere(cq, res.prev_broker)
 
-            self.registry.submit(RegistryOp("o", client.client_id, cq.conn, client.username, cq.since, None, "r"), done)
+            op = RegistryOp(
+                "o", client.client_id, cq.conn, client.username, cq.since, None, "r", plan=client.plan or ""
+            )
+            self.registry.submit(op, done)
 
     def _end_lingering(self, mono: float) -> None:
         linger = self.config.linger

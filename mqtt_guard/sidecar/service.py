@@ -31,21 +31,25 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
 from ..config import GuardConfig
-from ..metrics.fleet import FleetEndpoint, serve_fleet_metrics
-from ..metrics.rates import LoopLagMonitor
+from ..metrics.health import health_routes, serve_http
 from ..quota.limits import Limits, parse_limits
 from ..quota.plans import effective
-from ..store import generation
+from ..store import generation, schema
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.invalidation import InvalidationListener
 from ..store.keys import USER_EXPIRES_AT, Keys
 from ..store.quota import Block, QuotaStore
 from .evaluate import Decision, Usage, evaluate, next_check
 from .work import Sweep, Work
+
+if TYPE_CHECKING:  # prometheus_client is imported only when sidecar.prometheus_bind is set
+    from ..metrics.fleet import FleetEndpoint
+    from ..metrics.rates import LoopLagMonitor
 
 log = logging.getLogger("mqtt_guard.sidecar")
 
@@ -72,6 +76,7 @@ class Sidecar:
         self.leading = False
         self.ticks = 0
         self._redis_ok = True
+        self._stepped = False  # a step has run (readiness: the sidecar has reached Redis at least once)
         self.marker: generation.Generation | None = None  # the deployment's marker, as first seen
         self.distrusted = False  # the marker is missing or changed: nothing is decided
         self.work = Work(self.keys)  # users and client ids named by changed keys (work.py)
@@ -82,6 +87,7 @@ class Sidecar:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("sidecar %s started (interval %.2fs, prefix %r)", self.id, self.interval, self.config.redis.prefix)
         metrics = await self._start_metrics()
+        probes = await self._start_probes()
         listener = InvalidationListener(
             self.config.redis.url, self.work.prefixes(), self.work.changed, self.work.missed
         )
@@ -98,6 +104,8 @@ class Sidecar:
                     pass
         finally:
             await listener.stop()
+            if probes is not None:
+                probes.close()
             if metrics is not None:
                 endpoint, lag = metrics
                 await endpoint.close()
@@ -115,11 +123,36 @@ class Sidecar:
         bind = self.config.sidecar.prometheus_bind
         if not bind:
             return None
+        from ..metrics.fleet import serve_fleet_metrics  # (prometheus_client: only imported when used)
+        from ..metrics.rates import LoopLagMonitor
+
         lag = LoopLagMonitor()
         lag.start()
         endpoint = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
         log.info("sidecar /metrics on http://%s/metrics", bind)
         return endpoint, lag
+
+    async def _start_probes(self) -> asyncio.AbstractServer | None:
+        """/livez, /readyz and /healthz alone on sidecar.health_bind (metrics/health.py), when it is set and
+        is not prometheus_bind (which serves them with /metrics). A port that cannot be served is logged
+        and the sidecar runs on without it, as a broker does."""
+        bind = self.config.sidecar.health_bind
+        if not bind or bind == self.config.sidecar.prometheus_bind:
+            return None
+        try:
+            server = await serve_http(bind, health_routes(self.readiness))
+        except OSError as exc:
+            log.error("cannot serve the probes on %s: %s (the sidecar runs on without them)", bind, exc.strerror or exc)
+            return None
+        log.info("sidecar probes on http://%s/livez and /readyz", bind)
+        return server
+
+    def readiness(self) -> str | None:
+        """What the health-only /readyz says: ready (None) once a step has reached Redis and while the last
+        one did; /livez never looks at Redis (metrics/health.py)."""
+        if not self._stepped:
+            return "starting: Redis not reached yet\n"
+        return None if self._redis_ok else "redis unreachable\n"
 
     async def step(self) -> TickReport | None:
         """One interval: renew or take leadership, and evaluate if leading."""
@@ -144,8 +177,10 @@ class Sidecar:
             report = await self.tick() if leading else None
             if not self._redis_ok:
                 log.info("Redis reachable again")
-            self._redis_ok = True
+            self._redis_ok = self._stepped = True
             return report
+        except schema.SchemaMismatch:
+            raise  # (only at start: a later change is `_trusted`'s)
         except REDIS_ERRORS as exc:
             if self._redis_ok:
                 log.warning("Redis unreachable (%s); retrying every %.2fs", exc, self.interval)
@@ -157,10 +192,19 @@ class Sidecar:
         return None
 
     async def _trusted(self) -> bool:
-        """Whether Redis still holds the deployment whose marker this sidecar knows (the module docstring)."""
+        """Whether Redis still holds the deployment whose marker this sidecar knows (the module docstring),
+        in a key layout this release reads (store/schema.py: refused at start, idle if it changes later)."""
         if self.marker is None:
             self.marker = await generation.ensure(self.redis, self.keys, by=self.id)
+            await schema.check(self.redis, self.keys)  # SchemaMismatch: the sidecar does not start
             return True
+        try:
+            await schema.check(self.redis, self.keys)
+        except schema.SchemaMismatch as exc:
+            if not self.distrusted:
+                log.error("%s: the sidecar reaps no broker and kicks nobody meanwhile", exc)
+            self.distrusted = True
+            return False
         current = await generation.read(self.redis, self.keys)
         if generation.accepts(self.marker, current):
             assert current is not None  # (accepts() never accepts a missing marker)
@@ -242,12 +286,13 @@ class Sidecar:
         per tick), and their deadlines re-timed in Redis now, so a shorter `session_time` is met within a
         tick however many sessions the user has."""
         ids_of = await self._ids_by_user(usernames)
-        limits = await self._limits([u for u in usernames if ids_of.get(u)])
+        limits = await self._limits([(u, "") for u in usernames if ids_of.get(u)])
         for user in usernames:
             ids = ids_of.get(user)
             if not ids:
                 continue
-            lim = limits[user]
+            # (sessions whose token names a plan are evaluated this tick anyway: named below)
+            lim = limits[(user, "")]
             await self.store.retime_earlier(ids, lim.session_time, lim.max_queue, lim.queue_grace)
             self.work.name(ids)
 
@@ -269,16 +314,19 @@ class Sidecar:
         ]
         now = time.time()
         usernames = sorted({s["username"] for s in sessions if s.get("username")})
-        limits = await self._limits(usernames)
+        # (user, plan claim of the session's token): the limits the broker applies to that connection
+        pairs = sorted({(s["username"], s.get("plan") or "") for s in sessions if s.get("username")})
+        limits = await self._limits(pairs)
         expires = await self._expiries(usernames)
         blocks = await self._blocks(sessions, usernames)
-        usage = await self._usage(usernames, limits, now)
+        usage = await self._usage(limits, now)
         retry = self.config.sidecar.kick_retry
         for s in sessions:
             cid, user = s.get("client_id", ""), s.get("username") or ""
             block = blocks.get(("client", cid)) or (blocks.get(("user", user)) if user else None)
-            lim = limits.get(user, Limits())
-            decision = evaluate(s, lim, now=now, expires_at=expires.get(user), usage=usage.get(user), block=block)
+            key = (user, s.get("plan") or "") if user else ("", "")
+            lim = limits.get(key, Limits())
+            decision = evaluate(s, lim, now=now, expires_at=expires.get(user), usage=usage.get(key), block=block)
             if decision is None:
                 nxt = next_check(s, lim, now=now, expires_at=expires.get(user))
             else:
@@ -313,11 +361,12 @@ class Sidecar:
             )
         return queued
 
-    async def _limits(self, usernames: list[str]) -> dict[str, Limits]:
-        sources = await self.store.load_limits(usernames)
-        out = {"": parse_limits(None, None)}
-        for u in usernames:
-            out[u] = effective(sources[u])
+    async def _limits(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Limits]:
+        """The limits of each (user, token plan claim) pair, as the broker resolves them (quota/plans.py)."""
+        sources = await self.store.load_plan_limits(pairs)
+        out = {("", ""): parse_limits(None, None)}
+        for pair in pairs:
+            out[pair] = effective(sources[pair], pair[1] or None)
         return out
 
     async def _expiries(self, usernames: list[str]) -> dict[str, float]:
@@ -354,25 +403,26 @@ class Sidecar:
                 )
         return out
 
-    async def _usage(self, usernames: list[str], limits: dict[str, Limits], now: float) -> dict[str, dict[str, Usage]]:
-        wanted: list[tuple[str, str, int, int]] = []
-        ends: dict[tuple[str, str], int] = {}  # window ends
-        for u in usernames:
-            lim = limits.get(u)
-            if lim is None or lim.on_exceed != "disconnect":
+    async def _usage(
+        self, limits: dict[tuple[str, str], Limits], now: float
+    ) -> dict[tuple[str, str], dict[str, Usage]]:
+        """The usage of the current window of each (user, plan claim) whose limits disconnect."""
+        wanted: list[tuple[tuple[str, str], str, int, int, int]] = []  # (pair, metric, limit, start, end)
+        for pair, lim in limits.items():
+            if not pair[0] or lim.on_exceed != "disconnect":
                 continue
             for metric in ("events", "bytes"):
                 allowance = lim.allowance(metric)
                 if allowance is not None:
-                    wanted.append((u, metric, allowance.limit, allowance.window.start(now)))
-                    ends[(u, metric)] = allowance.window.end(now)
+                    w = allowance.window
+                    wanted.append((pair, metric, allowance.limit, w.start(now), w.end(now)))
         if not wanted:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for u, metric, _, start in wanted:
+            for (u, _), metric, _, start, _ in wanted:
                 pipe.hmget(self.keys.quota_usage(u, metric, start), "used", "refused")
             raw = await pipe.execute()
-        out: dict[str, dict[str, Usage]] = {}
-        for (u, metric, limit, _start), (used, refused) in zip(wanted, raw, strict=True):
-            out.setdefault(u, {})[metric] = Usage(int(used or 0), int(refused or 0), limit, ends[(u, metric)])
+        out: dict[tuple[str, str], dict[str, Usage]] = {}
+        for (pair, metric, limit, _start, end), (used, refused) in zip(wanted, raw, strict=True):
+            out.setdefault(pair, {})[metric] = Usage(int(used or 0), int(refused or 0), limit, end)
         return out

@@ -2,8 +2,10 @@
 
 `Work` turns the names of changed keys (Redis client-side caching invalidations, whoever wrote them:
 the CLI, the admin API, redis-cli, a broker's block) into sessions to evaluate: a user's limits, user
-hash (`expires_at`) or block names the user's sessions; a client block the client id; the default limits
-every session (their deadlines re-timed in Redis at once, RETIME_LUA, not an evaluation each). Named
+hash (`expires_at`), group set or block names the user's sessions; a client block the client id; the
+default limits every session (their deadlines re-timed in Redis at once, RETIME_LUA, not an evaluation
+each); a plan or a group's plan (`quota:plan:*`, `quota:group:*`) every session, in an urgent sweep (any
+session may be on it, through its user, its groups or its token's plan claim). Named
 sessions wait in `named` and are evaluated `URGENT_SLICE` a tick, so one user with 100,000 sessions does
 not make a tick outlast the leader's lease. A lost invalidation channel means a sweep at once: changes
 may have been missed.
@@ -39,11 +41,15 @@ class Work:
         self.named: dict[str, None] = {}  # sessions named by events, not yet evaluated (in order)
         self._block_user = keys.block_user("")
         self._block_client = keys.block_client("")
+        self._plan = keys.quota_plan("")
+        self._group = keys.quota_group("")
+        self._user = keys.user("")
+        self._groups_tail = keys.user_groups("")[len(self._user) :]  # ':groups'
 
     def prefixes(self) -> list[str]:
         """The key prefixes whose changes can change a decision (tracked in broadcast mode)."""
         k = self.keys
-        return [k.quota_user(""), k.quota_default(), k.user(""), k.blocks_head()]
+        return [k.quota_user(""), k.quota_default(), k.user(""), k.blocks_head(), k.quota_plan(""), k.quota_group("")]
 
     def changed(self, names: list[str]) -> None:
         keys = self.keys
@@ -54,6 +60,12 @@ class Work:
                 self.clients.add(name[len(self._block_client) :])
             elif name.startswith(self._block_user):
                 self.users.add(name[len(self._block_user) :])
+            elif name.startswith(self._plan) or name.startswith(self._group):
+                # a plan or a group's plan changed: any session may be on it (through its user, its groups
+                # or its token's claim), so every one is evaluated, `URGENT_SLICE` a tick
+                self.sweep_now = True
+            elif name.startswith(self._user) and name.endswith(self._groups_tail):
+                self.users.add(name[len(self._user) : -len(self._groups_tail)])  # its groups' plans apply
             else:
                 user = keys.quota_user_of(name) or keys.username_of(name)
                 if user is not None:

@@ -31,6 +31,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from ..tasks import cancel_and_wait
+from . import schema
 from .connection import REDIS_ERRORS
 from .keys import Keys
 
@@ -89,11 +90,14 @@ async def read(redis: aioredis.Redis, keys: Keys) -> Generation | None:
 
 
 async def ensure(redis: aioredis.Redis, keys: Keys, *, by: str) -> Generation:
-    """The marker, created first if this Redis has none (SET NX in a transaction with the GET)."""
+    """The marker, created first if this Redis has none (SET NX in a transaction with the GET); a new
+    deployment's Redis is stamped with the key layout version of this release (store/schema.py)."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(keys.generation(), Generation.new(by=by).encode(), nx=True)
         pipe.get(keys.generation())
-        _, raw = await pipe.execute()
+        created, raw = await pipe.execute()
+    if created:
+        await schema.stamp_new(redis, keys)
     return Generation.decode(raw)
 
 
@@ -159,16 +163,20 @@ class GenerationWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Create or read the marker; a Redis that is down now is checked when it comes back."""
+        """Create or read the marker; a Redis that is down now is checked when it comes back. A key
+        layout this release cannot run on raises `schema.SchemaMismatch` (the broker refuses to start)."""
         try:
             self.known = await ensure(self.redis, self.keys, by=self.by)
+            await schema.check(self.redis, self.keys)
         except REDIS_ERRORS:
             pass
 
-    def check(self) -> None:
+    def check(self, *, suspect: bool = True) -> None:
         """Distrust Redis until the marker has been read again (needs a running event loop). One flag,
-        not a set of items, and a loop that also polls while distrusted: not a `tasks.Coalescer`."""
-        if self.trust.reason is None:
+        not a set of items, and a loop that also polls while distrusted: not a `tasks.Coalescer`.
+        `suspect=False` (the layout version key changed: Redis still holds our data) reads it again
+        without distrusting Redis meanwhile."""
+        if suspect and self.trust.reason is None:
             self.trust.reason = "checking this deployment's generation marker in Redis"
         self._again = True
         self._wake.set()
@@ -189,20 +197,29 @@ class GenerationWatch:
                     current: Generation | None = await ensure(self.redis, self.keys, by=self.by)
                 else:
                     current = await read(self.redis, self.keys)
+                await schema.check(self.redis, self.keys)
             except REDIS_ERRORS:
                 self._again = True  # Redis is down: the commands the gate refuses would fail anyway
                 await asyncio.sleep(self.retry_interval)
+                continue
+            except schema.SchemaMismatch as exc:  # the layout changed under a running broker
+                self._distrust_layout(str(exc))
+                await self._idle()
                 continue
             if self.known is None or accepts(self.known, current):
                 self._trust(current)
             else:
                 self._distrust(current)
-                if not self._again:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                    except TimeoutError:
-                        pass
-                    self._again = True
+                await self._idle()
+
+    async def _idle(self) -> None:
+        """While distrusted: wait for a change of the watched keys, or poll (a restore may send none)."""
+        if not self._again:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._again = True
 
     def _trust(self, current: Generation | None) -> None:
         if self.known is not None and current is not None and current.token != self.known.token:
@@ -224,4 +241,11 @@ class GenerationWatch:
         self.trust.reason = f"Redis distrusted: generation marker {self.known.token} {what.split(' ', 1)[0]}"
         if not self.distrusted:
             log.error("%s", reason)
+        self.distrusted = True
+
+    def _distrust_layout(self, problem: str) -> None:
+        """The key layout changed to one this release cannot read (store/schema.py)."""
+        self.trust.reason = "Redis distrusted: key layout version"
+        if not self.distrusted:
+            log.error("%s; treating Redis as unavailable", problem)
         self.distrusted = True

@@ -195,6 +195,31 @@ class Keys:
         """STRING with a TTL: the id of the sidecar that currently evaluates sessions."""
         return f"{self.prefix}sidecar:leader"
 
+    # -- the cluster: routing between brokers (mqtt_guard/store/cluster.py, docs/scaling.md) ----------
+    # The routing keys share the hash tag `{routes}` so that the publication script touches one slot of
+    # a Redis Cluster (issue 18 item 5); each inbox is a key of its own (single-key commands only).
+    def cluster_routes(self) -> str:
+        """STREAM of filter-set publications (`seq`, `b` broker, `kind` full/delta/leave, `add`, `del`:
+        entries joined with NUL), capped (MAXLEN ~): how every broker learns of the others' changes."""
+        return f"{self.prefix}cluster:{{routes}}"
+
+    def cluster_routes_seq(self) -> str:
+        """STRING counter: the `seq` of the last publication (a reader that sees a gap resyncs whole)."""
+        return f"{self.prefix}cluster:{{routes}}:seq"
+
+    def cluster_members(self) -> str:
+        """SET of the broker ids that published a filter set."""
+        return f"{self.prefix}cluster:{{routes}}:members"
+
+    def cluster_filters(self, broker_id: str) -> str:
+        """HASH entry -> "1": the deduplicated subscription filters (and `$share/G/F`) of one broker."""
+        return f"{self.prefix}cluster:{{routes}}:filters:{broker_id}"
+
+    def cluster_inbox(self, broker_id: str) -> str:
+        """STREAM of messages forwarded to one broker: one entry per sender and event-loop iteration
+        (`o` origin broker, `s` sequence per origin and destination, `m` the packed messages), capped."""
+        return f"{self.prefix}cluster:inbox:{broker_id}"
+
     # -- login throttling and bans (mqtt_guard/store/bans.py, mqtt_guard/auth/throttle.py) -------
     def ban(self, ban_id: str) -> str:
         """HASH (reason, by, at, failures, kick) with a TTL (none: until `unban`): a ban in force. Ids:
@@ -226,6 +251,10 @@ class Keys:
     def generation(self) -> str:
         """STRING (JSON: token, created, adopted, by): which data set this Redis holds; brokers track it."""
         return f"{self.prefix}generation"
+
+    def schema(self) -> str:
+        """STRING (an integer): the version of this key layout (store/schema.py); missing means 1."""
+        return f"{self.prefix}schema"
 
     # -- analytics (mqtt_guard/store/stats.py, docs/analytics.md) --------------------------------
     def stats_client(self, client_id: str) -> str:

@@ -161,6 +161,8 @@ end
 #                     client id for another identity (auth/ownership.py's `owner` rule across brokers; the
 #                     username '' is the anonymous identity) -> {0, 0, 0, that broker, its conn, -1, '', its
 #                     username}
+#                     plan (12th field, else ''): the plan claim of the client's token, kept as the session's
+#                     `plan` field, so that the sidecar applies the same limits as the broker
 #   kind 'c' (close): client_id, conn, username, '', limit, keep (at most this many slots: turn the
 #                     closed session into a slot while the user stays far from its limit)
 #                     -> {removed, 0, 0, '', '', this broker's slots or -1}
@@ -254,6 +256,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
   local us = field()
   local ss = field()
   local own = field()
+  local plan = field()
   if kind == 'o' then
     local prev_b = redis.call('HGET', s, 'broker') or ''
     local prev_conn = redis.call('HGET', s, 'conn') or ''
@@ -282,6 +285,7 @@ for i = 0, tonumber(ARGV[2]) - 1 do
         redis.call('DEL', s)
         redis.call('HSET', s, 'client_id', cid, 'broker', b, 'conn', conn, 'username', user, 'since', since,
                    'queue_messages', 0, 'queue_bytes', 0)
+        if plan ~= '' then redis.call('HSET', s, 'plan', plan) end
         if user ~= '' then redis.call('HSET', us, cid, b .. '/' .. conn) end
         redis.call('SADD', bs, cid)
         redis.call('ZADD', KEYS[4], since, cid)
@@ -557,6 +561,7 @@ class RegistryOp:
     limit: int | None = None
     extra: str = ""  # open: mode 'c'/'s'/'r'; close: slots to keep at most; slots: slots wanted
     owner: bool = False  # open: refused if another broker holds the id for another identity (client_id_policy)
+    plan: str = ""  # open: the plan claim of the client's token, written as the session's `plan` (the sidecar's)
 
 
 def length_prefixed(fields: list[str]) -> bytes:
@@ -575,7 +580,7 @@ def redis_text(value: Any) -> str:
 
 
 def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
-    """The ops of one registry batch as REGISTRY_LUA reads them: 11 length-prefixed fields per op."""
+    """The ops of one registry batch as REGISTRY_LUA reads them: 12 length-prefixed fields per op."""
     out = []
     for op in ops:
         user = op.username or ""
@@ -593,6 +598,7 @@ def registry_blob(keys: k.Keys, ops: list[RegistryOp]) -> bytes:
                     keys.user_sessions(user),
                     keys.user_session_slots(user),
                     "1" if op.owner else "",
+                    op.plan if op.kind == "o" else "",
                 ]
             )
         )
@@ -687,20 +693,28 @@ class QuotaStore:
         """What each user's limits are made of (its hash, the default, its groups' plans, every plan
         named: quota/plans.py), one script per user, in one round trip. `token_plans`: user -> the
         plan claim of its token, read too; `groups`: user -> its groups when known (else read)."""
-        k = self.keys
         plans = token_plans or {}
+        found = await self.load_plan_limits([(u, plans.get(u, "")) for u in usernames], groups)
+        return {u: found[(u, plans.get(u, ""))] for u in usernames}
+
+    async def load_plan_limits(
+        self, pairs: list[tuple[str, str]], groups: Mapping[str, Collection[str]] | None = None
+    ) -> dict[tuple[str, str], Sources]:
+        """`load_limits` for (user, token plan claim) pairs: the sidecar's, whose sessions of one user may
+        carry tokens with different plan claims (the session's `plan` field)."""
+        k = self.keys
         known = groups or {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for u in usernames:
+            for u, plan in pairs:
                 mine = known.get(u)
                 given = ["0"] if mine is None else ["1", *mine]
                 await self._sources(
                     keys=[k.quota_user(u), k.quota_default(), k.user_groups(u)],
-                    args=[k.quota_group(""), k.quota_plan(""), plans.get(u, ""), *given],
+                    args=[k.quota_group(""), k.quota_plan(""), plan, *given],
                     client=pipe,
                 )
-            out = await pipe.execute()
-        return {u: _sources(raw) for u, raw in zip(usernames, out, strict=True)}
+            out = await pipe.execute() if pairs else []
+        return {pair: _sources(raw) for pair, raw in zip(pairs, out, strict=True)}
 
     async def apis(self) -> dict[str, str]:
         """The API definitions: name -> JSON list of topic filters (quota/apis.py)."""
@@ -733,7 +747,7 @@ class QuotaStore:
         """Every usage hash of exactly this user (not of users whose name merely starts the same)."""
         head = self.keys.quota_usage(username, "", 0).rsplit(":", 2)[0] + ":"
         found = []
-        async for key in self.redis.scan_iter(match=_glob_escape(head) + "*", count=500):
+        async for key in self.redis.scan_iter(match=k.glob_escape(head) + "*", count=500):
             slot, _, start = key[len(head) :].rpartition(":")
             if SLOT.fullmatch(slot) and start.isdigit():
                 found.append(key)
@@ -768,7 +782,7 @@ class QuotaStore:
     async def all_blocks(self) -> dict[str, Block]:
         """Every block key in force (SCAN of `block:*`), for a broker's in-process copy."""
         found = [
-            key async for key in self.redis.scan_iter(match=_glob_escape(self.keys.blocks_head()) + "*", count=1000)
+            key async for key in self.redis.scan_iter(match=k.glob_escape(self.keys.blocks_head()) + "*", count=1000)
         ]
         return {key: block for key, block in (await self.read_blocks(found)).items() if block is not None}
 
@@ -1057,10 +1071,3 @@ class QuotaStore:
 
     async def resign(self, sidecar_id: str) -> None:
         await self._resign(keys=[self.keys.sidecar_leader()], args=[sidecar_id])
-
-
-def _glob_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        out.append("\\" + ch if ch in "*?[]\\" else ch)
-    return "".join(out)

@@ -370,3 +370,86 @@ def test_plans_apis_and_usage_in_the_dashboard(browser, admin, rds, prefix):
     click(browser, "#plans-table button")
     assert wait(browser, lambda d: "no plans" in text_of(d, "#plans-table"))
     assert [e["action"] for e in admin.ro.ok("GET", "/api/audit")][-3:] == ["api.add", "plan.set", "plan.delete"]
+
+
+def test_a_users_groups_plan_and_password_are_edited_in_the_dashboard(
+    browser, admin, add_user, start_broker, rds, prefix
+):
+    """The user page edits what `user set --plan`, `group add/remove`, `user passwd` and `group set --plan`
+    do, through the API; the password is hashed as the CLI hashes it and never shown."""
+    from base64 import b64decode
+
+    from mqtt_guard.auth.hashes import verify_password
+
+    add_user("app", "old-pw")
+    add_user("cli-made", "other-pw")
+    admin.api.ok("PUT", "/api/plans/gold", {"events": "none"})
+    broker = start_broker()
+    log_in(browser, admin.api.base, admin.api.token)
+    open_view(browser, admin.api.base, "users", 'tr[data-key="app"]')
+    click(browser, '#users-table tr[data-key="app"]')  # the row opens the user
+    assert wait(
+        browser, lambda d: text_of(d, "#user-edit-name").lower() == "app" and "in no group" in text_of(d, "#user-edit")
+    )
+    browser.find_element(By.ID, "user-group").send_keys("partners")
+    click(browser, "#user-group-add")
+    assert wait(browser, lambda d: "partners" in text_of(d, "#user-groups-table"))
+    assert rds.smembers(f"{prefix}user:app:groups") == {"partners"}
+    Select(browser.find_element(By.ID, "user-plan")).select_by_visible_text("gold")
+    click(browser, "#user-plan-set")
+    assert wait(browser, lambda d: "gold" in text_of(d, '#users-table tr[data-key="app"]'))
+    assert rds.hget(f"{prefix}quota:user:app", "plan") == "gold"
+    browser.find_element(By.ID, "user-new-password").send_keys("new-pw")
+    click(browser, "#user-password-set")
+    assert wait(browser, lambda d: "password of app changed" in text_of(d, "#status"))
+    stored, by_cli = rds.hget(f"{prefix}user:app", "password"), rds.hget(f"{prefix}user:cli-made", "password")
+    # the CLI's scheme and parameters ($7$<iterations>$<salt>$<hash>), a fresh salt of the same length
+    mine, theirs = stored.split("$"), by_cli.split("$")
+    assert mine[:3] == theirs[:3] and len(b64decode(mine[3])) == len(b64decode(theirs[3])) and mine[3] != theirs[3]
+    assert verify_password("new-pw", stored) and not verify_password("old-pw", stored)
+    assert connect(broker.port, "app", "new-pw").rc == 0 and connect(broker.port, "app", "old-pw").rc == 5
+    assert "new-pw" not in browser.page_source and stored not in browser.page_source
+    click(browser, '#user-groups-table button[data-group="partners"]')
+    assert wait(browser, lambda d: "in no group" in text_of(d, "#user-groups-table"))
+    assert rds.smembers(f"{prefix}user:app:groups") == set()
+    # a group's plan
+    browser.find_element(By.ID, "group-name").send_keys("partners")
+    Select(browser.find_element(By.ID, "group-plan")).select_by_visible_text("gold")
+    click(browser, "#group-plan-set")
+    assert wait(browser, lambda d: "gold" in text_of(d, '#groups-table tr[data-key="partners"]'))
+    assert rds.hget(f"{prefix}quota:group:partners", "plan") == "gold"
+    actions = [e["action"] for e in admin.ro.ok("GET", "/api/audit?count=100")]
+    assert actions[-5:] == ["group.add", "user.plan", "user.passwd", "group.remove", "group.plan"], actions
+
+
+def test_clicking_the_rate_column_sorts_the_fleet_on_the_server(browser, admin, add_user, start_broker, tmp_path):
+    add_user("dev", "pw", "--superuser")
+    broker = fast_broker(start_broker, tmp_path)
+    busy = connect(broker.port, "dev", "pw", client_id="a-busy")
+    quiet = connect(broker.port, "dev", "pw", client_id="z-quiet")
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.is_set():
+            busy.publish("nobody/listens", b"x")
+            stop.wait(0.05)
+
+    pusher = threading.Thread(target=publish, daemon=True)
+    pusher.start()
+    try:
+        log_in(browser, admin.api.base, admin.api.token)
+        open_view(browser, admin.api.base, "clients?sort=client_id&order=asc", 'tr[data-key="z-quiet"]')
+        first = lambda: browser.execute_script(  # noqa: E731
+            "return document.querySelector('#clients-table tbody tr').dataset.key"
+        )
+        rate_of_busy = lambda: text_of(browser, 'tr[data-key="a-busy"] td:nth-child(5)')  # noqa: E731 - "in / s"
+        assert wait(browser, lambda d: first() == "a-busy" and rate_of_busy() not in ("", "0.0", "–"))
+        click(browser, 'th[data-sort="rate_in"]')  # ascending: the quiet client first
+        assert wait(browser, lambda d: "▲" in text_of(d, 'th[data-sort="rate_in"]') and first() == "z-quiet")
+        click(browser, 'th[data-sort="rate_in"]')  # descending: the busiest first
+        assert wait(browser, lambda d: "▼" in text_of(d, 'th[data-sort="rate_in"]') and first() == "a-busy")
+    finally:
+        stop.set()
+        pusher.join(5)
+        busy.close()
+        quiet.close()

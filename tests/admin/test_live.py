@@ -125,3 +125,32 @@ def test_sigterm_ends_the_server_promptly_with_an_event_stream_open(admin):
         assert resp.readline() == b"event: sessions\n"
         # 0: it ended on its own (stop() kills a server that has not ended within 15 s: then the code is -9)
         assert admin.process.stop() == 0
+
+
+def test_sessions_sort_by_rate_on_the_server_with_paging(admin, add_user, start_broker, tmp_path):
+    """`sort=rate_in|rate_out|rate` orders the whole fleet by what each client pushed over the last 10 s
+    (the analytics), paged on the server like every other sort key."""
+    add_user("dev", "pw", "--superuser")
+    config = tmp_path / "fast.yaml"
+    config.write_text("metrics:\n  flush_interval: 0.2s\n")
+    broker = start_broker("-c", str(config))
+    clients = {cid: connect(broker.port, "dev", "pw", client_id=cid) for cid in ("busy", "slow", "idle")}
+    try:
+        for cid, n in (("busy", 60), ("slow", 6)):
+            for i in range(n):
+                clients[cid].publish(f"nobody/listens/{i}", b"x")
+
+        def order(sort: str, direction: str, extra: str = "") -> list[str]:
+            page = admin.ro.ok("GET", f"/api/sessions?sort={sort}&order={direction}{extra}")
+            return [r["client_id"] for r in page["items"]]
+
+        assert until(lambda: order("rate_in", "desc") == ["busy", "slow", "idle"], 15), order("rate_in", "desc")
+        assert order("rate_in", "asc") == ["idle", "slow", "busy"]
+        assert order("rate", "desc") == ["busy", "slow", "idle"]
+        assert order("rate_in", "desc", "&limit=1&offset=1") == ["slow"]
+        page = admin.ro.ok("GET", "/api/sessions?sort=rate_in&order=desc&limit=1")
+        assert page["total"] == 3 and page["sort"] == "rate_in" and page["items"][0]["rate_in"] > 0
+        assert admin.ro.call("GET", "/api/sessions?sort=speed").status == 422
+    finally:
+        for c in clients.values():
+            c.close()

@@ -77,3 +77,28 @@ def test_writes_are_audited_with_the_token_name(admin):
         ("plan.set", "gold", "admin-api:ops"),
     ]
     assert [e["changes"] for e in entries if e["action"] == "plan.set"] == ["events=100/1m"]
+
+
+def test_users_and_groups_are_put_on_plans_as_the_cli_does(admin, cli, add_user):
+    """`PUT /api/users/{u}/plan` and `PUT /api/groups/{g}/plan` are `user set --plan` and `group set --plan`
+    (one operation, ops/plans.py): each reads what the other wrote; read-only tokens are refused; audited."""
+    add_user("app-17", "pw")
+    admin.api.ok("PUT", "/api/plans/bronze", {"events": "100/1m"})
+    assert cli("plan", "set", "gold", "--events", "none").returncode == 0
+    admin.api.ok("PUT", "/api/users/app-17/plan", {"plan": "bronze"})
+    shown = json.loads(cli("quota", "show", "app-17", "--json").stdout)
+    assert "quota:plan:bronze" in json.dumps(shown), shown
+    assert cli("user", "set", "app-17", "--plan", "gold").returncode == 0
+    assert admin.ro.ok("GET", "/api/users/app-17")["plan"] == "gold"
+    admin.api.ok("PUT", "/api/groups/partners/plan", {"plan": "gold"})
+    assert admin.ro.ok("GET", "/api/groups/partners") == {"group": "partners", "members": [], "plan": "gold"}
+    assert cli("group", "set", "partners", "--plan", "none").returncode == 0
+    assert admin.ro.call("GET", "/api/groups/partners").status == 404  # no member, rule or plan left
+    for path in ("/api/users/app-17/plan", "/api/groups/partners/plan"):
+        reply = admin.ro.call("PUT", path, {"plan": "bronze"})
+        assert reply.status == 403 and reply.body["error"] == "forbidden", reply.body
+    entries = [e for e in admin.ro.ok("GET", "/api/audit?count=100") if e["action"] in ("user.plan", "group.plan")]
+    assert [(e["action"], e.get("username") or e.get("group"), e["plan"], e["by"]) for e in entries] == [
+        ("user.plan", "app-17", "bronze", "admin-api:ops"),
+        ("group.plan", "partners", "gold", "admin-api:ops"),
+    ]

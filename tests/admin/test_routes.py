@@ -46,6 +46,7 @@ def test_every_route(admin, rds, prefix):
         "expires_at": None,
         "expired": False,
         "groups": ["ops"],
+        "plan": None,
     }
     api.ok("POST", "/api/users", "/api/users", {"username": "bob", "password": "pw", "superuser": True}, 201)
     error(api.call("POST", "/api/users", "/api/users", {"username": "bob", "password": "x"}), 409, "conflict")
@@ -208,6 +209,37 @@ def test_every_route(admin, rds, prefix):
     error(api.call("PUT", "/api/plans/a%20b", "/api/plans/{name}", {"rate": "1/s"}), 422, "invalid", "plan name")
     assert api.ok("GET", "/api/plans", "/api/plans") == {"gold": {"events": "100/1m,10000/1d"}}
     assert api.ok("GET", "/api/plans/gold", "/api/plans/{name}")["plan"] == "gold"
+    # a user or a group put on a plan (the CLI's `user set --plan`, `group set --plan`)
+    assert api.ok("PUT", "/api/users/alice/plan", "/api/users/{username}/plan", {"plan": "gold"}) == {
+        "username": "alice",
+        "plan": "gold",
+    }
+    assert api.ok("GET", "/api/users/alice", "/api/users/{username}")["plan"] == "gold"
+    assert [u["plan"] for u in api.ok("GET", "/api/users", "/api/users")["items"]] == ["gold", None]
+    assert rds.hget(f"{prefix}quota:user:alice", "plan") == "gold"
+    error(
+        api.call("PUT", "/api/users/alice/plan", "/api/users/{username}/plan", {"plan": "tin"}),
+        404,
+        "not_found",
+        "plan 'tin' does not exist",
+    )
+    error(api.call("PUT", "/api/users/alice/plan", "/api/users/{username}/plan", {}), 422, "invalid_body", "plan")
+    assert api.ok("PUT", "/api/groups/ops/plan", "/api/groups/{group}/plan", {"plan": "gold"}) == {
+        "group": "ops",
+        "plan": "gold",
+    }
+    assert api.ok("GET", "/api/groups/ops", "/api/groups/{group}") == {
+        "group": "ops",
+        "members": ["alice"],
+        "plan": "gold",
+    }
+    error(api.call("GET", "/api/groups/nobody", "/api/groups/{group}"), 404, "not_found", "no group")
+    error(api.call("PUT", "/api/groups/a:b/plan", "/api/groups/{group}/plan", {"plan": "gold"}), 422, "invalid")
+    error(api.call("PUT", "/api/groups/ops/plan", "/api/groups/{group}/plan", {"plan": "tin"}), 404, "not_found")
+    api.ok("PUT", "/api/users/alice/plan", "/api/users/{username}/plan", {"plan": "none"})
+    api.ok("PUT", "/api/groups/ops/plan", "/api/groups/{group}/plan", {"plan": "none"})
+    assert api.ok("GET", "/api/users/alice", "/api/users/{username}")["plan"] is None
+    assert api.ok("GET", "/api/groups/ops", "/api/groups/{group}")["plan"] is None
     error(api.call("GET", "/api/plans/tin", "/api/plans/{name}"), 404, "not_found", "does not exist")
     assert api.ok("DELETE", "/api/plans/gold", "/api/plans/{name}") == {"deleted": "gold"}
     error(api.call("DELETE", "/api/plans/gold", "/api/plans/{name}"), 404, "not_found", "does not exist")

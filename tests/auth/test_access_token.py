@@ -265,3 +265,13 @@ def test_a_jwks_that_was_down_at_start_is_fetched_when_a_token_comes():
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_the_plan_claim_is_honoured_only_when_trusted():
+    """A plan claim grants limits, so it counts only from an issuer listed for it (trusted_claims)."""
+    trusting = JwtConfig(secret=T.SECRET, trusted_claims=["plan"])
+    wary = JwtConfig(secret=T.SECRET)
+    token = T.hs_token(T.claims(plan="gold"))
+    assert _verify(trusting, token).plan == "gold"  # type: ignore[attr-defined]
+    assert _verify(wary, token).plan is None  # type: ignore[attr-defined]
+    assert "claim plan" in _refused(trusting, T.hs_token(T.claims(plan=["gold"]))).detail

@@ -95,12 +95,6 @@ def test_mqtt5_scenarios_run_against_mosquitto(redis_server, prefix, tmp_path):
 
 @needs_mosquitto
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=False,
-    reason="differences with MQTT 5 clients remain (issue 16; mosquitto-compat/README.md): a wrong password gets "
-    "CONNACK 0x86 (mosquitto 0x87); overlapping subscriptions of an MQTT 5 client get one copy (mosquitto one per "
-    "matching subscription). (PUBACK 0x10 No matching subscribers: as mosquitto since branch perf5)",
-)
 def test_mosquitto_and_mqtt_guard_agree_with_mqtt5_clients(redis_server, prefix, tmp_path):
     seed = _seed()
     stats, differences = asyncio.run(

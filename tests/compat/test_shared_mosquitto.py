@@ -71,11 +71,6 @@ def test_mosquitto_shared_subscription_findings(redis_server, prefix, tmp_path):
 
 @needs_mosquitto
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=False,
-    reason="one case differs (SHARED.md, 'mqtt-guard'): after a member unsubscribes the rotation goes on with "
-    "the next member by index (mosquitto rotates its list)",
-)
 def test_mosquitto_and_mqtt_guard_agree_on_shared_subscriptions(redis_server, prefix, tmp_path):
     results = asyncio.run(shared.run(redis_url=redis_server.url, prefix=prefix, guard=True, workdir=str(tmp_path)))
     text, differing = shared.report(results)

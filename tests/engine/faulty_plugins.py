@@ -49,3 +49,14 @@ class FaultyAuth(BaseAuthPlugin):
         if session.username == "crash":
             raise RuntimeError("faulty plugin: auth exploded")
         return None
+
+
+class DenyAuth(BaseAuthPlugin):
+    """Refuses username 'denied' (returns False); abstains (None) for everybody else."""
+
+    @dataclass
+    class Config:
+        pass
+
+    async def authenticate(self, *, session) -> bool | None:
+        return False if session.username == "denied" else None

@@ -10,8 +10,10 @@ import time
 
 import pytest
 
+from mqtt_guard.reasons import Reason
 from tests.helpers import rawmqtt as raw
 from tests.helpers.http import status, wait_http
+from tests.helpers.mqtt5 import V5
 from tests.helpers.servers import free_port
 from tests.helpers.wait import expect
 
@@ -86,3 +88,47 @@ def test_without_a_grace_period_nothing_drains(anon_broker):
         assert broker.stop(signal.SIGTERM) == 0
         assert client.closed_by_peer(1)
     assert "draining" not in broker.log()
+
+
+def test_mqtt5_clients_are_told_to_use_another_server_and_3_1_1_ones_are_served_on(anon_broker):
+    """`shutdown.server_reference`: at SIGTERM every MQTT 5 client gets DISCONNECT 0x9C Use another server
+    with the Server Reference (paho reads both) and no will; 3.1.1 clients are served through the drain."""
+    hport = free_port()
+    broker = anon_broker(
+        f"metrics:\n  health_bind: 127.0.0.1:{hport}\n"
+        "shutdown:\n  drain_grace: 30s\n  server_reference: mqtt-b.example.com:1883\n"
+    )
+    wait_http(hport, "/livez")
+    watcher, _ = raw.connected(broker.port, "watcher")  # 3.1.1
+    watcher.send(raw.subscribe(1, ("wills/#", 0), ("echo/#", 0)))
+    watcher.expect(raw.SUBACK)
+    moving = V5(broker.port, "moving", will=("wills/moving", b"gone", 0, False))
+    assert moving.reason == 0
+    broker.proc.send_signal(signal.SIGTERM)
+    assert moving.disconnected.wait(10)
+    assert moving.disconnect_reason == Reason.USE_ANOTHER_SERVER
+    assert moving.disconnect_props.ServerReference == "mqtt-b.example.com:1883"
+    assert moving.disconnect_props.ReasonString == "server shutting down, use another server"
+    moving.paho.loop_stop()
+    broker.wait_log("told 1 MQTT 5 client(s) to use another server (mqtt-b.example.com:1883)")
+    with watcher:
+        watcher.send(raw.publish("echo/1", b"still served"))  # the 3.1.1 client is served on
+        pkt = watcher.expect(raw.PUBLISH)
+        assert (pkt.topic, pkt.payload) == ("echo/1", b"still served")  # (and no will came before it)
+        watcher.send(raw.DISCONNECT_BYTES)
+    assert broker.proc.wait(15) == 0
+    assert "left on their own, 0 to close" in broker.log()  # (the moved one ended at once; the other left)
+
+
+def test_without_a_server_reference_mqtt5_clients_are_served_and_told_shutting_down(anon_broker):
+    broker, _ = drain_broker(anon_broker, "1s")
+    staying = V5(broker.port, "staying")
+    assert staying.reason == 0
+    broker.proc.send_signal(signal.SIGTERM)
+    broker.wait_log("draining:")
+    assert staying.publish("echo/x", b"during the drain", qos=1) == 0  # served on
+    assert staying.disconnected.wait(10)
+    assert staying.disconnect_reason == Reason.SERVER_SHUTTING_DOWN
+    assert getattr(staying.disconnect_props, "ServerReference", None) is None
+    staying.paho.loop_stop()
+    assert broker.proc.wait(15) == 0

@@ -11,7 +11,7 @@ from paho.mqtt.properties import Properties
 
 from mqtt_guard.engine import mqtt5
 from mqtt_guard.engine.packets import parse_connect, parse_subscribe
-from mqtt_guard.engine.protocol import Cursor, ProtocolViolation
+from mqtt_guard.engine.protocol import PUBACK, Cursor, ProtocolViolation
 from mqtt_guard.reasons import Reason
 
 
@@ -109,3 +109,20 @@ def test_server_packets_decode_in_paho() -> None:
     back.unpack(frame[7:15])
     assert back.MessageExpiryInterval == 10
     assert back.SubscriptionIdentifier == [3]
+
+
+def test_reason_strings_are_left_out_before_a_packet_exceeds_the_maximum():
+    with_text = mqtt5.encode_ack(PUBACK, 7, Reason.NOT_AUTHORIZED, "not authorized", 100)
+    assert with_text == b"\x40\x15\x00\x07\x87\x11\x1f\x00\x0enot authorized"
+    assert mqtt5.encode_ack(PUBACK, 7, Reason.NOT_AUTHORIZED, "not authorized", len(with_text)) == with_text
+    assert mqtt5.encode_ack(PUBACK, 7, Reason.NOT_AUTHORIZED, "not authorized", len(with_text) - 1) == (
+        b"\x40\x03\x00\x07\x87"
+    )
+    assert mqtt5.encode_suback(1, [0x87], "not authorized", 10) == b"\x90\x04\x00\x01\x00\x87"
+    assert mqtt5.encode_refusal(Reason.BANNED, "banned", 5) == mqtt5.encode_connack(False, Reason.BANNED)
+    # DISCONNECT: the Reason String goes first, then the Server Reference
+    full = mqtt5.encode_disconnect(Reason.USE_ANOTHER_SERVER, "moving", "other:1883")
+    no_text = mqtt5.encode_disconnect(Reason.USE_ANOTHER_SERVER, None, "other:1883")
+    assert mqtt5.encode_disconnect(Reason.USE_ANOTHER_SERVER, "moving", "other:1883", len(full)) == full
+    assert mqtt5.encode_disconnect(Reason.USE_ANOTHER_SERVER, "moving", "other:1883", len(full) - 1) == no_text
+    assert mqtt5.encode_disconnect(Reason.USE_ANOTHER_SERVER, "moving", "other:1883", 3) == b"\xe0\x01\x9c"

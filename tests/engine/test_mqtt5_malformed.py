@@ -97,9 +97,9 @@ def test_payload_not_utf8_as_its_format_indicator_says_is_refused(broker):
         sub.subscribe("fmt/#", 1)
         utf8 = m5.props((0x01, b"\x01"))
         c.send(m5.publish("fmt/a", b"\xff\xfe", qos=1, packet_id=3, properties=utf8))
-        assert c.expect(raw.PUBACK).body == b"\x00\x03\x99"
+        assert c.expect(raw.PUBACK).body[:3] == b"\x00\x03\x99"  # (then the Reason String)
         c.send(m5.publish("fmt/b", b"\xff\xfe", qos=2, packet_id=4, properties=utf8))
-        assert c.expect(raw.PUBREC).body == b"\x00\x04\x99"
+        assert c.expect(raw.PUBREC).body[:3] == b"\x00\x04\x99"
         c.send(m5.publish("fmt/c", b"\xff\xfe", qos=0, properties=utf8))  # dropped
         c.send(m5.publish("fmt/d", "grüße".encode(), qos=1, packet_id=5, properties=utf8))
         assert c.expect(raw.PUBACK).body == b"\x00\x05"

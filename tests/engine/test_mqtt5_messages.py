@@ -213,7 +213,7 @@ def test_v5_acknowledgements_with_reason_codes_and_properties_are_accepted(liste
         c.send(m5.ack(raw.PUBREL, 77, 0x00, reason_string))
         assert c.expect(raw.PUBCOMP).body == b"\x00\x4d"
         c.send(m5.ack(raw.PUBREL, 78))  # never published: PUBCOMP 0x92 Packet identifier not found
-        assert c.expect(raw.PUBCOMP).body == b"\x00\x4e\x92"
+        assert c.expect(raw.PUBCOMP).body[:3] == b"\x00\x4e\x92"  # (then the Reason String)
     finally:
         c.close()
         pub.close()

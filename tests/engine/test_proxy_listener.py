@@ -9,7 +9,6 @@ import asyncio
 import json
 import socket
 import ssl
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -21,27 +20,9 @@ from mqtt_guard.engine.proxy_listener import read_header
 from mqtt_guard.engine.proxy_protocol import ProxyHeader, parse
 from tests.helpers import rawmqtt as raw
 from tests.helpers.certs import make_pki
+from tests.helpers.proxyproto import BALANCER, SIG, v1, v2
 from tests.helpers.servers import free_port, wait_port
 from tests.helpers.wait import expect, until
-
-BALANCER = "127.0.0.5"  # the trusted proxy: any 127.0.0.x is a local source address on Linux
-SIG = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
-def v1(src: str, sport: int, dport: int = 1883) -> bytes:
-    family, dst = ("TCP6", "::1") if ":" in src else ("TCP4", "10.0.0.2")
-    return f"PROXY {family} {src} {dst} {sport} {dport}\r\n".encode()
-
-
-def v2(src: str | None, sport: int = 0, *, tlvs: bytes = b"") -> bytes:
-    """A PROXY command for `src` (IPv4 or IPv6), or LOCAL when `src` is None."""
-    if src is None:
-        return SIG + b"\x20\x00" + struct.pack("!H", len(tlvs)) + tlvs
-    family = socket.AF_INET6 if ":" in src else socket.AF_INET
-    dst = "::1" if family == socket.AF_INET6 else "10.0.0.2"
-    block = socket.inet_pton(family, src) + socket.inet_pton(family, dst) + struct.pack("!HH", sport, 1883)
-    fam = b"\x21" if family == socket.AF_INET6 else b"\x11"
-    return SIG + b"\x21" + fam + struct.pack("!H", len(block) + len(tlvs)) + block + tlvs
 
 
 class Ports:

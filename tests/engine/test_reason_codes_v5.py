@@ -327,3 +327,119 @@ def test_ban_with_kick_and_session_drop_are_administrative_actions(start_broker,
     assert not dropped.disconnected.is_set()  # another address
     assert cli("session", "drop", "d1").returncode == 0
     assert gone(dropped) == Reason.ADMINISTRATIVE_ACTION
+
+
+# -- rows needing a crowd, a plugin, the sidecar or two brokers -------------------------------------------------
+def _storm5(port: int, logins: list[tuple[str, str]]) -> list[int | str]:
+    """MQTT 5 CONNECTs all at once on raw sockets: each one's CONNACK reason code (or the error)."""
+    import asyncio
+
+    async def one(i: int, username: str, password: str) -> int | str:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            packet = rawmqtt.connect(f"s{i}", level=5, properties=b"", username=username, password=password)
+            writer.write(packet)
+            await writer.drain()
+            connack = await asyncio.wait_for(reader.readexactly(4), 60)
+            writer.close()
+            return connack[3]
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            return type(exc).__name__
+
+    async def everyone() -> list[int | str]:
+        return list(await asyncio.gather(*(one(i, *login) for i, login in enumerate(logins))))
+
+    return asyncio.run(everyone())
+
+
+def test_password_checks_queued_beyond_the_bound_are_server_busy(start_broker, tmp_path):
+    config = _config(tmp_path, "auth:\n  hash_workers: 1\n  hash_queue: 2\n  throttle:\n    enabled: false\n")
+    broker = start_broker("--config", config)
+    codes = _storm5(broker.port, [(f"nobody-{i}", "guess") for i in range(150)])
+    assert Reason.SERVER_BUSY in codes, codes  # shed: "retry later"
+    assert set(codes) <= {Reason.SERVER_BUSY, Reason.BAD_USER_NAME_OR_PASSWORD}, codes
+    broker.wait_log("auth.hash_queue=2")
+
+
+def test_refused_by_an_auth_plugin_is_not_authorized(start_broker, add_user, tmp_path):
+    add_user("denied", "pw")
+    add_user("crash", "pw")
+    add_user("alice", "pw")
+    config = _config(
+        tmp_path,
+        "plugins:\n  tests.engine.faulty_plugins.DenyAuth: {}\n  tests.engine.faulty_plugins.FaultyAuth: {}\n",
+    )
+    broker = start_broker("--config", config)
+    refused = connect5(broker.port, "denied", "pw")
+    assert refused.reason == Reason.NOT_AUTHORIZED  # the plugin said no, whatever the Guard said
+    assert refused.connack("ReasonString") == "not authorized"
+    assert connect5(broker.port, "crash", "pw").reason == Reason.NOT_AUTHORIZED  # the plugin raised
+    assert connect(broker.port, "denied", "pw").rc == 5  # 3.1.1
+    ok = connect5(broker.port, "alice", "pw")
+    assert ok.reason == 0
+    ok.close()
+
+
+def test_slow_consumer_found_by_the_sidecar_is_quota_exceeded(start_broker, start_sidecar, add_user, cli, tmp_path):
+    add_user("slow", "pw")
+    add_user("pub", "pw")
+    assert cli("quota", "set", "slow", "--max-queue", "5", "--queue-grace", "0.5s").returncode == 0
+    broker = start_broker("--config", fast_config(tmp_path, "acl:\n  default: allow\n"))
+    start_sidecar("--interval", "0.2")
+    # Receive Maximum 1 and no PUBACK ever: one delivery in flight, the rest wait in its queue (the socket is
+    # read, so the DISCONNECT is not stuck behind unread bytes)
+    with rawmqtt.RawClient(broker.port) as raw:
+        raw.send(rawmqtt.connect("slow-5", level=5, properties=b"\x21\x00\x01", username="slow", password="pw"))
+        assert _connack5(raw) == 0
+        raw.send(rawmqtt.packet(0x82, struct.pack("!H", 1) + b"\x00" + rawmqtt.s("feed/#") + b"\x01"))
+        raw.expect(rawmqtt.SUBACK)
+        pub = connect5(broker.port, "pub", "pw")
+        for i in range(20):
+            pub.publish("feed/t", f"m{i}".encode(), qos=1)
+        deadline = time.monotonic() + 20
+        disconnect = None
+        while disconnect is None and time.monotonic() < deadline:
+            pkt = raw.read(max(0.1, deadline - time.monotonic()))
+            if pkt is None:
+                break
+            if pkt.type == rawmqtt.DISCONNECT:
+                disconnect = pkt
+        assert disconnect is not None, "no DISCONNECT"
+        assert disconnect.body[0] == Reason.QUOTA_EXCEEDED
+        assert b"quota exceeded" in disconnect.body  # its Reason String
+        pub.close()
+    broker.wait_log("slow consumer")
+
+
+def test_a_block_the_sidecar_finds_disconnects_with_0x98_then_refuses_with_0x8a(
+    start_broker, start_sidecar, add_user, rds, prefix, tmp_path
+):
+    add_user("alice", "pw")
+    broker = start_broker("--config", fast_config(tmp_path))
+    sidecar = start_sidecar("--interval", "0.2")
+    c = connect5(broker.port, "alice", "pw", client_id="blk")
+    assert c.reason == 0
+    rds.hset(f"{prefix}block:client:blk", mapping={"reason": "tampering", "until": "0", "by": "ops"})
+    rds.expire(f"{prefix}block:client:blk", 60)
+    assert gone(c, 10) == Reason.ADMINISTRATIVE_ACTION  # 0x8A Banned is CONNACK-only
+    assert c.disconnect_props.ReasonString == "disconnected by an administrator"
+    assert until(lambda: connect5(broker.port, "alice", "pw", client_id="blk").reason == Reason.BANNED)
+    sidecar.wait_log("kicking client 'blk'")  # the sidecar found the block and kicked
+
+
+def test_client_id_held_by_another_user_on_another_broker(start_broker, add_user, tmp_path):
+    add_user("alice", "pw")
+    add_user("bob", "pw")
+    config = fast_config(tmp_path)
+    one = start_broker("--config", config)
+    two = start_broker("--config", config)
+    held = connect5(one.port, "alice", "pw", client_id="owned")
+    assert held.reason == 0
+
+    def refused_on_two() -> bool:  # once broker one's registration of the id is in Redis
+        return connect5(two.port, "bob", "pw", client_id="owned").reason == Reason.CLIENT_IDENTIFIER_NOT_VALID
+
+    assert until(refused_on_two)
+    assert connect(two.port, "bob", "pw", client_id="owned").rc == 2  # 3.1.1: identifier rejected
+    assert not held.disconnected.is_set()  # the holder stays
+    held.close()

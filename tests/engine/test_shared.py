@@ -76,3 +76,33 @@ def test_a_member_that_leaves_is_skipped_and_one_that_resubscribes_keeps_its_pla
     group.add("a", "a2")  # re-subscribed (new options): same place
     assert [group.pick(lambda e: True) for _ in range(3)] == ["a2", "c", "a2"]
     assert len(group) == 2
+
+
+def test_the_rotation_goes_on_where_it_was_when_an_earlier_member_leaves() -> None:
+    """mosquitto-compat/SHARED.md finding 8: m1, m2 had their turns, m1 leaves: m3 is next, then m2."""
+    group: ShareGroup[str] = ShareGroup("g", "t")
+    for cid in ("m1", "m2", "m3"):
+        group.add(cid, cid)
+    assert [group.pick(lambda e: True) for _ in range(2)] == ["m1", "m2"]
+    assert group.remove("m1")
+    assert [group.pick(lambda e: True) for _ in range(4)] == ["m3", "m2", "m3", "m2"]
+    # the last member's turn was next and it leaves: the turn wraps to the first
+    group.add("m4", "m4")  # m2, m3, m4; next: m3
+    assert group.pick(lambda e: True) == "m3"
+    assert group.remove("m4")
+    assert group.pick(lambda e: True) == "m2"
+
+
+@given(st.integers(2, 8), st.integers(0, 20), st.data())
+def test_a_leaver_never_costs_the_next_member_its_turn(n: int, picks: int, data: st.DataObject) -> None:
+    group: ShareGroup[int] = ShareGroup("g", "t")
+    for i in range(n):
+        group.add(str(i), i)
+    for _ in range(picks):
+        group.pick(lambda e: True)
+    order = list(range(n))
+    nxt = picks % n  # whose turn it is
+    leaver = data.draw(st.integers(0, n - 1))
+    assert group.remove(str(leaver))
+    expected = order[nxt] if leaver != nxt else order[(nxt + 1) % n]
+    assert group.pick(lambda e: True) == expected

@@ -56,3 +56,21 @@ def test_websockets_listener_routes_a_burst(start_broker, tmp_path):
     for c in (pub, sub):
         c.disconnect()
         c.loop_stop()
+
+
+def test_a_tcp_listener_after_a_websockets_first_one_stays_tcp(start_broker, tmp_path):
+    """amqtt copies the first listener's fields into the others where they hold amqtt's defaults; a tcp
+    listener's type is that default, so it used to become a second websockets server."""
+    from tests.helpers.mqtt import connect
+
+    ws, tcp = free_port(), free_port()
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(
+        f"listeners:\n  - type: websockets\n    bind: 127.0.0.1:{ws}\n  - type: tcp\n    bind: 127.0.0.1:{tcp}\n"
+        "auth:\n  allow_anonymous: true\nacl:\n  default: allow\n"
+    )
+    broker = start_broker("--config", str(cfg), bind=False, wait_for_port=ws)
+    c = connect(tcp)
+    assert c.rc == 0, broker.log()
+    c.close()
+    _ws_client(ws).disconnect()

@@ -82,6 +82,9 @@ class V5:
         self.published: queue.Queue[tuple[int, int]] = queue.Queue()  # (mid, reason code)
         self.disconnected = threading.Event()
         self.disconnect_reason: int | None = None
+        self.disconnect_props: Any = None  # the properties of the server's DISCONNECT
+        self.ack_props: queue.Queue[Any] = queue.Queue()  # SUBACK/UNSUBACK properties, in order
+        self.publish_props: dict[int, Any] = {}  # mid -> the PUBACK's (or PUBREC's) properties
         self.connack_props: Any = None
         connacked: queue.Queue[int] = queue.Queue()
 
@@ -92,13 +95,16 @@ class V5:
         def on_message(_c, _u, msg):
             self.messages.put(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), msg.properties))
 
-        def on_ack(_c, _u, _mid, reason_codes, _props):
+        def on_ack(_c, _u, _mid, reason_codes, props):
+            self.ack_props.put(props)
             self.acks.put([rc.value for rc in reason_codes])
 
-        def on_publish(_c, _u, mid, reason_code, _props):
+        def on_publish(_c, _u, mid, reason_code, props):
+            self.publish_props[mid] = props
             self.published.put((mid, reason_code.value))
 
-        def on_disconnect(_c, _u, _flags, reason_code, _props):
+        def on_disconnect(_c, _u, _flags, reason_code, props):
+            self.disconnect_props = props
             self.disconnect_reason = reason_code.value
             self.disconnected.set()
             if connacked.empty():
@@ -127,6 +133,17 @@ class V5:
 
     def connack(self, name: str, default: Any = None) -> Any:
         return getattr(self.connack_props, name, default)
+
+    def publish_with_props(
+        self, topic: str, payload: bytes = b"x", qos: int = 1, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        """Publish at QoS 1 and wait for the PUBACK: (its reason code, its properties)."""
+        info = self.paho.publish(topic, payload, qos=qos)
+        info.wait_for_publish(timeout)
+        while True:
+            mid, rc = self.published.get(timeout=timeout)
+            if mid == info.mid:
+                return rc, self.publish_props.get(mid)
 
     def subscribe(
         self,

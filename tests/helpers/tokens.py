@@ -109,3 +109,16 @@ class JwksServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+HS_JWT = {"secret": f'"{SECRET}"', "algorithms": "[HS256]", "audience": "mqtt", "leeway": "0s"}
+"""`auth.jwt` of a broker verifying `hs_token`s (add `trusted_claims`)."""
+
+
+def jwt_config(jwt: dict[str, str], *, listeners: list[str] | None = None, extra: str = "") -> str:
+    """A broker YAML with this `auth.jwt` section (login throttling off: tests refuse tokens on purpose),
+    optional `listeners:` entries (else the broker's `--bind`), and more YAML after it."""
+    lines = ["auth:", "  throttle:", "    enabled: false", "  jwt:", *(f"    {k}: {v}" for k, v in jwt.items())]
+    if listeners:
+        lines = ["listeners:", *listeners, *lines]
+    return "\n".join(lines) + "\n" + extra

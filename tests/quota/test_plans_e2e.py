@@ -152,6 +152,36 @@ def test_the_export_totals_equal_the_traffic_sent(start_broker, add_user, cli, r
     assert mine["total"][""]["events_in"] == ev_all and mine["total"]["stocks"]["events_in"] == sent["stocks"][0]
 
 
+def test_metering_adds_up_across_brokers_and_a_broker_restart(start_broker, add_user, cli, rds, prefix, tmp_path):
+    """Each broker adds what it counted; a broker that stops writes its last counts, and one started again
+    adds to the same month: the export holds every message once."""
+    add_user("m", "pw")
+    rds.hset(f"{prefix}acl:user:m", "#", "readwrite")
+    config = fast_config(tmp_path)
+    one, two = start_broker("--config", config), start_broker("--config", config)
+    sent = 0
+    for broker, n in ((one, 10), (two, 15)):
+        c = connect(broker.port, "m", "pw")
+        for _ in range(n):
+            c.publish("meter/x", b"12345", qos=1)
+        sent += n
+        c.close()
+    one.stop()
+    again = start_broker("--config", config)  # a new broker process (its counts start at zero)
+    c = connect(again.port, "m", "pw")
+    for _ in range(5):
+        c.publish("meter/x", b"12345", qos=1)
+    sent += 5
+    c.close()
+    two.stop()
+    again.stop()
+    month = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+    rows = json.loads(cli("usage", "export", "--month", month, "--format", "json").stdout)
+    mine = [r for r in rows if r["user"] == "m" and r["api"] == ""]
+    assert sum(r["events_in"] for r in mine) == sent == 30
+    assert sum(r["bytes_in"] for r in mine) == 5 * sent
+
+
 def test_bad_input_gets_a_clear_answer(cli, add_user):
     add_user("u", "pw")
     r = cli("user", "set", "u", "--plan", "platinum")

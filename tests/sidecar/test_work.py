@@ -14,7 +14,7 @@ def test_changed_keys_name_the_sessions_to_evaluate():
         [
             keys.quota_user("alice"),
             keys.user("bob"),
-            keys.user_groups("carol"),  # (not a user hash: nothing)
+            keys.user_groups("carol"),  # its groups (their plans apply to it)
             keys.block_user("dave"),
             keys.block_client("dev:1"),
             keys.quota_reset("erin"),
@@ -23,12 +23,22 @@ def test_changed_keys_name_the_sessions_to_evaluate():
     )
     assert not work.sweep_now
     users, clients = work.take()
-    assert users == {"alice", "bob", "dave", "erin"} and clients == {"dev:1"}
+    assert users == {"alice", "bob", "carol", "dave", "erin"} and clients == {"dev:1"}
     assert work.take() == (set(), set())
+    assert keys.quota_plan("") in work.prefixes() and keys.quota_group("") in work.prefixes()
     work.changed([keys.quota_default()])
     assert work.default_changed and not work.sweep_now  # (re-timed in Redis, not swept)
     work.missed()
     assert work.sweep_now
+
+
+def test_a_changed_plan_or_group_plan_sweeps_every_session():
+    """Any session may be on a plan (its user's, its groups', its token's claim): all are evaluated."""
+    keys = Keys("p:")
+    for name in (keys.quota_plan("gold"), keys.quota_group("partners")):
+        work = Work(keys)
+        work.changed([name])
+        assert work.sweep_now and work.take() == (set(), set())
 
 
 def test_named_sessions_are_evaluated_a_slice_a_tick_oldest_first():

@@ -293,8 +293,9 @@ const SESSION_COLUMNS = [
   { label: "user", sort: "username", get: (r) => r.username || "(anonymous)" },
   { label: "broker", sort: "broker", get: (r) => r.broker },
   { label: "connected", sort: "since", get: (r) => fmt.ago(r.since) },
-  { label: "in / s", num: true, get: (r) => fmt.rate(r.rate_in) },
-  { label: "out / s", num: true, get: (r) => fmt.rate(r.rate_out) },
+  // the rates sort on the server too, over every client's rate from the analytics (rate_in, rate_out)
+  { label: "in / s", sort: "rate_in", num: true, get: (r) => fmt.rate(r.rate_in) },
+  { label: "out / s", sort: "rate_out", num: true, get: (r) => fmt.rate(r.rate_out) },
   { label: "msgs in", num: true, get: (r) => fmt.num(r.messages_in) },
   { label: "msgs out", num: true, get: (r) => fmt.num(r.messages_out) },
   { label: "errors", num: true, get: (r) => (r.publish_errors ? h("span", { class: "pill bad" }, fmt.num(r.publish_errors)) : "0") },
@@ -434,13 +435,22 @@ VIEWS.client = {
   },
 };
 
+// A select of the plans that exist, and "none" (a user or a group off any plan).
+function planSelect(id, plans, current) {
+  return h("select", { id }, ["none", ...Object.keys(plans).sort()].map((p) =>
+    h("option", { value: p, selected: (current || "none") === p }, p)));
+}
+
 VIEWS.users = {
   title: "Users & ACL", nav: true,
-  render(main) {
+  render(main, params) {
+    // the users (a click opens one: its groups, plan and password), the groups and their plans, the ACL
     const users = h("div", { class: "panel", id: "users" });
+    const editor = h("div", { class: "panel", id: "user-edit", hidden: !params.user });
+    const groups = h("div", { class: "panel", id: "groups" });
     const rules = h("div", { class: "panel", id: "acl" });
     const check = h("div", { class: "panel", id: "acl-check" });
-    main.append(h("h1", {}, "Users & ACL"), h("div", { class: "cols" }, users, rules), check);
+    main.append(h("h1", {}, "Users & ACL"), editor, h("div", { class: "cols" }, users, rules), groups, check);
 
     async function loadUsers() {
       const page = await api("GET", "/api/users?limit=200");
@@ -450,11 +460,72 @@ VIEWS.users = {
         { label: "user", get: (r) => r.username },
         { label: "flags", get: (r) => [r.superuser ? "superuser" : "", r.disabled ? "disabled" : ""].filter(Boolean).join(", ") },
         { label: "groups", get: (r) => (r.groups || []).join(", ") },
-        { label: "", get: (r) => h("a", { href: `#quotas?user=${enc(r.username)}` }, "quota") },
-      ], page.items, { id: "users-table" }),
+        { label: "plan", get: (r) => r.plan || "–" },
+        { label: "", get: (r) => h("a", { href: `#quotas?user=${enc(r.username)}`, onclick: (ev) => ev.stopPropagation() }, "quota") },
+      ], page.items, { id: "users-table", key: (r) => r.username, link: (r) => go("users", { user: r.username }) }),
       h("div", { class: "row" }, name, pw, writeButton("Add user", async () => {
         try { await api("POST", "/api/users", { username: name.value, password: pw.value }); say(`user ${name.value} added`); loadUsers(); } catch (e) { say(e.message, true); }
       })));
+    }
+
+    // One user: its groups (add, remove), its plan, a new password (hashed by the server as the CLI does).
+    async function loadEditor() {
+      const name = params.user;
+      if (!name) return;
+      const [user, plans] = await Promise.all([api("GET", `/api/users/${enc(name)}`), api("GET", "/api/plans")]);
+      const reload = () => { loadEditor(); loadUsers(); loadGroups(); };
+      const group = h("input", { id: "user-group", placeholder: "group" });
+      const plan = planSelect("user-plan", plans, user.plan);
+      const pw = h("input", { id: "user-new-password", type: "password", placeholder: "new password", autocomplete: "new-password" });
+      const add = writeButton("Add to group", async () => {
+        const g = group.value.trim();
+        try { await api("PUT", `/api/groups/${enc(g)}/members/${enc(name)}`); say(`${name} added to ${g}`); reload(); } catch (e) { say(e.message, true); }
+      });
+      add.id = "user-group-add";
+      const setPlan = writeButton("Set plan", async () => {
+        try { const r = await api("PUT", `/api/users/${enc(name)}/plan`, { plan: plan.value }); say(`${name}: plan ${r.plan || "none"}`); reload(); } catch (e) { say(e.message, true); }
+      });
+      setPlan.id = "user-plan-set";
+      const setPw = writeButton("Set password", async () => {
+        try { await api("PUT", `/api/users/${enc(name)}/password`, { password: pw.value }); pw.value = ""; say(`password of ${name} changed`); } catch (e) { say(e.message, true); }
+      });
+      setPw.id = "user-password-set";
+      editor.replaceChildren(
+        h("h2", {}, "User ", h("code", { id: "user-edit-name" }, name)),
+        h("p", { class: "muted" }, `password: ${user.password}`, user.superuser ? " · superuser" : "", user.disabled ? " · disabled" : ""),
+        table([
+          { label: "group", get: (r) => r },
+          { label: "", get: (r) => {
+            const b = writeButton("remove", async () => {
+              try { await api("DELETE", `/api/groups/${enc(r)}/members/${enc(name)}`); say(`${name} removed from ${r}`); reload(); } catch (e) { say(e.message, true); }
+            }, "quiet");
+            b.dataset.group = r;
+            return b;
+          } },
+        ], user.groups, { id: "user-groups-table", empty: "in no group" }),
+        h("div", { class: "row" }, group, add),
+        h("div", { class: "row" }, "plan", plan, setPlan),
+        h("div", { class: "row" }, pw, setPw),
+      );
+    }
+
+    // Groups with their members and plans; put a group on a plan.
+    async function loadGroups() {
+      const [listing, plans] = await Promise.all([api("GET", "/api/groups"), api("GET", "/api/plans")]);
+      const rows = await Promise.all(Object.keys(listing).map((g) => api("GET", `/api/groups/${enc(g)}`)));
+      const name = h("input", { id: "group-name", placeholder: "group" });
+      const plan = planSelect("group-plan", plans, null);
+      const set = writeButton("Set group plan", async () => {
+        const g = name.value.trim();
+        try { const r = await api("PUT", `/api/groups/${enc(g)}/plan`, { plan: plan.value }); say(`group ${g}: plan ${r.plan || "none"}`); loadGroups(); } catch (e) { say(e.message, true); }
+      });
+      set.id = "group-plan-set";
+      groups.replaceChildren(h("h2", {}, "Groups"), table([
+        { label: "group", get: (r) => r.group },
+        { label: "members", get: (r) => r.members.join(", ") },
+        { label: "plan", get: (r) => r.plan || "–" },
+      ], rows, { id: "groups-table", key: (r) => r.group, empty: "no groups" }),
+      h("div", { class: "row" }, name, plan, set));
     }
 
     async function loadRules() {
@@ -498,6 +569,8 @@ VIEWS.users = {
         } }, "Check")), out);
     }
     loadUsers().catch((e) => say(e.message, true));
+    loadEditor().catch((e) => say(e.message, true));
+    loadGroups().catch((e) => say(e.message, true));
     loadRules().catch((e) => say(e.message, true));
     renderCheck();
   },
