@@ -1623,15 +1623,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             forwarded, published_retain, origin = b"", False, None
             if props is not None:
                 forwarded, published_retain, origin = props.forwarded, props.retain, props.origin
+            # (a message published with RETAIN, sent on to Retain As Published subscribers with it, is
+            # encoded per receiver: it comes through the awaited path, not the hot one)
+            shared0 = not expiring and not published_retain
             for queue, granted, _client, client_id, sub5 in targets5:
                 if refused is not None and client_id in refused:
                     continue  # over the receiver's quota: withheld
                 if sub5.no_local and origin is queue:
                     continue  # its own message [MQTT-3.8.3-3]
                 dq = granted if qos is None else (qos if qos < granted else granted)
-                retain = published_retain and sub5.rap
-                ids = sub5.ids
-                if dq == 0 and not ids and not expiring and not retain:
+                if dq == 0 and shared0 and not sub5.ids:
                     if frame5 is None:
                         frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)  # type: ignore[arg-type]  # given without frame5
                     if queue.max_packet and len(frame5) > queue.max_packet:
@@ -1639,6 +1640,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                         continue
                     ok = queue.offer0(frame5, plen, size)
                 else:
+                    ids = sub5.ids
+                    retain = published_retain and sub5.rap
                     if queue.max_packet and queue.max_packet < mqtt5.publish_size(
                         len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expiring else 0)
                     ):
