@@ -407,6 +407,9 @@ class MetricsConfig:
     prometheus_bind: str | None = None  # HOST:PORT serving /metrics from the broker; unset = no endpoint
     # HOST:PORT serving only /livez, /readyz, /healthz (no /metrics; they come with prometheus_bind too)
     health_bind: str | None = None
+    # With `workers: N`, worker i serves its /metrics on this port + i (same host as prometheus_bind);
+    # unset: prometheus_bind's port + 10 + i (9893.. for 9883, clear of the sidecar's 9884 and 9885).
+    workers_port_from: int | None = None
     per_client_allowlist: list[str] = field(default_factory=list)  # client ids (globs) with their own series
     per_user_allowlist: list[str] = field(default_factory=list)  # usernames (globs) with their own series
     top_n: int = 0  # also give the N busiest clients of this broker their own series
@@ -424,6 +427,8 @@ class MetricsConfig:
             split_bind(self.prometheus_bind, "metrics.prometheus_bind")
         if self.health_bind:
             split_bind(self.health_bind, "metrics.health_bind")
+        if self.workers_port_from is not None and not 1 <= self.workers_port_from <= 65535:
+            raise ConfigError("metrics.workers_port_from: a port number (1 to 65535)")
         if self.top_n < 0 or self.max_backlog < 1000:
             raise ConfigError("metrics: top_n must be >= 0 and max_backlog >= 1000")
         if self.sys_interval < 0 or 0 < self.sys_interval < 1:
@@ -432,6 +437,21 @@ class MetricsConfig:
             raise ConfigError("metrics.stats_ttl: at least 1h")
         if self.max_failed_addresses < 1:
             raise ConfigError("metrics.max_failed_addresses: at least 1")
+
+
+@dataclass
+class DurableConfig:
+    """Durable state in Redis (issue 17, docs/durability.md): retained messages (and persistent
+    sessions) outlive a broker process and are shared by every broker on the same Redis."""
+
+    enabled: bool = True  # false: kept in memory only, lost on restart (mosquitto.conf `persistence false`)
+    # writes that need no acknowledgement (QoS 0 retained, ...) held in memory while Redis is away; beyond
+    # it the oldest are dropped, counted and logged as lost
+    buffer_limit: int = 100_000
+
+    def check(self) -> None:
+        if self.buffer_limit < 0:
+            raise ConfigError("durable.buffer_limit: must be >= 0")
 
 
 @dataclass
@@ -447,6 +467,7 @@ class GuardConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    durable: DurableConfig = field(default_factory=DurableConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
     # Broker processes sharing the listeners' ports (SO_REUSEPORT; mqtt_guard/workers.py): a number, or
@@ -475,6 +496,7 @@ class GuardConfig:
         self.metrics.check()
         self.shutdown.check()
         self.admin.check()
+        self.durable.check()
 
 
 WORKERS_MAX = 256

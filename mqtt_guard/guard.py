@@ -27,6 +27,7 @@ from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import ConfigError, GuardConfig
+from .durable.retained import RetainedSet
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
@@ -40,15 +41,17 @@ from .quota.stretch import open_stretch, settle_stretch
 from .reasons import BLOCKED, KICKED, TOKEN_EXPIRED, TOKEN_REVOKED, USER_REVOKED
 from .store.acl import AclStore
 from .store.bans import BanStore
+from .store.batch import BatchWriter
 from .store.connection import REDIS_ERRORS, make_async_client, redact
 from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.revocations import RevocationStore
 from .store.users import UserRecord, UserStore
-from .tasks import Coalescer
+from .tasks import Coalescer, cancel_and_wait
 
 log = logging.getLogger("mqtt_guard")
+STARTUP_TRACKING_WAIT = 2.0  # s a start waits for the invalidation listener before it loads retained messages
 acl_log = RateLimitedLog(logging.getLogger("mqtt_guard.acl"))
 
 # Refusals that count towards login throttling: the ones a password guesser earns (each cost a hash), and
@@ -108,6 +111,20 @@ class Guard:
             by=f"broker {socket.gethostname()}:{os.getpid()}",
             on_trusted=self._reload_all,
         )
+        # Durable state (issue 17, docs/durability.md): one writer per process for every durable write
+        # (retained messages, persistent sessions), on a client that reads bytes (payloads are binary),
+        # gated like `self.redis`. None both when `durable.enabled` is false (memory only).
+        self.durable_redis: Any = None
+        self.durable_writer: BatchWriter | None = None
+        if config.durable.enabled:
+            self.durable_redis = make_async_client(config.redis.url, decode_responses=False)
+            gate(self.durable_redis, self.trust)
+            self.durable_writer = BatchWriter(
+                self.durable_redis, buffer_limit=config.durable.buffer_limit, on_lost=self._durable_lost
+            )
+        # The retained messages the engine serves: a local copy kept fresh from Redis (durable/retained.py)
+        self.retained = RetainedSet(redis=self.durable_redis, keys=self.keys, writer=self.durable_writer)
+        self._retained_catchup: asyncio.Task[None] | None = None
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
         self.acl = LiveAcl(
@@ -141,6 +158,7 @@ class Guard:
                 self.keys.generation(),
                 self.keys.schema(),
                 self.keys.bans_head(),
+                *([self.keys.retained_head()] if config.durable.enabled else []),
             ],
             self._on_keys,
             self._on_reset,
@@ -208,9 +226,18 @@ class Guard:
                 self.config.auth.on_redis_down,
             )
         await self.marker.start()
+        redis_up = self.durable_writer is None or await self._redis_answers()
+        if not redis_up:
+            log.error(
+                "durable state is NOT persisted: Redis at %s is not reachable; retained messages live in memory "
+                "until it answers (then they are written; acknowledgements of QoS 1/2 retained messages wait "
+                "for it)",
+                redact(self.config.redis.url),
+            )
         if self.token_keys is not None:
             await self.token_keys.start()  # a JWKS is fetched before the first CONNECT
         self.listener.start()
+        await self._start_retained(wait=redis_up)
         self.gate.start()
         await self.quota.start()
         await self.metrics.start()
@@ -223,7 +250,44 @@ class Guard:
         if health and health != bind:
             self.health_endpoint = await start_health_endpoint(health, self.readiness)
 
+    async def _start_retained(self, wait: bool) -> None:
+        """Load the retained messages once the invalidation listener tracks their prefix, so that no change
+        falls between the load and the tracking; a listener not connected yet (Redis away) reloads them
+        when it is (its first connection calls no on_reset)."""
+        if not self.retained.durable:
+            return
+        if wait:  # (not when Redis did not answer just now)
+            try:
+                await asyncio.wait_for(self.listener.connected.wait(), STARTUP_TRACKING_WAIT)
+            except TimeoutError:
+                pass
+        tracked = self.listener.connected.is_set()
+        await self.retained.start()
+        if not tracked:
+            self._retained_catchup = asyncio.get_running_loop().create_task(self._reload_retained_when_tracked())
+
+    async def _reload_retained_when_tracked(self) -> None:
+        await self.listener.connected.wait()
+        self.retained.on_reset()
+
+    def _durable_lost(self, n: int) -> None:
+        """Writes needing no acknowledgement dropped while Redis was away: counted (`durable_writes_lost`)."""
+        self.counters.incr(None, C.DURABLE_LOST, n)
+
+    async def _redis_answers(self) -> bool:
+        try:
+            await self.redis.ping()
+        except Exception:  # noqa: BLE001 - only reported
+            return False
+        return True
+
     async def close(self) -> None:
+        await cancel_and_wait(self._retained_catchup)
+        await self.retained.stop()
+        if self.durable_writer is not None:
+            await self.durable_writer.close()  # what the engine submitted, while Redis is still open
+        if self.durable_redis is not None:
+            await self.durable_redis.aclose()
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
@@ -508,6 +572,7 @@ class Guard:
         if self.trust.reason is not None:
             return  # nothing read from an untrusted Redis is applied; trust coming back reloads it all
         self.acl.on_keys(keys)
+        self.retained.on_keys(keys)
         self.quota.on_keys(keys)
         self.gate.on_keys(keys)
         if self.token_keys is not None:
@@ -542,6 +607,7 @@ class Guard:
             self._revocation_check = asyncio.get_running_loop().create_task(self._recheck_revocations())
         self.listener.stale()  # records kept may predate changes skipped while Redis was distrusted
         self.acl.on_reset()
+        self.retained.on_reset()
         self.quota.on_reset()
         self.gate.on_reset()
         self._user_refresh.add(self._by_user)

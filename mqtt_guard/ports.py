@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .acl.rules import Perm
     from .auth.authenticator import AuthResult
+    from .durable.retained import RetainedSet
     from .guard_client import GuardClient
 
 
@@ -122,6 +123,11 @@ class GuardPort(Protocol):
     @property
     def acl_epoch(self) -> int:
         """Changes when file-backed ACL sources reload (SIGHUP)."""
+        ...
+
+    @property
+    def retained(self) -> RetainedSet:
+        """The retained messages (durable/retained.py): the engine's only retained store."""
         ...
 
     async def authenticate(

@@ -13,11 +13,13 @@ What the operator sees is one broker:
 - Probes (issue 21): the supervisor serves `/livez`, `/readyz` and `/healthz` on `metrics.health_bind`
   (or on `metrics.prometheus_bind`) for all its workers; each worker serves its probes on a private
   loopback port the supervisor polls. `/readyz` is 200 when every worker is ready; `/livez` fails only
-  when a running worker's event loop stops answering. Each worker's `/metrics` is on the Prometheus
-  port + 1 + its index (the supervisor's port answers the probes only).
+  when a running worker's event loop stops answering. Each worker's `/metrics` is on
+  `metrics.workers_port_from` + its index (default: the Prometheus port + 10 + its index; the
+  supervisor's port answers the probes only).
 - A worker that dies is started again after a second; one that cannot stay up (`CRASH_LIMIT` exits
   within `CRASH_WINDOW`) stops the whole broker with exit code 1, so systemd or Kubernetes restarts it.
-- systemd: the supervisor says READY=1 once every worker is ready; the workers do not talk to systemd.
+- systemd: the supervisor says READY=1 once every worker listens (as one broker does: a worker not ready
+  only because Redis is away must not fail the unit's start); the workers do not talk to systemd.
 - Logs: the workers write to the supervisor's stderr, each line carrying its worker number.
 """
 
@@ -49,6 +51,7 @@ START_GRACE = 30.0  # a starting worker is not asked to answer /livez before thi
 RESTART_DELAY = 1.0
 CRASH_LIMIT = 5
 CRASH_WINDOW = 60.0
+WORKER_PORT_OFFSET = 10  # worker i's /metrics: the Prometheus port + 10 + i, unless metrics.workers_port_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,8 @@ def as_worker(config: GuardConfig, slot: Slot) -> GuardConfig:
     metrics = dataclasses.replace(config.metrics, health_bind=os.environ.get(HEALTH_ENV) or None)
     if config.metrics.prometheus_bind:
         host, port = split_bind(config.metrics.prometheus_bind, "metrics.prometheus_bind")
-        metrics.prometheus_bind = f"{host}:{port + 1 + slot.index}"
+        first = config.metrics.workers_port_from or port + WORKER_PORT_OFFSET
+        metrics.prometheus_bind = f"{host}:{first + slot.index}"
     return dataclasses.replace(config, metrics=metrics, workers=1)
 
 
@@ -95,6 +99,7 @@ class Worker:
         self.health = f"127.0.0.1:{_free_loopback_port()}"
         self.started = 0.0
         self.ready: str | None = "starting\n"  # None: its /readyz said 200, else why not
+        self.listening = False  # its /readyz said anything but "starting" (its listeners are open)
         self.last_live = 0.0  # monotonic time of its last /livez 200
         self.exits: list[float] = []  # monotonic times it exited unasked
 
@@ -122,6 +127,7 @@ class Supervisor:
         worker.proc = await asyncio.create_subprocess_exec(*self.argv, env=env, preexec_fn=_die_with_parent)
         worker.started = time.monotonic()
         worker.ready = "starting\n"
+        worker.listening = False
         log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
 
     async def _watch(self, worker: Worker) -> None:
@@ -186,10 +192,10 @@ class Supervisor:
     async def _poll(self) -> None:
         while True:
             await asyncio.gather(*(self._probe(w) for w in self.workers if w.running))
-            if not self.told_ready and self.readiness() is None:
+            if not self.told_ready and all(w.listening for w in self.workers):
                 self.told_ready = True
                 notify("READY=1")
-                log.info("all %d workers ready", len(self.workers))
+                log.info("all %d workers listening", len(self.workers))
             await asyncio.sleep(POLL)
 
     async def _probe(self, worker: Worker) -> None:
@@ -201,6 +207,7 @@ class Supervisor:
             worker.ready = "not answering its probes\n"
         else:
             worker.ready = None if ready[0] == 200 else ready[1].decode(errors="replace") or "not ready\n"
+            worker.listening = worker.listening or not (worker.ready or "").startswith("starting")
 
     def readiness(self) -> str | None:
         """None when every worker is ready, else one line per worker that is not."""

@@ -537,14 +537,7 @@ class _Parser:
             conf.sys_interval = number
             return
         if key in ("persistence", "retained_persistence"):
-            conf.persistence = self.boolean(line, pos, key, where)
-            if conf.persistence:
-                self.warn(
-                    where,
-                    key,
-                    "retained messages and persistent sessions are kept in memory only: "
-                    "mqtt-guard loses them on restart",
-                )
+            conf.persistence = self.boolean(line, pos, key, where)  # durable.enabled (docs/durability.md)
             return
 
         # -- process and logging -----------------------------------------------------------
@@ -696,6 +689,9 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     # mosquitto lets any user take any client id over; its own client id rule is clientid_prefixes
     config.auth.client_id_policy = "any"
     config.auth.client_id_prefixes = [conf.clientid_prefixes] if conf.clientid_prefixes is not None else []
+    # `persistence true`: retained messages and persistent sessions in Redis (--redis-url), shared by every
+    # broker on it; without Redis at start the broker still starts and persists once Redis answers
+    config.durable.enabled = conf.persistence
     config.auth.mqtt5_bad_credentials = "not_authorized"  # mosquitto 2.0 answers 0x87, not 0x86 (measured)
     limits = config.limits
     limits.shared_subscription_strategy = "mosquitto"  # mosquitto-compat/SHARED.md

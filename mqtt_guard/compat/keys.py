@@ -206,15 +206,16 @@ KEYS: dict[str, KeyInfo] = {
     # -- persistence (restarts only) -------------------------------------------------------------
     "persistence": KeyInfo(
         "global",
-        PARTIAL,
-        "`false` is honoured; with `true` mqtt-guard warns: retained messages "
-        "and persistent sessions live in memory only and are lost on restart",
+        SUPPORTED,
+        "`true` keeps retained messages (and persistent sessions) in Redis (`--redis-url`), shared by every "
+        "broker on it and written before the acknowledgement (docs/durability.md); a broker that finds no Redis "
+        "at start still starts, logs an ERROR and persists once Redis answers",
     ),
-    "retained_persistence": KeyInfo("global", PARTIAL, "same as persistence"),
-    "persistence_file": KeyInfo("global", IGNORED, "only used with persistence"),
-    "persistence_location": KeyInfo("global", IGNORED, "only used with persistence"),
-    "autosave_interval": KeyInfo("global", IGNORED, "only used with persistence"),
-    "autosave_on_changes": KeyInfo("global", IGNORED, "only used with persistence"),
+    "retained_persistence": KeyInfo("global", SUPPORTED, "same as persistence"),
+    "persistence_file": KeyInfo("global", IGNORED, "state is in Redis, not in a file"),
+    "persistence_location": KeyInfo("global", IGNORED, "state is in Redis, not in a file"),
+    "autosave_interval": KeyInfo("global", IGNORED, "every change is written to Redis as it happens"),
+    "autosave_on_changes": KeyInfo("global", IGNORED, "every change is written to Redis as it happens"),
     # -- process and logging -----------------------------------------------------------------
     "include_dir": KeyInfo(
         "global",

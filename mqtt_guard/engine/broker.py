@@ -43,13 +43,12 @@ import heapq
 import logging
 import math
 import ssl
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import websockets
 from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter, WriterAdapter
-from amqtt.broker import Broker
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action, ListenerType
 from amqtt.contexts import ListenerConfig as AmqttListenerConfig
 from amqtt.events import BrokerEvents, MQTTEvents
@@ -86,7 +85,7 @@ from ..reasons import (
 )
 from . import mqtt5
 from .deadlines import Deadlines, Wheel
-from .handler import READ_CHUNK, GuardedHandler, Held
+from .handler import READ_CHUNK, GuardedHandler, Held, NotStored
 from .mqtt5 import Client5, Message5, Sub5
 from .packets import MQTT5, NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING, ConnectInfo, parse_connect
 from .protocol import (
@@ -368,13 +367,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._will_wheel: Wheel | None = None
         self._will_tasks: set[asyncio.Task[None]] = set()
         # MQTT 5: client id -> {filter: (subscription options byte, subscription identifier)} of its
-        # subscriptions made at level 5, and topic -> the properties of the retained message on it
+        # subscriptions made at level 5
         self._sub5: dict[str, dict[str, tuple[int, int]]] = {}
         # Shared subscriptions (engine/shared.py): a group per (group name, filter); the groups of a filter
         self._shares: dict[tuple[str, str], ShareGroup[Member]] = {}
         self._shares_of: dict[str, list[ShareGroup[Member]]] = {}
         self._share_strategy = config.limits.shared_subscription_strategy
-        self._retained5: dict[str, Message5] = {}
+        # The retained messages (durable/retained.py): a local copy shared through Redis; amqtt's
+        # `_retained_messages` is not used. A QoS 1/2 retained PUBLISH is acknowledged once written.
+        self._retained = guard.retained
+        self._retain_wait = config.limits.backpressure_max_stall or None
+        self._fire_retained = bool(events.get(BrokerEvents.RETAINED_MESSAGE))
         # Set by `_fanout` when no subscription matched the message's topic (never cleared there: the MQTT 5
         # reader clears it before it routes a QoS 1/2 PUBLISH and reads it right after, for 0x10 in its ack)
         self.no_match = False
@@ -1256,8 +1259,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         props = session.v5.will() if session.v5 is not None else None
         if session.will_retain:
             props = props.retained() if props is not None else Message5(retain=True)
-            await self.retain_message(session, topic, message, qos)
-            self._retain5(topic, bytes(message), props)
+            written = await self._store_retained(session, topic, bytes(message), qos, props)
+            if written is not None:  # nobody to acknowledge: a failure is only logged
+                written.add_done_callback(functools.partial(_will_written, session.client_id, topic))
         await self._route(topic, topic.encode(), bytes(message), qos, props)
 
     # -- PUBLISH / SUBSCRIBE from a client (GuardedBroker is the `Router` of GuardedHandler's reader) -----
@@ -1342,18 +1346,68 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
             )
-        if retain:
-            props = props.retained() if props is not None else Message5(retain=True)
-            await self.retain_message(session, topic, payload, qos)
-            self._retain5(topic, payload, props)
-        return await self._route(topic, topic_raw, payload, qos, props)
+        if not retain:
+            return await self._route(topic, topic_raw, payload, qos, props)
+        props = props.retained() if props is not None else Message5(retain=True)
+        written = await self._store_retained(session, topic, payload, qos, props)
+        held = await self._route(topic, topic_raw, payload, qos, props)
+        if written is not None:
+            no_match = self.no_match  # (other connections route while this one waits for Redis)
+            await self._await_written(session, topic, written)
+            self.no_match = no_match
+        return held
 
-    def _retain5(self, topic: str, payload: bytes, props: Message5) -> None:
-        """The MQTT 5 properties of the retained message on `topic` (kept beside amqtt's retained store)."""
-        if payload and (props.forwarded or props.expires):
-            self._retained5[topic] = Message5(props.forwarded, props.expires)
+    # -- retained messages (durable/retained.py; docs/durability.md) ------------------------------
+    @property
+    def retained_messages(self) -> dict[str, Any]:
+        """amqtt's view (the $SYS plugin counts them): the retained set's topics."""
+        return self._retained.messages
+
+    async def retain_message(
+        self, source_session: Any, topic_name: str | None, data: bytes | bytearray | None, qos: int | None = None
+    ) -> None:
+        """amqtt's entry point (plugins' `context.retain_message`, e.g. the $SYS plugin): into the retained
+        set, written to Redis without acknowledgement ($SYS topics stay local)."""
+        if topic_name is not None:
+            await self._store_retained(source_session, topic_name, bytes(data or b""), qos or 0, None)
+
+    async def _store_retained(
+        self, session: Any, topic: str, payload: bytes, qos: int, props: Message5 | None
+    ) -> asyncio.Future[None] | None:
+        """Set (or, empty, clear) the retained message of `topic`: local subscribers see it at once; the
+        Redis write's Future for QoS 1/2 (None otherwise or without durability)."""
+        if props is not None:
+            written = self._retained.set(topic, payload, qos, props.forwarded, props.expires)
         else:
-            self._retained5.pop(topic, None)
+            written = self._retained.set(topic, payload, qos)
+        if self._fire_retained:
+            await self.plugins_manager.fire_event(
+                BrokerEvents.RETAINED_MESSAGE,
+                client_id=None,
+                retained_message=RetainedApplicationMessage(session, topic, payload, qos),
+            )
+        return written
+
+    async def _await_written(self, session: GuardedSession, topic: str, written: asyncio.Future[None]) -> None:
+        """The acknowledgement of a QoS 1/2 retained PUBLISH waits for its Redis write (docs/durability.md):
+        up to `limits.backpressure_max_stall` (0: for ever). A write that fails (a Redis command error) or
+        takes longer raises NotStored: the reader answers PUBACK/PUBREC 0x80 (MQTT 5) or closes the
+        connection (3.1.1, which has no negative acknowledgement). Either way it is never acknowledged;
+        a write that only waited is still made when Redis answers."""
+        try:
+            await asyncio.wait_for(asyncio.shield(written), self._retain_wait)
+        except TimeoutError:
+            log.warning(
+                "retained message of client %r to %r not acknowledged: Redis did not take it within %.1fs "
+                "(limits.backpressure_max_stall); it is written when Redis answers",
+                session.client_id,
+                topic,
+                self._retain_wait,
+            )
+            raise NotStored("retained message not stored in time: Redis unreachable", timeout=True) from None
+        except Exception as exc:  # noqa: BLE001 - a Redis command error (OOM, READONLY, ...) or shutdown
+            log.error("retained message of client %r to %r not stored in Redis: %s", session.client_id, topic, exc)
+            raise NotStored(f"retained message not stored: {exc}") from None
 
     def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
         """The reader's synchronous run over `remaining` bytes starts: the quota stretch `publish` and
@@ -1889,34 +1943,29 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         """Retained messages on SUBSCRIBE pass the receiver's RECEIVE check (amqtt skipped it) and go
         out with RETAIN set at min(granted QoS, message QoS); to an MQTT 5 client with their properties
         (the time left of a Message Expiry Interval) and the subscription's identifier (`sub_id`). A
-        retained message whose Message Expiry Interval has passed is sent to no one and removed
-        (3.3.2.3.3; found here, when a subscription would deliver it, as mosquitto does)."""
+        retained message whose Message Expiry Interval has passed is sent to no one and forgotten
+        (3.3.2.3.3; found here, when a subscription would deliver it, as mosquitto does; Redis drops it
+        by itself). They come from the broker's local copy (durable/retained.py): no Redis round trip."""
         topic_filter, qos = subscription
         queue = queue_of(session)
         if queue is None:
             return
-        for topic, retained in list(self._retained_messages.items()):
-            if not self._matches(topic, topic_filter):
-                continue
-            props = self._retained5.get(topic)
-            if props is not None and props.expires and props.expires <= time.monotonic():
-                if self._retained_messages.get(topic) is retained:
-                    del self._retained5[topic]
-                    await self.retain_message(None, topic, b"")  # (removes it, telling the plugins)
-                continue
+        store = self._retained
+        for topic, retained in store.matching(topic_filter, self._matches):
             if not await self._topic_filtering(session, topic, Action.RECEIVE):
                 continue
             client = session.guard_client
-            if client is not None and not self.guard.admit_delivery(client, topic, len(retained.data)):
+            if client is not None and not self.guard.admit_delivery(client, topic, len(retained.payload)):
                 continue
-            data, dq = bytes(retained.data), min(qos, retained.qos or 0)
+            if store.messages.get(topic) != retained:  # replaced or cleared while the checks were awaited
+                continue
+            data, dq = retained.payload, min(qos, retained.qos)
             if session.protocol_level == MQTT5:
                 topic_raw = topic.encode()
-                props = self._retained5.get(topic)  # (again: the checks above were awaited)
-                forwarded = props.forwarded if props is not None else b""
+                forwarded = retained.forwarded
                 if sub_id:
                     forwarded += mqtt5.sub_ids_block((sub_id,))
-                expires = props.expires if props is not None else 0.0
+                expires = retained.expires
                 if queue.max_packet and queue.max_packet < mqtt5.publish_size(
                     len(topic_raw), len(data), dq, len(forwarded) + (5 if expires else 0)
                 ):
@@ -2269,6 +2318,12 @@ async def _read_exactly(reader: ReaderAdapter, n: int) -> bytes:
     if data is None or len(data) < n:
         raise EOFError
     return data
+
+
+def _will_written(client_id: str, topic: str, written: asyncio.Future[None]) -> None:
+    """A retained will's Redis write ended (nobody waits for it): a failure is logged."""
+    if not written.cancelled() and written.exception() is not None:
+        log.error("retained will of client %r to %r not stored in Redis: %s", client_id, topic, written.exception())
 
 
 def _suback5(packet_id: int, codes: list[int], c5: Client5 | None) -> bytes:

@@ -114,14 +114,27 @@ Held = list[asyncio.Event] | None
 control: the publisher's reader waits on them before its next packet), or None."""
 
 
+class NotStored(Exception):
+    """A PUBLISH that must be in Redis before its acknowledgement (a QoS 1/2 retained message,
+    docs/durability.md) is not: a Redis command error (MQTT 5: PUBACK/PUBREC 0x80; 3.1.1 has no negative
+    acknowledgement: the connection is closed), or Redis did not take it within
+    `limits.backpressure_max_stall` (`timeout`: the connection is closed, MQTT 5 with DISCONNECT 0x89).
+    The client was not acknowledged: it may publish again."""
+
+    def __init__(self, reason: str, *, timeout: bool = False) -> None:
+        super().__init__(reason)
+        self.timeout = timeout
+
+
 class Router(Protocol):
     """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
     SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges.
 
-    `no_match`: set when a message just routed matched no subscription (never cleared by the router but
-    before the awaited routing's last synchronous step): an MQTT 5 reader clears it before a synchronous
-    `publish` of QoS 1/2 and reads it after `publish` or `handle_publish`, to acknowledge 0x10 No matching
-    subscribers (mosquitto's answer; the message is still accepted, retained and counted)."""
+    `no_match`: set when a message just routed matched no subscription (the router clears it only before
+    the awaited routing's last synchronous step, and puts it back after awaiting a retained message's
+    write): an MQTT 5 reader clears it before a synchronous `publish` of QoS 1/2 and reads it right after
+    `publish` or `handle_publish`, to acknowledge 0x10 No matching subscribers (mosquitto's answer; the
+    message is still accepted, retained and counted)."""
 
     no_match: bool
 
@@ -1131,7 +1144,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         f"more than Receive Maximum {self._receive_max} QoS 2 PUBLISH unacknowledged [MQTT-3.3.4-9]",
                         code=Reason.RECEIVE_MAXIMUM_EXCEEDED,
                     )
-                held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                try:
+                    held = await router.handle_publish(session, topic, topic_raw, payload, 2, retain, props)
+                except NotStored as exc:
+                    return self._not_stored(exc, PUBREC, pid, props)
                 if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
                     await self.send(self._refusal_ack(PUBREC, pid, c5.refused))
                     return held
@@ -1151,13 +1167,24 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             if len(co) - 1 > mark:
                 co.insert(mark, co.pop())
             return held
-        held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
+        try:
+            held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
+        except NotStored as exc:
+            return self._not_stored(exc, PUBACK, pid, props)
         if qos == 1:
             code = 0
             if c5 is not None:
                 code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)
             await self.send(self._refusal_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
+
+    def _not_stored(self, exc: NotStored, kind: int, pid: int, props: Message5 | None) -> Held:
+        """A QoS 1/2 PUBLISH not written to Redis (NotStored): never acknowledged as accepted."""
+        if props is not None and not exc.timeout:
+            self._ack(self._refusal_ack(kind, pid, Reason.UNSPECIFIED_ERROR))
+        else:  # (from outside the reader's task, so that close() stops the reader, as a kick does)
+            self._loop.call_soon(self.close, str(exc), Reason.SERVER_BUSY)
+        return None
 
     def _new_topic(self, topic_raw: bytes) -> str:
         topic = decode_utf8(topic_raw, "PUBLISH topic")

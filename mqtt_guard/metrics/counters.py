@@ -43,6 +43,7 @@ PROTOCOL_ERRORS = "protocol_errors"
 PLUGIN_ERRORS = "plugin_errors"
 CONNECTS = "connects"  # admitted CONNECTs (counted by Counters.connected)
 REFUSED_FD_LIMIT = "connections_refused_fd_limit"  # at the open-files limit (engine/fdlimit.py)
+DURABLE_LOST = "durable_writes_lost"  # unacknowledged durable writes dropped while Redis was away (#17)
 
 # Auth failures and kicks carry a reason: the counter name is the prefix plus a fixed slug.
 AUTH_FAILED_PREFIX = "auth_failed_"

@@ -51,6 +51,10 @@ PLAIN_COUNTERS = {
     C.PLUGIN_ERRORS: ("plugin_errors", "exceptions raised by plugins"),
     C.CONNECTS: ("connects", "CONNECTs admitted"),
     C.REFUSED_FD_LIMIT: ("connections_refused_fd_limit", "connections refused at the open-files limit"),
+    C.DURABLE_LOST: (
+        "durable_writes_lost",
+        "durable-state writes needing no acknowledgement (QoS 0 retained...) dropped while Redis was away",
+    ),
 }
 DROP_REASONS = {C.DROPPED_QUEUE_FULL: "queue_full"}
 # Per-client and per-user series (only for allow-listed and top-N clients, allow-listed users).

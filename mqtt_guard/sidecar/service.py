@@ -128,7 +128,12 @@ class Sidecar:
 
         lag = LoopLagMonitor()
         lag.start()
-        endpoint = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
+        try:
+            endpoint = await serve_fleet_metrics(bind, self.redis, self.keys, loop_lag=lag)
+        except OSError as exc:  # e.g. the port is taken: as the broker does, run on without /metrics
+            log.error("cannot serve /metrics on %s: %s (the sidecar runs on without it)", bind, exc.strerror or exc)
+            await lag.stop()
+            return None
         log.info("sidecar /metrics on http://%s/metrics", bind)
         return endpoint, lag
 

@@ -325,6 +325,22 @@ class Keys:
         head = self.revoked_head()
         return key[len(head) :] if key.startswith(head) else None
 
+    # -- durable state (issue 17; mqtt_guard/store/retained.py, docs/durability.md) --------------------
+    def retained(self, topic: str) -> str:
+        """STRING: the retained message of one topic (store/retained.py's encoding), with a PEXPIREAT
+        when it has a Message Expiry Interval. One key per topic, so a change invalidates that topic
+        alone at every broker (they track the prefix `retained_head()`)."""
+        return f"{self.prefix}retained:m:{topic}"
+
+    def retained_head(self) -> str:
+        """Prefix of every retained message key: brokers track it and SCAN it at start."""
+        return f"{self.prefix}retained:m:"
+
+    def retained_topic_of(self, key: str) -> str | None:
+        """Inverse of `retained()`; None for any other key."""
+        head = self.retained_head()
+        return key[len(head) :] if key.startswith(head) else None
+
 
 def glob_escape(text: str) -> str:
     """`text` as a literal in a SCAN MATCH pattern (a prefix or name may hold `*?[]\\`)."""

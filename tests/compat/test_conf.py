@@ -294,7 +294,8 @@ def test_debian_default_configuration_loads(tmp_path):
         f"\ninclude_dir {tmp_path}/conf.d\n",
     )
     assert c.local_only and c.persistence and c.pid_file == "/run/mosquitto/mosquitto.pid"
-    assert any("kept in memory only" in w for w in c.warnings)
+    assert not any("kept in memory only" in w for w in c.warnings)
+    assert to_guard_config(c).durable.enabled
 
 
 def test_the_examples_load():

@@ -7,8 +7,10 @@ import re
 import shlex
 
 import pytest
+import yaml
 
 from mqtt_guard.cli.main import build_parser
+from mqtt_guard.config import GuardConfig, build
 from tests.helpers.servers import ROOT
 
 DOC = (ROOT / "docs" / "deploy.md").read_text()
@@ -43,3 +45,16 @@ def test_every_named_deploy_file_exists():
     for path in named:
         assert list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists(), path
     assert "docs/deploy.md" in (ROOT / "README.md").read_text()
+
+
+YAML_BLOCKS = re.findall(r"```ya?ml\n(.*?)```", DOC, re.S)
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS, ids=lambda b: b.split(":", 1)[0])
+def test_every_config_example_is_accepted(block):
+    """An operator copies these into the config file: each must load and pass the checks the broker runs
+    (a listener is added to fragments that have none)."""
+    data = yaml.safe_load(block)
+    data.setdefault("listeners", [{"type": "tcp", "bind": "127.0.0.1:1883"}])
+    config = build(GuardConfig, data, "", "docs/deploy.md")
+    config.check()

@@ -122,3 +122,13 @@ def connect(
     if client.rc != 0:
         c.loop_stop()
     return client
+
+
+def retained_on(port: int, topic_filter: str, wait: float = 0.5) -> dict[str, bytes]:
+    """What a fresh subscriber to `topic_filter` gets as retained messages (topic -> payload)."""
+    c = connect(port)
+    try:
+        c.subscribe((topic_filter, 1))
+        return {m.topic: m.payload for m in c.received(wait) if m.retain}
+    finally:
+        c.close()
