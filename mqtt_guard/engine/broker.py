@@ -196,9 +196,11 @@ class Route:
     """The receivers of one topic, cached per topic while subscriptions, sessions and ACL decisions stay:
     the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
     the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current), and the
-    shared subscription groups the topic matches (one member of each is chosen per message)."""
+    shared subscription groups the topic matches (one member of each is chosen per message), and whether
+    any subscription matches it at all (`matched`, for MQTT 5's 0x10 No matching subscribers: a subscriber
+    withheld by the ACL, offline or over its quota still counts, as in mosquitto)."""
 
-    __slots__ = ("targets", "targets5", "withheld", "group", "shares")
+    __slots__ = ("targets", "targets5", "withheld", "group", "shares", "matched")
 
     def __init__(
         self,
@@ -207,12 +209,14 @@ class Route:
         group: DeliveryGroup | None,
         targets5: list[Target5],
         shares: list[Share] | None = None,
+        matched: bool = True,
     ) -> None:
         self.targets = targets  # 3.1.1 and 3.1 receivers
         self.targets5 = targets5  # MQTT 5 receivers
         self.withheld = withheld
         self.group = group
         self.shares = shares
+        self.matched = matched
 
 
 class ClientIdRefused(Exception):
@@ -389,6 +393,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         # client id -> the broker process that resumed its session while it was still connected here: when
         # the connection ends the session is forgotten here, not kept offline (`forget_session`)
         self._moved: dict[str, str] = {}
+        # Set by `_fanout` when no subscription matched the message's topic (never cleared there: the MQTT 5
+        # reader clears it before it routes a QoS 1/2 PUBLISH and reads it right after, for 0x10 in its ack)
+        self.no_match = False
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -1635,7 +1642,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         written = await self._store_retained(session, topic, payload, qos, props)
         held = await self._route(topic, topic_raw, payload, qos, props)
         if written is not None:
+            no_match = self.no_match  # (other connections route while this one waits for Redis)
             await self._await_written(session, topic, written)
+            self.no_match = no_match
         return held
 
     # -- retained messages (durable/retained.py; docs/durability.md) ------------------------------
@@ -1712,6 +1721,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
+            self.no_match = False  # (read by the awaiting reader with nothing awaited in between)
             return self._fanout(topic, topic_raw, payload, len(payload), qos, None, None, props)
         verdicts: dict[str, bool] = {}
         for client_id, (target, _) in self._match(topic).items():
@@ -1722,6 +1732,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if client_id not in verdicts and member.out_queue is not None:
                     verdicts[client_id] = await self._topic_filtering(member, topic, Action.RECEIVE)
         route = self._make_route(topic, verdicts)
+        self.no_match = False
         return self._fanout(topic, topic_raw, payload, len(payload), qos, None, route, props)
 
     def _match(self, topic: str) -> dict[str, tuple[GuardedSession, int]]:
@@ -1762,7 +1773,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         withheld: list[str] = []
         errors = self._check_errors
         unchecked = self._unchecked  # (restored at start: checked when resumed, `_check_unchecked`)
-        for client_id, (target, granted) in self._match(topic).items():
+        matches = self._match(topic)
+        for client_id, (target, granted) in matches.items():
             queue = target.out_queue
             if queue is None:
                 continue
@@ -1799,7 +1811,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if shares is None:
                 shares = []
             shares.append((share_group, allowed))
-        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, targets5, shares)
+        group = self._delivery_group(clients, topic) if clients else None
+        route = Route(targets, withheld, group, targets5, shares, bool(matches) or shares is not None)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1886,9 +1899,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         """Deliver one message to the targets of its topic: the cached Route, else a new one (or `route`,
         made for this message by `_route`). Then the receivers' quota, once for the group; a QoS 0
         delivery is one shared encoded frame (one per protocol level); a subscriber whose queue passes
-        its hold mark adds its Event to the result. (`payload` or `frame0` is given.) An MQTT 5
-        subscriber gets `props` (the message's forwarded properties, its expiry) with the identifiers
-        of its matching subscriptions, and its No Local and Retain As Published options apply."""
+        its hold mark adds its Event to the result. (`payload` or `frame0` is given: `frame0` is the frame as
+        received, MQTT 5 when `props` is given, see `Router.publish`.) An MQTT 5 subscriber gets `props`
+        (the message's forwarded properties, its expiry) with the identifiers of its matching
+        subscriptions, and its No Local and Retain As Published options apply. (The MQTT 5 receivers are
+        served in this frame too: a method call per message was a tenth of the MQTT 5 fan-in's cost.)"""
         if route is None:
             route = self._routes.get(topic)
             fresh = route is None
@@ -1919,7 +1934,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        expiring = props.expires if props is not None else 0.0  # (an MQTT 5 message's expiry)
+        expiring = 0.0  # (an MQTT 5 message's expiry)
+        frame5 = None
+        if props is not None:
+            expiring = props.expires
+            if frame0 is not None:  # an MQTT 5 publisher's frame as received (`Router.publish`)
+                frame5, frame0 = frame0, None
+                if targets:
+                    payload = frame5[len(frame5) - plen :]
         for queue, granted, _client, client_id in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
@@ -1937,61 +1959,52 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
                 held = self._after_offer(ok, client_id, queue, held)
         if targets5:
-            if payload is None:
+            if payload is None and frame5 is None:
                 payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
-            held = self._fanout5(targets5, topic_raw, payload, plen, qos, props, refused, held)
+            # MQTT 5 receivers: the message's forwarded properties and expiry (None from a 3.1.1 publisher)
+            # with the identifiers of each one's matching subscriptions; No Local and Retain As Published
+            # apply; nothing larger than a client's Maximum Packet Size is offered. A QoS 0 delivery without
+            # anything of its own shares one frame (`frame5`: the publisher's packet when it is that frame).
+            forwarded, published_retain, origin = b"", False, None
+            if props is not None:
+                forwarded, published_retain, origin = props.forwarded, props.retain, props.origin
+            # (a message published with RETAIN, sent on to Retain As Published subscribers with it, is
+            # encoded per receiver: it comes through the awaited path, not the hot one)
+            shared0 = not expiring and not published_retain
+            for queue, granted, _client, client_id, sub5 in targets5:
+                if refused is not None and client_id in refused:
+                    continue  # over the receiver's quota: withheld
+                if sub5.no_local and origin is queue:
+                    continue  # its own message [MQTT-3.8.3-3]
+                dq = granted if qos is None else (qos if qos < granted else granted)
+                if dq == 0 and shared0 and not sub5.ids:
+                    if frame5 is None:
+                        frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)  # type: ignore[arg-type]  # given without frame5
+                    if queue.max_packet and len(frame5) > queue.max_packet:
+                        self._too_large(client_id)
+                        continue
+                    ok = queue.offer0(frame5, plen, size)
+                else:
+                    ids = sub5.ids
+                    retain = published_retain and sub5.rap
+                    if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                        len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expiring else 0)
+                    ):
+                        self._too_large(client_id)
+                        continue
+                    if payload is None:
+                        payload = frame5[len(frame5) - plen :]  # type: ignore[index, arg-type]  # frame5 given
+                    ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expiring)
+                if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
+                    held = self._after_offer(ok, client_id, queue, held)
         if not fresh and route.withheld:
             incr = self._counters.incr
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
+        if not route.matched:
+            self.no_match = True
         if self._durable_acks:  # (a QoS 1/2 message for a persistent session: its ack waits for Redis)
             return self.collect_writes(held)
-        return held
-
-    def _fanout5(
-        self,
-        targets: list[Target5],
-        topic_raw: bytes,
-        payload: bytes,
-        plen: int,
-        qos: int | None,
-        props: Message5 | None,
-        refused: Any,
-        held: list[asyncio.Event] | None,
-    ) -> Held:
-        """`_fanout`'s delivery to the MQTT 5 receivers of a message: `props` (its forwarded properties,
-        its expiry; None from a 3.1.1 publisher) with the identifiers of each one's matching
-        subscriptions; No Local and Retain As Published apply, and nothing larger than a client's
-        Maximum Packet Size is offered. A QoS 0 delivery without anything of its own shares one frame."""
-        size = len(topic_raw) + plen
-        frame5: bytes | None = None
-        forwarded, expires, published_retain, origin = b"", 0.0, False, None
-        if props is not None:
-            forwarded, expires, published_retain, origin = props.forwarded, props.expires, props.retain, props.origin
-        for queue, granted, _client, client_id, sub5 in targets:
-            if refused is not None and client_id in refused:
-                continue  # over the receiver's quota: withheld
-            if sub5.no_local and origin is queue:
-                continue  # its own message [MQTT-3.8.3-3]
-            dq = granted if qos is None else (qos if qos < granted else granted)
-            retain = published_retain and sub5.rap
-            ids = sub5.ids
-            if dq == 0 and not ids and not expires and not retain:
-                if frame5 is None:
-                    frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
-                if queue.max_packet and len(frame5) > queue.max_packet:
-                    self._too_large(client_id)
-                    continue
-                ok = queue.offer0(frame5, plen, size)
-            else:
-                if queue.max_packet and queue.max_packet < mqtt5.publish_size(
-                    len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expires else 0)
-                ):
-                    self._too_large(client_id)
-                    continue
-                ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expires)
-            if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
-                held = self._after_offer(ok, client_id, queue, held)
         return held
 
     def _after_offer(

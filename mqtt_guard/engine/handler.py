@@ -180,7 +180,15 @@ class NotStored(Exception):
 
 class Router(Protocol):
     """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
-    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges."""
+    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges.
+
+    `no_match`: set when a message just routed matched no subscription (the router clears it only before
+    the awaited routing's last synchronous step, and puts it back after awaiting a retained message's
+    write): an MQTT 5 reader clears it before a synchronous `publish` of QoS 1/2 and reads it right after
+    `publish` or `handle_publish`, to acknowledge 0x10 No matching subscribers (mosquitto's answer; the
+    message is still accepted, retained and counted)."""
+
+    no_match: bool
 
     @property
     def fast_publish(self) -> bool:
@@ -199,8 +207,10 @@ class Router(Protocol):
         props: Message5 | None = None,
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
-        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
-        side of the message (given for every PUBLISH of an MQTT 5 client). None is also what a refused
+        `frame0` (the QoS 0 frame as received, shared by every subscriber of the publisher's protocol
+        level) is given: a 3.1.1 frame when `props` is None, else an MQTT 5 frame with an empty property
+        block (then `props` is the connection's plain Message5). `props`: the MQTT 5 side of the message
+        (given for every PUBLISH of an MQTT 5 client). None is also what a refused
         PUBLISH returns: then an MQTT 5 client's `session.v5.refused` says why (reasons.py: 0x87 denied,
         0x97 over quota), which its reader clears before asking when it acknowledges (QoS 1/2)."""
         ...
@@ -1157,7 +1167,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if p >= stop:
             raise ProtocolViolation("malformed PUBLISH: no property length")
         msg = self._msg5
-        if data[p] == 0:  # no properties
+        plain = data[p] == 0
+        if plain:  # no properties (most messages)
             body = p + 1
             if te == ts:
                 raise mqtt5.protocol_error("PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-1]")
@@ -1201,20 +1212,27 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
         held: Held
         if not qos:
+            if first == 0x30 and plain:  # the packet as received is the MQTT 5 QoS 0 frame (see Router.publish)
+                held = route(self.session, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]), msg)
+                return held
             held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
             return held
-        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
+        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota),
+        # and whether nothing matched it (`Router.no_match`: 0x10 No matching subscribers)
         c5: Client5 = self.session.v5  # type: ignore[union-attr,assignment]  # both set on an MQTT 5 connection
         c5.refused = 0
+        router = self._router
+        router.no_match = False  # type: ignore[union-attr]  # set with _route_now
         held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
-        code = c5.refused
+        code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)  # type: ignore[union-attr]
         self._ack(self._refusal_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
 
     def _refusal_ack(self, kind: int, pid: int, code: int) -> bytes:
         """An MQTT 5 PUBACK/PUBREC/PUBCOMP with reason `code`: a failure (>= 0x80) carries its short Reason
         String unless the client set Request Problem Information 0 [MQTT-3.1.2-29] or the packet would
-        exceed its Maximum Packet Size [MQTT-3.1.2-25]. (Off the hot path: only refusals come here.)"""
+        exceed its Maximum Packet Size [MQTT-3.1.2-25]. (Off the hot path: only refusals come here, and
+        0x10 No matching subscribers, which has no Reason String.)"""
         c5 = self.session.v5 if self.session is not None else None
         if c5 is None or not c5.problem_info or code < 0x80:
             return mqtt5.encode_ack(kind, pid, code)
@@ -1281,10 +1299,16 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     return self._gate_writes(held, False) if held else held
                 q.qos2_in.add(pid)
                 held = router.collect_writes(held)
+                unmatched = c5 is not None and router.no_match
+            else:
+                unmatched = False  # (a re-sent PUBLISH: routed the first time only, its PUBREC said it then)
             # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
             # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
             # Acks coalesced before stay before it [MQTT-4.6.0-3]; a list flushed meanwhile held none.
-            self._ack(encode_ack(PUBREC, pid))
+            # (0x10 No matching subscribers is a success: the exchange goes on with PUBREL.)
+            self._ack(
+                mqtt5.encode_ack(PUBREC, pid, Reason.NO_MATCHING_SUBSCRIBERS) if unmatched else encode_ack(PUBREC, pid)
+            )
             if self._co is not co:
                 co, mark = self._co, 0
             if self._gates:  # (behind an earlier Gate: it stays last)
@@ -1311,7 +1335,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                 self._gate(writes, False)
             held = events
         if qos == 1:
-            code = c5.refused if c5 is not None else 0
+            code = 0
+            if c5 is not None:
+                code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)
             await self.send(self._refusal_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
