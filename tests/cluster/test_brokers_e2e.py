@@ -101,6 +101,7 @@ def test_mqtt5_properties_and_no_local_across_brokers(two):
     a, b = two()
     far = m5.V5(b.port)
     far.subscribe("nl/#", 1, no_local=True, sub_id=7)
+    far.subscribe("far/only", 1)
     me = m5.V5(a.port)  # No Local on its own broker: its own messages come back from nowhere
     me.subscribe("nl/#", 1, no_local=True)
     routed(a.port, b.port)
@@ -115,6 +116,10 @@ def test_mqtt5_properties_and_no_local_across_brokers(two):
     assert 0 < msg.prop("MessageExpiryInterval") <= 300
     assert not me.received(1.0)  # not sent back to its publisher by the other broker either
     assert not far.received(0.2)
+    # matched only on the other broker: a subscriber matched it, so no PUBACK 0x10 No matching subscribers
+    assert me.publish("far/only", b"z", qos=1) == 0
+    assert far.receive(5).payload == b"z"
+    assert me.publish("nobody/here", b"z", qos=1) == 0x10
     far.close()
     me.close()
 
