@@ -330,12 +330,14 @@ class Guard:
             client=client,
         )
         await self.cluster.start()
+        self.metrics.cluster = self.cluster.counters  # on /metrics (docs/analytics.md)
         return self.cluster
 
     async def close(self) -> None:
         if self.cluster is not None:  # forward what waits and leave, while the heartbeat still runs
             await self.cluster.stop()
             self.cluster = None
+            self.metrics.cluster = None
         await cancel_and_wait(self._retained_catchup)
         await self.retained.stop()
         if self.durable_writer is not None:

@@ -17,8 +17,9 @@ import pytest
 
 from mqtt_guard.store.keys import Keys
 from tests.helpers import mqtt5 as m5
+from tests.helpers.http import http_get
 from tests.helpers.mqtt import connect
-from tests.helpers.servers import BrokerProcess
+from tests.helpers.servers import BrokerProcess, free_port
 from tests.helpers.wait import expect
 
 OPEN = "auth:\n  allow_anonymous: true\nacl:\n  default: allow\n"
@@ -273,3 +274,30 @@ def test_two_workers_on_one_port_deliver_between_their_clients(redis_server, pre
         if broker.proc.poll() is None:
             broker.proc.kill()
             broker.proc.wait()
+
+
+def test_the_routing_counters_are_on_each_brokers_metrics(start_broker, tmp_path):
+    ports = [free_port(), free_port()]
+    brokers = []
+    for i, port in enumerate(ports):
+        config = tmp_path / f"m{i}.yaml"
+        config.write_text(OPEN + f"metrics:\n  prometheus_bind: 127.0.0.1:{port}\n")
+        brokers.append(start_broker("--config", str(config)))
+    a, b = brokers
+    sub = connect(b.port)
+    sub.subscribe(("m/#", 1))
+    routed(a.port, b.port)
+    pub = connect(a.port)
+    for i in range(10):
+        pub.publish("m/t", b"%d" % i, qos=1)
+    assert len(sub.received(1.0)) == 10
+
+    def metric(port: int, name: str) -> float:
+        body = http_get(port, "/metrics")[2]
+        return float(next(line.split()[1] for line in body.splitlines() if line.startswith(f"mqtt_guard_{name} ")))
+
+    assert expect(lambda: metric(ports[0], "cluster_forwarded") >= 10)
+    assert metric(ports[1], "cluster_received") >= 10
+    assert metric(ports[0], "cluster_brokers") == 1 and metric(ports[0], "cluster_remote_filters") >= 1
+    sub.close()
+    pub.close()
