@@ -275,3 +275,29 @@ def test_the_plan_claim_is_honoured_only_when_trusted():
     assert _verify(trusting, token).plan == "gold"  # type: ignore[attr-defined]
     assert _verify(wary, token).plan is None  # type: ignore[attr-defined]
     assert "claim plan" in _refused(trusting, T.hs_token(T.claims(plan=["gold"]))).detail
+
+
+@pytest.mark.parametrize("order", ["other_first", "right_first"])
+def test_a_jwks_key_for_another_algorithm_or_curve_does_not_stop_the_search(order):
+    """Review of issue 19: a JWK naming another `alg` (or an EC key of another curve) listed before the
+    right key refused a token without `kid` as malformed; keys that cannot serve the token's algorithm
+    are skipped, whatever their order in the set."""
+    from joserfc.jwk import ECKey, RSAKey
+
+    right = RSAKey.generate_key(2048, parameters={"alg": "RS256"})
+    other = RSAKey.generate_key(2048, parameters={"alg": "RS384"})
+    wrong_curve = ECKey.generate_key("P-384")
+    good_ec = ECKey.generate_key("P-256")
+    pair = [other, right] if order == "other_first" else [right, other]
+    ecs = [wrong_curve, good_ec] if order == "other_first" else [good_ec, wrong_curve]
+    doc = __import__("json").dumps({"keys": [k.as_dict(private=False) for k in [*pair, *ecs]]})
+    keys = StaticKeys(parse_jwks(doc))
+    config = JwtConfig(jwks_url="https://issuer.example/jwks", algorithms=["RS256", "ES256"])
+    assert _verify(config, T.sign(T.claims("rs"), right, "RS256", kid=False), keys).identity == "rs"  # type: ignore[attr-defined]
+    assert _verify(config, T.sign(T.claims("ec"), good_ec, "ES256", kid=False), keys).identity == "ec"  # type: ignore[attr-defined]
+    # a token signed by a key that is not in the set is still refused, as a bad signature
+    stranger = RSAKey.generate_key(2048, parameters={"alg": "RS256"})
+    assert "bad signature" in _refused(config, T.sign(T.claims(), stranger, "RS256", kid=False), keys).detail
+    # only keys for another algorithm: no key at all for this one
+    only_other = StaticKeys(parse_jwks(__import__("json").dumps({"keys": [other.as_dict(private=False)]})))
+    assert "no RS256 key" in _refused(config, T.sign(T.claims(), right, "RS256", kid=False), only_other).detail
