@@ -175,7 +175,7 @@ def test_configuration_refuses_none_unknown_algorithms_and_ambiguous_keys():
     with pytest.raises(ConfigError, match="a secret verifies"):
         JwtConfig(secret="s", algorithms=["RS256"]).check()
     with pytest.raises(ConfigError, match="trusted_claims"):
-        JwtConfig(secret="s", trusted_claims=["superuser"]).check()
+        JwtConfig(secret=T.SECRET, trusted_claims=["superuser"]).check()
 
 
 def test_a_jwks_that_does_not_parse_is_named_clearly():
@@ -301,3 +301,35 @@ def test_a_jwks_key_for_another_algorithm_or_curve_does_not_stop_the_search(orde
     # only keys for another algorithm: no key at all for this one
     only_other = StaticKeys(parse_jwks(__import__("json").dumps({"keys": [other.as_dict(private=False)]})))
     assert "no RS256 key" in _refused(config, T.sign(T.claims(), right, "RS256", kid=False), only_other).detail
+
+
+def test_a_jwks_answer_larger_than_the_cap_is_refused_and_the_last_keys_stay(caplog):
+    """Review of issue 19: the JWKS body is read up to MAX_JWKS_BYTES (1 MiB); a larger answer (announced
+    or streamed) is an error that is logged and keeps the keys fetched before."""
+    from mqtt_guard.auth.jwks import MAX_JWKS_BYTES
+
+    server = T.JwksServer().start()
+    key = T.new_key("RS256", "k1")
+    server.publish(key)
+    config = JwtConfig(jwks_url=server.url, algorithms=["RS256"])
+
+    async def scenario() -> None:
+        keys = JwksKeys(server.url, refresh=3600, min_refresh=0)
+        await keys.start()
+        try:
+            good = server.body
+            server.body = good[:-1] + b" " * MAX_JWKS_BYTES + b"}"  # still a valid JWKS, just too large
+            with caplog.at_level("ERROR", logger="mqtt_guard.auth.jwks"):
+                await keys.refresh()
+            assert "larger than the 1048576 bytes allowed" in caplog.text and "keeping the 1 keys" in caplog.text
+            assert (await TokenVerifier(config, keys).verify(T.sign(T.claims(), key, "RS256"))).kid == "k1"
+            server.body = good  # at the cap or under it: read as before
+            await keys.refresh()
+            assert [k.kid for k in keys.keys] == ["k1"]
+        finally:
+            await keys.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
