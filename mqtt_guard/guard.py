@@ -133,6 +133,7 @@ class Guard:
         # Access tokens (docs/tokens.md): verified in process; revocations through Redis.
         self.token_keys: StaticKeys | JwksKeys | None = None
         self._revocation_check: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
+        self._revocation_confirms: set[asyncio.Task[None]] = set()  # (references keep the tasks alive)
         jwt = config.auth.jwt
         if jwt is not None:
             try:
@@ -283,6 +284,8 @@ class Guard:
 
     async def close(self) -> None:
         await cancel_and_wait(self._retained_catchup)
+        for task in list(self._revocation_confirms):
+            await cancel_and_wait(task)
         await self.retained.stop()
         if self.durable_writer is not None:
             await self.durable_writer.close()  # what the engine submitted, while Redis is still open
@@ -545,6 +548,33 @@ class Guard:
             log.info("client %r (user %r): access token expired", client.client_id, client.username)
             asyncio.get_running_loop().create_task(self.kick(client.client_id, "access token expired", TOKEN_EXPIRED))
 
+    def _revocation_changed(self, jtis: set[str]) -> None:
+        """`revoked:<jti>` keys changed: a revoke, but also an unrevoke or a TTL expiry. If connected
+        clients hold one of these jtis, ask Redis (one round trip for the batch) which are revoked now,
+        and kick only those: a client that reconnected after an unrevoke stays."""
+        held = {c.token.jti for c in self.clients.values() if c.token is not None and c.token.jti in jtis}
+        if not held:
+            return  # no client holds them: nothing to ask
+        task = asyncio.get_running_loop().create_task(self._confirm_revoked(held))
+        self._revocation_confirms.add(task)
+        task.add_done_callback(self._revocation_confirms.discard)
+
+    async def _confirm_revoked(self, jtis: set[str]) -> None:
+        store = self.authenticator.revocations
+        if store is None:
+            return
+        try:
+            revoked = await store.still_revoked(jtis)
+        except REDIS_ERRORS:
+            # Unknown: fail as CONNECT does (auth.on_redis_down): deny kicks, cached keeps the clients; a
+            # missed revocation is caught again by the recheck when the invalidation channel resets.
+            if self.config.auth.on_redis_down != "deny":
+                return
+            log.warning("revocation of jti %s cannot be confirmed (Redis unavailable): kicking", sorted(jtis))
+            revoked = jtis
+        if revoked:
+            self._revoked(revoked)
+
     def _revoked(self, jtis: set[str]) -> None:
         """Tokens were revoked (`mqtt-guard token revoke`): their connected clients go at once."""
         for client in list(self.clients.values()):
@@ -578,7 +608,7 @@ class Guard:
         if self.token_keys is not None:
             jtis = {j for j in map(self.keys.jti_of, keys) if j is not None}
             if jtis:
-                self._revoked(jtis)
+                self._revocation_changed(jtis)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
             self.authenticator.forget(u)

@@ -271,3 +271,29 @@ def test_the_identity_fixed_at_the_upgrade_binds_the_connect(ws_broker):
     assert rc == 135  # not authorized (paho's v5 number for CONNACK 5)
     c.loop_stop()
     ws_broker.wait_log("username does not match the access token")
+
+
+def test_an_unrevoke_or_a_change_that_leaves_no_revocation_kicks_nobody(hs_broker, cli, rds, prefix):
+    """Review of issue 19: every change of a `revoked:<jti>` key notifies the broker, an unrevoke and a
+    TTL expiry too; the broker asks Redis whether the revocation exists before kicking. A client that
+    reconnected after `token unrevoke` stays; so does one whose jti was revoked and unrevoked at once."""
+    c = connect(hs_broker.port, "", _token(jti="j-60"))
+    assert c.rc == 0
+    assert cli("token", "revoke", "j-60").returncode == 0
+    assert c.disconnected.wait(5), hs_broker.log()
+    assert cli("token", "unrevoke", "j-60").returncode == 0
+    again = connect(hs_broker.port, "", _token(jti="j-60"))
+    assert again.rc == 0
+    pipe = rds.pipeline(transaction=True)  # revoked and unrevoked in one transaction: a change, no revocation
+    pipe.set(f"{prefix}revoked:j-60", "{}")
+    pipe.delete(f"{prefix}revoked:j-60")
+    pipe.execute()
+    # invalidations arrive in order: once a later revocation has kicked its client, the earlier changes
+    # of j-60 were handled
+    sentinel = connect(hs_broker.port, "", _token("bob", jti="j-61"))
+    assert sentinel.rc == 0
+    assert cli("token", "revoke", "j-61").returncode == 0
+    assert sentinel.disconnected.wait(5), hs_broker.log()
+    assert not again.disconnected.is_set(), hs_broker.log()
+    for client in (c, again, sentinel):
+        client.close()
