@@ -224,6 +224,9 @@ def test_the_upgrade_is_refused_before_any_mqtt_byte(ws_broker, rds, prefix):
     assert status == 401 and b"alg: none" in data
     status, data = _upgrade(port, {**good, "Origin": "https://evil.example", "Authorization": "Bearer " + _token()})
     assert status == 403 and b"origin" in data
+    # no Origin at all (a non-browser client) is refused alike while allowed_origins is set (docs/tokens.md)
+    status, data = _upgrade(port, {"Sec-WebSocket-Protocol": "mqtt", "Authorization": "Bearer " + _token()})
+    assert status == 403 and b"origin not allowed" in data
     status, data = _upgrade(port, {"Origin": ORIGIN, "Authorization": "Bearer " + _token()})
     assert status == 400 and b"mqtt subprotocol" in data
     status, data = _upgrade(port, {**good, "Authorization": "Bearer " + _token()})
