@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.access_token import AccessToken, TokenError, TokenVerifier, looks_like_jwt
+from .auth.access_token import EXPIRED, MISMATCH, AccessToken, TokenError, TokenVerifier, looks_like_jwt
 from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
@@ -354,10 +354,16 @@ class Guard:
             gate.failed(address, username)
         return result
 
-    async def verify_bearer(self, token: str | None) -> tuple[AccessToken | None, int, str]:
+    async def verify_bearer(self, token: str | None, address: str | None = None) -> tuple[AccessToken | None, int, str]:
         """A websockets upgrade's bearer token (docs/tokens.md): (the token, 0, "") when it may upgrade, else
-        (None, HTTP status, reason): 401 for a missing, malformed, invalid or expired token, 403 for a
-        revoked one, 503 while revocations cannot be read (auth.on_redis_down: deny)."""
+        (None, HTTP status, reason): 403 for a banned or throttled source address (login throttling, as a
+        CONNECT), 401 for a missing, malformed, invalid or expired token, 403 for a revoked one, 503 while
+        revocations cannot be read (auth.on_redis_down: deny). A forged or invalid token counts towards
+        the address's ban as a wrong password does: upgrades are no way around login throttling."""
+        address = canonical_address(address)
+        ban = self.gate.check(address, None)
+        if ban is not None:
+            return None, 403, "address banned" if ban.kind == KIND_MANUAL else "too many failed logins (throttled)"
         verifier = self.authenticator.tokens
         if verifier is None:
             return None, 401, "access tokens are not configured (auth.jwt)"
@@ -366,6 +372,8 @@ class Guard:
         try:
             grant = await verifier.verify(token)
         except TokenError as exc:
+            if exc.kind not in (EXPIRED, MISMATCH):  # what a CONNECT counts too (BAD_TOKEN): a guess
+                self.gate.failed(address, None)
             return None, 401, exc.detail
         refused = await self.authenticator.token_revoked(grant)
         if refused is Outcome.TOKEN_REVOKED:

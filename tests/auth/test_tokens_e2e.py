@@ -300,3 +300,33 @@ def test_an_unrevoke_or_a_change_that_leaves_no_revocation_kicks_nobody(hs_broke
     assert not again.disconnected.is_set(), hs_broker.log()
     for client in (c, again, sentinel):
         client.close()
+
+
+def test_upgrade_refusals_count_towards_login_throttling_and_bans_refuse_the_upgrade(start_broker, tmp_path, cli):
+    """Review of issue 19: a forged or invalid token at the websockets upgrade counts for its source address
+    as a wrong password does (auth.throttle.max_failures: 10), and a banned or throttled address is refused
+    at the upgrade (403) before any MQTT byte; the ban is the same one a CONNECT over TCP meets."""
+    from tests.helpers.wait import expect
+
+    ws_port, tcp_port = free_port(), free_port()
+    listeners = [*_ws(ws_port, require_token="true"), *_tcp(tcp_port)]
+    config = _config(tmp_path, HS, listeners, "allow", throttle=True)
+    broker = start_broker("--config", config, bind=False, wait_for_port=ws_port)
+    proto = {"Sec-WebSocket-Protocol": "mqtt"}
+    assert _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})[0] == 101
+    forged = T.hs_token(T.claims(aud="mqtt"), secret="z" * 64)
+    statuses = [_upgrade(ws_port, {**proto, "Authorization": "Bearer " + forged})[0] for _ in range(10)]
+    assert statuses == [401] * 10
+    status, data = _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})
+    assert status == 403 and b"throttled" in data and b"HTTP/1.1 101" not in data, data
+    assert connect(tcp_port, "", _token()).rc == 5  # the address is banned for CONNECTs too
+    broker.wait_log("too many failed logins")
+    # an admin's ban of the address: the upgrade is refused as well
+    assert cli("unban", "127.0.0.1").returncode == 0
+    expect(lambda: _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})[0] == 101, timeout=10)
+    assert cli("ban", "127.0.0.1", "--reason", "abuse").returncode == 0
+    status, data = expect(
+        lambda: (r := _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()}))[0] == 403 and r, timeout=10
+    )
+    assert b"address banned" in data
+    assert cli("unban", "127.0.0.1").returncode == 0
