@@ -19,7 +19,7 @@ from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
-from .common import CliError, add_strict_option, check_user_known, run_with_redis
+from .common import CliError, add_strict_option, check_api_known, check_user_known, run_with_redis
 
 OPTIONS = {  # CLI option -> hash field
     "events": "events",
@@ -103,6 +103,8 @@ def cmd_set(args: argparse.Namespace) -> int:
 
     async def body(redis: Any, keys: Keys) -> int:
         name = _name(args)
+        if args.api:
+            await check_api_known(redis, keys, args.api, strict=args.strict)
         if name is not None:
             await check_user_known(redis, keys, name, strict=args.strict, what="quota")
         key = await ops.set_limits(redis, keys, name, fields)

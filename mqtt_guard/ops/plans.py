@@ -52,6 +52,12 @@ def check_api_name(name: str) -> str:
         raise Invalid(str(exc)) from None
 
 
+async def api_exists(redis: aioredis.Redis, keys: Keys, name: str) -> bool:
+    """Whether `api add NAME` defined it: limits for an API defined later are legitimate (stored), but the
+    CLI says so, since a misspelt API name would otherwise count nothing, silently."""
+    return bool(await redis.hexists(keys.quota_apis(), name))
+
+
 async def plan_exists(redis: aioredis.Redis, keys: Keys, name: str) -> bool:
     return bool(await redis.exists(keys.quota_plan(name)))
 
