@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..ops import Invalid, NotFound
+from ..ops import MAX_SECONDS, MAX_TIME, Invalid, NotFound
 from ..ops import acl as acl_ops
 from ..ops import bans as ban_ops
 from ..ops import kick as kick_ops
@@ -179,15 +179,17 @@ def page(request: web.Request, items: list[Any]) -> dict[str, Any]:
 
 
 # -- users and groups ----------------------------------------------------------------------------------
+EXPIRY: Schema = {**NUMBER, "minimum": 0, "maximum": MAX_TIME}  # unix seconds, up to the end of year 9999
+SECONDS: Schema = {**NUMBER, "minimum": 1, "maximum": MAX_SECONDS}  # a block's or ban's duration: ten years at most
 USER_CREATE = obj(
     ["username", "password"],
     username=NAME,
     password={**STRING, "minLength": 1, "description": "hashed with the default scheme; never returned"},
     superuser=BOOL,
     groups=array(NAME),
-    expires_at=nullable({**NUMBER, "description": "unix seconds"}),
+    expires_at=nullable({**EXPIRY, "description": "unix seconds"}),
 )
-USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**NUMBER, "description": "null: no expiry"}))
+USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**EXPIRY, "description": "null: no expiry"}))
 PASSWORD = obj(["password"], password={**STRING, "minLength": 1})
 
 
@@ -596,9 +598,14 @@ async def export_usage(ctx: Ctx, request: web.Request, _: Any) -> Any:
 # -- kicks and blocks ----------------------------------------------------------------------------------
 KICK = obj(
     reason={**STRING, "maxLength": 500},
-    block_seconds={**NUMBER, "minimum": 0, "description": "also refuse reconnects this long (CONNACK 5)"},
+    block_seconds={
+        **NUMBER,
+        "minimum": 0,
+        "maximum": MAX_SECONDS,
+        "description": "also refuse reconnects this long (CONNACK 5)",
+    },
 )
-BLOCK = obj(["seconds"], seconds={**NUMBER, "minimum": 1}, reason={**STRING, "maxLength": 500})
+BLOCK = obj(["seconds"], seconds=SECONDS, reason={**STRING, "maxLength": 500})
 
 
 def _kick_view(result: kick_ops.KickResult) -> dict[str, Any]:
@@ -699,7 +706,7 @@ async def list_blocks(ctx: Ctx, request: web.Request, _: Any) -> Any:
 BAN = obj(
     ["network"],
     network={**STRING, "minLength": 1, "description": "an address or a CIDR network (IPv4 or IPv6)"},
-    seconds=nullable({**NUMBER, "minimum": 1, "description": "how long; absent or null: until lifted"}),
+    seconds=nullable({**SECONDS, "description": "how long; absent or null: until lifted"}),
     reason={**STRING, "maxLength": 500},
     kick=BOOL,
 )
