@@ -91,6 +91,7 @@ class Param:
     name: str
     schema: Schema
     description: str
+    required: bool = False  # the route answers 422 without it; /openapi.json says so
 
 
 @dataclass
@@ -404,7 +405,10 @@ async def edit_rule(ctx: Ctx, request: web.Request, body: Any) -> Any:
     "/api/acl/rules",
     "Remove the rule of a subject for a filter",
     tag="acl",
-    query=[Param("subject", SUBJECT, "the rule's subject"), Param("filter", STRING, "the rule's filter, as listed")],
+    query=[
+        Param("subject", SUBJECT, "the rule's subject", required=True),
+        Param("filter", STRING, "the rule's filter, as listed", required=True),
+    ],
 )
 async def remove_rule(ctx: Ctx, request: web.Request, _: Any) -> Any:
     subject_text, topic_filter = request.query.get("subject"), request.query.get("filter")
@@ -740,7 +744,7 @@ async def add_ban(ctx: Ctx, request: web.Request, body: Any) -> Any:
     "/api/bans",
     "Lift the ban of an address or network and the throttling bans of addresses inside it (unban)",
     tag="clients",
-    query=[Param("network", STRING, "the address or network banned, or one inside it")],
+    query=[Param("network", STRING, "the address or network banned, or one inside it", required=True)],
 )
 async def remove_ban(ctx: Ctx, request: web.Request, _: Any) -> Any:
     target = request.query.get("network")

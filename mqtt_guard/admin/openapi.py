@@ -59,7 +59,7 @@ def _operation(r: Route) -> dict[str, Any]:
         for name in re.findall(r"{(\w+)}", r.path)
     ]
     params += [
-        {"name": p.name, "in": "query", "required": False, "schema": p.schema, "description": p.description}
+        {"name": p.name, "in": "query", "required": p.required, "schema": p.schema, "description": p.description}
         for p in r.query
     ]
     if params:
@@ -129,7 +129,11 @@ def markdown() -> str:
             if body:
                 required = set(body.get("required", []))
                 fields += [f"`{n}`" + ("" if n in required else "?") for n in body.get("properties", {})]
-            fields += [f"?{p['name']}" for p in op.get("parameters", []) if p["in"] == "query"]
+            fields += [
+                f"?{p['name']}" + (" (required)" if p["required"] else "")
+                for p in op.get("parameters", [])
+                if p["in"] == "query"
+            ]
             lock = " (write)" if "Refused (403)" in op.get("description", "") else ""
             lines.append(f"| {method} | `{path}` | {op['summary']}{lock} | {', '.join(fields) or '-'} |")
         lines.append("")
