@@ -459,6 +459,7 @@ async def _limits(ctx: Ctx, request: web.Request, username: str | None, body: di
     values = {n: str(v) for n, v in body.items() if v is not None}
     fields = quota_ops.normalize_limits(values)
     gone = [n for n, v in body.items() if v is None]
+    quota_ops.check_changes(len(fields) + len(gone), f"{', '.join(FIELDS)} (a value sets, null removes)")
     if fields:
         await quota_ops.set_limits(ctx.redis, ctx.keys, username, fields)
     if gone:

@@ -460,3 +460,16 @@ def test_an_unexpected_error_is_a_json_500_without_traceback_logged_once(admin, 
     assert "Traceback" not in json.dumps(reply.body)
     log = admin.process.log()
     assert log.count("Traceback") == 1 and "GET /api/brokers failed" in log
+
+
+def test_a_quota_patch_that_names_no_limit_is_refused_like_the_cli(admin, cli):
+    audited = _audit_len(admin)
+    for path in ("/api/quotas/default", "/api/quotas/users/u1"):
+        error(admin.api.call("PATCH", path, {}), 422, "invalid", "nothing to set: give at least one of events")
+    assert _audit_len(admin) == audited
+    result = cli("quota", "set", "u1")
+    assert result.returncode != 0 and "nothing to set: give at least one of --events" in result.stderr
+    # a value, or a null that removes one, is a change
+    admin.api.ok("PATCH", "/api/quotas/users/u1", {"events": "100/1h"})
+    admin.api.ok("PATCH", "/api/quotas/users/u1", {"events": None})
+    assert _audit_len(admin) == audited + 2
