@@ -33,6 +33,7 @@ from ..ops import sessions as session_ops
 from ..ops import stats as stats_ops
 from ..ops import users as user_ops
 from ..quota.limits import FIELDS
+from ..store.connection import REDIS_ERRORS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from ..store.stats import (
@@ -879,7 +880,14 @@ async def stream_sessions(ctx: Ctx, request: web.Request, _: Any) -> Any:
     await resp.prepare(request)
     try:
         while True:
-            data = json.dumps(await session_page(ctx, request), separators=(",", ":"))
+            try:
+                data = json.dumps(await session_page(ctx, request), separators=(",", ":"))
+            except REDIS_ERRORS as exc:
+                # the response has started: no status can be sent any more. Say why in the stream and end it
+                # (an EventSource reconnects and gets the 503 while Redis is away).
+                problem = {"error": "redis_unavailable", "detail": f"cannot reach Redis: {exc}"}
+                await resp.write(f"event: error\ndata: {json.dumps(problem)}\n\n".encode())
+                break
             await resp.write(f"event: sessions\ndata: {data}\n\n".encode())
             await asyncio.sleep(interval)
     except ConnectionResetError:  # the client went away
