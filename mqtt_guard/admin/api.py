@@ -283,9 +283,19 @@ async def set_password(ctx: Ctx, request: web.Request, body: Any) -> Any:
     return {"username": name, "password": "changed"}
 
 
-@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules or a plan)", tag="users")
+@route(
+    "GET",
+    "/api/groups",
+    "Groups with their members (and groups that only have ACL rules or a plan); ?plans=true: rows with their plan",
+    tag="users",
+    query=[Param("plans", BOOL, "a list of {group, members, plan} (one request for the dashboard's table)")],
+)
 async def list_groups(ctx: Ctx, request: web.Request, _: Any) -> Any:
-    return await user_ops.list_groups(ctx.redis, ctx.keys)
+    listing = await user_ops.list_groups(ctx.redis, ctx.keys)
+    if not q_bool(request, "plans"):
+        return listing
+    plans = await plan_ops.group_plans(ctx.redis, ctx.keys, list(listing))
+    return [{"group": g, "members": members, "plan": plans[g]} for g, members in listing.items()]
 
 
 async def _membership(ctx: Ctx, request: web.Request, member: bool) -> Any:
