@@ -443,12 +443,17 @@ def test_the_cli_and_the_store_refuse_a_block_redis_cannot_expire(admin, cli, rd
                     assert "nothing written" in str(exc) or "finite" in str(exc) or "at most" in str(exc)
                 else:
                     raise AssertionError("a block past the maximum was accepted")
+            assert rds.keys(f"{prefix}block:*") == [] and _audit_len(admin) == audited
+            # a quota kick whose window ends decades away still kicks; its block is cut to the maximum
+            rds.hset(Keys(prefix).session("c9"), mapping={"broker": "b9", "conn": "1", "client_id": "c9"})
+            block = Keys(prefix).block_user("u9")
+            queued, _ = await store.kick("c9", "quota", "test", block_key=block, block_until=now + 1e12)
+            assert queued
+            assert 0 < rds.pttl(block) <= MAX_BLOCK_SECONDS * 1000
         finally:
             await client.aclose()
 
     asyncio.run(direct())
-    assert rds.keys(f"{prefix}block:*") == []
-    assert _audit_len(admin) == audited
 
 
 def test_an_unexpected_error_is_a_json_500_without_traceback_logged_once(admin, rds, prefix):
