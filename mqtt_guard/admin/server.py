@@ -103,6 +103,8 @@ async def guard(
         return error(exc.status, exc.reason.lower().replace(" ", "_"), f"{request.method} {request.path}: {exc.reason}")
     except REDIS_ERRORS as exc:
         return error(503, "redis_unavailable", f"cannot reach Redis: {exc}")
+    except ConnectionResetError:  # the client went away: nobody to answer, nothing to log
+        raise
     except Exception:  # a bug: logged once here with its traceback, which stays out of the response
         log.exception("admin API: %s %s failed", request.method, request.path)
         return error(500, "internal", f"{request.method} {request.path}: internal error (see the admin server's log)")

@@ -173,6 +173,8 @@ def test_the_client_table_updates_live_while_a_client_publishes(browser, admin, 
         )
         assert wait(browser, lambda d: first() == "pub-2" and "▼" in text_of(d, 'th[data-sort="client_id"]'))
         assert browser.execute_script("return window.__same_page") is True
+        # the quota column shows the field it sorts by (it showed in + out while sorting by in)
+        assert text_of(browser, 'th[data-sort="events_in"]').startswith("quota events in")
     finally:
         pub.close()
         if late is not None:
