@@ -43,6 +43,7 @@ bench: venv-test
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 	$(PY) tests/bench/bench_storm.py $(STORM_ARGS)
 	$(PY) tests/bench/bench_codec.py --json tests/bench/results/codec.json
+	$(PY) tests/bench/bench_persistent.py $(PERSISTENT_ARGS)
 
 clean:
 	rm -rf .run .pytest_cache .hypothesis build *.egg-info

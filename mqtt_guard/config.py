@@ -448,6 +448,9 @@ class DurableConfig:
     # writes that need no acknowledgement (QoS 0 retained, ...) held in memory while Redis is away; beyond
     # it the oldest are dropped, counted and logged as lost
     buffer_limit: int = 100_000
+    # persistent sessions: QoS 0 messages are queued (in memory and Redis) for an offline session too
+    # (mosquitto's `queue_qos0_messages`), bounded like the others, written without acknowledgement
+    queue_qos0_messages: bool = False
 
     def check(self) -> None:
         if self.buffer_limit < 0:

@@ -28,6 +28,7 @@ from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
 from .config import ConfigError, GuardConfig
 from .durable.retained import RetainedSet
+from .durable.session_journal import SessionJournal
 from .guard_client import GuardClient
 from .logutil import RateLimitedLog
 from .metrics import counters as C
@@ -47,6 +48,7 @@ from .store.generation import GenerationWatch, Trust, gate
 from .store.invalidation import InvalidationListener
 from .store.keys import Keys
 from .store.revocations import RevocationStore
+from .store.sessions import SessionStore
 from .store.users import UserRecord, UserStore
 from .tasks import Coalescer, cancel_and_wait
 
@@ -188,6 +190,7 @@ class Guard:
             counters=self.counters,
             kick=self.kick,
             drop_session=self.drop_session,
+            forget_session=self.forget_session,
             queue_depth=self.queue_depth,
             tracking=self.listener,
             kick_retry=config.sidecar.kick_retry,
@@ -198,6 +201,22 @@ class Guard:
         self.metrics = MetricsService(
             config.metrics, self.redis, self.keys, self.counters, queues=self, listeners=config.listeners
         )
+        # Persistent sessions in Redis (issue 17 item 2, durable/session_journal.py): owned by this broker's
+        # stable id (metrics.broker_id, the same after a restart) and reached through its process id
+        self.session_journal: SessionJournal | None = None
+        if self.durable_writer is not None:
+            limits = config.limits
+            self.session_journal = SessionJournal(
+                SessionStore(self.durable_redis, self.keys),
+                self.durable_writer,
+                broker=_session_owner(self.metrics.broker_id),
+                proc=self.quota.broker_id,
+                queue_qos0=config.durable.queue_qos0_messages,
+                max_messages=limits.max_queued_messages + limits.max_inflight_messages
+                if limits.max_queued_messages
+                else 0,
+                max_bytes=0,
+            )
         self.metrics_endpoint: asyncio.AbstractServer | None = None  # /metrics and /healthz, when configured
         self.health_endpoint: asyncio.AbstractServer | None = None  # the probes alone (metrics.health_bind)
         # What /readyz answers; the runner marks the listeners open and the drain (metrics/health.py).
@@ -531,6 +550,17 @@ class Guard:
         engine = self.engine
         return engine is not None and await engine.drop_session(client_id, reason)
 
+    def forget_session(self, client_id: str, by: str) -> bool:
+        """A persistent session this broker holds offline was resumed on broker process `by` (durable
+        state): this broker's copy goes, the stored one stays."""
+        engine = self.engine
+        return engine is not None and engine.forget_session(client_id, by)
+
+    def session_moved(self, proc: str, client_id: str) -> None:
+        """This broker resumed a stored session another broker process (`proc`) owned: tell it."""
+        if proc and proc != self.quota.broker_id:
+            self.quota.tell(proc, {"forget": client_id, "by": self.quota.broker_id})
+
     def _kick_banned(self, ban: Ban) -> None:
         """An admin's ban with `--kick` arrived: disconnect this broker's clients from its network."""
         inside = ban_matcher(ban)
@@ -667,3 +697,11 @@ def _subject(client_id: str, username: str | None, user: UserRecord | None, rule
         superuser=bool(user and user.superuser),
         rules=rules,
     )
+
+
+def _session_owner(broker_id: str) -> str:
+    """The stable owner id of this broker's persistent sessions: `metrics.broker_id`, and under
+    `--workers` the worker's number too (every worker is a broker of its own; the same number gets its
+    sessions back after a restart)."""
+    worker = os.environ.get("MQTT_GUARD_WORKER", "")
+    return f"{broker_id}/worker-{worker.partition('/')[0]}" if worker else broker_id

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .acl.rules import Perm
     from .auth.authenticator import AuthResult
     from .durable.retained import RetainedSet
+    from .durable.session_journal import SessionJournal
     from .guard_client import GuardClient
 
 
@@ -24,6 +25,10 @@ class Kick(Protocol):
 
 Drop = Callable[[str, str], Awaitable[bool]]
 """Discard a client's session, connected or offline: (client id, reason) -> False when none here."""
+
+Forget = Callable[[str, str], bool]
+"""Forget an offline persistent session held in memory, without touching its stored copy (it was resumed
+on another broker): (client id, by) -> False when no such offline session here."""
 
 
 class QueueDepths(Protocol):
@@ -44,6 +49,10 @@ class Engine(QueueDepths, Protocol):
 
     async def kick(self, client_id: str, reason: str, code: int = ...) -> bool:
         """Close a client's connection; `code`: the MQTT 5 DISCONNECT reason (see `Kick`)."""
+        ...
+
+    def forget_session(self, client_id: str, by: str) -> bool:
+        """Forget an offline session held here (resumed on broker process `by`); False: none here."""
         ...
 
     async def drop_session(self, client_id: str, reason: str) -> bool:
@@ -130,6 +139,11 @@ class GuardPort(Protocol):
         """The retained messages (durable/retained.py): the engine's only retained store."""
         ...
 
+    @property
+    def session_journal(self) -> SessionJournal | None:
+        """Persistent sessions in Redis (durable/session_journal.py); None: memory only."""
+        ...
+
     async def authenticate(
         self,
         *,
@@ -187,3 +201,7 @@ class GuardPort(Protocol):
         ...
 
     def bind_engine(self, engine: Engine) -> None: ...
+
+    def session_moved(self, proc: str, client_id: str) -> None:
+        """A stored session owned by broker process `proc` was resumed here: that broker forgets its copy."""
+        ...

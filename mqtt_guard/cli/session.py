@@ -46,6 +46,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
         online = done.connected_on
         where = f"connected on broker {online}: it is disconnected" if online else "not connected"
         print(f"drop of the session of client {done.client_id!r} sent to {done.brokers} broker(s) ({where})")
+        if done.stored:
+            print("its stored session (Redis) is deleted")
         return 0
 
     return run_with_redis(args, body, writes=True)

@@ -111,6 +111,7 @@ class MosquittoConfig:
     persistent_client_expiration: int | None = None  # seconds
     sys_interval: int | None = None
     persistence: bool = False
+    queue_qos0_messages: bool = False  # durable.queue_qos0_messages (persistent sessions, docs/durability.md)
     pid_file: str | None = None
     user: str | None = None
     log_dest: list[tuple[str, str | None]] = field(default_factory=list)
@@ -432,7 +433,6 @@ class _Parser:
         if key in (
             "use_username_as_clientid",
             "use_subject_as_username",
-            "queue_qos0_messages",
             "upgrade_outgoing_qos",
             "check_retain_source",
         ):
@@ -526,6 +526,9 @@ class _Parser:
         if key == "clientid_prefixes":
             conf.clientid_prefixes = self.string(line, pos, key, where, conf.strings)
             self.warn(where, key, "deprecated by mosquitto 2.0 (it says so too); honoured")
+            return
+        if key == "queue_qos0_messages":
+            conf.queue_qos0_messages = self.boolean(line, pos, key, where)
             return
         if key == "persistent_client_expiration":
             conf.persistent_client_expiration = self.expiration(line, pos, key, where)
@@ -709,6 +712,9 @@ def to_guard_config(conf: MosquittoConfig, base: GuardConfig | None = None) -> G
     limits.max_topic_alias = conf.max_topic_alias(effective)
     if conf.persistent_client_expiration is not None:
         limits.persistent_session_expiry = float(conf.persistent_client_expiration)
+    durable = getattr(config, "durable", None)
+    if durable is not None:  # QoS 0 queued for offline persistent sessions (kept in Redis with them)
+        durable.queue_qos0_messages = conf.queue_qos0_messages
     metrics = getattr(config, "metrics", None)
     if metrics is not None and hasattr(metrics, "sys_interval"):
         metrics.sys_interval = float(conf.sys_interval if conf.sys_interval is not None else 10)

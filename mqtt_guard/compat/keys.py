@@ -173,7 +173,12 @@ KEYS: dict[str, KeyInfo] = {
     "max_inflight_bytes": KeyInfo("global", PARTIAL, "only 0 (no byte limit)"),
     "max_queued_messages": KeyInfo("global", SUPPORTED, "messages queued per client; 0 = no limit"),
     "max_queued_bytes": KeyInfo("global", SUPPORTED, "bytes queued per client; 0 = no limit"),
-    "queue_qos0_messages": KeyInfo("global", PARTIAL, "only `false`"),
+    "queue_qos0_messages": KeyInfo(
+        "global",
+        SUPPORTED,
+        "`durable.queue_qos0_messages`: QoS 0 queued for offline persistent sessions, with them in Redis "
+        "(needs durable state, `persistence true`)",
+    ),
     "message_size_limit": KeyInfo(
         "global",
         SUPPORTED,

@@ -43,6 +43,7 @@ import heapq
 import logging
 import math
 import ssl
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,7 @@ from ..auth import ownership
 from ..auth.authenticator import CONNACK_NOT_AUTHORIZED, CONNACK_SERVER_UNAVAILABLE
 from ..auth.tls import certificate_identity
 from ..config import GuardConfig, ListenerConfig
+from ..durable.sessions import CorruptSession, SessionRecord, StoredSession, StoredSubscription, StoredWill
 from ..logutil import RateLimitedLog
 from ..logutil import info as log_info
 from ..metrics import counters as C
@@ -85,6 +87,7 @@ from ..reasons import (
 )
 from . import mqtt5
 from .deadlines import Deadlines, Wheel
+from .durable import DurableQueue, is_durable
 from .handler import READ_CHUNK, GuardedHandler, Held, NotStored
 from .mqtt5 import Client5, Message5, Sub5
 from .packets import MQTT5, NO_LOCAL, RETAIN_AS_PUBLISHED, RETAIN_HANDLING, ConnectInfo, parse_connect
@@ -193,9 +196,11 @@ class Route:
     """The receivers of one topic, cached per topic while subscriptions, sessions and ACL decisions stay:
     the targets that passed the RECEIVE check, the client ids it withheld (still counted per message),
     the quota's DeliveryGroup of the targets' guard clients (replaced when no longer current), and the
-    shared subscription groups the topic matches (one member of each is chosen per message)."""
+    shared subscription groups the topic matches (one member of each is chosen per message), and whether
+    any subscription matches it at all (`matched`, for MQTT 5's 0x10 No matching subscribers: a subscriber
+    withheld by the ACL, offline or over its quota still counts, as in mosquitto)."""
 
-    __slots__ = ("targets", "targets5", "withheld", "group", "shares")
+    __slots__ = ("targets", "targets5", "withheld", "group", "shares", "matched")
 
     def __init__(
         self,
@@ -204,12 +209,14 @@ class Route:
         group: DeliveryGroup | None,
         targets5: list[Target5],
         shares: list[Share] | None = None,
+        matched: bool = True,
     ) -> None:
         self.targets = targets  # 3.1.1 and 3.1 receivers
         self.targets5 = targets5  # MQTT 5 receivers
         self.withheld = withheld
         self.group = group
         self.shares = shares
+        self.matched = matched
 
 
 class ClientIdRefused(Exception):
@@ -374,6 +381,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._retained = guard.retained
         self._retain_wait = config.limits.backpressure_max_stall or None
         self._fire_retained = bool(events.get(BrokerEvents.RETAINED_MESSAGE))
+        # Persistent sessions in Redis (issue 17 item 2, engine/durable.py): None when durable state is off.
+        # `_durable_acks`: the Redis writes of the message being routed that its publisher's ack waits for
+        # (filled by DurableQueues, handed to the reader with the routing result)
+        self._journal = guard.session_journal
+        self._durable_acks: list[asyncio.Future[None]] = []
+        # Offline sessions restored from Redis at start (`_load_owned_sessions`): no client has been admitted
+        # for them yet, so messages are queued for them unchecked and filtered by the RECEIVE check of the
+        # client that resumes them
+        self._unchecked: set[str] = set()
+        # client id -> the broker process that resumed its session while it was still connected here: when
+        # the connection ends the session is forgotten here, not kept offline (`forget_session`)
+        self._moved: dict[str, str] = {}
+        # Set by `_fanout` when no subscription matched the message's topic (never cleared there: the MQTT 5
+        # reader clears it before it routes a QoS 1/2 PUBLISH and reads it right after, for 0x10 in its ack)
+        self.no_match = False
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -557,6 +579,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             return
         if generated and session.v5 is not None:
             session.v5.assigned_id = True
+        if self._journal is not None:
+            code = await self._stored_session(session, identity, where)
+            if code or self._shutting_down:
+                self._detach(session)
+                await self._refuse(
+                    writer,
+                    connack_311(code or Reason.SERVER_UNAVAILABLE),
+                    session.protocol_level,
+                    code or Reason.SERVER_UNAVAILABLE,
+                )
+                return
         done = Ended()
         previous = self._connections.get(client_id)
         self._connections[client_id] = done
@@ -565,6 +598,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if previous is not None or client_id in self._sessions:
                 await self._take_over(client_id, previous, bool(session.clean_session))
             session = self._adopt_session(session)
+            if self._journal is not None and is_durable(session.out_queue):  # (owned by this process now)
+                self._journal.save(self._record_of(session))
             await self._run_session(reader, writer, session, handler, where, leftover)
         finally:
             self._detach(session, keep=session.expiry != 0)
@@ -1074,10 +1109,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 self._release_will(client_id)  # its session ends here: a delayed will goes out now
                 self._drop_session(client_id, existing)
             incoming.parent = 0
-            limits = self.guard_config.limits
-            incoming.out_queue = OutQueue(
-                limits.max_queued_messages, limits.max_queued_bytes, limits.max_inflight_messages
-            )
+            incoming.out_queue = self._new_queue(incoming)
             return incoming
         for name in (
             "will_flag",
@@ -1102,6 +1134,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             setattr(existing, name, getattr(incoming, name))
         self._cancel_will(client_id)  # resumed before its Will Delay Interval: never published (3.1.3.2.2)
         self._expires.pop(client_id, None)
+        if self._unchecked and client_id in self._unchecked:
+            self._check_unchecked(existing)
         existing.attributes.update(incoming.attributes)
         existing.pub_ok.clear()  # decided for the previous connection's client
         existing.parent = 1
@@ -1110,10 +1144,269 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
     def _drop_session(self, client_id: str, session: GuardedSession) -> None:
         if self._sessions.get(client_id, (None,))[0] is session:
             del self._sessions[client_id]
+            self._unchecked.discard(client_id)
         self._forget_subscriptions(session)
         queue = queue_of(session)
         if queue is not None:
+            if self._journal is not None and is_durable(queue):
+                # its end, expiry or drop: gone from Redis too (unless resumed on another broker since)
+                self._journal.discard(client_id, mine=True)
             queue.clear()
+
+    # -- persistent sessions in Redis (issue 17 item 2, engine/durable.py) ---------------------------
+    def _new_queue(self, session: GuardedSession) -> OutQueue:
+        """A session's queue: journalled to Redis when the session is persistent and durable state is on."""
+        limits = self.guard_config.limits
+        if self._journal is not None and session.expiry != 0:
+            return DurableQueue(
+                limits.max_queued_messages,
+                limits.max_queued_bytes,
+                limits.max_inflight_messages,
+                journal=self._journal,
+                client_id=session.client_id,
+                acks=self._durable_acks,
+            )
+        return OutQueue(limits.max_queued_messages, limits.max_queued_bytes, limits.max_inflight_messages)
+
+    def collect_writes(self, held: Held) -> Held:
+        """`held` with the Redis writes made since routing last collected them (Router protocol)."""
+        acks = self._durable_acks
+        if not acks:
+            return held
+        out: list[Any] = list(held) if held else []
+        out.extend(acks)
+        acks.clear()
+        return out
+
+    async def _stored_session(self, session: GuardedSession, identity: str | None, where: str) -> int:
+        """At CONNECT (authenticated): a clean start discards the stored session (an unacknowledged write);
+        a resume of a session this broker does not hold reads it from Redis (one round trip) and restores
+        it here, offline, for `_adopt_session` to resume. 0, or the CONNACK reason of a refusal: Redis
+        cannot be read (0x88: the client retries; starting afresh would discard its session), or the
+        stored session is another user's under a client id policy that owns ids (0x85)."""
+        journal = self._journal
+        assert journal is not None
+        client_id = session.client_id
+        if client_id in self._sessions:
+            return 0  # (held here: memory is the session; a clean start drops it, and that discards it)
+        if session.clean_session:
+            journal.discard(client_id, identity, owned=self._id_policy != "any")
+            return 0
+        try:
+            stored = await journal.load(client_id)
+        except CorruptSession as exc:
+            log.error("client %r: its stored session is corrupt and is discarded (%s)", client_id, exc)
+            journal.discard(client_id)
+            return 0
+        except Exception as exc:  # noqa: BLE001 - Redis away or distrusted: the client retries later
+            log.warning(
+                "refused CONNECT of client %r from %s: its persistent session cannot be read from Redis (%s)",
+                client_id,
+                where,
+                exc or type(exc).__name__,
+            )
+            return Reason.SERVER_UNAVAILABLE
+        if stored is None or client_id in self._sessions:
+            return 0
+        owner = stored.record.username if not stored.record.anonymous else None
+        if self._id_policy != "any" and (owner or "") != (identity or ""):
+            refusal_log.log(
+                logging.WARNING,
+                (client_id, identity, "stored"),
+                "refused CONNECT of client %r from %s by user %r: "
+                "its persistent session belongs to user %r (CONNACK %d)",
+                client_id,
+                where,
+                identity,
+                owner,
+                Reason.CLIENT_IDENTIFIER_NOT_VALID,
+            )
+            return Reason.CLIENT_IDENTIFIER_NOT_VALID
+        self._restore(stored)
+        if stored.record.proc and stored.record.proc != journal.proc:
+            self.guard.session_moved(stored.record.proc, client_id)  # its last broker forgets its copy
+        return 0
+
+    async def _start_listeners(self) -> None:
+        """amqtt's, called by its `start` (after it emptied the session tables): before the listeners
+        open, the offline sessions this broker owned come back from Redis (durable state), so messages
+        published before their clients reconnect are queued for them."""
+        if self._journal is not None:
+            await self._load_owned_sessions()
+        await super()._start_listeners()
+
+    async def _load_owned_sessions(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        try:
+            owned, corrupt = await journal.owned()
+        except Exception as exc:  # noqa: BLE001 - Redis away: each session resumes at its client's CONNECT
+            log.error(
+                "persistent sessions owned by this broker not loaded from Redis (%s): each is restored "
+                "when its client reconnects; until then nothing is queued for them",
+                exc or type(exc).__name__,
+            )
+            return
+        if corrupt:
+            log.error("%d stored session record(s) cannot be decoded: skipped", corrupt)
+        restored = 0
+        now = time.time()
+        for client_id in owned:
+            if client_id in self._sessions:
+                continue
+            try:
+                stored = await journal.load(client_id)
+            except CorruptSession as exc:
+                log.error("client %r: its stored session is corrupt and is discarded (%s)", client_id, exc)
+                journal.discard(client_id)
+                continue
+            except Exception as exc:  # noqa: BLE001 - Redis went away meanwhile: the rest resume at CONNECT
+                log.error("loading persistent sessions from Redis stopped: %s", exc or type(exc).__name__)
+                break
+            if stored is None or client_id in self._sessions:
+                continue
+            rec = stored.record
+            if rec.offline_since is None:  # connected when this broker stopped: offline from now
+                left = rec.expiry
+            else:
+                left = None if rec.expiry is None else rec.expiry - (now - rec.offline_since)
+                if left is not None and left <= 0:
+                    continue  # (expired: Redis drops its keys)
+            session = self._restore(stored, quiet=True)
+            self._unchecked.add(client_id)
+            # (owned by this process from now on; offline since it went offline, or since now)
+            journal.save(self._record_of(session), offline=True, since=rec.offline_since)
+            if left is not None:
+                self._expire_at(client_id, self._loop.time() + left)
+            restored += 1
+        if restored:
+            log.info(
+                "%d offline persistent session(s) this broker owned restored from Redis (of %d stored)",
+                restored,
+                len(owned),
+            )
+
+    def _check_unchecked(self, session: GuardedSession) -> None:
+        """A session restored at start is resumed: what was queued for it unchecked passes the RECEIVE
+        check of the client resuming it now (denied ones are dropped, counted as withheld)."""
+        self._unchecked.discard(session.client_id)
+        queue = session.out_queue
+        if queue is None or not queue.pending:
+            return
+        kept = []
+        for d in queue.pending:
+            topic = d.topic.decode("utf-8", "replace")
+            if self._check_sync(session, topic, Action.RECEIVE, False):
+                kept.append(d)
+                continue
+            queue.pending_bytes -= d.size
+            if isinstance(queue, DurableQueue):
+                queue.forget(d)
+        if len(kept) != len(queue.pending):
+            queue.pending.clear()
+            queue.pending.extend(kept)
+
+    def _restore(self, stored: StoredSession, quiet: bool = False) -> GuardedSession:
+        """A stored session made an offline session of this broker: its subscriptions (granted when they
+        were made: not checked again; each delivery passes the RECEIVE check of the resuming client), its
+        queued and in-flight messages, its inbound QoS 2 packet ids."""
+        rec = stored.record
+        session = GuardedSession()
+        session.client_id = rec.client_id
+        session.username = rec.username
+        session.is_anonymous = rec.anonymous
+        session.expiry = rec.expiry
+        session.protocol_level = rec.level
+        session.clean_session = False
+        queue = self._new_queue(session)
+        assert isinstance(queue, DurableQueue)
+        restored = queue.restore(stored.messages, stored.inbound, stored.next_seq)
+        session.out_queue = queue
+        self._sessions[rec.client_id] = (session, None)
+        for sub in rec.subscriptions:
+            self._restore_subscription(session, sub, rec.level == MQTT5)
+        self._invalidate_routes()
+        if not quiet:
+            log_info(
+                log,
+                "client %r: persistent session restored from Redis (owner was %s): %d subscription(s), %d message(s)",
+                rec.client_id,
+                rec.broker or "?",
+                len(rec.subscriptions),
+                restored,
+            )
+        return session
+
+    def _restore_subscription(self, session: GuardedSession, sub: StoredSubscription, v5: bool) -> None:
+        client_id = session.client_id
+        topic_filter = sub.filter
+        try:
+            share = self._share_of(topic_filter)
+        except ProtocolViolation:
+            log.warning("client %r: stored subscription %r is not valid here; skipped", client_id, topic_filter)
+            return
+        if share is not None:
+            group = self._shares.get(share)
+            if group is None:
+                group = self._shares[share] = ShareGroup(share[0], share[1])
+                self._shares_of.setdefault(share[1], []).append(group)
+            group.add(client_id, (client_id, session, sub.qos, sub.options, sub.sub_id))
+            self._trie.add(share[1])
+        else:
+            entries = self._subscriptions.setdefault(topic_filter, [])
+            entries[:] = [e for e in entries if e[0].client_id != client_id]
+            entries.append((session, sub.qos))
+            self._trie.add(topic_filter)
+            if v5:
+                self._sub5.setdefault(client_id, {})[topic_filter] = (sub.options, sub.sub_id)
+        self._filters_of.setdefault(client_id, set()).add(topic_filter)
+
+    def _record_of(self, session: GuardedSession) -> SessionRecord:
+        """What Redis keeps of a persistent session (durable/sessions.py)."""
+        client_id = session.client_id
+        subs: list[StoredSubscription] = []
+        opts = self._sub5.get(client_id, {})
+        for topic_filter in sorted(self._filters_of.get(client_id, ())):
+            try:
+                share = self._share_of(topic_filter)
+            except ProtocolViolation:
+                share = None
+            if share is not None:
+                group = self._shares.get(share)
+                member = group.members.get(client_id) if group is not None else None
+                if member is not None:
+                    subs.append(StoredSubscription(topic_filter, member[2], member[3], member[4]))
+                continue
+            qos = next((q for t, q in self._subscriptions.get(topic_filter, ()) if t.client_id == client_id), 0)
+            options, sub_id = opts.get(topic_filter, (qos, 0))
+            subs.append(StoredSubscription(topic_filter, qos, options, sub_id))
+        will = None
+        if session.will_flag and session.will_topic:
+            c5 = session.v5
+            will = StoredWill(
+                session.will_topic,
+                bytes(session.will_message or b""),
+                session.will_qos or 0,
+                bool(session.will_retain),
+                c5.will_delay if c5 is not None else 0,
+                c5.will_forwarded if c5 is not None else b"",
+                c5.will_expiry if c5 is not None else None,
+            )
+        return SessionRecord(
+            client_id,
+            session.protocol_level,
+            session.username,
+            session.is_anonymous,
+            session.expiry,
+            subs,
+            will,
+        )
+
+    def _save_subscriptions(self, session: GuardedSession) -> None:
+        """After a SUBSCRIBE or UNSUBSCRIBE of a persistent session: its record again."""
+        self._durable_acks.clear()  # (retained messages sent on SUBSCRIBE: their writes need no waiting)
+        if self._journal is not None and session.expiry != 0 and is_durable(session.out_queue):
+            self._journal.save(self._record_of(session))
 
     def _forget_subscriptions(self, session: GuardedSession) -> None:
         """Only the session's own filters are looked at (not every filter of the broker per disconnect)."""
@@ -1228,9 +1521,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if self._sessions.get(client_id, (None,))[0] is session:
             if session.expiry == 0:
                 self._drop_session(client_id, session)
+            elif self._moved and client_id in self._moved:  # resumed on another broker meanwhile
+                self.forget_session(client_id, self._moved.pop(client_id))
             elif queue is not None:
                 queue.go_offline()
                 self._sessions[client_id] = (session, handler)
+                if self._journal is not None and is_durable(queue):
+                    self._journal.save(self._record_of(session), offline=True)
                 if session.expiry is not None:
                     self._expire_at(client_id, self._loop.time() + session.expiry)
                 if client_id in self._filters_of:
@@ -1345,7 +1642,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         written = await self._store_retained(session, topic, payload, qos, props)
         held = await self._route(topic, topic_raw, payload, qos, props)
         if written is not None:
+            no_match = self.no_match  # (other connections route while this one waits for Redis)
             await self._await_written(session, topic, written)
+            self.no_match = no_match
         return held
 
     # -- retained messages (durable/retained.py; docs/durability.md) ------------------------------
@@ -1422,6 +1721,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         if self._sync_checks:
             if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
                 self._acl_changed()
+            self.no_match = False  # (read by the awaiting reader with nothing awaited in between)
             return self._fanout(topic, topic_raw, payload, len(payload), qos, None, None, props)
         verdicts: dict[str, bool] = {}
         for client_id, (target, _) in self._match(topic).items():
@@ -1432,6 +1732,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if client_id not in verdicts and member.out_queue is not None:
                     verdicts[client_id] = await self._topic_filtering(member, topic, Action.RECEIVE)
         route = self._make_route(topic, verdicts)
+        self.no_match = False
         return self._fanout(topic, topic_raw, payload, len(payload), qos, None, route, props)
 
     def _match(self, topic: str) -> dict[str, tuple[GuardedSession, int]]:
@@ -1471,14 +1772,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         targets5: list[Target5] = []
         withheld: list[str] = []
         errors = self._check_errors
-        for client_id, (target, granted) in self._match(topic).items():
+        unchecked = self._unchecked  # (restored at start: checked when resumed, `_check_unchecked`)
+        matches = self._match(topic)
+        for client_id, (target, granted) in matches.items():
             queue = target.out_queue
             if queue is None:
                 continue
             if (
                 verdicts.get(client_id, False)
                 if verdicts is not None
-                else self._check_sync(target, topic, Action.RECEIVE, False)
+                else (client_id in unchecked or self._check_sync(target, topic, Action.RECEIVE, False))
             ):
                 if target.protocol_level == MQTT5:
                     targets5.append((queue, granted, target.guard_client, client_id, self._sub5_of(client_id, topic)))
@@ -1498,7 +1801,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 if (
                     verdicts.get(client_id, False)
                     if verdicts is not None
-                    else self._check_sync(member, topic, Action.RECEIVE, False)
+                    else (client_id in unchecked or self._check_sync(member, topic, Action.RECEIVE, False))
                 ):
                     sub5 = None
                     if member.protocol_level == MQTT5:
@@ -1508,7 +1811,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if shares is None:
                 shares = []
             shares.append((share_group, allowed))
-        route = Route(targets, withheld, self._delivery_group(clients, topic) if clients else None, targets5, shares)
+        group = self._delivery_group(clients, topic) if clients else None
+        route = Route(targets, withheld, group, targets5, shares, bool(matches) or shares is not None)
         if verdicts is None and self._cacheable and errors == self._check_errors:
             routes = self._routes
             if len(routes) >= ROUTE_CACHE:
@@ -1595,9 +1899,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         """Deliver one message to the targets of its topic: the cached Route, else a new one (or `route`,
         made for this message by `_route`). Then the receivers' quota, once for the group; a QoS 0
         delivery is one shared encoded frame (one per protocol level); a subscriber whose queue passes
-        its hold mark adds its Event to the result. (`payload` or `frame0` is given.) An MQTT 5
-        subscriber gets `props` (the message's forwarded properties, its expiry) with the identifiers
-        of its matching subscriptions, and its No Local and Retain As Published options apply."""
+        its hold mark adds its Event to the result. (`payload` or `frame0` is given: `frame0` is the frame as
+        received, MQTT 5 when `props` is given, see `Router.publish`.) An MQTT 5 subscriber gets `props`
+        (the message's forwarded properties, its expiry) with the identifiers of its matching
+        subscriptions, and its No Local and Retain As Published options apply. (The MQTT 5 receivers are
+        served in this frame too: a method call per message was a tenth of the MQTT 5 fan-in's cost.)"""
         if route is None:
             route = self._routes.get(topic)
             fresh = route is None
@@ -1628,7 +1934,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 refused = group.admit(topic, plen)
         held: list[asyncio.Event] | None = None
         size = len(topic_raw) + plen
-        expiring = props.expires if props is not None else 0.0  # (an MQTT 5 message's expiry)
+        expiring = 0.0  # (an MQTT 5 message's expiry)
+        frame5 = None
+        if props is not None:
+            expiring = props.expires
+            if frame0 is not None:  # an MQTT 5 publisher's frame as received (`Router.publish`)
+                frame5, frame0 = frame0, None
+                if targets:
+                    payload = frame5[len(frame5) - plen :]
         for queue, granted, _client, client_id in targets:
             if refused is not None and client_id in refused:
                 continue  # over the receiver's quota: withheld
@@ -1646,59 +1959,52 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
                 held = self._after_offer(ok, client_id, queue, held)
         if targets5:
-            if payload is None:
+            if payload is None and frame5 is None:
                 payload = frame0[len(frame0) - plen :]  # type: ignore[index, arg-type]  # frame0 given
-            held = self._fanout5(targets5, topic_raw, payload, plen, qos, props, refused, held)
+            # MQTT 5 receivers: the message's forwarded properties and expiry (None from a 3.1.1 publisher)
+            # with the identifiers of each one's matching subscriptions; No Local and Retain As Published
+            # apply; nothing larger than a client's Maximum Packet Size is offered. A QoS 0 delivery without
+            # anything of its own shares one frame (`frame5`: the publisher's packet when it is that frame).
+            forwarded, published_retain, origin = b"", False, None
+            if props is not None:
+                forwarded, published_retain, origin = props.forwarded, props.retain, props.origin
+            # (a message published with RETAIN, sent on to Retain As Published subscribers with it, is
+            # encoded per receiver: it comes through the awaited path, not the hot one)
+            shared0 = not expiring and not published_retain
+            for queue, granted, _client, client_id, sub5 in targets5:
+                if refused is not None and client_id in refused:
+                    continue  # over the receiver's quota: withheld
+                if sub5.no_local and origin is queue:
+                    continue  # its own message [MQTT-3.8.3-3]
+                dq = granted if qos is None else (qos if qos < granted else granted)
+                if dq == 0 and shared0 and not sub5.ids:
+                    if frame5 is None:
+                        frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)  # type: ignore[arg-type]  # given without frame5
+                    if queue.max_packet and len(frame5) > queue.max_packet:
+                        self._too_large(client_id)
+                        continue
+                    ok = queue.offer0(frame5, plen, size)
+                else:
+                    ids = sub5.ids
+                    retain = published_retain and sub5.rap
+                    if queue.max_packet and queue.max_packet < mqtt5.publish_size(
+                        len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expiring else 0)
+                    ):
+                        self._too_large(client_id)
+                        continue
+                    if payload is None:
+                        payload = frame5[len(frame5) - plen :]  # type: ignore[index, arg-type]  # frame5 given
+                    ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expiring)
+                if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
+                    held = self._after_offer(ok, client_id, queue, held)
         if not fresh and route.withheld:
             incr = self._counters.incr
             for client_id in route.withheld:
                 incr(client_id, C.WITHHELD)
-        return held
-
-    def _fanout5(
-        self,
-        targets: list[Target5],
-        topic_raw: bytes,
-        payload: bytes,
-        plen: int,
-        qos: int | None,
-        props: Message5 | None,
-        refused: Any,
-        held: list[asyncio.Event] | None,
-    ) -> Held:
-        """`_fanout`'s delivery to the MQTT 5 receivers of a message: `props` (its forwarded properties,
-        its expiry; None from a 3.1.1 publisher) with the identifiers of each one's matching
-        subscriptions; No Local and Retain As Published apply, and nothing larger than a client's
-        Maximum Packet Size is offered. A QoS 0 delivery without anything of its own shares one frame."""
-        size = len(topic_raw) + plen
-        frame5: bytes | None = None
-        forwarded, expires, published_retain, origin = b"", 0.0, False, None
-        if props is not None:
-            forwarded, expires, published_retain, origin = props.forwarded, props.expires, props.retain, props.origin
-        for queue, granted, _client, client_id, sub5 in targets:
-            if refused is not None and client_id in refused:
-                continue  # over the receiver's quota: withheld
-            if sub5.no_local and origin is queue:
-                continue  # its own message [MQTT-3.8.3-3]
-            dq = granted if qos is None else (qos if qos < granted else granted)
-            retain = published_retain and sub5.rap
-            ids = sub5.ids
-            if dq == 0 and not ids and not expires and not retain:
-                if frame5 is None:
-                    frame5 = mqtt5.encode_publish(topic_raw, payload, 0, False, False, 0, forwarded)
-                if queue.max_packet and len(frame5) > queue.max_packet:
-                    self._too_large(client_id)
-                    continue
-                ok = queue.offer0(frame5, plen, size)
-            else:
-                if queue.max_packet and queue.max_packet < mqtt5.publish_size(
-                    len(topic_raw), plen, dq, len(forwarded) + len(ids) + (5 if expires else 0)
-                ):
-                    self._too_large(client_id)
-                    continue
-                ok = queue.offer5(topic_raw, payload, dq, retain, forwarded + ids if ids else forwarded, expires)
-            if not ok or queue.pending:  # (a delivery written at once needs neither: no call)
-                held = self._after_offer(ok, client_id, queue, held)
+        if not route.matched:
+            self.no_match = True
+        if self._durable_acks:  # (a QoS 1/2 message for a persistent session: its ack waits for Redis)
+            return self.collect_writes(held)
         return held
 
     def _after_offer(
@@ -1790,6 +2096,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                     self._sub5.setdefault(session.client_id, {})[topic_filter] = (options, sub_id)
             codes.append(code)
         await conn.send(_suback5(packet_id, codes, session.v5) if v5 else encode_suback(packet_id, codes))
+        self._save_subscriptions(session)
         for (topic_filter, options), code, new, real in zip(filters, codes, fresh, shared, strict=True):
             if code >= SUBACK_FAILURE:
                 continue
@@ -1803,6 +2110,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             handling = (options & RETAIN_HANDLING) >> 4 if v5 else 0  # 3.8.3.1: 0 send, 1 if new, 2 never
             if handling == 0 or (handling == 1 and new):
                 await self._publish_retained_messages_for_subscription((topic_filter, code), session, sub_id)
+        self._durable_acks.clear()  # (retained messages for a persistent session: nobody waits for them)
 
     def _share_of(self, topic_filter: str) -> tuple[str, str] | None:
         """(group, FILTER) of a shared subscription; None for an ordinary filter. Under the `mosquitto`
@@ -1868,6 +2176,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             await self.plugins_manager.fire_event(
                 BrokerEvents.CLIENT_UNSUBSCRIBED, client_id=session.client_id, topic=topic_filter
             )
+        self._save_subscriptions(session)
         return existed
 
     async def add_subscription(self, subscription: tuple[str, int], session: GuardedSession) -> int:
@@ -2073,6 +2382,32 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._will_tasks.add(task)
         task.add_done_callback(self._will_tasks.discard)
 
+    def forget_session(self, client_id: str, by: str) -> bool:
+        """The offline session of `client_id` held here was resumed on broker process `by` (it read the
+        stored session): this copy goes without touching Redis, and without its delayed will (the
+        session lives on). A connected one stays: the registry's take-over closes it."""
+        entry = self._sessions.get(client_id)
+        if entry is None:
+            return False
+        session = entry[0]
+        if session.transitions.state == "connected":
+            # still connected here (the registry's take-over closes it): when it ends it is forgotten
+            # instead of going offline here, so this broker never writes over the session B owns now
+            self._moved[client_id] = by
+            return True
+        self._moved.pop(client_id, None)
+        if self._wills:
+            self._take_will(client_id)
+        self._expires.pop(client_id, None)
+        del self._sessions[client_id]
+        self._unchecked.discard(client_id)
+        self._forget_subscriptions(session)
+        queue = queue_of(session)
+        if queue is not None:
+            queue.clear()
+        log_info(log, "offline session of client %r resumed on broker %s: forgotten here", client_id, by)
+        return True
+
     async def drop_session(self, client_id: str, reason: str) -> bool:
         """Discard a client's session (`mqtt-guard session drop`): an offline one at once, a connected one
         by closing its connection (its will is published, as on a lost link) and discarding the session
@@ -2212,7 +2547,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         self._drain_cut.set()
 
     def _log_discarded_sessions(self) -> None:
-        """Offline persistent sessions live only in this process: say what a shutdown loses."""
+        """Offline persistent sessions: kept in Redis (durable state), or say what a shutdown loses."""
         sessions = messages = 0
         for session, _ in self._sessions.values():
             if session.transitions.state != "connected":
@@ -2220,10 +2555,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 queue = queue_of(session)
                 if queue is not None:
                     messages += queue.depth()[0]
-        if sessions:
+        if sessions and self._journal is not None:
+            log.info(
+                "%d offline session(s) with %d queued message(s) are kept in Redis: any broker resumes them",
+                sessions,
+                messages,
+            )
+        elif sessions:
             log.warning(
-                "%d offline session(s) with %d queued message(s) are discarded: sessions live in memory "
-                "until durable state lands",
+                "%d offline session(s) with %d queued message(s) are discarded: durable state is off "
+                "(durable.enabled false), sessions live in memory only",
                 sessions,
                 messages,
             )

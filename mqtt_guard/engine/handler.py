@@ -111,7 +111,59 @@ def _set_event() -> asyncio.Event:
 
 Held = list[asyncio.Event] | None
 """What routing one message returns: the Events of subscribers it left over their hold mark (flow
-control: the publisher's reader waits on them before its next packet), or None."""
+control: the publisher's reader waits on them before its next packet), or None. It may also hold the
+Futures of Redis writes the message's acknowledgement waits for (a QoS 1/2 message for a persistent
+session, engine/durable.py): the reader puts a `Gate` in front of that acknowledgement."""
+
+
+class Gate:
+    """In a connection's coalesced writes (`_co`): nothing after it is written until every write in
+    `futures` is confirmed by Redis (issue 17 item 3: a message bound for a persistent session is
+    acknowledged to its publisher only once it is in Redis; every later ack of the connection keeps
+    its order behind it)."""
+
+    __slots__ = ("futures", "armed")
+
+    def __init__(self, futures: list[asyncio.Future[None]]) -> None:
+        self.futures = futures
+        self.armed = False
+
+    def done(self) -> bool:
+        futures = self.futures
+        while futures and futures[-1].done():
+            _retrieve(futures.pop())
+        return not futures
+
+    def pending(self) -> asyncio.Future[None]:
+        return self.futures[-1]
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    """A write's outcome is looked at (the journal logs a failed write: the ack goes out anyway, the
+    message is still in memory)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _written(fut: asyncio.Future[None]) -> None:
+    try:
+        await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - logged by the journal; the delivery goes on from memory
+        pass
+
+
+def _split_writes(held: list[Any]) -> tuple[list[asyncio.Event] | None, list[asyncio.Future[None]] | None]:
+    """The flow-control Events and the write Futures of a Held list."""
+    events: list[asyncio.Event] = []
+    writes: list[asyncio.Future[None]] = []
+    for x in held:
+        if type(x) is asyncio.Event:
+            events.append(x)
+        else:
+            writes.append(x)
+    return events or None, writes or None
 
 
 class NotStored(Exception):
@@ -128,7 +180,15 @@ class NotStored(Exception):
 
 class Router(Protocol):
     """What a connection's reader asks of the broker (GuardedBroker). The broker decides every PUBLISH,
-    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges."""
+    SUBSCRIBE and UNSUBSCRIBE; the reader only parses, validates and acknowledges.
+
+    `no_match`: set when a message just routed matched no subscription (the router clears it only before
+    the awaited routing's last synchronous step, and puts it back after awaiting a retained message's
+    write): an MQTT 5 reader clears it before a synchronous `publish` of QoS 1/2 and reads it right after
+    `publish` or `handle_publish`, to acknowledge 0x10 No matching subscribers (mosquitto's answer; the
+    message is still accepted, retained and counted)."""
+
+    no_match: bool
 
     @property
     def fast_publish(self) -> bool:
@@ -147,8 +207,10 @@ class Router(Protocol):
         props: Message5 | None = None,
     ) -> Held:
         """Route a PUBLISH QoS 0/1 without RETAIN now (when `fast_publish`). `payload` may be None when
-        `frame0` (the QoS 0 frame as received, shared by every subscriber) is given. `props`: the MQTT 5
-        side of the message (given for every PUBLISH of an MQTT 5 client). None is also what a refused
+        `frame0` (the QoS 0 frame as received, shared by every subscriber of the publisher's protocol
+        level) is given: a 3.1.1 frame when `props` is None, else an MQTT 5 frame with an empty property
+        block (then `props` is the connection's plain Message5). `props`: the MQTT 5 side of the message
+        (given for every PUBLISH of an MQTT 5 client). None is also what a refused
         PUBLISH returns: then an MQTT 5 client's `session.v5.refused` says why (reasons.py: 0x87 denied,
         0x97 over quota), which its reader clears before asking when it acknowledges (QoS 1/2)."""
         ...
@@ -184,6 +246,11 @@ class Router(Protocol):
 
     def open_stretch(self, client: GuardClient | None, remaining: int) -> Stretch | None:
         """Open the quota stretch of a synchronous run over `remaining` bytes (None: none opened)."""
+        ...
+
+    def collect_writes(self, held: Held) -> Held:
+        """`held` with the Redis write Futures made since routing last collected them (an inbound QoS 2
+        packet id of a persistent session)."""
         ...
 
     def settle_stretch(self, st: Stretch) -> None:
@@ -253,6 +320,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         "_alias_max",
         "_receive_max",
         "_max_levels",
+        "_gates",
     )
 
     def __init__(self, plugins_manager: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -294,7 +362,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._stream_writer: asyncio.StreamWriter | None = None
         self._max_packet = 0
         self._high_water = 65536
-        self._co: list[bytes] = []  # frames emitted in this loop iteration, written together
+        self._co: list[Any] = []  # frames emitted in this loop iteration, written together (and Gates)
         self._co_bytes = 0
         self._co_n = 0  # PUBLISH frames among them (the rest are acks)
         self._co_payload = 0
@@ -322,6 +390,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._alias_max = 0
         self._receive_max = 65535
         self._max_levels = 0  # limits.max_topic_levels (0: no limit)
+        self._gates = 0  # Gates in `_co`: acks waiting for Redis writes (persistent sessions)
 
     # amqtt's state the engine does not use, made on first access (a class-level `__getattr__` would do the
     # same, but it turns off CPython's attribute-access specialisation for every handler attribute: the
@@ -618,6 +687,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         frames = self._co
         if not frames:
             return
+        if self._gates and not self._open_gates():
+            return
+        frames = self._co
         n, payload = self._co_n, self._co_payload
         self._co = []
         self._co_bytes = self._co_payload = self._co_n = 0
@@ -637,6 +709,77 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if n and counters is not None:
             counters.incr(self.client_id, C.MSGS_OUT, n)
             counters.incr(self.client_id, C.BYTES_OUT, payload)
+
+    def _open_gates(self) -> bool:
+        """Before a flush with Gates in `_co`: write what comes before the first Gate whose writes are
+        not all confirmed, keep the rest for when they are. True when no Gate is left (flush the rest)."""
+        frames = self._co
+        for i, item in enumerate(frames):
+            if type(item) is not Gate:
+                continue
+            if item.done():
+                continue
+            head = [f for f in frames[:i] if type(f) is not Gate]
+            rest = frames[i:]
+            self._gates = sum(1 for f in rest if type(f) is Gate)
+            if not item.armed:
+                item.armed = True
+                item.pending().add_done_callback(self._gate_moved)
+            if head:
+                data = b"".join(head)
+                transport = self._transport
+                if transport is not None:
+                    if not transport.is_closing():
+                        transport.write(data)
+                elif self.writer is not None:
+                    self.writer.write(data)
+                    self._ws_dirty = True
+                    self.wake()
+            self._co = rest
+            self._co_bytes = sum(len(f) for f in rest if type(f) is not Gate)
+            return False
+        self._gates = 0
+        self._co = [f for f in frames if type(f) is not Gate]
+        return True
+
+    def _gate_moved(self, _: asyncio.Future[None]) -> None:
+        """A write a Gate waits for is confirmed: look again (the Gate may have more, or be open now)."""
+        for item in self._co:
+            if type(item) is Gate:
+                item.armed = False
+                break
+        if not self._co_scheduled and self._co:
+            self._co_scheduled = True
+            self._loop.call_soon(self._flush_coalesced)
+
+    def _gate(self, writes: list[asyncio.Future[None]], before_last: bool) -> None:
+        """Nothing more of this connection is written until `writes` are confirmed: a Gate before the
+        ack just coalesced (`before_last`), else at the end. After `backpressure_max_stall` without
+        Redis confirming, the connection is closed: the publisher is never acknowledged-and-lost."""
+        gate = Gate(writes)
+        co = self._co
+        if before_last and co:
+            co.insert(len(co) - 1, gate)
+        else:
+            co.append(gate)
+        self._gates += 1
+        if not self._co_scheduled:
+            self._co_scheduled = True
+            self._loop.call_soon(self._flush_coalesced)
+        if self._max_stall > 0:
+            self._loop.call_later(self._max_stall, self._gate_stalled, gate)
+
+    def _gate_stalled(self, gate: Gate) -> None:
+        if gate.done() or self._closing or gate not in self._co:
+            return
+        log.warning(
+            "client %r (%s): Redis did not confirm the writes of its messages for persistent sessions "
+            "within backpressure_max_stall (%g s): disconnecting it, its unacknowledged messages are not lost",
+            self.client_id,
+            self.where,
+            self._max_stall,
+        )
+        self.close("Redis did not confirm the persistent writes within backpressure_max_stall")
 
     async def _ws_drain(self) -> None:
         self._ws_dirty = False
@@ -660,6 +803,13 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
     async def send(self, data: bytes) -> None:
         """Write a control packet (CONNACK, SUBACK, PUBACK, PINGRESP...). Waits only when the client
         does not read: then its own reading stops too (TCP backpressure)."""
+        if self._gates:  # behind acks waiting for Redis writes: keeps its order
+            self._co.append(data)
+            self._co_bytes += len(data)
+            if not self._co_scheduled:
+                self._co_scheduled = True
+                self._loop.call_soon(self._flush_coalesced)
+            return
         transport = self._transport
         if transport is not None:
             if transport.is_closing():
@@ -710,6 +860,10 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     await self._wake_event.wait()
                     continue
                 frames, n, payload_bytes = q.take(WRITE_BATCH)
+                barrier = q.barrier
+                if barrier is not None:  # a persistent session's packet ids, written first (engine/durable.py)
+                    q.barrier = None
+                    await _written(barrier)
                 if not self._drained.is_set() and q.under_release():
                     self._release()  # publishers go on while this batch is written
                 if n:
@@ -861,7 +1015,9 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                         pos = stop
                         if held is not None or self._must_drain:
                             self._flush_in()
-                            if held is not None and not isinstance(held, list):
+                            if isinstance(held, list):
+                                held = self._gate_writes(held)  # (its ack is the last coalesced frame)
+                            elif held is not None:
                                 held = await held  # the rest of a PUBLISH that is not routed synchronously
                             await self._wait_held(held)
                             if fast:
@@ -1011,7 +1167,8 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if p >= stop:
             raise ProtocolViolation("malformed PUBLISH: no property length")
         msg = self._msg5
-        if data[p] == 0:  # no properties
+        plain = data[p] == 0
+        if plain:  # no properties (most messages)
             body = p + 1
             if te == ts:
                 raise mqtt5.protocol_error("PUBLISH with an empty topic and no Topic Alias [MQTT-3.3.2-1]")
@@ -1055,20 +1212,27 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
             return self._publish_awaited(topic, topic_raw, bytes(data[body:stop]), qos, pid, first, msg)
         held: Held
         if not qos:
+            if first == 0x30 and plain:  # the packet as received is the MQTT 5 QoS 0 frame (see Router.publish)
+                held = route(self.session, topic, topic_raw, None, plen, 0, bytes(data[pos:stop]), msg)
+                return held
             held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, 0, None, msg)
             return held
-        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota)
+        # the broker says in the session's Client5 why it refused the message (0x87 denied, 0x97 over quota),
+        # and whether nothing matched it (`Router.no_match`: 0x10 No matching subscribers)
         c5: Client5 = self.session.v5  # type: ignore[union-attr,assignment]  # both set on an MQTT 5 connection
         c5.refused = 0
+        router = self._router
+        router.no_match = False  # type: ignore[union-attr]  # set with _route_now
         held = route(self.session, topic, topic_raw, bytes(data[body:stop]), plen, qos, None, msg)
-        code = c5.refused
+        code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)  # type: ignore[union-attr]
         self._ack(self._refusal_ack(PUBACK, pid, code) if code else bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return held
 
     def _refusal_ack(self, kind: int, pid: int, code: int) -> bytes:
         """An MQTT 5 PUBACK/PUBREC/PUBCOMP with reason `code`: a failure (>= 0x80) carries its short Reason
         String unless the client set Request Problem Information 0 [MQTT-3.1.2-29] or the packet would
-        exceed its Maximum Packet Size [MQTT-3.1.2-25]. (Off the hot path: only refusals come here.)"""
+        exceed its Maximum Packet Size [MQTT-3.1.2-25]. (Off the hot path: only refusals come here, and
+        0x10 No matching subscribers, which has no Reason String.)"""
         c5 = self.session.v5 if self.session is not None else None
         if c5 is None or not c5.problem_info or code < 0x80:
             return mqtt5.encode_ack(kind, pid, code)
@@ -1132,23 +1296,48 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
                     return self._not_stored(exc, PUBREC, pid, props)
                 if c5 is not None and c5.refused:  # PUBREC 0x87/0x97 ends the exchange: the id is free again
                     await self.send(self._refusal_ack(PUBREC, pid, c5.refused))
-                    return held
+                    return self._gate_writes(held, False) if held else held
                 q.qos2_in.add(pid)
+                held = router.collect_writes(held)
+                unmatched = c5 is not None and router.no_match
+            else:
+                unmatched = False  # (a re-sent PUBLISH: routed the first time only, its PUBREC said it then)
             # The PUBREC goes ahead of what routing coalesced (`emit`): a client subscribed to its own
             # topic gets it before the delivery of its message, as from mosquitto (which routes at PUBREL).
             # Acks coalesced before stay before it [MQTT-4.6.0-3]; a list flushed meanwhile held none.
-            self._ack(encode_ack(PUBREC, pid))
+            # (0x10 No matching subscribers is a success: the exchange goes on with PUBREL.)
+            self._ack(
+                mqtt5.encode_ack(PUBREC, pid, Reason.NO_MATCHING_SUBSCRIBERS) if unmatched else encode_ack(PUBREC, pid)
+            )
             if self._co is not co:
                 co, mark = self._co, 0
+            if self._gates:  # (behind an earlier Gate: it stays last)
+                mark = len(co) - 1
             if len(co) - 1 > mark:
                 co.insert(mark, co.pop())
+            if held:
+                events, writes = _split_writes(held)
+                if writes:  # the PUBREC waits for the writes (persistent subscribers, its packet id)
+                    gate = Gate(writes)
+                    co.insert(mark, gate)
+                    self._gates += 1
+                    if self._max_stall > 0:
+                        self._loop.call_later(self._max_stall, self._gate_stalled, gate)
+                held = events
             return held
         try:
             held = await router.handle_publish(session, topic, topic_raw, payload, qos, retain, props)
         except NotStored as exc:
             return self._not_stored(exc, PUBACK, pid, props)
+        if held:
+            events, writes = _split_writes(held)
+            if writes:
+                self._gate(writes, False)
+            held = events
         if qos == 1:
-            code = c5.refused if c5 is not None else 0
+            code = 0
+            if c5 is not None:
+                code = c5.refused or (Reason.NO_MATCHING_SUBSCRIBERS if router.no_match else 0)
             await self.send(self._refusal_ack(PUBACK, pid, code) if code else encode_ack(PUBACK, pid))
         return held
 
@@ -1169,14 +1358,36 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         self._topics[topic_raw] = topic
         return topic
 
+    def _gate_writes(self, held: list[Any], before_last: bool = True) -> Held:
+        """A synchronously routed PUBLISH whose `held` has Redis write Futures: its ack (the last frame
+        coalesced) waits behind a Gate. Returns the flow-control Events."""
+        for x in held:
+            if type(x) is not asyncio.Event:
+                break
+        else:
+            return held
+        events, writes = _split_writes(held)
+        if writes:
+            self._gate(writes, before_last)
+        return events
+
     async def _wait_held(self, held: Held) -> None:
         """Flow control: wait until every subscriber in `held` is back under its release mark (or is
-        declared a slow consumer, or goes away); and until acks written past the high-water mark are out."""
+        declared a slow consumer, or goes away); and until acks written past the high-water mark are out
+        (acks behind a Gate: until Redis confirmed the writes, or the stall timer closes the connection)."""
         if held:
             for ev in held:
                 if not ev.is_set():
                     await ev.wait()
         if self._must_drain:
+            while self._gates and not self._closing:
+                for item in self._co:
+                    if type(item) is Gate and not item.done():
+                        await _written(item.pending())
+                        break
+                else:
+                    break
+                self._flush_coalesced()
             self._must_drain = False
             self._flush_coalesced()
             if self._stream_writer is not None and self._transport is not None and not self._transport.is_closing():

@@ -74,13 +74,15 @@ class Delivery5(Delivery):
         self.expires = expires
 
 
-def encode5(d: Delivery, dup: bool, now: float) -> bytes:
-    """The MQTT 5 PUBLISH of `d` (a plain Delivery, queued while the session was 3.1.1, has no properties)."""
+def encode5(d: Delivery, dup: bool, now: float = 0.0) -> bytes:
+    """The MQTT 5 PUBLISH of `d` (a plain Delivery has no properties: one queued while the session was
+    3.1.1, or a message with nothing of its own, `offer5`). `now`: `time.monotonic()`, read here when 0.0
+    and the message has an expiry."""
     props = b""
     if type(d) is Delivery5:
         props = d.props
         if d.expires:
-            props += mqtt5.expiry_property(d.expires, now)
+            props += mqtt5.expiry_property(d.expires, now or time.monotonic())
     return mqtt5.encode_publish(d.topic, d.payload, d.qos, d.retain, dup, d.packet_id, props)
 
 
@@ -126,6 +128,7 @@ class OutQueue:
         "level5",
         "max_packet",
         "expired",
+        "barrier",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
@@ -156,6 +159,9 @@ class OutQueue:
         self.level5 = False
         self.max_packet = 0
         self.expired = 0  # messages whose expiry interval ran out while they waited (dropped)
+        # A persistent session's queue (engine/durable.py): the Redis write the frames `take` just returned
+        # must wait for (a QoS 2 delivery's packet id); the writer loop awaits it before writing them.
+        self.barrier: asyncio.Future[None] | None = None
 
     def serve_level(self, level5: bool, receive_max: int = 65535, max_packet: int = 0) -> None:
         """A connection of this protocol level serves the queue from now on: an MQTT 5 client's Receive
@@ -230,7 +236,8 @@ class OutQueue:
     def offer5(self, topic: bytes, payload: bytes, qos: int, retain: bool, props: bytes, expires: float) -> bool:
         """`offer` to an MQTT 5 session: the frame carries `props` (forwarded properties and
         subscription identifiers) and the time left of `expires` (0.0: no expiry). The broker has
-        checked the size against the client's Maximum Packet Size."""
+        checked the size against the client's Maximum Packet Size. (A message without properties or expiry
+        is a plain Delivery: `encode5` sends it in the MQTT 5 form all the same.)"""
         if not self.online and qos == 0:
             return True
         size = len(payload) + len(topic)
@@ -241,13 +248,17 @@ class OutQueue:
             and (qos == 0 or len(self.inflight) < self.max_inflight)
             and port.writable()
         ):
-            d = Delivery5(topic, payload, qos, retain, props, expires)
+            d = (
+                Delivery5(topic, payload, qos, retain, props, expires)
+                if props or expires
+                else Delivery(topic, payload, qos, retain)
+            )
             if qos:
                 d.packet_id = self._allocate_id()
                 d.state = WAIT_ACK
                 self.inflight[d.packet_id] = d
                 self.inflight_bytes += size
-            port.emit(encode5(d, False, time.monotonic()), len(payload))
+            port.emit(encode5(d, False), len(payload))
             return True
         if (self.max_messages and len(self.pending) >= self.max_messages) or (
             self.max_bytes and self.pending_bytes + size > self.max_bytes
@@ -256,7 +267,11 @@ class OutQueue:
         pending = self.pending
         if pending is _NO_PENDING:
             pending = self.pending = deque()
-        pending.append(Delivery5(topic, payload, qos, retain, props, expires))
+        pending.append(
+            Delivery5(topic, payload, qos, retain, props, expires)
+            if props or expires
+            else Delivery(topic, payload, qos, retain)
+        )
         self.pending_bytes += size
         if port is not None:
             port.wake()

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from ..config import QuotaConfig
 from ..guard_client import GuardClient
 from ..metrics.counters import Counters
-from ..ports import Drop, Kick
+from ..ports import Drop, Forget, Kick
 from ..reasons import SESSIONS_EXCEEDED, TAKEN_OVER, blocked_reason
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
@@ -99,6 +99,7 @@ class QuotaEnforcer:
         kick: Kick,
         queue_depth: QueueDepth,
         drop_session: Drop | None = None,
+        forget_session: Forget | None = None,
         tracking: Tracking,
         kick_retry: float,
         trust: Trust | None = None,
@@ -159,6 +160,7 @@ class QuotaEnforcer:
             kick,
             self._spawn,
             drop_session=drop_session,
+            forget_session=forget_session,
             redis_url=redis_url,
             sync_interval=config.sync_interval,
             kick_retry=kick_retry,
@@ -510,6 +512,10 @@ class QuotaEnforcer:
 
     def _over_quota(self, cq: ClientQuota, reason: str, block_until: float, code: int) -> None:
         self.kicks.over_quota(cq, reason, block_until, code)
+
+    def tell(self, broker_id: str, message: dict[str, str]) -> None:
+        """Push `message` to another broker's kick queue, in the background (failures are logged)."""
+        self._spawn(self.kicks.push_quietly(broker_id, message))
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(work)

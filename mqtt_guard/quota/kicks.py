@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..ports import Drop, Kick
+from ..ports import Drop, Forget, Kick
 from ..reasons import kick_code
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
@@ -49,6 +49,7 @@ class KickQueue:
         spawn: Spawn,
         *,
         drop_session: Drop | None = None,
+        forget_session: Forget | None = None,
         redis_url: str,
         sync_interval: float,
         kick_retry: float,
@@ -64,6 +65,7 @@ class KickQueue:
         self.kick = kick
         self.spawn = spawn
         self.drop_session = drop_session
+        self.forget_session = forget_session
         self.redis_url = redis_url
         self.sync_interval = sync_interval
         self.kick_retry = kick_retry
@@ -121,6 +123,11 @@ class KickQueue:
                 entry.contended_until = monotonic() + 3 * self.sync_interval
                 self.book.urgent.add(entry.key)
                 self.book.wake()
+            return
+        forgotten = item.get("forget")
+        if forgotten:  # a persistent session held here offline was resumed on another broker (durable state)
+            if self.forget_session is not None:
+                self.forget_session(str(forgotten), str(item.get("by") or "?"))
             return
         dropped = item.get("drop")
         if dropped:

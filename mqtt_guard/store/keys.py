@@ -341,6 +341,27 @@ class Keys:
         head = self.retained_head()
         return key[len(head) :] if key.startswith(head) else None
 
+    # -- persistent sessions (issue 17 item 2; mqtt_guard/store/sessions.py, docs/durability.md) ---------
+    # Every key is per client id (the id can become a Redis Cluster hash tag, issue 18).
+    def psession(self, client_id: str) -> str:
+        """STRING: the persistent session record of a client id (durable/sessions.py's JSON), with a
+        PEXPIREAT while the session is offline (its expiry)."""
+        return f"{self.prefix}psession:r:{client_id}"
+
+    def psession_head(self) -> str:
+        """Prefix of every session record key (SCAN at start: the sessions this broker owns)."""
+        return f"{self.prefix}psession:r:"
+
+    def psession_messages(self, client_id: str) -> str:
+        """HASH: the session's queued and in-flight messages (`m:<seq>`), its inbound QoS 2 packet ids
+        (`i:<id>`), and the counters `~n` (messages) and `~b` (bytes); same expiry as the record."""
+        return f"{self.prefix}psession:q:{client_id}"
+
+    def psession_client_of(self, key: str) -> str | None:
+        """Inverse of `psession()`; None for any other key."""
+        head = self.psession_head()
+        return key[len(head) :] if key.startswith(head) else None
+
 
 def glob_escape(text: str) -> str:
     """`text` as a literal in a SCAN MATCH pattern (a prefix or name may hold `*?[]\\`)."""

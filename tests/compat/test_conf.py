@@ -152,7 +152,6 @@ def test_listeners_and_the_anonymous_default(tmp_path, text, ports_and_anonymous
         ("psk_file /x\n", "TLS-PSK is not supported"),
         ("listener 1883\nmount_point x/\n", ":2: mount_point: not supported by mqtt-guard"),
         ("max_qos 1\n", "only 2 (the default) is supported"),
-        ("queue_qos0_messages true\n", "`queue_qos0_messages true` is not supported"),
         ("message_size_limit -1\n", "invalid message_size_limit value (-1)"),
         ("tls_version tlsv1.3\n", "`tls_version tlsv1.3` is not supported"),
         ("listener 0 /tmp/sock\n", "unix socket listeners"),
@@ -205,6 +204,8 @@ def test_client_id_rules_are_mosquittos(tmp_path):
     assert any("clientid_prefixes: deprecated" in w for w in c.warnings)
     config = to_guard_config(c)
     assert config.auth.client_id_prefixes == ["sec- x"] and config.limits.persistent_session_expiry == 3600
+    assert to_guard_config(conf_of(tmp_path, "queue_qos0_messages true\n")).durable.queue_qos0_messages is True
+    assert to_guard_config(conf_of(tmp_path, "listener 1883\n")).durable.queue_qos0_messages is False
     for value, seconds in (("2d", 2 * 86400), ("1w", 7 * 86400), ("1m", 30 * 86400), ("3y", 3 * 365 * 86400)):
         assert conf_of(tmp_path, f"persistent_client_expiration {value}\n").persistent_client_expiration == seconds
 

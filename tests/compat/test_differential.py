@@ -95,13 +95,6 @@ def test_mqtt5_scenarios_run_against_mosquitto(redis_server, prefix, tmp_path):
 
 @needs_mosquitto
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=False,
-    reason="one difference with MQTT 5 clients remains (issue 16; mosquitto-compat/README.md): an allowed QoS 1 "
-    "PUBLISH no subscription matches gets PUBACK 0x00 (mosquitto 0x10). (Bad credentials: 0x87 under a "
-    "mosquitto.conf, as mosquitto; overlapping subscriptions: a known difference the harness folds, "
-    "tests/compat/test_mqtt5_known.py)",
-)
 def test_mosquitto_and_mqtt_guard_agree_with_mqtt5_clients(redis_server, prefix, tmp_path):
     seed = _seed()
     stats, differences = asyncio.run(

@@ -112,6 +112,38 @@ def test_an_mqtt5_publisher_reaches_a_311_subscriber_without_properties(listener
         pub.close()
 
 
+def test_a_plain_mqtt5_qos0_publish_reaches_every_kind_of_subscriber(listeners):  # noqa: F811 - fixture
+    """An MQTT 5 QoS 0 PUBLISH without properties is forwarded as received to the MQTT 5 subscribers that
+    add nothing to it, and re-encoded for those that do (a subscription identifier) and for 3.1.1 ones;
+    its own publisher with No Local gets nothing back (the broker's fast path for such packets)."""
+    net = listeners()
+    port = net.ports["tcp"]
+    v5_sub = m5.connected(port, "plain-v5")
+    v5_ids = m5.connected(port, "plain-v5-ids")
+    old, _ = raw.connected(port, "plain-311")
+    pub = m5.connected(port, "plain-pub")
+    clients = (v5_sub, v5_ids, old, pub)
+    try:
+        v5_sub.send(m5.subscribe(1, ("plain/#", 0)))
+        v5_ids.send(m5.subscribe(1, ("plain/#", 0), properties=m5.props((0x0B, m5.varint(9)))))
+        old.send(raw.subscribe(1, ("plain/#", 0)))
+        pub.send(m5.subscribe(1, ("plain/#", 0x04)))  # No Local
+        for c in clients:
+            c.expect(raw.SUBACK)
+        sent = [m5.publish(f"plain/{i}", b"payload-%d" % i) for i in range(3)]
+        pub.send(b"".join(sent))  # one read for the broker: a run of the reader's fast path
+        for i, frame in enumerate(sent):
+            assert v5_sub.expect(raw.PUBLISH).raw() == frame  # the MQTT 5 frame as published
+            got = v5_ids.expect(raw.PUBLISH)
+            assert m5.publish_parts(got) == (f"plain/{i}", 0, b"\x0b\x09", b"payload-%d" % i)
+            assert old.expect(raw.PUBLISH).raw() == raw.publish(f"plain/{i}", b"payload-%d" % i)
+        pub.send(raw.PINGREQ_BYTES)  # after the three: nothing came back to the publisher but its PINGRESP
+        assert pub.expect_any().type == raw.PINGRESP
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_subscription_identifiers_travel_with_each_delivery(listeners):  # noqa: F811 - fixture
     net = listeners()
     sub, pub = net.v5(), net.v5()

@@ -38,7 +38,7 @@ def test_failures_carry_a_short_reason_string(start_broker, add_user, cli, tmp_p
     code, props = c.publish_with_props("no/x")
     assert (code, text(props)) == (Reason.NOT_AUTHORIZED, "not authorized")
     code, props = c.publish_with_props("ok/y")
-    assert (code, text(props)) == (0, None)
+    assert (code, text(props)) == (Reason.NO_MATCHING_SUBSCRIBERS, None)  # accepted, nobody subscribed: no string
     code, props = c.publish_with_props("ok/y")  # over `rate`
     assert (code, text(props)) == (Reason.QUOTA_EXCEEDED, "quota exceeded")
     assert cli("kick", "rs1").returncode == 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 import uuid
 
+from mqtt_guard.reasons import Reason
 from tests.engine.mqtt5_fixtures import listeners  # noqa: F401 - the fixture
 from tests.helpers import mqtt as m3
 from tests.helpers import mqtt5 as m5
 from tests.helpers import rawmqtt as raw
+
+NO_MATCHING_SUBSCRIBERS = Reason.NO_MATCHING_SUBSCRIBERS  # an accepted PUBLISH nothing is subscribed to
 
 
 def _cid(prefix: str) -> str:
@@ -45,10 +48,10 @@ def _payloads(c: raw.RawClient, wait: float = 0.5) -> list[bytes]:
     return [m5.publish_parts(p)[3] for p in raw.drain(c, wait) if p.type == raw.PUBLISH]
 
 
-def _publish(net, topic: str, payload: bytes) -> None:
+def _publish(net, topic: str, payload: bytes, ack: int = 0) -> None:
     pub = net.v5()
     try:
-        assert pub.publish(topic, payload, qos=1) == 0
+        assert pub.publish(topic, payload, qos=1) == ack
     finally:
         pub.close()
 
@@ -96,7 +99,7 @@ def test_clean_start_discards_the_session(listeners):  # noqa: F811 - fixture
     try:
         assert present == 0
         assert _payloads(c) == []
-        _publish(net, "clean/2", b"no subscription any more")
+        _publish(net, "clean/2", b"no subscription any more", NO_MATCHING_SUBSCRIBERS)
         assert _payloads(c) == []
     finally:
         c.close()
@@ -194,8 +197,9 @@ def test_retained_message_expiry(listeners):  # noqa: F811 - fixture
     pub = net.v5()
     try:
         props = m5.publish_properties(MessageExpiryInterval=2)
-        assert pub.publish("ret/short", b"soon gone", qos=1, retain=True, props=props) == 0
-        assert pub.publish("ret/kept", b"stays", qos=1, retain=True) == 0
+        # (nobody subscribed yet: 0x10 No matching subscribers; retained all the same)
+        assert pub.publish("ret/short", b"soon gone", qos=1, retain=True, props=props) == NO_MATCHING_SUBSCRIBERS
+        assert pub.publish("ret/kept", b"stays", qos=1, retain=True) == NO_MATCHING_SUBSCRIBERS
     finally:
         pub.close()
     will_props = m5.Properties(m5.PacketTypes.WILLMESSAGE)

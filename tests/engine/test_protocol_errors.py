@@ -184,7 +184,10 @@ def test_mqtt5_connect_with_credentials_is_answered_with_a_v5_connack(target):
             )
         )
         pkt = c.read(3)
-        assert pkt is not None and pkt.type == raw.CONNACK and pkt.body == b"\x00\x86\x00"
+        reason = b"bad user name or password"
+        props = b"\x1f" + len(reason).to_bytes(2, "big") + reason  # the Reason String (mqtt_guard/reasons.py)
+        assert pkt is not None and pkt.type == raw.CONNACK
+        assert pkt.body == b"\x00\x86" + bytes([len(props)]) + props  # a v5 CONNACK: 0x86 and its properties
         assert c.closed_by_peer(3)
 
 

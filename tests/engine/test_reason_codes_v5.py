@@ -160,11 +160,12 @@ def test_publish_and_subscribe_refusals(start_broker, add_user, cli, tmp_path):
     assert c.subscribe("ok/sub", 1) == [1]
     assert c.subscribe("no/x", 1) == [Reason.NOT_AUTHORIZED]
     assert c.publish("no/x", qos=1) == Reason.NOT_AUTHORIZED
-    assert [c.publish("ok/x", qos=1) for _ in range(4)] == [0, 0, 0, Reason.QUOTA_EXCEEDED]  # 4th: over `events`
+    nothing = Reason.NO_MATCHING_SUBSCRIBERS  # (allowed, nobody subscribed to ok/x)
+    assert [c.publish("ok/x", qos=1) for _ in range(4)] == [nothing] * 3 + [Reason.QUOTA_EXCEEDED]  # over `events`
     assert not c.disconnected.is_set()  # on_exceed: drop (the default)
     c.close()
     r = connect5(broker.port, "rater", "pw")
-    assert r.publish("any", qos=1) == Reason.SUCCESS
+    assert r.publish("any", qos=1) == Reason.NO_MATCHING_SUBSCRIBERS  # (allowed; nobody subscribed)
     assert r.publish("any", qos=1) == Reason.QUOTA_EXCEEDED  # over `rate`: 0x97 (0x96 is DISCONNECT-only)
     r.close()
     # QoS 2 denied: PUBREC 0x87 (paho ignores PUBREC reason codes: raw socket)
@@ -185,6 +186,47 @@ def test_publish_and_subscribe_refusals(start_broker, add_user, cli, tmp_path):
     info.wait_for_publish(5)
     assert info.is_published()
     old.close()
+
+
+def test_an_allowed_publish_no_subscription_matches_gets_0x10(start_broker, tmp_path):
+    """PUBACK/PUBREC 0x10 No matching subscribers (mosquitto 2.0's answer) when nothing is subscribed to
+    the topic at all; the message is still accepted (a retained one is kept). A subscriber counts whether
+    it is connected or not, and a shared subscription counts; 3.1.1 publishers get the plain PUBACK."""
+    config = _config(tmp_path, "auth:\n  allow_anonymous: true\nacl:\n  default: allow\n")
+    broker = start_broker("--config", config, bind=True)
+    pub = connect5(broker.port)
+    sub = connect5(broker.port)
+    shared = connect5(broker.port)
+    try:
+        assert pub.publish("nm/a", qos=1) == Reason.NO_MATCHING_SUBSCRIBERS
+        assert pub.publish("nm/kept", b"kept", qos=1, retain=True) == Reason.NO_MATCHING_SUBSCRIBERS
+        assert sub.subscribe("nm/#", 1) == [1]
+        kept = sub.receive()
+        assert (kept.topic, kept.payload, kept.retain) == ("nm/kept", b"kept", True)  # accepted and retained
+        assert pub.publish("nm/a", b"seen", qos=1) == Reason.SUCCESS
+        assert sub.receive().payload == b"seen"
+        assert pub.publish("other/a", qos=1) == Reason.NO_MATCHING_SUBSCRIBERS  # routes are cached per topic
+        assert shared.subscribe("$share/g/sh/#", 1) == [1]
+        assert pub.publish("sh/x", qos=1) == Reason.SUCCESS
+        away = connect5(broker.port, client_id="nm-away", clean_start=False, session_expiry=300)
+        assert away.subscribe("away/#", 1) == [1]
+        away.close()
+        assert pub.publish("away/x", qos=1) == Reason.SUCCESS  # an offline session's subscription matches
+        assert pub.publish("nm/b", qos=0) == 0  # (QoS 0 has no acknowledgement)
+    finally:
+        for c in (pub, sub, shared):
+            c.close()
+    # QoS 2 (paho hides PUBREC reason codes: raw socket): PUBREC 0x10 is a success, PUBREL/PUBCOMP follow
+    with _raw5(broker.port, "nm-raw") as raw:
+        assert _connack5(raw) == 0
+        raw.send(rawmqtt.packet(0x34, rawmqtt.s("nm2/x") + struct.pack("!H", 9) + b"\x00" + b"x"))
+        assert raw.expect(rawmqtt.PUBREC).body[:3] == b"\x00\x09\x10"
+        raw.send(rawmqtt.ack(rawmqtt.PUBREL, 9))
+        assert raw.expect(rawmqtt.PUBCOMP).body[:2] == b"\x00\x09"
+    old, _ = rawmqtt.connected(broker.port, "nm-311")
+    with old:
+        old.send(rawmqtt.publish("nm3/x", b"x", qos=1, packet_id=5))
+        assert old.expect(rawmqtt.PUBACK).body == b"\x00\x05"  # 3.1.1: no reason codes
 
 
 def test_denied_publish_with_disconnect(start_broker, add_user, cli, tmp_path):

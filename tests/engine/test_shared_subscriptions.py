@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from mqtt_guard.reasons import Reason
 from tests.engine.mqtt5_fixtures import listeners  # noqa: F401 - the fixture
 from tests.helpers import mqtt as m3
 from tests.helpers import mqtt5 as m5
@@ -85,7 +86,7 @@ def test_retained_messages_are_not_sent_to_a_shared_subscription(listeners):  # 
     pub = net.v5()
     member, plain = net.v5(), net.v5()
     try:
-        assert pub.publish("r/1", b"kept", qos=1, retain=True) == 0
+        assert pub.publish("r/1", b"kept", qos=1, retain=True) == Reason.NO_MATCHING_SUBSCRIBERS  # (kept)
         member.subscribe("$share/g/r/#", 1)
         plain.subscribe("r/#", 1)
         assert member.received() == []  # MQTT 5 4.8.2

@@ -59,9 +59,11 @@ def test_no_new_connections_during_and_after_shutdown(anon_broker):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-def test_shutdown_says_offline_sessions_and_their_queued_messages_are_discarded(anon_broker):
-    """Issue 15, item 9: sessions live in memory until durable state lands; a shutdown says what it loses."""
-    broker = anon_broker()
+@pytest.mark.parametrize("durable", [True, False])
+def test_shutdown_says_what_becomes_of_offline_sessions_and_their_queued_messages(anon_broker, durable):
+    """Issue 15 item 9, issue 17: with durable state (the default) offline sessions are kept in Redis;
+    without it (`durable.enabled: false`) they live in memory only and a shutdown says what it loses."""
+    broker = anon_broker("" if durable else "durable:\n  enabled: false\n")
     cid = "keeper"
     with raw.connected(broker.port, cid, clean=False)[0] as sub:
         sub.send(raw.subscribe(1, ("kept/#", 1)))
@@ -74,10 +76,15 @@ def test_shutdown_says_offline_sessions_and_their_queued_messages_are_discarded(
             pub.expect(raw.PUBACK)
     with raw.connected(broker.port, "online", clean=False)[0]:  # connected: not counted as offline
         assert broker.stop(signal.SIGTERM) == 0
+    if durable:
+        line = next(ln for ln in broker.log().splitlines() if "offline session(s)" in ln)
+        assert " INFO " in line
+        assert "1 offline session(s) with 3 queued message(s) are kept in Redis" in line
+        return
     line = next(ln for ln in broker.log().splitlines() if "are discarded" in ln)
     assert " WARNING " in line
     assert "1 offline session(s) with 3 queued message(s) are discarded" in line
-    assert "sessions live in memory until durable state lands" in line
+    assert "sessions live in memory only" in line
 
 
 def test_shutdown_without_offline_sessions_says_nothing_about_them(anon_broker):
