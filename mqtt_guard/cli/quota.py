@@ -19,7 +19,11 @@ from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
+<<<<<<< HEAD
 from .common import CliError, add_strict_option, check_api_known, check_user_known, run_with_redis
+=======
+from .common import add_strict_option, check_user_known, run_with_redis
+>>>>>>> fix20
 
 OPTIONS = {  # CLI option -> hash field
     "events": "events",
@@ -95,11 +99,11 @@ def cmd_set(args: argparse.Namespace) -> int:
     if args.api:
         values = api_fields(args.api, values)
     fields = ops.normalize_limits(values, lambda name: name if ":" in name else f"--{name.replace('_', '-')}")
-    if not fields:
-        raise CliError(
-            "nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
-            "--max-queue, --queue-grace, --events-direction, --on-exceed"
-        )
+    ops.check_changes(
+        len(fields),
+        "--events, --bytes, --rate, --session-time, --sessions, --max-queue, --queue-grace, --events-direction, "
+        "--on-exceed",
+    )
 
     async def body(redis: Any, keys: Keys) -> int:
         name = _name(args)

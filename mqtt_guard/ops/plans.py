@@ -144,6 +144,15 @@ async def group_plan(redis: aioredis.Redis, keys: Keys, group: str) -> str | Non
     return str(plan) if plan else None
 
 
+async def group_plans(redis: aioredis.Redis, keys: Keys, groups: list[str]) -> dict[str, str | None]:
+    """`group_plan` of many groups in one round trip (the dashboard's group table)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for group in groups:
+            pipe.hget(keys.quota_group(group), PLAN_FIELD)
+        found = await pipe.execute()
+    return {g: str(p) if p else None for g, p in zip(groups, found, strict=True)}
+
+
 # -- APIs -----------------------------------------------------------------------------------------------
 async def add_api(redis: aioredis.Redis, keys: Keys, name: str, filters: list[str]) -> list[str]:
     """Define (or redefine) an API as a set of topic filters."""
