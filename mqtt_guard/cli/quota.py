@@ -19,11 +19,7 @@ from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
-<<<<<<< HEAD
-from .common import CliError, add_strict_option, check_api_known, check_user_known, run_with_redis
-=======
-from .common import add_strict_option, check_user_known, run_with_redis
->>>>>>> fix20
+from .common import add_strict_option, check_api_known, check_user_known, run_with_redis
 
 OPTIONS = {  # CLI option -> hash field
     "events": "events",
