@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -191,6 +192,29 @@ JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA")
 JWT_TRUSTED_CLAIMS = ("acl", "plan")
 
 
+HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: a secret at least the hash size
+
+
+def _check_jwks_url(url: str, where: str) -> None:
+    """https://, or plain http:// to this machine only (a local issuer or a sidecar proxy): keys fetched
+    in clear over a network could be swapped by anyone on the path, and then any token verifies."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise ConfigError(f"{where}: must be an https:// URL, got {url!r}")
+    if parsed.scheme == "https":
+        return
+    host = parsed.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(
+            f"{where}: plain http:// is accepted only to a loopback address (127.0.0.1, ::1, localhost):"
+            f" keys fetched in clear can be replaced on the way; use https://, got {url!r}"
+        )
+
+
 @dataclass
 class JwtConfig:
     """Access tokens (JWT) as the CONNECT password and on websockets upgrades (docs/tokens.md)."""
@@ -224,8 +248,8 @@ class JwtConfig:
             raise ConfigError(f"{where}: {', '.join(hmac_algs)} need a secret (a public key never serves as one)")
         if self.public_key_file and not Path(self.public_key_file).is_file():
             raise ConfigError(f"{where}.public_key_file: file not found: {self.public_key_file}")
-        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
-            raise ConfigError(f"{where}.jwks_url: must be an http(s) URL, got {self.jwks_url!r}")
+        if self.jwks_url:
+            _check_jwks_url(self.jwks_url, f"{where}.jwks_url")
         if not self.username_claim:
             raise ConfigError(f"{where}.username_claim: must name a claim (e.g. sub)")
         if self.leeway < 0 or self.jwks_refresh <= 0 or self.jwks_min_refresh < 0:
@@ -233,6 +257,16 @@ class JwtConfig:
         for i, claim in enumerate(self.trusted_claims):
             if claim not in JWT_TRUSTED_CLAIMS:
                 raise ConfigError(f"{where}.trusted_claims[{i}]: {claim!r}: known: {', '.join(JWT_TRUSTED_CLAIMS)}")
+        if self.secret:
+            # RFC 7518 3.2: an HMAC key at least as long as the hash output; the longest algorithm decides.
+            need = max(HMAC_KEY_BYTES[a] for a in hmac_algs)
+            have = len(self.secret.encode())
+            if have < need:
+                longest = max(hmac_algs, key=HMAC_KEY_BYTES.__getitem__)
+                raise ConfigError(
+                    f"{where}.secret: {have} bytes is too short for {longest}: it needs {need} bytes or more"
+                    " (RFC 7518 3.2: HS256 32, HS384 48, HS512 64)"
+                )
 
 
 @dataclass

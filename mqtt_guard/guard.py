@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .acl.live import LiveAcl
 from .acl.policy import AclPolicy, Subject
 from .acl.rules import Perm
-from .auth.access_token import AccessToken, TokenError, TokenVerifier, looks_like_jwt
+from .auth.access_token import EXPIRED, MISMATCH, AccessToken, TokenError, TokenVerifier, looks_like_jwt
 from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
@@ -138,6 +138,7 @@ class Guard:
         # Access tokens (docs/tokens.md): verified in process; revocations through Redis.
         self.token_keys: StaticKeys | JwksKeys | None = None
         self._revocation_check: asyncio.Task[None] | None = None  # (a reference keeps the task alive)
+        self._revocation_confirms: set[asyncio.Task[None]] = set()  # (references keep the tasks alive)
         jwt = config.auth.jwt
         if jwt is not None:
             try:
@@ -339,6 +340,8 @@ class Guard:
             self.cluster = None
             self.metrics.cluster = None
         await cancel_and_wait(self._retained_catchup)
+        for task in list(self._revocation_confirms):
+            await cancel_and_wait(task)
         await self.retained.stop()
         if self.durable_writer is not None:
             await self.durable_writer.close()  # what the engine submitted, while Redis is still open
@@ -407,10 +410,16 @@ class Guard:
             gate.failed(address, username)
         return result
 
-    async def verify_bearer(self, token: str | None) -> tuple[AccessToken | None, int, str]:
+    async def verify_bearer(self, token: str | None, address: str | None = None) -> tuple[AccessToken | None, int, str]:
         """A websockets upgrade's bearer token (docs/tokens.md): (the token, 0, "") when it may upgrade, else
-        (None, HTTP status, reason): 401 for a missing, malformed, invalid or expired token, 403 for a
-        revoked one, 503 while revocations cannot be read (auth.on_redis_down: deny)."""
+        (None, HTTP status, reason): 403 for a banned or throttled source address (login throttling, as a
+        CONNECT), 401 for a missing, malformed, invalid or expired token, 403 for a revoked one, 503 while
+        revocations cannot be read (auth.on_redis_down: deny). A forged or invalid token counts towards
+        the address's ban as a wrong password does: upgrades are no way around login throttling."""
+        address = canonical_address(address)
+        ban = self.gate.check(address, None)
+        if ban is not None:
+            return None, 403, "address banned" if ban.kind == KIND_MANUAL else "too many failed logins (throttled)"
         verifier = self.authenticator.tokens
         if verifier is None:
             return None, 401, "access tokens are not configured (auth.jwt)"
@@ -419,6 +428,8 @@ class Guard:
         try:
             grant = await verifier.verify(token)
         except TokenError as exc:
+            if exc.kind not in (EXPIRED, MISMATCH):  # what a CONNECT counts too (BAD_TOKEN): a guess
+                self.gate.failed(address, None)
             return None, 401, exc.detail
         refused = await self.authenticator.token_revoked(grant)
         if refused is Outcome.TOKEN_REVOKED:
@@ -612,6 +623,33 @@ class Guard:
             log.info("client %r (user %r): access token expired", client.client_id, client.username)
             asyncio.get_running_loop().create_task(self.kick(client.client_id, "access token expired", TOKEN_EXPIRED))
 
+    def _revocation_changed(self, jtis: set[str]) -> None:
+        """`revoked:<jti>` keys changed: a revoke, but also an unrevoke or a TTL expiry. If connected
+        clients hold one of these jtis, ask Redis (one round trip for the batch) which are revoked now,
+        and kick only those: a client that reconnected after an unrevoke stays."""
+        held = {c.token.jti for c in self.clients.values() if c.token is not None and c.token.jti in jtis}
+        if not held:
+            return  # no client holds them: nothing to ask
+        task = asyncio.get_running_loop().create_task(self._confirm_revoked(held))
+        self._revocation_confirms.add(task)
+        task.add_done_callback(self._revocation_confirms.discard)
+
+    async def _confirm_revoked(self, jtis: set[str]) -> None:
+        store = self.authenticator.revocations
+        if store is None:
+            return
+        try:
+            revoked = await store.still_revoked(jtis)
+        except REDIS_ERRORS:
+            # Unknown: fail as CONNECT does (auth.on_redis_down): deny kicks, cached keeps the clients; a
+            # missed revocation is caught again by the recheck when the invalidation channel resets.
+            if self.config.auth.on_redis_down != "deny":
+                return
+            log.warning("revocation of jti %s cannot be confirmed (Redis unavailable): kicking", sorted(jtis))
+            revoked = jtis
+        if revoked:
+            self._revoked(revoked)
+
     def _revoked(self, jtis: set[str]) -> None:
         """Tokens were revoked (`mqtt-guard token revoke`): their connected clients go at once."""
         for client in list(self.clients.values()):
@@ -645,7 +683,7 @@ class Guard:
         if self.token_keys is not None:
             jtis = {j for j in map(self.keys.jti_of, keys) if j is not None}
             if jtis:
-                self._revoked(jtis)
+                self._revocation_changed(jtis)
         users = {u for u in map(self._user_of_key, keys) if u is not None}
         for u in users:
             self.authenticator.forget(u)

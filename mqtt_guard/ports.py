@@ -159,7 +159,7 @@ class GuardPort(Protocol):
         then Redis). `bearer`: the access token verified at its websockets upgrade."""
         ...
 
-    async def verify_bearer(self, token: str | None) -> tuple[Any, int, str]:
+    async def verify_bearer(self, token: str | None, address: str | None = None) -> tuple[Any, int, str]:
         """A websockets upgrade's bearer token: (the verified token, 0, "") or (None, HTTP status, reason)."""
         ...
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from ..ops import Invalid, NotFound
+from ..ops import MAX_SECONDS, MAX_TIME, Invalid, NotFound
 from ..ops import acl as acl_ops
 from ..ops import bans as ban_ops
 from ..ops import kick as kick_ops
@@ -33,6 +33,7 @@ from ..ops import sessions as session_ops
 from ..ops import stats as stats_ops
 from ..ops import users as user_ops
 from ..quota.limits import FIELDS
+from ..store.connection import REDIS_ERRORS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from ..store.stats import (
@@ -91,6 +92,7 @@ class Param:
     name: str
     schema: Schema
     description: str
+    required: bool = False  # the route answers 422 without it; /openapi.json says so
 
 
 @dataclass
@@ -179,15 +181,17 @@ def page(request: web.Request, items: list[Any]) -> dict[str, Any]:
 
 
 # -- users and groups ----------------------------------------------------------------------------------
+EXPIRY: Schema = {**NUMBER, "minimum": 0, "maximum": MAX_TIME}  # unix seconds, up to the end of year 9999
+SECONDS: Schema = {**NUMBER, "minimum": 1, "maximum": MAX_SECONDS}  # a block's or ban's duration: ten years at most
 USER_CREATE = obj(
     ["username", "password"],
     username=NAME,
     password={**STRING, "minLength": 1, "description": "hashed with the default scheme; never returned"},
     superuser=BOOL,
     groups=array(NAME),
-    expires_at=nullable({**NUMBER, "description": "unix seconds"}),
+    expires_at=nullable({**EXPIRY, "description": "unix seconds"}),
 )
-USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**NUMBER, "description": "null: no expiry"}))
+USER_PATCH = obj(superuser=BOOL, disabled=BOOL, expires_at=nullable({**EXPIRY, "description": "null: no expiry"}))
 PASSWORD = obj(["password"], password={**STRING, "minLength": 1})
 
 
@@ -279,9 +283,19 @@ async def set_password(ctx: Ctx, request: web.Request, body: Any) -> Any:
     return {"username": name, "password": "changed"}
 
 
-@route("GET", "/api/groups", "Groups with their members (and groups that only have ACL rules or a plan)", tag="users")
+@route(
+    "GET",
+    "/api/groups",
+    "Groups with their members (and groups that only have ACL rules or a plan); ?plans=true: rows with their plan",
+    tag="users",
+    query=[Param("plans", BOOL, "a list of {group, members, plan} (one request for the dashboard's table)")],
+)
 async def list_groups(ctx: Ctx, request: web.Request, _: Any) -> Any:
-    return await user_ops.list_groups(ctx.redis, ctx.keys)
+    listing = await user_ops.list_groups(ctx.redis, ctx.keys)
+    if not q_bool(request, "plans"):
+        return listing
+    plans = await plan_ops.group_plans(ctx.redis, ctx.keys, list(listing))
+    return [{"group": g, "members": members, "plan": plans[g]} for g, members in listing.items()]
 
 
 async def _membership(ctx: Ctx, request: web.Request, member: bool) -> Any:
@@ -402,7 +416,10 @@ async def edit_rule(ctx: Ctx, request: web.Request, body: Any) -> Any:
     "/api/acl/rules",
     "Remove the rule of a subject for a filter",
     tag="acl",
-    query=[Param("subject", SUBJECT, "the rule's subject"), Param("filter", STRING, "the rule's filter, as listed")],
+    query=[
+        Param("subject", SUBJECT, "the rule's subject", required=True),
+        Param("filter", STRING, "the rule's filter, as listed", required=True),
+    ],
 )
 async def remove_rule(ctx: Ctx, request: web.Request, _: Any) -> Any:
     subject_text, topic_filter = request.query.get("subject"), request.query.get("filter")
@@ -453,6 +470,7 @@ async def _limits(ctx: Ctx, request: web.Request, username: str | None, body: di
     values = {n: str(v) for n, v in body.items() if v is not None}
     fields = quota_ops.normalize_limits(values)
     gone = [n for n, v in body.items() if v is None]
+    quota_ops.check_changes(len(fields) + len(gone), f"{', '.join(FIELDS)} (a value sets, null removes)")
     if fields:
         await quota_ops.set_limits(ctx.redis, ctx.keys, username, fields)
     if gone:
@@ -596,9 +614,14 @@ async def export_usage(ctx: Ctx, request: web.Request, _: Any) -> Any:
 # -- kicks and blocks ----------------------------------------------------------------------------------
 KICK = obj(
     reason={**STRING, "maxLength": 500},
-    block_seconds={**NUMBER, "minimum": 0, "description": "also refuse reconnects this long (CONNACK 5)"},
+    block_seconds={
+        **NUMBER,
+        "minimum": 0,
+        "maximum": MAX_SECONDS,
+        "description": "also refuse reconnects this long (CONNACK 5)",
+    },
 )
-BLOCK = obj(["seconds"], seconds={**NUMBER, "minimum": 1}, reason={**STRING, "maxLength": 500})
+BLOCK = obj(["seconds"], seconds=SECONDS, reason={**STRING, "maxLength": 500})
 
 
 def _kick_view(result: kick_ops.KickResult) -> dict[str, Any]:
@@ -699,7 +722,7 @@ async def list_blocks(ctx: Ctx, request: web.Request, _: Any) -> Any:
 BAN = obj(
     ["network"],
     network={**STRING, "minLength": 1, "description": "an address or a CIDR network (IPv4 or IPv6)"},
-    seconds=nullable({**NUMBER, "minimum": 1, "description": "how long; absent or null: until lifted"}),
+    seconds=nullable({**SECONDS, "description": "how long; absent or null: until lifted"}),
     reason={**STRING, "maxLength": 500},
     kick=BOOL,
 )
@@ -733,7 +756,7 @@ async def add_ban(ctx: Ctx, request: web.Request, body: Any) -> Any:
     "/api/bans",
     "Lift the ban of an address or network and the throttling bans of addresses inside it (unban)",
     tag="clients",
-    query=[Param("network", STRING, "the address or network banned, or one inside it")],
+    query=[Param("network", STRING, "the address or network banned, or one inside it", required=True)],
 )
 async def remove_ban(ctx: Ctx, request: web.Request, _: Any) -> Any:
     target = request.query.get("network")
@@ -867,7 +890,14 @@ async def stream_sessions(ctx: Ctx, request: web.Request, _: Any) -> Any:
     await resp.prepare(request)
     try:
         while True:
-            data = json.dumps(await session_page(ctx, request), separators=(",", ":"))
+            try:
+                data = json.dumps(await session_page(ctx, request), separators=(",", ":"))
+            except REDIS_ERRORS as exc:
+                # the response has started: no status can be sent any more. Say why in the stream and end it
+                # (an EventSource reconnects and gets the 503 while Redis is away).
+                problem = {"error": "redis_unavailable", "detail": f"cannot reach Redis: {exc}"}
+                await resp.write(f"event: error\ndata: {json.dumps(problem)}\n\n".encode())
+                break
             await resp.write(f"event: sessions\ndata: {data}\n\n".encode())
             await asyncio.sleep(interval)
     except ConnectionResetError:  # the client went away

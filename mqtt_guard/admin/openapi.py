@@ -14,12 +14,13 @@ ERROR = {
     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
 }
 ERRORS = {
-    "400": "bad request (not JSON, a bad query parameter)",
+    "400": "bad request (not JSON: NaN and Infinity are not JSON either; a missing or bad query parameter)",
     "401": "no token, or an unknown or revoked one",
     "403": "a read-only token on a route that changes something; a session cookie without X-CSRF-Token",
     "404": "no such user, rule, plan, API, session, block or route",
     "409": "exists already",
-    "422": "the body does not fit the schema, or a value is invalid",
+    "422": "the body does not fit the schema (a number past its maximum, too), or a value is invalid",
+    "500": "an internal error: the detail names the request, the admin server's log has the traceback",
 }
 PUBLIC = {
     "/": "the dashboard's page (docs/dashboard.md; its scripts and styles are under /static/)",
@@ -58,7 +59,7 @@ def _operation(r: Route) -> dict[str, Any]:
         for name in re.findall(r"{(\w+)}", r.path)
     ]
     params += [
-        {"name": p.name, "in": "query", "required": False, "schema": p.schema, "description": p.description}
+        {"name": p.name, "in": "query", "required": p.required, "schema": p.schema, "description": p.description}
         for p in r.query
     ]
     if params:
@@ -128,7 +129,11 @@ def markdown() -> str:
             if body:
                 required = set(body.get("required", []))
                 fields += [f"`{n}`" + ("" if n in required else "?") for n in body.get("properties", {})]
-            fields += [f"?{p['name']}" for p in op.get("parameters", []) if p["in"] == "query"]
+            fields += [
+                f"?{p['name']}" + (" (required)" if p["required"] else "")
+                for p in op.get("parameters", [])
+                if p["in"] == "query"
+            ]
             lock = " (write)" if "Refused (403)" in op.get("description", "") else ""
             lines.append(f"| {method} | `{path}` | {op['summary']}{lock} | {', '.join(fields) or '-'} |")
         lines.append("")

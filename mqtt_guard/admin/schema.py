@@ -2,11 +2,13 @@
 
 One schema per route serves the validation and the document, so what the API accepts is what it
 documents. The subset is what the routes need: objects with typed properties (string, boolean, number,
-integer, null, arrays of strings, string enums), `required`, and no unknown properties.
+integer, null, arrays of strings, string enums), `required`, `minimum`/`maximum`, and no unknown
+properties. A number is always finite (JSON has no NaN or Infinity; 1e400 parses as infinity and is refused).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 Schema = dict[str, Any]
@@ -65,8 +67,13 @@ def problems(schema: Schema, value: Any, path: str = "body") -> list[str]:
             out.append(f"{path}: must be one of {', '.join(schema['enum'])}")
         if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 1 << 30):
             out.append(f"{path}: length must be between {schema.get('minLength', 0)} and {schema.get('maxLength')}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < schema.get("minimum", value):
-        out.append(f"{path}: must be at least {schema['minimum']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return [f"{path}: must be a finite number"]
+        if value < schema.get("minimum", value):
+            out.append(f"{path}: must be at least {schema['minimum']}")
+        if value > schema.get("maximum", value):
+            out.append(f"{path}: must be at most {schema['maximum']}")
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             out += problems(schema["items"], item, f"{path}[{i}]")

@@ -103,6 +103,11 @@ async def guard(
         return error(exc.status, exc.reason.lower().replace(" ", "_"), f"{request.method} {request.path}: {exc.reason}")
     except REDIS_ERRORS as exc:
         return error(503, "redis_unavailable", f"cannot reach Redis: {exc}")
+    except ConnectionResetError:  # the client went away: nobody to answer, nothing to log
+        raise
+    except Exception:  # a bug: logged once here with its traceback, which stays out of the response
+        log.exception("admin API: %s %s failed", request.method, request.path)
+        return error(500, "internal", f"{request.method} {request.path}: internal error (see the admin server's log)")
 
 
 SAFE = {(r.method, r.path) for r in ROUTES if not r.writes}
@@ -134,13 +139,18 @@ def _public(request: web.Request) -> bool:
     return resource is not None and (request.method, resource.canonical) in OPEN_ROUTES
 
 
+def _no_constant(name: str) -> Any:
+    """json.loads takes NaN, Infinity and -Infinity, which JSON does not have: refuse them (400 bad_json)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def endpoint(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         body: Any = None
         if r.body is not None:
             raw = await request.read()
             try:
-                body = json.loads(raw) if raw.strip() else {}
+                body = json.loads(raw, parse_constant=_no_constant) if raw.strip() else {}
             except ValueError as exc:
                 raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from None
             found = problems(r.body, body)

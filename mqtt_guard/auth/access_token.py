@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from joserfc import jwt
-from joserfc.errors import BadSignatureError, JoseError, SecurityWarning
+from joserfc.errors import (
+    BadSignatureError,
+    InvalidKeyCurveError,
+    InvalidKeyLengthError,
+    JoseError,
+    KeyParameterError,
+    SecurityWarning,
+)
 from joserfc.jwk import Key
 
 from ..acl.rules import Perm, Rule
@@ -127,6 +134,24 @@ def key_type(alg: str) -> str:
     return _KTY[alg[:2]]
 
 
+_CURVES = {"ES256": ("P-256",), "ES384": ("P-384",), "ES512": ("P-521",), "EdDSA": ("Ed25519", "Ed448")}
+# Errors about one key rather than the token: that key does not fit, another candidate may.
+_KEY_ERRORS = (KeyParameterError, InvalidKeyCurveError, InvalidKeyLengthError)
+
+
+def key_fits(key: Key, alg: str) -> bool:
+    """Whether this key may verify a token of this algorithm: a JWK that names its own `alg` (RFC 7517
+    4.4) serves that algorithm only, and an EC/OKP key's curve must be the algorithm's. Checked before
+    trying a key, so a JWKS listing an RS384 key before the RS256 one still verifies a token with no kid."""
+    if key.key_type != key_type(alg):
+        return False
+    named = key.get("alg")
+    if named is not None and named != alg:
+        return False
+    curves = _CURVES.get(alg)
+    return curves is None or key.get("crv") in curves
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
@@ -209,7 +234,7 @@ class TokenVerifier:
         """The token's grant; raises TokenError with the reason it is refused."""
         config = self.config
         alg, kid = read_header(token, self._algorithms)
-        candidates = await self.keys.candidates(kid, key_type(alg))
+        candidates = [key for key in await self.keys.candidates(kid, key_type(alg)) if key_fits(key, alg)]
         if not candidates:
             raise TokenError(INVALID, f"no {alg} verification key with kid {kid!r}" if kid else f"no {alg} key")
         claims: dict[str, Any] | None = None
@@ -217,7 +242,7 @@ class TokenVerifier:
             try:
                 claims = jwt.decode(token, key, algorithms=[alg]).claims
                 break
-            except BadSignatureError:
+            except (BadSignatureError, *_KEY_ERRORS):  # this key does not verify it: try the next one
                 continue
             except JoseError as exc:
                 raise TokenError(MALFORMED, f"malformed token ({exc.error})") from None

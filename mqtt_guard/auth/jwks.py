@@ -1,4 +1,5 @@
-"""Verification keys of access tokens (docs/tokens.md "Keys"): a secret, a public key file, or a JWKS URL.
+"""Verification keys of access tokens (docs/tokens.md "Access tokens (JWT)"): a secret, a public key file, or a
+JWKS URL.
 
 Why the design looks like this:
 - Keys are parsed once, when loaded or fetched; a CONNECT only picks one (`candidates`).
@@ -85,6 +86,23 @@ def load_key_file(path: str) -> list[Key]:
     raise KeysError(f"{path}: unsupported public key type {type(public).__name__}")
 
 
+MAX_JWKS_BYTES = 1 << 20
+"""A JWKS answer larger than this is refused (the last good keys stay): a key set is a few kB, and a
+broken or hostile endpoint must not make every broker buffer an unbounded body."""
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or KeysError once it passes `limit` bytes (announced or read)."""
+    if response.content_length is not None and response.content_length > limit:
+        raise KeysError(f"answer of {response.content_length} bytes is larger than the {limit} bytes allowed")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            raise KeysError(f"answer is larger than the {limit} bytes allowed")
+    return bytes(body)
+
+
 class StaticKeys:
     """`auth.jwt.secret` or `auth.jwt.public_key_file`: loaded once at start."""
 
@@ -113,8 +131,11 @@ class StaticKeys:
 class JwksKeys:
     """`auth.jwt.jwks_url`: fetched at start and every `jwks_refresh`, and at once for an unknown kid."""
 
-    def __init__(self, url: str, *, refresh: float, min_refresh: float, timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, refresh: float, min_refresh: float, timeout: float = 5.0, max_bytes: int = MAX_JWKS_BYTES
+    ) -> None:
         self.url = url
+        self.max_bytes = max_bytes
         self.refresh_interval = refresh
         self.min_refresh = min_refresh
         self.timeout = timeout
@@ -175,11 +196,11 @@ class JwksKeys:
             async with session.get(self.url) as response:
                 if response.status != 200:
                     raise KeysError(f"HTTP {response.status}")
-                body = await response.read()
+                body = await _read_capped(response, self.max_bytes)
             keys = parse_jwks(body)
         except (aiohttp.ClientError, TimeoutError, OSError, KeysError) as exc:
             kept = f"keeping the {len(self.keys)} keys fetched before" if self.keys else "no keys yet"
-            fetch_log.log(logging.ERROR, "fetch", "JWKS at %s unusable (%s); %s", self.url, exc, kept)
+            fetch_log.log(logging.ERROR, ("fetch", self.url), "JWKS at %s unusable (%s); %s", self.url, exc, kept)
             return
         if [k.kid for k in keys] != [k.kid for k in self.keys]:
             log.info("JWKS at %s: %d keys (kid %s)", self.url, len(keys), ", ".join(str(k.kid) for k in keys))
@@ -193,4 +214,4 @@ def key_source(config: JwtConfig) -> StaticKeys | JwksKeys:
     return StaticKeys.from_config(config)
 
 
-__all__ = ["JwksKeys", "KeysError", "StaticKeys", "key_source", "load_key_file", "parse_jwks"]
+__all__ = ["MAX_JWKS_BYTES", "JwksKeys", "KeysError", "StaticKeys", "key_source", "load_key_file", "parse_jwks"]

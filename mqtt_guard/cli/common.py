@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..ops.plans import api_exists
 from ..store import generation, schema
 from ..store.connection import DEFAULT_REDIS_URL, REDIS_ERRORS, RedisUrlError, make_async_client, redact
 from ..store.keys import DEFAULT_PREFIX, Keys
@@ -95,15 +96,35 @@ async def ensure_generation(redis: Any, keys: Keys) -> None:
     await generation.ensure(redis, keys, by=admin_id())
 
 
-def add_strict_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="refuse (exit 1) when the user does not exist, instead of warning",
+def add_strict_option(
+    p: argparse.ArgumentParser, what: str = "the user does not exist (or --api names no API)"
+) -> None:
+    p.add_argument("--strict", action="store_true", help=f"refuse (exit 1) when {what}, instead of warning")
+
+
+async def check_api_known(redis: Any, keys: Keys, api: str, *, strict: bool) -> None:
+    """Warn on stderr (or, with --strict, fail) when `--api NAME` names no API (`mqtt-guard api add`):
+    the limits are stored and apply once the API is defined, but a typo would otherwise count nothing."""
+    if await api_exists(redis, keys, api):
+        return
+    if strict:
+        raise CliError(f"no API {api!r} (mqtt-guard api add); nothing written (--strict)")
+    print(
+        f"mqtt-guard: warning: no API {api!r} (yet): its limits are stored and apply once `mqtt-guard api add "
+        f"{api} FILTER...` defines it; check the spelling (mqtt-guard api list; --strict refuses unknown APIs)",
+        file=sys.stderr,
     )
 
 
-async def check_user_known(redis: Any, keys: Keys, username: str, *, strict: bool, what: str) -> None:
+async def check_user_known(
+    redis: Any,
+    keys: Keys,
+    username: str,
+    *,
+    strict: bool,
+    what: str,
+    applies: str = "applies once the user exists",
+) -> None:
     """Warn on stderr (or, with --strict, fail) when `username` has no user record.
 
     Rules and quotas for a user created later are legitimate, so the default stays exit 0; but a typo
@@ -113,8 +134,8 @@ async def check_user_known(redis: Any, keys: Keys, username: str, *, strict: boo
     if strict:
         raise CliError(f"no user {username!r} in Redis; nothing written (--strict)")
     print(
-        f"mqtt-guard: warning: no user {username!r} in Redis (yet): the {what} is stored and applies once "
-        "the user exists; check the spelling (--strict refuses unknown users)",
+        f"mqtt-guard: warning: no user {username!r} in Redis (yet): the {what} is stored and {applies}; "
+        "check the spelling (--strict refuses unknown users)",
         file=sys.stderr,
     )
 

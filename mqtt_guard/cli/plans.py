@@ -14,7 +14,7 @@ from typing import Any
 from ..ops import plans as ops
 from ..quota.limits import FIELDS
 from ..store.keys import Keys
-from .common import CliError, run_with_redis
+from .common import CliError, add_strict_option, check_api_known, run_with_redis
 
 COUNTS = ("events_in", "bytes_in", "events_out", "bytes_out")
 
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", help="plan name (letters, digits, _ . -)")
     add_limit_options(p)
     p.add_argument("--api", metavar="NAME", help="set --events/--bytes for this API (mqtt-guard api add) instead")
+    add_strict_option(p, "--api names no API")
     p.set_defaults(func=cmd_plan_set)
     p = plan.add_parser("list", help="the plans and their fields")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -100,6 +101,8 @@ def cmd_plan_set(args: argparse.Namespace) -> int:
     values = limit_values(args)
 
     async def body(redis: Any, keys: Keys) -> int:
+        if args.api:
+            await check_api_known(redis, keys, args.api, strict=args.strict)
         fields = await ops.set_plan(redis, keys, args.name, values)
         print(f"plan {args.name!r}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
         return 0

@@ -19,7 +19,7 @@ from ..quota.limits import FIELDS
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
 from . import timefmt
-from .common import CliError, add_strict_option, check_user_known, run_with_redis
+from .common import add_strict_option, check_api_known, check_user_known, run_with_redis
 
 OPTIONS = {  # CLI option -> hash field
     "events": "events",
@@ -95,14 +95,16 @@ def cmd_set(args: argparse.Namespace) -> int:
     if args.api:
         values = api_fields(args.api, values)
     fields = ops.normalize_limits(values, lambda name: name if ":" in name else f"--{name.replace('_', '-')}")
-    if not fields:
-        raise CliError(
-            "nothing to set: give at least one of --events, --bytes, --rate, --session-time, --sessions, "
-            "--max-queue, --queue-grace, --events-direction, --on-exceed"
-        )
+    ops.check_changes(
+        len(fields),
+        "--events, --bytes, --rate, --session-time, --sessions, --max-queue, --queue-grace, --events-direction, "
+        "--on-exceed",
+    )
 
     async def body(redis: Any, keys: Keys) -> int:
         name = _name(args)
+        if args.api:
+            await check_api_known(redis, keys, args.api, strict=args.strict)
         if name is not None:
             await check_user_known(redis, keys, name, strict=args.strict, what="quota")
         key = await ops.set_limits(redis, keys, name, fields)

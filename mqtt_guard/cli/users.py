@@ -14,7 +14,7 @@ from ..ops import users as ops
 from ..ops.plans import set_user_plan
 from ..store import keys as k
 from . import timefmt
-from .common import CliError, read_password, run_with_redis
+from .common import CliError, add_strict_option, check_user_known, read_password, run_with_redis
 
 NAME_HELP = "the username (the MQTT CONNECT username)"
 
@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g2.add_argument("--expires", help="unix seconds, ISO date/time or +DURATION")
     g2.add_argument("--no-expiry", action="store_true", help="remove the expiry")
     p.add_argument("--plan", help="put the user on a plan (mqtt-guard plan set), or none (docs/plans.md)")
+    add_strict_option(p)
     p.set_defaults(func=cmd_set)
     p = user.add_parser("list", help="list users")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -180,7 +181,19 @@ def cmd_set(args: argparse.Namespace) -> int:
 
     async def body(redis: Any, keys: k.Keys) -> int:
         expiry = None if args.no_expiry else ops.NO_CHANGE if expires is None else expires
-        await ops.update_user(redis, keys, args.name, superuser=args.superuser, expires_at=expiry)
+        if args.superuser is not None or expiry is not ops.NO_CHANGE or args.plan is None:
+            await ops.update_user(redis, keys, args.name, superuser=args.superuser, expires_at=expiry)
+        elif args.plan != "none":
+            # --plan alone: a plan is a quota field, not part of the user record, and a token's identity
+            # has no record (as the admin API's PUT /api/users/{u}/plan allows): warn, as `quota set` does.
+            await check_user_known(
+                redis,
+                keys,
+                args.name,
+                strict=args.strict,
+                what="plan",
+                applies="applies now to a token identity of that name, and to the user once created",
+            )
         if args.plan is not None:
             await set_user_plan(redis, keys, args.name, args.plan)
         print(f"user {args.name!r} updated")

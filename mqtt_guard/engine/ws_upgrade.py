@@ -32,8 +32,9 @@ from .proxy_listener import Peer
 log = logging.getLogger("mqtt_guard.broker")
 refusal_log = RateLimitedLog(log)
 
-Verify = Callable[[str | None], Awaitable[tuple[Any, int, str]]]
-"""The Guard's `verify_bearer`: token -> (the verified token, 0, "") or (None, HTTP status, reason)."""
+Verify = Callable[[str | None, str | None], Awaitable[tuple[Any, int, str]]]
+"""The Guard's `verify_bearer`: (token, source address) -> (the verified token, 0, "") or (None, HTTP status,
+reason)."""
 
 
 def bearer_from(headers: Any, path: str, sources: Sequence[str]) -> str | None:
@@ -96,7 +97,10 @@ class UpgradeCheck:
             return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed")
         if not self.require_token:
             return None
-        token, status, reason = await self.verify(bearer_from(headers, request.path, self.sources))
+        # the source address: its bans and failed-login count apply as to a CONNECT
+        token, status, reason = await self.verify(
+            bearer_from(headers, request.path, self.sources), _peer(connection)[0]
+        )
         if token is None:
             return self._refuse(connection, HTTPStatus(status), reason)
         self._tokens[connection] = token

@@ -8,6 +8,10 @@ picks the HTTP status).
 
 from __future__ import annotations
 
+import math
+
+from ..store.quota import MAX_BLOCK_SECONDS
+
 
 class OpError(Exception):
     """An operation refused: the message says why, in words for an admin."""
@@ -33,4 +37,23 @@ class Conflict(OpError):
     status = 409
 
 
-__all__ = ["Conflict", "Invalid", "NotFound", "OpError"]
+MAX_SECONDS = MAX_BLOCK_SECONDS
+"""The longest block or ban with an end (ten years): a longer one is a typo, and Redis cannot expire a key
+at an absurd time (PEXPIREAT of 1e300 s fails). A ban without an end is `seconds=None`."""
+MAX_TIME = 253_402_300_799
+"""The latest time a user's expiry may name (9999-12-31T23:59:59Z, unix seconds)."""
+
+
+def check_number(value: float, what: str, low: float, high: float, *, low_open: bool = False) -> float:
+    """`value` if it is a finite number in [low, high] (or (low, high]), else Invalid saying why: the check
+    every caller (CLI and API) gets before anything is written."""
+    if not math.isfinite(value):
+        raise Invalid(f"{what} must be a finite number, got {value}")
+    if value < low or (low_open and value == low):
+        raise Invalid(f"{what} must be {'above' if low_open else 'at least'} {low:g}")
+    if value > high:
+        raise Invalid(f"{what} must be at most {high:g}")
+    return value
+
+
+__all__ = ["MAX_SECONDS", "MAX_TIME", "Conflict", "Invalid", "NotFound", "OpError", "check_number"]

@@ -11,7 +11,7 @@ from typing import Any
 from ..auth.throttle import KIND_MANUAL, Ban, net_id, parse_ban_id, parse_network
 from ..store.bans import BanStore
 from ..store.keys import Keys
-from . import Invalid
+from . import MAX_SECONDS, Invalid, check_number
 
 
 def network(text: str) -> IPv4Network | IPv6Network:
@@ -28,8 +28,8 @@ async def ban(
     """Ban `target` for `seconds` (None: until unbanned); with `kick`, the brokers also disconnect the
     clients connected from it."""
     net = network(target)
-    if seconds is not None and seconds <= 0:
-        raise Invalid("the duration must be above 0")
+    if seconds is not None:
+        check_number(seconds, "the duration", 0, MAX_SECONDS, low_open=True)
     until = math.inf if seconds is None else time.time() + seconds
     record = Ban(KIND_MANUAL, net.with_prefixlen, until, reason=reason, by=by, kick=kick)
     await BanStore(redis, keys).put(record)

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from ..store.keys import Keys
 from ..store.quota import QuotaStore
-from . import Invalid, NotFound
+from . import MAX_SECONDS, NotFound, check_number
 
 
 @dataclass
@@ -36,9 +36,8 @@ class KickResult:
 
 
 def check_block(seconds: float) -> float:
-    if seconds < 0 or seconds != seconds:  # NaN too
-        raise Invalid("--block must be above 0")
-    return seconds
+    """A kick's block duration (0: none), checked before anything is written."""
+    return check_number(seconds, "the block duration", 0, MAX_SECONDS)
 
 
 async def kick_client(
@@ -99,9 +98,7 @@ async def block(
     audit_maxlen: int = 100_000,
 ) -> float:
     """Refuse the CONNECTs of a client id (or a user) for `seconds`, audited; returns when it ends."""
-    if not seconds > 0:
-        raise Invalid("a block must last more than 0 seconds")
-    until = time.time() + seconds
+    until = time.time() + check_number(seconds, "a block's duration", 0, MAX_SECONDS, low_open=True)
     who = {"client_id": client_id} if client_id is not None else {"username": username or ""}
     store = QuotaStore(redis, keys, audit_maxlen=audit_maxlen)
     await store.set_block(block_key(keys, client_id=client_id, username=username), reason, until, by, **who)

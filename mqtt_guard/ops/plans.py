@@ -52,6 +52,12 @@ def check_api_name(name: str) -> str:
         raise Invalid(str(exc)) from None
 
 
+async def api_exists(redis: aioredis.Redis, keys: Keys, name: str) -> bool:
+    """Whether `api add NAME` defined it: limits for an API defined later are legitimate (stored), but the
+    CLI says so, since a misspelt API name would otherwise count nothing, silently."""
+    return bool(await redis.hexists(keys.quota_apis(), name))
+
+
 async def plan_exists(redis: aioredis.Redis, keys: Keys, name: str) -> bool:
     return bool(await redis.exists(keys.quota_plan(name)))
 
@@ -136,6 +142,15 @@ async def group_plan(redis: aioredis.Redis, keys: Keys, group: str) -> str | Non
     """The plan of a group's users (`group set --plan`), None for none."""
     plan = await redis.hget(keys.quota_group(group), PLAN_FIELD)
     return str(plan) if plan else None
+
+
+async def group_plans(redis: aioredis.Redis, keys: Keys, groups: list[str]) -> dict[str, str | None]:
+    """`group_plan` of many groups in one round trip (the dashboard's group table)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for group in groups:
+            pipe.hget(keys.quota_group(group), PLAN_FIELD)
+        found = await pipe.execute()
+    return {g: str(p) if p else None for g, p in zip(groups, found, strict=True)}
 
 
 # -- APIs -----------------------------------------------------------------------------------------------

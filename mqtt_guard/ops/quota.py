@@ -29,6 +29,13 @@ def normalize_limits(values: dict[str, str], label: Callable[[str], str] = str) 
     return fields
 
 
+def check_changes(count: int, names: str) -> None:
+    """Refuse a `quota set` (or PATCH) that names no limit: it would change nothing yet be audited.
+    `names`: how the caller's user gives a limit (the CLI's options, the API's fields)."""
+    if not count:
+        raise Invalid(f"nothing to set: give at least one of {names}")
+
+
 async def set_limits(redis: aioredis.Redis, keys: Keys, username: str | None, fields: dict[str, str]) -> str:
     """Write normalized fields into the user's (None: the default's) limits hash; returns its key."""
     key = QuotaStore(redis, keys).limits_key(username)

@@ -12,7 +12,7 @@ from ..auth import hashes
 from ..store import keys as k
 from ..store.acl import AclStore
 from ..store.users import UserRecord, UserStore
-from . import Conflict, Invalid, NotFound
+from . import MAX_TIME, Conflict, Invalid, NotFound, check_number
 
 
 def check_name(name: str) -> None:
@@ -39,6 +39,8 @@ async def create_user(
 ) -> None:
     """Create a user with an already encoded password hash (`hash_password`)."""
     check_name(name)
+    if expires_at is not None:
+        check_expiry(expires_at)
     users = UserStore(redis, keys)
     if not await users.create(name, encoded, superuser=superuser):
         raise Conflict(f"user {name!r} already exists (use 'user passwd' to change the password)")
@@ -64,6 +66,11 @@ async def delete_user(redis: aioredis.Redis, keys: k.Keys, name: str) -> None:
         raise NotFound(f"no such user {name!r}")
 
 
+def check_expiry(expires_at: float) -> float:
+    """An expiry (unix seconds) Redis can store and a broker can compare: finite, 0 to year 9999."""
+    return check_number(expires_at, "the expiry", 0, MAX_TIME)
+
+
 NO_CHANGE: Any = object()
 """`update_user(expires_at=...)` default: leave the expiry as it is (None removes it)."""
 
@@ -79,6 +86,8 @@ async def update_user(
 ) -> None:
     """Change the flags and the expiry of an existing user; None (and NO_CHANGE for the expiry) keeps a
     field as it is, `expires_at=None` removes the expiry."""
+    if expires_at is not NO_CHANGE and expires_at is not None:
+        check_expiry(expires_at)
     users = UserStore(redis, keys)
     await require(users, name)
     fields: dict[str, str] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..ports import Drop, Forget, Kick
 from ..reasons import kick_code
 from ..store.connection import REDIS_ERRORS, make_async_client
 from ..store.generation import Trust, gate
-from ..store.quota import Block, QuotaStore
+from ..store.quota import MAX_BLOCK_SECONDS, Block, QuotaStore
 from ..tasks import cancel_and_wait
 from .allowance import Allowances, ClientQuota
 from .caches import BlockCache
@@ -186,6 +187,8 @@ class KickQueue:
         try:
             await self.registry.drain()  # its registration may still be queued: the kick needs it
             if block_until and user is not None:
+                # a window ending decades away (`100/1000mo`): block for the longest time a block may last
+                block_until = min(block_until, time.time() + MAX_BLOCK_SECONDS)
                 key = self.store.keys.block_user(user)
                 if await self.store.set_block(
                     key, reason, block_until, self.broker_id, username=user, client_id=client.client_id

@@ -470,20 +470,29 @@ return sessions
 """
 
 # -- kicks, blocks, audit -------------------------------------------------------------------------------
+MAX_BLOCK_SECONDS = 10 * 365 * 86400
+"""The longest block (ten years; ops checks durations against it first). The scripts refuse a later end
+before writing anything: Redis cannot PEXPIREAT an absurd time, and a block written without its expiry
+would last forever, unaudited."""
+
 # KEYS: session, kick queue of the session's broker, audit, block (or '' slot: any key, unused when
 # block_until is 0). ARGV: broker, conn ('' = any), reason, by, dedupe_ms, block_until_ms, audit_maxlen,
 # queue_ttl_s, code (the MQTT 5 DISCONNECT reason, mqtt_guard/reasons.py; a record without one is 0x98).
-# Kicks a connection at most once per dedupe_ms, atomically with its audit entry.
+# Kicks a connection at most once per dedupe_ms, atomically with its audit entry. A block end past
+# MAX_BLOCK_SECONDS is cut to it (PEXPIREAT could not take an absurd one; ops refuses such admin input).
 KICK_LUA = """
 local s = KEYS[1]
 local b, conn, reason, by = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local dedupe, block_until = tonumber(ARGV[5]), tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not block_until or block_until ~= math.floor(block_until) then return {0, 'bad block end'} end
+-- a quota window's end may lie past the longest block: the kick still happens, the block stops there
+if block_until > now_ms + MAX_BLOCK_MS then block_until = now_ms + MAX_BLOCK_MS end
 local cur_b = redis.call('HGET', s, 'broker')
 if not cur_b then return {0, 'not connected'} end
 local cur_conn = redis.call('HGET', s, 'conn')
 if (b ~= '' and cur_b ~= b) or (conn ~= '' and cur_conn ~= conn) then return {0, 'reconnected'} end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if dedupe > 0 then
   local last = tonumber(redis.call('HGET', s, 'kicked_at') or '0')
   if now_ms - last < dedupe then return {0, 'already kicked'} end
@@ -504,13 +513,15 @@ if block_until > now_ms then
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(fields))
 return {1, cur_b}
-"""
+""".replace("MAX_BLOCK_MS", str(MAX_BLOCK_SECONDS * 1000))
 
 # KEYS: block, audit. ARGV: reason, until_ms, by, audit_maxlen, then audit field/value pairs.
+# Returns 1 (set), 0 (the end is past), -1 (not a whole ms within MAX_BLOCK_SECONDS: nothing written).
 BLOCK_LUA = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = tonumber(ARGV[2])
+if not until_ms or until_ms ~= math.floor(until_ms) or until_ms > now_ms + MAX_BLOCK_MS then return -1 end
 if until_ms <= now_ms then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'reason', ARGV[1], 'until', math.floor(until_ms / 1000), 'by', ARGV[3], 'at', t[1])
@@ -518,7 +529,7 @@ redis.call('PEXPIREAT', KEYS[1], until_ms)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'action', 'block', 'reason', ARGV[1],
            'blocked_until', math.floor(until_ms / 1000), 'by', ARGV[3], unpack(ARGV, 5))
 return 1
-"""
+""".replace("MAX_BLOCK_MS", str(MAX_BLOCK_SECONDS * 1000))
 
 # -- the sidecar's leader lease -------------------------------------------------------------------------
 LEADER_LUA = """
@@ -810,11 +821,16 @@ class QuotaStore:
         fields: list[str] = []
         for name, value in audit.items():
             fields += [name, str(value)]
-        return bool(
+        if not math.isfinite(until):
+            raise ValueError(f"a block's end must be a finite time, got {until}")
+        done = int(
             await self._block(
                 keys=[key, self.keys.audit()], args=[reason, int(until * 1000), by, self.audit_maxlen, *fields]
             )
         )
+        if done < 0:
+            raise ValueError(f"a block may last at most {MAX_BLOCK_SECONDS} s: end {until} refused, nothing written")
+        return bool(done)
 
     # -- sessions ----------------------------------------------------------------------------------------
     async def registry(self, broker_id: str, ops: list[RegistryOp]) -> list[RegistryResult]:
@@ -1015,6 +1031,8 @@ class QuotaStore:
         """Ask the broker holding `client_id` to disconnect it (audited, at most once per `dedupe` s);
         `code`: the MQTT 5 DISCONNECT reason its client is told (mqtt_guard/reasons.py; 0x98 Administrative
         action). (True, broker) when the request was queued, else (False, why not)."""
+        if block_key and not math.isfinite(block_until):
+            raise ValueError(f"a block's end must be a finite time, got {block_until}")
         session = cast(str | None, await self.redis.hget(self.keys.session(client_id), "broker"))
         if session is None:
             return False, "not connected"

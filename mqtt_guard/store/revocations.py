@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 
 import redis.asyncio as aioredis
 
@@ -23,6 +24,19 @@ class RevocationStore:
 
     async def revoked(self, jti: str) -> bool:
         return bool(await self.redis.exists(self.keys.revoked(jti)))
+
+    async def still_revoked(self, jtis: Collection[str]) -> set[str]:
+        """Those of `jtis` revoked now: one round trip (a pipeline of EXISTS) for the jtis of one
+        invalidation, which says a `revoked:<jti>` key changed, not that it was written (an unrevoke, a
+        TTL expiry and a revoke all notify alike)."""
+        ordered = list(jtis)
+        if not ordered:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for jti in ordered:
+                pipe.exists(self.keys.revoked(jti))
+            found = await pipe.execute()
+        return {jti for jti, n in zip(ordered, found, strict=True) if n}
 
     async def revoke(self, jti: str, *, by: str, ttl: float | None = None) -> bool:
         """Revoke `jti` (for `ttl` seconds; None: for good). False: it was revoked already (the record

@@ -173,6 +173,8 @@ def test_the_client_table_updates_live_while_a_client_publishes(browser, admin, 
         )
         assert wait(browser, lambda d: first() == "pub-2" and "▼" in text_of(d, 'th[data-sort="client_id"]'))
         assert browser.execute_script("return window.__same_page") is True
+        # the quota column shows the field it sorts by (it showed in + out while sorting by in)
+        assert text_of(browser, 'th[data-sort="events_in"]').startswith("quota events in")
     finally:
         pub.close()
         if late is not None:
@@ -453,3 +455,38 @@ def test_clicking_the_rate_column_sorts_the_fleet_on_the_server(browser, admin, 
         pusher.join(5)
         busy.close()
         quiet.close()
+
+
+def test_the_users_page_pages_users_and_reads_the_groups_in_one_request(browser, admin, add_user, rds, prefix):
+    """60 users: 50 a page with a pager (the server pages them, as it does clients); the group table is one
+    request (GET /api/groups?plans=true), not one per group."""
+    add_user("u000", "pw")
+    stored = rds.hget(f"{prefix}user:u000", "password")
+    for i in range(1, 60):
+        rds.hset(f"{prefix}user:u{i:03}", mapping={"password": stored, "superuser": "0", "disabled": "0"})
+    for i in range(12):
+        rds.sadd(f"{prefix}user:u{i:03}:groups", f"g{i:02}")
+    rds.hset(f"{prefix}quota:group:g01", "plan", "gold")
+    log_in(browser, admin.api.base, admin.api.token)
+    open_view(browser, admin.api.base, "users", 'tr[data-key="u000"]')
+    assert wait(browser, lambda d: text_of(d, "#users-count") == "1–50 of 60")
+    assert not browser.find_elements(By.CSS_SELECTOR, '#users-table tr[data-key="u050"]')
+    click(browser, "#users-next")
+    assert wait(browser, lambda d: text_of(d, "#users-count") == "51–60 of 60")
+    assert browser.find_elements(By.CSS_SELECTOR, '#users-table tr[data-key="u059"]')
+    assert browser.find_element(By.ID, "users-next").get_attribute("disabled") is not None
+    click(browser, "#users-prev")
+    assert wait(browser, lambda d: text_of(d, "#users-count") == "1–50 of 60")
+    assert wait(browser, lambda d: "gold" in text_of(d, '#groups-table tr[data-key="g01"]'))
+    assert "u011" in text_of(browser, '#groups-table tr[data-key="g11"]')
+    fetched = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname + new URL(e.name).search)"
+    )
+    assert "/api/groups?plans=true" in fetched
+    assert not [u for u in fetched if u.startswith("/api/groups/")], fetched
+    assert not [u for u in fetched if "limit=200" in u], fetched
+    rows = admin.ro.ok("GET", "/api/groups?plans=true")
+    assert rows[:2] == [
+        {"group": "g00", "members": ["u000"], "plan": None},
+        {"group": "g01", "members": ["u001"], "plan": "gold"},
+    ]

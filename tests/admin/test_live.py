@@ -154,3 +154,34 @@ def test_sessions_sort_by_rate_on_the_server_with_paging(admin, add_user, start_
     finally:
         for c in clients.values():
             c.close()
+
+
+def test_redis_lost_during_an_event_stream_ends_it_with_an_error_event(prefix):
+    """The stream's 200 is sent: a Redis failure afterwards is told in the stream (event: error) and the
+    stream ends, instead of a second response the client never gets."""
+    import json
+
+    from tests.admin.helpers import AdminProcess, create_token
+    from tests.helpers.servers import RedisServer
+
+    private = RedisServer().start()
+    process = None
+    try:
+        token, _ = create_token(private.url, prefix, "ops")
+        process = AdminProcess(private.url, prefix).start()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{process.port}/api/stream/sessions?interval=0.5",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.readline() == b"event: sessions\n"
+            private.stop()
+            events = resp.read().decode().split("\n\n")  # returns once the server ends the stream
+        last = [e for e in events if e.strip()][-1].splitlines()
+        assert last[0] == "event: error", events
+        assert json.loads(last[1].removeprefix("data: "))["error"] == "redis_unavailable"
+        assert "Traceback" not in process.log()
+    finally:
+        if process is not None:
+            assert process.stop() == 0
+        private.cleanup()

@@ -47,3 +47,21 @@ def test_docs_page_carries_the_generated_route_reference():
     text = DOC.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END) + 1
     assert text[start:end] == markdown(), "run: python -m mqtt_guard.admin.openapi --markdown (and paste it)"
+
+
+REQUIRED_QUERY = {("DELETE", "/api/acl/rules"): {"subject", "filter"}, ("DELETE", "/api/bans"): {"network"}}
+
+
+def test_required_query_parameters_are_marked_required_and_the_others_optional():
+    for path, ops in document()["paths"].items():
+        for method, op in ops.items():
+            query = {p["name"]: p["required"] for p in op.get("parameters", []) if p["in"] == "query"}
+            wanted = REQUIRED_QUERY.get((method.upper(), path), set())
+            assert {n for n, req in query.items() if req} == wanted, (method, path, query)
+
+
+def test_a_request_without_a_required_query_parameter_is_refused(admin):
+    for (method, path), names in REQUIRED_QUERY.items():
+        reply = admin.api.call(method, path)
+        assert reply.status == 422 and reply.body["error"] == "invalid", reply.body
+        assert all(n in reply.body["detail"] for n in names), reply.body

@@ -368,3 +368,113 @@ def test_every_route(admin, rds, prefix):
     error(admin.api.call("GET", "/api/nowhere"), 404, "not_found")
     error(admin.api.call("DELETE", "/api/groups"), 405, "method_not_allowed")
     assert api.seen == {(r.method, r.path) for r in ROUTES}, {(r.method, r.path) for r in ROUTES} - api.seen
+
+
+def _audit_len(admin) -> int:
+    return len(admin.api.ok("GET", "/api/audit?count=10000"))
+
+
+def test_numbers_json_lacks_or_out_of_range_are_refused_and_nothing_is_written(admin, rds, prefix):
+    """NaN/Infinity are not JSON (400); 1e400 (parsed as infinity) and values past a field's maximum are
+    422: no user field, block, ban or audit entry is written (a 1e300 s block used to stay forever, unaudited)."""
+    api = admin.api
+    for name in ("u1", "u2"):
+        api.ok("POST", "/api/users", {"username": name, "password": "pw"}, 201)
+    audited = _audit_len(admin)
+    raw = [
+        ("PATCH", "/api/users/u1", b'{"expires_at": NaN}'),
+        ("PATCH", "/api/users/u1", b'{"expires_at": Infinity}'),
+        ("PATCH", "/api/users/u1", b'{"expires_at": -Infinity}'),
+        ("PUT", "/api/blocks/clients/x", b'{"seconds": Infinity}'),
+        ("POST", "/api/bans", b'{"network": "10.9.0.1", "seconds": NaN}'),
+        ("POST", "/api/users/u1/kick", b'{"block_seconds": NaN}'),
+    ]
+    for method, path, body in raw:
+        error(api.call(method, path, raw=body), 400, "bad_json", "not a JSON value")
+    too_big = [
+        ("PATCH", "/api/users/u1", b'{"expires_at": 1e400}', "finite"),
+        ("PATCH", "/api/users/u1", b'{"expires_at": 1e300}', "at most"),
+        ("POST", "/api/users", b'{"username": "u3", "password": "x", "expires_at": 1e300}', "at most"),
+        ("PUT", "/api/blocks/clients/x", b'{"seconds": 1e300}', "at most"),
+        ("PUT", "/api/blocks/users/u2", b'{"seconds": 1e300}', "at most"),
+        ("PUT", "/api/blocks/users/u2", b'{"seconds": 1e400}', "finite"),
+        ("POST", "/api/bans", b'{"network": "10.9.0.1", "seconds": 1e300}', "at most"),
+        ("POST", "/api/users/u1/kick", b'{"block_seconds": 1e300}', "at most"),
+        ("POST", "/api/clients/c1/kick", b'{"block_seconds": 1e300}', "at most"),
+    ]
+    for method, path, body, why in too_big:
+        error(api.call(method, path, raw=body), 422, "invalid_body", why)
+    assert api.ok("GET", "/api/users/u1")["expires_at"] is None
+    assert api.call("GET", "/api/users/u3").status == 404
+    assert api.ok("GET", "/api/blocks") == []
+    assert api.ok("GET", "/api/bans") == []
+    assert rds.keys(f"{prefix}block:*") == []
+    assert _audit_len(admin) == audited
+    # the longest block allowed is taken, and expires
+    from mqtt_guard.ops import MAX_SECONDS
+
+    api.ok("PUT", "/api/blocks/users/u2", {"seconds": MAX_SECONDS})
+    ttl = rds.pttl(f"{prefix}block:user:u2")
+    assert 0 < ttl <= MAX_SECONDS * 1000
+    assert _audit_len(admin) == audited + 1
+
+
+def test_the_cli_and_the_store_refuse_a_block_redis_cannot_expire(admin, cli, rds, prefix):
+    """The same bounds protect the CLI (ops) and the Lua script itself (a caller that skips ops)."""
+    import asyncio
+
+    from mqtt_guard.store.connection import make_async_client
+    from mqtt_guard.store.keys import Keys
+    from mqtt_guard.store.quota import MAX_BLOCK_SECONDS, QuotaStore
+
+    result = cli("kick", "--user", "u9", "--block", "4000d")
+    assert result.returncode != 0 and "at most" in result.stderr, (result.stdout, result.stderr)
+    audited = _audit_len(admin)
+
+    async def direct() -> None:
+        client = make_async_client(admin.process.redis_url)
+        store = QuotaStore(client, Keys(prefix))
+        try:
+            now = time.time()
+            for until in (now + MAX_BLOCK_SECONDS + 86400, now + 1e300):
+                try:
+                    await store.set_block(Keys(prefix).block_user("u9"), "r", until, "test", username="u9")
+                except ValueError as exc:
+                    assert "nothing written" in str(exc) or "finite" in str(exc) or "at most" in str(exc)
+                else:
+                    raise AssertionError("a block past the maximum was accepted")
+            assert rds.keys(f"{prefix}block:*") == [] and _audit_len(admin) == audited
+            # a quota kick whose window ends decades away still kicks; its block is cut to the maximum
+            rds.hset(Keys(prefix).session("c9"), mapping={"broker": "b9", "conn": "1", "client_id": "c9"})
+            block = Keys(prefix).block_user("u9")
+            queued, _ = await store.kick("c9", "quota", "test", block_key=block, block_until=now + 1e12)
+            assert queued
+            assert 0 < rds.pttl(block) <= MAX_BLOCK_SECONDS * 1000
+        finally:
+            await client.aclose()
+
+    asyncio.run(direct())
+
+
+def test_an_unexpected_error_is_a_json_500_without_traceback_logged_once(admin, rds, prefix):
+    """A broker record written by something else with a bad field: the route fails, the client gets JSON."""
+    rds.zadd(f"{prefix}brokers", {"b1": time.time() * 1000 + 60_000})
+    rds.hset(f"{prefix}broker:b1", mapping={"started": "not-a-time", "pid": "1"})
+    reply = admin.api.call("GET", "/api/brokers")
+    error(reply, 500, "internal", "GET /api/brokers")
+    assert "Traceback" not in json.dumps(reply.body)
+    log = admin.process.log()
+    assert log.count("Traceback") == 1 and "GET /api/brokers failed" in log
+
+
+def test_a_quota_patch_that_names_no_limit_is_refused_like_the_cli(admin, cli):
+    audited = _audit_len(admin)
+    for path in ("/api/quotas/default", "/api/quotas/users/u1"):
+        error(admin.api.call("PATCH", path, {}), 422, "invalid", "nothing to set: give at least one of events")
+    assert _audit_len(admin) == audited
+    result = cli("quota", "set", "u1")
+    assert result.returncode != 0 and "nothing to set: give at least one of --events" in result.stderr
+    # a value, or a null that removes one, is a change
+    admin.api.ok("PATCH", "/api/quotas/users/u1", {"events": "100/1h"})
+    admin.api.ok("PATCH", "/api/quotas/users/u1", {"events": None})
+    assert _audit_len(admin) == audited + 2

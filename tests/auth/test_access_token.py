@@ -175,7 +175,7 @@ def test_configuration_refuses_none_unknown_algorithms_and_ambiguous_keys():
     with pytest.raises(ConfigError, match="a secret verifies"):
         JwtConfig(secret="s", algorithms=["RS256"]).check()
     with pytest.raises(ConfigError, match="trusted_claims"):
-        JwtConfig(secret="s", trusted_claims=["superuser"]).check()
+        JwtConfig(secret=T.SECRET, trusted_claims=["superuser"]).check()
 
 
 def test_a_jwks_that_does_not_parse_is_named_clearly():
@@ -275,3 +275,61 @@ def test_the_plan_claim_is_honoured_only_when_trusted():
     assert _verify(trusting, token).plan == "gold"  # type: ignore[attr-defined]
     assert _verify(wary, token).plan is None  # type: ignore[attr-defined]
     assert "claim plan" in _refused(trusting, T.hs_token(T.claims(plan=["gold"]))).detail
+
+
+@pytest.mark.parametrize("order", ["other_first", "right_first"])
+def test_a_jwks_key_for_another_algorithm_or_curve_does_not_stop_the_search(order):
+    """Review of issue 19: a JWK naming another `alg` (or an EC key of another curve) listed before the
+    right key refused a token without `kid` as malformed; keys that cannot serve the token's algorithm
+    are skipped, whatever their order in the set."""
+    from joserfc.jwk import ECKey, RSAKey
+
+    right = RSAKey.generate_key(2048, parameters={"alg": "RS256"})
+    other = RSAKey.generate_key(2048, parameters={"alg": "RS384"})
+    wrong_curve = ECKey.generate_key("P-384")
+    good_ec = ECKey.generate_key("P-256")
+    pair = [other, right] if order == "other_first" else [right, other]
+    ecs = [wrong_curve, good_ec] if order == "other_first" else [good_ec, wrong_curve]
+    doc = __import__("json").dumps({"keys": [k.as_dict(private=False) for k in [*pair, *ecs]]})
+    keys = StaticKeys(parse_jwks(doc))
+    config = JwtConfig(jwks_url="https://issuer.example/jwks", algorithms=["RS256", "ES256"])
+    assert _verify(config, T.sign(T.claims("rs"), right, "RS256", kid=False), keys).identity == "rs"  # type: ignore[attr-defined]
+    assert _verify(config, T.sign(T.claims("ec"), good_ec, "ES256", kid=False), keys).identity == "ec"  # type: ignore[attr-defined]
+    # a token signed by a key that is not in the set is still refused, as a bad signature
+    stranger = RSAKey.generate_key(2048, parameters={"alg": "RS256"})
+    assert "bad signature" in _refused(config, T.sign(T.claims(), stranger, "RS256", kid=False), keys).detail
+    # only keys for another algorithm: no key at all for this one
+    only_other = StaticKeys(parse_jwks(__import__("json").dumps({"keys": [other.as_dict(private=False)]})))
+    assert "no RS256 key" in _refused(config, T.sign(T.claims(), right, "RS256", kid=False), only_other).detail
+
+
+def test_a_jwks_answer_larger_than_the_cap_is_refused_and_the_last_keys_stay(caplog):
+    """Review of issue 19: the JWKS body is read up to MAX_JWKS_BYTES (1 MiB); a larger answer (announced
+    or streamed) is an error that is logged and keeps the keys fetched before."""
+    from mqtt_guard.auth.jwks import MAX_JWKS_BYTES
+
+    server = T.JwksServer().start()
+    key = T.new_key("RS256", "k1")
+    server.publish(key)
+    config = JwtConfig(jwks_url=server.url, algorithms=["RS256"])
+
+    async def scenario() -> None:
+        keys = JwksKeys(server.url, refresh=3600, min_refresh=0)
+        await keys.start()
+        try:
+            good = server.body
+            server.body = good[:-1] + b" " * MAX_JWKS_BYTES + b"}"  # still a valid JWKS, just too large
+            with caplog.at_level("ERROR", logger="mqtt_guard.auth.jwks"):
+                await keys.refresh()
+            assert "larger than the 1048576 bytes allowed" in caplog.text and "keeping the 1 keys" in caplog.text
+            assert (await TokenVerifier(config, keys).verify(T.sign(T.claims(), key, "RS256"))).kid == "k1"
+            server.body = good  # at the cap or under it: read as before
+            await keys.refresh()
+            assert [k.kid for k in keys.keys] == ["k1"]
+        finally:
+            await keys.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()

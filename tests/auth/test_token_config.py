@@ -12,7 +12,7 @@ def test_access_token_keys(tmp_path):
     """auth.jwt and the websockets listener's token keys (docs/tokens.md): the issue's contract, verbatim."""
     f = tmp_path / "c.yaml"
     f.write_text(
-        "auth:\n  jwt:\n    secret: s3cret\n    algorithms: [HS256, HS512]\n    audience: mqtt\n"
+        "auth:\n  jwt:\n    secret: " + "k" * 64 + "\n    algorithms: [HS256, HS512]\n    audience: mqtt\n"
         "    issuer: https://issuer.example\n    username_claim: sub\n    leeway: 30s\n"
         "    trusted_claims: [acl, plan]\n"
         "listeners:\n  - type: websockets\n    bind: 127.0.0.1:8080\n    require_token: true\n"
@@ -34,7 +34,30 @@ def test_access_token_keys(tmp_path):
         ("auth:\n  jwt:\n    secret: s\n    algorithms: [none]\n", "never accepted"),
         ("auth:\n  jwt:\n    secret: s\n    algorithms: [PS256]\n", "unknown algorithm"),
         ("auth:\n  jwt:\n    jwks_url: https://i/jwks\n    algorithms: [HS256]\n", "need a secret"),
-        ("auth:\n  jwt:\n    jwks_url: ftp://i/jwks\n    algorithms: [RS256]\n", "http(s) URL"),
+        (
+            "auth:\n  jwt:\n    jwks_url: ftp://i/jwks\n    algorithms: [RS256]\n",
+            "auth.jwt.jwks_url: must be an https:// URL",
+        ),
+        (
+            "auth:\n  jwt:\n    jwks_url: http://issuer.example/jwks\n    algorithms: [RS256]\n",
+            "auth.jwt.jwks_url: plain http:// is accepted only to a loopback address",
+        ),
+        (
+            "auth:\n  jwt:\n    jwks_url: http://10.0.0.5/jwks\n    algorithms: [RS256]\n",
+            "auth.jwt.jwks_url: plain http:// is accepted only to a loopback address",
+        ),
+        (
+            "auth:\n  jwt:\n    secret: kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\n",
+            "auth.jwt.secret: 31 bytes is too short for HS256: it needs 32 bytes",
+        ),
+        (
+            "auth:\n  jwt:\n    secret: kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\n    algorithms: [HS256, HS384]\n",
+            "auth.jwt.secret: 40 bytes is too short for HS384: it needs 48 bytes",
+        ),
+        (
+            "auth:\n  jwt:\n    secret: " + "k" * 63 + "\n    algorithms: [HS512]\n",
+            "auth.jwt.secret: 63 bytes is too short for HS512: it needs 64 bytes",
+        ),
         ("auth:\n  jwt:\n    public_key_file: /nonexistent.pem\n    algorithms: [RS256]\n", "file not found"),
         ("auth:\n  jwt:\n    secret: s\n    trusted_claims: [groups]\n", "trusted_claims[0]"),
         ("auth:\n  jwt:\n    secret: s\n    leeway: soon\n", "auth.jwt.leeway"),
@@ -55,3 +78,21 @@ def test_access_token_errors(tmp_path, text, expected):
     with pytest.raises(ConfigError) as info:
         load_config(f).check()
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("jwt", "algorithms"),
+    [
+        ("secret: " + "k" * 32, "[HS256]"),  # RFC 7518 3.2: exactly the hash size is enough
+        ("secret: " + "k" * 48, "[HS256, HS384]"),
+        ("secret: " + "k" * 64, "[HS512]"),
+        ("jwks_url: http://127.0.0.1:8000/jwks.json", "[RS256]"),  # a local issuer or proxy
+        ("jwks_url: 'http://[::1]:8000/jwks.json'", "[RS256]"),
+        ("jwks_url: http://localhost/jwks.json", "[RS256]"),
+        ("jwks_url: https://issuer.example/jwks.json", "[RS256]"),
+    ],
+)
+def test_secrets_of_the_hash_size_and_loopback_http_jwks_are_accepted(tmp_path, jwt, algorithms):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"auth:\n  jwt:\n    {jwt}\n    algorithms: {algorithms}\nlisteners:\n  - bind: 127.0.0.1:1884\n")
+    load_config(f).check()

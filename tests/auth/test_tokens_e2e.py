@@ -224,6 +224,9 @@ def test_the_upgrade_is_refused_before_any_mqtt_byte(ws_broker, rds, prefix):
     assert status == 401 and b"alg: none" in data
     status, data = _upgrade(port, {**good, "Origin": "https://evil.example", "Authorization": "Bearer " + _token()})
     assert status == 403 and b"origin" in data
+    # no Origin at all (a non-browser client) is refused alike while allowed_origins is set (docs/tokens.md)
+    status, data = _upgrade(port, {"Sec-WebSocket-Protocol": "mqtt", "Authorization": "Bearer " + _token()})
+    assert status == 403 and b"origin not allowed" in data
     status, data = _upgrade(port, {"Origin": ORIGIN, "Authorization": "Bearer " + _token()})
     assert status == 400 and b"mqtt subprotocol" in data
     status, data = _upgrade(port, {**good, "Authorization": "Bearer " + _token()})
@@ -271,3 +274,59 @@ def test_the_identity_fixed_at_the_upgrade_binds_the_connect(ws_broker):
     assert rc == 135  # not authorized (paho's v5 number for CONNACK 5)
     c.loop_stop()
     ws_broker.wait_log("username does not match the access token")
+
+
+def test_an_unrevoke_or_a_change_that_leaves_no_revocation_kicks_nobody(hs_broker, cli, rds, prefix):
+    """Review of issue 19: every change of a `revoked:<jti>` key notifies the broker, an unrevoke and a
+    TTL expiry too; the broker asks Redis whether the revocation exists before kicking. A client that
+    reconnected after `token unrevoke` stays; so does one whose jti was revoked and unrevoked at once."""
+    c = connect(hs_broker.port, "", _token(jti="j-60"))
+    assert c.rc == 0
+    assert cli("token", "revoke", "j-60").returncode == 0
+    assert c.disconnected.wait(5), hs_broker.log()
+    assert cli("token", "unrevoke", "j-60").returncode == 0
+    again = connect(hs_broker.port, "", _token(jti="j-60"))
+    assert again.rc == 0
+    pipe = rds.pipeline(transaction=True)  # revoked and unrevoked in one transaction: a change, no revocation
+    pipe.set(f"{prefix}revoked:j-60", "{}")
+    pipe.delete(f"{prefix}revoked:j-60")
+    pipe.execute()
+    # invalidations arrive in order: once a later revocation has kicked its client, the earlier changes
+    # of j-60 were handled
+    sentinel = connect(hs_broker.port, "", _token("bob", jti="j-61"))
+    assert sentinel.rc == 0
+    assert cli("token", "revoke", "j-61").returncode == 0
+    assert sentinel.disconnected.wait(5), hs_broker.log()
+    assert not again.disconnected.is_set(), hs_broker.log()
+    for client in (c, again, sentinel):
+        client.close()
+
+
+def test_upgrade_refusals_count_towards_login_throttling_and_bans_refuse_the_upgrade(start_broker, tmp_path, cli):
+    """Review of issue 19: a forged or invalid token at the websockets upgrade counts for its source address
+    as a wrong password does (auth.throttle.max_failures: 10), and a banned or throttled address is refused
+    at the upgrade (403) before any MQTT byte; the ban is the same one a CONNECT over TCP meets."""
+    from tests.helpers.wait import expect
+
+    ws_port, tcp_port = free_port(), free_port()
+    listeners = [*_ws(ws_port, require_token="true"), *_tcp(tcp_port)]
+    config = _config(tmp_path, HS, listeners, "allow", throttle=True)
+    broker = start_broker("--config", config, bind=False, wait_for_port=ws_port)
+    proto = {"Sec-WebSocket-Protocol": "mqtt"}
+    assert _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})[0] == 101
+    forged = T.hs_token(T.claims(aud="mqtt"), secret="z" * 64)
+    statuses = [_upgrade(ws_port, {**proto, "Authorization": "Bearer " + forged})[0] for _ in range(10)]
+    assert statuses == [401] * 10
+    status, data = _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})
+    assert status == 403 and b"throttled" in data and b"HTTP/1.1 101" not in data, data
+    assert connect(tcp_port, "", _token()).rc == 5  # the address is banned for CONNECTs too
+    broker.wait_log("too many failed logins")
+    # an admin's ban of the address: the upgrade is refused as well
+    assert cli("unban", "127.0.0.1").returncode == 0
+    expect(lambda: _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()})[0] == 101, timeout=10)
+    assert cli("ban", "127.0.0.1", "--reason", "abuse").returncode == 0
+    status, data = expect(
+        lambda: (r := _upgrade(ws_port, {**proto, "Authorization": "Bearer " + _token()}))[0] == 403 and r, timeout=10
+    )
+    assert b"address banned" in data
+    assert cli("unban", "127.0.0.1").returncode == 0

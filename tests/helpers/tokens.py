@@ -14,7 +14,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
 
-SECRET = "test-secret-of-at-least-32-bytes!!"
+SECRET = "test-secret-of-64-bytes-so-it-serves-HS512-too-(RFC-7518-3.2)!!!"
 
 
 def b64(data: bytes) -> str:

@@ -301,7 +301,7 @@ const SESSION_COLUMNS = [
   { label: "errors", num: true, get: (r) => (r.publish_errors ? h("span", { class: "pill bad" }, fmt.num(r.publish_errors)) : "0") },
   { label: "queue", sort: "queue_messages", num: true, get: (r) => fmt.num(r.queue_messages) },
   // the session's counts against its quota (kept while the user has limits): sortable on the server
-  { label: "quota events", sort: "events_in", num: true, get: (r) => fmt.num(r.events_in + r.events_out) },
+  { label: "quota events in", sort: "events_in", num: true, get: (r) => fmt.num(r.events_in) },
 ];
 
 VIEWS.clients = {
@@ -452,17 +452,27 @@ VIEWS.users = {
     const check = h("div", { class: "panel", id: "acl-check" });
     main.append(h("h1", {}, "Users & ACL"), editor, h("div", { class: "cols" }, users, rules), groups, check);
 
+    // paged on the server like the clients table (50 a page, by name)
+    const q = { offset: Number(params.offset || 0), limit: 50 };
     async function loadUsers() {
-      const page = await api("GET", "/api/users?limit=200");
+      const page = await api("GET", `/api/users?offset=${q.offset}&limit=${q.limit}`);
+      if (!page.items.length && q.offset > 0 && page.total) { q.offset = Math.max(0, page.total - q.limit); return loadUsers(); }
       const name = h("input", { id: "user-name", placeholder: "username" });
       const pw = h("input", { id: "user-password", type: "password", placeholder: "password", autocomplete: "new-password" });
-      users.replaceChildren(h("h2", {}, `Users (${page.total})`), table([
+      const last = Math.min(page.total, page.offset + page.items.length);
+      const pager = h("div", { class: "pager", id: "users-pager" },
+        h("button", { type: "button", class: "quiet", id: "users-prev", disabled: page.offset === 0, onclick() { q.offset = Math.max(0, q.offset - q.limit); loadUsers(); } }, "‹ previous"),
+        h("span", { id: "users-count" }, `${page.total ? page.offset + 1 : 0}–${last} of ${fmt.num(page.total)}`),
+        h("button", { type: "button", class: "quiet", id: "users-next", disabled: last >= page.total, onclick() { q.offset += q.limit; loadUsers(); } }, "next ›"),
+      );
+      users.replaceChildren(h("h2", {}, `Users (${fmt.num(page.total)})`), table([
         { label: "user", get: (r) => r.username },
         { label: "flags", get: (r) => [r.superuser ? "superuser" : "", r.disabled ? "disabled" : ""].filter(Boolean).join(", ") },
         { label: "groups", get: (r) => (r.groups || []).join(", ") },
         { label: "plan", get: (r) => r.plan || "–" },
         { label: "", get: (r) => h("a", { href: `#quotas?user=${enc(r.username)}`, onclick: (ev) => ev.stopPropagation() }, "quota") },
-      ], page.items, { id: "users-table", key: (r) => r.username, link: (r) => go("users", { user: r.username }) }),
+      ], page.items, { id: "users-table", key: (r) => r.username, link: (r) => go("users", q.offset ? { user: r.username, offset: q.offset } : { user: r.username }) }),
+      pager,
       h("div", { class: "row" }, name, pw, writeButton("Add user", async () => {
         try { await api("POST", "/api/users", { username: name.value, password: pw.value }); say(`user ${name.value} added`); loadUsers(); } catch (e) { say(e.message, true); }
       })));
@@ -511,8 +521,8 @@ VIEWS.users = {
 
     // Groups with their members and plans; put a group on a plan.
     async function loadGroups() {
-      const [listing, plans] = await Promise.all([api("GET", "/api/groups"), api("GET", "/api/plans")]);
-      const rows = await Promise.all(Object.keys(listing).map((g) => api("GET", `/api/groups/${enc(g)}`)));
+      // one request for every group, its members and its plan (not one per group)
+      const [rows, plans] = await Promise.all([api("GET", "/api/groups?plans=true"), api("GET", "/api/plans")]);
       const name = h("input", { id: "group-name", placeholder: "group" });
       const plan = planSelect("group-plan", plans, null);
       const set = writeButton("Set group plan", async () => {
