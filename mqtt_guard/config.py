@@ -492,6 +492,33 @@ class DurableConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Several brokers on one Redis behaving as one (issue 18, docs/scaling.md): each broker publishes
+    its subscription filters to Redis and forwards a PUBLISH once to each other broker with a matching
+    subscriber, through that broker's inbox stream. On by default: a broker alone pays one cached
+    lookup per PUBLISH and a few idle Redis reads a second (docs/performance.md), and brokers (or
+    `--workers`) sharing a Redis and a prefix then deliver to each other's subscribers."""
+
+    enabled: bool = True  # false: this broker neither forwards nor receives (its clients meet only its own)
+    inbox_maxlen: int = 20_000  # stream entries (one per sender and event-loop iteration) an inbox keeps unread
+    routes_maxlen: int = 10_000  # filter-set publications kept (a reader further behind reads the sets whole)
+    # messages held in memory for Redis while it is away; past it new QoS 0 forwards are dropped (counted)
+    buffer_limit: int = 100_000
+    liveness_interval: float = duration(1.0)  # between two reads of the broker registry
+    absent_grace: float = duration(10.0)  # a broker with a filter set missing from the registry is used this long
+
+    def check(self) -> None:
+        if self.inbox_maxlen < 100 or self.routes_maxlen < 100:
+            raise ConfigError("cluster.inbox_maxlen and cluster.routes_maxlen: at least 100")
+        if self.buffer_limit < 0:
+            raise ConfigError("cluster.buffer_limit: must be >= 0")
+        if not 0.05 <= self.liveness_interval <= 60:
+            raise ConfigError("cluster.liveness_interval: from 50ms to 60s")
+        if self.absent_grace < self.liveness_interval:
+            raise ConfigError("cluster.absent_grace: at least cluster.liveness_interval")
+
+
+@dataclass
 class GuardConfig:
     listeners: list[ListenerConfig] = field(default_factory=list)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -505,6 +532,7 @@ class GuardConfig:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     durable: DurableConfig = field(default_factory=DurableConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Extra amqtt plugins by dotted class path, each with its options (amqtt's own `plugins:` format).
     plugins: dict[str, Any] = field(default_factory=dict)
     # Broker processes sharing the listeners' ports (SO_REUSEPORT; mqtt_guard/workers.py): a number, or
@@ -534,6 +562,7 @@ class GuardConfig:
         self.shutdown.check()
         self.admin.check()
         self.durable.check()
+        self.cluster.check()
 
 
 WORKERS_MAX = 256

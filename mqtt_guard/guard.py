@@ -26,6 +26,8 @@ from .auth.authenticator import Authenticator, AuthResult, Outcome
 from .auth.gate import LoginGate
 from .auth.jwks import JwksKeys, KeysError, StaticKeys, key_source
 from .auth.throttle import KIND_MANUAL, Ban, ban_matcher, canonical_address
+from .cluster import Cluster, OnRemote
+from .cluster.node import ClusterNode
 from .config import ConfigError, GuardConfig
 from .durable.retained import RetainedSet
 from .durable.session_journal import SessionJournal
@@ -127,6 +129,7 @@ class Guard:
         # The retained messages the engine serves: a local copy kept fresh from Redis (durable/retained.py)
         self.retained = RetainedSet(redis=self.durable_redis, keys=self.keys, writer=self.durable_writer)
         self._retained_catchup: asyncio.Task[None] | None = None
+        self.cluster: ClusterNode | None = None  # `start_cluster`, when `cluster.enabled`
         self.users = UserStore(self.redis, self.keys)
         self.authenticator = Authenticator(self.users, config.auth)
         self.acl = LiveAcl(
@@ -301,7 +304,41 @@ class Guard:
             return False
         return True
 
+    async def start_cluster(self, on_remote: OnRemote) -> Cluster | None:
+        """Join the cluster (issue 18, docs/scaling.md) when `cluster.enabled`: a `ClusterNode` under the
+        quota registry's broker id (its heartbeat is how the other brokers learn this one died), its Redis
+        clients behind the trust gate like every other. `on_remote` receives the other brokers' messages
+        (the engine's). Stopped by `close`, before the quota registry unregisters this broker."""
+        cfg = self.config.cluster
+        if not cfg.enabled or self.cluster is not None:
+            return self.cluster
+
+        def client(url: str, **options: Any) -> Any:
+            redis = make_async_client(url, **options)
+            gate(redis, self.trust)
+            return redis
+
+        self.cluster = ClusterNode(
+            self.config.redis.url,
+            self.keys,
+            self.quota.broker_id,
+            on_remote,
+            routes_maxlen=cfg.routes_maxlen,
+            inbox_maxlen=cfg.inbox_maxlen,
+            buffer_limit=cfg.buffer_limit,
+            liveness_interval=cfg.liveness_interval,
+            absent_grace=cfg.absent_grace,
+            client=client,
+        )
+        await self.cluster.start()
+        self.metrics.cluster = self.cluster.counters  # on /metrics (docs/analytics.md)
+        return self.cluster
+
     async def close(self) -> None:
+        if self.cluster is not None:  # forward what waits and leave, while the heartbeat still runs
+            await self.cluster.stop()
+            self.cluster = None
+            self.metrics.cluster = None
         await cancel_and_wait(self._retained_catchup)
         for task in list(self._revocation_confirms):
             await cancel_and_wait(task)

@@ -3,8 +3,9 @@
 One CPython process moves messages on one core. With `workers: N` (or `auto`, one per core) the
 process started by the operator becomes a supervisor: it starts N workers, each the same command with
 `MQTT_GUARD_WORKER=i/N` in its environment, and each a complete broker (its own Guard, its own broker id
-in Redis: to the rest of the deployment N workers are N brokers). Every worker opens every listener with
-SO_REUSEPORT, so the kernel spreads new connections over them.
+in Redis: to the rest of the deployment N workers are N brokers, each a member of the cluster, so a
+message published on one worker reaches the subscribers on the others, docs/scaling.md). Every worker
+opens every listener with SO_REUSEPORT, so the kernel spreads new connections over them.
 
 What the operator sees is one broker:
 - Signals: SIGTERM/SIGINT stop every worker (each drains as one broker does, `shutdown.drain_grace`); a
@@ -252,10 +253,11 @@ class Supervisor:
             except OSError as exc:
                 log.error("cannot serve the probes on %s: %s (the broker runs on without them)", bind, exc)
         log.info("starting %d broker workers (one port each listener, SO_REUSEPORT)", len(self.workers))
-        log.warning(
-            "messages are not routed between workers yet (issue 18): a subscriber receives only what "
-            "publishers connected to its own worker send (docs/deploy.md)"
-        )
+        if not self.config.cluster.enabled:  # (each worker is a cluster member: docs/scaling.md)
+            log.warning(
+                "cluster.enabled is false: messages are not routed between workers; a subscriber receives "
+                "only what publishers connected to its own worker send (docs/deploy.md)"
+            )
         for worker in self.workers:
             await self._start(worker)
         poller = loop.create_task(self._poll())

@@ -198,3 +198,28 @@ def test_mqtt5_bad_credentials_and_the_shutdown_server_reference(tmp_path):
     f.write_text(listener + "shutdown:\n  server_reference: '  '\n")
     with pytest.raises(ConfigError, match="shutdown.server_reference"):
         load_config(f).check()
+
+
+def test_cluster_section_is_on_by_default_and_validated(tmp_path):
+    """cluster: (docs/scaling.md): routing between brokers on one Redis is on unless turned off; its
+    limits are checked with the key named."""
+    default = load_config(None).cluster
+    assert default.enabled is True and default.inbox_maxlen == 20_000 and default.liveness_interval == 1.0
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "cluster:\n  enabled: false\n  inbox_maxlen: 500\n  liveness_interval: 500ms\n  absent_grace: 5s\n"
+        "listeners:\n  - bind: 127.0.0.1:1884\n"
+    )
+    config = load_config(f)
+    assert config.cluster.enabled is False and config.cluster.inbox_maxlen == 500
+    assert config.cluster.liveness_interval == 0.5 and config.cluster.absent_grace == 5.0
+    for bad, key in (
+        ("inbox_maxlen: 10", "cluster.inbox_maxlen"),
+        ("buffer_limit: -1", "cluster.buffer_limit"),
+        ("liveness_interval: 5m", "cluster.liveness_interval"),
+        ("absent_grace: 0", "cluster.absent_grace"),
+        ("routes: 3", "cluster.routes"),
+    ):
+        f.write_text(f"cluster:\n  {bad}\nlisteners:\n  - bind: 127.0.0.1:1884\n")
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(f).check()

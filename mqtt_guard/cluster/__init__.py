@@ -31,6 +31,9 @@ class Cluster(Protocol):
     stays free of Redis (the writes happen at the end of the event-loop iteration)."""
 
     broker_id: str
+    alone: bool
+    """True while no other broker has a subscriber to anything: the engine then skips `destinations`
+    (what a broker alone pays per PUBLISH: one attribute read)."""
 
     async def start(self) -> None: ...
 

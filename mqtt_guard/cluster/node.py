@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
+
 from ..store import keys as k
 from ..store.cluster import (
     ABSENT_GRACE,
@@ -21,6 +23,7 @@ from ..store.cluster import (
     Outbox,
     RouteLink,
 )
+from ..store.connection import make_async_client
 from . import Cluster
 from .filters import LocalFilters
 from .forward import RemoteMessage, pack_one
@@ -46,12 +49,17 @@ class ClusterNode:
         liveness_interval: float = LIVENESS_INTERVAL,
         absent_grace: float = ABSENT_GRACE,
         retry_interval: float = 0.5,
+        client: Callable[..., aioredis.Redis] = make_async_client,
     ) -> None:
+        """`client(url, **options)` makes each Redis client (the broker passes one that applies its trust
+        gate, store/generation.py: a Redis that lost the deployment's data is no cluster fabric either)."""
         self.broker_id = broker_id
         self.filters = LocalFilters()
         self.table = FilterTable()
-        self.outbox = Outbox(url, keys, broker_id, inbox_maxlen=inbox_maxlen, buffer_limit=buffer_limit)
-        self.inbox = Inbox(url, keys, broker_id, on_remote, retry_interval=retry_interval)
+        self.alone = True  # no other broker has a subscriber to anything (kept by the table)
+        self.table.on_empty = self._set_alone
+        self.outbox = Outbox(url, keys, broker_id, inbox_maxlen=inbox_maxlen, buffer_limit=buffer_limit, client=client)
+        self.inbox = Inbox(url, keys, broker_id, on_remote, retry_interval=retry_interval, client=client)
         self.link = RouteLink(
             url,
             keys,
@@ -62,6 +70,7 @@ class ClusterNode:
             liveness_interval=liveness_interval,
             absent_grace=absent_grace,
             retry_interval=retry_interval,
+            client=client,
             on_gone=self.outbox.forget,
         )
 
@@ -77,6 +86,9 @@ class ClusterNode:
         await self.link.stop(leave=True, timeout=timeout)
         await self.inbox.stop()
         await self.outbox.close()
+
+    def _set_alone(self, empty: bool) -> None:
+        self.alone = empty
 
     def subscribed(self, entry: str) -> None:
         if self.filters.subscribe(entry):

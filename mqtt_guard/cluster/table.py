@@ -17,7 +17,7 @@ filter sets change rarely next to the rate of PUBLISH.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .filters import split_entry
 
@@ -46,13 +46,16 @@ class _Node:
 class FilterTable:
     """Entries of other brokers, indexed by filter level. Event loop only (no locking)."""
 
-    __slots__ = ("_root", "_by_broker", "_cache", "version")
+    __slots__ = ("_root", "_by_broker", "_cache", "version", "empty", "on_empty")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._by_broker: dict[str, set[str]] = {}
         self._cache: dict[str, frozenset[str]] = {}
         self.version = 0  # bumped at every change: answers computed before may be stale
+        self.empty = True  # no broker has any entry: nothing is routed anywhere
+        # told `empty` each time it flips (the engine's one-attribute test per PUBLISH, cluster/node.py)
+        self.on_empty: Callable[[bool], None] | None = None
 
     # -- changes ---------------------------------------------------------------------------------
 
@@ -140,6 +143,11 @@ class FilterTable:
         self.version += 1
         if self._cache:
             self._cache = {}
+        empty = not self._by_broker
+        if empty is not self.empty:
+            self.empty = empty
+            if self.on_empty is not None:
+                self.on_empty(empty)
 
     # -- what is known ---------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ from ..reasons import (
     connack_reason,
     reason_string,
 )
-from . import mqtt5
+from . import mqtt5, remote
 from .deadlines import Deadlines, Wheel
 from .durable import DurableQueue, is_durable
 from .handler import READ_CHUNK, GuardedHandler, Held, NotStored
@@ -115,6 +115,7 @@ from .ws_upgrade import UpgradeCheck
 
 if TYPE_CHECKING:
     from ..auth.authenticator import AuthResult
+    from ..cluster import Cluster, RemoteMessage
     from ..guard_client import GuardClient
     from ..ports import DeliveryGroup, GuardPort, Stretch
 
@@ -396,6 +397,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         # Set by `_fanout` when no subscription matched the message's topic (never cleared there: the MQTT 5
         # reader clears it before it routes a QoS 1/2 PUBLISH and reads it right after, for 0x10 in its ack)
         self.no_match = False
+        # The other brokers (issue 18, engine/remote.py): None when this broker is alone by configuration
+        self._cluster: Cluster | None = None
+        self._remote_backlog: list[tuple[RemoteMessage, Message5 | None]] = []  # (awaited topic plugins)
+        self._remote_task: asyncio.Task[None] | None = None
 
     # -- queue depth (for the slow-consumer policy) ----------------------------------------------
     def queue_depth(self, client_id: str) -> tuple[int, int]:
@@ -1552,6 +1557,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             written = await self._store_retained(session, topic, bytes(message), qos, props)
             if written is not None:  # nobody to acknowledge: a failure is only logged
                 written.add_done_callback(functools.partial(_will_written, session.client_id, topic))
+        if self._cluster is not None:
+            self._forward(session, topic, bytes(message), qos, bool(session.will_retain), props)
         await self._route(topic, topic.encode(), bytes(message), qos, props)
 
     # -- PUBLISH / SUBSCRIBE from a client (GuardedBroker is the `Router` of GuardedHandler's reader) -----
@@ -1604,6 +1611,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
                 return None  # over quota: dropped (a 3.1.1 QoS 1/2 still acknowledged), counted by the quota
         if awaited:
             return _ADMITTED
+        cluster = self._cluster  # to the other brokers with a matching subscriber (engine/remote.py)
+        if (
+            cluster is not None
+            and not cluster.alone
+            and cluster.destinations(topic)  # (cached per topic)
+            and self._forward(session, topic, payload, qos, False, props, frame0, plen)
+        ):
+            held = self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
+            self.no_match = False  # a subscriber elsewhere matched it (no 0x10)
+            return held
         return self._fanout(topic, topic_raw, payload, plen, qos, frame0, None, props)
 
     async def handle_publish(
@@ -1632,20 +1649,98 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
             return None
         if self.publish(session, topic, topic_raw, payload, len(payload), qos, None, props, True) is None:
             return None
+        forwarded = self._forward(session, topic, payload, qos, retain, props) if self._cluster is not None else 0
         if self._fire_msg_broadcast:
             await self.plugins_manager.fire_event(
                 BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message
             )
         if not retain:
-            return await self._route(topic, topic_raw, payload, qos, props)
+            held = await self._route(topic, topic_raw, payload, qos, props)
+            if forwarded:
+                self.no_match = False  # a subscriber elsewhere matched it (no 0x10)
+            return held
         props = props.retained() if props is not None else Message5(retain=True)
         written = await self._store_retained(session, topic, payload, qos, props)
         held = await self._route(topic, topic_raw, payload, qos, props)
+        if forwarded:
+            self.no_match = False
         if written is not None:
             no_match = self.no_match  # (other connections route while this one waits for Redis)
             await self._await_written(session, topic, written)
             self.no_match = no_match
         return held
+
+    # -- the other brokers (issue 18, engine/remote.py, docs/scaling.md) --------------------------
+    def join_cluster(self, cluster: Cluster) -> None:
+        """Route through `cluster` from now on: it learns this broker's filters (those held already too)
+        and gets every message a local client publishes that another broker has a subscriber for."""
+        self._cluster = cluster
+        self._trie.watch(cluster.subscribed, cluster.unsubscribed)
+        for topic_filter in self._trie.filters():
+            cluster.subscribed(topic_filter)
+
+    def _forward(
+        self,
+        session: GuardedSession,
+        topic: str,
+        payload: bytes | None,
+        qos: int,
+        retain: bool,
+        props: Message5 | None,
+        frame0: bytes | None = None,
+        plen: int = 0,
+    ) -> int:
+        """A message of a local client (admitted: its ACL and quota are spent here, once) to each other
+        broker with a matching subscriber; one cached lookup when there is none. (`payload`, or the frame
+        as received, `frame0`, that ends with its `plen` bytes.)"""
+        cluster = self._cluster
+        assert cluster is not None
+        if cluster.alone:
+            return 0
+        dests = cluster.destinations(topic)
+        if not dests:
+            return 0
+        if payload is None:
+            assert frame0 is not None
+            payload = frame0[len(frame0) - plen :]
+        message = remote.outgoing(session.client_id, session.username, topic, payload, qos, retain, props)
+        return cluster.forward(message, dests) if message is not None else 0
+
+    def on_remote(self, message: RemoteMessage) -> None:
+        """A message another broker forwarded (`cluster.OnRemote`): delivered as a local PUBLISH of its
+        publisher, to the local subscribers only: each one's RECEIVE check, quota and analytics, granted
+        QoS and MQTT 5 options; No Local by the publisher's client id. Never forwarded again. A retained
+        one also replaces the retained message here when it lives in memory only (`durable.enabled`
+        false); in Redis the publishing broker stored it once and every broker's copy follows Redis."""
+        if self._closing:
+            return
+        entry = self._sessions.get(message.client_id)
+        props = remote.incoming(message, queue_of(entry[0]) if entry is not None else None)
+        if message.retain and not self._retained.durable:
+            if props is not None:
+                self._retained.set(message.topic, message.payload, message.qos, props.forwarded, props.expires)
+            else:
+                self._retained.set(message.topic, message.payload, message.qos)
+        if self._sync_checks:
+            if self._policy.version != self._policy_version or self.guard.acl_epoch != self._guard_epoch:
+                self._acl_changed()
+            payload = message.payload
+            self._fanout(message.topic, message.topic.encode(), payload, len(payload), message.qos, None, None, props)
+            return
+        self._remote_backlog.append((message, props))  # topic plugins to await: in order, one task
+        if self._remote_task is None:
+            self._remote_task = self._loop.create_task(self._route_remote())
+
+    async def _route_remote(self) -> None:
+        try:
+            while self._remote_backlog and not self._closing:
+                message, props = self._remote_backlog.pop(0)
+                try:
+                    await self._route(message.topic, message.topic.encode(), message.payload, message.qos, props)
+                except Exception:  # one message's failure must not stop the others
+                    log.exception("delivering a message from broker %s on %r failed", message.origin, message.topic)
+        finally:
+            self._remote_task = None
 
     # -- retained messages (durable/retained.py; docs/durability.md) ------------------------------
     @property

@@ -12,6 +12,8 @@ starts with a wildcard [MQTT-4.7.2-1].
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 __all__ = ["TopicTrie"]
 
 
@@ -26,11 +28,29 @@ class _Node:
 class TopicTrie:
     """The set of subscription filters, indexed by level. Not thread-safe (event loop only)."""
 
-    __slots__ = ("_root", "_count")
+    __slots__ = ("_root", "_count", "_added", "_removed")
 
     def __init__(self) -> None:
         self._root = _Node()
         self._count = 0
+        self._added: Callable[[str], None] | None = None
+        self._removed: Callable[[str], None] | None = None
+
+    def watch(self, added: Callable[[str], None], removed: Callable[[str], None]) -> None:
+        """Tell `added(filter)` when a filter enters the set and `removed(filter)` when it leaves it (the
+        cluster's view of this broker's filters, engine/remote.py): every subscription of every session,
+        persistent ones offline included, passes through the trie, so this is the one place to watch.
+        `clear` tells nothing (a shutdown: the cluster is left as a whole)."""
+        self._added, self._removed = added, removed
+
+    def filters(self) -> Iterator[str]:
+        """Every filter in the set."""
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            if node.filter is not None:
+                yield node.filter
+            stack.extend(node.children.values())
 
     def __len__(self) -> int:
         return self._count
@@ -45,6 +65,8 @@ class TopicTrie:
         if node.filter is None:
             node.filter = topic_filter
             self._count += 1
+            if self._added is not None:
+                self._added(topic_filter)
 
     def remove(self, topic_filter: str) -> None:
         path = [self._root]
@@ -60,6 +82,8 @@ class TopicTrie:
             return
         node.filter = None
         self._count -= 1
+        if self._removed is not None:
+            self._removed(topic_filter)
         # prune the nodes that no longer lead anywhere
         for i in range(len(levels), 0, -1):
             n = path[i]

@@ -83,6 +83,9 @@ async def serve(
         await guard.close()
         return 1
     broker = GuardedBroker(config, guard, reuse_port=slot is not None)
+    cluster = await guard.start_cluster(broker.on_remote)  # (cluster.enabled: the other brokers on this Redis)
+    if cluster is not None:
+        broker.join_cluster(cluster)
     # Before the listeners open: a SIGTERM/SIGINT that arrives while the broker starts (a client may
     # already see the port) shuts it down cleanly once it is up, instead of killing it.
     stop = asyncio.Event()

@@ -139,6 +139,9 @@ class GuardCollector:
                 "messages waiting for delivery to connected clients",
                 sum(sample.queue_depths.values()),
             )
+        if s.cluster is not None:  # routing between brokers (docs/scaling.md): counts since start, and sizes
+            for key, count in s.cluster().items():
+                yield _gauge(key, "routing between brokers (docs/scaling.md)", count)
         load = GaugeMetricFamily(
             f"{NS}_load_per_minute",
             "mosquitto-style load: decaying average per minute over a window",

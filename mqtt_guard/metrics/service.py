@@ -151,6 +151,8 @@ class MetricsService:
         self.per_user: dict[str, dict[str, int]] = {}  # allow-listed users' counts in this process
         self.lag = LoopLagMonitor()
         self.probe: Callable[[], BrokerSample] | None = None  # set by the $SYS plugin
+        # The cluster's counters (cluster/node.py `counters`), set when the broker joined one (docs/scaling.md)
+        self.cluster: Callable[[], dict[str, int]] | None = None
         self.probe_steps: Callable[[], Generator[None, None, BrokerSample]] | None = None  # the same, in steps
         self.sample = BrokerSample()
         self._wake = asyncio.Event()

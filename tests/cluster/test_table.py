@@ -137,3 +137,17 @@ def test_table_equals_brute_force(ops: list[tuple[str, str, object]], ts: list[s
     for b in list(model):
         t.drop(b)
     assert t._root.children == {} and len(t) == 0  # nothing left behind
+
+
+def test_empty_flips_once_each_way_and_tells_its_watcher():
+    """`empty` is what the engine reads per PUBLISH (ClusterNode.alone): told only when it flips."""
+    table = FilterTable()
+    told: list[bool] = []
+    table.on_empty = told.append
+    assert table.empty
+    table.add("b1", "a/#")
+    table.add("b2", "x")
+    table.remove("b1", "a/#")
+    assert not table.empty and told == [False]
+    table.drop("b2")
+    assert table.empty and told == [False, True]
