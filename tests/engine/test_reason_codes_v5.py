@@ -69,6 +69,8 @@ def test_connect_refusals_by_the_authenticator(start_broker, add_user, cli, rds,
     assert cli("user", "disable", "bob").returncode == 0
     rds.hset(f"{prefix}user:carol", "expires_at", str(int(time.time()) - 10))
     rds.hset(f"{prefix}user:dave", "password", "not-a-hash")
+    add_user("erin", "pw")
+    rds.hdel(f"{prefix}user:erin", "password")  # a user record without a password
     broker = start_broker()
     port = broker.port
     assert connect5(port, "alice", "wrong").reason == Reason.BAD_USER_NAME_OR_PASSWORD
@@ -78,8 +80,16 @@ def test_connect_refusals_by_the_authenticator(start_broker, add_user, cli, rds,
     assert connect5(port, "bob", "pw").reason == Reason.NOT_AUTHORIZED  # disabled
     assert connect5(port, "carol", "pw").reason == Reason.NOT_AUTHORIZED  # expired
     assert connect5(port, "dave", "pw").reason == Reason.UNSPECIFIED_ERROR  # corrupt record
+    assert connect5(port, "erin", "pw").reason == Reason.BAD_USER_NAME_OR_PASSWORD  # no password set
     # 3.1.1 clients: CONNACK 5 for all of them, as before
-    for user, pw in (("alice", "wrong"), ("nobody", "pw"), ("bob", "pw"), ("carol", "pw"), ("dave", "pw")):
+    for user, pw in (
+        ("alice", "wrong"),
+        ("nobody", "pw"),
+        ("bob", "pw"),
+        ("carol", "pw"),
+        ("dave", "pw"),
+        ("erin", "pw"),
+    ):
         assert connect(port, user, pw).rc == 5
     ok = connect5(port, "alice", "pw")
     assert ok.reason == 0
