@@ -1452,6 +1452,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]  # amqtt has no type informat
         c5 = session.v5 if session.protocol_level == MQTT5 else None
         if c5 is not None:
             queue.serve_level(True, c5.receive_max, c5.max_packet)
+            # a resumed session's messages were offered under the previous connection's limit (or none)
+            for _ in range(queue.drop_too_large()):
+                self._too_large(session.client_id)
             connack = mqtt5.encode_connack(bool(session.parent), 0, self._connack_properties(session, c5))
         else:
             queue.serve_level(False)

@@ -1474,7 +1474,7 @@ class GuardedHandler(BrokerProtocolHandler):  # type: ignore[misc]  # amqtt has 
         if ptype == AUTH and v5:  # no enhanced authentication was agreed in the CONNECT (4.12)
             raise mqtt5.protocol_error("AUTH without an Authentication Method in the CONNECT")
         if ptype == CONNECT:
-            raise ProtocolViolation("second CONNECT on a connection [MQTT-3.1.0-2]")
+            raise ProtocolViolation("second CONNECT on a connection [MQTT-3.1.0-2]", code=Reason.PROTOCOL_ERROR)
         raise ProtocolViolation(f"{name} is not a packet a client may send")
 
     def _disconnect5(self, body: bytes) -> int:

@@ -74,6 +74,11 @@ class Delivery5(Delivery):
         self.expires = expires
 
 
+def _publish_size(d: Delivery, now: float) -> int:
+    """The size of `d`'s MQTT 5 PUBLISH (its frame when already encoded)."""
+    return len(d.frame) if d.frame else len(encode5(d, False, now))
+
+
 def encode5(d: Delivery, dup: bool, now: float = 0.0) -> bytes:
     """The MQTT 5 PUBLISH of `d` (a plain Delivery has no properties: one queued while the session was
     3.1.1, or a message with nothing of its own, `offer5`). `now`: `time.monotonic()`, read here when 0.0
@@ -129,6 +134,8 @@ class OutQueue:
         "max_packet",
         "expired",
         "barrier",
+        "held",
+        "window",
     )
 
     def __init__(self, max_messages: int, max_bytes: int, max_inflight: int) -> None:
@@ -162,6 +169,11 @@ class OutQueue:
         # A persistent session's queue (engine/durable.py): the Redis write the frames `take` just returned
         # must wait for (a QoS 2 delivery's packet id); the writer loop awaits it before writing them.
         self.barrier: asyncio.Future[None] | None = None
+        # A resumed session with more unacknowledged QoS 1/2 PUBLISHes than the new connection's window
+        # (its Receive Maximum [MQTT-3.3.4-9]): the ones not yet re-sent, in order (`resend_frames`); while
+        # any wait, `max_inflight` is 0 (nothing new goes out ahead of them) and `window` the real one.
+        self.held: deque[Delivery] = _NO_PENDING
+        self.window = 0
 
     def serve_level(self, level5: bool, receive_max: int = 65535, max_packet: int = 0) -> None:
         """A connection of this protocol level serves the queue from now on: an MQTT 5 client's Receive
@@ -170,6 +182,40 @@ class OutQueue:
         self.level5 = level5
         self.max_inflight = min(self.limit_inflight, receive_max) if level5 else self.limit_inflight
         self.max_packet = max_packet if level5 else 0
+        self.held = _NO_PENDING
+
+    def drop_too_large(self) -> int:
+        """A resumed session's new connection accepts at most `max_packet` bytes a packet: messages held
+        for it (queued, or sent and unacknowledged before the PUBREC) whose PUBLISH is larger are dropped
+        as if sent [MQTT-3.1.2-24/25] (`forget`: a persistent session's copy leaves Redis too). Returns how
+        many (the broker counts them as `dropped_too_large`). A QoS 2 message whose PUBREC came only needs
+        its PUBREL, and is kept."""
+        limit = self.max_packet
+        if not limit:
+            return 0
+        now = time.monotonic()
+        dropped = 0
+        if self.pending:
+            kept: deque[Delivery] = deque()
+            for d in self.pending:
+                if _publish_size(d, now) > limit:
+                    self.pending_bytes -= d.size
+                    self.forget(d)
+                    dropped += 1
+                else:
+                    kept.append(d)
+            if dropped:
+                self.pending = kept
+        for pid, d in list(self.inflight.items()):
+            if d.state != WAIT_COMP and _publish_size(d, now) > limit:
+                del self.inflight[pid]
+                self.inflight_bytes -= d.size
+                self.forget(d)
+                dropped += 1
+        return dropped
+
+    def forget(self, d: Delivery) -> None:
+        """`d` left the queue without being delivered (a persistent session removes it from Redis)."""
 
     # -- producer side (routing) -----------------------------------------------------------------
     def offer(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> bool:
@@ -316,6 +362,8 @@ class OutQueue:
 
     # -- consumer side (the writer loop) ---------------------------------------------------------
     def ready(self) -> bool:
+        if self.held:
+            return self._held_ready()
         if not self.pending:
             return False
         return self.pending[0].qos == 0 or len(self.inflight) < self.max_inflight
@@ -329,6 +377,8 @@ class OutQueue:
         pending, inflight = self.pending, self.inflight
         level5 = self.level5
         now = time.monotonic()
+        if self.held:
+            total = self._take_held(frames, now)
         d5 = Delivery5
         while pending and total < max_bytes:
             d = pending[0]
@@ -358,18 +408,62 @@ class OutQueue:
         return frames, len(frames), payload_total
 
     def resend_frames(self) -> list[bytes]:
-        """On a resumed session: every unacknowledged QoS 1/2 PUBLISH again with DUP set, and PUBREL
-        for QoS 2 messages whose PUBREC had arrived, in their original order [MQTT-4.4.0-1]."""
+        """On a resumed session: the unacknowledged QoS 1/2 PUBLISHes again with DUP set and their packet
+        ids, and PUBREL for QoS 2 messages whose PUBREC had arrived, in their original order
+        [MQTT-4.4.0-1]. At most the new connection's window of PUBLISHes [MQTT-3.3.4-9]: the rest are held
+        and go, in order, as acknowledgements free the window (`take`); nothing new goes before them."""
         frames = []
         now = time.monotonic()
+        window = self.max_inflight
+        held: deque[Delivery] = deque()
+        sent = 0
         for d in self.inflight.values():
             if d.state == WAIT_COMP:
                 frames.append(encode_ack(PUBREL, d.packet_id))
-            elif self.level5:
-                frames.append(encode5(d, True, now))
+            elif sent >= window:
+                held.append(d)
             else:
-                frames.append(encode_publish(d.topic, d.payload, d.qos, d.retain, True, d.packet_id))
+                sent += 1
+                frames.append(self._dup_frame(d, now))
+        if held:
+            self.held = held
+            self.window = window
+            self.max_inflight = 0
         return frames
+
+    def _dup_frame(self, d: Delivery, now: float) -> bytes:
+        if self.level5:
+            return encode5(d, True, now)
+        return encode_publish(d.topic, d.payload, d.qos, d.retain, True, d.packet_id)
+
+    def _prune_held(self) -> None:
+        inflight = self.inflight
+        held = self.held
+        if any(inflight.get(d.packet_id) is not d for d in held):  # acknowledged before it was re-sent
+            self.held = held = deque(d for d in held if inflight.get(d.packet_id) is d)
+        if not held:
+            self.held = _NO_PENDING
+            self.max_inflight = self.window
+
+    def _held_ready(self) -> bool:
+        self._prune_held()
+        if not self.held:
+            return self.ready()
+        return len(self.inflight) - len(self.held) < self.window
+
+    def _take_held(self, frames: list[bytes], now: float) -> int:
+        """Held re-sends (DUP, their packet ids) while the window has room; their bytes."""
+        self._prune_held()
+        total = 0
+        held = self.held
+        while held and len(self.inflight) - len(held) < self.window:
+            frame = self._dup_frame(held.popleft(), now)
+            frames.append(frame)
+            total += len(frame)
+        if not held:
+            self.held = _NO_PENDING
+            self.max_inflight = self.window
+        return total
 
     def _allocate_id(self) -> int:
         nid = self._next_id
@@ -443,6 +537,9 @@ class OutQueue:
             self.pending_bytes = sum(d.size for d in kept)
 
     def clear(self) -> None:
+        if self.held:
+            self.held = _NO_PENDING
+            self.max_inflight = self.window
         self.pending.clear()
         self.inflight.clear()
         self.pending_bytes = self.inflight_bytes = 0

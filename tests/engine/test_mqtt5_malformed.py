@@ -32,7 +32,7 @@ def broker(anon_broker):
         pytest.param(m5.subscribe(1, ("a/#", 0), properties=m5.props((0x0B, b"\x00"))), 0x82, id="sub id 0"),
         pytest.param(raw.packet(0x62, b"\x00\x01\x00\x05"), 0x81, id="PUBREL properties past the end"),
         pytest.param(m5.disconnect(0, b"\x03\x26\x00"), 0x81, id="DISCONNECT user property truncated"),
-        pytest.param(raw.connect("again", level=5, properties=b""), 0x81, id="second CONNECT"),
+        pytest.param(raw.connect("again", level=5, properties=b""), 0x82, id="second CONNECT 0x82 [MQTT-3.1.0-2]"),
     ],
 )
 def test_a_violation_gets_a_disconnect_with_its_reason(broker, packet, code):
