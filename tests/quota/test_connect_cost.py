@@ -124,7 +124,11 @@ def test_repeated_connects_of_a_user_make_no_quota_reads_and_batch_the_registry(
         "sismember",
         "exists",
     }
-    assert set(stats) <= script_inner | background | {"evalsha", "config|resetstat"}, stats
+    # Durable state (issue 17): a clean CONNECT discards any stored persistent session of its client id, an
+    # unacknowledged write the BatchWriter groups per loop iteration (DISCARD_LUA: an EVAL whose GET reads
+    # the stored owner). Not a quota read; folding it into the registry batch is a known follow-up.
+    durable = {"eval", "get"}
+    assert set(stats) <= script_inner | background | durable | {"evalsha", "config|resetstat"}, stats
     assert "pttl" not in stats
     # Batches, not one call per CONNECT or DISCONNECT (100 of each here; ~13 calls on an idle machine; none
     # once the broker knows it is the only one: then nothing of a connection this short goes to Redis).
