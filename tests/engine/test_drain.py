@@ -75,9 +75,8 @@ def test_a_second_signal_cuts_the_drain_short(anon_broker, second):
     client, _ = raw.connected(broker.port, "stayer")
     broker.proc.send_signal(signal.SIGTERM)
     broker.wait_log("draining:")
-    started = time.monotonic()
+    # stop() kills the broker (rc != 0) after its own 15 s timeout: a clean exit proves the 60 s grace was cut
     assert broker.stop(second) == 0
-    assert time.monotonic() - started < 10
     with client:
         assert client.closed_by_peer(1)
 
